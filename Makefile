@@ -1,0 +1,43 @@
+# Cadence: two commands set everything up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cadence-installed
+export CADENCE_CACHE_DIR ?= $(CURDIR)/.cache/cadence
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: venv demo test test-quick lint bench-quick clean system-deps
+
+venv: $(STAMP)
+
+# torch first (pinned CPU build; an unpinned resolve would pull GBs of CUDA wheels), then the
+# project with its dev extras under the lock file. Re-runs only when the inputs change.
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found (Cadence needs Python 3.11)"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian packages the headless app tests need (GL for Kivy's offscreen window). No-op when
+# present or when not root; the tests that need them say so and skip if they are missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+demo: venv
+	$(BIN)/cadence demo
+
+test: venv system-deps
+	$(BIN)/python -m pytest -q
+
+test-quick: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .cache bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,29 @@
+"""The `cadence` console script: one typer app gathering every command module."""
+
+from __future__ import annotations
+
+import typer
+
+from cadence.commands import bench
+
+app = typer.Typer(
+    name="cadence",
+    help="Cadence: open multi-modal behavioural biometrics for transaction approval.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(bench.app)
+
+# Command groups that later parts of the system add; each module exposes `app`.
+for _name in ("serve", "demo", "models", "audit", "compliance", "federated", "mobile"):
+    try:
+        _mod = __import__(f"cadence.commands.{_name}", fromlist=["app"])
+    except ModuleNotFoundError as _exc:  # a command module not written yet
+        if _exc.name != f"cadence.commands.{_name}":
+            raise
+        continue
+    app.add_typer(_mod.app)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()

@@ -1,0 +1,1 @@
+"""One module per `cadence` command group; `cadence.cli` gathers them."""

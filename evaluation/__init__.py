@@ -1,0 +1,1 @@
+"""Dataset loaders, protocols, metrics and the `cadence bench` harness."""

@@ -1,0 +1,226 @@
+"""The `cadence bench NAME` framework: one harness that every part of Cadence is judged by.
+
+A bench is a function ``(BenchContext) -> BenchOutput`` registered with `@register`. It only
+produces scores (a `ScoreTable`) and its protocol description; this module computes every
+metric the same way, writes ``OUT/NAME.json`` (schema below), ``OUT/NAME-scores.csv`` and
+``OUT/NAME-det.png``, and prints a table.
+
+JSON schema (fixed; benches may add top-level keys and extra per-row keys)::
+
+    {"benchmark": str, "version": str, "protocol": {...}, "train_subjects": [ids],
+     "eval_subjects": [ids],
+     "results": [{"method": str, "window": str, "eer": float, "eer_mean_per_subject": float,
+                  "fnmr_at_fmr_1pct": float, "fnmr_at_fmr_0_1pct": float,
+                  "n_genuine": int, "n_impostor": int}],
+     "seconds": float}
+
+Bench modules live in `evaluation/benches/` and are discovered by name; keep their top-level
+imports light (numpy at most) so `cadence bench list` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import pkgutil
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from evaluation.metrics import plot_det, summarize
+from evaluation.protocols import Fold, ScoreTable, resolve_folds
+
+BENCH_SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class BenchContext:
+    """Options common to every bench (see `cadence bench --help`)."""
+
+    data_dir: Path | None = None
+    train_dir: Path | None = None
+    eval_dir: Path | None = None
+    out: Path = Path("bench-results")
+    quick: bool = False
+    seed: int = 0
+    progress: bool = True
+
+    def folds(self, kind: str, *, k: int = 2, max_subjects: int | None = None) -> list[Fold]:
+        """Subject-disjoint folds for `kind` under this context's folders."""
+        return resolve_folds(kind, data_dir=self.data_dir, train_dir=self.train_dir, eval_dir=self.eval_dir,
+                             k=k, seed=self.seed, max_subjects=max_subjects if self.quick else None)
+
+    def require_data_dir(self) -> Path:
+        d = self.data_dir or self.eval_dir
+        if d is None:
+            raise BenchError("this bench needs --data-dir (or CADENCE_DATA_DIR)")
+        return Path(d)
+
+
+class BenchError(RuntimeError):
+    """A bench cannot run with the options given (message says why)."""
+
+
+@dataclass
+class BenchOutput:
+    """What a bench returns; `scores` may be None for benches that measure something else."""
+
+    protocol: dict[str, Any]
+    train_subjects: list[int]
+    eval_subjects: list[int]
+    scores: ScoreTable | None = None
+    #: which EER goes into the row's `eer`: pooled over all trials or mean of per-subject EERs
+    primary: Literal["pooled", "mean_per_subject"] = "pooled"
+    #: extra per-row fields keyed by (method, window)
+    row_extra: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    #: rows computed by the bench itself (appended after score-derived rows)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    #: extra top-level JSON fields
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: DET curves to draw; default: every (method, window) of `scores`
+    det_groups: list[tuple[str, str]] | None = None
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    name: str
+    help: str
+    func: Callable[[BenchContext], BenchOutput]
+    version: str
+
+
+_REGISTRY: dict[str, BenchSpec] = {}
+
+
+def register(name: str, help: str, version: str = "1") -> Callable[[Callable[[BenchContext], BenchOutput]], Callable[[BenchContext], BenchOutput]]:
+    """Decorator registering a bench function under `name`."""
+
+    def deco(fn: Callable[[BenchContext], BenchOutput]) -> Callable[[BenchContext], BenchOutput]:
+        _REGISTRY[name] = BenchSpec(name, help, fn, version)
+        return fn
+
+    return deco
+
+
+def discover() -> dict[str, BenchSpec]:
+    """Import every module of `evaluation.benches` so their benches register."""
+    import evaluation.benches as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    return dict(sorted(_REGISTRY.items()))
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def rows_from_scores(output: BenchOutput) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if output.scores is None:
+        return rows
+    for method, window in output.scores.groups():
+        sel = output.scores.select(method, window)
+        if sel["genuine"].size == 0 or sel["impostor"].size == 0:
+            continue
+        s = summarize(**sel)
+        pooled, mean = s.eer, s.eer_mean_per_subject
+        row: dict[str, Any] = {
+            "method": method,
+            "window": window,
+            "eer": _finite_or_none(mean if output.primary == "mean_per_subject" else pooled),
+            "eer_mean_per_subject": _finite_or_none(mean),
+            "fnmr_at_fmr_1pct": s.fnmr_at_fmr_1pct,
+            "fnmr_at_fmr_0_1pct": s.fnmr_at_fmr_0_1pct,
+            "n_genuine": s.n_genuine,
+            "n_impostor": s.n_impostor,
+            "eer_pooled": pooled,
+            "eer_sd_per_subject": _finite_or_none(s.eer_sd_per_subject),
+            "fnmr_at_fmr_0_01pct": s.fnmr_at_fmr_0_01pct,
+            "auc": s.auc,
+        }
+        row.update(output.row_extra.get((method, window), {}))
+        rows.append(row)
+    return rows
+
+
+def machine_description() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict[str, Any]:
+    """Run bench `name`, write its three files into ``ctx.out`` and return the JSON document."""
+    specs = discover()
+    if name not in specs:
+        raise BenchError(f"unknown bench {name!r}; known: {', '.join(specs) or 'none'}")
+    spec = specs[name]
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    output = spec.func(ctx)
+    seconds = time.perf_counter() - t0
+    results = rows_from_scores(output) + list(output.rows)
+    doc: dict[str, Any] = {
+        "benchmark": name,
+        "version": spec.version,
+        "protocol": output.protocol,
+        "train_subjects": [int(s) for s in output.train_subjects],
+        "eval_subjects": [int(s) for s in output.eval_subjects],
+        "results": results,
+        "seconds": round(seconds, 3),
+    }
+    doc.update(output.extra)
+    doc.setdefault("run", {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "quick": ctx.quick,
+        "seed": ctx.seed,
+    })
+    (ctx.out / f"{name}.json").write_text(json.dumps(doc, indent=2, default=_json_default))
+    if output.scores is not None and len(output.scores):
+        output.scores.to_csv(ctx.out / f"{name}-scores.csv")
+        groups = output.det_groups or output.scores.groups()
+        curves = []
+        for m, w in groups:
+            sel = output.scores.select(m, w)
+            if sel["genuine"].size and sel["impostor"].size:
+                curves.append((f"{m} / {w}", sel["genuine"], sel["impostor"]))
+        if curves:
+            plot_det(curves, str(ctx.out / f"{name}-det.png"), title=f"cadence bench {name}")
+    if print_table:
+        print_results(doc)
+    return doc
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def print_results(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"cadence bench {doc['benchmark']} ({doc['seconds']:.1f} s)")
+    cols = ["method", "window", "eer", "eer_mean_per_subject", "fnmr_at_fmr_1pct", "fnmr_at_fmr_0_1pct", "n_genuine", "n_impostor"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("method", "window") else "right")
+    for r in doc["results"]:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
+        table.add_row(*cells)
+    Console().print(table)

@@ -1,0 +1,238 @@
+"""Evaluation protocols shared by every modality.
+
+* Anything learned from a population is trained on some subjects and evaluated on others:
+  `resolve_folds` gives k-fold splits by subject within one folder, or train-on-A /
+  evaluate-on-B for explicit folders.
+* Per subject, enrolment uses the earliest part of the data and tests the rest
+  (`chronological_split`).
+* Impostors are zero-effort: other evaluation subjects' test windows (`zero_effort_trials`).
+* Scores are a file contract (`ScoreTable` CSV) that fusion and reports read.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.datasets import DatasetError, available_subjects
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One subject-disjoint split: learn from `train_subjects`, evaluate on `eval_subjects`."""
+
+    index: int
+    train_dir: Path
+    train_subjects: tuple[int, ...]
+    eval_dir: Path
+    eval_subjects: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if self.train_dir.resolve() == self.eval_dir.resolve():
+            overlap = set(self.train_subjects) & set(self.eval_subjects)
+            if overlap:
+                raise ValueError(f"fold {self.index}: subjects in both train and eval: {sorted(overlap)[:10]}")
+
+
+def subject_folds(subjects: Sequence[int], k: int = 2, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """k-fold split of `subjects` (shuffled with `seed`): [(train, eval), ...]."""
+    subs = np.array(sorted(set(int(s) for s in subjects)))
+    if subs.size < 2 * max(k, 1) and k > 1:
+        raise ValueError(f"need at least {2 * k} subjects for {k}-fold, got {subs.size}")
+    perm = np.random.default_rng(seed).permutation(subs)
+    parts = np.array_split(perm, k)
+    out = []
+    for j in range(k):
+        ev = sorted(int(s) for s in parts[j])
+        tr = sorted(int(s) for p, part in enumerate(parts) if p != j for s in part)
+        out.append((tr, ev))
+    return out
+
+
+def resolve_folds(
+    kind: str,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    train_dir: str | os.PathLike[str] | None = None,
+    eval_dir: str | os.PathLike[str] | None = None,
+    k: int = 2,
+    seed: int = 0,
+    max_subjects: int | None = None,
+) -> list[Fold]:
+    """Folds for a bench: explicit ``train_dir``/``eval_dir`` or k-fold within ``data_dir``.
+
+    With both folders given, every subject of the first trains and every subject of the
+    second is evaluated (one fold); if they are the same folder, k-fold is used instead.
+    `max_subjects` keeps a seeded subset of subjects per folder (``--quick``).
+    """
+
+    def pick(folder: Path, subs: list[int], salt: int) -> list[int]:
+        if max_subjects is None or len(subs) <= max_subjects:
+            return subs
+        rng = np.random.default_rng(seed + salt)
+        return sorted(int(s) for s in rng.choice(subs, size=max_subjects, replace=False))
+
+    if train_dir is not None or eval_dir is not None:
+        if train_dir is None or eval_dir is None:
+            raise ValueError("--train-dir and --eval-dir go together")
+        tr_dir, ev_dir = Path(train_dir), Path(eval_dir)
+        if tr_dir.resolve() != ev_dir.resolve():
+            tr = pick(tr_dir, available_subjects(tr_dir, kind), 1)
+            ev = pick(ev_dir, available_subjects(ev_dir, kind), 2)
+            if not tr:
+                raise DatasetError(f"no {kind} subjects in --train-dir {tr_dir}")
+            if not ev:
+                raise DatasetError(f"no {kind} subjects in --eval-dir {ev_dir}")
+            return [Fold(0, tr_dir, tuple(tr), ev_dir, tuple(ev))]
+        data_dir = tr_dir
+    if data_dir is None:
+        raise ValueError("give --data-dir (or CADENCE_DATA_DIR), or --train-dir and --eval-dir")
+    folder = Path(data_dir)
+    subs = pick(folder, available_subjects(folder, kind), 0)
+    if not subs:
+        raise DatasetError(f"no {kind} subjects in {folder}")
+    return [Fold(j, folder, tuple(tr), folder, tuple(ev)) for j, (tr, ev) in enumerate(subject_folds(subs, k, seed))]
+
+
+def chronological_split(n: int, enrol_fraction: float = 0.5) -> tuple[slice, slice]:
+    """(enrolment, test) slices of `n` time-ordered items: the earliest part enrols."""
+    if not 0 < enrol_fraction < 1:
+        raise ValueError("enrol_fraction must be in (0, 1)")
+    cut = int(round(n * enrol_fraction))
+    return slice(0, cut), slice(cut, n)
+
+
+def sliding_windows(n: int, size: int, hop: int | None = None) -> list[slice]:
+    """Start/stop slices of windows of `size` items every `hop` items (default half a window)."""
+    hop = hop or max(size // 2, 1)
+    return [slice(a, a + size) for a in range(0, n - size + 1, hop)]
+
+
+# --------------------------------------------------------------------------- score records
+
+SCORE_COLUMNS = ("method", "window", "modality", "template_subject", "probe_subject", "probe_index", "label", "score")
+
+
+@dataclass
+class ScoreTable:
+    """Columnar score records ``(method, window, modality, template, probe, index, label, score)``.
+
+    label is 1 for a genuine trial (probe subject == template subject), 0 for an impostor.
+    """
+
+    rows: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in SCORE_COLUMNS})
+
+    def add(
+        self,
+        *,
+        method: str,
+        window: str,
+        modality: str,
+        template_subject: int,
+        probe_subject: Iterable[int] | int,
+        scores: Iterable[float],
+        probe_index: Iterable[int] | None = None,
+    ) -> None:
+        s = np.asarray(list(scores) if not isinstance(scores, np.ndarray) else scores, dtype=float).ravel()
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"{method}/{window}: non-finite scores for template {template_subject}")
+        n = s.size
+        ps = np.broadcast_to(np.asarray(probe_subject), (n,)) if np.ndim(probe_subject) == 0 else np.asarray(list(probe_subject))
+        idx = np.arange(n) if probe_index is None else np.asarray(list(probe_index))
+        self.rows["method"] += [method] * n
+        self.rows["window"] += [window] * n
+        self.rows["modality"] += [modality] * n
+        self.rows["template_subject"] += [int(template_subject)] * n
+        self.rows["probe_subject"] += [int(p) for p in ps]
+        self.rows["probe_index"] += [int(i) for i in idx]
+        self.rows["label"] += [int(int(p) == int(template_subject)) for p in ps]
+        self.rows["score"] += s.tolist()
+
+    def extend(self, other: "ScoreTable") -> None:
+        for c in SCORE_COLUMNS:
+            self.rows[c] += other.rows[c]
+
+    def __len__(self) -> int:
+        return len(self.rows["score"])
+
+    def groups(self) -> list[tuple[str, str]]:
+        """(method, window) pairs in first-seen order."""
+        seen: dict[tuple[str, str], None] = {}
+        for m, w in zip(self.rows["method"], self.rows["window"]):
+            seen.setdefault((m, w), None)
+        return list(seen)
+
+    def select(self, method: str, window: str) -> dict[str, np.ndarray]:
+        """Genuine/impostor scores and template subjects of one (method, window)."""
+        m = np.asarray(self.rows["method"]) == method
+        m &= np.asarray(self.rows["window"]) == window
+        label = np.asarray(self.rows["label"])[m]
+        score = np.asarray(self.rows["score"], float)[m]
+        tmpl = np.asarray(self.rows["template_subject"])[m]
+        return {
+            "genuine": score[label == 1],
+            "impostor": score[label == 0],
+            "genuine_subject": tmpl[label == 1],
+            "impostor_subject": tmpl[label == 0],
+        }
+
+    def to_csv(self, path: str | os.PathLike[str]) -> None:
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(SCORE_COLUMNS)
+            w.writerows(zip(*(self.rows[c] for c in SCORE_COLUMNS)))
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike[str]) -> "ScoreTable":
+        t = cls()
+        with open(path, newline="") as fh:
+            r = csv.DictReader(fh)
+            for row in r:
+                for c in SCORE_COLUMNS:
+                    v: Any = row[c]
+                    if c in ("template_subject", "probe_subject", "probe_index", "label"):
+                        v = int(v)
+                    elif c == "score":
+                        v = float(v)
+                    t.rows[c].append(v)
+        return t
+
+
+def zero_effort_trials(
+    table: ScoreTable,
+    *,
+    method: str,
+    window: str,
+    modality: str,
+    templates: Mapping[int, Any],
+    probes: Mapping[int, Any],
+    score: Callable[[Any, Any], np.ndarray],
+    max_impostor_probes: int | None = None,
+    seed: int = 0,
+) -> None:
+    """Score each template against its owner's probes (genuine) and every other subject's (impostor).
+
+    `probes[s]` is whatever `score(template, probes)` accepts for subject s (usually an
+    (n, d) array of test windows); `max_impostor_probes` caps how many windows of each
+    impostor subject are used (seeded), to bound the cost on large sets.
+    """
+    rng = np.random.default_rng(seed)
+    subs = [s for s in templates if s in probes]
+    for s in subs:
+        tmpl = templates[s]
+        for p in subs:
+            pr = probes[p]
+            idx = np.arange(len(pr))
+            if p != s and max_impostor_probes is not None and len(pr) > max_impostor_probes:
+                idx = np.sort(rng.choice(len(pr), size=max_impostor_probes, replace=False))
+                pr = pr[idx] if hasattr(pr, "__getitem__") and isinstance(pr, np.ndarray) else [pr[i] for i in idx]
+            if len(idx) == 0:
+                continue
+            table.add(method=method, window=window, modality=modality, template_subject=s,
+                      probe_subject=p, scores=score(tmpl, pr), probe_index=idx)

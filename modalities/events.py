@@ -1,0 +1,378 @@
+"""Event and feature types shared by the device, the benchmarks and the server.
+
+Two forms of each signal exist on purpose:
+
+* single-event dataclasses (`KeyEvent`, `TouchEvent`, `AccelSample`) are what a collector
+  emits one at a time and what a person reads in a test;
+* columnar sequences (`KeySequence`, `TouchStream`, `AccelSeries`) hold whole recordings as
+  numpy arrays, because feature extraction over a dataset must be vectorised.
+
+Every constructor validates its input and raises `EventValidationError` naming the field, so
+bad data is refused at the edge rather than silently turned into NaN features downstream.
+This module imports numpy only: it runs on the phone, in federated clients and in benches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Iterable, Sequence
+
+import numpy as np
+
+MODALITIES: tuple[str, ...] = ("keystroke", "touch", "gait")
+
+
+class EventValidationError(ValueError):
+    """Raised when an event, sequence or feature window is malformed.
+
+    `field` names the offending field so API layers can turn it into a 4xx with a reason.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _finite(field: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise EventValidationError(field, f"must be a number, got {value!r}") from exc
+    if not math.isfinite(v):
+        raise EventValidationError(field, f"must be finite, got {v}")
+    return v
+
+
+def _finite_array(field: str, values: object, *, ndim: int = 1) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise EventValidationError(field, "must be numeric") from exc
+    if arr.ndim != ndim:
+        raise EventValidationError(field, f"must be {ndim}-dimensional, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).any(axis=1))[0])
+        raise EventValidationError(field, f"must be finite (first bad index {bad})")
+    return arr
+
+
+def _non_decreasing(field: str, t: np.ndarray) -> None:
+    if t.size > 1:
+        d = np.diff(t)
+        if np.any(d < 0):
+            i = int(np.flatnonzero(d < 0)[0]) + 1
+            raise EventValidationError(field, f"times must be sorted (index {i} goes back in time)")
+
+
+# --------------------------------------------------------------------------- keystrokes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEvent:
+    """One key press: key name and press/release times in seconds."""
+
+    key: str
+    press: float
+    release: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise EventValidationError("key", "must be a non-empty string")
+        p = _finite("press", self.press)
+        r = _finite("release", self.release)
+        if r < p:
+            raise EventValidationError("release", f"negative hold duration ({r - p:.4f} s)")
+        object.__setattr__(self, "press", p)
+        object.__setattr__(self, "release", r)
+
+
+@dataclass(frozen=True)
+class KeySequence:
+    """A recording of key presses in press order (columnar)."""
+
+    keys: np.ndarray  # object array of str
+    press: np.ndarray
+    release: np.ndarray
+
+    def __post_init__(self) -> None:
+        keys = np.asarray(self.keys, dtype=object)
+        press = _finite_array("press", self.press)
+        release = _finite_array("release", self.release)
+        if not (keys.shape[0] == press.shape[0] == release.shape[0]):
+            raise EventValidationError("keys", "keys, press and release must have equal length")
+        if press.size == 0:
+            raise EventValidationError("keys", "sequence is empty")
+        if np.any(release < press):
+            i = int(np.flatnonzero(release < press)[0])
+            raise EventValidationError("release", f"negative hold duration at index {i}")
+        _non_decreasing("press", press)
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "press", press)
+        object.__setattr__(self, "release", release)
+
+    def __len__(self) -> int:
+        return int(self.press.shape[0])
+
+    def __getitem__(self, item: slice) -> "KeySequence":
+        return KeySequence(self.keys[item], self.press[item], self.release[item])
+
+    @classmethod
+    def from_events(cls, events: Sequence[KeyEvent]) -> "KeySequence":
+        if len(events) == 0:
+            raise EventValidationError("events", "sequence is empty")
+        return cls(
+            np.array([e.key for e in events], dtype=object),
+            np.array([e.press for e in events]),
+            np.array([e.release for e in events]),
+        )
+
+    def to_events(self) -> list[KeyEvent]:
+        return [KeyEvent(str(k), float(p), float(r)) for k, p, r in zip(self.keys, self.press, self.release)]
+
+
+# --------------------------------------------------------------------------- touch
+
+
+class TouchAction(IntEnum):
+    """Android MotionEvent action codes (after ``ACTION_MASK``; BB-MAS records all but CANCEL)."""
+
+    DOWN = 0
+    UP = 1
+    MOVE = 2
+    CANCEL = 3
+    POINTER_DOWN = 5  # a second finger goes down
+    POINTER_UP = 6
+
+
+TOUCH_ACTION_CODES = tuple(int(a) for a in TouchAction)
+ANDROID_ACTION_MASK = 0xFF
+
+
+@dataclass(frozen=True, slots=True)
+class TouchEvent:
+    """One touch sample as the platform reports it (screen pixels, platform units)."""
+
+    time: float
+    x: float
+    y: float
+    pressure: float
+    touch_major: float
+    touch_minor: float
+    action: TouchAction
+    pointer_id: int = 0
+    screen_width: float = 1080.0
+    screen_height: float = 1920.0
+
+    def __post_init__(self) -> None:
+        for name in ("time", "x", "y", "pressure", "touch_major", "touch_minor"):
+            object.__setattr__(self, name, _finite(name, getattr(self, name)))
+        if self.pressure < 0:
+            raise EventValidationError("pressure", "must be >= 0")
+        if self.touch_major < 0 or self.touch_minor < 0:
+            raise EventValidationError("touch_major", "contact size must be >= 0")
+        try:
+            object.__setattr__(self, "action", TouchAction(int(self.action)))
+        except ValueError as exc:
+            raise EventValidationError("action", f"unknown action {self.action!r}") from exc
+        if int(self.pointer_id) < 0:
+            raise EventValidationError("pointer_id", "must be >= 0")
+        for name in ("screen_width", "screen_height"):
+            if _finite(name, getattr(self, name)) <= 0:
+                raise EventValidationError(name, "must be > 0")
+
+
+@dataclass(frozen=True)
+class TouchStream:
+    """Touch samples of one device in time order (columnar)."""
+
+    time: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    pressure: np.ndarray
+    touch_major: np.ndarray
+    touch_minor: np.ndarray
+    action: np.ndarray  # int8 TouchAction codes
+    pointer_id: np.ndarray
+    screen_width: float = 1080.0
+    screen_height: float = 1920.0
+    device: str = "unknown"
+
+    def __post_init__(self) -> None:
+        n = None
+        for name in ("time", "x", "y", "pressure", "touch_major", "touch_minor"):
+            arr = _finite_array(name, getattr(self, name))
+            object.__setattr__(self, name, arr)
+            if n is None:
+                n = arr.shape[0]
+            elif arr.shape[0] != n:
+                raise EventValidationError(name, "all columns must have equal length")
+        if not n:
+            raise EventValidationError("time", "stream is empty")
+        action = np.asarray(self.action, dtype=np.int8)
+        pid = np.asarray(self.pointer_id, dtype=np.int16)
+        if action.shape[0] != n or pid.shape[0] != n:
+            raise EventValidationError("action", "all columns must have equal length")
+        if not np.isin(action, TOUCH_ACTION_CODES).all():
+            raise EventValidationError("action", f"codes must be TouchAction values {TOUCH_ACTION_CODES}")
+        _non_decreasing("time", self.time)
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "pointer_id", pid)
+        if not (self.screen_width > 0 and self.screen_height > 0):
+            raise EventValidationError("screen_width", "screen size must be > 0")
+
+    def __len__(self) -> int:
+        return int(self.time.shape[0])
+
+    @classmethod
+    def from_events(cls, events: Sequence[TouchEvent], device: str = "unknown") -> "TouchStream":
+        if len(events) == 0:
+            raise EventValidationError("events", "stream is empty")
+        cols = {n: np.array([getattr(e, n) for e in events]) for n in (
+            "time", "x", "y", "pressure", "touch_major", "touch_minor", "pointer_id")}
+        return cls(action=np.array([int(e.action) for e in events]),
+                   screen_width=events[0].screen_width, screen_height=events[0].screen_height,
+                   device=device, **cols)
+
+    def to_events(self) -> list[TouchEvent]:
+        return [
+            TouchEvent(float(self.time[i]), float(self.x[i]), float(self.y[i]), float(self.pressure[i]),
+                       float(self.touch_major[i]), float(self.touch_minor[i]), TouchAction(int(self.action[i])),
+                       int(self.pointer_id[i]), self.screen_width, self.screen_height)
+            for i in range(len(self))
+        ]
+
+
+# --------------------------------------------------------------------------- accelerometer
+
+
+@dataclass(frozen=True, slots=True)
+class AccelSample:
+    """One accelerometer reading: time in seconds, acceleration in m/s^2 (gravity included)."""
+
+    time: float
+    x: float
+    y: float
+    z: float
+
+    def __post_init__(self) -> None:
+        for name in ("time", "x", "y", "z"):
+            object.__setattr__(self, name, _finite(name, getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class AccelSeries:
+    """A contiguous accelerometer recording: `t` (n,) seconds, `xyz` (n, 3)."""
+
+    t: np.ndarray
+    xyz: np.ndarray
+    device: str = "unknown"
+
+    def __post_init__(self) -> None:
+        t = _finite_array("time", self.t)
+        xyz = _finite_array("xyz", self.xyz, ndim=2)
+        if xyz.shape[1] != 3 or xyz.shape[0] != t.shape[0]:
+            raise EventValidationError("xyz", f"must have shape (n, 3) matching time, got {xyz.shape}")
+        if t.size == 0:
+            raise EventValidationError("time", "series is empty")
+        _non_decreasing("time", t)
+        object.__setattr__(self, "t", t)
+        object.__setattr__(self, "xyz", xyz)
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+    @property
+    def duration(self) -> float:
+        return float(self.t[-1] - self.t[0])
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[AccelSample], device: str = "unknown") -> "AccelSeries":
+        if len(samples) == 0:
+            raise EventValidationError("samples", "series is empty")
+        return cls(np.array([s.time for s in samples]), np.array([[s.x, s.y, s.z] for s in samples]), device)
+
+    def to_samples(self) -> list[AccelSample]:
+        return [AccelSample(float(t), *map(float, v)) for t, v in zip(self.t, self.xyz)]
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class FeatureWindow:
+    """Features of one window of events: what leaves the device (never raw events).
+
+    `quality` in [0, 1] says how much evidence the window carries (for example the fraction of
+    expected digraphs seen); fusion and the enrolment gate use it.
+    """
+
+    modality: str
+    feature_version: str
+    start: float
+    end: float
+    n_events: int
+    quality: float
+    values: np.ndarray = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise EventValidationError("modality", f"unknown modality {self.modality!r}; expected one of {MODALITIES}")
+        if not isinstance(self.feature_version, str) or not self.feature_version:
+            raise EventValidationError("feature_version", "must be a non-empty string")
+        start = _finite("start", self.start)
+        end = _finite("end", self.end)
+        if end < start:
+            raise EventValidationError("end", f"window ends before it starts ({end} < {start})")
+        if int(self.n_events) <= 0:
+            raise EventValidationError("n_events", "window is empty")
+        q = _finite("quality", self.quality)
+        if not 0.0 <= q <= 1.0:
+            raise EventValidationError("quality", f"must be in [0, 1], got {q}")
+        values = _finite_array("values", self.values)
+        if values.size == 0:
+            raise EventValidationError("values", "feature vector is empty")
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
+        object.__setattr__(self, "n_events", int(self.n_events))
+        object.__setattr__(self, "quality", q)
+        object.__setattr__(self, "values", values)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "modality": self.modality,
+            "feature_version": self.feature_version,
+            "start": self.start,
+            "end": self.end,
+            "n_events": self.n_events,
+            "quality": self.quality,
+            "values": self.values.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> "FeatureWindow":
+        try:
+            return cls(
+                modality=d["modality"],  # type: ignore[arg-type]
+                feature_version=d["feature_version"],  # type: ignore[arg-type]
+                start=d["start"],  # type: ignore[arg-type]
+                end=d["end"],  # type: ignore[arg-type]
+                n_events=d["n_events"],  # type: ignore[arg-type]
+                quality=d["quality"],  # type: ignore[arg-type]
+                values=np.asarray(d["values"], dtype=float),
+            )
+        except KeyError as exc:
+            raise EventValidationError(str(exc.args[0]), "is required") from exc
+
+
+def stack_values(windows: Iterable[FeatureWindow]) -> np.ndarray:
+    """Stack the feature vectors of windows of one modality and version into (n, d)."""
+    ws = list(windows)
+    if not ws:
+        raise EventValidationError("windows", "no windows given")
+    versions = {(w.modality, w.feature_version, w.values.shape[0]) for w in ws}
+    if len(versions) != 1:
+        raise EventValidationError("feature_version", f"windows mix modalities/versions/dimensions: {sorted(versions)}")
+    return np.vstack([w.values for w in ws])
