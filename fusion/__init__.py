@@ -1,0 +1,1 @@
+"""Score calibration, fusion rules and the transaction policy (approve / step-up / deny)."""
