@@ -1,0 +1,77 @@
+"""Metric properties (hypothesis) and known values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import norm
+
+from evaluation.metrics import auc, eer, fnmr_at_fmr, plot_det, rates_at, roc, summarize, threshold_at_fmr
+
+scores = st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=60)
+
+
+@given(g=scores, i=scores)
+@settings(max_examples=150, deadline=None)
+def test_perfect_separation_gives_zero(g: list[float], i: list[float]) -> None:
+    gs = np.asarray(g) + 3e3  # every genuine above every impostor
+    assert eer(genuine=gs, impostor=i) == 0.0
+    assert fnmr_at_fmr(genuine=gs, impostor=i, fmr=0.0) == 0.0
+    assert auc(genuine=gs, impostor=i) == 1.0
+
+
+@given(g=scores, i=scores)
+@settings(max_examples=150, deadline=None)
+def test_swapping_labels_mirrors_the_curve(g: list[float], i: list[float]) -> None:
+    a = eer(genuine=g, impostor=i)
+    b = eer(genuine=np.negative(i), impostor=np.negative(g))
+    assert a == pytest.approx(b, abs=1e-9)
+    assert 0.0 <= a <= 1.0
+    assert auc(genuine=g, impostor=i) + auc(genuine=i, impostor=g) == pytest.approx(1.0)
+
+
+@given(x=scores)
+@settings(max_examples=100, deadline=None)
+def test_identical_distributions_give_half(x: list[float]) -> None:
+    assert eer(genuine=x, impostor=x) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_gaussian_eer_matches_theory() -> None:
+    rng = np.random.default_rng(1)
+    g, i = rng.normal(1, 1, 40000), rng.normal(-1, 1, 40000)
+    assert eer(genuine=g, impostor=i) == pytest.approx(norm.cdf(-1), abs=0.006)
+    # FNMR at FMR 1%: threshold at the 99th impostor percentile
+    assert fnmr_at_fmr(genuine=g, impostor=i, fmr=0.01) == pytest.approx(norm.cdf(norm.ppf(0.99) - 2), abs=0.01)
+
+
+def test_roc_endpoints_and_threshold_semantics() -> None:
+    thr, fmr, fnmr = roc(genuine=[3, 4], impostor=[1, 2])
+    assert (fmr[0], fnmr[0]) == (0.0, 1.0) and (fmr[-1], fnmr[-1]) == (1.0, 0.0)
+    assert np.all(np.diff(thr) < 0)
+    assert rates_at(genuine=[3, 4], impostor=[1, 2], threshold=3) == (0.0, 0.0)
+    t = threshold_at_fmr(impostor=[1, 2, 3, 4], fmr=0.25)
+    assert rates_at(genuine=[5], impostor=[1, 2, 3, 4], threshold=t)[0] <= 0.25
+
+
+def test_inputs_are_checked() -> None:
+    with pytest.raises(ValueError, match="genuine"):
+        eer(genuine=[], impostor=[1.0])
+    with pytest.raises(ValueError, match="impostor"):
+        eer(genuine=[1.0], impostor=[np.nan])
+    with pytest.raises(TypeError):
+        eer([1.0], [0.0])  # type: ignore[misc]  # keyword-only by design
+
+
+def test_summary_and_per_subject(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    g = rng.normal(1, 1, 200)
+    i = rng.normal(-1, 1, 400)
+    s = summarize(genuine=g, impostor=i, genuine_subject=np.repeat([1, 2], 100), impostor_subject=np.repeat([1, 2], 200))
+    assert 0.05 < s.eer < 0.3 and 0.05 < s.eer_mean_per_subject < 0.3
+    assert s.n_genuine == 200 and s.n_impostor == 400
+    assert s.fnmr_at_fmr_1pct >= s.eer * 0.5
+    out = tmp_path / "det.png"
+    plot_det({"a": (g, i)}, str(out))
+    assert out.stat().st_size > 5000
