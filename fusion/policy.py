@@ -7,7 +7,9 @@ calibrated fusion engine without changing the call.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 Outcome = Literal["approve", "step_up", "deny"]
@@ -56,46 +58,86 @@ class Tier:
     deny_llr: float  # fused LLR at or below which we deny
 
 
-#: default tiers: thresholds are in natural-log likelihood-ratio units
-DEFAULT_TIERS: tuple[Tier, ...] = (
-    Tier("low", 100.0, 1e-2, approve_llr=1.0, deny_llr=-4.0),
-    Tier("medium", 1000.0, 1e-3, approve_llr=2.5, deny_llr=-4.0),
-    Tier("high", math.inf, 1e-4, approve_llr=4.0, deny_llr=-4.0),
-)
+@dataclass(frozen=True)
+class Policy:
+    tiers: tuple[Tier, ...]
+    min_quality: float = 0.2
+
+
+def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
+    """Read the policy file (default: fusion/policy.yaml next to this module)."""
+    import yaml
+
+    p = Path(path) if path else Path(__file__).with_name("policy.yaml")
+    try:
+        doc = yaml.safe_load(p.read_text())
+        deny = float(doc.get("deny_llr", -4.6))
+        tiers = []
+        for t in doc["tiers"]:
+            fmr = float(t["target_fmr"])
+            if not 0 < fmr < 1:
+                raise ValueError(f"tier {t.get('name')}: target_fmr must be in (0, 1)")
+            approve = float(t["approve_llr"]) if "approve_llr" in t else math.log(1.0 / fmr)
+            tiers.append(Tier(str(t["name"]), float(t["max_amount"]), fmr, approve, deny))
+        tiers.sort(key=lambda t: t.max_amount)
+        return Policy(tuple(tiers), float(doc.get("min_quality", 0.2)))
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"invalid policy file {p}: {exc}") from exc
+
+
+DEFAULT_POLICY = load_policy()
+DEFAULT_TIERS: tuple[Tier, ...] = DEFAULT_POLICY.tiers
 
 
 def tier_for(amount: float, tiers: tuple[Tier, ...] = DEFAULT_TIERS) -> Tier:
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError(f"amount must be a finite non-negative number, got {amount}")
     for t in tiers:
         if amount <= t.max_amount:
             return t
     return tiers[-1]
 
 
-def _thin_llr(ev: ModalityEvidence) -> float:
-    """Fallback calibration when none is fitted: a scaled-Manhattan score near -1 is typical
-    of the owner; map linearly so 0 LLR sits at -2.5 (a rough prior, replaced by calibration)."""
-    if ev.llr is not None:
-        return ev.llr
+def _uncalibrated_llr(ev: ModalityEvidence) -> float:
+    """Fallback when no calibrator is fitted (fresh install, no data): a scaled-Manhattan
+    score near -1 is typical of the owner and below -4 of others; map linearly so LLR 0
+    sits at -2.5. A rough prior only: `FusionEngine` replaces it with fitted calibration."""
     return max(min(2.0 * (ev.score + 2.5), 6.0), -6.0)
 
 
-def decide(evidence: list[ModalityEvidence], *, amount: float, tiers: tuple[Tier, ...] = DEFAULT_TIERS) -> Decision:
-    """Fuse evidence by summing calibrated LLRs (weighted by quality) and apply the tier policy.
+def decide(
+    evidence: list[ModalityEvidence],
+    *,
+    amount: float,
+    tiers: tuple[Tier, ...] | None = None,
+    min_quality: float | None = None,
+) -> Decision:
+    """Fuse evidence by summing calibrated LLRs and apply the amount tier's thresholds.
 
-    Missing evidence never counts as genuine: with no usable modality the outcome is step-up.
+    Evidence with a calibrated `llr` uses it; otherwise a rough uncalibrated mapping (see
+    `_uncalibrated_llr`). Low-quality or missing modalities are left out explicitly and
+    named in the reasons; with no usable modality the outcome is step-up, never approve.
+    Deny needs strong impostor evidence (fused LLR <= the tier's deny_llr).
     """
+    tiers = tiers or DEFAULT_POLICY.tiers
+    min_q = DEFAULT_POLICY.min_quality if min_quality is None else min_quality
     tier = tier_for(amount, tiers)
-    usable = [e for e in evidence if e.quality > 0 and e.n_windows > 0]
-    if not usable:
-        return Decision("step_up", 0.5, tier.name, 0.0, [ReasonCode("none", "no_evidence", 0.0)], tier.target_fmr)
-    reasons = []
+    reasons: list[ReasonCode] = []
     total = 0.0
-    for e in usable:
-        c = _thin_llr(e) * min(max(e.quality, 0.0), 1.0)
+    used = 0
+    for e in evidence:
+        if e.n_windows <= 0 or e.quality < min_q:
+            reasons.append(ReasonCode(e.modality, "low_quality", 0.0))
+            continue
+        c = e.llr if e.llr is not None else _uncalibrated_llr(e)
         total += c
-        code = "match" if c > 0 else "mismatch"
-        reasons.append(ReasonCode(e.modality, code, round(c, 3)))
-    risk = 1.0 / (1.0 + math.exp(total))
+        used += 1
+        code = "strong_match" if c >= 2.3 else "match" if c > 0 else "strong_mismatch" if c <= -2.3 else "mismatch"
+        reasons.append(ReasonCode(e.modality, code, round(float(c), 3)))
+    if used == 0:
+        reasons.append(ReasonCode("none", "no_evidence", 0.0))
+        return Decision("step_up", 0.5, tier.name, 0.0, reasons, tier.target_fmr)
+    risk = 1.0 / (1.0 + math.exp(min(max(total, -50.0), 50.0)))
     if total >= tier.approve_llr:
         outcome: Outcome = "approve"
     elif total <= tier.deny_llr:

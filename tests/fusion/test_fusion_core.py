@@ -1,0 +1,107 @@
+"""Calibration, fusion rules and the tier policy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from evaluation.metrics import eer, fnmr_at_fmr
+from fusion.calibration import IsotonicCalibrator, LogisticCalibrator, cllr, min_cllr
+from fusion.engine import FusionEngine
+from fusion.policy import ModalityEvidence, decide, load_policy, tier_for
+from fusion.rules import DecisionRule, LearnedWeights, Sequential, ZNormSum, llr_max, llr_min, llr_sum, per_modality_thresholds
+
+
+def _scores(rng: np.random.Generator, n: int, d: float, shift: float = 0.0, scale: float = 1.0):
+    return rng.normal(d + shift, scale, n), rng.normal(shift, scale, n)
+
+
+def test_logistic_calibration_recovers_gaussian_llr() -> None:
+    rng = np.random.default_rng(0)
+    g, i = _scores(rng, 20000, 2.0, shift=-7.0, scale=0.5)  # raw scores far from LLR scale
+    cal = LogisticCalibrator().fit(genuine=g, impostor=i)
+    # for equal-variance Gaussians the true LLR is linear: d/s^2 * (x - mid)
+    x = np.array([-7.0, -6.0, -5.0])
+    true = 2.0 / 0.25 * (x - (-6.0))
+    assert np.allclose(cal.llr(x), true, rtol=0.06, atol=0.1)
+    c = cllr(genuine_llr=cal.llr(g), impostor_llr=cal.llr(i))
+    assert c < 0.2 and c >= min_cllr(genuine=g, impostor=i) - 0.02
+    assert cllr(genuine_llr=np.zeros(5), impostor_llr=np.zeros(5)) == pytest.approx(1.0)
+
+
+def test_isotonic_is_monotone_and_bounded() -> None:
+    rng = np.random.default_rng(1)
+    g, i = _scores(rng, 2000, 1.5)
+    cal = IsotonicCalibrator(clip=6).fit(genuine=g, impostor=i)
+    x = np.linspace(-5, 5, 50)
+    y = cal.llr(x)
+    assert np.all(np.diff(y) >= -1e-12) and np.all(np.abs(y) <= 6)
+
+
+def test_rules_handle_missing_explicitly() -> None:
+    L = np.array([[1.0, np.nan, 2.0], [np.nan, np.nan, np.nan], [-3.0, 4.0, 0.5]])
+    assert llr_sum(L).tolist() == [3.0, 0.0, 1.5]
+    assert llr_min(L).tolist() == [1.0, 0.0, -3.0]
+    assert llr_max(L).tolist() == [2.0, 0.0, 4.0]
+    and_ = DecisionRule("and", np.zeros(3))(L)
+    assert and_[0] > 0 and and_[2] < 0 and and_[1] == -np.inf  # nothing present never accepts
+    seq = Sequential(order=[2, 0, 1], stop=1.0)
+    out = seq(L)
+    assert out[0] == 2.0 and out[2] == -2.5 and seq.consulted_.tolist() == [1, 0, 2]
+
+
+def test_fusion_beats_single_modalities_on_independent_evidence() -> None:
+    rng = np.random.default_rng(2)
+    n = 4000
+    G = np.column_stack([rng.normal(d, 1, n) for d in (1.5, 2.0, 1.0)])
+    I = rng.normal(0, 1, (n, 3))
+    cals = [LogisticCalibrator().fit(genuine=G[:, m], impostor=I[:, m]) for m in range(3)]
+    LG = np.column_stack([c.llr(G[:, m]) for m, c in enumerate(cals)])
+    LI = np.column_stack([c.llr(I[:, m]) for m, c in enumerate(cals)])
+    best_single = min(eer(genuine=LG[:, m], impostor=LI[:, m]) for m in range(3))
+    fused = eer(genuine=llr_sum(LG), impostor=llr_sum(LI))
+    assert fused < 0.6 * best_single
+    w = LearnedWeights().fit(LG, LI)
+    assert eer(genuine=w(LG), impostor=w(LI)) <= fused + 0.01
+    z = ZNormSum().fit(I)
+    assert eer(genuine=z(G), impostor=z(I)) < best_single
+    thr = per_modality_thresholds(LI, 0.01)
+    and_ = DecisionRule("and", thr)
+    assert np.mean(and_(LI) >= 0) <= 0.01 + 1e-9
+    assert fnmr_at_fmr(genuine=llr_sum(LG), impostor=llr_sum(LI), fmr=0.01) < 0.5
+
+
+def test_policy_tiers_and_outcomes(tmp_path) -> None:
+    pol = load_policy()
+    assert [t.name for t in pol.tiers] == ["low", "medium", "high"]
+    assert pol.tiers[0].approve_llr == pytest.approx(math.log(100))
+    assert tier_for(50).name == "low" and tier_for(5000).name == "high"
+    with pytest.raises(ValueError):
+        tier_for(float("nan"))
+    strong = [ModalityEvidence("gait", 0, llr=5.0), ModalityEvidence("touch", 0, llr=3.0)]
+    assert decide(strong, amount=50).outcome == "approve"
+    assert decide(strong, amount=500).outcome == "approve"
+    assert decide(strong, amount=50000).outcome == "step_up"  # 8 < ln(1e4)
+    assert decide([ModalityEvidence("gait", 0, llr=-6.0)], amount=50).outcome == "deny"
+    assert decide([ModalityEvidence("gait", 0, llr=-1.0)], amount=50).outcome == "step_up"  # weak: step up, not deny
+    d = decide([ModalityEvidence("gait", 0, llr=9.0, quality=0.05)], amount=50)
+    assert d.outcome == "step_up" and {r.code for r in d.reasons} == {"low_quality", "no_evidence"}
+    bad = tmp_path / "p.yaml"
+    bad.write_text("tiers:\n  - name: x\n    max_amount: 1\n    target_fmr: 2\n")
+    with pytest.raises(ValueError, match="target_fmr"):
+        load_policy(bad)
+
+
+def test_engine_roundtrip(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    g, i = _scores(rng, 500, 3.0, shift=-4)
+    eng = FusionEngine().fit_modality("keystroke", genuine=g, impostor=i)
+    eng.save(tmp_path / "cal.json")
+    back = FusionEngine.load(tmp_path / "cal.json")
+    ev = ModalityEvidence("keystroke", score=-0.5)
+    assert back.calibrate(ev).llr == pytest.approx(eng.calibrate(ev).llr)
+    assert back.decide([ev], amount=10).outcome == "approve"
+    assert back.decide([ModalityEvidence("keystroke", score=-6.0)], amount=10).outcome == "deny"
+    assert back.report["keystroke"]["cllr"] < 0.5
