@@ -29,7 +29,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,7 +176,7 @@ def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict
     }
     doc.update(output.extra)
     doc.setdefault("run", {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_description(),
         "quick": ctx.quick,
         "seed": ctx.seed,

@@ -154,7 +154,7 @@ class ScoreTable:
         self.rows["label"] += [int(int(p) == int(template_subject)) for p in ps]
         self.rows["score"] += s.tolist()
 
-    def extend(self, other: "ScoreTable") -> None:
+    def extend(self, other: ScoreTable) -> None:
         for c in SCORE_COLUMNS:
             self.rows[c] += other.rows[c]
 
@@ -189,7 +189,7 @@ class ScoreTable:
             w.writerows(zip(*(self.rows[c] for c in SCORE_COLUMNS)))
 
     @classmethod
-    def from_csv(cls, path: str | os.PathLike[str]) -> "ScoreTable":
+    def from_csv(cls, path: str | os.PathLike[str]) -> ScoreTable:
         t = cls()
         with open(path, newline="") as fh:
             r = csv.DictReader(fh)

@@ -60,7 +60,7 @@ class LogisticCalibrator:
     C: float = 1e3
 
     def fit(self, *, genuine: np.ndarray, impostor: np.ndarray, genuine_quality: np.ndarray | None = None,
-            impostor_quality: np.ndarray | None = None) -> "LogisticCalibrator":
+            impostor_quality: np.ndarray | None = None) -> LogisticCalibrator:
         from sklearn.linear_model import LogisticRegression
 
         g, i = np.asarray(genuine, float), np.asarray(impostor, float)
@@ -85,7 +85,7 @@ class LogisticCalibrator:
                 "coef": self.coef_.tolist(), "intercept": self.intercept_}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LogisticCalibrator":
+    def from_dict(cls, d: dict[str, Any]) -> LogisticCalibrator:
         c = cls(use_quality=bool(d["use_quality"]))
         c.mu_, c.sd_ = np.asarray(d["mu"]), np.asarray(d["sd"])
         c.coef_, c.intercept_ = np.asarray(d["coef"]), float(d["intercept"])
@@ -98,7 +98,7 @@ class IsotonicCalibrator:
 
     clip: float = 8.0
 
-    def fit(self, *, genuine: np.ndarray, impostor: np.ndarray, **_: Any) -> "IsotonicCalibrator":
+    def fit(self, *, genuine: np.ndarray, impostor: np.ndarray, **_: Any) -> IsotonicCalibrator:
         from sklearn.isotonic import IsotonicRegression
 
         g, i = np.asarray(genuine, float), np.asarray(impostor, float)

@@ -34,7 +34,7 @@ class FusionEngine:
         return sorted(self.calibrators)
 
     def fit_modality(self, modality: str, *, genuine: np.ndarray, impostor: np.ndarray,
-                     genuine_quality: np.ndarray | None = None, impostor_quality: np.ndarray | None = None) -> "FusionEngine":
+                     genuine_quality: np.ndarray | None = None, impostor_quality: np.ndarray | None = None) -> FusionEngine:
         use_q = genuine_quality is not None and impostor_quality is not None
         cal = LogisticCalibrator(use_quality=use_q).fit(genuine=genuine, impostor=impostor,
                                                           genuine_quality=genuine_quality, impostor_quality=impostor_quality)
@@ -65,7 +65,7 @@ class FusionEngine:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], policy: Policy = DEFAULT_POLICY) -> "FusionEngine":
+    def load(cls, path: str | os.PathLike[str], policy: Policy = DEFAULT_POLICY) -> FusionEngine:
         d = json.loads(Path(path).read_text())
         if d.get("version") != 1:
             raise ValueError(f"{path}: unsupported fusion calibration version {d.get('version')}")

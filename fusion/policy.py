@@ -99,9 +99,11 @@ def tier_for(amount: float, tiers: tuple[Tier, ...] = DEFAULT_TIERS) -> Tier:
 
 
 def _uncalibrated_llr(ev: ModalityEvidence) -> float:
-    """Fallback when no calibrator is fitted (fresh install, no data): a scaled-Manhattan
-    score near -1 is typical of the owner and below -4 of others; map linearly so LLR 0
-    sits at -2.5. A rough prior only: `FusionEngine` replaces it with fitted calibration."""
+    """Rough LLR when no calibrator is fitted (fresh install, no data).
+
+    A scaled-Manhattan score near -1 is typical of the owner and below -4 of others; map
+    linearly so LLR 0 sits at -2.5. `FusionEngine` replaces it with fitted calibration.
+    """
     return max(min(2.0 * (ev.score + 2.5), 6.0), -6.0)
 
 

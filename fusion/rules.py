@@ -13,8 +13,9 @@ at 0 is exactly the hard rule with per-modality thresholds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ class ZNormSum:
     mu_: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sd_: np.ndarray = field(default_factory=lambda: np.ones(0))
 
-    def fit(self, S_impostor: np.ndarray) -> "ZNormSum":
+    def fit(self, S_impostor: np.ndarray) -> ZNormSum:
         S = _guard(S_impostor)
         self.mu_ = np.nanmean(S, axis=0)
         self.sd_ = np.maximum(np.nanstd(S, axis=0), 1e-9)
@@ -97,7 +98,7 @@ class LearnedWeights:
         miss = ~np.isfinite(L)
         return np.hstack([np.where(miss, 0.0, L), miss.astype(float)])
 
-    def fit(self, L_genuine: np.ndarray, L_impostor: np.ndarray) -> "LearnedWeights":
+    def fit(self, L_genuine: np.ndarray, L_impostor: np.ndarray) -> LearnedWeights:
         from sklearn.linear_model import LogisticRegression
 
         X = np.vstack([self._design(L_genuine), self._design(L_impostor)])

@@ -29,7 +29,7 @@ from modalities.events import EventValidationError
 
 Template = dict[str, np.ndarray]
 
-_REGISTRY: dict[str, type["Scorer"]] = {}
+_REGISTRY: dict[str, type[Scorer]] = {}
 
 
 class ModelVersionError(ValueError):
@@ -87,7 +87,7 @@ class Scorer(ABC):
             np.savez(fh, __meta__=np.array(json.dumps(meta)), **state)
 
     @staticmethod
-    def load(path: str | os.PathLike[str]) -> "Scorer":
+    def load(path: str | os.PathLike[str]) -> Scorer:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["__meta__"]))
             state = {k[len("state__"):]: z[k] for k in z.files if k.startswith("state__")}
@@ -159,12 +159,12 @@ class ScorerDetector:
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {"scorer": self.scorer, "contamination": self.contamination}
 
-    def set_params(self, **params: Any) -> "ScorerDetector":
+    def set_params(self, **params: Any) -> ScorerDetector:
         for k, v in params.items():
             setattr(self, k, v)
         return self
 
-    def fit(self, X: np.ndarray, y: Any = None) -> "ScorerDetector":
+    def fit(self, X: np.ndarray, y: Any = None) -> ScorerDetector:
         from sklearn.utils.validation import validate_data
 
         X = validate_data(self, X, reset=True)

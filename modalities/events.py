@@ -15,9 +15,9 @@ This module imports numpy only: it runs on the phone, in federated clients and i
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -116,11 +116,11 @@ class KeySequence:
     def __len__(self) -> int:
         return int(self.press.shape[0])
 
-    def __getitem__(self, item: slice) -> "KeySequence":
+    def __getitem__(self, item: slice) -> KeySequence:
         return KeySequence(self.keys[item], self.press[item], self.release[item])
 
     @classmethod
-    def from_events(cls, events: Sequence[KeyEvent]) -> "KeySequence":
+    def from_events(cls, events: Sequence[KeyEvent]) -> KeySequence:
         if len(events) == 0:
             raise EventValidationError("events", "sequence is empty")
         return cls(
@@ -227,7 +227,7 @@ class TouchStream:
         return int(self.time.shape[0])
 
     @classmethod
-    def from_events(cls, events: Sequence[TouchEvent], device: str = "unknown") -> "TouchStream":
+    def from_events(cls, events: Sequence[TouchEvent], device: str = "unknown") -> TouchStream:
         if len(events) == 0:
             raise EventValidationError("events", "stream is empty")
         cols = {n: np.array([getattr(e, n) for e in events]) for n in (
@@ -289,7 +289,7 @@ class AccelSeries:
         return float(self.t[-1] - self.t[0])
 
     @classmethod
-    def from_samples(cls, samples: Sequence[AccelSample], device: str = "unknown") -> "AccelSeries":
+    def from_samples(cls, samples: Sequence[AccelSample], device: str = "unknown") -> AccelSeries:
         if len(samples) == 0:
             raise EventValidationError("samples", "series is empty")
         return cls(np.array([s.time for s in samples]), np.array([[s.x, s.y, s.z] for s in samples]), device)
@@ -352,7 +352,7 @@ class FeatureWindow:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> "FeatureWindow":
+    def from_dict(cls, d: dict[str, object]) -> FeatureWindow:
         try:
             return cls(
                 modality=d["modality"],  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -12,15 +12,15 @@ from rich.table import Table
 
 app = typer.Typer(help="Benchmarks: accuracy and speed, measured the same way for every part.")
 
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", envvar="CADENCE_DATA_DIR", help="Dataset folder (layout of shared/datasets).")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR", help="Dataset folder (layout of shared/datasets).")]
 
 
 @app.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
 def bench(
     name: Annotated[str, typer.Argument(help="Bench to run, or 'list'.")],
     data_dir: DataDir = None,
-    train_dir: Annotated[Optional[Path], typer.Option(help="Train population models on every subject here.")] = None,
-    eval_dir: Annotated[Optional[Path], typer.Option(help="Evaluate on every subject here.")] = None,
+    train_dir: Annotated[Path | None, typer.Option(help="Train population models on every subject here.")] = None,
+    eval_dir: Annotated[Path | None, typer.Option(help="Evaluate on every subject here.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-results"),
     quick: Annotated[bool, typer.Option("--quick", help="Small subset that finishes in under 2 minutes.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed for splits and training.")] = 0,

@@ -11,7 +11,16 @@ from evaluation.metrics import eer, fnmr_at_fmr
 from fusion.calibration import IsotonicCalibrator, LogisticCalibrator, cllr, min_cllr
 from fusion.engine import FusionEngine
 from fusion.policy import ModalityEvidence, decide, load_policy, tier_for
-from fusion.rules import DecisionRule, LearnedWeights, Sequential, ZNormSum, llr_max, llr_min, llr_sum, per_modality_thresholds
+from fusion.rules import (
+    DecisionRule,
+    LearnedWeights,
+    Sequential,
+    ZNormSum,
+    llr_max,
+    llr_min,
+    llr_sum,
+    per_modality_thresholds,
+)
 
 
 def _scores(rng: np.random.Generator, n: int, d: float, shift: float = 0.0, scale: float = 1.0):
