@@ -28,6 +28,39 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     environment: str = "development"
+    #: server: API keys -> scopes ("bank", "admin"); the defaults are development keys,
+    #: refused outside development (set CADENCE_API_KEYS='{"<secret>": ["bank"]}')
+    api_keys: dict[str, list[str]] = Field(default_factory=lambda: {"dev-bank-key": ["bank"],
+                                                                    "dev-admin-key": ["admin", "bank"]})
+    #: server: Ed25519 seed (base64url, 32 bytes) signing decision tokens; None = a key made
+    #: at start-up (development only: tokens do not verify across restarts)
+    server_signing_key: str | None = None
+    #: server: device requests must carry an Ed25519 signature (off only in unit tests)
+    require_signed_requests: bool = True
+    #: server: allowed clock skew for signed requests, seconds (older = stale, refused)
+    signature_max_skew_s: int = 300
+    #: server: largest request body accepted, bytes
+    max_body_bytes: int = 262_144
+    #: server: consecutive failed authentications before the user is locked (PSD2 RTS Art. 4)
+    lockout_failures: int = 5
+    #: server: enrolment quality gate (per modality)
+    enrol_min_windows: int = 3
+    enrol_min_quality: float = 0.05
+    #: server: fitted score calibration (fusion.engine.FusionEngine JSON); None = look for
+    #: fusion-calibration.json in the model registry, else the policy's uncalibrated mapping
+    fusion_calibration: Path | None = None
+    #: compliance: secret key of the audit log's pseudonyms (HMAC-SHA256 of user ids), base64 or
+    #: a path to a file holding it; None = a development key, refused outside development
+    audit_hmac_key: str | None = None
+    #: compliance: Ed25519 private key (raw 32-byte seed, base64, or a PEM file path) that signs
+    #: audit checkpoints; None = a development key, refused outside development
+    audit_signing_key: str | None = None
+    #: compliance: extra Ed25519 public keys (base64, comma-separated) accepted for old seals
+    audit_public_keys: str = ""
+    #: compliance: retention policy YAML; None = the default shipped in compliance/retention.yaml
+    retention_policy: Path | None = None
+    #: compliance: modules imported so they register their data holders (export/erase/purge)
+    holder_modules: list[str] = Field(default_factory=lambda: ["server.holders"])
 
 
 @lru_cache

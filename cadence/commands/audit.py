@@ -1,0 +1,123 @@
+"""`cadence audit verify|seal`: check the hash-chained audit log, sign its head."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from sqlalchemy import inspect
+from sqlalchemy.orm import Session
+
+app = typer.Typer()
+audit_app = typer.Typer(help="Tamper-evident audit log: verify the chain, seal its head.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+_err = Console(stderr=True)
+
+
+@contextmanager
+def compliance_session(database_url: str | None = None, *, commit: bool = True) -> Iterator[Session]:
+    """A transaction on the configured database (rolled back when not `commit`); exits 2 if unusable."""
+    from cadence.db import make_engine, make_sessionmaker
+    from cadence.settings import get_settings
+    from compliance.models import TABLES
+
+    url = database_url or get_settings().database_url
+    engine = make_engine(url)
+    try:
+        try:
+            names = set(inspect(engine).get_table_names())
+        except Exception as exc:  # noqa: BLE001 - any driver error means "cannot open"
+            _err.print(f"[red]error:[/red] cannot open database {engine.url.render_as_string(hide_password=True)}: {exc}")
+            raise typer.Exit(2) from exc
+        missing = [t.name for t in TABLES if t.name not in names]
+        if missing:
+            _err.print(
+                f"[red]error:[/red] database {engine.url.render_as_string(hide_password=True)} has no {', '.join(missing)} "
+                "table(s): run the server's migrations first (alembic upgrade head)"
+            )
+            raise typer.Exit(2)
+        factory = make_sessionmaker(engine)
+        if commit:
+            with factory() as session, session.begin():
+                yield session
+        else:
+            with factory() as session:
+                try:
+                    yield session
+                finally:
+                    session.rollback()
+    finally:
+        engine.dispose()
+
+
+DbUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (default: CADENCE_DATABASE_URL).")]
+
+
+@audit_app.command("verify")
+def verify(
+    checkpoint: Annotated[
+        list[Path] | None, typer.Option("--checkpoint", help="Checkpoint JSON kept outside the database (from `cadence audit seal`); repeatable.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    database_url: DbUrl = None,
+) -> None:
+    """Recompute the whole chain and every seal; exit 1 naming the first broken entry."""
+    from compliance.audit import AuditError, checkpoint_from_dict, verify_chain
+    from compliance.keys import KeyConfigError
+
+    external = []
+    for p in checkpoint or []:
+        try:
+            external.append(checkpoint_from_dict(json.loads(p.read_text("utf-8"))))
+        except (OSError, ValueError, AuditError) as exc:
+            raise typer.BadParameter(f"{p}: {exc}", param_hint="--checkpoint") from exc
+    with compliance_session(database_url) as session:
+        try:
+            result = verify_chain(session, external=external)
+        except KeyConfigError as exc:
+            _err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    out = Console()
+    if as_json:
+        out.print_json(json.dumps(result.to_dict()))
+    elif result.ok:
+        out.print(
+            f"audit chain OK: {result.entries} entries (seq {result.first_seq or 0}..{result.head_seq}), "
+            f"{result.checkpoints} signed checkpoint(s), head {result.head_hash[:16]}",
+            soft_wrap=True,
+        )
+    else:
+        fb = result.first_broken
+        assert fb is not None
+        out.print(f"audit chain BROKEN: first broken entry seq={fb.seq}: {fb.reason}", soft_wrap=True)
+        for other in result.problems[1:10]:
+            out.print(f"  also entry seq={other.seq}: {other.reason}", soft_wrap=True)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("seal")
+def seal_cmd(
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the checkpoint JSON here (keep it off this database).")] = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Sign the chain head with the audit key and print the checkpoint JSON (store it elsewhere too)."""
+    from compliance.audit import AuditChainError, checkpoint_dict, seal
+    from compliance.keys import KeyConfigError
+
+    with compliance_session(database_url) as session:
+        try:
+            cp = seal(session)
+        except (AuditChainError, KeyConfigError) as exc:
+            _err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        text = json.dumps(checkpoint_dict(cp), indent=2)
+    if out is not None:
+        out.write_text(text + "\n", "utf-8")
+    typer.echo(text)

@@ -1,0 +1,107 @@
+"""`cadence compliance purge|export|erase`: retention and data-subject requests from the shell."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cadence.commands.audit import DbUrl, compliance_session
+
+app = typer.Typer()
+compliance_app = typer.Typer(help="Consent, retention and data-subject requests (GDPR Art. 17/20).", no_args_is_help=True)
+app.add_typer(compliance_app, name="compliance")
+
+_err = Console(stderr=True)
+
+
+def _holders() -> None:
+    from compliance.subjects import load_holder_modules, registered_holders
+
+    load_holder_modules()
+    if not registered_holders():
+        _err.print("[yellow]note:[/yellow] no data holders registered (settings.holder_modules): only consent and audit tables are covered")
+
+
+@compliance_app.command("purge")
+def purge_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be removed; change nothing.")] = False,
+    policy: Annotated[Path | None, typer.Option("--policy", help="Retention policy YAML (default: packaged policy).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print counts as JSON.")] = False,
+    database_url: DbUrl = None,
+) -> None:
+    """Apply the retention policy: remove what outlived it and report counts per table."""
+    from compliance.keys import KeyConfigError
+    from compliance.retention import PolicyError, load_policy, purge
+
+    try:
+        pol = load_policy(policy)
+    except PolicyError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--policy") from exc
+    _holders()
+    with compliance_session(database_url, commit=not dry_run) as session:
+        try:
+            removed = purge(session, pol, dry_run=dry_run, actor="cli")
+        except KeyConfigError as exc:
+            _err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(json.dumps({"dry_run": dry_run, "policy_version": pol.version, "removed": removed}))
+        return
+    table = Table(title=f"retention purge (policy {pol.version}){' - DRY RUN, nothing removed' if dry_run else ''}")
+    table.add_column("table")
+    table.add_column("would remove" if dry_run else "removed", justify="right")
+    for name, n in removed.items():
+        table.add_row(name, str(n))
+    Console().print(table)
+
+
+@compliance_app.command("export")
+def export_cmd(
+    user: Annotated[str, typer.Argument(help="User id.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Write the JSON here instead of stdout.")] = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Everything held about USER as JSON (GDPR Art. 20)."""
+    from compliance.subjects import export_user
+
+    _holders()
+    with compliance_session(database_url) as session:
+        data = export_user(session, user)
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    if out is not None:
+        out.write_text(text + "\n", "utf-8")
+        _err.print(f"wrote {out}")
+    else:
+        typer.echo(text)
+
+
+@compliance_app.command("erase")
+def erase_cmd(
+    user: Annotated[str, typer.Argument(help="User id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    database_url: DbUrl = None,
+) -> None:
+    """Erase USER (GDPR Art. 17): templates, evidence, consents; audit stays pseudonymous."""
+    from compliance.keys import KeyConfigError
+    from compliance.subjects import erase_user
+
+    if not yes:
+        typer.confirm(f"Erase every record of {user!r}? This cannot be undone", abort=True)
+    _holders()
+    with compliance_session(database_url) as session:
+        try:
+            removed = erase_user(session, user, actor="cli")
+        except KeyConfigError as exc:
+            _err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    table = Table(title=f"erased {user}")
+    table.add_column("table")
+    table.add_column("removed", justify="right")
+    for name, n in removed.items():
+        table.add_row(name, str(n))
+    Console().print(table)

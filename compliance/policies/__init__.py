@@ -1,0 +1,1 @@
+"""Plain-language consent texts, one YAML per purpose (`purpose`, `version`, `title`, `text`)."""

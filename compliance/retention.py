@@ -1,0 +1,159 @@
+"""Retention: a YAML policy of how long each kind of data lives, and `purge` that applies it.
+
+The policy is data, not code, so operators and auditors read one short file. `purge` is
+idempotent (a second run removes nothing), reports counts per table, has a dry run, and runs
+in the caller's transaction; `scheduled_purge` is the one-call form the server schedules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from compliance import audit
+from compliance.models import ConsentRecord, utcnow
+
+
+class PolicyError(ValueError):
+    """The retention policy file is unreadable or a field is missing or out of range."""
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How long things live. `raw` keeps the whole file for holders that read extra keys."""
+
+    version: str
+    evidence_days: int = 30
+    template_inactive_days: int = 180
+    revoked_consent_days: int = 365
+    audit_years: int = 7
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def days(self, kind: str) -> int | None:
+        """Days to keep data of `kind` (a section of the file with a ``days`` key), else None."""
+        sec = self.raw.get(kind)
+        return int(sec["days"]) if isinstance(sec, Mapping) and "days" in sec else None
+
+    def __getattr__(self, name: str) -> Any:
+        """`policy.transactions` etc.: holders read their own sections' days as attributes."""
+        if name.startswith("_") or name == "raw":
+            raise AttributeError(name)
+        value = self.days(name)
+        if value is None:
+            raise AttributeError(f"retention policy has no {name}.days")
+        return value
+
+    def evidence_cutoff(self, now: datetime) -> datetime:
+        return now - timedelta(days=self.evidence_days)
+
+    def template_cutoff(self, now: datetime) -> datetime:
+        return now - timedelta(days=self.template_inactive_days)
+
+    def revoked_consent_cutoff(self, now: datetime) -> datetime:
+        return now - timedelta(days=self.revoked_consent_days)
+
+    def audit_cutoff(self, now: datetime) -> datetime:
+        """`audit_years` calendar years before `now` (29 Feb maps to 28 Feb)."""
+        try:
+            return now.replace(year=now.year - self.audit_years)
+        except ValueError:
+            return now.replace(year=now.year - self.audit_years, day=28)
+
+
+def _days(raw: Mapping[str, Any], section: str, key: str, *, minimum: int = 1) -> int:
+    sec = raw.get(section)
+    if not isinstance(sec, Mapping) or key not in sec:
+        raise PolicyError(f"{section}.{key}: missing from the retention policy")
+    value = sec[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PolicyError(f"{section}.{key}: must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def parse_policy(raw: Any) -> RetentionPolicy:
+    """Validate a parsed policy mapping; errors name the field."""
+    if not isinstance(raw, Mapping):
+        raise PolicyError("retention policy: must be a YAML mapping")
+    if "version" not in raw:
+        raise PolicyError("version: missing from the retention policy")
+    for section, body in raw.items():
+        if isinstance(body, Mapping) and "days" in body:
+            _days(raw, str(section), "days", minimum=0 if section != "evidence" else 1)
+    return RetentionPolicy(
+        version=str(raw["version"]),
+        evidence_days=_days(raw, "evidence", "days"),
+        template_inactive_days=_days(raw, "templates", "inactive_days"),
+        revoked_consent_days=_days(raw, "consents", "revoked_days", minimum=0),
+        audit_years=_days(raw, "audit", "years"),
+        raw=dict(raw),
+    )
+
+
+def load_policy(path: str | Path | None = None) -> RetentionPolicy:
+    """Read a policy file; None = settings.retention_policy, else the packaged default."""
+    if path is None:
+        from cadence.settings import get_settings
+
+        path = get_settings().retention_policy
+    try:
+        if path is None:
+            text = resources.files("compliance").joinpath("retention.yaml").read_text("utf-8")
+        else:
+            text = Path(path).read_text("utf-8")
+        raw = yaml.safe_load(text)
+    except OSError as exc:
+        raise PolicyError(f"policy: cannot read {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"policy: {path} is not valid YAML: {exc}") from exc
+    return parse_policy(raw)
+
+
+def _purge_consents(session: Session, policy: RetentionPolicy, now: datetime, dry_run: bool) -> int:
+    cond = (ConsentRecord.revoked_at.is_not(None), ConsentRecord.revoked_at < policy.revoked_consent_cutoff(now))
+    n = session.scalar(select(func.count()).select_from(ConsentRecord).where(*cond)) or 0
+    if n and not dry_run:
+        session.execute(delete(ConsentRecord).where(*cond).execution_options(synchronize_session="fetch"))
+    return int(n)
+
+
+def purge(session: Session, policy: RetentionPolicy, *, now: datetime | None = None, dry_run: bool = False, actor: str = "retention") -> dict[str, int]:
+    """Apply the policy: every holder's purge, old revoked consents, audit beyond its window.
+
+    Returns counts per table (what a dry run *would* remove). Unless dry, appends one
+    ``retention.purge`` audit entry with those counts, after pruning, so it is never pruned itself.
+    """
+    from compliance.subjects import registered_holders
+
+    now = (now or utcnow()).astimezone(UTC)
+    removed: dict[str, int] = {}
+    for h in registered_holders():
+        for table, count in h.purge(session, policy, now=now, dry_run=dry_run).items():
+            removed[f"{h.name}.{table}"] = int(count)
+    removed["compliance.consents"] = _purge_consents(session, policy, now, dry_run)
+    removed["compliance.audit"] = audit.prune_before(session, policy.audit_cutoff(now), dry_run=dry_run, now=now)
+    if not dry_run:
+        audit.append_audit(
+            session,
+            event="retention.purge",
+            actor=actor,
+            subject=None,
+            payload={"policy_version": policy.version, "removed": removed},
+            now=now,
+        )
+    session.flush()
+    return removed
+
+
+def scheduled_purge(factory: sessionmaker[Session], policy: RetentionPolicy | None = None) -> dict[str, int]:
+    """One purge in its own transaction: what the server's scheduler calls (e.g. daily)."""
+    pol = policy or load_policy()
+    with factory() as session, session.begin():
+        return purge(session, pol)

@@ -1,0 +1,177 @@
+"""`cadence audit verify` through the CLI: any edit, deletion or reordering is named.
+
+Tampering is done the way an attacker with database access would: plain SQL on the rows.
+Runs on SQLite and on PostgreSQL (skipped with the reason when that is not reachable).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from cadence.cli import app
+from compliance.audit import append_audit, digest, entry_hash, seal
+from compliance.models import AuditCheckpoint, AuditEntry, AuditHead
+
+N = 5
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+runner = CliRunner()
+
+
+def _chain(factory: sessionmaker[Session], n: int = N) -> None:
+    with factory() as s, s.begin():
+        for i in range(n):
+            append_audit(
+                s,
+                event="decision.made",
+                actor="server",
+                subject=f"user-{i % 2}",
+                payload={
+                    "outcome": "approve" if i % 3 else "step_up",
+                    "inputs": digest(f"window-{i}".encode()),
+                    "model_versions": {"keystroke": "ks-2026.11"},
+                    "reasons": [{"modality": "keystroke", "code": "KS_MATCH", "contribution": 1.25}],
+                },
+                now=T0 + timedelta(minutes=i),
+            )
+
+
+def _verify(db_url: str, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, str]:
+    monkeypatch.setenv("CADENCE_DATABASE_URL", db_url)
+    from cadence.settings import get_settings
+
+    get_settings.cache_clear()
+    res = runner.invoke(app, ["audit", "verify", *args])
+    return res.exit_code, res.output
+
+
+def test_untouched_chain_verifies(factory: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _chain(factory)
+    code, out = _verify(db_url, monkeypatch)
+    assert code == 0, out
+    assert f"audit chain OK: {N} entries (seq 1..{N})" in out
+
+
+@pytest.mark.parametrize("seq", range(1, N + 1))
+def test_edited_row_is_named(seq: int, factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _chain(factory)
+    with engine.begin() as conn:
+        conn.execute(update(AuditEntry).where(AuditEntry.seq == seq).values(payload='{"outcome":"approve"}'))
+    code, out = _verify(db_url, monkeypatch)
+    assert code == 1, out
+    assert f"first broken entry seq={seq}:" in out
+    assert "edited" in out
+
+
+@pytest.mark.parametrize("seq", range(1, N + 1))
+def test_deleted_row_is_named(seq: int, factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _chain(factory)
+    with engine.begin() as conn:
+        conn.execute(delete(AuditEntry).where(AuditEntry.seq == seq))
+    code, out = _verify(db_url, monkeypatch)
+    assert code == 1, out
+    assert f"first broken entry seq={seq}: missing" in out
+
+
+@pytest.mark.parametrize("seq", range(1, N))
+def test_reordered_rows_are_named(seq: int, factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Swap the contents of positions seq and seq+1 (every column but the position)."""
+    _chain(factory)
+    cols = ["ts", "event", "actor", "subject", "payload", "prev_hash", "hash"]
+    with engine.begin() as conn:
+        a, b = (conn.execute(select(*[getattr(AuditEntry, c) for c in cols]).where(AuditEntry.seq == q)).one() for q in (seq, seq + 1))
+        conn.execute(update(AuditEntry).where(AuditEntry.seq == seq).values(dict(zip(cols, b, strict=True))))
+        conn.execute(update(AuditEntry).where(AuditEntry.seq == seq + 1).values(dict(zip(cols, a, strict=True))))
+    code, out = _verify(db_url, monkeypatch)
+    assert code == 1, out
+    assert f"first broken entry seq={seq}:" in out
+
+
+def test_renumbering_to_reorder_is_named(factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reordering by swapping positions (seq values) of entries 2 and 3."""
+    _chain(factory)
+    with engine.begin() as conn:
+        conn.execute(update(AuditEntry).where(AuditEntry.seq == 2).values(seq=-2))
+        conn.execute(update(AuditEntry).where(AuditEntry.seq == 3).values(seq=2))
+        conn.execute(update(AuditEntry).where(AuditEntry.seq == -2).values(seq=3))
+    code, out = _verify(db_url, monkeypatch)
+    assert code == 1 and "first broken entry seq=2:" in out, out
+
+
+def _rewrite_tail(engine: Engine, from_seq: int) -> None:
+    """An attacker who knows the hashing (no secret in it) edits an entry and re-hashes the rest."""
+    with engine.begin() as conn:
+        rows = conn.execute(select(AuditEntry.__table__).where(AuditEntry.seq >= from_seq).order_by(AuditEntry.seq)).mappings().all()
+        prev = conn.execute(select(AuditEntry.hash).where(AuditEntry.seq == from_seq - 1)).scalar_one()
+        for r in rows:
+            payload = '{"outcome":"approve"}' if r["seq"] == from_seq else r["payload"]
+            h = entry_hash(seq=r["seq"], ts=r["ts"].replace(tzinfo=UTC), event=r["event"], actor=r["actor"], subject=r["subject"], payload=payload, prev_hash=prev)
+            conn.execute(update(AuditEntry).where(AuditEntry.seq == r["seq"]).values(payload=payload, prev_hash=prev, hash=h))
+            prev = h
+        conn.execute(update(AuditHead).values(hash=prev))
+
+
+def test_consistent_rewrite_is_caught_by_the_seal(factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _chain(factory)
+    with factory() as s, s.begin():
+        seal(s)
+    _rewrite_tail(engine, 2)
+    code, out = _verify(db_url, monkeypatch)
+    assert code == 1 and f"first broken entry seq={N}: differs from the signed seal" in out, out
+
+
+def test_truncation_after_seal_is_named(factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut the last two entries and fix the head row: only the signed seal still knows."""
+    _chain(factory)
+    with factory() as s, s.begin():
+        seal(s)
+    with engine.begin() as conn:
+        conn.execute(delete(AuditEntry).where(AuditEntry.seq > N - 2))
+        h = conn.execute(select(AuditEntry.hash).where(AuditEntry.seq == N - 2)).scalar_one()
+        conn.execute(update(AuditHead).values(seq=N - 2, hash=h))
+    code, out = _verify(db_url, monkeypatch)
+    assert code == 1 and f"first broken entry seq={N - 1}: missing" in out and "truncated" in out, out
+
+
+def test_external_checkpoint_catches_deleted_seals(
+    factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`cadence audit seal --out` keeps a copy off the database; deleting the seal row is not enough."""
+    _chain(factory)
+    monkeypatch.setenv("CADENCE_DATABASE_URL", db_url)
+    from cadence.settings import get_settings
+
+    get_settings.cache_clear()
+    cp_file = tmp_path / "checkpoint.json"
+    res = runner.invoke(app, ["audit", "seal", "--out", str(cp_file)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(cp_file.read_text())["seq"] == N
+    with engine.begin() as conn:
+        conn.execute(delete(AuditCheckpoint))
+        conn.execute(delete(AuditEntry).where(AuditEntry.seq == N))
+        h = conn.execute(select(AuditEntry.hash).where(AuditEntry.seq == N - 1)).scalar_one()
+        conn.execute(update(AuditHead).values(seq=N - 1, hash=h))
+    assert _verify(db_url, monkeypatch)[0] == 0  # the database alone now looks consistent
+    code, out = _verify(db_url, monkeypatch, "--checkpoint", str(cp_file))
+    assert code == 1 and f"first broken entry seq={N}: missing" in out, out
+
+
+def test_forged_seal_is_refused(factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _chain(factory)
+    with factory() as s, s.begin():
+        seal(s)
+    with engine.begin() as conn:
+        conn.execute(update(AuditCheckpoint).values(seq=N - 1))
+    code, out = _verify(db_url, monkeypatch)
+    assert code == 1 and "signature does not verify" in out, out
+
+
+def test_missing_tables_give_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = _verify(f"sqlite:///{tmp_path / 'empty.sqlite'}", monkeypatch)
+    assert code == 2 and "compliance_audit" in out and "migrations" in out
