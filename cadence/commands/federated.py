@@ -1,0 +1,130 @@
+"""`cadence federated ...`: operate federated training on Flower's deployment engine.
+
+cadence federated prepare   --modality keystroke --data-dir D --out devices/   (device files)
+cadence federated superlink --workdir W --port 9300                            (foreground)
+cadence federated supernode --superlink 127.0.0.1:9300 --data devices/device-1.npz --port 9401
+cadence federated run       --workdir W --modality keystroke --rounds 5 --registry R [--activate]
+cadence federated status    --workdir W
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer()
+fed = typer.Typer(help="Federated training (Flower): SuperLink, SuperNodes, rounds, progress.", no_args_is_help=True)
+app.add_typer(fed, name="federated")
+
+Workdir = Annotated[Path, typer.Option(help="Operator workspace: FLWR_HOME, logs and run status live here.")]
+console = Console()
+
+
+def _fail(msg: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(2)
+
+
+@fed.command("prepare")
+def prepare(
+    modality: Annotated[str, typer.Option(help="keystroke, touch or gait.")],
+    data_dir: Annotated[Path, typer.Option(envvar="CADENCE_DATA_DIR", help="Dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for one device-<subject>.npz per subject.")],
+    subjects: Annotated[str | None, typer.Option(help="Comma-separated subject ids (default: all).")] = None,
+) -> None:
+    """Compute each subject's feature windows into its own device file (what a phone holds)."""
+    from federated.features import DeviceDataError, feature_spec, subject_windows, write_device_files
+
+    try:
+        subs = [int(s) for s in subjects.split(",")] if subjects else None
+        spec = feature_spec(modality)
+        files = write_device_files(out, subject_windows(modality, data_dir, subs), spec)
+    except (DeviceDataError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {len(files)} device files to {out}")
+
+
+@fed.command("superlink")
+def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1", port: int = 9300) -> None:
+    """Start a SuperLink (insecure, loopback by default, no runtime installs) in the foreground."""
+    from federated import deployment as d
+
+    d.write_connection(workdir, f"{host}:{port}")
+    console.print(f"SuperLink on {host}:{port}; FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}")
+    raise typer.Exit(subprocess.call(d.superlink_cmd(host, port), env=d.flower_env(workdir)))
+
+
+@fed.command("supernode")
+def supernode(
+    data: Annotated[Path, typer.Option(help="This device's feature file (from `prepare` or the app).")],
+    superlink: Annotated[str, typer.Option(help="SuperLink address host:port.")] = "127.0.0.1:9300",
+    port: Annotated[int, typer.Option(help="This SuperNode's own API port (one per SuperNode).")] = 9401,
+    workdir: Workdir = Path("federated-work"),
+) -> None:
+    """Start a SuperNode serving one device's data, in the foreground."""
+    from federated import deployment as d
+    from federated.features import DeviceDataError, read_device_file
+
+    try:
+        read_device_file(data)
+    except DeviceDataError as exc:
+        _fail(str(exc))
+    raise typer.Exit(subprocess.call(d.supernode_cmd(superlink, data, port), env=d.flower_env(workdir)))
+
+
+@fed.command("run")
+def run(
+    modality: Annotated[str, typer.Option(help="keystroke, touch or gait.")] = "keystroke",
+    rounds: Annotated[int, typer.Option(help="Number of federated rounds.")] = 5,
+    workdir: Workdir = Path("federated-work"),
+    registry: Annotated[Path | None, typer.Option(help="Model registry root (default: CADENCE_MODEL_REGISTRY).")] = None,
+    strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedmedian, trimmed-mean or krum.")] = "fedavg",
+    min_nodes: Annotated[int, typer.Option(help="Wait for this many SuperNodes.")] = 2,
+    dp: Annotated[bool, typer.Option("--dp", help="Client-side DP with fixed clipping.")] = False,
+    noise_multiplier: float = 1.0,
+    clipping_norm: float = 1.0,
+    activate: Annotated[bool, typer.Option("--activate", help="Activate the new version in the registry.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
+) -> None:
+    """Submit N rounds for a modality to the SuperLink of WORKDIR, follow progress, publish the model."""
+    from cadence.settings import get_settings
+    from federated import deployment as d
+    from federated.config import RunSettings, SettingsError
+
+    reg = (registry or get_settings().model_registry).resolve()
+    status = Path(workdir).resolve() / "status.json"
+    if status.exists():
+        status.unlink()
+    try:
+        s = RunSettings.from_config({"modality": modality, "num-server-rounds": rounds, "strategy": strategy,
+                                     "min-nodes": min_nodes, "dp": dp, "noise-multiplier": noise_multiplier,
+                                     "clipping-norm": clipping_norm, "registry": str(reg), "status-file": str(status)})
+        info = d.submit_run(workdir, {k: v for k, v in s.as_config().items() if k != "feature-dir"})
+        console.print(f"submitted run {info.get('run-id', '?')}")
+        final = d.wait_for_run(status, timeout, lambda st: console.print(
+            f"[{st.get('state')}] round {st.get('round')}/{st.get('num_rounds')} ({st.get('elapsed_s', 0)} s)"))
+    except (SettingsError, d.DeploymentError, ValueError) as exc:
+        _fail(str(exc))
+    version = final.get("version")
+    console.print(f"published {modality} {version} to {reg}")
+    if activate and version:
+        import federated.scorer  # noqa: F401 - registers the scorer class for loading
+        from modalities.registry import ModelRegistry
+        ModelRegistry(reg).activate(modality, version)
+        console.print(f"activated {modality} {version}")
+
+
+@fed.command("status")
+def status(workdir: Workdir = Path("federated-work")) -> None:
+    """Progress of the last run started from WORKDIR (JSON)."""
+    from federated.deployment import read_status
+
+    console.print_json(json.dumps(read_status(Path(workdir).resolve() / "status.json"), default=str))
+
+
+__all__ = ["app"]

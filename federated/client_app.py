@@ -1,0 +1,87 @@
+"""Flower ClientApp (Message API): one device, one person's feature windows. Wiring only.
+
+Handlers: ``query`` returns this device's feature sums (for the population scaling),
+``train`` runs local training from the global model (`federated.task.train`), ``evaluate``
+reports on-device loss/accuracy. Client-side DP clipping is a mod that acts only when the
+server asks for it. Start with ``flwr-clientapp`` via a SuperNode, or in simulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+
+from federated import task
+
+KEY_CLIPPING_NORM = "clipping_norm"
+
+
+def optional_clipping_mod(msg: Message, ctxt: Context, call_next: Any) -> Message:
+    """Apply Flower's `fixedclipping_mod` only to DP train rounds (config has a clipping norm)."""
+    if msg.metadata.message_type == MessageType.TRAIN:
+        cfg = next(iter(msg.content.config_records.values()), {})
+        if KEY_CLIPPING_NORM in cfg:
+            return fixedclipping_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+def _arrays(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in weights.items()})
+
+
+def make_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
+    """A ClientApp; `defaults` (e.g. the simulation's ``feature-dir``) sit under the run config."""
+    base = dict(defaults or {})
+    app = ClientApp(mods=[optional_clipping_mod])
+
+    def windows(context: Context, cfg: ConfigRecord) -> np.ndarray:
+        run = {**base, **dict(context.run_config)}
+        return task.load_device_windows(dict(context.node_config), str(cfg["modality"]), str(run.get("feature-dir", "")))
+
+    @app.query()
+    def stats(msg: Message, context: Context) -> Message:
+        cfg = msg.content["config"]
+        n, s, ss = task.feature_sums(windows(context, cfg))
+        content = RecordDict({"sums": ArrayRecord({"sum": Array(s), "sumsq": Array(ss)}),
+                              "metrics": MetricRecord({"num-examples": n})})
+        return Message(content=content, reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        cfg = msg.content["config"]
+        norm = task.Normaliser(np.asarray(cfg["norm-mean"], np.float32), np.asarray(cfg["norm-std"], np.float32))
+        X = norm(windows(context, cfg))
+        global_w = task.to_numpy(msg.content["arrays"])
+        net = task.make_net(X.shape[1], hidden=int(cfg["hidden"]))
+        task.set_weights(net, global_w)
+        slot = int(cfg["slot"])
+        tc = task.TrainConfig(epochs=int(cfg["local-epochs"]), lr=float(cfg["lr"]), batch_size=int(cfg["batch-size"]),
+                              proximal_mu=float(cfg.get("proximal-mu", 0.0)),
+                              seed=int(cfg["seed"]) * 100003 + int(cfg["server-round"]) * 1009 + slot)
+        loss = task.train(net, X, np.full(len(X), slot), task.prototypes(int(cfg["num-slots"])), tc, global_w)
+        weights = task.get_weights(net)
+        metrics = MetricRecord({"num-examples": int(len(X)), "unit-weight": 1, "train-loss": float(loss),
+                                "update-bytes": task.weights_nbytes(weights)})
+        return Message(content=RecordDict({"arrays": _arrays(weights), "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        cfg = msg.content["config"]
+        norm = task.Normaliser(np.asarray(cfg["norm-mean"], np.float32), np.asarray(cfg["norm-std"], np.float32))
+        X = norm(windows(context, cfg))
+        net = task.make_net(X.shape[1], hidden=int(cfg["hidden"]))
+        task.set_weights(net, task.to_numpy(msg.content["arrays"]))
+        res = task.test(net, X, int(cfg["slot"]), task.prototypes(int(cfg["num-slots"])))
+        metrics = MetricRecord({"num-examples": int(len(X)), "unit-weight": 1, "eval-loss": res["loss"],
+                                "eval-accuracy": res["accuracy"]})
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+app = make_app()

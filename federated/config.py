@@ -1,0 +1,122 @@
+"""Run settings of a federated job: one typed object parsed from Flower's run config.
+
+Keys are kebab-case, as in ``[tool.flwr.app.config]`` of ``federated/app/pyproject.toml``,
+and can be overridden with ``flwr run ... --run-config "num-server-rounds=5"`` or the
+``cadence federated run`` options. Unknown or ill-typed values fail with the key's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from federated.features import check_modality
+
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "trimmed-mean", "krum")
+
+
+class SettingsError(ValueError):
+    """A run-config value is missing, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything the ServerApp and ClientApp read from the run config."""
+
+    modality: str = "keystroke"
+    num_server_rounds: int = 3
+    strategy: str = "fedavg"
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    local_epochs: int = 1
+    lr: float = 0.05
+    batch_size: int = 16
+    hidden: int = 64
+    num_slots: int = 128
+    seed: int = 0
+    proximal_mu: float = 0.01
+    trim_beta: float = 0.2
+    krum_byzantine: int = 1
+    dp: bool = False
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0
+    dp_delta: float = 1e-3
+    num_shares: int = 3
+    reconstruction_threshold: int = 2
+    feature_dir: str = ""
+    registry: str = ""
+    status_file: str = ""
+    round_timeout: float = 600.0
+
+    @classmethod
+    def from_config(cls, *configs: Mapping[str, Any]) -> RunSettings:
+        """Merge configs (later ones win) and validate; keys use dashes, not underscores."""
+        merged: dict[str, Any] = {}
+        for c in configs:
+            merged.update({str(k): v for k, v in c.items()})
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, raw in merged.items():
+            f = known.get(key)
+            if f is None:
+                continue  # other apps' keys are not ours to refuse
+            values[f.name] = _coerce(key, raw, type(getattr(cls(), f.name)))
+        s = cls(**values)
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        check_modality(self.modality)
+        if self.strategy not in STRATEGY_NAMES:
+            raise SettingsError(f"strategy: unknown {self.strategy!r}; expected one of {', '.join(STRATEGY_NAMES)}")
+        for key, v, lo in (("num-server-rounds", self.num_server_rounds, 1), ("min-nodes", self.min_nodes, 1),
+                           ("local-epochs", self.local_epochs, 1), ("batch-size", self.batch_size, 1),
+                           ("hidden", self.hidden, 1), ("num-slots", self.num_slots, 2)):
+            if v < lo:
+                raise SettingsError(f"{key}: must be >= {lo}, got {v}")
+        if not 0 < self.fraction_train <= 1:
+            raise SettingsError(f"fraction-train: must be in (0, 1], got {self.fraction_train}")
+        if self.lr <= 0 or self.clipping_norm <= 0 or self.noise_multiplier < 0:
+            raise SettingsError("lr, clipping-norm must be > 0 and noise-multiplier >= 0")
+        if not 0 < self.dp_delta < 1:
+            raise SettingsError(f"dp-delta: must be in (0, 1), got {self.dp_delta}")
+        if not 0 <= self.trim_beta < 0.5:
+            raise SettingsError(f"trim-beta: must be in [0, 0.5), got {self.trim_beta}")
+
+    def as_config(self) -> dict[str, Any]:
+        """Back to a kebab-case run config (what `flwr run --run-config` takes)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
+
+
+def _coerce(key: str, raw: Any, typ: type) -> Any:
+    try:
+        if typ is bool:
+            if isinstance(raw, str):
+                if raw.lower() in ("true", "1", "yes"):
+                    return True
+                if raw.lower() in ("false", "0", "no"):
+                    return False
+                raise ValueError(raw)
+            return bool(raw)
+        if typ is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError(raw)
+            return int(raw)
+        return typ(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{key}: expected {typ.__name__}, got {raw!r}") from exc
+
+
+def run_config_string(config: Mapping[str, Any]) -> str:
+    """Format a config for ``flwr run --run-config`` (TOML values, space separated)."""
+    parts = []
+    for k, v in config.items():
+        if isinstance(v, bool):
+            val = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            val = repr(v)
+        else:
+            val = '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        parts.append(f"{k}={val}")
+    return " ".join(parts)

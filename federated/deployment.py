@@ -1,0 +1,186 @@
+"""Run Flower's deployment engine on this machine: SuperLink, SuperNodes and `flwr run`.
+
+What the operator commands (`cadence federated ...`) and the end-to-end test use. Every
+process is started in its own session (process group) so that `stop` ends it and every
+child it spawned (ServerApp / ClientApp subprocesses); `FLWR_HOME` lives in the workspace,
+the update check is off, runtime dependency installation is disabled, and everything binds
+127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from federated.config import run_config_string
+
+APP_DIR = Path(__file__).resolve().parent / "app"
+FEDERATION = "cadence"
+
+
+class DeploymentError(RuntimeError):
+    """A Flower process failed to start, or a run failed or timed out."""
+
+
+def _bin(name: str) -> str:
+    p = Path(sys.executable).parent / name
+    return str(p) if p.exists() else name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(workdir: str | os.PathLike[str]) -> dict[str, str]:
+    """Environment for Flower processes: FLWR_HOME inside the workspace, no update check."""
+    env = dict(os.environ)
+    home = Path(workdir).resolve() / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(FLWR_HOME=str(home), FLWR_DISABLE_UPDATE_CHECK="1", RAY_DISABLE_USAGE_STATS="1",
+               PYTHONUNBUFFERED="1")
+    # SuperLink/SuperNode start flower-superexec, flwr-serverapp, flwr-clientapp by name
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def write_connection(workdir: str | os.PathLike[str], address: str) -> Path:
+    """`$FLWR_HOME/config.toml` naming our SuperLink as the default federation."""
+    home = Path(workdir).resolve() / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    path.write_text(f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
+                    f'address = "{address}"\ninsecure = true\n')
+    return path
+
+
+def superlink_cmd(host: str, port: int) -> list[str]:
+    return [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+            "--host", host, "--port", str(port)]
+
+
+def supernode_cmd(superlink: str, data: str | os.PathLike[str], port: int, host: str = "127.0.0.1") -> list[str]:
+    data_path = Path(data).resolve()
+    return [_bin("flower-supernode"), "--insecure", "--superlink", superlink, "--host", host, "--port", str(port),
+            "--node-config", f'data="{data_path}"']
+
+
+def spawn(cmd: list[str], workdir: str | os.PathLike[str], log_name: str) -> subprocess.Popen[bytes]:
+    """Start `cmd` in its own process group, logging to ``WORKDIR/logs/LOG_NAME.log``."""
+    logs = Path(workdir).resolve() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fh = open(logs / f"{log_name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+    try:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=flower_env(workdir),
+                                start_new_session=True, cwd=str(Path(workdir).resolve()))
+    finally:
+        fh.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started by `pid`, including detached ones.
+
+    Flower's SuperExec starts in a new session: killing the process group alone would leave it.
+    """
+    try:
+        import psutil
+
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except Exception:  # noqa: BLE001 - process gone or psutil missing: nothing more to find
+        return []
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM `proc`'s process group and every descendant, SIGKILL what is left after `timeout`."""
+    kids = descendants(proc.pid)
+    if proc.poll() is None:
+        _kill_group(proc.pid, signal.SIGTERM)
+    for pid in kids:
+        _kill(pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    kids += descendants(proc.pid)
+    _kill_group(proc.pid, signal.SIGKILL)
+    for pid in kids:
+        _kill(pid, signal.SIGKILL)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        pass
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise DeploymentError(f"process exited with code {proc.returncode} before listening on {host}:{port}")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.3)
+    raise DeploymentError(f"nothing listening on {host}:{port} after {timeout:.0f} s")
+
+
+def submit_run(workdir: str | os.PathLike[str], config: Mapping[str, Any], app_dir: Path = APP_DIR,
+               timeout: float = 120.0) -> dict[str, Any]:
+    """`flwr run APP cadence --run-config ...` against the SuperLink in ``config.toml``."""
+    cmd = [_bin("flwr"), "run", str(app_dir), FEDERATION, "--run-config", run_config_string(config), "--format", "json"]
+    res = subprocess.run(cmd, env=flower_env(workdir), capture_output=True, text=True, timeout=timeout,
+                         cwd=str(Path(workdir).resolve()))
+    if res.returncode != 0:
+        raise DeploymentError(f"flwr run failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
+    try:
+        return dict(json.loads(res.stdout[res.stdout.index("{"):]))
+    except ValueError:
+        return {"output": res.stdout}
+
+
+def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        return {"state": "unknown", "detail": f"no status file at {p} yet"}
+    try:
+        return dict(json.loads(p.read_text()))
+    except ValueError:
+        return {"state": "unknown", "detail": "status file being written"}
+
+
+def wait_for_run(status_file: str | os.PathLike[str], timeout: float, on_progress: Any = None) -> dict[str, Any]:
+    """Poll the ServerApp's status file until the run is done (or `timeout`)."""
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < timeout:
+        st = read_status(status_file)
+        if on_progress is not None and st.get("round") != last:
+            on_progress(st)
+            last = st.get("round")
+        if st.get("state") == "done":
+            return st
+        time.sleep(1.0)
+    raise DeploymentError(f"run not done after {timeout:.0f} s; last status {read_status(status_file)}")

@@ -1,0 +1,133 @@
+"""Per-device feature windows: what one phone holds about its one owner.
+
+Federated clients never see raw signals of other people: each device computes its owner's
+feature windows with the modality package (`modalities/<m>/features.py`) and keeps them in a
+single ``.npz`` file (``X``: (n, d) windows in time order, plus the feature version). The
+bench and the operator commands write one such file per subject ("device"), and a SuperNode
+is pointed at exactly one of them.
+
+Only the modality feature functions are imported here (pure numpy/scipy); torch is not.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modalities.events import MODALITIES
+
+#: window used for federated training and the bench rows, per modality (labels as in contracts.md)
+WINDOWS: dict[str, str] = {"keystroke": "50 keys", "touch": "1 swipe", "gait": "5 s"}
+
+
+class DeviceDataError(ValueError):
+    """A device feature file is missing, malformed, or of another modality/feature version."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a modality's feature extractor produces (checked when a device file is read)."""
+
+    modality: str
+    feature_version: str
+    dim: int
+    window: str
+
+
+def check_modality(modality: str) -> str:
+    """Return `modality` or raise naming the field."""
+    if modality not in MODALITIES:
+        raise DeviceDataError(f"modality: unknown {modality!r}; expected one of {', '.join(MODALITIES)}")
+    return modality
+
+
+def feature_spec(modality: str) -> FeatureSpec:
+    """Feature version and dimension of `modality`'s window features."""
+    check_modality(modality)
+    if modality == "keystroke":
+        from modalities.keystroke import features as kf
+
+        return FeatureSpec(modality, kf.FEATURE_VERSION, kf.FEATURE_DIM, WINDOWS[modality])
+    if modality == "touch":
+        from modalities.touch import features as tf
+
+        return FeatureSpec(modality, tf.FEATURE_VERSION, tf.FEATURE_DIM, WINDOWS[modality])
+    from modalities.gait import features as gf
+
+    return FeatureSpec(modality, gf.FEATURE_VERSION, gf.FEATURE_DIM, WINDOWS[modality])
+
+
+def subject_windows(modality: str, data_dir: str | os.PathLike[str], subjects: Iterable[int] | None = None,
+                    *, max_windows: int | None = None) -> dict[int, np.ndarray]:
+    """Time-ordered feature windows (n, d) per subject, cut as the modality bench cuts them.
+
+    keystroke: 50-key windows (hop 25) of BB-MAS desktop typing; touch: one swipe per window
+    (taps left out); gait: 5 s windows of detected walking (hop 2.5 s). Subjects with fewer
+    than 4 windows are left out (nothing to enrol and test). `max_windows` keeps the first ones.
+    """
+    check_modality(modality)
+    from evaluation import datasets as ds
+
+    out: dict[int, np.ndarray] = {}
+    if modality == "keystroke":
+        from modalities.keystroke.features import window_matrix
+
+        for sid, seq in ds.load_bbmas_keystrokes(data_dir, subjects).items():
+            out[sid] = window_matrix(seq, 50)
+    elif modality == "touch":
+        from modalities.touch.features import stream_features
+
+        for sid, stream in ds.load_bbmas_touch(data_dir, subjects).items():
+            X, is_tap, start = stream_features(stream)
+            order = np.argsort(start[~is_tap], kind="stable")
+            out[sid] = X[~is_tap][order]
+    else:
+        from modalities.gait.features import windows_for_subject
+
+        for sid, rec in ds.load_bbmas_gait(data_dir, subjects).items():
+            out[sid] = windows_for_subject(rec.segments, 5.0).X
+    res = {}
+    for sid, X in out.items():
+        X = np.asarray(X, dtype=np.float64)
+        X = X[np.all(np.isfinite(X), axis=1)]
+        if max_windows is not None:
+            X = X[:max_windows]
+        if X.shape[0] >= 4:
+            res[int(sid)] = X
+    return res
+
+
+def write_device_file(path: str | os.PathLike[str], X: np.ndarray, spec: FeatureSpec, subject: int | None = None) -> Path:
+    """Store one device's windows (what a SuperNode's ``--data`` points at)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(p, X=np.asarray(X, np.float32), modality=np.array(spec.modality),
+             feature_version=np.array(spec.feature_version), subject=np.array(-1 if subject is None else int(subject)))
+    return p
+
+
+def write_device_files(folder: str | os.PathLike[str], windows: dict[int, np.ndarray], spec: FeatureSpec) -> list[Path]:
+    """One ``device-<subject>.npz`` per subject in `folder`, sorted by subject id."""
+    return [write_device_file(Path(folder) / f"device-{sid}.npz", X, spec, sid) for sid, X in sorted(windows.items())]
+
+
+def read_device_file(path: str | os.PathLike[str], modality: str | None = None) -> np.ndarray:
+    """Windows of one device; refuses another modality or a file without usable windows."""
+    p = Path(path)
+    if not p.is_file():
+        raise DeviceDataError(f"data: device file not found: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            X = np.asarray(z["X"], np.float32)
+            mod = str(z["modality"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise DeviceDataError(f"data: {p} is not a device feature file ({exc})") from exc
+    if modality is not None and mod != modality:
+        raise DeviceDataError(f"data: {p} holds {mod} windows, this run trains {modality}")
+    if X.ndim != 2 or X.shape[0] == 0 or not np.all(np.isfinite(X)):
+        raise DeviceDataError(f"data: {p} must hold a non-empty finite (n, d) array X, got shape {X.shape}")
+    return X

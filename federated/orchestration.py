@@ -1,0 +1,180 @@
+"""Server-side work of a federated run: scaling round, N strategy rounds, the resulting scorer.
+
+`run_training` is what the ServerApp's ``main`` calls with Flower's `Grid`. It waits for
+`min-nodes` devices, asks each for its feature sums once (population standardisation; the
+server keeps only the total), runs the strategy stack for `num-server-rounds` rounds while
+writing progress to `status-file`, and returns a `RunOutcome` with the global scorer, the
+per-round training loss, bytes per device per round, wall time and the epsilon spent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from federated import task
+from federated.config import RunSettings
+from federated.features import feature_spec
+from federated.scorer import EmbeddingScorer
+from federated.strategies import build_strategy, epsilon_spent
+
+log = logging.getLogger(__name__)
+
+
+class FederatedRunError(RuntimeError):
+    """Too few devices, failed replies, or devices holding incompatible data."""
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run produced (the scorer is kept out of `summary`)."""
+
+    modality: str
+    strategy: str
+    rounds: int
+    num_devices: int
+    dp: bool
+    epsilon: float | None
+    delta: float | None
+    noise_multiplier: float | None
+    clipping_norm: float | None
+    bytes_per_client_per_round: int
+    download_bytes_per_client_per_round: int
+    wall_seconds: float
+    train_loss: list[float] = field(default_factory=list)
+    scorer: EmbeddingScorer | None = None
+    version: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("scorer")
+        return d
+
+
+class StatusFile:
+    """Progress of a run as a small JSON file (`cadence federated status` reads it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path) if path else None
+        self.doc: dict[str, Any] = {}
+
+    def update(self, **kw: Any) -> None:
+        if self.path is None:
+            return
+        self.doc.update(kw, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.doc, indent=2, default=float))
+        os.replace(tmp, self.path)
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
+    t0 = time.monotonic()
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= n:
+            return nodes
+        if time.monotonic() - t0 > timeout:
+            raise FederatedRunError(f"min-nodes: waited {timeout:.0f} s for {n} SuperNodes, {len(nodes)} connected")
+        time.sleep(0.5)
+
+
+def population_scaling(grid: Grid, nodes: list[int], s: RunSettings) -> task.Normaliser:
+    """One query round: each device returns (n, sum, sum of squares); the server keeps the total."""
+    msgs = [Message(RecordDict({"config": ConfigRecord({"modality": s.modality})}), dst_node_id=nid,
+                    message_type=MessageType.QUERY) for nid in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=s.round_timeout))
+    errors = [r.error.reason for r in replies if r.has_error()]
+    if errors or len(replies) < len(nodes):
+        raise FederatedRunError(f"scaling round: {len(replies) - len(errors)}/{len(nodes)} devices answered; errors: {errors[:3]}")
+    n = sum(float(r.content["metrics"]["num-examples"]) for r in replies)
+    dims = {r.content["sums"]["sum"].numpy().shape for r in replies}
+    if len(dims) != 1:
+        raise FederatedRunError(f"data: devices hold windows of different sizes {sorted(dims)}")
+    total = sum(r.content["sums"]["sum"].numpy().astype(np.float64) for r in replies)
+    total_sq = sum(r.content["sums"]["sumsq"].numpy().astype(np.float64) for r in replies)
+    return task.Normaliser.from_sums(n, total, total_sq)
+
+
+def run_training(grid: Grid, s: RunSettings) -> RunOutcome:
+    """Scaling round plus `num-server-rounds` rounds of the configured strategy."""
+    status = StatusFile(s.status_file)
+    t0 = time.perf_counter()
+    status.update(state="waiting", modality=s.modality, strategy=s.strategy, num_rounds=s.num_server_rounds, round=0)
+    nodes = wait_for_nodes(grid, s.min_nodes, s.round_timeout)
+    norm = population_scaling(grid, nodes, s)
+    spec = feature_spec(s.modality)
+    if norm.mean.shape[0] != spec.dim:
+        raise FederatedRunError(f"data: devices hold {norm.mean.shape[0]}-d windows, {s.modality} features are {spec.dim}-d")
+    strategy = build_strategy(s, len(nodes))
+    init = task.initial_weights(spec.dim, s.hidden, s.seed)
+    nbytes = task.weights_nbytes(init)
+    train_cfg = ConfigRecord({
+        "modality": s.modality, "local-epochs": s.local_epochs, "lr": s.lr, "batch-size": s.batch_size,
+        "hidden": s.hidden, "num-slots": s.num_slots, "seed": s.seed,
+        "norm-mean": [float(v) for v in norm.mean], "norm-std": [float(v) for v in norm.std],
+    })
+    losses: list[float] = []
+    status.update(state="running", num_devices=len(nodes))
+
+    def progress(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if rnd == 0:
+            return None
+        eps = epsilon_spent(s, len(nodes), rnd) if s.dp else None
+        status.update(round=rnd, elapsed_s=round(time.perf_counter() - t0, 1), epsilon=eps)
+        return MetricRecord({"round": rnd})
+
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord({k: Array(v) for k, v in init.items()}),
+                            num_rounds=s.num_server_rounds, timeout=s.round_timeout, train_config=train_cfg,
+                            evaluate_fn=progress)
+    for rnd in range(1, s.num_server_rounds + 1):
+        m = result.train_metrics_clientapp.get(rnd)
+        if m is None:
+            raise FederatedRunError(f"round {rnd}: no usable replies from the devices (see the SuperLink log)")
+        losses.append(float(m["train-loss"]))
+    weights = task.to_numpy(result.arrays)
+    scorer = EmbeddingScorer.from_weights(weights, norm.mean, norm.std, modality=s.modality,
+                                          feature_version=spec.feature_version)
+    eps = epsilon_spent(s, len(nodes), s.num_server_rounds) if s.dp else None
+    outcome = RunOutcome(modality=s.modality, strategy=s.strategy, rounds=s.num_server_rounds, num_devices=len(nodes),
+                         dp=s.dp, epsilon=eps if eps is None or math.isfinite(eps) else None,
+                         delta=s.dp_delta if s.dp else None, noise_multiplier=s.noise_multiplier if s.dp else None,
+                         clipping_norm=s.clipping_norm if s.dp else None, bytes_per_client_per_round=nbytes,
+                         download_bytes_per_client_per_round=nbytes, wall_seconds=round(time.perf_counter() - t0, 2),
+                         train_loss=losses, scorer=scorer)
+    if s.registry:
+        outcome.version = publish(outcome, s)
+    status.update(state="done", round=s.num_server_rounds, version=outcome.version, summary=outcome.summary())
+    return outcome
+
+
+def model_card(o: RunOutcome) -> str:
+    dp = (f"client-level DP: clipping norm {o.clipping_norm}, noise multiplier {o.noise_multiplier}, "
+          f"epsilon {o.epsilon:.2f} at delta {o.delta}" if o.dp and o.epsilon is not None else "no differential privacy")
+    return (f"# Federated {o.modality} embedding model\n\n"
+            f"- Trained with Flower ({o.strategy}) over {o.num_devices} devices, {o.rounds} rounds; each device held "
+            f"only its owner's {o.modality} feature windows; raw signals never left the devices.\n"
+            f"- Model: 2-layer MLP embedding, fixed-prototype cosine-softmax loss (docs/federated.md).\n"
+            f"- Privacy: {dp}. The one-off scaling round reveals per-device feature sums to the SuperLink.\n"
+            f"- Scoring: enrol = mean embedding, compare = cosine similarity (higher is more genuine).\n"
+            f"- Limits: accuracy depends on how many devices took part; check the federated bench before activating.\n")
+
+
+def publish(o: RunOutcome, s: RunSettings) -> str:
+    """Write the global scorer to the model registry (not activated) and return its version."""
+    from modalities.registry import ModelRegistry
+
+    assert o.scorer is not None
+    metrics = {k: v for k, v in o.summary().items() if k != "version"}
+    return ModelRegistry(s.registry).publish(o.modality, o.scorer, metrics=metrics, card=model_card(o),
+                                             source=f"federated:{o.strategy}{'+dp' if o.dp else ''}")

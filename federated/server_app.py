@@ -1,0 +1,34 @@
+"""Flower ServerApp (Message API): reads the run config and runs `orchestration.run_training`.
+
+Wiring only. `make_app(defaults, on_result)` lets the simulation (bench, tests) pass settings
+and collect the outcome in-process; the module-level `app` is what ``flwr run`` starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from federated.config import RunSettings
+from federated.orchestration import RunOutcome, run_training
+
+
+def make_app(defaults: Mapping[str, Any] | None = None,
+             on_result: Callable[[RunOutcome], None] | None = None) -> ServerApp:
+    """A ServerApp whose settings are `defaults` overridden by the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        settings = RunSettings.from_config(defaults or {}, dict(context.run_config))
+        outcome = run_training(grid, settings)
+        if on_result is not None:
+            on_result(outcome)
+
+    return app
+
+
+app = make_app()

@@ -1,0 +1,75 @@
+"""Run the Flower apps on the simulation engine (Ray), one virtual SuperNode per device file.
+
+Used by the federated bench and the tests. Ray is started with `num_cpus` CPUs and one CPU
+per client, its dashboard off, and always shut down afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from federated.config import RunSettings
+from federated.orchestration import FederatedRunError, RunOutcome
+
+log = logging.getLogger(__name__)
+
+
+def simulate(settings: RunSettings, feature_dir: str | os.PathLike[str], *, num_cpus: int = 2,
+             verbose: bool = False) -> RunOutcome:
+    """Train with every ``device-*.npz`` in `feature_dir` as one virtual device."""
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation
+
+    from federated import client_app, server_app
+
+    n = len(sorted(Path(feature_dir).glob("device-*.npz")))
+    if n < settings.min_nodes:
+        raise FederatedRunError(f"feature-dir: {n} device files in {feature_dir}, need min-nodes={settings.min_nodes}")
+    results: list[RunOutcome] = []
+    sapp = server_app.make_app(settings.as_config(), on_result=results.append)
+    capp = client_app.make_app({"feature-dir": str(Path(feature_dir).resolve())})
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False}}
+    try:
+        run_simulation(server_app=sapp, client_app=capp, num_supernodes=n, backend_config=backend,
+                       verbose_logging=verbose)
+    finally:
+        shutdown_ray()
+    if not results:
+        raise FederatedRunError("simulation ended without a result (see the log above)")
+    return results[0]
+
+
+def shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def simulate_secagg(settings: RunSettings, feature_dir: str | os.PathLike[str], *, num_cpus: int = 2):  # type: ignore[no-untyped-def]
+    """The SecAgg+ variant (legacy API) on the simulation engine; returns the global scorer."""
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    from flwr.simulation import run_simulation
+
+    from federated import secagg
+
+    n = len(sorted(Path(feature_dir).glob("device-*.npz")))
+    results: list = []
+    cfg = {**settings.as_config(), "feature-dir": str(Path(feature_dir).resolve())}
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False}}
+    try:
+        run_simulation(server_app=secagg.make_server_app(cfg, on_result=results.append),
+                       client_app=secagg.make_client_app(cfg), num_supernodes=n, backend_config=backend)
+    finally:
+        shutdown_ray()
+    if not results:
+        raise FederatedRunError("SecAgg+ simulation ended without a result")
+    return results[0]

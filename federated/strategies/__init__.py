@@ -1,0 +1,34 @@
+"""Aggregation strategies, one recipe per file, chosen by the ``strategy`` run-config key.
+
+`build_strategy` returns the full stack the ServerApp runs: recipe -> optional DP wrapper ->
+slot assignment (which gives each device its prototype, see `federated.task`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from federated.config import RunSettings
+from federated.strategies.base import StrategyRecipe
+from federated.strategies.dp import DPError, epsilon_spent, wrap_dp
+from federated.strategies.fedavg import FedAvgRecipe
+from federated.strategies.fedmedian import FedMedianRecipe
+from federated.strategies.fedprox import FedProxRecipe
+from federated.strategies.krum import KrumRecipe
+from federated.strategies.slots import SlotAssigner
+from federated.strategies.trimmed_mean import TrimmedMeanRecipe
+
+RECIPES: dict[str, StrategyRecipe] = {r.name: r for r in (FedAvgRecipe(), FedProxRecipe(), FedMedianRecipe(),
+                                                          TrimmedMeanRecipe(), KrumRecipe())}
+
+
+def build_strategy(s: RunSettings, num_nodes: int) -> SlotAssigner:
+    """The strategy stack for a run with `num_nodes` connected devices."""
+    recipe = RECIPES[s.strategy]
+    strategy: Any = recipe.build(s)
+    if s.dp:
+        strategy = wrap_dp(strategy, s, num_nodes, robust=recipe.robust)
+    return SlotAssigner(strategy, s.num_slots)
+
+
+__all__ = ["RECIPES", "DPError", "SlotAssigner", "StrategyRecipe", "build_strategy", "epsilon_spent"]

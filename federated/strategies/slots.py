@@ -1,0 +1,73 @@
+"""Slot assignment: give each device its own prototype index, without learning anything about it.
+
+Wraps any strategy: the inner strategy builds the round's messages (one shared config), and
+this wrapper gives each destination node a private copy of the config with ``slot`` added.
+Slots are handed out in order of first appearance and kept for the whole run, so a device
+keeps its prototype across rounds. The slot is an index, not data about the person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+
+class SlotsFullError(RuntimeError):
+    """More devices joined than the model has prototypes (raise num-slots)."""
+
+
+class SlotAssigner(Strategy):
+    """Delegating strategy that adds a per-device ``slot`` to every train/evaluate config."""
+
+    def __init__(self, strategy: Strategy, num_slots: int) -> None:
+        self.strategy = strategy
+        self.num_slots = num_slots
+        self.slots: dict[int, int] = {}
+
+    def slot_of(self, node_id: int) -> int:
+        if node_id not in self.slots:
+            if len(self.slots) >= self.num_slots:
+                raise SlotsFullError(f"num-slots: {self.num_slots} prototypes are all taken; raise num-slots")
+            self.slots[node_id] = len(self.slots)
+        return self.slots[node_id]
+
+    def _personalise(self, messages: Iterable[Message]) -> list[Message]:
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            content = RecordDict()
+            for key, rec in msg.content.items():
+                if isinstance(rec, ConfigRecord):
+                    rec = ConfigRecord({**dict(rec), "slot": self.slot_of(node)})
+                content[key] = rec
+            out.append(Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type))
+        return out
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        for node in sorted(grid.get_node_ids()):
+            self.slot_of(node)
+        return self._personalise(self.strategy.configure_train(server_round, arrays, config, grid))
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self._personalise(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def __getattr__(self, name: str) -> Any:  # e.g. noise_multiplier of a DP strategy inside
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)

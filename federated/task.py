@@ -1,0 +1,245 @@
+"""The federated model and its work: embedding network, fixed prototypes, train, test, export.
+
+Why this design (see docs/federated.md): a phone holds only its owner's windows, so a
+contrastive or softmax loss has no negatives on the device. We train a *cosine-softmax
+classifier with a fixed, public classifier matrix*: `K` spread-out unit prototypes generated
+from a seed (never learned, never sent). The SuperLink gives each device a slot (a prototype
+index); the device pulls its windows' embeddings towards its own prototype and away from
+every other prototype. Because the prototypes are public and fixed, every device computes
+the *full* softmax locally, and the federated objective is exactly the sum of the per-device
+terms of the central objective (the same model trained centrally uses the same loss with one
+slot per training subject). Nothing about other people is needed on the device, and the
+server never sees a template: only model weights (optionally clipped, noised and securely
+aggregated).
+
+The exported scorer (`federated.scorer.EmbeddingScorer`) is numpy-only: enrol = mean
+embedding, compare = cosine similarity, as in the Scorer contract.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+EMBED_DIM = 32
+HIDDEN = 64
+NUM_SLOTS = 128
+SCALE = 16.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training hyper-parameters (the same for central and federated training)."""
+
+    epochs: int = 1
+    lr: float = 0.05
+    batch_size: int = 16
+    proximal_mu: float = 0.0
+    seed: int = 0
+    momentum: float = 0.0
+
+
+@lru_cache(maxsize=8)
+def prototypes(k: int = NUM_SLOTS, dim: int = EMBED_DIM, seed: int = 0, steps: int = 300) -> np.ndarray:
+    """`k` spread-out unit vectors in `dim` dimensions, the same on every device for a seed.
+
+    Random Gaussian directions pushed apart by gradient steps on a soft maximum of their
+    pairwise cosines (Tammes-like), so prototypes of different people are far apart.
+    """
+    rng = np.random.default_rng(seed)
+    P = rng.standard_normal((k, dim))
+    P /= np.linalg.norm(P, axis=1, keepdims=True)
+    t = 8.0
+    for _ in range(steps):
+        G = P @ P.T
+        np.fill_diagonal(G, -np.inf)
+        W = np.exp(t * (G - G.max()))
+        grad = W @ P
+        P = P - 0.05 * grad / np.abs(grad).max()
+        P /= np.linalg.norm(P, axis=1, keepdims=True)
+    P = P.astype(np.float32)
+    P.setflags(write=False)
+    return P
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Per-feature standardisation learned from the population (sums from devices)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def from_sums(cls, n: float, s: np.ndarray, ss: np.ndarray) -> Normaliser:
+        if n <= 1:
+            raise ValueError("num-examples: need more than one window to standardise features")
+        mean = s / n
+        var = np.maximum(ss / n - mean**2, 0.0)
+        return cls(mean.astype(np.float32), np.maximum(np.sqrt(var), 1e-3).astype(np.float32))
+
+    @classmethod
+    def fit(cls, X: np.ndarray) -> Normaliser:
+        X = np.asarray(X, np.float64)
+        return cls.from_sums(float(X.shape[0]), X.sum(0), (X**2).sum(0))
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return ((np.asarray(X, np.float32) - self.mean) / self.std).astype(np.float32)
+
+
+def feature_sums(X: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(n, sum, sum of squares) of one device's windows: all the server learns for scaling."""
+    X = np.asarray(X, np.float64)
+    return int(X.shape[0]), X.sum(0), (X**2).sum(0)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def make_net(in_dim: int, hidden: int = HIDDEN, embed_dim: int = EMBED_DIM, seed: int = 0):  # type: ignore[no-untyped-def]
+    """Two-layer MLP whose output is L2-normalised: the embedding."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class EmbeddingNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(in_dim, hidden)
+            self.fc2 = nn.Linear(hidden, embed_dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.fc2(torch.relu(self.fc1(x)))
+            return nn.functional.normalize(z, dim=1)
+
+    return EmbeddingNet()
+
+
+def get_weights(net) -> OrderedDict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    return OrderedDict((k, v.detach().cpu().numpy().astype(np.float32)) for k, v in net.state_dict().items())
+
+
+def set_weights(net, weights: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    net.load_state_dict(OrderedDict((k, torch.as_tensor(np.asarray(v, np.float32))) for k, v in weights.items()))
+
+
+def weights_nbytes(weights: dict[str, np.ndarray]) -> int:
+    """Bytes of one model update on the wire (float32 payload, without framing)."""
+    return int(sum(np.asarray(v, np.float32).nbytes for v in weights.values()))
+
+
+def train(net, X: np.ndarray, slots: np.ndarray, protos: np.ndarray, cfg: TrainConfig,  # type: ignore[no-untyped-def]
+          global_weights: dict[str, np.ndarray] | None = None) -> float:
+    """Local SGD on the fixed-prototype cosine-softmax loss; returns the mean loss.
+
+    `X` is already standardised; `slots[i]` is the prototype of window i (one value on a
+    device). With `proximal_mu > 0` the FedProx term mu/2 ||w - w_global||^2 is added.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(cfg.seed)
+    Xt = torch.as_tensor(np.asarray(X, np.float32))
+    yt = torch.as_tensor(np.asarray(slots, np.int64))
+    P = torch.as_tensor(np.array(protos))
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    anchors = None
+    if cfg.proximal_mu > 0 and global_weights is not None:
+        anchors = [torch.as_tensor(np.asarray(global_weights[k], np.float32)) for k, _ in net.named_parameters()]
+    net.train()
+    total, count = 0.0, 0
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(Xt.shape[0], generator=g)
+        for a in range(0, Xt.shape[0], cfg.batch_size):
+            idx = perm[a:a + cfg.batch_size]
+            emb = net(Xt[idx])
+            loss = torch.nn.functional.cross_entropy(SCALE * emb @ P.T, yt[idx])
+            if anchors is not None:
+                prox = sum(((p - w0) ** 2).sum() for p, w0 in zip(net.parameters(), anchors))
+                loss = loss + cfg.proximal_mu / 2 * prox
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+    return total / max(count, 1)
+
+
+def test(net, X: np.ndarray, slot: int, protos: np.ndarray) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """On-device check: loss and how often the own prototype is the nearest one."""
+    import torch
+
+    net.eval()
+    with torch.no_grad():
+        emb = net(torch.as_tensor(np.asarray(X, np.float32)))
+        logits = SCALE * emb @ torch.as_tensor(np.array(protos)).T
+        y = torch.full((emb.shape[0],), int(slot), dtype=torch.long)
+        loss = float(torch.nn.functional.cross_entropy(logits, y))
+        acc = float((logits.argmax(1) == y).float().mean())
+    return {"loss": loss, "accuracy": acc}
+
+
+def train_central(windows: dict[int, np.ndarray], *, epochs: int, cfg: TrainConfig, num_slots: int = NUM_SLOTS,
+                  hidden: int = HIDDEN) -> tuple[dict[str, np.ndarray], Normaliser]:
+    """The same model and loss trained on pooled windows (one slot per training subject)."""
+    subs = sorted(windows)
+    if len(subs) > num_slots:
+        raise ValueError(f"num-slots: {len(subs)} training subjects need at least as many slots, got {num_slots}")
+    X = np.vstack([windows[s] for s in subs])
+    y = np.concatenate([np.full(len(windows[s]), i) for i, s in enumerate(subs)])
+    norm = Normaliser.fit(X)
+    net = make_net(X.shape[1], hidden=hidden, seed=cfg.seed)
+    protos = prototypes(num_slots)
+    for e in range(epochs):
+        train(net, norm(X), y, protos, TrainConfig(1, cfg.lr, cfg.batch_size, 0.0, cfg.seed + e, cfg.momentum))
+    return get_weights(net), norm
+
+
+# ----------------------------------------------------------------------------- device data
+
+
+def device_file(node_config: dict, feature_dir: str = "") -> str:
+    """The feature file of this device.
+
+    Node config ``data`` (a SuperNode started with ``--node-config 'data="..."'``), else the simulation's partition in `feature_dir`.
+    """
+    from pathlib import Path
+
+    from federated.features import DeviceDataError
+
+    if "data" in node_config and str(node_config["data"]):
+        return str(node_config["data"])
+    if "partition-id" in node_config and feature_dir:
+        files = sorted(Path(feature_dir).glob("device-*.npz"))
+        pid = int(node_config["partition-id"])
+        if not 0 <= pid < len(files):
+            raise DeviceDataError(f"partition-id: {pid} but {len(files)} device files in {feature_dir}")
+        return str(files[pid])
+    raise DeviceDataError("data: this SuperNode has no device data (start it with --node-config 'data=\"FILE.npz\"')")
+
+
+def load_device_windows(node_config: dict, modality: str, feature_dir: str = "") -> np.ndarray:
+    """Own feature windows (n, d) of this device, checked against the run's modality."""
+    from federated.features import read_device_file
+
+    return read_device_file(device_file(node_config, feature_dir), modality)
+
+
+def to_numpy(arrays) -> OrderedDict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    """Flower ArrayRecord -> ordered name -> float32 array."""
+    return OrderedDict((k, np.asarray(v.numpy(), np.float32)) for k, v in arrays.items())
+
+
+def initial_weights(in_dim: int, hidden: int, seed: int) -> OrderedDict[str, np.ndarray]:
+    return get_weights(make_net(in_dim, hidden=hidden, seed=seed))

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from federated import task
+from federated.config import RunSettings, SettingsError, run_config_string
+from federated.features import DeviceDataError, read_device_file
+from federated.scorer import EmbeddingScorer
+from federated.strategies import DPError, build_strategy
+
+
+def test_run_config_is_typed_and_validated() -> None:
+    s = RunSettings.from_config({"modality": "gait", "num-server-rounds": "7", "dp": "true"})
+    assert (s.modality, s.num_server_rounds, s.dp) == ("gait", 7, True)
+    with pytest.raises(SettingsError, match="num-server-rounds"):
+        RunSettings.from_config({"num-server-rounds": 0})
+    with pytest.raises(SettingsError, match="strategy"):
+        RunSettings.from_config({"strategy": "fedmagic"})
+    with pytest.raises(DeviceDataError, match="modality"):
+        RunSettings.from_config({"modality": "voice"})
+    assert run_config_string({"a": 1, "b": "x", "c": True}) == 'a=1 b="x" c=true'
+
+
+def test_dp_refuses_robust_aggregation() -> None:
+    s = RunSettings.from_config({"strategy": "fedmedian", "dp": True})
+    with pytest.raises(DPError, match="strategy"):
+        build_strategy(s, 10)
+
+
+def test_device_file_checks(tmp_path) -> None:
+    with pytest.raises(DeviceDataError, match="data"):
+        read_device_file(tmp_path / "missing.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a file")
+    with pytest.raises(DeviceDataError, match="data"):
+        read_device_file(bad)
+
+
+def test_prototypes_are_spread_and_reproducible() -> None:
+    P = task.prototypes(128)
+    assert np.allclose(np.linalg.norm(P, axis=1), 1, atol=1e-5)
+    G = P @ P.T
+    np.fill_diagonal(G, -1)
+    assert G.max() < 0.6
+    assert np.array_equal(P, task.prototypes.__wrapped__(128))
+
+
+def test_scorer_round_trips_through_the_registry(tmp_path) -> None:
+    from modalities.registry import ModelRegistry
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 12))
+    w = task.initial_weights(12, 16, 0)
+    norm = task.Normaliser.fit(X)
+    sc = EmbeddingScorer.from_weights(w, norm.mean, norm.std, modality="keystroke", feature_version="fv")
+    reg = ModelRegistry(tmp_path)
+    v = reg.publish("keystroke", sc, metrics={"eer": 0.1}, card="# card\n", source="test")
+    back = reg.load("keystroke", v)
+    t = sc.enroll(X[:10])
+    assert np.allclose(back.compare(back.enroll(X[:10]), X[10:]), sc.compare(t, X[10:]), atol=1e-6)
+    assert sc.compare(t, X[:10]).mean() > sc.compare(t, -X[10:]).mean()
+    with pytest.raises(Exception, match="12 features"):
+        sc.compare(t, X[:, :5])

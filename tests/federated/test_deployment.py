@@ -1,0 +1,46 @@
+"""End to end on Flower's deployment engine: a real SuperLink, two SuperNodes, two rounds."""
+
+import pytest
+
+from federated import deployment as d
+from federated.features import feature_spec, subject_windows, write_device_files
+
+
+@pytest.mark.slow
+def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path) -> None:
+    import psutil
+
+    import federated.scorer  # noqa: F401 - registers the scorer class
+    from modalities.registry import ModelRegistry
+
+    files = write_device_files(tmp_path / "devices", subject_windows("keystroke", data_dir, [1, 2]), feature_spec("keystroke"))
+    port = d.free_port()
+    procs = []
+    spawned: list[int] = []
+    try:
+        link = d.spawn(d.superlink_cmd("127.0.0.1", port), tmp_path, "superlink")
+        procs.append(link)
+        d.wait_for_port("127.0.0.1", port, 90, link)
+        for i, f in enumerate(files):
+            procs.append(d.spawn(d.supernode_cmd(f"127.0.0.1:{port}", f, d.free_port()), tmp_path, f"supernode-{i}"))
+        d.write_connection(tmp_path, f"127.0.0.1:{port}")
+        status = tmp_path / "status.json"
+        info = d.submit_run(tmp_path, {"modality": "keystroke", "num-server-rounds": 2, "status-file": str(status),
+                                       "registry": str(tmp_path / "registry")})
+        assert info.get("success") is True
+        final = d.wait_for_run(status, 400)
+        for p in procs:
+            spawned += [p.pid, *d.descendants(p.pid)]
+    finally:
+        for p in procs:
+            d.stop(p)
+    assert final["state"] == "done" and final["round"] == 2 and final["num_devices"] == 2
+    assert len(final["summary"]["train_loss"]) == 2
+    reg = ModelRegistry(tmp_path / "registry")
+    version = final["version"]
+    reg.activate("keystroke", version)
+    scorer = reg.load("keystroke")
+    X = subject_windows("keystroke", data_dir, [1])[1]
+    assert scorer.compare(scorer.enroll(X[:10]), X[10:20]).shape == (10,)
+    assert all(p.poll() is not None for p in procs)
+    assert not [pid for pid in spawned if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]

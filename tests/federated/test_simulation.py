@@ -1,0 +1,55 @@
+"""Flower simulation engine runs (Ray): the bench's --quick path and the SecAgg+ option."""
+
+import json
+
+import numpy as np
+import pytest
+
+from federated import task
+from federated.config import RunSettings
+from federated.features import feature_spec, subject_windows, write_device_files
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_central_fedavg_and_dp_rows(data_dir, tmp_path) -> None:
+    from evaluation.bench import BenchContext, run_bench
+
+    run_bench("federated", BenchContext(data_dir=data_dir, out=tmp_path, quick=True, progress=False), print_table=False)
+    doc = json.loads((tmp_path / "federated.json").read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert set(rows) == {"keystroke-central", "keystroke-fedavg", "keystroke-fedavg-dp"}
+    assert all(r["window"] == "50 keys" for r in rows.values())
+    assert not set(doc["train_subjects"]) & set(doc["eval_subjects"])
+    fed, dp = rows["keystroke-fedavg"], rows["keystroke-fedavg-dp"]
+    assert fed["rounds"] == 4 and 0 < fed["bytes_per_client_per_round"] <= 200_000 and fed["wall_seconds"] > 0
+    assert fed["epsilon"] is None and 0 < dp["epsilon"] <= 8.0 and dp["delta"] == 1e-3
+    assert fed["eer"] < 0.45  # learned something on people it never saw
+
+
+@pytest.mark.slow
+def test_secagg_plus_gives_the_mean_of_the_device_updates(data_dir, tmp_path) -> None:
+    from federated.simulation import simulate_secagg
+
+    windows = subject_windows("keystroke", data_dir, [1, 2, 3])
+    spec = feature_spec("keystroke")
+    write_device_files(tmp_path, windows, spec)
+    s = RunSettings.from_config({"modality": "keystroke", "num-server-rounds": 1, "min-nodes": 3,
+                                 "num-shares": 3, "reconstruction-threshold": 2})
+    scorer = simulate_secagg(s, tmp_path)
+    # the same round computed in the clear: each device trains from the initial model
+    subs = sorted(windows, key=lambda sid: f"device-{sid}.npz")
+    norm = task.Normaliser.fit(np.vstack([windows[x] for x in subs]))
+    init = task.initial_weights(spec.dim, s.hidden, s.seed)
+    updates, counts = [], []
+    for slot, sid in enumerate(subs):
+        net = task.make_net(spec.dim, hidden=s.hidden)
+        task.set_weights(net, init)
+        X = norm(windows[sid])
+        tc = task.TrainConfig(epochs=1, lr=s.lr, batch_size=s.batch_size, seed=s.seed * 100003 + 1 * 1009 + slot)
+        task.train(net, X, np.full(len(X), slot), task.prototypes(s.num_slots), tc)
+        updates.append(task.get_weights(net))
+        counts.append(len(X))
+    for k in init:
+        clear = sum(c * u[k] for c, u in zip(counts, updates)) / sum(counts)
+        assert np.allclose(scorer.get_state()[k], clear, atol=1e-3), k
+        assert not np.allclose(clear, init[k], atol=1e-3)
