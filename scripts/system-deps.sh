@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that tests need beyond PyPI, when missing and when we can.
 set -u
-pkgs=(libgl1 libegl1 libgles2 libmtdev1 xvfb)
+# libgl1-mesa-dri + libglx-mesa0 give the software (llvmpipe) OpenGL that Kivy's offscreen SDL window
+# needs on a machine without a GPU; libmtdev1 is loaded by Kivy's input providers at import.
+pkgs=(libgl1 libegl1 libgles2 libgl1-mesa-dri libglx-mesa0 libegl-mesa0 libmtdev1 xvfb)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,0 +1,40 @@
+"""`cadence app`: run the mobile app on the desktop, or render its screens headless."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command("app")
+def run_app(
+    screenshots: Path | None = typer.Option(None, "--screenshots", help="Headless tour: save one PNG per screen here and exit."),
+    server: str | None = typer.Option(None, "--server", help="Server URL (default: http://127.0.0.1:8000; the tour uses a scripted demo bank)."),
+    data: Path | None = typer.Option(None, "--app-data", help="App data folder (default: ~/.cadence-app)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", envvar="CADENCE_DATA_DIR", help="Datasets folder: the desktop walk replays a real BB-MAS recording."),
+    bank_key: str | None = typer.Option(None, "--bank-key", help="Bank API key for device registration and step-up (demo builds only)."),
+) -> None:
+    """Run the Cadence companion app (Kivy), or with --screenshots a headless tour of every screen."""
+    from mobile_client import tour
+
+    if screenshots is not None:
+        argv = ["--screenshots", str(screenshots), "--report", str(screenshots / "tour.json")]
+        if server:
+            argv += ["--server", server]
+        if data_dir:
+            argv += ["--replay-data", str(data_dir)]
+        if bank_key:
+            argv += ["--bank-key", bank_key]
+        rc = tour.main(argv)
+        if rc == 0:
+            pngs = sorted(screenshots.glob("*.png"))
+            typer.echo(f"{len(pngs)} screenshots in {screenshots}: " + ", ".join(p.stem for p in pngs))
+        raise typer.Exit(rc)
+    from mobile_client.__main__ import main
+
+    sys.exit(main(server=server or "http://127.0.0.1:8000", data=data, replay_data=str(data_dir) if data_dir else None,
+                  bank_key=bank_key))

@@ -1,0 +1,33 @@
+"""`python -m mobile_client`: the interactive app (desktop window, or the Android entry point)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+def main(server: str = "http://127.0.0.1:8000", data: Path | None = None, replay_data: str | None = None,
+         bank_key: str | None = None) -> int:
+    from mobile_client.platform_info import is_android
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not is_android():
+        from mobile_client.headless import window_size
+        from mobile_client.ui.theme import WINDOW_SIZE
+
+        window_size(*WINDOW_SIZE)
+        data = data or Path.home() / ".cadence-app"
+    else:  # pragma: no cover - Android only
+        from android.storage import app_storage_path  # type: ignore[import-not-found]
+
+        data = Path(app_storage_path()) / "cadence"
+    from mobile_client.services import build_services
+    from mobile_client.ui.app import CadenceApp
+
+    services = build_services(data, server, bank_api_key=bank_key)
+    CadenceApp(services, data_dir_for_replay=replay_data).run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

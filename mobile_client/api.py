@@ -1,0 +1,234 @@
+"""The app's API client: signed requests, retries with backoff, and an offline queue.
+
+Every device request is signed with the device key over method, path, body hash, timestamp
+and nonce (`device_key.canonical_request`, the server's scheme). Transient failures (network
+errors, 5xx, 429) are retried with exponential backoff; a retry is re-signed with a fresh nonce
+because the server refuses a nonce twice. Requests that may wait (consent changes, enrolment
+uploads) are kept in a persistent queue when the server cannot be reached and sent on the next
+`flush_queue`; a transaction never waits in a queue (a late approval is worse than none).
+All routes are in `ROUTES`, so aligning with the server is a one-place change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mobile_client.device_key import DeviceKey
+from modalities.events import FeatureWindow
+
+log = logging.getLogger(__name__)
+
+ROUTES = {
+    "register": "/v1/devices",
+    "consent": "/v1/users/{user_id}/consents",
+    "enrol": "/v1/users/{user_id}/enrolment",
+    "authorize": "/v1/transactions/authorize",
+    "step_up": "/v1/transactions/{transaction_id}/step-up",
+    "erase": "/v1/users/{user_id}",
+    "health": "/v1/health",
+}
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class ApiError(RuntimeError):
+    """The server refused a request (4xx) or could not be reached after retries."""
+
+    def __init__(self, message: str, status: int | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+    @property
+    def offline(self) -> bool:
+        return self.status is None
+
+
+@dataclass
+class Decision:
+    """What the app shows after a transaction request."""
+
+    transaction_id: str
+    outcome: str  # approve | step_up | deny
+    risk: float
+    tier: str
+    reasons: list[dict[str, Any]] = field(default_factory=list)
+    amount: str = ""
+    currency: str = ""
+    payee: str = ""
+    token: str = ""
+
+
+def windows_payload(windows: list[FeatureWindow]) -> list[dict[str, object]]:
+    return [w.to_dict() for w in windows]
+
+
+class OfflineQueue:
+    """Requests waiting for the network, persisted as JSON lines (no behaviour, features only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def items(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def push(self, method: str, path: str, body: dict[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"method": method, "path": path, "body": body, "queued_at": time.time()}) + "\n")
+
+    def replace(self, items: list[dict[str, Any]]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(i) + "\n" for i in items))
+        tmp.replace(self.path)
+
+    def __len__(self) -> int:
+        return len(self.items())
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class ApiClient:
+    """Talks to the Cadence server as one device of one user."""
+
+    def __init__(self, base_url: str, key: DeviceKey, device_id: str, user_id: str, queue: OfflineQueue,
+                 *, retries: int = 3, backoff_s: float = 0.3, timeout_s: float = 10.0,
+                 transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep,
+                 bank_api_key: str | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+        self.device_id = device_id
+        self.user_id = user_id
+        self.queue = queue
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._sleep = sleep
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, transport=transport)
+        self.last_sync: float | None = None
+        #: step-up completion is the bank backend's call (X-API-Key); a phone holds no such key in
+        #: production. Demo and test builds set it so the one-time-code flow can finish end to end.
+        self.bank_api_key = bank_api_key
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ------------------------------------------------------------------ transport
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, *, signed: bool = True,
+                extra_headers: dict[str, str] | None = None) -> Any:
+        """Send one request with retries; returns the decoded JSON (or None)."""
+        raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            headers = {"content-type": "application/json", **(extra_headers or {})}
+            if signed:
+                headers.update(self.key.sign_headers(self.device_id, method, path, raw))
+            try:
+                r = self._http.request(method, path, content=raw or None, headers=headers)
+            except httpx.TransportError as exc:
+                last = exc
+            else:
+                if r.status_code < 400:
+                    self.last_sync = time.time()
+                    return r.json() if r.content else None
+                if r.status_code not in RETRY_STATUS:
+                    try:
+                        detail = r.json()
+                    except ValueError:
+                        detail = r.text
+                    msg = detail.get("detail") if isinstance(detail, dict) else detail
+                    raise ApiError(f"{method} {path}: {r.status_code} {msg}", r.status_code, detail)
+                last = ApiError(f"{method} {path}: {r.status_code}", r.status_code)
+            if attempt < self.retries:
+                self._sleep(self.backoff_s * (2 ** attempt))
+        status = last.status if isinstance(last, ApiError) else None
+        raise ApiError(f"{method} {path}: server unreachable ({last})", status)
+
+    def send_or_queue(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        """Send now, or keep in the offline queue when the server cannot be reached."""
+        try:
+            return self.request(method, path, body)
+        except ApiError as exc:
+            if not exc.offline:
+                raise
+            log.info("offline: queued %s %s", method, path)
+            self.queue.push(method, path, body)
+            return None
+
+    def flush_queue(self) -> int:
+        """Send what waited; returns how many went through (refused ones are dropped and logged)."""
+        items = self.queue.items()
+        left: list[dict[str, Any]] = []
+        sent = 0
+        for i, item in enumerate(items):
+            try:
+                self.request(item["method"], item["path"], item["body"])
+                sent += 1
+            except ApiError as exc:
+                if exc.offline:
+                    left.extend(items[i:])
+                    break
+                log.warning("queued %s %s refused: %s", item["method"], item["path"], exc)
+        self.queue.replace(left)
+        return sent
+
+    # ------------------------------------------------------------------ resources
+    def health(self) -> bool:
+        try:
+            self.request("GET", ROUTES["health"], signed=False)
+            return True
+        except ApiError:
+            return False
+
+    def register(self, platform: str = "") -> Any:
+        """Bind this device's key to the user.
+
+        In production the bank backend makes this call after the customer logs in (it holds the
+        API key); demo and test builds make it themselves.
+        """
+        from mobile_client.device_key import b64e
+
+        proof = b64e(self.key.sign_raw(f"register\n{self.device_id}\n{self.user_id}".encode()))
+        body = {"device_id": self.device_id, "user_id": self.user_id, "public_key": self.key.public_key_b64,
+                "platform": platform, "attestation": {"app": "cadence-mobile"}, "proof": proof}
+        headers = {"X-API-Key": self.bank_api_key} if self.bank_api_key else None
+        return self.request("POST", ROUTES["register"], body, signed=False, extra_headers=headers)
+
+    def set_consent(self, modality: str, purpose: str, granted: bool) -> Any:
+        from mobile_client.policy import policy
+
+        body = {"modality": modality, "purpose": purpose, "granted": granted, "policy_version": policy(purpose).version}
+        return self.send_or_queue("POST", ROUTES["consent"].format(user_id=self.user_id), body)
+
+    def enrol(self, windows: list[FeatureWindow]) -> Any:
+        return self.request("POST", ROUTES["enrol"].format(user_id=self.user_id), {"windows": windows_payload(windows)})
+
+    def authorize(self, amount: str, currency: str, payee: str, evidence: list[FeatureWindow],
+                  idempotency_key: str | None = None) -> Decision:
+        body = {"user_id": self.user_id, "amount": amount, "currency": currency, "payee": payee, "channel": "app",
+                "idempotency_key": idempotency_key or uuid.uuid4().hex, "evidence": windows_payload(evidence)}
+        d = self.request("POST", ROUTES["authorize"], body)
+        self.last_sync = time.time()
+        return Decision(transaction_id=d["transaction_id"], outcome=d["decision"], risk=float(d["risk"]),
+                        tier=d.get("tier", ""), reasons=list(d.get("reasons", [])), amount=str(d.get("amount", amount)),
+                        currency=d.get("currency", currency), payee=d.get("payee", payee), token=d.get("token", ""))
+
+    def complete_step_up(self, transaction_id: str, success: bool) -> Any:
+        """Report the one-time-code result (as the bank backend would; needs `bank_api_key`)."""
+        if not self.bank_api_key:
+            raise ApiError("step-up completion is the bank's call: no bank API key on this build", 401)
+        return self.request("POST", ROUTES["step_up"].format(transaction_id=transaction_id), {"success": success},
+                            signed=False, extra_headers={"X-API-Key": self.bank_api_key})
+
+    def erase(self) -> Any:
+        return self.request("DELETE", ROUTES["erase"].format(user_id=self.user_id))

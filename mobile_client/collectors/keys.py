@@ -1,0 +1,56 @@
+"""Pairing key-down and key-up into `KeyEvent`s (pure; the Kivy binding is in `keyboard`).
+
+Why apart: the pairing rules (auto-repeat, a release never seen, text committed by a soft
+keyboard without key events) are what decide whether hold and flight times are faithful, so
+they are tested without a window.
+"""
+
+from __future__ import annotations
+
+from modalities.events import KeyEvent
+
+#: Kivy key names -> the names the keystroke features use
+KIVY_KEY_NAMES: dict[str, str] = {
+    "spacebar": "space", " ": "space", ".": "period", ",": "comma", "enter": "enter",
+    "lshift": "shift", "rshift": "shift", "backspace": "backspace", "tab": "tab",
+}
+#: a key held longer than this is dropped (stuck key, or the release was lost)
+MAX_HOLD_S = 5.0
+
+
+def canonical_key(name: str) -> str:
+    """One name per physical key: lower case, Kivy's spellings mapped to ours."""
+    low = str(name).lower()
+    return KIVY_KEY_NAMES.get(low, low)
+
+
+class KeyPairer:
+    """Turns a stream of down/up notifications into complete key presses."""
+
+    def __init__(self) -> None:
+        self._down: dict[str, float] = {}
+        self._last_text_t: float | None = None
+
+    def down(self, key: str, t: float) -> None:
+        """A key went down; auto-repeat (down again before up) keeps the first time."""
+        self._down.setdefault(canonical_key(key), t)
+
+    def up(self, key: str, t: float) -> KeyEvent | None:
+        """A key went up: the completed press, or None for an up without a down."""
+        k = canonical_key(key)
+        press = self._down.pop(k, None)
+        if press is None or t < press or t - press > MAX_HOLD_S:
+            return None
+        return KeyEvent(k, press, t)
+
+    def text_commit(self, text: str, t: float) -> list[KeyEvent]:
+        """Text from a soft keyboard that sent no key events (Android IMEs do this).
+
+        Each character becomes a press with zero hold at the commit time: flight times stay
+        usable, hold times do not, and the features' quality says so.
+        """
+        if self._down:
+            return []  # a hardware key is down: its down/up pair is the real event
+        out = [KeyEvent(canonical_key(ch), t, t) for ch in text if ch.strip() or ch == " "]
+        self._last_text_t = t
+        return out

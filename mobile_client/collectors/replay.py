@@ -1,0 +1,147 @@
+"""Replay source: plays recorded or synthetic signals through the collector interface.
+
+Desktop builds and tests have no accelerometer (and nobody to type): a `ReplaySource` takes
+a recording (`KeySequence`, `TouchStream` or `AccelSeries`) and pushes its events into the
+sink exactly as a live collector would, with times shifted onto the session clock. It can
+play everything at once (`play_all`, tests) or in real time at some speed through a
+scheduler (`start`, the desktop app's walk step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mobile_client.clock import Clock, monotonic
+from mobile_client.collectors import Event, Sink
+from modalities.events import AccelSeries, KeySequence, TouchStream
+
+Recording = KeySequence | TouchStream | AccelSeries
+Scheduler = Callable[[Callable[[float], None], float], Any]
+
+
+def events_of(rec: Recording) -> list[Event]:
+    """The single events of a recording, in time order."""
+    if isinstance(rec, KeySequence):
+        return list(rec.to_events())
+    if isinstance(rec, TouchStream):
+        return list(rec.to_events())
+    if isinstance(rec, AccelSeries):
+        return list(rec.to_samples())
+    raise TypeError(f"recording: expected KeySequence, TouchStream or AccelSeries, got {type(rec).__name__}")
+
+
+def _time(ev: Event) -> float:
+    return float(getattr(ev, "press", getattr(ev, "time", 0.0)))
+
+
+def shifted(ev: Event, offset: float) -> Event:
+    """The same event `offset` seconds later."""
+    from dataclasses import replace
+
+    if hasattr(ev, "press"):
+        return replace(ev, press=ev.press + offset, release=ev.release + offset)  # type: ignore[union-attr]
+    return replace(ev, time=ev.time + offset)  # type: ignore[union-attr]
+
+
+class ReplaySource:
+    """Plays one recording as a collector of its modality."""
+
+    def __init__(self, recording: Recording, clock: Clock = monotonic, speed: float = 1.0,
+                 schedule: Scheduler | None = None, on_done: Callable[[], None] | None = None) -> None:
+        if speed <= 0:
+            raise ValueError("speed: must be > 0")
+        self.recording = recording
+        self.modality = {KeySequence: "keystroke", TouchStream: "touch", AccelSeries: "gait"}[type(recording)]
+        self.clock = clock
+        self.speed = speed
+        self.schedule = schedule
+        self.on_done = on_done
+        self._events = events_of(recording)
+        self._i = 0
+        self._sink: Sink | None = None
+        self._t0_rec = _time(self._events[0])
+        self._t0_clock = 0.0
+        self._elapsed = 0.0
+        self._tick: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self._sink is not None
+
+    @property
+    def progress(self) -> float:
+        return self._i / len(self._events)
+
+    @property
+    def duration(self) -> float:
+        return (_time(self._events[-1]) - self._t0_rec) / self.speed
+
+    def play_all(self, sink: Sink) -> int:
+        """Push every event now, times placed on the session clock; returns the count."""
+        offset = self.clock() - self._t0_rec
+        for ev in self._events:
+            sink(shifted(ev, offset))
+        self._i = len(self._events)
+        return len(self._events)
+
+    def start(self, sink: Sink) -> None:
+        """Play in (scaled) real time on `schedule` (Kivy's Clock by default)."""
+        if self._sink is not None:
+            return
+        self._sink = sink
+        self._t0_clock = self.clock()
+        self._elapsed = 0.0
+        if self.schedule is None:
+            from kivy.clock import Clock as KivyClock
+
+            self._tick = KivyClock.schedule_interval(self._step, 1 / 30)
+        else:
+            self._tick = self.schedule(self._step, 1 / 30)
+
+    def _step(self, dt: float) -> bool | None:
+        if self._sink is None:
+            return False
+        self._elapsed += dt * self.speed
+        horizon = self._t0_rec + self._elapsed
+        offset = self._t0_clock - self._t0_rec
+        while self._i < len(self._events) and _time(self._events[self._i]) <= horizon:
+            # times keep the recording's own spacing (not the UI frame times)
+            self._sink(shifted(self._events[self._i], offset))
+            self._i += 1
+        if self._i >= len(self._events):
+            self.stop()
+            if self.on_done:
+                self.on_done()
+            return False
+        return None
+
+    def stop(self) -> None:
+        if self._tick is not None and hasattr(self._tick, "cancel"):
+            self._tick.cancel()
+        self._tick = None
+        self._sink = None
+
+
+def recorded_walk(data_dir: str | Path | None, seconds: float, seed: int = 1) -> tuple[AccelSeries, str]:
+    """A walk to replay: a real BB-MAS pocket recording if a data folder is given, else synthetic.
+
+    Returns the series and a label saying where it came from (shown in the app).
+    """
+    if data_dir:
+        try:
+            from evaluation.datasets import available_subjects, load_bbmas_gait
+
+            subjects = available_subjects(data_dir, "gait")
+            if subjects:
+                sid = subjects[seed % len(subjects)]
+                rec = load_bbmas_gait(data_dir, [sid])[sid]
+                seg = max(rec.segments, key=lambda s: s.duration)
+                n = int((seg.t < seg.t[0] + seconds).sum())
+                return AccelSeries(seg.t[:n], seg.xyz[:n], seg.device), f"BB-MAS subject {sid} (replayed)"
+        except Exception:  # noqa: BLE001 - any data problem: fall back to synthetic
+            pass
+    from evaluation.synthetic import SyntheticPerson
+
+    return SyntheticPerson(seed).walk(seconds, 100.0, rng=seed + 1000), "synthetic walk (replayed)"

@@ -1,0 +1,1 @@
+"""What each screen does, as plain Python (no widgets): screens call these and show results."""

@@ -1,0 +1,103 @@
+"""Enrolment tasks (typing, swiping, walking): progress, quality check, upload of features."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mobile_client import features
+from mobile_client.services import AppServices
+from modalities.events import FeatureWindow
+
+PASSPHRASE = "cadence keeps my money safe"
+PASSPHRASE_REPEATS = 4
+FREE_TEXT_PROMPT = "In a sentence or two, what would you do with a free afternoon?"
+FREE_TEXT_MIN_CHARS = 80
+SWIPES_NEEDED = 12
+WALK_SECONDS = 30.0
+
+TASKS = ("keystroke", "touch", "gait")
+TASK_TITLES = {"keystroke": "Type", "touch": "Swipe", "gait": "Walk"}
+
+
+@dataclass
+class TaskState:
+    modality: str
+    progress: float = 0.0
+    windows: list[FeatureWindow] = field(default_factory=list)
+    report: features.QualityReport | None = None
+
+
+class EnrolmentController:
+    """Marks the evidence buffer at each task's start and turns its events into windows."""
+
+    def __init__(self, services: AppServices) -> None:
+        self.s = services
+        self.tasks = {m: TaskState(m) for m in TASKS}
+        self.typed_passphrases = 0
+
+    def todo(self) -> list[str]:
+        """Tasks for the modalities the person agreed to, in order."""
+        return [m for m in TASKS if self.s.profile.consented(m)]
+
+    def begin(self, modality: str) -> None:
+        self.s.evidence.mark(modality)
+        self.tasks[modality] = TaskState(modality)
+        if modality == "keystroke":
+            self.typed_passphrases = 0
+
+    # -- typing -------------------------------------------------------------------------
+    def submit_passphrase(self, text: str) -> bool:
+        """One repetition typed; True when it matched (mistyped ones do not count)."""
+        ok = text.strip().lower() == PASSPHRASE
+        if ok:
+            self.typed_passphrases += 1
+        self._update_typing(free_text="")
+        return ok
+
+    def typing_progress(self, free_text: str) -> float:
+        return self._update_typing(free_text)
+
+    def _update_typing(self, free_text: str) -> float:
+        p = 0.6 * min(self.typed_passphrases / PASSPHRASE_REPEATS, 1.0) + 0.4 * min(len(free_text) / FREE_TEXT_MIN_CHARS, 1.0)
+        self.tasks["keystroke"].progress = p
+        return p
+
+    # -- swiping and walking ------------------------------------------------------------------
+    def swipe_progress(self) -> float:
+        n = len(features.split_strokes(self.s.evidence.since_mark("touch")))  # type: ignore[arg-type]
+        p = min(n / SWIPES_NEEDED, 1.0)
+        self.tasks["touch"].progress = p
+        return p
+
+    def walk_progress(self) -> float:
+        ev = self.s.evidence.since_mark("gait")
+        p = 0.0 if len(ev) < 2 else min((ev[-1].time - ev[0].time) / WALK_SECONDS, 1.0)  # type: ignore[union-attr]
+        self.tasks["gait"].progress = p
+        return p
+
+    # -- quality and upload -------------------------------------------------------------------
+    def check(self, modality: str) -> features.QualityReport:
+        """Features of the task's events and a pass/fail a person can act on."""
+        windows = features.windows_for(modality, self.s.evidence.since_mark(modality))
+        st = self.tasks[modality]
+        st.windows = features.usable(windows)
+        st.report = features.quality_report(modality, windows)
+        return st.report
+
+    def ready(self) -> bool:
+        return all(self.tasks[m].report is not None and self.tasks[m].report.ok for m in self.todo())  # type: ignore[union-attr]
+
+    def finish(self) -> dict[str, int]:
+        """Send every passed task's windows to the server; returns windows sent per modality."""
+        sent: dict[str, int] = {}
+        for m in self.todo():
+            st = self.tasks[m]
+            if st.report is None or not st.report.ok:
+                continue
+            windows = st.windows[: 64]
+            self.s.api.enrol(windows)
+            sent[m] = len(windows)
+        self.s.profile.enrolled = sorted(sent)
+        self.s.evidence.flush()
+        self.s.save_profile()
+        return sent

@@ -1,0 +1,143 @@
+"""A payment: gather recent evidence, extract features on the device, ask the server, explain."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from mobile_client import features
+from mobile_client.api import ApiError, Decision
+from mobile_client.services import AppServices
+from modalities.events import FeatureWindow
+
+#: evidence a transaction sends: recent keys, swipes and walking
+EVIDENCE_KEYS = 100
+EVIDENCE_SWIPES = 5
+EVIDENCE_WALK_S = 15.0
+
+REASON_TEXT = {
+    "low_score": "{m} did not match your usual pattern",
+    "mismatch": "{m} did not match your usual pattern",
+    "high_score": "{m} matched your usual pattern",
+    "match": "{m} matched your usual pattern",
+    "no_evidence": "No recent {m} evidence",
+    "missing": "No recent {m} evidence",
+    "low_quality": "Too little {m} evidence to be sure",
+    "not_enrolled": "{m} is not set up yet",
+    "replay": "{m} evidence was seen before",
+    "implausible": "{m} evidence looked automated",
+}
+MODALITY_WORDS = {"keystroke": "Typing rhythm", "touch": "Swiping", "gait": "Walking pattern",
+                  "fusion": "Overall evidence", "policy": "Payment rules", "amount": "The amount"}
+
+
+class InputError(ValueError):
+    """A form field is wrong; `field` names it for the screen."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def parse_amount(text: str) -> str:
+    """'1,250.5' -> '1250.50'; refuses anything that is not a positive amount in pounds."""
+    cleaned = re.sub(r"[£$€,\s]", "", text or "")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        raise InputError("amount", "enter an amount like 250.00") from None
+    if not value.is_finite() or value <= 0:
+        raise InputError("amount", "must be more than zero")
+    if value.as_tuple().exponent < -2:  # type: ignore[operator]
+        raise InputError("amount", "at most two decimal places")
+    if value > Decimal("1000000"):
+        raise InputError("amount", "above this app's limit of 1,000,000")
+    return f"{value:.2f}"
+
+
+def parse_payee(text: str) -> str:
+    payee = " ".join((text or "").split())
+    if not payee:
+        raise InputError("payee", "who are you paying?")
+    if len(payee) > 128:
+        raise InputError("payee", "at most 128 characters")
+    return payee
+
+
+def explain(reason: dict[str, object]) -> str:
+    """A server reason code in words a customer understands."""
+    code = str(reason.get("code", ""))
+    m = MODALITY_WORDS.get(str(reason.get("modality", "")), str(reason.get("modality", "")).capitalize())
+    for key, template in REASON_TEXT.items():
+        if key in code:
+            return template.format(m=m) if template.startswith("{m}") else template.format(m=m.lower())
+    return f"{m}: {code.replace('_', ' ')}"
+
+
+@dataclass
+class StepUp:
+    """A one-time code the bank sent (simulated: in production it arrives by SMS or push)."""
+
+    transaction_id: str
+    code: str
+    attempts_left: int = 3
+
+
+class TransactionController:
+    def __init__(self, services: AppServices) -> None:
+        self.s = services
+        self.last: Decision | None = None
+        self.step_up: StepUp | None = None
+        self.evidence_summary: dict[str, int] = {}
+
+    def gather_evidence(self) -> list[FeatureWindow]:
+        """Feature windows of the most recent behaviour of each consented, enrolled modality."""
+        ev = self.s.evidence
+        out: list[FeatureWindow] = []
+        wanted = [m for m in self.s.profile.enrolled if self.s.profile.consented(m)]
+        if "keystroke" in wanted:
+            out += features.usable(features.keystroke_windows(ev.keys(EVIDENCE_KEYS), n_keys=50, hop=50))
+        if "touch" in wanted:
+            out += features.usable(features.touch_windows(ev.touches(EVIDENCE_SWIPES)))
+        if "gait" in wanted:
+            out += features.usable(features.gait_windows(ev.accel(EVIDENCE_WALK_S)))
+        self.evidence_summary = {m: sum(w.modality == m for w in out) for m in ("keystroke", "touch", "gait")}
+        return out
+
+    def authorize(self, amount_text: str, payee_text: str, currency: str = "GBP") -> Decision:
+        amount = parse_amount(amount_text)
+        payee = parse_payee(payee_text)
+        windows = self.gather_evidence()
+        d = self.s.api.authorize(amount, currency, payee, windows)
+        self.last = d
+        self.step_up = StepUp(d.transaction_id, f"{secrets.randbelow(10**6):06d}") if d.outcome == "step_up" else None
+        self.s.evidence.flush()
+        self.s.save_profile()
+        return d
+
+    def verify_code(self, code: str) -> bool | None:
+        """True: code right (server told); False: wrong, try again; None: no attempts left (denied)."""
+        if self.step_up is None:
+            raise InputError("code", "no extra check is pending")
+        code = (code or "").strip()
+        if not re.fullmatch(r"\d{6}", code):
+            raise InputError("code", "the code has 6 digits")
+        ok = secrets.compare_digest(code, self.step_up.code)
+        if not ok:
+            self.step_up.attempts_left -= 1
+            if self.step_up.attempts_left > 0:
+                return False
+        try:
+            self.s.api.complete_step_up(self.step_up.transaction_id, ok)
+        except ApiError as exc:
+            if ok and not exc.status == 401:
+                raise
+            # 401: this build has no bank key; the bank backend completes the step-up itself
+        self.step_up = None
+        return True if ok else None
+
+    def reasons_text(self) -> list[str]:
+        return [explain(r) for r in (self.last.reasons if self.last else [])]

@@ -1,0 +1,58 @@
+"""Everything the controllers use, built once per app run from a data folder and a server URL."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mobile_client.api import ApiClient, OfflineQueue
+from mobile_client.device_key import DeviceKey
+from mobile_client.evidence import EvidenceBuffer
+from mobile_client.profile import Profile
+from mobile_client.raw_store import RawEventStore
+from mobile_client.secrets_store import SecretStore, platform_secret_store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+@dataclass
+class AppServices:
+    data_dir: Path
+    profile: Profile
+    secrets: SecretStore
+    key: DeviceKey
+    store: RawEventStore
+    evidence: EvidenceBuffer
+    api: ApiClient
+
+    @property
+    def profile_path(self) -> Path:
+        return self.data_dir / "profile.json"
+
+    def save_profile(self) -> None:
+        if self.api.last_sync is not None:
+            self.profile.last_sync = self.api.last_sync
+        self.profile.save(self.profile_path)
+
+    def close(self) -> None:
+        self.evidence.flush()
+        self.save_profile()
+        self.api.close()
+
+
+def build_services(data_dir: Path, server_url: str = DEFAULT_SERVER, retention_days: int = 30,
+                   retries: int = 3, bank_api_key: str | None = None) -> AppServices:
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    profile = Profile.load(data_dir / "profile.json")
+    secrets = platform_secret_store(data_dir / "secrets")
+    key = DeviceKey(secrets)
+    store = RawEventStore(data_dir / "raw", secrets, retention_days)
+    store.apply_retention()
+    evidence = EvidenceBuffer(store, allowed=lambda m: profile.consented(m, "authentication"))
+    api = ApiClient(server_url, key, profile.device_id, profile.user_id, OfflineQueue(data_dir / "outbox.jsonl"),
+                    retries=retries, bank_api_key=bank_api_key)
+    return AppServices(data_dir, profile, secrets, key, store, evidence, api)

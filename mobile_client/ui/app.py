@@ -1,0 +1,162 @@
+"""The Kivy application: wires services, controllers, collectors and screens together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kivy.app import App
+from kivy.core.window import Window
+from kivy.lang import Builder
+from kivy.uix.screenmanager import FadeTransition, NoTransition, ScreenManager
+
+from mobile_client.clock import Clock as ClockFn
+from mobile_client.clock import monotonic
+from mobile_client.collectors.accelerometer import SensorUnavailable, platform_accelerometer
+from mobile_client.collectors.keyboard import KeyboardCollector
+from mobile_client.collectors.replay import ReplaySource, recorded_walk
+from mobile_client.collectors.touch import TouchCollector
+from mobile_client.controllers.consent import ConsentController
+from mobile_client.controllers.enrolment import WALK_SECONDS, EnrolmentController
+from mobile_client.controllers.privacy import PrivacyController
+from mobile_client.controllers.transaction import TransactionController
+from mobile_client.services import AppServices
+from mobile_client.ui import screens, theme
+
+log = logging.getLogger(__name__)
+
+KV_DIR = Path(__file__).parent / "kv"
+SCREENS: dict[str, type] = {
+    "welcome": screens.WelcomeScreen,
+    "consent": screens.ConsentScreen,
+    "enrol": screens.EnrolScreen,
+    "home": screens.HomeScreen,
+    "pay": screens.PayScreen,
+    "privacy": screens.PrivacyScreen,
+}
+
+
+class CadenceApp(App):
+    """One app per process (Kivy's rule); `services` decide where data and the server are."""
+
+    title = "Cadence"
+
+    def __init__(self, services: AppServices, *, clock: ClockFn = monotonic, animate: bool = True,
+                 walk_speed: float = 1.0, data_dir_for_replay: str | None = None,
+                 on_ready: Callable[[CadenceApp], None] | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.services = services
+        self.clock = clock
+        self.animate = animate
+        self.walk_speed = walk_speed
+        self.replay_data_dir = data_dir_for_replay
+        self.on_ready = on_ready
+        self.consent = ConsentController(services)
+        self.enrolment = EnrolmentController(services)
+        self.transaction = TransactionController(services)
+        self.privacy = PrivacyController(services)
+        self.collectors: list[Any] = []
+        self.walk_source: ReplaySource | None = None
+        self.supernode: Any = None
+        self.sm: ScreenManager | None = None
+
+    # ------------------------------------------------------------------ building
+    def build(self) -> ScreenManager:
+        Window.clearcolor = theme.BG
+        Builder.load_file(str(KV_DIR / "theme.kv"))
+        self.sm = ScreenManager(transition=FadeTransition(duration=0.15) if self.animate else NoTransition())
+        p = self.services.profile
+        self.go("home" if p.onboarded and p.enrolled else "welcome")
+        return self.sm
+
+    def screen(self, name: str) -> Any:
+        """The screen called `name`, loading its .kv file the first time (lazy, as in Kivy's showcase)."""
+        assert self.sm is not None
+        if not self.sm.has_screen(name):
+            kv = KV_DIR / f"{name}.kv"
+            if str(kv) not in Builder.files:
+                Builder.load_file(str(kv))
+            self.sm.add_widget(SCREENS[name](name=name))
+        return self.sm.get_screen(name)
+
+    def go(self, name: str) -> Any:
+        scr = self.screen(name)
+        assert self.sm is not None
+        self.sm.current = name
+        return scr
+
+    # ------------------------------------------------------------------ collectors
+    def on_start(self) -> None:
+        sink = self.services.evidence.add
+        self.collectors = [KeyboardCollector(Window, self.clock), TouchCollector(Window, self.clock)]
+        try:
+            self.collectors.append(platform_accelerometer())
+        except SensorUnavailable as exc:
+            log.info("no live accelerometer: %s", exc)
+        for c in self.collectors:
+            try:
+                c.start(sink)
+            except SensorUnavailable as exc:
+                log.warning("collector %s unavailable: %s", type(c).__name__, exc)
+        self.start_federation()
+        if self.on_ready:
+            self.on_ready(self)
+
+    def on_stop(self) -> None:
+        for c in self.collectors:
+            c.stop()
+        if self.walk_source:
+            self.walk_source.stop()
+        self.stop_federation()
+        self.services.close()
+
+    def live_accelerometer(self) -> bool:
+        return any(c.modality == "gait" and c.running for c in self.collectors)
+
+    def start_walk(self, on_done: Callable[[], None]) -> str:
+        """Begin the walking task: the phone's own sensor, or a replayed walk on desktop."""
+        if self.live_accelerometer():
+            from kivy.clock import Clock
+
+            Clock.schedule_once(lambda *_: on_done(), WALK_SECONDS)
+            return "Motion sensor (game rate)"
+        series, label = recorded_walk(self.replay_data_dir, WALK_SECONDS + 2.0)
+        self.walk_source = ReplaySource(series, clock=self.clock, speed=self.walk_speed, on_done=on_done)
+        self.walk_source.start(self.services.evidence.add)
+        return f"Desktop: {label}"
+
+    # ------------------------------------------------------------------ federated
+    def federation_status(self) -> str:
+        from mobile_client.federation import status_text
+
+        return status_text(self.services.profile.federated, self.supernode)
+
+    def start_federation(self) -> None:
+        """Join the bank's federated rounds as a SuperNode for this device's own data, if allowed.
+
+        Needs the person's federated-training consent and an operator SuperLink address in
+        ``CADENCE_SUPERLINK`` (desktop builds; Android has no Flower, see docs/mobile.md).
+        """
+        import os
+
+        from mobile_client import features
+        from mobile_client.federation import start_supernode
+        from mobile_client.platform_info import can_run_flower
+
+        superlink = os.environ.get("CADENCE_SUPERLINK")
+        p = self.services.profile
+        if not (superlink and p.federated and can_run_flower() and p.consented("keystroke", "federated_training")):
+            return
+        windows = features.keystroke_windows(self.services.store.read("keystroke"))
+        try:
+            self.supernode = start_supernode(superlink, self.services.data_dir / "federated", windows, "keystroke",
+                                             int(os.environ.get("CADENCE_SUPERNODE_PORT", "9401")))
+        except (RuntimeError, ValueError) as exc:
+            log.warning("federated training not started: %s", exc)
+
+    def stop_federation(self) -> None:
+        if self.supernode is not None:
+            self.supernode.stop()
+            self.supernode = None

@@ -1,0 +1,373 @@
+"""Screen classes: Kivy properties the .kv files show, and handlers that call controllers.
+
+No feature computation and no HTTP here: every handler delegates to a controller and copies
+the result into properties.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kivy.app import App
+from kivy.clock import Clock
+from kivy.properties import (
+    BooleanProperty,
+    DictProperty,
+    ListProperty,
+    NumericProperty,
+    ObjectProperty,
+    StringProperty,
+)
+from kivy.uix.screenmanager import Screen
+
+from mobile_client.api import ApiError
+from mobile_client.controllers import consent as consent_text
+from mobile_client.controllers import enrolment as enrol_mod
+from mobile_client.controllers.transaction import InputError
+from mobile_client.ui import theme
+from mobile_client.ui.widgets import ConsentCard, ReasonRow, StatusRow
+from modalities.events import MODALITIES
+
+log = logging.getLogger(__name__)
+
+
+def _app() -> Any:
+    return App.get_running_app()
+
+
+def ago(t: float | None, now: float | None = None) -> str:
+    if t is None:
+        return "not yet"
+    s = max(0, int((now or time.time()) - t))
+    when = time.strftime("%H:%M", time.localtime(t))
+    if s < 60:
+        return f"{when} (just now)"
+    if s < 3600:
+        return f"{when} ({s // 60} min ago)"
+    return f"{when} ({s // 3600} h ago)"
+
+
+class WelcomeScreen(Screen):
+    pass
+
+
+class ConsentScreen(Screen):
+    can_continue = BooleanProperty(False)
+    error = StringProperty("")
+
+    def on_pre_enter(self, *_: Any) -> None:
+        box = self.ids.cards
+        if box.children:
+            return
+        current = _app().consent.current()
+        for m in MODALITIES:
+            txt = consent_text.TEXT[m]
+            card = ConsentCard(modality=m, title=txt.title, what=txt.what, icon=txt.icon,
+                               icon_colour=list(theme.MODALITY_COLOUR[m]),
+                               auth=current[m]["authentication"], fed=current[m]["federated_training"])
+            card.bind(auth=self._changed, fed=self._changed)
+            box.add_widget(card)
+        self._changed()
+
+    def cards(self) -> dict[str, ConsentCard]:
+        return {c.modality: c for c in self.ids.cards.children}
+
+    def _changed(self, *_: Any) -> None:
+        cards = self.cards().values()
+        for c in cards:
+            if not c.auth:
+                c.fed = False
+        self.can_continue = any(c.auth for c in cards)
+
+    def agree(self) -> None:
+        choices = {m: {"authentication": c.auth, "federated_training": c.fed} for m, c in self.cards().items()}
+        try:
+            _app().consent.apply(choices)
+        except (ValueError, ApiError) as exc:
+            self.error = str(exc)
+            return
+        self.error = ""
+        _app().go("enrol")
+
+
+class EnrolScreen(Screen):
+    step = StringProperty("keystroke")
+    passphrase = StringProperty(enrol_mod.PASSPHRASE)
+    prompt = StringProperty(enrol_mod.FREE_TEXT_PROMPT)
+    repeats_done = NumericProperty(0)
+    repeats_needed = NumericProperty(enrol_mod.PASSPHRASE_REPEATS)
+    swipes_needed = NumericProperty(enrol_mod.SWIPES_NEEDED)
+    swipes_done = NumericProperty(0)
+    progress = DictProperty({"keystroke": 0.0, "touch": 0.0, "gait": 0.0})
+    quality = DictProperty({})
+    message = StringProperty("")
+    walk_source = StringProperty("")
+    walking = BooleanProperty(False)
+    walk_left = NumericProperty(enrol_mod.WALK_SECONDS)
+    done = BooleanProperty(False)
+    steps = ListProperty([])
+    _tick = ObjectProperty(None, allownone=True)
+
+    def on_pre_enter(self, *_: Any) -> None:
+        self.steps = _app().enrolment.todo()
+        if self.steps and self.step not in self.steps:
+            self.step = self.steps[0]
+        self.start_step(self.step)
+
+    def on_step(self, _w: Any, value: str) -> None:
+        if "steps" in self.ids and self.ids.steps.has_screen(value):
+            self.ids.steps.current = value
+
+    def start_step(self, step: str) -> None:
+        self.step = step
+        self.on_step(self, step)
+        self.message = ""
+        if step in MODALITIES:
+            _app().enrolment.begin(step)
+        if step == "touch" and self._tick is None:
+            self._tick = Clock.schedule_interval(self._poll_swipes, 0.2)
+
+    def passphrase_entered(self, field: Any) -> None:
+        ok = _app().enrolment.submit_passphrase(field.text)
+        self.repeats_done = _app().enrolment.typed_passphrases
+        self.message = "" if ok else "That did not match the phrase: please try again"
+        field.text = ""
+        self._typing_progress()
+        if self.repeats_done < self.repeats_needed:
+            Clock.schedule_once(lambda *_: setattr(field, "focus", True), 0)
+
+    def free_text_changed(self, text: str) -> None:
+        self._typing_progress(text)
+
+    def _typing_progress(self, text: str | None = None) -> None:
+        if text is None:
+            text = self.ids.free_text.text if "free_text" in self.ids else ""
+        p = dict(self.progress)
+        p["keystroke"] = _app().enrolment.typing_progress(text)
+        self.progress = p
+
+    def _poll_swipes(self, _dt: float) -> None:
+        if self.step != "touch":
+            return
+        p = dict(self.progress)
+        p["touch"] = _app().enrolment.swipe_progress()
+        self.progress = p
+        self.swipes_done = round(p["touch"] * self.swipes_needed)
+
+    def start_walk(self) -> None:
+        self.walking = True
+        self.walk_source = _app().start_walk(on_done=self._walk_done)
+        Clock.schedule_interval(self._poll_walk, 0.25)
+
+    def _poll_walk(self, _dt: float) -> bool | None:
+        p = dict(self.progress)
+        p["gait"] = _app().enrolment.walk_progress()
+        self.progress = p
+        self.walk_left = max(0.0, enrol_mod.WALK_SECONDS * (1 - p["gait"]))
+        return None if self.walking else False
+
+    def _walk_done(self) -> None:
+        self._poll_walk(0)
+        self.walking = False
+
+    def check(self) -> None:
+        """Quality check of the current task; move on when it passed."""
+        self._poll_swipes(0) if self.step == "touch" else None
+        rep = _app().enrolment.check(self.step)
+        q = dict(self.quality)
+        q[self.step] = {"ok": rep.ok, "message": rep.message, "usable": rep.usable, "quality": rep.mean_quality}
+        self.quality = q
+        self.ids[f"q_{self.step}"].info = q[self.step]
+        self.message = rep.message + ("" if rep.ok else ".")
+        if rep.ok:
+            nxt = self.steps.index(self.step) + 1
+            self.start_step(self.steps[nxt] if nxt < len(self.steps) else "review")
+
+    def finish(self) -> None:
+        try:
+            sent = _app().enrolment.finish()
+        except ApiError as exc:
+            self.message = f"Could not finish set-up: {exc}"
+            return
+        self.done = True
+        self.message = "Set up: " + ", ".join(f"{consent_text.TEXT[m].title.lower()} ({n})" for m, n in sent.items())
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        _app().go("home")
+
+
+class HomeScreen(Screen):
+    greeting = StringProperty("")
+    last_sync = StringProperty("")
+    collecting = ListProperty([])
+
+    def on_pre_enter(self, *_: Any) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        app = _app()
+        p = app.services.profile
+        hour = time.localtime().tm_hour
+        part = "morning" if hour < 12 else "afternoon" if hour < 18 else "evening"
+        self.greeting = f"Good {part}, {p.display_name}"
+        self.last_sync = ago(p.last_sync or app.services.api.last_sync)
+        box = self.ids.status
+        box.clear_widgets()
+        for m in MODALITIES:
+            on = p.consented(m)
+            enrolled = m in p.enrolled
+            detail = ("Active: only summaries leave this phone" if on and enrolled else
+                      "Consented, not set up yet" if on else "Off: nothing is collected")
+            box.add_widget(StatusRow(title=consent_text.TEXT[m].title, detail=detail, on=on,
+                                     dot=list(theme.OK if on and enrolled else theme.WARN if on else theme.MUTED)))
+
+
+class PayScreen(Screen):
+    phase = StringProperty("form")  # form | checking | result
+    outcome = StringProperty("")
+    headline = StringProperty("")
+    detail = StringProperty("")
+    error = StringProperty("")
+    code_hint = StringProperty("")
+    evidence = StringProperty("")
+    reasons = ListProperty([])
+    risk = NumericProperty(0.0)
+    transaction_id = StringProperty("")
+
+    HEADLINES = {"approve": "Payment approved", "step_up": "One more check", "deny": "Payment blocked"}
+
+    def on_phase(self, _w: Any, value: str) -> None:
+        if "phases" in self.ids:
+            self.ids.phases.current = "result" if value == "result" else "form"
+
+    def pay(self) -> None:
+        self.error = ""
+        self.phase = "checking"
+        Clock.schedule_once(lambda *_: self._do_pay(), 0.05)
+
+    def _do_pay(self) -> None:
+        tc = _app().transaction
+        try:
+            d = tc.authorize(self.ids.amount.text, self.ids.payee.text)
+        except InputError as exc:
+            self.error = exc.message[0].upper() + exc.message[1:]
+            self.phase = "form"
+            return
+        except ApiError as exc:
+            self.error = "Could not reach your bank. Nothing was paid." if exc.offline else f"Refused: {exc.detail or exc}"
+            self.phase = "form"
+            return
+        self.show(d.outcome, d.amount, d.currency, d.payee, tc.reasons_text(), d.risk, d.transaction_id)
+        ev = tc.evidence_summary
+        self.evidence = "Checked on this phone: " + ", ".join(
+            f"{n} {consent_text.TEXT[m].title.lower()} sample{'s' if n != 1 else ''}" for m, n in ev.items() if n) \
+            if any(ev.values()) else "No recent behaviour to check"
+        if d.outcome == "step_up" and tc.step_up is not None:
+            self.code_hint = f"Enter the 6-digit code we sent to your phone.\n(Demo build: your code is {tc.step_up.code})"
+
+    def show(self, outcome: str, amount: str, currency: str, payee: str, reasons: list[str], risk: float,
+             transaction_id: str = "") -> None:
+        symbol = {"GBP": "£", "EUR": "€", "USD": "$"}.get(currency, currency + " ")
+        self.outcome = outcome
+        self.headline = self.HEADLINES.get(outcome, outcome)
+        self.detail = f"{symbol}{float(amount):,.2f} to {payee}"
+        self.risk = risk
+        self.transaction_id = transaction_id
+        self.reasons = reasons
+        box = self.ids.reasons
+        box.clear_widgets()
+        for r in reasons:
+            box.add_widget(ReasonRow(text=r, colour=list(theme.OK if "matched" in r else theme.OUTCOME_COLOUR[outcome])))
+        self.phase = "result"
+
+    def verify(self) -> None:
+        tc = _app().transaction
+        try:
+            res = tc.verify_code(self.ids.code.text)
+        except InputError as exc:
+            self.error = exc.message[0].upper() + exc.message[1:]
+            return
+        except ApiError as exc:
+            self.error = f"Could not confirm: {exc}"
+            return
+        self.error = ""
+        if res is True:
+            self.outcome, self.headline = "approve", "Payment approved"
+            self.code_hint = ""
+        elif res is False:
+            self.error = f"Wrong code: {tc.step_up.attempts_left if tc.step_up else 0} tries left"
+        else:
+            self.outcome, self.headline, self.code_hint = "deny", "Payment blocked", ""
+            self.error = "Too many wrong codes"
+
+    def new_payment(self) -> None:
+        self.phase = "form"
+        self.outcome = ""
+        self.error = ""
+        self.code_hint = ""
+        self.ids.amount.text = ""
+        self.ids.payee.text = ""
+        _app().go("home")
+
+
+class PrivacyScreen(Screen):
+    items = ListProperty([])
+    federated = BooleanProperty(False)
+    federated_status = StringProperty("")
+    deleted = StringProperty("")
+    confirm_delete = BooleanProperty(False)
+
+    def on_pre_enter(self, *_: Any) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        app = _app()
+        self.items = [(i.label, i.detail) for i in app.privacy.stored()]
+        self.federated = app.services.profile.federated
+        self.federated_status = app.federation_status()
+        box = self.ids.stored
+        box.clear_widgets()
+        for label, detail in self.items:
+            box.add_widget(StatusRow(title=label, detail=detail, on=True, dot=list(theme.PRIMARY)))
+        sw = self.ids.consents
+        sw.clear_widgets()
+        for m in MODALITIES:
+            row = _consent_switch_row(m, app.services.profile.consented(m))
+            sw.add_widget(row)
+
+    def set_consent(self, modality: str, on: bool) -> None:
+        _app().consent.set(modality, "authentication", on)
+
+    def set_federated(self, on: bool) -> None:
+        if on == _app().services.profile.federated:
+            return
+        _app().privacy.set_federated(on)
+        self.federated = on
+        self.federated_status = _app().federation_status()
+
+    def delete(self) -> None:
+        if not self.confirm_delete:
+            self.confirm_delete = True
+            return
+        self.deleted = _app().privacy.delete_my_data()
+        self.confirm_delete = False
+        self.refresh()
+
+
+def _consent_switch_row(modality: str, on: bool) -> Any:
+    from kivy.factory import Factory
+
+    row = Factory.SwitchRow(label=consent_text.TEXT[modality].title,
+                            hint="Used to confirm it's you" if on else "Off: not collected")
+    sw = Factory.PillSwitch(active=on, pos_hint={"center_y": 0.5})
+    sw.bind(active=lambda _w, v, m=modality: _on_consent(m, v, row))
+    row.add_widget(sw)
+    return row
+
+
+def _on_consent(modality: str, value: bool, row: Any) -> None:
+    _app().consent.set(modality, "authentication", value)
+    row.hint = "Used to confirm it's you" if value else "Off: not collected"
