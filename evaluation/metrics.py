@@ -184,12 +184,17 @@ def plot_det(
     items = [(k, v[0], v[1]) for k, v in curves.items()] if isinstance(curves, Mapping) else curves
     ticks = np.array([0.0001, 0.001, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8])
     lo, hi = 1e-4, 0.8
-    fig, ax = plt.subplots(figsize=(6.4, 6.0))
-    for label, gen, imp in items:
+    items = list(items)
+    wide = len(items) > 6
+    fig, ax = plt.subplots(figsize=(10.5 if wide else 6.4, 6.0))
+    colours = plt.get_cmap("tab20").colors if len(items) > 10 else plt.get_cmap("tab10").colors
+    styles = ["-", "--", ":", "-."]
+    for k, (label, gen, imp) in enumerate(items):
         fmr, fnmr = det_points(genuine=gen, impostor=imp)
         x = norm.ppf(np.clip(fmr, lo / 2, 1 - 1e-9))
         y = norm.ppf(np.clip(fnmr, lo / 2, 1 - 1e-9))
-        ax.plot(x, y, label=f"{label} (EER {eer(genuine=gen, impostor=imp):.3f})", lw=1.3)
+        ax.plot(x, y, label=f"{label} (EER {eer(genuine=gen, impostor=imp):.3f})", lw=1.3,
+                color=colours[k % len(colours)], ls=styles[(k // len(colours)) % len(styles)])
     t = norm.ppf(ticks)
     ax.set_xticks(t, [f"{v:g}" for v in ticks * 100], rotation=45)
     ax.set_yticks(t, [f"{v:g}" for v in ticks * 100])
@@ -200,7 +205,10 @@ def plot_det(
     ax.set_ylabel("False non-match rate (%)")
     ax.set_title(title)
     ax.grid(True, ls=":", lw=0.5)
-    ax.legend(fontsize=7, loc="upper right")
+    if wide:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
