@@ -1,0 +1,239 @@
+"""Gait scorers: a one-class baseline and a population-trained discriminant embedding.
+
+* `GaitManhattan`: scaled Manhattan distance to the enrolment windows (needs no population):
+  the `default_scorer` when no trained model exists.
+* `GaitLDA`: learned from other people. Standardise -> PCA (whitened) -> LDA between training
+  subjects gives a linear embedding in which one person's windows cluster across sessions and
+  phone placements; the template is the person's mean embedding (or a per-user logistic
+  regression against the training population), and scores are s-normalised against the
+  training subjects so one threshold suits everyone. The whole embedding is one (d, k) matrix,
+  so scoring is numpy only (phone, server, federated clients).
+
+Both refuse feature windows of another `FEATURE_VERSION` or dimension with a clear error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+import numpy as np
+
+from modalities.base import ModelVersionError, ScaledManhattan, Scorer, Template
+from modalities.events import EventValidationError
+from modalities.gait.features import FEATURE_DIM, FEATURE_VERSION, block_columns
+
+
+def moving_mean(scores: np.ndarray, n: int) -> np.ndarray:
+    """Evidence accumulation: mean of each run of `n` consecutive window scores (len - n + 1 values)."""
+    s = np.asarray(scores, float)
+    if n <= 1 or s.size < n:
+        return s if n <= 1 else s[:0]
+    c = np.cumsum(np.r_[0.0, s])
+    return (c[n:] - c[:-n]) / n
+
+
+#: training windows kept as the background of per-user logistic regression and z-norm; stored
+#: as float16 (unit vectors need no more), this keeps a 3-view `GaitFusion` model under 1 MB
+BACKGROUND_WINDOWS = 2000
+
+
+class GaitManhattan(ScaledManhattan):
+    """Scaled Manhattan on gait features (Killourhy & Maxion), the no-population baseline."""
+
+    name = "gait-manhattan"
+    modality = "gait"
+    version = "1"
+    feature_version = FEATURE_VERSION
+
+    def enroll(self, X: np.ndarray) -> Template:
+        self.check_features(X, FEATURE_DIM)
+        return super().enroll(X)
+
+
+class GaitLDA(Scorer):
+    """Discriminant embedding learned from training subjects; cosine or per-user LR, s-norm."""
+
+    name = "gait-lda"
+    modality = "gait"
+    version = "1"
+    feature_version = FEATURE_VERSION
+
+    def __init__(self, n_pca: int = 150, n_lda: int = 60, blocks: tuple[str, ...] | list[str] = ("inv", "cycle", "raw"),
+                 template: str = "centroid", snorm: bool = True, seed: int = 0) -> None:
+        self.n_pca = n_pca
+        self.n_lda = n_lda
+        self.blocks = tuple(blocks)
+        self.template = template
+        self.snorm = snorm
+        self.seed = seed
+
+    def get_params(self) -> dict[str, Any]:
+        return {"n_pca": self.n_pca, "n_lda": self.n_lda, "blocks": list(self.blocks), "template": self.template,
+                "snorm": self.snorm, "seed": self.seed}
+
+    # -- population -----------------------------------------------------------------------
+    def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
+        """Learn the embedding from windows `X` of several `subjects` (labels, one per window)."""
+        from sklearn.decomposition import PCA
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+        X = self.check_features(X, FEATURE_DIM)
+        if subjects is None:
+            raise EventValidationError("subjects", "GaitLDA.fit needs one subject label per window")
+        y = np.asarray(subjects)
+        if y.shape[0] != X.shape[0]:
+            raise EventValidationError("subjects", f"{y.shape[0]} labels for {X.shape[0]} windows")
+        classes = np.unique(y)
+        if classes.size < 3:
+            raise EventValidationError("subjects", f"need windows of at least 3 subjects, got {classes.size}")
+        cols = block_columns(self.blocks)
+        Xc = X[:, cols]
+        mu, sd = Xc.mean(axis=0), Xc.std(axis=0)
+        sd = np.where(sd > 1e-9, sd, 1.0)
+        Z = (Xc - mu) / sd
+        n_pca = int(min(self.n_pca, Z.shape[1], Z.shape[0] - 1))
+        pca = PCA(n_pca, whiten=True, random_state=self.seed).fit(Z)
+        P = pca.transform(Z)
+        n_lda = int(min(self.n_lda, classes.size - 1, n_pca))
+        lda = LinearDiscriminantAnalysis(n_components=n_lda).fit(P, y)
+        # collapse standardise -> PCA -> LDA into one affine map x @ W + b
+        Wp = (pca.components_ / np.sqrt(pca.explained_variance_)[:, None]).T  # (d, n_pca)
+        Wl = lda.scalings_[:, :n_lda]
+        W = (Wp / sd[:, None]) @ Wl
+        b = -((mu / sd) @ Wp + pca.mean_ @ Wp + lda.xbar_) @ Wl
+        self.cols_, self.W_, self.b_ = cols, W, b
+        E = self._embed(X)
+        self.cohort_ = np.vstack([self._unit(E[y == c].mean(axis=0)) for c in classes])
+        rng = np.random.default_rng(self.seed)
+        self.background_ = E[np.sort(rng.choice(E.shape[0], size=min(E.shape[0], BACKGROUND_WINDOWS), replace=False))]
+        # keep exactly what a saved model holds (float32), so a loaded model scores identically
+        for k in ("W_", "b_", "cohort_"):
+            setattr(self, k, getattr(self, k).astype(np.float32).astype(float))
+        self.background_ = self.background_.astype(np.float16).astype(float)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "W_"):
+            raise ModelVersionError("GaitLDA is not fitted: call fit() or load a trained model")
+
+    @staticmethod
+    def _unit(v: np.ndarray) -> np.ndarray:
+        return v / (np.linalg.norm(v, axis=-1, keepdims=True) + 1e-12)
+
+    def _embed(self, X: np.ndarray) -> np.ndarray:
+        return self._unit(X[:, self.cols_] @ self.W_ + self.b_)
+
+    def embed(self, X: np.ndarray) -> np.ndarray:
+        """Unit-length embeddings (n, k) of feature windows."""
+        self._check_fitted()
+        return self._embed(self.check_features(X, FEATURE_DIM))
+
+    # -- per subject -------------------------------------------------------------------------
+    def enroll(self, X: np.ndarray) -> Template:
+        E = self.embed(X)
+        if self.template == "logreg":
+            from sklearn.linear_model import LogisticRegression
+
+            Z = np.vstack([E, self.background_])
+            y = np.r_[np.ones(E.shape[0]), np.zeros(self.background_.shape[0])]
+            lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(Z, y)
+            tmpl = {"w": lr.coef_[0].astype(float), "b": np.array([float(lr.intercept_[0])])}
+        elif self.template == "centroid":
+            tmpl = {"w": self._unit(E.mean(axis=0)), "b": np.zeros(1)}
+        else:
+            raise ValueError(f"template must be 'centroid' or 'logreg', got {self.template!r}")
+        z = self.background_ @ tmpl["w"] + tmpl["b"][0]
+        tmpl["znorm"] = np.array([z.mean(), z.std() + 1e-9])
+        return tmpl
+
+    def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
+        E = self.embed(X)
+        if template["w"].shape[0] != E.shape[1]:
+            raise ModelVersionError("template was made by another gait model (embedding size differs)")
+        raw = E @ template["w"] + template["b"][0]
+        if not self.snorm:
+            return raw
+        zn = (raw - template["znorm"][0]) / template["znorm"][1]
+        # t-norm: the probe against every training subject's centroid
+        tc = E @ self.cohort_.T
+        if self.template == "logreg":  # put the cohort on the template's scale
+            tc = tc * np.linalg.norm(template["w"]) + template["b"][0]
+        tn = (raw - tc.mean(axis=1)) / (tc.std(axis=1) + 1e-9)
+        return 0.5 * (zn + tn)
+
+    # -- persistence -------------------------------------------------------------------------
+    def get_state(self) -> dict[str, np.ndarray]:
+        self._check_fitted()
+        f32 = np.float32
+        return {"cols": self.cols_.astype(np.int16), "W": self.W_.astype(f32), "b": self.b_.astype(f32),
+                "cohort": self.cohort_.astype(f32), "background": self.background_.astype(np.float16)}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        need = {"cols", "W", "b", "cohort", "background"}
+        if need - set(state):
+            raise ModelVersionError(f"gait-lda model file lacks {sorted(need - set(state))}")
+        self.cols_ = state["cols"].astype(int)
+        if self.cols_.max() >= FEATURE_DIM:
+            raise ModelVersionError("gait-lda model was trained on another feature layout")
+        self.W_, self.b_ = state["W"].astype(float), state["b"].astype(float)
+        self.cohort_, self.background_ = state["cohort"].astype(float), state["background"].astype(float)
+
+
+#: views of the feature vector fused by `GaitFusion` (name -> (blocks, PCA dims)); chosen on
+#: 2-fold subject-disjoint splits of the shared folder (see BENCHMARKS.md)
+FUSION_VIEWS: dict[str, tuple[tuple[str, ...], int]] = {
+    "all": (("inv", "cycle", "raw"), 100),
+    "invariant": (("inv", "cycle"), 100),
+    "raw": (("raw",), 80),
+}
+
+
+class GaitFusion(Scorer):
+    """Sum of s-normalised `GaitLDA` scores over several feature views (our best gait scorer).
+
+    An embedding of the orientation-invariant features and one of the phone's raw axes make
+    different mistakes (a re-pocketed phone fools the raw view, a change of pace the
+    invariant one), so their normalised scores add up to a better decision than either.
+    """
+
+    name = "gait-fusion"
+    modality = "gait"
+    version = "1"
+    feature_version = FEATURE_VERSION
+
+    def __init__(self, views: dict[str, Any] | None = None, template: str = "logreg", seed: int = 0) -> None:
+        self.views = {k: (tuple(v[0]), int(v[1])) for k, v in (views or FUSION_VIEWS).items()}
+        self.template = template
+        self.seed = seed
+        self.members_ = {k: GaitLDA(n_pca=n, blocks=b, template=template, seed=seed) for k, (b, n) in self.views.items()}
+
+    def get_params(self) -> dict[str, Any]:
+        return {"views": {k: [list(b), n] for k, (b, n) in self.views.items()}, "template": self.template,
+                "seed": self.seed}
+
+    def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
+        for m in self.members_.values():
+            m.fit(X, subjects)
+        return self
+
+    def enroll(self, X: np.ndarray) -> Template:
+        out: Template = {}
+        for k, m in self.members_.items():
+            out.update({f"{k}.{name}": v for name, v in m.enroll(X).items()})
+        return out
+
+    def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
+        total = np.zeros(self.check_features(X, FEATURE_DIM).shape[0])
+        for k, m in self.members_.items():
+            sub = {name[len(k) + 1:]: v for name, v in template.items() if name.startswith(f"{k}.")}
+            if not sub:
+                raise ModelVersionError(f"template lacks view {k!r} (made by another gait model)")
+            total += m.compare(sub, X)
+        return total / len(self.members_)
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        return {f"{k}.{name}": v for k, m in self.members_.items() for name, v in m.get_state().items()}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        for k, m in self.members_.items():
+            m.set_state({name[len(k) + 1:]: v for name, v in state.items() if name.startswith(f"{k}.")})

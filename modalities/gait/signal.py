@@ -1,0 +1,213 @@
+"""Accelerometer signal conditioning: one internal rate and bandwidth for every phone.
+
+Why: a model trained on a 100 Hz Samsung S6 must score a 25 Hz phone that reports in g with a
+jittery clock. Everything downstream therefore sees the same thing: a uniform grid at
+`RATE` Hz, low-passed at `CUTOFF_HZ` (the same filter whatever the input rate), in m/s^2.
+
+Pure numpy/scipy: this runs on the phone, in federated clients and in benches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import signal as sps
+
+from modalities.events import AccelSeries, EventValidationError
+
+#: internal sampling rate (Hz): the lowest rate we promise to support is 20 Hz, phones at
+#: ~25 Hz are common, so features never depend on content above ~10 Hz
+RATE = 25.0
+#: common low-pass cut-off (Hz) applied on the internal grid, whatever the input rate
+CUTOFF_HZ = 8.0
+#: slowest input we accept (median sampling rate, Hz)
+MIN_INPUT_RATE = 20.0
+#: holes in the clock longer than this split a series into parts (never interpolated across)
+MAX_GAP_S = 0.5
+G = 9.80665
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """A uniformly sampled 3-axis part of a recording at `rate` Hz (m/s^2)."""
+
+    t0: float
+    rate: float
+    xyz: np.ndarray  # (n, 3)
+
+    @property
+    def duration(self) -> float:
+        return self.xyz.shape[0] / self.rate
+
+
+def merge_duplicate_times(t: np.ndarray, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by time and average samples sharing one timestamp (batched sensor deliveries)."""
+    order = np.argsort(t, kind="stable")
+    t, xyz = t[order], xyz[order]
+    uniq, inv, counts = np.unique(t, return_inverse=True, return_counts=True)
+    if uniq.size == t.size:
+        return t, xyz
+    out = np.zeros((uniq.size, 3))
+    np.add.at(out, inv, xyz)
+    return uniq, out / counts[:, None]
+
+
+def input_rate(t: np.ndarray) -> float:
+    """Nominal input rate: 1 / median positive sampling interval."""
+    d = np.diff(t)
+    d = d[d > 0]
+    if d.size == 0:
+        raise EventValidationError("time", "need at least two distinct timestamps")
+    return float(1.0 / np.median(d))
+
+
+def _lowpass(x: np.ndarray, rate: float, cutoff: float, order: int = 4) -> np.ndarray:
+    """Zero-phase Butterworth low-pass along axis 0 (no-op where the cut-off is above Nyquist)."""
+    if cutoff >= 0.45 * rate or x.shape[0] < 3 * (2 * order + 1):
+        return x
+    sos = sps.butter(order, cutoff, fs=rate, output="sos")
+    padlen = min(x.shape[0] - 1, 3 * (2 * order + 1) * 4)
+    return sps.sosfiltfilt(sos, x, axis=0, padlen=padlen)
+
+
+def resample(series: AccelSeries, *, rate: float = RATE, cutoff: float = CUTOFF_HZ,
+             max_gap: float = MAX_GAP_S, min_rate: float = MIN_INPUT_RATE) -> list[Uniform]:
+    """Bring a series of any rate >= `min_rate` onto uniform `rate` Hz grids, one per gap-free part.
+
+    Steps: merge duplicate times; split at holes longer than `max_gap`; interpolate each part
+    linearly onto a grid at its own input rate; anti-alias low-pass at `cutoff`; interpolate
+    to `rate`; apply the same low-pass again on the internal grid so a 25 Hz phone and a
+    100 Hz phone end with one bandwidth.
+    """
+    t, xyz = merge_duplicate_times(np.asarray(series.t, float), np.asarray(series.xyz, float))
+    if t.size < 2:
+        raise EventValidationError("time", "need at least two samples")
+    fs_in = input_rate(t)
+    if fs_in < 0.95 * min_rate:  # 5% slack: phone clocks drift around their nominal rate
+        raise EventValidationError("time", f"sampling rate {fs_in:.1f} Hz is below the {min_rate:.0f} Hz minimum")
+    cuts = np.flatnonzero(np.diff(t) > max_gap) + 1
+    bounds = np.concatenate([[0], cuts, [t.size]])
+    parts: list[Uniform] = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        tt, vv = t[a:b], xyz[a:b]
+        if tt.size < 2 or tt[-1] - tt[0] < 1.0:
+            continue
+        grid_in = np.arange(tt[0], tt[-1], 1.0 / fs_in)
+        x_in = np.column_stack([np.interp(grid_in, tt, vv[:, k]) for k in range(3)])
+        x_in = _lowpass(x_in, fs_in, cutoff)
+        grid = np.arange(tt[0], grid_in[-1], 1.0 / rate)
+        x = np.column_stack([np.interp(grid, grid_in, x_in[:, k]) for k in range(3)])
+        x = _lowpass(x, rate, cutoff)
+        parts.append(Uniform(float(tt[0]), rate, x))
+    return parts
+
+
+# --------------------------------------------------------------------------- orientation
+
+
+def gravity_body(x: np.ndarray, rate: float = RATE, cutoff: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Split acceleration into gravity (low-pass below `cutoff` Hz) and body (the rest)."""
+    if x.shape[0] < 4 * rate:
+        g = np.broadcast_to(x.mean(axis=0), x.shape).copy()
+    else:
+        sos = sps.butter(2, cutoff, fs=rate, output="sos")
+        g = sps.sosfiltfilt(sos, x, axis=0, padlen=min(x.shape[0] - 1, int(3 * rate)))
+    return g, x - g
+
+
+def aligned_axes(x: np.ndarray, rate: float = RATE) -> np.ndarray:
+    """Orientation-invariant frame (n, 3): vertical, first and second horizontal PCA axes of body motion.
+
+    Vertical is the body acceleration projected on the unit gravity direction; the horizontal
+    plane's axes come from PCA of the horizontal body acceleration, so they do not depend on how
+    the phone sits in the pocket (up to sign, which the features built on them ignore).
+    """
+    g, body = gravity_body(x, rate)
+    gdir = g.mean(axis=0)
+    norm = np.linalg.norm(gdir)
+    gdir = gdir / norm if norm > 1e-6 else np.array([0.0, 0.0, 1.0])
+    vert = body @ gdir
+    horiz = body - np.outer(vert, gdir)
+    cov = horiz.T @ horiz / max(horiz.shape[0], 1)
+    w, v = np.linalg.eigh(cov)
+    h1 = horiz @ v[:, -1]
+    h2 = horiz @ v[:, -2]
+    # fix the sign of each horizontal axis by its skewness so a flipped phone gives the same trace
+    for h in (h1, h2):
+        if np.mean(h ** 3) < 0:
+            h *= -1
+    return np.column_stack([vert, h1, h2])
+
+
+def magnitude(x: np.ndarray) -> np.ndarray:
+    """|a| minus its mean: invariant to any rotation of the phone."""
+    m = np.linalg.norm(x, axis=1)
+    return m - m.mean()
+
+
+# --------------------------------------------------------------------------- gait structure
+
+
+def autocorr(x: np.ndarray, max_lag: int) -> np.ndarray:
+    """Unbiased normalised autocorrelation of a 1-D signal for lags 0..max_lag (FFT based)."""
+    x = x - x.mean()
+    n = x.size
+    max_lag = int(min(max(max_lag, 0), n - 1))
+    f = np.fft.rfft(x, 2 * n)
+    ac = np.fft.irfft(f * np.conj(f))[: max_lag + 1]
+    ac = ac / (n - np.arange(max_lag + 1))
+    return ac / ac[0] if ac[0] > 0 else np.zeros(max_lag + 1)
+
+
+def cycle_period(mag: np.ndarray, rate: float = RATE, lo: float = 0.7, hi: float = 1.6) -> tuple[float, float]:
+    """Gait cycle (stride: two steps) period in seconds and its regularity (autocorr peak, -1..1).
+
+    The stride is the lag of the highest autocorrelation peak in [lo, hi] s; a walking person's
+    stride lasts about 0.9-1.4 s.
+    """
+    max_lag = int(hi * rate) + 1
+    if mag.size <= max_lag + 2:
+        return float("nan"), 0.0
+    ac = autocorr(mag, max_lag)
+    a, b = int(lo * rate), max_lag
+    k = a + int(np.argmax(ac[a:b + 1]))
+    # parabolic refinement of the peak
+    if 0 < k < ac.size - 1:
+        den = ac[k - 1] - 2 * ac[k] + ac[k + 1]
+        off = float(np.clip(0.5 * (ac[k - 1] - ac[k + 1]) / den, -0.5, 0.5)) if den < 0 else 0.0
+    else:
+        off = 0.0
+    return float((k + off) / rate), float(ac[k])
+
+
+def walking_mask(x: np.ndarray, rate: float = RATE, win_s: float = 2.5, min_std: float = 0.8,
+                 min_regularity: float = 0.25) -> np.ndarray:
+    """Per-sample mask of walking: enough body motion and a periodic stride in a sliding window.
+
+    Standing still has little body acceleration; turning and fumbling have no clear stride
+    period. Each `win_s` window (hop half) is judged and its samples marked.
+    """
+    n = x.shape[0]
+    mask = np.zeros(n, bool)
+    w = int(win_s * rate)
+    if n < w:
+        return mask
+    mag = np.linalg.norm(x, axis=1)
+    for a in range(0, n - w + 1, max(w // 2, 1)):
+        seg = mag[a:a + w]
+        if seg.std() < min_std:
+            continue
+        _, reg = cycle_period(seg, rate)
+        if reg >= min_regularity:
+            mask[a:a + w] = True
+    return mask
+
+
+def walking_runs(mask: np.ndarray, min_len: int) -> list[slice]:
+    """Contiguous runs of True of at least `min_len` samples."""
+    if mask.size == 0:
+        return []
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    return [slice(int(a), int(b)) for a, b in zip(starts, stops) if b - a >= min_len]

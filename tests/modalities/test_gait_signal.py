@@ -1,0 +1,112 @@
+"""Gait signal pipeline and window features on synthetic walks with known properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modalities.events import AccelSeries, EventValidationError, FeatureWindow
+from modalities.gait import FEATURE_DIM, FEATURE_VERSION, window_features, windows_for_subject
+from modalities.gait.features import BLOCKS, block_columns, uniform_features
+from modalities.gait.signal import RATE, aligned_axes, cycle_period, resample, walking_mask
+from tests.modalities.gait_synth import person, rotation, walk
+
+
+def test_resample_brings_any_rate_to_the_internal_grid() -> None:
+    p = person(1)
+    for rate, jitter in ((100.0, 0.0), (25.0, 0.004), (20.0, 0.0), (200.0, 0.001)):
+        parts = resample(walk(p, 20, rate, jitter=jitter))
+        assert len(parts) == 1
+        u = parts[0]
+        assert u.rate == RATE
+        assert abs(u.duration - 20) < 0.2
+        assert np.all(np.isfinite(u.xyz))
+
+
+def test_resample_rejects_slow_input_naming_the_field() -> None:
+    with pytest.raises(EventValidationError) as e:
+        resample(walk(person(1), 20, 10.0))
+    assert e.value.field == "time" and "below" in e.value.message
+
+
+def test_duplicate_timestamps_are_averaged_and_gaps_split() -> None:
+    s = walk(person(2), 30, 50.0)
+    t = s.t.copy()
+    t[100] = t[99]  # a duplicate time
+    t[750:] += 2.0  # a 2 s hole at 15 s
+    parts = resample(AccelSeries(t, s.xyz))
+    assert len(parts) == 2
+    assert abs(parts[0].duration - 15) < 0.2 and abs(parts[1].duration - 15) < 0.2
+
+
+def test_same_walk_at_100_hz_and_25_hz_in_g_gives_nearly_the_same_features() -> None:
+    """The cross-device promise: rate and units must not change what the model sees."""
+    p, q = person(3), person(4)
+    a = window_features(walk(p, 10, 100.0, seed=1)).values
+    b_series = walk(p, 10, 25.0, seed=2, jitter=0.004, units_g=True)
+    b = window_features(AccelSeries(b_series.t, b_series.xyz * 9.80665)).values  # loader converts g
+    other = window_features(walk(q, 10, 100.0, seed=1)).values
+    cols = block_columns(("inv", "cycle"))
+    same = np.linalg.norm(a[cols] - b[cols])
+    diff = np.linalg.norm(a[cols] - other[cols])
+    assert same < 0.5 * diff
+
+
+def test_invariant_blocks_ignore_phone_pose_raw_block_does_not() -> None:
+    p = person(5)
+    rng = np.random.default_rng(0)
+    a = uniform_features(resample(walk(p, 10, 25.0, seed=3, noise=0.0))[0].xyz)
+    b = uniform_features(resample(walk(p, 10, 25.0, seed=3, noise=0.0, pose=rotation(rng)))[0].xyz)
+    inv = block_columns(("inv", "cycle", "harm"))
+    raw = BLOCKS["raw"]
+    rel_inv = np.linalg.norm(a[inv] - b[inv]) / np.linalg.norm(a[inv])
+    rel_raw = np.linalg.norm(a[raw] - b[raw]) / np.linalg.norm(a[raw])
+    assert rel_inv < 1e-6
+    assert rel_raw > 0.05
+
+
+def test_aligned_vertical_axis_recovers_vertical_motion() -> None:
+    p = person(6)
+    x0 = resample(walk(p, 10, 25.0, noise=0.0))[0].xyz
+    x1 = resample(walk(p, 10, 25.0, noise=0.0, pose=rotation(np.random.default_rng(1))))[0].xyz
+    v0, v1 = aligned_axes(x0)[:, 0], aligned_axes(x1)[:, 0]
+    assert np.corrcoef(v0, v1)[0, 1] > 0.99
+
+
+def test_cycle_period_finds_the_stride() -> None:
+    p = person(7)
+    x = resample(walk(p, 10, 100.0))[0].xyz
+    period, reg = cycle_period(np.linalg.norm(x, axis=1))
+    assert abs(period - p["period"]) < 0.06
+    assert reg > 0.5
+
+
+def test_walking_detection_skips_standing() -> None:
+    s = walk(person(8), 30, 50.0, stand_s=12.0)
+    u = resample(s)[0]
+    mask = walking_mask(u.xyz)
+    t = np.arange(mask.size) / u.rate
+    assert mask[t < 10].mean() < 0.1
+    assert mask[t > 14].mean() > 0.9
+    sw = windows_for_subject([s], 5.0)
+    assert len(sw) > 0 and sw.walk_total < 20.0  # the standing part is not walking time
+
+
+def test_window_features_contract() -> None:
+    fw = window_features(walk(person(9), 10, 100.0))
+    assert isinstance(fw, FeatureWindow)
+    assert fw.modality == "gait" and fw.feature_version == FEATURE_VERSION
+    assert fw.values.shape == (FEATURE_DIM,) and np.all(np.isfinite(fw.values))
+    assert fw.quality > 0.8
+    still = AccelSeries(np.arange(250) / 25.0, np.tile([0.0, 0.0, 9.81], (250, 1)) + 0.01 * np.random.default_rng(0).normal(size=(250, 3)))
+    assert window_features(still).quality == 0.0
+
+
+def test_chronological_split_enrols_the_earliest_half_of_walking() -> None:
+    p = person(10)
+    segs = [walk(p, 60, 100.0, seed=1), walk(p, 60, 100.0, t0=3600.0, seed=2)]
+    sw = windows_for_subject(segs, 10.0)
+    e, t = sw.chronological(0.5)
+    assert len(e) and len(t)
+    assert sw.start[e].max() < 3600.0 <= sw.start[t].min()
+    assert set(e).isdisjoint(t)
