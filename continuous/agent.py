@@ -1,0 +1,183 @@
+"""The DDQN agent of Bansal & Ouda 2024 (torch): MLP 32-16-2, ReLU, softmax output.
+
+Kept as in the paper: softmax on the Q head (so "Q-values" lie in [0, 1]), Adam, Huber
+loss, gradient clamping, a replay memory, epsilon-greedy exploration with exponential decay,
+and a target network the trainer syncs every few episodes. One deliberate change, switchable
+with ``double: false``: the target uses Double-DQN (the policy net picks the next action,
+the target net values it), which is what "DDQN" names; the authors' code took the target
+net's own maximum (plain DQN with a target network).
+
+The authentication score is the softmax margin ``q[accept] - q[reject]`` (higher = more
+genuine), so EER is computed on the agent's own confidence, not on its 0/1 actions.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from continuous.env import ACCEPT, REJECT
+from continuous.hyperparams import AgentConfig
+
+if TYPE_CHECKING:
+    from fusion.policy import ModalityEvidence
+
+
+class QNetwork(nn.Module):
+    """MLP with ReLU hidden layers and a softmax over the two actions."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...] = (32, 16), n_actions: int = 2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = n_features
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        layers += [nn.Linear(d, n_actions), nn.Softmax(dim=-1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class ReplayMemory:
+    """Fixed-size ring buffer of transitions as numpy arrays (fast uniform sampling)."""
+
+    def __init__(self, capacity: int, n_features: int) -> None:
+        self.capacity = capacity
+        self.s = np.zeros((capacity, n_features), np.float32)
+        self.a = np.zeros(capacity, np.int64)
+        self.r = np.zeros(capacity, np.float32)
+        self.s2 = np.zeros((capacity, n_features), np.float32)
+        self.done = np.zeros(capacity, np.float32)
+        self.n = 0
+        self._i = 0
+
+    def push(self, s: np.ndarray, a: int, r: float, s2: np.ndarray, done: bool) -> None:
+        i = self._i
+        self.s[i], self.a[i], self.r[i], self.s2[i], self.done[i] = s, a, r, s2, float(done)
+        self._i = (i + 1) % self.capacity
+        self.n = min(self.n + 1, self.capacity)
+
+    def sample(self, k: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        idx = rng.choice(self.n, size=k, replace=False)
+        return self.s[idx], self.a[idx], self.r[idx], self.s2[idx], self.done[idx]
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class DDQNAgent:
+    """Per-user DDQN agent; `act` for the environment loop, `margin` for scoring windows."""
+
+    def __init__(self, n_features: int, config: AgentConfig | None = None, *, seed: int = 0) -> None:
+        torch.set_num_threads(1)
+        self.config = cfg = config or AgentConfig()
+        self.n_features = n_features
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng(seed)
+        self.policy = QNetwork(n_features, cfg.hidden)
+        self.target = QNetwork(n_features, cfg.hidden)
+        self.target.load_state_dict(self.policy.state_dict())
+        self.target.eval()
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.lr)
+        self.memory = ReplayMemory(cfg.replay_capacity, n_features)
+        self.loss_fn = nn.SmoothL1Loss()
+        self.steps_done = 0
+
+    @property
+    def epsilon(self) -> float:
+        c = self.config
+        return c.eps_end + (c.eps_start - c.eps_end) * math.exp(-self.steps_done / c.eps_decay)
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """(n, 2) softmax Q-values of observations (n, d) or (d,)."""
+        x = torch.as_tensor(np.atleast_2d(obs), dtype=torch.float32)
+        with torch.no_grad():
+            return self.policy(x).numpy()
+
+    def margin(self, obs: np.ndarray) -> np.ndarray:
+        """Authentication score per observation: q[accept] - q[reject], in [-1, 1]."""
+        q = self.q_values(obs)
+        return (q[:, ACCEPT] - q[:, REJECT]).astype(float)
+
+    def evidence(self, obs: np.ndarray, *, quality: float = 1.0) -> ModalityEvidence:
+        """The agent's view of one window as fusion evidence for `SessionRiskTracker`.
+
+        `llr` is log(q[accept] / q[reject]) of the softmax head: NOT a calibrated likelihood
+        ratio (the agent is trained for reward, not calibration), so weight it with care.
+        """
+        from fusion.policy import ModalityEvidence
+
+        q = np.clip(self.q_values(obs)[0], 1e-6, 1.0)
+        m = float(q[ACCEPT] - q[REJECT])
+        return ModalityEvidence("keystroke", m, quality=quality, scorer="ddqn-bansal-ouda-2024",
+                                llr=float(np.log(q[ACCEPT]) - np.log(q[REJECT])))
+
+    def act(self, obs: np.ndarray, *, explore: bool) -> tuple[int, float]:
+        """(action, score): epsilon-greedy when exploring.
+
+        The score of a random action is its 0/1 confidence, as the authors recorded it (it
+        enters their per-episode EER).
+        """
+        if explore and self.rng.random() < self.epsilon:
+            action = int(self.rng.integers(2))
+            self.steps_done += 1
+            return action, 1.0 if action == ACCEPT else -1.0
+        if explore and self.config.eps_decay_counts == "all_steps":
+            self.steps_done += 1
+        m = float(self.margin(obs)[0])
+        return (ACCEPT if m >= 0 else REJECT), m
+
+    def remember(self, s: np.ndarray, a: int, r: float, s2: np.ndarray, done: bool) -> None:
+        self.memory.push(s, a, r, s2, done)
+
+    def optimize(self) -> float | None:
+        """One gradient step on a replay batch; None until the memory holds a batch."""
+        c = self.config
+        if len(self.memory) < c.batch_size:
+            return None
+        s, a, r, s2, done = (torch.as_tensor(v) for v in self.memory.sample(c.batch_size, self.rng))
+        q = self.policy(s).gather(1, a.view(-1, 1)).squeeze(1)
+        with torch.no_grad():
+            q_next_target = self.target(s2)
+            if c.double:
+                a_next = self.policy(s2).argmax(dim=1, keepdim=True)
+                v_next = q_next_target.gather(1, a_next).squeeze(1)
+            else:
+                v_next = q_next_target.max(dim=1).values
+            y = r + c.gamma * v_next * (1.0 - done)
+        loss = self.loss_fn(q, y)
+        self.optimizer.zero_grad()
+        loss.backward()
+        for p in self.policy.parameters():
+            if p.grad is not None:
+                p.grad.data.clamp_(-c.grad_clip, c.grad_clip)
+        self.optimizer.step()
+        return float(loss.item())
+
+    def sync_target(self) -> None:
+        self.target.load_state_dict(self.policy.state_dict())
+
+    def snapshot(self) -> dict[str, Any]:
+        """A copy of the policy weights (for picking an episode's model)."""
+        return copy.deepcopy(self.policy.state_dict())
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state)
+
+    def save(self, path: str) -> None:
+        torch.save({"n_features": self.n_features, "hidden": list(self.config.hidden),
+                    "policy": self.policy.state_dict()}, path)
+
+    def load_weights(self, path: str) -> None:
+        state = torch.load(path, weights_only=True)
+        if int(state["n_features"]) != self.n_features or tuple(state["hidden"]) != self.config.hidden:
+            raise ValueError(f"{path}: network shape {state['n_features']}/{state['hidden']} does not match this agent")
+        self.policy.load_state_dict(state["policy"])
+        self.sync_target()

@@ -1,0 +1,88 @@
+import json
+import math
+
+import pytest
+
+from continuous.session import SessionRiskTracker
+from fusion.policy import ModalityEvidence
+
+
+def ev(llr: float | None, score: float = 0.0, quality: float = 1.0) -> list[ModalityEvidence]:
+    return [ModalityEvidence("keystroke", score, quality=quality, llr=llr)]
+
+
+def test_owner_stays_ok_and_an_impostor_is_stepped_up_then_terminated() -> None:
+    t = SessionRiskTracker(window=5, step_up_risk=0.6, terminate_risk=0.9)
+    for _ in range(8):
+        s = t.update(ev(2.0))
+    assert s.status == "ok" and s.risk < 0.2 and s.n_windows == 8
+    statuses = [t.update(ev(-4.0)).status for _ in range(5)]
+    assert statuses[0] in ("ok", "step_up") and statuses[-1] == "terminate"
+    assert "step_up" in statuses  # the risk climbs through step-up before terminating
+    # termination is final
+    assert t.update(ev(5.0)).status == "terminate"
+
+
+def test_risk_is_the_sigmoid_of_the_mean_window_llr() -> None:
+    t = SessionRiskTracker(window=3)
+    for llr in (1.0, -2.0, 0.5, 2.0):
+        s = t.update(ev(llr))
+    mean = (-2.0 + 0.5 + 2.0) / 3  # the first window slid out
+    assert math.isclose(s.risk, 1 / (1 + math.exp(mean)))
+    assert s.window_llr == 2.0
+
+
+def test_uncalibrated_scores_use_the_fusion_policy_mapping() -> None:
+    t = SessionRiskTracker()
+    good = t.update(ev(None, score=-0.5)).risk  # a typical owner scaled-Manhattan score
+    bad = SessionRiskTracker().update(ev(None, score=-6.0)).risk
+    assert good < 0.5 < bad
+
+
+def test_missing_evidence_counts_as_neutral_not_genuine() -> None:
+    t = SessionRiskTracker(window=2)
+    t.update(ev(3.0))
+    s = t.update([])
+    assert math.isclose(s.risk, 1 / (1 + math.exp(1.5)))
+    s = t.update([])
+    assert s.risk == 0.5 and s.status == "ok"
+
+
+def test_round_trip_through_json() -> None:
+    t = SessionRiskTracker(window=4, step_up_risk=0.55, terminate_risk=0.8)
+    for llr in (1.0, -1.0, -2.0):
+        t.update(ev(llr))
+    u = SessionRiskTracker.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert u.state == t.state and u.window == 4
+    assert u.update(ev(-3.0)) == t.update(ev(-3.0))
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"window": 0}, "window"), ({"step_up_risk": 1.2}, "step_up_risk"),
+    ({"step_up_risk": 0.9, "terminate_risk": 0.7}, "step_up_risk"),
+])
+def test_bad_parameters_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        SessionRiskTracker(**kwargs)
+
+
+def test_bad_state_and_evidence_are_refused() -> None:
+    good = SessionRiskTracker().to_dict()
+    for key, value, field in (("version", 99, "version"), ("llrs", [float("nan")], "llrs"),
+                              ("state", {"status": "maybe", "risk": 0.1, "n_windows": 1}, "state.status")):
+        with pytest.raises(ValueError, match=field):
+            SessionRiskTracker.from_dict({**good, key: value})
+    with pytest.raises(ValueError, match="llrs"):
+        SessionRiskTracker.from_dict({**good, "llrs": [0.0] * 6})
+    with pytest.raises(TypeError, match=r"evidence\[0\]"):
+        SessionRiskTracker().update([{"modality": "keystroke", "score": 1.0}])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="score"):
+        SessionRiskTracker().update(ev(None, score=float("inf")))
+
+
+def test_docstring_example_holds() -> None:
+    import doctest
+
+    import continuous.session
+
+    assert doctest.testmod(continuous.session).failed == 0
