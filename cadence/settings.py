@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     model_registry: Path = Path("model-registry")
     host: str = "127.0.0.1"
     port: int = 8000
+    #: server: uvicorn worker processes for `cadence serve` (SQLite WAL serialises writers)
+    api_workers: int = 1
     environment: str = "development"
     #: server: API keys -> scopes ("bank", "admin"); the defaults are development keys,
     #: refused outside development (set CADENCE_API_KEYS='{"<secret>": ["bank"]}')
@@ -41,6 +43,8 @@ class Settings(BaseSettings):
     signature_max_skew_s: int = 300
     #: server: largest request body accepted, bytes
     max_body_bytes: int = 262_144
+    #: server: requests per second a device may make (token bucket of twice that; 429 beyond)
+    device_rate_per_s: float = 50.0
     #: server: consecutive failed authentications before the user is locked (PSD2 RTS Art. 4)
     lockout_failures: int = 5
     #: server: enrolment quality gate (per modality)

@@ -1,0 +1,49 @@
+"""`cadence demo`: the whole path end to end on loopback, with a table of decisions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer()
+
+
+@app.command("demo")
+def demo(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR",
+                                                     help="Replay real BB-MAS subjects from this folder (else SYNTHETIC).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic people.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the decisions as JSON here.")] = None,
+) -> None:
+    """Start the API on a free loopback port, enrol a user, run owner and impostor transactions, stop."""
+    from server.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if data_dir is not None and not data_dir.is_dir():
+        raise typer.BadParameter(f"{data_dir} is not a folder", param_hint="--data-dir")
+    console = Console()
+    t0 = time.perf_counter()
+    label, rows = run_demo(data_dir, seed=seed)
+    console.print(f"[bold]Data:[/bold] {label}")
+    table = Table(title=f"cadence demo: decisions ({time.perf_counter() - t0:.1f} s)")
+    for col in ("user", "probe person", "amount", "decision", "risk", "reasons"):
+        table.add_column(col, justify="right" if col in ("amount", "risk") else "left",
+                         overflow="fold", no_wrap=col in ("amount", "decision", "risk"))
+    colour = {"approve": "green", "step_up": "yellow", "deny": "red"}
+    for r in rows:
+        table.add_row(r.user, r.probe, r.amount, f"[{colour[r.decision]}]{r.decision}[/]", f"{r.risk:.3f}", r.reasons)
+    console.print(table)
+    for who in (True, False):
+        sel = [r for r in rows if r.genuine is who]
+        n_ok = sum(r.decision == "approve" for r in sel)
+        console.print(f"{'genuine' if who else 'impostor'}: {n_ok}/{len(sel)} approved")
+    if json_out is not None:
+        json_out.write_text(json.dumps({"data": label, "rows": [asdict(r) for r in rows]}, indent=2))

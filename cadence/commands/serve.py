@@ -1,0 +1,47 @@
+"""`cadence serve`: run the transaction-approval API with uvicorn (settings from CADENCE_*)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: settings.port, 8000).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: settings.api_workers).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    keep_alive: Annotated[int, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5,
+) -> None:
+    """Serve the /v1 API (docs at /docs, OpenAPI at /openapi.json, metrics at /metrics)."""
+    import uvicorn
+
+    from cadence.db import make_engine
+    from cadence.settings import get_settings
+    from server.app import create_app
+    from server.migrate import upgrade
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    workers = workers or settings.api_workers
+    if workers < 1:
+        raise typer.BadParameter("must be >= 1", param_hint="--workers")
+    engine = make_engine(settings.database_url)
+    try:
+        upgrade(engine)  # once, before any worker starts
+    finally:
+        engine.dispose()
+    host, port = host or settings.host, port or settings.port
+    try:
+        if workers == 1:
+            uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive)
+        else:  # each worker builds its own app from the same CADENCE_* settings
+            uvicorn.run("server.app:create_app", factory=True, host=host, port=port, workers=workers,
+                        log_level=log_level, timeout_keep_alive=keep_alive)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc

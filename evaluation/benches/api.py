@@ -1,0 +1,79 @@
+"""`cadence bench api`: latency and throughput of `authorize` under load, on loopback.
+
+The server runs as `cadence serve` (2 uvicorn workers by default, ``CADENCE_BENCH_API_WORKERS``)
+in its own processes on a fresh SQLite (WAL) database; a
+SYNTHETIC population is enrolled; then the same open-loop load (a fixed arrival rate) is
+sent first to `authorize` with three-modality evidence and then to the trivial
+`/v1/health` (250 requests/s by default, ``CADENCE_BENCH_API_RATE``). p50/p99 and throughput of both, their p99 ratio and the error count go to
+``OUT/api.json``. Accuracy fields of the common schema do not apply (no scores).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from evaluation.bench import BenchContext, BenchOutput, register
+
+
+@register("api", "Transaction API: authorize p50/p99 latency and throughput vs a trivial endpoint (loopback)")
+def bench_api(ctx: BenchContext) -> BenchOutput:
+    from server.demo import fit_calibration, synthetic_people
+    from server.loadgen import authorize_requests, enrol_population, run_phase, server_process
+
+    rate = float(os.environ.get("CADENCE_BENCH_API_RATE", "250"))
+    workers = int(os.environ.get("CADENCE_BENCH_API_WORKERS", "2"))
+    seconds = 6.0 if ctx.quick else 20.0
+    n = int(rate * seconds)
+    n_users = 4 if ctx.quick else 12
+    with tempfile.TemporaryDirectory(prefix="cadence-bench-api-") as tmp:
+        work = Path(tmp)
+        fit_calibration(synthetic_people(ctx.seed, 6, first=200), None).save(work / "fusion-calibration.json")
+        env = {"CADENCE_FUSION_CALIBRATION": str(work / "fusion-calibration.json"),
+               "CADENCE_API_WORKERS": str(workers)}
+        with server_process(work, env=env) as srv:
+            pop = enrol_population(srv.url, n_users, seed=ctx.seed)
+            warm = authorize_requests(pop, 50, tag="warm")
+            run_phase(srv.url, warm, rate=100.0, n=len(warm))
+            run_phase(srv.url, None, rate=100.0, n=50)
+            reqs = authorize_requests(pop, n, tag="load")
+            t0 = time.perf_counter()
+            c0 = srv.cpu_seconds()
+            auth = run_phase(srv.url, reqs, rate=rate, n=n)
+            c1 = srv.cpu_seconds()
+            triv = run_phase(srv.url, None, rate=rate, n=n)
+            c2 = srv.cpu_seconds()
+            total = time.perf_counter() - t0
+    rows = []
+    for name, res in (("authorize", auth), ("health", triv)):
+        rows.append({"method": name, "window": "3 modalities" if name == "authorize" else "-",
+                     "p50_ms": round(res.pct(50), 3), "p99_ms": round(res.pct(99), 3),
+                     "per_s": round(res.n / res.seconds, 1), "n": res.n, "errors": res.errors})
+    extra = {
+        "authorize_p50_ms": round(auth.pct(50), 3),
+        "authorize_p99_ms": round(auth.pct(99), 3),
+        "trivial_p50_ms": round(triv.pct(50), 3),
+        "trivial_p99_ms": round(triv.pct(99), 3),
+        "p99_ratio": round(auth.pct(99) / triv.pct(99), 3),
+        "authorize_per_s": round(auth.n / auth.seconds, 1),
+        "trivial_per_s": round(triv.n / triv.seconds, 1),
+        "errors": auth.errors + triv.errors,
+        "error_kinds": {"authorize": auth.error_kinds, "trivial": triv.error_kinds},
+        "server_workers": workers,
+        "offered_rate_per_s": rate,
+        # server CPU per request (all workers): what the load costs independent of queueing
+        "authorize_server_cpu_ms": round(1000.0 * (c1 - c0) / max(auth.n, 1), 3),
+        "trivial_server_cpu_ms": round(1000.0 * (c2 - c1) / max(triv.n, 1), 3),
+        "load_avg_1min_after": round(os.getloadavg()[0], 2),
+        "load_seconds": round(total, 2),
+    }
+    decisions: dict[str, int] = {}
+    for r in auth.responses.values():
+        decisions[r["decision"]] = decisions.get(r["decision"], 0) + 1
+    extra["authorize_decisions"] = decisions
+    protocol = {"kind": "open-loop load on loopback", "offered_rate_per_s": rate, "requests_per_phase": n,
+                "users": n_users, "evidence": "keystroke + touch + gait windows (SYNTHETIC)",
+                "database": "SQLite WAL (fresh)", "server": "cadence serve (uvicorn, 1 worker, own process)"}
+    return BenchOutput(protocol=protocol, train_subjects=[], eval_subjects=[], rows=rows, extra=extra)

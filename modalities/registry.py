@@ -1,0 +1,149 @@
+"""Versioned model registry on the file system: federated training publishes, the server loads.
+
+Layout (one folder per model version, never rewritten once published)::
+
+    ROOT/<modality>/<version>/model.npz      # Scorer.save (no pickle)
+    ROOT/<modality>/<version>/metrics.json   # what it was measured at, and on what
+    ROOT/<modality>/<version>/MODEL_CARD.md  # who trained it on what, limits, intended use
+    ROOT/<modality>/<version>/meta.json      # scorer name/version, source, created time
+    ROOT/<modality>/ACTIVE                   # the version the server serves
+
+Versions are ``v0001``, ``v0002``, ... so they sort in publication order. Publishing never
+activates: a person (or `cadence models activate`) decides, and the audit log records it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modalities.base import Scorer
+from modalities.events import MODALITIES
+
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(ValueError):
+    """Unknown modality or version, or a malformed registry folder."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One published model: where it lives and what it claims."""
+
+    modality: str
+    version: str
+    path: Path
+    scorer: str
+    scorer_version: str
+    feature_version: str
+    source: str
+    created: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    active: bool = False
+
+
+def _check_modality(modality: str) -> str:
+    if modality not in MODALITIES:
+        raise RegistryError(f"modality: unknown {modality!r}; expected one of {MODALITIES}")
+    return modality
+
+
+class ModelRegistry:
+    """File-system registry of per-modality scorers (see module docstring)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # ---------------------------------------------------------------------- writing
+    def publish(self, modality: str, scorer: Scorer, *, metrics: dict[str, Any], card: str, source: str) -> str:
+        """Store `scorer` as the next version of `modality` and return that version (not activated)."""
+        _check_modality(modality)
+        if not card.strip():
+            raise RegistryError("card: a model card is required (what data, which subjects, limits)")
+        json.dumps(metrics)  # refuse non-JSON metrics before anything is written
+        base = self.root / modality
+        base.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):  # concurrent publishers: mkdir is the lock
+            version = f"v{self._next_number(modality):04d}"
+            target = base / version
+            try:
+                target.mkdir()
+            except FileExistsError:
+                continue
+            break
+        else:  # pragma: no cover
+            raise RegistryError(f"could not allocate a version under {base}")
+        scorer.save(target / "model.npz")
+        (target / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        (target / "MODEL_CARD.md").write_text(card)
+        meta = {"scorer": scorer.name, "scorer_version": scorer.version, "feature_version": scorer.feature_version,
+                "source": source, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        (target / "meta.json").write_text(json.dumps(meta, indent=2))
+        return version
+
+    def activate(self, modality: str, version: str) -> ModelVersion:
+        """Point `modality`'s ACTIVE file at `version` (atomic replace); returns that version."""
+        mv = self.get(modality, version)
+        Scorer.load(mv.path / "model.npz")  # refuse to activate what cannot be loaded
+        pointer = self.root / modality / "ACTIVE"
+        tmp = pointer.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(version + "\n")
+        os.replace(tmp, pointer)
+        return self.get(modality, version)
+
+    # ---------------------------------------------------------------------- reading
+    def _next_number(self, modality: str) -> int:
+        nums = [int(m.group(1)) for p in (self.root / modality).iterdir() if (m := _VERSION_RE.match(p.name))]
+        return max(nums, default=0) + 1
+
+    def _active_name(self, modality: str) -> str | None:
+        pointer = self.root / modality / "ACTIVE"
+        return pointer.read_text().strip() or None if pointer.is_file() else None
+
+    def get(self, modality: str, version: str) -> ModelVersion:
+        _check_modality(modality)
+        if not _VERSION_RE.match(version or ""):
+            raise RegistryError(f"version: malformed {version!r} (expected like v0001)")
+        path = self.root / modality / version
+        if not (path / "model.npz").is_file():
+            raise RegistryError(f"version: {modality} {version} is not in the registry at {self.root}")
+        meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
+        metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
+        return ModelVersion(modality=modality, version=version, path=path, scorer=meta.get("scorer", "?"),
+                            scorer_version=meta.get("scorer_version", "?"),
+                            feature_version=meta.get("feature_version", ""), source=meta.get("source", ""),
+                            created=meta.get("created", ""), metrics=metrics,
+                            active=self._active_name(modality) == version)
+
+    def list(self, modality: str | None = None) -> list[ModelVersion]:
+        """Every published version (of one modality or all), oldest first."""
+        mods = [_check_modality(modality)] if modality else list(MODALITIES)
+        out: list[ModelVersion] = []
+        for m in mods:
+            d = self.root / m
+            if not d.is_dir():
+                continue
+            for p in sorted(d.iterdir()):
+                if _VERSION_RE.match(p.name) and (p / "model.npz").is_file():
+                    out.append(self.get(m, p.name))
+        return out
+
+    def active(self, modality: str) -> ModelVersion | None:
+        _check_modality(modality)
+        name = self._active_name(modality)
+        return self.get(modality, name) if name else None
+
+    def load(self, modality: str, version: str | None = None) -> Scorer:
+        """Load a version's scorer (default: the active one)."""
+        if version is None:
+            mv = self.active(modality)
+            if mv is None:
+                raise RegistryError(f"version: no active {modality} model in {self.root}")
+            version = mv.version
+        return Scorer.load(self.get(modality, version).path / "model.npz")

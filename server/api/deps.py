@@ -1,0 +1,183 @@
+"""Dependencies that routes read like a sentence: `State`, `Uow`, `BankKey`, `AdminKey`, `Signed`."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from cadence.db import transaction
+from cadence.settings import Settings
+from fusion.policy import Decision, ModalityEvidence
+from fusion.policy import decide as policy_decide
+from server.errors import ApiError
+from server.metrics import Metrics
+from server.services.devices import RateLimiter, consume_nonce, verify_device_request
+from server.services.scoring import ScorerProvider
+
+
+@dataclass
+class AppState:
+    """What `create_app` builds once and every request shares."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    provider: ScorerProvider
+    signing_key: Ed25519PrivateKey
+    metrics: Metrics
+    #: sessions for read-only phases (plain BEGIN on SQLite: no write lock taken)
+    read_sessions: sessionmaker[Session] | None = None
+    #: per-device request rate limit (429)
+    limiter: RateLimiter | None = None
+    #: held around each write transaction on SQLite: one writer per process waits on this
+    #: lock instead of in SQLite's sleeping busy handler (which backs off up to 100 ms)
+    write_lock: AbstractContextManager[Any] = field(default_factory=nullcontext)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One write transaction (commit on success, rollback on error)."""
+        with self.write_lock, transaction(self.sessions) as session:
+            yield session
+    #: fusion + policy: `fusion.engine.FusionEngine.decide` when calibrated, else `fusion.policy.decide`
+    decide: Callable[..., Decision] = policy_decide
+    #: score -> calibrated LLR per modality evidence (identity without a calibration file)
+    calibrate: Callable[[ModalityEvidence], ModalityEvidence] = lambda e: e
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.cadence
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def get_uow(state: State) -> Callable[[], AbstractContextManager[Session]]:
+    """A unit-of-work factory: ``with uow() as session:`` is one database transaction."""
+    return state.write
+
+
+Uow = Annotated[Callable[[], AbstractContextManager[Session]], Depends(get_uow)]
+
+
+def _key_scopes(state: AppState, key: str | None) -> set[str]:
+    if not key:
+        return set()
+    for known, scopes in state.settings.api_keys.items():
+        if hmac.compare_digest(known.encode(), key.encode()):
+            return set(scopes)
+    return set()
+
+
+def require_scope(scope: str) -> Callable[..., str]:
+    def dep(state: State, x_api_key: Annotated[str | None, Header()] = None) -> str:
+        scopes = _key_scopes(state, x_api_key)
+        if not x_api_key or not scopes:
+            raise ApiError(401, "api_key_required", "X-API-Key: missing or unknown API key")
+        if scope not in scopes:
+            raise ApiError(403, "scope_required", f"X-API-Key: this key lacks the {scope!r} scope")
+        return f"apikey:{scope}"
+
+    return dep
+
+
+BankKey = Annotated[str, Depends(require_scope("bank"))]
+AdminKey = Annotated[str, Depends(require_scope("admin"))]
+
+
+@dataclass(frozen=True)
+class CallingDevice:
+    """A registered device whose signature verified."""
+
+    device_id: str
+    user_id: str
+
+    @property
+    def actor(self) -> str:
+        return f"device:{self.device_id}"
+
+
+@dataclass
+class DeviceRequest:
+    """A request from a device; `transaction()` authenticates it inside the unit of work.
+
+    Signature, clock skew and nonce are checked in the same database transaction as the
+    request's own writes: one transaction per request, a committed request can never be
+    replayed, and a refused one writes nothing.
+    """
+
+    state: AppState
+    method: str
+    path: str
+    body: bytes
+    device_id: str | None
+    timestamp: str | None
+    nonce: str | None
+    signature: str | None
+    _device: CallingDevice | None = None
+
+    @property
+    def device(self) -> CallingDevice:
+        if self._device is None:
+            raise RuntimeError("device is known only inside transaction()")
+        return self._device
+
+    @property
+    def actor(self) -> str:
+        return f"device:{self.device_id}"
+
+    def _verify(self, session: Session, *, signature: bool) -> CallingDevice:
+        settings = self.state.settings
+        dev = verify_device_request(session, device_id=self.device_id, timestamp=self.timestamp,
+                                    nonce=self.nonce, signature=self.signature, method=self.method,
+                                    path=self.path, body=self.body, max_skew_s=settings.signature_max_skew_s,
+                                    require_signature=signature and settings.require_signed_requests)
+        self._device = CallingDevice(dev.id, dev.user_id)
+        return self._device
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only phase: the signature is verified, nothing is written (no write lock)."""
+        with transaction(self.state.read_sessions or self.state.sessions) as session:
+            self._verify(session, signature=True)
+            yield session
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """The request's one write transaction; the nonce is consumed in it."""
+        settings = self.state.settings
+        with self.state.write() as session:
+            # verified in a read phase already: the nonce's foreign key still needs the device
+            dev = self._device or self._verify(session, signature=True)
+            if settings.require_signed_requests and self.nonce is not None:
+                consume_nonce(session, dev.device_id, self.nonce, float(self.timestamp or 0),
+                              max_skew_s=settings.signature_max_skew_s)
+            yield session
+
+
+async def device_request(
+    request: Request,
+    state: State,
+    x_cadence_device: Annotated[str | None, Header()] = None,
+    x_cadence_timestamp: Annotated[str | None, Header()] = None,
+    x_cadence_nonce: Annotated[str | None, Header()] = None,
+    x_cadence_signature: Annotated[str | None, Header()] = None,
+) -> DeviceRequest:
+    """Collect what authenticates a device request (checked by `DeviceRequest.transaction`)."""
+    if state.limiter is not None and x_cadence_device and not state.limiter.allow(x_cadence_device):
+        raise ApiError(429, "rate_limited", f"X-Cadence-Device: more than {state.limiter.rate:g} requests/s from this device")
+    return DeviceRequest(state, request.method, request.url.path, await request.body(), x_cadence_device,
+                         x_cadence_timestamp, x_cadence_nonce, x_cadence_signature)
+
+
+Signed = Annotated[DeviceRequest, Depends(device_request)]
+
+
+def same_user(device: CallingDevice, user_id: str) -> None:
+    if device.user_id != user_id:
+        raise ApiError(403, "wrong_user", f"user_id: device {device.device_id!r} is not bound to user {user_id!r}")

@@ -1,0 +1,1 @@
+"""One router per resource, gathered by `server.app.create_app`."""

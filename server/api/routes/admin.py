@@ -1,0 +1,38 @@
+"""/v1/admin: data-subject rights (export, erasure) and unlocking, admin API key only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Path
+
+from server.api.deps import AdminKey, Uow
+from server.errors import ApiError
+from server.models import User
+from server.services import compliance_hooks as hooks
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+UserId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+
+
+@router.get("/users/{user_id}/export")
+def export(uow: Uow, actor: AdminKey, user_id: str = UserId) -> dict[str, Any]:
+    with uow() as session:
+        return {"user_id": user_id, "data": hooks.export_user(session, user_id)}
+
+
+@router.delete("/users/{user_id}")
+def erase(uow: Uow, actor: AdminKey, user_id: str = UserId) -> dict[str, Any]:
+    with uow() as session:
+        return {"user_id": user_id, "erased": hooks.erase_user(session, user_id, actor=actor)}
+
+
+@router.post("/users/{user_id}/unlock")
+def unlock(uow: Uow, actor: AdminKey, user_id: str = UserId) -> dict[str, Any]:
+    with uow() as session:
+        user = session.get(User, user_id)
+        if user is None:
+            raise ApiError(404, "unknown_user", f"user_id: {user_id!r} not found")
+        user.locked, user.consecutive_failures = False, 0
+        hooks.audit(session, event="user.unlocked", actor=actor, subject=user_id, payload={})
+        return {"user_id": user_id, "locked": False}

@@ -1,0 +1,48 @@
+"""/v1/models: the model registry as the server sees it (read; activation needs an admin key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path
+
+from modalities.registry import RegistryError
+from server.api.deps import AdminKey, State, Uow
+from server.errors import ApiError
+from server.schemas import ActivateIn, ModelOut
+from server.services import compliance_hooks as hooks
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+ModalityPath = Path(pattern=r"^(keystroke|touch|gait)$")
+
+
+def _out(mv) -> ModelOut:  # type: ignore[no-untyped-def]
+    return ModelOut(modality=mv.modality, version=mv.version, scorer=mv.scorer, feature_version=mv.feature_version,
+                    source=mv.source, created=mv.created, active=mv.active, metrics=mv.metrics)
+
+
+@router.get("", response_model=list[ModelOut])
+def list_models(state: State) -> list[ModelOut]:
+    reg = state.provider.registry
+    return [_out(mv) for mv in reg.list()] if reg is not None else []
+
+
+@router.get("/{modality}/active")
+def active_model(state: State, modality: str = ModalityPath) -> dict[str, str]:
+    """What serves `modality` right now (registry version, package default or fallback)."""
+    a = state.provider.get(modality)
+    return {"modality": modality, "model_id": a.model_id, "scorer": a.scorer.name,
+            "feature_version": a.feature_version or ""}
+
+
+@router.post("/{modality}/activate", response_model=ModelOut)
+def activate(body: ActivateIn, state: State, uow: Uow, actor: AdminKey, modality: str = ModalityPath) -> ModelOut:
+    reg = state.provider.registry
+    if reg is None:
+        raise ApiError(409, "no_registry", "no model registry is configured")
+    try:
+        mv = reg.activate(modality, body.version)
+    except RegistryError as exc:
+        raise ApiError(404, "unknown_model", str(exc)) from exc
+    with uow() as session:
+        hooks.audit(session, event="model.activated", actor=actor, subject=None,
+                    payload={"modality": modality, "version": body.version, "scorer": mv.scorer})
+    return _out(mv)

@@ -1,0 +1,91 @@
+"""/v1/transactions: authorize (signed device), step-up completion and token checks (bank)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from fastapi import APIRouter, Path
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
+
+from server.api.deps import BankKey, Signed, State, Uow, same_user
+from server.errors import ApiError
+from server.models import Transaction
+from server.schemas import AuthorizeRequest, AuthorizeResponse, StepUpComplete, TokenVerify
+from server.services import transactions as svc
+from server.services.evidence import EvidenceReplay, record_replay
+from server.services.transactions import find_idempotent
+from server.signing import SignatureError, b64e, verify_token
+
+router = APIRouter(prefix="/v1/transactions", tags=["transactions"])
+TxId = Path(min_length=1, max_length=36)
+
+
+@router.post("/authorize", response_model=AuthorizeResponse)
+def authorize(body: AuthorizeRequest, req: Signed, state: State) -> Any:
+    """Decide a transaction from behavioural evidence; same idempotency key + body = same decision."""
+    lockout = state.settings.lockout_failures
+    try:
+        with req.read() as session:  # scoring and fusion outside the write lock
+            same_user(req.device, body.user_id)
+            plan = svc.plan_authorize(session, state.provider, body, lockout_failures=lockout, decider=state.decide)
+        with req.transaction() as session:
+            out = svc.commit_authorize(session, plan, state.signing_key, body, device_id=req.device.device_id,
+                                       lockout_failures=lockout, actor=req.actor)
+    except EvidenceReplay as exc:
+        record_replay(req.transaction, exc, req.actor)
+        raise
+    except IntegrityError:
+        # a concurrent request with the same idempotency key won the race: answer with its decision
+        with req.transaction() as session:
+            stored = find_idempotent(session, body)
+        if stored is None:  # not the key: the same evidence window raced in another request
+            raise ApiError(409, "evidence_replay",
+                           "evidence: a concurrent request carried the same window; replayed evidence is refused") from None
+        out = stored
+    state.metrics.decisions.labels(out["decision"], out["tier"]).inc()
+    return JSONResponse(out)
+
+
+@router.post("/{transaction_id}/step-up", response_model=AuthorizeResponse)
+def step_up(body: StepUpComplete, uow: Uow, state: State, actor: BankKey, transaction_id: str = TxId) -> dict[str, Any]:
+    """The bank reports whether the step-up challenge succeeded."""
+    with uow() as session:
+        return svc.complete_step_up(session, state.signing_key, transaction_id, success=body.success,
+                                    lockout_failures=state.settings.lockout_failures, actor=actor)
+
+
+@router.get("/{transaction_id}", response_model=AuthorizeResponse)
+def get_transaction(uow: Uow, actor: BankKey, transaction_id: str = TxId) -> dict[str, Any]:
+    with uow() as session:
+        tx = session.get(Transaction, transaction_id)
+        if tx is None:
+            raise ApiError(404, "unknown_transaction", f"transaction_id: {transaction_id!r} not found")
+        return tx.response
+
+
+@router.post("/verify-token")
+def verify(body: TokenVerify, state: State, actor: BankKey) -> dict[str, Any]:
+    """Check a decision token against the amount, currency and payee being executed (dynamic linking)."""
+    import time
+
+    try:
+        claims = verify_token(state.signing_key.public_key(), body.token)
+    except (SignatureError, ValueError) as exc:
+        return {"valid": False, "reason": f"token: {exc}"}
+    if claims.get("exp", 0) < time.time():
+        return {"valid": False, "reason": "token: expired", "claims": claims}
+    for name, want in (("amount", f"{body.amount:.2f}"), ("currency", body.currency), ("payee", body.payee)):
+        if claims.get(name) != want:
+            return {"valid": False, "reason": f"{name}: token was issued for {claims.get(name)!r}", "claims": claims}
+    if claims.get("decision") != "approve":
+        return {"valid": False, "reason": f"decision: {claims.get('decision')}", "claims": claims}
+    return {"valid": True, "claims": claims}
+
+
+@router.get("/signing-key/public")
+def public_key(state: State) -> dict[str, str]:
+    """The server's Ed25519 public key that signs decision tokens (base64url, raw 32 bytes)."""
+    raw = state.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"alg": "Ed25519", "public_key": b64e(raw)}

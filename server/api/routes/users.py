@@ -1,0 +1,52 @@
+"""/v1/users/{user_id}: consent and enrolment, called by the user's signed device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Path
+
+from server.api.deps import Signed, State, same_user
+from server.schemas import ConsentIn, EnrolRequest, EnrolResponse
+from server.services import compliance_hooks as hooks
+from server.services.enrolment import enrol
+from server.services.evidence import EvidenceReplay, record_replay
+
+router = APIRouter(prefix="/v1/users", tags=["users"])
+UserId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
+
+
+@router.post("/{user_id}/consents", status_code=201)
+def set_consent(body: ConsentIn, req: Signed, user_id: str = UserId) -> dict[str, Any]:
+    """Grant (or with ``granted=false`` revoke) consent for one modality and purpose."""
+    with req.transaction() as session:
+        same_user(req.device, user_id)
+        if body.granted:
+            done = hooks.grant_consent(session, user_id=user_id, modality=body.modality, purpose=body.purpose,
+                                       policy_version=body.policy_version, actor=req.actor)
+        else:
+            done = hooks.revoke_consent(session, user_id=user_id, modality=body.modality, purpose=body.purpose,
+                                        actor=req.actor)
+        return {"user_id": user_id, "modality": body.modality, "purpose": body.purpose, "granted": body.granted,
+                "recorded": done}
+
+
+@router.get("/{user_id}/consents")
+def get_consents(req: Signed, user_id: str = UserId) -> dict[str, Any]:
+    with req.transaction() as session:
+        same_user(req.device, user_id)
+        return {"user_id": user_id, "consents": hooks.list_consents(session, user_id)}
+
+
+@router.post("/{user_id}/enrolment", response_model=EnrolResponse)
+def enrol_user(body: EnrolRequest, req: Signed, state: State, user_id: str = UserId) -> EnrolResponse:
+    """Add feature windows to the user's enrolment; templates are rebuilt per modality."""
+    try:
+        with req.transaction() as session:
+            same_user(req.device, user_id)
+            return enrol(session, state.provider, user_id=user_id, windows=body.windows,
+                         min_windows=state.settings.enrol_min_windows, min_quality=state.settings.enrol_min_quality,
+                         actor=req.actor)
+    except EvidenceReplay as exc:
+        record_replay(req.transaction, exc, req.actor)
+        raise

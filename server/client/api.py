@@ -1,0 +1,89 @@
+"""A small synchronous client of the /v1 API as a device (and, for set-up, the bank backend).
+
+Every device call is signed with the device's Ed25519 key; bodies are serialised once so the
+signed bytes are exactly the bytes sent.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from modalities.events import FeatureWindow
+from server.signing import b64e, public_key_b64, registration_message, sign_request
+
+
+class ApiCallError(RuntimeError):
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status, self.body = status, body
+
+
+class DeviceClient:
+    """One device of one user talking to the server."""
+
+    def __init__(self, base_url: str, *, user_id: str, device_id: str | None = None,
+                 key: Ed25519PrivateKey | None = None, bank_api_key: str = "dev-bank-key",
+                 timeout: float = 30.0, http: httpx.Client | None = None) -> None:
+        self.user_id = user_id
+        self.device_id = device_id or f"dev-{uuid.uuid4().hex[:12]}"
+        self.key = key or Ed25519PrivateKey.generate()
+        self.bank_api_key = bank_api_key
+        #: any httpx.Client (a FastAPI TestClient in tests)
+        self.http = http or httpx.Client(base_url=base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def _check(self, r: httpx.Response) -> Any:
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
+        if r.status_code >= 400:
+            raise ApiCallError(r.status_code, body)
+        return body
+
+    def signed(self, method: str, path: str, payload: Any | None = None) -> httpx.Response:
+        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        headers = sign_request(self.key, self.device_id, method, path, body)
+        headers["content-type"] = "application/json"
+        return self.http.request(method, path, content=body, headers=headers)
+
+    # ------------------------------------------------------------------ calls
+    def register(self, platform: str = "demo") -> Any:
+        """Bank backend binds this device's key to the user (with the device's proof of possession)."""
+        proof = b64e(self.key.sign(registration_message(self.device_id, self.user_id)))
+        payload = {"device_id": self.device_id, "user_id": self.user_id, "public_key": public_key_b64(self.key),
+                   "platform": platform, "proof": proof}
+        return self._check(self.http.post("/v1/devices", json=payload, headers={"X-API-Key": self.bank_api_key}))
+
+    def grant_consent(self, modality: str, purpose: str = "authentication", policy_version: str | None = None) -> Any:
+        body: dict[str, Any] = {"modality": modality, "purpose": purpose}
+        if policy_version is not None:
+            body["policy_version"] = policy_version
+        return self._check(self.signed("POST", f"/v1/users/{self.user_id}/consents", body))
+
+    def enrol(self, windows: list[FeatureWindow], chunk: int = 16) -> list[Any]:
+        """Send enrolment windows in requests of `chunk` windows (keeps bodies small)."""
+        out = []
+        for a in range(0, len(windows), chunk):
+            out.append(self._check(self.signed("POST", f"/v1/users/{self.user_id}/enrolment",
+                                               {"windows": [w.to_dict() for w in windows[a:a + chunk]]})))
+        return out
+
+    def authorize(self, *, amount: Decimal | float | str, payee: str, evidence: list[FeatureWindow],
+                  currency: str = "EUR", idempotency_key: str | None = None, channel: str = "app") -> Any:
+        payload = {"user_id": self.user_id, "amount": str(amount), "currency": currency, "payee": payee,
+                   "channel": channel, "idempotency_key": idempotency_key or uuid.uuid4().hex,
+                   "evidence": [w.to_dict() for w in evidence]}
+        return self._check(self.signed("POST", "/v1/transactions/authorize", payload))

@@ -1,0 +1,184 @@
+"""The `cadence demo` scenario: a genuine user and an impostor through the whole path.
+
+Device side (this process, like the app): events -> feature windows (raw events never leave),
+signed requests. Server side (uvicorn on loopback): enrolment, scoring, fusion, decision.
+With a data folder it replays real BB-MAS subjects (enrol on the earliest half of a
+subject's recordings, probe with the later half; the impostor is another subject's later
+data on the genuine user's device); without one it uses SYNTHETIC people.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cadence.settings import get_settings
+from modalities.events import MODALITIES, FeatureWindow
+from server.client.api import DeviceClient
+from server.client.features import features_for
+
+log = logging.getLogger(__name__)
+
+AMOUNTS = ("25.00", "80.00", "450.00", "2500.00")
+MAX_ENROL = 40
+#: people (other than the owner and the impostor) whose scores calibrate the fusion
+N_BACKGROUND = 6
+
+
+@dataclass
+class Person:
+    """Feature windows of one person, split chronologically into enrolment and probes."""
+
+    label: str
+    enrol: dict[str, list[FeatureWindow]]
+    probes: dict[str, list[FeatureWindow]]
+
+
+@dataclass
+class DemoRow:
+    user: str
+    probe: str
+    genuine: bool
+    amount: str
+    decision: str
+    risk: float
+    reasons: str
+
+
+def _split(windows: list[FeatureWindow]) -> tuple[list[FeatureWindow], list[FeatureWindow]]:
+    cut = len(windows) // 2
+    enrol, probes = windows[:cut], windows[cut:]
+    if len(enrol) > MAX_ENROL:  # keep the request small: evenly spaced over the enrolment half
+        enrol = [enrol[i] for i in np.linspace(0, len(enrol) - 1, MAX_ENROL).astype(int)]
+    return enrol, probes
+
+
+def synthetic_people(seed: int = 0, n: int = 2, first: int = 1) -> list[Person]:
+    """`n` SYNTHETIC people (evaluation/synthetic.py)."""
+    from evaluation.synthetic import SyntheticPerson
+
+    people = []
+    for k in range(first, first + n):
+        label = f"synthetic person {k}"
+        p = SyntheticPerson(1000 * seed + k)
+        rng = np.random.default_rng([seed, k])
+        wins = {"keystroke": features_for("keystroke", p.keystrokes(3000, rng)),
+                "touch": features_for("touch", p.touch(80, rng)),
+                "gait": features_for("gait", p.walk(120.0, rng=rng))}
+        enrol, probes = {}, {}
+        for m, w in wins.items():
+            enrol[m], probes[m] = _split(w)
+        people.append(Person(label, enrol, probes))
+    return people
+
+
+def bbmas_subjects(data_dir: Path) -> list[int]:
+    """Subjects present in all three BB-MAS folders, sorted."""
+    from evaluation.datasets import available_subjects
+
+    return sorted(set(available_subjects(data_dir, "keystroke")) & set(available_subjects(data_dir, "touch"))
+                  & set(available_subjects(data_dir, "gait")))
+
+
+def bbmas_people(data_dir: Path, subjects: list[int]) -> list[Person]:
+    """Real BB-MAS subjects as `Person`s (chronological enrolment / probe halves)."""
+    from evaluation.datasets import load_bbmas_gait, load_bbmas_keystrokes, load_bbmas_touch
+    keys = load_bbmas_keystrokes(data_dir, subjects)
+    touch = load_bbmas_touch(data_dir, subjects)
+    gait = load_bbmas_gait(data_dir, subjects)
+    people = []
+    for sid in subjects:
+        wins = {"keystroke": features_for("keystroke", keys[sid]),
+                "touch": features_for("touch", touch[sid]),
+                "gait": [w for seg in gait[sid].segments for w in features_for("gait", seg)]}
+        enrol, probes = {}, {}
+        for m, w in wins.items():
+            enrol[m], probes[m] = _split(w)
+        people.append(Person(f"BB-MAS subject {sid}", enrol, probes))
+    return people
+
+
+def fit_calibration(background: list[Person], registry_root: Path | None) -> Any:
+    """Fit per-modality score calibration on background people (never the demo's two).
+
+    Each background person is enrolled with the scorer the server will use; their own probes
+    are genuine trials and the other background people's probes impostor trials.
+    """
+    from fusion.engine import FusionEngine
+    from server.services.scoring import ScorerProvider
+
+    provider = ScorerProvider(registry_root)
+    engine = FusionEngine()
+    for m in MODALITIES:
+        scorer = provider.get(m).scorer
+        gen: list[float] = []
+        imp: list[float] = []
+        for a in background:
+            if len(a.enrol[m]) < 2 or not a.probes[m]:
+                continue
+            tpl = scorer.enroll(np.vstack([w.values for w in a.enrol[m]]))
+            for b in background:
+                if not b.probes[m]:
+                    continue
+                s = scorer.compare(tpl, np.vstack([w.values for w in b.probes[m]]))
+                (gen if a is b else imp).extend(s.tolist())
+        if len(gen) >= 5 and len(imp) >= 5:
+            engine.fit_modality(m, genuine=np.asarray(gen), impostor=np.asarray(imp))
+    return engine
+
+
+def _reasons(resp: dict[str, Any]) -> str:
+    """One line per reason: ``gait match +2.1`` (LLR contribution when there is one)."""
+    return "\n".join(f"{r['modality']} {r['code']} {r['contribution']:+.1f}" if r["contribution"] else
+                     f"{r['modality']} {r['code']}" for r in resp["reasons"])
+
+
+def run_scenario(base_url: str, genuine: Person, impostor: Person, *, user_id: str = "alice",
+                 amounts: tuple[str, ...] = AMOUNTS) -> list[DemoRow]:
+    """Register, consent, enrol the genuine user, then transact as the owner and as the impostor."""
+    rows: list[DemoRow] = []
+    with DeviceClient(base_url, user_id=user_id) as dev:
+        dev.register()
+        for m in MODALITIES:
+            dev.grant_consent(m)
+        for m in MODALITIES:
+            dev.enrol(genuine.enrol[m])
+        for who, person in (("genuine", genuine), ("impostor", impostor)):
+            for i, amount in enumerate(amounts):
+                evidence = [person.probes[m][i % len(person.probes[m])] for m in MODALITIES if person.probes[m]]
+                resp = dev.authorize(amount=amount, payee="ACME-SHOP-42", evidence=evidence)
+                rows.append(DemoRow(user_id, f"{person.label} ({who})", who == "genuine", amount, resp["decision"],
+                                    float(resp["risk"]), _reasons(resp)))
+    return rows
+
+
+def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = None) -> tuple[str, list[DemoRow]]:
+    """Start a server on a free loopback port, run the scenario, stop it; (data label, rows)."""
+    from server.runner import running_server
+
+    base = get_settings()
+    registry_root = base.model_registry if base.model_registry and base.model_registry.exists() else None
+    if data_dir is not None:
+        subjects = bbmas_subjects(data_dir)
+        if len(subjects) < 2 + N_BACKGROUND:
+            raise ValueError(f"data_dir: need {2 + N_BACKGROUND} subjects with all three BB-MAS modalities in {data_dir}")
+        genuine, impostor, *background = bbmas_people(data_dir, subjects[:2 + N_BACKGROUND])
+        label = (f"REAL BB-MAS data from {data_dir}: {genuine.label} is the owner, {impostor.label} the impostor; "
+                 f"calibration on {len(background)} other subjects")
+    else:
+        genuine, impostor, *background = synthetic_people(seed, 2 + N_BACKGROUND)
+        label = "SYNTHETIC behaviour (evaluation/synthetic.py): not real people, says nothing about accuracy"
+    engine = fit_calibration(background, registry_root)
+    with tempfile.TemporaryDirectory(prefix="cadence-demo-") as tmp:
+        root = Path(workdir or tmp)
+        engine.save(root / "fusion-calibration.json")
+        settings = base.model_copy(update={"database_url": f"sqlite:///{root / 'demo.sqlite'}",
+                                           "host": "127.0.0.1", "fusion_calibration": root / "fusion-calibration.json"})
+        with running_server(settings) as url:
+            rows = run_scenario(url, genuine, impostor)
+    return label, rows

@@ -1,0 +1,109 @@
+"""The server's personal-data holder for compliance.subjects (export, erasure, retention).
+
+Importing this module registers `ServerHolder` (settings.holder_modules lists it). Erasure
+deletes every server row that references the user id: users, devices, nonces, enrolment
+windows, templates, evidence hashes, flags, transactions and continuous sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from server.models import (
+    AuthSession,
+    Device,
+    EnrolmentWindow,
+    EvidenceSeen,
+    RequestNonce,
+    SecurityFlag,
+    Template,
+    Transaction,
+    User,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _rows(session: Session, table: Any, user_id: str) -> list[Any]:
+    return list(session.scalars(select(table).where(table.user_id == user_id)).all())
+
+
+class ServerHolder:
+    """Personal data the transaction API keeps about a user."""
+
+    name = "server"
+
+    def export(self, session: Session, user_id: str) -> dict[str, Any]:
+        user = session.get(User, user_id)
+        if user is None:
+            return {}
+        return {
+            "user": {"id": user.id, "created_at": str(user.created_at), "locked": user.locked,
+                     "consecutive_failures": user.consecutive_failures},
+            "devices": [{"device_id": d.id, "platform": d.platform, "public_key": d.public_key,
+                         "attestation": d.attestation, "created_at": str(d.created_at)} for d in _rows(session, Device, user_id)],
+            "templates": [{"modality": t.modality, "feature_version": t.feature_version, "model_id": t.model_id,
+                           "n_windows": t.n_windows, "template": t.data} for t in _rows(session, Template, user_id)],
+            "enrolment_windows": [{"modality": w.modality, "feature_version": w.feature_version, "quality": w.quality,
+                                   "values": w.values} for w in _rows(session, EnrolmentWindow, user_id)],
+            "transactions": [t.response for t in _rows(session, Transaction, user_id)],
+            "sessions": [{"session_id": s.id, "status": s.status, "risk": s.risk} for s in _rows(session, AuthSession, user_id)],
+            "security_flags": [{"kind": f.kind, "detail": f.detail, "created_at": str(f.created_at)}
+                               for f in _rows(session, SecurityFlag, user_id)],
+            "evidence_hashes": len(_rows(session, EvidenceSeen, user_id)),
+        }
+
+    def erase(self, session: Session, user_id: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        devices = [d.id for d in _rows(session, Device, user_id)]
+        if devices:
+            counts["server_nonce"] = session.execute(delete(RequestNonce).where(RequestNonce.device_id.in_(devices))).rowcount  # type: ignore[attr-defined]
+        for table in (AuthSession, Transaction, SecurityFlag, EvidenceSeen, Template, EnrolmentWindow, Device):
+            counts[table.__tablename__] = session.execute(delete(table).where(table.user_id == user_id)).rowcount  # type: ignore[attr-defined]
+        counts["server_user"] = session.execute(delete(User).where(User.id == user_id)).rowcount  # type: ignore[attr-defined]
+        return counts
+
+    def erase_modality(self, session: Session, user_id: str, modality: str) -> int:
+        n = 0
+        for table in (Template, EnrolmentWindow, EvidenceSeen):
+            n += session.execute(delete(table).where(table.user_id == user_id, table.modality == modality)).rowcount  # type: ignore[attr-defined]
+        return n
+
+    def purge(self, session: Session, policy: Any, *, now: datetime | None = None, dry_run: bool = False) -> dict[str, int]:
+        """Delete rows older than the policy allows (days per kind; missing kinds are kept).
+
+        Kinds read from `policy` (a mapping or an object with the attributes):
+        ``transactions``, ``evidence``, ``sessions``, ``security_flags`` (days).
+        """
+        now = now or datetime.now(UTC)
+        targets = {"transactions": (Transaction, Transaction.created_at), "evidence": (EvidenceSeen, EvidenceSeen.seen_at),
+                   "sessions": (AuthSession, AuthSession.updated_at), "security_flags": (SecurityFlag, SecurityFlag.created_at)}
+        out: dict[str, int] = {}
+        for kind, (table, col) in targets.items():
+            days = policy.get(kind) if isinstance(policy, dict) else getattr(policy, kind, None)
+            if days is None:
+                continue
+            cutoff = now - timedelta(days=float(days))
+            where = col < cutoff
+            if dry_run:
+                out[table.__tablename__] = len(session.scalars(select(table).where(where)).all())
+            else:
+                out[table.__tablename__] = session.execute(delete(table).where(where)).rowcount  # type: ignore[attr-defined]
+        return out
+
+
+def _register() -> None:
+    try:
+        from compliance.subjects import register_holder
+    except ImportError:
+        log.info("compliance.subjects not available yet: the server holder is not registered")
+        return
+    register_holder(ServerHolder())
+
+
+_register()

@@ -1,0 +1,255 @@
+"""Load generation against a real server process (`cadence bench api`, the crash test).
+
+The server runs in its own process (own GIL), started and stopped here.
+
+Requests are built and signed before the timed phase, so the client measures the server,
+not its own signing. Evidence windows are SYNTHETIC (evaluation/synthetic.py); each request
+gets its own windows (timestamps shifted per request, since identical windows are refused
+as replays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from modalities.events import MODALITIES, FeatureWindow
+from server.client.api import DeviceClient
+from server.runner import free_port
+from server.signing import sign_request
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its worker processes (Linux)."""
+        return process_tree_cpu(self.proc.pid)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handlers run (what a crash looks like)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def process_tree_cpu(root: int) -> float:
+    """User + system CPU seconds of `root` and its descendants, from /proc (0.0 elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(entry.name), int(fields[1])
+        children.setdefault(ppid, []).append(pid)
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += cpu.get(pid, 0.0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def start_server(workdir: Path, *, env: dict[str, str] | None = None, port: int | None = None,
+                 timeout: float = 60.0) -> ServerProcess:
+    """`cadence serve` in a subprocess on 127.0.0.1 with its database in `workdir`."""
+    port = port or free_port()
+    full = dict(os.environ)
+    full.update({"CADENCE_DATABASE_URL": f"sqlite:///{workdir / 'api.sqlite'}",
+                 "CADENCE_MODEL_REGISTRY": str(workdir / "registry"), "CADENCE_HOST": "127.0.0.1"})
+    full.update(env or {})
+    log_path = workdir / f"server-{port}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-c", "from cadence.cli import app; app()", "serve",
+                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                                 # clients queue on their connections under overload: keep them open
+                                 "--keep-alive", "120"],
+                                stdout=log, stderr=subprocess.STDOUT, env=full)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/v1/health", timeout=1.0).status_code == 200:
+                return ServerProcess(url, proc, log_path)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not answer on {url} within {timeout} s")
+
+
+@contextmanager
+def server_process(workdir: Path, **kw: Any) -> Iterator[ServerProcess]:
+    srv = start_server(workdir, **kw)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@dataclass
+class Prepared:
+    """One ready-to-send request (body bytes and signed headers) and its idempotency key."""
+
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    key: str = ""
+    user: str = ""
+
+
+@dataclass
+class Population:
+    """Enrolled users and their devices, plus per-user probe windows for the load."""
+
+    devices: list[DeviceClient]
+    probes: dict[str, dict[str, list[FeatureWindow]]] = field(default_factory=dict)
+    #: requests built so far (each gets windows no other request has)
+    issued: int = 0
+
+
+def enrol_population(url: str, n_users: int, *, seed: int = 0) -> Population:
+    """Register, consent and enrol `n_users` SYNTHETIC people; keep their later windows as probes."""
+    from server.demo import synthetic_people
+
+    people = synthetic_people(seed, n_users, first=100)
+    devices, probes = [], {}
+    for i, person in enumerate(people):
+        dev = DeviceClient(url, user_id=f"load-user-{seed}-{i}")
+        dev.register(platform="loadgen")
+        for m in MODALITIES:
+            dev.grant_consent(m)
+            dev.enrol(person.enrol[m][:8])
+        devices.append(dev)
+        probes[dev.user_id] = person.probes
+    return Population(devices, probes)
+
+
+def _shifted(w: FeatureWindow, k: int) -> FeatureWindow:
+    return replace(w, start=w.start + 1000.0 * k, end=w.end + 1000.0 * k)
+
+
+def authorize_requests(pop: Population, n: int, *, tag: str = "") -> list[Prepared]:
+    """`n` signed authorize requests with three-modality evidence, round-robin over users."""
+    out = []
+    tag = tag or uuid.uuid4().hex[:8]
+    for k in range(n):
+        dev = pop.devices[k % len(pop.devices)]
+        probes = pop.probes[dev.user_id]
+        pop.issued += 1
+        evidence = [_shifted(probes[m][k % len(probes[m])], pop.issued) for m in MODALITIES]
+        key = f"{tag}-{k}"
+        payload = {"user_id": dev.user_id, "amount": "42.00", "currency": "EUR", "payee": "LOADTEST",
+                   "channel": "app", "idempotency_key": key, "evidence": [w.to_dict() for w in evidence]}
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = sign_request(dev.key, dev.device_id, "POST", "/v1/transactions/authorize", body)
+        headers["content-type"] = "application/json"
+        out.append(Prepared("/v1/transactions/authorize", body, headers, key, dev.user_id))
+    return out
+
+
+def resign(p: Prepared, dev: DeviceClient) -> Prepared:
+    """The same body with a fresh signature (a client retry after a lost answer)."""
+    headers = sign_request(dev.key, dev.device_id, "POST", p.path, p.body)
+    headers["content-type"] = "application/json"
+    return replace(p, headers=headers)
+
+
+@dataclass
+class PhaseResult:
+    latencies_ms: list[float]
+    errors: int
+    seconds: float
+    responses: dict[str, dict[str, Any]]
+    #: what the errors were: HTTP status codes or exception names, with counts
+    error_kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.latencies_ms)
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int, method: str = "POST",
+                     trivial_path: str = "/v1/health", concurrency_cap: int = 256, timeout: float = 30.0,
+                     responses: dict[str, dict[str, Any]] | None = None) -> PhaseResult:
+    """Open-loop load: request i is sent at t0 + i/rate whatever the answers before it."""
+    lat: list[float] = []
+    errors = 0
+    kinds: dict[str, int] = {}
+    responses = {} if responses is None else responses
+    sem = asyncio.Semaphore(concurrency_cap)
+    limits = httpx.Limits(max_connections=concurrency_cap, max_keepalive_connections=concurrency_cap)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        t0 = time.perf_counter()
+
+        async def one(i: int) -> None:
+            nonlocal errors
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with sem:
+                # latency from the scheduled send time: waiting for a free connection counts
+                # (no coordinated omission when the server falls behind)
+                start = t0 + i / rate
+                try:
+                    if requests is None:
+                        r = await client.get(trivial_path)
+                    else:
+                        p = requests[i]
+                        r = await client.request(method, p.path, content=p.body, headers=p.headers)
+                except httpx.HTTPError as exc:
+                    errors += 1
+                    kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
+                    return
+                lat.append((time.perf_counter() - start) * 1000.0)
+                if r.status_code >= 400:
+                    errors += 1
+                    kinds[str(r.status_code)] = kinds.get(str(r.status_code), 0) + 1
+                elif requests is not None:
+                    responses[requests[i].key] = r.json()
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        seconds = time.perf_counter() - t0
+    return PhaseResult(lat, errors, seconds, responses, kinds)
+
+
+def run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int,
+              responses: dict[str, dict[str, Any]] | None = None) -> PhaseResult:
+    """Send `n` requests at `rate` per second; `responses` (if given) fills in as answers arrive."""
+    return asyncio.run(_run_phase(url, requests, rate=rate, n=n, responses=responses))

@@ -1,0 +1,143 @@
+"""Server tables on the shared `cadence.db.Base` (compliance tables live in `compliance.models`).
+
+Every row that concerns a person carries `user_id`, so erasure can find and delete it all.
+Feature values are stored only where needed (enrolment windows, to rebuild templates when the
+active model changes); probe evidence is kept as hashes only.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from cadence.db import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class User(Base):
+    __tablename__ = "server_user"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Device(Base):
+    __tablename__ = "server_device"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("server_user.id", ondelete="CASCADE"), index=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(64), default="")
+    attestation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RequestNonce(Base):
+    """Nonces seen per device inside the clock-skew window (replay protection)."""
+
+    __tablename__ = "server_nonce"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("server_device.id", ondelete="CASCADE"), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(128), primary_key=True)
+    seen_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class EnrolmentWindow(Base):
+    __tablename__ = "server_enrolment_window"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("server_user.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    feature_version: Mapped[str] = mapped_column(String(64))
+    quality: Mapped[float] = mapped_column(Float)
+    values: Mapped[list[float]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Template(Base):
+    """A person's template for one modality, built by one scorer/model version."""
+
+    __tablename__ = "server_template"
+    __table_args__ = (UniqueConstraint("user_id", "modality"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("server_user.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    feature_version: Mapped[str] = mapped_column(String(64))
+    feature_dim: Mapped[int] = mapped_column(Integer)
+    model_id: Mapped[str] = mapped_column(String(128))
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    n_windows: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class EvidenceSeen(Base):
+    """Hash of every feature window ever received (enrolment or probe): replay detection."""
+
+    __tablename__ = "server_evidence_seen"
+
+    window_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("server_user.id", ondelete="CASCADE"), index=True)
+    modality: Mapped[str] = mapped_column(String(16))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SecurityFlag(Base):
+    """Something suspicious about a user's traffic (replayed evidence, bot-like input)."""
+
+    __tablename__ = "server_security_flag"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("server_user.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Transaction(Base):
+    __tablename__ = "server_transaction"
+    __table_args__ = (UniqueConstraint("user_id", "idempotency_key"), Index("ix_server_tx_user", "user_id"))
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("server_user.id", ondelete="CASCADE"))
+    device_id: Mapped[str | None] = mapped_column(ForeignKey("server_device.id", ondelete="CASCADE"), nullable=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    amount: Mapped[str] = mapped_column(String(32))
+    currency: Mapped[str] = mapped_column(String(3))
+    payee: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    risk: Mapped[float] = mapped_column(Float)
+    tier: Mapped[str] = mapped_column(String(16))
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuthSession(Base):
+    """A continuous-authentication session: evidence streams in, risk is tracked."""
+
+    __tablename__ = "server_auth_session"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("server_user.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[str | None] = mapped_column(ForeignKey("server_device.id", ondelete="CASCADE"), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    risk: Mapped[float] = mapped_column(Float, default=0.5)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+USER_TABLES: tuple[type[Base], ...] = (AuthSession, Transaction, SecurityFlag, EvidenceSeen, Template,
+                                       EnrolmentWindow, Device, User)

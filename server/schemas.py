@@ -1,0 +1,177 @@
+"""Request and response bodies of the /v1 API (pydantic): validation happens here, at the edge.
+
+Feature windows only: a payload carrying raw events (key times, touch points, accelerometer
+samples) is refused with a 422 naming the field, because raw behaviour never leaves the
+device. Every float must be finite (NaN/inf refused, naming the field).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Modality = Literal["keystroke", "touch", "gait"]
+Outcome = Literal["approve", "step_up", "deny"]
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+#: field names that mean someone is sending raw behaviour instead of features
+RAW_EVENT_FIELDS = frozenset({"events", "keys", "press", "release", "samples", "xyz", "touches", "strokes",
+                              "x", "y", "z", "t", "time", "raw"})
+MAX_FEATURE_DIM = 1024
+MAX_WINDOWS = 64
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class FeatureWindowIn(_Strict):
+    """One window of features as `modalities.events.FeatureWindow.to_dict()` writes it."""
+
+    modality: Modality
+    feature_version: str = Field(min_length=1, max_length=64)
+    start: Finite
+    end: Finite
+    n_events: int = Field(ge=1, le=10_000_000)
+    quality: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    values: list[Finite] = Field(min_length=1, max_length=MAX_FEATURE_DIM)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_raw_events(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            raw = sorted(RAW_EVENT_FIELDS & set(data))
+            if raw:
+                raise ValueError(f"raw events are not accepted (fields {raw}): send feature windows; "
+                                 "raw behaviour never leaves the device")
+        return data
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FeatureWindowIn:
+        if self.end < self.start:
+            raise ValueError(f"end: window ends before it starts ({self.end} < {self.start})")
+        return self
+
+
+class DeviceRegister(_Strict):
+    device_id: Id
+    user_id: Id
+    public_key: str = Field(min_length=40, max_length=64, description="Ed25519 public key, raw 32 bytes, base64url")
+    platform: str = Field(default="", max_length=64)
+    attestation: dict[str, str] = Field(default_factory=dict, max_length=32)
+    #: device's signature (base64url) of "register\n{device_id}\n{user_id}" proving it holds the key
+    proof: str = Field(min_length=40, max_length=128)
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    user_id: str
+    platform: str
+    created_at: datetime
+
+
+class ConsentIn(_Strict):
+    modality: Modality
+    purpose: Literal["authentication", "federated_training"] = "authentication"
+    #: the policy text version the person agreed to (default: the current one)
+    policy_version: str | None = Field(default=None, min_length=1, max_length=32)
+    granted: bool = True
+
+
+class EnrolRequest(_Strict):
+    windows: list[FeatureWindowIn] = Field(min_length=1, max_length=MAX_WINDOWS)
+
+
+class ModalityEnrolment(BaseModel):
+    modality: str
+    n_windows: int
+    model_id: str
+    feature_version: str
+
+
+class EnrolResponse(BaseModel):
+    user_id: str
+    modalities: list[ModalityEnrolment]
+
+
+class AuthorizeRequest(_Strict):
+    user_id: Id
+    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    payee: str = Field(min_length=1, max_length=128)
+    channel: Literal["app", "web", "api"] = "app"
+    idempotency_key: Id
+    evidence: list[FeatureWindowIn] = Field(default_factory=list, max_length=MAX_WINDOWS)
+
+
+class Reason(BaseModel):
+    modality: str
+    code: str
+    contribution: float
+
+
+class AuthorizeResponse(BaseModel):
+    transaction_id: str
+    user_id: str
+    decision: Outcome
+    status: str
+    risk: float
+    tier: str
+    amount: str
+    currency: str
+    payee: str
+    reasons: list[Reason]
+    model_versions: dict[str, str]
+    token: str
+    created_at: str
+
+
+class StepUpComplete(_Strict):
+    success: bool
+
+
+class SessionCreate(_Strict):
+    user_id: Id
+
+
+class SessionEvidence(_Strict):
+    windows: list[FeatureWindowIn] = Field(min_length=1, max_length=MAX_WINDOWS)
+
+
+class SessionOut(BaseModel):
+    session_id: str
+    user_id: str
+    status: str
+    risk: float
+    engine: str
+
+
+class TokenVerify(_Strict):
+    token: str = Field(min_length=10, max_length=4096)
+    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    payee: str = Field(min_length=1, max_length=128)
+
+
+class ModelOut(BaseModel):
+    modality: str
+    version: str
+    scorer: str
+    feature_version: str
+    source: str
+    created: str
+    active: bool
+    metrics: dict[str, Any]
+
+
+class ActivateIn(_Strict):
+    version: str = Field(pattern=r"^v\d{4,}$")
+
+
+class Problem(BaseModel):
+    detail: str
+    code: str = "error"

@@ -1,0 +1,1 @@
+"""Server logic as plain functions and classes (routes only translate HTTP to these)."""

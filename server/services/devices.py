@@ -1,0 +1,139 @@
+"""Device registration (possession factor) and verification of signed device requests."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server.errors import ApiError
+from server.models import Device, RequestNonce, User
+from server.schemas import DeviceRegister
+from server.services import compliance_hooks as hooks
+from server.signing import SignatureError, canonical_request, load_public_key, registration_message, verify_signature
+
+
+def register_device(session: Session, body: DeviceRegister, *, actor: str) -> Device:
+    """Bind a device key to a user; the device proves it holds the private key."""
+    try:
+        key = load_public_key(body.public_key)
+        verify_signature(key, registration_message(body.device_id, body.user_id), body.proof)
+    except SignatureError as exc:
+        raise ApiError(422, "bad_device_key", f"proof: {exc}" if "proof" not in str(exc) else str(exc)) from exc
+    existing = session.get(Device, body.device_id)
+    if existing is not None:
+        if existing.public_key == body.public_key and existing.user_id == body.user_id:
+            return existing
+        raise ApiError(409, "device_exists", f"device_id: {body.device_id!r} is already registered with another key or user")
+    if session.get(User, body.user_id) is None:
+        session.add(User(id=body.user_id))
+        session.flush()
+    dev = Device(id=body.device_id, user_id=body.user_id, public_key=body.public_key, platform=body.platform,
+                 attestation=dict(body.attestation))
+    session.add(dev)
+    session.flush()
+    hooks.audit(session, event="device.registered", actor=actor, subject=body.user_id,
+                payload={"device_id": body.device_id, "key_sha256": hooks.digest(body.public_key),
+                         "platform": body.platform})
+    return dev
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    """What request verification needs of a device (read with one Core query)."""
+
+    id: str
+    user_id: str
+    public_key: str
+    active: bool
+
+
+_DEVICE_KEY = select(Device.id, Device.user_id, Device.public_key, Device.active).where(Device.id == bindparam("d"))
+
+
+def verify_device_request(session: Session, *, device_id: str | None, timestamp: str | None, nonce: str | None,
+                          signature: str | None, method: str, path: str, body: bytes, max_skew_s: int,
+                          require_signature: bool = True, now: float | None = None) -> DeviceKey:
+    """Return the calling device, or refuse: unknown device, stale, replayed or bad signature (401)."""
+    if not device_id:
+        raise ApiError(401, "device_required", "X-Cadence-Device: header missing")
+    row = session.execute(_DEVICE_KEY, {"d": device_id}).first()
+    dev = DeviceKey(*row) if row is not None else None
+    if dev is None or not dev.active:
+        raise ApiError(401, "unknown_device", f"X-Cadence-Device: device {device_id!r} is not registered")
+    if not require_signature:
+        return dev
+    if not (timestamp and nonce and signature):
+        raise ApiError(401, "signature_required", "X-Cadence-Timestamp, X-Cadence-Nonce and X-Cadence-Signature are required")
+    now = time.time() if now is None else now
+    try:
+        ts = int(timestamp)
+    except ValueError as exc:
+        raise ApiError(401, "bad_timestamp", "X-Cadence-Timestamp: must be integer seconds since the epoch") from exc
+    if abs(now - ts) > max_skew_s:
+        raise ApiError(401, "stale_request", f"X-Cadence-Timestamp: outside the allowed clock skew of {max_skew_s} s")
+    if len(nonce) > 128:
+        raise ApiError(401, "bad_nonce", "X-Cadence-Nonce: at most 128 characters")
+    try:
+        verify_signature(load_public_key(dev.public_key), canonical_request(method, path, body, timestamp, nonce), signature)
+    except SignatureError as exc:
+        raise ApiError(401, "bad_signature", str(exc)) from exc
+    return dev
+
+
+class RateLimiter:
+    """Token bucket per key (device id), in memory per worker process.
+
+    Refuses a key's request (429) when it has used its `burst` and refills at `rate` per
+    second. Per process on purpose: it bounds abuse cheaply; the durable limit on guessing
+    is the lockout after failed authentications.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None, max_keys: int = 100_000) -> None:
+        self.rate, self.burst, self.max_keys = rate, burst or 2 * rate, max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: str, now: float | None = None) -> bool:
+        if self.rate <= 0:
+            return True
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            ok = tokens >= 1.0
+            self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
+            if len(self._buckets) > self.max_keys:  # forget the stalest half
+                for k, _ in sorted(self._buckets.items(), key=lambda kv: kv[1][1])[: self.max_keys // 2]:
+                    del self._buckets[k]
+            return ok
+
+
+PRUNE_EVERY = 1000
+_calls = itertools.count(1)
+
+
+def consume_nonce(session: Session, device_id: str, nonce: str, timestamp: float, *, max_skew_s: int = 300) -> None:
+    """Record a request's nonce (in the request's own transaction); a nonce seen before is a replay.
+
+    The primary key (device, nonce) refuses a second use. No SAVEPOINT here: pysqlite would
+    commit it on release, outside the request's transaction. Every `PRUNE_EVERY` calls the
+    nonces older than twice the skew window are deleted (such requests are stale anyway).
+    """
+    if next(_calls) % PRUNE_EVERY == 0:
+        prune_nonces(session, max_skew_s=max_skew_s)
+    try:
+        session.execute(insert(RequestNonce).values(device_id=device_id, nonce=nonce, seen_at=timestamp))
+    except IntegrityError as exc:
+        raise ApiError(401, "replayed_request", "X-Cadence-Nonce: this request was already received (replay refused)") from exc
+
+
+def prune_nonces(session: Session, *, max_skew_s: int, now: float | None = None) -> int:
+    """Forget nonces older than the skew window (a request that old is refused as stale anyway)."""
+    cutoff = (time.time() if now is None else now) - 2 * max_skew_s
+    return session.execute(delete(RequestNonce).where(RequestNonce.seen_at < cutoff)).rowcount  # type: ignore[attr-defined]

@@ -1,0 +1,114 @@
+"""Checks on incoming feature windows: version/dimension, replay, physical plausibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import numpy as np
+from sqlalchemy import bindparam, insert, select
+from sqlalchemy.orm import Session
+
+from server.errors import ApiError
+from server.models import EvidenceSeen, SecurityFlag, User, utcnow
+from server.schemas import FeatureWindowIn
+from server.services import compliance_hooks as hooks
+from server.services.scoring import ActiveScorer
+
+#: most events per second a human produces in a window (faster = scripted input)
+MAX_EVENT_RATE = {"keystroke": 25.0, "touch": 500.0, "gait": 1000.0}
+
+
+class EvidenceReplay(ApiError):
+    """A window identical to one already received: refused (409) and flagged."""
+
+    def __init__(self, user_id: str, modality: str, index: int, digest: str) -> None:
+        super().__init__(409, "evidence_replay",
+                         f"windows[{index}]: this {modality} feature window was already received; replayed evidence is refused")
+        self.user_id, self.modality, self.digest = user_id, modality, digest
+
+
+def window_hash(w: FeatureWindowIn) -> str:
+    """SHA-256 over the window's fields, floats as little-endian IEEE-754 bytes."""
+    h = hashlib.sha256(json.dumps([w.modality, w.feature_version, w.n_events]).encode())
+    h.update(np.asarray([w.start, w.end, w.quality], dtype="<f8").tobytes())
+    h.update(np.asarray(w.values, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def group_windows(windows: list[FeatureWindowIn]) -> dict[str, list[tuple[int, FeatureWindowIn]]]:
+    out: dict[str, list[tuple[int, FeatureWindowIn]]] = defaultdict(list)
+    for i, w in enumerate(windows):
+        out[w.modality].append((i, w))
+    return dict(out)
+
+
+def check_versions(modality: str, items: list[tuple[int, FeatureWindowIn]], active: ActiveScorer,
+                   *, field: str, expect_version: str | None = None, expect_dim: int | None = None) -> None:
+    """All windows of a modality must share version and dimension, and match what is expected."""
+    version = expect_version or active.feature_version or items[0][1].feature_version
+    dim = expect_dim or active.feature_dim or len(items[0][1].values)
+    for i, w in items:
+        if w.feature_version != version:
+            raise ApiError(422, "feature_version_mismatch",
+                           f"{field}[{i}].feature_version: {modality} expects {version!r}, got {w.feature_version!r}")
+        if len(w.values) != dim:
+            raise ApiError(422, "feature_dim_mismatch",
+                           f"{field}[{i}].values: {modality} expects {dim} features, got {len(w.values)}")
+
+
+_SEEN = select(EvidenceSeen.window_hash).where(EvidenceSeen.window_hash.in_(bindparam("h", expanding=True)))
+
+
+def check_unseen(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]],
+                 digests: list[str] | None = None) -> list[str]:
+    """Hashes of the windows; raise `EvidenceReplay` if one was seen before (or twice here)."""
+    digests = digests if digests is not None else [window_hash(w) for _, w in items]
+    seen = set(session.scalars(_SEEN, {"h": digests}).all()) if digests else set()
+    batch: set[str] = set()
+    for (i, w), d in zip(items, digests):
+        if d in seen or d in batch:
+            raise EvidenceReplay(user_id, w.modality, i, d)
+        batch.add(d)
+    return digests
+
+
+def claim_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]],
+                 digests: list[str] | None = None) -> list[str]:
+    """Record each window's hash; raise `EvidenceReplay` if one was seen before (or twice here)."""
+    digests = check_unseen(session, user_id, items, digests)
+    insert_hashes(session, user_id, items, digests)
+    return digests
+
+
+def insert_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]], digests: list[str]) -> None:
+    """Insert the hashes (the primary key refuses one seen before)."""
+    if items:
+        now = utcnow()
+        session.execute(insert(EvidenceSeen), [{"window_hash": d, "user_id": user_id, "modality": w.modality,
+                                                "seen_at": now} for (_, w), d in zip(items, digests)])
+
+
+def implausible(w: FeatureWindowIn) -> str | None:
+    """Why a window looks scripted (too many events for its duration), or None."""
+    dur = w.end - w.start
+    if w.n_events > 1 and dur <= 0:
+        return f"{w.n_events} events in zero time"
+    if dur > 0 and w.n_events / dur > MAX_EVENT_RATE[w.modality]:
+        return f"{w.n_events / dur:.1f} events/s exceeds the human limit {MAX_EVENT_RATE[w.modality]}"
+    if len(w.values) > 1 and float(np.ptp(np.asarray(w.values))) == 0.0:
+        return "all features identical"
+    return None
+
+
+def record_replay(uow: Callable[[], AbstractContextManager[Session]], exc: EvidenceReplay, actor: str) -> None:
+    """Flag a replay in its own transaction (the refused request itself wrote nothing)."""
+    with uow() as session:
+        if session.get(User, exc.user_id) is None:
+            return
+        session.add(SecurityFlag(user_id=exc.user_id, kind="evidence_replay", detail=exc.detail))
+        hooks.audit(session, event="security.evidence_replay", actor=actor, subject=exc.user_id,
+                    payload={"modality": exc.modality, "window_sha256": exc.digest})

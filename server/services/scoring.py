@@ -1,0 +1,132 @@
+"""Which scorer serves each modality.
+
+In order: the registry's active model, the modality package's default, or (until the
+package lands) the generic scaled-Manhattan detector.
+
+Resolution is re-checked on every call (cheap), so a server started before a modality
+package or a registry activation picks it up without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modalities.base import ModelVersionError, ScaledManhattan, Scorer, Template
+from modalities.events import MODALITIES
+from modalities.registry import ModelRegistry, RegistryError
+from server.client.features import modality_package
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ActiveScorer:
+    """The scorer serving one modality and what it expects from incoming windows."""
+
+    modality: str
+    scorer: Scorer
+    #: stable id of the model: "registry:v0003", "default:<scorer>", "fallback:manhattan-scaled"
+    model_id: str
+    #: expected feature version / dimension, None when any consistent version is accepted
+    feature_version: str | None
+    feature_dim: int | None
+
+
+class ScorerProvider:
+    """Resolves and caches the scorer per modality (thread-safe)."""
+
+    def __init__(self, registry_root: Path | None) -> None:
+        self.registry = ModelRegistry(registry_root) if registry_root is not None else None
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[str, str], ActiveScorer] = {}
+        self._warned: set[str] = set()
+        self.templates = TemplateCache()
+
+    def _key(self, modality: str) -> str:
+        if self.registry is not None:
+            try:
+                mv = self.registry.active(modality)
+            except (RegistryError, OSError):
+                mv = None
+            if mv is not None:
+                return f"registry:{mv.version}"
+        pkg = modality_package(modality)
+        if pkg is not None and hasattr(pkg, "default_scorer"):
+            return "default"
+        return "fallback"
+
+    def get(self, modality: str) -> ActiveScorer:
+        if modality not in MODALITIES:
+            raise ValueError(f"modality: unknown {modality!r}")
+        key = self._key(modality)
+        with self._lock:
+            hit = self._cache.get((modality, key))
+            if hit is not None:
+                return hit
+            active = self._resolve(modality, key)
+            self._cache[(modality, key)] = active
+            return active
+
+    def _resolve(self, modality: str, key: str) -> ActiveScorer:
+        pkg = modality_package(modality)
+        fv = getattr(pkg, "FEATURE_VERSION", None) if pkg else None
+        dim = getattr(pkg, "FEATURE_DIM", None) if pkg else None
+        if key.startswith("registry:") and self.registry is not None:
+            version = key.split(":", 1)[1]
+            try:
+                scorer = self.registry.load(modality, version)
+                log.info("%s: serving registry model %s (%s)", modality, version, scorer.name)
+                return ActiveScorer(modality, scorer, key, scorer.feature_version or fv, dim)
+            except (RegistryError, ModelVersionError, OSError) as exc:
+                log.error("%s: active registry model %s cannot be loaded (%s); using the default", modality, version, exc)
+                key = "default" if pkg is not None and hasattr(pkg, "default_scorer") else "fallback"
+        if key == "default" and pkg is not None:
+            scorer = pkg.default_scorer()
+            log.info("%s: serving the package default scorer %s", modality, scorer.name)
+            return ActiveScorer(modality, scorer, f"default:{scorer.name}:{scorer.version}", fv, dim)
+        if modality not in self._warned:
+            self._warned.add(modality)
+            log.warning("%s: no modality package with default_scorer() yet; falling back to the generic "
+                        "scaled-Manhattan scorer (accepts any consistent feature version)", modality)
+        return ActiveScorer(modality, ScaledManhattan(), "fallback:manhattan-scaled", None, None)
+
+
+class TemplateCache:
+    """Decoded template arrays keyed by (template id, last update, model id), LRU-bounded.
+
+    The key changes whenever the stored template does, so a hit is always current; each
+    worker process keeps its own.
+    """
+
+    def __init__(self, maxsize: int = 20_000) -> None:
+        self.maxsize = maxsize
+        self._d: OrderedDict[tuple[Any, ...], Template] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> Template | None:
+        with self._lock:
+            hit = self._d.get(key)
+            if hit is not None:
+                self._d.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[Any, ...], value: Template) -> None:
+        with self._lock:
+            self._d[key] = value
+            while len(self._d) > self.maxsize:
+                self._d.popitem(last=False)
+
+
+def template_to_json(t: Template) -> dict[str, list]:
+    return {k: np.asarray(v).tolist() for k, v in t.items()}
+
+
+def template_from_json(d: dict[str, list]) -> Template:
+    return {k: np.asarray(v, dtype=float) for k, v in d.items()}

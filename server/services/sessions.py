@@ -1,0 +1,94 @@
+"""Continuous-authentication sessions: evidence windows stream in, the session risk is tracked.
+
+The risk engine is `continuous.session.SessionRiskTracker` (its state is stored on the
+session row after each window); evidence is calibrated the same way as for transactions.
+If that module cannot be imported the server falls back to a plain mean-LLR window here and
+reports ``engine="fallback-window"``.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from fusion.policy import ModalityEvidence, decide
+from server.errors import ApiError
+from server.models import AuthSession, User
+from server.schemas import FeatureWindowIn, SessionOut
+from server.services.scoring import ScorerProvider
+from server.services.transactions import assess_evidence, record_evidence
+
+WINDOW, STEP_UP_RISK, TERMINATE_RISK = 5, 0.6, 0.9
+
+
+def _tracker_cls() -> Any:
+    try:
+        from continuous.session import SessionRiskTracker
+    except ImportError:
+        return None
+    return SessionRiskTracker
+
+
+def fallback_update(state: dict[str, Any], evidence: list[ModalityEvidence]) -> dict[str, Any]:
+    """Mean fused LLR of the last WINDOW windows -> risk and status (used without continuous/)."""
+    llrs = list(state.get("llrs", []))[-(WINDOW - 1):] + [decide(evidence, amount=0.0).fused_llr if evidence else 0.0]
+    mean = sum(llrs) / len(llrs)
+    risk = 1.0 / (1.0 + math.exp(max(min(mean, 50.0), -50.0)))
+    status = "terminate" if risk >= TERMINATE_RISK else "step_up" if risk >= STEP_UP_RISK else "ok"
+    return {"llrs": llrs, "state": {"risk": risk, "status": status}}
+
+
+def _engine() -> str:
+    return "continuous.session" if _tracker_cls() is not None else "fallback-window"
+
+
+def _out(s: AuthSession) -> SessionOut:
+    return SessionOut(session_id=s.id, user_id=s.user_id, status=s.status, risk=s.risk, engine=_engine())
+
+
+def create_session(session: Session, *, user_id: str, device_id: str | None) -> SessionOut:
+    if session.get(User, user_id) is None:
+        raise ApiError(404, "unknown_user", f"user_id: {user_id!r} not found")
+    tracker = _tracker_cls()
+    state = tracker().to_dict() if tracker is not None else {"llrs": []}
+    s = AuthSession(id=str(uuid.uuid4()), user_id=user_id, device_id=device_id, status="ok", risk=0.5, state=state)
+    session.add(s)
+    session.flush()
+    return _out(s)
+
+
+def get_session(session: Session, session_id: str, user_id: str) -> AuthSession:
+    s = session.get(AuthSession, session_id)
+    if s is None or s.user_id != user_id:
+        raise ApiError(404, "unknown_session", f"session_id: {session_id!r} not found")
+    return s
+
+
+def read_session(session: Session, session_id: str, user_id: str) -> SessionOut:
+    return _out(get_session(session, session_id, user_id))
+
+
+def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str, user_id: str,
+                  windows: list[FeatureWindowIn],
+                  calibrate: Callable[[ModalityEvidence], ModalityEvidence] = lambda e: e) -> SessionOut:
+    """Score one window of evidence and update the session's risk and status."""
+    s = get_session(session, session_id, user_id)
+    if s.status == "terminate":
+        raise ApiError(409, "session_terminated", f"session_id: {session_id!r} was terminated; start a new session")
+    assessment = assess_evidence(session, provider, user_id, windows, field="windows")
+    record_evidence(session, assessment)
+    evidence = [calibrate(e) for e in assessment.evidence]
+    tracker_cls = _tracker_cls()
+    if tracker_cls is not None and "version" in (s.state or {}):
+        tracker = tracker_cls.from_dict(s.state)
+        st = tracker.update(evidence)
+        s.state, s.risk, s.status = tracker.to_dict(), float(st.risk), str(st.status)
+    else:
+        new = fallback_update(s.state or {}, evidence)
+        s.state, s.risk, s.status = new, float(new["state"]["risk"]), str(new["state"]["status"])
+    session.flush()
+    return _out(s)

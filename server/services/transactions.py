@@ -1,0 +1,283 @@
+"""Authorize a transaction: idempotency, lockout, scoring per modality, fusion, signed token."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from fusion.policy import Decision, ModalityEvidence, decide
+from modalities.base import Template as TemplateArrays
+from server.errors import ApiError
+from server.models import SecurityFlag, Template, Transaction, User
+from server.schemas import AuthorizeRequest, FeatureWindowIn
+from server.services import compliance_hooks as hooks
+from server.services.enrolment import current_template
+from server.services.evidence import (
+    check_unseen,
+    check_versions,
+    claim_hashes,
+    group_windows,
+    implausible,
+    insert_hashes,
+)
+from server.services.scoring import ActiveScorer, ScorerProvider, template_from_json
+from server.signing import make_token
+
+TOKEN_TTL_S = 300
+# built once: statement construction is a visible share of a request's CPU time
+_TX_BY_KEY = select(Transaction).where(Transaction.user_id == bindparam("u"), Transaction.idempotency_key == bindparam("k"))
+_TEMPLATE_INFO = select(Template.id, Template.modality, Template.feature_version, Template.feature_dim,
+                        Template.model_id, Template.updated_at).where(Template.user_id == bindparam("u"))
+_TEMPLATE_DATA = select(Template.data).where(Template.id == bindparam("id"))
+
+
+def _template(session: Session, provider: ScorerProvider, active: ActiveScorer, user_id: str, modality: str,
+              info: Any, persist: bool) -> tuple[Any, TemplateArrays | None]:
+    """(template info, arrays) with decoded arrays from the provider's cache when current."""
+    if info is None:
+        return None, None
+    if info.model_id != active.model_id:  # built by another model: rebuild (rare)
+        return current_template(session, active, user_id, modality, None, persist=persist)
+    key = (info.id, str(info.updated_at), info.model_id)
+    arrays = provider.templates.get(key)
+    if arrays is None:
+        data = session.scalar(_TEMPLATE_DATA, {"id": info.id})
+        if data is None:  # erased between the two reads
+            return None, None
+        arrays = template_from_json(data)
+        provider.templates.put(key, arrays)
+    return info, arrays
+
+
+def request_hash(body: AuthorizeRequest) -> str:
+    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+
+def find_idempotent(session: Session, body: AuthorizeRequest, req_hash: str | None = None) -> dict[str, Any] | None:
+    """The stored response for this (user, idempotency key), or 409 if the key was used for another body."""
+    tx = session.scalar(_TX_BY_KEY, {"u": body.user_id, "k": body.idempotency_key})
+    if tx is None:
+        return None
+    if tx.request_hash != (req_hash or request_hash(body)):
+        raise ApiError(409, "idempotency_conflict",
+                       "idempotency_key: already used for a different request body")
+    return tx.response
+
+
+@dataclass
+class Assessment:
+    """What the read phase found out about a request's evidence (nothing written yet)."""
+
+    user_id: str
+    evidence: list[ModalityEvidence] = field(default_factory=list)
+    extra: list[dict[str, Any]] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)
+    items: list[tuple[int, FeatureWindowIn]] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+
+    def digests(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for (_, w), d in zip(self.items, self.hashes):
+            out.setdefault(w.modality, []).append(d)
+        return out
+
+
+def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, windows: list[FeatureWindowIn],
+                    *, field: str = "evidence", persist_templates: bool = True) -> Assessment:
+    """Check and score evidence windows per modality (reads only unless templates are rebuilt).
+
+    Refuses (4xx) missing consent, mismatched feature versions or dimensions and replayed
+    windows; flags physically implausible windows and leaves them out of the scores.
+    """
+    out = Assessment(user_id)
+    groups = group_windows(windows)
+    infos = {r.modality: r for r in session.execute(_TEMPLATE_INFO, {"u": user_id})} if groups else {}
+    prepared = []
+    hooks.require_consents(session, user_id=user_id, modalities=list(groups))
+    for modality, items in groups.items():
+        active = provider.get(modality)
+        tpl, arrays = _template(session, provider, active, user_id, modality, infos.get(modality), persist_templates)
+        check_versions(modality, items, active, field=field,
+                       expect_version=tpl.feature_version if tpl else None, expect_dim=tpl.feature_dim if tpl else None)
+        prepared.append((modality, items, active, tpl, arrays))
+        out.items.extend(items)
+    out.hashes = check_unseen(session, user_id, out.items)
+    for modality, items, active, tpl, arrays in prepared:
+        out.models[modality] = active.model_id
+        bad = [(i, why) for i, w in items if (why := implausible(w))]
+        for i, why in bad:
+            out.flags.append(f"{field}[{i}]: {why}")
+            out.extra.append({"modality": modality, "code": "implausible_input", "contribution": 0.0})
+        usable = [w for i, w in items if i not in {j for j, _ in bad}]
+        if tpl is None:
+            out.extra.append({"modality": modality, "code": "not_enrolled", "contribution": 0.0})
+            continue
+        if arrays is None:
+            out.extra.append({"modality": modality, "code": "reenrolment_required", "contribution": 0.0})
+            continue
+        if not usable:
+            continue
+        X = np.asarray([w.values for w in usable], dtype=float)
+        scores = active.scorer.compare(arrays, X)
+        out.evidence.append(ModalityEvidence(modality=modality, score=float(np.mean(scores)),
+                                             quality=float(np.mean([w.quality for w in usable])),
+                                             n_windows=len(usable), scorer=active.scorer.name,
+                                             model_version=active.model_id))
+    return out
+
+
+def record_evidence(session: Session, a: Assessment, *, checked: bool = False) -> dict[str, list[str]]:
+    """Write phase: claim the windows' hashes and store flags.
+
+    With `checked` (the read phase looked them up) only the insert runs: a window that
+    arrived in between fails on the primary key instead (IntegrityError).
+    """
+    if checked:
+        insert_hashes(session, a.user_id, a.items, a.hashes)
+    else:
+        claim_hashes(session, a.user_id, a.items, a.hashes)
+    for detail in a.flags:
+        session.add(SecurityFlag(user_id=a.user_id, kind="implausible_input", detail=detail))
+    return a.digests()
+
+
+def token_claims(tx_id: str, body_user: str, decision: str, amount: str, currency: str, payee: str) -> dict[str, Any]:
+    now = int(time.time())
+    return {"tx": tx_id, "sub": body_user, "decision": decision, "amount": amount, "currency": currency,
+            "payee": payee, "iat": now, "exp": now + TOKEN_TTL_S}
+
+
+@dataclass
+class Plan:
+    """The read phase's outcome: either a stored answer or a decision waiting to be written."""
+
+    stored: dict[str, Any] | None = None
+    request_hash: str = ""
+    assessment: Assessment | None = None
+    decision: Decision | None = None
+
+
+_USER_STATE = select(User.locked, User.consecutive_failures).where(User.id == bindparam("u"))
+
+
+def _check_user(user: Any, body: AuthorizeRequest, lockout_failures: int) -> Any:
+    if user is None:
+        raise ApiError(404, "unknown_user", f"user_id: {body.user_id!r} has no registered device")
+    if user.locked:
+        raise ApiError(423, "user_locked", f"user_id: locked after {lockout_failures} consecutive failed "
+                                           "authentications; an administrator must unlock it")
+    return user
+
+
+def plan_authorize(session: Session, provider: ScorerProvider, body: AuthorizeRequest, *, lockout_failures: int,
+                   decider: Callable[..., Decision] = decide) -> Plan:
+    """Read phase of `authorize`: idempotency, lockout, consent, scoring and fusion (no writes).
+
+    Kept out of the write transaction so that, on SQLite, the write lock is held only for
+    the few inserts of `commit_authorize`, not for the scoring.
+    """
+    req_hash = request_hash(body)
+    stored = find_idempotent(session, body, req_hash)
+    if stored is not None:
+        return Plan(stored=stored, request_hash=req_hash)
+    _check_user(session.execute(_USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
+    a = assess_evidence(session, provider, body.user_id, body.evidence, persist_templates=False)
+    return Plan(None, req_hash, a, decider(a.evidence, amount=float(body.amount)))
+
+
+def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKey, body: AuthorizeRequest,
+                     *, device_id: str | None, lockout_failures: int, actor: str) -> dict[str, Any]:
+    """Write phase of `authorize` (one transaction): stores the decision, evidence hashes and audit entry.
+
+    What may have changed since the read phase is guarded by the database: a concurrent twin
+    with the same idempotency key or the same evidence window fails on a unique key
+    (IntegrityError, answered by the route), and the lockout state is read again here.
+    """
+    if plan.stored is not None:
+        return plan.stored
+    assert plan.assessment is not None and plan.decision is not None
+    user = _check_user(session.execute(_USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
+    digests = record_evidence(session, plan.assessment, checked=True)
+    decision, a = plan.decision, plan.assessment
+    amount = f"{body.amount:.2f}"
+    reasons = [{"modality": r.modality, "code": r.code, "contribution": r.contribution} for r in decision.reasons] + a.extra
+    if decision.outcome == "deny":
+        failures = user.consecutive_failures + 1
+        session.execute(update(User).where(User.id == body.user_id)
+                        .values(consecutive_failures=failures, locked=failures >= lockout_failures))
+        if failures >= lockout_failures:
+            reasons.append({"modality": "none", "code": "locked", "contribution": 0.0})
+    elif decision.outcome == "approve" and user.consecutive_failures:
+        session.execute(update(User).where(User.id == body.user_id).values(consecutive_failures=0))
+    tx_id = str(uuid.uuid4())
+    status = {"approve": "approved", "deny": "denied", "step_up": "step_up_pending"}[decision.outcome]
+    token = make_token(signing_key, token_claims(tx_id, body.user_id, decision.outcome, amount, body.currency, body.payee))
+    response = {
+        "transaction_id": tx_id, "user_id": body.user_id, "decision": decision.outcome, "status": status,
+        "risk": round(float(decision.risk), 6), "tier": decision.tier, "amount": amount, "currency": body.currency,
+        "payee": body.payee, "reasons": reasons, "model_versions": a.models, "token": token,
+        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+    session.execute(insert(Transaction).values(
+        id=tx_id, user_id=body.user_id, device_id=device_id, idempotency_key=body.idempotency_key,
+        request_hash=plan.request_hash, amount=amount, currency=body.currency, payee=body.payee,
+        channel=body.channel, outcome=decision.outcome, status=status, risk=float(decision.risk),
+        tier=decision.tier, response=response, created_at=datetime.now(UTC)))
+    hooks.audit(session, event="decision", actor=actor, subject=body.user_id,
+                payload={"transaction_id": tx_id, "request_sha256": plan.request_hash, "window_hashes": digests,
+                         "models": a.models, "outcome": decision.outcome, "risk": response["risk"],
+                         "tier": decision.tier, "reasons": [r["code"] for r in reasons],
+                         "fused_llr": round(decision.fused_llr, 4)})
+    session.flush()
+    return response
+
+
+def authorize(session: Session, provider: ScorerProvider, signing_key: Ed25519PrivateKey, body: AuthorizeRequest,
+              *, device_id: str | None, lockout_failures: int, actor: str,
+              decider: Callable[..., Decision] = decide) -> dict[str, Any]:
+    """Both phases in the caller's one transaction (tests, scripts)."""
+    plan = plan_authorize(session, provider, body, lockout_failures=lockout_failures, decider=decider)
+    return commit_authorize(session, plan, signing_key, body, device_id=device_id, lockout_failures=lockout_failures,
+                            actor=actor)
+
+
+def complete_step_up(session: Session, signing_key: Ed25519PrivateKey, tx_id: str, *, success: bool,
+                     lockout_failures: int, actor: str) -> dict[str, Any]:
+    """The bank reports the outcome of the step-up (e.g. a one-time code) for a pending transaction."""
+    tx = session.get(Transaction, tx_id)
+    if tx is None:
+        raise ApiError(404, "unknown_transaction", f"transaction_id: {tx_id!r} not found")
+    if tx.status != "step_up_pending":
+        raise ApiError(409, "not_pending", f"transaction_id: status is {tx.status!r}, not step_up_pending")
+    user = session.get(User, tx.user_id)
+    assert user is not None
+    outcome = "approve" if success else "deny"
+    if success:
+        user.consecutive_failures = 0
+    else:
+        user.consecutive_failures += 1
+        user.locked = user.consecutive_failures >= lockout_failures
+    response = dict(tx.response)
+    response["status"] = tx.status = "approved_after_step_up" if success else "denied_after_step_up"
+    response["decision"] = tx.outcome = outcome
+    response["token"] = make_token(signing_key, token_claims(tx.id, tx.user_id, outcome, tx.amount, tx.currency, tx.payee))
+    tx.response = response
+    hooks.audit(session, event="step_up", actor=actor, subject=tx.user_id,
+                payload={"transaction_id": tx.id, "success": success})
+    return response
+
+
+def response_json(response: dict[str, Any]) -> str:
+    return json.dumps(response, sort_keys=True)

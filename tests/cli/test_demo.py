@@ -1,0 +1,44 @@
+"""`cadence demo` end to end: server on loopback, enrolment, owner and impostor transactions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cadence.cli import app
+
+
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path | None) -> tuple[str, dict]:
+    monkeypatch.setenv("CADENCE_MODEL_REGISTRY", str(tmp_path / "no-registry"))
+    from cadence.settings import get_settings
+
+    get_settings.cache_clear()
+    out = tmp_path / "demo.json"
+    args = ["demo", "--json", str(out)] + (["--data-dir", str(data_dir)] if data_dir else [])
+    if data_dir is None:
+        monkeypatch.delenv("CADENCE_DATA_DIR", raising=False)
+    result = CliRunner().invoke(app, args)
+    get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads(out.read_text())
+
+
+def _approvals(doc: dict, genuine: bool) -> int:
+    return sum(r["decision"] == "approve" for r in doc["rows"] if r["genuine"] is genuine)
+
+
+def test_demo_synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    output, doc = _run(tmp_path, monkeypatch, None)
+    assert "SYNTHETIC" in output
+    assert "decision" in output and "approve" in output
+    assert {r["genuine"] for r in doc["rows"]} == {True, False}
+    assert _approvals(doc, True) > _approvals(doc, False)
+
+
+def test_demo_bbmas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
+    output, doc = _run(tmp_path, monkeypatch, data_dir)
+    assert "SYNTHETIC" not in output and "BB-MAS" in output
+    assert _approvals(doc, True) > _approvals(doc, False)

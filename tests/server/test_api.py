@@ -1,0 +1,250 @@
+"""The /v1 API through HTTP: signed devices, idempotency, validation, replay, lockout, erasure."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select, text
+
+from cadence.db import Base
+from modalities.events import MODALITIES
+from server.client.api import ApiCallError
+from server.signing import sign_request, verify_token
+from tests.server.conftest import evidence, new_device
+
+BANK = {"X-API-Key": "dev-bank-key"}
+ADMIN = {"X-API-Key": "dev-admin-key"}
+
+
+def _authorize_payload(dev, windows, key="k1", amount="25.00", payee="ACME", i=5, who="owner"):  # type: ignore[no-untyped-def]
+    return {"user_id": dev.user_id, "amount": amount, "currency": "EUR", "payee": payee, "channel": "app",
+            "idempotency_key": key, "evidence": [w.to_dict() for w in evidence(windows, who, i)]}
+
+
+def test_owner_approved_impostor_not(enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    own = enrolled.authorize(amount="25.00", payee="ACME", evidence=evidence(windows, "owner", 6))
+    other = enrolled.authorize(amount="25.00", payee="ACME", evidence=evidence(windows, "other", 6))
+    assert own["decision"] != "deny" and other["decision"] != "approve"
+    assert own["risk"] < other["risk"]
+    assert {r["modality"] for r in own["reasons"]} >= set(MODALITIES)
+    assert set(own["model_versions"]) == set(MODALITIES)
+
+
+def test_replayed_signed_request_refused(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps(_authorize_payload(enrolled, windows)).encode()
+    headers = sign_request(enrolled.key, enrolled.device_id, "POST", "/v1/transactions/authorize", body)
+    headers["content-type"] = "application/json"
+    first = client.post("/v1/transactions/authorize", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    again = client.post("/v1/transactions/authorize", content=body, headers=headers)
+    assert again.status_code == 401 and again.json()["code"] == "replayed_request"
+
+
+def test_stale_and_forged_requests_refused(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    body = json.dumps(_authorize_payload(enrolled, windows)).encode()
+    old = sign_request(enrolled.key, enrolled.device_id, "POST", "/v1/transactions/authorize", body,
+                       timestamp=time.time() - 3600)
+    r = client.post("/v1/transactions/authorize", content=body, headers=old | {"content-type": "application/json"})
+    assert r.status_code == 401 and r.json()["code"] == "stale_request"
+    good = sign_request(enrolled.key, enrolled.device_id, "POST", "/v1/transactions/authorize", body)
+    tampered = body.replace(b'"25.00"', b'"9999.00"')
+    r = client.post("/v1/transactions/authorize", content=tampered, headers=good | {"content-type": "application/json"})
+    assert r.status_code == 401 and r.json()["code"] == "bad_signature"
+    r = client.post("/v1/transactions/authorize", json=json.loads(body))
+    assert r.status_code == 401
+
+
+def test_idempotency_same_decision_and_conflict(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    a = enrolled.signed("POST", "/v1/transactions/authorize", _authorize_payload(enrolled, windows, key="pay-1"))
+    b = enrolled.signed("POST", "/v1/transactions/authorize", _authorize_payload(enrolled, windows, key="pay-1"))
+    assert a.status_code == b.status_code == 200
+    assert a.json() == b.json()
+    c = enrolled.signed("POST", "/v1/transactions/authorize", _authorize_payload(enrolled, windows, key="pay-1", amount="26.00"))
+    assert c.status_code == 409 and c.json()["code"] == "idempotency_conflict"
+
+
+def test_duplicated_evidence_window_refused_and_flagged(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    ok = enrolled.signed("POST", "/v1/transactions/authorize", _authorize_payload(enrolled, windows, key="a"))
+    assert ok.status_code == 200
+    dup = enrolled.signed("POST", "/v1/transactions/authorize", _authorize_payload(enrolled, windows, key="b"))
+    assert dup.status_code == 409 and dup.json()["code"] == "evidence_replay", dup.text
+    assert "already received" in dup.json()["detail"]
+    # an enrolment window replayed as a probe is refused too
+    enrol_win = enrolled.signed("POST", "/v1/transactions/authorize",
+                                _authorize_payload(enrolled, windows, key="c", i=0))
+    assert enrol_win.status_code == 409, enrol_win.text
+    export = client.get(f"/v1/admin/users/{enrolled.user_id}/export", headers=ADMIN).json()
+    assert "evidence_replay" in json.dumps(export)
+    assert 'cadence_security_flags_total{kind="evidence_replay"} 2.0' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda w: w.update(values=[float("nan")] + w["values"][1:]), "values"),
+    (lambda w: w.update(values=w["values"][:-1]), "values"),
+    (lambda w: w.update(modality="mouse"), "modality"),
+    (lambda w: w.update(feature_version="other-9"), "feature_version"),
+    (lambda w: w.update(events=[[0.0, 0.1]]), "raw events"),
+    (lambda w: w.update(quality=1.5), "quality"),
+])
+def test_bad_evidence_gets_4xx_naming_field(client: TestClient, enrolled, windows, mutate, field) -> None:  # type: ignore[no-untyped-def]
+    payload = _authorize_payload(enrolled, windows, key="bad", i=7)
+    mutate(payload["evidence"][0])
+    body = json.dumps(payload).encode()  # json.dumps writes NaN literally, as a careless client would
+    headers = sign_request(enrolled.key, enrolled.device_id, "POST", "/v1/transactions/authorize", body)
+    r = client.post("/v1/transactions/authorize", content=body, headers=headers | {"content-type": "application/json"})
+    assert 400 <= r.status_code < 500, r.text
+    assert field in r.json()["detail"]
+
+
+def test_no_partial_write_on_refusal(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    payload = _authorize_payload(enrolled, windows, key="partial", i=8)
+    payload["evidence"][2]["values"] = payload["evidence"][2]["values"][:-1]  # gait window malformed
+    r = enrolled.signed("POST", "/v1/transactions/authorize", payload)
+    assert r.status_code == 422
+    # the valid keystroke and touch windows of that request were not recorded as seen
+    payload = _authorize_payload(enrolled, windows, key="partial", i=8)
+    assert enrolled.signed("POST", "/v1/transactions/authorize", payload).status_code == 200
+
+
+def test_payload_limit(client: TestClient, enrolled) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/v1/transactions/authorize", content=b"x" * 300_000, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_lockout_after_five_failures(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    outcomes = []
+    for i in range(7):
+        r = enrolled.signed("POST", "/v1/transactions/authorize",
+                            _authorize_payload(enrolled, windows, key=f"imp{i}", who="other", i=i, amount="5000.00"))
+        outcomes.append((r.status_code, r.json().get("decision") or r.json().get("code")))
+    denies = [o for o in outcomes if o == (200, "deny")]
+    assert len(denies) == 5 and outcomes[5:] == [(423, "user_locked")] * 2
+    assert client.post(f"/v1/admin/users/{enrolled.user_id}/unlock", headers=BANK).status_code == 403
+    assert client.post(f"/v1/admin/users/{enrolled.user_id}/unlock", headers=ADMIN).status_code == 200
+    r = enrolled.signed("POST", "/v1/transactions/authorize", _authorize_payload(enrolled, windows, key="after", i=9))
+    assert r.status_code == 200
+
+
+def test_token_bound_to_amount_and_payee(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    resp = enrolled.authorize(amount="25.00", payee="ACME", evidence=evidence(windows, "owner", 10))
+    assert resp["decision"] == "approve", resp
+    pub = client.get("/v1/transactions/signing-key/public").json()["public_key"]
+    from server.signing import load_public_key
+
+    claims = verify_token(load_public_key(pub), resp["token"])
+    assert claims["amount"] == "25.00" and claims["payee"] == "ACME"
+    ok = client.post("/v1/transactions/verify-token", headers=BANK,
+                     json={"token": resp["token"], "amount": "25.00", "currency": "EUR", "payee": "ACME"}).json()
+    assert ok["valid"] is True
+    bad = client.post("/v1/transactions/verify-token", headers=BANK,
+                      json={"token": resp["token"], "amount": "25.00", "currency": "EUR", "payee": "MALLORY"}).json()
+    assert bad["valid"] is False and "payee" in bad["reason"]
+
+
+def test_step_up_completion(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    resp = enrolled.authorize(amount="25.00", payee="ACME", evidence=[])
+    assert resp["decision"] == "step_up"
+    r = client.post(f"/v1/transactions/{resp['transaction_id']}/step-up", json={"success": True}, headers=BANK)
+    assert r.status_code == 200 and r.json()["status"] == "approved_after_step_up"
+    again = client.post(f"/v1/transactions/{resp['transaction_id']}/step-up", json={"success": True}, headers=BANK)
+    assert again.status_code == 409
+
+
+def test_api_keys_and_scopes(client: TestClient) -> None:
+    assert client.post("/v1/devices", json={}).status_code in (401, 422)
+    r = client.get("/v1/admin/users/alice/export", headers={"X-API-Key": "nope"})
+    assert r.status_code == 401
+    assert client.get("/v1/admin/users/alice/export", headers=BANK).status_code == 403
+
+
+def test_consent_required(client: TestClient, windows) -> None:  # type: ignore[no-untyped-def]
+    dev = new_device(client, "bob")
+    with pytest.raises(ApiCallError) as exc:
+        dev.enrol(windows["owner"]["gait"][:5])
+    assert exc.value.status == 403 and "consent" in exc.value.body["detail"]
+    dev.grant_consent("gait")
+    dev.enrol(windows["owner"]["gait"][:5])
+    with pytest.raises(ApiCallError) as exc:  # touch and keystroke evidence without their consent
+        dev.authorize(amount="10.00", payee="ACME", evidence=evidence(windows, "owner", 6))
+    assert exc.value.status == 403 and "keystroke" in exc.value.body["detail"]
+    revoked = dev.signed("POST", "/v1/users/bob/consents", {"modality": "gait", "granted": False})
+    assert revoked.status_code == 201
+    with pytest.raises(ApiCallError) as exc:
+        dev.authorize(amount="10.00", payee="ACME", evidence=[windows["owner"]["gait"][7]])
+    assert exc.value.status == 403 and "gait" in exc.value.body["detail"]
+
+
+def test_erasure_removes_every_row(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    enrolled.authorize(amount="25.00", payee="ACME", evidence=evidence(windows, "owner", 11))
+    s = enrolled.signed("POST", "/v1/sessions", {"user_id": enrolled.user_id})
+    assert s.status_code == 201
+    r = client.delete(f"/v1/admin/users/{enrolled.user_id}", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    engine = client.app.state.engine
+    with engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            cols = [c.name for c in table.columns if c.name == "user_id"]
+            if table.name.startswith("server_") and cols:
+                n = conn.execute(select(table).where(table.c.user_id == enrolled.user_id)).all()
+                assert n == [], table.name
+        assert conn.execute(text("SELECT count(*) FROM server_user")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM server_nonce")).scalar() == 0
+
+
+def test_continuous_session(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    s = enrolled.signed("POST", "/v1/sessions", {"user_id": enrolled.user_id}).json()
+    own = enrolled.signed("POST", f"/v1/sessions/{s['session_id']}/evidence",
+                          {"windows": [w.to_dict() for w in evidence(windows, "owner", 12)]}).json()
+    assert own["status"] == "ok" and own["engine"] == "continuous.session"
+    for i in range(13, 21):
+        other = enrolled.signed("POST", f"/v1/sessions/{s['session_id']}/evidence",
+                                {"windows": [w.to_dict() for w in evidence(windows, "other", i)]}).json()
+        if other["status"] == "terminate":
+            break
+    assert other["risk"] > own["risk"] and other["status"] == "terminate"
+    read = enrolled.signed("GET", f"/v1/sessions/{s['session_id']}").json()
+    assert read["risk"] == other["risk"]
+    after = enrolled.signed("POST", f"/v1/sessions/{s['session_id']}/evidence",
+                            {"windows": [w.to_dict() for w in evidence(windows, "owner", 22)]})
+    assert after.status_code == 409 and after.json()["code"] == "session_terminated"
+
+
+def test_health_metrics_models(client: TestClient) -> None:
+    assert client.get("/v1/health").json() == {"status": "ok"}
+    assert client.get("/v1/ready").status_code == 200
+    assert "cadence_http_requests_total" in client.get("/metrics").text
+    assert client.get("/v1/models").json() == []
+    assert client.get("/v1/models/gait/active").json()["model_id"]
+
+
+def test_rate_limit_per_device(tmp_path, windows) -> None:  # type: ignore[no-untyped-def]
+    from server.app import create_app
+    from tests.server.conftest import make_settings
+
+    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
+    with TestClient(app) as client:
+        dev = new_device(client, "dora")
+        codes = [dev.signed("GET", "/v1/users/dora/consents").status_code for _ in range(8)]
+    app.state.engine.dispose()
+    assert codes[:4] == [200] * 4 and 429 in codes[4:]
+
+
+def test_holder_purge_and_export(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+
+    from server.holders import ServerHolder
+
+    enrolled.authorize(amount="25.00", payee="ACME", evidence=evidence(windows, "owner", 23))
+    factory = client.app.state.cadence.sessions
+    holder = ServerHolder()
+    with factory() as session, session.begin():
+        exported = holder.export(session, enrolled.user_id)
+        assert len(exported["transactions"]) == 1 and len(exported["templates"]) == 3
+        later = datetime.now(UTC) + timedelta(days=31)
+        dry = holder.purge(session, {"evidence": 30, "transactions": 400}, now=later, dry_run=True)
+        assert dry["server_evidence_seen"] > 0 and dry["server_transaction"] == 0
+        done = holder.purge(session, {"evidence": 30}, now=later, dry_run=False)
+        assert done["server_evidence_seen"] == dry["server_evidence_seen"]

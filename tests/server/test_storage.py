@@ -1,0 +1,96 @@
+"""Storage on both backends: SQLite (WAL) and the real PostgreSQL at 127.0.0.1:5432.
+
+Alembic migrations and the API's writes; PostgreSQL tests skip, saying why, when it is not
+reachable. Each PostgreSQL test works in its own schema (search_path), dropped afterwards,
+so it never touches other tables in the shared `test` database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from fastapi.testclient import TestClient
+from sqlalchemy import inspect, text
+
+from cadence.db import Base, make_engine
+from modalities.events import MODALITIES
+from server.app import create_app
+from server.migrate import downgrade, import_tables, upgrade
+from tests.server.conftest import evidence, make_settings, new_device
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _pg_schema_url() -> Iterator[str]:
+    try:
+        import psycopg
+
+        conn = psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=3, autocommit=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means: no server to test against
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {exc}")
+    schema = f"cadence_server_{uuid.uuid4().hex[:10]}"
+    conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_URL}?options={quote(f'-csearch_path={schema}')}"
+    finally:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'storage.sqlite'}"
+    else:
+        yield from _pg_schema_url()
+
+
+def test_migrations_match_models_and_downgrade(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        import_tables()
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == [], \
+                "models changed without a migration: add one under server/migrations/versions"
+            if conn.dialect.name == "sqlite":
+                assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        downgrade(engine)
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_api_round_trip_on_backend(db_url: str, tmp_path: Path, calibration_file: Path, windows) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_settings(tmp_path, database_url=db_url, fusion_calibration=calibration_file))
+    try:
+        with TestClient(app) as client:
+            dev = new_device(client, "carol")
+            for m in MODALITIES:
+                dev.grant_consent(m)
+                dev.enrol(windows["owner"][m][:5])
+            payload = {"user_id": "carol", "amount": "25.00", "currency": "EUR", "payee": "ACME", "channel": "app",
+                       "idempotency_key": "pg-1", "evidence": [w.to_dict() for w in evidence(windows, "owner", 6)]}
+            first = dev.signed("POST", "/v1/transactions/authorize", payload)
+            again = dev.signed("POST", "/v1/transactions/authorize", payload)
+            assert first.status_code == again.status_code == 200 and first.json() == again.json()
+            payload["idempotency_key"] = "pg-2"
+            dup = dev.signed("POST", "/v1/transactions/authorize", payload)
+            assert dup.status_code == 409 and dup.json()["code"] == "evidence_replay"
+            bad = dict(payload, idempotency_key="pg-3", evidence=[w.to_dict() for w in evidence(windows, "owner", 7)])
+            bad["evidence"][1]["values"] = bad["evidence"][1]["values"][:-1]
+            assert dev.signed("POST", "/v1/transactions/authorize", bad).status_code == 422
+            erased = client.delete("/v1/admin/users/carol", headers={"X-API-Key": "dev-admin-key"})
+            assert erased.status_code == 200
+        with app.state.engine.connect() as conn:
+            for table in ("server_user", "server_device", "server_template", "server_transaction",
+                          "server_evidence_seen", "server_enrolment_window", "server_nonce"):
+                assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
+    finally:
+        app.state.engine.dispose()
