@@ -64,6 +64,41 @@ def activate(modality: Annotated[str, typer.Argument(help="keystroke, touch or g
     Console().print(f"{modality}: {version} ({mv.scorer}) is now active")
 
 
+@models_app.command("train")
+def train(
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR", help="Dataset folder (layout of shared/datasets).")] = None,
+    modality: Annotated[list[str] | None, typer.Option("--modality", "-m", help="Only this modality (repeatable).")] = None,
+    registry: Registry = None,
+    activate: Annotated[bool, typer.Option(help="Activate the new versions.")] = True,
+    seed: int = 0,
+    max_subjects: Annotated[int | None, typer.Option(help="Use at most this many subjects (seeded).")] = None,
+) -> None:
+    """Train each modality's best population model on DATA_DIR, calibrate it and publish it."""
+    from server.training import MODALITIES, train_and_publish
+
+    if data_dir is None or not data_dir.is_dir():
+        raise typer.BadParameter(f"{data_dir} is not a folder" if data_dir else "give --data-dir or set CADENCE_DATA_DIR",
+                                 param_hint="--data-dir")
+    reg = _registry(registry)
+    console = Console()
+    try:
+        with console.status("training") as status:
+            report = train_and_publish(data_dir, reg.root, modalities=modality or MODALITIES, activate=activate, seed=seed,
+                                       max_subjects=max_subjects, step=lambda msg: status.update(msg))
+    except ValueError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    table = Table(title=f"published to {reg.root}")
+    for c in ("modality", "version", "subjects", "calibration Cllr", "active"):
+        table.add_column(c)
+    for m, v in report.versions.items():
+        table.add_row(m, v, str(report.subjects[m]), f"{report.calibration[m]['cllr']:.3f}", "yes" if activate else "no")
+        if activate:
+            _audit_activation(m, v, "trained")
+    console.print(table)
+    console.print(f"fusion calibration: {report.calibration_file}")
+
+
 def _audit_activation(modality: str, version: str, scorer: str) -> None:
     """Record the activation in the audit log of the configured database (if compliance is there)."""
     from cadence.db import make_engine, make_sessionmaker, transaction

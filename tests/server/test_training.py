@@ -1,0 +1,44 @@
+"""`cadence models train` publishes calibrated population models that the server then serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cadence.cli import app
+from cadence.settings import Settings
+from fusion.engine import FusionEngine
+from fusion.policy import ModalityEvidence
+from modalities.registry import ModelRegistry
+from server.app import load_fusion
+from server.services.scoring import ScorerProvider
+
+
+@pytest.mark.slow
+def test_train_publish_and_serve(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    reg_root = tmp_path / "registry"
+    r = CliRunner().invoke(app, ["models", "train", "--data-dir", str(data_dir), "--registry", str(reg_root),
+                                 "-m", "keystroke", "--max-subjects", "10"])
+    assert r.exit_code == 0, r.output
+    reg = ModelRegistry(reg_root)
+    active = reg.active("keystroke")
+    assert active is not None and active.version == "v0001" and active.metrics["n_subjects"] == 10
+    # the server resolves the registry model and the calibration fitted for it
+    provider = ScorerProvider(reg_root)
+    served = provider.get("keystroke")
+    assert served.model_id == "registry:v0001" and served.scorer.name == reg.load("keystroke").name
+    engine = load_fusion(Settings(model_registry=reg_root), reg_root)
+    assert isinstance(engine, FusionEngine) and engine.calibrated_modalities == ["keystroke"]
+    assert engine.report["keystroke"]["model_version"] == "v0001"
+    ev = engine.calibrate(ModalityEvidence("keystroke", score=0.0))
+    assert ev.llr is not None
+
+
+def test_train_refuses_bad_input(tmp_path: Path) -> None:
+    r = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["models", "train", "--data-dir", str(tmp_path / "nope")])
+    assert r.exit_code != 0 and "not a folder" in r.output
+    r = CliRunner().invoke(app, ["models", "train", "--data-dir", str(tmp_path), "-m", "iris"])
+    assert r.exit_code == 2 and "unknown" in r.output
