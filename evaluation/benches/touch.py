@@ -1,0 +1,93 @@
+"""`cadence bench touch`: BB-MAS phone swipes and taps, one-class vs population-trained scorers.
+
+Protocol: population models are trained on the fold's training subjects only (2-fold by
+subject in --data-dir, or --train-dir / --eval-dir). Each evaluation subject enrols on the
+earliest half of their swipes (taps) and is tested on the rest, in non-overlapping windows of
+1 or 5 strokes scored by the mean per-stroke score. Impostors are the other evaluation
+subjects' test windows (zero effort); rows whose method ends in "-same-device" keep only
+impostors holding the same phone model as the template's owner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from evaluation.bench import BenchContext, BenchOutput, register
+
+QUICK_SUBJECTS = 16
+
+
+def _features(data_dir: Any, subjects: tuple[int, ...], progress: bool) -> dict[int, tuple[Any, Any, str]]:
+    """Map subject -> (swipe features, tap features, device) for the subjects of one folder."""
+    from evaluation.datasets import load_bbmas_touch
+    from modalities.touch.features import stream_features
+
+    out = {}
+    for s, stream in load_bbmas_touch(data_dir, subjects, progress=progress).items():
+        X, tap, _ = stream_features(stream)
+        out[s] = (X[~tap], X[tap], stream.device)
+    return out
+
+
+@register("touch", "Touch strokes (BB-MAS phone): 1/5 swipes and taps, all and same-phone-model impostors")
+def bench_touch(ctx: BenchContext) -> BenchOutput:
+    import numpy as np
+
+    from evaluation.protocols import ScoreTable, chronological_split
+    from modalities.touch import scorers as S
+
+    folds = ctx.folds("touch", max_subjects=QUICK_SUBJECTS)
+    table = ScoreTable()
+    one_class: list[S._TouchScorer] = [S.TouchManhattan(), S.TouchKNN(), S.TouchOneClassSVM()]
+    windows = {"swipe": (("1 swipe", 1), ("5 swipes", 5)), "tap": (("1 tap", 1), ("5 taps", 5))}
+    train_all: set[int] = set()
+    eval_all: set[int] = set()
+    for fold in folds:
+        tr = _features(fold.train_dir, fold.train_subjects, ctx.progress)
+        ev = _features(fold.eval_dir, fold.eval_subjects, ctx.progress)
+        train_all |= set(tr)
+        eval_all |= set(ev)
+        for kind, col in (("swipe", 0), ("tap", 1)):
+            Xtr = [tr[s][col] for s in tr if len(tr[s][col])]
+            ytr = np.concatenate([[s] * len(tr[s][col]) for s in tr if len(tr[s][col])])
+            population: list[S._TouchScorer] = [
+                S.BackgroundLR(seed=ctx.seed).fit(np.vstack(Xtr), ytr),
+                S.PLDATouch().fit(np.vstack(Xtr), ytr),
+            ]
+            fused = S.FusedTouch(seed=ctx.seed)
+            fused.plda, fused.lr = population[1], population[0]  # same fits, no second training
+            population.append(fused)
+            for scorer in one_class + population:
+                templates, probes = {}, {}
+                for s, v in ev.items():
+                    X = v[col]
+                    if len(X) < 10:  # too few strokes of this kind to enrol and test
+                        continue
+                    en, te = chronological_split(len(X))
+                    templates[s] = scorer.enroll(X[en])
+                    probes[s] = X[te]
+                for s, tmpl in templates.items():
+                    for p, P in probes.items():
+                        per_stroke = scorer.compare(tmpl, P)
+                        for label, k in windows[kind]:
+                            sc = S.accumulate(per_stroke, k)
+                            if sc.size == 0:
+                                continue
+                            idx = np.arange(sc.size)
+                            table.add(method=scorer.name, window=label, modality="touch", template_subject=s,
+                                      probe_subject=p, scores=sc, probe_index=idx)
+                            if p == s or ev[p][2] == ev[s][2]:
+                                table.add(method=f"{scorer.name}-same-device", window=label, modality="touch",
+                                          template_subject=s, probe_subject=p, scores=sc, probe_index=idx)
+    protocol = {
+        "dataset": "BB-MAS HandPhone touch",
+        "folds": len(folds),
+        "split": "subject-disjoint population models (ctx.folds('touch'))",
+        "enrolment": "earliest half of each subject's swipes (taps)",
+        "test": "later half, non-overlapping windows of 1 or 5 strokes, score = mean per-stroke score",
+        "impostors": "zero-effort: other evaluation subjects' test windows; '-same-device' rows: same phone model only",
+        "multitouch": "strokes with a second pointer are dropped",
+        "quick": ctx.quick,
+    }
+    return BenchOutput(protocol=protocol, train_subjects=sorted(train_all), eval_subjects=sorted(eval_all),
+                       scores=table)
