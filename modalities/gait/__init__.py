@@ -45,10 +45,14 @@ def best_population_scorer() -> GaitFusion:
 
 def train_scorer(data_dir: str | os.PathLike[str], subjects: Iterable[int] | None = None,
                  window_s: float = TRAIN_WINDOW_S) -> Scorer:
-    """Fit the best population scorer on every window of `subjects` (default: all) in `data_dir`."""
-    from modalities.gait.data import load_windows, stack
+    """Fit the best population scorer on every window of `subjects` (default: all) in `data_dir`.
 
-    X, y = stack(load_windows(data_dir, subjects, window_s))
+    Rate-augmented copies of the recordings (`modalities.gait.augment`) would be added here if
+    `modalities.gait.data.AUGMENT_COPIES` > 0 (measured, not adopted: BENCHMARKS.md "Gait").
+    """
+    from modalities.gait.data import load_training_windows
+
+    _, X, y = load_training_windows(data_dir, subjects, window_s)
     if X.shape[0] == 0:
         raise ValueError(f"no gait windows of {window_s} s for the given subjects in {data_dir}")
     return best_population_scorer().fit(X, y)

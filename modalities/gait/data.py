@@ -3,6 +3,8 @@
 Feature extraction dominates the bench's time, so each subject's windows are cached as
 ``.npz`` in the project cache dir, keyed by the file's bytes, `FEATURE_VERSION` and the
 window/hop lengths: an edited file or a new feature version is recomputed, nothing else.
+`load_augmented_windows` does the same for rate-augmented copies of training recordings
+(`modalities.gait.augment`), which only population models are fitted on.
 """
 
 from __future__ import annotations
@@ -15,13 +17,21 @@ from pathlib import Path
 
 import numpy as np
 
+from modalities.gait.augment import AUGMENT_VERSION, random_phone
 from modalities.gait.features import FEATURE_VERSION, SubjectWindows, windows_for_subject
 
 log = logging.getLogger(__name__)
 
 
-def _key(path: Path, window_s: float, hop_s: float) -> str:
-    h = hashlib.sha1(f"gait-windows:{FEATURE_VERSION}:{window_s}:{hop_s}:".encode())
+#: rate-augmented copies per training recording, and their hop (at least this many seconds).
+#: 0: two copies helped the inner split of training subjects at 25 Hz but hurt the A/B split
+#: at both rates (BENCHMARKS.md "Gait"), so population models use the recordings as they are
+AUGMENT_COPIES = 0
+AUGMENT_MIN_HOP_S = 10.0
+
+
+def _key(path: Path, window_s: float, hop_s: float, tag: str = "") -> str:
+    h = hashlib.sha1(f"gait-windows:{FEATURE_VERSION}:{window_s}:{hop_s}:{tag}".encode())
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
@@ -29,8 +39,12 @@ def _key(path: Path, window_s: float, hop_s: float) -> str:
 
 
 def load_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | None, window_s: float,
-                 hop_s: float | None = None, *, progress: bool = False) -> dict[int, SubjectWindows]:
-    """Feature windows per subject of the gait files in `data_dir` (any phone, rate >= 20 Hz)."""
+                 hop_s: float | None = None, *, progress: bool = False, augment: int = 0) -> dict[int, SubjectWindows]:
+    """Feature windows per subject of the gait files in `data_dir` (any phone, rate >= 20 Hz).
+
+    `augment` = k > 0 gives instead the windows of the k-th rate-augmented copy of each
+    recording (`modalities.gait.augment.random_phone`, seeded by the file's bytes and k).
+    """
     from evaluation.datasets import cache_dir, find_subject_files, load_bbmas_gait
 
     hop_s = hop_s or window_s / 2
@@ -39,7 +53,8 @@ def load_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | Non
     out: dict[int, SubjectWindows] = {}
     todo: list[int] = []
     folder = cache_dir() / "gait-windows"
-    keys = {s: _key(files[s], window_s, hop_s) for s in wanted}
+    tag = f"{AUGMENT_VERSION}:{augment}" if augment else ""
+    keys = {s: _key(files[s], window_s, hop_s, tag) for s in wanted}
     for s in wanted:
         f = folder / f"{keys[s]}.npz"
         if f.exists():
@@ -56,7 +71,10 @@ def load_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | Non
         for s in todo:
             if s not in recs:
                 continue
-            sw = windows_for_subject(recs[s].segments, window_s, hop_s=hop_s)
+            segs = recs[s].segments
+            if augment:
+                segs = random_phone(segs, seed=int(keys[s][:8], 16))
+            sw = windows_for_subject(segs, window_s, hop_s=hop_s)
             tmp = folder / f"{keys[s]}.{os.getpid()}.tmp.npz"
             np.savez(tmp, X=sw.X, start=sw.start, walk_pos=sw.walk_pos, walk_total=np.array(sw.walk_total))
             os.replace(tmp, folder / f"{keys[s]}.npz")
@@ -71,3 +89,29 @@ def stack(windows: dict[int, SubjectWindows]) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((0, 0)), np.zeros(0, int)
     y = np.concatenate([np.full(len(w), s) for s, w in windows.items() if len(w)])
     return np.vstack(Xs), y
+
+
+def load_training_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | None, window_s: float,
+                          *, progress: bool = False,
+                          copies: int = AUGMENT_COPIES) -> tuple[dict[int, SubjectWindows], np.ndarray, np.ndarray]:
+    """Windows that population models are fitted on: the recordings' own plus `copies` rate-augmented copies.
+
+    Returns (original windows per subject, X, subject label per row of X). Augmented copies use
+    a hop of max(window, `AUGMENT_MIN_HOP_S`) to bound their feature-extraction time.
+    """
+    subjects = None if subjects is None else [int(s) for s in subjects]
+    orig = load_windows(data_dir, subjects, window_s, progress=progress)
+    Xs, ys = [], []
+    X0, y0 = stack(orig)
+    if X0.shape[0]:
+        Xs.append(X0)
+        ys.append(y0)
+    hop = max(window_s, AUGMENT_MIN_HOP_S)
+    for k in range(1, copies + 1):
+        Xk, yk = stack(load_windows(data_dir, list(orig), window_s, hop, progress=progress, augment=k))
+        if Xk.shape[0]:
+            Xs.append(Xk)
+            ys.append(yk)
+    if not Xs:
+        return orig, np.zeros((0, 0)), np.zeros(0, int)
+    return orig, np.vstack(Xs), np.concatenate(ys)

@@ -61,6 +61,27 @@ def test_fusion_save_load_round_trip(tmp_path, population) -> None:
     assert path.stat().st_size < 1_000_000
 
 
+def test_regularisation_and_adaptive_norm_are_saved_and_used(tmp_path, population) -> None:
+    """C and the s-norm cohort fractions travel with the model file and change enrolment/scores."""
+    X = np.vstack([np.vstack(population[s]) for s in range(6)])
+    y = np.concatenate([np.full(len(population[s][0]) + len(population[s][1]), s) for s in range(6)])
+    a = GaitLDA(n_pca=20, template="logreg", C=0.1).fit(X, y)
+    b = GaitLDA(n_pca=20, template="logreg", C=10.0).fit(X, y)
+    ta, tb = a.enroll(population[7][0]), b.enroll(population[7][0])
+    # stronger regularisation: a smaller weight vector on the same embedding
+    assert np.linalg.norm(ta["w"]) < np.linalg.norm(tb["w"])
+    c = GaitLDA(n_pca=20, template="logreg", C=0.1, z_top=0.1, t_top=0.5).fit(X, y)
+    tc = c.enroll(population[7][0])
+    # z-norm over the top background scores only: a higher mean than over all of them
+    assert tc["znorm"][0] > ta["znorm"][0]
+    assert not np.allclose(c.compare(tc, population[7][1]), a.compare(ta, population[7][1]))
+    path = tmp_path / "lda.npz"
+    c.save(path)
+    c2 = Scorer.load(path)
+    assert c2.get_params()["C"] == 0.1 and c2.get_params()["t_top"] == 0.5
+    np.testing.assert_allclose(c2.compare(tc, population[7][1]), c.compare(tc, population[7][1]))
+
+
 def test_load_refuses_another_version(tmp_path, population, monkeypatch) -> None:
     X = np.vstack([np.vstack(population[s]) for s in range(4)])
     y = np.concatenate([np.full(len(population[s][0]) + len(population[s][1]), s) for s in range(4)])
