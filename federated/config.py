@@ -36,6 +36,8 @@ class RunSettings:
     num_slots: int = 128
     seed: int = 0
     proximal_mu: float = 0.01
+    server_momentum: float = 0.0
+    server_lr: float = 1.0
     trim_beta: float = 0.2
     krum_byzantine: int = 1
     dp: bool = False
@@ -81,6 +83,9 @@ class RunSettings:
             raise SettingsError("lr, clipping-norm must be > 0 and noise-multiplier >= 0")
         if not 0 < self.dp_delta < 1:
             raise SettingsError(f"dp-delta: must be in (0, 1), got {self.dp_delta}")
+        if not 0 <= self.server_momentum < 1 or self.server_lr <= 0:
+            raise SettingsError(f"server-momentum: must be in [0, 1) and server-lr > 0, got "
+                                f"{self.server_momentum} and {self.server_lr}")
         if not 0 <= self.trim_beta < 0.5:
             raise SettingsError(f"trim-beta: must be in [0, 0.5), got {self.trim_beta}")
 

@@ -20,8 +20,10 @@ import numpy as np
 
 from modalities.events import MODALITIES
 
-#: window used for federated training and the bench rows, per modality (labels as in contracts.md)
-WINDOWS: dict[str, str] = {"keystroke": "50 keys", "touch": "1 swipe", "gait": "5 s"}
+#: decision window of the bench rows, per modality (labels as in the modality benches)
+WINDOWS: dict[str, str] = {"keystroke": "50 keys", "touch": "5 swipes", "gait": "10 s"}
+#: keys per keystroke window, swipes per touch decision, seconds per gait window
+KEYS, SWIPES, GAIT_SECONDS = 50, 5, 10.0
 
 
 class DeviceDataError(ValueError):
@@ -63,11 +65,12 @@ def feature_spec(modality: str) -> FeatureSpec:
 
 def subject_windows(modality: str, data_dir: str | os.PathLike[str], subjects: Iterable[int] | None = None,
                     *, max_windows: int | None = None) -> dict[int, np.ndarray]:
-    """Time-ordered feature windows (n, d) per subject, cut as the modality bench cuts them.
+    """Time-ordered training windows (n, d) per subject, cut as the modality bench cuts them.
 
     keystroke: 50-key windows (hop 25) of BB-MAS desktop typing; touch: one swipe per window
-    (taps left out); gait: 5 s windows of detected walking (hop 2.5 s). Subjects with fewer
-    than 4 windows are left out (nothing to enrol and test). `max_windows` keeps the first ones.
+    (taps left out; decisions average 5 swipes' scores); gait: 10 s windows of detected
+    walking (hop 5 s, `modalities.gait.data.load_windows`' cache). Subjects with fewer than 4
+    windows are left out (nothing to enrol and test). `max_windows` keeps the first ones.
     """
     check_modality(modality)
     from evaluation import datasets as ds
@@ -77,7 +80,7 @@ def subject_windows(modality: str, data_dir: str | os.PathLike[str], subjects: I
         from modalities.keystroke.features import window_matrix
 
         for sid, seq in ds.load_bbmas_keystrokes(data_dir, subjects).items():
-            out[sid] = window_matrix(seq, 50)
+            out[sid] = window_matrix(seq, KEYS)
     elif modality == "touch":
         from modalities.touch.features import stream_features
 
@@ -86,10 +89,10 @@ def subject_windows(modality: str, data_dir: str | os.PathLike[str], subjects: I
             order = np.argsort(start[~is_tap], kind="stable")
             out[sid] = X[~is_tap][order]
     else:
-        from modalities.gait.features import windows_for_subject
+        from modalities.gait.data import load_windows
 
-        for sid, rec in ds.load_bbmas_gait(data_dir, subjects).items():
-            out[sid] = windows_for_subject(rec.segments, 5.0).X
+        for sid, sw in load_windows(data_dir, subjects, GAIT_SECONDS).items():
+            out[sid] = sw.X
     res = {}
     for sid, X in out.items():
         X = np.asarray(X, dtype=np.float64)
@@ -98,6 +101,68 @@ def subject_windows(modality: str, data_dir: str | os.PathLike[str], subjects: I
             X = X[:max_windows]
         if X.shape[0] >= 4:
             res[int(sid)] = X
+    return res
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """One evaluation subject: enrolment windows (n, d) and probe decisions (m, k, d).
+
+    A probe decision is `k` consecutive windows whose per-window scores are averaged (k = 5
+    swipes for touch, 1 otherwise), as the modality bench scores it.
+    """
+
+    enrol: np.ndarray
+    probes: np.ndarray
+
+
+def eval_splits(modality: str, data_dir: str | os.PathLike[str],
+                subjects: Iterable[int] | None = None) -> dict[int, EvalSplit]:
+    """Enrol/probe data per evaluation subject, split as the modality bench splits it.
+
+    keystroke: the key sequence is halved in time and each half cut into 50-key windows;
+    touch: earliest half of the swipes enrol, the rest form non-overlapping 5-swipe decisions
+    (subjects with < 10 swipes skipped); gait: 10 s windows before / after half the walking
+    time (`SubjectWindows.chronological`). Subjects without 2 enrolment windows and 1 probe
+    are left out.
+    """
+    check_modality(modality)
+    from evaluation import datasets as ds
+    from evaluation.protocols import chronological_split
+
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if modality == "keystroke":
+        from modalities.keystroke.features import window_matrix
+
+        for sid, seq in ds.load_bbmas_keystrokes(data_dir, subjects).items():
+            a, b = chronological_split(len(seq))
+            out[sid] = (window_matrix(seq[a], KEYS), window_matrix(seq[b], KEYS)[:, None, :])
+    elif modality == "touch":
+        from modalities.touch.features import stream_features
+
+        for sid, stream in ds.load_bbmas_touch(data_dir, subjects).items():
+            X, is_tap, start = stream_features(stream)
+            X = X[~is_tap][np.argsort(start[~is_tap], kind="stable")]
+            if len(X) < 2 * SWIPES:
+                continue
+            a, b = chronological_split(len(X))
+            P = X[b]
+            n = len(P) // SWIPES
+            out[sid] = (X[a], P[: n * SWIPES].reshape(n, SWIPES, -1))
+    else:
+        from modalities.gait.data import load_windows
+
+        for sid, sw in load_windows(data_dir, subjects, GAIT_SECONDS).items():
+            e, t = sw.chronological(0.5)
+            out[sid] = (sw.X[e], sw.X[t][:, None, :])
+    res = {}
+    for sid, (E, P) in out.items():
+        E = np.asarray(E, np.float64)
+        P = np.asarray(P, np.float64)
+        E = E[np.all(np.isfinite(E), axis=1)]
+        P = P[np.all(np.isfinite(P), axis=(1, 2))] if P.size else P
+        if len(E) >= 2 and len(P) >= 1:
+            res[int(sid)] = EvalSplit(E, P)
     return res
 
 

@@ -52,6 +52,7 @@ class RunOutcome:
     download_bytes_per_client_per_round: int
     wall_seconds: float
     train_loss: list[float] = field(default_factory=list)
+    server_momentum: float = 0.0
     scorer: EmbeddingScorer | None = None
     version: str | None = None
 
@@ -151,7 +152,7 @@ def run_training(grid: Grid, s: RunSettings) -> RunOutcome:
                          delta=s.dp_delta if s.dp else None, noise_multiplier=s.noise_multiplier if s.dp else None,
                          clipping_norm=s.clipping_norm if s.dp else None, bytes_per_client_per_round=nbytes,
                          download_bytes_per_client_per_round=nbytes, wall_seconds=round(time.perf_counter() - t0, 2),
-                         train_loss=losses, scorer=scorer)
+                         train_loss=losses, server_momentum=s.server_momentum, scorer=scorer)
     if s.registry:
         outcome.version = publish(outcome, s)
     status.update(state="done", round=s.num_server_rounds, version=outcome.version, summary=outcome.summary())
@@ -162,7 +163,7 @@ def model_card(o: RunOutcome) -> str:
     dp = (f"client-level DP: clipping norm {o.clipping_norm}, noise multiplier {o.noise_multiplier}, "
           f"epsilon {o.epsilon:.2f} at delta {o.delta}" if o.dp and o.epsilon is not None else "no differential privacy")
     return (f"# Federated {o.modality} embedding model\n\n"
-            f"- Trained with Flower ({o.strategy}) over {o.num_devices} devices, {o.rounds} rounds; each device held "
+            f"- Trained with Flower ({o.strategy}, server momentum {o.server_momentum}) over {o.num_devices} devices, {o.rounds} rounds; each device held "
             f"only its owner's {o.modality} feature windows; raw signals never left the devices.\n"
             f"- Model: 2-layer MLP embedding, fixed-prototype cosine-softmax loss (docs/federated.md).\n"
             f"- Privacy: {dp}. The one-off scaling round reveals per-device feature sums to the SuperLink.\n"

@@ -1,12 +1,14 @@
 """Flower ServerApp (Message API): reads the run config and runs `orchestration.run_training`.
 
 Wiring only. `make_app(defaults, on_result)` lets the simulation (bench, tests) pass settings
-and collect the outcome in-process; the module-level `app` is what ``flwr run`` starts.
+and collect the outcome in-process; `runs` trains several models one after the other on the
+same connected devices (the bench's FedAvg and DP-FedAvg rows share one simulation, so the
+devices start once). The module-level `app` is what ``flwr run`` starts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from flwr.app import Context
@@ -17,16 +19,18 @@ from federated.orchestration import RunOutcome, run_training
 
 
 def make_app(defaults: Mapping[str, Any] | None = None,
-             on_result: Callable[[RunOutcome], None] | None = None) -> ServerApp:
-    """A ServerApp whose settings are `defaults` overridden by the run config."""
+             on_result: Callable[[RunOutcome], None] | None = None,
+             runs: Sequence[Mapping[str, Any]] = ({},)) -> ServerApp:
+    """A ServerApp whose settings are `defaults`, then each of `runs`, overridden by the run config."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        settings = RunSettings.from_config(defaults or {}, dict(context.run_config))
-        outcome = run_training(grid, settings)
-        if on_result is not None:
-            on_result(outcome)
+        for run in runs:
+            settings = RunSettings.from_config(defaults or {}, run, dict(context.run_config))
+            outcome = run_training(grid, settings)
+            if on_result is not None:
+                on_result(outcome)
 
     return app
 

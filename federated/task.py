@@ -104,34 +104,62 @@ def feature_sums(X: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- model
 
 
-def make_net(in_dim: int, hidden: int = HIDDEN, embed_dim: int = EMBED_DIM, seed: int = 0):  # type: ignore[no-untyped-def]
-    """Two-layer MLP whose output is L2-normalised: the embedding."""
-    import torch
-    from torch import nn
+class EmbeddingNet:
+    """Two-layer MLP whose output is L2-normalised (the embedding), in numpy.
 
-    torch.manual_seed(seed)
+    numpy, not torch: the model is tiny, and every Flower process (SuperNode ClientApps,
+    Ray actors, the ServerApp) would otherwise import torch just to start (seconds each on a
+    shared 2-core machine). Initialisation follows torch's `nn.Linear` default
+    (uniform in +-1/sqrt(fan_in)); parameter names match a torch state dict.
+    """
 
-    class EmbeddingNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc1 = nn.Linear(in_dim, hidden)
-            self.fc2 = nn.Linear(hidden, embed_dim)
+    def __init__(self, in_dim: int, hidden: int = HIDDEN, embed_dim: int = EMBED_DIM, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        a, b = 1 / np.sqrt(in_dim), 1 / np.sqrt(hidden)
+        self.params: OrderedDict[str, np.ndarray] = OrderedDict([
+            ("fc1.weight", rng.uniform(-a, a, (hidden, in_dim))), ("fc1.bias", rng.uniform(-a, a, hidden)),
+            ("fc2.weight", rng.uniform(-b, b, (embed_dim, hidden))), ("fc2.bias", rng.uniform(-b, b, embed_dim)),
+        ])
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            z = self.fc2(torch.relu(self.fc1(x)))
-            return nn.functional.normalize(z, dim=1)
+    def forward(self, X: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        p = self.params
+        pre = X @ p["fc1.weight"].T + p["fc1.bias"]
+        H = np.maximum(pre, 0.0)
+        E = H @ p["fc2.weight"].T + p["fc2.bias"]
+        n = np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
+        U = E / n
+        return U, {"X": X, "pre": pre, "H": H, "n": n, "U": U}
 
-    return EmbeddingNet()
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        return self.forward(np.asarray(X, np.float64))[0]
+
+    def backward(self, dU: np.ndarray, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Gradients of the parameters given d(loss)/d(embedding)."""
+        U = c["U"]
+        dE = (dU - U * np.sum(dU * U, axis=1, keepdims=True)) / c["n"]
+        dH = dE @ self.params["fc2.weight"]
+        dH[c["pre"] <= 0] = 0.0
+        return {"fc1.weight": dH.T @ c["X"], "fc1.bias": dH.sum(0), "fc2.weight": dE.T @ c["H"], "fc2.bias": dE.sum(0)}
 
 
-def get_weights(net) -> OrderedDict[str, np.ndarray]:  # type: ignore[no-untyped-def]
-    return OrderedDict((k, v.detach().cpu().numpy().astype(np.float32)) for k, v in net.state_dict().items())
+def make_net(in_dim: int, hidden: int = HIDDEN, embed_dim: int = EMBED_DIM, seed: int = 0) -> EmbeddingNet:
+    """A fresh embedding network (seeded)."""
+    return EmbeddingNet(in_dim, hidden, embed_dim, seed)
 
 
-def set_weights(net, weights: dict[str, np.ndarray]) -> None:  # type: ignore[no-untyped-def]
-    import torch
+def get_weights(net: EmbeddingNet) -> OrderedDict[str, np.ndarray]:
+    return OrderedDict((k, v.astype(np.float32)) for k, v in net.params.items())
 
-    net.load_state_dict(OrderedDict((k, torch.as_tensor(np.asarray(v, np.float32))) for k, v in weights.items()))
+
+def set_weights(net: EmbeddingNet, weights: dict[str, np.ndarray]) -> None:
+    missing = [k for k in net.params if k not in weights]
+    if missing:
+        raise ValueError(f"weights: missing {missing}")
+    for k, v in net.params.items():
+        w = np.asarray(weights[k], np.float64)
+        if w.shape != v.shape:
+            raise ValueError(f"weights: {k} has shape {w.shape}, the model needs {v.shape}")
+        net.params[k] = w.copy()
 
 
 def weights_nbytes(weights: dict[str, np.ndarray]) -> int:
@@ -139,55 +167,58 @@ def weights_nbytes(weights: dict[str, np.ndarray]) -> int:
     return int(sum(np.asarray(v, np.float32).nbytes for v in weights.values()))
 
 
-def train(net, X: np.ndarray, slots: np.ndarray, protos: np.ndarray, cfg: TrainConfig,  # type: ignore[no-untyped-def]
+def _softmax_ce(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy and its gradient w.r.t. the logits."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    rows = np.arange(len(y))
+    g = np.exp(logp)
+    g[rows, y] -= 1.0
+    return float(-logp[rows, y].mean()), g / len(y)
+
+
+def train(net: EmbeddingNet, X: np.ndarray, slots: np.ndarray, protos: np.ndarray, cfg: TrainConfig,
           global_weights: dict[str, np.ndarray] | None = None) -> float:
     """Local SGD on the fixed-prototype cosine-softmax loss; returns the mean loss.
 
     `X` is already standardised; `slots[i]` is the prototype of window i (one value on a
     device). With `proximal_mu > 0` the FedProx term mu/2 ||w - w_global||^2 is added.
     """
-    import torch
-
-    torch.set_num_threads(1)
-    g = torch.Generator().manual_seed(cfg.seed)
-    Xt = torch.as_tensor(np.asarray(X, np.float32))
-    yt = torch.as_tensor(np.asarray(slots, np.int64))
-    P = torch.as_tensor(np.array(protos))
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    rng = np.random.default_rng(cfg.seed)
+    X = np.asarray(X, np.float64)
+    y = np.asarray(slots, np.int64)
+    P = np.asarray(protos, np.float64)
     anchors = None
     if cfg.proximal_mu > 0 and global_weights is not None:
-        anchors = [torch.as_tensor(np.asarray(global_weights[k], np.float32)) for k, _ in net.named_parameters()]
-    net.train()
+        anchors = {k: np.asarray(global_weights[k], np.float64) for k in net.params}
+    velocity = {k: np.zeros_like(v) for k, v in net.params.items()}
     total, count = 0.0, 0
     for _ in range(cfg.epochs):
-        perm = torch.randperm(Xt.shape[0], generator=g)
-        for a in range(0, Xt.shape[0], cfg.batch_size):
+        perm = rng.permutation(X.shape[0])
+        for a in range(0, X.shape[0], cfg.batch_size):
             idx = perm[a:a + cfg.batch_size]
-            emb = net(Xt[idx])
-            loss = torch.nn.functional.cross_entropy(SCALE * emb @ P.T, yt[idx])
+            U, cache = net.forward(X[idx])
+            loss, dlogits = _softmax_ce(SCALE * U @ P.T, y[idx])
+            grads = net.backward(SCALE * dlogits @ P, cache)
             if anchors is not None:
-                prox = sum(((p - w0) ** 2).sum() for p, w0 in zip(net.parameters(), anchors))
-                loss = loss + cfg.proximal_mu / 2 * prox
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
+                loss += cfg.proximal_mu / 2 * sum(float(((net.params[k] - w0) ** 2).sum()) for k, w0 in anchors.items())
+                for k, w0 in anchors.items():
+                    grads[k] = grads[k] + cfg.proximal_mu * (net.params[k] - w0)
+            for k, g in grads.items():
+                velocity[k] = cfg.momentum * velocity[k] + g
+                net.params[k] = net.params[k] - cfg.lr * velocity[k]
+            total += loss * len(idx)
             count += len(idx)
     return total / max(count, 1)
 
 
-def test(net, X: np.ndarray, slot: int, protos: np.ndarray) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def test(net: EmbeddingNet, X: np.ndarray, slot: int, protos: np.ndarray) -> dict[str, float]:
     """On-device check: loss and how often the own prototype is the nearest one."""
-    import torch
-
-    net.eval()
-    with torch.no_grad():
-        emb = net(torch.as_tensor(np.asarray(X, np.float32)))
-        logits = SCALE * emb @ torch.as_tensor(np.array(protos)).T
-        y = torch.full((emb.shape[0],), int(slot), dtype=torch.long)
-        loss = float(torch.nn.functional.cross_entropy(logits, y))
-        acc = float((logits.argmax(1) == y).float().mean())
-    return {"loss": loss, "accuracy": acc}
+    U = net(X)
+    logits = SCALE * U @ np.asarray(protos, np.float64).T
+    y = np.full(U.shape[0], int(slot))
+    loss, _ = _softmax_ce(logits, y)
+    return {"loss": loss, "accuracy": float((logits.argmax(1) == y).mean())}
 
 
 def train_central(windows: dict[int, np.ndarray], *, epochs: int, cfg: TrainConfig, num_slots: int = NUM_SLOTS,

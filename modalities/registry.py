@@ -146,4 +146,8 @@ class ModelRegistry:
             if mv is None:
                 raise RegistryError(f"version: no active {modality} model in {self.root}")
             version = mv.version
+        from modalities.base import registered_scorers
+
+        if "federated-embedding" not in registered_scorers():
+            import federated.scorer  # noqa: F401 - lazy: registers the federated scorer (numpy only)
         return Scorer.load(self.get(modality, version).path / "model.npz")

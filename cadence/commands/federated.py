@@ -88,6 +88,7 @@ def run(
     dp: Annotated[bool, typer.Option("--dp", help="Client-side DP with fixed clipping.")] = False,
     noise_multiplier: float = 1.0,
     clipping_norm: float = 1.0,
+    server_momentum: Annotated[float, typer.Option(help="FedAvgM server momentum (0 = plain).")] = 0.0,
     activate: Annotated[bool, typer.Option("--activate", help="Activate the new version in the registry.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
 ) -> None:
@@ -103,7 +104,8 @@ def run(
     try:
         s = RunSettings.from_config({"modality": modality, "num-server-rounds": rounds, "strategy": strategy,
                                      "min-nodes": min_nodes, "dp": dp, "noise-multiplier": noise_multiplier,
-                                     "clipping-norm": clipping_norm, "registry": str(reg), "status-file": str(status)})
+                                     "clipping-norm": clipping_norm, "server-momentum": server_momentum,
+                                     "registry": str(reg), "status-file": str(status)})
         info = d.submit_run(workdir, {k: v for k, v in s.as_config().items() if k != "feature-dir"})
         console.print(f"submitted run {info.get('run-id', '?')}")
         final = d.wait_for_run(status, timeout, lambda st: console.print(
@@ -113,7 +115,6 @@ def run(
     version = final.get("version")
     console.print(f"published {modality} {version} to {reg}")
     if activate and version:
-        import federated.scorer  # noqa: F401 - registers the scorer class for loading
         from modalities.registry import ModelRegistry
         ModelRegistry(reg).activate(modality, version)
         console.print(f"activated {modality} {version}")

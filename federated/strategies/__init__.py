@@ -1,7 +1,8 @@
 """Aggregation strategies, one recipe per file, chosen by the ``strategy`` run-config key.
 
 `build_strategy` returns the full stack the ServerApp runs: recipe -> optional DP wrapper ->
-slot assignment (which gives each device its prototype, see `federated.task`).
+optional server momentum (post-processing, outside DP) -> slot assignment (which gives each
+device its prototype, see `federated.task`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from federated.strategies.fedavg import FedAvgRecipe
 from federated.strategies.fedmedian import FedMedianRecipe
 from federated.strategies.fedprox import FedProxRecipe
 from federated.strategies.krum import KrumRecipe
+from federated.strategies.momentum import ServerMomentum
 from federated.strategies.slots import SlotAssigner
 from federated.strategies.trimmed_mean import TrimmedMeanRecipe
 
@@ -28,7 +30,9 @@ def build_strategy(s: RunSettings, num_nodes: int) -> SlotAssigner:
     strategy: Any = recipe.build(s)
     if s.dp:
         strategy = wrap_dp(strategy, s, num_nodes, robust=recipe.robust)
+    if s.server_momentum > 0 or s.server_lr != 1.0:
+        strategy = ServerMomentum(strategy, s.server_momentum, s.server_lr)
     return SlotAssigner(strategy, s.num_slots)
 
 
-__all__ = ["RECIPES", "DPError", "SlotAssigner", "StrategyRecipe", "build_strategy", "epsilon_spent"]
+__all__ = ["RECIPES", "DPError", "ServerMomentum", "SlotAssigner", "StrategyRecipe", "build_strategy", "epsilon_spent"]

@@ -41,7 +41,7 @@ def test_prototypes_are_spread_and_reproducible() -> None:
     G = P @ P.T
     np.fill_diagonal(G, -1)
     assert G.max() < 0.6
-    assert np.array_equal(P, task.prototypes.__wrapped__(128))
+    assert np.array_equal(task.prototypes(16), task.prototypes.__wrapped__(16))
 
 
 def test_scorer_round_trips_through_the_registry(tmp_path) -> None:
@@ -60,3 +60,22 @@ def test_scorer_round_trips_through_the_registry(tmp_path) -> None:
     assert sc.compare(t, X[:10]).mean() > sc.compare(t, -X[10:]).mean()
     with pytest.raises(Exception, match="12 features"):
         sc.compare(t, X[:, :5])
+
+
+def test_registry_loads_a_federated_model_without_importing_federated(tmp_path) -> None:
+    """A fresh process (the server) loads the version knowing only `modalities.registry`."""
+    import subprocess
+    import sys
+
+    from modalities.registry import ModelRegistry
+
+    w = task.initial_weights(6, 8, 0)
+    sc = EmbeddingScorer.from_weights(w, np.zeros(6), np.ones(6), modality="gait", feature_version="fv")
+    reg = ModelRegistry(tmp_path)
+    reg.activate("gait", reg.publish("gait", sc, metrics={}, card="# card\n", source="test"))
+    code = ("import sys; from modalities.registry import ModelRegistry; "
+            "assert 'federated.scorer' not in sys.modules; "
+            f"s = ModelRegistry({str(tmp_path)!r}).load('gait'); print(type(s).__name__, s.dim)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["EmbeddingScorer", "6"]

@@ -10,10 +10,10 @@ from federated.features import feature_spec, subject_windows, write_device_files
 def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path) -> None:
     import psutil
 
-    import federated.scorer  # noqa: F401 - registers the scorer class
     from modalities.registry import ModelRegistry
 
-    files = write_device_files(tmp_path / "devices", subject_windows("keystroke", data_dir, [1, 2]), feature_spec("keystroke"))
+    windows = subject_windows("keystroke", data_dir, [1, 2], max_windows=12)  # tiny: the test is the plumbing
+    files = write_device_files(tmp_path / "devices", windows, feature_spec("keystroke"))
     port = d.free_port()
     procs = []
     spawned: list[int] = []
@@ -40,7 +40,7 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     version = final["version"]
     reg.activate("keystroke", version)
     scorer = reg.load("keystroke")
-    X = subject_windows("keystroke", data_dir, [1])[1]
-    assert scorer.compare(scorer.enroll(X[:10]), X[10:20]).shape == (10,)
+    X = windows[1]
+    assert scorer.compare(scorer.enroll(X[:6]), X[6:12]).shape == (6,)
     assert all(p.poll() is not None for p in procs)
     assert not [pid for pid in spawned if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]

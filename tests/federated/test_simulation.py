@@ -21,7 +21,7 @@ def test_bench_quick_writes_central_fedavg_and_dp_rows(data_dir, tmp_path) -> No
     assert all(r["window"] == "50 keys" for r in rows.values())
     assert not set(doc["train_subjects"]) & set(doc["eval_subjects"])
     fed, dp = rows["keystroke-fedavg"], rows["keystroke-fedavg-dp"]
-    assert fed["rounds"] == 4 and 0 < fed["bytes_per_client_per_round"] <= 200_000 and fed["wall_seconds"] > 0
+    assert fed["rounds"] == 3 and 0 < fed["bytes_per_client_per_round"] <= 200_000 and fed["wall_seconds"] > 0
     assert fed["epsilon"] is None and 0 < dp["epsilon"] <= 8.0 and dp["delta"] == 1e-3
     assert fed["eer"] < 0.45  # learned something on people it never saw
 
@@ -30,12 +30,12 @@ def test_bench_quick_writes_central_fedavg_and_dp_rows(data_dir, tmp_path) -> No
 def test_secagg_plus_gives_the_mean_of_the_device_updates(data_dir, tmp_path) -> None:
     from federated.simulation import simulate_secagg
 
-    windows = subject_windows("keystroke", data_dir, [1, 2, 3])
+    windows = subject_windows("keystroke", data_dir, [1, 2, 3], max_windows=16)
     spec = feature_spec("keystroke")
     write_device_files(tmp_path, windows, spec)
     s = RunSettings.from_config({"modality": "keystroke", "num-server-rounds": 1, "min-nodes": 3,
                                  "num-shares": 3, "reconstruction-threshold": 2})
-    scorer = simulate_secagg(s, tmp_path)
+    scorer = simulate_secagg(s, tmp_path, num_cpus=1)
     # the same round computed in the clear: each device trains from the initial model
     subs = sorted(windows, key=lambda sid: f"device-{sid}.npz")
     norm = task.Normaliser.fit(np.vstack([windows[x] for x in subs]))

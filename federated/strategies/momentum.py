@@ -1,0 +1,65 @@
+"""Server momentum (FedAvgM, Hsu et al. 2019) around any strategy, DP included.
+
+With one person per device, each FedAvg round is close to one large-batch gradient step,
+so plain FedAvg under-trains in the rounds we can afford; a heavy-ball server update
+``m = beta m + (w_agg - w); w = w + eta m`` takes it further per round. It wraps the
+*outside* of the DP strategy: it only sees the already clipped and noised aggregate, so it
+is post-processing and spends no privacy (Flower's FedAvgM would sit inside the DP wrapper,
+and its momentum would carry un-noised averages into later rounds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+
+class ServerMomentum(Strategy):
+    """Delegating strategy: heavy-ball update of the global model from the inner aggregate."""
+
+    def __init__(self, strategy: Strategy, momentum: float, lr: float = 1.0) -> None:
+        if not 0 <= momentum < 1:
+            raise ValueError(f"server-momentum: must be in [0, 1), got {momentum}")
+        if lr <= 0:
+            raise ValueError(f"server-lr: must be > 0, got {lr}")
+        self.strategy, self.momentum, self.lr = strategy, momentum, lr
+        self.current: dict[str, np.ndarray] | None = None
+        self.velocity: dict[str, np.ndarray] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.current = {k: np.asarray(v.numpy(), np.float32) for k, v in arrays.items()}
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if arrays is None or self.current is None:
+            return arrays, metrics
+        out = {}
+        for k, v in arrays.items():
+            w = self.current[k]
+            step = np.asarray(v.numpy(), np.float32) - w
+            self.velocity[k] = self.momentum * self.velocity.get(k, np.zeros_like(w)) + step
+            out[k] = Array((w + self.lr * self.velocity[k]).astype(np.float32))
+        return ArrayRecord(out), metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
