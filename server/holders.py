@@ -78,7 +78,8 @@ class ServerHolder:
         """Delete rows older than the policy allows (days per kind; missing kinds are kept).
 
         Kinds read from `policy` (a mapping or an object with the attributes):
-        ``transactions``, ``evidence``, ``sessions``, ``security_flags`` (days).
+        ``transactions``, ``evidence``, ``sessions``, ``security_flags`` (days), and
+        ``template_inactive_days`` for templates of people who stopped using the service.
         """
         now = now or datetime.now(UTC)
         targets = {"transactions": (Transaction, Transaction.created_at), "evidence": (EvidenceSeen, EvidenceSeen.seen_at),
@@ -94,7 +95,35 @@ class ServerHolder:
                 out[table.__tablename__] = len(session.scalars(select(table).where(where)).all())
             else:
                 out[table.__tablename__] = session.execute(delete(table).where(where)).rowcount  # type: ignore[attr-defined]
+        out.update(self._purge_inactive_templates(session, policy, now=now, dry_run=dry_run))
         return out
+
+    @staticmethod
+    def _purge_inactive_templates(session: Session, policy: Any, *, now: datetime, dry_run: bool) -> dict[str, int]:
+        """Templates (and their enrolment windows) of people inactive for ``template_inactive_days``.
+
+        Active means a transaction after the cutoff or a template updated after it, so a
+        template in use is never removed however old its enrolment is.
+        """
+        days = policy.get("template_inactive_days") if isinstance(policy, dict) else getattr(policy, "template_inactive_days", None)
+        if days is None:
+            return {}
+        cutoff = now - timedelta(days=float(days))
+        recent = select(Transaction.user_id).where(Transaction.created_at >= cutoff)
+        stale = session.execute(
+            select(Template.id, Template.user_id, Template.modality)
+            .where(Template.updated_at < cutoff, Template.user_id.not_in(recent))
+        ).all()
+        n_windows = 0
+        for _, user_id, modality in stale:
+            q = select(EnrolmentWindow.id).where(EnrolmentWindow.user_id == user_id, EnrolmentWindow.modality == modality)
+            n_windows += len(session.scalars(q).all())
+            if not dry_run:
+                session.execute(delete(EnrolmentWindow).where(EnrolmentWindow.user_id == user_id,
+                                                              EnrolmentWindow.modality == modality))
+        if not dry_run and stale:
+            session.execute(delete(Template).where(Template.id.in_([r[0] for r in stale])))
+        return {Template.__tablename__: len(stale), EnrolmentWindow.__tablename__: n_windows}
 
 
 def _register() -> None:
