@@ -206,7 +206,7 @@ class PhaseResult:
 
 
 async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int, method: str = "POST",
-                     trivial_path: str = "/v1/health", concurrency_cap: int = 256, timeout: float = 30.0,
+                     trivial_path: str = "/v1/health", concurrency_cap: int = 32, timeout: float = 30.0,
                      responses: dict[str, dict[str, Any]] | None = None) -> PhaseResult:
     """Open-loop load: request i is sent at t0 + i/rate whatever the answers before it."""
     lat: list[float] = []
