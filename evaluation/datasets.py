@@ -120,7 +120,7 @@ def _cached(path: Path, kind: str, parse: Callable[[Path], dict[str, np.ndarray]
     arrays = parse(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
     os.replace(tmp, target)
     return arrays
 

@@ -187,7 +187,8 @@ def plot_det(
     items = list(items)
     wide = len(items) > 6
     fig, ax = plt.subplots(figsize=(10.5 if wide else 6.4, 6.0))
-    colours = plt.get_cmap("tab20").colors if len(items) > 10 else plt.get_cmap("tab10").colors
+    cmap = plt.get_cmap("tab20" if len(items) > 10 else "tab10")
+    colours = [cmap(i) for i in range(cmap.N)]
     styles = ["-", "--", ":", "-."]
     for k, (label, gen, imp) in enumerate(items):
         fmr, fnmr = det_points(genuine=gen, impostor=imp)

@@ -143,7 +143,10 @@ class ScoreTable:
         if not np.all(np.isfinite(s)):
             raise ValueError(f"{method}/{window}: non-finite scores for template {template_subject}")
         n = s.size
-        ps = np.broadcast_to(np.asarray(probe_subject), (n,)) if np.ndim(probe_subject) == 0 else np.asarray(list(probe_subject))
+        if isinstance(probe_subject, (int, np.integer)):
+            ps = np.full(n, int(probe_subject))
+        else:
+            ps = np.asarray(list(probe_subject))
         idx = np.arange(n) if probe_index is None else np.asarray(list(probe_index))
         self.rows["method"] += [method] * n
         self.rows["window"] += [window] * n

@@ -127,7 +127,7 @@ class DecisionRule:
 
     def __call__(self, L: np.ndarray) -> np.ndarray:
         M = _guard(L) - self.thresholds
-        fn = {"and": np.nanmin, "or": np.nanmax, "majority": np.nanmedian}[self.kind]
+        fn: Callable[..., np.ndarray] = {"and": np.nanmin, "or": np.nanmax, "majority": np.nanmedian}[self.kind]  # type: ignore[assignment]
         return _nanreduce(M, fn, -np.inf if self.kind != "or" else -np.inf)
 
 

@@ -84,7 +84,7 @@ class Scorer(ABC):
                 "feature_version": self.feature_version, "params": self.get_params()}
         state = {f"state__{k}": np.asarray(v) for k, v in self.get_state().items()}
         with open(path, "wb") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps(meta)), **state)
+            np.savez(fh, __meta__=np.array(json.dumps(meta)), **state)  # type: ignore[arg-type]  # numpy stubs
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> Scorer:

@@ -53,11 +53,11 @@ def _fusion_folds(ctx: BenchContext) -> list[tuple[Any, Any, list[int], list[int
 
 @register("fusion", "multi-modal fusion rules and the tier policy on people with keystroke, touch and gait", version="1")
 def bench_fusion(ctx: BenchContext) -> BenchOutput:
+    from evaluation.pair_scores import pair_scores
     from evaluation.protocols import ScoreTable
     from fusion.calibration import LogisticCalibrator, cllr
     from fusion.engine import FusionEngine
     from fusion.policy import DEFAULT_POLICY
-    from evaluation.pair_scores import pair_scores
     from fusion.rules import (
         FIXED_RULES,
         DecisionRule,
