@@ -14,7 +14,8 @@ from typing import Any
 
 from evaluation.bench import BenchContext, BenchOutput, register
 
-QUICK_SUBJECTS = 16
+#: subjects of `--quick`, which runs in the test suite (the whole suite must stay < 10 min on 2 cores)
+QUICK_SUBJECTS = 12
 
 
 def _features(data_dir: Any, subjects: tuple[int, ...], progress: bool) -> dict[int, tuple[Any, Any, str]]:
@@ -50,17 +51,17 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
         for kind, col in (("swipe", 0), ("tap", 1)):
             Xtr = [tr[s][col] for s in tr if len(tr[s][col])]
             ytr = np.concatenate([[s] * len(tr[s][col]) for s in tr if len(tr[s][col])])
-            population: list[S._TouchScorer] = [
-                S.BackgroundLR(seed=ctx.seed).fit(np.vstack(Xtr), ytr),
-                S.PLDATouch().fit(np.vstack(Xtr), ytr),
-            ]
+            lr = S.BackgroundLR(seed=ctx.seed).fit(np.vstack(Xtr), ytr)
+            qlr = S.QuadBackgroundLR(seed=ctx.seed)
+            qlr.set_state(lr.get_state())  # same standardiser and background: only enrolment differs
+            plda = S.PLDATouch().fit(np.vstack(Xtr), ytr)
             fused = S.FusedTouch(seed=ctx.seed)
-            fused.plda, fused.lr = population[1], population[0]  # same fits, no second training
-            population.append(fused)
+            fused.plda, fused.lr = plda, qlr  # same fits, no second training
+            population: list[S._TouchScorer] = [lr, qlr, plda, fused]
             for scorer in one_class + population:
                 templates, probes = {}, {}
                 for s, v in ev.items():
-                    X = v[col]
+                    X = np.asarray(v[col])
                     if len(X) < 10:  # too few strokes of this kind to enrol and test
                         continue
                     en, te = chronological_split(len(X))

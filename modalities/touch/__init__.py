@@ -21,6 +21,7 @@ from modalities.touch.scorers import (
     BackgroundLR,
     FusedTouch,
     PLDATouch,
+    QuadBackgroundLR,
     TouchKNN,
     TouchManhattan,
     TouchOneClassSVM,
@@ -32,6 +33,7 @@ from modalities.touch.windows import WINDOWS, strokes_of_kind, windows_for_subje
 
 __all__ = [
     "FEATURE_DIM", "FEATURE_NAMES", "FEATURE_VERSION", "WINDOWS", "BackgroundLR", "FusedTouch", "PLDATouch",
+    "QuadBackgroundLR",
     "Segmentation", "Stroke", "TouchKNN", "TouchManhattan", "TouchOneClassSVM", "accumulate",
     "default_scorer", "direction_class", "segment", "stream_features", "stroke_windows",
     "strokes_of_kind", "train_scorer", "window_features", "windows_for_subject",

@@ -141,7 +141,7 @@ def segment(stream: TouchStream, *, min_points: int = 1) -> Segmentation:
             continue
         u = int(ups[j])
         sl = slice(int(d), u + 1)
-        lo, hi = np.searchsorted(multi_rows, [d, u])
+        lo, hi = np.searchsorted(multi_rows, np.array([d, u]))
         if hi > lo or np.any(pid[sl] != pid[d]):
             n_multi += 1
             prev_up = float(stream.time[u])

@@ -15,9 +15,10 @@ def test_bench_touch_quick(data_dir, tmp_path) -> None:
     run_bench("touch", ctx, print_table=False)
     doc = json.loads((tmp_path / "touch.json").read_text())
     assert doc["benchmark"] == "touch"
-    assert len(doc["eval_subjects"]) == 16  # --quick: 16 subjects, 2 folds of 8
+    assert len(doc["eval_subjects"]) == 12  # --quick: 12 subjects, 2 folds of 6
     rows = {(r["method"], r["window"]): r for r in doc["results"]}
-    for m in ("touch-manhattan-scaled", "touch-knn", "touch-ocsvm", "touch-background-lr", "touch-plda", "touch-fused"):
+    for m in ("touch-manhattan-scaled", "touch-knn", "touch-ocsvm", "touch-background-lr", "touch-background-qlr",
+              "touch-plda", "touch-fused"):
         for w in ("1 swipe", "5 swipes"):
             assert (m, w) in rows and (f"{m}-same-device", w) in rows
             assert 0.0 <= rows[(m, w)]["eer"] <= 1.0

@@ -13,6 +13,7 @@ from modalities.touch import (
     BackgroundLR,
     FusedTouch,
     PLDATouch,
+    QuadBackgroundLR,
     TouchKNN,
     TouchManhattan,
     TouchOneClassSVM,
@@ -120,7 +121,8 @@ def _population(seed: int = 0, n_sub: int = 6, n: int = 40) -> tuple[np.ndarray,
     return np.vstack(X), np.concatenate(y)
 
 
-ALL = [TouchManhattan(), TouchKNN(), TouchOneClassSVM(), BackgroundLR(), PLDATouch(n_components=4), FusedTouch()]
+ALL = [TouchManhattan(), TouchKNN(), TouchOneClassSVM(), BackgroundLR(), QuadBackgroundLR(), PLDATouch(n_components=4),
+       FusedTouch()]
 
 
 @pytest.mark.parametrize("scorer", ALL, ids=lambda s: s.name)
@@ -146,6 +148,30 @@ def test_population_scorer_refuses_use_before_fit_and_bad_input() -> None:
         BackgroundLR().fit(np.zeros((4, FEATURE_DIM)))
     with pytest.raises(EventValidationError, match="values"):
         default_scorer().enroll(np.zeros((3, FEATURE_DIM - 1)))
+
+
+def test_quadratic_lr_learns_a_band_that_a_linear_one_cannot() -> None:
+    """A person in the middle of the population on one trait: others lie on both sides."""
+    rng = np.random.default_rng(3)
+    n_sub, n = 8, 60
+    X = np.zeros((n_sub * n, FEATURE_DIM))  # one informative trait, the rest constant
+    X[:, IDX["e2e_cos"]], X[:, IDX["e2e_sin"]] = 0.0, 1.0  # all downward swipes
+    y = np.repeat(np.arange(n_sub), n)
+    j = IDX["size_median"]
+    X[:, j] = np.where(np.arange(n_sub) % 2 == 0, -3.0, 3.0)[y] + rng.normal(0, 0.3, len(y))
+    X[y == 0, j] = rng.normal(0, 0.3, n)  # subject 0: typical finger size, everyone else is not
+    train, probe = X[y > 0], X[y == 0]
+    aucs = {}
+    for scorer in (BackgroundLR(), QuadBackgroundLR()):
+        scorer.fit(train, y[y > 0])
+        t = scorer.enroll(probe[:30])
+        g, i = scorer.compare(t, probe[30:]), scorer.compare(t, train)
+        aucs[scorer.name] = float(np.mean(g[:, None] > i[None, :]))
+    assert aucs["touch-background-qlr"] > 0.95 and aucs["touch-background-lr"] < 0.75
+    lin = BackgroundLR().fit(train, y[y > 0])
+    quad = QuadBackgroundLR().fit(train, y[y > 0])
+    with pytest.raises(ModelVersionError, match="weights"):
+        quad.compare(lin.enroll(probe[:30]), probe[30:])
 
 
 def test_saved_version_mismatch_is_refused(tmp_path) -> None:
