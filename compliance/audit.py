@@ -25,8 +25,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from compliance import keys as _keys
 from compliance.models import AuditCheckpoint, AuditEntry, AuditHead, utcnow
@@ -157,22 +158,36 @@ def append_audit(
     text = canonical_json(_clean_payload(payload, "payload", subject, alias))
     if len(text) > MAX_PAYLOAD_CHARS:
         raise AuditError(f"payload: {len(text)} characters is too large for an audit entry (max {MAX_PAYLOAD_CHARS})")
-    head = session.get(AuditHead, 1, with_for_update=True, populate_existing=True)
-    if head is None:
-        _create_head(session)
-        head = session.get(AuditHead, 1, with_for_update=True, populate_existing=True)
-        assert head is not None
     ts = now or utcnow()
     if ts.tzinfo is None:
         raise AuditError("now: must be an aware datetime (UTC)")
     ts = ts.astimezone(UTC)
-    seq = head.seq + 1
-    entry = AuditEntry(seq=seq, ts=ts, event=event, actor=actor, subject=alias, payload=text, prev_hash=head.hash)
-    entry.hash = _hash_of(entry)
-    session.add(entry)
-    head.seq, head.hash = seq, entry.hash
+    # Core statements, not ORM objects: this runs on every decision (the hot path). Pending
+    # ORM changes are flushed first so the entry lands after them, as with session.flush().
     session.flush()
-    return entry
+    conn = session.connection()
+    row = conn.execute(_HEAD_FOR_UPDATE).first()
+    if row is None:
+        _create_head(session)
+        row = conn.execute(_HEAD_FOR_UPDATE).first()
+        assert row is not None
+    seq = row.seq + 1
+    entry = AuditEntry(seq=seq, ts=ts, event=event, actor=actor, subject=alias, payload=text, prev_hash=row.hash)
+    entry.hash = _hash_of(entry)
+    conn.execute(_ENTRY_INSERT, {"seq": seq, "ts": ts, "event": event, "actor": actor, "subject": alias,
+                                 "payload": text, "prev_hash": row.hash, "hash": entry.hash})
+    conn.execute(_HEAD_UPDATE, {"s": seq, "h": entry.hash})
+    cached = session.identity_map.get(identity_key(AuditHead, 1))
+    if cached is not None:  # an ORM copy of the head loaded earlier in this session is now stale
+        session.expire(cached)
+    return entry  # transient (not in the session): its row is written above
+
+
+_HEAD_FOR_UPDATE = select(AuditHead.__table__.c.seq, AuditHead.__table__.c.hash).where(
+    AuditHead.__table__.c.id == 1).with_for_update()
+_ENTRY_INSERT = AuditEntry.__table__.insert()
+_HEAD_UPDATE = AuditHead.__table__.update().where(AuditHead.__table__.c.id == 1).values(
+    seq=bindparam("s"), hash=bindparam("h"))
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -50,14 +50,15 @@ class AppState:
     calibrate: Callable[[ModalityEvidence], ModalityEvidence] = lambda e: e
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """Async on purpose: a sync dependency costs a worker-thread hop per request."""
     return request.app.state.cadence
 
 
 State = Annotated[AppState, Depends(get_state)]
 
 
-def get_uow(state: State) -> Callable[[], AbstractContextManager[Session]]:
+async def get_uow(state: State) -> Callable[[], AbstractContextManager[Session]]:
     """A unit-of-work factory: ``with uow() as session:`` is one database transaction."""
     return state.write
 
@@ -75,7 +76,7 @@ def _key_scopes(state: AppState, key: str | None) -> set[str]:
 
 
 def require_scope(scope: str) -> Callable[..., str]:
-    def dep(state: State, x_api_key: Annotated[str | None, Header()] = None) -> str:
+    async def dep(state: State, x_api_key: Annotated[str | None, Header()] = None) -> str:
         scopes = _key_scopes(state, x_api_key)
         if not x_api_key or not scopes:
             raise ApiError(401, "api_key_required", "X-API-Key: missing or unknown API key")

@@ -16,14 +16,22 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from server.errors import ApiError
+from server.services import core_sql
 
 log = logging.getLogger(__name__)
 _missing: set[str] = set()
 
 
+_found: dict[tuple[str, str], Any] = {}
+
+
 def _fn(module: str, name: str) -> Any:
+    hit = _found.get((module, name))
+    if hit is not None:  # resolved before: skip the import machinery on the hot path
+        return hit
     try:
-        return getattr(importlib.import_module(module), name)
+        _found[(module, name)] = fn = getattr(importlib.import_module(module), name)
+        return fn
     except (ImportError, AttributeError):
         if f"{module}.{name}" not in _missing:
             _missing.add(f"{module}.{name}")
@@ -73,7 +81,7 @@ def require_consents(session: Session, *, user_id: str, modalities: list[str], p
         for m in modalities:
             require_consent(session, user_id=user_id, modality=m, purpose=purpose)
         return
-    granted = set(session.scalars(_GRANTED, {"u": user_id, "p": purpose, "m": list(modalities)}).all()) \
+    granted = set(core_sql.execute(session, _GRANTED, {"u": user_id, "p": purpose, "m": list(modalities)}).scalars().all()) \
         if _GRANTED is not None else set()
     for m in modalities:
         if m not in granted:
@@ -87,9 +95,10 @@ def _granted_statement() -> Any:
         return None
     from sqlalchemy import bindparam, select
 
-    return select(ConsentRecord.modality).where(
-        ConsentRecord.user_id == bindparam("u"), ConsentRecord.purpose == bindparam("p"),
-        ConsentRecord.modality.in_(bindparam("m", expanding=True)), ConsentRecord.revoked_at.is_(None))
+    c = ConsentRecord.__table__.c
+    return select(c.modality).where(
+        c.user_id == bindparam("u"), c.purpose == bindparam("p"),
+        c.modality.in_(bindparam("m", expanding=True)), c.revoked_at.is_(None))
 
 
 _GRANTED = _granted_statement()

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import numpy as np
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from server.errors import ApiError
 from server.models import EvidenceSeen, SecurityFlag, User, utcnow
 from server.schemas import FeatureWindowIn
 from server.services import compliance_hooks as hooks
+from server.services import core_sql
 from server.services.scoring import ActiveScorer
 
 #: most events per second a human produces in a window (faster = scripted input)
@@ -60,14 +61,15 @@ def check_versions(modality: str, items: list[tuple[int, FeatureWindowIn]], acti
                            f"{field}[{i}].values: {modality} expects {dim} features, got {len(w.values)}")
 
 
-_SEEN = select(EvidenceSeen.window_hash).where(EvidenceSeen.window_hash.in_(bindparam("h", expanding=True)))
+_E = EvidenceSeen.__table__.c
+_SEEN = select(_E.window_hash).where(_E.window_hash.in_(bindparam("h", expanding=True)))
 
 
 def check_unseen(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]],
                  digests: list[str] | None = None) -> list[str]:
     """Hashes of the windows; raise `EvidenceReplay` if one was seen before (or twice here)."""
     digests = digests if digests is not None else [window_hash(w) for _, w in items]
-    seen = set(session.scalars(_SEEN, {"h": digests}).all()) if digests else set()
+    seen = set(core_sql.execute(session, _SEEN, {"h": digests}).scalars().all()) if digests else set()
     batch: set[str] = set()
     for (i, w), d in zip(items, digests):
         if d in seen or d in batch:
@@ -84,11 +86,14 @@ def claim_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureW
     return digests
 
 
+_SEEN_INSERT = EvidenceSeen.__table__.insert()
+
+
 def insert_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]], digests: list[str]) -> None:
     """Insert the hashes (the primary key refuses one seen before)."""
     if items:
         now = utcnow()
-        session.execute(insert(EvidenceSeen), [{"window_hash": d, "user_id": user_id, "modality": w.modality,
+        core_sql.execute(session, _SEEN_INSERT, [{"window_hash": d, "user_id": user_id, "modality": w.modality,
                                                 "seen_at": now} for (_, w), d in zip(items, digests)])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from fusion.policy import Decision, ModalityEvidence, decide
@@ -22,6 +22,7 @@ from server.errors import ApiError
 from server.models import SecurityFlag, Template, Transaction, User
 from server.schemas import AuthorizeRequest, FeatureWindowIn
 from server.services import compliance_hooks as hooks
+from server.services import core_sql
 from server.services.enrolment import current_template
 from server.services.evidence import (
     check_unseen,
@@ -36,10 +37,13 @@ from server.signing import make_token
 
 TOKEN_TTL_S = 300
 # built once: statement construction is a visible share of a request's CPU time
-_TX_BY_KEY = select(Transaction).where(Transaction.user_id == bindparam("u"), Transaction.idempotency_key == bindparam("k"))
-_TEMPLATE_INFO = select(Template.id, Template.modality, Template.feature_version, Template.feature_dim,
-                        Template.model_id, Template.updated_at).where(Template.user_id == bindparam("u"))
-_TEMPLATE_DATA = select(Template.data).where(Template.id == bindparam("id"))
+_TX = Transaction.__table__.c
+_TX_BY_KEY = select(_TX.request_hash, _TX.response).where(_TX.user_id == bindparam("u"), _TX.idempotency_key == bindparam("k"))
+_T = Template.__table__.c
+_TEMPLATE_INFO = select(_T.id, _T.modality, _T.feature_version, _T.feature_dim,
+                        _T.model_id, _T.updated_at).where(_T.user_id == bindparam("u"))
+_TEMPLATE_DATA = select(_T.data).where(_T.id == bindparam("id"))
+_TX_INSERT = Transaction.__table__.insert()
 
 
 def _template(session: Session, provider: ScorerProvider, active: ActiveScorer, user_id: str, modality: str,
@@ -52,7 +56,7 @@ def _template(session: Session, provider: ScorerProvider, active: ActiveScorer, 
     key = (info.id, str(info.updated_at), info.model_id)
     arrays = provider.templates.get(key)
     if arrays is None:
-        data = session.scalar(_TEMPLATE_DATA, {"id": info.id})
+        data = core_sql.execute(session, _TEMPLATE_DATA, {"id": info.id}).scalar()
         if data is None:  # erased between the two reads
             return None, None
         arrays = template_from_json(data)
@@ -66,7 +70,7 @@ def request_hash(body: AuthorizeRequest) -> str:
 
 def find_idempotent(session: Session, body: AuthorizeRequest, req_hash: str | None = None) -> dict[str, Any] | None:
     """The stored response for this (user, idempotency key), or 409 if the key was used for another body."""
-    tx = session.scalar(_TX_BY_KEY, {"u": body.user_id, "k": body.idempotency_key})
+    tx = core_sql.execute(session, _TX_BY_KEY, {"u": body.user_id, "k": body.idempotency_key}).first()
     if tx is None:
         return None
     if tx.request_hash != (req_hash or request_hash(body)):
@@ -103,7 +107,7 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
     """
     out = Assessment(user_id)
     groups = group_windows(windows)
-    infos = {r.modality: r for r in session.execute(_TEMPLATE_INFO, {"u": user_id})} if groups else {}
+    infos = {r.modality: r for r in core_sql.execute(session, _TEMPLATE_INFO, {"u": user_id})} if groups else {}
     prepared = []
     hooks.require_consents(session, user_id=user_id, modalities=list(groups))
     for modality, items in groups.items():
@@ -169,7 +173,8 @@ class Plan:
     decision: Decision | None = None
 
 
-_USER_STATE = select(User.locked, User.consecutive_failures).where(User.id == bindparam("u"))
+_U = User.__table__.c
+_USER_STATE = select(_U.locked, _U.consecutive_failures).where(_U.id == bindparam("u"))
 
 
 def _check_user(user: Any, body: AuthorizeRequest, lockout_failures: int) -> Any:
@@ -192,7 +197,7 @@ def plan_authorize(session: Session, provider: ScorerProvider, body: AuthorizeRe
     stored = find_idempotent(session, body, req_hash)
     if stored is not None:
         return Plan(stored=stored, request_hash=req_hash)
-    _check_user(session.execute(_USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
+    _check_user(core_sql.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
     a = assess_evidence(session, provider, body.user_id, body.evidence, persist_templates=False)
     return Plan(None, req_hash, a, decider(a.evidence, amount=float(body.amount)))
 
@@ -208,7 +213,7 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
     if plan.stored is not None:
         return plan.stored
     assert plan.assessment is not None and plan.decision is not None
-    user = _check_user(session.execute(_USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
+    user = _check_user(core_sql.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
     digests = record_evidence(session, plan.assessment, checked=True)
     decision, a = plan.decision, plan.assessment
     amount = f"{body.amount:.2f}"
@@ -230,7 +235,8 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
         "payee": body.payee, "reasons": reasons, "model_versions": a.models, "token": token,
         "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
-    session.execute(insert(Transaction).values(
+    # Core insert with bound parameters: `insert().values(...)` rebuilds a cache key per call
+    core_sql.execute(session, _TX_INSERT, dict(
         id=tx_id, user_id=body.user_id, device_id=device_id, idempotency_key=body.idempotency_key,
         request_hash=plan.request_hash, amount=amount, currency=body.currency, payee=body.payee,
         channel=body.channel, outcome=decision.outcome, status=status, risk=float(decision.risk),
