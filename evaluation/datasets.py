@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evaluation.progress import track
 from modalities.events import ANDROID_ACTION_MASK, AccelSeries, KeySequence, TouchStream
 
 log = logging.getLogger(__name__)
@@ -125,19 +126,6 @@ def _cached(path: Path, kind: str, parse: Callable[[Path], dict[str, np.ndarray]
     return arrays
 
 
-def _progress(items: list[tuple[int, Path]], label: str, show: bool) -> Iterable[tuple[int, Path]]:
-    if not show:
-        yield from items
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as progress:
-        task = progress.add_task(label, total=len(items))
-        for item in items:
-            yield item
-            progress.advance(task)
-
-
 def _select(files: dict[int, Path], subjects: Iterable[int] | None) -> list[tuple[int, Path]]:
     if subjects is None:
         return list(files.items())
@@ -196,7 +184,7 @@ def load_bbmas_keystrokes(
     """
     files = find_subject_files(data_dir, "keystroke")
     out: dict[int, KeySequence] = {}
-    for sid, path in _progress(_select(files, subjects), "keystrokes", progress):
+    for sid, path in track(_select(files, subjects), "keystrokes", progress):
         a = _cached(path, "keystroke", _parse_keystroke)
         out[sid] = KeySequence(a["keys"].astype(object), a["press"], a["release"])
     return out
@@ -277,7 +265,7 @@ def load_bbmas_touch(
     """
     files = find_subject_files(data_dir, "touch")
     out: dict[int, TouchStream] = {}
-    for sid, path in _progress(_select(files, subjects), "touch", progress):
+    for sid, path in track(_select(files, subjects), "touch", progress):
         a = _cached(path, "touch", _parse_touch)
         device = device_of(path, "touch")
         w, h = screen_size(device, a["x"], a["y"])
@@ -372,7 +360,7 @@ def load_bbmas_gait(
     """
     files = find_subject_files(data_dir, "gait")
     out: dict[int, GaitRecording] = {}
-    for sid, path in _progress(_select(files, subjects), "gait", progress):
+    for sid, path in track(_select(files, subjects), "gait", progress):
         a = _cached(path, "gait", _parse_gait)
         xyz, units = to_ms2(a["xyz"])
         device = device_of(path, "gait")

@@ -52,6 +52,7 @@ def bench_rl(ctx: BenchContext) -> BenchOutput:
     from continuous.hyperparams import load_config
     from evaluation.bench import BenchError
     from evaluation.datasets import load_bbmas_keystrokes
+    from evaluation.progress import track
     from evaluation.protocols import ScoreTable
 
     torch.set_num_threads(1)
@@ -83,7 +84,7 @@ def bench_rl(ctx: BenchContext) -> BenchOutput:
         ks = keystroke_scorer(fold.train_dir, population)
         scorer_names.append({"fold": fold.index, "scorer": ks.name, "note": ks.note})
         pool = sorted(set(owners) | set(population))
-        for owner in _progress(owners, f"rl fold {fold.index}", ctx.progress):
+        for owner in track(owners, f"rl fold {fold.index}", ctx.progress):
             rng = np.random.default_rng([ctx.seed, owner, 3])
             users_a = subjects_excluding(population, owner, k, rng)
             users_b = subjects_excluding(owners, owner, k, rng)
@@ -150,15 +151,3 @@ def bench_rl(ctx: BenchContext) -> BenchOutput:
     return BenchOutput(protocol=protocol, train_subjects=sorted(population_all), eval_subjects=sorted(owners_all),
                        scores=table, primary="pooled", row_extra=row_extra, extra=extra)
 
-
-def _progress(items: list[int], label: str, show: bool) -> Any:
-    if not show:
-        yield from items
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as progress:
-        task = progress.add_task(label, total=len(items))
-        for it in items:
-            yield it
-            progress.advance(task)

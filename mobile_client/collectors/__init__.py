@@ -9,7 +9,7 @@ accelerometers in `accelerometer`, and `replay` plays recordings through the sam
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol, Union, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
 from modalities.events import AccelSample, KeyEvent, TouchEvent
 
@@ -31,6 +31,43 @@ class Collector(Protocol):
 
     def stop(self) -> None:
         """Stop capture and release the sensor (idempotent)."""
+
+
+class WindowCollector:
+    """Lifecycle shared by collectors that listen to Kivy window events.
+
+    Subclasses set `modality` and return their handlers from `_bindings()`; start/stop bind
+    and unbind them exactly once, and `_on_stop()` clears per-capture state.
+    """
+
+    modality: str
+
+    def __init__(self, window: Any) -> None:
+        self.window = window
+        self._sink: Sink | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._sink is not None
+
+    def _bindings(self) -> dict[str, Callable[..., Any]]:
+        raise NotImplementedError
+
+    def _on_stop(self) -> None:
+        """Forget per-capture state (default: nothing)."""
+
+    def start(self, sink: Sink) -> None:
+        if self._sink is not None:
+            return
+        self._sink = sink
+        self.window.bind(**self._bindings())
+
+    def stop(self) -> None:
+        if self._sink is None:
+            return
+        self.window.unbind(**self._bindings())
+        self._sink = None
+        self._on_stop()
 
 
 def modality_of(event: Event) -> str:

@@ -5,36 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from mobile_client.clock import Clock, monotonic
-from mobile_client.collectors import Sink
+from mobile_client.collectors import WindowCollector
 from mobile_client.collectors.keys import KeyPairer
 
 
-class KeyboardCollector:
+class KeyboardCollector(WindowCollector):
     """Binds the window's key events (before any widget sees them) and emits `KeyEvent`s."""
 
     modality = "keystroke"
 
     def __init__(self, window: Any, clock: Clock = monotonic) -> None:
-        self.window = window
+        super().__init__(window)
         self.clock = clock
         self._pairer = KeyPairer()
-        self._sink: Sink | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._sink is not None
-
-    def start(self, sink: Sink) -> None:
-        if self._sink is not None:
-            return
-        self._sink = sink
-        self.window.bind(on_key_down=self._on_down, on_key_up=self._on_up, on_textinput=self._on_text)
-
-    def stop(self) -> None:
-        if self._sink is None:
-            return
-        self.window.unbind(on_key_down=self._on_down, on_key_up=self._on_up, on_textinput=self._on_text)
-        self._sink = None
+    def _bindings(self) -> dict[str, Any]:
+        return {"on_key_down": self._on_down, "on_key_up": self._on_up, "on_textinput": self._on_text}
 
     def _name(self, key: int) -> str:
         from kivy.core.window import Keyboard

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mobile_client.clock import Clock, monotonic
-from mobile_client.collectors import Sink
+from mobile_client.collectors import WindowCollector
 from modalities.events import TouchAction, TouchEvent
 
 #: contact size reported when the platform gives none (pixels); marks the field as unknown
@@ -21,32 +21,20 @@ def touch_event(*, t: float, x: float, y: float, window_height: float, window_wi
                       pointer_id=pointer_id, screen_width=window_width, screen_height=window_height)
 
 
-class TouchCollector:
+class TouchCollector(WindowCollector):
     """Binds the window's touch events; pointer ids are small integers as on Android."""
 
     modality = "touch"
 
     def __init__(self, window: Any, clock: Clock = monotonic) -> None:
-        self.window = window
+        super().__init__(window)
         self.clock = clock
-        self._sink: Sink | None = None
         self._pointers: dict[Any, int] = {}
 
-    @property
-    def running(self) -> bool:
-        return self._sink is not None
+    def _bindings(self) -> dict[str, Any]:
+        return {"on_touch_down": self._down, "on_touch_move": self._move, "on_touch_up": self._up}
 
-    def start(self, sink: Sink) -> None:
-        if self._sink is not None:
-            return
-        self._sink = sink
-        self.window.bind(on_touch_down=self._down, on_touch_move=self._move, on_touch_up=self._up)
-
-    def stop(self) -> None:
-        if self._sink is None:
-            return
-        self.window.unbind(on_touch_down=self._down, on_touch_move=self._move, on_touch_up=self._up)
-        self._sink = None
+    def _on_stop(self) -> None:
         self._pointers.clear()
 
     def _emit(self, touch: Any, action: TouchAction, pid: int) -> None:
