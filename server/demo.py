@@ -20,7 +20,7 @@ import numpy as np
 from cadence.settings import get_settings
 from modalities.events import MODALITIES, FeatureWindow
 from server.client.api import DeviceClient
-from server.client.features import features_for
+from server.client.features import SWIPES_PER_WINDOW, evidence_unit, features_for
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,8 @@ def fit_calibration(background: list[Person], registry_root: Path | None) -> Any
                 if not b.probes[m]:
                     continue
                 s = scorer.compare(tpl, np.vstack([w.values for w in b.probes[m]]))
+                k = SWIPES_PER_WINDOW if m == "touch" else 1  # calibrate the unit a decision sends
+                s = s[: s.size // k * k].reshape(-1, k).mean(axis=1)
                 (gen if a is b else imp).extend(s.tolist())
         if len(gen) >= 5 and len(imp) >= 5:
             engine.fit_modality(m, genuine=np.asarray(gen), impostor=np.asarray(imp))
@@ -150,7 +152,7 @@ def run_scenario(base_url: str, genuine: Person, impostor: Person, *, user_id: s
             dev.enrol(genuine.enrol[m])
         for who, person in (("genuine", genuine), ("impostor", impostor)):
             for i, amount in enumerate(amounts):
-                evidence = [person.probes[m][i % len(person.probes[m])] for m in MODALITIES if person.probes[m]]
+                evidence = [w for m in MODALITIES for w in evidence_unit(m, person.probes[m], i)]
                 resp = dev.authorize(amount=amount, payee="ACME-SHOP-42", evidence=evidence)
                 rows.append(DemoRow(user_id, f"{person.label} ({who})", who == "genuine", amount, resp["decision"],
                                     float(resp["risk"]), _reasons(resp)))

@@ -29,6 +29,7 @@ import numpy as np
 
 from modalities.events import MODALITIES, FeatureWindow
 from server.client.api import DeviceClient
+from server.client.features import evidence_unit
 from server.runner import free_port
 from server.signing import sign_request
 
@@ -170,7 +171,7 @@ def authorize_requests(pop: Population, n: int, *, tag: str = "") -> list[Prepar
         dev = pop.devices[k % len(pop.devices)]
         probes = pop.probes[dev.user_id]
         pop.issued += 1
-        evidence = [_shifted(probes[m][k % len(probes[m])], pop.issued) for m in MODALITIES]
+        evidence = [_shifted(w, pop.issued) for m in MODALITIES for w in evidence_unit(m, probes[m], k)]
         key = f"{tag}-{k}"
         payload = {"user_id": dev.user_id, "amount": "42.00", "currency": "EUR", "payee": "LOADTEST",
                    "channel": "app", "idempotency_key": key, "evidence": [w.to_dict() for w in evidence]}
