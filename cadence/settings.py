@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     port: int = 8000
     #: server: uvicorn worker processes for `cadence serve` (SQLite WAL serialises writers)
     api_workers: int = 1
+    #: server: threads per worker running the (synchronous) request handlers; more only adds
+    #: GIL contention and database connections, since SQLite serialises writers anyway
+    api_threads: int = Field(default=8, ge=1, le=256)
+    #: server: run the authorize handler on the event loop (None = when the database is SQLite)
+    api_inline_handlers: bool | None = None
     environment: str = "development"
     #: server: API keys -> scopes ("bank", "admin"); the defaults are development keys,
     #: refused outside development (set CADENCE_API_KEYS='{"<secret>": ["bank"]}')

@@ -75,5 +75,6 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
     extra["authorize_decisions"] = decisions
     protocol = {"kind": "open-loop load on loopback", "offered_rate_per_s": rate, "requests_per_phase": n,
                 "users": n_users, "evidence": "keystroke + touch + gait windows (SYNTHETIC)",
-                "database": "SQLite WAL (fresh)", "server": "cadence serve (uvicorn, 1 worker, own process)"}
+                "database": "SQLite WAL (fresh)", "server": f"cadence serve (uvicorn, {workers} workers, own processes)",
+                "load_generator": "server.rawhttp: pre-serialised requests over 32 keep-alive connections (uvloop)"}
     return BenchOutput(protocol=protocol, train_subjects=[], eval_subjects=[], rows=rows, extra=extra)

@@ -6,11 +6,12 @@ import hmac
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from cadence.db import transaction
 from cadence.settings import Settings
@@ -20,6 +21,8 @@ from server.errors import ApiError
 from server.metrics import Metrics
 from server.services.devices import RateLimiter, consume_nonce, verify_device_request
 from server.services.scoring import ScorerProvider
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,6 +47,22 @@ class AppState:
         """One write transaction (commit on success, rollback on error)."""
         with self.write_lock, transaction(self.sessions) as session:
             yield session
+    #: run hot synchronous handlers on the event loop itself instead of the thread pool
+    inline_handlers: bool = False
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a synchronous handler body: inline, or in the thread pool.
+
+        Inline suits the embedded SQLite store: statements are in-process and microseconds
+        long, writers are serialised anyway, and the thread hop (plus handing the GIL back
+        and forth with the event loop) was a third of an authorize call's latency. A network
+        database (PostgreSQL) keeps the thread pool so that one request's round trips do not
+        stall the others.
+        """
+        if self.inline_handlers:
+            return fn(*args)
+        return await run_in_threadpool(fn, *args)
+
     #: fusion + policy: `fusion.engine.FusionEngine.decide` when calibrated, else `fusion.policy.decide`
     decide: Callable[..., Decision] = policy_decide
     #: score -> calibrated LLR per modality evidence (identity without a calibration file)

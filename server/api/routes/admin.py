@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Path
 
 from server.api.deps import AdminKey, Uow
+from server.api.routing import CadenceRoute
 from server.errors import ApiError
 from server.models import User
 from server.services import compliance_hooks as hooks
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=CadenceRoute)
 UserId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from server.api.deps import BankKey, Uow
+from server.api.routing import CadenceRoute
 from server.schemas import DeviceOut, DeviceRegister
 from server.services.devices import register_device
 
-router = APIRouter(prefix="/v1/devices", tags=["devices"])
+router = APIRouter(prefix="/v1/devices", tags=["devices"], route_class=CadenceRoute)
 
 
 @router.post("", status_code=201, response_model=DeviceOut)

@@ -7,8 +7,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from server.api.deps import State
+from server.api.routing import CadenceRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=CadenceRoute)
 
 
 @router.get("/v1/health")

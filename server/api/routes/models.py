@@ -6,11 +6,12 @@ from fastapi import APIRouter, Path
 
 from modalities.registry import RegistryError
 from server.api.deps import AdminKey, State, Uow
+from server.api.routing import CadenceRoute
 from server.errors import ApiError
 from server.schemas import ActivateIn, ModelOut
 from server.services import compliance_hooks as hooks
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=CadenceRoute)
 ModalityPath = Path(pattern=r"^(keystroke|touch|gait)$")
 
 

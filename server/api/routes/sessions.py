@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Path
 
 from server.api.deps import Signed, State, same_user
+from server.api.routing import CadenceRoute
 from server.schemas import SessionCreate, SessionEvidence, SessionOut
 from server.services import sessions as svc
 from server.services.evidence import EvidenceReplay, record_replay
 
-router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=CadenceRoute)
 SessionId = Path(min_length=1, max_length=36)
 
 

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from server.api.deps import BankKey, Signed, State, Uow, same_user
+from server.api.deps import AppState, BankKey, DeviceRequest, Signed, State, Uow, same_user
+from server.api.routing import CadenceRoute
 from server.errors import ApiError
 from server.models import Transaction
 from server.schemas import AuthorizeRequest, AuthorizeResponse, StepUpComplete, TokenVerify
@@ -18,21 +19,27 @@ from server.services.evidence import EvidenceReplay, record_replay
 from server.services.transactions import find_idempotent
 from server.signing import SignatureError, b64e, verify_token
 
-router = APIRouter(prefix="/v1/transactions", tags=["transactions"])
+router = APIRouter(prefix="/v1/transactions", tags=["transactions"], route_class=CadenceRoute)
 TxId = Path(min_length=1, max_length=36)
 
 
 @router.post("/authorize", response_model=AuthorizeResponse)
-def authorize(body: AuthorizeRequest, req: Signed, state: State) -> Any:
+async def authorize(body: AuthorizeRequest, req: Signed, state: State) -> Any:
     """Decide a transaction from behavioural evidence; same idempotency key + body = same decision."""
+    out = await state.run(_authorize, body, req, state)
+    state.metrics.decisions.labels(out["decision"], out["tier"]).inc()
+    return JSONResponse(out)
+
+
+def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> dict[str, Any]:
     lockout = state.settings.lockout_failures
     try:
         with req.read() as session:  # scoring and fusion outside the write lock
             same_user(req.device, body.user_id)
             plan = svc.plan_authorize(session, state.provider, body, lockout_failures=lockout, decider=state.decide)
         with req.transaction() as session:
-            out = svc.commit_authorize(session, plan, state.signing_key, body, device_id=req.device.device_id,
-                                       lockout_failures=lockout, actor=req.actor)
+            return svc.commit_authorize(session, plan, state.signing_key, body, device_id=req.device.device_id,
+                                        lockout_failures=lockout, actor=req.actor)
     except EvidenceReplay as exc:
         record_replay(req.transaction, exc, req.actor)
         raise
@@ -43,9 +50,7 @@ def authorize(body: AuthorizeRequest, req: Signed, state: State) -> Any:
         if stored is None:  # not the key: the same evidence window raced in another request
             raise ApiError(409, "evidence_replay",
                            "evidence: a concurrent request carried the same window; replayed evidence is refused") from None
-        out = stored
-    state.metrics.decisions.labels(out["decision"], out["tier"]).inc()
-    return JSONResponse(out)
+        return stored
 
 
 @router.post("/{transaction_id}/step-up", response_model=AuthorizeResponse)

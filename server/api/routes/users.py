@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Path
 
 from server.api.deps import Signed, State, same_user
+from server.api.routing import CadenceRoute
 from server.schemas import ConsentIn, EnrolRequest, EnrolResponse
 from server.services import compliance_hooks as hooks
 from server.services.enrolment import enrol
 from server.services.evidence import EvidenceReplay, record_replay
 
-router = APIRouter(prefix="/v1/users", tags=["users"])
+router = APIRouter(prefix="/v1/users", tags=["users"], route_class=CadenceRoute)
 UserId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
 
 

@@ -1,0 +1,168 @@
+"""A lean HTTP/1.1 keep-alive client for load generation (asyncio protocol + httptools).
+
+Why not httpx: on the 2-core bench machine the load generator shares the cores with the
+server, and httpx's async client cost about 3 ms of CPU per request (as much as the server's
+own work), so the bench measured the two fighting for CPU. This client sends pre-serialised
+request bytes over a fixed pool of persistent connections, handed out first-in first-out so
+the load spreads over every connection (and so over every server worker), and parses
+responses with httptools (the parser uvicorn itself uses): tens of microseconds per request.
+It is for benchmarks and tests, not a general HTTP client (no redirects, TLS or chunked uploads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from urllib.parse import urlsplit
+
+import httptools
+
+
+def raw_request(method: str, url: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
+    """The exact bytes of one HTTP/1.1 request (serialised once, before any timing)."""
+    host = urlsplit(url).netloc
+    lines = [f"{method} {path} HTTP/1.1", f"host: {host}"]
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"content-length: {len(body)}")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items() if k.lower() not in ("host", "content-length")]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class _Connection(asyncio.Protocol):
+    """One persistent connection; at most one request in flight (no pipelining)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.chunks: list[bytes] = []
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.closed = False
+
+    # asyncio protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"bad HTTP response: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(exc or ConnectionResetError("server closed the connection"))
+
+    # httptools callbacks
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        body, self.chunks = b"".join(self.chunks), []
+        waiter, self.waiter = self.waiter, None
+        if not self.parser.should_keep_alive():
+            self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result((self.parser.get_status_code(), body))
+
+    def _fail(self, exc: BaseException) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def send(self, raw: bytes) -> asyncio.Future[tuple[int, bytes]]:
+        self.waiter = self.loop.create_future()
+        assert self.transport is not None
+        self.transport.write(raw)
+        return self.waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ConnectionPool:
+    """Up to `size` persistent connections to one host; idle ones are reused first-in first-out."""
+
+    def __init__(self, url: str, size: int) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.size = size
+        self.idle: deque[_Connection] = deque()
+        self.waiting: deque[asyncio.Future[_Connection | None]] = deque()
+        self.open = 0
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        self.open += 1
+        try:
+            _, conn = await loop.create_connection(lambda: _Connection(loop), self.host, self.port)
+        except BaseException:
+            self.open -= 1
+            self._wake_one()  # a waiter may now open its own connection
+            raise
+        return conn
+
+    async def warm(self) -> None:
+        """Open every connection up front (connecting is not part of what a phase measures)."""
+        conns = await asyncio.gather(*(self._connect() for _ in range(self.size - self.open)))
+        self.idle.extend(conns)
+
+    async def acquire(self) -> _Connection:
+        while self.idle:
+            conn = self.idle.popleft()
+            if not conn.closed:
+                return conn
+            self.open -= 1
+        if self.open < self.size:
+            return await self._connect()
+        fut: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        self.waiting.append(fut)
+        conn = await fut
+        return conn if conn is not None else await self.acquire()
+
+    def release(self, conn: _Connection) -> None:
+        if conn.closed:
+            self.open -= 1
+            self._wake_one()
+            return
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_result(conn)
+                return
+        self.idle.append(conn)
+
+    def _wake_one(self) -> None:
+        while self.waiting:
+            fut = self.waiting.popleft()
+            if not fut.done():
+                fut.set_result(None)  # no connection handed over: the waiter connects itself
+                return
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        """Send one serialised request; (status, body). Connection errors propagate."""
+        conn = await self.acquire()
+        try:
+            return await conn.send(raw)
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            self.release(conn)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """An event loop: uvloop when installed (uvicorn[standard] brings it), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

@@ -1,0 +1,167 @@
+"""The authorize hot path's plumbing.
+
+WAL checkpointing, the cross-process write lock, the load generator's HTTP client and the
+request-body parser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from cadence.db import make_engine
+from server.app import SQLiteWriteLock, create_app, write_lock
+from server.rawhttp import ConnectionPool, new_event_loop, raw_request
+from server.runner import free_port
+from server.wal import WalCheckpointer
+
+from .conftest import make_settings
+
+
+def _wal_frames(db: Path) -> int:
+    with sqlite3.connect(db, isolation_level=None) as c:
+        return int(c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+
+
+def _write_rows(engine, n: int) -> None:  # type: ignore[no-untyped-def]
+    for i in range(n):
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t (x) VALUES (:x)"), {"x": "y" * 200 + str(i)})
+
+
+def test_checkpointer_turns_off_auto_checkpoint_and_restarts_the_log(tmp_path: Path) -> None:
+    db = tmp_path / "w.sqlite"
+    engine = make_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x TEXT)"))
+    ck = WalCheckpointer(engine, write_lock(engine), interval_s=3600)
+    ck.start(engine)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+        _write_rows(engine, 1500)  # ~1500 frames: past SQLite's 1000-page default, never checkpointed
+        assert _wal_frames(db) >= 1500
+        ck.tick(restart=True)
+        _write_rows(engine, 1)
+        assert _wal_frames(db) <= 4  # the next writer restarted the log
+    finally:
+        ck.stop()
+        engine.dispose()
+    with engine.connect() as conn:  # once stopped, new connections get SQLite's default again
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+    engine.dispose()
+
+
+def test_only_one_process_checkpoints_a_database(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    a, b = WalCheckpointer(engine), WalCheckpointer(engine)
+    try:
+        assert a._own() and not b._own()
+    finally:
+        a.stop(), b.stop()
+        if a._owner_fd is not None:
+            import os
+
+            os.close(a._owner_fd)
+        engine.dispose()
+
+
+def _try_flock(path: str, q: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        q.put("acquired")
+    except OSError:
+        q.put("blocked")
+    finally:
+        os.close(fd)
+
+
+def test_write_lock_excludes_other_processes(tmp_path: Path) -> None:
+    db = tmp_path / "w.sqlite"
+    lock = SQLiteWriteLock(str(db))
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    with lock:
+        p = ctx.Process(target=_try_flock, args=(f"{db}.write-lock", q))
+        p.start()
+        p.join(60)
+        assert q.get(timeout=10) == "blocked"
+    p = ctx.Process(target=_try_flock, args=(f"{db}.write-lock", q))
+    p.start()
+    p.join(60)
+    assert q.get(timeout=10) == "acquired"
+
+
+def test_write_lock_is_a_no_op_off_sqlite_and_a_thread_lock_in_memory() -> None:
+    engine = make_engine("sqlite:///:memory:")
+    assert not isinstance(write_lock(engine), SQLiteWriteLock)
+    with write_lock(engine):
+        pass
+    engine.dispose()
+
+
+def test_raw_http_pool_talks_to_a_real_server_and_reports_a_dead_one(tmp_path: Path) -> None:
+    import threading
+
+    import uvicorn
+
+    app = create_app(make_settings(tmp_path))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async def go() -> list[tuple[int, bytes]]:
+            for _ in range(200):
+                if server.started:
+                    break
+                await asyncio.sleep(0.05)
+            pool = ConnectionPool(url, 3)
+            await pool.warm()
+            out = await asyncio.gather(*(pool.request(raw_request("GET", url, "/v1/health")) for _ in range(10)))
+            bad = await pool.request(raw_request("POST", url, "/v1/transactions/authorize", b"{not json",
+                                                 {"content-type": "application/json"}))
+            pool.close()
+            return [*out, bad]
+
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            answers = runner.run(go())
+        assert all(status == 200 and json.loads(body) == {"status": "ok"} for status, body in answers[:10])
+        assert answers[10][0] in (401, 422)  # refused with a reason, never a crash
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+    async def dead() -> None:
+        pool = ConnectionPool(url, 1)
+        await pool.request(raw_request("GET", url, "/v1/health"))
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner, pytest.raises(OSError):
+        runner.run(dead())
+
+
+def test_invalid_json_body_is_a_field_named_422(client: TestClient) -> None:
+    r = client.post("/v1/transactions/authorize", content=b'{"user_id": "u", ', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["code"] == "validation_error" and "JSON" in r.json()["detail"]
+
+
+def test_nan_in_a_feature_is_parsed_and_then_refused_by_validation(client: TestClient) -> None:
+    """pydantic-core's parser keeps NaN (like json.loads) so validation names the field."""
+    body = b'{"user_id": "u", "amount": "1.00", "currency": "EUR", "payee": "p", "channel": "app", ' \
+           b'"idempotency_key": "k", "evidence": [{"modality": "keystroke", "features": [NaN], ' \
+           b'"feature_version": "1", "start": 0, "end": 1}]}'
+    r = client.post("/v1/transactions/authorize", content=body, headers={"content-type": "application/json"})
+    assert r.status_code in (401, 422), r.text
