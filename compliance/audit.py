@@ -21,11 +21,11 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import Table, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -185,8 +185,8 @@ def append_audit(
 
 _HEAD_FOR_UPDATE = select(AuditHead.__table__.c.seq, AuditHead.__table__.c.hash).where(
     AuditHead.__table__.c.id == 1).with_for_update()
-_ENTRY_INSERT = AuditEntry.__table__.insert()
-_HEAD_UPDATE = AuditHead.__table__.update().where(AuditHead.__table__.c.id == 1).values(
+_ENTRY_INSERT = cast(Table, AuditEntry.__table__).insert()
+_HEAD_UPDATE = cast(Table, AuditHead.__table__).update().where(AuditHead.__table__.c.id == 1).values(
     seq=bindparam("s"), hash=bindparam("h"))
 
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,11 @@ def keycode(name: str) -> tuple[int, str | None]:
     if len(name) == 1:
         return ord(name.lower()), name
     raise ValueError(f"key: no key code for {name!r}")
+
+
+def _decided(pay: Any) -> bool:
+    """The payment screen shows a decision or an error."""
+    return bool(pay.phase == "result" or pay.error)
 
 
 class Tour:
@@ -95,11 +101,11 @@ class Tour:
 
         base = self.clock() + 0.5
         timeline: list[tuple[float, int, str]] = []
-        for i, (_k, p, r) in enumerate(keys):
-            timeline += [(p, 0, f"{i}"), (r, 1, f"{i}")]
+        for n, (_k, p, r) in enumerate(keys):
+            timeline += [(p, 0, f"{n}"), (r, 1, f"{n}")]
         timeline.sort()
-        for t, kind, i in timeline:
-            name = keys[int(i)][0]
+        for t, kind, idx in timeline:
+            name = keys[int(idx)][0]
             code, text = keycode(name)
             self.clock.set(max(self.clock(), base + t))
             if kind == 0:
@@ -262,7 +268,7 @@ class Tour:
             if i == 0:
                 yield from self.shot("08-transaction")
             yield from self.tap(pay.ids.pay)
-            yield from self.wait_for(lambda pay=pay: pay.phase == "result" or bool(pay.error), "decision")
+            yield from self.wait_for(partial(_decided, pay), "decision")
             if pay.phase != "result":
                 raise RuntimeError(f"payment failed: {pay.error}")
             yield 3

@@ -120,8 +120,8 @@ class ConnectionPool:
             return await self._connect()
         fut: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self.waiting.append(fut)
-        conn = await fut
-        return conn if conn is not None else await self.acquire()
+        handed = await fut
+        return handed if handed is not None else await self.acquire()
 
     def release(self, conn: _Connection) -> None:
         if conn.closed:

@@ -15,10 +15,10 @@ from typing import Any
 
 from mobile_client.clock import Clock, monotonic
 from mobile_client.collectors import Event, Sink
-from modalities.events import AccelSeries, KeySequence, TouchStream
+from modalities.events import AccelSeries, KeyEvent, KeySequence, TouchStream
 
 Recording = KeySequence | TouchStream | AccelSeries
-Scheduler = Callable[[Callable[[float], None], float], Any]
+Scheduler = Callable[[Callable[[float], bool | None], float], Any]
 
 
 def events_of(rec: Recording) -> list[Event]:
@@ -40,9 +40,9 @@ def shifted(ev: Event, offset: float) -> Event:
     """The same event `offset` seconds later."""
     from dataclasses import replace
 
-    if hasattr(ev, "press"):
-        return replace(ev, press=ev.press + offset, release=ev.release + offset)  # type: ignore[union-attr]
-    return replace(ev, time=ev.time + offset)  # type: ignore[union-attr]
+    if isinstance(ev, KeyEvent):
+        return replace(ev, press=ev.press + offset, release=ev.release + offset)
+    return replace(ev, time=ev.time + offset)
 
 
 class ReplaySource:

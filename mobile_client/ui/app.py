@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kivy.app import App
 from kivy.core.window import Window
@@ -24,6 +24,9 @@ from mobile_client.controllers.privacy import PrivacyController
 from mobile_client.controllers.transaction import TransactionController
 from mobile_client.services import AppServices
 from mobile_client.ui import screens, theme
+
+if TYPE_CHECKING:
+    from modalities.events import KeyEvent
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +152,7 @@ class CadenceApp(App):
         p = self.services.profile
         if not (superlink and p.federated and can_run_flower() and p.consented("keystroke", "federated_training")):
             return
-        windows = features.keystroke_windows(self.services.store.read("keystroke"))
+        windows = features.keystroke_windows(cast("list[KeyEvent]", self.services.store.read("keystroke")))
         try:
             self.supernode = start_supernode(superlink, self.services.data_dir / "federated", windows, "keystroke",
                                              int(os.environ.get("CADENCE_SUPERNODE_PORT", "9401")))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
@@ -94,7 +94,7 @@ def _key_scopes(state: AppState, key: str | None) -> set[str]:
     return set()
 
 
-def require_scope(scope: str) -> Callable[..., str]:
+def require_scope(scope: str) -> Callable[..., Awaitable[str]]:
     async def dep(state: State, x_api_key: Annotated[str | None, Header()] = None) -> str:
         scopes = _key_scopes(state, x_api_key)
         if not x_api_key or not scopes:

@@ -7,8 +7,9 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import Table, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -69,7 +70,7 @@ def verify_device_request(session: Session, *, device_id: str | None, timestamp:
     if not device_id:
         raise ApiError(401, "device_required", "X-Cadence-Device: header missing")
     row = core_sql.execute(session, _DEVICE_KEY, {"d": device_id}).first()
-    dev = DeviceKey(*row) if row is not None else None
+    dev = DeviceKey(*row) if row is not None else None  # type: ignore[call-arg]  # a Row of its four columns
     if dev is None or not dev.active:
         raise ApiError(401, "unknown_device", f"X-Cadence-Device: device {device_id!r} is not registered")
     if not require_signature:
@@ -124,7 +125,7 @@ PRUNE_EVERY = 1000
 _calls = itertools.count(1)
 
 
-_NONCE_INSERT = RequestNonce.__table__.insert()
+_NONCE_INSERT = cast(Table, RequestNonce.__table__).insert()
 
 
 def consume_nonce(session: Session, device_id: str, nonce: str, timestamp: float, *, max_skew_s: int = 300) -> None:

@@ -7,9 +7,10 @@ import json
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import cast
 
 import numpy as np
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from server.errors import ApiError
@@ -86,7 +87,7 @@ def claim_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureW
     return digests
 
 
-_SEEN_INSERT = EvidenceSeen.__table__.insert()
+_SEEN_INSERT = cast(Table, EvidenceSeen.__table__).insert()
 
 
 def insert_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]], digests: list[str]) -> None:

@@ -9,11 +9,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from fusion.policy import Decision, ModalityEvidence, decide
@@ -43,7 +43,7 @@ _T = Template.__table__.c
 _TEMPLATE_INFO = select(_T.id, _T.modality, _T.feature_version, _T.feature_dim,
                         _T.model_id, _T.updated_at).where(_T.user_id == bindparam("u"))
 _TEMPLATE_DATA = select(_T.data).where(_T.id == bindparam("id"))
-_TX_INSERT = Transaction.__table__.insert()
+_TX_INSERT = cast(Table, Transaction.__table__).insert()
 
 
 def _template(session: Session, provider: ScorerProvider, active: ActiveScorer, user_id: str, modality: str,
