@@ -37,11 +37,14 @@ def serve(
     finally:
         engine.dispose()
     host, port = host or settings.host, port or settings.port
+    # access lines are logged at INFO: above that, skip building them (a visible share of a request)
+    access_log = log_level.lower() in ("trace", "debug", "info")
     try:
         if workers == 1:
-            uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive)
+            uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive,
+                        access_log=access_log)
         else:  # each worker builds its own app from the same CADENCE_* settings
             uvicorn.run("server.app:create_app", factory=True, host=host, port=port, workers=workers,
-                        log_level=log_level, timeout_keep_alive=keep_alive)
+                        log_level=log_level, timeout_keep_alive=keep_alive, access_log=access_log)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
