@@ -1,6 +1,7 @@
 """Flower ClientApp (Message API): one device, one person's feature windows. Wiring only.
 
-Handlers: ``query`` returns this device's feature sums (for the population scaling),
+Handlers: ``query`` returns this device's feature sums (for the population scaling) and its opaque
+device key (`task.device_key`, by which the server orders slots),
 ``train`` runs local training from the global model (`federated.task.train`), ``evaluate``
 reports on-device loss/accuracy. Client-side DP clipping is a mod that acts only when the
 server asks for it. Start with ``flwr-clientapp`` via a SuperNode, or in simulation.
@@ -48,7 +49,8 @@ def make_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
         cfg = msg.content["config"]
         n, s, ss = task.feature_sums(windows(context, cfg))
         content = RecordDict({"sums": ArrayRecord({"sum": Array(s), "sumsq": Array(ss)}),
-                              "metrics": MetricRecord({"num-examples": n})})
+                              "metrics": MetricRecord({"num-examples": n}),
+                              "device": ConfigRecord({"key": task.device_key(dict(context.node_config))})})
         return Message(content=content, reply_to=msg)
 
     @app.train()

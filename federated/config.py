@@ -14,6 +14,7 @@ from typing import Any
 from federated.features import check_modality
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "trimmed-mean", "krum")
+WEIGHTINGS = ("unit", "num-examples")
 
 
 class SettingsError(ValueError):
@@ -28,6 +29,11 @@ class RunSettings:
     num_server_rounds: int = 3
     strategy: str = "fedavg"
     fraction_train: float = 1.0
+    #: how mean-based strategies weigh device updates: "unit" (each device's one-epoch update
+    #: already grows with its window count, so equal weights match the pooled objective where
+    #: every window counts once) or "num-examples" (classic FedAvg; a device with twice the
+    #: windows then counts four times). DP always uses unit weights.
+    weighting: str = "unit"
     min_nodes: int = 2
     local_epochs: int = 1
     lr: float = 0.05
@@ -44,6 +50,9 @@ class RunSettings:
     noise_multiplier: float = 1.0
     clipping_norm: float = 1.0
     dp_delta: float = 1e-3
+    #: >= 0: seed the server's DP noise (benchmarks only: anyone who knows the seed can take
+    #: the noise off again, so there is no privacy); -1 (default): fresh OS entropy
+    dp_noise_seed: int = -1
     num_shares: int = 3
     reconstruction_threshold: int = 2
     feature_dir: str = ""
@@ -77,6 +86,8 @@ class RunSettings:
                            ("hidden", self.hidden, 1), ("num-slots", self.num_slots, 2)):
             if v < lo:
                 raise SettingsError(f"{key}: must be >= {lo}, got {v}")
+        if self.weighting not in WEIGHTINGS:
+            raise SettingsError(f"weighting: unknown {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
         if not 0 < self.fraction_train <= 1:
             raise SettingsError(f"fraction-train: must be in (0, 1], got {self.fraction_train}")
         if self.lr <= 0 or self.clipping_norm <= 0 or self.noise_multiplier < 0:

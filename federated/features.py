@@ -175,9 +175,24 @@ def write_device_file(path: str | os.PathLike[str], X: np.ndarray, spec: Feature
     return p
 
 
+def device_file_name(subject: int) -> str:
+    """File name of a subject's device file (``device-<subject>.npz``)."""
+    return f"device-{int(subject)}.npz"
+
+
+def device_order(subjects: Iterable[int]) -> list[int]:
+    """Subjects in the order a simulation numbers their device files (partition ids sort file names).
+
+    Slots follow that order (`federated.task.device_key`), so central training given the same
+    order puts every subject on the same prototype as the federated run.
+    """
+    return sorted(subjects, key=device_file_name)
+
+
 def write_device_files(folder: str | os.PathLike[str], windows: dict[int, np.ndarray], spec: FeatureSpec) -> list[Path]:
-    """One ``device-<subject>.npz`` per subject in `folder`, sorted by subject id."""
-    return [write_device_file(Path(folder) / f"device-{sid}.npz", X, spec, sid) for sid, X in sorted(windows.items())]
+    """One ``device-<subject>.npz`` per subject in `folder`, in `device_order`."""
+    return [write_device_file(Path(folder) / device_file_name(sid), windows[sid], spec, sid)
+            for sid in device_order(windows)]
 
 
 def read_device_file(path: str | os.PathLike[str], modality: str | None = None) -> np.ndarray:

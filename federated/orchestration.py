@@ -90,8 +90,13 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
-def population_scaling(grid: Grid, nodes: list[int], s: RunSettings) -> task.Normaliser:
-    """One query round: each device returns (n, sum, sum of squares); the server keeps the total."""
+def population_scaling(grid: Grid, nodes: list[int], s: RunSettings,
+                       keys: dict[int, str] | None = None) -> task.Normaliser:
+    """One query round: each device returns (n, sum, sum of squares); the server keeps the total.
+
+    Devices also return their opaque key (`task.device_key`); with `keys` given, node id ->
+    key is written there (slot order, `SlotAssigner.assign`).
+    """
     msgs = [Message(RecordDict({"config": ConfigRecord({"modality": s.modality})}), dst_node_id=nid,
                     message_type=MessageType.QUERY) for nid in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=s.round_timeout))
@@ -102,6 +107,10 @@ def population_scaling(grid: Grid, nodes: list[int], s: RunSettings) -> task.Nor
     dims = {r.content["sums"]["sum"].numpy().shape for r in replies}
     if len(dims) != 1:
         raise FederatedRunError(f"data: devices hold windows of different sizes {sorted(dims)}")
+    if keys is not None:
+        for r in replies:
+            dev = r.content.get("device")
+            keys[r.metadata.src_node_id] = str(dev.get("key", "")) if dev is not None else ""
     total = sum(r.content["sums"]["sum"].numpy().astype(np.float64) for r in replies)
     total_sq = sum(r.content["sums"]["sumsq"].numpy().astype(np.float64) for r in replies)
     return task.Normaliser.from_sums(n, total, total_sq)
@@ -113,11 +122,13 @@ def run_training(grid: Grid, s: RunSettings) -> RunOutcome:
     t0 = time.perf_counter()
     status.update(state="waiting", modality=s.modality, strategy=s.strategy, num_rounds=s.num_server_rounds, round=0)
     nodes = wait_for_nodes(grid, s.min_nodes, s.round_timeout)
-    norm = population_scaling(grid, nodes, s)
+    keys: dict[int, str] = {}
+    norm = population_scaling(grid, nodes, s, keys)
     spec = feature_spec(s.modality)
     if norm.mean.shape[0] != spec.dim:
         raise FederatedRunError(f"data: devices hold {norm.mean.shape[0]}-d windows, {s.modality} features are {spec.dim}-d")
     strategy = build_strategy(s, len(nodes))
+    strategy.assign(keys)  # slots in device-key order: the same device, the same prototype, every run
     init = task.initial_weights(spec.dim, s.hidden, s.seed)
     nbytes = task.weights_nbytes(init)
     train_cfg = ConfigRecord({

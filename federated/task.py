@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -222,9 +223,16 @@ def test(net: EmbeddingNet, X: np.ndarray, slot: int, protos: np.ndarray) -> dic
 
 
 def train_central(windows: dict[int, np.ndarray], *, epochs: int, cfg: TrainConfig, num_slots: int = NUM_SLOTS,
-                  hidden: int = HIDDEN) -> tuple[dict[str, np.ndarray], Normaliser]:
-    """The same model and loss trained on pooled windows (one slot per training subject)."""
-    subs = sorted(windows)
+                  hidden: int = HIDDEN, order: Sequence[int] | None = None) -> tuple[dict[str, np.ndarray], Normaliser]:
+    """The same model and loss trained on pooled windows (one slot per training subject).
+
+    `order[i]` is the subject on slot i (default: sorted ids). Given the federated run's slot
+    order (`federated.features.device_order`) and seed, central and federated training start
+    from the same weights with every person on the same prototype: a paired comparison.
+    """
+    subs = list(order) if order is not None else sorted(windows)
+    if sorted(subs) != sorted(windows):
+        raise ValueError("order: must list every training subject once")
     if len(subs) > num_slots:
         raise ValueError(f"num-slots: {len(subs)} training subjects need at least as many slots, got {num_slots}")
     X = np.vstack([windows[s] for s in subs])
@@ -258,6 +266,25 @@ def device_file(node_config: dict, feature_dir: str = "") -> str:
             raise DeviceDataError(f"partition-id: {pid} but {len(files)} device files in {feature_dir}")
         return str(files[pid])
     raise DeviceDataError("data: this SuperNode has no device data (start it with --node-config 'data=\"FILE.npz\"')")
+
+
+def device_key(node_config: dict) -> str:
+    """A stable, opaque key of this device, by which the server orders devices to hand out slots.
+
+    Node config ``device-key`` if the operator set one; else the simulation's partition id
+    (zero-padded, so devices sort as their files do); else a SHA-256 digest of the data path
+    (the path itself never leaves the device). The same device gets the same key every run,
+    so slot assignment, and with it the whole run, does not depend on the random node ids.
+    """
+    import hashlib
+
+    if str(node_config.get("device-key", "")):
+        return "key-" + hashlib.sha256(str(node_config["device-key"]).encode()).hexdigest()[:32]
+    if "partition-id" in node_config:
+        return f"partition-{int(node_config['partition-id']):09d}"
+    if str(node_config.get("data", "")):
+        return "data-" + hashlib.sha256(str(node_config["data"]).encode()).hexdigest()[:32]
+    return ""
 
 
 def load_device_windows(node_config: dict, modality: str, feature_dir: str = "") -> np.ndarray:

@@ -2,7 +2,7 @@
 
 A recipe turns `RunSettings` into a Flower Message-API strategy (`flwr.serverapp.strategy`).
 Recipes configure Flower's own, tested aggregation code; what Cadence adds is the choice of
-weights (equal weights under DP), and the wrappers in `slots.py` and `dp.py`.
+weights (`weighting`; equal weights under DP), and the wrappers in `slots.py` and `dp.py`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ class StrategyRecipe(ABC):
             "min_train_nodes": s.min_nodes,
             "min_evaluate_nodes": 0,
             "min_available_nodes": s.min_nodes,
-            # DP needs every device to weigh the same (sensitivity C/m); otherwise by windows
-            "weighted_by_key": "unit-weight" if s.dp else "num-examples",
+            # DP needs every device to weigh the same (sensitivity C/m); otherwise `weighting`
+            "weighted_by_key": "unit-weight" if s.dp or s.weighting == "unit" else "num-examples",
         }
 
     @abstractmethod

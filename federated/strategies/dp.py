@@ -4,6 +4,8 @@ Devices clip their update to `clipping-norm` (``fixedclipping_mod``, applied onl
 train config carries a clipping norm); the server adds Gaussian noise ``z * C / m`` to the
 average of the `m` sampled devices (Flower's `DifferentialPrivacyClientSideFixedClipping`).
 The epsilon spent is computed by `federated.privacy` (see there for the assumptions).
+With ``dp-noise-seed`` >= 0 (benchmarks only) the noise comes from a seeded generator, so a
+bench run is reproducible; a known seed lets anyone remove the noise, so never in deployment.
 """
 
 from __future__ import annotations
@@ -25,9 +27,35 @@ def wrap_dp(strategy: Any, s: RunSettings, num_nodes: int, *, robust: bool) -> A
         raise DPError(f"strategy: DP noise is calibrated to a mean; use fedavg or fedprox, not {s.strategy}")
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
 
-    return DifferentialPrivacyClientSideFixedClipping(strategy, noise_multiplier=s.noise_multiplier,
-                                                      clipping_norm=s.clipping_norm,
-                                                      num_sampled_clients=sampled_per_round(s, num_nodes))
+    kwargs = {"noise_multiplier": s.noise_multiplier, "clipping_norm": s.clipping_norm,
+              "num_sampled_clients": sampled_per_round(s, num_nodes)}
+    if s.dp_noise_seed < 0:
+        return DifferentialPrivacyClientSideFixedClipping(strategy, **kwargs)
+    return _seeded(DifferentialPrivacyClientSideFixedClipping)(strategy, rng_seed=s.dp_noise_seed, **kwargs)
+
+
+def _seeded(base: type) -> type:
+    """`base` (a Flower fixed-clipping DP strategy) drawing its Gaussian noise from a seeded generator.
+
+    Flower draws from numpy's global generator; a reproducible benchmark needs its own. The
+    noise is the same distribution (std ``z * C / m``, `compute_stdv`), only its source differs.
+    """
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+    from flwr.supercore.differential_privacy import compute_stdv
+
+    class SeededNoise(base):  # type: ignore[misc, valid-type]
+        def __init__(self, strategy: Any, *, rng_seed: int, **kwargs: Any) -> None:
+            super().__init__(strategy, **kwargs)
+            self.rng = np.random.default_rng(rng_seed)
+
+        def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
+            std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
+            return ArrayRecord({k: Array((v.numpy() + self.rng.normal(0.0, std, v.numpy().shape)).astype(v.numpy().dtype))
+                                for k, v in aggregated_arrays.items()})
+
+    SeededNoise.__name__ = SeededNoise.__qualname__ = f"Seeded{base.__name__}"
+    return SeededNoise
 
 
 def sampled_per_round(s: RunSettings, num_nodes: int) -> int:

@@ -2,8 +2,11 @@
 
 Wraps any strategy: the inner strategy builds the round's messages (one shared config), and
 this wrapper gives each destination node a private copy of the config with ``slot`` added.
-Slots are handed out in order of first appearance and kept for the whole run, so a device
-keeps its prototype across rounds. The slot is an index, not data about the person.
+Slots are handed out in the order of the devices' opaque keys (`assign`, from the scaling
+round; `federated.task.device_key`), so the same devices get the same prototypes in every
+run whatever node ids Flower draws; devices without a key, or that join later, get the next
+free slot in node-id order. A device keeps its prototype across rounds. The slot is an
+index, not data about the person.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ class SlotAssigner(Strategy):
         self.strategy = strategy
         self.num_slots = num_slots
         self.slots: dict[int, int] = {}
+
+    def assign(self, keys: dict[int, str]) -> None:
+        """Give slots to `keys`' nodes in order of (key, node id); keyless nodes come last."""
+        for node in sorted(keys, key=lambda n: (keys[n] == "", keys[n], n)):
+            self.slot_of(node)
 
     def slot_of(self, node_id: int) -> int:
         if node_id not in self.slots:
@@ -55,7 +63,13 @@ class SlotAssigner(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round, replies)
+        # replies arrive in whatever order devices finish; summing them in slot order makes the
+        # aggregate bit-for-bit reproducible
+        return self.strategy.aggregate_train(server_round, sorted(replies, key=self._slot_of_reply))
+
+    def _slot_of_reply(self, msg: Message) -> tuple[int, int]:
+        node = msg.metadata.src_node_id
+        return self.slots.get(node, self.num_slots), node
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

@@ -1,7 +1,6 @@
 """One poisoning device must not wreck the model under robust aggregation (FedAvg is wrecked)."""
 
 import numpy as np
-import pytest
 from flwr.app import Array, ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 
 from federated import task
@@ -16,17 +15,6 @@ def _reply(node: int, weights: dict, n: int) -> Message:
     arrays = ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in weights.items()})
     metrics = MetricRecord({"num-examples": n, "unit-weight": 1, "train-loss": 1.0})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), dst_node_id=node, message_type=MessageType.TRAIN)
-
-
-@pytest.fixture
-def task_identity():
-    """Messages can only be built inside a run: give this process one, as run_simulation does."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    old = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = old
 
 
 def test_median_and_trimmed_mean_survive_one_poisoned_device(data_dir, task_identity) -> None:
