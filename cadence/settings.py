@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     #: server: threads per worker running the (synchronous) request handlers; more only adds
     #: GIL contention and database connections, since SQLite serialises writers anyway
     api_threads: int = Field(default=8, ge=1, le=256)
+    #: server: checkpoint the SQLite WAL from a background thread, not in request commits (server/wal.py)
+    sqlite_background_checkpoint: bool = True
     #: server: run the authorize handler on the event loop (None = when the database is SQLite)
     api_inline_handlers: bool | None = None
     environment: str = "development"

@@ -207,7 +207,8 @@ def _lifespan(settings: Settings) -> Any:
                 state.provider.get(modality)
             except Exception as exc:  # noqa: BLE001 - a broken model must not stop the API; requests report it
                 log.warning("scorer for %s not loaded at start-up: %s", modality, exc)
-        checkpointer = WalCheckpointer(app.state.engine, state.write_lock) if settings.database_url.startswith("sqlite") else None
+        checkpointer = (WalCheckpointer(app.state.engine, state.write_lock)
+                        if settings.database_url.startswith("sqlite") and settings.sqlite_background_checkpoint else None)
         if checkpointer is not None:
             checkpointer.start(app.state.engine)
         gc.collect()

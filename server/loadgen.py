@@ -228,7 +228,7 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
     responses = {} if responses is None else responses
     bodies: list[tuple[str, bytes]] = []
     pool = ConnectionPool(url, concurrency_cap)
-    await pool.warm()
+    await pool.warm(raw_request("GET", url, trivial_path))
     clock = time.perf_counter
 
     def fail(kind: str) -> None:

@@ -105,10 +105,19 @@ class ConnectionPool:
             raise
         return conn
 
-    async def warm(self) -> None:
-        """Open every connection up front (connecting is not part of what a phase measures)."""
-        conns = await asyncio.gather(*(self._connect() for _ in range(self.size - self.open)))
-        self.idle.extend(conns)
+    async def warm(self, probe: bytes | None = None) -> None:
+        """Open every connection up front (connecting is not part of what a phase measures).
+
+        One at a time, each answering `probe` (a cheap request) before the next is opened, as
+        connections from separate clients arrive. Opened all at once, they queue on the
+        listening socket and the first server worker to wake accepts every one of them: with
+        uvicorn's shared socket a 2-worker server then ran the whole load on one worker.
+        """
+        for _ in range(self.size - self.open):
+            conn = await self._connect()
+            if probe is not None:
+                await conn.send(probe)
+            self.idle.append(conn)
 
     async def acquire(self) -> _Connection:
         while self.idle:
