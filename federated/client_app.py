@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
 from federated import task
+from federated.records import array_record, config_record, get_float, get_floats, get_int, get_str
 
 KEY_CLIPPING_NORM = "clipping_norm"
 
@@ -25,7 +26,7 @@ KEY_CLIPPING_NORM = "clipping_norm"
 def optional_clipping_mod(msg: Message, ctxt: Context, call_next: Any) -> Message:
     """Apply Flower's `fixedclipping_mod` only to DP train rounds (config has a clipping norm)."""
     if msg.metadata.message_type == MessageType.TRAIN:
-        cfg = next(iter(msg.content.config_records.values()), {})
+        cfg: ConfigRecord | dict[str, Any] = next(iter(msg.content.config_records.values()), {})
         if KEY_CLIPPING_NORM in cfg:
             return fixedclipping_mod(msg, ctxt, call_next)
     return call_next(msg, ctxt)
@@ -42,11 +43,11 @@ def make_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
 
     def windows(context: Context, cfg: ConfigRecord) -> np.ndarray:
         run = {**base, **dict(context.run_config)}
-        return task.load_device_windows(dict(context.node_config), str(cfg["modality"]), str(run.get("feature-dir", "")))
+        return task.load_device_windows(dict(context.node_config), get_str(cfg, "modality"), str(run.get("feature-dir", "")))
 
     @app.query()
     def stats(msg: Message, context: Context) -> Message:
-        cfg = msg.content["config"]
+        cfg = config_record(msg.content)
         n, s, ss = task.feature_sums(windows(context, cfg))
         content = RecordDict({"sums": ArrayRecord({"sum": Array(s), "sumsq": Array(ss)}),
                               "metrics": MetricRecord({"num-examples": n}),
@@ -55,17 +56,17 @@ def make_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        cfg = msg.content["config"]
-        norm = task.Normaliser(np.asarray(cfg["norm-mean"], np.float32), np.asarray(cfg["norm-std"], np.float32))
+        cfg = config_record(msg.content)
+        norm = task.Normaliser(get_floats(cfg, "norm-mean"), get_floats(cfg, "norm-std"))
         X = norm(windows(context, cfg))
-        global_w = task.to_numpy(msg.content["arrays"])
-        net = task.make_net(X.shape[1], hidden=int(cfg["hidden"]))
+        global_w = task.to_numpy(array_record(msg.content, "arrays"))
+        net = task.make_net(X.shape[1], hidden=get_int(cfg, "hidden"))
         task.set_weights(net, global_w)
-        slot = int(cfg["slot"])
-        tc = task.TrainConfig(epochs=int(cfg["local-epochs"]), lr=float(cfg["lr"]), batch_size=int(cfg["batch-size"]),
-                              proximal_mu=float(cfg.get("proximal-mu", 0.0)),
-                              seed=int(cfg["seed"]) * 100003 + int(cfg["server-round"]) * 1009 + slot)
-        loss = task.train(net, X, np.full(len(X), slot), task.prototypes(int(cfg["num-slots"])), tc, global_w)
+        slot = get_int(cfg, "slot")
+        tc = task.TrainConfig(epochs=get_int(cfg, "local-epochs"), lr=get_float(cfg, "lr"),
+                              batch_size=get_int(cfg, "batch-size"), proximal_mu=get_float(cfg, "proximal-mu", 0.0),
+                              seed=get_int(cfg, "seed") * 100003 + get_int(cfg, "server-round") * 1009 + slot)
+        loss = task.train(net, X, np.full(len(X), slot), task.prototypes(get_int(cfg, "num-slots")), tc, global_w)
         weights = task.get_weights(net)
         metrics = MetricRecord({"num-examples": int(len(X)), "unit-weight": 1, "train-loss": float(loss),
                                 "update-bytes": task.weights_nbytes(weights)})
@@ -73,12 +74,12 @@ def make_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        cfg = msg.content["config"]
-        norm = task.Normaliser(np.asarray(cfg["norm-mean"], np.float32), np.asarray(cfg["norm-std"], np.float32))
+        cfg = config_record(msg.content)
+        norm = task.Normaliser(get_floats(cfg, "norm-mean"), get_floats(cfg, "norm-std"))
         X = norm(windows(context, cfg))
-        net = task.make_net(X.shape[1], hidden=int(cfg["hidden"]))
-        task.set_weights(net, task.to_numpy(msg.content["arrays"]))
-        res = task.test(net, X, int(cfg["slot"]), task.prototypes(int(cfg["num-slots"])))
+        net = task.make_net(X.shape[1], hidden=get_int(cfg, "hidden"))
+        task.set_weights(net, task.to_numpy(array_record(msg.content, "arrays")))
+        res = task.test(net, X, get_int(cfg, "slot"), task.prototypes(get_int(cfg, "num-slots")))
         metrics = MetricRecord({"num-examples": int(len(X)), "unit-weight": 1, "eval-loss": res["loss"],
                                 "eval-accuracy": res["accuracy"]})
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

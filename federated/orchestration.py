@@ -9,9 +9,11 @@ per-round training loss, bytes per device per round, wall time and the epsilon s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import operator
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +27,7 @@ from flwr.serverapp import Grid
 from federated import task
 from federated.config import RunSettings
 from federated.features import feature_spec
+from federated.records import RecordError, array_record, get_array, get_float, metric_record
 from federated.scorer import EmbeddingScorer
 from federated.strategies import build_strategy, epsilon_spent
 
@@ -103,16 +106,22 @@ def population_scaling(grid: Grid, nodes: list[int], s: RunSettings,
     errors = [r.error.reason for r in replies if r.has_error()]
     if errors or len(replies) < len(nodes):
         raise FederatedRunError(f"scaling round: {len(replies) - len(errors)}/{len(nodes)} devices answered; errors: {errors[:3]}")
-    n = sum(float(r.content["metrics"]["num-examples"]) for r in replies)
-    dims = {r.content["sums"]["sum"].numpy().shape for r in replies}
+    try:
+        n = sum(get_float(metric_record(r.content), "num-examples") for r in replies)
+        sums = [(get_array(array_record(r.content, "sums"), "sum"), get_array(array_record(r.content, "sums"), "sumsq"))
+                for r in replies]
+    except RecordError as exc:
+        raise FederatedRunError(f"scaling round: a device sent a malformed reply: {exc}") from exc
+    dims = {a.shape for a, _ in sums}
     if len(dims) != 1:
         raise FederatedRunError(f"data: devices hold windows of different sizes {sorted(dims)}")
     if keys is not None:
         for r in replies:
             dev = r.content.get("device")
-            keys[r.metadata.src_node_id] = str(dev.get("key", "")) if dev is not None else ""
-    total = sum(r.content["sums"]["sum"].numpy().astype(np.float64) for r in replies)
-    total_sq = sum(r.content["sums"]["sumsq"].numpy().astype(np.float64) for r in replies)
+            keys[r.metadata.src_node_id] = str(dev.get("key", "")) if isinstance(dev, ConfigRecord) else ""
+    # added in reply order, one after another, as before (same bits as earlier runs)
+    total = functools.reduce(operator.add, [a.astype(np.float64) for a, _ in sums])
+    total_sq = functools.reduce(operator.add, [b.astype(np.float64) for _, b in sums])
     return task.Normaliser.from_sums(n, total, total_sq)
 
 
@@ -153,7 +162,7 @@ def run_training(grid: Grid, s: RunSettings) -> RunOutcome:
         m = result.train_metrics_clientapp.get(rnd)
         if m is None:
             raise FederatedRunError(f"round {rnd}: no usable replies from the devices (see the SuperLink log)")
-        losses.append(float(m["train-loss"]))
+        losses.append(get_float(m, "train-loss"))
     weights = task.to_numpy(result.arrays)
     scorer = EmbeddingScorer.from_weights(weights, norm.mean, norm.std, modality=s.modality,
                                           feature_version=spec.feature_version)

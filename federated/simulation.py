@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from federated.config import RunSettings
 from federated.orchestration import FederatedRunError, RunOutcome
@@ -45,8 +46,7 @@ def simulate_many(runs: Sequence[RunSettings], feature_dir: str | os.PathLike[st
     results: list[RunOutcome] = []
     sapp = server_app.make_app({}, on_result=results.append, runs=[r.as_config() for r in runs])
     capp = client_app.make_app({"feature-dir": str(Path(feature_dir).resolve())})
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False}}
+    backend = _backend(num_cpus)
     try:
         run_simulation(server_app=sapp, client_app=capp, num_supernodes=n, backend_config=backend,
                        verbose_logging=verbose)
@@ -77,8 +77,7 @@ def simulate_secagg(settings: RunSettings, feature_dir: str | os.PathLike[str], 
     n = len(sorted(Path(feature_dir).glob("device-*.npz")))
     results: list = []
     cfg = {**settings.as_config(), "feature-dir": str(Path(feature_dir).resolve())}
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False}}
+    backend = _backend(num_cpus)
     try:
         run_simulation(server_app=secagg.make_server_app(cfg, on_result=results.append),
                        client_app=secagg.make_client_app(cfg), num_supernodes=n, backend_config=backend)
@@ -87,3 +86,9 @@ def simulate_secagg(settings: RunSettings, feature_dir: str | os.PathLike[str], 
     if not results:
         raise FederatedRunError("SecAgg+ simulation ended without a result")
     return results[0]
+
+
+def _backend(num_cpus: int) -> dict[str, dict[str, Any]]:
+    """Ray backend: one CPU per ClientApp actor, `num_cpus` in all, no GPU, no dashboard."""
+    return {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": num_cpus, "num_gpus": 0, "include_dashboard": False}}

@@ -27,8 +27,8 @@ def wrap_dp(strategy: Any, s: RunSettings, num_nodes: int, *, robust: bool) -> A
         raise DPError(f"strategy: DP noise is calibrated to a mean; use fedavg or fedprox, not {s.strategy}")
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
 
-    kwargs = {"noise_multiplier": s.noise_multiplier, "clipping_norm": s.clipping_norm,
-              "num_sampled_clients": sampled_per_round(s, num_nodes)}
+    kwargs: dict[str, Any] = {"noise_multiplier": s.noise_multiplier, "clipping_norm": s.clipping_norm,
+                              "num_sampled_clients": sampled_per_round(s, num_nodes)}
     if s.dp_noise_seed < 0:
         return DifferentialPrivacyClientSideFixedClipping(strategy, **kwargs)
     return _seeded(DifferentialPrivacyClientSideFixedClipping)(strategy, rng_seed=s.dp_noise_seed, **kwargs)
