@@ -45,6 +45,11 @@ class ServerProcess:
         """CPU time (user + system) used so far by the server and its worker processes (Linux)."""
         return process_tree_cpu(self.proc.pid)
 
+    def worker_cpu_seconds(self) -> dict[int, float]:
+        """CPU seconds per worker process (the server process itself when it has no workers)."""
+        kids = _children(self.proc.pid)
+        return {pid: process_tree_cpu(pid) for pid in (kids or [self.proc.pid])}
+
     def kill(self) -> None:
         """SIGKILL: no shutdown handlers run (what a crash looks like)."""
         if self.proc.poll() is None:
@@ -58,6 +63,13 @@ class ServerProcess:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def process_tree_cpu(root: int) -> float:

@@ -18,6 +18,13 @@ from pathlib import Path
 from evaluation.bench import BenchContext, BenchOutput, register
 
 
+def _own_cpu() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 @register("api", "Transaction API: authorize p50/p99 latency and throughput vs a trivial endpoint (loopback)")
 def bench_api(ctx: BenchContext) -> BenchOutput:
     from server.demo import fit_calibration, synthetic_people
@@ -40,9 +47,9 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
             run_phase(srv.url, None, rate=100.0, n=50)
             reqs = authorize_requests(pop, n, tag="load")
             t0 = time.perf_counter()
-            c0 = srv.cpu_seconds()
+            c0, w0, g0 = srv.cpu_seconds(), srv.worker_cpu_seconds(), _own_cpu()
             auth = run_phase(srv.url, reqs, rate=rate, n=n)
-            c1 = srv.cpu_seconds()
+            c1, w1, g1 = srv.cpu_seconds(), srv.worker_cpu_seconds(), _own_cpu()
             triv = run_phase(srv.url, None, rate=rate, n=n)
             c2 = srv.cpu_seconds()
             total = time.perf_counter() - t0
@@ -66,6 +73,10 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
         # server CPU per request (all workers): what the load costs independent of queueing
         "authorize_server_cpu_ms": round(1000.0 * (c1 - c0) / max(auth.n, 1), 3),
         "trivial_server_cpu_ms": round(1000.0 * (c2 - c1) / max(triv.n, 1), 3),
+        # how the authorize load spread over the workers (an idle worker means an unbalanced accept)
+        "authorize_worker_cpu_s": [round(w1.get(pid, 0.0) - w0.get(pid, 0.0), 2) for pid in sorted(w1)],
+        # what the load generator itself cost (it shares the machine's cores with the server)
+        "load_generator_cpu_ms_per_request": round(1000.0 * (g1 - g0) / max(auth.n, 1), 3),
         "load_avg_1min_after": round(os.getloadavg()[0], 2),
         "load_seconds": round(total, 2),
     }
