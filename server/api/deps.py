@@ -47,6 +47,7 @@ class AppState:
         """One write transaction (commit on success, rollback on error)."""
         with self.write_lock, transaction(self.sessions) as session:
             yield session
+
     #: run hot synchronous handlers on the event loop itself instead of the thread pool
     inline_handlers: bool = False
 
