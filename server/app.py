@@ -5,11 +5,9 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
-import os
-import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import Engine, event
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cadence.db import make_engine, make_sessionmaker
@@ -31,12 +28,7 @@ from server.metrics import Metrics
 from server.services.devices import RateLimiter
 from server.services.scoring import ScorerProvider
 from server.signing import b64d
-from server.wal import WalCheckpointer
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: writers queue in SQLite's busy handler
-    fcntl = None  # type: ignore[assignment]
+from server.sqlite_writers import WalCheckpointer, serialize_sqlite_writers, write_lock
 
 log = logging.getLogger(__name__)
 DEV_API_KEYS = {"dev-bank-key", "dev-admin-key"}
@@ -100,67 +92,6 @@ class MetricsMiddleware:
             self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
 
 
-def serialize_sqlite_writers(engine: Engine) -> None:
-    """Begin every SQLite transaction with BEGIN IMMEDIATE.
-
-    pysqlite's default deferred transactions let two requests read, then both try to write:
-    one fails with SQLITE_BUSY at once (no busy wait for a stale snapshot), i.e. a 500 under
-    load. Taking the write lock up front makes them queue on the busy timeout instead, and
-    makes SAVEPOINTs and commits behave as SQLAlchemy expects.
-    """
-
-    @event.listens_for(engine, "connect")
-    def _no_pysqlite_transactions(dbapi_conn, _rec):  # type: ignore[no-untyped-def]
-        dbapi_conn.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(conn):  # type: ignore[no-untyped-def]
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("cadence_read_only") else "BEGIN IMMEDIATE")
-
-
-class SQLiteWriteLock:
-    """Serialise SQLite writers across threads *and* worker processes on a lock file.
-
-    SQLite lets one writer in at a time; a second `BEGIN IMMEDIATE` from another process
-    waits in SQLite's busy handler, which sleeps 1, 2, 5, 10 ms... between tries, so a clash
-    with a write of half a millisecond cost at least a millisecond. `flock` wakes the waiter
-    the moment the lock is released. SQLite's own locking stays in force underneath: other
-    writers (CLI, migrations) that do not take this lock are still serialised correctly.
-    """
-
-    def __init__(self, database: str) -> None:
-        self._thread = threading.Lock()
-        self._path = f"{database}.write-lock"
-        self._fd: int | None = None
-
-    def __enter__(self) -> None:
-        self._thread.acquire()
-        try:
-            if self._fd is None:
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._thread.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            if self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._thread.release()
-
-
-def write_lock(engine: Engine) -> Any:
-    """The lock held around each write transaction: none needed outside SQLite."""
-    if engine.dialect.name != "sqlite":
-        return nullcontext()
-    database = engine.url.database
-    if not database or database == ":memory:" or fcntl is None:
-        return threading.Lock()
-    return SQLiteWriteLock(str(Path(database).resolve()))
-
-
 def signing_key(settings: Settings) -> Ed25519PrivateKey:
     if settings.server_signing_key:
         raw = b64d(settings.server_signing_key, field="server_signing_key")
@@ -207,8 +138,8 @@ def _lifespan(settings: Settings) -> Any:
                 state.provider.get(modality)
             except Exception as exc:  # noqa: BLE001 - a broken model must not stop the API; requests report it
                 log.warning("scorer for %s not loaded at start-up: %s", modality, exc)
-        checkpointer = (WalCheckpointer(app.state.engine, state.write_lock)
-                        if settings.database_url.startswith("sqlite") and settings.sqlite_background_checkpoint else None)
+        # the checkpointer switches itself off for anything but a SQLite file
+        checkpointer = WalCheckpointer(app.state.engine, state.write_lock) if settings.sqlite_background_checkpoint else None
         if checkpointer is not None:
             checkpointer.start(app.state.engine)
         gc.collect()
@@ -235,7 +166,8 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     # one pooled connection per handler thread (plus the event loop's own use), none made and dropped under load
     pool = {} if ":memory:" in settings.database_url else {"pool_size": settings.api_threads + 2, "max_overflow": 8}
     engine = make_engine(settings.database_url, **pool)
-    if settings.database_url.startswith("sqlite"):
+    sqlite = engine.dialect.name == "sqlite"
+    if sqlite:
         serialize_sqlite_writers(engine)
     if init_db:
         from server.migrate import upgrade
@@ -259,7 +191,7 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
                                  write_lock=write_lock(engine),
                                  decide=engine_.decide if engine_ else policy_decide,
                                  inline_handlers=(settings.api_inline_handlers if settings.api_inline_handlers is not None
-                                                  else settings.database_url.startswith("sqlite")),
+                                                  else sqlite),
                                  calibrate=engine_.calibrate if engine_ else (lambda e: e))
     app.state.engine = engine
     app.state.metrics = metrics

@@ -47,8 +47,9 @@ class ServerProcess:
 
     def worker_cpu_seconds(self) -> dict[int, float]:
         """CPU seconds per worker process (the server process itself when it has no workers)."""
-        kids = _children(self.proc.pid)
-        return {pid: process_tree_cpu(pid) for pid in (kids or [self.proc.pid])}
+        children, cpu = _proc_table()
+        kids = children.get(self.proc.pid) or [self.proc.pid]
+        return {pid: _tree_cpu(pid, children, cpu) for pid in kids}
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handlers run (what a crash looks like)."""
@@ -65,15 +66,8 @@ class ServerProcess:
                 self.kill()
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def process_tree_cpu(root: int) -> float:
-    """User + system CPU seconds of `root` and its descendants, from /proc (0.0 elsewhere)."""
+def _proc_table() -> tuple[dict[int, list[int]], dict[int, float]]:
+    """One pass over /proc: children of each pid, and each pid's user + system CPU seconds."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     children: dict[int, list[int]] = {}
     cpu: dict[int, float] = {}
@@ -87,12 +81,21 @@ def process_tree_cpu(root: int) -> float:
         pid, ppid = int(entry.name), int(fields[1])
         children.setdefault(ppid, []).append(pid)
         cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return children, cpu
+
+
+def _tree_cpu(root: int, children: dict[int, list[int]], cpu: dict[int, float]) -> float:
     total, stack = 0.0, [root]
     while stack:
         pid = stack.pop()
         total += cpu.get(pid, 0.0)
         stack.extend(children.get(pid, []))
     return total
+
+
+def process_tree_cpu(root: int) -> float:
+    """User + system CPU seconds of `root` and its descendants, from /proc (0.0 elsewhere)."""
+    return _tree_cpu(root, *_proc_table())
 
 
 def start_server(workdir: Path, *, env: dict[str, str] | None = None, port: int | None = None,

@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from cadence.db import make_engine
-from server.app import SQLiteWriteLock, create_app, write_lock
+from server.app import create_app
 from server.rawhttp import ConnectionPool, new_event_loop, raw_request
 from server.runner import free_port
-from server.wal import WalCheckpointer
+from server.sqlite_writers import SQLiteWriteLock, WalCheckpointer, write_lock
 
 from .conftest import make_settings
 
@@ -66,10 +66,6 @@ def test_only_one_process_checkpoints_a_database(tmp_path: Path) -> None:
         assert a._own() and not b._own()
     finally:
         a.stop(), b.stop()
-        if a._owner_fd is not None:
-            import os
-
-            os.close(a._owner_fd)
         engine.dispose()
 
 

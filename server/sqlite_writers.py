@@ -1,4 +1,8 @@
-"""Checkpoint the SQLite write-ahead log in the background, not inside a request's commit.
+"""How the server's SQLite writers take turns, and when the write-ahead log is checkpointed.
+
+- `serialize_sqlite_writers`: every write transaction begins with BEGIN IMMEDIATE.
+- `SQLiteWriteLock` / `write_lock`: writers of all worker processes queue on one lock file.
+- `WalCheckpointer`: the log is checkpointed in the background, not inside a request's commit.
 
 By default SQLite checkpoints when the WAL passes 1000 pages, in whichever connection
 commits next. An authorize call writes about 27 pages (decision, evidence hashes, nonce,
@@ -25,16 +29,78 @@ import sqlite3
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event
 
 try:
     import fcntl
-except ImportError:  # pragma: no cover - Windows: SQLite's own auto-checkpoint stays on
+except ImportError:  # pragma: no cover - Windows: writers queue in SQLite's busy handler, auto-checkpoint stays on
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+
+
+def serialize_sqlite_writers(engine: Engine) -> None:
+    """Begin every SQLite transaction with BEGIN IMMEDIATE.
+
+    pysqlite's default deferred transactions let two requests read, then both try to write:
+    one fails with SQLITE_BUSY at once (no busy wait for a stale snapshot), i.e. a 500 under
+    load. Taking the write lock up front makes them queue on the busy timeout instead, and
+    makes SAVEPOINTs and commits behave as SQLAlchemy expects.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _no_pysqlite_transactions(dbapi_conn, _rec):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("cadence_read_only") else "BEGIN IMMEDIATE")
+
+
+class SQLiteWriteLock:
+    """Serialise SQLite writers across threads *and* worker processes on a lock file.
+
+    SQLite lets one writer in at a time; a second `BEGIN IMMEDIATE` from another process
+    waits in SQLite's busy handler, which sleeps 1, 2, 5, 10 ms... between tries, so a clash
+    with a write of half a millisecond cost at least a millisecond. `flock` wakes the waiter
+    the moment the lock is released. SQLite's own locking stays in force underneath: other
+    writers (CLI, migrations) that do not take this lock are still serialised correctly.
+    """
+
+    def __init__(self, database: str) -> None:
+        self._thread = threading.Lock()
+        self._path = f"{database}.write-lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._thread.acquire()
+        try:
+            if self._fd is None:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread.release()
+
+
+def write_lock(engine: Engine) -> Any:
+    """The lock held around each write transaction: none needed outside SQLite."""
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    database = engine.url.database
+    if not database or database == ":memory:" or fcntl is None:
+        return threading.Lock()
+    return SQLiteWriteLock(str(Path(database).resolve()))
 
 
 class WalCheckpointer:
@@ -119,12 +185,12 @@ class WalCheckpointer:
         engine.dispose()  # pooled connections made before now still auto-checkpoint: drop them
 
     def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._thread = None
-        self.checkpoint("PASSIVE")
+        """Stop the thread (one last checkpoint) and give up being the database's checkpointer."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(timeout=10)
+            self._thread = None
+            self.checkpoint("PASSIVE")
         if self._owner_fd is not None:
             os.close(self._owner_fd)  # closing releases the flock
             self._owner_fd = None
