@@ -29,6 +29,7 @@ from sqlalchemy import Table, bindparam, delete, func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
+from cadence import prepared
 from compliance import keys as _keys
 from compliance.models import AuditCheckpoint, AuditEntry, AuditHead, utcnow
 
@@ -165,18 +166,17 @@ def append_audit(
     # Core statements, not ORM objects: this runs on every decision (the hot path). Pending
     # ORM changes are flushed first so the entry lands after them, as with session.flush().
     session.flush()
-    conn = session.connection()
-    row = conn.execute(_HEAD_FOR_UPDATE).first()
+    row = prepared.execute(session, _HEAD_FOR_UPDATE).first()
     if row is None:
         _create_head(session)
-        row = conn.execute(_HEAD_FOR_UPDATE).first()
+        row = prepared.execute(session, _HEAD_FOR_UPDATE).first()
         assert row is not None
     seq = row.seq + 1
     entry = AuditEntry(seq=seq, ts=ts, event=event, actor=actor, subject=alias, payload=text, prev_hash=row.hash)
     entry.hash = _hash_of(entry)
-    conn.execute(_ENTRY_INSERT, {"seq": seq, "ts": ts, "event": event, "actor": actor, "subject": alias,
+    prepared.execute(session, _ENTRY_INSERT, {"seq": seq, "ts": ts, "event": event, "actor": actor, "subject": alias,
                                  "payload": text, "prev_hash": row.hash, "hash": entry.hash})
-    conn.execute(_HEAD_UPDATE, {"s": seq, "h": entry.hash})
+    prepared.execute(session, _HEAD_UPDATE, {"s": seq, "h": entry.hash})
     cached = session.identity_map.get(identity_key(AuditHead, 1))
     if cached is not None:  # an ORM copy of the head loaded earlier in this session is now stale
         session.expire(cached)

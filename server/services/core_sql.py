@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import CursorResult, Executable
+from sqlalchemy import Executable
 from sqlalchemy.orm import Session
+
+from cadence import prepared
 
 
 def execute(session: Session, statement: Executable,
-            params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> CursorResult[Any]:
-    """`statement` on the session's connection (same transaction), after an autoflush."""
-    if session.new or session.deleted or session.dirty:
-        session.flush()
-    return session.connection().execute(statement, params)
+            params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> Any:
+    """`statement` in the session's transaction, after an autoflush (`cadence.prepared`)."""
+    return prepared.execute(session, statement, params)

@@ -7,9 +7,12 @@ request-body parser.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import multiprocessing
 import sqlite3
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from sqlalchemy import text
 
 from cadence.db import make_engine
 from server.app import create_app
+from server.loadgen import run_phase
 from server.rawhttp import ConnectionPool, new_event_loop, raw_request
 from server.runner import free_port
 from server.sqlite_writers import SQLiteWriteLock, WalCheckpointer, write_lock
@@ -57,6 +61,37 @@ def test_checkpointer_turns_off_auto_checkpoint_and_restarts_the_log(tmp_path: P
     with engine.connect() as conn:  # once stopped, new connections get SQLite's default again
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
     engine.dispose()
+
+
+def test_checkpointer_starts_writeback_between_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "w.sqlite"
+    engine = make_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x TEXT)"))
+    ck = WalCheckpointer(engine, write_lock(engine), interval_s=0.25, restart_s=3600, writeback_s=0.02)
+    try:
+        _write_rows(engine, 50)
+        if sys.platform.startswith("linux"):
+            assert ck.start_writeback()  # the log exists and the kernel took the request
+        calls = {"writeback": 0, "tick": 0}
+
+        def count(kind: str, result: bool | None = None):  # type: ignore[no-untyped-def]
+            def fn(*_a, **_k):  # type: ignore[no-untyped-def]
+                calls[kind] += 1
+                return result
+            return fn
+
+        monkeypatch.setattr(ck, "start_writeback", count("writeback", True))
+        monkeypatch.setattr(ck, "tick", count("tick"))
+        ck.start(engine)
+        time.sleep(1.0)
+    finally:
+        ck.stop()
+        engine.dispose()
+    assert calls["tick"] >= 2  # checkpoints still come every interval_s
+    if ck.writeback_s:
+        assert calls["writeback"] > 3 * calls["tick"]  # and writeback requests in between
+    assert not WalCheckpointer(make_engine(f"sqlite:///{tmp_path / 'none.sqlite'}")).start_writeback()  # no log yet
 
 
 def test_only_one_process_checkpoints_a_database(tmp_path: Path) -> None:
@@ -134,6 +169,9 @@ def test_raw_http_pool_talks_to_a_real_server_and_reports_a_dead_one(tmp_path: P
 
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             answers = runner.run(go())
+        phase = run_phase(url, None, rate=200.0, n=20)  # the trivial endpoint, open loop
+        assert phase.n == 20 and phase.errors == 0
+        assert gc.isenabled() and gc.get_freeze_count() == 0  # the generator's GC pause is undone
         assert all(status == 200 and json.loads(body) == {"status": "ok"} for status, body in answers[:10])
         assert answers[10][0] in (401, 422)  # refused with a reason, never a crash
     finally:
