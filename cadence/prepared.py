@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -44,9 +44,12 @@ class Prepared:
     #: result row type and per-column processors (SELECT only)
     row: type | None
     procs: tuple[Callable[[Any], Any] | None, ...]
-    #: an IN (...) parameter: SQLAlchemy expands it per call (then `expand` is used)
-    expanding: bool
+    #: IN (...) parameters: one placeholder per list item, SQL built once per list length
+    expanding: frozenset[str]
     compiled: Any
+    #: list lengths -> (SQL, positional order or None, expanded name -> (parameter, index))
+    expanded: dict[tuple[int, ...], tuple[str, tuple[str, ...] | None, dict[str, tuple[str, int]]]] = field(
+        default_factory=dict)
 
 
 class Scalars(list):  # type: ignore[type-arg]
@@ -102,9 +105,10 @@ def _prepare(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> 
         return None  # Python-side defaults to compute or rows to return: leave it to SQLAlchemy
     binds: dict[str, Callable[[Any], Any]] = {}
     defaults: dict[str, Any] = {}
-    expanding = False
+    expanding: set[str] = set()
     for bp, name in compiled.bind_names.items():
-        expanding = expanding or bool(bp.expanding)
+        if bp.expanding:
+            expanding.add(name)
         if name not in keys and not bp.required:  # a literal in the statement (LIMIT 1, id == 1)
             defaults[name] = bp.effective_value
         proc = bp.type.dialect_impl(dialect).bind_processor(dialect)
@@ -118,7 +122,7 @@ def _prepare(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> 
         row = _row_type(names)
         procs = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in cols)
     order = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup is not None else None
-    return Prepared(statement, compiled.string, order, binds, defaults, row, procs, expanding, compiled)
+    return Prepared(statement, compiled.string, order, binds, defaults, row, procs, frozenset(expanding), compiled)
 
 
 def prepared(statement: Executable, dialect: Dialect, keys: tuple[str, ...]) -> Prepared | None:
@@ -134,13 +138,20 @@ def _bind(p: Prepared, params: Mapping[str, Any]) -> tuple[str, Any]:
     values = {**p.defaults, **params} if p.defaults else dict(params)
     for k, f in p.binds.items():
         if k in values:
-            values[k] = f(values[k])
+            values[k] = [f(v) for v in values[k]] if k in p.expanding else f(values[k])
     if not p.expanding:
         return p.sql, [values[k] for k in p.order] if p.order is not None else values
-    state = p.compiled.construct_expanded_state(values)
-    if p.order is not None:
-        return state.statement, list(state.positional_parameters)
-    return state.statement, dict(state.parameters)
+    shape = tuple(len(values[k]) for k in sorted(p.expanding))
+    exp = p.expanded.get(shape)
+    if exp is None:
+        state = p.compiled.construct_expanded_state(values)
+        where = {e: (k, i) for k, names in state.parameter_expansion.items() for i, e in enumerate(names)}
+        order = tuple(state.positiontup) if p.order is not None else None
+        exp = p.expanded[shape] = (state.statement, order, where)
+    sql, order, where = exp
+    flat = {k: v for k, v in values.items() if k not in p.expanding}
+    flat.update((e, values[k][i]) for e, (k, i) in where.items())
+    return sql, [flat[k] for k in order] if order is not None else flat
 
 
 def _rows(p: Prepared, fetched: list[Any]) -> list[Any]:

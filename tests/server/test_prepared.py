@@ -67,6 +67,9 @@ def test_fast_path_answers_as_sqlalchemy_does(db_url: str) -> None:  # noqa: F81
             via_sqlalchemy = s.connection().execute(_SEEN, probe).scalars().all()
             assert sorted(prepared.execute(s, _SEEN, probe).scalars().all()) == sorted(via_sqlalchemy)
             assert len(via_sqlalchemy) == 2
+            for hashes in ([f"{3:064x}"], [], [f"{i:064x}" for i in range(5)], [f"{1:064x}", "x"]):  # SQL per length
+                got = prepared.execute(s, _SEEN, {"h": hashes}).scalars()
+                assert sorted(got) == sorted(s.connection().execute(_SEEN, {"h": hashes}).scalars().all())
             assert prepared.execute(s, _HEAD_FOR_UPDATE).first() is None  # `id == 1`: a literal of the statement
         with pytest.raises(IntegrityError), transaction(factory) as s:
             prepared.execute(s, _SEEN_INSERT, [seen[0]])
