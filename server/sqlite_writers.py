@@ -16,11 +16,11 @@ thread per database (whichever worker process holds `<db>.checkpointer`) does th
 - every `restart_s`, a RESTART checkpoint while holding the server's write lock. Under a
   steady stream of writes a PASSIVE checkpoint never lets the log start over (a writer
   always begins before it finishes), so without this the file grows by ~100 KB per request.
-  Writers wait for it (a few ms, once per `restart_s`) on the lock, where they wake at once.
+  Writers wait for it (2-15 ms measured, once per `restart_s`) on the lock, where they wake at once.
 Between checkpoints the thread also asks the kernel, every `writeback_s`, to start writing the
 log's dirty pages to disk (`sync_file_range`, Linux; it waits for nothing). The checkpoint's
 own fsync then finds little left to write: measured under the API bench's load, PASSIVE
-checkpoints took 4.5-5 ms on average instead of 9.5-10 ms, and fewer requests waited behind one.
+checkpoints took 3.6-5.1 ms on average instead of 9.5-10.2 ms, and fewer requests waited behind one.
 Other processes (CLI, migrations) keep SQLite's default, so the WAL cannot grow without bound
 while the server is down; the thread checkpoints once more when the server stops.
 """
