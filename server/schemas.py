@@ -11,7 +11,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 Modality = Literal["keystroke", "touch", "gait"]
 Outcome = Literal["approve", "step_up", "deny"]
@@ -55,6 +56,14 @@ class FeatureWindowIn(_Strict):
         if self.end < self.start:
             raise ValueError(f"end: window ends before it starts ({self.end} < {self.start})")
         return self
+
+    _array: np.ndarray | None = PrivateAttr(default=None)
+
+    def array(self) -> np.ndarray:
+        """`values` as little-endian float64, converted once: hashing, checks and scoring share it."""
+        if self._array is None:
+            self._array = np.asarray(self.values, dtype="<f8")
+        return self._array
 
 
 class DeviceRegister(_Strict):

@@ -37,7 +37,7 @@ def window_hash(w: FeatureWindowIn) -> str:
     """SHA-256 over the window's fields, floats as little-endian IEEE-754 bytes."""
     h = hashlib.sha256(json.dumps([w.modality, w.feature_version, w.n_events]).encode())
     h.update(np.asarray([w.start, w.end, w.quality], dtype="<f8").tobytes())
-    h.update(np.asarray(w.values, dtype="<f8").tobytes())
+    h.update(w.array().tobytes())
     return h.hexdigest()
 
 
@@ -105,7 +105,8 @@ def implausible(w: FeatureWindowIn) -> str | None:
         return f"{w.n_events} events in zero time"
     if dur > 0 and w.n_events / dur > MAX_EVENT_RATE[w.modality]:
         return f"{w.n_events / dur:.1f} events/s exceeds the human limit {MAX_EVENT_RATE[w.modality]}"
-    if len(w.values) > 1 and float(np.ptp(np.asarray(w.values))) == 0.0:
+    a = w.array()
+    if len(a) > 1 and a.min() == a.max():
         return "all features identical"
     return None
 

@@ -133,7 +133,7 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
             continue
         if not usable:
             continue
-        X = np.asarray([w.values for w in usable], dtype=float)
+        X = np.stack([w.array() for w in usable])
         scores = active.scorer.compare(arrays, X)
         out.evidence.append(ModalityEvidence(modality=modality, score=float(np.mean(scores)),
                                              quality=float(np.mean([w.quality for w in usable])),
