@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from cadence import prepared
 from compliance import audit as _audit
 from compliance import consent as _consent
 from compliance import subjects as _subjects
 from compliance.models import ConsentRecord
 from server.errors import ApiError
-from server.services import core_sql
 
 
 def digest(obj: Any) -> str:
@@ -49,7 +49,7 @@ def require_consents(session: Session, *, user_id: str, modalities: list[str], p
     The same rule as compliance's `require_consent` (an unrevoked grant exists), raising
     its `ConsentError` message for the first modality missing.
     """
-    granted = set(core_sql.execute(session, _GRANTED, {"u": user_id, "p": purpose, "m": list(modalities)}).scalars())
+    granted = set(prepared.execute(session, _GRANTED, {"u": user_id, "p": purpose, "m": list(modalities)}).scalars())
     for m in modalities:
         if m not in granted:
             raise ApiError(403, "consent_required", str(_consent.ConsentError(user_id, m, purpose)))

@@ -13,11 +13,11 @@ from sqlalchemy import Table, bindparam, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cadence import prepared
 from server.errors import ApiError
 from server.models import Device, RequestNonce, User
 from server.schemas import DeviceRegister
 from server.services import compliance_hooks as hooks
-from server.services import core_sql
 from server.signing import SignatureError, canonical_request, load_public_key, registration_message, verify_signature
 
 
@@ -69,7 +69,7 @@ def verify_device_request(session: Session, *, device_id: str | None, timestamp:
     """Return the calling device, or refuse: unknown device, stale, replayed or bad signature (401)."""
     if not device_id:
         raise ApiError(401, "device_required", "X-Cadence-Device: header missing")
-    row = core_sql.execute(session, _DEVICE_KEY, {"d": device_id}).first()
+    row = prepared.execute(session, _DEVICE_KEY, {"d": device_id}).first()
     dev = DeviceKey(*row) if row is not None else None  # type: ignore[call-arg]  # a Row of its four columns
     if dev is None or not dev.active:
         raise ApiError(401, "unknown_device", f"X-Cadence-Device: device {device_id!r} is not registered")
@@ -138,7 +138,7 @@ def consume_nonce(session: Session, device_id: str, nonce: str, timestamp: float
     if next(_calls) % PRUNE_EVERY == 0:
         prune_nonces(session, max_skew_s=max_skew_s)
     try:
-        core_sql.execute(session, _NONCE_INSERT, {"device_id": device_id, "nonce": nonce, "seen_at": timestamp})
+        prepared.execute(session, _NONCE_INSERT, {"device_id": device_id, "nonce": nonce, "seen_at": timestamp})
     except IntegrityError as exc:
         raise ApiError(401, "replayed_request", "X-Cadence-Nonce: this request was already received (replay refused)") from exc
 

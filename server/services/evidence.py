@@ -13,11 +13,11 @@ import numpy as np
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
+from cadence import prepared
 from server.errors import ApiError
 from server.models import EvidenceSeen, SecurityFlag, User, utcnow
 from server.schemas import FeatureWindowIn
 from server.services import compliance_hooks as hooks
-from server.services import core_sql
 from server.services.scoring import ActiveScorer
 
 #: most events per second a human produces in a window (faster = scripted input)
@@ -70,7 +70,7 @@ def check_unseen(session: Session, user_id: str, items: list[tuple[int, FeatureW
                  digests: list[str] | None = None) -> list[str]:
     """Hashes of the windows; raise `EvidenceReplay` if one was seen before (or twice here)."""
     digests = digests if digests is not None else [window_hash(w) for _, w in items]
-    seen = set(core_sql.execute(session, _SEEN, {"h": digests}).scalars().all()) if digests else set()
+    seen = set(prepared.execute(session, _SEEN, {"h": digests}).scalars().all()) if digests else set()
     batch: set[str] = set()
     for (i, w), d in zip(items, digests):
         if d in seen or d in batch:
@@ -94,7 +94,7 @@ def insert_hashes(session: Session, user_id: str, items: list[tuple[int, Feature
     """Insert the hashes (the primary key refuses one seen before)."""
     if items:
         now = utcnow()
-        core_sql.execute(session, _SEEN_INSERT, [{"window_hash": d, "user_id": user_id, "modality": w.modality,
+        prepared.execute(session, _SEEN_INSERT, [{"window_hash": d, "user_id": user_id, "modality": w.modality,
                                                 "seen_at": now} for (_, w), d in zip(items, digests)])
 
 

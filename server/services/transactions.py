@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from cadence import prepared
 from fusion.policy import Decision, ModalityEvidence, decide
 from modalities.base import Template as TemplateArrays
 from server.errors import ApiError
 from server.models import SecurityFlag, Template, Transaction, User
 from server.schemas import AuthorizeRequest, FeatureWindowIn
 from server.services import compliance_hooks as hooks
-from server.services import core_sql
 from server.services.enrolment import current_template
 from server.services.evidence import (
     check_unseen,
@@ -56,7 +56,7 @@ def _template(session: Session, provider: ScorerProvider, active: ActiveScorer, 
     key = (info.id, str(info.updated_at), info.model_id)
     arrays = provider.templates.get(key)
     if arrays is None:
-        data = core_sql.execute(session, _TEMPLATE_DATA, {"id": info.id}).scalar()
+        data = prepared.execute(session, _TEMPLATE_DATA, {"id": info.id}).scalar()
         if data is None:  # erased between the two reads
             return None, None
         arrays = template_from_json(data)
@@ -70,7 +70,7 @@ def request_hash(body: AuthorizeRequest) -> str:
 
 def find_idempotent(session: Session, body: AuthorizeRequest, req_hash: str | None = None) -> dict[str, Any] | None:
     """The stored response for this (user, idempotency key), or 409 if the key was used for another body."""
-    tx = core_sql.execute(session, _TX_BY_KEY, {"u": body.user_id, "k": body.idempotency_key}).first()
+    tx = prepared.execute(session, _TX_BY_KEY, {"u": body.user_id, "k": body.idempotency_key}).first()
     if tx is None:
         return None
     if tx.request_hash != (req_hash or request_hash(body)):
@@ -107,18 +107,18 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
     """
     out = Assessment(user_id)
     groups = group_windows(windows)
-    infos = {r.modality: r for r in core_sql.execute(session, _TEMPLATE_INFO, {"u": user_id})} if groups else {}
-    prepared = []
+    infos = {r.modality: r for r in prepared.execute(session, _TEMPLATE_INFO, {"u": user_id})} if groups else {}
+    ready = []
     hooks.require_consents(session, user_id=user_id, modalities=list(groups))
     for modality, items in groups.items():
         active = provider.get(modality)
         tpl, arrays = _template(session, provider, active, user_id, modality, infos.get(modality), persist_templates)
         check_versions(modality, items, active, field=field,
                        expect_version=tpl.feature_version if tpl else None, expect_dim=tpl.feature_dim if tpl else None)
-        prepared.append((modality, items, active, tpl, arrays))
+        ready.append((modality, items, active, tpl, arrays))
         out.items.extend(items)
     out.hashes = check_unseen(session, user_id, out.items)
-    for modality, items, active, tpl, arrays in prepared:
+    for modality, items, active, tpl, arrays in ready:
         out.models[modality] = active.model_id
         bad = [(i, why) for i, w in items if (why := implausible(w))]
         for i, why in bad:
@@ -197,7 +197,7 @@ def plan_authorize(session: Session, provider: ScorerProvider, body: AuthorizeRe
     stored = find_idempotent(session, body, req_hash)
     if stored is not None:
         return Plan(stored=stored, request_hash=req_hash)
-    _check_user(core_sql.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
+    _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
     a = assess_evidence(session, provider, body.user_id, body.evidence, persist_templates=False)
     return Plan(None, req_hash, a, decider(a.evidence, amount=float(body.amount)))
 
@@ -213,7 +213,7 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
     if plan.stored is not None:
         return plan.stored
     assert plan.assessment is not None and plan.decision is not None
-    user = _check_user(core_sql.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
+    user = _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
     digests = record_evidence(session, plan.assessment, checked=True)
     decision, a = plan.decision, plan.assessment
     amount = f"{body.amount:.2f}"
@@ -236,7 +236,7 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
         "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
     }
     # Core insert with bound parameters: `insert().values(...)` rebuilds a cache key per call
-    core_sql.execute(session, _TX_INSERT, dict(
+    prepared.execute(session, _TX_INSERT, dict(
         id=tx_id, user_id=body.user_id, device_id=device_id, idempotency_key=body.idempotency_key,
         request_hash=plan.request_hash, amount=amount, currency=body.currency, payee=body.payee,
         channel=body.channel, outcome=decision.outcome, status=status, risk=float(decision.risk),
