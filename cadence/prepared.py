@@ -162,15 +162,16 @@ def _rows(p: Prepared, fetched: list[Any]) -> list[Any]:
     return [p.row(*r) for r in fetched]
 
 
-def dbapi_connection(session: Session) -> Any:
-    """The DBAPI connection under the session's current transaction (one lookup per transaction)."""
+def _bound(session: Session) -> tuple[Any, Dialect]:
+    """The session's DBAPI connection and dialect, looked up once per transaction."""
     tx = session.get_transaction()
     cached = session.info.get("cadence_dbapi")
     if cached is not None and tx is not None and cached[0] is tx:
-        return cached[1]
-    conn = session.connection().connection.driver_connection
-    session.info["cadence_dbapi"] = (session.get_transaction(), conn)
-    return conn
+        return cached[1], cached[2]
+    connection = session.connection()  # begins the transaction if none is open
+    found = (connection.connection.driver_connection, connection.dialect)
+    session.info["cadence_dbapi"] = (session.get_transaction(), *found)
+    return found
 
 
 def execute(session: Session, statement: Executable, params: Params = None) -> Any:
@@ -180,11 +181,10 @@ def execute(session: Session, statement: Executable, params: Params = None) -> A
     batch: Sequence[Mapping[str, Any]] = params if isinstance(params, Sequence) else ()
     many = bool(batch)
     first: Mapping[str, Any] = batch[0] if many else (params or {})  # type: ignore[assignment]
-    dialect = session.get_bind().dialect
+    conn, dialect = _bound(session)
     p = prepared(statement, dialect, tuple(sorted(first)))
     if p is None or (many and p.expanding):
         return session.connection().execute(statement, params)
-    conn = dbapi_connection(session)
     cur = conn.cursor()
     try:
         if many:
