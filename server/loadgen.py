@@ -214,6 +214,8 @@ class PhaseResult:
     responses: dict[str, dict[str, Any]]
     #: what the errors were: HTTP status codes or exception names, with counts
     error_kinds: dict[str, int] = field(default_factory=dict)
+    #: the generator's connections per server process (`X-Cadence-Instance`), as opened
+    connections: dict[str, int] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -230,8 +232,10 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
 
     Requests are serialised before the clock starts and go out over `concurrency_cap`
     persistent connections (`server.rawhttp`), so the generator spends little of the CPU
-    it shares with the server. Latency runs from each request's *scheduled* send time:
-    waiting for a free connection behind a slow server counts (no coordinated omission).
+    it shares with the server; each goes to the server process with the fewest requests in
+    flight, however the workers' accepts split the connections. Latency runs from each
+    request's *scheduled* send time: waiting for a free connection behind a slow server
+    counts (no coordinated omission).
     """
     if requests is None:
         raws = [raw_request("GET", url, trivial_path)] * n
@@ -245,6 +249,7 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
     bodies: list[tuple[str, bytes]] = []
     pool = ConnectionPool(url, concurrency_cap)
     await pool.warm(raw_request("GET", url, trivial_path))
+    connections = dict(pool.instances())
     clock = time.perf_counter
 
     def fail(kind: str) -> None:
@@ -286,7 +291,7 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
     pool.close()
     for key, body in bodies:  # parsed after the clock stopped
         responses[key] = json.loads(body)
-    return PhaseResult(lat, errors, seconds, responses, kinds)
+    return PhaseResult(lat, errors, seconds, responses, kinds, connections)
 
 
 def run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int,

@@ -3,19 +3,28 @@
 Why not httpx: on the 2-core bench machine the load generator shares the cores with the
 server, and httpx's async client cost about 3 ms of CPU per request (as much as the server's
 own work), so the bench measured the two fighting for CPU. This client sends pre-serialised
-request bytes over a fixed pool of persistent connections, handed out first-in first-out so
-the load spreads over every connection (and so over every server worker), and parses
-responses with httptools (the parser uvicorn itself uses): tens of microseconds per request.
+request bytes over a fixed pool of persistent connections and parses responses with
+httptools (the parser uvicorn itself uses): tens of microseconds per request.
+
+Requests are balanced over the server's *processes*, not its connections: each connection
+learns which worker holds it from the `X-Cadence-Instance` header of its warm-up answer, and
+each request goes to an idle connection of the worker with the fewest requests in flight (a
+reverse proxy's least-request balancing). Without it the split follows the kernel's accept
+race: one run put 78 % of the load on one of two uvicorn workers, which queued while the
+other idled.
 It is for benchmarks and tests, not a general HTTP client (no redirects, TLS or chunked uploads).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from urllib.parse import urlsplit
 
 import httptools
+
+#: response header naming the server process (`server.api.routes.health.INSTANCE_HEADER`)
+INSTANCE_HEADER = b"x-cadence-instance"
 
 
 def raw_request(method: str, url: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
@@ -38,6 +47,8 @@ class _Connection(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self.closed = False
+        #: the server process holding this connection (from `INSTANCE_HEADER`), once answered
+        self.instance = ""
 
     # asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -55,6 +66,10 @@ class _Connection(asyncio.Protocol):
         self._fail(exc or ConnectionResetError("server closed the connection"))
 
     # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == INSTANCE_HEADER:
+            self.instance = value.decode("latin-1")
+
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
 
@@ -84,13 +99,19 @@ class _Connection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Up to `size` persistent connections to one host; idle ones are reused first-in first-out."""
+    """Up to `size` persistent connections to one host, balanced over the server's processes.
+
+    An idle connection is taken from the server process (instance) with the fewest requests
+    in flight, first-in first-out within it; connections whose instance is unknown form one
+    group of their own.
+    """
 
     def __init__(self, url: str, size: int) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.size = size
-        self.idle: deque[_Connection] = deque()
+        self.idle: dict[str, deque[_Connection]] = {}
+        self.in_flight: Counter[str] = Counter()
         self.waiting: deque[asyncio.Future[_Connection | None]] = deque()
         self.open = 0
 
@@ -108,23 +129,39 @@ class ConnectionPool:
     async def warm(self, probe: bytes | None = None) -> None:
         """Open every connection up front (connecting is not part of what a phase measures).
 
-        One at a time, each answering `probe` (a cheap request) before the next is opened, as
-        connections from separate clients arrive. Opened all at once, they queue on the
-        listening socket and the first server worker to wake accepts every one of them: with
-        uvicorn's shared socket a 2-worker server then ran the whole load on one worker.
+        One at a time, each answering `probe` (a cheap request; `/v1/health` also names the
+        server process) before the next is opened, as connections from separate clients
+        arrive. Opened all at once, they queue on the listening socket and the first server
+        worker to wake accepts every one of them.
         """
         for _ in range(self.size - self.open):
             conn = await self._connect()
             if probe is not None:
                 await conn.send(probe)
-            self.idle.append(conn)
+            self._park(conn)
 
-    async def acquire(self) -> _Connection:
-        while self.idle:
-            conn = self.idle.popleft()
+    def instances(self) -> Counter[str]:
+        """Idle connections per server process (after `warm`: how the connections spread)."""
+        return Counter({k: len(v) for k, v in self.idle.items() if v})
+
+    def _park(self, conn: _Connection) -> None:
+        self.idle.setdefault(conn.instance, deque()).append(conn)
+
+    def _take_idle(self) -> _Connection | None:
+        while True:
+            ready = [k for k, q in self.idle.items() if q]
+            if not ready:
+                return None
+            queue = self.idle[min(ready, key=self.in_flight.__getitem__)]
+            conn = queue.popleft()
             if not conn.closed:
                 return conn
             self.open -= 1
+
+    async def acquire(self) -> _Connection:
+        conn = self._take_idle()
+        if conn is not None:
+            return conn
         if self.open < self.size:
             return await self._connect()
         fut: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
@@ -142,7 +179,7 @@ class ConnectionPool:
             if not fut.done():
                 fut.set_result(conn)
                 return
-        self.idle.append(conn)
+        self._park(conn)
 
     def _wake_one(self) -> None:
         while self.waiting:
@@ -154,17 +191,21 @@ class ConnectionPool:
     async def request(self, raw: bytes) -> tuple[int, bytes]:
         """Send one serialised request; (status, body). Connection errors propagate."""
         conn = await self.acquire()
+        instance = conn.instance
+        self.in_flight[instance] += 1
         try:
             return await conn.send(raw)
         except BaseException:
             conn.close()
             raise
         finally:
+            self.in_flight[instance] -= 1
             self.release(conn)
 
     def close(self) -> None:
-        for conn in self.idle:
-            conn.close()
+        for queue in self.idle.values():
+            for conn in queue:
+                conn.close()
         self.idle.clear()
 
 

@@ -75,6 +75,9 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
         "trivial_server_cpu_ms": round(1000.0 * (c2 - c1) / max(triv.n, 1), 3),
         # how the authorize load spread over the workers (an idle worker means an unbalanced accept)
         "authorize_worker_cpu_s": [round(w1.get(pid, 0.0) - w0.get(pid, 0.0), 2) for pid in sorted(w1)],
+        # how the kernel's accept spread the generator's connections over the workers (requests
+        # are then balanced per request: least in flight)
+        "authorize_connections_per_worker": sorted(auth.connections.values(), reverse=True),
         # what the load generator itself cost (it shares the machine's cores with the server)
         "load_generator_cpu_ms_per_request": round(1000.0 * (g1 - g0) / max(auth.n, 1), 3),
         "load_avg_1min_after": round(os.getloadavg()[0], 2),
@@ -87,5 +90,6 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
     protocol = {"kind": "open-loop load on loopback", "offered_rate_per_s": rate, "requests_per_phase": n,
                 "users": n_users, "evidence": "keystroke + touch + gait windows (SYNTHETIC)",
                 "database": "SQLite WAL (fresh)", "server": f"cadence serve (uvicorn, {workers} workers, own processes)",
-                "load_generator": "server.rawhttp: pre-serialised requests over 32 keep-alive connections (uvloop)"}
+                "load_generator": "server.rawhttp: pre-serialised requests over 32 keep-alive connections (uvloop), "
+                                  "each to the server process with the fewest requests in flight"}
     return BenchOutput(protocol=protocol, train_subjects=[], eval_subjects=[], rows=rows, extra=extra)

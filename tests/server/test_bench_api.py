@@ -29,3 +29,5 @@ def test_bench_api_quick_reports_the_issue_fields(tmp_path: Path) -> None:
     busy = [s for s in extra["authorize_worker_cpu_s"] if s > 0.05]
     assert len(busy) == 2, f"the authorize load should reach both workers: {extra['authorize_worker_cpu_s']}"
     assert set(rows) == {"authorize", "health"}
+    conns = extra["authorize_connections_per_worker"]
+    assert len(conns) == 2 and sum(conns) == 32  # every connection knows which worker holds it

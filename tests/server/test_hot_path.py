@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from cadence.db import make_engine
+from server.api.routes.health import INSTANCE_ID
 from server.app import create_app
 from server.loadgen import run_phase
 from server.rawhttp import ConnectionPool, new_event_loop, raw_request
@@ -61,6 +62,30 @@ def test_checkpointer_turns_off_auto_checkpoint_and_restarts_the_log(tmp_path: P
     with engine.connect() as conn:  # once stopped, new connections get SQLite's default again
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
     engine.dispose()
+
+
+def test_restart_waits_for_readers_on_the_old_log_and_then_starts_it_over(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    engine = make_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x TEXT)"))
+    ck = WalCheckpointer(engine, write_lock(engine), interval_s=3600, restart_busy_s=0.05)
+    ck.start(engine)
+    reader = sqlite3.connect(db, isolation_level=None)
+    try:
+        _write_rows(engine, 50)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t").fetchone()  # a read snapshot that uses the log
+        _write_rows(engine, 50)
+        assert ck.tick(restart=True) is False  # the reader kept the log from starting over
+        reader.execute("COMMIT")
+        assert ck.tick(restart=True) is True
+        _write_rows(engine, 1)
+        assert _wal_frames(db) <= 4
+    finally:
+        reader.close()
+        ck.stop()
+        engine.dispose()
 
 
 def test_checkpointer_starts_writeback_between_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,7 +185,8 @@ def test_raw_http_pool_talks_to_a_real_server_and_reports_a_dead_one(tmp_path: P
                     break
                 await asyncio.sleep(0.05)
             pool = ConnectionPool(url, 3)
-            await pool.warm()
+            await pool.warm(raw_request("GET", url, "/v1/health"))
+            assert pool.instances() == {INSTANCE_ID: 3}  # each connection knows its server process
             out = await asyncio.gather(*(pool.request(raw_request("GET", url, "/v1/health")) for _ in range(10)))
             bad = await pool.request(raw_request("POST", url, "/v1/transactions/authorize", b"{not json",
                                                  {"content-type": "application/json"}))
@@ -184,6 +210,32 @@ def test_raw_http_pool_talks_to_a_real_server_and_reports_a_dead_one(tmp_path: P
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner, pytest.raises(OSError):
         runner.run(dead())
+
+
+def test_pool_sends_each_request_to_the_least_busy_server_process() -> None:
+    from server.rawhttp import _Connection
+
+    loop = asyncio.new_event_loop()
+    try:
+        pool = ConnectionPool("http://127.0.0.1:1", 4)
+        conns = []
+        for name in ("a", "a", "a", "b"):  # an uneven accept: three connections on one worker
+            conn = _Connection(loop)
+            conn.instance = name
+            pool._park(conn)
+            conns.append(conn)
+        pool.open = 4
+        assert pool.instances() == {"a": 3, "b": 1}
+        assert pool._take_idle() is conns[0]  # a tie goes to the first process seen
+        pool.in_flight["a"] += 1
+        assert pool._take_idle() is conns[3]  # "a" is busy: the idle worker gets the next one
+        pool.in_flight["b"] += 1
+        pool.in_flight["a"] += 1
+        assert pool._take_idle() is conns[1]  # only "a" has idle connections left
+        conns[2].closed = True
+        assert pool._take_idle() is None and pool.open == 3  # a closed connection is dropped
+    finally:
+        loop.close()
 
 
 def test_invalid_json_body_is_a_field_named_422(client: TestClient) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
+
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -10,12 +13,16 @@ from server.api.deps import State
 from server.api.routing import CadenceRoute
 
 router = APIRouter(tags=["health"], route_class=CadenceRoute)
+#: names this server process (one per uvicorn worker; random, not the pid): a balancer or the
+#: bench's load generator reads it from `X-Cadence-Instance` to spread requests over workers
+INSTANCE_ID = secrets.token_hex(6)
+INSTANCE_HEADER = "X-Cadence-Instance"
 
 
-@router.get("/v1/health")
-def health() -> dict[str, str]:
+@router.get("/v1/health", response_model=dict[str, str])
+def health() -> JSONResponse:
     """Liveness: the process answers (also the trivial endpoint of `cadence bench api`)."""
-    return {"status": "ok"}
+    return JSONResponse({"status": "ok"}, headers={INSTANCE_HEADER: INSTANCE_ID})
 
 
 @router.get("/v1/ready")
