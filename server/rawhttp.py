@@ -23,8 +23,10 @@ from urllib.parse import urlsplit
 
 import httptools
 
-#: response header naming the server process (`server.api.routes.health.INSTANCE_HEADER`)
-INSTANCE_HEADER = b"x-cadence-instance"
+from server.signing import HEADER_INSTANCE
+
+#: response header naming the server process, as httptools reports names (lower-cased here)
+INSTANCE_HEADER = HEADER_INSTANCE.lower().encode("latin-1")
 
 
 def raw_request(method: str, url: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:

@@ -25,6 +25,8 @@ HEADER_DEVICE = "X-Cadence-Device"
 HEADER_TIMESTAMP = "X-Cadence-Timestamp"
 HEADER_NONCE = "X-Cadence-Nonce"
 HEADER_SIGNATURE = "X-Cadence-Signature"
+#: names the server process that answered (`/v1/health`), for balancing requests over workers
+HEADER_INSTANCE = "X-Cadence-Instance"
 
 
 class SignatureError(ValueError):

@@ -11,18 +11,18 @@ from sqlalchemy import text
 
 from server.api.deps import State
 from server.api.routing import CadenceRoute
+from server.signing import HEADER_INSTANCE
 
 router = APIRouter(tags=["health"], route_class=CadenceRoute)
 #: names this server process (one per uvicorn worker; random, not the pid): a balancer or the
-#: bench's load generator reads it from `X-Cadence-Instance` to spread requests over workers
+#: bench's load generator reads it from `HEADER_INSTANCE` to spread requests over workers
 INSTANCE_ID = secrets.token_hex(6)
-INSTANCE_HEADER = "X-Cadence-Instance"
 
 
 @router.get("/v1/health", response_model=dict[str, str])
 def health() -> JSONResponse:
     """Liveness: the process answers (also the trivial endpoint of `cadence bench api`)."""
-    return JSONResponse({"status": "ok"}, headers={INSTANCE_HEADER: INSTANCE_ID})
+    return JSONResponse({"status": "ok"}, headers={HEADER_INSTANCE: INSTANCE_ID})
 
 
 @router.get("/v1/ready")
