@@ -6,10 +6,11 @@ SQLite (the embedded default) runs in WAL mode with foreign keys on; PostgreSQL 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -46,3 +47,43 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error (no partial writes)."""
     with factory() as session, session.begin():
         yield session
+
+
+class HeldConnections:
+    """Each thread's own long-lived connections to an embedded database: one for reads, one for writes.
+
+    Why: checking a connection out of the pool, and back in, for every unit of work cost about
+    60 µs per transaction on SQLite (two per authorize call), as much as three statements. A
+    held connection skips that; the ORM session on it begins and commits as usual. SQLite
+    connections are files and never go stale, so holding them is safe; a network database
+    (PostgreSQL) keeps the pool, whose pre-ping replaces dropped connections.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engines = {False: engine, True: engine.execution_options(cadence_read_only=True)}
+        self._local = threading.local()
+        self._all: list[Connection] = []
+        self._lock = threading.Lock()
+
+    def connection(self, read_only: bool) -> Connection:
+        held: dict[bool, Connection] | None = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = {}
+        conn = held.get(read_only)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = held[read_only] = self.engines[read_only].connect()
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self, *, read_only: bool = False) -> Iterator[Session]:
+        """Like `transaction`: commit on success, roll back on any error."""
+        with Session(bind=self.connection(read_only), expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()

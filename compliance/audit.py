@@ -78,6 +78,20 @@ def entry_hash(*, seq: int, ts: datetime, event: str, actor: str, subject: str |
     return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class AppendedEntry:
+    """The row `append_audit` wrote (the columns of `AuditEntry`)."""
+
+    seq: int
+    ts: datetime
+    event: str
+    actor: str
+    subject: str | None
+    payload: str
+    prev_hash: str
+    hash: str
+
+
 def _hash_of(e: Any) -> str:
     return entry_hash(seq=e.seq, ts=e.ts, event=e.event, actor=e.actor, subject=e.subject, payload=e.payload, prev_hash=e.prev_hash)
 
@@ -140,7 +154,7 @@ def append_audit(
     subject: str | None,
     payload: dict[str, Any],
     now: datetime | None = None,
-) -> AuditEntry:
+) -> AppendedEntry:
     """Append one entry in the caller's transaction (so it commits or rolls back with the act).
 
     `subject` is the user id in the clear; it is stored as its keyed pseudonym, and any payload
@@ -172,15 +186,16 @@ def append_audit(
         row = prepared.execute(session, _HEAD_FOR_UPDATE).first()
         assert row is not None
     seq = row.seq + 1
-    entry = AuditEntry(seq=seq, ts=ts, event=event, actor=actor, subject=alias, payload=text, prev_hash=row.hash)
-    entry.hash = _hash_of(entry)
-    prepared.execute(session, _ENTRY_INSERT, {"seq": seq, "ts": ts, "event": event, "actor": actor, "subject": alias,
-                                 "payload": text, "prev_hash": row.hash, "hash": entry.hash})
+    # a plain record, not an ORM object: building a mapped instance cost as much as a statement
+    entry = AppendedEntry(seq=seq, ts=ts, event=event, actor=actor, subject=alias, payload=text, prev_hash=row.hash,
+                          hash=entry_hash(seq=seq, ts=ts, event=event, actor=actor, subject=alias, payload=text,
+                                          prev_hash=row.hash))
+    prepared.execute(session, _ENTRY_INSERT, dict(vars(entry)))
     prepared.execute(session, _HEAD_UPDATE, {"s": seq, "h": entry.hash})
     cached = session.identity_map.get(identity_key(AuditHead, 1))
     if cached is not None:  # an ORM copy of the head loaded earlier in this session is now stale
         session.expire(cached)
-    return entry  # transient (not in the session): its row is written above
+    return entry
 
 
 _HEAD_FOR_UPDATE = select(AuditHead.__table__.c.seq, AuditHead.__table__.c.hash).where(

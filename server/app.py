@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cadence.db import make_engine, make_sessionmaker
+from cadence.db import HeldConnections, make_engine, make_sessionmaker
 from cadence.settings import Settings, get_settings
 from fusion.policy import decide as policy_decide
 from modalities.events import MODALITIES
@@ -149,6 +149,8 @@ def _lifespan(settings: Settings) -> Any:
         finally:
             if checkpointer is not None:
                 checkpointer.stop()
+            if state.held is not None:
+                state.held.close()
 
     return lifespan
 
@@ -164,7 +166,10 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     if settings.environment != "development" and DEV_API_KEYS & set(settings.api_keys):
         raise ValueError("api_keys: development API keys are refused outside development")
     # one pooled connection per handler thread (plus the event loop's own use), none made and dropped under load
-    pool = {} if ":memory:" in settings.database_url else {"pool_size": settings.api_threads + 2, "max_overflow": 8}
+    # on a SQLite file each handler thread and the event loop hold a read and a write connection
+    # (`HeldConnections`); the rest of the pool serves the other callers
+    pool = {} if ":memory:" in settings.database_url else {"pool_size": 2 * (settings.api_threads + 1) + 2,
+                                                           "max_overflow": 8}
     engine = make_engine(settings.database_url, **pool)
     sqlite = engine.dialect.name == "sqlite"
     if sqlite:
@@ -189,6 +194,7 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
                                  read_sessions=make_sessionmaker(engine.execution_options(cadence_read_only=True)),
                                  limiter=RateLimiter(settings.device_rate_per_s),
                                  write_lock=write_lock(engine),
+                                 held=HeldConnections(engine) if sqlite and ":memory:" not in settings.database_url else None,
                                  decide=engine_.decide if engine_ else policy_decide,
                                  inline_handlers=(settings.api_inline_handlers if settings.api_inline_handlers is not None
                                                   else sqlite),

@@ -104,8 +104,9 @@ class ConnectionPool:
     """Up to `size` persistent connections to one host, balanced over the server's processes.
 
     An idle connection is taken from the server process (instance) with the fewest requests
-    in flight, first-in first-out within it; connections whose instance is unknown form one
-    group of their own.
+    in flight; between processes with equally few, from the one sent the fewest requests so far
+    (round robin among the least loaded, as nginx's `least_conn` breaks ties), first-in
+    first-out within it. Connections whose instance is unknown form one group of their own.
     """
 
     def __init__(self, url: str, size: int) -> None:
@@ -114,6 +115,8 @@ class ConnectionPool:
         self.size = size
         self.idle: dict[str, deque[_Connection]] = {}
         self.in_flight: Counter[str] = Counter()
+        #: requests sent per instance (the tie-break)
+        self.sent: Counter[str] = Counter()
         self.waiting: deque[asyncio.Future[_Connection | None]] = deque()
         self.open = 0
 
@@ -154,7 +157,7 @@ class ConnectionPool:
             ready = [k for k, q in self.idle.items() if q]
             if not ready:
                 return None
-            queue = self.idle[min(ready, key=self.in_flight.__getitem__)]
+            queue = self.idle[min(ready, key=lambda k: (self.in_flight[k], self.sent[k]))]
             conn = queue.popleft()
             if not conn.closed:
                 return conn
@@ -195,6 +198,7 @@ class ConnectionPool:
         conn = await self.acquire()
         instance = conn.instance
         self.in_flight[instance] += 1
+        self.sent[instance] += 1
         try:
             return await conn.send(raw)
         except BaseException:

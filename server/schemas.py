@@ -7,12 +7,13 @@ device. Every float must be finite (NaN/inf refused, naming the field).
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Modality = Literal["keystroke", "touch", "gait"]
 Outcome = Literal["approve", "step_up", "deny"]
@@ -57,13 +58,17 @@ class FeatureWindowIn(_Strict):
             raise ValueError(f"end: window ends before it starts ({self.end} < {self.start})")
         return self
 
-    _array: np.ndarray | None = PrivateAttr(default=None)
+    @functools.cached_property
+    def values_array(self) -> np.ndarray:
+        """`values` as little-endian float64, converted once: hashing, checks and scoring share it.
+
+        A cached property lives in the instance's own dict: read back in one lookup, where a
+        pydantic private attribute goes through `__getattr__` on every read.
+        """
+        return np.asarray(self.values, dtype="<f8")
 
     def array(self) -> np.ndarray:
-        """`values` as little-endian float64, converted once: hashing, checks and scoring share it."""
-        if self._array is None:
-            self._array = np.asarray(self.values, dtype="<f8")
-        return self._array
+        return self.values_array
 
 
 class DeviceRegister(_Strict):

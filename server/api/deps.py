@@ -13,7 +13,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from cadence.db import transaction
+from cadence.db import HeldConnections, transaction
 from cadence.settings import Settings
 from fusion.policy import Decision, ModalityEvidence
 from fusion.policy import decide as policy_decide
@@ -21,6 +21,7 @@ from server.errors import ApiError
 from server.metrics import Metrics
 from server.services.devices import RateLimiter, consume_nonce, verify_device_request
 from server.services.scoring import ScorerProvider
+from server.signing import HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
 
 T = TypeVar("T")
 
@@ -41,12 +42,20 @@ class AppState:
     #: held around each write transaction on SQLite: one writer per process waits on this
     #: lock instead of in SQLite's sleeping busy handler (which backs off up to 100 ms)
     write_lock: AbstractContextManager[Any] = field(default_factory=nullcontext)
+    #: per-thread held connections (embedded SQLite file) instead of a pool checkout per transaction
+    held: HeldConnections | None = None
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One write transaction (commit on success, rollback on error)."""
-        with self.write_lock, transaction(self.sessions) as session:
+        with self.write_lock, (self.held.transaction() if self.held else transaction(self.sessions)) as session:
             yield session
+
+    def read(self) -> AbstractContextManager[Session]:
+        """One read-only transaction (plain BEGIN on SQLite: no write lock taken)."""
+        if self.held is not None:
+            return self.held.transaction(read_only=True)
+        return transaction(self.read_sessions or self.sessions)
 
     #: run hot synchronous handlers on the event loop itself instead of the thread pool
     inline_handlers: bool = False
@@ -164,7 +173,7 @@ class DeviceRequest:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A read-only phase: the signature is verified, nothing is written (no write lock)."""
-        with transaction(self.state.read_sessions or self.state.sessions) as session:
+        with self.state.read() as session:
             self._verify(session, signature=True)
             yield session
 
@@ -181,6 +190,21 @@ class DeviceRequest:
             yield session
 
 
+def check_rate(state: AppState, device_id: str | None) -> None:
+    """429 when this device has used up its request rate (per worker process)."""
+    if state.limiter is not None and device_id and not state.limiter.allow(device_id):
+        raise ApiError(429, "rate_limited", f"X-Cadence-Device: more than {state.limiter.rate:g} requests/s from this device")
+
+
+def signed_request(state: AppState, request: Request, body: bytes) -> DeviceRequest:
+    """What authenticates a device request, read from its headers (checked by `DeviceRequest`)."""
+    h = request.headers
+    device_id = h.get(HEADER_DEVICE)
+    check_rate(state, device_id)
+    return DeviceRequest(state, request.method, request.url.path, body, device_id,
+                         h.get(HEADER_TIMESTAMP), h.get(HEADER_NONCE), h.get(HEADER_SIGNATURE))
+
+
 async def device_request(
     request: Request,
     state: State,
@@ -189,9 +213,8 @@ async def device_request(
     x_cadence_nonce: Annotated[str | None, Header()] = None,
     x_cadence_signature: Annotated[str | None, Header()] = None,
 ) -> DeviceRequest:
-    """Collect what authenticates a device request (checked by `DeviceRequest.transaction`)."""
-    if state.limiter is not None and x_cadence_device and not state.limiter.allow(x_cadence_device):
-        raise ApiError(429, "rate_limited", f"X-Cadence-Device: more than {state.limiter.rate:g} requests/s from this device")
+    """Collect what authenticates a device request (the header parameters document the contract)."""
+    check_rate(state, x_cadence_device)
     return DeviceRequest(state, request.method, request.url.path, await request.body(), x_cadence_device,
                          x_cadence_timestamp, x_cadence_nonce, x_cadence_signature)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import defaultdict
@@ -33,9 +34,15 @@ class EvidenceReplay(ApiError):
         self.user_id, self.modality, self.digest = user_id, modality, digest
 
 
+@functools.lru_cache(maxsize=256)
+def _hash_prefix(modality: str, feature_version: str) -> str:
+    """`json.dumps([modality, feature_version, n])` up to n (the same text, built once per version)."""
+    return json.dumps([modality, feature_version])[:-1] + ", "
+
+
 def window_hash(w: FeatureWindowIn) -> str:
     """SHA-256 over the window's fields, floats as little-endian IEEE-754 bytes."""
-    h = hashlib.sha256(json.dumps([w.modality, w.feature_version, w.n_events]).encode())
+    h = hashlib.sha256(f"{_hash_prefix(w.modality, w.feature_version)}{w.n_events}]".encode())
     h.update(np.asarray([w.start, w.end, w.quality], dtype="<f8").tobytes())
     h.update(w.array().tobytes())
     return h.hexdigest()
@@ -63,14 +70,14 @@ def check_versions(modality: str, items: list[tuple[int, FeatureWindowIn]], acti
 
 
 _E = EvidenceSeen.__table__.c
-_SEEN = select(_E.window_hash).where(_E.window_hash.in_(bindparam("h", expanding=True)))
+_SEEN = select(_E.window_hash).where(_E.user_id == bindparam("u"), _E.window_hash.in_(bindparam("h", expanding=True)))
 
 
 def check_unseen(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]],
                  digests: list[str] | None = None) -> list[str]:
-    """Hashes of the windows; raise `EvidenceReplay` if one was seen before (or twice here)."""
+    """Hashes of the windows; raise `EvidenceReplay` if this user sent one before (or twice here)."""
     digests = digests if digests is not None else [window_hash(w) for _, w in items]
-    seen = set(prepared.execute(session, _SEEN, {"h": digests}).scalars().all()) if digests else set()
+    seen = set(prepared.execute(session, _SEEN, {"u": user_id, "h": digests}).scalars().all()) if digests else set()
     batch: set[str] = set()
     for (i, w), d in zip(items, digests):
         if d in seen or d in batch:

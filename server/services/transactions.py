@@ -64,8 +64,14 @@ def _template(session: Session, provider: ScorerProvider, active: ActiveScorer, 
     return info, arrays
 
 
-def request_hash(body: AuthorizeRequest) -> str:
-    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+def request_hash(body: AuthorizeRequest, raw: bytes | None = None) -> str:
+    """SHA-256 of the request: of the exact bytes the device signed when the API has them.
+
+    An idempotent retry resends the signed bytes, so hashing them needs no re-serialisation
+    (a visible share of the call), and the audit's `request_sha256` can be checked against the
+    signed request itself. Callers without the bytes (scripts) hash the validated body's JSON.
+    """
+    return hashlib.sha256(raw if raw is not None else body.model_dump_json().encode()).hexdigest()
 
 
 def find_idempotent(session: Session, body: AuthorizeRequest, req_hash: str | None = None) -> dict[str, Any] | None:
@@ -187,13 +193,13 @@ def _check_user(user: Any, body: AuthorizeRequest, lockout_failures: int) -> Any
 
 
 def plan_authorize(session: Session, provider: ScorerProvider, body: AuthorizeRequest, *, lockout_failures: int,
-                   decider: Callable[..., Decision] = decide) -> Plan:
+                   decider: Callable[..., Decision] = decide, raw: bytes | None = None) -> Plan:
     """Read phase of `authorize`: idempotency, lockout, consent, scoring and fusion (no writes).
 
     Kept out of the write transaction so that, on SQLite, the write lock is held only for
     the few inserts of `commit_authorize`, not for the scoring.
     """
-    req_hash = request_hash(body)
+    req_hash = request_hash(body, raw)
     stored = find_idempotent(session, body, req_hash)
     if stored is not None:
         return Plan(stored=stored, request_hash=req_hash)

@@ -226,9 +226,13 @@ def test_pool_sends_each_request_to_the_least_busy_server_process() -> None:
             conns.append(conn)
         pool.open = 4
         assert pool.instances() == {"a": 3, "b": 1}
-        assert pool._take_idle() is conns[0]  # a tie goes to the first process seen
+        pool.sent["a"] += 1
+        assert pool._take_idle() is conns[3]  # a tie goes to the process sent fewer requests so far
+        pool._park(conns[3])
+        pool.sent["b"] += 2
+        assert pool._take_idle() is conns[0]  # ... which is now "a"
         pool.in_flight["a"] += 1
-        assert pool._take_idle() is conns[3]  # "a" is busy: the idle worker gets the next one
+        assert pool._take_idle() is conns[3]  # "a" is busy: the idle worker gets the next one, whatever it was sent
         pool.in_flight["b"] += 1
         pool.in_flight["a"] += 1
         assert pool._take_idle() is conns[1]  # only "a" has idle connections left

@@ -63,13 +63,14 @@ def test_fast_path_answers_as_sqlalchemy_does(db_url: str) -> None:  # noqa: F81
             seen = [{"window_hash": f"{i:064x}", "user_id": "u2", "modality": "gait", "seen_at": T0 + timedelta(seconds=i)}
                     for i in range(4)]
             assert prepared.execute(s, _SEEN_INSERT, seen).rowcount in (4, -1)
-            probe = {"h": [f"{i:064x}" for i in (0, 3, 9)]}
+            probe = {"u": "u2", "h": [f"{i:064x}" for i in (0, 3, 9)]}
             via_sqlalchemy = s.connection().execute(_SEEN, probe).scalars().all()
             assert sorted(prepared.execute(s, _SEEN, probe).scalars().all()) == sorted(via_sqlalchemy)
             assert len(via_sqlalchemy) == 2
             for hashes in ([f"{3:064x}"], [], [f"{i:064x}" for i in range(5)], [f"{1:064x}", "x"]):  # SQL per length
-                got = prepared.execute(s, _SEEN, {"h": hashes}).scalars()
-                assert sorted(got) == sorted(s.connection().execute(_SEEN, {"h": hashes}).scalars().all())
+                got = prepared.execute(s, _SEEN, {"u": "u2", "h": hashes}).scalars()
+                assert sorted(got) == sorted(s.connection().execute(_SEEN, {"u": "u2", "h": hashes}).scalars().all())
+            assert prepared.execute(s, _SEEN, {"u": "u1", "h": probe["h"]}).first() is None  # per user
             assert prepared.execute(s, _HEAD_FOR_UPDATE).first() is None  # `id == 1`: a literal of the statement
         with pytest.raises(IntegrityError), transaction(factory) as s:
             prepared.execute(s, _SEEN_INSERT, [seen[0]])
