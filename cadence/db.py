@@ -50,30 +50,38 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 class HeldConnections:
-    """Each thread's own long-lived connections to an embedded database: one for reads, one for writes.
+    """The event loop thread's own long-lived connections to an embedded database (read and write).
 
     Why: checking a connection out of the pool, and back in, for every unit of work cost about
     60 µs per transaction on SQLite (two per authorize call), as much as three statements. A
     held connection skips that; the ORM session on it begins and commits as usual. SQLite
     connections are files and never go stale, so holding them is safe; a network database
     (PostgreSQL) keeps the pool, whose pre-ping replaces dropped connections.
+
+    Only the thread that `claim`s it holds connections: the event loop, which runs the hot
+    handlers inline and lives as long as the server. Thread-pool workers come and go (anyio
+    retires one after 10 s idle), and connections held by each would never go back to the pool.
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engines = {False: engine, True: engine.execution_options(cadence_read_only=True)}
-        self._local = threading.local()
-        self._all: list[Connection] = []
-        self._lock = threading.Lock()
+        self.owner: int | None = None
+        self._held: dict[bool, Connection] = {}
+
+    def claim(self) -> None:
+        """Make the calling thread (the event loop's) the one that holds connections."""
+        self.owner = threading.get_ident()
+
+    def here(self) -> bool:
+        """Whether the calling thread holds connections (else it should use the pool)."""
+        return self.owner is not None and self.owner == threading.get_ident()
 
     def connection(self, read_only: bool) -> Connection:
-        held: dict[bool, Connection] | None = getattr(self._local, "held", None)
-        if held is None:
-            held = self._local.held = {}
-        conn = held.get(read_only)
+        if not self.here():
+            raise RuntimeError("HeldConnections: only the claiming thread holds connections")
+        conn = self._held.get(read_only)
         if conn is None or conn.closed or conn.invalidated:
-            conn = held[read_only] = self.engines[read_only].connect()
-            with self._lock:
-                self._all.append(conn)
+            conn = self._held[read_only] = self.engines[read_only].connect()
         return conn
 
     @contextmanager
@@ -83,7 +91,7 @@ class HeldConnections:
             yield session
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
+        held, self._held = self._held, {}
+        self.owner = None
+        for conn in held.values():
             conn.close()

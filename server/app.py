@@ -138,6 +138,8 @@ def _lifespan(settings: Settings) -> Any:
                 state.provider.get(modality)
             except Exception as exc:  # noqa: BLE001 - a broken model must not stop the API; requests report it
                 log.warning("scorer for %s not loaded at start-up: %s", modality, exc)
+        if state.held is not None:
+            state.held.claim()  # this thread runs the event loop: it holds its connections
         # the checkpointer switches itself off for anything but a SQLite file
         checkpointer = WalCheckpointer(app.state.engine, state.write_lock) if settings.sqlite_background_checkpoint else None
         if checkpointer is not None:
@@ -166,10 +168,9 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     if settings.environment != "development" and DEV_API_KEYS & set(settings.api_keys):
         raise ValueError("api_keys: development API keys are refused outside development")
     # one pooled connection per handler thread (plus the event loop's own use), none made and dropped under load
-    # on a SQLite file each handler thread and the event loop hold a read and a write connection
-    # (`HeldConnections`); the rest of the pool serves the other callers
-    pool = {} if ":memory:" in settings.database_url else {"pool_size": 2 * (settings.api_threads + 1) + 2,
-                                                           "max_overflow": 8}
+    # one pooled connection per handler thread, plus the event loop's two held ones on a SQLite
+    # file (`HeldConnections`): none made and dropped under load
+    pool = {} if ":memory:" in settings.database_url else {"pool_size": settings.api_threads + 4, "max_overflow": 8}
     engine = make_engine(settings.database_url, **pool)
     sqlite = engine.dialect.name == "sqlite"
     if sqlite:

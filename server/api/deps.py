@@ -42,18 +42,22 @@ class AppState:
     #: held around each write transaction on SQLite: one writer per process waits on this
     #: lock instead of in SQLite's sleeping busy handler (which backs off up to 100 ms)
     write_lock: AbstractContextManager[Any] = field(default_factory=nullcontext)
-    #: per-thread held connections (embedded SQLite file) instead of a pool checkout per transaction
+    #: the event loop's held connections (embedded SQLite file) instead of a pool checkout per transaction
     held: HeldConnections | None = None
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One write transaction (commit on success, rollback on error)."""
-        with self.write_lock, (self.held.transaction() if self.held else transaction(self.sessions)) as session:
+        if self.held is not None and self.held.here():
+            scope = self.held.transaction()
+        else:
+            scope = transaction(self.sessions)
+        with self.write_lock, scope as session:
             yield session
 
     def read(self) -> AbstractContextManager[Session]:
         """One read-only transaction (plain BEGIN on SQLite: no write lock taken)."""
-        if self.held is not None:
+        if self.held is not None and self.held.here():
             return self.held.transaction(read_only=True)
         return transaction(self.read_sessions or self.sessions)
 

@@ -255,3 +255,56 @@ def test_nan_in_a_feature_is_parsed_and_then_refused_by_validation(client: TestC
            b'"feature_version": "1", "start": 0, "end": 1}]}'
     r = client.post("/v1/transactions/authorize", content=body, headers={"content-type": "application/json"})
     assert r.status_code in (401, 422), r.text
+
+
+def test_only_the_event_loop_holds_connections_and_short_lived_threads_return_theirs(tmp_path: Path) -> None:
+    """Thread-pool workers come and go: a connection held per thread would never go back to the pool."""
+    import threading
+
+    app = create_app(make_settings(tmp_path))
+    state = app.state.cadence
+    engine = app.state.engine
+    with TestClient(app) as client:
+        assert state.held is not None and state.held.owner is not None  # claimed by the event loop at start-up
+        for _ in range(3):
+            assert client.get("/v1/ready").status_code == 200
+
+        def unit_of_work() -> None:
+            assert not state.held.here()
+            with state.write() as session:
+                session.execute(text("SELECT 1"))
+            with state.read() as session:
+                session.execute(text("SELECT 1"))
+
+        for _ in range(30):  # more short-lived threads than the pool has connections
+            t = threading.Thread(target=unit_of_work)
+            t.start()
+            t.join(timeout=10)
+            assert not t.is_alive()
+        assert engine.pool.checkedout() <= 2  # at most the event loop's two held connections
+        held = state.held
+    assert held.owner is None and engine.pool.checkedout() == 0  # shutdown closed them
+    engine.dispose()
+
+
+def test_held_connections_serve_the_event_loop_across_transactions(tmp_path: Path) -> None:
+    from cadence.db import HeldConnections
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'h.sqlite'}")
+    held = HeldConnections(engine)
+    with pytest.raises(RuntimeError):
+        held.connection(False)  # not claimed: the caller must use the pool
+    held.claim()
+    with held.transaction() as s:
+        s.execute(text("CREATE TABLE t (x INTEGER)"))
+        s.execute(text("INSERT INTO t VALUES (1)"))
+    first = held.connection(False)
+    with pytest.raises(ZeroDivisionError), held.transaction() as s:
+        s.execute(text("INSERT INTO t VALUES (2)"))
+        raise ZeroDivisionError  # rolled back, nothing half-written
+    with held.transaction(read_only=True) as s:
+        assert s.execute(text("SELECT x FROM t")).scalars().all() == [1]
+    assert held.connection(False) is first and engine.pool.checkedout() == 2
+    held.close()
+    assert engine.pool.checkedout() == 0
+    engine.dispose()
