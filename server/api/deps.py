@@ -201,11 +201,13 @@ def check_rate(state: AppState, device_id: str | None) -> None:
 
 
 def signed_request(state: AppState, request: Request, body: bytes) -> DeviceRequest:
-    """What authenticates a device request, read from its headers (checked by `DeviceRequest`)."""
+    """What authenticates a device request, read from its headers (checked by `DeviceRequest`).
+
+    The caller checks the device's rate (`check_rate`) first, before parsing the body, as the
+    `Signed` dependency does.
+    """
     h = request.headers
-    device_id = h.get(HEADER_DEVICE)
-    check_rate(state, device_id)
-    return DeviceRequest(state, request.method, request.url.path, body, device_id,
+    return DeviceRequest(state, request.method, request.url.path, body, h.get(HEADER_DEVICE),
                          h.get(HEADER_TIMESTAMP), h.get(HEADER_NONCE), h.get(HEADER_SIGNATURE))
 
 

@@ -232,6 +232,19 @@ def test_rate_limit_per_device(tmp_path, windows) -> None:  # type: ignore[no-un
     assert codes[:4] == [200] * 4 and 429 in codes[4:]
 
 
+def test_rate_limit_comes_before_body_validation_on_authorize(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The lean authorize handler keeps the `Signed` dependency's order: 429 before parsing."""
+    from server.app import create_app
+    from tests.server.conftest import make_settings
+
+    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
+    with TestClient(app) as client:
+        dev = new_device(client, "erin")
+        codes = [dev.signed("POST", "/v1/transactions/authorize", {"user_id": "erin"}).status_code for _ in range(8)]
+    app.state.engine.dispose()
+    assert codes[:4] == [422] * 4 and codes[-1] == 429
+
+
 def test_holder_purge_and_export(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime, timedelta
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from server.api.deps import AppState, BankKey, DeviceRequest, Signed, State, Uow, same_user, signed_request
+from server.api.deps import AppState, BankKey, DeviceRequest, Signed, State, Uow, check_rate, same_user, signed_request
 from server.api.routing import CadenceRoute, json_body, lean
 from server.errors import ApiError
 from server.models import Transaction
@@ -17,7 +17,7 @@ from server.schemas import AuthorizeRequest, AuthorizeResponse, StepUpComplete, 
 from server.services import transactions as svc
 from server.services.evidence import EvidenceReplay, record_replay
 from server.services.transactions import find_idempotent
-from server.signing import SignatureError, b64e, verify_token
+from server.signing import HEADER_DEVICE, SignatureError, b64e, verify_token
 
 router = APIRouter(prefix="/v1/transactions", tags=["transactions"], route_class=CadenceRoute)
 TxId = Path(min_length=1, max_length=36)
@@ -26,6 +26,7 @@ TxId = Path(min_length=1, max_length=36)
 async def _authorize_lean(request: Request) -> Response:
     """`authorize` without FastAPI's per-request dependency solving (the hot path)."""
     state: AppState = request.app.state.cadence
+    check_rate(state, request.headers.get(HEADER_DEVICE))  # 429 before any parsing, as `Signed` does
     body, raw = await json_body(request, AuthorizeRequest)
     req = signed_request(state, request, raw)
     out = await state.run(_authorize, body, req, state)
