@@ -67,6 +67,33 @@ def test_migrations_match_models_and_downgrade(db_url: str) -> None:
         engine.dispose()
 
 
+def test_migration_0002_keeps_evidence_hashes_both_ways(db_url: str) -> None:
+    """Re-keying `server_evidence_seen` by user copies every hash; going back keeps one row per hash."""
+    from datetime import UTC, datetime
+
+    engine = make_engine(db_url)
+    now = {"t": datetime.now(UTC)}
+    seen = text("SELECT user_id, window_hash FROM server_evidence_seen ORDER BY user_id, window_hash")
+    add = text("INSERT INTO server_evidence_seen (window_hash, user_id, modality, seen_at) VALUES (:h, :u, 'gait', :t)")
+    try:
+        upgrade(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO server_user (id, locked, consecutive_failures, created_at) "
+                              "VALUES ('a', false, 0, :t), ('b', false, 0, :t)"), now)
+            conn.execute(add, [{"h": "h1", "u": "a", **now}, {"h": "h2", "u": "b", **now}])
+        upgrade(engine)
+        with engine.begin() as conn:
+            assert conn.execute(seen).all() == [("a", "h1"), ("b", "h2")]
+            conn.execute(add, {"h": "h1", "u": "b", **now})  # per user now: the same window for another user
+        downgrade(engine, "0001")
+        with engine.begin() as conn:
+            assert conn.execute(seen).all() == [("a", "h1"), ("b", "h2")]
+        upgrade(engine)
+    finally:
+        downgrade(engine)
+        engine.dispose()
+
+
 def test_api_round_trip_on_backend(db_url: str, tmp_path: Path, calibration_file: Path, windows) -> None:  # type: ignore[no-untyped-def]
     app = create_app(make_settings(tmp_path, database_url=db_url, fusion_calibration=calibration_file))
     try:
