@@ -216,8 +216,6 @@ class PhaseResult:
     error_kinds: dict[str, int] = field(default_factory=dict)
     #: the generator's connections per server process (`X-Cadence-Instance`), as opened
     connections: dict[str, int] = field(default_factory=dict)
-    #: each latency's scheduled send time (ms from the phase's start): when the slow ones happened
-    sent_at_ms: list[float] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -244,7 +242,6 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
     else:
         raws = [raw_request(method, url, p.path, p.body, p.headers) for p in requests[:n]]
     lat: list[float] = []
-    sent_at: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}
     live = responses is not None
@@ -267,7 +264,6 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
             fail(type(exc).__name__)
             return
         lat.append((clock() - start) * 1000.0)
-        sent_at.append((start - t0) * 1000.0)
         if status >= 400:
             fail(str(status))
         elif requests is not None:
@@ -295,7 +291,7 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
     pool.close()
     for key, body in bodies:  # parsed after the clock stopped
         responses[key] = json.loads(body)
-    return PhaseResult(lat, errors, seconds, responses, kinds, connections, sent_at)
+    return PhaseResult(lat, errors, seconds, responses, kinds, connections)
 
 
 def run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int,

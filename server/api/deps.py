@@ -221,8 +221,7 @@ async def device_request(
 ) -> DeviceRequest:
     """Collect what authenticates a device request (the header parameters document the contract)."""
     check_rate(state, x_cadence_device)
-    return DeviceRequest(state, request.method, request.url.path, await request.body(), x_cadence_device,
-                         x_cadence_timestamp, x_cadence_nonce, x_cadence_signature)
+    return signed_request(state, request, await request.body())
 
 
 Signed = Annotated[DeviceRequest, Depends(device_request)]
