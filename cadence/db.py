@@ -67,6 +67,7 @@ class HeldConnections:
         self.engines = {False: engine, True: engine.execution_options(cadence_read_only=True)}
         self.owner: int | None = None
         self._held: dict[bool, Connection] = {}
+        self._sessions: dict[bool, tuple[Connection, Session]] = {}
 
     def claim(self) -> None:
         """Make the calling thread (the event loop's) the one that holds connections."""
@@ -86,12 +87,32 @@ class HeldConnections:
 
     @contextmanager
     def transaction(self, *, read_only: bool = False) -> Iterator[Session]:
-        """Like `transaction`: commit on success, roll back on any error."""
-        with Session(bind=self.connection(read_only), expire_on_commit=False) as session, session.begin():
-            yield session
+        """Like `transaction`: commit on success, roll back on any error.
+
+        The session object is reused from one transaction to the next on the same held
+        connection (building and closing one cost ~60 µs, two per authorize call); its
+        identity map is emptied after each, so no object outlives its unit of work.
+        """
+        conn = self.connection(read_only)
+        held = self._sessions.get(read_only)
+        if held is None or held[0] is not conn:
+            held = self._sessions[read_only] = (conn, Session(bind=conn, expire_on_commit=False))
+        session = held[1]
+        if session.in_transaction():  # nested use on the event loop (not expected): a session of its own
+            with Session(bind=conn, expire_on_commit=False) as own, own.begin():
+                yield own
+            return
+        try:
+            with session.begin():
+                yield session
+        finally:
+            session.expunge_all()
 
     def close(self) -> None:
         held, self._held = self._held, {}
+        for _, session in self._sessions.values():
+            session.close()
+        self._sessions = {}
         self.owner = None
         for conn in held.values():
             conn.close()

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     sqlite_background_checkpoint: bool = True
     #: server: run the authorize handler on the event loop (None = when the database is SQLite)
     api_inline_handlers: bool | None = None
+    #: server: pin each worker process of a multi-worker `cadence serve` to a CPU of its own
+    #: (Linux; server/affinity.py). For hosts whose cores serve the API alone
+    api_pin_workers: bool = False
     environment: str = "development"
     #: server: API keys -> scopes ("bank", "admin"); the defaults are development keys,
     #: refused outside development (set CADENCE_API_KEYS='{"<secret>": ["bank"]}')

@@ -21,6 +21,7 @@ from cadence.db import HeldConnections, make_engine, make_sessionmaker
 from cadence.settings import Settings, get_settings
 from fusion.policy import decide as policy_decide
 from modalities.events import MODALITIES
+from server.affinity import is_worker_process, pin_worker
 from server.api.deps import AppState
 from server.api.routes import admin, devices, health, models, sessions, transactions, users
 from server.errors import ApiError
@@ -140,6 +141,8 @@ def _lifespan(settings: Settings) -> Any:
                 log.warning("scorer for %s not loaded at start-up: %s", modality, exc)
         if state.held is not None:
             state.held.claim()  # this thread runs the event loop: it holds its connections
+        if settings.api_pin_workers and is_worker_process():
+            pin_worker()
         # the checkpointer switches itself off for anything but a SQLite file
         checkpointer = WalCheckpointer(app.state.engine, state.write_lock) if settings.sqlite_background_checkpoint else None
         if checkpointer is not None:

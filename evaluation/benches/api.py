@@ -1,7 +1,7 @@
 """`cadence bench api`: latency and throughput of `authorize` under load, on loopback.
 
-The server runs as `cadence serve` (2 uvicorn workers by default, ``CADENCE_BENCH_API_WORKERS``)
-in its own processes on a fresh SQLite (WAL) database; a
+The server runs as `cadence serve` (2 uvicorn workers by default, ``CADENCE_BENCH_API_WORKERS``,
+each pinned to a CPU of its own unless ``CADENCE_BENCH_API_PIN=0``) in its own processes on a fresh SQLite (WAL) database; a
 SYNTHETIC population is enrolled; then the same open-loop load (a fixed arrival rate) is
 sent first to `authorize` with three-modality evidence and then to the trivial
 `/v1/health` (250 requests/s by default, ``CADENCE_BENCH_API_RATE``). p50/p99 and throughput of both, their p99 ratio and the error count go to
@@ -32,6 +32,8 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
 
     rate = float(os.environ.get("CADENCE_BENCH_API_RATE", "250"))
     workers = int(os.environ.get("CADENCE_BENCH_API_WORKERS", "2"))
+    # one CPU per worker (server/affinity.py), as on a host whose cores serve the API alone
+    pin = os.environ.get("CADENCE_BENCH_API_PIN", "1") not in ("0", "false", "no")
     seconds = 6.0 if ctx.quick else 20.0
     n = int(rate * seconds)
     n_users = 4 if ctx.quick else 12
@@ -39,7 +41,7 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
         work = Path(tmp)
         fit_calibration(synthetic_people(ctx.seed, 6, first=200), None).save(work / "fusion-calibration.json")
         env = {"CADENCE_FUSION_CALIBRATION": str(work / "fusion-calibration.json"),
-               "CADENCE_API_WORKERS": str(workers)}
+               "CADENCE_API_WORKERS": str(workers), "CADENCE_API_PIN_WORKERS": "1" if pin else "0"}
         with server_process(work, env=env) as srv:
             pop = enrol_population(srv.url, n_users, seed=ctx.seed)
             warm = authorize_requests(pop, 50, tag="warm")
@@ -69,6 +71,7 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
         "errors": auth.errors + triv.errors,
         "error_kinds": {"authorize": auth.error_kinds, "trivial": triv.error_kinds},
         "server_workers": workers,
+        "server_workers_pinned": pin,
         "offered_rate_per_s": rate,
         # server CPU per request (all workers): what the load costs independent of queueing
         "authorize_server_cpu_ms": round(1000.0 * (c1 - c0) / max(auth.n, 1), 3),
@@ -89,7 +92,8 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
     extra["authorize_decisions"] = decisions
     protocol = {"kind": "open-loop load on loopback", "offered_rate_per_s": rate, "requests_per_phase": n,
                 "users": n_users, "evidence": "keystroke + touch + gait windows (SYNTHETIC)",
-                "database": "SQLite WAL (fresh)", "server": f"cadence serve (uvicorn, {workers} workers, own processes)",
+                "database": "SQLite WAL (fresh)", "server": f"cadence serve (uvicorn, {workers} workers, own processes"
+                          f"{', one CPU each' if pin else ''})",
                 "load_generator": "server.rawhttp: pre-serialised requests over 32 keep-alive connections (uvloop), "
                                   "each to the server process with the fewest requests in flight"}
     return BenchOutput(protocol=protocol, train_subjects=[], eval_subjects=[], rows=rows, extra=extra)

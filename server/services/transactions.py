@@ -177,6 +177,9 @@ class Plan:
     request_hash: str = ""
     assessment: Assessment | None = None
     decision: Decision | None = None
+    #: the transaction id and its signed token, made before the write lock is taken (signing is CPU only)
+    tx_id: str = ""
+    token: str = ""
 
 
 _U = User.__table__.c
@@ -193,7 +196,8 @@ def _check_user(user: Any, body: AuthorizeRequest, lockout_failures: int) -> Any
 
 
 def plan_authorize(session: Session, provider: ScorerProvider, body: AuthorizeRequest, *, lockout_failures: int,
-                   decider: Callable[..., Decision] = decide, raw: bytes | None = None) -> Plan:
+                   decider: Callable[..., Decision] = decide, raw: bytes | None = None,
+                   signing_key: Ed25519PrivateKey | None = None) -> Plan:
     """Read phase of `authorize`: idempotency, lockout, consent, scoring and fusion (no writes).
 
     Kept out of the write transaction so that, on SQLite, the write lock is held only for
@@ -205,7 +209,15 @@ def plan_authorize(session: Session, provider: ScorerProvider, body: AuthorizeRe
         return Plan(stored=stored, request_hash=req_hash)
     _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
     a = assess_evidence(session, provider, body.user_id, body.evidence, persist_templates=False)
-    return Plan(None, req_hash, a, decider(a.evidence, amount=float(body.amount)))
+    plan = Plan(None, req_hash, a, decider(a.evidence, amount=float(body.amount)), tx_id=str(uuid.uuid4()))
+    if signing_key is not None:
+        plan.token = _token(signing_key, plan.tx_id, body, plan.decision.outcome)  # type: ignore[union-attr]
+    return plan
+
+
+def _token(signing_key: Ed25519PrivateKey, tx_id: str, body: AuthorizeRequest, outcome: str) -> str:
+    return make_token(signing_key, token_claims(tx_id, body.user_id, outcome, f"{body.amount:.2f}", body.currency,
+                                                body.payee))
 
 
 def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKey, body: AuthorizeRequest,
@@ -232,9 +244,9 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
             reasons.append({"modality": "none", "code": "locked", "contribution": 0.0})
     elif decision.outcome == "approve" and user.consecutive_failures:
         session.execute(update(User).where(User.id == body.user_id).values(consecutive_failures=0))
-    tx_id = str(uuid.uuid4())
+    tx_id = plan.tx_id or str(uuid.uuid4())
     status = {"approve": "approved", "deny": "denied", "step_up": "step_up_pending"}[decision.outcome]
-    token = make_token(signing_key, token_claims(tx_id, body.user_id, decision.outcome, amount, body.currency, body.payee))
+    token = plan.token or _token(signing_key, tx_id, body, decision.outcome)
     response = {
         "transaction_id": tx_id, "user_id": body.user_id, "decision": decision.outcome, "status": status,
         "risk": round(float(decision.risk), 6), "tier": decision.tier, "amount": amount, "currency": body.currency,

@@ -50,7 +50,7 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> d
         with req.read() as session:  # scoring and fusion outside the write lock
             same_user(req.device, body.user_id)
             plan = svc.plan_authorize(session, state.provider, body, lockout_failures=lockout, decider=state.decide,
-                                      raw=req.body)
+                                      raw=req.body, signing_key=state.signing_key)
         with req.transaction() as session:
             return svc.commit_authorize(session, plan, state.signing_key, body, device_id=req.device.device_id,
                                         lockout_failures=lockout, actor=req.actor)
