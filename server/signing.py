@@ -98,8 +98,10 @@ def verify_signature(public_key: Ed25519PublicKey, message: bytes, signature_b64
         raise SignatureError(f"{HEADER_SIGNATURE}: signature does not verify") from exc
 
 
-#: libsodium's 64-byte secret key per signing key object (the key itself kept, so its id stays unique)
+#: libsodium's 64-byte secret key per signing key object (the key itself kept, so its id stays
+#: unique). A server signs with one key; the bound keeps callers that make many from piling them up
 _sodium_secrets: dict[int, tuple[Ed25519PrivateKey, bytes]] = {}
+_SODIUM_SECRETS_MAX = 8
 
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
@@ -108,6 +110,8 @@ def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
         return key.sign(message)
     held = _sodium_secrets.get(id(key))
     if held is None or held[0] is not key:
+        if len(_sodium_secrets) >= _SODIUM_SECRETS_MAX:
+            _sodium_secrets.clear()
         seed = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         held = _sodium_secrets[id(key)] = (key, _sodium.crypto_sign_seed_keypair(seed)[1])
     return bytes(_sodium.crypto_sign(message, held[1])[:64])

@@ -209,10 +209,9 @@ def plan_authorize(session: Session, provider: ScorerProvider, body: AuthorizeRe
         return Plan(stored=stored, request_hash=req_hash)
     _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
     a = assess_evidence(session, provider, body.user_id, body.evidence, persist_templates=False)
-    plan = Plan(None, req_hash, a, decider(a.evidence, amount=float(body.amount)), tx_id=str(uuid.uuid4()))
-    if signing_key is not None:
-        plan.token = _token(signing_key, plan.tx_id, body, plan.decision.outcome)  # type: ignore[union-attr]
-    return plan
+    decision, tx_id = decider(a.evidence, amount=float(body.amount)), str(uuid.uuid4())
+    token = _token(signing_key, tx_id, body, decision.outcome) if signing_key is not None else ""
+    return Plan(None, req_hash, a, decision, tx_id=tx_id, token=token)
 
 
 def _token(signing_key: Ed25519PrivateKey, tx_id: str, body: AuthorizeRequest, outcome: str) -> str:
