@@ -9,8 +9,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -49,12 +51,24 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+#: `Session.info` key of a held connection's open unit of work: (DBAPI connection, dialect)
+RAW_UNIT = "cadence_raw_unit"
+
+
+def _raw(dbapi: Any, dialect: Any, sql: str) -> None:
+    """Run a transaction statement on the DBAPI connection; errors wrapped as SQLAlchemy's."""
+    try:
+        dbapi.execute(sql)
+    except dialect.loaded_dbapi.Error as e:
+        raise sa_exc.DBAPIError.instance(sql, None, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
+
+
 class HeldConnections:
     """The event loop thread's own long-lived connections to an embedded database (read and write).
 
     Why: checking a connection out of the pool, and back in, for every unit of work cost about
     60 µs per transaction on SQLite (two per authorize call), as much as three statements. A
-    held connection skips that; the ORM session on it begins and commits as usual. SQLite
+    held connection skips that (and `transaction` skips the session's transaction machinery). SQLite
     connections are files and never go stale, so holding them is safe; a network database
     (PostgreSQL) keeps the pool, whose pre-ping replaces dropped connections.
 
@@ -92,20 +106,42 @@ class HeldConnections:
         The session object is reused from one transaction to the next on the same held
         connection (building and closing one cost ~60 µs, two per authorize call); its
         identity map is emptied after each, so no object outlives its unit of work.
+
+        The transaction itself is begun and ended on the DBAPI connection (`BEGIN` or
+        `BEGIN IMMEDIATE`, `COMMIT` / `ROLLBACK`), and `cadence.prepared` runs its statements
+        there. The session's own transaction machinery (SessionTransaction, connection
+        transaction, events) cost ~90 µs per unit of work, more than the hot path's statements
+        together; it still joins in when a unit uses the ORM or `Session.execute` (its begin
+        finds the transaction open: `serialize_sqlite_writers`), and then commits or rolls back
+        the one transaction itself. SQLite only (pysqlite's `in_transaction`), as the class is.
         """
         conn = self.connection(read_only)
         held = self._sessions.get(read_only)
         if held is None or held[0] is not conn:
             held = self._sessions[read_only] = (conn, Session(bind=conn, expire_on_commit=False))
         session = held[1]
-        if session.in_transaction():  # nested use on the event loop (not expected): a session of its own
+        if session.in_transaction() or RAW_UNIT in session.info:  # nested use (not expected): a session of its own
             with Session(bind=conn, expire_on_commit=False) as own, own.begin():
                 yield own
             return
+        dbapi: Any = conn.connection.driver_connection
+        dialect = conn.dialect
+        _raw(dbapi, dialect, "BEGIN" if read_only else "BEGIN IMMEDIATE")
+        session.info[RAW_UNIT] = (dbapi, dialect)
         try:
-            with session.begin():
-                yield session
+            yield session
+            if session.in_transaction():  # the ORM joined in: it flushes and commits the transaction
+                session.commit()
+            elif dbapi.in_transaction:
+                _raw(dbapi, dialect, "COMMIT")
+        except BaseException:
+            if session.in_transaction():
+                session.rollback()
+            elif dbapi.in_transaction:
+                _raw(dbapi, dialect, "ROLLBACK")
+            raise
         finally:
+            del session.info[RAW_UNIT]
             session.expunge_all()
 
     def close(self) -> None:

@@ -27,6 +27,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Delete, Insert, Select, Update
 from sqlalchemy.sql.base import Executable
 
+from cadence.db import RAW_UNIT
+
 Params = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 
 
@@ -164,6 +166,9 @@ def _rows(p: Prepared, fetched: list[Any]) -> list[Any]:
 
 def _bound(session: Session) -> tuple[Any, Dialect]:
     """The session's DBAPI connection and dialect, looked up once per transaction."""
+    unit = session.info.get(RAW_UNIT)
+    if unit is not None:  # a held connection's unit of work (cadence.db): its transaction is open there
+        return unit  # type: ignore[no-any-return]
     tx = session.get_transaction()
     cached = session.info.get("cadence_dbapi")
     if cached is not None and tx is not None and cached[0] is tx:

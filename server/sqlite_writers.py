@@ -79,8 +79,11 @@ def serialize_sqlite_writers(engine: Engine) -> None:
     def _begin_immediate(conn):  # type: ignore[no-untyped-def]
         # straight on the DBAPI connection: this runs on every request, and SQLAlchemy's
         # execution path (context, events, result) costs several times the statement itself
+        dbapi = conn.connection.driver_connection
+        if dbapi.in_transaction:  # begun by a held connection's unit of work (cadence.db), which the ORM joins
+            return
         read_only = conn.get_execution_options().get("cadence_read_only")
-        conn.connection.driver_connection.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        dbapi.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class SQLiteWriteLock:

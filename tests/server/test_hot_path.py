@@ -308,3 +308,74 @@ def test_held_connections_serve_the_event_loop_across_transactions(tmp_path: Pat
     held.close()
     assert engine.pool.checkedout() == 0
     engine.dispose()
+
+
+def _held_store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A held-connection store as the server builds one (BEGIN IMMEDIATE writers), with one table."""
+    from cadence.db import HeldConnections
+    from server.sqlite_writers import serialize_sqlite_writers
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'raw.sqlite'}")
+    serialize_sqlite_writers(engine)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER PRIMARY KEY)"))
+    held = HeldConnections(engine)
+    held.claim()
+    return engine, held
+
+
+def test_held_unit_of_work_runs_fast_path_statements_in_one_raw_transaction(tmp_path: Path) -> None:
+    """The hot path's statements run in a transaction begun on the DBAPI connection, not the ORM's."""
+    from sqlalchemy import Column, Integer, MetaData, Table, select
+    from sqlalchemy.exc import IntegrityError
+
+    from cadence import prepared
+
+    engine, held = _held_store(tmp_path)
+    t = Table("t", MetaData(), Column("x", Integer, primary_key=True))
+    ins, sel = t.insert(), select(t.c.x).order_by(t.c.x)
+    with held.transaction() as s:
+        prepared.execute(s, ins, {"x": 1})
+        assert not s.in_transaction()  # the session's machinery never started
+        assert held.connection(False).connection.driver_connection.in_transaction
+    with pytest.raises(IntegrityError), held.transaction() as s:
+        prepared.execute(s, ins, {"x": 2})
+        prepared.execute(s, ins, {"x": 1})  # duplicate key: the whole unit rolls back, x=2 too
+    with held.transaction(read_only=True) as s:
+        assert prepared.execute(s, sel).scalars().all() == [1]
+    dbapi = held.connection(False).connection.driver_connection
+    assert not dbapi.in_transaction  # nothing left open between units
+    held.close()
+    engine.dispose()
+
+
+def test_held_unit_of_work_lets_the_orm_join_the_same_transaction(tmp_path: Path) -> None:
+    """A unit that also uses `Session.execute` (rare branches) commits or rolls back both together."""
+    from sqlalchemy import Column, Integer, MetaData, Table, select
+
+    from cadence import prepared
+
+    engine, held = _held_store(tmp_path)
+    t = Table("t", MetaData(), Column("x", Integer, primary_key=True))
+    with held.transaction() as s:
+        prepared.execute(s, t.insert(), {"x": 1})
+        s.execute(text("INSERT INTO t VALUES (2)"))  # the ORM joins the open transaction
+        assert s.in_transaction()
+        prepared.execute(s, t.insert(), {"x": 3})
+    with pytest.raises(ZeroDivisionError), held.transaction() as s:
+        prepared.execute(s, t.insert(), {"x": 4})
+        s.execute(text("INSERT INTO t VALUES (5)"))
+        raise ZeroDivisionError
+    with held.transaction(read_only=True) as s:
+        assert prepared.execute(s, select(t.c.x).order_by(t.c.x)).scalars().all() == [1, 2, 3]
+        with held.transaction() as inner:  # nested use gets a session of its own
+            assert inner is not s
+    # a read-only unit takes no write lock: another connection can write meanwhile
+    with held.transaction(read_only=True) as s:
+        prepared.execute(s, select(t.c.x)).all()
+        other = sqlite3.connect(str(tmp_path / "raw.sqlite"), timeout=0)
+        other.execute("INSERT INTO t VALUES (6)")
+        other.commit()
+        other.close()
+    held.close()
+    engine.dispose()
