@@ -216,6 +216,8 @@ class PhaseResult:
     error_kinds: dict[str, int] = field(default_factory=dict)
     #: the generator's connections per server process (`X-Cadence-Instance`), as opened
     connections: dict[str, int] = field(default_factory=dict)
+    #: how late each request started on its schedule (the generator's timer and event loop: part of its latency)
+    send_lateness_ms: list[float] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -242,6 +244,7 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
     else:
         raws = [raw_request(method, url, p.path, p.body, p.headers) for p in requests[:n]]
     lat: list[float] = []
+    lateness: list[float] = []
     errors = 0
     kinds: dict[str, int] = {}
     live = responses is not None
@@ -258,6 +261,7 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
         kinds[kind] = kinds.get(kind, 0) + 1
 
     async def one(i: int, start: float) -> None:
+        lateness.append((clock() - start) * 1000.0)
         try:
             status, body = await pool.request(raws[i])
         except (OSError, ConnectionError) as exc:
@@ -291,7 +295,7 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
     pool.close()
     for key, body in bodies:  # parsed after the clock stopped
         responses[key] = json.loads(body)
-    return PhaseResult(lat, errors, seconds, responses, kinds, connections)
+    return PhaseResult(lat, errors, seconds, responses, kinds, connections, lateness)
 
 
 def run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int,

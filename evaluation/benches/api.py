@@ -5,7 +5,9 @@ each pinned to a CPU of its own unless ``CADENCE_BENCH_API_PIN=0``) in its own p
 SYNTHETIC population is enrolled; then the same open-loop load (a fixed arrival rate) is
 sent first to `authorize` with three-modality evidence and then to the trivial
 `/v1/health` (250 requests/s by default, ``CADENCE_BENCH_API_RATE``). p50/p99 and throughput of both, their p99 ratio and the error count go to
-``OUT/api.json``. Accuracy fields of the common schema do not apply (no scores).
+``OUT/api.json``, with what else shaped the tails: the host's own stalls during each phase
+(`evaluation.host_stalls`) and how late the generator started requests on their schedule.
+Accuracy fields of the common schema do not apply (no scores).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from evaluation.bench import BenchContext, BenchOutput, register
+from evaluation.host_stalls import HostStallProbe
 
 
 def _own_cpu() -> float:
@@ -42,7 +47,7 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
         fit_calibration(synthetic_people(ctx.seed, 6, first=200), None).save(work / "fusion-calibration.json")
         env = {"CADENCE_FUSION_CALIBRATION": str(work / "fusion-calibration.json"),
                "CADENCE_API_WORKERS": str(workers), "CADENCE_API_PIN_WORKERS": "1" if pin else "0"}
-        with server_process(work, env=env) as srv:
+        with server_process(work, env=env) as srv, HostStallProbe(work / "stalls.txt") as probe:
             pop = enrol_population(srv.url, n_users, seed=ctx.seed)
             warm = authorize_requests(pop, 50, tag="warm")
             run_phase(srv.url, warm, rate=100.0, n=len(warm))
@@ -50,11 +55,16 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
             reqs = authorize_requests(pop, n, tag="load")
             t0 = time.perf_counter()
             c0, w0, g0 = srv.cpu_seconds(), srv.worker_cpu_seconds(), _own_cpu()
+            m0 = time.monotonic()
             auth = run_phase(srv.url, reqs, rate=rate, n=n)
+            m1 = time.monotonic()
             c1, w1, g1 = srv.cpu_seconds(), srv.worker_cpu_seconds(), _own_cpu()
             triv = run_phase(srv.url, None, rate=rate, n=n)
+            m2 = time.monotonic()
             c2 = srv.cpu_seconds()
             total = time.perf_counter() - t0
+        # read after the probe stopped (the with block): its file is complete
+        stalls = {"authorize": probe.summary(m0, m1), "trivial": probe.summary(m1, m2)}
     rows = []
     for name, res in (("authorize", auth), ("health", triv)):
         rows.append({"method": name, "window": "3 modalities" if name == "authorize" else "-",
@@ -84,6 +94,14 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
         # what the load generator itself cost (it shares the machine's cores with the server)
         "load_generator_cpu_ms_per_request": round(1000.0 * (g1 - g0) / max(auth.n, 1), 3),
         "load_avg_1min_after": round(os.getloadavg()[0], 2),
+        # the host's own stalls during each phase (evaluation/host_stalls.py): a sleeper process
+        # woken more than threshold_ms late; such stalls delay every request in flight
+        "host_stalls": stalls,
+        # how late the generator started requests on their schedule (uvloop's timers have 1 ms
+        # resolution): included in both latencies, so a larger share of the trivial one's
+        "send_lateness_ms": {name: {"p50": round(float(np.percentile(res.send_lateness_ms, 50)), 3),
+                                    "p99": round(float(np.percentile(res.send_lateness_ms, 99)), 3)}
+                             for name, res in (("authorize", auth), ("trivial", triv)) if res.send_lateness_ms},
         "load_seconds": round(total, 2),
     }
     decisions: dict[str, int] = {}

@@ -31,3 +31,7 @@ def test_bench_api_quick_reports_the_issue_fields(tmp_path: Path) -> None:
     assert set(rows) == {"authorize", "health"}
     conns = extra["authorize_connections_per_worker"]
     assert len(conns) == 2 and sum(conns) == 32  # every connection knows which worker holds it
+    # the host's own stalls and the generator's schedule slip are reported beside the latencies
+    for phase in ("authorize", "trivial"):
+        assert set(extra["host_stalls"][phase]) == {"count", "total_ms", "max_ms", "threshold_ms"}
+        assert extra["send_lateness_ms"][phase]["p50"] <= extra["send_lateness_ms"][phase]["p99"]
