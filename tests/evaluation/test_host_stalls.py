@@ -29,7 +29,9 @@ def test_probe_process_runs_only_inside_the_block_and_sees_a_stopped_host(tmp_pa
         os.kill(proc.pid, signal.SIGSTOP)
         time.sleep(0.06)
         os.kill(proc.pid, signal.SIGCONT)
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10.0
+        while not any(s.late_s >= 0.04 for s in probe.stalls()) and time.monotonic() < deadline:  # reported once it runs
+            time.sleep(0.01)
         end = time.monotonic()
     assert proc.poll() is not None  # stopped with the block
     seen = probe.summary(start - 0.01, end)
