@@ -120,7 +120,10 @@ class HeldConnections:
         if held is None or held[0] is not conn:
             held = self._sessions[read_only] = (conn, Session(bind=conn, expire_on_commit=False))
         session = held[1]
-        if session.in_transaction() or RAW_UNIT in session.info:  # nested use (not expected): a session of its own
+        if RAW_UNIT in session.info:  # nested on the same connection (not expected): part of the open unit
+            yield session
+            return
+        if session.in_transaction():  # the session was begun outside a unit (not expected): one of its own
             with Session(bind=conn, expire_on_commit=False) as own, own.begin():
                 yield own
             return

@@ -368,8 +368,14 @@ def test_held_unit_of_work_lets_the_orm_join_the_same_transaction(tmp_path: Path
         raise ZeroDivisionError
     with held.transaction(read_only=True) as s:
         assert prepared.execute(s, select(t.c.x).order_by(t.c.x)).scalars().all() == [1, 2, 3]
-        with held.transaction() as inner:  # nested use gets a session of its own
-            assert inner is not s
+    # nested use on the same connection is part of the open unit: it neither commits early...
+    with pytest.raises(ZeroDivisionError), held.transaction() as s:
+        with held.transaction() as inner:
+            assert inner is s
+            prepared.execute(inner, t.insert(), {"x": 7})
+        raise ZeroDivisionError  # ...nor survives the outer unit's rollback
+    with held.transaction(read_only=True) as s:
+        assert prepared.execute(s, select(t.c.x).order_by(t.c.x)).scalars().all() == [1, 2, 3]
     # a read-only unit takes no write lock: another connection can write meanwhile
     with held.transaction(read_only=True) as s:
         prepared.execute(s, select(t.c.x)).all()
