@@ -146,6 +146,40 @@ def _create_head(session: Session) -> None:
         session.flush()
 
 
+@dataclass(frozen=True)
+class AuditDraft:
+    """An entry checked and serialised, not yet placed in the chain (no database needed).
+
+    Why: on SQLite the chain's head is appended under the write lock, which every writer of
+    every worker waits on. Validating and serialising the payload first keeps that work out
+    of the lock; only the head read, the hash and two statements remain inside it.
+    """
+
+    event: str
+    actor: str
+    #: the subject's keyed pseudonym (None: no subject)
+    subject: str | None
+    #: canonical JSON of the cleaned payload
+    payload: str
+
+
+def draft_audit(*, event: str, actor: str, subject: str | None, payload: dict[str, Any]) -> AuditDraft:
+    """Check and serialise an entry (`append_audit`'s rules), refusing bad ones with `AuditError`."""
+    if not isinstance(event, str) or not _EVENT_RE.match(event):
+        raise AuditError(f"event: {event!r} must be a dotted lower-case name such as 'decision.made'")
+    if not isinstance(actor, str) or not actor.strip() or len(actor) > 128:
+        raise AuditError("actor: must be a non-empty string of at most 128 characters")
+    if not isinstance(payload, Mapping):
+        raise AuditError(f"payload: must be a dict, got {type(payload).__name__}")
+    if subject is not None and (not isinstance(subject, str) or not subject):
+        raise AuditError("subject: must be a non-empty user id or None")
+    alias = _keys.pseudonym(subject) if subject is not None else None
+    text = canonical_json(_clean_payload(payload, "payload", subject, alias))
+    if len(text) > MAX_PAYLOAD_CHARS:
+        raise AuditError(f"payload: {len(text)} characters is too large for an audit entry (max {MAX_PAYLOAD_CHARS})")
+    return AuditDraft(event, actor, alias, text)
+
+
 def append_audit(
     session: Session,
     *,
@@ -161,18 +195,11 @@ def append_audit(
     string equal to it is replaced by the pseudonym too. Concurrent appenders queue on the
     head row (PostgreSQL) or collide on the primary key (SQLite); the chain never forks.
     """
-    if not isinstance(event, str) or not _EVENT_RE.match(event):
-        raise AuditError(f"event: {event!r} must be a dotted lower-case name such as 'decision.made'")
-    if not isinstance(actor, str) or not actor.strip() or len(actor) > 128:
-        raise AuditError("actor: must be a non-empty string of at most 128 characters")
-    if not isinstance(payload, Mapping):
-        raise AuditError(f"payload: must be a dict, got {type(payload).__name__}")
-    if subject is not None and (not isinstance(subject, str) or not subject):
-        raise AuditError("subject: must be a non-empty user id or None")
-    alias = _keys.pseudonym(subject) if subject is not None else None
-    text = canonical_json(_clean_payload(payload, "payload", subject, alias))
-    if len(text) > MAX_PAYLOAD_CHARS:
-        raise AuditError(f"payload: {len(text)} characters is too large for an audit entry (max {MAX_PAYLOAD_CHARS})")
+    return append_draft(session, draft_audit(event=event, actor=actor, subject=subject, payload=payload), now=now)
+
+
+def append_draft(session: Session, draft: AuditDraft, *, now: datetime | None = None) -> AppendedEntry:
+    """Place a drafted entry at the head of the chain, in the caller's transaction."""
     ts = now or utcnow()
     if ts.tzinfo is None:
         raise AuditError("now: must be an aware datetime (UTC)")
@@ -186,6 +213,7 @@ def append_audit(
         row = prepared.execute(session, _HEAD_FOR_UPDATE).first()
         assert row is not None
     seq = row.seq + 1
+    event, actor, alias, text = draft.event, draft.actor, draft.subject, draft.payload
     # a plain record, not an ORM object: building a mapped instance cost as much as a statement
     entry = AppendedEntry(seq=seq, ts=ts, event=event, actor=actor, subject=alias, payload=text, prev_hash=row.hash,
                           hash=entry_hash(seq=seq, ts=ts, event=event, actor=actor, subject=alias, payload=text,

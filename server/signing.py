@@ -69,8 +69,20 @@ def registration_message(device_id: str, user_id: str) -> bytes:
     return f"register\n{device_id}\n{user_id}".encode()
 
 
-def canonical_request(method: str, path: str, body: bytes, timestamp: str, nonce: str) -> bytes:
-    return "\n".join([method.upper(), path, hashlib.sha256(body).hexdigest(), timestamp, nonce]).encode()
+def body_digest(body: bytes) -> str:
+    """Hex SHA-256 of a request body: what the signature covers and what idempotency compares."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def canonical_request(method: str, path: str, body: bytes, timestamp: str, nonce: str, *,
+                      body_sha256: str | None = None) -> bytes:
+    """The message a device signs: method, path, body digest, timestamp and nonce.
+
+    `body_sha256` is `body_digest(body)` when the caller has it already: an authorize body is
+    ~20 KB, and hashing it costs ~50 µs per pass.
+    """
+    digest = body_sha256 if body_sha256 is not None else body_digest(body)
+    return "\n".join([method.upper(), path, digest, timestamp, nonce]).encode()
 
 
 def sign_request(key: Ed25519PrivateKey, device_id: str, method: str, path: str, body: bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -21,7 +22,7 @@ from server.errors import ApiError
 from server.metrics import Metrics
 from server.services.devices import RateLimiter, consume_nonce, verify_device_request
 from server.services.scoring import ScorerProvider
-from server.signing import HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from server.signing import HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, body_digest
 
 T = TypeVar("T")
 
@@ -155,6 +156,11 @@ class DeviceRequest:
     signature: str | None
     _device: CallingDevice | None = None
 
+    @functools.cached_property
+    def body_sha256(self) -> str:
+        """The body's digest, hashed once for the signature check and the idempotency record."""
+        return body_digest(self.body)
+
     @property
     def device(self) -> CallingDevice:
         if self._device is None:
@@ -170,7 +176,8 @@ class DeviceRequest:
         dev = verify_device_request(session, device_id=self.device_id, timestamp=self.timestamp,
                                     nonce=self.nonce, signature=self.signature, method=self.method,
                                     path=self.path, body=self.body, max_skew_s=settings.signature_max_skew_s,
-                                    require_signature=signature and settings.require_signed_requests)
+                                    require_signature=signature and settings.require_signed_requests,
+                                    body_sha256=self.body_sha256)
         self._device = CallingDevice(dev.id, dev.user_id)
         return self._device
 

@@ -82,6 +82,15 @@ def audit(session: Session, *, event: str, actor: str, subject: str | None, payl
     _audit.append_audit(session, event=event, actor=actor, subject=subject, payload=payload)
 
 
+def draft_audit(*, event: str, actor: str, subject: str | None, payload: dict[str, Any]) -> _audit.AuditDraft:
+    """An audit entry checked and serialised ahead of its transaction (see `append_draft`)."""
+    return _audit.draft_audit(event=event, actor=actor, subject=subject, payload=payload)
+
+
+def append_draft(session: Session, draft: _audit.AuditDraft) -> None:
+    _audit.append_draft(session, draft)
+
+
 def export_user(session: Session, user_id: str) -> dict[str, Any]:
     return _subjects.export_user(session, user_id)
 

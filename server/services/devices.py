@@ -65,7 +65,8 @@ _DEVICE_KEY = select(_D.id, _D.user_id, _D.public_key, _D.active).where(_D.id ==
 
 def verify_device_request(session: Session, *, device_id: str | None, timestamp: str | None, nonce: str | None,
                           signature: str | None, method: str, path: str, body: bytes, max_skew_s: int,
-                          require_signature: bool = True, now: float | None = None) -> DeviceKey:
+                          require_signature: bool = True, now: float | None = None,
+                          body_sha256: str | None = None) -> DeviceKey:
     """Return the calling device, or refuse: unknown device, stale, replayed or bad signature (401)."""
     if not device_id:
         raise ApiError(401, "device_required", "X-Cadence-Device: header missing")
@@ -87,7 +88,8 @@ def verify_device_request(session: Session, *, device_id: str | None, timestamp:
     if len(nonce) > 128:
         raise ApiError(401, "bad_nonce", "X-Cadence-Nonce: at most 128 characters")
     try:
-        verify_signature(_public_key(dev.public_key), canonical_request(method, path, body, timestamp, nonce), signature)
+        verify_signature(_public_key(dev.public_key), canonical_request(method, path, body, timestamp, nonce, body_sha256=body_sha256),
+                         signature)
     except SignatureError as exc:
         raise ApiError(401, "bad_signature", str(exc)) from exc
     return dev

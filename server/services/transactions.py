@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -17,6 +16,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cadence import prepared
+from compliance.audit import AuditDraft
 from fusion.policy import Decision, ModalityEvidence, decide
 from modalities.base import Template as TemplateArrays
 from server.errors import ApiError
@@ -33,7 +33,7 @@ from server.services.evidence import (
     insert_hashes,
 )
 from server.services.scoring import ActiveScorer, ScorerProvider, template_from_json
-from server.signing import make_token
+from server.signing import body_digest, make_token
 
 TOKEN_TTL_S = 300
 # built once: statement construction is a visible share of a request's CPU time
@@ -64,14 +64,16 @@ def _template(session: Session, provider: ScorerProvider, active: ActiveScorer, 
     return info, arrays
 
 
-def request_hash(body: AuthorizeRequest, raw: bytes | None = None) -> str:
+def request_hash(body: AuthorizeRequest, raw: bytes | None = None, *, raw_sha256: str | None = None) -> str:
     """SHA-256 of the request: of the exact bytes the device signed when the API has them.
 
     An idempotent retry resends the signed bytes, so hashing them needs no re-serialisation
     (a visible share of the call), and the audit's `request_sha256` can be checked against the
     signed request itself. Callers without the bytes (scripts) hash the validated body's JSON.
     """
-    return hashlib.sha256(raw if raw is not None else body.model_dump_json().encode()).hexdigest()
+    if raw is not None:
+        return raw_sha256 if raw_sha256 is not None else body_digest(raw)
+    return body_digest(body.model_dump_json().encode())
 
 
 def find_idempotent(session: Session, body: AuthorizeRequest, req_hash: str | None = None) -> dict[str, Any] | None:
@@ -180,6 +182,20 @@ class Plan:
     #: the transaction id and its signed token, made before the write lock is taken (signing is CPU only)
     tx_id: str = ""
     token: str = ""
+    #: what the write phase stores, built for the user's failure count as read (rebuilt if it changed)
+    outcome: Outcome | None = None
+
+
+@dataclass
+class Outcome:
+    """The stored answer and its audit entry, built before the write lock (serialising is CPU only)."""
+
+    #: the user's consecutive failed authentications this outcome was built for
+    failures: int
+    reasons: list[dict[str, Any]]
+    status: str
+    response: dict[str, Any]
+    audit: AuditDraft
 
 
 _U = User.__table__.c
@@ -197,21 +213,49 @@ def _check_user(user: Any, body: AuthorizeRequest, lockout_failures: int) -> Any
 
 def plan_authorize(session: Session, provider: ScorerProvider, body: AuthorizeRequest, *, lockout_failures: int,
                    decider: Callable[..., Decision] = decide, raw: bytes | None = None,
-                   signing_key: Ed25519PrivateKey | None = None) -> Plan:
+                   signing_key: Ed25519PrivateKey | None = None, raw_sha256: str | None = None,
+                   actor: str | None = None) -> Plan:
     """Read phase of `authorize`: idempotency, lockout, consent, scoring and fusion (no writes).
 
     Kept out of the write transaction so that, on SQLite, the write lock is held only for
     the few inserts of `commit_authorize`, not for the scoring.
     """
-    req_hash = request_hash(body, raw)
+    req_hash = request_hash(body, raw, raw_sha256=raw_sha256)
     stored = find_idempotent(session, body, req_hash)
     if stored is not None:
         return Plan(stored=stored, request_hash=req_hash)
-    _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
+    user = _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
     a = assess_evidence(session, provider, body.user_id, body.evidence, persist_templates=False)
     decision, tx_id = decider(a.evidence, amount=float(body.amount)), str(uuid.uuid4())
-    token = _token(signing_key, tx_id, body, decision.outcome) if signing_key is not None else ""
-    return Plan(None, req_hash, a, decision, tx_id=tx_id, token=token)
+    plan = Plan(None, req_hash, a, decision, tx_id=tx_id)
+    if signing_key is not None:
+        plan.token = _token(signing_key, tx_id, body, decision.outcome)
+        if actor is not None:
+            plan.outcome = _outcome(plan, body, user.consecutive_failures, lockout_failures, actor)
+    return plan
+
+
+def _outcome(plan: Plan, body: AuthorizeRequest, failures: int, lockout_failures: int, actor: str) -> Outcome:
+    """The response and audit entry of `plan` for a user with `failures` consecutive failures."""
+    assert plan.assessment is not None and plan.decision is not None
+    decision, a = plan.decision, plan.assessment
+    reasons = [{"modality": r.modality, "code": r.code, "contribution": r.contribution} for r in decision.reasons] + a.extra
+    if decision.outcome == "deny" and failures + 1 >= lockout_failures:
+        reasons.append({"modality": "none", "code": "locked", "contribution": 0.0})
+    status = {"approve": "approved", "deny": "denied", "step_up": "step_up_pending"}[decision.outcome]
+    response = {
+        "transaction_id": plan.tx_id, "user_id": body.user_id, "decision": decision.outcome, "status": status,
+        "risk": round(float(decision.risk), 6), "tier": decision.tier, "amount": f"{body.amount:.2f}",
+        "currency": body.currency, "payee": body.payee, "reasons": reasons, "model_versions": a.models,
+        "token": plan.token, "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+    audit = hooks.draft_audit(event="decision", actor=actor, subject=body.user_id,
+                              payload={"transaction_id": plan.tx_id, "request_sha256": plan.request_hash,
+                                       "window_hashes": a.digests(), "models": a.models, "outcome": decision.outcome,
+                                       "risk": response["risk"], "tier": decision.tier,
+                                       "reasons": [r["code"] for r in reasons],
+                                       "fused_llr": round(decision.fused_llr, 4)})
+    return Outcome(failures, reasons, status, response, audit)
 
 
 def _token(signing_key: Ed25519PrivateKey, tx_id: str, body: AuthorizeRequest, outcome: str) -> str:
@@ -231,38 +275,27 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
         return plan.stored
     assert plan.assessment is not None and plan.decision is not None
     user = _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
-    digests = record_evidence(session, plan.assessment, checked=True)
-    decision, a = plan.decision, plan.assessment
-    amount = f"{body.amount:.2f}"
-    reasons = [{"modality": r.modality, "code": r.code, "contribution": r.contribution} for r in decision.reasons] + a.extra
+    record_evidence(session, plan.assessment, checked=True)
+    decision = plan.decision
+    plan.tx_id = plan.tx_id or str(uuid.uuid4())
+    plan.token = plan.token or _token(signing_key, plan.tx_id, body, decision.outcome)
+    out = plan.outcome
+    if out is None or out.failures != user.consecutive_failures:  # another request changed the count meanwhile
+        out = plan.outcome = _outcome(plan, body, user.consecutive_failures, lockout_failures, actor)
     if decision.outcome == "deny":
         failures = user.consecutive_failures + 1
         session.execute(update(User).where(User.id == body.user_id)
                         .values(consecutive_failures=failures, locked=failures >= lockout_failures))
-        if failures >= lockout_failures:
-            reasons.append({"modality": "none", "code": "locked", "contribution": 0.0})
     elif decision.outcome == "approve" and user.consecutive_failures:
         session.execute(update(User).where(User.id == body.user_id).values(consecutive_failures=0))
-    tx_id = plan.tx_id or str(uuid.uuid4())
-    status = {"approve": "approved", "deny": "denied", "step_up": "step_up_pending"}[decision.outcome]
-    token = plan.token or _token(signing_key, tx_id, body, decision.outcome)
-    response = {
-        "transaction_id": tx_id, "user_id": body.user_id, "decision": decision.outcome, "status": status,
-        "risk": round(float(decision.risk), 6), "tier": decision.tier, "amount": amount, "currency": body.currency,
-        "payee": body.payee, "reasons": reasons, "model_versions": a.models, "token": token,
-        "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-    }
+    response = out.response
     # Core insert with bound parameters: `insert().values(...)` rebuilds a cache key per call
     prepared.execute(session, _TX_INSERT, dict(
-        id=tx_id, user_id=body.user_id, device_id=device_id, idempotency_key=body.idempotency_key,
-        request_hash=plan.request_hash, amount=amount, currency=body.currency, payee=body.payee,
-        channel=body.channel, outcome=decision.outcome, status=status, risk=float(decision.risk),
+        id=plan.tx_id, user_id=body.user_id, device_id=device_id, idempotency_key=body.idempotency_key,
+        request_hash=plan.request_hash, amount=response["amount"], currency=body.currency, payee=body.payee,
+        channel=body.channel, outcome=decision.outcome, status=out.status, risk=float(decision.risk),
         tier=decision.tier, response=response, created_at=datetime.now(UTC)))
-    hooks.audit(session, event="decision", actor=actor, subject=body.user_id,
-                payload={"transaction_id": tx_id, "request_sha256": plan.request_hash, "window_hashes": digests,
-                         "models": a.models, "outcome": decision.outcome, "risk": response["risk"],
-                         "tier": decision.tier, "reasons": [r["code"] for r in reasons],
-                         "fused_llr": round(decision.fused_llr, 4)})
+    hooks.append_draft(session, out.audit)
     session.flush()
     return response
 

@@ -385,3 +385,114 @@ def test_held_unit_of_work_lets_the_orm_join_the_same_transaction(tmp_path: Path
         other.close()
     held.close()
     engine.dispose()
+
+
+def _plan(client: TestClient, dev, ev: list, key: str, amount: str):  # type: ignore[no-untyped-def]
+    """A read phase of authorize through the service layer, as the route runs it."""
+    from server.schemas import AuthorizeRequest
+    from server.services import transactions as svc
+
+    state = client.app.state.cadence  # type: ignore[attr-defined]
+    body = AuthorizeRequest.model_validate({"user_id": dev.user_id, "amount": amount, "currency": "EUR",
+                                            "payee": "ACME", "channel": "app", "idempotency_key": key,
+                                            "evidence": [w.to_dict() for w in ev]})
+    with state.read() as session:
+        plan = svc.plan_authorize(session, state.provider, body, lockout_failures=5, decider=state.decide,
+                                  signing_key=state.signing_key, actor=f"device:{dev.device_id}")
+    return state, body, plan
+
+
+def _commit(state, body, plan, dev):  # type: ignore[no-untyped-def]
+    from server.services import transactions as svc
+
+    with state.write() as session:
+        return svc.commit_authorize(session, plan, state.signing_key, body, device_id=dev.device_id,
+                                    lockout_failures=5, actor=f"device:{dev.device_id}")
+
+
+def _audit_reasons(client: TestClient, tx_id: str) -> list[str]:
+    state = client.app.state.cadence  # type: ignore[attr-defined]
+    with state.read() as session:
+        payloads = session.execute(text("SELECT payload FROM compliance_audit WHERE event = 'decision'")).scalars()
+        (entry,) = [json.loads(p) for p in payloads if json.loads(p)["transaction_id"] == tx_id]
+    return list(entry["reasons"])
+
+
+def test_write_phase_stores_the_answer_built_before_the_lock(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """The response and audit entry are serialised in the read phase; the write phase stores them as built."""
+    from tests.server.conftest import evidence
+
+    state, body, plan = _plan(client, enrolled, evidence(windows, "owner", 6), "pre-1", "25.00")
+    assert plan.outcome is not None and plan.outcome.failures == 0
+    built = plan.outcome.response
+    stored = _commit(state, body, plan, enrolled)
+    assert stored is built and stored["transaction_id"] == plan.tx_id
+    assert _audit_reasons(client, plan.tx_id) == [r["code"] for r in stored["reasons"]]
+
+
+def test_write_phase_rebuilds_the_answer_when_failures_changed_meanwhile(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """A deny planned at 3 failures but committed after a 4th one lands locks the user and says so."""
+    from tests.server.conftest import evidence
+
+    state = client.app.state.cadence  # type: ignore[attr-defined]
+    with state.write() as session:
+        session.execute(text("UPDATE server_user SET consecutive_failures = 3 WHERE id = :u"), {"u": enrolled.user_id})
+    state, body, plan = _plan(client, enrolled, evidence(windows, "other", 7), "pre-2", "5000.00")
+    assert plan.decision.outcome == "deny" and plan.outcome is not None and plan.outcome.failures == 3
+    assert "locked" not in [r["code"] for r in plan.outcome.response["reasons"]]
+    with state.write() as session:  # a concurrent deny committed between the two phases
+        session.execute(text("UPDATE server_user SET consecutive_failures = 4 WHERE id = :u"), {"u": enrolled.user_id})
+    stored = _commit(state, body, plan, enrolled)
+    assert [r["code"] for r in stored["reasons"]][-1] == "locked"
+    assert _audit_reasons(client, plan.tx_id)[-1] == "locked"
+    with state.read() as session:
+        locked, failures = session.execute(text("SELECT locked, consecutive_failures FROM server_user WHERE id = :u"),
+                                           {"u": enrolled.user_id}).one()
+    assert locked and failures == 5
+
+
+def test_authorize_hashes_the_signed_body_once(client: TestClient, enrolled, windows, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The signature check and the idempotency record share one digest of the ~20 KB body."""
+    import hashlib
+
+    import server.signing as signing
+    from tests.server.conftest import evidence
+
+    calls: list[int] = []
+    real = signing.body_digest
+
+    def counting(body: bytes) -> str:
+        calls.append(len(body))
+        return real(body)
+
+    payload = {"user_id": enrolled.user_id, "amount": "25.00", "currency": "EUR", "payee": "ACME", "channel": "app",
+               "idempotency_key": "once", "evidence": [w.to_dict() for w in evidence(windows, "owner", 6)]}
+    body = json.dumps(payload).encode()
+    headers = signing.sign_request(enrolled.key, enrolled.device_id, "POST", "/v1/transactions/authorize", body)
+    monkeypatch.setattr(signing, "body_digest", counting)  # from here on, only the server hashes
+    monkeypatch.setattr("server.api.deps.body_digest", counting)
+    monkeypatch.setattr("server.services.transactions.body_digest", counting)
+    r = client.post("/v1/transactions/authorize", content=body, headers=headers | {"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert calls == [len(body)]
+    state = client.app.state.cadence  # type: ignore[attr-defined]
+    with state.read() as session:
+        stored = session.execute(text("SELECT request_hash FROM server_transaction WHERE idempotency_key = 'once'")).scalar()
+    assert stored == hashlib.sha256(r.request.content).hexdigest()
+
+
+def test_window_hash_is_the_documented_digest() -> None:
+    """Replay digests stay those already stored: the JSON prefix, then start/end/quality and values as <f8 bytes."""
+    import hashlib
+
+    import numpy as np
+
+    from server.schemas import FeatureWindowIn
+    from server.services.evidence import window_hash
+
+    w = FeatureWindowIn(modality="gait", feature_version="gait-v3", start=1.5, end=9.25, n_events=250, quality=0.75,
+                        values=[0.1, -2.0, 3.5e-7])
+    h = hashlib.sha256(json.dumps(["gait", "gait-v3", 250]).encode())
+    h.update(np.asarray([1.5, 9.25, 0.75], dtype="<f8").tobytes())
+    h.update(np.asarray([0.1, -2.0, 3.5e-7], dtype="<f8").tobytes())
+    assert window_hash(w) == h.hexdigest()

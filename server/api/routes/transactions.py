@@ -50,7 +50,8 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> d
         with req.read() as session:  # scoring and fusion outside the write lock
             same_user(req.device, body.user_id)
             plan = svc.plan_authorize(session, state.provider, body, lockout_failures=lockout, decider=state.decide,
-                                      raw=req.body, signing_key=state.signing_key)
+                                      raw=req.body, raw_sha256=req.body_sha256, signing_key=state.signing_key,
+                                      actor=req.actor)
         with req.transaction() as session:
             return svc.commit_authorize(session, plan, state.signing_key, body, device_id=req.device.device_id,
                                         lockout_failures=lockout, actor=req.actor)
@@ -60,7 +61,7 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> d
     except IntegrityError:
         # a concurrent request with the same idempotency key won the race: answer with its decision
         with req.transaction() as session:
-            stored = find_idempotent(session, body, svc.request_hash(body, req.body))
+            stored = find_idempotent(session, body, req.body_sha256)
         if stored is None:  # not the key: the same evidence window raced in another request
             raise ApiError(409, "evidence_replay",
                            "evidence: a concurrent request carried the same window; replayed evidence is refused") from None
