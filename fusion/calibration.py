@@ -80,6 +80,22 @@ class LogisticCalibrator:
         X = (_design(np.atleast_1d(score), quality, self.use_quality) - self.mu_) / self.sd_
         return np.clip(X @ self.coef_ + self.intercept_, -LLR_CLIP, LLR_CLIP)
 
+    def llr_one(self, score: float, quality: float | None = None) -> float:
+        """`llr` of one score, in plain floats.
+
+        A request calibrates one score per modality, and the array path's dispatch cost
+        ~15 µs each for three numbers.
+        """
+        s = float(score)
+        if self.use_quality:
+            q = 1.0 if quality is None else min(max(float(quality), 0.0), 1.0)
+            x: tuple[float, ...] = (s, q, s * q)
+        else:
+            x = (s,)
+        z = self.intercept_ + sum((v - m) / d * c for v, m, d, c in
+                                  zip(x, self.mu_.tolist(), self.sd_.tolist(), self.coef_.tolist(), strict=True))
+        return min(max(z, -LLR_CLIP), LLR_CLIP)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "logistic", "use_quality": self.use_quality, "mu": self.mu_.tolist(), "sd": self.sd_.tolist(),
                 "coef": self.coef_.tolist(), "intercept": self.intercept_}

@@ -50,8 +50,7 @@ class FusionEngine:
         cal = self.calibrators.get(ev.modality)
         if cal is None or ev.llr is not None:
             return ev
-        q = np.array([ev.quality]) if cal.use_quality else None
-        return replace(ev, llr=float(cal.llr(np.array([ev.score]), q)[0]))
+        return replace(ev, llr=cal.llr_one(ev.score, ev.quality if cal.use_quality else None))
 
     def decide(self, evidence: list[ModalityEvidence], *, amount: float) -> Decision:
         return decide([self.calibrate(e) for e in evidence], amount=amount, tiers=self.policy.tiers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -143,8 +144,9 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
             continue
         X = np.stack([w.array() for w in usable])
         scores = active.scorer.compare(arrays, X)
-        out.evidence.append(ModalityEvidence(modality=modality, score=float(np.mean(scores)),
-                                             quality=float(np.mean([w.quality for w in usable])),
+        # plain sums: np.mean on a handful of values costs ~8 µs of dispatch each, twice per modality
+        out.evidence.append(ModalityEvidence(modality=modality, score=math.fsum(scores) / len(scores),
+                                             quality=math.fsum(w.quality for w in usable) / len(usable),
                                              n_windows=len(usable), scorer=active.scorer.name,
                                              model_version=active.model_id))
     return out

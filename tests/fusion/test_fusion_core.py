@@ -40,6 +40,22 @@ def test_logistic_calibration_recovers_gaussian_llr() -> None:
     assert cllr(genuine_llr=np.zeros(5), impostor_llr=np.zeros(5)) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("use_quality", [False, True])
+def test_one_score_calibration_matches_the_array_path(use_quality: bool) -> None:
+    """`llr_one` (the per-request path) gives `llr`'s values, clipping and quality clamp included."""
+    rng = np.random.default_rng(4)
+    g, i = _scores(rng, 3000, 1.2)
+    gq, iq = (rng.uniform(0.3, 1.0, g.size), rng.uniform(0.0, 0.8, i.size)) if use_quality else (None, None)
+    cal = LogisticCalibrator(use_quality=use_quality).fit(genuine=g, impostor=i, genuine_quality=gq, impostor_quality=iq)
+    scores = np.r_[rng.normal(0.5, 2.0, 200), -1e6, 1e6]  # the last two clip at -/+ LLR_CLIP
+    quality = rng.uniform(-0.5, 1.5, scores.size)  # outside [0, 1] on purpose: both clamp it
+    want = cal.llr(scores, quality if use_quality else None)
+    got = np.array([cal.llr_one(s, q if use_quality else None) for s, q in zip(scores, quality, strict=True)])
+    assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert abs(got[-2]) == abs(got[-1]) == 12.0 and got[-2] != got[-1]
+    assert np.isnan(cal.llr_one(float("nan"), 0.5))
+
+
 def test_isotonic_is_monotone_and_bounded() -> None:
     rng = np.random.default_rng(1)
     g, i = _scores(rng, 2000, 1.5)
