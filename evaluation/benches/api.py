@@ -6,7 +6,7 @@ SYNTHETIC population is enrolled; then the same open-loop load (a fixed arrival 
 sent first to `authorize` with three-modality evidence and then to the trivial
 `/v1/health` (250 requests/s by default, ``CADENCE_BENCH_API_RATE``). p50/p99 and throughput of both, their p99 ratio and the error count go to
 ``OUT/api.json``, with what else shaped the tails: the host's own stalls during each phase
-(`evaluation.host_stalls`) and how late the generator started requests on their schedule.
+and its speed on a fixed unit of work (`evaluation.host_stalls`) and how late the generator started requests on their schedule.
 Accuracy fields of the common schema do not apply (no scores).
 """
 
@@ -65,6 +65,7 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
             total = time.perf_counter() - t0
         # read after the probe stopped (the with block): its file is complete
         stalls = {"authorize": probe.summary(m0, m1), "trivial": probe.summary(m1, m2)}
+        speed = {"authorize": probe.work_summary(m0, m1), "trivial": probe.work_summary(m1, m2)}
     rows = []
     for name, res in (("authorize", auth), ("health", triv)):
         rows.append({"method": name, "window": "3 modalities" if name == "authorize" else "-",
@@ -97,6 +98,9 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
         # the host's own stalls during each phase (evaluation/host_stalls.py): a sleeper process
         # woken more than threshold_ms late; such stalls delay every request in flight
         "host_stalls": stalls,
+        # how fast the host ran a fixed unit of Python during each phase (the probe's own timer):
+        # a median well above the tenth percentile means neighbours were sharing the cores
+        "host_work_ms": speed,
         # how late the generator started requests on their schedule (uvloop's timers have 1 ms
         # resolution): included in both latencies, so a larger share of the trivial one's
         "send_lateness_ms": {name: {"p50": round(float(np.percentile(res.send_lateness_ms, 50)), 3),

@@ -36,3 +36,43 @@ def test_probe_process_runs_only_inside_the_block_and_sees_a_stopped_host(tmp_pa
     assert proc.poll() is not None  # stopped with the block
     seen = probe.summary(start - 0.01, end)
     assert seen["count"] >= 1 and seen["max_ms"] >= 40.0, seen
+
+
+def test_work_summary_reads_only_work_lines_inside_the_window(tmp_path: Path) -> None:
+    """Work lines ("w <time> <seconds>") and stall lines share the file; each reader takes its own."""
+    path = tmp_path / "stalls.txt"
+    lines = ["10.000000 0.012000"] + [f"w {10.0 + i * 0.05:.6f} {0.0001 * (1 + i % 10):.7f}" for i in range(100)]
+    path.write_text("\n".join(lines) + "\nw 99.0")  # last line cut short
+    probe = HostStallProbe(path, work_loops=5000)
+    assert probe.summary(0.0, 100.0)["count"] == 1
+    whole = probe.work_summary(0.0, 100.0)
+    assert whole["n"] == 100 and whole["p10_ms"] == 0.2 and whole["p50_ms"] == 0.6 and whole["p90_ms"] == 1.0
+    assert probe.work_summary(11.99, 12.21)["n"] == 5  # 12.00, 12.05, ..., 12.20
+    assert probe.work_summary(50.0, 60.0) == {"n": 0}
+
+
+def test_probe_times_its_work_and_a_stopped_process_makes_it_slow(tmp_path: Path) -> None:
+    """The probe times a fixed unit of work; a 0.3 s stop shows as a slow unit or a late wake-up.
+
+    The stop lands in the loop most of the time (it runs ~20 ms against a 2 ms sleep), else in
+    the sleep, where it is a stall.
+    """
+    import signal
+
+    with HostStallProbe(tmp_path / "s.txt", work_every=1, work_loops=300_000) as probe:
+        proc = probe._proc
+        assert proc is not None
+        deadline = time.monotonic() + 10.0
+        while len(probe.work_times()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        quiet = [d for _, d in probe.work_times()]
+        n0 = len(quiet)
+        os.kill(proc.pid, signal.SIGSTOP)
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGCONT)
+        while len(probe.work_times()) < n0 + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        times = [d for _, d in probe.work_times()]
+        stalls = [st.late_s for st in probe.stalls()]
+    assert len(times) >= n0 + 3 and min(quiet) > 0.002  # 300,000 Python steps take milliseconds anywhere
+    assert max(times) >= min(quiet) + 0.25 or max(stalls, default=0.0) >= 0.25, (times, stalls)

@@ -35,3 +35,5 @@ def test_bench_api_quick_reports_the_issue_fields(tmp_path: Path) -> None:
     for phase in ("authorize", "trivial"):
         assert set(extra["host_stalls"][phase]) == {"count", "total_ms", "max_ms", "threshold_ms"}
         assert extra["send_lateness_ms"][phase]["p50"] <= extra["send_lateness_ms"][phase]["p99"]
+        speed = extra["host_work_ms"][phase]  # a timed unit every ~50 ms: dozens in a 6 s phase
+        assert speed["n"] >= 20 and 0 < speed["p10_ms"] <= speed["p50_ms"] <= speed["p90_ms"], speed
