@@ -194,7 +194,6 @@ class Outcome:
 
     #: the user's consecutive failed authentications this outcome was built for
     failures: int
-    reasons: list[dict[str, Any]]
     status: str
     response: dict[str, Any]
     audit: AuditDraft
@@ -257,7 +256,7 @@ def _outcome(plan: Plan, body: AuthorizeRequest, failures: int, lockout_failures
                                        "risk": response["risk"], "tier": decision.tier,
                                        "reasons": [r["code"] for r in reasons],
                                        "fused_llr": round(decision.fused_llr, 4)})
-    return Outcome(failures, reasons, status, response, audit)
+    return Outcome(failures, status, response, audit)
 
 
 def _token(signing_key: Ed25519PrivateKey, tx_id: str, body: AuthorizeRequest, outcome: str) -> str:
