@@ -84,26 +84,29 @@ class HostStallProbe:
             self._proc.wait(timeout=10)
             self._proc = None
 
-    def stalls(self) -> list[Stall]:
-        if not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] != "w":  # a work line, or one cut short by terminate(), is skipped
-                out.append(Stall(float(parts[0]), float(parts[1])))
-        return out
+    def _read(self) -> tuple[list[Stall], list[tuple[float, float]]]:
+        """The probe's file in one pass: stall lines ("due late_s") and work lines ("w time seconds").
 
-    def work_times(self) -> list[tuple[float, float]]:
-        """(monotonic time, seconds) of each timed unit of the fixed work."""
+        A line cut short by terminate() is skipped.
+        """
+        stalls: list[Stall] = []
+        work: list[tuple[float, float]] = []
         if not self.path.exists():
-            return []
-        out = []
+            return stalls, work
         for line in self.path.read_text().splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[0] == "w":
-                out.append((float(parts[1]), float(parts[2])))
-        return out
+                work.append((float(parts[1]), float(parts[2])))
+            elif len(parts) == 2 and parts[0] != "w":
+                stalls.append(Stall(float(parts[0]), float(parts[1])))
+        return stalls, work
+
+    def stalls(self) -> list[Stall]:
+        return self._read()[0]
+
+    def work_times(self) -> list[tuple[float, float]]:
+        """(monotonic time, seconds) of each timed unit of the fixed work."""
+        return self._read()[1]
 
     def work_summary(self, start: float, end: float) -> dict[str, float | int]:
         """Median and tenth/ninetieth percentiles (ms) of the fixed work's time between `start` and `end`.
