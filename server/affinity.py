@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: the claimed CPU's lock file, open for the life of the process (closing it frees the CPU)
 _claim: int | None = None
+#: the CPUs the process could run on before it was pinned (None: not pinned)
+_unpinned: frozenset[int] | None = None
 
 
 def _threads() -> list[int]:
@@ -41,7 +43,7 @@ def pin_worker(group: str | None = None, lock_dir: Path | None = None) -> int | 
 
     `group` names the set of workers sharing the CPUs: by default the supervisor's pid.
     """
-    global _claim
+    global _claim, _unpinned
     if _claim is not None or fcntl is None or not hasattr(os, "sched_setaffinity"):
         return None
     cpus = sorted(os.sched_getaffinity(0))
@@ -61,11 +63,27 @@ def pin_worker(group: str | None = None, lock_dir: Path | None = None) -> int | 
                 os.sched_setaffinity(tid, {cpu})
             except OSError:  # a thread that just ended
                 pass
-        _claim = fd
+        _claim, _unpinned = fd, frozenset(cpus)
         log.info("worker %d pinned to CPU %d", os.getpid(), cpu)
         return cpu
     log.info("worker %d: every CPU already has a worker; not pinned", os.getpid())
     return None
+
+
+def unpin_this_thread() -> bool:
+    """Let the calling thread run on every CPU the process had before `pin_worker`; False if not pinned.
+
+    For a pinned worker's background threads (the WAL checkpointer): on the worker's own CPU
+    they take turns with the request handler, whose call then waits; unpinned, the kernel
+    runs them on whichever CPU is free.
+    """
+    if _unpinned is None:
+        return False
+    try:
+        os.sched_setaffinity(0, _unpinned)  # 0: the calling thread
+    except OSError:
+        return False
+    return True
 
 
 def is_worker_process() -> bool:

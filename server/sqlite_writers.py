@@ -25,6 +25,15 @@ own fsync then finds little left to write: measured under the API bench's load, 
 checkpoints took 3.6-5.1 ms on average instead of 9.5-10.2 ms, and fewer requests waited behind one.
 Other processes (CLI, migrations) keep SQLite's default, so the WAL cannot grow without bound
 while the server is down; the thread checkpoints once more when the server stops.
+
+The thread leaves its worker's pinned CPU (`server.affinity.unpin_this_thread`), and each
+PASSIVE round runs in a short-lived thread of the SCHED_IDLE class (Linux): copying a second
+of log (thousands of pages) takes several ms of CPU, and on the worker's own CPU the request
+handler waited for it. Traced under the API bench's load, requests of the checkpointing worker
+that overlapped a PASSIVE round made up 10-22 % of the slowest 1 % (five runs), and 2-4 % with
+the round at idle priority on any CPU (two runs; BENCHMARKS.md, API, "Eighth round"). The
+RESTART stays at normal priority: it holds the write lock, and waiting for CPU there would
+keep every writer waiting.
 """
 
 from __future__ import annotations
@@ -40,12 +49,30 @@ from typing import Any
 
 from sqlalchemy import Engine, event
 
+from server.affinity import unpin_this_thread
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: writers queue in SQLite's busy handler, auto-checkpoint stays on
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+
+
+def idle_priority() -> bool:
+    """Move the calling thread to the SCHED_IDLE class (Linux): it runs on CPU time no one else wants.
+
+    One way only: an unprivileged thread may not leave SCHED_IDLE again, so this is for threads
+    that do nothing else afterwards. False where the class does not exist or is refused.
+    """
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
+    except OSError:
+        return False
+    return True
+
 
 SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, wait for nothing
 
@@ -181,6 +208,19 @@ class WalCheckpointer:
         finally:
             conn.close()
 
+    def passive(self) -> tuple[int, int, int] | None:
+        """A PASSIVE checkpoint from a short-lived thread at idle priority (`idle_priority`)."""
+        out: list[tuple[int, int, int] | None] = []
+
+        def run() -> None:
+            idle_priority()
+            out.append(self.checkpoint("PASSIVE"))
+
+        thread = threading.Thread(target=run, name="cadence-wal-passive", daemon=True)
+        thread.start()
+        thread.join()
+        return out[0] if out else None
+
     def tick(self, *, restart: bool) -> bool:
         """One round: a PASSIVE checkpoint, then (if `restart`) a RESTART under the write lock.
 
@@ -189,7 +229,7 @@ class WalCheckpointer:
         """
         if not self._own():
             return True
-        self.checkpoint("PASSIVE")  # the bulk of the copying and syncing, blocking no one
+        self.passive()  # the bulk of the copying and syncing, blocking no one
         if not restart:
             return True
         # Writers wait on the lock meanwhile: the copy of what the PASSIVE round left, its
@@ -236,6 +276,7 @@ class WalCheckpointer:
             os.close(fd)
 
     def _run(self) -> None:
+        unpin_this_thread()  # a pinned worker's CPU is its request handler's
         last_restart = last_tick = time.monotonic()
         step = min(self.interval_s, self.writeback_s or self.interval_s)
         while not self._stop.wait(step):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,3 +62,29 @@ def test_workers_take_distinct_cpus_and_a_successor_reuses_a_freed_one(tmp_path:
 
 def test_a_single_process_server_is_not_a_worker() -> None:
     assert affinity.is_worker_process() is False
+
+
+_UNPIN_CHILD = """
+import json, os, sys, threading
+from pathlib import Path
+from server.affinity import pin_worker, unpin_this_thread
+before = sorted(os.sched_getaffinity(0))
+assert unpin_this_thread() is False  # not pinned yet: nothing to undo
+cpu = pin_worker(sys.argv[1], Path(sys.argv[2]))
+seen = {}
+def background():
+    seen["unpinned"] = unpin_this_thread()
+    seen["mask"] = sorted(os.sched_getaffinity(0))
+t = threading.Thread(target=background)
+t.start(); t.join()
+print(json.dumps({"cpu": cpu, "before": before, "main": sorted(os.sched_getaffinity(0)), **seen}), flush=True)
+"""
+
+
+def test_a_pinned_workers_background_thread_gets_every_cpu_back_and_the_worker_stays_pinned(tmp_path: Path) -> None:
+    out = json.loads(subprocess.run([sys.executable, "-c", _UNPIN_CHILD, "g-unpin", str(tmp_path)], capture_output=True,
+                                    text=True, timeout=60, cwd=Path(__file__).resolve().parents[2], check=True).stdout)
+    assert out["cpu"] is not None
+    assert out["unpinned"] is True
+    assert out["mask"] == out["before"]  # the thread runs anywhere the process could before pinning
+    assert out["main"] == [out["cpu"]]  # the worker itself (and its request handler) stays on its CPU

@@ -10,8 +10,10 @@ import asyncio
 import gc
 import json
 import multiprocessing
+import os
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -117,6 +119,37 @@ def test_checkpointer_starts_writeback_between_checkpoints(tmp_path: Path, monke
     if ck.writeback_s:
         assert calls["writeback"] > 3 * calls["tick"]  # and writeback requests in between
     assert not WalCheckpointer(make_engine(f"sqlite:///{tmp_path / 'none.sqlite'}")).start_writeback()  # no log yet
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_passive_rounds_run_at_idle_priority_and_the_restart_under_the_lock_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "p.sqlite"
+    engine = make_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x TEXT)"))
+    ck = WalCheckpointer(engine, write_lock(engine), interval_s=3600)
+    seen: dict[str, tuple[str, int]] = {}
+    checkpoint, restart = ck.checkpoint, ck._restart
+
+    def spy(kind: str, fn):  # type: ignore[no-untyped-def]
+        def wrapped(*a, **k):  # type: ignore[no-untyped-def]
+            seen[kind] = (threading.current_thread().name, os.sched_getscheduler(0))
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(ck, "checkpoint", spy("passive", checkpoint))
+    monkeypatch.setattr(ck, "_restart", spy("restart", restart))
+    try:
+        _write_rows(engine, 300)
+        assert ck.tick(restart=True) is True
+        _write_rows(engine, 1)
+        assert _wal_frames(db) <= 4  # still a real checkpoint: the next writer started the log over
+    finally:
+        engine.dispose()
+    assert seen["passive"] == ("cadence-wal-passive", os.SCHED_IDLE)  # a thread of its own, idle class
+    assert seen["restart"] == (threading.current_thread().name, os.SCHED_OTHER)  # holds the lock: normal class
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own class is untouched
 
 
 def test_only_one_process_checkpoints_a_database(tmp_path: Path) -> None:
