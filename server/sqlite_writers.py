@@ -171,6 +171,7 @@ class WalCheckpointer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._owner_fd: int | None = None
+        self._conn: sqlite3.Connection | None = None
         if self.enabled:
             event.listen(engine, "connect", self._on_connect)
 
@@ -234,8 +235,29 @@ class WalCheckpointer:
             return True
         # Writers wait on the lock meanwhile: the copy of what the PASSIVE round left, its
         # fsyncs, and readers still on the old log finishing (a read phase lasts a few ms).
+        self.sync_log()  # what is in the log now is on disk before writers must wait
         with self.write_lock:
             return self._restart()
+
+    def sync_log(self) -> bool:
+        """Flush the log to disk now, outside the write lock; False if there is no log (or no fdatasync).
+
+        The RESTART syncs the log under the lock before copying from it; synced here first, that
+        sync only has the frames written in between to flush.
+        """
+        if not hasattr(os, "fdatasync"):
+            return False
+        try:
+            fd = os.open(f"{self.database}-wal", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return True
 
     def _restart(self) -> bool:
         """RESTART, retried every `restart_poll_s` until readers leave the old log or `restart_busy_s` passes.
@@ -244,23 +266,30 @@ class WalCheckpointer:
         read phase of ~3 ms took 8-18 ms, all of it with every writer locked out. Only the
         first try copies and syncs; the later ones find nothing left and only check the readers.
         """
-        conn = sqlite3.connect(self.database, timeout=0, isolation_level=None)
+        conn = self._restart_connection()
         deadline = time.monotonic() + self.restart_busy_s
-        try:
-            while True:
-                try:
-                    row = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                except sqlite3.Error as exc:  # locked by a writer outside the server: next round
-                    log.debug("wal checkpoint RESTART skipped: %s", exc)
-                    return False
-                if row is not None and row[0] == 0:
-                    return True
-                if time.monotonic() >= deadline:
-                    log.debug("wal checkpoint RESTART: readers still on the log after %s s", self.restart_busy_s)
-                    return False
-                time.sleep(self.restart_poll_s)
-        finally:
-            conn.close()
+        while True:
+            try:
+                row = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            except sqlite3.Error as exc:  # locked by a writer outside the server: next round
+                log.debug("wal checkpoint RESTART skipped: %s", exc)
+                return False
+            if row is not None and row[0] == 0:
+                return True
+            if time.monotonic() >= deadline:
+                log.debug("wal checkpoint RESTART: readers still on the log after %s s", self.restart_busy_s)
+                return False
+            time.sleep(self.restart_poll_s)
+
+    def _restart_connection(self) -> sqlite3.Connection:
+        """The RESTART's connection, kept from one round to the next (closed by `stop`).
+
+        A new connection also syncs the database's directory the first time it syncs the log
+        (SQLite, Unix): one more fsync, 0.25-0.34 ms traced under load, while every writer waits.
+        """
+        if self._conn is None:
+            self._conn = sqlite3.connect(self.database, timeout=0, isolation_level=None, check_same_thread=False)
+        return self._conn
 
     def start_writeback(self) -> bool:
         """Let the kernel start writing the log's dirty pages now (no waiting); False if it cannot."""
@@ -305,6 +334,9 @@ class WalCheckpointer:
             self._thread.join(timeout=10)
             self._thread = None
             self.checkpoint("PASSIVE")
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         if self._owner_fd is not None:
             os.close(self._owner_fd)  # closing releases the flock
             self._owner_fd = None

@@ -37,6 +37,14 @@ def _wal_frames(db: Path) -> int:
         return int(c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
 
 
+def _table_db(db: Path):  # type: ignore[no-untyped-def]
+    """A SQLite file (WAL) with one table `t` to write rows into, and its engine."""
+    engine = make_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x TEXT)"))
+    return db, engine
+
+
 def _write_rows(engine, n: int) -> None:  # type: ignore[no-untyped-def]
     for i in range(n):
         with engine.begin() as conn:
@@ -44,10 +52,7 @@ def _write_rows(engine, n: int) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_checkpointer_turns_off_auto_checkpoint_and_restarts_the_log(tmp_path: Path) -> None:
-    db = tmp_path / "w.sqlite"
-    engine = make_engine(f"sqlite:///{db}")
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE t (x TEXT)"))
+    db, engine = _table_db(tmp_path / "w.sqlite")
     ck = WalCheckpointer(engine, write_lock(engine), interval_s=3600)
     ck.start(engine)
     try:
@@ -67,10 +72,7 @@ def test_checkpointer_turns_off_auto_checkpoint_and_restarts_the_log(tmp_path: P
 
 
 def test_restart_waits_for_readers_on_the_old_log_and_then_starts_it_over(tmp_path: Path) -> None:
-    db = tmp_path / "r.sqlite"
-    engine = make_engine(f"sqlite:///{db}")
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE t (x TEXT)"))
+    db, engine = _table_db(tmp_path / "r.sqlite")
     ck = WalCheckpointer(engine, write_lock(engine), interval_s=3600, restart_busy_s=0.05)
     ck.start(engine)
     reader = sqlite3.connect(db, isolation_level=None)
@@ -91,10 +93,7 @@ def test_restart_waits_for_readers_on_the_old_log_and_then_starts_it_over(tmp_pa
 
 
 def test_checkpointer_starts_writeback_between_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = tmp_path / "w.sqlite"
-    engine = make_engine(f"sqlite:///{db}")
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE t (x TEXT)"))
+    db, engine = _table_db(tmp_path / "w.sqlite")
     ck = WalCheckpointer(engine, write_lock(engine), interval_s=0.25, restart_s=3600, writeback_s=0.02)
     try:
         _write_rows(engine, 50)
@@ -124,10 +123,7 @@ def test_checkpointer_starts_writeback_between_checkpoints(tmp_path: Path, monke
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
 def test_passive_rounds_run_at_idle_priority_and_the_restart_under_the_lock_does_not(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = tmp_path / "p.sqlite"
-    engine = make_engine(f"sqlite:///{db}")
-    with engine.begin() as conn:
-        conn.execute(text("CREATE TABLE t (x TEXT)"))
+    db, engine = _table_db(tmp_path / "p.sqlite")
     ck = WalCheckpointer(engine, write_lock(engine), interval_s=3600)
     seen: dict[str, tuple[str, int]] = {}
     checkpoint, restart = ck.checkpoint, ck._restart
@@ -146,10 +142,51 @@ def test_passive_rounds_run_at_idle_priority_and_the_restart_under_the_lock_does
         _write_rows(engine, 1)
         assert _wal_frames(db) <= 4  # still a real checkpoint: the next writer started the log over
     finally:
+        ck.stop()
         engine.dispose()
     assert seen["passive"] == ("cadence-wal-passive", os.SCHED_IDLE)  # a thread of its own, idle class
     assert seen["restart"] == (threading.current_thread().name, os.SCHED_OTHER)  # holds the lock: normal class
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own class is untouched
+
+
+def test_restart_flushes_the_log_before_the_write_lock_and_keeps_one_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db, engine = _table_db(tmp_path / "s.sqlite")
+    events: list[str] = []
+    lock = write_lock(engine)
+
+    class Recorded:
+        def __enter__(self) -> None:
+            events.append("lock")
+            lock.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            lock.__exit__(*exc)
+
+    ck = WalCheckpointer(engine, Recorded(), interval_s=3600)
+    sync_log = ck.sync_log
+    monkeypatch.setattr(ck, "sync_log", lambda: events.append(f"sync:{sync_log()}") or True)
+    made: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def counting(*a, **k):  # type: ignore[no-untyped-def]
+        c = connect(*a, **k)
+        if threading.current_thread() is threading.main_thread():
+            made.append(c)
+        return c
+
+    monkeypatch.setattr("server.sqlite_writers.sqlite3.connect", counting)
+    try:
+        for _ in range(2):
+            _write_rows(engine, 100)
+            assert ck.tick(restart=True) is True
+    finally:
+        ck.stop()
+        engine.dispose()
+    assert events == ["sync:True", "lock"] * 2  # the log is flushed before writers are made to wait
+    assert len(made) == 1  # the RESTART's connection is made once (PASSIVE rounds run in their own thread)
+    with pytest.raises(sqlite3.ProgrammingError):
+        made[0].execute("SELECT 1")  # and closed by stop()
 
 
 def test_only_one_process_checkpoints_a_database(tmp_path: Path) -> None:
