@@ -43,6 +43,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -247,17 +248,25 @@ class WalCheckpointer:
         """
         if not hasattr(os, "fdatasync"):
             return False
+
+        def flush(fd: int) -> bool:
+            os.fdatasync(fd)
+            return True
+
+        return self._on_log(flush)
+
+    def _on_log(self, fn: Callable[[int], bool]) -> bool:
+        """`fn` on a read-only descriptor of the log; False if there is no log or the call fails."""
         try:
             fd = os.open(f"{self.database}-wal", os.O_RDONLY)
-        except OSError:
+        except OSError:  # no log yet (or just removed)
             return False
         try:
-            os.fdatasync(fd)
+            return fn(fd)
         except OSError:
             return False
         finally:
             os.close(fd)
-        return True
 
     def _restart(self) -> bool:
         """RESTART, retried every `restart_poll_s` until readers leave the old log or `restart_busy_s` passes.
@@ -293,16 +302,10 @@ class WalCheckpointer:
 
     def start_writeback(self) -> bool:
         """Let the kernel start writing the log's dirty pages now (no waiting); False if it cannot."""
-        if self._writeback is None:
+        writeback = self._writeback
+        if writeback is None:
             return False
-        try:
-            fd = os.open(f"{self.database}-wal", os.O_RDONLY)
-        except OSError:  # no log yet (or just removed)
-            return False
-        try:
-            return int(self._writeback(fd, 0, 0, SYNC_FILE_RANGE_WRITE)) == 0
-        finally:
-            os.close(fd)
+        return self._on_log(lambda fd: int(writeback(fd, 0, 0, SYNC_FILE_RANGE_WRITE)) == 0)
 
     def _run(self) -> None:
         unpin_this_thread()  # a pinned worker's CPU is its request handler's
