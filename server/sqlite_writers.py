@@ -29,11 +29,12 @@ while the server is down; the thread checkpoints once more when the server stops
 The thread leaves its worker's pinned CPU (`server.affinity.unpin_this_thread`), and each
 PASSIVE round runs in a short-lived thread of the SCHED_IDLE class (Linux): a round copies a
 second of log (5,500-6,100 pages under the API bench's load) in 4-18 ms, and on the worker's
-own CPU the request handler took turns with it. Traced under the API bench's load, requests of the checkpointing worker
-that overlapped a PASSIVE round made up 10-22 % of the slowest 1 % (five runs), and 2-4 % with
-the round at idle priority on any CPU (two runs; BENCHMARKS.md, API, "Eighth round"). The
-RESTART stays at normal priority: it holds the write lock, and waiting for CPU there would
-keep every writer waiting.
+own CPU the request handler took turns with it. Traced under the API bench's load, requests
+of the checkpointing worker that overlapped a PASSIVE round made up 10-22 % of the slowest
+1 % (five runs), and 2-4 % with the round at idle priority on any CPU (two runs; BENCHMARKS.md,
+API, "Eighth round"). The RESTART stays at normal priority: it holds the write lock, and
+waiting for CPU there would keep every writer waiting. Before the RESTART takes the lock the
+log is flushed (`sync_log`), and the RESTART keeps one connection (`_restart_connection`).
 """
 
 from __future__ import annotations
