@@ -114,6 +114,69 @@ def sliding_windows(n: int, size: int, hop: int | None = None) -> list[slice]:
     return [slice(a, a + size) for a in range(0, n - size + 1, hop)]
 
 
+def adaptive_trials(
+    *,
+    enroll: Callable[[np.ndarray], Any],
+    window_scores: Callable[[Any, np.ndarray], np.ndarray],
+    enrolment: Mapping[int, np.ndarray],
+    tests: Mapping[int, np.ndarray],
+    k: int,
+    keep_last: int | None = None,
+) -> dict[tuple[int, int], np.ndarray]:
+    """Scores of k-item test windows against templates that adapt to their owner's confirmed windows.
+
+    Why: a person's behaviour drifts over a session (BB-MAS touch: the enrolment half is a
+    typing task, the tested half free browsing), and a deployed template is re-enrolled with
+    evidence an independent factor confirmed (the app re-sends an approved transaction's
+    windows to `POST /v1/users/{id}/enrolment` with `confirmed_transaction_id`; the server keeps
+    the latest windows). Here every owner window adapts, as if each was approved or passed
+    its step-up; one denied outright would not. This is the prequential form
+    of `chronological_split`'s protocol: each owner's test windows are taken in time order,
+    and each is scored by the template as it stood *before* it, then its items join the
+    enrolment and the template is re-enrolled. Impostor windows never update a template
+    (zero-effort impostors do not pass the confirming factor); impostor window j of m is
+    scored by the state the template had at the same relative time, after ``j * n // m`` of
+    its owner's n windows, so both sides meet templates of the same age.
+
+    `tests[s]` holds subject s's time-ordered test items; `window_scores(template, X)` scores
+    consecutive non-overlapping k-item windows of X (as many as it returns). `keep_last`
+    bounds the enrolment to its latest items, as the server bounds stored windows. Returns
+    ``{(template subject, probe subject): window scores in time order}``, owners included.
+    """
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    states: dict[int, list[Any]] = {}
+    out: dict[tuple[int, int], np.ndarray] = {}
+    for s, T in tests.items():
+        if s not in enrolment:
+            continue
+        E = np.asarray(enrolment[s])
+        tmpl = enroll(E)
+        seq, genuine = [tmpl], []
+        for j in range(len(T) // k):
+            w = np.asarray(T[j * k:(j + 1) * k])
+            genuine.append(float(np.asarray(window_scores(tmpl, w)).ravel()[0]))
+            E = np.vstack([E, w])
+            if keep_last is not None:
+                E = E[-keep_last:]
+            tmpl = enroll(E)
+            seq.append(tmpl)
+        states[s], out[(s, s)] = seq, np.asarray(genuine)
+    for s, seq in states.items():
+        n = len(seq) - 1
+        for p, T in tests.items():
+            m = len(T) // k
+            if p == s or m == 0:
+                continue
+            at = (np.arange(m) * n) // m  # the owner's windows seen before impostor window j
+            scores = np.empty(m)
+            for u in np.unique(at):
+                sel = np.flatnonzero(at == u)
+                scores[sel] = window_scores(seq[u], np.vstack([T[j * k:(j + 1) * k] for j in sel]))
+            out[(s, p)] = scores
+    return out
+
+
 # --------------------------------------------------------------------------- score records
 
 SCORE_COLUMNS = ("method", "window", "modality", "template_subject", "probe_subject", "probe_index", "label", "score")

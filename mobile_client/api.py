@@ -210,8 +210,12 @@ class ApiClient:
         body = {"modality": modality, "purpose": purpose, "granted": granted, "policy_version": policy(purpose).version}
         return self.send_or_queue("POST", ROUTES["consent"].format(user_id=self.user_id), body)
 
-    def enrol(self, windows: list[FeatureWindow]) -> Any:
-        return self.request("POST", ROUTES["enrol"].format(user_id=self.user_id), {"windows": windows_payload(windows)})
+    def enrol(self, windows: list[FeatureWindow], confirmed_transaction_id: str | None = None) -> Any:
+        """Enrol windows; with `confirmed_transaction_id`, that approved transaction's own evidence (adaptation)."""
+        body: dict[str, Any] = {"windows": windows_payload(windows)}
+        if confirmed_transaction_id is not None:
+            body["confirmed_transaction_id"] = confirmed_transaction_id
+        return self.request("POST", ROUTES["enrol"].format(user_id=self.user_id), body)
 
     def authorize(self, amount: str, currency: str, payee: str, evidence: list[FeatureWindow],
                   idempotency_key: str | None = None) -> Decision:

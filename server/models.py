@@ -93,6 +93,10 @@ class EvidenceSeen(Base):
     window_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     modality: Mapped[str] = mapped_column(String(16))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: the authorize call that carried the window, until the window adapts its owner's template
+    #: (enrolment with `confirmed_transaction_id`, once the call was approved); cleared then, so
+    #: a window adapts at most once
+    transaction_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class SecurityFlag(Base):

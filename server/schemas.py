@@ -98,6 +98,10 @@ class ConsentIn(_Strict):
 
 class EnrolRequest(_Strict):
     windows: list[FeatureWindowIn] = Field(min_length=1, max_length=MAX_WINDOWS)
+    #: controlled adaptation: these windows are evidence of this approved transaction (approved
+    #: at once or after a passed step-up), re-sent so the template follows the user's drift;
+    #: only the windows that call carried are accepted, once each
+    confirmed_transaction_id: str | None = Field(default=None, min_length=1, max_length=36)
 
 
 class ModalityEnrolment(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from mobile_client.services import AppServices
 from modalities.events import FeatureWindow
 
 #: evidence a transaction sends: recent keys, swipes and walking
+log = logging.getLogger(__name__)
+
 EVIDENCE_KEYS = 100
 EVIDENCE_SWIPES = 5
 EVIDENCE_WALK_S = 15.0
@@ -92,6 +95,8 @@ class TransactionController:
         self.last: Decision | None = None
         self.step_up: StepUp | None = None
         self.evidence_summary: dict[str, int] = {}
+        #: the last authorize call's evidence, kept until it is confirmed (or the next call)
+        self._sent: list[FeatureWindow] = []
 
     def gather_evidence(self) -> list[FeatureWindow]:
         """Feature windows of the most recent behaviour of each consented, enrolled modality."""
@@ -113,10 +118,30 @@ class TransactionController:
         windows = self.gather_evidence()
         d = self.s.api.authorize(amount, currency, payee, windows)
         self.last = d
+        self._sent = windows
         self.step_up = StepUp(d.transaction_id, f"{secrets.randbelow(10**6):06d}") if d.outcome == "step_up" else None
+        if d.outcome == "approve":
+            self.adapt(d.transaction_id)
         self.s.evidence.flush()
         self.s.save_profile()
         return d
+
+    def adapt(self, transaction_id: str) -> bool:
+        """Re-send a confirmed transaction's evidence so the templates follow the user's drift.
+
+        Controlled adaptation: the server accepts exactly the windows that approved call
+        carried, once. A refusal (e.g. the bank has not yet confirmed a step-up) costs
+        nothing but the adaptation, so it is logged, not raised.
+        """
+        windows, self._sent = self._sent, []
+        if not windows:
+            return False
+        try:
+            self.s.api.enrol(windows, confirmed_transaction_id=transaction_id)
+        except ApiError as exc:
+            log.warning("template adaptation with transaction %s refused: %s", transaction_id, exc)
+            return False
+        return True
 
     def verify_code(self, code: str) -> bool | None:
         """True: code right (server told); False: wrong, try again; None: no attempts left (denied)."""
@@ -136,7 +161,9 @@ class TransactionController:
             if ok and not exc.status == 401:
                 raise
             # 401: this build has no bank key; the bank backend completes the step-up itself
-        self.step_up = None
+        tx_id, self.step_up = self.step_up.transaction_id, None
+        if ok:
+            self.adapt(tx_id)
         return True if ok else None
 
     def reasons_text(self) -> list[str]:

@@ -73,12 +73,18 @@ class DeviceClient:
             body["policy_version"] = policy_version
         return self._check(self.signed("POST", f"/v1/users/{self.user_id}/consents", body))
 
-    def enrol(self, windows: list[FeatureWindow], chunk: int = 16) -> list[Any]:
-        """Send enrolment windows in requests of `chunk` windows (keeps bodies small)."""
+    def enrol(self, windows: list[FeatureWindow], chunk: int = 16, confirmed_transaction_id: str | None = None) -> list[Any]:
+        """Send enrolment windows in requests of `chunk` windows (keeps bodies small).
+
+        With `confirmed_transaction_id`: the windows are that approved transaction's evidence,
+        re-sent so the template adapts to them (controlled adaptation).
+        """
         out = []
         for a in range(0, len(windows), chunk):
-            out.append(self._check(self.signed("POST", f"/v1/users/{self.user_id}/enrolment",
-                                               {"windows": [w.to_dict() for w in windows[a:a + chunk]]})))
+            body: dict[str, Any] = {"windows": [w.to_dict() for w in windows[a:a + chunk]]}
+            if confirmed_transaction_id is not None:
+                body["confirmed_transaction_id"] = confirmed_transaction_id
+            out.append(self._check(self.signed("POST", f"/v1/users/{self.user_id}/enrolment", body)))
         return out
 
     def authorize(self, *, amount: Decimal | float | str, payee: str, evidence: list[FeatureWindow],

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from modalities.base import Template as TemplateArrays
 from server.errors import ApiError
-from server.models import EnrolmentWindow, Template, User
+from server.models import EnrolmentWindow, EvidenceSeen, Template, Transaction, User
 from server.schemas import EnrolResponse, FeatureWindowIn, ModalityEnrolment
 from server.services import compliance_hooks as hooks
-from server.services.evidence import check_versions, claim_hashes, group_windows
+from server.services.evidence import check_versions, claim_hashes, group_windows, window_hash
 from server.services.scoring import ActiveScorer, ScorerProvider, template_from_json, template_to_json
 
 #: enrolment windows kept per modality (oldest dropped): bounded drift adaptation
@@ -19,11 +19,19 @@ MAX_ENROL_WINDOWS = 200
 
 
 def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: list[FeatureWindowIn],
-          min_windows: int, min_quality: float, actor: str) -> EnrolResponse:
-    """Add windows to the user's enrolment and (re)build each modality's template."""
+          min_windows: int, min_quality: float, actor: str,
+          confirmed_transaction_id: str | None = None) -> EnrolResponse:
+    """Add windows to the user's enrolment and (re)build each modality's template.
+
+    New windows must never have been seen (replay protection). Windows re-sent with
+    `confirmed_transaction_id` must instead be exactly ones that approved transaction carried,
+    not used for enrolment before (`claim_confirmed`).
+    """
     user = session.get(User, user_id)
     if user is None:
         raise ApiError(404, "unknown_user", f"user_id: {user_id!r} has no registered device")
+    if confirmed_transaction_id is not None:
+        confirmed_transaction(session, user_id, confirmed_transaction_id)
     out = []
     digests: dict[str, list[str]] = {}
     for modality, items in group_windows(windows).items():
@@ -36,7 +44,8 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
                        expect_version=None if same is None else same.feature_version,
                        expect_dim=None if same is None else same.feature_dim)
         good = [(i, w) for i, w in items if w.quality >= min_quality]
-        digests[modality] = claim_hashes(session, user_id, items)
+        digests[modality] = (claim_hashes(session, user_id, items) if confirmed_transaction_id is None
+                             else claim_confirmed(session, user_id, confirmed_transaction_id, items))
         if tpl is not None and same is None:
             session.execute(delete(EnrolmentWindow).where(EnrolmentWindow.user_id == user_id,
                                                           EnrolmentWindow.modality == modality))
@@ -58,9 +67,44 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
         tpl = build_template(session, active, user_id, modality, rows, tpl)
         out.append(ModalityEnrolment(modality=modality, n_windows=tpl.n_windows, model_id=tpl.model_id,
                                      feature_version=tpl.feature_version))
-    hooks.audit(session, event="enrolment", actor=actor, subject=user_id,
-                payload={"window_hashes": digests, "models": {m.modality: m.model_id for m in out}})
+    payload: dict[str, object] = {"window_hashes": digests, "models": {m.modality: m.model_id for m in out}}
+    if confirmed_transaction_id is not None:
+        payload["confirmed_transaction_id"] = confirmed_transaction_id
+    hooks.audit(session, event="enrolment", actor=actor, subject=user_id, payload=payload)
     return EnrolResponse(user_id=user_id, modalities=out)
+
+
+def confirmed_transaction(session: Session, user_id: str, tx_id: str) -> Transaction:
+    """The user's transaction whose evidence may adapt the template: it must have been approved."""
+    tx = session.get(Transaction, tx_id)
+    if tx is None or tx.user_id != user_id:
+        raise ApiError(404, "unknown_transaction", f"confirmed_transaction_id: {tx_id!r} is not a transaction of this user")
+    if tx.outcome != "approve":
+        raise ApiError(409, "not_confirmed", f"confirmed_transaction_id: the transaction's decision is {tx.outcome!r}; "
+                                             "only approved evidence (at once or after step-up) adapts a template")
+    return tx
+
+
+_CARRIED = EvidenceSeen.__table__.c
+
+
+def claim_confirmed(session: Session, user_id: str, tx_id: str, items: list[tuple[int, FeatureWindowIn]]) -> list[str]:
+    """Hashes of windows re-sent as evidence of `tx_id`; each must be one that call carried, unused.
+
+    Each accepted window's link to the transaction is cleared, so it adapts a template once.
+    """
+    digests = [window_hash(w) for _, w in items]
+    carried = set(session.scalars(select(_CARRIED.window_hash).where(
+        _CARRIED.user_id == user_id, _CARRIED.transaction_id == tx_id, _CARRIED.window_hash.in_(digests))))
+    batch: set[str] = set()
+    for (i, w), d in zip(items, digests):
+        if d not in carried or d in batch:
+            raise ApiError(409, "not_confirmed_evidence",
+                           f"windows[{i}]: this {w.modality} window is not unused evidence of transaction {tx_id!r}")
+        batch.add(d)
+    session.execute(update(EvidenceSeen).where(EvidenceSeen.user_id == user_id, EvidenceSeen.window_hash.in_(digests))
+                    .values(transaction_id=None))
+    return digests
 
 
 def build_template(session: Session, active: ActiveScorer, user_id: str, modality: str,

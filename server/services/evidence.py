@@ -100,12 +100,14 @@ def claim_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureW
 _SEEN_INSERT = cast(Table, EvidenceSeen.__table__).insert()
 
 
-def insert_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]], digests: list[str]) -> None:
-    """Insert the hashes (the primary key refuses one seen before)."""
+def insert_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]], digests: list[str],
+                  transaction_id: str | None = None) -> None:
+    """Insert the hashes (the primary key refuses one seen before), naming the authorize call if any."""
     if items:
         now = utcnow()
         prepared.execute(session, _SEEN_INSERT, [{"window_hash": d, "user_id": user_id, "modality": w.modality,
-                                                "seen_at": now} for (_, w), d in zip(items, digests)])
+                                                "seen_at": now, "transaction_id": transaction_id}
+                                               for (_, w), d in zip(items, digests)])
 
 
 def implausible(w: FeatureWindowIn) -> str | None:

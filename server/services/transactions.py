@@ -152,14 +152,17 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
     return out
 
 
-def record_evidence(session: Session, a: Assessment, *, checked: bool = False) -> dict[str, list[str]]:
+def record_evidence(session: Session, a: Assessment, *, checked: bool = False,
+                    transaction_id: str | None = None) -> dict[str, list[str]]:
     """Write phase: claim the windows' hashes and store flags.
 
     With `checked` (the read phase looked them up) only the insert runs: a window that
-    arrived in between fails on the primary key instead (IntegrityError).
+    arrived in between fails on the primary key instead (IntegrityError). `transaction_id`
+    names the authorize call that carried the windows: once it is approved, they may adapt
+    the template (`server.services.enrolment.enrol`).
     """
     if checked:
-        insert_hashes(session, a.user_id, a.items, a.hashes)
+        insert_hashes(session, a.user_id, a.items, a.hashes, transaction_id)
     else:
         claim_hashes(session, a.user_id, a.items, a.hashes)
     for detail in a.flags:
@@ -276,9 +279,9 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
         return plan.stored
     assert plan.assessment is not None and plan.decision is not None
     user = _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
-    record_evidence(session, plan.assessment, checked=True)
-    decision = plan.decision
     plan.tx_id = plan.tx_id or str(uuid.uuid4())
+    record_evidence(session, plan.assessment, checked=True, transaction_id=plan.tx_id)
+    decision = plan.decision
     plan.token = plan.token or _token(signing_key, plan.tx_id, body, decision.outcome)
     out = plan.outcome
     if out is None or out.failures != user.consecutive_failures:  # another request changed the count meanwhile

@@ -27,4 +27,8 @@ def test_bench_touch_quick(data_dir, tmp_path) -> None:
     # learning from other people beats the one-class baseline on 5 swipes
     assert rows[("touch-fused", "5 swipes")]["eer"] < rows[("touch-manhattan-scaled", "5 swipes")]["eer"]
     assert any(w == "5 taps" for _, w in rows)
+    # the adapted protocol has a window label of its own, for touch-fused only
+    adapted = {(m, w) for m, w in rows if w == "5 swipes, adapted"}
+    assert adapted == {("touch-fused", "5 swipes, adapted"), ("touch-fused-same-device", "5 swipes, adapted")}
+    assert rows[("touch-fused", "5 swipes, adapted")]["n_genuine"] == rows[("touch-fused", "5 swipes")]["n_genuine"]
     assert (tmp_path / "touch-scores.csv").exists() and (tmp_path / "touch-det.png").exists()

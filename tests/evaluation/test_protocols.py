@@ -10,6 +10,7 @@ import pytest
 from evaluation.protocols import (
     Fold,
     ScoreTable,
+    adaptive_trials,
     chronological_split,
     resolve_folds,
     sliding_windows,
@@ -59,6 +60,72 @@ def test_chronological_and_windows() -> None:
     assert [(s.start, s.stop) for s in w] == [(0, 50), (25, 75), (50, 100)]
     with pytest.raises(ValueError):
         chronological_split(10, 1.0)
+
+
+def _windows(k: int):
+    """Window scores that are the template itself: one per k items."""
+
+    def score(template: float, X: np.ndarray) -> np.ndarray:
+        return np.full(len(X) // k, float(template))
+
+    return score
+
+
+def test_adaptive_trials_score_before_update_and_match_impostors_in_time() -> None:
+    """Genuine window j meets the template after j updates; impostor window j of m the one after j*n//m."""
+    k = 2
+    enrolment = {1: np.zeros((4, 3)), 2: np.zeros((6, 3)), 3: np.zeros((4, 3))}
+    tests = {1: np.zeros((8, 3)), 2: np.zeros((4, 3)), 3: np.zeros((9, 3))}  # 4, 2 and 4 windows of 2
+    # the template is the number of enrolled items, so a score says which state scored it
+    out = adaptive_trials(enroll=lambda E: float(len(E)), window_scores=_windows(k),
+                          enrolment=enrolment, tests=tests, k=k)
+    assert set(out) == {(s, p) for s in tests for p in tests}
+    np.testing.assert_array_equal(out[(1, 1)], [4, 6, 8, 10])  # scored first, then enrolled
+    np.testing.assert_array_equal(out[(2, 2)], [6, 8])
+    np.testing.assert_array_equal(out[(3, 3)], [4, 6, 8, 10])  # the ninth item is no window
+    # template 1 (4 windows) against subject 2's 2 windows: states after 0 and 2 updates
+    np.testing.assert_array_equal(out[(1, 2)], [4, 8])
+    # template 2 (2 windows) against subject 1's 4 windows: after 0, 0, 1, 1 updates
+    np.testing.assert_array_equal(out[(2, 1)], [6, 6, 8, 8])
+    # no state after the owner's last window is ever used on an impostor
+    assert max(out[(1, 3)]) < 4 + 2 * 4
+
+
+def test_adaptive_trials_templates_learn_only_from_their_owner() -> None:
+    """A drifting owner scores higher once adapted; what impostors present changes no template."""
+    rng = np.random.default_rng(0)
+    k = 5
+    drift = np.linspace(0, 3, 60)[:, None] * np.array([[1.0, 0.0]])
+    owner = rng.normal(size=(60, 2)) * 0.3 + drift  # moves away from where it enrolled
+    enrolment = {1: owner[:20], 2: rng.normal(size=(20, 2)) * 0.3 + [0, 3]}
+    tests = {1: owner[20:], 2: rng.normal(size=(40, 2)) * 0.3 + [0, 3]}
+
+    def score(template: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return -np.linalg.norm(X.reshape(-1, k, 2).mean(axis=1) - template, axis=1)
+
+    def recent_mean(E: np.ndarray) -> np.ndarray:
+        return E[-10:].mean(axis=0)
+
+    out = adaptive_trials(enroll=recent_mean, window_scores=score, enrolment=enrolment, tests=tests, k=k)
+    static = score(recent_mean(enrolment[1]), tests[1])
+    assert out[(1, 1)][0] == pytest.approx(static[0])  # nothing seen yet
+    assert out[(1, 1)][-3:].mean() > static[-3:].mean() + 1.0  # followed the drift
+    moved = {**tests, 2: tests[2] + 50.0}
+    again = adaptive_trials(enroll=recent_mean, window_scores=score, enrolment=enrolment, tests=moved, k=k)
+    np.testing.assert_allclose(again[(1, 1)], out[(1, 1)])
+    assert not np.allclose(again[(1, 2)], out[(1, 2)])  # the impostor's windows did change
+    with pytest.raises(ValueError):
+        adaptive_trials(enroll=recent_mean, window_scores=score, enrolment=enrolment, tests=tests, k=0)
+
+
+def test_adaptive_trials_keep_the_latest_items_as_the_server_does() -> None:
+    from evaluation.benches.touch import ADAPTED_KEEP_LAST
+    from server.services.enrolment import MAX_ENROL_WINDOWS
+
+    assert ADAPTED_KEEP_LAST == MAX_ENROL_WINDOWS
+    out = adaptive_trials(enroll=lambda E: float(len(E)), window_scores=_windows(2), enrolment={1: np.zeros((4, 1))},
+                          tests={1: np.zeros((8, 1))}, k=2, keep_last=7)
+    np.testing.assert_array_equal(out[(1, 1)], [4, 6, 7, 7])
 
 
 def test_score_table_roundtrip_and_trials(tmp_path: Path) -> None:

@@ -153,6 +153,43 @@ def test_step_up_completion(client: TestClient, enrolled, windows) -> None:  # t
     assert again.status_code == 409
 
 
+def test_confirmed_evidence_adapts_the_template_once(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """Controlled adaptation: only an approved transaction's own windows re-enrol, once each."""
+    own = evidence(windows, "owner", 6)
+    tx = enrolled.authorize(amount="25.00", payee="ACME", evidence=own)
+    if tx["decision"] == "step_up":  # confirmed by the second factor instead
+        r = client.post(f"/v1/transactions/{tx['transaction_id']}/step-up", json={"success": True}, headers=BANK)
+        assert r.status_code == 200
+    assert tx["decision"] != "deny"
+    tx_id = tx["transaction_id"]
+    with pytest.raises(ApiCallError) as exc:  # windows this call did not carry
+        enrolled.enrol(evidence(windows, "owner", 7), confirmed_transaction_id=tx_id)
+    assert exc.value.status == 409 and exc.value.body["code"] == "not_confirmed_evidence"
+    assert "windows[0]" in exc.value.body["detail"]
+    (done,) = enrolled.enrol(own, confirmed_transaction_id=tx_id)
+    assert {m["modality"]: m["n_windows"] for m in done["modalities"]} == {m: 6 for m in MODALITIES}
+    with pytest.raises(ApiCallError) as exc:  # once only
+        enrolled.enrol(own, confirmed_transaction_id=tx_id)
+    assert exc.value.status == 409 and exc.value.body["code"] == "not_confirmed_evidence"
+    with pytest.raises(ApiCallError) as exc:  # and still no replay as a probe
+        enrolled.authorize(amount="25.00", payee="ACME", evidence=own)
+    assert exc.value.body["code"] == "evidence_replay"
+    # a transaction that was not approved adapts nothing; another user's is unknown here
+    pending = enrolled.authorize(amount="25.00", payee="ACME", evidence=[])
+    assert pending["decision"] == "step_up"
+    with pytest.raises(ApiCallError) as exc:
+        enrolled.enrol(evidence(windows, "owner", 8), confirmed_transaction_id=pending["transaction_id"])
+    assert exc.value.status == 409 and exc.value.body["code"] == "not_confirmed"
+    bob = new_device(client, "bob")
+    bob.grant_consent("gait")
+    with pytest.raises(ApiCallError) as exc:
+        bob.enrol([windows["other"]["gait"][0]], confirmed_transaction_id=tx_id)
+    assert exc.value.status == 404 and exc.value.body["code"] == "unknown_transaction"
+    export = client.get(f"/v1/admin/users/{enrolled.user_id}/export", headers=ADMIN).json()
+    entries = export["data"]["audit"]["entries"]  # the audit trail names the confirming transaction
+    assert any(e["event"] == "enrolment" and tx_id in json.dumps(e) for e in entries), entries[-3:]
+
+
 def test_api_keys_and_scopes(client: TestClient) -> None:
     assert client.post("/v1/devices", json={}).status_code in (401, 422)
     r = client.get("/v1/admin/users/alice/export", headers={"X-API-Key": "nope"})

@@ -113,6 +113,14 @@ def test_api_round_trip_on_backend(db_url: str, tmp_path: Path, calibration_file
             bad = dict(payload, idempotency_key="pg-3", evidence=[w.to_dict() for w in evidence(windows, "owner", 7)])
             bad["evidence"][1]["values"] = bad["evidence"][1]["values"][:-1]
             assert dev.signed("POST", "/v1/transactions/authorize", bad).status_code == 422
+            tx = first.json()  # controlled adaptation with the confirmed call's windows
+            if tx["decision"] == "step_up":
+                assert client.post(f"/v1/transactions/{tx['transaction_id']}/step-up", json={"success": True},
+                                   headers={"X-API-Key": "dev-bank-key"}).status_code == 200
+            adapt = {"windows": payload["evidence"], "confirmed_transaction_id": tx["transaction_id"]}
+            ok = dev.signed("POST", "/v1/users/carol/enrolment", adapt)
+            assert ok.status_code == 200 and {m["n_windows"] for m in ok.json()["modalities"]} == {6}, ok.text
+            assert dev.signed("POST", "/v1/users/carol/enrolment", adapt).status_code == 409  # once only
             erased = client.delete("/v1/admin/users/carol", headers={"X-API-Key": "dev-admin-key"})
             assert erased.status_code == 200
         with app.state.engine.connect() as conn:

@@ -41,13 +41,17 @@ def get_consents(req: Signed, user_id: str = UserId) -> dict[str, Any]:
 
 @router.post("/{user_id}/enrolment", response_model=EnrolResponse)
 def enrol_user(body: EnrolRequest, req: Signed, state: State, user_id: str = UserId) -> EnrolResponse:
-    """Add feature windows to the user's enrolment; templates are rebuilt per modality."""
+    """Add feature windows to the user's enrolment; templates are rebuilt per modality.
+
+    With `confirmed_transaction_id` the windows are evidence the user already sent with that
+    transaction, now confirmed (approved, or approved after step-up): controlled adaptation.
+    """
     try:
         with req.transaction() as session:
             same_user(req.device, user_id)
             return enrol(session, state.provider, user_id=user_id, windows=body.windows,
                          min_windows=state.settings.enrol_min_windows, min_quality=state.settings.enrol_min_quality,
-                         actor=req.actor)
+                         actor=req.actor, confirmed_transaction_id=body.confirmed_transaction_id)
     except EvidenceReplay as exc:
         record_replay(req.transaction, exc, req.actor)
         raise
