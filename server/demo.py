@@ -48,6 +48,8 @@ class DemoRow:
     decision: str
     risk: float
     reasons: str
+    #: windows this approved transaction re-enrolled (controlled adaptation); 0 when not approved
+    adapted: int = 0
 
 
 def _split(windows: list[FeatureWindow]) -> tuple[list[FeatureWindow], list[FeatureWindow]]:
@@ -142,7 +144,10 @@ def _reasons(resp: dict[str, Any]) -> str:
 
 def run_scenario(base_url: str, genuine: Person, impostor: Person, *, user_id: str = "alice",
                  amounts: tuple[str, ...] = AMOUNTS) -> list[DemoRow]:
-    """Register, consent, enrol the genuine user, then transact as the owner and as the impostor."""
+    """Register, consent, enrol the genuine user, then transact as the owner and as the impostor.
+
+    Each approved transaction's evidence is re-enrolled, as the app does: the template adapts.
+    """
     rows: list[DemoRow] = []
     with DeviceClient(base_url, user_id=user_id) as dev:
         dev.register()
@@ -154,8 +159,12 @@ def run_scenario(base_url: str, genuine: Person, impostor: Person, *, user_id: s
             for i, amount in enumerate(amounts):
                 evidence = [w for m in MODALITIES for w in evidence_unit(m, person.probes[m], i)]
                 resp = dev.authorize(amount=amount, payee="ACME-SHOP-42", evidence=evidence)
+                adapted = 0
+                if resp["decision"] == "approve":  # the app re-enrols approved evidence (controlled adaptation)
+                    dev.enrol(evidence, confirmed_transaction_id=resp["transaction_id"])
+                    adapted = len(evidence)
                 rows.append(DemoRow(user_id, f"{person.label} ({who})", who == "genuine", amount, resp["decision"],
-                                    float(resp["risk"]), _reasons(resp)))
+                                    float(resp["risk"]), _reasons(resp), adapted))
     return rows
 
 

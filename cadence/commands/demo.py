@@ -45,5 +45,7 @@ def demo(
         sel = [r for r in rows if r.genuine is who]
         n_ok = sum(r.decision == "approve" for r in sel)
         console.print(f"{'genuine' if who else 'impostor'}: {n_ok}/{len(sel)} approved")
+    n_adapted = [r.adapted for r in rows if r.adapted]
+    console.print(f"templates adapted: {sum(n_adapted)} windows of {len(n_adapted)} approved transactions re-enrolled")
     if json_out is not None:
         json_out.write_text(json.dumps({"data": label, "rows": [asdict(r) for r in rows]}, indent=2))
