@@ -13,9 +13,9 @@ from mobile_client.api import ApiError, Decision
 from mobile_client.services import AppServices
 from modalities.events import FeatureWindow
 
-#: evidence a transaction sends: recent keys, swipes and walking
 log = logging.getLogger(__name__)
 
+#: evidence a transaction sends: recent keys, swipes and walking
 EVIDENCE_KEYS = 100
 EVIDENCE_SWIPES = 5
 EVIDENCE_WALK_S = 15.0
