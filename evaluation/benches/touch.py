@@ -41,27 +41,21 @@ ADAPTED_WINDOW = ("5 swipes, adapted", 5)
 ADAPTED_KEEP_LAST = 200
 
 
-def _adapted(table: Any, scorer: Any, ev: dict[int, tuple[Any, Any, str]], col: int) -> None:
+def _adapted(table: Any, scorer: Any, splits: dict[int, tuple[Any, Any]], device: dict[int, str]) -> None:
     """`scorer` under `adaptive_trials`: templates re-enrolled with their owner's scored test windows."""
     import numpy as np
 
-    from evaluation.protocols import adaptive_trials, chronological_split
+    from evaluation.protocols import adaptive_trials
     from modalities.touch.scorers import accumulate
 
     label, k = ADAPTED_WINDOW
-    enrolment, tests = {}, {}
-    for s, v in ev.items():
-        X = np.asarray(v[col])
-        if len(X) < 10:  # as the static rows: too few strokes to enrol and test
-            continue
-        en, te = chronological_split(len(X))
-        enrolment[s], tests[s] = X[en], X[te]
     trials = adaptive_trials(enroll=scorer.enroll, window_scores=lambda t, X: accumulate(scorer.compare(t, X), k),
-                             enrolment=enrolment, tests=tests, k=k, keep_last=ADAPTED_KEEP_LAST)
+                             enrolment={s: v[0] for s, v in splits.items()}, tests={s: v[1] for s, v in splits.items()},
+                             k=k, keep_last=ADAPTED_KEEP_LAST)
     for (s, p), sc in trials.items():
         if sc.size == 0:
             continue
-        for name in (scorer.name, f"{scorer.name}-same-device") if p == s or ev[p][2] == ev[s][2] else (scorer.name,):
+        for name in (scorer.name, f"{scorer.name}-same-device") if p == s or device[p] == device[s] else (scorer.name,):
             table.add(method=name, window=label, modality="touch", template_subject=s, probe_subject=p, scores=sc,
                       probe_index=np.arange(sc.size))
 
@@ -94,15 +88,16 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
             fused = S.FusedTouch(seed=ctx.seed)
             fused.plda, fused.lr = plda, qlr  # same fits, no second training
             population: list[S._TouchScorer] = [lr, qlr, plda, fused]
+            splits = {}  # subject -> (enrolment strokes, test strokes), shared by every scorer
+            for s, v in ev.items():
+                X = np.asarray(v[col])
+                if len(X) < 10:  # too few strokes of this kind to enrol and test
+                    continue
+                en, te = chronological_split(len(X))
+                splits[s] = (X[en], X[te])
             for scorer in one_class + population:
-                templates, probes = {}, {}
-                for s, v in ev.items():
-                    X = np.asarray(v[col])
-                    if len(X) < 10:  # too few strokes of this kind to enrol and test
-                        continue
-                    en, te = chronological_split(len(X))
-                    templates[s] = scorer.enroll(X[en])
-                    probes[s] = X[te]
+                templates = {s: scorer.enroll(E) for s, (E, _) in splits.items()}
+                probes = {s: T for s, (_, T) in splits.items()}
                 for s, tmpl in templates.items():
                     for p, P in probes.items():
                         per_stroke = scorer.compare(tmpl, P)
@@ -117,7 +112,7 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
                                 table.add(method=f"{scorer.name}-same-device", window=label, modality="touch",
                                           template_subject=s, probe_subject=p, scores=sc, probe_index=idx)
             if kind == "swipe":
-                _adapted(table, fused, ev, col)
+                _adapted(table, fused, splits, {s: v[2] for s, v in ev.items()})
     protocol = {
         "dataset": "BB-MAS HandPhone touch",
         "folds": len(folds),

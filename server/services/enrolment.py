@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from modalities.base import Template as TemplateArrays
 from server.errors import ApiError
-from server.models import EnrolmentWindow, EvidenceSeen, Template, Transaction, User
+from server.models import EnrolmentWindow, Template, Transaction, User
 from server.schemas import EnrolResponse, FeatureWindowIn, ModalityEnrolment
 from server.services import compliance_hooks as hooks
-from server.services.evidence import check_versions, claim_hashes, group_windows, window_hash
+from server.services.evidence import check_versions, claim_confirmed, claim_hashes, group_windows
 from server.services.scoring import ActiveScorer, ScorerProvider, template_from_json, template_to_json
 
 #: enrolment windows kept per modality (oldest dropped): bounded drift adaptation
@@ -83,28 +83,6 @@ def confirmed_transaction(session: Session, user_id: str, tx_id: str) -> Transac
         raise ApiError(409, "not_confirmed", f"confirmed_transaction_id: the transaction's decision is {tx.outcome!r}; "
                                              "only approved evidence (at once or after step-up) adapts a template")
     return tx
-
-
-_CARRIED = EvidenceSeen.__table__.c
-
-
-def claim_confirmed(session: Session, user_id: str, tx_id: str, items: list[tuple[int, FeatureWindowIn]]) -> list[str]:
-    """Hashes of windows re-sent as evidence of `tx_id`; each must be one that call carried, unused.
-
-    Each accepted window's link to the transaction is cleared, so it adapts a template once.
-    """
-    digests = [window_hash(w) for _, w in items]
-    carried = set(session.scalars(select(_CARRIED.window_hash).where(
-        _CARRIED.user_id == user_id, _CARRIED.transaction_id == tx_id, _CARRIED.window_hash.in_(digests))))
-    batch: set[str] = set()
-    for (i, w), d in zip(items, digests):
-        if d not in carried or d in batch:
-            raise ApiError(409, "not_confirmed_evidence",
-                           f"windows[{i}]: this {w.modality} window is not unused evidence of transaction {tx_id!r}")
-        batch.add(d)
-    session.execute(update(EvidenceSeen).where(EvidenceSeen.user_id == user_id, EvidenceSeen.window_hash.in_(digests))
-                    .values(transaction_id=None))
-    return digests
 
 
 def build_template(session: Session, active: ActiveScorer, user_id: str, modality: str,

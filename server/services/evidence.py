@@ -11,7 +11,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cadence import prepared
@@ -94,6 +94,26 @@ def claim_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureW
     """Record each window's hash; raise `EvidenceReplay` if one was seen before (or twice here)."""
     digests = check_unseen(session, user_id, items, digests)
     insert_hashes(session, user_id, items, digests)
+    return digests
+
+
+def claim_confirmed(session: Session, user_id: str, tx_id: str, items: list[tuple[int, FeatureWindowIn]]) -> list[str]:
+    """Hashes of windows re-sent as evidence of `tx_id`; each must be one that call carried, unused.
+
+    The counterpart of `claim_hashes` for controlled adaptation (`server.services.enrolment`):
+    each accepted window's link to the transaction is cleared, so it adapts a template once.
+    """
+    digests = [window_hash(w) for _, w in items]
+    carried = set(session.scalars(select(_E.window_hash).where(
+        _E.user_id == user_id, _E.transaction_id == tx_id, _E.window_hash.in_(digests))))
+    batch: set[str] = set()
+    for (i, w), d in zip(items, digests):
+        if d not in carried or d in batch:
+            raise ApiError(409, "not_confirmed_evidence",
+                           f"windows[{i}]: this {w.modality} window is not unused evidence of transaction {tx_id!r}")
+        batch.add(d)
+    session.execute(update(EvidenceSeen).where(EvidenceSeen.user_id == user_id, EvidenceSeen.window_hash.in_(digests))
+                    .values(transaction_id=None))
     return digests
 
 
