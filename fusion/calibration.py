@@ -12,6 +12,13 @@ Two calibrators, both fitted on *training* subjects' genuine and impostor scores
 * `IsotonicCalibrator`: pool-adjacent-violators (PAV) on the score, the non-parametric
   reference; its LLRs are clipped because PAV gives +-inf at the ends.
 
+Both bound their LLRs to what the fitting data can show: with n impostor scores no impostor
+probability below about 1/n is observed, so no likelihood ratio above n is supported (and none
+below 1/n for n genuine scores). A linear calibrator would otherwise extrapolate a score far
+beyond its training data into a huge LLR, and one modality's lookalike pair of people (two
+typists who score each other like themselves) would carry a fused decision alone. This is the
+idea of Vergeer et al. (2016), "empirical lower and upper bounds", in its simplest form.
+
 `cllr` is the log-likelihood-ratio cost (Brümmer & du Preez 2006): 0 is perfect, 1 is an
 uninformative system, above 1 is miscalibrated.
 """
@@ -41,6 +48,11 @@ def min_cllr(*, genuine: np.ndarray, impostor: np.ndarray) -> float:
     """Cllr after the best monotone recalibration (PAV): the discrimination-only part."""
     cal = IsotonicCalibrator().fit(genuine=genuine, impostor=impostor)
     return cllr(genuine_llr=cal.llr(genuine), impostor_llr=cal.llr(impostor))
+
+
+def support_bounds(n_genuine: int, n_impostor: int) -> tuple[float, float]:
+    """The LLR range `n_genuine` genuine and `n_impostor` impostor scores can support."""
+    return -min(float(np.log(max(n_genuine, 1))), LLR_CLIP), min(float(np.log(max(n_impostor, 1))), LLR_CLIP)
 
 
 def _design(score: np.ndarray, quality: np.ndarray | None, use_quality: bool) -> np.ndarray:
@@ -74,11 +86,12 @@ class LogisticCalibrator:
         lr.fit((X - self.mu_) / self.sd_, y)
         self.coef_ = lr.coef_.ravel().copy()
         self.intercept_ = float(lr.intercept_[0])
+        self.lo_, self.hi_ = support_bounds(g.size, i.size)
         return self
 
     def llr(self, score: np.ndarray, quality: np.ndarray | None = None) -> np.ndarray:
         X = (_design(np.atleast_1d(score), quality, self.use_quality) - self.mu_) / self.sd_
-        return np.clip(X @ self.coef_ + self.intercept_, -LLR_CLIP, LLR_CLIP)
+        return np.clip(X @ self.coef_ + self.intercept_, self.lo_, self.hi_)
 
     def llr_one(self, score: float, quality: float | None = None) -> float:
         """`llr` of one score, in plain floats.
@@ -94,17 +107,21 @@ class LogisticCalibrator:
             x = (s,)
         z = self.intercept_ + sum((v - m) / d * c for v, m, d, c in
                                   zip(x, self.mu_.tolist(), self.sd_.tolist(), self.coef_.tolist(), strict=True))
-        return min(max(z, -LLR_CLIP), LLR_CLIP)
+        return min(max(z, self.lo_), self.hi_)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "logistic", "use_quality": self.use_quality, "mu": self.mu_.tolist(), "sd": self.sd_.tolist(),
-                "coef": self.coef_.tolist(), "intercept": self.intercept_}
+                "coef": self.coef_.tolist(), "intercept": self.intercept_, "bounds": [self.lo_, self.hi_]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LogisticCalibrator:
         c = cls(use_quality=bool(d["use_quality"]))
         c.mu_, c.sd_ = np.asarray(d["mu"]), np.asarray(d["sd"])
         c.coef_, c.intercept_ = np.asarray(d["coef"]), float(d["intercept"])
+        # files written before the bounds existed keep the old fixed clip
+        c.lo_, c.hi_ = (float(v) for v in d.get("bounds", (-LLR_CLIP, LLR_CLIP)))
+        if not c.lo_ <= 0.0 <= c.hi_:
+            raise ValueError(f"calibrator bounds must contain 0, got {[c.lo_, c.hi_]}")
         return c
 
 

@@ -56,6 +56,9 @@ class Tier:
     target_fmr: float
     approve_llr: float  # fused LLR needed to approve
     deny_llr: float  # fused LLR at or below which we deny
+    #: approve only on corroborated evidence: two modalities or more, and the sum without the
+    #: strongest one not against the person (>= 0), so no single modality approves alone
+    corroborate: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,10 @@ def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
             if not 0 < fmr < 1:
                 raise ValueError(f"tier {t.get('name')}: target_fmr must be in (0, 1)")
             approve = float(t["approve_llr"]) if "approve_llr" in t else math.log(1.0 / fmr)
-            tiers.append(Tier(str(t["name"]), float(t["max_amount"]), fmr, approve, deny))
+            corroborate = t.get("corroborate", False)
+            if not isinstance(corroborate, bool):
+                raise ValueError(f"tier {t.get('name')}: corroborate must be true or false, got {corroborate!r}")
+            tiers.append(Tier(str(t["name"]), float(t["max_amount"]), fmr, approve, deny, corroborate))
         tiers.sort(key=lambda t: t.max_amount)
         return Policy(tuple(tiers), float(doc.get("min_quality", 0.2)))
     except (OSError, KeyError, TypeError, ValueError) as exc:
@@ -119,7 +125,11 @@ def decide(
     Evidence with a calibrated `llr` uses it; otherwise a rough uncalibrated mapping (see
     `_uncalibrated_llr`). Low-quality or missing modalities are left out explicitly and
     named in the reasons; with no usable modality the outcome is step-up, never approve.
-    Deny needs strong impostor evidence (fused LLR <= the tier's deny_llr).
+    Deny needs strong impostor evidence (fused LLR <= the tier's deny_llr). A tier that asks
+    for corroboration steps up instead of approving when the sum rests on one modality: fewer
+    than two used, or the others' LLRs summing below 0 (reason `uncorroborated`). Summing
+    LLRs assumes independent modalities, and one modality's tail can be wrong for a pair of
+    lookalike people; two agreeing modalities are what make a small false-accept target hold.
     """
     tiers = tiers or DEFAULT_POLICY.tiers
     min_q = DEFAULT_POLICY.min_quality if min_quality is None else min_quality
@@ -127,6 +137,7 @@ def decide(
     reasons: list[ReasonCode] = []
     total = 0.0
     used = 0
+    strongest = -math.inf
     for e in evidence:
         if e.n_windows <= 0 or e.quality < min_q:
             reasons.append(ReasonCode(e.modality, "low_quality", 0.0))
@@ -134,6 +145,7 @@ def decide(
         c = e.llr if e.llr is not None else _uncalibrated_llr(e)
         total += c
         used += 1
+        strongest = max(strongest, c)
         code = "strong_match" if c >= 2.3 else "match" if c > 0 else "strong_mismatch" if c <= -2.3 else "mismatch"
         reasons.append(ReasonCode(e.modality, code, round(float(c), 3)))
     if used == 0:
@@ -142,6 +154,9 @@ def decide(
     risk = 1.0 / (1.0 + math.exp(min(max(total, -50.0), 50.0)))
     if total >= tier.approve_llr:
         outcome: Outcome = "approve"
+        if tier.corroborate and (used < 2 or total - strongest < 0.0):
+            outcome = "step_up"
+            reasons.append(ReasonCode("fusion", "uncorroborated", round(float(total - strongest), 3) if used > 1 else 0.0))
     elif total <= tier.deny_llr:
         outcome = "deny"
     else:

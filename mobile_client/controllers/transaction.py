@@ -31,6 +31,7 @@ REASON_TEXT = {
     "not_enrolled": "{m} is not set up yet",
     "replay": "{m} evidence was seen before",
     "implausible": "{m} evidence looked automated",
+    "uncorroborated": "{m} rested on one signal; this amount needs two that agree",
 }
 MODALITY_WORDS = {"keystroke": "Typing rhythm", "touch": "Swiping", "gait": "Walking pattern",
                   "fusion": "Overall evidence", "policy": "Payment rules", "amount": "The amount"}

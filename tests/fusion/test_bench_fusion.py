@@ -28,7 +28,13 @@ def test_fusion_bench_quick(data_dir: Path, tmp_path: Path) -> None:
         assert set(tiers) == {"low", "medium", "high"}
         for t in tiers.values():
             assert t["genuine_approve"] + t["genuine_step_up"] + t["genuine_deny"] == pytest.approx(1.0)
+            # the tail is measured on every impostor window pair, with a bound the count supports
+            assert t["impostor_approvals"] == round(t["impostor_approve"] * t["n_impostor"])
+            assert t["impostor_approve"] <= t["impostor_approve_upper95"] <= 1.0
+            assert t["n_impostor"] >= rows[("llr-sum", budget)]["n_impostor"]
     assert tiers["low"]["genuine_approve"] >= tiers["high"]["genuine_approve"]
+    assert doc["policy"]["standard"]["high"]["n_impostor"] > rows[("llr-sum", "standard")]["n_impostor"]
+    assert [tiers[t]["corroborate"] for t in ("low", "medium", "high")] == [False, True, True]
     engine = FusionEngine.load(tmp_path / "fusion-calibration.json")
     assert engine.calibrated_modalities == ["gait", "keystroke", "touch"]
     assert (tmp_path / "fusion-det.png").stat().st_size > 10_000

@@ -47,13 +47,31 @@ def test_one_score_calibration_matches_the_array_path(use_quality: bool) -> None
     g, i = _scores(rng, 3000, 1.2)
     gq, iq = (rng.uniform(0.3, 1.0, g.size), rng.uniform(0.0, 0.8, i.size)) if use_quality else (None, None)
     cal = LogisticCalibrator(use_quality=use_quality).fit(genuine=g, impostor=i, genuine_quality=gq, impostor_quality=iq)
-    scores = np.r_[rng.normal(0.5, 2.0, 200), -1e6, 1e6]  # the last two clip at -/+ LLR_CLIP
+    scores = np.r_[rng.normal(0.5, 2.0, 200), -1e6, 1e6]  # the last two clip at the support bounds
     quality = rng.uniform(-0.5, 1.5, scores.size)  # outside [0, 1] on purpose: both clamp it
     want = cal.llr(scores, quality if use_quality else None)
     got = np.array([cal.llr_one(s, q if use_quality else None) for s, q in zip(scores, quality, strict=True)])
     assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
-    assert abs(got[-2]) == abs(got[-1]) == 12.0 and got[-2] != got[-1]
+    assert got[-2] == pytest.approx(-math.log(3000)) and got[-1] == pytest.approx(math.log(3000))
     assert np.isnan(cal.llr_one(float("nan"), 0.5))
+
+
+def test_llrs_stay_within_what_the_calibration_data_support(tmp_path) -> None:
+    """A calibration set of n impostor scores supports no LR above n, however far a score extrapolates."""
+    rng = np.random.default_rng(5)
+    g, i = rng.normal(3.0, 1.0, 40), rng.normal(0.0, 1.0, 900)
+    cal = LogisticCalibrator().fit(genuine=g, impostor=i)
+    assert cal.llr(np.array([50.0]))[0] == pytest.approx(math.log(900))
+    assert cal.llr(np.array([-50.0]))[0] == pytest.approx(-math.log(40))
+    assert cal.llr(np.array([1.5]))[0] == pytest.approx(LogisticCalibrator(C=1e3).fit(genuine=g, impostor=i).llr(np.array([1.5]))[0])
+    eng = FusionEngine().fit_modality("gait", genuine=g, impostor=i)
+    eng.save(tmp_path / "cal.json")
+    back = FusionEngine.load(tmp_path / "cal.json")
+    assert back.calibrate(ModalityEvidence("gait", score=50.0)).llr == pytest.approx(math.log(900))
+    # a file from before the bounds keeps the old fixed clip
+    d = eng.to_dict()
+    del d["calibrators"]["gait"]["bounds"]
+    assert LogisticCalibrator.from_dict(d["calibrators"]["gait"]).llr_one(50.0) == 12.0
 
 
 def test_isotonic_is_monotone_and_bounded() -> None:
@@ -109,6 +127,20 @@ def test_policy_tiers_and_outcomes(tmp_path) -> None:
     assert decide(strong, amount=50).outcome == "approve"
     assert decide(strong, amount=500).outcome == "approve"
     assert decide(strong, amount=50000).outcome == "step_up"  # 8 < ln(1e4)
+    # medium and high tiers approve only corroborated evidence: one modality alone, or one
+    # carrying the sum against the others, steps up (the reason says so); low does not ask
+    alone = [ModalityEvidence("keystroke", 0, llr=12.0)]
+    lookalike = [ModalityEvidence("keystroke", 0, llr=12.0), ModalityEvidence("touch", 0, llr=-0.5),
+                 ModalityEvidence("gait", 0, llr=0.3)]
+    for ev in (alone, lookalike):
+        assert decide(ev, amount=50).outcome == "approve"
+        for amount in (500, 50000):
+            d = decide(ev, amount=amount)
+            assert d.outcome == "step_up" and "uncorroborated" in {r.code for r in d.reasons}
+    agreeing = [ModalityEvidence("keystroke", 0, llr=9.2), ModalityEvidence("touch", 0, llr=0.1)]
+    assert decide(agreeing, amount=50000).outcome == "approve"
+    assert decide(lookalike[:1] + [ModalityEvidence("touch", 0, llr=-7.0), ModalityEvidence("gait", 0, llr=-7.0)],
+                  amount=500).outcome == "step_up"  # 12 - 14 = -2: neither approve nor deny
     assert decide([ModalityEvidence("gait", 0, llr=-6.0)], amount=50).outcome == "deny"
     assert decide([ModalityEvidence("gait", 0, llr=-1.0)], amount=50).outcome == "step_up"  # weak: step up, not deny
     d = decide([ModalityEvidence("gait", 0, llr=9.0, quality=0.05)], amount=50)
@@ -117,6 +149,10 @@ def test_policy_tiers_and_outcomes(tmp_path) -> None:
     bad.write_text("tiers:\n  - name: x\n    max_amount: 1\n    target_fmr: 2\n")
     with pytest.raises(ValueError, match="target_fmr"):
         load_policy(bad)
+    bad.write_text("tiers:\n  - name: x\n    max_amount: 1\n    target_fmr: 0.1\n    corroborate: maybe\n")
+    with pytest.raises(ValueError, match="corroborate"):
+        load_policy(bad)
+    assert [t.corroborate for t in pol.tiers] == [False, True, True]
 
 
 def test_engine_roundtrip(tmp_path) -> None:

@@ -148,6 +148,7 @@ def test_amount_parsing_and_reasons() -> None:
             parse_amount(bad)
         assert exc.value.field == "amount"
     assert explain({"modality": "gait", "code": "low_score"}) == "Walking pattern did not match your usual pattern"
+    assert explain({"modality": "fusion", "code": "uncorroborated"}).startswith("Overall evidence rested on one signal")
 
 
 def test_replay_source_places_recording_on_session_clock() -> None:
