@@ -12,12 +12,13 @@ Two calibrators, both fitted on *training* subjects' genuine and impostor scores
 * `IsotonicCalibrator`: pool-adjacent-violators (PAV) on the score, the non-parametric
   reference; its LLRs are clipped because PAV gives +-inf at the ends.
 
-Both bound their LLRs to what the fitting data can show: with n impostor scores no impostor
-probability below about 1/n is observed, so no likelihood ratio above n is supported (and none
-below 1/n for n genuine scores). A linear calibrator would otherwise extrapolate a score far
-beyond its training data into a huge LLR, and one modality's lookalike pair of people (two
-typists who score each other like themselves) would carry a fused decision alone. This is the
-idea of Vergeer et al. (2016), "empirical lower and upper bounds", in its simplest form.
+The logistic one, which the server uses, bounds its LLRs to what the fitting data can show
+(PAV keeps its fixed clip). With n impostor scores no impostor probability below about 1/n is
+observed, so no likelihood ratio above n is supported, and none below 1/n for n genuine
+scores. Otherwise a linear calibrator extrapolates a score far beyond its training data into a
+huge LLR, and a pair of lookalike people in one modality (two typists who score each other
+like themselves) carries a fused decision alone. This is the idea of Vergeer et al. (2016),
+"empirical lower and upper bounds", in its simplest form.
 
 `cllr` is the log-likelihood-ratio cost (Brümmer & du Preez 2006): 0 is perfect, 1 is an
 uninformative system, above 1 is miscalibrated.
