@@ -101,8 +101,8 @@ def bench_fusion(ctx: BenchContext) -> BenchOutput:
     all_train: set[int] = set()
     all_eval: set[int] = set()
     calib_report: dict[str, Any] = {}
-    policy_acc: dict[str, dict[str, dict[str, list[np.ndarray]]]] = {}
-    tier_by_name = {t.name: t for t in DEFAULT_POLICY.tiers}
+    #: per budget, per tier: the outcomes of genuine and of impostor trials, one array per fold
+    policy_acc: dict[str, dict[Any, tuple[list[np.ndarray], list[np.ndarray]]]] = {}
     consulted: dict[str, list[float]] = {}
     engine = FusionEngine()
     for fi, (train_dir, eval_dir, train, evals) in enumerate(folds):
@@ -156,12 +156,12 @@ def bench_fusion(ctx: BenchContext) -> BenchOutput:
             pol = build_trials(ev_pairs, evals, per=per, impostor_per_pair=POLICY_IMPOSTORS_PER_PAIR)
             L_pol = to_llr(pol.scores)
             for tier in DEFAULT_POLICY.tiers:
-                acc = policy_acc.setdefault(budget, {}).setdefault(tier.name, {k: [] for k in ("genuine", "impostor")})
+                gen, imp = policy_acc.setdefault(budget, {}).setdefault(tier, ([], []))
                 out = policy_outcomes(L_pol, tier)
-                acc["genuine"].append(out[pol.label == 1])
-                acc["impostor"].append(out[pol.label == 0])
-    policy = {b: {t: policy_rates(tier_by_name[t], np.concatenate(v["genuine"]), np.concatenate(v["impostor"]))
-                  for t, v in tiers.items()} for b, tiers in policy_acc.items()}
+                gen.append(out[pol.label == 1])
+                imp.append(out[pol.label == 0])
+    policy = {b: {t.name: policy_rates(t, np.concatenate(gen), np.concatenate(imp)) for t, (gen, imp) in tiers.items()}
+              for b, tiers in policy_acc.items()}
     ctx.out.mkdir(parents=True, exist_ok=True)
     engine.save(ctx.out / "fusion-calibration.json")
     return BenchOutput(
