@@ -85,6 +85,8 @@ class BenchOutput:
     extra: dict[str, Any] = field(default_factory=dict)
     #: DET curves to draw; default: every (method, window) of `scores`
     det_groups: list[tuple[str, str]] | None = None
+    #: top-level fields printed under the table (what the bench's target reads)
+    headline: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict
         if curves:
             plot_det(curves, str(ctx.out / f"{name}-det.png"), title=f"cadence bench {name}")
     if print_table:
-        print_results(doc)
+        print_results(doc, output.headline)
     return doc
 
 
@@ -209,18 +211,49 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def print_results(doc: dict[str, Any]) -> None:
+#: the accuracy columns printed for benches whose rows come from scores
+ACCURACY_COLUMNS = ("method", "window", "eer", "eer_mean_per_subject", "fnmr_at_fmr_1pct",
+                    "fnmr_at_fmr_0_1pct", "n_genuine", "n_impostor")
+
+
+def table_columns(results: list[dict[str, Any]]) -> list[str]:
+    """Columns to print: the accuracy set where rows carry it, else the rows' own scalar fields.
+
+    Benches that measure something other than error rates (the API's latencies) write rows
+    with fields of their own; printing the accuracy set for them would show only dashes.
+    """
+    def present(c: str) -> bool:
+        return any(r.get(c) is not None for r in results)
+
+    if any(present(c) for c in ACCURACY_COLUMNS[2:]):
+        return [c for c in ACCURACY_COLUMNS if c in ("method", "window") or present(c)]
+    cols: list[str] = []
+    for r in results:
+        for k, v in r.items():
+            if k not in cols and (v is None or isinstance(v, (str, int, float))):
+                cols.append(k)
+    return cols
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:.1f}"
+    return "-" if v is None else str(v)
+
+
+def print_results(doc: dict[str, Any], headline: tuple[str, ...] = ()) -> None:
+    """Print the rows as a table, then the document's `headline` fields (a bench's must-show)."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"cadence bench {doc['benchmark']} ({doc['seconds']:.1f} s)")
-    cols = ["method", "window", "eer", "eer_mean_per_subject", "fnmr_at_fmr_1pct", "fnmr_at_fmr_0_1pct", "n_genuine", "n_impostor"]
+    cols = table_columns(doc["results"])
     for c in cols:
         table.add_column(c, justify="left" if c in ("method", "window") else "right")
     for r in doc["results"]:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
-        table.add_row(*cells)
-    Console().print(table)
+        table.add_row(*(_cell(r.get(c)) for c in cols))
+    console = Console()
+    console.print(table)
+    shown = [f"{k} {_cell(doc[k])}" for k in headline if k in doc]
+    if shown:
+        console.print(", ".join(shown))

@@ -118,4 +118,5 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
                           f"{', one CPU each' if pin else ''})",
                 "load_generator": "server.rawhttp: pre-serialised requests over 32 keep-alive connections (uvloop), "
                                   "each to the server process with the fewest requests in flight"}
-    return BenchOutput(protocol=protocol, train_subjects=[], eval_subjects=[], rows=rows, extra=extra)
+    return BenchOutput(protocol=protocol, train_subjects=[], eval_subjects=[], rows=rows, extra=extra,
+                       headline=("p99_ratio", "authorize_per_s", "errors", "authorize_server_cpu_ms"))

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from cadence.cli import app
@@ -51,3 +52,22 @@ def test_cli_unknown_bench_and_bad_folder(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "unknown bench" in r.output
     r = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["bench", "selftest-toy", "--data-dir", str(tmp_path / "missing")])
     assert r.exit_code != 0 and "not a folder" in r.output
+
+
+def test_printed_table_shows_each_bench_its_own_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each kind of row prints its own fields, and the headline prints under the table.
+
+    Accuracy rows print their error rates; the API's latency rows used to print only dashes.
+    """
+    from evaluation.bench import print_results, table_columns
+
+    acc = [{"method": "m", "window": "5 swipes", "eer": 0.1468, "n_genuine": 10, "n_impostor": 90}]
+    assert table_columns(acc) == ["method", "window", "eer", "n_genuine", "n_impostor"]
+    lat = [{"method": "authorize", "window": "3 modalities", "p50_ms": 2.58, "p99_ms": 4.86, "per_s": 250.0, "errors": 0},
+           {"method": "health", "window": "-", "p50_ms": 0.55, "p99_ms": 2.07, "per_s": 250.0, "errors": 0}]
+    assert table_columns(lat) == ["method", "window", "p50_ms", "p99_ms", "per_s", "errors"]
+    print_results({"benchmark": "api", "seconds": 1.0, "results": lat, "p99_ratio": 2.348, "errors": 0},
+                  headline=("p99_ratio", "errors", "absent"))
+    out = capsys.readouterr().out
+    assert "4.8600" in out and "250.0" in out
+    assert "p99_ratio 2.3480, errors 0" in out and "absent" not in out
