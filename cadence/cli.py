@@ -25,5 +25,14 @@ for _name in ("serve", "demo", "models", "audit", "compliance", "federated", "mo
     app.add_typer(_mod.app)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main() -> None:
+    """Console entry: the typer app, with a bad CADENCE_* setting reported in one line (exit 2)."""
+    import sys
+
+    from cadence.settings import SettingsError
+
+    try:
+        app()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

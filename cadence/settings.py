@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     #: where versioned models live (federated training writes here, the server reads)
     model_registry: Path = Path("model-registry")
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     #: server: uvicorn worker processes for `cadence serve` (SQLite WAL serialises writers)
     api_workers: int = 1
     #: server: threads per worker running the (synchronous) request handlers; more only adds
@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     holder_modules: list[str] = Field(default_factory=lambda: ["server.holders"])
 
 
+class SettingsError(ValueError):
+    """A CADENCE_* setting (environment or .env) has a value the system cannot run with."""
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """The settings from CADENCE_* variables and `.env`; a bad value raises `SettingsError` naming it."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CADENCE_{'_'.join(str(p) for p in e['loc'][:1]).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"invalid setting {problems}") from None

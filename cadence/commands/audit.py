@@ -20,6 +20,17 @@ app.add_typer(audit_app, name="audit")
 _err = Console(stderr=True)
 
 
+def sqlite_file_missing(url: str) -> Path | None:
+    """The file of a SQLite URL when it does not exist (None for other databases and in-memory ones)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
+        return None
+    path = Path(u.database)
+    return None if path.exists() else path
+
+
 @contextmanager
 def compliance_session(database_url: str | None = None, *, commit: bool = True) -> Iterator[Session]:
     """A transaction on the configured database (rolled back when not `commit`); exits 2 if unusable."""
@@ -28,6 +39,11 @@ def compliance_session(database_url: str | None = None, *, commit: bool = True) 
     from compliance.models import TABLES
 
     url = database_url or get_settings().database_url
+    missing_file = sqlite_file_missing(url)
+    if missing_file is not None:  # opening it would create an empty database and hide the mistake
+        _err.print(f"[red]error:[/red] no database at {missing_file}: point --database-url (or CADENCE_DATABASE_URL) at "
+                   "the server's database, or start the server once (`cadence serve` creates and migrates it)")
+        raise typer.Exit(2)
     engine = make_engine(url)
     try:
         try:
@@ -39,7 +55,7 @@ def compliance_session(database_url: str | None = None, *, commit: bool = True) 
         if missing:
             _err.print(
                 f"[red]error:[/red] database {engine.url.render_as_string(hide_password=True)} has no {', '.join(missing)} "
-                "table(s): run the server's migrations first (alembic upgrade head)"
+                "table(s): start the server once on it (`cadence serve` migrates the database at start-up)"
             )
             raise typer.Exit(2)
         factory = make_sessionmaker(engine)
@@ -111,6 +127,12 @@ def seal_cmd(
     from compliance.audit import AuditChainError, checkpoint_dict, seal
     from compliance.keys import KeyConfigError
 
+    if out is not None:  # checked before sealing: a seal that cannot be kept elsewhere is half done
+        from cadence.commands.paths import ensure_writable_dir
+
+        if out.is_dir():
+            raise typer.BadParameter(f"{out} is a folder; give a file name", param_hint="--out")
+        ensure_writable_dir(out.parent, "--out")
     with compliance_session(database_url) as session:
         try:
             cp = seal(session)

@@ -23,9 +23,10 @@ def bench(
     eval_dir: Annotated[Path | None, typer.Option(help="Evaluate on every subject here.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("bench-results"),
     quick: Annotated[bool, typer.Option("--quick", help="Small subset that finishes in under 2 minutes.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed for splits and training.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed for splits and training.")] = 0,
 ) -> None:
     """Run benchmark NAME (`cadence bench list` shows them) and write OUT/NAME.json, -scores.csv, -det.png."""
+    from cadence.commands.paths import ensure_writable_dir
     from evaluation.bench import BenchContext, BenchError, discover, run_bench
     from evaluation.datasets import DatasetError
 
@@ -41,6 +42,7 @@ def bench(
     for label, p in (("--data-dir", data_dir), ("--train-dir", train_dir), ("--eval-dir", eval_dir)):
         if p is not None and not p.is_dir():
             raise typer.BadParameter(f"{p} is not a folder", param_hint=label)
+    ensure_writable_dir(out, "--out")  # before a run that may take minutes, not after it
     ctx = BenchContext(data_dir=data_dir, train_dir=train_dir, eval_dir=eval_dir, out=out, quick=quick, seed=seed)
     try:
         run_bench(name, ctx)

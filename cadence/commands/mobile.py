@@ -22,6 +22,9 @@ def run_app(
     from mobile_client import tour
 
     if screenshots is not None:
+        from cadence.commands.paths import ensure_writable_dir
+
+        ensure_writable_dir(screenshots, "--screenshots")
         argv = ["--screenshots", str(screenshots), "--report", str(screenshots / "tour.json")]
         if server:
             argv += ["--server", server]

@@ -13,7 +13,7 @@ app = typer.Typer()
 @app.command("serve")
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings.host, 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: settings.port, 8000).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings.port, 8000).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: settings.api_workers).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     keep_alive: Annotated[int, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5,

@@ -173,5 +173,36 @@ def test_forged_seal_is_refused(factory: sessionmaker[Session], engine: Engine, 
 
 
 def test_missing_tables_give_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    code, out = _verify(f"sqlite:///{tmp_path / 'empty.sqlite'}", monkeypatch)
-    assert code == 2 and "compliance_audit" in out and "migrations" in out
+    import sqlite3
+
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as conn:  # a database, but not one the server has migrated
+        conn.execute("CREATE TABLE unrelated (id INTEGER)")
+    code, out = _verify(f"sqlite:///{path}", monkeypatch)
+    out = out.replace("\n", "")  # rich wraps long lines
+    assert code == 2 and "compliance_audit" in out and "cadence serve" in out
+
+
+def test_missing_database_file_is_named_not_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "typo.sqlite"
+    code, out = _verify(f"sqlite:///{path}", monkeypatch)
+    out = out.replace("\n", "")
+    assert code == 2 and "no database at" in out and "typo.sqlite" in out
+    assert not path.exists()
+
+
+def test_seal_refuses_an_unwritable_out_before_sealing(
+    factory: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _chain(factory)
+    monkeypatch.setenv("CADENCE_DATABASE_URL", db_url)
+    from cadence.settings import get_settings
+
+    get_settings.cache_clear()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for target in (blocker / "cp.json", tmp_path):  # parent is a file; target is a folder
+        res = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["audit", "seal", "--out", str(target)])
+        assert res.exit_code == 2 and "--out" in res.output, res.output
+    with factory() as s:
+        assert s.scalar(select(AuditCheckpoint.seq)) is None  # nothing was sealed

@@ -52,6 +52,11 @@ def test_cli_unknown_bench_and_bad_folder(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "unknown bench" in r.output
     r = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["bench", "selftest-toy", "--data-dir", str(tmp_path / "missing")])
     assert r.exit_code != 0 and "not a folder" in r.output
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    r = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["bench", "selftest-toy", "--out", str(blocker / "sub")])
+    assert r.exit_code == 2 and "cannot write to" in r.output, r.output
+    assert not isinstance(r.exception, OSError)
 
 
 def test_printed_table_shows_each_bench_its_own_fields(capsys: pytest.CaptureFixture[str]) -> None:
