@@ -155,10 +155,23 @@ def submit_run(workdir: str | os.PathLike[str], config: Mapping[str, Any], app_d
                          cwd=str(Path(workdir).resolve()))
     if res.returncode != 0:
         raise DeploymentError(f"flwr run failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
+    return _submitted(res.stdout, workdir)
+
+
+def _submitted(stdout: str, workdir: str | os.PathLike[str]) -> dict[str, Any]:
+    """`flwr run --format json`'s answer; a refusal raises (flwr exits 0 with ``success: false``).
+
+    Without this a run that never started would be waited for until the caller's timeout.
+    """
     try:
-        return dict(json.loads(res.stdout[res.stdout.index("{"):]))
-    except ValueError:
-        return {"output": res.stdout}
+        info = dict(json.loads(stdout[stdout.index("{"):]))
+    except ValueError as exc:
+        raise DeploymentError(f"flwr run gave no JSON answer: {stdout[-2000:]!r}") from exc
+    if info.get("success") is False or not info.get("run-id"):
+        detail = " ".join(str(info.get("error-message") or info).split()).rstrip(".")
+        raise DeploymentError(f"flwr run refused the run: {detail}. Is a SuperLink running for this workdir? "
+                              f"Start one with `cadence federated superlink --workdir {workdir}`.")
+    return info
 
 
 def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -44,3 +44,18 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     assert scorer.compare(scorer.enroll(X[:6]), X[6:12]).shape == (6,)
     assert all(p.poll() is not None for p in procs)
     assert not [pid for pid in spawned if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_refused_submission_raises_instead_of_waiting() -> None:
+    """A refused `flwr run` is an error, not a run to wait for.
+
+    `flwr run` exits 0 with ``success: false`` when no SuperLink is configured; taken as a
+    submitted run, the CLI would wait for it until its timeout.
+    """
+    refused = ('{"success": false, "error-message": "\\nFlower configuration not found. SuperLink connection '
+               '\'cadence\' not found in the Flower configuration file"}')
+    with pytest.raises(d.DeploymentError, match="refused the run: Flower configuration not found.*cadence federated superlink"):
+        d._submitted(refused, "work")
+    with pytest.raises(d.DeploymentError, match="no JSON answer"):
+        d._submitted("Traceback ...", "work")
+    assert d._submitted('log line\n{"success": true, "run-id": "42"}', "work")["run-id"] == "42"
