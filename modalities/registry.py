@@ -25,6 +25,26 @@ from typing import Any
 from modalities.base import Scorer
 from modalities.events import MODALITIES
 
+#: modules whose scorer classes a published model may name; imported before loading one, since
+#: a scorer's name resolves only once its class is defined (numpy-only modules: no torch here)
+SCORER_MODULES = (
+    "modalities.keystroke.detectors",
+    "modalities.keystroke.learned",
+    "modalities.touch.scorers",
+    "modalities.gait.scorers",
+    "federated.scorer",
+)
+
+
+def load_scorer(path: Path) -> Scorer:
+    """`Scorer.load` with every scorer class defined, whatever this process imported before."""
+    import importlib
+
+    for name in SCORER_MODULES:
+        importlib.import_module(name)
+    return Scorer.load(path)
+
+
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 
@@ -90,7 +110,7 @@ class ModelRegistry:
     def activate(self, modality: str, version: str) -> ModelVersion:
         """Point `modality`'s ACTIVE file at `version` (atomic replace); returns that version."""
         mv = self.get(modality, version)
-        Scorer.load(mv.path / "model.npz")  # refuse to activate what cannot be loaded
+        load_scorer(mv.path / "model.npz")  # refuse to activate what cannot be loaded
         pointer = self.root / modality / "ACTIVE"
         tmp = pointer.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(version + "\n")
@@ -146,8 +166,4 @@ class ModelRegistry:
             if mv is None:
                 raise RegistryError(f"version: no active {modality} model in {self.root}")
             version = mv.version
-        from modalities.base import registered_scorers
-
-        if "federated-embedding" not in registered_scorers():
-            import federated.scorer  # noqa: F401 - lazy: registers the federated scorer (numpy only)
-        return Scorer.load(self.get(modality, version).path / "model.npz")
+        return load_scorer(self.get(modality, version).path / "model.npz")

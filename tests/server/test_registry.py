@@ -59,3 +59,34 @@ def test_server_serves_active_version_and_cli(tmp_path: Path) -> None:
     assert out.exit_code == 0 and "v0001" in out.output and "*" in out.output
     bad = CliRunner().invoke(cli, ["models", "activate", "touch", "v0042", "--registry", str(tmp_path / "registry")])
     assert bad.exit_code == 2
+
+
+def test_a_fresh_process_loads_and_activates_every_published_kind(tmp_path: Path) -> None:
+    """A process that imported no scorer module still loads and activates every published kind.
+
+    `cadence models activate` and the server's workers are such processes; the registry once
+    defined only the federated scorer's class itself.
+    """
+    import subprocess
+    import sys
+
+    from federated.scorer import EmbeddingScorer
+    from modalities.gait.scorers import GaitManhattan
+    from modalities.keystroke.detectors import ManhattanScaledDetector
+    from modalities.touch.scorers import TouchKNN
+
+    reg = ModelRegistry(tmp_path / "reg")
+    rng = np.random.default_rng(0)
+    fed = EmbeddingScorer.from_weights({"fc1.weight": rng.normal(size=(4, 3)), "fc1.bias": np.zeros(4),
+                                        "fc2.weight": rng.normal(size=(2, 4)), "fc2.bias": np.zeros(2)},
+                                       np.zeros(3), np.ones(3), modality="gait", feature_version="x")
+    published = {"keystroke": ManhattanScaledDetector(), "touch": TouchKNN(), "gait": GaitManhattan()}
+    for modality, scorer in published.items():
+        reg.publish(modality, scorer, metrics={}, source="test", card="test")
+    fed_version = reg.publish("gait", fed, metrics={}, source="test", card="test")
+    code = ("import sys; from modalities.registry import ModelRegistry; r = ModelRegistry(sys.argv[1]); "
+            "[r.activate(m, 'v0001') for m in ('keystroke', 'touch')]; r.activate('gait', sys.argv[2]); "
+            "print(*(r.load(m).name for m in ('keystroke', 'touch', 'gait')))")
+    res = subprocess.run([sys.executable, "-c", code, str(reg.root), fed_version], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["keystroke-manhattan-scaled", "touch-knn", "federated-embedding"]
