@@ -21,19 +21,19 @@ PairScores = dict[tuple[int, int], np.ndarray]
 Split = dict[int, tuple[Any, Any]]  # subject -> (enrolment windows, test windows)
 
 
-def _keystroke(train_dir: Path, train: tuple[int, ...], eval_dir: Path, evals: tuple[int, ...], seed: int) -> tuple[Any, Split]:
+def keystroke_split(eval_dir: Path, evals: Sequence[int]) -> Split:
+    """Enrolment / test windows of 100 keys per subject (test windows without overlap)."""
     from evaluation.datasets import load_bbmas_keystrokes
     from evaluation.protocols import chronological_split
-    from modalities.keystroke import DEFAULT_WINDOW_KEYS, train_scorer, window_matrix
+    from modalities.keystroke import DEFAULT_WINDOW_KEYS, window_matrix
 
-    scorer = train_scorer(train_dir, train)
     split: Split = {}
     for s, q in load_bbmas_keystrokes(eval_dir, evals).items():
         a, b = chronological_split(len(q), 0.5)
         e, t = window_matrix(q[a], DEFAULT_WINDOW_KEYS), window_matrix(q[b], DEFAULT_WINDOW_KEYS)
         if e.shape[0] >= 3 and t.shape[0] >= 1:
             split[s] = (e, t[::2])  # test windows without overlap (hop = window)
-    return scorer, split
+    return split
 
 
 class _Grouped:
@@ -51,13 +51,13 @@ class _Grouped:
         return accumulate(self.scorer.compare(template, X), self.k)
 
 
-def _touch(train_dir: Path, train: tuple[int, ...], eval_dir: Path, evals: tuple[int, ...], seed: int) -> tuple[Any, Split]:
+def touch_split(eval_dir: Path, evals: Sequence[int]) -> Split:
+    """Enrolment / test swipes per subject (taps left out; at least one 5-swipe test window)."""
     from evaluation.datasets import load_bbmas_touch
     from evaluation.protocols import chronological_split
-    from modalities.touch import WINDOWS, stream_features, train_scorer
+    from modalities.touch import WINDOWS, stream_features
 
     _, k = WINDOWS["5 swipes"]
-    scorer = train_scorer(train_dir, train)
     split: Split = {}
     for s, stream in load_bbmas_touch(eval_dir, evals).items():
         F, tap, _ = stream_features(stream)
@@ -67,20 +67,65 @@ def _touch(train_dir: Path, train: tuple[int, ...], eval_dir: Path, evals: tuple
         a, b = chronological_split(len(X), 0.5)
         if b.stop - b.start >= k:
             split[s] = (X[a], X[b])
-    return _Grouped(scorer, k), split
+    return split
 
 
-def _gait(train_dir: Path, train: tuple[int, ...], eval_dir: Path, evals: tuple[int, ...], seed: int) -> tuple[Any, Split]:
-    from modalities.gait import TRAIN_WINDOW_S, train_scorer
+def gait_split(eval_dir: Path, evals: Sequence[int]) -> Split:
+    """Enrolment / test 10 s walking windows per subject (test windows without overlap)."""
+    from modalities.gait import TRAIN_WINDOW_S
     from modalities.gait.data import load_windows
 
-    scorer = train_scorer(train_dir, train, window_s=TRAIN_WINDOW_S)
     split: Split = {}
     for s, sw in load_windows(eval_dir, evals, TRAIN_WINDOW_S).items():
         e, t = sw.chronological(0.5)
         if len(e) >= 2 and len(t) >= 1:
             split[s] = (sw.X[e], sw.X[t][::2])  # hop half a window: every other one is disjoint
-    return scorer, split
+    return split
+
+
+#: how each modality's evaluation data is cut (the window the fusion bench's evidence budget names)
+SPLITS: dict[str, Callable[[Path, Sequence[int]], Split]] = {
+    "keystroke": keystroke_split,
+    "touch": touch_split,
+    "gait": gait_split,
+}
+
+
+def as_decided(modality: str, scorer: Any) -> Any:
+    """`scorer` scoring the unit a decision sends: touch probes are groups of 5 swipes."""
+    if modality == "touch":
+        from modalities.touch import WINDOWS
+
+        return _Grouped(scorer, WINDOWS["5 swipes"][1])
+    return scorer
+
+
+def scores_of(scorer: Any, split: Split) -> PairScores:
+    """Scores of every (template, probe) pair of `split` by an already trained `scorer`."""
+    templates = {s: scorer.enroll(e) for s, (e, _) in split.items()}
+    out: PairScores = {}
+    for s, tmpl in templates.items():
+        for p, (_, t) in split.items():
+            out[(s, p)] = np.asarray(scorer.compare(tmpl, t), float)
+    return out
+
+
+def _keystroke(train_dir: Path, train: tuple[int, ...], eval_dir: Path, evals: tuple[int, ...], seed: int) -> tuple[Any, Split]:
+    from modalities.keystroke import train_scorer
+
+    return train_scorer(train_dir, train), keystroke_split(eval_dir, evals)
+
+
+def _touch(train_dir: Path, train: tuple[int, ...], eval_dir: Path, evals: tuple[int, ...], seed: int) -> tuple[Any, Split]:
+    from modalities.touch import train_scorer
+
+    return as_decided("touch", train_scorer(train_dir, train)), touch_split(eval_dir, evals)
+
+
+def _gait(train_dir: Path, train: tuple[int, ...], eval_dir: Path, evals: tuple[int, ...], seed: int) -> tuple[Any, Split]:
+    from modalities.gait import TRAIN_WINDOW_S, train_scorer
+
+    return train_scorer(train_dir, train, window_s=TRAIN_WINDOW_S), gait_split(eval_dir, evals)
 
 
 PROVIDERS: dict[str, Callable[[Path, tuple[int, ...], Path, tuple[int, ...], int], tuple[Any, Split]]] = {
@@ -95,12 +140,7 @@ def _cached(modality: str, train_dir: str, train: tuple[int, ...], eval_dir: str
     if modality not in PROVIDERS:
         raise ValueError(f"no pair-score provider for modality {modality!r}")
     scorer, split = PROVIDERS[modality](Path(train_dir), train, Path(eval_dir), evals, seed)
-    templates = {s: scorer.enroll(e) for s, (e, _) in split.items()}
-    out: PairScores = {}
-    for s, tmpl in templates.items():
-        for p, (_, t) in split.items():
-            out[(s, p)] = np.asarray(scorer.compare(tmpl, t), float)
-    return out
+    return scores_of(scorer, split)
 
 
 def pair_scores(modality: str, train_dir: str | os.PathLike[str], train: Sequence[int], eval_dir: str | os.PathLike[str],

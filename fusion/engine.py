@@ -3,7 +3,9 @@
 It is fitted on training subjects' genuine/impostor scores (from a bench run or from the
 server's own enrolment data), saved as JSON next to the models, and loaded by the server.
 Without a fitted calibrator for a modality the engine falls back to the policy's rough
-uncalibrated mapping and says so in `calibrated_modalities`.
+uncalibrated mapping and says so in `calibrated_modalities`. A calibrator whose report names
+the model it was fitted for (`report[m]["model_version"]`) is applied only to evidence of
+that model: after another version is activated its scores would be read on a foreign scale.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ class FusionEngine:
     policy: Policy = DEFAULT_POLICY
     calibrators: dict[str, LogisticCalibrator] = field(default_factory=dict)
     #: calibration quality on the fitting data, per modality (Cllr in bits)
-    report: dict[str, dict[str, float]] = field(default_factory=dict)
+    report: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def calibrated_modalities(self) -> list[str]:
@@ -46,9 +48,19 @@ class FusionEngine:
         }
         return self
 
+    def fitted_for(self, modality: str) -> str | None:
+        """The model id `modality`'s calibrator was fitted for (None: not recorded, applies to any)."""
+        v = self.report.get(modality, {}).get("model_version")
+        return str(v) if v else None
+
+    def applies(self, modality: str, model_version: str) -> bool:
+        """Whether the calibrator of `modality` was fitted for the serving model `model_version`."""
+        fitted = self.fitted_for(modality)
+        return fitted is None or not model_version or model_version in (fitted, f"registry:{fitted}")
+
     def calibrate(self, ev: ModalityEvidence) -> ModalityEvidence:
         cal = self.calibrators.get(ev.modality)
-        if cal is None or ev.llr is not None:
+        if cal is None or ev.llr is not None or not self.applies(ev.modality, ev.model_version):
             return ev
         return replace(ev, llr=cal.llr_one(ev.score, ev.quality if cal.use_quality else None))
 

@@ -20,7 +20,9 @@ class ModalityEvidence:
     """One modality's comparison result for a transaction.
 
     `score` is the scorer's raw score (higher = more genuine); `llr` its calibrated
-    log-likelihood ratio when a calibrator is available (None otherwise).
+    log-likelihood ratio when a calibrator is available (None otherwise). `model_version` is
+    the serving model's id (``registry:v0003``, ``default:<scorer>:<version>``): a calibrator
+    applies only to the model it was fitted for.
     """
 
     modality: str
@@ -104,6 +106,16 @@ def tier_for(amount: float, tiers: tuple[Tier, ...] = DEFAULT_TIERS) -> Tier:
     return tiers[-1]
 
 
+def rough_mapping_applies(ev: ModalityEvidence) -> bool:
+    """Whether `_uncalibrated_llr` may stand in for a calibrator: not for registry models.
+
+    The rough mapping fits the packages' one-class defaults. A published model's scores can
+    live on any scale (a federated embedding scores cosines in [-1, 1], which the mapping
+    would read as strong matches for everyone), so without its own calibrator it is left out.
+    """
+    return not ev.model_version.startswith("registry:")
+
+
 def _uncalibrated_llr(ev: ModalityEvidence) -> float:
     """Rough LLR when no calibrator is fitted (fresh install, no data).
 
@@ -141,6 +153,9 @@ def decide(
     for e in evidence:
         if e.n_windows <= 0 or e.quality < min_q:
             reasons.append(ReasonCode(e.modality, "low_quality", 0.0))
+            continue
+        if e.llr is None and not rough_mapping_applies(e):
+            reasons.append(ReasonCode(e.modality, "uncalibrated", 0.0))
             continue
         c = e.llr if e.llr is not None else _uncalibrated_llr(e)
         total += c

@@ -118,7 +118,7 @@ def load_fusion(settings: Settings, registry_root: Path | None) -> Any:
     return None
 
 
-def _lifespan(settings: Settings) -> Any:
+def _lifespan(settings: Settings, fusion: Any = None) -> Any:
     """Start-up work that must run inside the worker's event loop.
 
     - size the thread pool of the sync handlers (anyio's default of 40 threads only adds GIL
@@ -136,9 +136,15 @@ def _lifespan(settings: Settings) -> Any:
         state: AppState = app.state.cadence
         for modality in MODALITIES:
             try:
-                state.provider.get(modality)
+                active = state.provider.get(modality)
             except Exception as exc:  # noqa: BLE001 - a broken model must not stop the API; requests report it
                 log.warning("scorer for %s not loaded at start-up: %s", modality, exc)
+                continue
+            if fusion is not None and modality in fusion.calibrators and not fusion.applies(modality, active.model_id):
+                log.warning("%s: the fusion calibration was fitted for %s, not for the served %s, so it is not "
+                            "applied: a registry model's evidence is left out of decisions (reason 'uncalibrated') "
+                            "until it is calibrated (`cadence models train`)", modality,
+                            fusion.fitted_for(modality), active.model_id)
         if state.held is not None:
             state.held.claim()  # this thread runs the event loop: it holds its connections
         if settings.api_pin_workers and is_worker_process():
@@ -188,10 +194,10 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
         except ImportError as exc:
             log.warning("holder module %s not importable: %s", mod, exc)
     registry_root = settings.model_registry if settings.model_registry and settings.model_registry.exists() else None
-    app = FastAPI(title="Cadence transaction-approval API", version="1", lifespan=_lifespan(settings),
+    engine_ = load_fusion(settings, registry_root)
+    app = FastAPI(title="Cadence transaction-approval API", version="1", lifespan=_lifespan(settings, engine_),
                   description="Behavioural evidence (features only) + device possession -> approve / step-up / deny.")
     metrics = Metrics()
-    engine_ = load_fusion(settings, registry_root)
     app.state.cadence = AppState(settings=settings, sessions=make_sessionmaker(engine),
                                  provider=ScorerProvider(registry_root), signing_key=signing_key(settings),
                                  metrics=metrics,

@@ -117,7 +117,8 @@ def fit_calibration(background: list[Person], registry_root: Path | None) -> Any
     provider = ScorerProvider(registry_root)
     engine = FusionEngine()
     for m in MODALITIES:
-        scorer = provider.get(m).scorer
+        active = provider.get(m)
+        scorer = active.scorer
         gen: list[float] = []
         imp: list[float] = []
         for a in background:
@@ -133,6 +134,7 @@ def fit_calibration(background: list[Person], registry_root: Path | None) -> Any
                 (gen if a is b else imp).extend(s.tolist())
         if len(gen) >= 5 and len(imp) >= 5:
             engine.fit_modality(m, genuine=np.asarray(gen), impostor=np.asarray(imp))
+            engine.report[m]["model_version"] = active.model_id  # applies to this model only
     return engine
 
 

@@ -85,10 +85,72 @@ def train_and_publish(
         version = reg.publish(m, scorer, metrics=metrics, card=card, source=f"central:{data_dir}")
         if activate:
             reg.activate(m, version)
-        engine.report[m]["model_version"] = version  # type: ignore[assignment]
+        engine.report[m]["model_version"] = version
         report.versions[m] = version
         report.calibration[m] = dict(engine.report[m])
         report.subjects[m] = len(subs)
     engine.save(cal_path)
     report.calibration_file = cal_path
     return report
+
+
+@dataclass
+class CalibrationReport:
+    modality: str
+    version: str
+    scorer: str
+    subjects: int
+    eer: float
+    cllr: float
+    calibration_file: Path
+
+
+def calibrate_published(
+    data_dir: Path,
+    registry_root: Path,
+    modality: str,
+    *,
+    version: str | None = None,
+    max_subjects: int | None = None,
+    seed: int = 0,
+) -> CalibrationReport:
+    """Fit the fusion calibrator of an already published model (default: the active version).
+
+    For models this process did not train, such as a federated run's global model: each
+    subject of `data_dir` enrols on the earliest half of their data and is probed with the
+    later half, scored by the published model exactly as the server scores it. The
+    calibrator is recorded as fitted for that version (`FusionEngine.applies`), beside the
+    other modalities' calibrators. Use people the model was not trained on: scores of its own
+    training people are optimistic, and the calibrated LLRs would be too.
+    """
+    from evaluation.datasets import available_subjects
+    from evaluation.metrics import eer
+    from evaluation.pair_scores import SPLITS, as_decided, scores_of
+    from fusion.engine import FusionEngine
+    from modalities.registry import ModelRegistry, RegistryError
+
+    if modality not in MODALITIES:
+        raise ValueError(f"modality: unknown {modality!r}; expected one of {MODALITIES}")
+    reg = ModelRegistry(registry_root)
+    if version is None:
+        active = reg.active(modality)
+        if active is None:
+            raise RegistryError(f"version: no active {modality} model in {reg.root}; name one with --version")
+        version = active.version
+    scorer = reg.load(modality, version)
+    subs = available_subjects(data_dir, modality)
+    if max_subjects is not None and len(subs) > max_subjects:
+        subs = sorted(np.random.default_rng(seed).choice(subs, size=max_subjects, replace=False).tolist())
+    split = SPLITS[modality](Path(data_dir), subs)
+    if len(split) < 3:
+        raise ValueError(f"{modality}: need at least 3 subjects with enough data in {data_dir}, found {len(split)}")
+    ps = scores_of(as_decided(modality, scorer), split)
+    gen = np.concatenate([v for (s, p), v in ps.items() if s == p])
+    imp = np.concatenate([v for (s, p), v in ps.items() if s != p])
+    cal_path = Path(registry_root) / "fusion-calibration.json"
+    engine = FusionEngine.load(cal_path) if cal_path.exists() else FusionEngine()
+    engine.fit_modality(modality, genuine=gen, impostor=imp)
+    engine.report[modality]["model_version"] = version
+    engine.save(cal_path)
+    return CalibrationReport(modality, version, scorer.name, len(split), float(eer(genuine=gen, impostor=imp)),
+                             float(engine.report[modality]["cllr"]), cal_path)

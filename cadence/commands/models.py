@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -99,8 +99,40 @@ def train(
     console.print(f"fusion calibration: {report.calibration_file}")
 
 
-def _audit_activation(modality: str, version: str, scorer: str) -> None:
-    """Record the activation in the audit log of the configured database (if compliance is there)."""
+@models_app.command("calibrate")
+def calibrate(
+    modality: Annotated[str, typer.Argument(help="keystroke, touch or gait")],
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR",
+                                                  help="Calibration people (layout of shared/datasets), not the model's training people.")] = None,
+    version: Annotated[str | None, typer.Option(help="Version to calibrate (default: the active one).")] = None,
+    registry: Registry = None,
+    seed: Annotated[int, typer.Option(min=0)] = 0,
+    max_subjects: Annotated[int | None, typer.Option(min=3, help="Use at most this many subjects (seeded).")] = None,
+) -> None:
+    """Fit the fusion calibrator of a published model, e.g. a federated run's, so decisions use it."""
+    from modalities.base import ModelVersionError
+    from modalities.registry import RegistryError
+    from server.training import calibrate_published
+
+    if data_dir is None or not data_dir.is_dir():
+        raise typer.BadParameter(f"{data_dir} is not a folder" if data_dir else "give --data-dir or set CADENCE_DATA_DIR",
+                                 param_hint="--data-dir")
+    reg = _registry(registry)
+    try:
+        with Console().status(f"{modality}: scoring the calibration people"):
+            rep = calibrate_published(data_dir, reg.root, modality, version=version, max_subjects=max_subjects, seed=seed)
+    except (RegistryError, ModelVersionError, ValueError) as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    _audit_activation(modality, rep.version, rep.scorer, event="model.calibrated",
+                      extra={"subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(data_dir)})
+    Console().print(f"{modality} {rep.version} ({rep.scorer}): calibrated on {rep.subjects} subjects, "
+                    f"EER {rep.eer:.4f}, Cllr {rep.cllr:.3f} -> {rep.calibration_file}")
+
+
+def _audit_activation(modality: str, version: str, scorer: str, *, event: str = "model.activated",
+                      extra: dict[str, Any] | None = None) -> None:
+    """Record the activation (or calibration) in the audit log of the configured database."""
     from cadence.db import make_engine, make_sessionmaker, transaction
     from cadence.settings import get_settings
     from server.migrate import upgrade
@@ -110,7 +142,7 @@ def _audit_activation(modality: str, version: str, scorer: str) -> None:
     try:
         upgrade(engine)
         with transaction(make_sessionmaker(engine)) as session:
-            hooks.audit(session, event="model.activated", actor="cli", subject=None,
-                        payload={"modality": modality, "version": version, "scorer": scorer})
+            hooks.audit(session, event=event, actor="cli", subject=None,
+                        payload={"modality": modality, "version": version, "scorer": scorer, **(extra or {})})
     finally:
         engine.dispose()

@@ -32,6 +32,7 @@ REASON_TEXT = {
     "replay": "{m} evidence was seen before",
     "implausible": "{m} evidence looked automated",
     "uncorroborated": "{m} rested on one signal; this amount needs two that agree",
+    "uncalibrated": "{m} is being updated and was not used this time",
 }
 MODALITY_WORDS = {"keystroke": "Typing rhythm", "touch": "Swiping", "gait": "Walking pattern",
                   "fusion": "Overall evidence", "policy": "Payment rules", "amount": "The amount"}

@@ -166,3 +166,32 @@ def test_engine_roundtrip(tmp_path) -> None:
     assert back.decide([ev], amount=10).outcome == "approve"
     assert back.decide([ModalityEvidence("keystroke", score=-6.0)], amount=10).outcome == "deny"
     assert back.report["keystroke"]["cllr"] < 0.5
+
+
+def test_a_calibrator_applies_only_to_the_model_it_was_fitted_for(tmp_path) -> None:
+    """A calibrator reads only its own model's scores; other registry models are left out.
+
+    After another version is activated its scores are on another scale: the old calibrator
+    must not read them, and a registry model without its own calibrator is never pushed
+    through the rough mapping meant for the one-class defaults.
+    """
+    rng = np.random.default_rng(3)
+    g, i = _scores(rng, 500, 3.0, shift=-4)
+    eng = FusionEngine().fit_modality("keystroke", genuine=g, impostor=i)
+    eng.report["keystroke"]["model_version"] = "v0001"
+    eng.save(tmp_path / "cal.json")
+    eng = FusionEngine.load(tmp_path / "cal.json")
+    fitted = ModalityEvidence("keystroke", score=-0.5, model_version="registry:v0001")
+    assert eng.calibrate(fitted).llr is not None and eng.decide([fitted], amount=10).outcome == "approve"
+    # a federated embedding activated as v0002 scores cosines: 0.9 is unremarkable there
+    other = ModalityEvidence("keystroke", score=0.9, model_version="registry:v0002")
+    assert eng.calibrate(other).llr is None
+    d = eng.decide([other], amount=10)
+    assert d.outcome == "step_up" and [(r.modality, r.code, r.contribution) for r in d.reasons][0] == (
+        "keystroke", "uncalibrated", 0.0)
+    # the package default (e.g. after a registry model failed to load) keeps the rough mapping
+    default = ModalityEvidence("keystroke", score=-6.0, model_version="default:keystroke-manhattan-scaled:1")
+    assert eng.calibrate(default).llr is None and eng.decide([default], amount=10).outcome == "deny"
+    # a calibration that names no model (older files) applies to whatever is served
+    eng.report["keystroke"].pop("model_version")
+    assert eng.calibrate(other).llr is not None

@@ -149,6 +149,7 @@ def test_amount_parsing_and_reasons() -> None:
         assert exc.value.field == "amount"
     assert explain({"modality": "gait", "code": "low_score"}) == "Walking pattern did not match your usual pattern"
     assert explain({"modality": "fusion", "code": "uncorroborated"}).startswith("Overall evidence rested on one signal")
+    assert explain({"modality": "keystroke", "code": "uncalibrated"}) == "Typing rhythm is being updated and was not used this time"
 
 
 def test_replay_source_places_recording_on_session_clock() -> None:
