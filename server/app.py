@@ -208,7 +208,8 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
                                  decide=engine_.decide if engine_ else policy_decide,
                                  inline_handlers=(settings.api_inline_handlers if settings.api_inline_handlers is not None
                                                   else sqlite),
-                                 calibrate=engine_.calibrate if engine_ else (lambda e: e))
+                                 calibrate=engine_.calibrate if engine_ else (lambda e: e),
+                                 fusion=engine_)
     app.state.engine = engine
     app.state.metrics = metrics
     for r in (health, devices, users, transactions, sessions, models, admin):

@@ -52,8 +52,17 @@ def test_server_serves_active_version_and_cli(tmp_path: Path) -> None:
         assert client.get("/v1/models/touch/active").json()["model_id"] != f"registry:{v}"
         r = client.post("/v1/models/touch/activate", json={"version": v}, headers={"X-API-Key": "dev-admin-key"})
         assert r.status_code == 200 and r.json()["active"] is True
-        assert client.get("/v1/models/touch/active").json()["model_id"] == f"registry:{v}"
+        served = client.get("/v1/models/touch/active").json()
+        assert served["model_id"] == f"registry:{v}"
+        assert served["calibrated"] is False and served["calibrated_for"] == ""  # no calibration file here
         assert [m["version"] for m in client.get("/v1/models").json()] == [v]
+        # a published version this code cannot load is refused with a reason, not a 500
+        bad_v = reg.publish("touch", ScaledManhattan(), metrics={}, card="# card", source="unit")
+        np.savez(reg.get("touch", bad_v).path / "model.npz", __meta__=np.array(
+            '{"name": "no-such-scorer", "version": "1", "modality": "touch", "feature_version": "", "params": {}}'))
+        r = client.post("/v1/models/touch/activate", json={"version": bad_v}, headers={"X-API-Key": "dev-admin-key"})
+        assert r.status_code == 409 and r.json()["code"] == "unloadable_model" and "no-such-scorer" in r.json()["detail"]
+        assert client.get("/v1/models/touch/active").json()["model_id"] == f"registry:{v}"  # unchanged
     app.state.engine.dispose()
     out = CliRunner().invoke(cli, ["models", "list", "--registry", str(tmp_path / "registry")])
     assert out.exit_code == 0 and "v0001" in out.output and "*" in out.output

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Path
 
+from modalities.base import ModelVersionError
 from modalities.registry import RegistryError
 from server.api.deps import AdminKey, State, Uow
 from server.api.routing import CadenceRoute
@@ -27,11 +30,19 @@ def list_models(state: State) -> list[ModelOut]:
 
 
 @router.get("/{modality}/active")
-def active_model(state: State, modality: str = ModalityPath) -> dict[str, str]:
-    """What serves `modality` right now (registry version, package default or fallback)."""
+def active_model(state: State, modality: str = ModalityPath) -> dict[str, Any]:
+    """What serves `modality` right now (registry version, package default or fallback).
+
+    `calibrated` says whether the fusion calibrator applies to it (`calibrated_for` names the
+    model it was fitted for); a registry model without one is left out of decisions.
+    """
     a = state.provider.get(modality)
+    fusion = state.fusion
+    has = fusion is not None and modality in fusion.calibrators
     return {"modality": modality, "model_id": a.model_id, "scorer": a.scorer.name,
-            "feature_version": a.feature_version or ""}
+            "feature_version": a.feature_version or "",
+            "calibrated": bool(has and fusion.applies(modality, a.model_id)),
+            "calibrated_for": (fusion.fitted_for(modality) or "any") if has else ""}
 
 
 @router.post("/{modality}/activate", response_model=ModelOut)
@@ -43,6 +54,8 @@ def activate(body: ActivateIn, state: State, uow: Uow, actor: AdminKey, modality
         mv = reg.activate(modality, body.version)
     except RegistryError as exc:
         raise ApiError(404, "unknown_model", str(exc)) from exc
+    except ModelVersionError as exc:  # published, but this code cannot load it (scorer name or version)
+        raise ApiError(409, "unloadable_model", str(exc)) from exc
     with uow() as session:
         hooks.audit(session, event="model.activated", actor=actor, subject=None,
                     payload={"modality": modality, "version": body.version, "scorer": mv.scorer})
