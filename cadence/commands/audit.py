@@ -23,8 +23,12 @@ _err = Console(stderr=True)
 def sqlite_file_missing(url: str) -> Path | None:
     """The file of a SQLite URL when it does not exist (None for other databases and in-memory ones)."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
-    u = make_url(url)
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return None  # reported when the engine is made
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
         return None
     path = Path(u.database)
@@ -34,6 +38,7 @@ def sqlite_file_missing(url: str) -> Path | None:
 @contextmanager
 def compliance_session(database_url: str | None = None, *, commit: bool = True) -> Iterator[Session]:
     """A transaction on the configured database (rolled back when not `commit`); exits 2 if unusable."""
+    from cadence.commands.database import database_errors
     from cadence.db import make_engine, make_sessionmaker
     from cadence.settings import get_settings
     from compliance.models import TABLES
@@ -44,7 +49,8 @@ def compliance_session(database_url: str | None = None, *, commit: bool = True) 
         _err.print(f"[red]error:[/red] no database at {missing_file}: point --database-url (or CADENCE_DATABASE_URL) at "
                    "the server's database, or start the server once (`cadence serve` creates and migrates it)")
         raise typer.Exit(2)
-    engine = make_engine(url)
+    with database_errors(url):
+        engine = make_engine(url)
     try:
         try:
             names = set(inspect(engine).get_table_names())

@@ -133,16 +133,19 @@ def calibrate(
 def _audit_activation(modality: str, version: str, scorer: str, *, event: str = "model.activated",
                       extra: dict[str, Any] | None = None) -> None:
     """Record the activation (or calibration) in the audit log of the configured database."""
+    from cadence.commands.database import database_errors
     from cadence.db import make_engine, make_sessionmaker, transaction
     from cadence.settings import get_settings
     from server.migrate import upgrade
     from server.services import compliance_hooks as hooks
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        upgrade(engine)
-        with transaction(make_sessionmaker(engine)) as session:
-            hooks.audit(session, event=event, actor="cli", subject=None,
-                        payload={"modality": modality, "version": version, "scorer": scorer, **(extra or {})})
-    finally:
-        engine.dispose()
+    url = get_settings().database_url
+    with database_errors(url):
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            with transaction(make_sessionmaker(engine)) as session:
+                hooks.audit(session, event=event, actor="cli", subject=None,
+                            payload={"modality": modality, "version": version, "scorer": scorer, **(extra or {})})
+        finally:
+            engine.dispose()

@@ -21,6 +21,7 @@ def serve(
     """Serve the /v1 API (docs at /docs, OpenAPI at /openapi.json, metrics at /metrics)."""
     import uvicorn
 
+    from cadence.commands.database import database_errors
     from cadence.db import make_engine
     from cadence.settings import get_settings
     from server.app import create_app
@@ -31,11 +32,12 @@ def serve(
     workers = workers or settings.api_workers
     if workers < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--workers")
-    engine = make_engine(settings.database_url)
-    try:
-        upgrade(engine)  # once, before any worker starts
-    finally:
-        engine.dispose()
+    with database_errors(settings.database_url):
+        engine = make_engine(settings.database_url)
+        try:
+            upgrade(engine)  # once, before any worker starts
+        finally:
+            engine.dispose()
     host, port = host or settings.host, port or settings.port
     # access lines are logged at INFO: above that, skip building them (a visible share of a request)
     access_log = log_level.lower() in ("trace", "debug", "info")
