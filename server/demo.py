@@ -179,7 +179,10 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
     if data_dir is not None:
         subjects = bbmas_subjects(data_dir)
         if len(subjects) < 2 + N_BACKGROUND:
-            raise ValueError(f"data_dir: need {2 + N_BACKGROUND} subjects with all three BB-MAS modalities in {data_dir}")
+            from evaluation.datasets import DatasetError
+
+            raise DatasetError(f"data_dir: need {2 + N_BACKGROUND} subjects with all three BB-MAS modalities in "
+                               f"{data_dir}, found {len(subjects)} (unset CADENCE_DATA_DIR for the synthetic demo)")
         genuine, impostor, *background = bbmas_people(data_dir, subjects[:2 + N_BACKGROUND])
         label = (f"REAL BB-MAS data from {data_dir}: {genuine.label} is the owner, {impostor.label} the impostor; "
                  f"calibration on {len(background)} other subjects")

@@ -24,6 +24,7 @@ def demo(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the decisions as JSON here.")] = None,
 ) -> None:
     """Start the API on a free loopback port, enrol a user, run owner and impostor transactions, stop."""
+    from evaluation.datasets import DatasetError
     from server.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -31,7 +32,11 @@ def demo(
         raise typer.BadParameter(f"{data_dir} is not a folder", param_hint="--data-dir")
     console = Console()
     t0 = time.perf_counter()
-    label, rows = run_demo(data_dir, seed=seed)
+    try:
+        label, rows = run_demo(data_dir, seed=seed)
+    except DatasetError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     console.print(f"[bold]Data:[/bold] {label}")
     table = Table(title=f"cadence demo: decisions ({time.perf_counter() - t0:.1f} s)")
     for col in ("user", "probe person", "amount", "decision", "risk", "reasons"):

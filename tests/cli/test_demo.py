@@ -46,3 +46,8 @@ def test_demo_bbmas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: P
     output, doc = _run(tmp_path, monkeypatch, data_dir)
     assert "SYNTHETIC" not in output and "BB-MAS" in output
     assert _approvals(doc, True) > _approvals(doc, False)
+
+
+def test_demo_on_a_folder_without_people_says_so(tmp_path: Path) -> None:
+    r = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["demo", "--data-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "need 8 subjects with all three BB-MAS modalities" in r.output and "found 0" in r.output
