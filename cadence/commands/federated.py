@@ -38,15 +38,29 @@ def prepare(
     subjects: Annotated[str | None, typer.Option(help="Comma-separated subject ids (default: all).")] = None,
 ) -> None:
     """Compute each subject's feature windows into its own device file (what a phone holds)."""
+    from cadence.commands.paths import ensure_writable_dir
     from federated.features import DeviceDataError, feature_spec, subject_windows, write_device_files
 
+    if not data_dir.is_dir():
+        raise typer.BadParameter(f"{data_dir} is not a folder", param_hint="--data-dir")
     try:
         subs = [int(s) for s in subjects.split(",")] if subjects else None
+    except ValueError:
+        raise typer.BadParameter(f"{subjects!r}: expected comma-separated subject ids like 1,2,5",
+                                 param_hint="--subjects") from None
+    ensure_writable_dir(out, "--out")
+    try:
         spec = feature_spec(modality)
-        files = write_device_files(out, subject_windows(modality, data_dir, subs), spec)
+        windows = subject_windows(modality, data_dir, subs)
+        if not windows:
+            _fail(f"no {modality} subject{' among ' + subjects if subjects else ''} has enough data in {data_dir}")
+        files = write_device_files(out, windows, spec)
     except (DeviceDataError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"wrote {len(files)} device files to {out}")
+    left_out = sorted(set(subs or []) - set(windows))
+    if left_out:
+        console.print(f"[yellow]left out (no {modality} data, or fewer than 4 windows):[/yellow] {', '.join(map(str, left_out))}")
 
 
 @fed.command("superlink")
