@@ -134,9 +134,10 @@ def decide(
 ) -> Decision:
     """Fuse evidence by summing calibrated LLRs and apply the amount tier's thresholds.
 
-    Evidence with a calibrated `llr` uses it; otherwise a rough uncalibrated mapping (see
-    `_uncalibrated_llr`). Low-quality or missing modalities are left out explicitly and
-    named in the reasons; with no usable modality the outcome is step-up, never approve.
+    Evidence with a calibrated `llr` uses it; otherwise the packages' defaults get a rough
+    uncalibrated mapping (see `_uncalibrated_llr`) and registry models none (reason
+    `uncalibrated`). Low-quality, missing or uncalibrated modalities are left out explicitly
+    and named in the reasons; with no usable modality the outcome is step-up, never approve.
     Deny needs strong impostor evidence (fused LLR <= the tier's deny_llr). A tier that asks
     for corroboration steps up instead of approving when the sum rests on one modality: fewer
     than two used, or the others' LLRs summing below 0 (reason `uncorroborated`). Summing
