@@ -34,6 +34,17 @@ REASON_TEXT = {
     "uncorroborated": "{m} rested on one signal; this amount needs two that agree",
     "uncalibrated": "{m} is being updated and was not used this time",
 }
+#: what one evidence window of each modality is, in words (singular, plural)
+EVIDENCE_NOUNS = {"keystroke": ("typing sample", "typing samples"), "touch": ("swipe", "swipes"),
+                  "gait": ("walking sample", "walking samples")}
+
+
+def evidence_text(summary: dict[str, int]) -> str:
+    """'Checked on this phone: 2 typing samples, 3 swipes, 1 walking sample' (or that none was)."""
+    parts = [f"{n} {EVIDENCE_NOUNS[m][n != 1]}" for m, n in summary.items() if n and m in EVIDENCE_NOUNS]
+    return "Checked on this phone: " + ", ".join(parts) if parts else "No recent behaviour to check"
+
+
 MODALITY_WORDS = {"keystroke": "Typing rhythm", "touch": "Swiping", "gait": "Walking pattern",
                   "fusion": "Overall evidence", "policy": "Payment rules", "amount": "The amount"}
 

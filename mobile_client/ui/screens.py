@@ -25,7 +25,7 @@ from kivy.uix.screenmanager import Screen
 from mobile_client.api import ApiError
 from mobile_client.controllers import consent as consent_text
 from mobile_client.controllers import enrolment as enrol_mod
-from mobile_client.controllers.transaction import InputError
+from mobile_client.controllers.transaction import InputError, evidence_text
 from mobile_client.ui import theme
 from mobile_client.ui.widgets import ConsentCard, ReasonRow, StatusRow
 from modalities.events import MODALITIES
@@ -261,10 +261,7 @@ class PayScreen(Screen):
             self.phase = "form"
             return
         self.show(d.outcome, d.amount, d.currency, d.payee, tc.reasons_text(), d.risk, d.transaction_id)
-        ev = tc.evidence_summary
-        self.evidence = "Checked on this phone: " + ", ".join(
-            f"{n} {consent_text.TEXT[m].title.lower()} sample{'s' if n != 1 else ''}" for m, n in ev.items() if n) \
-            if any(ev.values()) else "No recent behaviour to check"
+        self.evidence = evidence_text(tc.evidence_summary)
         if d.outcome == "step_up" and tc.step_up is not None:
             self.code_hint = f"Enter the 6-digit code we sent to your phone.\n(Demo build: your code is {tc.step_up.code})"
 

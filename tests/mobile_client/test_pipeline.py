@@ -15,7 +15,7 @@ from mobile_client.clock import VirtualClock
 from mobile_client.collectors import modality_of
 from mobile_client.collectors.keys import KeyPairer
 from mobile_client.collectors.replay import ReplaySource
-from mobile_client.controllers.transaction import InputError, explain, parse_amount
+from mobile_client.controllers.transaction import InputError, evidence_text, explain, parse_amount
 from mobile_client.device_key import DeviceKey, canonical_request
 from mobile_client.evidence import EvidenceBuffer
 from mobile_client.raw_store import RawEventStore, RawStoreError
@@ -150,6 +150,8 @@ def test_amount_parsing_and_reasons() -> None:
     assert explain({"modality": "gait", "code": "low_score"}) == "Walking pattern did not match your usual pattern"
     assert explain({"modality": "fusion", "code": "uncorroborated"}).startswith("Overall evidence rested on one signal")
     assert explain({"modality": "keystroke", "code": "uncalibrated"}) == "Typing rhythm is being updated and was not used this time"
+    assert evidence_text({"keystroke": 2, "touch": 3, "gait": 1}) == "Checked on this phone: 2 typing samples, 3 swipes, 1 walking sample"
+    assert evidence_text({"keystroke": 0, "touch": 0, "gait": 0}) == "No recent behaviour to check"
 
 
 def test_replay_source_places_recording_on_session_clock() -> None:
