@@ -42,6 +42,15 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     scorer = reg.load("keystroke")
     X = windows[1]
     assert scorer.compare(scorer.enroll(X[:6]), X[6:12]).shape == (6,)
+    # until it is calibrated the server leaves its evidence out; `models calibrate` fits its calibrator
+    from server.training import calibrate_published
+
+    rep = calibrate_published(data_dir, tmp_path / "registry", "keystroke", max_subjects=6)
+    assert rep.version == version and rep.scorer == "federated-embedding" and rep.subjects >= 3
+    from fusion.engine import FusionEngine
+
+    engine = FusionEngine.load(rep.calibration_file)
+    assert engine.applies("keystroke", f"registry:{version}") and engine.fitted_for("keystroke") == version
     assert all(p.poll() is not None for p in procs)
     assert not [pid for pid in spawned if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
 
