@@ -110,6 +110,13 @@ def scores_of(scorer: Any, split: Split) -> PairScores:
     return out
 
 
+def genuine_impostor(ps: PairScores) -> tuple[np.ndarray, np.ndarray]:
+    """All genuine scores (a template's own probes) and all impostor scores (everyone else's)."""
+    gen = [v for (s, p), v in ps.items() if s == p]
+    imp = [v for (s, p), v in ps.items() if s != p]
+    return (np.concatenate(gen) if gen else np.zeros(0)), (np.concatenate(imp) if imp else np.zeros(0))
+
+
 def _keystroke(train_dir: Path, train: tuple[int, ...], eval_dir: Path, evals: tuple[int, ...], seed: int) -> tuple[Any, Split]:
     from modalities.keystroke import train_scorer
 

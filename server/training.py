@@ -49,7 +49,7 @@ def train_and_publish(
 
     from evaluation.datasets import available_subjects
     from evaluation.metrics import eer
-    from evaluation.pair_scores import pair_scores
+    from evaluation.pair_scores import genuine_impostor, pair_scores
     from fusion.engine import FusionEngine
     from modalities.registry import ModelRegistry
 
@@ -70,8 +70,7 @@ def train_and_publish(
         a, b = sorted(perm[: len(perm) // 2].tolist()), sorted(perm[len(perm) // 2:].tolist())
         step(f"{m}: calibration scores (train on {len(a)}, score {len(b)} other subjects)")
         ps = pair_scores(m, data_dir, a, data_dir, b, seed=seed)
-        gen = np.concatenate([v for (s, p), v in ps.items() if s == p])
-        imp = np.concatenate([v for (s, p), v in ps.items() if s != p])
+        gen, imp = genuine_impostor(ps)
         engine.fit_modality(m, genuine=gen, impostor=imp)
         step(f"{m}: training the population model on {len(subs)} subjects")
         pkg: Any = importlib.import_module(f"modalities.{m}")
@@ -125,7 +124,7 @@ def calibrate_published(
     """
     from evaluation.datasets import available_subjects
     from evaluation.metrics import eer
-    from evaluation.pair_scores import SPLITS, as_decided, scores_of
+    from evaluation.pair_scores import SPLITS, as_decided, genuine_impostor, scores_of
     from fusion.engine import FusionEngine
     from modalities.registry import ModelRegistry, RegistryError
 
@@ -145,8 +144,7 @@ def calibrate_published(
     if len(split) < 3:
         raise ValueError(f"{modality}: need at least 3 subjects with enough data in {data_dir}, found {len(split)}")
     ps = scores_of(as_decided(modality, scorer), split)
-    gen = np.concatenate([v for (s, p), v in ps.items() if s == p])
-    imp = np.concatenate([v for (s, p), v in ps.items() if s != p])
+    gen, imp = genuine_impostor(ps)
     cal_path = Path(registry_root) / "fusion-calibration.json"
     engine = FusionEngine.load(cal_path) if cal_path.exists() else FusionEngine()
     engine.fit_modality(modality, genuine=gen, impostor=imp)

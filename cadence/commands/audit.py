@@ -52,11 +52,8 @@ def compliance_session(database_url: str | None = None, *, commit: bool = True) 
     with database_errors(url):
         engine = make_engine(url)
     try:
-        try:
+        with database_errors(url):
             names = set(inspect(engine).get_table_names())
-        except Exception as exc:  # noqa: BLE001 - any driver error means "cannot open"
-            _err.print(f"[red]error:[/red] cannot open database {engine.url.render_as_string(hide_password=True)}: {exc}")
-            raise typer.Exit(2) from exc
         missing = [t.name for t in TABLES if t.name not in names]
         if missing:
             _err.print(
