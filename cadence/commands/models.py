@@ -60,7 +60,7 @@ def activate(modality: Annotated[str, typer.Argument(help="keystroke, touch or g
     except (RegistryError, ModelVersionError) as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    _audit_activation(modality, version, mv.scorer)
+    _audit_model_event(modality, version, mv.scorer)
     Console().print(f"{modality}: {version} ({mv.scorer}) is now active")
 
 
@@ -94,7 +94,7 @@ def train(
     for m, v in report.versions.items():
         table.add_row(m, v, str(report.subjects[m]), f"{report.calibration[m]['cllr']:.3f}", "yes" if activate else "no")
         if activate:
-            _audit_activation(m, v, "trained")
+            _audit_model_event(m, v, "trained")
     console.print(table)
     console.print(f"fusion calibration: {report.calibration_file}")
 
@@ -124,15 +124,15 @@ def calibrate(
     except (RegistryError, ModelVersionError, ValueError) as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
-    _audit_activation(modality, rep.version, rep.scorer, event="model.calibrated",
+    _audit_model_event(modality, rep.version, rep.scorer, event="model.calibrated",
                       extra={"subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(data_dir)})
     Console().print(f"{modality} {rep.version} ({rep.scorer}): calibrated on {rep.subjects} subjects, "
                     f"EER {rep.eer:.4f}, Cllr {rep.cllr:.3f} -> {rep.calibration_file}")
 
 
-def _audit_activation(modality: str, version: str, scorer: str, *, event: str = "model.activated",
+def _audit_model_event(modality: str, version: str, scorer: str, *, event: str = "model.activated",
                       extra: dict[str, Any] | None = None) -> None:
-    """Record the activation (or calibration) in the audit log of the configured database."""
+    """Record a model activation or calibration in the audit log of the configured database."""
     from cadence.commands.database import database_errors
     from cadence.db import make_engine, make_sessionmaker, transaction
     from cadence.settings import get_settings
