@@ -73,7 +73,11 @@ class FusionEngine:
         return {"version": 1, "calibrators": {m: c.to_dict() for m, c in self.calibrators.items()}, "report": self.report}
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        """Write atomically: running servers reload this file and must never read half of it."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2))
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], policy: Policy = DEFAULT_POLICY) -> FusionEngine:

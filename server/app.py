@@ -19,12 +19,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cadence.db import HeldConnections, make_engine, make_sessionmaker
 from cadence.settings import Settings, get_settings
-from fusion.policy import decide as policy_decide
 from modalities.events import MODALITIES
 from server.affinity import is_worker_process, pin_worker
 from server.api.deps import AppState
 from server.api.routes import admin, devices, health, models, sessions, transactions, users
 from server.errors import ApiError
+from server.fusion_source import FusionSource
 from server.metrics import Metrics
 from server.services.devices import RateLimiter
 from server.services.scoring import ScorerProvider
@@ -105,9 +105,15 @@ def signing_key(settings: Settings) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
+def fusion_path(settings: Settings, registry_root: Path | None) -> Path | None:
+    """Where the fusion calibration lives: the setting, else beside the registry's models."""
+    path = settings.fusion_calibration or (registry_root / "fusion-calibration.json" if registry_root else None)
+    return Path(path) if path is not None else None
+
+
 def load_fusion(settings: Settings, registry_root: Path | None) -> Any:
     """The calibrated `FusionEngine` when its file exists, else None (the policy's uncalibrated rule)."""
-    path = settings.fusion_calibration or (registry_root / "fusion-calibration.json" if registry_root else None)
+    path = fusion_path(settings, registry_root)
     if path is not None and Path(path).is_file():
         from fusion.engine import FusionEngine
 
@@ -140,11 +146,12 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
             except Exception as exc:  # noqa: BLE001 - a broken model must not stop the API; requests report it
                 log.warning("scorer for %s not loaded at start-up: %s", modality, exc)
                 continue
-            if fusion is not None and modality in fusion.calibrators and not fusion.applies(modality, active.model_id):
+            engine = fusion.current() if fusion is not None else None
+            if engine is not None and modality in engine.calibrators and not engine.applies(modality, active.model_id):
                 log.warning("%s: the fusion calibration was fitted for %s, not for the served %s, so it is not "
                             "applied: a registry model's evidence is left out of decisions (reason 'uncalibrated') "
                             "until it is calibrated (`cadence models train`)", modality,
-                            fusion.fitted_for(modality), active.model_id)
+                            engine.fitted_for(modality), active.model_id)
         if state.held is not None:
             state.held.claim()  # this thread runs the event loop: it holds its connections
         if settings.api_pin_workers and is_worker_process():
@@ -194,8 +201,8 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
         except ImportError as exc:
             log.warning("holder module %s not importable: %s", mod, exc)
     registry_root = settings.model_registry if settings.model_registry and settings.model_registry.exists() else None
-    engine_ = load_fusion(settings, registry_root)
-    app = FastAPI(title="Cadence transaction-approval API", version="1", lifespan=_lifespan(settings, engine_),
+    fusion = FusionSource(fusion_path(settings, registry_root))
+    app = FastAPI(title="Cadence transaction-approval API", version="1", lifespan=_lifespan(settings, fusion),
                   description="Behavioural evidence (features only) + device possession -> approve / step-up / deny.")
     metrics = Metrics()
     app.state.cadence = AppState(settings=settings, sessions=make_sessionmaker(engine),
@@ -205,11 +212,11 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
                                  limiter=RateLimiter(settings.device_rate_per_s),
                                  write_lock=write_lock(engine),
                                  held=HeldConnections(engine) if sqlite and ":memory:" not in settings.database_url else None,
-                                 decide=engine_.decide if engine_ else policy_decide,
+                                 decide=fusion.decide,
                                  inline_handlers=(settings.api_inline_handlers if settings.api_inline_handlers is not None
                                                   else sqlite),
-                                 calibrate=engine_.calibrate if engine_ else (lambda e: e),
-                                 fusion=engine_)
+                                 calibrate=fusion.calibrate,
+                                 fusion=fusion)
     app.state.engine = engine
     app.state.metrics = metrics
     for r in (health, devices, users, transactions, sessions, models, admin):

@@ -45,7 +45,7 @@ class AppState:
     write_lock: AbstractContextManager[Any] = field(default_factory=nullcontext)
     #: the event loop's held connections (embedded SQLite file) instead of a pool checkout per transaction
     held: HeldConnections | None = None
-    #: the calibrated fusion engine (None: the policy's uncalibrated rule); read by /v1/models
+    #: where `decide` and `calibrate` get the current fusion engine (`server.fusion_source.FusionSource`)
     fusion: Any = None
 
     @contextmanager

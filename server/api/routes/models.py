@@ -37,12 +37,13 @@ def active_model(state: State, modality: str = ModalityPath) -> dict[str, Any]:
     model it was fitted for); a registry model without one is left out of decisions.
     """
     a = state.provider.get(modality)
-    fusion = state.fusion
-    has = fusion is not None and modality in fusion.calibrators
-    return {"modality": modality, "model_id": a.model_id, "scorer": a.scorer.name,
-            "feature_version": a.feature_version or "",
-            "calibrated": bool(has and fusion.applies(modality, a.model_id)),
-            "calibrated_for": (fusion.fitted_for(modality) or "any") if has else ""}
+    out: dict[str, Any] = {"modality": modality, "model_id": a.model_id, "scorer": a.scorer.name,
+                           "feature_version": a.feature_version or "", "calibrated": False, "calibrated_for": ""}
+    fusion = state.fusion.current() if state.fusion is not None else None
+    if fusion is not None and modality in fusion.calibrators:
+        out["calibrated"] = fusion.applies(modality, a.model_id)
+        out["calibrated_for"] = fusion.fitted_for(modality) or "any"
+    return out
 
 
 @router.post("/{modality}/activate", response_model=ModelOut)

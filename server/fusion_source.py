@@ -1,0 +1,76 @@
+"""The fusion engine the server decides with, reloaded when its calibration file changes.
+
+`cadence models calibrate` and `cadence models train` rewrite the calibration file while
+servers run. As with a registry activation, the new calibrators take effect without a
+restart: each worker looks at the file's modification stamp at most once per
+`check_every_s`, so a request pays one clock read. A file that cannot be read keeps the
+engine already loaded (and says so in the log); no file means the policy's uncalibrated rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from fusion.engine import FusionEngine
+from fusion.policy import Decision, ModalityEvidence
+from fusion.policy import decide as policy_decide
+
+log = logging.getLogger(__name__)
+
+
+class FusionSource:
+    """Hands out the current `FusionEngine` (None: uncalibrated) for `path`."""
+
+    def __init__(self, path: Path | None, check_every_s: float = 2.0) -> None:
+        self.path = Path(path) if path is not None else None
+        self.check_every_s = check_every_s
+        self._engine: FusionEngine | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self._refresh(first=True)
+
+    def _refresh(self, first: bool = False) -> None:
+        if self.path is None:
+            if first:
+                log.warning("fusion: no calibration file; using the policy's uncalibrated score mapping")
+            return
+        try:
+            st = self.path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._stamp and not first:
+            return
+        if stamp is None:
+            engine = None
+            log.warning("fusion: no calibration file at %s; using the policy's uncalibrated score mapping", self.path)
+        else:
+            try:
+                engine = FusionEngine.load(self.path)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("fusion: cannot load %s (%s); keeping the calibration loaded before", self.path, exc)
+                return  # the stamp stays old: the next look tries again
+            log.info("fusion: calibrated modalities %s from %s", engine.calibrated_modalities, self.path)
+        self._engine, self._stamp = engine, stamp
+
+    def current(self) -> FusionEngine | None:
+        """The engine for this request (the file is looked at no more than every `check_every_s`)."""
+        now = time.monotonic()
+        if now >= self._next:
+            with self._lock:
+                if now >= self._next:
+                    self._refresh()
+                    self._next = now + self.check_every_s
+        return self._engine
+
+    def decide(self, evidence: list[ModalityEvidence], *, amount: float) -> Decision:
+        engine = self.current()
+        return engine.decide(evidence, amount=amount) if engine is not None else policy_decide(evidence, amount=amount)
+
+    def calibrate(self, ev: ModalityEvidence) -> ModalityEvidence:
+        engine = self.current()
+        return engine.calibrate(ev) if engine is not None else ev
