@@ -34,16 +34,32 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
         versions = reg.list(modality)
     except RegistryError as exc:
         raise typer.BadParameter(str(exc), param_hint="MODALITY") from exc
+    calibrated = _calibrated_versions(reg.root)
     table = Table(title=f"models in {reg.root}")
-    for c in ("modality", "version", "active", "scorer", "feature version", "source", "created", "metrics"):
+    for c in ("modality", "version", "active", "calibrated", "scorer", "feature version", "source", "created", "metrics"):
         table.add_column(c)
     for mv in versions:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(mv.metrics.items())[:4])
-        table.add_row(mv.modality, mv.version, "*" if mv.active else "", mv.scorer, mv.feature_version, mv.source,
-                      mv.created, metrics)
+        table.add_row(mv.modality, mv.version, "*" if mv.active else "",
+                      "yes" if calibrated.get(mv.modality) == mv.version else "", mv.scorer, mv.feature_version,
+                      mv.source, mv.created, metrics)
     Console().print(table)
     if not versions:
         Console().print("no published models: the server uses each modality package's default scorer")
+
+
+def _calibrated_versions(root: Path) -> dict[str, str]:
+    """Modality -> the version its fusion calibrator was fitted for (what decisions will use)."""
+    from fusion.engine import FusionEngine
+
+    path = root / "fusion-calibration.json"
+    try:
+        engine = FusionEngine.load(path) if path.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if engine is None:
+        return {}
+    return {m: v for m in engine.calibrated_modalities if (v := engine.fitted_for(m))}
 
 
 @models_app.command("activate")

@@ -73,6 +73,9 @@ def test_calibrate_a_published_model_the_server_then_uses(data_dir: Path, tmp_pa
     engine = load_fusion(Settings(model_registry=reg_root), reg_root)
     assert engine.report["keystroke"]["model_version"] == v2
     assert engine.calibrate(served).llr is not None
+    listed = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["models", "list", "--registry", str(reg_root)]).output
+    rows = {line.split("│")[2].strip(): line.split("│")[4].strip() for line in listed.splitlines() if "keystroke" in line}
+    assert rows == {"v0001": "", v2: "yes"}  # the calibrated column names the version decisions use
 
     bad = CliRunner(env={"COLUMNS": "400"}).invoke(
         app, ["models", "calibrate", "gait", "--data-dir", str(data_dir), "--registry", str(reg_root)])
