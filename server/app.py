@@ -112,16 +112,8 @@ def fusion_path(settings: Settings, registry_root: Path | None) -> Path | None:
 
 
 def load_fusion(settings: Settings, registry_root: Path | None) -> Any:
-    """The calibrated `FusionEngine` when its file exists, else None (the policy's uncalibrated rule)."""
-    path = fusion_path(settings, registry_root)
-    if path is not None and Path(path).is_file():
-        from fusion.engine import FusionEngine
-
-        engine = FusionEngine.load(path)
-        log.info("fusion: calibrated modalities %s from %s", engine.calibrated_modalities, path)
-        return engine
-    log.warning("fusion: no calibration file; using the policy's uncalibrated score mapping")
-    return None
+    """The calibrated `FusionEngine` the server starts with, else None (the policy's uncalibrated rule)."""
+    return FusionSource(fusion_path(settings, registry_root)).current()
 
 
 def _lifespan(settings: Settings, fusion: Any = None) -> Any:

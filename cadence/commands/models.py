@@ -50,13 +50,9 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
 
 def _calibrated_versions(root: Path) -> dict[str, str]:
     """Modality -> the version its fusion calibrator was fitted for (what decisions will use)."""
-    from fusion.engine import FusionEngine
+    from server.fusion_source import FusionSource
 
-    path = root / "fusion-calibration.json"
-    try:
-        engine = FusionEngine.load(path) if path.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
+    engine = FusionSource(root / "fusion-calibration.json").current()
     if engine is None:
         return {}
     return {m: v for m in engine.calibrated_modalities if (v := engine.fitted_for(m))}
