@@ -52,7 +52,8 @@ def _calibrated_versions(root: Path) -> dict[str, str]:
     """Modality -> the version its fusion calibrator was fitted for (what decisions will use)."""
     from server.fusion_source import FusionSource
 
-    engine = FusionSource(root / "fusion-calibration.json").current()
+    path = root / "fusion-calibration.json"
+    engine = FusionSource(path).current() if path.is_file() else None  # no file: nothing to say
     if engine is None:
         return {}
     return {m: v for m in engine.calibrated_modalities if (v := engine.fitted_for(m))}
