@@ -15,20 +15,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cadence.db import HeldConnections, make_engine, make_sessionmaker
 from cadence.settings import Settings, get_settings
 from modalities.events import MODALITIES
 from server.affinity import is_worker_process, pin_worker
-from server.api.deps import AppState
+from server.api.deps import AppState, charge_failure, client_address
 from server.api.routes import admin, devices, health, models, sessions, transactions, users
 from server.errors import ApiError
 from server.fusion_source import FusionSource
 from server.metrics import Metrics
 from server.services.devices import RateLimiter
 from server.services.scoring import ScorerProvider
-from server.signing import b64d
+from server.signing import HEADER_DEVICE, b64d
 from server.sqlite_writers import WalCheckpointer, serialize_sqlite_writers, write_lock
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,33 @@ class BodyLimit:
             msg = await receive()
             seen += len(msg.get("body", b""))
             if seen > self.limit:
-                raise ApiError(413, "payload_too_large", f"body: larger than {self.limit} bytes")
+                # an HTTPException: FastAPI's body parsing passes it on (any other error becomes a 400)
+                raise CodedHTTPException(413, "payload_too_large", f"body: larger than {self.limit} bytes")
             return msg
 
         await self.app(scope, limited, send)
+
+
+class CodedHTTPException(StarletteHTTPException):
+    """An HTTP error raised below the routes (body limit) that keeps the API's machine code."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(status, detail)
+        self.code = code
+
+
+#: machine codes of the HTTP errors Starlette raises itself (unknown path, wrong method, ...)
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _http_detail(request: Request, exc: StarletteHTTPException) -> str:
+    if isinstance(exc, CodedHTTPException):
+        return str(exc.detail)
+    if exc.status_code == 404:
+        return f"path: no endpoint {request.url.path}"
+    if exc.status_code == 405:
+        return f"method: {request.method} is not allowed on {request.url.path}"
+    return f"request: {exc.detail}"
 
 
 class MetricsMiddleware:
@@ -83,9 +107,9 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except ApiError as exc:  # raised by the body limit while the body streams in
-            status["code"] = exc.status
-            await JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status)(scope, receive, send)
+        except CodedHTTPException as exc:  # the body limit, where no route's error handling caught it
+            status["code"] = exc.status_code
+            await JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status_code)(scope, receive, send)
         finally:
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
@@ -202,6 +226,7 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
                                  metrics=metrics,
                                  read_sessions=make_sessionmaker(engine.execution_options(cadence_read_only=True)),
                                  limiter=RateLimiter(settings.device_rate_per_s),
+                                 failures=RateLimiter(settings.device_rate_per_s),
                                  write_lock=write_lock(engine),
                                  held=HeldConnections(engine) if sqlite and ":memory:" not in settings.database_url else None,
                                  decide=fusion.decide,
@@ -214,14 +239,27 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     for r in (health, devices, users, transactions, sessions, models, admin):
         app.include_router(r.router)
 
+    def refused(request: Request, status: int) -> None:
+        """A device request refused before or at its signature check counts against its address."""
+        if status in (401, 422) and HEADER_DEVICE in request.headers:
+            charge_failure(app.state.cadence, client_address(request))
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         if exc.code in ("evidence_replay", "implausible_input"):
             metrics.flags.labels(exc.code).inc()
+        refused(request, exc.status)
         return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = getattr(exc, "code", None) or HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse({"detail": _http_detail(request, exc), "code": code}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        refused(request, 422)
         errors = exc.errors()
         detail = "; ".join(_field_message(e) for e in errors[:5])
         safe = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:20]]

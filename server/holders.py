@@ -44,7 +44,7 @@ class ServerHolder:
             return {}
         return {
             "user": {"id": user.id, "created_at": str(user.created_at), "locked": user.locked,
-                     "consecutive_failures": user.consecutive_failures},
+                     "consecutive_failures": user.consecutive_failures, "enrolment_open": user.enrolment_open},
             "devices": [{"device_id": d.id, "platform": d.platform, "public_key": d.public_key,
                          "attestation": d.attestation, "created_at": str(d.created_at)} for d in _rows(session, Device, user_id)],
             "templates": [{"modality": t.modality, "feature_version": t.feature_version, "model_id": t.model_id,
@@ -69,10 +69,16 @@ class ServerHolder:
         return counts
 
     def erase_modality(self, session: Session, user_id: str, modality: str) -> int:
-        n = 0
-        for table in (Template, EnrolmentWindow, EvidenceSeen):
-            n += session.execute(delete(table).where(table.user_id == user_id, table.modality == modality)).rowcount  # type: ignore[attr-defined]
-        return n
+        """Delete the modality's template and the enrolment windows it was built from; returns templates removed.
+
+        The evidence hashes stay until the retention policy's `evidence.days` (or the
+        person's erasure): they are digests, not features, and deleting them would let the
+        windows already sent be enrolled or replayed again after a revoke and a new grant.
+        """
+        session.execute(delete(EnrolmentWindow).where(EnrolmentWindow.user_id == user_id,
+                                                      EnrolmentWindow.modality == modality))
+        return int(session.execute(delete(Template).where(Template.user_id == user_id,
+                                                          Template.modality == modality)).rowcount)  # type: ignore[attr-defined]
 
     def purge(self, session: Session, policy: Any, *, now: datetime | None = None, dry_run: bool = False) -> dict[str, int]:
         """Delete rows older than the policy allows (days per kind; missing kinds are kept).

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint, true
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cadence.db import Base
@@ -27,6 +27,11 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: plain enrolment (windows without a confirming transaction) is accepted only while this is
+    #: true: from registration until the first authorize call, or after the bank reopens it.
+    #: Afterwards a template changes only with confirmed evidence (controlled adaptation), so
+    #: whoever holds the device key cannot enrol their own behaviour over the owner's.
+    enrolment_open: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class Device(Base):
@@ -126,7 +131,8 @@ class Transaction(Base):
     payee: Mapped[str] = mapped_column(String(128))
     channel: Mapped[str] = mapped_column(String(32))
     outcome: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16))
+    #: up to "approved_after_step_up" (22 characters; PostgreSQL enforces the length, SQLite does not)
+    status: Mapped[str] = mapped_column(String(32))
     risk: Mapped[float] = mapped_column(Float)
     tier: Mapped[str] = mapped_column(String(16))
     response: Mapped[dict[str, Any]] = mapped_column(JSON)

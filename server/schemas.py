@@ -8,17 +8,28 @@ device. Every float must be finite (NaN/inf refused, naming the field).
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 Modality = Literal["keystroke", "touch", "gait"]
 Outcome = Literal["approve", "step_up", "deny"]
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _printable(v: str) -> str:
+    """Refuse control characters: PostgreSQL cannot store NUL in text, and none belongs in these fields."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError("control characters (NUL, newline, ...) are not allowed")
+    return v
+
+
+#: free text that ends up in a text column or a query: printable characters only
+Text = Annotated[str, AfterValidator(_printable)]
 
 #: field names that mean someone is sending raw behaviour instead of features
 RAW_EVENT_FIELDS = frozenset({"events", "keys", "press", "release", "samples", "xyz", "touches", "strokes",
@@ -35,7 +46,7 @@ class FeatureWindowIn(_Strict):
     """One window of features as `modalities.events.FeatureWindow.to_dict()` writes it."""
 
     modality: Modality
-    feature_version: str = Field(min_length=1, max_length=64)
+    feature_version: Text = Field(min_length=1, max_length=64)
     start: Finite
     end: Finite
     n_events: int = Field(ge=1, le=10_000_000)
@@ -74,25 +85,26 @@ class FeatureWindowIn(_Strict):
 class DeviceRegister(_Strict):
     device_id: Id
     user_id: Id
-    public_key: str = Field(min_length=40, max_length=64, description="Ed25519 public key, raw 32 bytes, base64url")
-    platform: str = Field(default="", max_length=64)
-    attestation: dict[str, str] = Field(default_factory=dict, max_length=32)
+    public_key: Text = Field(min_length=40, max_length=64, description="Ed25519 public key, raw 32 bytes, base64url")
+    platform: Text = Field(default="", max_length=64)
+    attestation: dict[Text, Text] = Field(default_factory=dict, max_length=32)
     #: device's signature (base64url) of "register\n{device_id}\n{user_id}" proving it holds the key
-    proof: str = Field(min_length=40, max_length=128)
+    proof: Text = Field(min_length=40, max_length=128)
 
 
 class DeviceOut(BaseModel):
     device_id: str
     user_id: str
     platform: str
-    created_at: datetime
+    #: UTC; SQLite gives stored times back without their zone, so a naive one is UTC
+    created_at: Annotated[datetime, AfterValidator(lambda t: t if t.tzinfo else t.replace(tzinfo=UTC))]
 
 
 class ConsentIn(_Strict):
     modality: Modality
     purpose: Literal["authentication", "federated_training"] = "authentication"
     #: the policy text version the person agreed to (default: the current one)
-    policy_version: str | None = Field(default=None, min_length=1, max_length=32)
+    policy_version: Text | None = Field(default=None, min_length=1, max_length=32)
     granted: bool = True
 
 
@@ -101,7 +113,7 @@ class EnrolRequest(_Strict):
     #: controlled adaptation: these windows are evidence of this approved transaction (approved
     #: at once or after a passed step-up), re-sent so the template follows the user's drift;
     #: only the windows that call carried are accepted, once each
-    confirmed_transaction_id: str | None = Field(default=None, min_length=1, max_length=36)
+    confirmed_transaction_id: Text | None = Field(default=None, min_length=1, max_length=36)
 
 
 class ModalityEnrolment(BaseModel):
@@ -120,7 +132,7 @@ class AuthorizeRequest(_Strict):
     user_id: Id
     amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    payee: str = Field(min_length=1, max_length=128)
+    payee: Text = Field(min_length=1, max_length=128)
     channel: Literal["app", "web", "api"] = "app"
     idempotency_key: Id
     evidence: list[FeatureWindowIn] = Field(default_factory=list, max_length=MAX_WINDOWS)
@@ -149,7 +161,8 @@ class AuthorizeResponse(BaseModel):
 
 
 class StepUpComplete(_Strict):
-    success: bool
+    #: strictly true or false: "yes" or 1 must not approve a payment
+    success: StrictBool
 
 
 class SessionCreate(_Strict):
@@ -169,10 +182,10 @@ class SessionOut(BaseModel):
 
 
 class TokenVerify(_Strict):
-    token: str = Field(min_length=10, max_length=4096)
+    token: Text = Field(min_length=10, max_length=4096)
     amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    payee: str = Field(min_length=1, max_length=128)
+    payee: Text = Field(min_length=1, max_length=128)
 
 
 class ModelOut(BaseModel):

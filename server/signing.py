@@ -141,5 +141,14 @@ def verify_token(public_key: Ed25519PublicKey, token: str) -> dict[str, Any]:
         payload, sig = token.split(".")
     except ValueError as exc:
         raise SignatureError("token: expected payload.signature") from exc
-    verify_signature(public_key, payload.encode(), sig)
-    return json.loads(b64d(payload, field="token"))
+    try:
+        verify_signature(public_key, payload.encode(), sig)
+    except SignatureError as exc:
+        raise SignatureError("token: not signed by this server's key") from exc
+    try:
+        claims = json.loads(b64d(payload, field="token"))
+    except (SignatureError, ValueError) as exc:
+        raise SignatureError("token: its payload is not base64url JSON") from exc
+    if not isinstance(claims, dict):
+        raise SignatureError("token: its payload is not a JSON object")
+    return claims

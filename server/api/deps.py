@@ -38,8 +38,11 @@ class AppState:
     metrics: Metrics
     #: sessions for read-only phases (plain BEGIN on SQLite: no write lock taken)
     read_sessions: sessionmaker[Session] | None = None
-    #: per-device request rate limit (429)
+    #: per-device request rate limit (429), charged once a request's signature verified
     limiter: RateLimiter | None = None
+    #: per-client-address budget of refused device requests (401, 422): a sender of unsigned or
+    #: malformed requests is throttled by its own address, never by the device id it claims
+    failures: RateLimiter | None = None
     #: held around each write transaction on SQLite: one writer per process waits on this
     #: lock instead of in SQLite's sleeping busy handler (which backs off up to 100 ms)
     write_lock: AbstractContextManager[Any] = field(default_factory=nullcontext)
@@ -156,6 +159,7 @@ class DeviceRequest:
     timestamp: str | None
     nonce: str | None
     signature: str | None
+    client: str | None = None
     _device: CallingDevice | None = None
 
     @functools.cached_property
@@ -180,6 +184,7 @@ class DeviceRequest:
                                     path=self.path, body=self.body, max_skew_s=settings.signature_max_skew_s,
                                     require_signature=signature and settings.require_signed_requests,
                                     body_sha256=self.body_sha256)
+        charge_device(self.state, dev.id)
         self._device = CallingDevice(dev.id, dev.user_id)
         return self._device
 
@@ -203,10 +208,33 @@ class DeviceRequest:
             yield session
 
 
-def check_rate(state: AppState, device_id: str | None) -> None:
-    """429 when this device has used up its request rate (per worker process)."""
-    if state.limiter is not None and device_id and not state.limiter.allow(device_id):
+def check_rate(state: AppState, device_id: str | None, client: str | None = None) -> None:
+    """429 before any parsing when the device, or the sending address, has used up its budget.
+
+    Only looks: the device's budget is charged once the request's signature verified
+    (`charge_device`) and the address's by each refused request (`charge_failure`), so a
+    stranger who sends requests naming someone else's device cannot use up that device's rate.
+    """
+    if state.limiter is not None and device_id and state.limiter.exhausted(device_id):
         raise ApiError(429, "rate_limited", f"X-Cadence-Device: more than {state.limiter.rate:g} requests/s from this device")
+    if state.failures is not None and client and state.failures.exhausted(client):
+        raise ApiError(429, "rate_limited", f"client: more than {state.failures.rate:g} refused requests/s from this address")
+
+
+def charge_device(state: AppState, device_id: str) -> None:
+    """Count a verified request against its device's rate (per worker process); 429 past it."""
+    if state.limiter is not None and not state.limiter.allow(device_id):
+        raise ApiError(429, "rate_limited", f"X-Cadence-Device: more than {state.limiter.rate:g} requests/s from this device")
+
+
+def charge_failure(state: AppState, client: str | None) -> None:
+    """Count a refused device request (bad signature, invalid body) against the sending address."""
+    if state.failures is not None and client:
+        state.failures.allow(client)
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 def signed_request(state: AppState, request: Request, body: bytes) -> DeviceRequest:
@@ -217,7 +245,8 @@ def signed_request(state: AppState, request: Request, body: bytes) -> DeviceRequ
     """
     h = request.headers
     return DeviceRequest(state, request.method, request.url.path, body, h.get(HEADER_DEVICE),
-                         h.get(HEADER_TIMESTAMP), h.get(HEADER_NONCE), h.get(HEADER_SIGNATURE))
+                         h.get(HEADER_TIMESTAMP), h.get(HEADER_NONCE), h.get(HEADER_SIGNATURE),
+                         client_address(request))
 
 
 async def device_request(
@@ -229,7 +258,7 @@ async def device_request(
     x_cadence_signature: Annotated[str | None, Header()] = None,
 ) -> DeviceRequest:
     """Collect what authenticates a device request (the header parameters document the contract)."""
-    check_rate(state, x_cadence_device)
+    check_rate(state, x_cadence_device, client_address(request))
     return signed_request(state, request, await request.body())
 
 

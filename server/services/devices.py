@@ -96,7 +96,7 @@ def verify_device_request(session: Session, *, device_id: str | None, timestamp:
 
 
 class RateLimiter:
-    """Token bucket per key (device id), in memory per worker process.
+    """Token bucket per key (a device id, or a client address), in memory per worker process.
 
     Refuses a key's request (429) when it has used its `burst` and refills at `rate` per
     second. Per process on purpose: it bounds abuse cheaply; the durable limit on guessing
@@ -107,6 +107,15 @@ class RateLimiter:
         self.rate, self.burst, self.max_keys = rate, burst or 2 * rate, max_keys
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
+
+    def exhausted(self, key: str, now: float | None = None) -> bool:
+        """Whether `key`'s next request would be refused (nothing is charged)."""
+        if self.rate <= 0:
+            return False
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            return min(self.burst, tokens + (now - last) * self.rate) < 1.0
 
     def allow(self, key: str, now: float | None = None) -> bool:
         if self.rate <= 0:

@@ -11,7 +11,7 @@ from server.errors import ApiError
 from server.models import EnrolmentWindow, Template, Transaction, User
 from server.schemas import EnrolResponse, FeatureWindowIn, ModalityEnrolment
 from server.services import compliance_hooks as hooks
-from server.services.evidence import check_versions, claim_confirmed, claim_hashes, group_windows
+from server.services.evidence import check_versions, claim_confirmed, claim_hashes, group_windows, implausible
 from server.services.scoring import ActiveScorer, ScorerProvider, template_from_json, template_to_json
 
 #: enrolment windows kept per modality (oldest dropped): bounded drift adaptation
@@ -23,15 +23,25 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
           confirmed_transaction_id: str | None = None) -> EnrolResponse:
     """Add windows to the user's enrolment and (re)build each modality's template.
 
-    New windows must never have been seen (replay protection). Windows re-sent with
-    `confirmed_transaction_id` must instead be exactly ones that approved transaction carried,
-    not used for enrolment before (`claim_confirmed`).
+    New windows must never have been seen (replay protection) and must look human
+    (`implausible`), and plain enrolment is accepted only while the user's enrolment is open
+    (`User.enrolment_open`). Windows re-sent with `confirmed_transaction_id` must instead be
+    exactly ones that approved transaction carried, not used for enrolment before
+    (`claim_confirmed`).
     """
     user = session.get(User, user_id)
     if user is None:
         raise ApiError(404, "unknown_user", f"user_id: {user_id!r} has no registered device")
+    if user.locked:
+        raise ApiError(423, "user_locked", "user_id: locked after consecutive failed authentications; "
+                                           "an administrator must unlock it before its enrolment changes")
     if confirmed_transaction_id is not None:
         confirmed_transaction(session, user_id, confirmed_transaction_id)
+    elif not user.enrolment_open:
+        raise ApiError(409, "enrolment_closed",
+                       "confirmed_transaction_id: enrolment closed with this user's first transaction; a template "
+                       "now adapts only to the evidence of an approved transaction, or after the bank reopens "
+                       "enrolment (POST /v1/admin/users/{id}/enrolment/reopen)")
     out = []
     digests: dict[str, list[str]] = {}
     for modality, items in group_windows(windows).items():
@@ -43,6 +53,9 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
         check_versions(modality, items, active, field="windows",
                        expect_version=None if same is None else same.feature_version,
                        expect_dim=None if same is None else same.feature_dim)
+        for i, w in items:
+            if why := implausible(w):
+                raise ApiError(422, "implausible_input", f"windows[{i}]: {why}; bot-like input is not enrolled")
         good = [(i, w) for i, w in items if w.quality >= min_quality]
         digests[modality] = (claim_hashes(session, user_id, items) if confirmed_transaction_id is None
                              else claim_confirmed(session, user_id, confirmed_transaction_id, items))
@@ -72,6 +85,15 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
         payload["confirmed_transaction_id"] = confirmed_transaction_id
     hooks.audit(session, event="enrolment", actor=actor, subject=user_id, payload=payload)
     return EnrolResponse(user_id=user_id, modalities=out)
+
+
+def reopen_enrolment(session: Session, user_id: str, *, actor: str) -> None:
+    """The bank reopens plain enrolment (e.g. after it re-verified the customer another way)."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise ApiError(404, "unknown_user", f"user_id: {user_id!r} not found")
+    user.enrolment_open = True
+    hooks.audit(session, event="enrolment.reopened", actor=actor, subject=user_id, payload={})
 
 
 def confirmed_transaction(session: Session, user_id: str, tx_id: str) -> Transaction:

@@ -51,8 +51,12 @@ def _out(s: AuthSession) -> SessionOut:
 
 
 def create_session(session: Session, *, user_id: str, device_id: str | None) -> SessionOut:
-    if session.get(User, user_id) is None:
+    user = session.get(User, user_id)
+    if user is None:
         raise ApiError(404, "unknown_user", f"user_id: {user_id!r} not found")
+    if user.locked:
+        raise ApiError(423, "user_locked", "user_id: locked after consecutive failed authentications; "
+                                           "an administrator must unlock it")
     tracker = _tracker_cls()
     state = tracker().to_dict() if tracker is not None else {"llrs": []}
     s = AuthSession(id=str(uuid.uuid4()), user_id=user_id, device_id=device_id, status="ok", risk=0.5, state=state)
@@ -77,6 +81,10 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
                   calibrate: Callable[[ModalityEvidence], ModalityEvidence] = lambda e: e) -> SessionOut:
     """Score one window of evidence and update the session's risk and status."""
     s = get_session(session, session_id, user_id)
+    user = session.get(User, user_id)
+    if user is not None and user.locked:
+        raise ApiError(423, "user_locked", "user_id: locked after consecutive failed authentications; "
+                                           "an administrator must unlock it")
     if s.status == "terminate":
         raise ApiError(409, "session_terminated", f"session_id: {session_id!r} was terminated; start a new session")
     assessment = assess_evidence(session, provider, user_id, windows, field="windows")

@@ -203,7 +203,11 @@ class Outcome:
 
 
 _U = User.__table__.c
-_USER_STATE = select(_U.locked, _U.consecutive_failures).where(_U.id == bindparam("u"))
+_USER_STATE = select(_U.locked, _U.consecutive_failures, _U.enrolment_open).where(_U.id == bindparam("u"))
+#: the write phase's read of the same row, locked on PostgreSQL until the commit: concurrent
+#: denials of one user are counted one after another, never over each other (SQLite's
+#: writers are serialised by its write lock already, and the dialect leaves FOR UPDATE out)
+_USER_STATE_LOCKED = _USER_STATE.with_for_update()
 
 
 def _check_user(user: Any, body: AuthorizeRequest, lockout_failures: int) -> Any:
@@ -278,7 +282,8 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
     if plan.stored is not None:
         return plan.stored
     assert plan.assessment is not None and plan.decision is not None
-    user = _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
+    user = _check_user(prepared.execute(session, _USER_STATE_LOCKED, {"u": body.user_id}).first(), body,
+                       lockout_failures)
     plan.tx_id = plan.tx_id or str(uuid.uuid4())
     record_evidence(session, plan.assessment, checked=True, transaction_id=plan.tx_id)
     decision = plan.decision
@@ -286,12 +291,14 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
     out = plan.outcome
     if out is None or out.failures != user.consecutive_failures:  # another request changed the count meanwhile
         out = plan.outcome = _outcome(plan, body, user.consecutive_failures, lockout_failures, actor)
+    changes: dict[str, Any] = {"enrolment_open": False} if user.enrolment_open else {}  # the first decision closes it
     if decision.outcome == "deny":
         failures = user.consecutive_failures + 1
-        session.execute(update(User).where(User.id == body.user_id)
-                        .values(consecutive_failures=failures, locked=failures >= lockout_failures))
+        changes.update(consecutive_failures=failures, locked=failures >= lockout_failures)
     elif decision.outcome == "approve" and user.consecutive_failures:
-        session.execute(update(User).where(User.id == body.user_id).values(consecutive_failures=0))
+        changes.update(consecutive_failures=0)
+    if changes:
+        session.execute(update(User).where(User.id == body.user_id).values(**changes))
     response = out.response
     # Core insert with bound parameters: `insert().values(...)` rebuilds a cache key per call
     prepared.execute(session, _TX_INSERT, dict(
@@ -315,14 +322,21 @@ def authorize(session: Session, provider: ScorerProvider, signing_key: Ed25519Pr
 
 def complete_step_up(session: Session, signing_key: Ed25519PrivateKey, tx_id: str, *, success: bool,
                      lockout_failures: int, actor: str) -> dict[str, Any]:
-    """The bank reports the outcome of the step-up (e.g. a one-time code) for a pending transaction."""
-    tx = session.get(Transaction, tx_id)
+    """The bank reports the outcome of the step-up (e.g. a one-time code) for a pending transaction.
+
+    The transaction and its user are read with row locks (PostgreSQL), so two reports of one
+    step-up cannot both pass, and a user locked meanwhile is not approved through it.
+    """
+    tx = session.get(Transaction, tx_id, with_for_update=True)
     if tx is None:
         raise ApiError(404, "unknown_transaction", f"transaction_id: {tx_id!r} not found")
     if tx.status != "step_up_pending":
         raise ApiError(409, "not_pending", f"transaction_id: status is {tx.status!r}, not step_up_pending")
-    user = session.get(User, tx.user_id)
+    user = session.get(User, tx.user_id, with_for_update=True)
     assert user is not None
+    if user.locked:
+        raise ApiError(423, "user_locked", f"transaction_id: its user is locked after {lockout_failures} consecutive "
+                                           "failed authentications; an administrator must unlock it first")
     outcome = "approve" if success else "deny"
     if success:
         user.consecutive_failures = 0

@@ -21,7 +21,7 @@ from cadence.db import Base, make_engine, make_sessionmaker, transaction
 from compliance.audit import _HEAD_FOR_UPDATE, append_audit, verify_chain
 from server.models import Template, User
 from server.services.evidence import _SEEN, _SEEN_INSERT
-from server.services.transactions import _TEMPLATE_INFO, _TX_BY_KEY, _TX_INSERT, _USER_STATE
+from server.services.transactions import _TEMPLATE_INFO, _TX_BY_KEY, _TX_INSERT, _USER_STATE, _USER_STATE_LOCKED
 from tests.server.test_storage import db_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
 
 T0 = datetime(2026, 11, 21, 12, 30, 15, 123456, tzinfo=UTC)
@@ -45,8 +45,10 @@ def test_fast_path_answers_as_sqlalchemy_does(db_url: str) -> None:  # noqa: F81
                            data={"mean": [1.5, 2.0]}, n_windows=4, updated_at=T0))
         with transaction(factory) as s:
             fast, slow = _both(s, _USER_STATE, {"u": "u1"})
-            assert [tuple(r) for r in fast] == slow == [(True, 3)]
-            assert fast[0].locked is True and fast[0].consecutive_failures == 3
+            assert [tuple(r) for r in fast] == slow == [(True, 3, True)]
+            assert fast[0].locked is True and fast[0].consecutive_failures == 3 and fast[0].enrolment_open is True
+            fast, slow = _both(s, _USER_STATE_LOCKED, {"u": "u1"})  # FOR UPDATE on PostgreSQL, left out on SQLite
+            assert [tuple(r) for r in fast] == slow == [(True, 3, True)]
             fast, slow = _both(s, _TEMPLATE_INFO, {"u": "u1"})
             assert [tuple(r) for r in fast] == slow
             assert fast[0].updated_at == T0 or fast[0].updated_at.replace(tzinfo=UTC) == T0  # SQLite keeps no zone

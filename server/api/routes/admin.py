@@ -1,4 +1,4 @@
-"""/v1/admin: data-subject rights (export, erasure) and unlocking, admin API key only."""
+"""/v1/admin: data-subject rights (export, erasure), unlocking and reopening enrolment, admin API key only."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from server.api.routing import CadenceRoute
 from server.errors import ApiError
 from server.models import User
 from server.services import compliance_hooks as hooks
+from server.services.enrolment import reopen_enrolment
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=CadenceRoute)
 UserId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
@@ -37,3 +38,11 @@ def unlock(uow: Uow, actor: AdminKey, user_id: str = UserId) -> dict[str, Any]:
         user.locked, user.consecutive_failures = False, 0
         hooks.audit(session, event="user.unlocked", actor=actor, subject=user_id, payload={})
         return {"user_id": user_id, "locked": False}
+
+
+@router.post("/users/{user_id}/enrolment/reopen")
+def reopen(uow: Uow, actor: AdminKey, user_id: str = UserId) -> dict[str, Any]:
+    """Accept plain enrolment again (after the bank re-verified the customer): audited."""
+    with uow() as session:
+        reopen_enrolment(session, user_id, actor=actor)
+        return {"user_id": user_id, "enrolment_open": True}

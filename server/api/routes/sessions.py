@@ -11,7 +11,7 @@ from server.services import sessions as svc
 from server.services.evidence import EvidenceReplay, record_replay
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=CadenceRoute)
-SessionId = Path(min_length=1, max_length=36)
+SessionId = Path(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9-]+$")
 
 
 @router.post("", status_code=201, response_model=SessionOut)

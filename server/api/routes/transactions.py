@@ -9,7 +9,18 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 
-from server.api.deps import AppState, BankKey, DeviceRequest, Signed, State, Uow, check_rate, same_user, signed_request
+from server.api.deps import (
+    AppState,
+    BankKey,
+    DeviceRequest,
+    Signed,
+    State,
+    Uow,
+    check_rate,
+    client_address,
+    same_user,
+    signed_request,
+)
 from server.api.routing import CadenceRoute, json_body, lean
 from server.errors import ApiError
 from server.models import Transaction
@@ -20,17 +31,21 @@ from server.services.transactions import find_idempotent
 from server.signing import HEADER_DEVICE, SignatureError, b64e, verify_token
 
 router = APIRouter(prefix="/v1/transactions", tags=["transactions"], route_class=CadenceRoute)
-TxId = Path(min_length=1, max_length=36)
+TxId = Path(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9-]+$")
 
 
 async def _authorize_lean(request: Request) -> Response:
     """`authorize` without FastAPI's per-request dependency solving (the hot path)."""
     state: AppState = request.app.state.cadence
-    check_rate(state, request.headers.get(HEADER_DEVICE))  # 429 before any parsing, as `Signed` does
+    check_rate(state, request.headers.get(HEADER_DEVICE), client_address(request))  # 429 before parsing, as `Signed`
     body, raw = await json_body(request, AuthorizeRequest)
     req = signed_request(state, request, raw)
-    out = await state.run(_authorize, body, req, state)
-    state.metrics.decisions.labels(out["decision"], out["tier"]).inc()
+    out, fresh = await state.run(_authorize, body, req, state)
+    if fresh:  # an idempotent retry answers the stored decision: not a new one
+        state.metrics.decisions.labels(out["decision"], out["tier"]).inc()
+        flagged = sum(r["code"] == "implausible_input" for r in out["reasons"])
+        if flagged:
+            state.metrics.flags.labels("implausible_input").inc(flagged)
     return JSONResponse(out)
 
 
@@ -44,7 +59,8 @@ async def authorize(body: AuthorizeRequest, req: Signed, state: State) -> Any:
     raise NotImplementedError  # pragma: no cover - never called (see `lean`)
 
 
-def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> dict[str, Any]:
+def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> tuple[dict[str, Any], bool]:
+    """The decision, and whether this call made it (False: an idempotent retry's stored answer)."""
     lockout = state.settings.lockout_failures
     try:
         with req.read() as session:  # scoring and fusion outside the write lock
@@ -54,7 +70,7 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> d
                                       actor=req.actor)
         with req.transaction() as session:
             return svc.commit_authorize(session, plan, state.signing_key, body, device_id=req.device.device_id,
-                                        lockout_failures=lockout, actor=req.actor)
+                                        lockout_failures=lockout, actor=req.actor), plan.stored is None
     except EvidenceReplay as exc:
         record_replay(req.transaction, exc, req.actor)
         raise
@@ -65,7 +81,7 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> d
         if stored is None:  # not the key: the same evidence window raced in another request
             raise ApiError(409, "evidence_replay",
                            "evidence: a concurrent request carried the same window; replayed evidence is refused") from None
-        return stored
+        return stored, False
 
 
 @router.post("/{transaction_id}/step-up", response_model=AuthorizeResponse)
@@ -93,7 +109,7 @@ def verify(body: TokenVerify, state: State, actor: BankKey) -> dict[str, Any]:
     try:
         claims = verify_token(state.signing_key.public_key(), body.token)
     except (SignatureError, ValueError) as exc:
-        return {"valid": False, "reason": f"token: {exc}"}
+        return {"valid": False, "reason": str(exc)}
     if claims.get("exp", 0) < time.time():
         return {"valid": False, "reason": "token: expired", "claims": claims}
     for name, want in (("amount", f"{body.amount:.2f}"), ("currency", body.currency), ("payee", body.payee)):

@@ -1,0 +1,202 @@
+"""Security rules a bank integrator relies on, on SQLite and on the real PostgreSQL.
+
+Each test here reproduces a defect found by driving a live server: step-up completion on
+PostgreSQL, lockout under concurrent denials, a locked user approved through step-up, plain
+enrolment over an established template, bot-like enrolment windows, NUL characters, a
+stranger throttling someone else's device, chunked oversize bodies, error shapes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from modalities.events import MODALITIES
+from server.app import create_app
+from server.client.api import DeviceClient
+from tests.server.conftest import evidence, make_settings, new_device
+from tests.server.test_storage import db_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
+
+BANK = {"X-API-Key": "dev-bank-key"}
+ADMIN = {"X-API-Key": "dev-admin-key"}
+
+
+def _payload(dev: DeviceClient, windows: dict, key: str, *, who: str = "owner", i: int = 5,
+             amount: str = "25.00", payee: str = "ACME", ev: bool = True) -> dict[str, Any]:
+    return {"user_id": dev.user_id, "amount": amount, "currency": "EUR", "payee": payee, "channel": "app",
+            "idempotency_key": key, "evidence": [w.to_dict() for w in evidence(windows, who, i)] if ev else []}
+
+
+@pytest.fixture()
+def backend(db_url: str, tmp_path: Path, calibration_file: Path) -> Any:  # noqa: F811
+    """A client of an app on SQLite or PostgreSQL, with 'alice' enrolled in every modality."""
+    app = create_app(make_settings(tmp_path, database_url=db_url, fusion_calibration=calibration_file))
+    try:
+        with TestClient(app) as client:
+            yield client, app
+    finally:
+        app.state.engine.dispose()
+
+
+def _enrol(client: TestClient, windows: dict, user: str = "alice") -> DeviceClient:
+    dev = new_device(client, user)
+    for m in MODALITIES:
+        dev.grant_consent(m)
+        dev.enrol(windows["owner"][m][:5])
+    return dev
+
+
+def test_step_up_completes_on_both_backends(backend, windows) -> None:  # type: ignore[no-untyped-def]
+    """'approved_after_step_up' is 22 characters: PostgreSQL refused it in a VARCHAR(16) (500)."""
+    client, _ = backend
+    dev = _enrol(client, windows, "sue")
+    pending = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "s1", ev=False)).json()
+    assert pending["decision"] == "step_up"
+    done = client.post(f"/v1/transactions/{pending['transaction_id']}/step-up", json={"success": True}, headers=BANK)
+    assert done.status_code == 200 and done.json()["status"] == "approved_after_step_up", done.text
+    again = client.post(f"/v1/transactions/{pending['transaction_id']}/step-up", json={"success": True}, headers=BANK)
+    assert again.status_code == 409 and again.json()["code"] == "not_pending"
+
+
+def test_concurrent_denials_lock_after_exactly_five(backend, windows) -> None:  # type: ignore[no-untyped-def]
+    """Ten impostor calls at once: five denials are counted, the rest meet the lock (PSD2 RTS Art. 4).
+
+    On PostgreSQL the handlers run in parallel threads; the failure count was read and
+    written back without a row lock, so concurrent denials overwrote each other.
+    """
+    client, app = backend
+    dev = _enrol(client, windows, "ivan")
+
+    def call(i: int) -> tuple[int, str]:
+        r = dev.signed("POST", "/v1/transactions/authorize",
+                       _payload(dev, windows, f"imp{i}", who="other", i=5 + i, amount="5000.00"))
+        return r.status_code, r.json().get("decision") or r.json().get("code")
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        outcomes = list(pool.map(call, range(10)))
+    assert sorted(outcomes) == sorted([(200, "deny")] * 5 + [(423, "user_locked")] * 5), outcomes
+    with app.state.engine.connect() as conn:
+        row = conn.execute(text("SELECT locked, consecutive_failures FROM server_user WHERE id = 'ivan'")).one()
+    assert bool(row[0]) is True and row[1] == 5
+
+
+def test_locked_user_is_not_approved_through_step_up_or_enrolled(client: TestClient, windows) -> None:
+    dev = _enrol(client, windows)
+    pending = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "p", ev=False)).json()
+    assert pending["decision"] == "step_up"
+    for i in range(5):
+        r = dev.signed("POST", "/v1/transactions/authorize",
+                       _payload(dev, windows, f"imp{i}", who="other", i=5 + i, amount="5000.00"))
+        assert r.json()["decision"] == "deny"
+    r = client.post(f"/v1/transactions/{pending['transaction_id']}/step-up", json={"success": True}, headers=BANK)
+    assert r.status_code == 423 and r.json()["code"] == "user_locked"
+    r = dev.signed("POST", "/v1/users/alice/enrolment", {"windows": [windows["other"]["gait"][20].to_dict()]})
+    assert r.status_code == 423 and r.json()["code"] == "user_locked"
+    r = dev.signed("POST", "/v1/sessions", {"user_id": "alice"})
+    assert r.status_code == 423 and r.json()["code"] == "user_locked"
+    assert client.post("/v1/admin/users/alice/unlock", headers=ADMIN).status_code == 200
+    r = client.post(f"/v1/transactions/{pending['transaction_id']}/step-up", json={"success": True}, headers=BANK)
+    assert r.status_code == 200 and r.json()["status"] == "approved_after_step_up"
+
+
+def test_plain_enrolment_closes_with_the_first_transaction(client: TestClient, windows) -> None:
+    """Whoever holds the device key must not enrol their own behaviour over the owner's template."""
+    dev = _enrol(client, windows)
+    dev.enrol(windows["owner"]["touch"][5:8])  # still open: the enrolment may come in several uploads
+    dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "t1", i=9))
+    r = dev.signed("POST", "/v1/users/alice/enrolment", {"windows": [w.to_dict() for w in windows["other"]["gait"][:5]]})
+    assert r.status_code == 409 and r.json()["code"] == "enrolment_closed", r.text
+    assert client.post("/v1/admin/users/alice/enrolment/reopen", headers=BANK).status_code == 403
+    assert client.post("/v1/admin/users/alice/enrolment/reopen", headers=ADMIN).json()["enrolment_open"] is True
+    r = dev.signed("POST", "/v1/users/alice/enrolment", {"windows": [w.to_dict() for w in windows["other"]["gait"][:5]]})
+    assert r.status_code == 200, r.text
+    entries = client.get("/v1/admin/users/alice/export", headers=ADMIN).json()["data"]["audit"]["entries"]
+    assert any(e["event"] == "enrolment.reopened" for e in entries)
+
+
+def test_bot_like_windows_are_not_enrolled(client: TestClient, windows) -> None:
+    dev = new_device(client, "bot")
+    dev.grant_consent("keystroke")
+    ws = [w.to_dict() for w in windows["owner"]["keystroke"][:5]]
+    ws[2] = dict(ws[2], n_events=100_000)  # 100,000 key events in a few seconds
+    r = dev.signed("POST", "/v1/users/bot/enrolment", {"windows": ws})
+    assert r.status_code == 422 and r.json()["code"] == "implausible_input" and "windows[2]" in r.json()["detail"]
+
+
+def test_replayed_windows_stay_refused_after_consent_is_revoked_and_granted(client: TestClient, windows) -> None:
+    dev = _enrol(client, windows)
+    dev.grant_consent("gait")
+    revoked = dev.signed("POST", "/v1/users/alice/consents", {"modality": "gait", "granted": False}).json()
+    assert revoked["recorded"]["server.templates"] == 1
+    dev.grant_consent("gait")
+    r = dev.signed("POST", "/v1/users/alice/enrolment", {"windows": [w.to_dict() for w in windows["owner"]["gait"][:5]]})
+    assert r.status_code == 409 and r.json()["code"] == "evidence_replay"
+
+
+def test_nul_characters_get_422_on_both_backends(backend, windows) -> None:  # type: ignore[no-untyped-def]
+    client, _ = backend
+    dev = _enrol(client, windows, "nul")
+    r = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "n1", payee="a\u0000b"))
+    assert r.status_code == 422 and r.json()["detail"].startswith("payee:"), r.text
+    other = DeviceClient("http://testserver", user_id="nul2", http=client)
+    r = client.post("/v1/devices", headers=BANK, json={"device_id": "d-nul", "user_id": "nul2", "platform": "io\u0000s",
+                                                       "public_key": "A" * 43, "proof": "A" * 86})
+    assert r.status_code == 422 and "platform" in r.json()["detail"], r.text
+    other.register()  # the connection is still good after the refusals
+    r = client.post("/v1/transactions/x%00y/step-up", json={"success": True}, headers=BANK)
+    assert r.status_code == 422
+
+
+def test_a_stranger_cannot_use_up_another_device_rate(tmp_path: Path, windows) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
+    try:
+        with TestClient(app) as victim_side, TestClient(app, client=("203.0.113.9", 4000)) as stranger:
+            dev = new_device(victim_side, "vic")
+            flood = [stranger.get("/v1/users/vic/consents", headers={"X-Cadence-Device": dev.device_id}).status_code
+                     for _ in range(12)]
+            assert flood[:4] == [401] * 4 and flood[-1] == 429  # the stranger's own address runs out
+            assert dev.signed("GET", "/v1/users/vic/consents").status_code == 200
+    finally:
+        app.state.engine.dispose()
+
+
+def test_chunked_oversize_body_gets_413(client: TestClient) -> None:
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(40):
+            yield b"x" * 10_000
+
+    r = client.post("/v1/devices", content=chunks(), headers={**BANK, "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+
+
+def test_errors_below_the_routes_keep_the_error_shape(client: TestClient) -> None:
+    missing = client.get("/v1/nowhere")
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found" and "/v1/nowhere" in missing.json()["detail"]
+    wrong = client.delete("/v1/health")
+    assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"
+
+
+def test_step_up_outcome_must_be_a_real_boolean(client: TestClient, windows) -> None:
+    dev = _enrol(client, windows)
+    pending = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "b1", ev=False)).json()
+    r = client.post(f"/v1/transactions/{pending['transaction_id']}/step-up", json={"success": "yes"}, headers=BANK)
+    assert r.status_code == 422
+
+
+def test_idempotent_retries_are_not_counted_as_decisions(client: TestClient, windows) -> None:
+    dev = _enrol(client, windows)
+
+    def decisions() -> float:
+        lines = [ln for ln in client.get("/metrics").text.splitlines() if ln.startswith("cadence_decisions_total{")]
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+    before = decisions()
+    payload = _payload(dev, windows, "once", i=11)
+    for _ in range(3):
+        assert dev.signed("POST", "/v1/transactions/authorize", payload).status_code == 200
+    assert decisions() == before + 1
