@@ -51,11 +51,17 @@ class ServerHolder:
                            "n_windows": t.n_windows, "template": t.data} for t in _rows(session, Template, user_id)],
             "enrolment_windows": [{"modality": w.modality, "feature_version": w.feature_version, "quality": w.quality,
                                    "values": w.values} for w in _rows(session, EnrolmentWindow, user_id)],
-            "transactions": [t.response for t in _rows(session, Transaction, user_id)],
-            "sessions": [{"session_id": s.id, "status": s.status, "risk": s.risk} for s in _rows(session, AuthSession, user_id)],
+            "transactions": [{"decision": t.response, "device_id": t.device_id, "channel": t.channel,
+                              "idempotency_key": t.idempotency_key, "status": t.status,
+                              "created_at": str(t.created_at)} for t in _rows(session, Transaction, user_id)],
+            "sessions": [{"session_id": s.id, "device_id": s.device_id, "status": s.status, "risk": s.risk,
+                          "state": s.state, "created_at": str(s.created_at), "updated_at": str(s.updated_at)}
+                         for s in _rows(session, AuthSession, user_id)],
             "security_flags": [{"kind": f.kind, "detail": f.detail, "created_at": str(f.created_at)}
                                for f in _rows(session, SecurityFlag, user_id)],
-            "evidence_hashes": len(_rows(session, EvidenceSeen, user_id)),
+            # digests of the feature windows received (replay protection), not the windows
+            "evidence_hashes": [{"sha256": e.window_hash, "modality": e.modality, "seen_at": str(e.seen_at),
+                                 "transaction_id": e.transaction_id} for e in _rows(session, EvidenceSeen, user_id)],
         }
 
     def erase(self, session: Session, user_id: str) -> dict[str, int]:

@@ -293,6 +293,11 @@ def test_holder_purge_and_export(client: TestClient, enrolled, windows) -> None:
     with factory() as session, session.begin():
         exported = holder.export(session, enrolled.user_id)
         assert len(exported["transactions"]) == 1 and len(exported["templates"]) == 3
+        (tx,) = exported["transactions"]  # Art. 20: the whole record, not only the answer given
+        assert tx["channel"] == "app" and tx["device_id"] == enrolled.device_id and tx["idempotency_key"]
+        assert tx["decision"]["payee"] == "ACME"
+        sent = exported["evidence_hashes"]  # 5 enrolment windows per modality and the call's 3
+        assert len(sent) == 18 and {len(e["sha256"]) for e in sent} == {64}
         later = datetime.now(UTC) + timedelta(days=31)
         dry = holder.purge(session, {"evidence": 30, "transactions": 400}, now=later, dry_run=True)
         assert dry["server_evidence_seen"] > 0 and dry["server_transaction"] == 0
