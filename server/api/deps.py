@@ -20,6 +20,7 @@ from fusion.policy import Decision, ModalityEvidence
 from fusion.policy import decide as policy_decide
 from server.errors import ApiError
 from server.metrics import Metrics
+from server.services import compliance_hooks as hooks
 from server.services.devices import RateLimiter, consume_nonce, verify_device_request
 from server.services.scoring import ScorerProvider
 from server.signing import HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, body_digest
@@ -139,7 +140,12 @@ class CallingDevice:
 
     @property
     def actor(self) -> str:
-        return f"device:{self.device_id}"
+        return device_actor(self.device_id)
+
+
+def device_actor(device_id: str | None) -> str:
+    """The audit actor of a device request: the device's keyed pseudonym, never its id."""
+    return f"device:{hooks.device_alias(device_id or '')}"
 
 
 @dataclass
@@ -173,9 +179,9 @@ class DeviceRequest:
             raise RuntimeError("device is known only inside transaction()")
         return self._device
 
-    @property
+    @functools.cached_property
     def actor(self) -> str:
-        return f"device:{self.device_id}"
+        return device_actor(self.device_id)
 
     def _verify(self, session: Session, *, signature: bool) -> CallingDevice:
         settings = self.state.settings

@@ -78,6 +78,18 @@ def list_consents(session: Session, user_id: str) -> list[dict[str, Any]]:
     return list(_consent.consents_of(session, user_id))
 
 
+def device_alias(device_id: str) -> str:
+    """A device id as the audit log names it: its keyed pseudonym (the same key as the subjects').
+
+    Device ids are chosen by the client and often contain the person's name or user id, so
+    the log must not hold them in the clear: erasing the person would leave them behind.
+    Whoever holds the key can still match a known device id to its entries.
+    """
+    from compliance.keys import pseudonym
+
+    return pseudonym(device_id)
+
+
 def audit(session: Session, *, event: str, actor: str, subject: str | None, payload: dict[str, Any]) -> None:
     _audit.append_audit(session, event=event, actor=actor, subject=subject, payload=payload)
 

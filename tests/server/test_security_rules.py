@@ -200,3 +200,15 @@ def test_idempotent_retries_are_not_counted_as_decisions(client: TestClient, win
     for _ in range(3):
         assert dev.signed("POST", "/v1/transactions/authorize", payload).status_code == 200
     assert decisions() == before + 1
+
+
+def test_erasure_leaves_no_device_id_in_the_audit_log(backend, windows) -> None:  # type: ignore[no-untyped-def]
+    """Device ids are chosen by the client (often name-like): the log holds their keyed pseudonyms only."""
+    client, app = backend
+    dev = _enrol(client, windows, "zoe")
+    dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "z1", i=12))
+    assert client.delete("/v1/admin/users/zoe", headers=ADMIN).status_code == 200
+    with app.state.engine.connect() as conn:
+        rows = conn.execute(text("SELECT actor, payload FROM compliance_audit")).all()
+    assert rows and any(r[0].startswith("device:") for r in rows)
+    assert not [r for r in rows if dev.device_id in f"{r[0]} {r[1]}"]
