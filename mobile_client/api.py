@@ -3,10 +3,13 @@
 Every device request is signed with the device key over method, path, body hash, timestamp
 and nonce (`device_key.canonical_request`, the server's scheme). Transient failures (network
 errors, 5xx, 429) are retried with exponential backoff; a retry is re-signed with a fresh nonce
-because the server refuses a nonce twice. Requests that may wait (consent changes, enrolment
-uploads) are kept in a persistent queue when the server cannot be reached and sent on the next
-`flush_queue`; a transaction never waits in a queue (a late approval is worse than none).
-All routes are in `ROUTES`, so aligning with the server is a one-place change.
+because the server refuses a nonce twice. Requests that may wait (consent changes and the
+request to erase my data) are kept in a persistent queue when the server cannot be reached;
+`flush_queue` sends them before the next request and at app start, so a revoked consent reaches
+the server before any new evidence does. Enrolment uploads are not queued (set-up says it
+could not finish and the person retries), and a transaction never waits in a queue (a late
+approval is worse than none). All routes are in `ROUTES`, so aligning with the server is a
+one-place change.
 """
 
 from __future__ import annotations
@@ -50,6 +53,40 @@ class ApiError(RuntimeError):
     @property
     def offline(self) -> bool:
         return self.status is None
+
+    @property
+    def code(self) -> str | None:
+        """The server's machine code (`{"detail": ..., "code": ...}`), if it sent one."""
+        return str(self.detail["code"]) if isinstance(self.detail, dict) and self.detail.get("code") else None
+
+    @property
+    def user_message(self) -> str:
+        """What to show a person: plain words, never a status line or a raw JSON body."""
+        if self.offline:
+            return "Could not reach your bank. Check your connection and try again."
+        if self.code in CODE_TEXT:
+            return CODE_TEXT[self.code]
+        if self.status is not None and (self.status >= 500 or self.status == 429):
+            return "Your bank's service is busy or having a problem. Please try again in a moment."
+        text = self.detail.get("detail") if isinstance(self.detail, dict) else self.detail
+        if isinstance(text, str) and text.strip():
+            return f"Your bank refused this: {text.strip()}"
+        return f"Your bank refused this (error {self.status})."
+
+
+#: plain-language text for the server's machine codes a person can meet in the app
+CODE_TEXT = {
+    "enrolment_closed": "Set-up is already complete: it closes with your first payment. "
+                        "Ask your bank to reopen it if you need to set up again.",
+    "evidence_replay": "Your bank had already received this behaviour sample. Please try again.",
+    "user_locked": "Your account is locked after several failed checks. Please contact your bank.",
+    "not_pending": "This payment is no longer waiting for a code.",
+    "consent_required": "Your bank has no consent on record for this. Check your choices in Privacy.",
+    "unknown_device": "Your bank does not recognise this phone. Please set the app up again.",
+    "rate_limited": "Too many requests from this phone. Please wait a moment and try again.",
+    "bank_confirms": "Your bank checks the code itself and will let you know.",
+    "not_confirmed": "Your bank did not confirm this payment.",
+}
 
 
 @dataclass
@@ -119,17 +156,25 @@ class ApiClient:
         #: step-up completion is the bank backend's call (X-API-Key); a phone holds no such key in
         #: production. Demo and test builds set it so the one-time-code flow can finish end to end.
         self.bank_api_key = bank_api_key
+        self._flushing = False
 
     def close(self) -> None:
         self._http.close()
 
     # ------------------------------------------------------------------ transport
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, *, signed: bool = True,
-                extra_headers: dict[str, str] | None = None) -> Any:
-        """Send one request with retries; returns the decoded JSON (or None)."""
+                extra_headers: dict[str, str] | None = None, retries: int | None = None) -> Any:
+        """Send one request with retries; returns the decoded JSON (or None).
+
+        What waited in the offline queue goes first, so the server sees changes in the order
+        the person made them (a consent revoked offline, then a payment).
+        """
+        if not self._flushing and len(self.queue):
+            self.flush_queue()
+        retries = self.retries if retries is None else retries
         raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         last: Exception | None = None
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             headers = {"content-type": "application/json", **(extra_headers or {})}
             if signed:
                 headers.update(self.key.sign_headers(self.device_id, method, path, raw))
@@ -149,7 +194,7 @@ class ApiClient:
                     msg = detail.get("detail") if isinstance(detail, dict) else detail
                     raise ApiError(f"{method} {path}: {r.status_code} {msg}", r.status_code, detail)
                 last = ApiError(f"{method} {path}: {r.status_code}", r.status_code)
-            if attempt < self.retries:
+            if attempt < retries:
                 self._sleep(self.backoff_s * (2 ** attempt))
         status = last.status if isinstance(last, ApiError) else None
         raise ApiError(f"{method} {path}: server unreachable ({last})", status)
@@ -166,20 +211,32 @@ class ApiClient:
             return None
 
     def flush_queue(self) -> int:
-        """Send what waited; returns how many went through (refused ones are dropped and logged)."""
+        """Send what waited; returns how many went through (refused ones are dropped and logged).
+
+        One attempt per item: when the server is still unreachable the rest stays queued, and
+        the caller's own request is not delayed by a second round of retries.
+        """
         items = self.queue.items()
+        if not items:
+            return 0
         left: list[dict[str, Any]] = []
         sent = 0
-        for i, item in enumerate(items):
-            try:
-                self.request(item["method"], item["path"], item["body"])
-                sent += 1
-            except ApiError as exc:
-                if exc.offline:
-                    left.extend(items[i:])
-                    break
-                log.warning("queued %s %s refused: %s", item["method"], item["path"], exc)
+        self._flushing = True
+        try:
+            for i, item in enumerate(items):
+                try:
+                    self.request(item["method"], item["path"], item["body"] or None, retries=0)
+                    sent += 1
+                except ApiError as exc:
+                    if exc.offline or (exc.status is not None and exc.status in RETRY_STATUS):
+                        left.extend(items[i:])
+                        break
+                    log.warning("queued %s %s refused: %s", item["method"], item["path"], exc)
+        finally:
+            self._flushing = False
         self.queue.replace(left)
+        if sent:
+            log.info("sent %d request(s) that waited offline", sent)
         return sent
 
     # ------------------------------------------------------------------ resources
@@ -230,7 +287,8 @@ class ApiClient:
     def complete_step_up(self, transaction_id: str, success: bool) -> Any:
         """Report the one-time-code result (as the bank backend would; needs `bank_api_key`)."""
         if not self.bank_api_key:
-            raise ApiError("step-up completion is the bank's call: no bank API key on this build", 401)
+            raise ApiError("step-up completion is the bank's call: no bank API key on this build", 401,
+                           {"detail": "no bank API key on this build", "code": "bank_confirms"})
         return self.request("POST", ROUTES["step_up"].format(transaction_id=transaction_id), {"success": success},
                             signed=False, extra_headers={"X-API-Key": self.bank_api_key})
 

@@ -1,20 +1,29 @@
 """Recent behavioural evidence kept in memory, flushed to the encrypted store in batches.
 
 The sink every collector writes to. A transaction asks for the most recent evidence of each
-modality ("the last 100 keys", "the last 5 swipes", "the last 10 s of walking"); enrolment
+modality ("the last 100 keys", "the last 5 swipes", "the last 15 s of walking"); enrolment
 asks for everything captured during a task. Events of a modality the person has not consented
 to are dropped at the door.
+
+Why the buffer also remembers what left the phone (`note_sent`): the server refuses a feature
+window it has already received (replay protection), so evidence must be new behaviour, never
+windows cut again from events an earlier enrolment or payment already sent. "Recent" is
+measured on the collectors' clock (`now`), not from the newest stored event, so an old walk
+does not count as recent just because nothing came after it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
+from mobile_client.clock import Clock, monotonic
 from mobile_client.collectors import Event, modality_of
 from mobile_client.raw_store import RawEventStore
-from modalities.events import AccelSample, KeyEvent, TouchEvent
+from modalities.events import AccelSample, FeatureWindow, KeyEvent, TouchEvent
 
 #: how many events of each modality are kept in memory
 CAPACITY = {"keystroke": 2000, "touch": 6000, "gait": 12000}
@@ -24,14 +33,19 @@ FLUSH_EVERY = 500
 class EvidenceBuffer:
     """Thread-safe per-modality ring buffers (the accelerometer pushes from its own thread)."""
 
-    def __init__(self, store: RawEventStore | None = None, allowed: Callable[[str], bool] = lambda m: True) -> None:
+    def __init__(self, store: RawEventStore | None = None, allowed: Callable[[str], bool] = lambda m: True,
+                 clock: Clock = monotonic) -> None:
         self._buf: dict[str, deque[Event]] = {m: deque(maxlen=n) for m, n in CAPACITY.items()}
         self._pending: list[Event] = []
         self._lock = threading.Lock()
         self.store = store
         self.allowed = allowed
+        #: the clock the collectors stamp events with (recency is measured on it)
+        self.clock = clock
         self._marks: dict[str, int] = {m: 0 for m in CAPACITY}
         self._total: dict[str, int] = {m: 0 for m in CAPACITY}
+        self._sent_until: dict[str, float] = {m: -math.inf for m in CAPACITY}
+        self._sent_digests: set[str] = set()
 
     def add(self, ev: Event) -> None:
         m = modality_of(ev)
@@ -71,30 +85,63 @@ class EvidenceBuffer:
             buf = list(self._buf[modality])
         return buf[-n:] if n > 0 else []
 
-    def keys(self, last: int | None = None) -> list[KeyEvent]:
+    # -- what already left the phone ------------------------------------------------------
+    def note_sent(self, windows: Iterable[FeatureWindow]) -> None:
+        """Record windows the server received, so their events are never cut into evidence again."""
         with self._lock:
-            buf = list(self._buf["keystroke"])
-        return buf[-last:] if last else buf  # type: ignore[return-value]
+            for w in windows:
+                self._sent_until[w.modality] = max(self._sent_until[w.modality], float(w.end))
+                self._sent_digests.add(window_digest(w))
 
-    def touches(self, last_strokes: int | None = None) -> list[TouchEvent]:
-        """The touch events of the last `last_strokes` strokes (from their DOWN)."""
+    def sent_until(self, modality: str) -> float:
+        """End time of the newest `modality` window sent (-inf when none was)."""
+        return self._sent_until[modality]
+
+    def unsent(self, windows: Sequence[FeatureWindow]) -> list[FeatureWindow]:
+        """`windows` less any identical to one already sent (a second guard besides `sent_until`)."""
         with self._lock:
-            buf: list[TouchEvent] = list(self._buf["touch"])  # type: ignore[arg-type]
+            return [w for w in windows if window_digest(w) not in self._sent_digests]
+
+    def _fresh(self, modality: str, max_age_s: float | None) -> list[Event]:
+        """Events of `modality` newer than what was sent and, with `max_age_s`, than now - max_age_s."""
+        with self._lock:
+            buf = list(self._buf[modality])
+            after = self._sent_until[modality]
+        oldest = self.clock() - max_age_s if max_age_s is not None else -math.inf
+        return [e for e in buf if _time(e) > after and _time(e) >= oldest]
+
+    # -- recent evidence (never events already sent) ---------------------------------------------
+    def keys(self, last: int | None = None, max_age_s: float | None = None) -> list[KeyEvent]:
+        """The last `last` unsent key presses, pressed at most `max_age_s` ago."""
+        buf: list[KeyEvent] = self._fresh("keystroke", max_age_s)  # type: ignore[assignment]
+        return buf[-last:] if last else buf
+
+    def touches(self, last_strokes: int | None = None, max_age_s: float | None = None) -> list[TouchEvent]:
+        """The unsent touch events of the last `last_strokes` strokes (from their DOWN)."""
+        buf: list[TouchEvent] = self._fresh("touch", max_age_s)  # type: ignore[assignment]
         if not last_strokes:
             return buf
         downs = [i for i, e in enumerate(buf) if int(e.action) == 0]
         return buf[downs[-last_strokes]:] if len(downs) >= last_strokes else buf[downs[0]:] if downs else []
 
     def accel(self, last_seconds: float | None = None) -> list[AccelSample]:
-        with self._lock:
-            buf: list[AccelSample] = list(self._buf["gait"])  # type: ignore[arg-type]
-        if not buf or not last_seconds:
-            return buf
-        t_end = buf[-1].time
-        return [s for s in buf if s.time >= t_end - last_seconds]
+        """Unsent accelerometer samples of the last `last_seconds` seconds before now."""
+        return self._fresh("gait", last_seconds)  # type: ignore[return-value]
 
     def clear(self) -> None:
         with self._lock:
             for d in self._buf.values():
                 d.clear()
             self._pending.clear()
+
+
+def _time(ev: Event) -> float:
+    """When an event happened (a key press counts from its press)."""
+    return float(ev.press if isinstance(ev, KeyEvent) else ev.time)
+
+
+def window_digest(w: FeatureWindow) -> str:
+    """A fingerprint of one window (what the server's replay check compares, near enough)."""
+    h = hashlib.sha256(f"{w.modality}|{w.feature_version}|{w.n_events}|{w.start!r}|{w.end!r}".encode())
+    h.update(w.values.tobytes())
+    return h.hexdigest()

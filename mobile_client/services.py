@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mobile_client.api import ApiClient, OfflineQueue
+from mobile_client.clock import Clock, monotonic
 from mobile_client.device_key import DeviceKey
 from mobile_client.evidence import EvidenceBuffer
 from mobile_client.profile import Profile
@@ -44,7 +45,8 @@ class AppServices:
 
 
 def build_services(data_dir: Path, server_url: str = DEFAULT_SERVER, retention_days: int = 30,
-                   retries: int = 3, bank_api_key: str | None = None) -> AppServices:
+                   retries: int = 3, bank_api_key: str | None = None, clock: Clock = monotonic) -> AppServices:
+    """`clock` must be the one the collectors stamp events with (evidence recency is measured on it)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     profile = Profile.load(data_dir / "profile.json")
@@ -52,7 +54,7 @@ def build_services(data_dir: Path, server_url: str = DEFAULT_SERVER, retention_d
     key = DeviceKey(secrets)
     store = RawEventStore(data_dir / "raw", secrets, retention_days)
     store.apply_retention()
-    evidence = EvidenceBuffer(store, allowed=lambda m: profile.consented(m, "authentication"))
+    evidence = EvidenceBuffer(store, allowed=lambda m: profile.consented(m, "authentication"), clock=clock)
     api = ApiClient(server_url, key, profile.device_id, profile.user_id, OfflineQueue(data_dir / "outbox.jsonl"),
                     retries=retries, bank_api_key=bank_api_key)
     return AppServices(data_dir, profile, secrets, key, store, evidence, api)

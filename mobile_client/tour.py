@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -29,6 +30,8 @@ from mobile_client import headless
 log = logging.getLogger("mobile_client.tour")
 
 #: Kivy key codes of the key names the synthetic generator and the passphrase use
+#: seconds of walking replayed before each payment (evidence must be new behaviour every time)
+PAYMENT_WALK_S = 16.0
 KEYCODES = {"space": (32, " "), "shift": (304, None), "backspace": (8, None), "period": (46, "."),
             "comma": (44, ","), "enter": (13, None)}
 
@@ -166,6 +169,27 @@ class Tour:
                 yield 1  # one sample per frame, so scroll views see sane speeds
             yield 3
 
+    def catch_up_with_walk(self) -> None:
+        """Move the session clock to the newest walking sample (a replayed walk runs ahead of it)."""
+        samples = self.app.services.evidence.accel()
+        if samples:
+            self.clock.set(max(self.clock(), max(s.time for s in samples)))
+
+    def walk(self, index: int, seconds: float = PAYMENT_WALK_S) -> None:
+        """`seconds` of this person's walking not replayed before (the phone in a pocket on the way)."""
+        from mobile_client.collectors.replay import ReplaySource, recorded_walk
+        from mobile_client.controllers.enrolment import WALK_SECONDS
+        from modalities.events import AccelSeries
+
+        skip = WALK_SECONDS + 2.0 + index * seconds  # the enrolment walk, then one new stretch per payment
+        series, _ = recorded_walk(self.app.replay_data_dir, skip + seconds)
+        sel = series.t >= series.t[0] + skip
+        if sel.sum() < 2:
+            return  # a short recording: this payment goes without walking evidence
+        ReplaySource(AccelSeries(series.t[sel], series.xyz[sel], series.device), clock=self.clock).play_all(
+            self.app.services.evidence.add)
+        self.catch_up_with_walk()
+
     def wait_for(self, cond: Callable[[], bool], what: str, frames: int = 2000) -> Iterator[int]:
         for _ in range(frames):
             if cond():
@@ -223,6 +247,7 @@ class Tour:
         yield from self.wait_for(lambda: enrol.progress["gait"] > 0.4, "half the walk")
         yield from self.shot("05-enrolment-walk")
         yield from self.wait_for(lambda: not enrol.walking, "walk to end")
+        self.catch_up_with_walk()
         yield 3
         yield from self.tap(enrol.ids.check_walk)
         r["enrolment"]["gait"] = dict(enrol.quality.get("gait", {}))
@@ -265,6 +290,7 @@ class Tour:
             yield 2
             self.type_keys(self.person_keys(110))
             pay.ids.reference.focus = False
+            self.walk(i)  # paying on the move: recent walking evidence, new for every payment
             if i == 0:
                 yield from self.shot("08-transaction")
             yield from self.tap(pay.ids.pay)
@@ -305,31 +331,40 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     headless.prepare()
+    if args.screenshots:
+        args.screenshots.mkdir(parents=True, exist_ok=True)
+    # a folder of our own (device key, encrypted raw events) is removed at the end; --app-data stays
+    data = args.app_data or Path(tempfile.mkdtemp(prefix="cadence-app-"))
+    try:
+        return _run(args, data)
+    finally:
+        if args.app_data is None:
+            shutil.rmtree(data, ignore_errors=True)
 
+
+def _run(args: argparse.Namespace, data: Path) -> int:
+    """The tour with app data in `data` (`main` owns the folder)."""
     from kivy.clock import Clock as KivyClock
 
     from mobile_client.clock import VirtualClock
     from mobile_client.services import build_services
     from mobile_client.ui.app import CadenceApp
 
-    if args.screenshots:
-        args.screenshots.mkdir(parents=True, exist_ok=True)
-    data = args.app_data or Path(tempfile.mkdtemp(prefix="cadence-app-"))
+    clock = VirtualClock(1000.0)
     bank = None
     if args.server:
-        services = build_services(data, args.server, retries=2, bank_api_key=args.bank_key)
+        services = build_services(data, args.server, retries=2, bank_api_key=args.bank_key, clock=clock)
     else:
         from mobile_client.demo_bank import DemoBank
 
         bank = DemoBank()
-        services = build_services(data, "http://demo-bank.invalid", bank_api_key="demo")
+        services = build_services(data, "http://demo-bank.invalid", bank_api_key="demo", clock=clock)
         services.api._http = __import__("httpx").Client(base_url="http://demo-bank.invalid", transport=bank.transport())
     payments = [tuple(p.split(":", 1)) for p in args.payment] if args.payment else (
         [("42.50", "Jordan Lee"), ("1250.00", "Harbour Lettings"), ("980.00", "Unknown Trader Ltd")] if bank
         else [("42.50", "Jordan Lee")])
     report: dict[str, Any] = {"server": args.server or "demo-bank (scripted)", "app_data": str(data),
                               "device_id": services.profile.device_id, "user_id": services.profile.user_id}
-    clock = VirtualClock(1000.0)
     state: dict[str, Any] = {"rc": 0}
 
     def ready(app: Any) -> None:

@@ -25,6 +25,8 @@ class TaskState:
     progress: float = 0.0
     windows: list[FeatureWindow] = field(default_factory=list)
     report: features.QualityReport | None = None
+    #: windows the server accepted for this task (0: not sent yet); a redone task starts at 0
+    sent: int = 0
 
 
 class EnrolmentController:
@@ -88,15 +90,23 @@ class EnrolmentController:
         return all(self.tasks[m].report is not None and self.tasks[m].report.ok for m in self.todo())  # type: ignore[union-attr]
 
     def finish(self) -> dict[str, int]:
-        """Send every passed task's windows to the server; returns windows sent per modality."""
+        """Send every passed task's windows to the server; returns windows sent per modality.
+
+        A task the server already accepted is not sent again (it would be refused as already
+        received), so after an interruption pressing Finish again sends only what is missing.
+        The first failure is raised; `profile.enrolled` changes only once every task went through.
+        """
         sent: dict[str, int] = {}
         for m in self.todo():
             st = self.tasks[m]
             if st.report is None or not st.report.ok:
                 continue
-            windows = st.windows[: 64]
-            self.s.api.enrol(windows)
-            sent[m] = len(windows)
+            if not st.sent:
+                windows = st.windows[: 64]
+                self.s.api.enrol(windows)
+                st.sent = len(windows)
+                self.s.evidence.note_sent(windows)
+            sent[m] = st.sent
         self.s.profile.enrolled = sorted(sent)
         self.s.evidence.flush()
         self.s.save_profile()

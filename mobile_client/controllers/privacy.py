@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from mobile_client.api import ApiError
+from mobile_client.api import ROUTES, ApiError
 from mobile_client.services import AppServices
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,10 @@ class PrivacyController:
                 self.s.api.erase()
         except ApiError as exc:
             if exc.offline:
-                self.s.api.queue.push("DELETE", f"/v1/users/{self.s.profile.user_id}", {})
+                self.s.api.queue.push("DELETE", ROUTES["erase"].format(user_id=self.s.profile.user_id), {})
                 server = "server will be asked when you are back online"
             else:
-                server = f"server refused: {exc}"
+                server = f"the server did not erase your templates ({exc.user_message})"
                 log.warning("erase refused: %s", exc)
         self.s.profile.enrolled = []
         self.s.save_profile()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -15,24 +16,36 @@ from modalities.events import FeatureWindow
 
 log = logging.getLogger(__name__)
 
-#: evidence a transaction sends: recent keys, swipes and walking
+#: evidence a transaction sends: recent keys, swipes and walking, never any already sent
 EVIDENCE_KEYS = 100
 EVIDENCE_SWIPES = 5
 EVIDENCE_WALK_S = 15.0
+#: keys and swipes older than this (seconds before now) are not recent behaviour
+EVIDENCE_MAX_AGE_S = 300.0
 
+#: reason codes that say something about the whole request, not one modality
+GENERAL_TEXT = {
+    "no_evidence": "No recent behaviour could be checked on this phone",
+    "locked": "Your account is now locked after several failed checks; please contact your bank",
+}
+#: per-modality reason codes; exact codes first, then the first key contained in an unknown code
 REASON_TEXT = {
+    "strong_mismatch": "{m} did not match your usual pattern",
     "low_score": "{m} did not match your usual pattern",
     "mismatch": "{m} did not match your usual pattern",
+    "strong_match": "{m} matched your usual pattern",
     "high_score": "{m} matched your usual pattern",
     "match": "{m} matched your usual pattern",
     "no_evidence": "No recent {m} evidence",
     "missing": "No recent {m} evidence",
     "low_quality": "Too little {m} evidence to be sure",
     "not_enrolled": "{m} is not set up yet",
+    "reenrolment_required": "{m} needs setting up again before it can be used",
     "replay": "{m} evidence was seen before",
     "implausible": "{m} evidence looked automated",
     "uncorroborated": "{m} rested on one signal; this amount needs two that agree",
     "uncalibrated": "{m} is being updated and was not used this time",
+    "locked": "Your account is now locked after several failed checks; please contact your bank",
 }
 #: what one evidence window of each modality is, in words (singular, plural)
 EVIDENCE_NOUNS = {"keystroke": ("typing sample", "typing samples"), "touch": ("swipe", "swipes"),
@@ -83,14 +96,17 @@ def parse_payee(text: str) -> str:
     return payee
 
 
-def explain(reason: dict[str, object]) -> str:
-    """A server reason code in words a customer understands."""
+def explain(reason: Mapping[str, object]) -> str:
+    """A server reason code in words a customer understands (never a bare code or 'none')."""
     code = str(reason.get("code", ""))
-    m = MODALITY_WORDS.get(str(reason.get("modality", "")), str(reason.get("modality", "")).capitalize())
-    for key, template in REASON_TEXT.items():
-        if key in code:
-            return template.format(m=m) if template.startswith("{m}") else template.format(m=m.lower())
-    return f"{m}: {code.replace('_', ' ')}"
+    modality = str(reason.get("modality", ""))
+    if modality in ("", "none"):
+        return GENERAL_TEXT.get(code) or code.replace("_", " ").capitalize() or "No reason given"
+    m = MODALITY_WORDS.get(modality, modality.replace("_", " ").capitalize())
+    template = REASON_TEXT.get(code) or next((t for key, t in REASON_TEXT.items() if key in code), None)
+    if template is None:
+        return f"{m}: {code.replace('_', ' ')}"
+    return template.format(m=m) if template.startswith("{m}") else template.format(m=m.lower())
 
 
 @dataclass
@@ -112,16 +128,27 @@ class TransactionController:
         self._sent: list[FeatureWindow] = []
 
     def gather_evidence(self) -> list[FeatureWindow]:
-        """Feature windows of the most recent behaviour of each consented, enrolled modality."""
+        """Feature windows of recent behaviour of each consented, enrolled modality.
+
+        Only behaviour newer than anything already sent (enrolment or an earlier payment) and
+        recent by the collectors' clock: the server refuses a window twice. A modality whose
+        events cannot be turned into features is left out (logged), never a failed payment.
+        """
         ev = self.s.evidence
+        sources: dict[str, Callable[[], list[FeatureWindow]]] = {
+            "keystroke": lambda: features.keystroke_windows(ev.keys(EVIDENCE_KEYS, EVIDENCE_MAX_AGE_S), n_keys=50, hop=50),
+            "touch": lambda: features.touch_windows(ev.touches(EVIDENCE_SWIPES, EVIDENCE_MAX_AGE_S)),
+            "gait": lambda: features.gait_windows(ev.accel(EVIDENCE_WALK_S)),
+        }
         out: list[FeatureWindow] = []
-        wanted = [m for m in self.s.profile.enrolled if self.s.profile.consented(m)]
-        if "keystroke" in wanted:
-            out += features.usable(features.keystroke_windows(ev.keys(EVIDENCE_KEYS), n_keys=50, hop=50))
-        if "touch" in wanted:
-            out += features.usable(features.touch_windows(ev.touches(EVIDENCE_SWIPES)))
-        if "gait" in wanted:
-            out += features.usable(features.gait_windows(ev.accel(EVIDENCE_WALK_S)))
+        for m, make in sources.items():
+            if m not in self.s.profile.enrolled or not self.s.profile.consented(m):
+                continue
+            try:
+                out += features.usable(make())
+            except (ValueError, ArithmeticError) as exc:
+                log.warning("%s evidence left out of this payment: %s", m, exc)
+        out = ev.unsent(out)
         self.evidence_summary = {m: sum(w.modality == m for w in out) for m in ("keystroke", "touch", "gait")}
         return out
 
@@ -129,7 +156,13 @@ class TransactionController:
         amount = parse_amount(amount_text)
         payee = parse_payee(payee_text)
         windows = self.gather_evidence()
-        d = self.s.api.authorize(amount, currency, payee, windows)
+        try:
+            d = self.s.api.authorize(amount, currency, payee, windows)
+        except ApiError as exc:
+            if exc.status == 409:  # the server has seen (some of) these windows: never offer them again
+                self.s.evidence.note_sent(windows)
+            raise
+        self.s.evidence.note_sent(windows)
         self.last = d
         self._sent = windows
         self.step_up = StepUp(d.transaction_id, f"{secrets.randbelow(10**6):06d}") if d.outcome == "step_up" else None
@@ -157,27 +190,36 @@ class TransactionController:
         return True
 
     def verify_code(self, code: str) -> bool | None:
-        """True: code right (server told); False: wrong, try again; None: no attempts left (denied)."""
+        """True: the server approved the payment; False: wrong code, try again; None: denied.
+
+        A right code counts as approved only once the server says so: when the report fails
+        (unreachable, refused, no bank key on this build) this raises `ApiError` and the step-up
+        stays pending, so the person can try again and is never told a refused payment went
+        through.
+        """
         if self.step_up is None:
             raise InputError("code", "no extra check is pending")
         code = (code or "").strip()
         if not re.fullmatch(r"\d{6}", code):
             raise InputError("code", "the code has 6 digits")
-        ok = secrets.compare_digest(code, self.step_up.code)
-        if not ok:
+        tx_id = self.step_up.transaction_id
+        if not secrets.compare_digest(code, self.step_up.code):
             self.step_up.attempts_left -= 1
             if self.step_up.attempts_left > 0:
                 return False
-        try:
-            self.s.api.complete_step_up(self.step_up.transaction_id, ok)
-        except ApiError as exc:
-            if ok and not exc.status == 401:
-                raise
-            # 401: this build has no bank key; the bank backend completes the step-up itself
-        tx_id, self.step_up = self.step_up.transaction_id, None
-        if ok:
-            self.adapt(tx_id)
-        return True if ok else None
+            self.step_up = None
+            try:
+                self.s.api.complete_step_up(tx_id, False)
+            except ApiError as exc:  # blocked here either way; the bank's record stays pending
+                log.warning("could not report the failed step-up of %s: %s", tx_id, exc)
+            return None
+        reply = self.s.api.complete_step_up(tx_id, True)
+        if not (isinstance(reply, dict) and str(reply.get("status", "")).startswith("approved")):
+            raise ApiError(f"step-up of {tx_id}: the server did not approve ({reply!r})", 409,
+                           {"detail": "the bank did not confirm this payment", "code": "not_confirmed"})
+        self.step_up = None
+        self.adapt(tx_id)
+        return True
 
     def reasons_text(self) -> list[str]:
         return [explain(r) for r in (self.last.reasons if self.last else [])]

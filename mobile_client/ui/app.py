@@ -52,6 +52,7 @@ class CadenceApp(App):
         super().__init__(**kw)
         self.services = services
         self.clock = clock
+        services.evidence.clock = clock  # evidence recency is measured on the collectors' clock
         self.animate = animate
         self.walk_speed = walk_speed
         self.replay_data_dir = data_dir_for_replay
@@ -63,6 +64,8 @@ class CadenceApp(App):
         self.collectors: list[Any] = []
         self.walk_source: ReplaySource | None = None
         self.supernode: Any = None
+        #: why federated training could not start, in words for the Privacy screen (None: no problem)
+        self.federation_error: str | None = None
         self.sm: ScreenManager | None = None
 
     # ------------------------------------------------------------------ building
@@ -104,6 +107,10 @@ class CadenceApp(App):
             except SensorUnavailable as exc:
                 log.warning("collector %s unavailable: %s", type(c).__name__, exc)
         self.start_federation()
+        # consent changes and erase requests made offline: send them now the app is back
+        from kivy.clock import Clock
+
+        Clock.schedule_once(lambda *_: self.services.api.flush_queue(), 0)
         if self.on_ready:
             self.on_ready(self)
 
@@ -134,6 +141,8 @@ class CadenceApp(App):
     def federation_status(self) -> str:
         from mobile_client.federation import status_text
 
+        if self.services.profile.federated and self.federation_error:
+            return self.federation_error
         return status_text(self.services.profile.federated, self.supernode)
 
     def start_federation(self) -> None:
@@ -152,12 +161,19 @@ class CadenceApp(App):
         p = self.services.profile
         if not (superlink and p.federated and can_run_flower() and p.consented("keystroke", "federated_training")):
             return
-        windows = features.keystroke_windows(cast("list[KeyEvent]", self.services.store.read("keystroke")))
+        self.federation_error = None
         try:
+            windows = features.keystroke_windows(cast("list[KeyEvent]", self.services.store.read("keystroke")))
             self.supernode = start_supernode(superlink, self.services.data_dir / "federated", windows, "keystroke",
                                              int(os.environ.get("CADENCE_SUPERNODE_PORT", "9401")))
-        except (RuntimeError, ValueError) as exc:
+        except ValueError as exc:  # e.g. no typing recorded yet, or a bad port number: try next start
             log.warning("federated training not started: %s", exc)
+        except FileNotFoundError as exc:  # the `cadence` command is not installed where the app looks
+            log.warning("federated training not started: %s", exc)
+            self.federation_error = "On: training could not start on this computer (its training program is missing)"
+        except (RuntimeError, OSError) as exc:
+            log.warning("federated training not started: %s", exc)
+            self.federation_error = "On: training could not start on this computer; it is tried again next start"
 
     def stop_federation(self) -> None:
         if self.supernode is not None:

@@ -85,7 +85,10 @@ class ConsentScreen(Screen):
         choices = {m: {"authentication": c.auth, "federated_training": c.fed} for m, c in self.cards().items()}
         try:
             _app().consent.apply(choices)
-        except (ValueError, ApiError) as exc:
+        except ApiError as exc:
+            self.error = exc.user_message
+            return
+        except ValueError as exc:
             self.error = str(exc)
             return
         self.error = ""
@@ -189,7 +192,8 @@ class EnrolScreen(Screen):
         try:
             sent = _app().enrolment.finish()
         except ApiError as exc:
-            self.message = f"Could not finish set-up: {exc}"
+            log.warning("set-up not finished: %s", exc)
+            self.message = f"Could not finish set-up. {exc.user_message}"
             return
         self.done = True
         self.message = "Set up: " + ", ".join(f"{consent_text.TEXT[m].title.lower()} ({n})" for m, n in sent.items())
@@ -257,7 +261,13 @@ class PayScreen(Screen):
             self.phase = "form"
             return
         except ApiError as exc:
-            self.error = "Could not reach your bank. Nothing was paid." if exc.offline else f"Refused: {exc.detail or exc}"
+            log.warning("payment refused: %s", exc)
+            self.error = "Could not reach your bank. Nothing was paid." if exc.offline else exc.user_message
+            self.phase = "form"
+            return
+        except Exception:  # noqa: BLE001 - a bug on this phone must not close the app mid-payment
+            log.exception("payment failed on this phone")
+            self.error = "Something went wrong on this phone. Nothing was paid; please try again."
             self.phase = "form"
             return
         self.show(d.outcome, d.amount, d.currency, d.payee, tc.reasons_text(), d.risk, d.transaction_id)
@@ -288,7 +298,8 @@ class PayScreen(Screen):
             self.error = exc.message[0].upper() + exc.message[1:]
             return
         except ApiError as exc:
-            self.error = f"Could not confirm: {exc}"
+            log.warning("step-up not confirmed: %s", exc)
+            self.error = f"Not approved yet. {exc.user_message}"
             return
         self.error = ""
         if res is True:

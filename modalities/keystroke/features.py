@@ -208,7 +208,9 @@ def _window_vector(kid: np.ndarray, lat: Latencies) -> np.ndarray:
     hq = _quantiles(hold_v, (0.25, 0.5, 0.75), m_hold)
     dq = _quantiles(dd_v, (0.10, 0.25, 0.5, 0.75, 0.90), m_dd)
     uq = _quantiles(ud_v, (0.10, 0.5, 0.90), m_ud)
-    speed = float(dd_v.size / dd_v.sum()) if dd_v.size and dd_v.sum() > 0 else 1.0 / m_dd
+    # keys committed at once (a soft keyboard's word) have zero latencies: speed is capped at one
+    # key per clock tick instead of dividing by zero
+    speed = float(dd_v.size / dd_v.sum()) if dd_v.size and dd_v.sum() > 0 else 1.0 / max(m_dd, CLOCK_TICK)
     backspace = float(np.mean(kid == _KEY_INDEX["backspace"]))
     with np.errstate(invalid="ignore"):
         pause = float(np.sum(lat.dd[1:] > MAX_GAP) / n_pairs)

@@ -53,6 +53,35 @@ def kivy_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
+FEDERATION_WITHOUT_COMMAND = """
+import os, sys
+from pathlib import Path
+from mobile_client import headless
+headless.prepare(64, 64)
+from evaluation.synthetic import SyntheticPerson
+from mobile_client import federation, platform_info
+platform_info.can_run_flower = federation.can_run_flower = lambda: True
+federation.supernode_command = lambda *a: [str(Path(sys.argv[1]) / "no-such-cadence"), "federated", "supernode"]
+from mobile_client.services import build_services
+from mobile_client.ui.app import CadenceApp
+s = build_services(Path(sys.argv[1]), "http://127.0.0.1:9")
+s.profile.federated = True
+s.profile.consents["keystroke"] = {"authentication": True, "federated_training": True}
+s.store.append(SyntheticPerson(1).keystrokes(200, 0).to_events())
+os.environ["CADENCE_SUPERLINK"] = "127.0.0.1:9"
+app = CadenceApp(s)
+app.start_federation()
+print("STATUS", app.federation_status())
+"""
+
+
+def test_federation_without_its_command_is_a_status_not_a_crash(kivy_env: dict[str, str], tmp_path: Path) -> None:
+    p = subprocess.run([sys.executable, "-c", FEDERATION_WITHOUT_COMMAND, str(tmp_path)], env=kivy_env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "STATUS On: training could not start on this computer" in p.stdout
+
+
 def _variance(png: Path) -> float:
     from PIL import Image
 
@@ -61,11 +90,13 @@ def _variance(png: Path) -> float:
 
 @pytest.mark.slow
 def test_screenshot_tour_writes_one_nonblank_png_per_screen(kivy_env: dict[str, str], tmp_path: Path) -> None:
-    out = tmp_path / "O"
+    out, tmp = tmp_path / "O", tmp_path / "tmp"
+    tmp.mkdir()
     cadence = Path(sys.executable).with_name("cadence")
-    p = subprocess.run([str(cadence), "app", "--screenshots", str(out), "--app-data", str(tmp_path / "app")],
-                       env=kivy_env, capture_output=True, text=True, timeout=400)
+    p = subprocess.run([str(cadence), "app", "--screenshots", str(out)],
+                       env=dict(kivy_env, TMPDIR=str(tmp)), capture_output=True, text=True, timeout=400)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert not list(tmp.glob("cadence-app-*")), "the tour left its app data (device key, raw events) behind"
     names = {png.stem.split("-", 1)[1] for png in out.glob("*.png")}
     for screen in ("welcome", "consent", "enrolment-typing", "enrolment-swipe", "enrolment-walk",
                    "enrolment-quality", "home", "transaction", "transaction-approve", "transaction-step-up",
@@ -114,7 +145,7 @@ def test_full_flow_through_the_ui_against_live_server(kivy_env: dict[str, str], 
     bank = {"X-API-Key": "dev-bank-key"}
     p = subprocess.run([sys.executable, "-m", "mobile_client.tour", "--server", live_server, "--report", str(report_path),
                         "--app-data", str(tmp_path / "app"), "--bank-key", "dev-bank-key",
-                        "--payment", "42.50:Jordan Lee"],
+                        "--payment", "42.50:Jordan Lee", "--payment", "15.00:Corner Coffee"],
                        env=kivy_env, capture_output=True, text=True, timeout=400)
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
     assert p.returncode == 0, report.get("traceback") or p.stderr[-3000:]
@@ -125,8 +156,11 @@ def test_full_flow_through_the_ui_against_live_server(kivy_env: dict[str, str], 
         assert report["enrolment"][m]["ok"], report["enrolment"]
     assert report["enrolled"] == ["gait", "keystroke", "touch"]
     assert all(d.startswith("Active") for _, d in report["home"]["status"])
-    (shown,) = report["transactions"]
-    assert shown["outcome"] in ("approve", "step_up", "deny")
+    # a second payment right after the first is decided too (its evidence is new behaviour, never resent)
+    shown, second = report["transactions"]
+    assert shown["outcome"] in ("approve", "step_up", "deny") and second["outcome"] in ("approve", "step_up", "deny")
+    tx2 = httpx.get(f"{live_server}/v1/transactions/{second['transaction_id']}", headers=bank).json()
+    assert tx2["payee"] == "Corner Coffee" and {r["modality"] for r in tx2["reasons"]} >= {"keystroke", "gait"}
 
     # what the server recorded
     tx = httpx.get(f"{live_server}/v1/transactions/{shown['transaction_id']}", headers=bank).json()

@@ -146,3 +146,15 @@ def test_features_import_without_torch_or_sklearn() -> None:
             "bad = [m for m in ('torch', 'sklearn', 'kivy', 'pandas') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_keys_committed_at_one_instant_give_finite_features() -> None:
+    """A soft keyboard commits a word at once: zero latencies must not divide by zero."""
+    from modalities.keystroke.features import CLOCK_TICK
+
+    keys = np.array(list("jordan lee"), dtype=object)
+    t = np.full(len(keys), 100.0)
+    w = window_features(KeySequence(keys, t, t.copy()))
+    assert np.isfinite(w.values).all()
+    assert w.values[col("speed.keys_per_s")] == pytest.approx(1.0 / CLOCK_TICK)  # capped, not infinite
+    assert np.isfinite(windows_for_subject(KeySequence(keys, t, t.copy()), 5)[0].values).all()
