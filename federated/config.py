@@ -97,6 +97,8 @@ class RunSettings:
         if not 0 <= self.server_momentum < 1 or self.server_lr <= 0:
             raise SettingsError(f"server-momentum: must be in [0, 1) and server-lr > 0, got "
                                 f"{self.server_momentum} and {self.server_lr}")
+        if self.round_timeout <= 0:
+            raise SettingsError(f"round-timeout: must be > 0 seconds, got {self.round_timeout}")
         if not 0 <= self.trim_beta < 0.5:
             raise SettingsError(f"trim-beta: must be in [0, 0.5), got {self.trim_beta}")
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from federated.config import run_config_string
@@ -30,9 +33,20 @@ class DeploymentError(RuntimeError):
     """A Flower process failed to start, or a run failed or timed out."""
 
 
-def _bin(name: str) -> str:
+def find_bin(name: str) -> str:
+    """`name` next to this Python (the venv's own Flower/cadence), else on PATH.
+
+    A clear error instead of `FileNotFoundError` from `Popen` when it is nowhere.
+    """
     p = Path(sys.executable).parent / name
-    return str(p) if p.exists() else name
+    if p.exists():
+        return str(p)
+    found = shutil.which(name)
+    if found is None:
+        raise DeploymentError(f"{name}: not found next to {sys.executable} nor on PATH (is Cadence installed "
+                              f"with its Flower dependency in this environment?)")
+    return found
+
 
 
 def free_port() -> int:
@@ -64,13 +78,13 @@ def write_connection(workdir: str | os.PathLike[str], address: str) -> Path:
 
 
 def superlink_cmd(host: str, port: int) -> list[str]:
-    return [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+    return [find_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
             "--host", host, "--port", str(port)]
 
 
 def supernode_cmd(superlink: str, data: str | os.PathLike[str], port: int, host: str = "127.0.0.1") -> list[str]:
     data_path = Path(data).resolve()
-    return [_bin("flower-supernode"), "--insecure", "--superlink", superlink, "--host", host, "--port", str(port),
+    return [find_bin("flower-supernode"), "--insecure", "--superlink", superlink, "--host", host, "--port", str(port),
             "--node-config", f'data="{data_path}"']
 
 
@@ -84,6 +98,37 @@ def spawn(cmd: list[str], workdir: str | os.PathLike[str], log_name: str) -> sub
                                 start_new_session=True, cwd=str(Path(workdir).resolve()))
     finally:
         fh.close()
+
+
+def run_foreground(cmd: list[str], workdir: str | os.PathLike[str]) -> int:
+    """Run `cmd` until it exits; on SIGTERM/SIGINT/SIGHUP stop it and every process it started.
+
+    `subprocess.call` forwards no signal: `kill <pid>` of `cadence federated superlink` left
+    flower-superlink and flower-superexec running under PID 1 (and a SuperNode training).
+    """
+    proc = subprocess.Popen(cmd, env=flower_env(workdir), start_new_session=True)
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise _Interrupted(signum)
+
+    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    old = {sig: signal.signal(sig, interrupted) for sig in sigs}
+    try:
+        return proc.wait()
+    except _Interrupted as exc:
+        for sig in sigs:  # a second signal must not interrupt the clean-up
+            signal.signal(sig, signal.SIG_IGN)
+        return 128 + exc.signum
+    finally:
+        stop(proc)  # also what it left in its group when it exited by itself
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def descendants(pid: int) -> list[int]:
@@ -147,10 +192,24 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
     raise DeploymentError(f"nothing listening on {host}:{port} after {timeout:.0f} s")
 
 
+def app_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
+    """The run-config keys the Flower app declares (``[tool.flwr.app.config]``), with their defaults."""
+    doc = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    return dict(doc["tool"]["flwr"]["app"]["config"])
+
+
 def submit_run(workdir: str | os.PathLike[str], config: Mapping[str, Any], app_dir: Path = APP_DIR,
                timeout: float = 120.0) -> dict[str, Any]:
-    """`flwr run APP cadence --run-config ...` against the SuperLink in ``config.toml``."""
-    cmd = [_bin("flwr"), "run", str(app_dir), FEDERATION, "--run-config", run_config_string(config), "--format", "json"]
+    """`flwr run APP cadence --run-config ...` against the SuperLink in ``config.toml``.
+
+    Keys the app does not declare are refused here, by name: the SuperLink only answers
+    "Invalid run configuration".
+    """
+    undeclared = sorted(set(config) - set(app_config(app_dir)))
+    if undeclared:
+        raise DeploymentError(f"run config: {', '.join(undeclared)} not declared in {app_dir / 'pyproject.toml'} "
+                              f"[tool.flwr.app.config]")
+    cmd = [find_bin("flwr"), "run", str(app_dir), FEDERATION, "--run-config", run_config_string(config), "--format", "json"]
     res = subprocess.run(cmd, env=flower_env(workdir), capture_output=True, text=True, timeout=timeout,
                          cwd=str(Path(workdir).resolve()))
     if res.returncode != 0:
@@ -169,9 +228,39 @@ def _submitted(stdout: str, workdir: str | os.PathLike[str]) -> dict[str, Any]:
         raise DeploymentError(f"flwr run gave no JSON answer: {stdout[-2000:]!r}") from exc
     if info.get("success") is False or not info.get("run-id"):
         detail = " ".join(str(info.get("error-message") or info).split()).rstrip(".")
-        raise DeploymentError(f"flwr run refused the run: {detail}. Is a SuperLink running for this workdir? "
-                              f"Start one with `cadence federated superlink --workdir {workdir}`.")
+        raise DeploymentError(f"flwr run refused the run: {detail}.{_hint(detail, workdir)}")
     return info
+
+
+def _hint(reason: str, workdir: str | os.PathLike[str]) -> str:
+    """What to check, only where flwr's reason points there (a refused config is not a missing SuperLink)."""
+    low = reason.lower()
+    if "run configuration" in low or "run config" in low:
+        return (f" Check the --run-config keys and values against {APP_DIR / 'pyproject.toml'} "
+                f"[tool.flwr.app.config].")
+    if any(w in low for w in ("configuration not found", "not found in the flower configuration", "unavailable",
+                              "connection", "connect", "deadline")):
+        return (f" Is a SuperLink running for this workdir? Start one with "
+                f"`cadence federated superlink --workdir {workdir}`.")
+    return ""
+
+
+def flwr_run_status(workdir: str | os.PathLike[str], run_id: str | int, timeout: float = 60.0) -> tuple[str, str]:
+    """(status, details) of a run as the SuperLink has it (`flwr ls --run-id`), e.g. ``finished:failed``.
+
+    Raises `DeploymentError` when the SuperLink does not answer.
+    """
+    cmd = [find_bin("flwr"), "ls", FEDERATION, "--run-id", str(run_id), "--format", "json"]
+    try:
+        res = subprocess.run(cmd, env=flower_env(workdir), capture_output=True, text=True, timeout=timeout,
+                             cwd=str(Path(workdir).resolve()))
+        info = dict(json.loads(res.stdout[res.stdout.index("{"):]))
+    except (subprocess.TimeoutExpired, ValueError) as exc:
+        raise DeploymentError(f"flwr ls gave no answer: {exc}") from exc
+    runs = info.get("runs") or []
+    if info.get("success") is False or not runs:
+        raise DeploymentError(" ".join(str(info.get("error-message") or info).split()))
+    return str(runs[0].get("status", "")), str(runs[0].get("status-details", ""))
 
 
 def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -184,10 +273,19 @@ def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {"state": "unknown", "detail": "status file being written"}
 
 
-def wait_for_run(status_file: str | os.PathLike[str], timeout: float, on_progress: Any = None) -> dict[str, Any]:
-    """Poll the ServerApp's status file until the run is done (or `timeout`)."""
+def wait_for_run(status_file: str | os.PathLike[str], timeout: float, on_progress: Any = None, *,
+                 flwr_status: Callable[[], tuple[str, str]] | None = None, check_every: float = 10.0,
+                 poll: float = 1.0) -> dict[str, Any]:
+    """Poll the ServerApp's status file until the run is done; raise when it failed (or `timeout`).
+
+    The ServerApp writes ``failed`` with the reason; `flwr_status` (e.g. `flwr_run_status` of
+    the run) is asked every `check_every` s, so a run Flower finished without a word in the
+    status file (stopped, its ServerApp killed) or a SuperLink gone for good ends the wait too.
+    """
     t0 = time.monotonic()
     last = None
+    next_check = t0 + check_every
+    unreachable = 0
     while time.monotonic() - t0 < timeout:
         st = read_status(status_file)
         if on_progress is not None and st.get("round") != last:
@@ -195,5 +293,24 @@ def wait_for_run(status_file: str | os.PathLike[str], timeout: float, on_progres
             last = st.get("round")
         if st.get("state") == "done":
             return st
-        time.sleep(1.0)
+        if st.get("state") == "failed":
+            raise DeploymentError(f"run failed: {st.get('error', 'no reason given')}")
+        if flwr_status is not None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + check_every
+            try:
+                state, details = flwr_status()
+                unreachable = 0
+            except DeploymentError as exc:
+                unreachable += 1
+                if unreachable >= 3:
+                    raise DeploymentError(f"run: the SuperLink stopped answering ({exc}); "
+                                          f"last status {read_status(status_file)}") from exc
+                continue
+            if state.startswith("finished"):
+                st = read_status(status_file)  # the ServerApp writes its last word before it finishes
+                if st.get("state") in ("done", "failed"):
+                    continue
+                raise DeploymentError(f"run ended as {state}{': ' + details if details else ''} "
+                                      f"(status file says {st.get('state')!r}; see the SuperLink log)")
+        time.sleep(poll)
     raise DeploymentError(f"run not done after {timeout:.0f} s; last status {read_status(status_file)}")

@@ -81,6 +81,18 @@ class StatusFile:
         tmp.write_text(json.dumps(self.doc, indent=2, default=float))
         os.replace(tmp, self.path)
 
+    def fail(self, exc: BaseException) -> None:
+        """Record that the run failed and why, so `wait_for_run` and `status` stop saying 'waiting'."""
+        self.update(state="failed", error=failure_reason(exc))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for the operator: the error's own message, its type where it has none."""
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):  # what `flwr stop` looks like from inside
+        return f"stopped before it finished ({type(exc).__name__}: `flwr stop`, or the ServerApp was ended)"
+    msg = " ".join(str(exc).split())
+    return msg if msg else type(exc).__name__
+
 
 def wait_for_nodes(grid: Grid, n: int, timeout: float) -> list[int]:
     t0 = time.monotonic()
@@ -126,8 +138,19 @@ def population_scaling(grid: Grid, nodes: list[int], s: RunSettings,
 
 
 def run_training(grid: Grid, s: RunSettings) -> RunOutcome:
-    """Scaling round plus `num-server-rounds` rounds of the configured strategy."""
+    """Scaling round plus `num-server-rounds` rounds of the configured strategy.
+
+    Any error (or stop) is written to the status file as ``failed`` before it propagates.
+    """
     status = StatusFile(s.status_file)
+    try:
+        return _train(grid, s, status)
+    except BaseException as exc:
+        status.fail(exc)
+        raise
+
+
+def _train(grid: Grid, s: RunSettings, status: StatusFile) -> RunOutcome:
     t0 = time.perf_counter()
     status.update(state="waiting", modality=s.modality, strategy=s.strategy, num_rounds=s.num_server_rounds, round=0)
     nodes = wait_for_nodes(grid, s.min_nodes, s.round_timeout)

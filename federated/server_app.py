@@ -15,7 +15,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from federated.config import RunSettings
-from federated.orchestration import RunOutcome, run_training
+from federated.orchestration import RunOutcome, StatusFile, run_training
 
 
 def make_app(defaults: Mapping[str, Any] | None = None,
@@ -27,8 +27,12 @@ def make_app(defaults: Mapping[str, Any] | None = None,
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         for run in runs:
-            settings = RunSettings.from_config(defaults or {}, run, dict(context.run_config))
-            outcome = run_training(grid, settings)
+            try:
+                settings = RunSettings.from_config(defaults or {}, run, dict(context.run_config))
+            except Exception as exc:  # a bad value: say so where `cadence federated run` is waiting
+                StatusFile(str({**(defaults or {}), **run, **dict(context.run_config)}.get("status-file", ""))).fail(exc)
+                raise
+            outcome = run_training(grid, settings)  # writes 'failed' itself on any error
             if on_result is not None:
                 on_result(outcome)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,27 +38,34 @@ def export_windows(folder: Path, windows: Sequence[FeatureWindow], modality: str
 
 
 def supernode_command(superlink: str, data_file: Path, workdir: Path, port: int) -> list[str]:
-    """The documented operator command (docs/federated.md) for this device's SuperNode."""
-    exe = shutil.which("cadence") or "cadence"
+    """The documented operator command (docs/federated.md) for this device's SuperNode.
+
+    `cadence` is looked up as the operator commands look up Flower's (next to this Python,
+    then PATH); a `RuntimeError` saying so when it is nowhere.
+    """
+    from federated.deployment import find_bin
+
+    exe = find_bin("cadence")
     return [exe, "federated", "supernode", "--workdir", str(workdir), "--superlink", superlink,
             "--data", str(data_file), "--port", str(port)]
 
 
 @dataclass
 class SuperNode:
-    """A running `flower-supernode` process started by the app."""
+    """A running `cadence federated supernode` (and its `flower-supernode`) started by the app."""
 
     process: subprocess.Popen[bytes]
     data_dir: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """Stop the SuperNode and every process it started, and wait for them.
+
+        Terminating only the wrapper left flower-supernode training after the person turned
+        federated training off.
+        """
+        from federated.deployment import stop
+
+        stop(self.process)
 
     @property
     def running(self) -> bool:
@@ -75,7 +81,8 @@ def start_supernode(superlink: str, data_dir: Path, windows: Sequence[FeatureWin
     env = dict(os.environ, FLWR_DISABLE_UPDATE_CHECK="1")
     cmd = supernode_command(superlink, data_file, data_dir / "flower", port)
     log.info("starting %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # own process group, so `SuperNode.stop` can end it and everything it started
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     return SuperNode(proc, data_dir)
 
 

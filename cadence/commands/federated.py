@@ -10,9 +10,8 @@ cadence federated status    --workdir W
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,7 +24,7 @@ Workdir = Annotated[Path, typer.Option(help="Operator workspace: FLWR_HOME, logs
 console = Console()
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     Console(stderr=True).print(f"[red]error:[/red] {msg}")
     raise typer.Exit(2)
 
@@ -68,9 +67,14 @@ def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1"
     """Start a SuperLink (insecure, loopback by default, no runtime installs) in the foreground."""
     from federated import deployment as d
 
+    try:
+        cmd = d.superlink_cmd(host, port)
+    except d.DeploymentError as exc:
+        _fail(str(exc))
     d.write_connection(workdir, f"{host}:{port}")
     console.print(f"SuperLink on {host}:{port}; FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}")
-    raise typer.Exit(subprocess.call(d.superlink_cmd(host, port), env=d.flower_env(workdir)))
+    # stopping this command (Ctrl-C, kill PID) stops flower-superlink and its flower-superexec too
+    raise typer.Exit(d.run_foreground(cmd, workdir))
 
 
 @fed.command("supernode")
@@ -86,9 +90,11 @@ def supernode(
 
     try:
         read_device_file(data)
-    except DeviceDataError as exc:
+        cmd = d.supernode_cmd(superlink, data, port)
+    except (DeviceDataError, d.DeploymentError) as exc:
         _fail(str(exc))
-    raise typer.Exit(subprocess.call(d.supernode_cmd(superlink, data, port), env=d.flower_env(workdir)))
+    # stopping this command stops flower-supernode and any ClientApp it started: no training after stop
+    raise typer.Exit(d.run_foreground(cmd, workdir))
 
 
 @fed.command("run")
@@ -104,6 +110,8 @@ def run(
     clipping_norm: float = 1.0,
     server_momentum: Annotated[float, typer.Option(help="FedAvgM server momentum (0 = plain).")] = 0.0,
     activate: Annotated[bool, typer.Option("--activate", help="Activate the new version in the registry.")] = False,
+    round_timeout: Annotated[float, typer.Option(help="Seconds a round waits for devices (to connect, to reply) "
+                                                      "before the run fails.")] = 600.0,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
 ) -> None:
     """Submit N rounds for a modality to the SuperLink of WORKDIR, follow progress, publish the model."""
@@ -119,19 +127,23 @@ def run(
         s = RunSettings.from_config({"modality": modality, "num-server-rounds": rounds, "strategy": strategy,
                                      "min-nodes": min_nodes, "dp": dp, "noise-multiplier": noise_multiplier,
                                      "clipping-norm": clipping_norm, "server-momentum": server_momentum,
-                                     "registry": str(reg), "status-file": str(status)})
-        info = d.submit_run(workdir, {k: v for k, v in s.as_config().items() if k != "feature-dir"})
-        console.print(f"submitted run {info.get('run-id', '?')}")
-        final = d.wait_for_run(status, timeout, lambda st: console.print(
-            f"[{st.get('state')}] round {st.get('round')}/{st.get('num_rounds')} ({st.get('elapsed_s', 0)} s)"))
+                                     "registry": str(reg), "status-file": str(status),
+                                     "round-timeout": round_timeout})
+        info = d.submit_run(workdir, s.as_config())
+        run_id = info["run-id"]
+        console.print(f"submitted run {run_id}")
+        final = d.wait_for_run(status, timeout, lambda st: console.print(  # no markup: "[waiting]" is text
+            f"[{st.get('state')}] round {st.get('round')}/{st.get('num_rounds')} ({st.get('elapsed_s', 0)} s)",
+            markup=False),
+            flwr_status=lambda: d.flwr_run_status(workdir, run_id))
     except (SettingsError, d.DeploymentError, ValueError) as exc:
         _fail(str(exc))
     version = final.get("version")
     console.print(f"published {modality} {version} to {reg}")
     if activate and version:
-        from modalities.registry import ModelRegistry
-        ModelRegistry(reg).activate(modality, version)
-        console.print(f"activated {modality} {version}")
+        from cadence.commands.models import activate as activate_model
+
+        activate_model(modality, version, registry=reg)  # `cadence models activate`: errors, audit entry
 
 
 @fed.command("status")

@@ -27,6 +27,7 @@ class StrategyRecipe(ABC):
             "fraction_evaluate": 0.0,
             "min_train_nodes": s.min_nodes,
             "min_evaluate_nodes": 0,
+            # never waited on: `Quorum` (quorum.py) hands Flower a snapshot with enough nodes, or fails
             "min_available_nodes": s.min_nodes,
             # DP needs every device to weigh the same (sensitivity C/m); otherwise `weighting`
             "weighted_by_key": "unit-weight" if s.dp or s.weighting == "unit" else "num-examples",

@@ -1,8 +1,16 @@
 """End to end on Flower's deployment engine: a real SuperLink, two SuperNodes, two rounds."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from federated import deployment as d
+from federated.config import RunSettings
 from federated.features import feature_spec, subject_windows, write_device_files
 
 
@@ -25,10 +33,20 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
             procs.append(d.spawn(d.supernode_cmd(f"127.0.0.1:{port}", f, d.free_port()), tmp_path, f"supernode-{i}"))
         d.write_connection(tmp_path, f"127.0.0.1:{port}")
         status = tmp_path / "status.json"
-        info = d.submit_run(tmp_path, {"modality": "keystroke", "num-server-rounds": 2, "status-file": str(status),
-                                       "registry": str(tmp_path / "registry")})
+        # every setting, as `cadence federated run` sends them: an undeclared key is refused by the SuperLink
+        settings = RunSettings.from_config({"modality": "keystroke", "num-server-rounds": 2, "status-file": str(status),
+                                            "registry": str(tmp_path / "registry")})
+        info = d.submit_run(tmp_path, settings.as_config())
         assert info.get("success") is True
-        final = d.wait_for_run(status, 400)
+        final = d.wait_for_run(status, 400, flwr_status=lambda: d.flwr_run_status(tmp_path, info["run-id"]))
+        # a run that cannot start says so in its status file, and the wait ends with the reason
+        failing = RunSettings.from_config({**settings.as_config(), "min-nodes": 3, "round-timeout": 2.0,
+                                           "status-file": str(tmp_path / "failing.json")})
+        bad = d.submit_run(tmp_path, failing.as_config())
+        t0 = time.monotonic()
+        with pytest.raises(d.DeploymentError, match="run failed: min-nodes: waited 2 s for 3 SuperNodes, 2 connected"):
+            d.wait_for_run(tmp_path / "failing.json", 120, flwr_status=lambda: d.flwr_run_status(tmp_path, bad["run-id"]))
+        assert time.monotonic() - t0 < 60
         for p in procs:
             spawned += [p.pid, *d.descendants(p.pid)]
     finally:
@@ -55,6 +73,24 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     assert not [pid for pid in spawned if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
 
 
+def test_the_app_declares_every_run_setting_with_its_default() -> None:
+    """The SuperLink refuses undeclared keys ("Invalid run configuration"); `run` sends all of them."""
+    declared = d.app_config()
+    assert set(declared) == set(RunSettings().as_config())
+    assert RunSettings.from_config(declared) == RunSettings()
+    with pytest.raises(d.DeploymentError, match="bogus-key not declared in .*pyproject.toml"):
+        d.submit_run("work", {**RunSettings().as_config(), "bogus-key": 1})
+
+
+def test_flwr_reason_is_passed_through_with_the_right_hint() -> None:
+    invalid = ('{"success": false, "error-message": "Using SuperLink: cadence (127.0.0.1:19300)\\n'
+               'Invalid run configuration. [code: 15]"}')
+    with pytest.raises(d.DeploymentError) as err:
+        d._submitted(invalid, "work")
+    assert "Invalid run configuration" in str(err.value) and "[tool.flwr.app.config]" in str(err.value)
+    assert "Is a SuperLink running" not in str(err.value)
+
+
 def test_a_refused_submission_raises_instead_of_waiting() -> None:
     """A refused `flwr run` is an error, not a run to wait for.
 
@@ -68,3 +104,36 @@ def test_a_refused_submission_raises_instead_of_waiting() -> None:
     with pytest.raises(d.DeploymentError, match="no JSON answer"):
         d._submitted("Traceback ...", "work")
     assert d._submitted('log line\n{"success": true, "run-id": "42"}', "work")["run-id"] == "42"
+
+
+def test_stopping_the_superlink_command_stops_every_flower_process(tmp_path: Path) -> None:
+    """`kill PID` of `cadence federated superlink` must not leave flower-superlink/superexec under PID 1."""
+    import psutil
+
+    port = d.free_port()
+    cadence = str(Path(sys.executable).parent / "cadence")
+    env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    wrapper = subprocess.Popen([cadence, "federated", "superlink", "--workdir", str(tmp_path), "--port", str(port)],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids: list[int] = []
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:  # flower-superlink, then its flower-superexec
+            kids = d.descendants(wrapper.pid)
+            names = " ".join(" ".join(psutil.Process(k).cmdline()) for k in kids if psutil.pid_exists(k))
+            if "flower-superlink" in names and "superexec" in names:
+                break
+            time.sleep(0.5)
+        assert kids, "the SuperLink did not start"
+        wrapper.send_signal(signal.SIGTERM)
+        assert wrapper.wait(30) == 128 + signal.SIGTERM
+        alive = [k for k in kids if psutil.pid_exists(k) and psutil.Process(k).status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"left running: {alive}"
+    finally:
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if wrapper.poll() is None:
+            wrapper.kill()

@@ -1,0 +1,100 @@
+"""Round quorum: a round goes on with the devices still connected, or fails within round-timeout.
+
+Flower's `sample_nodes` waits forever for `min_available_nodes`, so a SuperNode that died
+mid-run stalled the run silently ("Waiting for nodes to connect"). This wrapper waits at most
+`timeout` seconds for `required` connected devices before each round, hands the inner strategy
+a snapshot of them (so Flower's own wait cannot block), and refuses to aggregate fewer than
+`required` good replies. `required` is `min-nodes`; under DP it is the sample size the noise
+is calibrated to (a smaller average would need more noise than was added).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+log = logging.getLogger(__name__)
+
+
+class QuorumError(RuntimeError):
+    """Too few devices connected, or too few replied, for a round to count."""
+
+
+class _Snapshot:
+    """The grid with its node list fixed for one round's sampling."""
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self._grid, self._nodes = grid, nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+class Quorum(Strategy):
+    """Delegating strategy: at least `required` devices per round, waiting at most `timeout` s for them."""
+
+    def __init__(self, strategy: Strategy, required: int, timeout: float, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.strategy, self.required, self.timeout = strategy, required, timeout
+        self._clock, self._sleep = clock, sleep
+
+    def connected(self, server_round: int, grid: Grid) -> list[int]:
+        """The connected nodes once there are `required` of them; `QuorumError` after `timeout` s."""
+        t0 = self._clock()
+        warned = False
+        while len(nodes := sorted(grid.get_node_ids())) < self.required:
+            waited = self._clock() - t0
+            if waited >= self.timeout:
+                raise QuorumError(f"round {server_round}: {len(nodes)} device(s) connected, {self.required} needed "
+                                  f"(min-nodes); waited {waited:.0f} s (round-timeout). Did a SuperNode stop?")
+            if not warned:
+                log.warning("round %s: %d of %d devices connected; waiting up to %.0f s", server_round, len(nodes),
+                            self.required, self.timeout)
+                warned = True
+            self._sleep(min(1.0, self.timeout))
+        return nodes
+
+    def check_replies(self, server_round: int, replies: list[Message]) -> None:
+        """Raise unless at least `required` replies carry content (timeouts and errors do not)."""
+        good = sum(not r.has_error() for r in replies)
+        if good < self.required:
+            errors = [str(r.error.reason) for r in replies if r.has_error()][:3]
+            raise QuorumError(f"round {server_round}: {good} device(s) replied within round-timeout "
+                              f"({self.timeout:.0f} s), {self.required} needed (min-nodes)"
+                              f"{'; errors: ' + '; '.join(errors) if errors else ''}")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        snapshot: Any = _Snapshot(grid, self.connected(server_round, grid))
+        return self.strategy.configure_train(server_round, arrays, config, snapshot)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self.check_replies(server_round, replies)
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        # device-side evaluation is off (fraction_evaluate 0, base.py): no devices to wait for
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def __getattr__(self, name: str) -> Any:  # e.g. noise_multiplier of a DP strategy inside
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
