@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Table, bindparam, delete, func, select
+from sqlalchemy import String, Table, bindparam, delete, func, select, type_coerce
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -72,6 +72,21 @@ def _ts(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _stored_time(value: Any) -> datetime | None:
+    """A time column read as stored, as aware UTC; None when it is not a time (a row edited by hand).
+
+    Verification reads times raw: a value the database type cannot parse must be reported as
+    tampering, not stop the check (SQLite keeps any text in a DATETIME column).
+    """
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
 def entry_hash(*, seq: int, ts: datetime, event: str, actor: str, subject: str | None, payload: str, prev_hash: str) -> str:
     """The hash an entry must carry; `payload` is the stored canonical JSON text."""
     body = {"seq": seq, "ts": _ts(ts), "event": event, "actor": actor, "subject": subject, "payload": payload, "prev": prev_hash}
@@ -90,10 +105,6 @@ class AppendedEntry:
     payload: str
     prev_hash: str
     hash: str
-
-
-def _hash_of(e: Any) -> str:
-    return entry_hash(seq=e.seq, ts=e.ts, event=e.event, actor=e.actor, subject=e.subject, payload=e.payload, prev_hash=e.prev_hash)
 
 
 def _clean_payload(value: Any, path: str, subject: str | None, alias: str | None) -> Any:
@@ -293,6 +304,24 @@ def _signature_ok(cp: AuditCheckpoint, verify_keys: Mapping[str, Ed25519PublicKe
     return None
 
 
+def _stored_checkpoints(session: Session) -> tuple[list[AuditCheckpoint], list[Problem]]:
+    """The checkpoints in the database (by id, detached copies) and those whose time is unreadable."""
+    cols = AuditCheckpoint.__table__.c
+    rows = session.execute(select(*(type_coerce(c, String) if c.name == "created_at" else c for c in cols))
+                           .order_by(cols.id)).all()
+    good: list[AuditCheckpoint] = []
+    bad: list[Problem] = []
+    for r in rows:
+        created = _stored_time(r.created_at)
+        if created is None:
+            bad.append(Problem(r.seq, f"checkpoint {r.id} ({r.kind} of seq {r.seq}): created_at {r.created_at!r} is unreadable "
+                                      "(checkpoint edited)"))
+            continue
+        good.append(AuditCheckpoint(id=r.id, kind=r.kind, seq=r.seq, head_hash=r.head_hash, created_at=created,
+                                    key_id=r.key_id, signature=r.signature))
+    return good, bad
+
+
 def seal(session: Session, key: Ed25519PrivateKey | None = None, *, now: datetime | None = None) -> AuditCheckpoint:
     """Sign the current chain head; refuses when the entries since the last seal are broken.
 
@@ -306,7 +335,7 @@ def seal(session: Session, key: Ed25519PrivateKey | None = None, *, now: datetim
     except _keys.KeyConfigError:
         pass
     start_seq, start_hash = 0, GENESIS
-    cps = session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc(), AuditCheckpoint.id.desc())).all()
+    cps = sorted(_stored_checkpoints(session)[0], key=lambda cp: (cp.seq, cp.id), reverse=True)
     for cp in cps:
         if _signature_ok(cp, pubs) is None:
             anchor = session.get(AuditEntry, cp.seq)
@@ -361,8 +390,9 @@ def _iter_entries(session: Session, after_seq: int) -> Iterator[Any]:
     """
     last = after_seq
     cols = AuditEntry.__table__.c
+    raw = [type_coerce(c, String).label("ts") if c.name == "ts" else c for c in cols]  # parsed by `_walk`
     while True:
-        page = session.execute(select(*cols).where(cols.seq > last).order_by(cols.seq).limit(1000)).all()
+        page = session.execute(select(*raw).where(cols.seq > last).order_by(cols.seq).limit(1000)).all()
         if not page:
             return
         yield from page
@@ -383,9 +413,13 @@ def _walk(
     for e in _iter_entries(session, after_seq):
         if len(problems) >= limit:
             break
+        ts = _stored_time(e.ts)
         if e.seq != expect_seq:
             problems.append(Problem(expect_seq, f"missing: the chain jumps from seq {expect_seq - 1} to {e.seq} (entries deleted)"))
-        elif _hash_of(e) != e.hash:
+        elif ts is None:
+            problems.append(Problem(e.seq, f"stored time {e.ts!r} is unreadable (entry edited)"))
+        elif entry_hash(seq=e.seq, ts=ts, event=e.event, actor=e.actor, subject=e.subject, payload=e.payload,
+                        prev_hash=e.prev_hash) != e.hash:
             problems.append(Problem(e.seq, "content does not match its hash (entry edited or moved)"))
         elif e.prev_hash != expect_prev:
             problems.append(Problem(e.seq, f"prev_hash does not match entry seq {e.seq - 1} (an entry before it edited, deleted or reordered)"))
@@ -413,9 +447,9 @@ def verify_chain(
     stored ones; they catch an attacker who cut the tail and deleted the seals that covered it.
     """
     pubs = dict(verify_keys) if verify_keys is not None else _load_keys()
-    stored = list(session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)).all())
+    stored, unreadable = _stored_checkpoints(session)
     cps = [(f"checkpoint {cp.id}", cp) for cp in stored] + [(f"external checkpoint {i + 1}", cp) for i, cp in enumerate(external or [])]
-    problems: list[Problem] = []
+    problems: list[Problem] = list(unreadable)
     valid: list[AuditCheckpoint] = []
     for label, cp in cps:
         why = _signature_ok(cp, pubs)

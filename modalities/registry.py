@@ -14,15 +14,17 @@ activates: a person (or `cadence models activate`) decides, and the audit log re
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modalities.base import Scorer
+from modalities.base import ModelVersionError, Scorer
 from modalities.events import MODALITIES
 
 #: modules whose scorer classes a published model may name; imported before loading one, since
@@ -38,8 +40,6 @@ SCORER_MODULES = (
 
 def load_scorer(path: Path) -> Scorer:
     """`Scorer.load` with every scorer class defined, whatever this process imported before."""
-    import importlib
-
     for name in SCORER_MODULES:
         importlib.import_module(name)
     return Scorer.load(path)
@@ -50,6 +50,37 @@ _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 class RegistryError(ValueError):
     """Unknown modality or version, or a malformed registry folder."""
+
+
+class WrongModalityError(ModelVersionError):
+    """A published version whose scorer or features belong to another modality (copied folder).
+
+    A `ModelVersionError`: the version exists but this modality cannot serve it (API: 409).
+    """
+
+
+def _feature_version(modality: str) -> str | None:
+    """The feature version the modality package computes (None: no package installed)."""
+    try:
+        pkg = importlib.import_module(f"modalities.{modality}")
+    except ModuleNotFoundError:
+        return None
+    return getattr(pkg, "FEATURE_VERSION", None)
+
+
+def check_belongs(modality: str, scorer: Scorer, meta_feature_version: str = "") -> None:
+    """Refuse a scorer made for another modality (e.g. a copied folder): served, it refuses every window.
+
+    Another modality's scorer class, or another modality's feature version, gives it away. An
+    unknown feature version is let through (federated runs name their own).
+    """
+    made_for = getattr(scorer, "for_modality", None) or scorer.modality
+    if made_for not in ("any", modality):
+        raise WrongModalityError(f"{modality}: {scorer.name} is a {made_for} model, not a {modality} one")
+    foreign = {fv: m for m in MODALITIES if m != modality and (fv := _feature_version(m))}
+    for fv in (scorer.feature_version, meta_feature_version):
+        if fv in foreign:
+            raise WrongModalityError(f"{modality}: {scorer.name} reads {foreign[fv]} features ({fv!r}), not {modality} ones")
 
 
 @dataclass(frozen=True)
@@ -87,6 +118,7 @@ class ModelRegistry:
         if not card.strip():
             raise RegistryError("card: a model card is required (what data, which subjects, limits)")
         json.dumps(metrics)  # refuse non-JSON metrics before anything is written
+        check_belongs(modality, scorer)
         base = self.root / modality
         base.mkdir(parents=True, exist_ok=True)
         for _ in range(100):  # concurrent publishers: mkdir is the lock
@@ -108,16 +140,30 @@ class ModelRegistry:
         return version
 
     def activate(self, modality: str, version: str) -> ModelVersion:
-        """Point `modality`'s ACTIVE file at `version` (atomic replace); returns that version."""
-        mv = self.get(modality, version)
-        load_scorer(mv.path / "model.npz")  # refuse to activate what cannot be loaded
+        """Point `modality`'s ACTIVE file at `version` (atomic replace); returns that version.
+
+        Refuses what cannot be loaded or belongs to another modality. The temporary file is
+        unique per call: concurrent activations (threads of one server) must not share one.
+        """
+        self.check(modality, version)
         pointer = self.root / modality / "ACTIVE"
-        tmp = pointer.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(version + "\n")
-        os.replace(tmp, pointer)
+        fd, tmp = tempfile.mkstemp(prefix=".ACTIVE.", suffix=".tmp", dir=pointer.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(version + "\n")
+            os.replace(tmp, pointer)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return self.get(modality, version)
 
     # ---------------------------------------------------------------------- reading
+    def check(self, modality: str, version: str) -> ModelVersion:
+        """`version` of `modality` if it could serve: published, loadable, made for this modality."""
+        mv = self.get(modality, version)
+        check_belongs(modality, load_scorer(mv.path / "model.npz"), mv.feature_version)
+        return mv
+
     def _next_number(self, modality: str) -> int:
         nums = [int(m.group(1)) for p in (self.root / modality).iterdir() if (m := _VERSION_RE.match(p.name))]
         return max(nums, default=0) + 1
@@ -166,4 +212,7 @@ class ModelRegistry:
             if mv is None:
                 raise RegistryError(f"version: no active {modality} model in {self.root}")
             version = mv.version
-        return load_scorer(self.get(modality, version).path / "model.npz")
+        mv = self.get(modality, version)
+        scorer = load_scorer(mv.path / "model.npz")
+        check_belongs(modality, scorer, mv.feature_version)  # e.g. ACTIVE set before this check existed
+        return scorer

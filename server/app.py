@@ -199,6 +199,12 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     settings = settings or get_settings()
     if settings.environment != "development" and DEV_API_KEYS & set(settings.api_keys):
         raise ValueError("api_keys: development API keys are refused outside development")
+    from compliance.keys import KeyConfigError, hmac_key
+
+    try:  # every audited call pseudonymises with it: refuse now rather than fail each call with a 500
+        hmac_key(settings)
+    except KeyConfigError as exc:
+        raise ValueError(str(exc)) from exc
     # one pooled connection per handler thread (plus the event loop's own use), none made and dropped under load
     # one pooled connection per handler thread, plus the event loop's two held ones on a SQLite
     # file (`HeldConnections`): none made and dropped under load

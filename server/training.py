@@ -6,9 +6,15 @@ This is how a deployment replaces the one-class defaults with the benchmarked be
    score the other half (genuine = a person's own later windows, impostor = other people's),
    so the calibration never sees scores of people the model was trained on;
 2. the final model of each modality is trained on every subject of the folder and published
-   to the registry (and activated);
-3. the per-modality calibrators are saved as ``<registry>/fusion-calibration.json``, which
-   the server's `FusionEngine` loads, with the model versions they were fitted for.
+   to the registry;
+3. only when every modality is published, each is activated and its calibrator saved in
+   ``<registry>/fusion-calibration.json`` (which the server's `FusionEngine` loads, with the
+   model versions they were fitted for), then reported to `activated` (the audit log).
+
+Every modality and its subjects are checked before anything is trained, and a failure
+part-way leaves only inactive, published versions: never an active model without its
+calibrator or its audit entry. Without activation the live calibration file is not touched:
+its calibrators belong to the versions being served (see `calibrate_published`).
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ class TrainReport:
     calibration_file: Path | None = None
 
 
+def check_modalities(modalities: Sequence[str]) -> None:
+    """ValueError naming every unknown modality (before anything is trained)."""
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise ValueError(f"modality: unknown {', '.join(map(repr, unknown))}; expected one of {MODALITIES}")
+
+
 def train_and_publish(
     data_dir: Path,
     registry_root: Path,
@@ -43,8 +56,13 @@ def train_and_publish(
     seed: int = 0,
     max_subjects: int | None = None,
     step: Callable[[str], None] = lambda msg: None,
+    activated: Callable[[str, str, str], None] = lambda modality, version, scorer: None,
 ) -> TrainReport:
-    """Train, calibrate and publish each modality's population model from `data_dir`."""
+    """Train, calibrate and publish each modality's population model from `data_dir`.
+
+    `activated(modality, version, scorer name)` is called after each activation, once that
+    version's calibrator is saved: the caller records it in the audit log.
+    """
     import importlib
 
     from evaluation.datasets import available_subjects
@@ -53,42 +71,50 @@ def train_and_publish(
     from fusion.engine import FusionEngine
     from modalities.registry import ModelRegistry
 
+    check_modalities(modalities)
     reg = ModelRegistry(registry_root)
     report = TrainReport()
-    cal_path = Path(registry_root) / "fusion-calibration.json"
-    engine = FusionEngine.load(cal_path) if cal_path.exists() else FusionEngine()
     rng = np.random.default_rng(seed)
-    for m in modalities:
-        if m not in MODALITIES:
-            raise ValueError(f"modality: unknown {m!r}; expected one of {MODALITIES}")
+    plan: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}  # modality -> (subjects, half a, half b)
+    for m in dict.fromkeys(modalities):  # every input checked before anything is trained
         subs = available_subjects(data_dir, m)
         if max_subjects is not None and len(subs) > max_subjects:
             subs = sorted(rng.choice(subs, size=max_subjects, replace=False).tolist())
         if len(subs) < 6:
             raise ValueError(f"{m}: need at least 6 subjects in {data_dir}, found {len(subs)}")
         perm = rng.permutation(subs)
-        a, b = sorted(perm[: len(perm) // 2].tolist()), sorted(perm[len(perm) // 2:].tolist())
+        plan[m] = (subs, sorted(perm[: len(perm) // 2].tolist()), sorted(perm[len(perm) // 2:].tolist()))
+    fitted = FusionEngine()
+    scorers: dict[str, str] = {}
+    for m, (subs, a, b) in plan.items():
         step(f"{m}: calibration scores (train on {len(a)}, score {len(b)} other subjects)")
         ps = pair_scores(m, data_dir, a, data_dir, b, seed=seed)
         gen, imp = genuine_impostor(ps)
-        engine.fit_modality(m, genuine=gen, impostor=imp)
+        fitted.fit_modality(m, genuine=gen, impostor=imp)
         step(f"{m}: training the population model on {len(subs)} subjects")
         pkg: Any = importlib.import_module(f"modalities.{m}")
         scorer = pkg.train_scorer(data_dir, subs)
-        metrics = {"calibration_eer": eer(genuine=gen, impostor=imp), "calibration_cllr": engine.report[m]["cllr"],
+        metrics = {"calibration_eer": eer(genuine=gen, impostor=imp), "calibration_cllr": fitted.report[m]["cllr"],
                    "n_subjects": len(subs)}
         card = (f"# {m} model ({scorer.name})\n\nTrained by `cadence models train` on {len(subs)} subjects of "
                 f"`{data_dir}`. Calibration fitted on scores of subjects the calibration model never saw "
                 f"(EER {metrics['calibration_eer']:.4f}, Cllr {metrics['calibration_cllr']:.3f}). "
                 "Evaluate it only on people outside that folder.\n")
         version = reg.publish(m, scorer, metrics=metrics, card=card, source=f"central:{data_dir}")
-        if activate:
-            reg.activate(m, version)
-        engine.report[m]["model_version"] = version
+        fitted.report[m]["model_version"] = version
+        scorers[m] = scorer.name
         report.versions[m] = version
-        report.calibration[m] = dict(engine.report[m])
+        report.calibration[m] = dict(fitted.report[m])
         report.subjects[m] = len(subs)
-    engine.save(cal_path)
+    if not activate:
+        return report  # the live calibrators stay with the versions being served
+    cal_path = Path(registry_root) / "fusion-calibration.json"
+    live = FusionEngine.load(cal_path) if cal_path.exists() else FusionEngine()
+    for m, version in report.versions.items():
+        reg.activate(m, version)
+        live.calibrators[m], live.report[m] = fitted.calibrators[m], fitted.report[m]
+        live.save(cal_path)
+        activated(m, version, scorers[m])
     report.calibration_file = cal_path
     return report
 
@@ -113,7 +139,7 @@ def calibrate_published(
     max_subjects: int | None = None,
     seed: int = 0,
 ) -> CalibrationReport:
-    """Fit the fusion calibrator of an already published model (default: the active version).
+    """Fit the fusion calibrator of the active model of `modality` (`version`, when given, must be it).
 
     For models this process did not train, such as a federated run's global model: each
     subject of `data_dir` enrols on the earliest half of their data and is probed with the
@@ -121,6 +147,10 @@ def calibrate_published(
     calibrator is recorded as fitted for that version (`FusionEngine.applies`), beside the
     other modalities' calibrators. Use people the model was not trained on: scores of its own
     training people are optimistic, and the calibrated LLRs would be too.
+
+    The file holds one calibrator per modality, the one decisions use now: a calibrator
+    fitted for a version that is not served would replace it, and the served version's
+    evidence would be left out of decisions. So a candidate is activated first.
     """
     from evaluation.datasets import available_subjects
     from evaluation.metrics import eer
@@ -131,11 +161,17 @@ def calibrate_published(
     if modality not in MODALITIES:
         raise ValueError(f"modality: unknown {modality!r}; expected one of {MODALITIES}")
     reg = ModelRegistry(registry_root)
-    if version is None:
-        active = reg.active(modality)
-        if active is None:
-            raise RegistryError(f"version: no active {modality} model in {reg.root}; name one with --version")
-        version = active.version
+    active = reg.active(modality)
+    if version is not None:
+        reg.get(modality, version)  # unknown or malformed: named as such
+    if active is None:
+        raise RegistryError(f"version: no active {modality} model in {reg.root}: activate one first "
+                            f"(`cadence models activate {modality} VERSION`), then calibrate it")
+    if version is not None and version != active.version:
+        raise RegistryError(f"version: {modality} {version} is not active ({active.version} is): calibrating it would "
+                            f"replace the calibrator decisions use for {active.version}; activate it first "
+                            f"(`cadence models activate {modality} {version}`), then calibrate it")
+    version = active.version
     scorer = reg.load(modality, version)
     subs = available_subjects(data_dir, modality)
     if max_subjects is not None and len(subs) > max_subjects:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect
 from sqlalchemy.orm import Session
 
 app = typer.Typer()
@@ -36,16 +36,24 @@ def sqlite_file_missing(url: str) -> Path | None:
 
 
 @contextmanager
-def compliance_session(database_url: str | None = None, *, commit: bool = True) -> Iterator[Session]:
-    """A transaction on the configured database (rolled back when not `commit`); exits 2 if unusable."""
+def compliance_engine(database_url: str | None = None, *, server_tables: bool = False) -> Iterator[Engine]:
+    """An engine on the configured database, checked before any work; exits 2 if unusable.
+
+    Unusable: a SQLite file that does not exist (opening it would create an empty database
+    and hide the mistake), unreachable, or without the compliance tables. With
+    `server_tables` (the command reads the server's tables through the data holders) also
+    at a schema revision other than this code's: commands never migrate, the server does.
+    The audit tables alone are the same at every revision, so auditing an older copy works.
+    """
     from cadence.commands.database import database_errors
-    from cadence.db import make_engine, make_sessionmaker
+    from cadence.db import make_engine
     from cadence.settings import get_settings
     from compliance.models import TABLES
+    from server.migrate import schema_problem
 
     url = database_url or get_settings().database_url
     missing_file = sqlite_file_missing(url)
-    if missing_file is not None:  # opening it would create an empty database and hide the mistake
+    if missing_file is not None:
         _err.print(f"[red]error:[/red] no database at {missing_file}: point --database-url (or CADENCE_DATABASE_URL) at "
                    "the server's database, or start the server once (`cadence serve` creates and migrates it)")
         raise typer.Exit(2)
@@ -54,6 +62,7 @@ def compliance_session(database_url: str | None = None, *, commit: bool = True) 
     try:
         with database_errors(url):
             names = set(inspect(engine).get_table_names())
+            problem = schema_problem(engine) if server_tables else None
         missing = [t.name for t in TABLES if t.name not in names]
         if missing:
             _err.print(
@@ -61,6 +70,21 @@ def compliance_session(database_url: str | None = None, *, commit: bool = True) 
                 "table(s): start the server once on it (`cadence serve` migrates the database at start-up)"
             )
             raise typer.Exit(2)
+        if problem:
+            _err.print(f"[red]error:[/red] {engine.url.render_as_string(hide_password=True)}: {problem}", soft_wrap=True)
+            raise typer.Exit(2)
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def compliance_session(database_url: str | None = None, *, commit: bool = True,
+                       server_tables: bool = False) -> Iterator[Session]:
+    """A transaction on the configured database (rolled back when not `commit`); exits 2 if unusable."""
+    from cadence.db import make_sessionmaker
+
+    with compliance_engine(database_url, server_tables=server_tables) as engine:
         factory = make_sessionmaker(engine)
         if commit:
             with factory() as session, session.begin():
@@ -71,8 +95,6 @@ def compliance_session(database_url: str | None = None, *, commit: bool = True) 
                     yield session
                 finally:
                     session.rollback()
-    finally:
-        engine.dispose()
 
 
 DbUrl = Annotated[str | None, typer.Option("--database-url", help="SQLAlchemy URL (default: CADENCE_DATABASE_URL).")]
@@ -139,9 +161,12 @@ def seal_cmd(
     with compliance_session(database_url) as session:
         try:
             cp = seal(session)
-        except (AuditChainError, KeyConfigError) as exc:
+        except AuditChainError as exc:  # a broken chain: the same exit code as `verify` finding it
             _err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from exc
+        except KeyConfigError as exc:  # configuration, like `verify`'s
+            _err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
         text = json.dumps(checkpoint_dict(cp), indent=2)
     if out is not None:
         out.write_text(text + "\n", "utf-8")

@@ -43,7 +43,7 @@ def purge_cmd(
     except PolicyError as exc:
         raise typer.BadParameter(str(exc), param_hint="--policy") from exc
     _holders()
-    with compliance_session(database_url, commit=not dry_run) as session:
+    with compliance_session(database_url, commit=not dry_run, server_tables=True) as session:
         try:
             removed = purge(session, pol, dry_run=dry_run, actor="cli")
         except KeyConfigError as exc:
@@ -67,11 +67,16 @@ def export_cmd(
     database_url: DbUrl = None,
 ) -> None:
     """Everything held about USER as JSON (GDPR Art. 20)."""
+    from compliance.keys import KeyConfigError
     from compliance.subjects import export_user
 
     _holders()
-    with compliance_session(database_url) as session:
-        data = export_user(session, user)
+    with compliance_session(database_url, server_tables=True) as session:
+        try:
+            data = export_user(session, user)
+        except KeyConfigError as exc:  # the audit entries about USER are found by keyed pseudonym
+            _err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
     if out is not None:
         out.write_text(text + "\n", "utf-8")
@@ -93,7 +98,7 @@ def erase_cmd(
     if not yes:
         typer.confirm(f"Erase every record of {user!r}? This cannot be undone", abort=True)
     _holders()
-    with compliance_session(database_url) as session:
+    with compliance_session(database_url, server_tables=True) as session:
         try:
             removed = erase_user(session, user, actor="cli")
         except KeyConfigError as exc:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -69,12 +71,31 @@ def activate(modality: Annotated[str, typer.Argument(help="keystroke, touch or g
 
     reg = _registry(registry)
     try:
-        mv = reg.activate(modality, version)
+        reg.check(modality, version)  # a typo or a foreign model is named before the database is looked at
     except (RegistryError, ModelVersionError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    _audit_model_event(modality, version, mv.scorer)
+        _fail(exc)
+    with _audit_log() as record:  # checked before the switch: no activation goes unrecorded
+        try:
+            mv = reg.activate(modality, version)
+        except (RegistryError, ModelVersionError) as exc:
+            _fail(exc)
+        record("model.activated", {"modality": modality, "version": version, "scorer": mv.scorer})
     Console().print(f"{modality}: {version} ({mv.scorer}) is now active")
+    _calibration_hint(reg.root, modality, version)
+
+
+def _fail(exc: Exception) -> NoReturn:
+    """One line on stderr and exit 2 (bad input or state, not a crash)."""
+    Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+    raise typer.Exit(2) from exc
+
+
+def _calibration_hint(root: Path, modality: str, version: str) -> None:
+    """Say so when decisions will leave the newly active version out until it is calibrated."""
+    if _calibrated_versions(root).get(modality) != version:
+        Console().print(f"{modality} {version} has no fusion calibrator yet: decisions leave its evidence out "
+                        f"('uncalibrated') until `cadence models calibrate {modality} --data-dir PEOPLE` "
+                        "(people it was not trained on)", soft_wrap=True)
 
 
 @models_app.command("train")
@@ -87,29 +108,41 @@ def train(
     max_subjects: Annotated[int | None, typer.Option(help="Use at most this many subjects (seeded).")] = None,
 ) -> None:
     """Train each modality's best population model on DATA_DIR, calibrate it and publish it."""
-    from server.training import MODALITIES, train_and_publish
+    from cadence.commands.paths import ensure_writable_dir
+    from server.training import MODALITIES, check_modalities, train_and_publish
 
     if data_dir is None or not data_dir.is_dir():
         raise typer.BadParameter(f"{data_dir} is not a folder" if data_dir else "give --data-dir or set CADENCE_DATA_DIR",
                                  param_hint="--data-dir")
-    reg = _registry(registry)
-    console = Console()
     try:
-        with console.status("training") as status:
-            report = train_and_publish(data_dir, reg.root, modalities=modality or MODALITIES, activate=activate, seed=seed,
-                                       max_subjects=max_subjects, step=lambda msg: status.update(msg))
+        check_modalities(modality or MODALITIES)
     except ValueError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        _fail(exc)
+    reg = _registry(registry)
+    ensure_writable_dir(reg.root, "--registry")
+    console = Console()
+    with _audit_log() as record:  # checked before training: every activation below is recorded
+        try:
+            with console.status("training") as status:
+                report = train_and_publish(
+                    data_dir, reg.root, modalities=modality or MODALITIES, activate=activate, seed=seed,
+                    max_subjects=max_subjects, step=lambda msg: status.update(msg),
+                    activated=lambda m, v, scorer: record("model.activated", {"modality": m, "version": v, "scorer": scorer,
+                                                                              "calibrated": True}))
+        except ValueError as exc:
+            _fail(exc)
     table = Table(title=f"published to {reg.root}")
     for c in ("modality", "version", "subjects", "calibration Cllr", "active"):
         table.add_column(c)
     for m, v in report.versions.items():
         table.add_row(m, v, str(report.subjects[m]), f"{report.calibration[m]['cllr']:.3f}", "yes" if activate else "no")
-        if activate:
-            _audit_model_event(m, v, "trained")
     console.print(table)
-    console.print(f"fusion calibration: {report.calibration_file}")
+    if report.calibration_file is not None:
+        console.print(f"fusion calibration: {report.calibration_file}")
+    else:
+        console.print("not activated, and the live fusion calibration is unchanged. To serve one: "
+                      "`cadence models activate MODALITY VERSION`, then `cadence models calibrate MODALITY --data-dir PEOPLE` "
+                      "(people it was not trained on); until then decisions leave its evidence out", soft_wrap=True)
 
 
 @models_app.command("calibrate")
@@ -131,34 +164,59 @@ def calibrate(
         raise typer.BadParameter(f"{data_dir} is not a folder" if data_dir else "give --data-dir or set CADENCE_DATA_DIR",
                                  param_hint="--data-dir")
     reg = _registry(registry)
-    try:
-        with Console().status(f"{modality}: scoring the calibration people"):
-            rep = calibrate_published(data_dir, reg.root, modality, version=version, max_subjects=max_subjects, seed=seed)
-    except (RegistryError, ModelVersionError, ValueError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    _audit_model_event(modality, rep.version, rep.scorer, event="model.calibrated",
-                      extra={"subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(data_dir)})
+    with _audit_log() as record:  # checked before the calibration file changes
+        try:
+            with Console().status(f"{modality}: scoring the calibration people"):
+                rep = calibrate_published(data_dir, reg.root, modality, version=version, max_subjects=max_subjects,
+                                          seed=seed)
+        except (RegistryError, ModelVersionError, ValueError) as exc:
+            _fail(exc)
+        record("model.calibrated", {"modality": modality, "version": rep.version, "scorer": rep.scorer,
+                                    "subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(data_dir)})
     Console().print(f"{modality} {rep.version} ({rep.scorer}): calibrated on {rep.subjects} subjects, "
                     f"EER {rep.eer:.4f}, Cllr {rep.cllr:.3f} -> {rep.calibration_file}")
 
 
-def _audit_model_event(modality: str, version: str, scorer: str, *, event: str = "model.activated",
-                      extra: dict[str, Any] | None = None) -> None:
-    """Record a model activation or calibration in the audit log of the configured database."""
+@contextmanager
+def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
+    """The audit log of the configured database, made usable before anything changes (exit 2 if not).
+
+    Yields `record(event, payload)`, which appends one entry in its own transaction, so each
+    change is on record as soon as it is made. Like `cadence serve`, it migrates the database
+    and creates the embedded SQLite file when there is none (a fresh machine runs `models
+    train`, then `serve`), and then says where it created it, so no entry lands unnoticed in
+    a stray file. An unreachable database, or one newer than this code, stops here.
+    """
+    from cadence.commands.audit import sqlite_file_missing
     from cadence.commands.database import database_errors
     from cadence.db import make_engine, make_sessionmaker, transaction
     from cadence.settings import get_settings
-    from server.migrate import upgrade
+    from compliance.keys import KeyConfigError
+    from server.migrate import SchemaError, upgrade
     from server.services import compliance_hooks as hooks
 
     url = get_settings().database_url
+    created = sqlite_file_missing(url)
     with database_errors(url):
         engine = make_engine(url)
+    try:
         try:
-            upgrade(engine)
-            with transaction(make_sessionmaker(engine)) as session:
-                hooks.audit(session, event=event, actor="cli", subject=None,
-                            payload={"modality": modality, "version": version, "scorer": scorer, **(extra or {})})
-        finally:
-            engine.dispose()
+            with database_errors(url):
+                upgrade(engine)
+        except SchemaError as exc:
+            _fail(exc)
+        if created is not None:
+            Console().print(f"audit log: created the database {created} (CADENCE_DATABASE_URL names another)",
+                            soft_wrap=True)
+        factory = make_sessionmaker(engine)
+
+        def record(event: str, payload: dict[str, Any]) -> None:
+            try:
+                with database_errors(url), transaction(factory) as session:
+                    hooks.audit(session, event=event, actor="cli", subject=None, payload=payload)
+            except KeyConfigError as exc:
+                _fail(exc)
+
+        yield record
+    finally:
+        engine.dispose()

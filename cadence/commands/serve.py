@@ -25,7 +25,7 @@ def serve(
     from cadence.db import make_engine
     from cadence.settings import get_settings
     from server.app import create_app
-    from server.migrate import upgrade
+    from server.migrate import SchemaError, upgrade
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = get_settings()
@@ -36,6 +36,11 @@ def serve(
         engine = make_engine(settings.database_url)
         try:
             upgrade(engine)  # once, before any worker starts
+        except SchemaError as exc:
+            from rich.console import Console
+
+            Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from exc
         finally:
             engine.dispose()
     host, port = host or settings.host, port or settings.port

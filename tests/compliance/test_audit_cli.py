@@ -206,3 +206,43 @@ def test_seal_refuses_an_unwritable_out_before_sealing(
         assert res.exit_code == 2 and "--out" in res.output, res.output
     with factory() as s:
         assert s.scalar(select(AuditCheckpoint.seq)) is None  # nothing was sealed
+
+
+@pytest.mark.parametrize("column, where, named", [
+    ("compliance_audit.ts", "seq = 3", "first broken entry seq=3: stored time 'not a time' is unreadable"),
+    ("compliance_audit_checkpoint.created_at", "id = 1", f"first broken entry seq={N}: checkpoint 1 (seal of seq {N}): created_at"),
+])
+def test_an_unreadable_stored_time_is_tampering_not_a_crash(
+    column: str, where: str, named: str, factory: sessionmaker[Session], engine: Engine, db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if not db_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's timestamp columns refuse such values")
+    from sqlalchemy import text
+
+    _chain(factory)
+    with factory() as s, s.begin():
+        seal(s)
+    table, col = column.split(".")
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE {table} SET {col} = 'not a time' WHERE {where}"))
+    code, out = _verify(db_url, monkeypatch)
+    assert code == 1 and named in out and "Traceback" not in out, out
+    res = runner.invoke(app, ["audit", "seal"])  # re-checks only after the newest readable seal: no crash
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.parametrize("command", [["audit", "seal"], ["compliance", "export", "user-1"],
+                                     ["compliance", "erase", "user-1", "--yes"]])
+def test_missing_production_keys_exit_2_in_every_command(
+    command: list[str], factory: sessionmaker[Session], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cadence.settings import get_settings
+
+    _chain(factory)
+    monkeypatch.setenv("CADENCE_DATABASE_URL", db_url)
+    monkeypatch.setenv("CADENCE_ENVIRONMENT", "production")
+    get_settings.cache_clear()
+    res = CliRunner(env={"COLUMNS": "400"}).invoke(app, command)
+    assert res.exit_code == 2 and "refused outside environment='development'" in res.output, res.output
+    assert "Traceback" not in res.output

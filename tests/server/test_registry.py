@@ -99,3 +99,58 @@ def test_a_fresh_process_loads_and_activates_every_published_kind(tmp_path: Path
     res = subprocess.run([sys.executable, "-c", code, str(reg.root), fed_version], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["keystroke-manhattan-scaled", "touch-knn", "federated-embedding"]
+
+
+def test_concurrent_activations_never_collide(tmp_path: Path) -> None:
+    """Threads of one server activating at once: each call succeeds and ACTIVE is always whole."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    reg = ModelRegistry(tmp_path)
+    versions = [reg.publish("touch", ScaledManhattan(min_scale=s), metrics={}, card="# c", source="t") for s in (0.01, 0.02)]
+    barrier = Barrier(8)
+
+    def go(i: int) -> str:
+        barrier.wait()
+        for _ in range(15):
+            reg.activate("touch", versions[i % 2])
+        return "ok"
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(go, range(8))) == ["ok"] * 8  # no FileNotFoundError of a shared temp file
+    active = reg.active("touch")
+    assert active is not None and active.version in versions
+    assert sorted(p.name for p in (tmp_path / "touch").iterdir()) == ["ACTIVE", *versions]  # no temp file left
+
+
+def test_a_model_of_another_modality_is_never_activated(tmp_path: Path) -> None:
+    """A gait model copied into keystroke's folder: refused by the registry, the API and the CLI."""
+    import shutil
+
+    from modalities.gait.scorers import GaitManhattan
+    from modalities.keystroke.detectors import ManhattanScaledDetector
+    from modalities.registry import WrongModalityError
+
+    reg = ModelRegistry(tmp_path / "registry")
+    good = reg.publish("keystroke", ManhattanScaledDetector(), metrics={}, card="# c", source="t")
+    reg.activate("keystroke", good)
+    gait = reg.publish("gait", GaitManhattan(), metrics={}, card="# c", source="t")
+    shutil.copytree(reg.get("gait", gait).path, tmp_path / "registry" / "keystroke" / "v0003")
+    with pytest.raises(WrongModalityError, match="gait"):
+        reg.activate("keystroke", "v0003")
+    with pytest.raises(WrongModalityError):
+        reg.publish("keystroke", GaitManhattan(), metrics={}, card="# c", source="t")
+    app = create_app(make_settings(tmp_path))
+    with TestClient(app) as client:
+        r = client.post("/v1/models/keystroke/activate", json={"version": "v0003"}, headers={"X-API-Key": "dev-admin-key"})
+        assert r.status_code == 409 and r.json()["code"] == "unloadable_model" and "gait" in r.json()["detail"]
+        # an ACTIVE pointer set by hand (or before this check) is not served: the default serves instead
+        (tmp_path / "registry" / "keystroke" / "ACTIVE").write_text("v0003\n")
+        assert not client.get("/v1/models/keystroke/active").json()["model_id"].startswith("registry:")
+    app.state.engine.dispose()
+    (tmp_path / "registry" / "keystroke" / "ACTIVE").write_text(good + "\n")
+    bad = CliRunner(env={"COLUMNS": "400"}).invoke(cli, ["models", "activate", "keystroke", "v0003", "--registry",
+                                                         str(tmp_path / "registry")])
+    assert bad.exit_code == 2 and "gait" in bad.output and "Traceback" not in bad.output, bad.output
+    active = reg.active("keystroke")
+    assert active is not None and active.version == good

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 from cadence.cli import app
@@ -14,11 +15,12 @@ from fusion.policy import ModalityEvidence
 from modalities.registry import ModelRegistry
 from server.app import load_fusion
 from server.services.scoring import ScorerProvider
+from tests.server.test_operator_errors import audit_db, audit_events
 
 
 @pytest.mark.slow
 def test_train_publish_and_serve(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    audit_db(tmp_path, monkeypatch)
     reg_root = tmp_path / "registry"
     r = CliRunner().invoke(app, ["models", "train", "--data-dir", str(data_dir), "--registry", str(reg_root),
                                  "-m", "keystroke", "--max-subjects", "10"])
@@ -53,7 +55,7 @@ def test_calibrate_a_published_model_the_server_then_uses(data_dir: Path, tmp_pa
     """
     from modalities.keystroke.detectors import ManhattanScaledDetector
 
-    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    audit_db(tmp_path, monkeypatch)
     reg_root = tmp_path / "registry"
     assert CliRunner().invoke(app, ["models", "train", "--data-dir", str(data_dir), "--registry", str(reg_root),
                                     "-m", "keystroke", "--max-subjects", "8"]).exit_code == 0
@@ -80,3 +82,86 @@ def test_calibrate_a_published_model_the_server_then_uses(data_dir: Path, tmp_pa
     bad = CliRunner(env={"COLUMNS": "400"}).invoke(
         app, ["models", "calibrate", "gait", "--data-dir", str(data_dir), "--registry", str(reg_root)])
     assert bad.exit_code == 2 and "no active gait model" in bad.output
+
+
+@pytest.fixture
+def fake_training(monkeypatch: pytest.MonkeyPatch) -> dict[str, Exception]:
+    """Training without datasets: eight subjects per modality, synthetic scores, one-class models.
+
+    Put an exception under a modality's name in the returned dict to make its training fail.
+    """
+    import numpy as np
+
+    import evaluation.datasets
+    import evaluation.pair_scores
+    from modalities.base import ScaledManhattan
+
+    failures: dict[str, Exception] = {}
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(evaluation.datasets, "available_subjects", lambda data_dir, m: list(range(1, 9)))
+    monkeypatch.setattr(evaluation.pair_scores, "pair_scores", lambda m, *a, **kw: m)
+    monkeypatch.setattr(evaluation.pair_scores, "genuine_impostor",
+                        lambda m: (rng.normal(1.0, 1.0, 200), rng.normal(-1.0, 1.0, 200)))
+    for m in ("keystroke", "touch", "gait"):
+        def train_scorer(data_dir: Path, subjects: list[int], m: str = m) -> ScaledManhattan:
+            if m in failures:
+                raise failures[m]
+            return ScaledManhattan(min_scale=0.5)
+
+        monkeypatch.setattr(f"modalities.{m}.train_scorer", train_scorer)
+    return failures
+
+
+def _train(tmp_path: Path, *args: str) -> Result:
+    return CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["models", "train", "--data-dir", str(tmp_path), "--registry", str(tmp_path / "registry"), *args])
+
+
+def test_every_modality_is_checked_before_anything_is_trained(fake_training: dict[str, Exception], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    url = audit_db(tmp_path, monkeypatch)
+    r = _train(tmp_path, "-m", "keystroke", "-m", "bogus")
+    assert r.exit_code == 2 and "'bogus'" in r.output, r.output
+    assert ModelRegistry(tmp_path / "registry").list() == [] and audit_events(url) == []
+
+
+def test_a_training_failing_part_way_activates_nothing(fake_training: dict[str, Exception], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = audit_db(tmp_path, monkeypatch)
+    fake_training["touch"] = ValueError("touch: not enough strokes")
+    r = _train(tmp_path, "-m", "keystroke", "-m", "touch")
+    assert r.exit_code == 2 and "not enough strokes" in r.output, r.output
+    reg = ModelRegistry(tmp_path / "registry")
+    assert reg.active("keystroke") is None  # published as a candidate, not served uncalibrated
+    assert not (tmp_path / "registry" / "fusion-calibration.json").exists() and audit_events(url) == []
+
+
+def test_each_activation_is_calibrated_and_audited(fake_training: dict[str, Exception], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    url = audit_db(tmp_path, monkeypatch)
+    r = _train(tmp_path, "-m", "keystroke", "-m", "touch")
+    assert r.exit_code == 0, r.output
+    engine = FusionEngine.load(tmp_path / "registry" / "fusion-calibration.json")
+    assert {m: engine.fitted_for(m) for m in engine.calibrated_modalities} == {"keystroke": "v0001", "touch": "v0001"}
+    assert [(e, p["modality"], p["version"]) for e, p in audit_events(url)] == [
+        ("model.activated", "keystroke", "v0001"), ("model.activated", "touch", "v0001")]
+
+
+def test_candidates_never_replace_the_live_calibration(fake_training: dict[str, Exception], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --no-activate` and `calibrate --version` of a non-active version leave the served calibrator."""
+    url = audit_db(tmp_path, monkeypatch)
+    assert _train(tmp_path, "-m", "keystroke").exit_code == 0
+    cal = tmp_path / "registry" / "fusion-calibration.json"
+    live = cal.read_bytes()
+    r = _train(tmp_path, "-m", "keystroke", "--no-activate")
+    assert r.exit_code == 0 and "cadence models calibrate" in r.output, r.output
+    assert cal.read_bytes() == live
+    reg = ModelRegistry(tmp_path / "registry")
+    active = reg.active("keystroke")
+    assert active is not None and active.version == "v0001" and [m.version for m in reg.list()] == ["v0001", "v0002"]
+    r = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["models", "calibrate", "keystroke", "--version", "v0002", "--data-dir", str(tmp_path),
+              "--registry", str(tmp_path / "registry")])
+    assert r.exit_code == 2 and "v0002 is not active" in r.output and "cadence models activate" in r.output, r.output
+    assert cal.read_bytes() == live and len(audit_events(url)) == 1
