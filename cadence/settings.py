@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     #: server: uvicorn worker processes for `cadence serve` (SQLite WAL serialises writers)
-    api_workers: int = 1
+    api_workers: int = Field(default=1, ge=1, le=256)
     #: server: threads per worker running the (synchronous) request handlers; more only adds
     #: GIL contention and database connections, since SQLite serialises writers anyway
     api_threads: int = Field(default=8, ge=1, le=256)
@@ -50,16 +50,17 @@ class Settings(BaseSettings):
     #: server: device requests must carry an Ed25519 signature (off only in unit tests)
     require_signed_requests: bool = True
     #: server: allowed clock skew for signed requests, seconds (older = stale, refused)
-    signature_max_skew_s: int = 300
+    signature_max_skew_s: int = Field(default=300, ge=1)
     #: server: largest request body accepted, bytes
-    max_body_bytes: int = 262_144
-    #: server: requests per second a device may make (token bucket of twice that; 429 beyond)
-    device_rate_per_s: float = 50.0
+    max_body_bytes: int = Field(default=262_144, gt=0)
+    #: server: requests per second a device may make (token bucket of twice that; 429 beyond);
+    #: 0 = no limit (server/services/devices.py RateLimiter)
+    device_rate_per_s: float = Field(default=50.0, ge=0, allow_inf_nan=False)
     #: server: consecutive failed authentications before the user is locked (PSD2 RTS Art. 4)
-    lockout_failures: int = 5
+    lockout_failures: int = Field(default=5, ge=1)
     #: server: enrolment quality gate (per modality)
-    enrol_min_windows: int = 3
-    enrol_min_quality: float = 0.05
+    enrol_min_windows: int = Field(default=3, ge=1)
+    enrol_min_quality: float = Field(default=0.05, ge=0.0, le=1.0)
     #: server: fitted score calibration (fusion.engine.FusionEngine JSON); None = look for
     #: fusion-calibration.json in the model registry, else the policy's uncalibrated mapping
     fusion_calibration: Path | None = None
@@ -84,7 +85,10 @@ class SettingsError(ValueError):
 @lru_cache
 def get_settings() -> Settings:
     """The settings from CADENCE_* variables and `.env`; a bad value raises `SettingsError` naming it."""
+    import re
+
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError as SourceError
 
     try:
         return Settings()
@@ -93,3 +97,8 @@ def get_settings() -> Settings:
             f"CADENCE_{'_'.join(str(p) for p in e['loc'][:1]).upper()}={e.get('input')!r}: {e['msg']}" for e in exc.errors()
         )
         raise SettingsError(f"invalid setting {problems}") from None
+    except SourceError as exc:  # a list/dict variable that is not JSON: pydantic-settings' own error
+        m = re.search(r'field "(\w+)"', str(exc))
+        name = f"CADENCE_{m.group(1).upper()}" if m else "a CADENCE_* variable"
+        reason = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise SettingsError(f"invalid setting {name} (environment or .env): not valid JSON{reason}") from None

@@ -50,11 +50,17 @@ class BenchContext:
     quick: bool = False
     seed: int = 0
     progress: bool = True
+    #: caveats found while running (folds' warnings, skipped subjects): printed and written
+    #: to the JSON's ``protocol.warnings``
+    notes: list[str] = field(default_factory=list, compare=False, hash=False)
 
     def folds(self, kind: str, *, k: int = 2, max_subjects: int | None = None) -> list[Fold]:
-        """Subject-disjoint folds for `kind` under this context's folders."""
-        return resolve_folds(kind, data_dir=self.data_dir, train_dir=self.train_dir, eval_dir=self.eval_dir,
-                             k=k, seed=self.seed, max_subjects=max_subjects if self.quick else None)
+        """Subject-disjoint folds for `kind` under this context's folders (their warnings join `notes`)."""
+        folds = resolve_folds(kind, data_dir=self.data_dir, train_dir=self.train_dir, eval_dir=self.eval_dir,
+                              k=k, seed=self.seed, max_subjects=max_subjects if self.quick else None)
+        for fold in folds:
+            self.notes.extend(w for w in fold.warnings if w not in self.notes)
+        return folds
 
     def require_data_dir(self) -> Path:
         d = self.data_dir or self.eval_dir
@@ -167,10 +173,16 @@ def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict
     output = spec.func(ctx)
     seconds = time.perf_counter() - t0
     results = rows_from_scores(output) + list(output.rows)
+    if output.scores is not None and not results:
+        raise BenchError(f"bench {name}: no result (no template had both genuine and impostor trials); "
+                         f"evaluation subjects {output.eval_subjects or 'none'}: need at least 2 with enough data")
+    protocol = dict(output.protocol)
+    if ctx.notes:
+        protocol["warnings"] = list(ctx.notes)
     doc: dict[str, Any] = {
         "benchmark": name,
         "version": spec.version,
-        "protocol": output.protocol,
+        "protocol": protocol,
         "train_subjects": [int(s) for s in output.train_subjects],
         "eval_subjects": [int(s) for s in output.eval_subjects],
         "results": results,
@@ -183,7 +195,8 @@ def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict
         "quick": ctx.quick,
         "seed": ctx.seed,
     })
-    (ctx.out / f"{name}.json").write_text(json.dumps(doc, indent=2, default=_json_default))
+    doc = _finite(doc)
+    (ctx.out / f"{name}.json").write_text(json.dumps(doc, indent=2, default=_json_default, allow_nan=False))
     if output.scores is not None and len(output.scores):
         output.scores.to_csv(ctx.out / f"{name}-scores.csv")
         groups = output.det_groups or output.scores.groups()
@@ -196,7 +209,24 @@ def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict
             plot_det(curves, str(ctx.out / f"{name}-det.png"), title=f"cadence bench {name}")
     if print_table:
         print_results(doc, output.headline)
+    for note in ctx.notes:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {note}", soft_wrap=True, markup=True)
     return doc
+
+
+def _finite(o: Any) -> Any:
+    """`o` with NaN and infinite floats (numpy ones too) replaced by None: JSON has no NaN."""
+    import numpy as np
+
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not math.isfinite(float(o)):
+        return None
+    return o
 
 
 def _json_default(o: Any) -> Any:

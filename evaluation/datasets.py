@@ -11,13 +11,18 @@ and the loader version, so an edited file is re-parsed and an unchanged one is n
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,6 +31,7 @@ from evaluation.progress import track
 from modalities.events import ANDROID_ACTION_MASK, AccelSeries, KeySequence, TouchStream
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LOADER_VERSION = "1"
 G = 9.80665
@@ -69,13 +75,24 @@ def modality_dir(data_dir: str | os.PathLike[str], kind: str) -> Path:
 
 
 def find_subject_files(data_dir: str | os.PathLike[str], kind: str) -> dict[int, Path]:
-    """Map subject id -> file for `kind`; a `.csv` wins over a `.csv.gz` of the same name."""
+    """Map subject id -> file for `kind`; a `.csv` wins over a `.csv.gz` of the same name.
+
+    Two different files for one subject id (say two phone names) are a `DatasetError` naming
+    both: which one is meant cannot be guessed.
+    """
     folder = modality_dir(data_dir, kind)
     found: dict[int, Path] = {}
     for f in sorted(folder.iterdir(), key=lambda p: (p.name.endswith(".gz"), p.name)):
         m = PATTERNS[kind].match(f.name)
-        if m and f.is_file():
-            found.setdefault(int(m.group(1)), f)
+        if not (m and f.is_file()):
+            continue
+        sid = int(m.group(1))
+        if sid in found:
+            if f.name == found[sid].name + ".gz":  # the plain .csv of the same name wins
+                continue
+            raise DatasetError(f"subject {sid} has two {kind} files in {folder}: {found[sid].name} and {f.name}; "
+                               "keep one")
+        found[sid] = f
     return dict(sorted(found.items()))
 
 
@@ -87,27 +104,85 @@ def device_of(path: Path, kind: str) -> str:
 def available_subjects(data_dir: str | os.PathLike[str], kind: str) -> list[int]:
     """Subject ids with a `kind` file in `data_dir` (empty list if the folder has none)."""
     try:
-        return list(find_subject_files(data_dir, kind))
+        modality_dir(data_dir, kind)
     except DatasetError:
         return []
+    return list(find_subject_files(data_dir, kind))  # a folder with bad files is still an error
 
 
 # --------------------------------------------------------------------------- cache
 
 
 def cache_dir() -> Path:
-    """Cache folder: ``$CADENCE_CACHE_DIR`` or ``~/.cache/cadence``."""
-    d = Path(os.environ.get("CADENCE_CACHE_DIR") or Path.home() / ".cache" / "cadence")
-    d.mkdir(parents=True, exist_ok=True)
+    """Cache folder: ``$CADENCE_CACHE_DIR`` or ``~/.cache/cadence``; a `DatasetError` naming it if unusable.
+
+    Read from the environment (not `cadence.settings`) so the loaders work without the server's settings.
+    """
+    env = os.environ.get("CADENCE_CACHE_DIR")
+    d = Path(env or Path.home() / ".cache" / "cadence")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        if not d.is_dir():
+            raise NotADirectoryError(20, "not a folder")
+    except OSError as exc:
+        what = f"CADENCE_CACHE_DIR={env}" if env else f"cache folder {d} (set CADENCE_CACHE_DIR to another)"
+        raise DatasetError(f"{what}: cannot use it as the cache folder: {exc.strerror or exc}") from None
     return d
 
 
-def _file_key(path: Path, kind: str) -> str:
-    h = hashlib.sha1(f"{kind}:{LOADER_VERSION}:".encode())
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+def _reason(exc: BaseException) -> str:
+    """A one-line reason for a file that could not be read or parsed."""
+    if isinstance(exc, gzip.BadGzipFile):
+        return "not gzip data although the name ends in .gz"
+    if isinstance(exc, (EOFError, zlib.error)):
+        return f"truncated or corrupt gzip data ({exc})"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text (a binary file?)"
+    if isinstance(exc, pd.errors.EmptyDataError):
+        return "empty file (no header row)"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return " ".join(str(exc).split())
+
+
+def file_digest(path: Path, salt: str = "") -> str:
+    """SHA-1 of `salt` and the file's bytes; a `DatasetError` naming the file if it cannot be read."""
+    h = hashlib.sha1(salt.encode())
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {_reason(exc)}") from None
     return h.hexdigest()
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when `a` and `b` are the same file or hold the same bytes."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        if a.stat().st_size != b.stat().st_size:
+            return False
+    except OSError as exc:
+        raise DatasetError(f"cannot read {a} or {b}: {_reason(exc)}") from None
+    return file_digest(a) == file_digest(b)
+
+
+def _file_key(path: Path, kind: str) -> str:
+    return file_digest(path, f"{kind}:{LOADER_VERSION}:")
+
+
+def _parse_named(path: Path, parse: Callable[[Path], T]) -> T:
+    """`parse(path)` with every read or parse failure turned into a `DatasetError` naming the file."""
+    try:
+        return parse(path)
+    except DatasetError as exc:
+        if str(path) in str(exc):
+            raise
+        raise DatasetError(f"{path}: {exc}") from None
+    except (OSError, EOFError, zlib.error, ValueError) as exc:  # bad gzip, unreadable, unparsable values
+        raise DatasetError(f"{path}: cannot parse: {_reason(exc)}") from None
 
 
 def _cached(path: Path, kind: str, parse: Callable[[Path], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -116,14 +191,28 @@ def _cached(path: Path, kind: str, parse: Callable[[Path], dict[str, np.ndarray]
         try:
             with np.load(target, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        except (OSError, ValueError):  # corrupt cache entry: parse again
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # corrupt cache entry: parse again
             log.warning("discarding unreadable cache entry %s", target)
-    arrays = parse(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    arrays = _parse_named(path, parse)
     tmp = target.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
-    os.replace(tmp, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise DatasetError(f"cannot write the parse cache {target} (CADENCE_CACHE_DIR): {_reason(exc)}") from None
     return arrays
+
+
+@contextmanager
+def _usable(path: Path) -> Iterator[None]:
+    """Event containers built from `path`'s arrays inside the block: invalid ones are a `DatasetError` naming it."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except ValueError as exc:  # EventValidationError: e.g. an empty or unordered sequence
+        raise DatasetError(f"{path}: no usable data: {_reason(exc)}") from None
 
 
 def _select(files: dict[int, Path], subjects: Iterable[int] | None) -> list[tuple[int, Path]]:
@@ -140,10 +229,29 @@ def load_cmu(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """CMU keystroke benchmark as a DataFrame: subject, sessionIndex, rep and 31 timing columns."""
     folder = modality_dir(data_dir, "cmu")
     path = next(f for f in sorted(folder.iterdir()) if PATTERNS["cmu"].match(f.name))
-    df = pd.read_csv(path)
+    df: pd.DataFrame = _parse_named(path, lambda p: pd.read_csv(p, low_memory=False))
     missing = {"subject", "sessionIndex", "rep"} - set(df.columns)
     if missing:
         raise DatasetError(f"{path}: missing columns {sorted(missing)}")
+    feats = cmu_feature_columns(df)
+    if df.empty or not feats:
+        raise DatasetError(f"{path}: no rows" if df.empty else f"{path}: no timing columns (H.*, DD.*, UD.*)")
+    text = [c for c in feats if not pd.api.types.is_numeric_dtype(df[c])]
+    if text:
+        raise DatasetError(f"{path}: non-numeric values in columns {text[:5]}")
+    missing_values = [c for c in feats if not np.isfinite(df[c].to_numpy(float)).all()]
+    if missing_values:
+        raise DatasetError(f"{path}: empty or non-finite values in columns {missing_values[:5]}")
+    key = ["subject", "sessionIndex", "rep"]
+    dup = df.duplicated()
+    if dup.any():  # exact copies of a row would count twice as enrolment or test repetitions
+        log.warning("%s: dropped %d exact duplicate rows", path, int(dup.sum()))
+        df = df[~dup].reset_index(drop=True)
+    clash = df[df.duplicated(key, keep=False)]
+    if not clash.empty:
+        first = clash.iloc[0]
+        raise DatasetError(f"{path}: {len(clash)} rows share (subject, sessionIndex, rep) with different values, "
+                           f"e.g. {first['subject']}, {first['sessionIndex']}, {first['rep']}")
     return df
 
 
@@ -160,6 +268,8 @@ def _parse_keystroke(path: Path) -> dict[str, np.ndarray]:
     if need - set(df.columns):
         raise DatasetError(f"{path}: missing columns {sorted(need - set(df.columns))}")
     df = df.dropna(subset=["key", "press_to_press", "hold_time"])
+    if df.empty:
+        raise DatasetError(f"{path}: no rows with key, press_to_press and hold_time")
     # The source's column names are swapped (see load_bbmas_keystrokes): press_to_press is the
     # hold time of the key and hold_time is the down-down latency from the previous press.
     hold = df["press_to_press"].to_numpy(float)
@@ -186,7 +296,8 @@ def load_bbmas_keystrokes(
     out: dict[int, KeySequence] = {}
     for sid, path in track(_select(files, subjects), "keystrokes", progress):
         a = _cached(path, "keystroke", _parse_keystroke)
-        out[sid] = KeySequence(a["keys"].astype(object), a["press"], a["release"])
+        with _usable(path):
+            out[sid] = KeySequence(a["keys"].astype(object), a["press"], a["release"])
     return out
 
 
@@ -231,6 +342,8 @@ def _parse_touch(path: Path) -> dict[str, np.ndarray]:
     t = np.maximum.accumulate(t)
     cols = {c: df[c].to_numpy(float) for c in ("Xvalue", "Yvalue", "pressure", "touchMajor", "touchMinor")}
     ok = np.all([np.isfinite(v) for v in cols.values()], axis=0)
+    if not ok.any():
+        raise DatasetError(f"{path}: no rows with finite Xvalue, Yvalue, pressure, touchMajor and touchMinor")
     return {
         "time": t[ok],
         "x": cols["Xvalue"][ok],
@@ -269,7 +382,8 @@ def load_bbmas_touch(
         a = _cached(path, "touch", _parse_touch)
         device = device_of(path, "touch")
         w, h = screen_size(device, a["x"], a["y"])
-        out[sid] = TouchStream(screen_width=w, screen_height=h, device=device, **a)
+        with _usable(path):
+            out[sid] = TouchStream(screen_width=w, screen_height=h, device=device, **a)
     return out
 
 
@@ -308,6 +422,8 @@ def _parse_gait(path: Path) -> dict[str, np.ndarray]:
     xyz = df[[x, y, z]].to_numpy(float)
     ok = np.isfinite(t) & np.isfinite(xyz).all(axis=1)
     t, xyz = t[ok], xyz[ok]
+    if t.size == 0:
+        raise DatasetError(f"{path}: no rows with a valid time and finite X/Y/Z")
     order = np.argsort(t, kind="stable")
     t, xyz = t[order], xyz[order]
     keep = np.concatenate([[True], np.diff(t) > 0])  # drop duplicate timestamps (keep the first)
@@ -364,7 +480,8 @@ def load_bbmas_gait(
         a = _cached(path, "gait", _parse_gait)
         xyz, units = to_ms2(a["xyz"])
         device = device_of(path, "gait")
-        segs = [AccelSeries(a["t"][s], xyz[s], device) for s in split_segments(a["t"], max_gap)]
+        with _usable(path):
+            segs = [AccelSeries(a["t"][s], xyz[s], device) for s in split_segments(a["t"], max_gap)]
         if not segs:
             log.warning("subject %s: no gait segment of 5 s or more in %s", sid, path.name)
             continue

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.datasets import DatasetError, available_subjects
+from evaluation.datasets import DatasetError, available_subjects, find_subject_files, same_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class Fold:
     train_subjects: tuple[int, ...]
     eval_dir: Path
     eval_subjects: tuple[int, ...]
+    #: caveats a report must carry (e.g. subject ids in both folders with different files)
+    warnings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.train_dir.resolve() == self.eval_dir.resolve():
@@ -89,7 +94,11 @@ def resolve_folds(
                 raise DatasetError(f"no {kind} subjects in --train-dir {tr_dir}")
             if not ev:
                 raise DatasetError(f"no {kind} subjects in --eval-dir {ev_dir}")
-            return [Fold(0, tr_dir, tuple(tr), ev_dir, tuple(ev))]
+            if len(ev) < 2:
+                raise DatasetError(f"--eval-dir {ev_dir} has one {kind} subject ({ev[0]}): impostor trials need "
+                                   "at least 2 evaluation subjects")
+            warnings = _shared_subjects(kind, tr_dir, tr, ev_dir, ev)
+            return [Fold(0, tr_dir, tuple(tr), ev_dir, tuple(ev), warnings)]
         data_dir = tr_dir
     if data_dir is None:
         raise ValueError("give --data-dir (or CADENCE_DATA_DIR), or --train-dir and --eval-dir")
@@ -98,6 +107,33 @@ def resolve_folds(
     if not subs:
         raise DatasetError(f"no {kind} subjects in {folder}")
     return [Fold(j, folder, tuple(tr), folder, tuple(ev)) for j, (tr, ev) in enumerate(subject_folds(subs, k, seed))]
+
+
+def _shared_subjects(kind: str, tr_dir: Path, tr: list[int], ev_dir: Path, ev: list[int]) -> tuple[str, ...]:
+    """Refuse subjects whose file is in both folders; a warning for ids in both with different files.
+
+    A copied or linked file would score the model on people it was trained on (a leak that
+    reads as a perfect EER); the same id with different files may be another person or not.
+    """
+    shared = sorted(set(tr) & set(ev))
+    if not shared:
+        return ()
+    tr_files, ev_files = find_subject_files(tr_dir, kind), find_subject_files(ev_dir, kind)
+    same = [s for s in shared if same_file(tr_files[s], ev_files[s])]
+    if same:
+        raise DatasetError(f"--train-dir {tr_dir} and --eval-dir {ev_dir} hold the same {kind} file for subjects "
+                           f"{_ids(same)}: the model would be evaluated on people it was trained on; "
+                           "remove them from one folder")
+    msg = (f"subject ids {_ids(shared)} are in both --train-dir {tr_dir} and --eval-dir {ev_dir} with different "
+           f"{kind} files: if they are the same people, the evaluation is not on unseen subjects")
+    log.warning(msg)
+    return (msg,)
+
+
+def _ids(ids: Sequence[int], limit: int = 10) -> str:
+    """`ids` for a message, cut to `limit` with the count of the rest."""
+    head = ", ".join(str(i) for i in ids[:limit])
+    return head + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def chronological_split(n: int, enrol_fraction: float = 0.5) -> tuple[slice, slice]:

@@ -17,6 +17,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -57,6 +59,7 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
+        remove_cpu_locks(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -65,6 +68,39 @@ class ServerProcess:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+        remove_cpu_locks(self.proc.pid)
+
+
+def remove_cpu_locks(supervisor_pid: int) -> None:
+    """Delete the CPU claim files of a stopped server's pinned workers (server/affinity.py names them)."""
+    for lock in Path(tempfile.gettempdir()).glob(f"cadence-cpu-{supervisor_pid}-*.lock"):
+        lock.unlink(missing_ok=True)
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived: unwinds like Ctrl-C so every `finally` and `with` clean-up runs; exit 143."""
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM (`timeout`, a CI cancel) raises `Terminated` instead of killing the process.
+
+    Without it the server processes, the stall probe and the work folder outlive the bench.
+    A second SIGTERM during the clean-up is ignored. Main thread only (elsewhere a no-op).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _proc_table() -> tuple[dict[int, list[int]], dict[int, float]]:
@@ -115,27 +151,34 @@ def start_server(workdir: Path, *, env: dict[str, str] | None = None, port: int 
                                  "--keep-alive", "120"],
                                 stdout=log, stderr=subprocess.STDOUT, env=full)
     url = f"http://127.0.0.1:{port}"
+    srv = ServerProcess(url, proc, log_path)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/v1/health", timeout=1.0).status_code == 200:
-                return ServerProcess(url, proc, log_path)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(url + "/v1/health", timeout=1.0).status_code == 200:
+                    return srv
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+    except BaseException:  # interrupted while waiting (Ctrl-C, SIGTERM): do not leave the server behind
+        srv.stop()
+        raise
+    srv.kill()
     raise RuntimeError(f"server did not answer on {url} within {timeout} s")
 
 
 @contextmanager
 def server_process(workdir: Path, **kw: Any) -> Iterator[ServerProcess]:
-    srv = start_server(workdir, **kw)
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    """A started server, stopped on leaving the block (also on Ctrl-C or SIGTERM: `sigterm_unwinds`)."""
+    with sigterm_unwinds():
+        srv = start_server(workdir, **kw)
+        try:
+            yield srv
+        finally:
+            srv.stop()
 
 
 @dataclass

@@ -22,7 +22,7 @@ def shown(url: str) -> str:
 
 @contextmanager
 def database_errors(url: str) -> Iterator[None]:
-    """Exit 2 with the reason when `url` cannot be parsed, its driver is missing or it is unreachable."""
+    """Exit 2 with the reason when `url` cannot be parsed, its driver is missing, it is unreachable or not a database."""
     from sqlalchemy import exc
 
     try:
@@ -36,4 +36,8 @@ def database_errors(url: str) -> Iterator[None]:
     except (exc.OperationalError, exc.InterfaceError) as e:
         reason = " ".join(str(e.orig or e).split())
         Console(stderr=True).print(f"[red]error:[/red] cannot open database {shown(url)}: {reason}", soft_wrap=True)
+        raise typer.Exit(2) from e
+    except exc.DatabaseError as e:  # e.g. SQLite's "file is not a database": a file of something else
+        reason = " ".join(str(e.orig or e).split())
+        Console(stderr=True).print(f"[red]error:[/red] database {shown(url)} is not usable: {reason}", soft_wrap=True)
         raise typer.Exit(2) from e

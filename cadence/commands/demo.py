@@ -18,24 +18,27 @@ app = typer.Typer()
 
 @app.command("demo")
 def demo(
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR",
-                                                     help="Replay real BB-MAS subjects from this folder (else SYNTHETIC).")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR",
+                                                    help="Replay real BB-MAS subjects from this folder (else SYNTHETIC).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic people.")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the decisions as JSON here.")] = None,
 ) -> None:
     """Start the API on a free loopback port, enrol a user, run owner and impostor transactions, stop."""
+    from cadence.commands.bench import error_line
+    from cadence.commands.paths import ensure_writable_file, folder_option
     from evaluation.datasets import DatasetError
     from server.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if data_dir is not None and not data_dir.is_dir():
-        raise typer.BadParameter(f"{data_dir} is not a folder", param_hint="--data-dir")
+    folder = folder_option(data_dir, "--data-dir")
+    if json_out is not None:
+        ensure_writable_file(json_out, "--json")  # before the demo, not after it
     console = Console()
     t0 = time.perf_counter()
     try:
-        label, rows = run_demo(data_dir, seed=seed)
+        label, rows = run_demo(folder, seed=seed)
     except DatasetError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        error_line(exc)
         raise typer.Exit(2) from exc
     console.print(f"[bold]Data:[/bold] {label}")
     table = Table(title=f"cadence demo: decisions ({time.perf_counter() - t0:.1f} s)")

@@ -16,3 +16,34 @@ def ensure_writable_dir(path: Path, param_hint: str) -> None:
         probe.unlink()
     except OSError as exc:
         raise typer.BadParameter(f"cannot write to {path}: {exc.strerror or exc}", param_hint=param_hint) from exc
+
+
+def ensure_writable_file(path: Path, param_hint: str) -> None:
+    """Prove the file `path` can be written (its folder exists, it is no folder); else a usage error.
+
+    An existing file is opened for appending and left as it was; a new one is created and removed.
+    """
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a folder; give a file name", param_hint=param_hint)
+    if not path.parent.is_dir():
+        raise typer.BadParameter(f"cannot write {path}: folder {path.parent} does not exist", param_hint=param_hint)
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write {path}: {exc.strerror or exc}", param_hint=param_hint) from exc
+
+
+def folder_option(value: str | None, param_hint: str) -> Path | None:
+    """`value` as an existing folder (None stays None); '' (which would mean the current folder) is refused."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise typer.BadParameter("empty path (use '.' for the current folder)", param_hint=param_hint)
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise typer.BadParameter(f"{path} is not a folder", param_hint=param_hint)
+    return path

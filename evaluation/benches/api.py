@@ -19,8 +19,32 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.bench import BenchContext, BenchOutput, register
+from evaluation.bench import BenchContext, BenchError, BenchOutput, register
 from evaluation.host_stalls import HostStallProbe
+
+
+def _env_number(name: str, default: str, cast: type[float] | type[int], low: float, high: float) -> float:
+    """`$name` (or `default`) as a number in [low, high]; a `BenchError` naming the variable otherwise."""
+    raw = os.environ.get(name, default).strip() or default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise BenchError(f"{name}={raw!r}: not a{'n integer' if cast is int else ' number'}") from None
+    if not low <= value <= high:  # NaN fails too
+        raise BenchError(f"{name}={raw!r}: must be between {low:g} and {high:g}")
+    return value
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    """`$name` as a yes/no flag (1/0, true/false, yes/no, on/off); a `BenchError` naming it otherwise."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise BenchError(f"{name}={raw!r}: expected 1 or 0 (true/false, yes/no)")
 
 
 def _own_cpu() -> float:
@@ -33,16 +57,20 @@ def _own_cpu() -> float:
 @register("api", "Transaction API: authorize p50/p99 latency and throughput vs a trivial endpoint (loopback)")
 def bench_api(ctx: BenchContext) -> BenchOutput:
     from server.demo import fit_calibration, synthetic_people
-    from server.loadgen import authorize_requests, enrol_population, run_phase, server_process
+    from server.loadgen import authorize_requests, enrol_population, run_phase, server_process, sigterm_unwinds
 
-    rate = float(os.environ.get("CADENCE_BENCH_API_RATE", "250"))
-    workers = int(os.environ.get("CADENCE_BENCH_API_WORKERS", "2"))
+    # 1e-3 .. 1e5 requests/s; a rate of 0 would send nothing and report NaN latencies
+    rate = float(_env_number("CADENCE_BENCH_API_RATE", "250", float, 1e-3, 1e5))
+    workers = int(_env_number("CADENCE_BENCH_API_WORKERS", "2", int, 1, 64))
     # one CPU per worker (server/affinity.py), as on a host whose cores serve the API alone
-    pin = os.environ.get("CADENCE_BENCH_API_PIN", "1") not in ("0", "false", "no")
+    pin = _env_flag("CADENCE_BENCH_API_PIN", True)
     seconds = 6.0 if ctx.quick else 20.0
     n = int(rate * seconds)
+    if n < 1:
+        raise BenchError(f"CADENCE_BENCH_API_RATE={rate:g}: under one request in the {seconds:g} s phase")
     n_users = 4 if ctx.quick else 12
-    with tempfile.TemporaryDirectory(prefix="cadence-bench-api-") as tmp:
+    # SIGTERM (timeout, a CI cancel) unwinds like Ctrl-C: server, stall probe and work folder go
+    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="cadence-bench-api-") as tmp:
         work = Path(tmp)
         fit_calibration(synthetic_people(ctx.seed, 6, first=200), None).save(work / "fusion-calibration.json")
         env = {"CADENCE_FUSION_CALIBRATION": str(work / "fusion-calibration.json"),

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.bench import BenchContext, BenchOutput, register
+from evaluation.bench import BenchContext, BenchError, BenchOutput, register
 
 CMU_WINDOW = ".tie5Roanl"
 WINDOWS = {"50 keys": 50, "100 keys": 100}
@@ -148,11 +148,16 @@ def bench_bbmas(ctx: BenchContext) -> BenchOutput:
         for label, n_keys in WINDOWS.items():
             Xs = {s: window_matrix(q, n_keys) for s, q in train.items()}
             Xs = {s: x for s, x in Xs.items() if x.shape[0] >= 2}
+            if not Xs:
+                raise BenchError(f"no training subject in {fold.train_dir} has two {label} windows")
             X = np.vstack(list(Xs.values()))
             y = np.repeat(list(Xs), [x.shape[0] for x in Xs.values()])
             enrol: dict[int, np.ndarray] = {}
             probes: dict[int, np.ndarray] = {}
             for s, q in evals.items():
+                if len(q) < 2 * n_keys:  # too short to enrol (and an empty half would not even cut)
+                    skipped.append(s)
+                    continue
                 e, t = _subject_windows(q, n_keys)
                 if e.shape[0] < 3 or t.shape[0] < 1:
                     skipped.append(s)
@@ -164,6 +169,8 @@ def bench_bbmas(ctx: BenchContext) -> BenchOutput:
                 templates = {s: scorer.enroll(e) for s, e in enrol.items()}
                 zero_effort_trials(table, method=method, window=label, modality="keystroke", templates=templates,
                                    probes=probes, score=scorer.compare, seed=ctx.seed)
+    if skipped:
+        ctx.notes.append(f"evaluation subjects skipped (too few keys to enrol and test): {sorted(set(skipped))}")
     return BenchOutput(
         protocol={
             "dataset": "BB-MAS desktop keystrokes (processed prefix per subject)",

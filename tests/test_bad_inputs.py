@@ -1,0 +1,180 @@
+"""Bad input to the CLI is one `error:` line naming the problem and exit 2: no traceback, hang or wrong result."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cadence.cli import app
+from cadence.settings import SettingsError, get_settings
+
+WIDE = {"COLUMNS": "400"}
+
+
+@pytest.fixture
+def fresh_settings() -> Iterator[None]:
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("var", ["CADENCE_API_KEYS", "CADENCE_HOLDER_MODULES"])
+def test_malformed_json_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, fresh_settings: None,
+                                                   var: str) -> None:
+    monkeypatch.setenv(var, "notjson")
+    with pytest.raises(SettingsError, match=f"{var} .*not valid JSON"):
+        get_settings()
+
+
+@pytest.mark.parametrize("var,value", [("CADENCE_MAX_BODY_BYTES", "0"), ("CADENCE_LOCKOUT_FAILURES", "0"),
+                                       ("CADENCE_DEVICE_RATE_PER_S", "-1"), ("CADENCE_API_WORKERS", "0"),
+                                       ("CADENCE_ENROL_MIN_WINDOWS", "0"), ("CADENCE_ENROL_MIN_QUALITY", "2"),
+                                       ("CADENCE_SIGNATURE_MAX_SKEW_S", "0"), ("CADENCE_DEVICE_RATE_PER_S", "nan")])
+def test_out_of_range_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch, fresh_settings: None,
+                                                 var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError, match=var):
+        get_settings()
+
+
+def test_device_rate_zero_still_means_no_limit(monkeypatch: pytest.MonkeyPatch, fresh_settings: None) -> None:
+    from server.services.devices import RateLimiter
+
+    monkeypatch.setenv("CADENCE_DEVICE_RATE_PER_S", "0")
+    limiter = RateLimiter(get_settings().device_rate_per_s)
+    assert all(limiter.allow("k") for _ in range(1000))
+
+
+# --------------------------------------------------------------------------- database, demo
+
+
+def test_file_that_is_not_a_database(tmp_path: Path) -> None:
+    bad = tmp_path / "notdb.sqlite"
+    bad.write_text("garbage\n" * 100)
+    r = CliRunner(env=WIDE).invoke(app, ["audit", "verify", "--database-url", f"sqlite:///{bad}"])
+    assert r.exit_code == 2 and "is not usable: file is not a database" in r.output, r.output
+    assert isinstance(r.exception, SystemExit)
+
+
+@pytest.mark.parametrize("target", ["missing/d.json", "."])
+def test_demo_json_path_checked_before_the_demo(tmp_path: Path, target: str) -> None:
+    t0 = time.perf_counter()
+    r = CliRunner(env=WIDE).invoke(app, ["demo", "--json", str(tmp_path / target)])
+    assert r.exit_code == 2 and "--json" in r.output and "Data:" not in r.output, r.output
+    assert time.perf_counter() - t0 < 5
+
+
+# --------------------------------------------------------------------------- bench options
+
+
+def test_unknown_bench_makes_no_folder(tmp_path: Path) -> None:
+    r = CliRunner(env=WIDE).invoke(app, ["bench", "nosuch", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "unknown bench 'nosuch'" in r.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("opt", ["--data-dir", "--train-dir", "--eval-dir", "--out"])
+def test_empty_path_is_refused_not_read_as_the_current_folder(tmp_path: Path, opt: str) -> None:
+    r = CliRunner(env=WIDE).invoke(app, ["bench", "keystroke", opt, "", "--out" if opt != "--out" else "--quick",
+                                         *([str(tmp_path)] if opt != "--out" else [])])
+    assert r.exit_code == 2 and "empty path" in r.output and opt in r.output, r.output
+
+
+def test_bench_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "1_processed.csv.gz").write_bytes(b"key,time\n")  # not gzip
+    (tmp_path / "k" / "2_processed.csv.gz").write_bytes(gzip.compress(b"key,time\n"))
+    r = CliRunner(env={"COLUMNS": "40"}).invoke(app, ["bench", "keystroke", "--data-dir", str(tmp_path / "k"),
+                                                      "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert r.output.startswith("error: ") and "need at least 4 subjects" in r.output
+
+
+@pytest.mark.parametrize("var,value,says", [("CADENCE_BENCH_API_RATE", "0", "must be between"),
+                                            ("CADENCE_BENCH_API_RATE", "abc", "not a number"),
+                                            ("CADENCE_BENCH_API_WORKERS", "abc", "not an integer"),
+                                            ("CADENCE_BENCH_API_WORKERS", "0", "must be between"),
+                                            ("CADENCE_BENCH_API_PIN", "maybe", "expected 1 or 0")])
+def test_api_bench_settings_are_checked_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              var: str, value: str, says: str) -> None:
+    monkeypatch.setenv(var, value)
+    r = CliRunner(env=WIDE).invoke(app, ["bench", "api", "--quick", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and f"{var}={value!r}: {says}" in r.output, r.output
+    assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+_SERVER_UNDER_SIGTERM = textwrap.dedent("""
+    import tempfile, time
+    from pathlib import Path
+    from evaluation.host_stalls import HostStallProbe
+    from server.loadgen import server_process, sigterm_unwinds
+
+    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="cadence-bench-api-") as tmp:
+        env = {"CADENCE_API_WORKERS": "2", "CADENCE_API_PIN_WORKERS": "1"}
+        with server_process(Path(tmp), env=env) as srv, HostStallProbe(Path(tmp) / "stalls.txt"):
+            print(tmp, flush=True)
+            time.sleep(60)
+""")
+
+
+def _descendants(pid: int) -> set[int]:
+    from server.loadgen import _proc_table
+
+    children, _ = _proc_table()
+    out, stack = set(), [pid]
+    while stack:
+        for kid in children.get(stack.pop(), []):
+            out.add(kid)
+            stack.append(kid)
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the server's processes")
+def test_sigterm_stops_server_probe_and_removes_files(tmp_path: Path) -> None:
+    """What `cadence bench api` runs: SIGTERM (timeout, a CI cancel) must clean up as Ctrl-C does."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "CADENCE_MODEL_REGISTRY": str(tmp_path / "registry")}
+    proc = subprocess.Popen([sys.executable, "-c", _SERVER_UNDER_SIGTERM], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        work = Path(proc.stdout.readline().strip())
+        assert work.is_dir(), "the server did not start"
+        pinned = 2 if len(os.sched_getaffinity(0)) >= 2 else 0  # workers claim CPUs through lock files
+        deadline = time.monotonic() + 10
+        while len(list(tmp_path.glob("cadence-cpu-*.lock"))) < pinned and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(list(tmp_path.glob("cadence-cpu-*.lock"))) == pinned
+        kids = _descendants(proc.pid)
+        assert len(kids) >= 3  # the server, its workers, the stall probe
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.2)
+    alive = [k for k in kids if _running(k)]
+    assert not alive, f"left running: {alive}"
+    assert not work.exists()
+    assert not list(tmp_path.glob("cadence-cpu-*.lock"))
