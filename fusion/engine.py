@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,23 @@ class FusionEngine:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: running servers reload this file and must never read half of it."""
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)
+        # a unique temporary name: two threads of one process saving at once must not share it
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.to_dict(), indent=2))
+            os.replace(name, path)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], policy: Policy = DEFAULT_POLICY) -> FusionEngine:
-        d = json.loads(Path(path).read_text())
-        if d.get("version") != 1:
-            raise ValueError(f"{path}: unsupported fusion calibration version {d.get('version')}")
+        try:
+            d = json.loads(Path(path).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a fusion calibration file ({exc})") from exc
+        if not isinstance(d, dict) or d.get("version") != 1:
+            raise ValueError(f"{path}: unsupported fusion calibration version "
+                             f"{d.get('version') if isinstance(d, dict) else type(d).__name__}")
         return cls(policy, {m: LogisticCalibrator.from_dict(c) for m, c in d["calibrators"].items()}, d.get("report", {}))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -26,6 +27,8 @@ from typing import Any
 
 from modalities.base import ModelVersionError, Scorer
 from modalities.events import MODALITIES
+
+log = logging.getLogger(__name__)
 
 #: modules whose scorer classes a published model may name; imported before loading one, since
 #: a scorer's name resolves only once its class is defined (numpy-only modules: no torch here)
@@ -50,6 +53,19 @@ _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 class RegistryError(ValueError):
     """Unknown modality or version, or a malformed registry folder."""
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A version's JSON side file ({} when absent); a damaged one is a RegistryError naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RegistryError(f"{path}: not readable JSON ({exc}); republish this version or remove its folder") from exc
+    if not isinstance(data, dict):
+        raise RegistryError(f"{path}: expected a JSON object; republish this version or remove its folder")
+    return data
 
 
 class WrongModalityError(ModelVersionError):
@@ -179,16 +195,19 @@ class ModelRegistry:
         path = self.root / modality / version
         if not (path / "model.npz").is_file():
             raise RegistryError(f"version: {modality} {version} is not in the registry at {self.root}")
-        meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").is_file() else {}
-        metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").is_file() else {}
+        meta, metrics = _read_json(path / "meta.json"), _read_json(path / "metrics.json")
         return ModelVersion(modality=modality, version=version, path=path, scorer=meta.get("scorer", "?"),
                             scorer_version=meta.get("scorer_version", "?"),
                             feature_version=meta.get("feature_version", ""), source=meta.get("source", ""),
                             created=meta.get("created", ""), metrics=metrics,
                             active=self._active_name(modality) == version)
 
-    def list(self, modality: str | None = None) -> list[ModelVersion]:
-        """Every published version (of one modality or all), oldest first."""
+    def list(self, modality: str | None = None, *, damaged: list[str] | None = None) -> list[ModelVersion]:
+        """Every published version (of one modality or all), oldest first.
+
+        A version folder that cannot be read is left out (logged, and its reason appended to
+        `damaged` when given), so one damaged folder does not hide the others.
+        """
         mods = [_check_modality(modality)] if modality else list(MODALITIES)
         out: list[ModelVersion] = []
         for m in mods:
@@ -197,7 +216,12 @@ class ModelRegistry:
                 continue
             for p in sorted(d.iterdir()):
                 if _VERSION_RE.match(p.name) and (p / "model.npz").is_file():
-                    out.append(self.get(m, p.name))
+                    try:
+                        out.append(self.get(m, p.name))
+                    except RegistryError as exc:
+                        log.warning("%s", exc)
+                        if damaged is not None:
+                            damaged.append(str(exc))
         return out
 
     def active(self, modality: str) -> ModelVersion | None:

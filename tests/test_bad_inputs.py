@@ -178,3 +178,64 @@ def test_sigterm_stops_server_probe_and_removes_files(tmp_path: Path) -> None:
     assert not alive, f"left running: {alive}"
     assert not work.exists()
     assert not list(tmp_path.glob("cadence-cpu-*.lock"))
+
+
+# --------------------------------------------------------------------------- operator commands
+
+
+def test_compliance_export_and_erase_refuse_an_empty_user(tmp_path: Path) -> None:
+    for args in (["compliance", "export", ""], ["compliance", "erase", " ", "-y"]):
+        r = CliRunner().invoke(app, [*args, "--database-url", f"sqlite:///{tmp_path / 'none.sqlite'}"], env=WIDE)
+        assert r.exit_code == 2 and "non-empty user id" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_compliance_export_checks_out_before_the_export(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["compliance", "export", "bob", "--out", str(tmp_path / "no" / "x.json"),
+                                 "--database-url", f"sqlite:///{tmp_path / 'none.sqlite'}"], env=WIDE)
+    assert r.exit_code == 2 and "does not exist" in r.output, r.output
+
+
+def test_serve_refuses_an_unknown_log_level() -> None:
+    r = CliRunner().invoke(app, ["serve", "--log-level", "bogus"], env=WIDE)
+    assert r.exit_code == 2 and "'bogus' is not one of" in r.output, r.output
+
+
+def test_models_list_names_a_damaged_version_and_keeps_the_others(tmp_path: Path) -> None:
+    from modalities.registry import ModelRegistry
+    from modalities.touch.scorers import TouchManhattan
+
+    reg = ModelRegistry(tmp_path / "reg")
+    for _ in range(2):
+        reg.publish("touch", TouchManhattan(), metrics={}, card="# c", source="t")
+    (reg.root / "touch" / "v0001" / "meta.json").write_text("{bad")
+    r = CliRunner().invoke(app, ["models", "list", "--registry", str(reg.root)], env=WIDE)
+    assert r.exit_code == 0 and "v0002" in r.output and "Traceback" not in r.output, r.output
+    assert "left out" in r.output and "v0001/meta.json: not readable JSON" in r.output
+
+
+def test_models_calibrate_on_a_folder_without_data_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    r = CliRunner().invoke(app, ["models", "calibrate", "keystroke", "--data-dir", str(tmp_path / "empty"),
+                                 "--registry", str(tmp_path / "reg")], env=WIDE)
+    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_damaged_fusion_calibration_file_is_named(tmp_path: Path) -> None:
+    from fusion.engine import FusionEngine
+
+    bad = tmp_path / "fusion-calibration.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="fusion-calibration.json: not a fusion calibration file"):
+        FusionEngine.load(bad)
+
+
+def test_fusion_calibration_saves_from_threads_do_not_collide(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fusion.engine import FusionEngine
+
+    path = tmp_path / "fusion-calibration.json"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: FusionEngine().save(path), range(64)))
+    assert FusionEngine.load(path).calibrators == {} and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -60,6 +60,12 @@ def purge_cmd(
     Console().print(table)
 
 
+def _user_id(user: str) -> None:
+    """A user id must name someone: an empty or blank one is a usage error, not a lookup."""
+    if not user.strip():
+        raise typer.BadParameter("must be a non-empty user id", param_hint="USER")
+
+
 @compliance_app.command("export")
 def export_cmd(
     user: Annotated[str, typer.Argument(help="User id.")],
@@ -67,9 +73,13 @@ def export_cmd(
     database_url: DbUrl = None,
 ) -> None:
     """Everything held about USER as JSON (GDPR Art. 20)."""
+    from cadence.commands.paths import ensure_writable_file
     from compliance.keys import KeyConfigError
     from compliance.subjects import export_user
 
+    _user_id(user)
+    if out is not None:  # checked before the export: no work lost to a bad path
+        ensure_writable_file(out, "--out")
     _holders()
     with compliance_session(database_url, server_tables=True) as session:
         try:
@@ -95,6 +105,7 @@ def erase_cmd(
     from compliance.keys import KeyConfigError
     from compliance.subjects import erase_user
 
+    _user_id(user)
     if not yes:
         typer.confirm(f"Erase every record of {user!r}? This cannot be undone", abort=True)
     _holders()

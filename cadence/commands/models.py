@@ -32,8 +32,9 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
     from modalities.registry import RegistryError
 
     reg = _registry(registry)
+    damaged: list[str] = []
     try:
-        versions = reg.list(modality)
+        versions = reg.list(modality, damaged=damaged)
     except RegistryError as exc:
         raise typer.BadParameter(str(exc), param_hint="MODALITY") from exc
     calibrated = _calibrated_versions(reg.root)
@@ -46,7 +47,9 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
                       "yes" if calibrated.get(mv.modality) == mv.version else "", mv.scorer, mv.feature_version,
                       mv.source, mv.created, metrics)
     Console().print(table)
-    if not versions:
+    for problem in damaged:
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] left out: {problem}", soft_wrap=True)
+    if not versions and not damaged:
         Console().print("no published models: the server uses each modality package's default scorer")
 
 
@@ -105,10 +108,11 @@ def train(
     registry: Registry = None,
     activate: Annotated[bool, typer.Option(help="Activate the new versions.")] = True,
     seed: int = 0,
-    max_subjects: Annotated[int | None, typer.Option(help="Use at most this many subjects (seeded).")] = None,
+    max_subjects: Annotated[int | None, typer.Option(min=3, help="Use at most this many subjects (seeded).")] = None,
 ) -> None:
     """Train each modality's best population model on DATA_DIR, calibrate it and publish it."""
     from cadence.commands.paths import ensure_writable_dir
+    from evaluation.datasets import DatasetError
     from server.training import MODALITIES, check_modalities, train_and_publish
 
     if data_dir is None or not data_dir.is_dir():
@@ -129,7 +133,7 @@ def train(
                     max_subjects=max_subjects, step=lambda msg: status.update(msg),
                     activated=lambda m, v, scorer: record("model.activated", {"modality": m, "version": v, "scorer": scorer,
                                                                               "calibrated": True}))
-        except ValueError as exc:
+        except (ValueError, DatasetError) as exc:  # DatasetError: a missing or unreadable data file
             _fail(exc)
     table = Table(title=f"published to {reg.root}")
     for c in ("modality", "version", "subjects", "calibration Cllr", "active"):
@@ -156,6 +160,7 @@ def calibrate(
     max_subjects: Annotated[int | None, typer.Option(min=3, help="Use at most this many subjects (seeded).")] = None,
 ) -> None:
     """Fit the fusion calibrator of a published model, e.g. a federated run's, so decisions use it."""
+    from evaluation.datasets import DatasetError
     from modalities.base import ModelVersionError
     from modalities.registry import RegistryError
     from server.training import calibrate_published
@@ -169,7 +174,7 @@ def calibrate(
             with Console().status(f"{modality}: scoring the calibration people"):
                 rep = calibrate_published(data_dir, reg.root, modality, version=version, max_subjects=max_subjects,
                                           seed=seed)
-        except (RegistryError, ModelVersionError, ValueError) as exc:
+        except (RegistryError, ModelVersionError, ValueError, DatasetError) as exc:
             _fail(exc)
         record("model.calibrated", {"modality": modality, "version": rep.version, "scorer": rep.scorer,
                                     "subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(data_dir)})

@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 app = typer.Typer()
+#: the levels uvicorn knows
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 @app.command("serve")
@@ -15,7 +17,7 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings.port, 8000).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: settings.api_workers).")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug or trace.")] = "info",
     keep_alive: Annotated[int, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5,
 ) -> None:
     """Serve the /v1 API (docs at /docs, OpenAPI at /openapi.json, metrics at /metrics)."""
@@ -27,6 +29,8 @@ def serve(
     from server.app import create_app
     from server.migrate import SchemaError, upgrade
 
+    if log_level.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = get_settings()
     workers = workers or settings.api_workers
