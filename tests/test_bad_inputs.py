@@ -239,3 +239,17 @@ def test_fusion_calibration_saves_from_threads_do_not_collide(tmp_path: Path) ->
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda _: FusionEngine().save(path), range(64)))
     assert FusionEngine.load(path).calibrators == {} and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_compliance_commands_refuse_a_missing_data_holder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          fresh_settings: None) -> None:
+    """An erasure that silently skipped a holder would leave that holder's personal data behind."""
+    monkeypatch.setenv("CADENCE_HOLDER_MODULES", '["server.holderz"]')
+    r = CliRunner().invoke(app, ["compliance", "erase", "bob", "-y", "--database-url", f"sqlite:///{tmp_path / 'x.sqlite'}"],
+                           env=WIDE)
+    assert r.exit_code == 2 and "server.holderz" in r.output and "left out" in r.output, r.output
+
+
+def test_federated_ports_are_checked_before_anything_is_written(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["federated", "superlink", "--workdir", str(tmp_path / "fw"), "--port", "99999"], env=WIDE)
+    assert r.exit_code == 2 and not (tmp_path / "fw").exists(), r.output

@@ -20,9 +20,15 @@ _err = Console(stderr=True)
 
 
 def _holders() -> None:
+    from cadence.settings import get_settings
     from compliance.subjects import load_holder_modules, registered_holders
 
-    load_holder_modules()
+    wanted = get_settings().holder_modules
+    missing = sorted(set(wanted) - set(load_holder_modules(wanted)))
+    if missing:  # an erasure or export that skipped a holder would be silently incomplete
+        _err.print(f"[red]error:[/red] data holder module(s) {', '.join(missing)} (CADENCE_HOLDER_MODULES) cannot be "
+                   "imported: their data would be left out; fix the setting", soft_wrap=True)
+        raise typer.Exit(2)
     if not registered_holders():
         _err.print("[yellow]note:[/yellow] no data holders registered (settings.holder_modules): only consent and audit tables are covered")
 

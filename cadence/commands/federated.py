@@ -63,7 +63,8 @@ def prepare(
 
 
 @fed.command("superlink")
-def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1", port: int = 9300) -> None:
+def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1",
+              port: Annotated[int, typer.Option(min=1, max=65535, help="SuperLink port.")] = 9300) -> None:
     """Start a SuperLink (insecure, loopback by default, no runtime installs) in the foreground."""
     from federated import deployment as d
 
@@ -81,7 +82,7 @@ def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1"
 def supernode(
     data: Annotated[Path, typer.Option(help="This device's feature file (from `prepare` or the app).")],
     superlink: Annotated[str, typer.Option(help="SuperLink address host:port.")] = "127.0.0.1:9300",
-    port: Annotated[int, typer.Option(help="This SuperNode's own API port (one per SuperNode).")] = 9401,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="This SuperNode's own API port (one per SuperNode).")] = 9401,
     workdir: Workdir = Path("federated-work"),
 ) -> None:
     """Start a SuperNode serving one device's data, in the foreground."""
