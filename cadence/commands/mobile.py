@@ -14,7 +14,7 @@ app = typer.Typer()
 def run_app(
     screenshots: Path | None = typer.Option(None, "--screenshots", help="Headless tour: save one PNG per screen here and exit."),
     server: str | None = typer.Option(None, "--server", help="Server URL (default: http://127.0.0.1:8000; the tour uses a scripted demo bank)."),
-    data: Path | None = typer.Option(None, "--app-data", help="App data folder (default: ~/.cadence-app)."),
+    data: Path | None = typer.Option(None, "--app-data", help="App data folder (default: ~/.cadence-app; the --screenshots tour: a temp folder it removes)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="CADENCE_DATA_DIR", help="Datasets folder: the desktop walk replays a real BB-MAS recording."),
     bank_key: str | None = typer.Option(None, "--bank-key", help="Bank API key for device registration and step-up (demo builds only)."),
 ) -> None:
@@ -32,6 +32,8 @@ def run_app(
             argv += ["--replay-data", str(data_dir)]
         if bank_key:
             argv += ["--bank-key", bank_key]
+        if data is not None:  # kept afterwards; without it the tour uses a temp folder it removes
+            argv += ["--app-data", str(data)]
         rc = tour.main(argv)
         if rc == 0:
             pngs = sorted(screenshots.glob("*.png"))
