@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     #: server: requests per second a device may make (token bucket of twice that; 429 beyond);
     #: 0 = no limit (server/services/devices.py RateLimiter)
     device_rate_per_s: float = Field(default=50.0, ge=0, allow_inf_nan=False)
+    #: server: addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed
+    #: (comma-separated, e.g. "10.0.0.5"; "*" for any). Empty: the client address is the TCP
+    #: peer's, so a client cannot pick the address its refused requests are charged to
+    forwarded_allow_ips: str = ""
     #: server: consecutive failed authentications before the user is locked (PSD2 RTS Art. 4)
     lockout_failures: int = Field(default=5, ge=1)
     #: server: enrolment quality gate (per modality)

@@ -29,7 +29,9 @@ def running_server(settings: Settings, *, host: str = "127.0.0.1", port: int | N
     from server.app import create_app
 
     port = port or free_port(host)
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False)
+    trusted = settings.forwarded_allow_ips or None  # as `cadence serve`: forwarded headers from named proxies only
+    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
+                            proxy_headers=trusted is not None, forwarded_allow_ips=trusted)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="cadence-api", daemon=True)
     thread.start()

@@ -8,6 +8,7 @@ device. Every float must be finite (NaN/inf refused, naming the field).
 from __future__ import annotations
 
 import functools
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -21,15 +22,32 @@ Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
+#: Unicode categories refused in free text: controls, format characters (bidi overrides such as
+#: U+202E, zero-width ones: a payee shown to the bank must read as it is stored), line and
+#: paragraph separators, surrogates
+_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
 def _printable(v: str) -> str:
-    """Refuse control characters: PostgreSQL cannot store NUL in text, and none belongs in these fields."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in v):
-        raise ValueError("control characters (NUL, newline, ...) are not allowed")
+    """Refuse control and invisible characters: PostgreSQL cannot store NUL, and none belongs in these fields."""
+    if v.isascii():  # the usual case, checked without a lookup per character
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("control characters (NUL, newline, ...) are not allowed")
+    elif any(unicodedata.category(c) in _HIDDEN for c in v):
+        raise ValueError("control or invisible formatting characters (bidi overrides, zero-width, ...) are not allowed")
+    return v
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be blank")
     return v
 
 
 #: free text that ends up in a text column or a query: printable characters only
 Text = Annotated[str, AfterValidator(_printable)]
+#: a payee: printable, and not only spaces (the token binds it; the bank shows it)
+Payee = Annotated[str, AfterValidator(_printable), AfterValidator(_not_blank)]
 
 #: field names that mean someone is sending raw behaviour instead of features
 RAW_EVENT_FIELDS = frozenset({"events", "keys", "press", "release", "samples", "xyz", "touches", "strokes",
@@ -132,7 +150,7 @@ class AuthorizeRequest(_Strict):
     user_id: Id
     amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    payee: Text = Field(min_length=1, max_length=128)
+    payee: Payee = Field(min_length=1, max_length=128)
     channel: Literal["app", "web", "api"] = "app"
     idempotency_key: Id
     evidence: list[FeatureWindowIn] = Field(default_factory=list, max_length=MAX_WINDOWS)
@@ -185,7 +203,7 @@ class TokenVerify(_Strict):
     token: Text = Field(min_length=10, max_length=4096)
     amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    payee: Text = Field(min_length=1, max_length=128)
+    payee: Payee = Field(min_length=1, max_length=128)
 
 
 class ModelOut(BaseModel):

@@ -50,12 +50,15 @@ def serve(
     host, port = host or settings.host, port or settings.port
     # access lines are logged at INFO: above that, skip building them (a visible share of a request)
     access_log = log_level.lower() in ("trace", "debug", "info")
+    # forwarded headers only from the proxies named in the settings (uvicorn would trust loopback's)
+    trusted = settings.forwarded_allow_ips or None
     try:
         if workers == 1:
             uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive,
-                        access_log=access_log)
+                        access_log=access_log, proxy_headers=trusted is not None, forwarded_allow_ips=trusted)
         else:  # each worker builds its own app from the same CADENCE_* settings
             uvicorn.run("server.app:create_app", factory=True, host=host, port=port, workers=workers,
-                        log_level=log_level, timeout_keep_alive=keep_alive, access_log=access_log)
+                        log_level=log_level, timeout_keep_alive=keep_alive, access_log=access_log,
+                        proxy_headers=trusted is not None, forwarded_allow_ips=trusted)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -209,8 +209,13 @@ class DeviceRequest:
             # verified in a read phase already: the nonce's foreign key still needs the device
             dev = self._device or self._verify(session, signature=True)
             if settings.require_signed_requests and self.nonce is not None:
-                consume_nonce(session, dev.device_id, self.nonce, float(self.timestamp or 0),
-                              max_skew_s=settings.signature_max_skew_s)
+                try:
+                    consume_nonce(session, dev.device_id, self.nonce, float(self.timestamp or 0),
+                                  max_skew_s=settings.signature_max_skew_s)
+                except ApiError:  # a replay of a captured request: it must not use up the device's rate
+                    if self.state.limiter is not None:
+                        self.state.limiter.refund(dev.device_id)
+                    raise
             yield session
 
 
@@ -223,7 +228,10 @@ def check_rate(state: AppState, device_id: str | None, client: str | None = None
     """
     if state.limiter is not None and device_id and state.limiter.exhausted(device_id):
         raise ApiError(429, "rate_limited", f"X-Cadence-Device: more than {state.limiter.rate:g} requests/s from this device")
-    if state.failures is not None and client and state.failures.exhausted(client):
+    if (state.failures is not None and client and state.failures.exhausted(client)
+            and not (device_id and state.limiter is not None and state.limiter.known(device_id))):
+        # an address past its budget of refused requests; a device that verified here before still
+        # gets through (a flooder behind the same NAT or gateway must not stop everyone's payments)
         raise ApiError(429, "rate_limited", f"client: more than {state.failures.rate:g} refused requests/s from this address")
 
 

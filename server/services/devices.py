@@ -117,6 +117,17 @@ class RateLimiter:
             tokens, last = self._buckets.get(key, (self.burst, now))
             return min(self.burst, tokens + (now - last) * self.rate) < 1.0
 
+    def known(self, key: str) -> bool:
+        """Whether `key` was charged before (for devices: it verified a request in this process)."""
+        return key in self._buckets
+
+    def refund(self, key: str) -> None:
+        """Give back one request's token (it was charged for a request refused afterwards)."""
+        with self._lock:
+            if key in self._buckets:
+                tokens, last = self._buckets[key]
+                self._buckets[key] = (min(self.burst, tokens + 1.0), last)
+
     def allow(self, key: str, now: float | None = None) -> bool:
         if self.rate <= 0:
             return True

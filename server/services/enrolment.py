@@ -37,11 +37,6 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
                                            "an administrator must unlock it before its enrolment changes")
     if confirmed_transaction_id is not None:
         confirmed_transaction(session, user_id, confirmed_transaction_id)
-    elif not user.enrolment_open:
-        raise ApiError(409, "enrolment_closed",
-                       "confirmed_transaction_id: enrolment closed with this user's first transaction; a template "
-                       "now adapts only to the evidence of an approved transaction, or after the bank reopens "
-                       "enrolment (POST /v1/admin/users/{id}/enrolment/reopen)")
     out = []
     digests: dict[str, list[str]] = {}
     for modality, items in group_windows(windows).items():
@@ -50,6 +45,11 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
         tpl = session.scalar(select(Template).where(Template.user_id == user_id, Template.modality == modality))
         # a new feature version starts a fresh enrolment (old windows cannot be compared)
         same = tpl if tpl is not None and tpl.feature_version == items[0][1].feature_version else None
+        # a template of a feature version the serving model no longer reads cannot be used at all:
+        # its fresh enrolment (after a model upgrade) is accepted as the first one was
+        stale = tpl is not None and active.feature_version not in (None, tpl.feature_version)
+        if not user.enrolment_open and not stale:
+            _check_closed(modality, adapting=confirmed_transaction_id is not None, has_template=same is not None)
         check_versions(modality, items, active, field="windows",
                        expect_version=None if same is None else same.feature_version,
                        expect_dim=None if same is None else same.feature_dim)
@@ -85,6 +85,25 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
         payload["confirmed_transaction_id"] = confirmed_transaction_id
     hooks.audit(session, event="enrolment", actor=actor, subject=user_id, payload=payload)
     return EnrolResponse(user_id=user_id, modalities=out)
+
+
+def _check_closed(modality: str, *, adapting: bool, has_template: bool) -> None:
+    """After the first transaction a template only adapts: nothing enrols it anew (409 `enrolment_closed`).
+
+    Not plain windows, and not confirmed evidence either when the modality has no template
+    of this feature version: one approved transaction (perhaps approved by its step-up, with
+    this modality scoring nothing) must not become a whole new template.
+    """
+    how = "POST /v1/admin/users/{id}/enrolment/reopen"
+    if not adapting:
+        raise ApiError(409, "enrolment_closed",
+                       f"confirmed_transaction_id: enrolment closed with this user's first transaction; a {modality} "
+                       f"template now adapts only to the evidence of an approved transaction, or after the bank "
+                       f"reopens enrolment ({how})")
+    if not has_template:
+        raise ApiError(409, "enrolment_closed",
+                       f"windows: {modality} has no template to adapt, and enrolment closed with this user's first "
+                       f"transaction; a new template needs the bank to reopen enrolment ({how})")
 
 
 def reopen_enrolment(session: Session, user_id: str, *, actor: str) -> None:

@@ -122,8 +122,12 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
     for modality, items in groups.items():
         active = provider.get(modality)
         tpl, arrays = _template(session, provider, active, user_id, modality, infos.get(modality), persist_templates)
+        # a template the serving model cannot read (older feature version) asks for re-enrolment below;
+        # the windows are checked against what the model reads, so the app's current ones are not refused
+        readable = tpl if tpl is not None and arrays is not None else None
         check_versions(modality, items, active, field=field,
-                       expect_version=tpl.feature_version if tpl else None, expect_dim=tpl.feature_dim if tpl else None)
+                       expect_version=readable.feature_version if readable else None,
+                       expect_dim=readable.feature_dim if readable else None)
         ready.append((modality, items, active, tpl, arrays))
         out.items.extend(items)
     out.hashes = check_unseen(session, user_id, out.items)
@@ -334,7 +338,7 @@ def complete_step_up(session: Session, signing_key: Ed25519PrivateKey, tx_id: st
         raise ApiError(409, "not_pending", f"transaction_id: status is {tx.status!r}, not step_up_pending")
     user = session.get(User, tx.user_id, with_for_update=True)
     assert user is not None
-    if user.locked:
+    if user.locked and success:  # a failed step-up is still recorded: the transaction is denied
         raise ApiError(423, "user_locked", f"transaction_id: its user is locked after {lockout_failures} consecutive "
                                            "failed authentications; an administrator must unlock it first")
     outcome = "approve" if success else "deny"

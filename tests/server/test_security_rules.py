@@ -8,6 +8,7 @@ stranger throttling someone else's device, chunked oversize bodies, error shapes
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,143 @@ def test_erasure_leaves_no_device_id_in_the_audit_log(backend, windows) -> None:
         rows = conn.execute(text("SELECT actor, payload FROM compliance_audit")).all()
     assert rows and any(r[0].startswith("device:") for r in rows)
     assert not [r for r in rows if dev.device_id in f"{r[0]} {r[1]}"]
+
+
+def test_adaptation_cannot_build_a_new_template_once_enrolment_closed(client: TestClient, windows) -> None:
+    """Revoke a modality (its template goes), pay without it, pass the step-up, re-send the windows: refused."""
+    dev = _enrol(client, windows)
+    dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "c1", i=13))  # closes enrolment
+    dev.signed("POST", "/v1/users/alice/consents", {"modality": "keystroke", "granted": False})
+    dev.grant_consent("keystroke")
+    theirs = [windows["other"]["keystroke"][i].to_dict() for i in range(20, 25)]
+    tx = dev.signed("POST", "/v1/transactions/authorize",
+                    dict(_payload(dev, windows, "c2", ev=False), evidence=theirs)).json()
+    if tx["decision"] == "step_up":
+        done = client.post(f"/v1/transactions/{tx['transaction_id']}/step-up", json={"success": True}, headers=BANK)
+        assert done.status_code == 200
+    r = dev.signed("POST", "/v1/users/alice/enrolment",
+                   {"windows": theirs, "confirmed_transaction_id": tx["transaction_id"]})
+    assert r.status_code == 409 and r.json()["code"] == "enrolment_closed", r.text
+
+
+def test_a_template_of_an_old_feature_version_asks_for_reenrolment(client: TestClient, windows) -> None:
+    """After a model upgrade: the modality is left out (not a 422), and its fresh enrolment is accepted."""
+    dev = _enrol(client, windows)
+    dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "u1", i=14))  # closes enrolment
+    with client.app.state.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("UPDATE server_template SET feature_version = 'gait-old', model_id = 'old-model' "
+                          "WHERE modality = 'gait'"))
+        conn.execute(text("UPDATE server_enrolment_window SET feature_version = 'gait-old' WHERE modality = 'gait'"))
+    r = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "u2", i=15))
+    assert r.status_code == 200, r.text
+    assert {"modality": "gait", "code": "reenrolment_required", "contribution": 0.0} in r.json()["reasons"]
+    fresh = dev.signed("POST", "/v1/users/alice/enrolment",
+                       {"windows": [w.to_dict() for w in windows["owner"]["gait"][16:21]]})
+    assert fresh.status_code == 200, fresh.text
+    again = dev.signed("POST", "/v1/users/alice/enrolment",  # current again: closed as before
+                       {"windows": [w.to_dict() for w in windows["owner"]["gait"][21:24]]})
+    assert again.status_code == 409 and again.json()["code"] == "enrolment_closed"
+
+
+def test_forwarded_headers_are_believed_only_from_named_proxies(tmp_path: Path) -> None:
+    import httpx
+
+    from server.runner import running_server
+
+    def flood(url: str) -> list[int]:
+        with httpx.Client(base_url=url) as http:
+            return [http.get("/v1/users/x/consents", headers={"X-Cadence-Device": "nobody",
+                                                              "X-Forwarded-For": f"198.51.100.{i}"}).status_code
+                    for i in range(12)]
+
+    with running_server(make_settings(tmp_path, device_rate_per_s=2.0)) as url:
+        codes = flood(url)  # the TCP peer is charged, whatever the header says
+    assert codes[:4] == [401] * 4 and codes[-1] == 429, codes
+    with running_server(make_settings(tmp_path, device_rate_per_s=2.0, forwarded_allow_ips="127.0.0.1")) as url:
+        assert 429 not in flood(url)  # behind a named proxy each client has its own budget
+
+
+def test_a_flooder_on_the_same_address_does_not_stop_a_known_device(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
+    try:
+        with TestClient(app) as client:
+            dev = new_device(client, "nat")
+            assert dev.signed("GET", "/v1/users/nat/consents").status_code == 200
+            time_left = [client.get("/v1/users/nat/consents", headers={"X-Cadence-Device": "forged"}).status_code
+                         for _ in range(8)]
+            assert time_left[-1] == 429  # the flooder's requests are refused by address
+            time.sleep(0.6)  # the device's own bucket refills
+            assert dev.signed("GET", "/v1/users/nat/consents").status_code == 200
+    finally:
+        app.state.engine.dispose()
+
+
+def test_replays_of_a_captured_request_do_not_use_up_the_device_rate(tmp_path: Path) -> None:
+    from server.signing import sign_request
+
+    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
+    try:
+        with TestClient(app) as client, TestClient(app, client=("203.0.113.7", 4000)) as attacker:
+            dev = new_device(client, "rep")
+            headers = sign_request(dev.key, dev.device_id, "GET", "/v1/users/rep/consents", b"")
+            assert client.get("/v1/users/rep/consents", headers=headers).status_code == 200
+            replays = [attacker.get("/v1/users/rep/consents", headers=headers).status_code for _ in range(3)]
+            assert replays == [401] * 3
+            assert dev.signed("GET", "/v1/users/rep/consents").status_code == 200
+            assert dev.signed("GET", "/v1/users/rep/consents").status_code == 200
+    finally:
+        app.state.engine.dispose()
+
+
+def test_the_app_can_ask_for_its_own_erasure(client: TestClient, windows) -> None:
+    dev = _enrol(client, windows)
+    other = _enrol(client, windows, "olga")
+    assert other.signed("DELETE", "/v1/users/alice").status_code == 403  # only one's own
+    r = dev.signed("DELETE", "/v1/users/alice")
+    assert r.status_code == 200 and r.json()["erased"]["server.server_template"] == 3, r.text
+    assert dev.signed("GET", "/v1/users/alice/consents").status_code == 401  # its key went with it
+
+
+@pytest.mark.parametrize("payee", ["ACME\u202eLIAM", "AC\u200bME", "   ", "A\u2028B"])
+def test_payee_refuses_invisible_and_blank_text(client: TestClient, windows, payee: str) -> None:
+    dev = _enrol(client, windows)
+    r = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "p1", payee=payee))
+    assert r.status_code == 422 and r.json()["detail"].startswith("payee:"), r.text
+    ok = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "p2", payee="Café Zoë 東京"))
+    assert ok.status_code == 200
+
+
+def test_a_failed_step_up_of_a_locked_user_is_still_recorded(client: TestClient, windows) -> None:
+    dev = _enrol(client, windows)
+    pending = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "f0", ev=False)).json()
+    for i in range(5):
+        dev.signed("POST", "/v1/transactions/authorize",
+                   _payload(dev, windows, f"imp{i}", who="other", i=5 + i, amount="5000.00"))
+    r = client.post(f"/v1/transactions/{pending['transaction_id']}/step-up", json={"success": False}, headers=BANK)
+    assert r.status_code == 200 and r.json()["status"] == "denied_after_step_up"
+
+
+def test_migration_0004_goes_back_after_step_ups(db_url: str) -> None:  # noqa: F811
+    """The old VARCHAR(16) cannot hold 'approved_after_step_up': going back maps it (PostgreSQL enforces it)."""
+    from datetime import UTC, datetime
+
+    from cadence.db import make_engine
+    from server.migrate import downgrade, upgrade
+
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO server_user (id, locked, consecutive_failures, created_at) "
+                              "VALUES ('m', false, 0, :t)"), {"t": datetime.now(UTC)})
+            conn.execute(text(
+                "INSERT INTO server_transaction (id, user_id, idempotency_key, request_hash, amount, currency, payee, "
+                "channel, outcome, status, risk, tier, response, created_at) VALUES ('t1', 'm', 'k', 'h', '1.00', "
+                "'EUR', 'P', 'app', 'approve', 'approved_after_step_up', 0.1, 'low', '{}', :t)"), {"t": datetime.now(UTC)})
+        downgrade(engine, "0003")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT status FROM server_transaction")).scalar() == "approved"
+        upgrade(engine)
+    finally:
+        downgrade(engine)
+        engine.dispose()

@@ -1,4 +1,4 @@
-"""/v1/users/{user_id}: consent and enrolment, called by the user's signed device."""
+"""/v1/users/{user_id}: consent, enrolment and erasure, called by the user's signed device."""
 
 from __future__ import annotations
 
@@ -55,3 +55,15 @@ def enrol_user(body: EnrolRequest, req: Signed, state: State, user_id: str = Use
     except EvidenceReplay as exc:
         record_replay(req.transaction, exc, req.actor)
         raise
+
+
+@router.delete("/{user_id}")
+def erase_self(req: Signed, user_id: str = UserId) -> dict[str, Any]:
+    """The person's own erasure request (GDPR Art. 17) from the app: everything the server holds about them.
+
+    Signed by their device like every device call; audited with the device as actor. The
+    device's key goes with it, so the app must register again to be used.
+    """
+    with req.transaction() as session:
+        same_user(req.device, user_id)
+        return {"user_id": user_id, "erased": hooks.erase_user(session, user_id, actor=req.actor)}

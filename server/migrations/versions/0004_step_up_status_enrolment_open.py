@@ -36,6 +36,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("ALTER TABLE server_user DROP COLUMN enrolment_open")
+    # the old column cannot hold the step-up statuses: their outcome stays in `outcome` and `response`
+    op.execute("UPDATE server_transaction SET status = 'approved' WHERE status = 'approved_after_step_up'")
+    op.execute("UPDATE server_transaction SET status = 'denied' WHERE status = 'denied_after_step_up'")
     with op.batch_alter_table('server_transaction') as batch:
         batch.alter_column('status', type_=sa.String(length=16), existing_type=sa.String(length=32),
                            existing_nullable=False)
