@@ -14,6 +14,9 @@ JSON schema (fixed; benches may add top-level keys and extra per-row keys)::
                   "n_genuine": int, "n_impostor": int}],
      "seconds": float}
 
+An FNMR at an FMR is null where the row has fewer than 1/FMR impostor trials: that operating
+point cannot be measured, and the FNMR at an empirical FMR of 0 would read optimistically.
+
 Bench modules live in `evaluation/benches/` and are discovered by name; keep their top-level
 imports light (numpy at most) so `cadence bench list` stays fast.
 """

@@ -88,10 +88,18 @@ def fnmr_at_fmr(*, genuine: ArrayLike, impostor: ArrayLike, fmr: float) -> float
     """FNMR at the threshold where FMR first drops to `fmr` or below.
 
     With fewer than ``1/fmr`` impostor trials the operating point cannot be measured: the
-    result is then the FNMR at FMR = 0 and should be read as an upper bound.
+    result is then the FNMR at an empirical FMR of 0, whose true FMR is about 1/(n+1), above
+    the target, so it is biased low. Reports use `measurable_fnmr`, which gives None then.
     """
     t = threshold_at_fmr(impostor=impostor, fmr=fmr)
     return rates_at(genuine=genuine, impostor=impostor, threshold=t)[1]
+
+
+def measurable_fnmr(*, genuine: np.ndarray, impostor: np.ndarray, fmr: float) -> float | None:
+    """`fnmr_at_fmr`, or None when there are fewer than 1/fmr impostor trials to measure it with."""
+    if impostor.size * fmr < 1.0 - 1e-9:
+        return None
+    return fnmr_at_fmr(genuine=genuine, impostor=impostor, fmr=fmr)
 
 
 def auc(*, genuine: ArrayLike, impostor: ArrayLike) -> float:
@@ -111,9 +119,10 @@ class Summary:
     eer: float
     eer_mean_per_subject: float
     eer_sd_per_subject: float
-    fnmr_at_fmr_1pct: float
-    fnmr_at_fmr_0_1pct: float
-    fnmr_at_fmr_0_01pct: float
+    #: None where the impostor trials are too few (under 1/FMR) to measure the operating point
+    fnmr_at_fmr_1pct: float | None
+    fnmr_at_fmr_0_1pct: float | None
+    fnmr_at_fmr_0_01pct: float | None
     auc: float
     n_genuine: int
     n_impostor: int
@@ -152,9 +161,9 @@ def summarize(
         eer=eer(genuine=g, impostor=i),
         eer_mean_per_subject=mean,
         eer_sd_per_subject=sd,
-        fnmr_at_fmr_1pct=fnmr_at_fmr(genuine=g, impostor=i, fmr=1e-2),
-        fnmr_at_fmr_0_1pct=fnmr_at_fmr(genuine=g, impostor=i, fmr=1e-3),
-        fnmr_at_fmr_0_01pct=fnmr_at_fmr(genuine=g, impostor=i, fmr=1e-4),
+        fnmr_at_fmr_1pct=measurable_fnmr(genuine=g, impostor=i, fmr=1e-2),
+        fnmr_at_fmr_0_1pct=measurable_fnmr(genuine=g, impostor=i, fmr=1e-3),
+        fnmr_at_fmr_0_01pct=measurable_fnmr(genuine=g, impostor=i, fmr=1e-4),
         auc=auc(genuine=g, impostor=i),
         n_genuine=int(g.size),
         n_impostor=int(i.size),

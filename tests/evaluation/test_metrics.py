@@ -71,7 +71,16 @@ def test_summary_and_per_subject(tmp_path) -> None:
     s = summarize(genuine=g, impostor=i, genuine_subject=np.repeat([1, 2], 100), impostor_subject=np.repeat([1, 2], 200))
     assert 0.05 < s.eer < 0.3 and 0.05 < s.eer_mean_per_subject < 0.3
     assert s.n_genuine == 200 and s.n_impostor == 400
-    assert s.fnmr_at_fmr_1pct >= s.eer * 0.5
+    assert s.fnmr_at_fmr_1pct is not None and s.fnmr_at_fmr_1pct >= s.eer * 0.5
     out = tmp_path / "det.png"
     plot_det({"a": (g, i)}, str(out))
     assert out.stat().st_size > 5000
+
+
+def test_an_unmeasurable_operating_point_is_reported_as_none() -> None:
+    """50 impostors cannot show an FMR of 1 %: the FNMR there would read optimistically."""
+    rng = np.random.default_rng(0)
+    s = summarize(genuine=rng.normal(1, 1, 500), impostor=rng.normal(-1, 1, 50))
+    assert s.fnmr_at_fmr_1pct is None and s.fnmr_at_fmr_0_1pct is None and s.fnmr_at_fmr_0_01pct is None
+    s = summarize(genuine=rng.normal(1, 1, 500), impostor=rng.normal(-1, 1, 100))
+    assert s.fnmr_at_fmr_1pct is not None and s.fnmr_at_fmr_0_1pct is None
