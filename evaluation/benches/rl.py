@@ -78,7 +78,11 @@ def bench_rl(ctx: BenchContext) -> BenchOutput:
         need = cfg.env.n_obs + cfg.env.n_hop
         owners = [s for s in fold.eval_subjects if s in seqs and len(seqs[s]) * (1 - cfg.train.train_split) >= cfg.env.n_obs
                   and len(seqs[s]) * cfg.train.train_split >= need]
-        population = [s for s in fold.train_subjects if s in seqs and len(seqs[s]) >= cfg.env.n_obs]
+        # an id in both folders (other files: the overlap check only warns) is an owner here, with its
+        # eval-folder keys, and never also a training-side corrupting user
+        shared = set(fold.train_subjects) & set(fold.eval_subjects)
+        population = [s for s in fold.train_subjects
+                      if s in seqs and s not in shared and len(seqs[s]) >= cfg.env.n_obs]
         if len(owners) < 2 or not population:
             raise BenchError(f"fold {fold.index}: need >= 2 owners and >= 1 population subject with enough keys")
         ks = keystroke_scorer(fold.train_dir, population)
