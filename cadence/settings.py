@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     #: server: threads per worker running the (synchronous) request handlers; more only adds
     #: GIL contention and database connections, since SQLite serialises writers anyway
     api_threads: int = Field(default=8, ge=1, le=256)
-    #: server: checkpoint the SQLite WAL from a background thread, not in request commits (server/wal.py)
+    #: server: checkpoint the SQLite WAL from a background thread, not in request commits (server/sqlite_writers.py)
     sqlite_background_checkpoint: bool = True
     #: server: run the authorize handler on the event loop (None = when the database is SQLite)
     api_inline_handlers: bool | None = None
@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     #: server: requests per second a device may make (token bucket of twice that; 429 beyond);
     #: 0 = no limit (server/services/devices.py RateLimiter)
     device_rate_per_s: float = Field(default=50.0, ge=0, allow_inf_nan=False)
+    #: server: apply the retention policy every this many seconds, in one worker per database
+    #: (server/retention_schedule.py); 0 = off, when `cadence compliance purge` runs from cron instead
+    purge_interval_s: float = Field(default=86_400.0, ge=0, allow_inf_nan=False)
     #: server: addresses of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed
     #: (comma-separated, e.g. "10.0.0.5"; "*" for any). Empty: the client address is the TCP
     #: peer's, so a client cannot pick the address its refused requests are charged to

@@ -2,6 +2,7 @@
 
 Modules: `consent` (per user, modality and purpose), `audit` (hash chain + signed seals),
 `subjects` (export / erasure across registered data holders), `retention` (policy file and
-purge), `device_store` (encrypted raw events on the phone), `models` (the tables).
+purge), `models` (the tables). The phone's encrypted raw-event store is the app's own
+(`mobile_client/raw_store.py`).
 Imports stay light here; import the submodule you need.
 """

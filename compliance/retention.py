@@ -2,8 +2,8 @@
 
 The policy is data, not code, so operators and auditors read one short file. `purge` is
 idempotent (a second run removes nothing), reports counts per table, has a dry run, and runs
-in the caller's transaction; `scheduled_purge` is the one-call form for a scheduler (the server
-runs none: operators schedule `cadence compliance purge`, see docs/compliance.md).
+in the caller's transaction; `scheduled_purge` is the one-call form the server's scheduler
+runs (`server/retention_schedule.py`; operators may also schedule `cadence compliance purge`).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def purge(session: Session, policy: RetentionPolicy, *, now: datetime | None = N
 
 
 def scheduled_purge(factory: sessionmaker[Session], policy: RetentionPolicy | None = None) -> dict[str, int]:
-    """One purge in its own transaction, for a scheduler that embeds it (operators run the CLI daily)."""
+    """One purge in its own transaction: what the server's scheduler runs (`server.retention_schedule`)."""
     pol = policy or load_policy()
     with factory() as session, session.begin():
         return purge(session, pol)

@@ -27,6 +27,7 @@ from server.api.routes import admin, devices, health, models, sessions, transact
 from server.errors import ApiError
 from server.fusion_source import FusionSource
 from server.metrics import Metrics
+from server.retention_schedule import RetentionScheduler
 from server.services.devices import RateLimiter
 from server.services.scoring import ScorerProvider
 from server.signing import HEADER_DEVICE, b64d
@@ -176,11 +177,15 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
         checkpointer = WalCheckpointer(app.state.engine, state.write_lock) if settings.sqlite_background_checkpoint else None
         if checkpointer is not None:
             checkpointer.start(app.state.engine)
+        retention = RetentionScheduler(state.sessions, settings.database_url, settings.purge_interval_s,
+                                       state.write_lock)
+        app.state.retention = retention if retention.start() else None
         gc.collect()
         gc.freeze()
         try:
             yield
         finally:
+            retention.stop()
             if checkpointer is not None:
                 checkpointer.stop()
             if state.held is not None:
