@@ -40,4 +40,4 @@ lint: venv
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .cache bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .cache bench-results .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -18,18 +18,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mobile_client import device_key as dk
 
+#: canned decisions with the reason codes and LLR contributions the real server sends
+#: (`fusion.policy.decide`): a clear approve, a step-up at the medium tier, a deny
 SCRIPT: list[dict[str, Any]] = [
-    {"decision": "approve", "risk": 0.04, "reasons": [
-        {"modality": "keystroke", "code": "high_score", "contribution": 1.9},
-        {"modality": "touch", "code": "high_score", "contribution": 1.2},
-        {"modality": "gait", "code": "high_score", "contribution": 0.8}]},
-    {"decision": "step_up", "risk": 0.41, "reasons": [
-        {"modality": "keystroke", "code": "high_score", "contribution": 0.7},
-        {"modality": "gait", "code": "no_evidence", "contribution": 0.0},
-        {"modality": "amount", "code": "high_value_tier", "contribution": -1.0}]},
-    {"decision": "deny", "risk": 0.93, "reasons": [
-        {"modality": "keystroke", "code": "low_score", "contribution": -3.1},
-        {"modality": "touch", "code": "low_score", "contribution": -2.4}]},
+    {"decision": "approve", "risk": 0.01, "reasons": [
+        {"modality": "keystroke", "code": "strong_match", "contribution": 2.6},
+        {"modality": "touch", "code": "match", "contribution": 1.2},
+        {"modality": "gait", "code": "match", "contribution": 0.8}]},
+    {"decision": "step_up", "risk": 0.14, "reasons": [
+        {"modality": "keystroke", "code": "match", "contribution": 1.5},
+        {"modality": "touch", "code": "match", "contribution": 0.9},
+        {"modality": "gait", "code": "mismatch", "contribution": -0.6}]},
+    {"decision": "deny", "risk": 0.99, "reasons": [
+        {"modality": "keystroke", "code": "strong_mismatch", "contribution": -3.1},
+        {"modality": "touch", "code": "strong_mismatch", "contribution": -2.4}]},
 ]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 
@@ -14,7 +16,9 @@ def prepare(width: int = 420, height: int = 880) -> None:
     os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")
     os.environ.setdefault("KIVY_CLIPBOARD", "dummy")
     if "KIVY_HOME" not in os.environ:
-        os.environ["KIVY_HOME"] = tempfile.mkdtemp(prefix="cadence-kivy-")
+        home = tempfile.mkdtemp(prefix="cadence-kivy-")
+        os.environ["KIVY_HOME"] = home
+        atexit.register(shutil.rmtree, home, ignore_errors=True)  # our own: nothing left in /tmp
     window_size(width, height)
 
 

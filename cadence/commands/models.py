@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer()
-models_app = typer.Typer(help="Model registry: list published versions, activate one.", no_args_is_help=True)
+models_app = typer.Typer(help="Model registry: train, list, activate and calibrate published versions.",
+                         no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 Registry = Annotated[Path | None, typer.Option("--registry", help="Registry folder (default: settings.model_registry).")]
