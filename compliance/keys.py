@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import string
@@ -62,7 +63,16 @@ def hmac_key(settings: Settings | None = None) -> bytes:
     if s.audit_hmac_key is None:
         _refuse_dev(s, "audit_hmac_key")
         return _DEV_HMAC
-    key = _secret_bytes(s.audit_hmac_key, "audit_hmac_key")
+    return _hmac_from(s.audit_hmac_key)
+
+
+@functools.lru_cache(maxsize=8)
+def _hmac_from(value: str) -> bytes:
+    """The HMAC key a setting names, read once per process (restart to rotate).
+
+    Every audited call (twice per authorize) pseudonymises with it: a key file is not re-read each time.
+    """
+    key = _secret_bytes(value, "audit_hmac_key")
     if len(key) < 16:
         raise KeyConfigError("audit_hmac_key: needs at least 16 bytes of secret")
     return key

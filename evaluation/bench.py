@@ -10,7 +10,7 @@ JSON schema (fixed; benches may add top-level keys and extra per-row keys)::
     {"benchmark": str, "version": str, "protocol": {...}, "train_subjects": [ids],
      "eval_subjects": [ids],
      "results": [{"method": str, "window": str, "eer": float, "eer_mean_per_subject": float,
-                  "fnmr_at_fmr_1pct": float, "fnmr_at_fmr_0_1pct": float,
+                  "fnmr_at_fmr_1pct": float | null, "fnmr_at_fmr_0_1pct": float | null,
                   "n_genuine": int, "n_impostor": int}],
      "seconds": float}
 
@@ -214,8 +214,9 @@ def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict
         print_results(doc, output.headline)
     for note in ctx.notes:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True).print(f"[yellow]warning:[/yellow] {note}", soft_wrap=True, markup=True)
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
     return doc
 
 

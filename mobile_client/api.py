@@ -76,7 +76,7 @@ class ApiError(RuntimeError):
 
 #: plain-language text for the server's machine codes a person can meet in the app
 CODE_TEXT = {
-    "enrolment_closed": "Set-up is already complete: it closes with your first payment. "
+    "enrolment_closed": "Set-up can no longer be changed from the app once you have paid with it. "
                         "Ask your bank to reopen it if you need to set up again.",
     "evidence_replay": "Your bank had already received this behaviour sample. Please try again.",
     "user_locked": "Your account is locked after several failed checks. Please contact your bank.",

@@ -177,8 +177,7 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
         checkpointer = WalCheckpointer(app.state.engine, state.write_lock) if settings.sqlite_background_checkpoint else None
         if checkpointer is not None:
             checkpointer.start(app.state.engine)
-        retention = RetentionScheduler(state.sessions, settings.database_url, settings.purge_interval_s,
-                                       state.write_lock)
+        retention = RetentionScheduler(state.sessions, app.state.engine, settings.purge_interval_s, state.write_lock)
         app.state.retention = retention if retention.start() else None
         gc.collect()
         gc.freeze()
@@ -253,7 +252,7 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     def refused(request: Request, status: int) -> None:
         """A device request refused before or at its signature check counts against its address."""
         if status in (401, 422) and HEADER_DEVICE in request.headers:
-            charge_failure(app.state.cadence, client_address(request))
+            charge_failure(app.state.cadence, client_address(request), request.headers[HEADER_DEVICE])
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:

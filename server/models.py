@@ -28,7 +28,8 @@ class User(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     locked: Mapped[bool] = mapped_column(Boolean, default=False)
     #: plain enrolment (windows without a confirming transaction) is accepted only while this is
-    #: true: from registration until the first authorize call, or after the bank reopens it.
+    #: true: from registration until the first authorize call after a template exists (a payment
+    #: made before any enrolment, on the web say, leaves it open), or after the bank reopens it.
     #: Afterwards a template changes only with confirmed evidence (controlled adaptation), so
     #: whoever holds the device key cannot enrol their own behaviour over the owner's.
     enrolment_open: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())

@@ -1,7 +1,7 @@
 """The server applies the retention policy on a schedule (`CADENCE_PURGE_INTERVAL_S`; 0 = off).
 
-One worker process per database does it: a worker takes a non-blocking `flock` on a lock
-file named after the database, and the others leave the job to it. Each run is
+One worker process per database does it (the one that takes the database's lock, see
+`RetentionScheduler`); the others leave the job to it. Each run is
 `compliance.retention.scheduled_purge`: one transaction, audited as ``retention.purge``,
 idempotent, so a run that overlaps `cadence compliance purge` from cron removes nothing twice.
 A failing run (a missing audit signing key when the audit log needs pruning, an unreachable
@@ -10,14 +10,13 @@ database) is logged and retried at the next interval; it never stops the API.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import tempfile
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 try:
@@ -28,35 +27,43 @@ except ImportError:  # pragma: no cover - not on Windows
 log = logging.getLogger(__name__)
 
 
-def _lock_path(database_url: str) -> str:
-    """Beside a SQLite file (like its WAL); for a server database, in the temp folder by URL."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        return f"{url.database}.purge"
-    digest = hashlib.sha256(url.render_as_string(hide_password=True).encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"cadence-purge-{digest}.lock")
+#: PostgreSQL advisory-lock key of the purge job (any fixed 64-bit number; "cadence" in ASCII)
+ADVISORY_KEY = 0x63616465_6E6365
 
 
 class RetentionScheduler:
-    """A daemon thread that purges every `interval_s` seconds, in one worker per database."""
+    """A daemon thread that purges every `interval_s` seconds, in one worker per database.
 
-    def __init__(self, factory: sessionmaker[Session], database_url: str, interval_s: float,
+    The worker that owns the job holds a lock for as long as it runs: on a SQLite file a
+    `flock` on a file beside the database, on PostgreSQL a session advisory lock on a
+    connection of its own (so one worker of all hosts sharing the database). An in-memory
+    database belongs to one process anyway.
+    """
+
+    def __init__(self, factory: sessionmaker[Session], engine: Engine, interval_s: float,
                  write_lock: AbstractContextManager[Any] | None = None) -> None:
-        self.factory, self.interval_s = factory, interval_s
+        self.factory, self.engine, self.interval_s = factory, engine, interval_s
         self.write_lock = write_lock or nullcontext()
-        self.lock_path = _lock_path(database_url)
         self.runs = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
+        self._conn: Connection | None = None
 
     def _own(self) -> bool:
-        """Whether this process runs the purge for the database (the first to lock the file)."""
-        if fcntl is None:
+        """Whether this process runs the purge for the database (the first to take its lock)."""
+        url = self.engine.url
+        if url.get_backend_name() == "postgresql":
+            conn = self.engine.connect()
+            if conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}).scalar():
+                conn.commit()  # the lock is the session's; the connection stays open while it runs
+                self._conn = conn
+                return True
+            conn.close()
+            return False
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or fcntl is None:
             return True
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(f"{url.database}.purge", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -79,8 +86,8 @@ class RetentionScheduler:
         try:
             with self.write_lock:
                 removed = scheduled_purge(self.factory)
-        except Exception as exc:  # noqa: BLE001 - logged and retried; retention must not stop the API
-            log.error("scheduled retention purge failed (retried in %.0f s): %s", self.interval_s, exc)
+        except Exception:  # noqa: BLE001 - logged and retried; retention must not stop the API
+            log.exception("scheduled retention purge failed (retried in %.0f s)", self.interval_s)
             return None
         self.runs += 1
         if any(removed.values()):
@@ -98,3 +105,10 @@ class RetentionScheduler:
         if self._fd is not None:
             os.close(self._fd)  # closing releases the lock
             self._fd = None
+        if self._conn is not None:
+            try:  # unlock explicitly: closing only returns the connection (and its session) to the pool
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+                self._conn.commit()
+            finally:
+                self._conn.close()
+                self._conn = None

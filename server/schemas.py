@@ -20,12 +20,17 @@ Modality = Literal["keystroke", "touch", "gait"]
 Outcome = Literal["approve", "step_up", "deny"]
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: a feature value: finite and within +-1e9 (real features stay below 1e3; far larger ones only
+#: overflow the scorers' distances into inf or NaN)
+FeatureValue = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
 
 
 #: Unicode categories refused in free text: controls, format characters (bidi overrides such as
-#: U+202E, zero-width ones: a payee shown to the bank must read as it is stored), line and
-#: paragraph separators, surrogates
+#: U+202E, zero-width spaces: a payee shown to the bank must read as it is stored; the two
+#: joiners below excepted), line and paragraph separators, surrogates
 _HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+#: format characters that written languages need (Persian, Indic scripts, emoji sequences)
+_JOINERS = frozenset({"\u200c", "\u200d"})
 
 
 def _printable(v: str) -> str:
@@ -33,7 +38,7 @@ def _printable(v: str) -> str:
     if v.isascii():  # the usual case, checked without a lookup per character
         if any(ord(c) < 32 or ord(c) == 127 for c in v):
             raise ValueError("control characters (NUL, newline, ...) are not allowed")
-    elif any(unicodedata.category(c) in _HIDDEN for c in v):
+    elif any(unicodedata.category(c) in _HIDDEN and c not in _JOINERS for c in v):
         raise ValueError("control or invisible formatting characters (bidi overrides, zero-width, ...) are not allowed")
     return v
 
@@ -69,7 +74,7 @@ class FeatureWindowIn(_Strict):
     end: Finite
     n_events: int = Field(ge=1, le=10_000_000)
     quality: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
-    values: list[Finite] = Field(min_length=1, max_length=MAX_FEATURE_DIM)
+    values: list[FeatureValue] = Field(min_length=1, max_length=MAX_FEATURE_DIM)
 
     @model_validator(mode="before")
     @classmethod

@@ -185,35 +185,35 @@ def calibrate(
 
 @contextmanager
 def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
-    """The audit log of the configured database, made usable before anything changes (exit 2 if not).
+    """The audit log of the configured database, checked before anything changes (exit 2 if unusable).
 
     Yields `record(event, payload)`, which appends one entry in its own transaction, so each
-    change is on record as soon as it is made. Like `cadence serve`, it migrates the database
-    and creates the embedded SQLite file when there is none (a fresh machine runs `models
-    train`, then `serve`), and then says where it created it, so no entry lands unnoticed in
-    a stray file. An unreachable database, or one newer than this code, stops here.
+    change is on record as soon as it is made. On a fresh machine (no SQLite file yet: `models
+    train`, then `serve`) it creates and migrates the embedded database as `cadence serve`
+    would, and says where. An existing database is never migrated here (the server migrates
+    its own database; a newer CLI must not change it under an older server): it must hold the
+    audit tables, or this stops with the reason, as the `audit` and `compliance` commands do.
     """
-    from cadence.commands.audit import sqlite_file_missing
+    from cadence.commands.audit import compliance_engine, sqlite_file_missing
     from cadence.commands.database import database_errors
     from cadence.db import make_engine, make_sessionmaker, transaction
     from cadence.settings import get_settings
     from compliance.keys import KeyConfigError
-    from server.migrate import SchemaError, upgrade
+    from server.migrate import upgrade
     from server.services import compliance_hooks as hooks
 
     url = get_settings().database_url
     created = sqlite_file_missing(url)
-    with database_errors(url):
-        engine = make_engine(url)
-    try:
-        try:
-            with database_errors(url):
+    if created is not None:
+        with database_errors(url):
+            engine = make_engine(url)
+            try:
                 upgrade(engine)
-        except SchemaError as exc:
-            _fail(exc)
-        if created is not None:
-            Console().print(f"audit log: created the database {created} (CADENCE_DATABASE_URL names another)",
-                            soft_wrap=True)
+            finally:
+                engine.dispose()
+        Console().print(f"audit log: created the database {created} (CADENCE_DATABASE_URL names another)",
+                        soft_wrap=True)
+    with compliance_engine(url) as engine:
         factory = make_sessionmaker(engine)
 
         def record(event: str, payload: dict[str, Any]) -> None:
@@ -224,5 +224,3 @@ def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
                 _fail(exc)
 
         yield record
-    finally:
-        engine.dispose()

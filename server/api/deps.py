@@ -228,11 +228,14 @@ def check_rate(state: AppState, device_id: str | None, client: str | None = None
     """
     if state.limiter is not None and device_id and state.limiter.exhausted(device_id):
         raise ApiError(429, "rate_limited", f"X-Cadence-Device: more than {state.limiter.rate:g} requests/s from this device")
-    if (state.failures is not None and client and state.failures.exhausted(client)
-            and not (device_id and state.limiter is not None and state.limiter.known(device_id))):
-        # an address past its budget of refused requests; a device that verified here before still
-        # gets through (a flooder behind the same NAT or gateway must not stop everyone's payments)
-        raise ApiError(429, "rate_limited", f"client: more than {state.failures.rate:g} refused requests/s from this address")
+    if state.failures is not None and client and state.failures.exhausted(client):
+        # an address past its budget of refused requests. A device that verified here before still
+        # gets through (a flooder behind the same NAT or gateway must not stop everyone's payments),
+        # unless requests naming it from this address were refused too (someone else using its id)
+        known = device_id is not None and state.limiter is not None and state.limiter.known(device_id)
+        if not known or state.failures.exhausted(f"{client} {device_id}"):
+            raise ApiError(429, "rate_limited",
+                           f"client: more than {state.failures.rate:g} refused requests/s from this address")
 
 
 def charge_device(state: AppState, device_id: str) -> None:
@@ -241,10 +244,15 @@ def charge_device(state: AppState, device_id: str) -> None:
         raise ApiError(429, "rate_limited", f"X-Cadence-Device: more than {state.limiter.rate:g} requests/s from this device")
 
 
-def charge_failure(state: AppState, client: str | None) -> None:
-    """Count a refused device request (bad signature, invalid body) against the sending address."""
+def charge_failure(state: AppState, client: str | None, device_id: str | None = None) -> None:
+    """Count a refused device request (bad signature, invalid body) against the sending address.
+
+    Also against the address with the device it named (see `check_rate`).
+    """
     if state.failures is not None and client:
         state.failures.allow(client)
+        if device_id:
+            state.failures.allow(f"{client} {device_id}")
 
 
 def client_address(request: Request) -> str | None:

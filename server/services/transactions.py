@@ -44,6 +44,7 @@ _T = Template.__table__.c
 _TEMPLATE_INFO = select(_T.id, _T.modality, _T.feature_version, _T.feature_dim,
                         _T.model_id, _T.updated_at).where(_T.user_id == bindparam("u"))
 _TEMPLATE_DATA = select(_T.data).where(_T.id == bindparam("id"))
+_HAS_TEMPLATE = select(_T.id).where(_T.user_id == bindparam("u")).limit(1)
 _TX_INSERT = cast(Table, Transaction.__table__).insert()
 
 
@@ -295,7 +296,9 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
     out = plan.outcome
     if out is None or out.failures != user.consecutive_failures:  # another request changed the count meanwhile
         out = plan.outcome = _outcome(plan, body, user.consecutive_failures, lockout_failures, actor)
-    changes: dict[str, Any] = {"enrolment_open": False} if user.enrolment_open else {}  # the first decision closes it
+    changes: dict[str, Any] = {}
+    if user.enrolment_open and prepared.execute(session, _HAS_TEMPLATE, {"u": body.user_id}).first() is not None:
+        changes["enrolment_open"] = False  # the first decision on an enrolled user closes it
     if decision.outcome == "deny":
         failures = user.consecutive_failures + 1
         changes.update(consecutive_failures=failures, locked=failures >= lockout_failures)

@@ -167,7 +167,7 @@ def test_enrolment_closed_reads_as_a_sentence() -> None:
     exc = ApiError("POST /v1/users/u/enrolment: 409 ...", 409, {
         "detail": "confirmed_transaction_id: enrolment closed with this user's first transaction; ...",
         "code": "enrolment_closed"})
-    assert exc.user_message.startswith("Set-up is already complete")
+    assert exc.user_message.startswith("Set-up can no longer be changed from the app")
 
 
 def test_refusals_read_as_plain_language() -> None:

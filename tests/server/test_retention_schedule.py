@@ -10,31 +10,58 @@ from sqlalchemy import text
 
 from server.app import create_app
 from tests.server.conftest import evidence, make_settings, new_device
+from tests.server.test_storage import db_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
 
 
-def test_the_server_purges_on_its_schedule_in_one_worker(tmp_path: Path, calibration_file: Path, windows) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(tmp_path, fusion_calibration=calibration_file, purge_interval_s=0.2)
+def _old_transaction(client: TestClient, windows: dict) -> None:
+    """One transaction of 'old', dated 2020: past the policy's 400 days."""
+    dev = new_device(client, "old")
+    dev.grant_consent("gait")
+    dev.enrol(windows["owner"]["gait"][:5])
+    dev.authorize(amount="5.00", payee="ACME", evidence=[evidence(windows, "owner", 6)[2]])
+    with client.app.state.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("UPDATE server_transaction SET created_at = '2020-01-01 00:00:00'"))
+
+
+def _count(app, sql: str) -> int:  # type: ignore[no-untyped-def]
+    with app.state.engine.connect() as conn:
+        return int(conn.execute(text(sql)).scalar())
+
+
+def test_one_worker_per_database_owns_the_purge(db_url: str, tmp_path: Path) -> None:  # noqa: F811
+    settings = make_settings(tmp_path, database_url=db_url, purge_interval_s=3600)
     app, twin = create_app(settings), create_app(settings)
     try:
-        with TestClient(app) as client, TestClient(twin):
-            assert app.state.retention is not None and twin.state.retention is None  # the twin leaves it to app
-            dev = new_device(client, "old")
-            dev.grant_consent("gait")
-            dev.enrol(windows["owner"]["gait"][:5])
-            dev.authorize(amount="5.00", payee="ACME", evidence=[evidence(windows, "owner", 6)[2]])
-            with app.state.engine.begin() as conn:  # 500 days ago: past transactions.days (400)
-                conn.execute(text("UPDATE server_transaction SET created_at = '2020-01-01 00:00:00'"))
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with app.state.engine.connect() as conn:
-                    left = conn.execute(text("SELECT count(*) FROM server_transaction")).scalar()
-                if left == 0:
-                    break
-                time.sleep(0.1)
-            assert left == 0
-            with app.state.engine.connect() as conn:
-                events = conn.execute(text("SELECT event, actor FROM compliance_audit")).all()
-            assert ("retention.purge", "retention") in events
+        with TestClient(app), TestClient(twin):
+            assert app.state.retention is not None and twin.state.retention is None
+        with TestClient(twin):  # the owner stopped: its lock went with it
+            assert twin.state.retention is not None
     finally:
         app.state.engine.dispose()
         twin.state.engine.dispose()
+
+
+def test_a_run_purges_what_is_due_and_is_audited(tmp_path: Path, calibration_file: Path, windows) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_settings(tmp_path, fusion_calibration=calibration_file, purge_interval_s=3600))
+    try:
+        with TestClient(app) as client:
+            _old_transaction(client, windows)
+            removed = app.state.retention.run_once()
+            assert removed is not None and removed["server.server_transaction"] == 1
+            assert _count(app, "SELECT count(*) FROM server_transaction") == 0
+            assert _count(app, "SELECT count(*) FROM compliance_audit WHERE event = 'retention.purge'") == 1
+    finally:
+        app.state.engine.dispose()
+
+
+def test_the_schedule_runs_by_itself(tmp_path: Path, calibration_file: Path, windows) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(make_settings(tmp_path, fusion_calibration=calibration_file, purge_interval_s=0.05))
+    try:
+        with TestClient(app) as client:
+            _old_transaction(client, windows)
+            deadline = time.monotonic() + 30  # a hang guard, not a speed target
+            while _count(app, "SELECT count(*) FROM server_transaction") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _count(app, "SELECT count(*) FROM server_transaction") == 0
+    finally:
+        app.state.engine.dispose()

@@ -8,7 +8,6 @@ stranger throttling someone else's device, chunked oversize bodies, error shapes
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -278,8 +277,24 @@ def test_a_flooder_on_the_same_address_does_not_stop_a_known_device(tmp_path: Pa
             time_left = [client.get("/v1/users/nat/consents", headers={"X-Cadence-Device": "forged"}).status_code
                          for _ in range(8)]
             assert time_left[-1] == 429  # the flooder's requests are refused by address
-            time.sleep(0.6)  # the device's own bucket refills
-            assert dev.signed("GET", "/v1/users/nat/consents").status_code == 200
+            assert dev.signed("GET", "/v1/users/nat/consents").status_code == 200  # the known device is not
+            posing = [client.get("/v1/users/nat/consents", headers={"X-Cadence-Device": dev.device_id}).status_code
+                      for _ in range(8)]
+            assert posing[-1] == 429  # naming the known device does not get a flooder past the address budget
+    finally:
+        app.state.engine.dispose()
+
+
+def test_a_stranger_naming_a_known_device_is_throttled_by_address(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
+    try:
+        with TestClient(app) as client, TestClient(app, client=("203.0.113.9", 4000)) as stranger:
+            dev = new_device(client, "kim")
+            assert dev.signed("GET", "/v1/users/kim/consents").status_code == 200
+            codes = [stranger.get("/v1/users/kim/consents", headers={"X-Cadence-Device": dev.device_id}).status_code
+                     for _ in range(10)]
+            assert codes[:4] == [401] * 4 and codes[-1] == 429, codes
+            assert dev.signed("GET", "/v1/users/kim/consents").status_code == 200  # from its own address
     finally:
         app.state.engine.dispose()
 
@@ -317,6 +332,18 @@ def test_payee_refuses_invisible_and_blank_text(client: TestClient, windows, pay
     assert r.status_code == 422 and r.json()["detail"].startswith("payee:"), r.text
     ok = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "p2", payee="Café Zoë 東京"))
     assert ok.status_code == 200
+    joined = dev.signed("POST", "/v1/transactions/authorize",  # Persian needs the zero-width non-joiner
+                        _payload(dev, windows, "p3", i=6, payee="کتاب\u200cفروشی"))
+    assert joined.status_code == 200, joined.text
+
+
+def test_feature_values_beyond_any_real_feature_get_422(client: TestClient, windows) -> None:
+    """1e160 is finite, but the scorers' distances overflow on it (inf, NaN): refused at the edge."""
+    dev = _enrol(client, windows)
+    payload = _payload(dev, windows, "h1")
+    payload["evidence"][1]["values"] = [1e160] * len(payload["evidence"][1]["values"])
+    r = dev.signed("POST", "/v1/transactions/authorize", payload)
+    assert r.status_code == 422 and r.json()["detail"].startswith("evidence.1.values"), r.text
 
 
 def test_a_failed_step_up_of_a_locked_user_is_still_recorded(client: TestClient, windows) -> None:

@@ -5,8 +5,8 @@ Why:
   "approved_after_step_up" (22 characters). SQLite ignores the length; PostgreSQL refused
   the write, so no step-up could be completed there.
 - `server_user.enrolment_open`: plain enrolment (windows without a confirming transaction)
-  is accepted only until the user's first authorize call, or after the bank reopens it.
-  Users who already have transactions start closed.
+  is accepted only until the user's first authorize call once a template exists, or after
+  the bank reopens it. Users who already have a template and transactions start closed.
 
 Revision ID: 0004
 Revises: 0003
@@ -31,7 +31,8 @@ def upgrade() -> None:
                            existing_nullable=False)
     op.add_column('server_user', sa.Column('enrolment_open', sa.Boolean(), nullable=False, server_default=sa.true()))
     op.execute("UPDATE server_user SET enrolment_open = false "
-               "WHERE id IN (SELECT DISTINCT user_id FROM server_transaction)")
+               "WHERE id IN (SELECT DISTINCT user_id FROM server_transaction) "
+               "AND id IN (SELECT DISTINCT user_id FROM server_template)")
 
 
 def downgrade() -> None:
