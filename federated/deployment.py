@@ -105,24 +105,39 @@ def run_foreground(cmd: list[str], workdir: str | os.PathLike[str]) -> int:
 
     `subprocess.call` forwards no signal: `kill <pid>` of `cadence federated superlink` left
     flower-superlink and flower-superexec running under PID 1 (and a SuperNode training).
+    The handlers go in before `Popen` (a signal while it starts would orphan the child in its
+    own session), and every signal is ignored during `stop` (Ctrl-C there left a traceback).
     """
-    proc = subprocess.Popen(cmd, env=flower_env(workdir), start_new_session=True)
+    received: list[int] = []
+    waiting = False  # raise only while waiting: before that the signal is noted, after it ignored
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
-        raise _Interrupted(signum)
+        received.append(signum)
+        if waiting:
+            raise _Interrupted(signum)
 
     sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     old = {sig: signal.signal(sig, interrupted) for sig in sigs}
+    proc: subprocess.Popen[bytes] | None = None
+    code = 0
     try:
-        return proc.wait()
-    except _Interrupted as exc:
+        proc = subprocess.Popen(cmd, env=flower_env(workdir), start_new_session=True)
+        waiting = True
+        if not received:  # else a signal came while it started: stop it at once
+            code = proc.wait()
+    except _Interrupted:
+        pass
+    finally:
+        waiting = False
         for sig in sigs:  # a second signal must not interrupt the clean-up
             signal.signal(sig, signal.SIG_IGN)
-        return 128 + exc.signum
-    finally:
-        stop(proc)  # also what it left in its group when it exited by itself
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        try:
+            if proc is not None:
+                stop(proc)  # also what it left in its group when it exited by itself
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+    return 128 + received[0] if received else code
 
 
 class _Interrupted(Exception):

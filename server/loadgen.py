@@ -55,20 +55,32 @@ class ServerProcess:
         return {pid: _tree_cpu(pid, children, cpu) for pid in kids}
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown handlers run (what a crash looks like)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        """SIGKILL the server's whole process group: no shutdown handlers run (what a crash looks like).
+
+        The supervisor alone would leave its uvicorn workers running, holding the CPUs whose
+        claim files `remove_cpu_locks` then deletes.
+        """
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
         remove_cpu_locks(self.proc.pid)
 
     def stop(self) -> None:
+        """SIGTERM the supervisor, which shuts its workers down gracefully; `kill` what is left after 10 s."""
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.terminate()  # not the group: a second SIGTERM makes uvicorn workers skip their clean-up
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.kill()
-        remove_cpu_locks(self.proc.pid)
+                pass
+        self.kill()  # also any worker the supervisor left behind
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    """`sig` to process group `pgid` (the server runs in its own session); nothing when it is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def remove_cpu_locks(supervisor_pid: int) -> None:
@@ -81,26 +93,38 @@ class Terminated(SystemExit):
     """SIGTERM arrived: unwinds like Ctrl-C so every `finally` and `with` clean-up runs; exit 143."""
 
 
+#: a SIGTERM is being unwound: further ones are ignored until the outermost `sigterm_unwinds` is left
+_terminating = False
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    """The SIGTERM handler of every `sigterm_unwinds` block, nested or not: raises once, then ignores."""
+    global _terminating
+    if _terminating:
+        return
+    _terminating = True
+    raise Terminated(128 + signum)
+
+
 @contextmanager
 def sigterm_unwinds() -> Iterator[None]:
     """Within the block, SIGTERM (`timeout`, a CI cancel) raises `Terminated` instead of killing the process.
 
     Without it the server processes, the stall probe and the work folder outlive the bench.
-    A second SIGTERM during the clean-up is ignored. Main thread only (elsewhere a no-op).
+    A second SIGTERM during the clean-up is ignored, also in the clean-up of outer blocks
+    when blocks nest (`bench api` in `server_process`). Main thread only (elsewhere a no-op).
     """
+    global _terminating
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous is not _raise_terminated:  # the outermost block: the next SIGTERM unwinds again
+            _terminating = False
 
 
 def _proc_table() -> tuple[dict[int, list[int]], dict[int, float]]:
@@ -149,7 +173,8 @@ def start_server(workdir: Path, *, env: dict[str, str] | None = None, port: int 
                                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
                                  # clients queue on their connections under overload: keep them open
                                  "--keep-alive", "120"],
-                                stdout=log, stderr=subprocess.STDOUT, env=full)
+                                # own process group: `kill`/`stop` reach its workers too
+                                stdout=log, stderr=subprocess.STDOUT, env=full, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     srv = ServerProcess(url, proc, log_path)
     deadline = time.monotonic() + timeout

@@ -161,6 +161,8 @@ class CadenceApp(App):
         p = self.services.profile
         if not (superlink and p.federated and can_run_flower() and p.consented("keystroke", "federated_training")):
             return
+        from federated.deployment import DeploymentError  # desktop only: Android builds leave `federated` out
+
         self.federation_error = None
         try:
             windows = features.keystroke_windows(cast("list[KeyEvent]", self.services.store.read("keystroke")))
@@ -168,7 +170,7 @@ class CadenceApp(App):
                                              int(os.environ.get("CADENCE_SUPERNODE_PORT", "9401")))
         except ValueError as exc:  # e.g. no typing recorded yet, or a bad port number: try next start
             log.warning("federated training not started: %s", exc)
-        except FileNotFoundError as exc:  # the `cadence` command is not installed where the app looks
+        except (DeploymentError, FileNotFoundError) as exc:  # `find_bin`: no `cadence` where the app looks
             log.warning("federated training not started: %s", exc)
             self.federation_error = "On: training could not start on this computer (its training program is missing)"
         except (RuntimeError, OSError) as exc:

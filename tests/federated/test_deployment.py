@@ -5,7 +5,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,6 @@ from federated.features import feature_spec, subject_windows, write_device_files
 
 @pytest.mark.slow
 def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path) -> None:
-    import psutil
 
     from modalities.registry import ModelRegistry
 
@@ -39,14 +40,7 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
         info = d.submit_run(tmp_path, settings.as_config())
         assert info.get("success") is True
         final = d.wait_for_run(status, 400, flwr_status=lambda: d.flwr_run_status(tmp_path, info["run-id"]))
-        # a run that cannot start says so in its status file, and the wait ends with the reason
-        failing = RunSettings.from_config({**settings.as_config(), "min-nodes": 3, "round-timeout": 2.0,
-                                           "status-file": str(tmp_path / "failing.json")})
-        bad = d.submit_run(tmp_path, failing.as_config())
-        t0 = time.monotonic()
-        with pytest.raises(d.DeploymentError, match="run failed: min-nodes: waited 2 s for 3 SuperNodes, 2 connected"):
-            d.wait_for_run(tmp_path / "failing.json", 120, flwr_status=lambda: d.flwr_run_status(tmp_path, bad["run-id"]))
-        assert time.monotonic() - t0 < 60
+        # a run that cannot start: tests/federated/test_run_failures.py
         for p in procs:
             spawned += [p.pid, *d.descendants(p.pid)]
     finally:
@@ -70,7 +64,34 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     engine = FusionEngine.load(rep.calibration_file)
     assert engine.applies("keystroke", f"registry:{version}") and engine.fitted_for("keystroke") == version
     assert all(p.poll() is not None for p in procs)
-    assert not [pid for pid in spawned if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not _alive(spawned)
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """Those of `pids` running (not zombies); one that exits while looked at is not."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _cmdlines(pids: list[int]) -> str:
+    """The command lines of those of `pids` still there (a process may exit between listing and reading)."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            out.append(" ".join(psutil.Process(pid).cmdline()))
+        except psutil.Error:
+            pass
+    return " ".join(out)
 
 
 def test_the_app_declares_every_run_setting_with_its_default() -> None:
@@ -108,8 +129,6 @@ def test_a_refused_submission_raises_instead_of_waiting() -> None:
 
 def test_stopping_the_superlink_command_stops_every_flower_process(tmp_path: Path) -> None:
     """`kill PID` of `cadence federated superlink` must not leave flower-superlink/superexec under PID 1."""
-    import psutil
-
     port = d.free_port()
     cadence = str(Path(sys.executable).parent / "cadence")
     env = {**os.environ, "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -120,15 +139,14 @@ def test_stopping_the_superlink_command_stops_every_flower_process(tmp_path: Pat
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60:  # flower-superlink, then its flower-superexec
             kids = d.descendants(wrapper.pid)
-            names = " ".join(" ".join(psutil.Process(k).cmdline()) for k in kids if psutil.pid_exists(k))
+            names = _cmdlines(kids)
             if "flower-superlink" in names and "superexec" in names:
                 break
             time.sleep(0.5)
         assert kids, "the SuperLink did not start"
         wrapper.send_signal(signal.SIGTERM)
         assert wrapper.wait(30) == 128 + signal.SIGTERM
-        alive = [k for k in kids if psutil.pid_exists(k) and psutil.Process(k).status() != psutil.STATUS_ZOMBIE]
-        assert not alive, f"left running: {alive}"
+        assert not _alive(kids), f"left running: {_alive(kids)}"
     finally:
         for k in kids:
             try:
@@ -137,3 +155,72 @@ def test_stopping_the_superlink_command_stops_every_flower_process(tmp_path: Pat
                 pass
         if wrapper.poll() is None:
             wrapper.kill()
+
+
+class _Unhandled(Exception):
+    """A signal reached the test's own handler: `run_foreground` was not handling it."""
+
+
+@pytest.fixture
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `_Unhandled` outside `run_foreground` (instead of ending pytest)."""
+    def unhandled(signum: int, frame: object) -> None:
+        raise _Unhandled(signum)
+
+    old = signal.signal(signal.SIGTERM, unhandled)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
+def test_a_signal_while_the_command_starts_stops_it(tmp_path: Path, monkeypatch, sigterm_raises: None) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def popen(*args: Any, **kw: Any) -> subprocess.Popen[bytes]:
+        started.append(real_popen(*args, **kw))
+        signal.raise_signal(signal.SIGTERM)  # `kill` right after the fork, before `Popen` returned
+        return started[-1]
+
+    monkeypatch.setattr(d.subprocess, "Popen", popen)
+    try:
+        code = d.run_foreground([sys.executable, "-c", "import time; time.sleep(120)"], tmp_path)
+        assert code == 128 + signal.SIGTERM
+        assert started[0].poll() is not None, "the command outlived the signal"
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_a_signal_during_the_clean_up_is_ignored(tmp_path: Path, monkeypatch, sigterm_raises: None) -> None:
+    """The command exited by itself; a SIGTERM while `stop` clears its group neither raises nor skips it."""
+    pid_file = tmp_path / "grandchild.pid"
+    script = ("import subprocess, sys; "
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); sys.exit(3)")
+    real_stop = d.stop
+
+    def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+        signal.raise_signal(signal.SIGTERM)
+        real_stop(proc, timeout)
+
+    monkeypatch.setattr(d, "stop", stop)
+    try:
+        assert d.run_foreground([sys.executable, "-c", script], tmp_path) == 3
+        grandchild = [int(pid_file.read_text())]
+        assert not _still_alive(grandchild), "what the command left in its group was not stopped"
+    finally:
+        if pid_file.exists():
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _still_alive(pids: list[int], deadline_s: float = 10.0) -> list[int]:
+    """`_alive(pids)` once they all exited or `deadline_s` passed (SIGKILL takes a moment to land)."""
+    deadline = time.monotonic() + deadline_s
+    while (alive := _alive(pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive

@@ -13,14 +13,30 @@ pytest.importorskip("flwr")
 
 
 def _alive(pids: list[int]) -> list[int]:
+    """Those of `pids` running (not zombies); one that exits while looked at is not."""
     import psutil
 
-    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    """`pid`'s command line, "" once it has exited (it may between listing and reading)."""
+    import psutil
+
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
 
 
 def test_stop_leaves_no_flower_process_training(tmp_path: Path, monkeypatch) -> None:
-    import psutil
-
     from evaluation.synthetic import SyntheticPerson
     from federated import deployment as d
     from mobile_client import features
@@ -35,7 +51,7 @@ def test_stop_leaves_no_flower_process_training(tmp_path: Path, monkeypatch) -> 
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60 and node.running:
             kids = d.descendants(node.process.pid)
-            if any("flower-supernode" in " ".join(psutil.Process(k).cmdline()) for k in _alive(kids)):
+            if any("flower-supernode" in _cmdline(k) for k in kids):
                 break
             time.sleep(0.5)
         assert node.running and kids, "the SuperNode did not start"

@@ -61,7 +61,6 @@ headless.prepare(64, 64)
 from evaluation.synthetic import SyntheticPerson
 from mobile_client import federation, platform_info
 platform_info.can_run_flower = federation.can_run_flower = lambda: True
-federation.supernode_command = lambda *a: [str(Path(sys.argv[1]) / "no-such-cadence"), "federated", "supernode"]
 from mobile_client.services import build_services
 from mobile_client.ui.app import CadenceApp
 s = build_services(Path(sys.argv[1]), "http://127.0.0.1:9")
@@ -69,17 +68,24 @@ s.profile.federated = True
 s.profile.consents["keystroke"] = {"authentication": True, "federated_training": True}
 s.store.append(SyntheticPerson(1).keystrokes(200, 0).to_events())
 os.environ["CADENCE_SUPERLINK"] = "127.0.0.1:9"
+# the real `find_bin` finds no `cadence`: nothing next to this "Python", nothing on PATH
+empty = Path(sys.argv[1]) / "empty"
+empty.mkdir()
+sys.executable = str(empty / "python")
+os.environ["PATH"] = str(empty)
 app = CadenceApp(s)
 app.start_federation()
 print("STATUS", app.federation_status())
 """
 
 
-def test_federation_without_its_command_is_a_status_not_a_crash(kivy_env: dict[str, str], tmp_path: Path) -> None:
+def test_federation_without_its_command_says_the_program_is_missing(kivy_env: dict[str, str],
+                                                                   tmp_path: Path) -> None:
     p = subprocess.run([sys.executable, "-c", FEDERATION_WITHOUT_COMMAND, str(tmp_path)], env=kivy_env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "STATUS On: training could not start on this computer" in p.stdout
+    assert "STATUS On: training could not start on this computer (its training program is missing)" in p.stdout, \
+        p.stdout[-2000:] + p.stderr[-2000:]
 
 
 def _variance(png: Path) -> float:
