@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -176,8 +177,17 @@ class DDQNAgent:
                     "policy": self.policy.state_dict()}, path)
 
     def load_weights(self, path: str) -> None:
-        state = torch.load(path, weights_only=True)
-        if int(state["n_features"]) != self.n_features or tuple(state["hidden"]) != self.config.hidden:
+        """Load weights written by `save`; anything else raises ValueError naming the file."""
+        try:
+            state = torch.load(path, weights_only=True)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as exc:
+            raise ValueError(f"{path}: not an agent weights file ({type(exc).__name__})") from exc
+        if not isinstance(state, dict) or not {"n_features", "hidden", "policy"} <= set(state):
+            raise ValueError(f"{path}: not an agent weights file (needs n_features, hidden and policy)")
+        if state["n_features"] != self.n_features or tuple(state["hidden"]) != self.config.hidden:
             raise ValueError(f"{path}: network shape {state['n_features']}/{state['hidden']} does not match this agent")
-        self.policy.load_state_dict(state["policy"])
+        try:
+            self.policy.load_state_dict(state["policy"])
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{path}: policy weights do not fit this network ({exc})") from exc
         self.sync_target()

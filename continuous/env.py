@@ -111,7 +111,8 @@ class KeystrokeAuthEnv(gym.Env[np.ndarray, int]):
         return obs, self._info()
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if not self.action_space.contains(int(action)):
+        # no int() first: it would read 0.5 as ACCEPT and "1" as REJECT
+        if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)) or action not in (ACCEPT, REJECT):
             raise EventValidationError("action", f"must be {ACCEPT} (accept) or {REJECT} (reject), got {action!r}")
         impostor, source = self._impostor, self._source
         reward = reward_for(self.config, impostor=impostor, action=int(action))

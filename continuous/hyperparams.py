@@ -37,6 +37,17 @@ def _check(cond: bool, name: str, message: str) -> None:
         raise ConfigError(name, message)
 
 
+def _is_int(v: Any) -> bool:
+    """A real integer: not a bool, not 1e4 (a float capacity later fails deep inside numpy)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite(v: Any, name: str) -> None:
+    """Refuse bools, strings and NaN/inf up front: they pass range checks or fail far away."""
+    _check(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), name,
+           f"must be a finite number, got {v!r}")
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """Observation, corruption and reward of `KeystrokeAuthEnv`."""
@@ -59,6 +70,10 @@ class EnvConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "running_features", tuple(self.running_features))
         object.__setattr__(self, "summary_features", tuple(self.summary_features))
+        for name in ("corrupt_probability", "jitter_s", "reward_correct", "cost_false_accept", "cost_false_reject"):
+            _finite(getattr(self, name), f"env.{name}")
+        for name in ("n_obs", "n_hop", "n_corrupting_users", "n_components", "pca_stride"):
+            _check(_is_int(getattr(self, name)), f"env.{name}", f"must be an integer, got {getattr(self, name)!r}")
         _check(isinstance(self.n_obs, int) and self.n_obs >= 2, "env.n_obs", "must be an integer >= 2")
         _check(isinstance(self.n_hop, int) and 1 <= self.n_hop, "env.n_hop", "must be an integer >= 1")
         _check(0.0 <= self.corrupt_probability <= 1.0, "env.corrupt_probability", "must be in [0, 1]")
@@ -95,8 +110,14 @@ class AgentConfig:
     double: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        _check(all(h >= 1 for h in self.hidden), "agent.hidden", "layer sizes must be >= 1")
+        _check(isinstance(self.hidden, (list, tuple)) and all(_is_int(h) and h >= 1 for h in self.hidden),
+               "agent.hidden", f"must be a list of integer layer sizes >= 1, got {self.hidden!r}")
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        for name in ("lr", "gamma", "eps_start", "eps_end", "eps_decay", "grad_clip"):
+            _finite(getattr(self, name), f"agent.{name}")
+        for name in ("batch_size", "replay_capacity"):
+            _check(_is_int(getattr(self, name)), f"agent.{name}", f"must be an integer, got {getattr(self, name)!r}")
+        _check(isinstance(self.double, bool), "agent.double", f"must be true or false, got {self.double!r}")
         _check(self.lr > 0, "agent.lr", "must be > 0")
         _check(0.0 <= self.gamma < 1.0, "agent.gamma", "must be in [0, 1)")
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "agent.batch_size", "must be >= 1")
@@ -117,8 +138,9 @@ class TrainConfig:
     train_split: float = 0.7
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.n_episodes, int) and self.n_episodes >= 1, "train.n_episodes", "must be >= 1")
-        _check(isinstance(self.target_update_episodes, int) and self.target_update_episodes >= 1,
+        _finite(self.train_split, "train.train_split")
+        _check(_is_int(self.n_episodes) and self.n_episodes >= 1, "train.n_episodes", "must be an integer >= 1")
+        _check(_is_int(self.target_update_episodes) and self.target_update_episodes >= 1,
                "train.target_update_episodes", "must be >= 1")
         _check(0.0 < self.train_split < 1.0, "train.train_split", "must be in (0, 1)")
 

@@ -8,8 +8,10 @@ same way; evidence of the RL agent can be added as one more item (`DDQNAgent.evi
 
 The session risk is ``1 / (1 + exp(mean LLR of the last `window` windows))``: the mean, not
 the sum, because consecutive windows overlap (hop 50 of 100 keys) and are far from
-independent, so summing would be overconfident. A window without usable evidence counts as
-LLR 0 (missing evidence never counts as genuine), which pulls the risk toward 0.5.
+independent, so summing would be overconfident. A window without usable evidence (none sent,
+all of low quality, implausible or invalid) changes neither the risk nor the status: it is
+counted in `n_windows` only. Counting it as LLR 0 would let an impostor who was stepped up
+send empty windows until the mean drifted back to 0.5 and the status back to ok.
 Termination is final: once terminated, later updates leave the state unchanged.
 """
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -41,17 +43,36 @@ class SessionState:
         return asdict(self)
 
 
-def _llr_of(evidence: list[ModalityEvidence]) -> float:
+def _llr_of(evidence: list[ModalityEvidence]) -> float | None:
+    """The window's fused LLR, or None when no item is usable evidence.
+
+    Non-finite scores are the fusion policy's business: an infinite one (a scorer overflowing
+    on extreme features) counts as a bounded strong mismatch or match, a NaN one is left out.
+    """
     if not isinstance(evidence, (list, tuple)):
         raise TypeError(f"evidence: expected a list of ModalityEvidence, got {type(evidence).__name__}")
     for i, e in enumerate(evidence):
         if not isinstance(e, ModalityEvidence):
             raise TypeError(f"evidence[{i}]: expected ModalityEvidence, got {type(e).__name__}")
-        if not math.isfinite(e.score) or (e.llr is not None and not math.isfinite(e.llr)):
-            raise ValueError(f"evidence[{i}].score: must be finite")
     if not evidence:
-        return 0.0
-    return float(decide(list(evidence), amount=0.0).fused_llr)
+        return None
+    d = decide(list(evidence), amount=0.0)
+    if any(r.code == "no_evidence" for r in d.reasons):
+        return None
+    return float(d.fused_llr)
+
+
+def _risk(llrs: Iterable[float]) -> float:
+    xs = list(llrs)
+    mean = sum(xs) / len(xs)
+    return 1.0 / (1.0 + math.exp(max(min(mean, 50.0), -50.0)))
+
+
+def _number(name: str, v: Any) -> float:
+    """`v` as a finite float; bools, strings and None refused with a ValueError naming `name`."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{name}: must be a finite number, got {v!r}")
+    return float(v)
 
 
 class SessionRiskTracker:
@@ -94,11 +115,13 @@ class SessionRiskTracker:
         llr = _llr_of(evidence)
         if self._state.status == "terminate":
             return self._state
+        n = self._state.n_windows + 1
+        if llr is None:  # no evidence either way: keep risk and status (see the module docstring)
+            self._state = SessionState(self._state.risk, self._state.status, n, window_llr=0.0)
+            return self._state
         self._llrs.append(llr)
-        mean = sum(self._llrs) / len(self._llrs)
-        risk = 1.0 / (1.0 + math.exp(max(min(mean, 50.0), -50.0)))
-        self._state = SessionState(risk=risk, status=self._status(risk), n_windows=self._state.n_windows + 1,
-                                   window_llr=llr)
+        risk = _risk(self._llrs)
+        self._state = SessionState(risk=risk, status=self._status(risk), n_windows=n, window_llr=llr)
         return self._state
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,18 +141,22 @@ class SessionRiskTracker:
                 raise ValueError(f"{key}: is required")
         t = cls(d["window"], d["step_up_risk"], d["terminate_risk"])
         llrs = d["llrs"]
-        if not isinstance(llrs, list) or len(llrs) > t.window or not all(
-                isinstance(x, (int, float)) and math.isfinite(x) for x in llrs):
+        if not isinstance(llrs, list) or len(llrs) > t.window:
             raise ValueError(f"llrs: must be a list of at most {t.window} finite numbers")
-        t._llrs.extend(float(x) for x in llrs)
+        t._llrs.extend(_number("llrs", x) for x in llrs)
         s = d["state"]
         if not isinstance(s, Mapping) or s.get("status") not in STATUSES:
             raise ValueError(f"state.status: must be one of {STATUSES}")
-        try:
-            risk, n = float(s["risk"]), int(s["n_windows"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError("state.risk: risk and n_windows are required numbers") from exc
-        if not 0.0 <= risk <= 1.0 or n < 0:
-            raise ValueError("state.risk: risk must be in [0, 1] and n_windows >= 0")
-        t._state = SessionState(risk=risk, status=s["status"], n_windows=n, window_llr=float(s.get("window_llr", 0.0)))
+        risk = _number("state.risk", s.get("risk"))
+        n = s.get("n_windows")
+        if isinstance(n, bool) or not isinstance(n, int) or n < len(llrs):
+            raise ValueError(f"state.n_windows: must be an integer >= len(llrs) = {len(llrs)}, got {n!r}")
+        window_llr = _number("state.window_llr", s.get("window_llr", 0.0))
+        # the stored risk must be the one the stored windows give, and the status the one it gives
+        want = _risk(t._llrs) if t._llrs else 0.5
+        if not 0.0 <= risk <= 1.0 or not math.isclose(risk, want, rel_tol=1e-9, abs_tol=1e-12):
+            raise ValueError(f"state.risk: {risk!r} does not match the stored windows' risk {want!r}")
+        if s["status"] != t._status(risk):
+            raise ValueError(f"state.status: {s['status']!r} does not match risk {risk!r}")
+        t._state = SessionState(risk=risk, status=s["status"], n_windows=n, window_llr=window_llr)
         return t

@@ -60,7 +60,8 @@ def _design(score: np.ndarray, quality: np.ndarray | None, use_quality: bool) ->
     s = np.asarray(score, float).reshape(-1, 1)
     if not use_quality:
         return s
-    q = np.ones_like(s) if quality is None else np.clip(np.asarray(quality, float).reshape(-1, 1), 0, 1)
+    # an unknown (NaN) quality counts as none: the least evidence, never a NaN LLR
+    q = np.ones_like(s) if quality is None else np.clip(np.nan_to_num(np.asarray(quality, float).reshape(-1, 1)), 0, 1)
     return np.hstack([s, q, s * q])
 
 
@@ -90,24 +91,48 @@ class LogisticCalibrator:
         self.lo_, self.hi_ = support_bounds(g.size, i.size)
         return self
 
+    def _slope(self, q: np.ndarray | float) -> np.ndarray | float:
+        """The slope of the LLR in the score at quality `q`: its sign says where an infinite score goes."""
+        c, d = self.coef_, self.sd_
+        return c[0] / d[0] + (c[2] * q / d[2] if self.use_quality else 0.0)
+
     def llr(self, score: np.ndarray, quality: np.ndarray | None = None) -> np.ndarray:
-        X = (_design(np.atleast_1d(score), quality, self.use_quality) - self.mu_) / self.sd_
-        return np.clip(X @ self.coef_ + self.intercept_, self.lo_, self.hi_)
+        """LLRs of `score`; a NaN score (a missing modality in trial arrays) stays NaN.
+
+        An infinite or overflowing score goes to the bound its side of the line reaches
+        (inf - inf would otherwise make it NaN).
+        """
+        s = np.atleast_1d(np.asarray(score, float))
+        with np.errstate(invalid="ignore", over="ignore"):
+            X = (_design(s, quality, self.use_quality) - self.mu_) / self.sd_
+            z = X @ self.coef_ + self.intercept_
+            lost = np.isnan(z) & ~np.isnan(s.ravel())
+            if lost.any():
+                q = X[:, 1] * self.sd_[1] + self.mu_[1] if self.use_quality else np.ones_like(z)
+                direction = np.sign(self._slope(q)) * np.sign(s.ravel())
+                z[lost] = np.where(direction > 0, self.hi_, np.where(direction < 0, self.lo_, 0.0))[lost]
+        return np.clip(z, self.lo_, self.hi_)
 
     def llr_one(self, score: float, quality: float | None = None) -> float:
-        """`llr` of one score, in plain floats.
+        """`llr` of one score, in plain floats; never NaN (a NaN score raises ValueError).
 
         A request calibrates one score per modality, and the array path's dispatch cost
         ~15 µs each for three numbers.
         """
         s = float(score)
+        if s != s:
+            raise ValueError("score: must not be NaN")
+        q = 1.0
         if self.use_quality:
-            q = 1.0 if quality is None else min(max(float(quality), 0.0), 1.0)
+            q = 1.0 if quality is None else min(max(float(quality), 0.0), 1.0) if quality == quality else 0.0
             x: tuple[float, ...] = (s, q, s * q)
         else:
             x = (s,)
         z = self.intercept_ + sum((v - m) / d * c for v, m, d, c in
                                   zip(x, self.mu_.tolist(), self.sd_.tolist(), self.coef_.tolist(), strict=True))
+        if z != z:  # an infinite (or overflowing) score: inf - inf
+            slope = float(self._slope(q)) * s
+            z = self.hi_ if slope > 0 else self.lo_ if slope < 0 else 0.0
         return min(max(z, self.lo_), self.hi_)
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,15 +140,42 @@ class LogisticCalibrator:
                 "coef": self.coef_.tolist(), "intercept": self.intercept_, "bounds": [self.lo_, self.hi_]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LogisticCalibrator:
-        c = cls(use_quality=bool(d["use_quality"]))
-        c.mu_, c.sd_ = np.asarray(d["mu"]), np.asarray(d["sd"])
-        c.coef_, c.intercept_ = np.asarray(d["coef"]), float(d["intercept"])
+    def from_dict(cls, d: Any) -> LogisticCalibrator:
+        """Rebuild from `to_dict` output, refusing (ValueError) what would fail or mislead per request.
+
+        The server loads this file while running: a shape or value error found here keeps
+        the previous calibration, one found in `llr_one` would fail every request.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"calibrator: must be a mapping, got {type(d).__name__}")
+        if d.get("kind", "logistic") != "logistic":
+            raise ValueError(f"kind: expected 'logistic', got {d.get('kind')!r}")
+        missing = sorted({"use_quality", "mu", "sd", "coef", "intercept"} - set(d))
+        if missing:
+            raise ValueError(f"{missing[0]}: is required")
+        if not isinstance(d["use_quality"], bool):
+            raise ValueError(f"use_quality: must be true or false, got {d['use_quality']!r}")
+        c = cls(use_quality=d["use_quality"])
+        n = 3 if c.use_quality else 1
+        mu, sd, coef = (_finite_vector(name, d[name], n) for name in ("mu", "sd", "coef"))
+        if not np.all(sd > 0):
+            raise ValueError(f"sd: must be > 0, got {sd.tolist()}")
+        c.mu_, c.sd_, c.coef_ = mu, sd, coef
+        c.intercept_ = float(_finite_vector("intercept", [d["intercept"]], 1)[0])
         # files written before the bounds existed keep the old fixed clip
-        c.lo_, c.hi_ = (float(v) for v in d.get("bounds", (-LLR_CLIP, LLR_CLIP)))
-        if not c.lo_ <= 0.0 <= c.hi_:
-            raise ValueError(f"calibrator bounds must contain 0, got {[c.lo_, c.hi_]}")
+        lo, hi = _finite_vector("bounds", d.get("bounds", [-LLR_CLIP, LLR_CLIP]), 2).tolist()
+        if not -LLR_CLIP <= lo <= 0.0 <= hi <= LLR_CLIP:
+            raise ValueError(f"bounds: must satisfy -{LLR_CLIP} <= lo <= 0 <= hi <= {LLR_CLIP}, got {[lo, hi]}")
+        c.lo_, c.hi_ = lo, hi
         return c
+
+
+def _finite_vector(name: str, value: Any, n: int) -> np.ndarray:
+    """`value` as `n` finite floats (bools and strings refused), else ValueError naming `name`."""
+    if not isinstance(value, list | tuple) or len(value) != n or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in value):
+        raise ValueError(f"{name}: must be a list of {n} finite numbers, got {value!r}")
+    return np.asarray(value, float)
 
 
 @dataclass

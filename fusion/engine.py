@@ -61,8 +61,8 @@ class FusionEngine:
 
     def calibrate(self, ev: ModalityEvidence) -> ModalityEvidence:
         cal = self.calibrators.get(ev.modality)
-        if cal is None or ev.llr is not None or not self.applies(ev.modality, ev.model_version):
-            return ev
+        if cal is None or ev.llr is not None or ev.score != ev.score or not self.applies(ev.modality, ev.model_version):
+            return ev  # a NaN score stays uncalibrated: `decide` leaves it out as invalid_score
         return replace(ev, llr=cal.llr_one(ev.score, ev.quality if cal.use_quality else None))
 
     def decide(self, evidence: list[ModalityEvidence], *, amount: float) -> Decision:
@@ -95,4 +95,15 @@ class FusionEngine:
         if not isinstance(d, dict) or d.get("version") != 1:
             raise ValueError(f"{path}: unsupported fusion calibration version "
                              f"{d.get('version') if isinstance(d, dict) else type(d).__name__}")
-        return cls(policy, {m: LogisticCalibrator.from_dict(c) for m, c in d["calibrators"].items()}, d.get("report", {}))
+        cals, report = d.get("calibrators"), d.get("report", {})
+        if not isinstance(cals, dict) or not isinstance(report, dict):
+            raise ValueError(f"{path}: 'calibrators' and 'report' must be mappings")
+        calibrators = {}
+        for m, c in cals.items():
+            try:
+                calibrators[m] = LogisticCalibrator.from_dict(c)
+            except ValueError as exc:
+                raise ValueError(f"{path}: calibrators.{m}.{exc}") from exc
+        if not all(isinstance(r, dict) for r in report.values()):
+            raise ValueError(f"{path}: report entries must be mappings")
+        return cls(policy, calibrators, report)

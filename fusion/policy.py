@@ -10,7 +10,9 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 Outcome = Literal["approve", "step_up", "deny"]
 
@@ -68,29 +70,101 @@ class Policy:
     tiers: tuple[Tier, ...]
     min_quality: float = 0.2
 
+    def __post_init__(self) -> None:
+        # `decide` reads empty tiers as "use the defaults": a policy without tiers is a mistake
+        if not self.tiers:
+            raise ValueError("policy: needs at least one tier")
+
+
+#: |LLR| beyond which no evidence item counts (the calibrators' own clip, `fusion.calibration.LLR_CLIP`)
+MAX_ABS_LLR = 12.0
+
+
+class _TierDoc(BaseModel):
+    """One tier as written in policy.yaml; unknown keys are refused (a typo must not disable a rule)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1)]
+    max_amount: float  # .inf for the open last tier
+    target_fmr: Annotated[float, Field(gt=0.0, lt=1.0)]
+    #: > 0: approving on evidence that points away from the person is never intended
+    approve_llr: Annotated[float, Field(allow_inf_nan=False, gt=0.0)] | None = None
+    corroborate: StrictBool = False
+
+    @field_validator("max_amount")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if not v > 0:  # refuses NaN too
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+
+class _PolicyDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tiers: Annotated[list[_TierDoc], Field(min_length=1)]
+    #: < 0: deny only on evidence against the person
+    deny_llr: Annotated[float, Field(allow_inf_nan=False, lt=0.0)] = -4.6
+    min_quality: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _PolicyDoc:
+        """Tiers go up in amount and never loosen: a bigger payment needs at least as much evidence."""
+        names = [t.name for t in self.tiers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"tiers: duplicate tier name {dup[0]!r}")
+        for prev, t in zip(self.tiers, self.tiers[1:], strict=False):
+            if not t.max_amount > prev.max_amount:
+                raise ValueError(f"tiers.{t.name}.max_amount: must be above the previous tier's "
+                                 f"({t.max_amount} <= {prev.max_amount}); list tiers from low to high amounts")
+            if t.target_fmr > prev.target_fmr:
+                raise ValueError(f"tiers.{t.name}.target_fmr: a higher tier must not have a looser target "
+                                 f"({t.target_fmr} > {prev.target_fmr})")
+        # approve_llr > 0 > deny_llr already holds per tier (field bounds)
+        approve = [_approve_llr(t) for t in self.tiers]
+        for prev, t, pa, a in zip(self.tiers, self.tiers[1:], approve, approve[1:], strict=False):
+            if a < pa:
+                raise ValueError(f"tiers.{t.name}.approve_llr: a higher tier must not approve on less evidence "
+                                 f"({a} < {pa} of {prev.name})")
+        return self
+
+
+def _approve_llr(t: _TierDoc) -> float:
+    return t.approve_llr if t.approve_llr is not None else math.log(1.0 / t.target_fmr)
+
+
+def _errors(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{'.'.join(str(x) for x in e['loc'])}: {msg}" if e["loc"] else msg)
+    return "; ".join(parts)
+
 
 def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
-    """Read the policy file (default: fusion/policy.yaml next to this module)."""
+    """Read and fully validate the policy file (default: fusion/policy.yaml next to this module).
+
+    Any mistake raises ValueError naming the file and the field: a policy that loads with a
+    silently wrong rule (a typo'd key, a threshold that approves below deny) weakens security.
+    """
     import yaml
 
     p = Path(path) if path else Path(__file__).with_name("policy.yaml")
     try:
-        doc = yaml.safe_load(p.read_text())
-        deny = float(doc.get("deny_llr", -4.6))
-        tiers = []
-        for t in doc["tiers"]:
-            fmr = float(t["target_fmr"])
-            if not 0 < fmr < 1:
-                raise ValueError(f"tier {t.get('name')}: target_fmr must be in (0, 1)")
-            approve = float(t["approve_llr"]) if "approve_llr" in t else math.log(1.0 / fmr)
-            corroborate = t.get("corroborate", False)
-            if not isinstance(corroborate, bool):
-                raise ValueError(f"tier {t.get('name')}: corroborate must be true or false, got {corroborate!r}")
-            tiers.append(Tier(str(t["name"]), float(t["max_amount"]), fmr, approve, deny, corroborate))
-        tiers.sort(key=lambda t: t.max_amount)
-        return Policy(tuple(tiers), float(doc.get("min_quality", 0.2)))
-    except (OSError, KeyError, TypeError, ValueError) as exc:
+        raw = yaml.safe_load(p.read_text())
+    except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"invalid policy file {p}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"invalid policy file {p}: must be a mapping with 'tiers', got {type(raw).__name__}")
+    try:
+        doc = _PolicyDoc.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"invalid policy file {p}: {_errors(exc)}") from exc
+    tiers = tuple(Tier(t.name, t.max_amount, t.target_fmr, _approve_llr(t), doc.deny_llr, t.corroborate)
+                  for t in doc.tiers)
+    return Policy(tiers, doc.min_quality)
 
 
 DEFAULT_POLICY = load_policy()
@@ -140,7 +214,9 @@ def decide(
     and named in the reasons; with no usable modality the outcome is step-up, never approve.
     Deny needs strong impostor evidence (fused LLR <= the tier's deny_llr). A tier that asks
     for corroboration steps up instead of approving when the sum rests on one modality: fewer
-    than two used, or the others' LLRs summing below 0 (reason `uncorroborated`). Summing
+    than two distinct modalities used, or the other modalities' LLRs summing below 0 (reason
+    `uncorroborated`). A NaN score or LLR is left out (reason `invalid_score`) and any LLR is
+    clipped to +-MAX_ABS_LLR, so an infinite one neither approves alone nor turns the sum NaN. Summing
     LLRs assumes independent modalities, and one modality's tail can be wrong for a pair of
     lookalike people; two agreeing modalities are what make a small false-accept target hold.
     """
@@ -149,30 +225,35 @@ def decide(
     tier = tier_for(amount, tiers)
     reasons: list[ReasonCode] = []
     total = 0.0
-    used = 0
-    strongest = -math.inf
+    per_modality: dict[str, float] = {}
     for e in evidence:
-        if e.n_windows <= 0 or e.quality < min_q:
+        # `not x >= y` (not `x < y`) so that a NaN quality or window count is left out too
+        if not (e.n_windows > 0 and e.quality >= min_q):
             reasons.append(ReasonCode(e.modality, "low_quality", 0.0))
+            continue
+        if e.score != e.score or e.llr != e.llr:  # NaN: a broken scorer or calibrator says nothing
+            reasons.append(ReasonCode(e.modality, "invalid_score", 0.0))
             continue
         if e.llr is None and not rough_mapping_applies(e):
             reasons.append(ReasonCode(e.modality, "uncalibrated", 0.0))
             continue
         c = e.llr if e.llr is not None else _uncalibrated_llr(e)
+        c = min(max(c, -MAX_ABS_LLR), MAX_ABS_LLR)  # +-inf would make the sums below NaN
         total += c
-        used += 1
-        strongest = max(strongest, c)
+        per_modality[e.modality] = per_modality.get(e.modality, 0.0) + c
         code = "strong_match" if c >= 2.3 else "match" if c > 0 else "strong_mismatch" if c <= -2.3 else "mismatch"
         reasons.append(ReasonCode(e.modality, code, round(float(c), 3)))
-    if used == 0:
+    if not per_modality:
         reasons.append(ReasonCode("none", "no_evidence", 0.0))
         return Decision("step_up", 0.5, tier.name, 0.0, reasons, tier.target_fmr)
     risk = 1.0 / (1.0 + math.exp(min(max(total, -50.0), 50.0)))
     if total >= tier.approve_llr:
         outcome: Outcome = "approve"
-        if tier.corroborate and (used < 2 or total - strongest < 0.0):
+        # corroboration counts modalities, not items: two windows of one modality share its tail
+        rest = total - max(per_modality.values())
+        if tier.corroborate and (len(per_modality) < 2 or rest < 0.0):
             outcome = "step_up"
-            reasons.append(ReasonCode("fusion", "uncorroborated", round(float(total - strongest), 3) if used > 1 else 0.0))
+            reasons.append(ReasonCode("fusion", "uncorroborated", round(float(rest), 3) if len(per_modality) > 1 else 0.0))
     elif total <= tier.deny_llr:
         outcome = "deny"
     else:

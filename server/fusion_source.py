@@ -51,8 +51,9 @@ class FusionSource:
         else:
             try:
                 engine = FusionEngine.load(self.path)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.error("fusion: cannot load %s (%s); keeping the calibration loaded before", self.path, exc)
+            except Exception as exc:  # any damage: one bad file must not fail every request
+                log.error("fusion: cannot load %s (%s: %s); keeping the calibration loaded before",
+                          self.path, type(exc).__name__, exc)
                 return  # the stamp stays old: the next look tries again
             log.info("fusion: calibrated modalities %s from %s", engine.calibrated_modalities, self.path)
         self._engine, self._stamp = engine, stamp

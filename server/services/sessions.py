@@ -34,12 +34,34 @@ def _tracker_cls() -> Any:
 
 
 def fallback_update(state: dict[str, Any], evidence: list[ModalityEvidence]) -> dict[str, Any]:
-    """Mean fused LLR of the last WINDOW windows -> risk and status (used without continuous/)."""
-    llrs = list(state.get("llrs", []))[-(WINDOW - 1):] + [decide(evidence, amount=0.0).fused_llr if evidence else 0.0]
+    """Mean fused LLR of the last WINDOW windows -> risk and status (used without continuous/).
+
+    As in `SessionRiskTracker`, a window without usable evidence leaves risk and status as
+    they were, so empty windows cannot talk a stepped-up session back to ok. A stored state
+    that is not a list of finite LLRs raises ValueError.
+    """
+    old = list(state.get("llrs", []))
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in old):
+        raise ValueError("llrs: must be a list of finite numbers")
+    d = decide(evidence, amount=0.0) if evidence else None
+    if d is None or any(r.code == "no_evidence" for r in d.reasons):
+        prev = state.get("state") or {"risk": 0.5, "status": "ok"}
+        return {"llrs": old, "state": dict(prev)}
+    llrs = old[-(WINDOW - 1):] + [d.fused_llr]
     mean = sum(llrs) / len(llrs)
     risk = 1.0 / (1.0 + math.exp(max(min(mean, 50.0), -50.0)))
     status = "terminate" if risk >= TERMINATE_RISK else "step_up" if risk >= STEP_UP_RISK else "ok"
     return {"llrs": llrs, "state": {"risk": risk, "status": status}}
+
+
+def _unreadable(session_id: str, exc: Exception) -> ApiError:
+    """The stored state cannot be used (e.g. written by another version): the session cannot go on.
+
+    Restarting the risk silently would clear a step-up; the client starts a new session instead.
+    """
+    return ApiError(409, "session_state_unreadable",
+                    f"session_id: {session_id!r} has a stored state this server cannot read ({exc}); "
+                    "start a new session")
 
 
 def _engine() -> str:
@@ -87,16 +109,24 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
                                            "an administrator must unlock it")
     if s.status == "terminate":
         raise ApiError(409, "session_terminated", f"session_id: {session_id!r} was terminated; start a new session")
+    tracker_cls = _tracker_cls()
+    tracker = None
+    if tracker_cls is not None and "version" in (s.state or {}):
+        try:  # read before scoring: a refused state must not consume the windows
+            tracker = tracker_cls.from_dict(s.state)
+        except ValueError as exc:
+            raise _unreadable(session_id, exc) from exc
     assessment = assess_evidence(session, provider, user_id, windows, field="windows")
     record_evidence(session, assessment)
     evidence = [calibrate(e) for e in assessment.evidence]
-    tracker_cls = _tracker_cls()
-    if tracker_cls is not None and "version" in (s.state or {}):
-        tracker = tracker_cls.from_dict(s.state)
+    if tracker is not None:
         st = tracker.update(evidence)
         s.state, s.risk, s.status = tracker.to_dict(), float(st.risk), str(st.status)
     else:
-        new = fallback_update(s.state or {}, evidence)
+        try:
+            new = fallback_update(s.state or {}, evidence)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise _unreadable(session_id, exc) from exc
         s.state, s.risk, s.status = new, float(new["state"]["risk"]), str(new["state"]["status"])
     session.flush()
     return _out(s)

@@ -53,7 +53,8 @@ def test_one_score_calibration_matches_the_array_path(use_quality: bool) -> None
     got = np.array([cal.llr_one(s, q if use_quality else None) for s, q in zip(scores, quality, strict=True)])
     assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
     assert got[-2] == pytest.approx(-math.log(3000)) and got[-1] == pytest.approx(math.log(3000))
-    assert np.isnan(cal.llr_one(float("nan"), 0.5))
+    with pytest.raises(ValueError, match="score"):  # never a NaN LLR from the request path
+        cal.llr_one(float("nan"), 0.5)
 
 
 def test_llrs_stay_within_what_the_calibration_data_support(tmp_path) -> None:

@@ -1,0 +1,85 @@
+"""Continuous sessions over HTTP: evidence-free windows, extreme scores, unreadable stored states."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+import server.services.sessions as svc
+from continuous.session import SessionRiskTracker
+from fusion.policy import ModalityEvidence
+from server.models import AuthSession
+
+
+def _new_session(dev) -> str:  # type: ignore[no-untyped-def]
+    r = dev.signed("POST", "/v1/sessions", {"user_id": dev.user_id})
+    assert r.status_code == 201, r.text
+    return str(r.json()["session_id"])
+
+
+def _store(client: TestClient, sid: str, state: dict[str, Any], status: str, risk: float) -> None:
+    with client.app.state.cadence.sessions() as db, db.begin():  # type: ignore[attr-defined]
+        row = db.get(AuthSession, sid)
+        row.state, row.status, row.risk = state, status, risk
+
+
+def _post(dev, sid: str, windows: list[dict[str, Any]]):  # type: ignore[no-untyped-def]
+    return dev.signed("POST", f"/v1/sessions/{sid}/evidence", {"windows": windows})
+
+
+def test_evidence_free_windows_do_not_clear_a_step_up(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    sid = _new_session(enrolled)
+    t = SessionRiskTracker()
+    st = t.update([ModalityEvidence("keystroke", 0.0, llr=-1.5)])
+    assert st.status == "step_up"
+    _store(client, sid, t.to_dict(), st.status, st.risk)
+    for i in range(6):  # windows of no usable quality: 6 x LLR 0 would have pulled risk to 0.5
+        w = windows["other"]["keystroke"][13 + i].to_dict()
+        w["quality"] = 0.0
+        r = _post(enrolled, sid, [w])
+        assert r.status_code == 200, r.text
+        assert (r.json()["status"], r.json()["risk"]) == ("step_up", pytest.approx(st.risk))
+
+
+def test_an_infinite_score_is_a_bounded_mismatch_not_a_500(client: TestClient, enrolled, windows,  # type: ignore[no-untyped-def]
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    real = svc.assess_evidence
+
+    def overflowing(*a: Any, **k: Any):  # type: ignore[no-untyped-def]
+        out = real(*a, **k)  # a scorer overflowing on extreme (but finite) feature values
+        out.evidence = [dataclasses.replace(e, score=float("-inf")) for e in out.evidence]
+        return out
+
+    monkeypatch.setattr(svc, "assess_evidence", overflowing)
+    sid = _new_session(enrolled)
+    r = _post(enrolled, sid, [windows["owner"]["touch"][6].to_dict()])
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] in ("step_up", "terminate") and r.json()["risk"] > 0.6
+
+
+@pytest.mark.parametrize("damage", [{"version": 2}, {"llrs": [float("nan")]}, {"state": None},
+                                    {"llrs": "x", "version": None}])
+def test_an_unreadable_stored_state_is_a_409(client: TestClient, enrolled, windows, damage) -> None:  # type: ignore[no-untyped-def]
+    sid = _new_session(enrolled)
+    state = {**SessionRiskTracker().to_dict(), **damage}
+    if damage.get("version", 1) is None:  # a state without a version goes to the fallback window
+        state.pop("version")
+    _store(client, sid, state, "ok", 0.5)
+    r = _post(enrolled, sid, [windows["owner"]["gait"][6].to_dict()])
+    assert r.status_code == 409 and r.json()["code"] == "session_state_unreadable", r.text
+    assert enrolled.signed("GET", f"/v1/sessions/{sid}").status_code == 200
+    # the refused window was not consumed: a new session takes it
+    r = _post(enrolled, _new_session(enrolled), [windows["owner"]["gait"][6].to_dict()])
+    assert r.status_code == 200, r.text
+
+
+def test_fallback_window_keeps_status_without_evidence() -> None:
+    state = svc.fallback_update({"llrs": []}, [ModalityEvidence("gait", 0.0, llr=-1.5)])
+    assert state["state"]["status"] == "step_up"
+    for empty in ([], [ModalityEvidence("gait", -50.0, quality=0.0)], [ModalityEvidence("gait", float("nan"))]):
+        assert svc.fallback_update(state, empty) == state
+    with pytest.raises(ValueError, match="llrs"):
+        svc.fallback_update({"llrs": [float("inf")]}, [])
