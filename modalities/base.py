@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -34,6 +37,68 @@ _REGISTRY: dict[str, type[Scorer]] = {}
 
 class ModelVersionError(ValueError):
     """A saved scorer or template does not match the code reading it."""
+
+
+def check_state(owner: str, state: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int | str | None, ...]],
+                *, positive: Iterable[str] = (), labels: Iterable[str] = (),
+                dims: dict[str, int] | None = None) -> dict[str, int]:
+    """Refuse saved state whose arrays a tampered or foreign file got wrong, before they score garbage.
+
+    `shapes` gives each key's expected shape: an int is a fixed size, a str a size that must agree
+    across keys (bound on first use, or preset in `dims`), None any size. Arrays must be non-empty,
+    numeric (keys in `labels` may also hold strings) and, if floating, finite; keys in `positive`
+    must be > 0. Returns the bound sizes.
+    """
+    dims = dict(dims or {})
+    for key, shape in shapes.items():
+        v = np.asarray(state[key])
+        if v.dtype.kind not in ("biufU" if key in labels else "biuf"):
+            raise ModelVersionError(f"{owner}: state {key!r} must be numeric, got dtype {v.dtype}")
+        if v.ndim != len(shape) or v.size == 0:
+            raise ModelVersionError(f"{owner}: state {key!r} has shape {v.shape}, expected {len(shape)}-D non-empty")
+        for axis, (want, got) in enumerate(zip(shape, v.shape)):
+            if isinstance(want, str):
+                want = dims.setdefault(want, got)
+            if want is not None and got != want:
+                raise ModelVersionError(f"{owner}: state {key!r} has shape {v.shape}, axis {axis} should be {want}")
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            raise ModelVersionError(f"{owner}: state {key!r} holds NaN or infinite values")
+        if key in positive and not np.all(v > 0):
+            raise ModelVersionError(f"{owner}: state {key!r} must be > 0")
+    return dims
+
+
+def _read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metadata and state arrays of a saved scorer; a damaged or foreign file is a ModelVersionError naming it."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ModelVersionError(f"{path}: not a readable .npz scorer model file ({type(exc).__name__})") from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ModelVersionError(f"{path}: not a scorer model file (a single array, not an .npz archive)")
+    with z:
+        if "__meta__" not in z.files:
+            raise ModelVersionError(f"{path}: not a scorer model file (no __meta__ entry)")
+        try:
+            raw = z["__meta__"]
+            state = {k[len("state__"):]: z[k] for k in z.files if k.startswith("state__")}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+            raise ModelVersionError(f"{path}: damaged scorer model file ({exc})") from exc
+    try:
+        meta = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ModelVersionError(f"{path}: scorer metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise ModelVersionError(f"{path}: scorer metadata must be a JSON object, got {type(meta).__name__}")
+    for key, kind in (("name", str), ("version", str), ("params", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise ModelVersionError(f"{path}: scorer metadata lacks {key!r} (or it is not a {kind.__name__})")
+    for k, v in state.items():
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            raise ModelVersionError(f"{path}: state {k!r} holds NaN or infinite values")
+    return meta, state
 
 
 class Scorer(ABC):
@@ -88,16 +153,23 @@ class Scorer(ABC):
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> Scorer:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["__meta__"]))
-            state = {k[len("state__"):]: z[k] for k in z.files if k.startswith("state__")}
+        """A saved scorer; a damaged, tampered or foreign file is a `ModelVersionError` naming it."""
+        meta, state = _read_model_file(path)
         cls = _REGISTRY.get(meta["name"])
         if cls is None:
             raise ModelVersionError(f"unknown scorer {meta['name']!r} in {path}")
         if meta["version"] != cls.version:
             raise ModelVersionError(f"{path}: {meta['name']} version {meta['version']}, code has {cls.version}")
-        obj = cls(**meta["params"])
-        obj.set_state(state)
+        try:
+            obj = cls(**meta["params"])
+        except (TypeError, ValueError) as exc:
+            raise ModelVersionError(f"{path}: {meta['name']} parameters do not fit this code ({exc})") from exc
+        try:
+            obj.set_state(state)
+        except ModelVersionError as exc:
+            raise ModelVersionError(f"{path}: {exc}") from exc
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ModelVersionError(f"{path}: {meta['name']} state does not fit this code ({exc!r})") from exc
         return obj
 
     def check_features(self, X: np.ndarray, dim: int | None = None) -> np.ndarray:

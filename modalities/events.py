@@ -59,6 +59,44 @@ def _finite_array(field: str, values: object, *, ndim: int = 1) -> np.ndarray:
     return arr
 
 
+def _positive_number(field: str, value: object) -> float:
+    """A finite number > 0; strings are refused (a "1080" from a form or CSV is a caller bug)."""
+    if isinstance(value, (str, bytes, bool)):
+        raise EventValidationError(field, f"must be a number, got {value!r}")
+    v = _finite(field, value)  # type: ignore[arg-type]
+    if v <= 0:
+        raise EventValidationError(field, f"must be > 0, got {v}")
+    return v
+
+
+def _int_code(field: str, value: object, lo: int, hi: int) -> int:
+    """An integer in [lo, hi]; integral floats (1.0) pass, 1.9 is refused rather than truncated."""
+    if isinstance(value, (str, bytes, bool)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise EventValidationError(field, f"must be an integer, got {value!r}")
+    if not (math.isfinite(value) and float(value).is_integer()):
+        raise EventValidationError(field, f"must be an integer, got {value!r}")
+    if not lo <= int(value) <= hi:
+        raise EventValidationError(field, f"must be in [{lo}, {hi}], got {int(value)}")
+    return int(value)
+
+
+def _int_array(field: str, values: object, lo: int, hi: int, dtype: type[np.integer]) -> np.ndarray:
+    """1-D integer codes in [lo, hi] as `dtype`, checked before the cast so nothing wraps or truncates."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise EventValidationError(field, f"must be 1-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind not in "iuf":
+        raise EventValidationError(field, f"must be integers, got dtype {arr.dtype}")
+    bad = ~np.isfinite(arr) | (arr != np.round(arr)) if arr.dtype.kind == "f" else np.zeros(arr.shape, bool)
+    if bad.any():
+        raise EventValidationError(field, f"must be integers (first bad index {int(np.flatnonzero(bad)[0])})")
+    out = (arr < lo) | (arr > hi)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise EventValidationError(field, f"must be in [{lo}, {hi}], got {arr[i]} at index {i}")
+    return arr.astype(dtype)
+
+
 def _non_decreasing(field: str, t: np.ndarray) -> None:
     if t.size > 1:
         d = np.diff(t)
@@ -99,6 +137,8 @@ class KeySequence:
 
     def __post_init__(self) -> None:
         keys = np.asarray(self.keys, dtype=object)
+        if keys.ndim != 1:  # e.g. one string "ab" instead of ["a", "b"]
+            raise EventValidationError("keys", f"must be a 1-D sequence of key names, got shape {keys.shape}")
         press = _finite_array("press", self.press)
         release = _finite_array("release", self.release)
         if not (keys.shape[0] == press.shape[0] == release.shape[0]):
@@ -149,6 +189,17 @@ class TouchAction(IntEnum):
 
 TOUCH_ACTION_CODES = tuple(int(a) for a in TouchAction)
 ANDROID_ACTION_MASK = 0xFF
+#: pointer ids are stored as int16; Android's are small (one per finger on the screen)
+MAX_POINTER_ID = int(np.iinfo(np.int16).max)
+
+
+def _touch_action(value: object) -> TouchAction:
+    """A TouchAction from a code; raw Android codes (261) must be masked by the caller first."""
+    code = _int_code("action", value, -(2**31), 2**31 - 1)
+    if code not in TOUCH_ACTION_CODES:
+        raise EventValidationError("action", f"unknown action {code}; expected one of {TOUCH_ACTION_CODES} "
+                                             f"(mask raw Android codes with ANDROID_ACTION_MASK)")
+    return TouchAction(code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,15 +224,10 @@ class TouchEvent:
             raise EventValidationError("pressure", "must be >= 0")
         if self.touch_major < 0 or self.touch_minor < 0:
             raise EventValidationError("touch_major", "contact size must be >= 0")
-        try:
-            object.__setattr__(self, "action", TouchAction(int(self.action)))
-        except ValueError as exc:
-            raise EventValidationError("action", f"unknown action {self.action!r}") from exc
-        if int(self.pointer_id) < 0:
-            raise EventValidationError("pointer_id", "must be >= 0")
+        object.__setattr__(self, "action", _touch_action(self.action))
+        object.__setattr__(self, "pointer_id", _int_code("pointer_id", self.pointer_id, 0, MAX_POINTER_ID))
         for name in ("screen_width", "screen_height"):
-            if _finite(name, getattr(self, name)) <= 0:
-                raise EventValidationError(name, "must be > 0")
+            object.__setattr__(self, name, _positive_number(name, getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -211,17 +257,25 @@ class TouchStream:
                 raise EventValidationError(name, "all columns must have equal length")
         if not n:
             raise EventValidationError("time", "stream is empty")
-        action = np.asarray(self.action, dtype=np.int8)
-        pid = np.asarray(self.pointer_id, dtype=np.int16)
-        if action.shape[0] != n or pid.shape[0] != n:
-            raise EventValidationError("action", "all columns must have equal length")
+        # the same rules as TouchEvent, so a stream never holds what single events refuse
+        for name in ("pressure", "touch_major", "touch_minor"):
+            neg = getattr(self, name) < 0
+            if neg.any():
+                raise EventValidationError(name, f"must be >= 0 (first bad index {int(np.flatnonzero(neg)[0])})")
+        action = _int_array("action", self.action, -(2**31), 2**31 - 1, np.int64)
+        pid = _int_array("pointer_id", self.pointer_id, 0, MAX_POINTER_ID, np.int16)
+        for name, col in (("action", action), ("pointer_id", pid)):
+            if col.shape[0] != n:
+                raise EventValidationError(name, "all columns must have equal length")
         if not np.isin(action, TOUCH_ACTION_CODES).all():
-            raise EventValidationError("action", f"codes must be TouchAction values {TOUCH_ACTION_CODES}")
+            bad = action[~np.isin(action, TOUCH_ACTION_CODES)][0]
+            raise EventValidationError("action", f"codes must be TouchAction values {TOUCH_ACTION_CODES}, got {bad} "
+                                                 f"(mask raw Android codes with ANDROID_ACTION_MASK)")
         _non_decreasing("time", self.time)
-        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "action", action.astype(np.int8))
         object.__setattr__(self, "pointer_id", pid)
-        if not (self.screen_width > 0 and self.screen_height > 0):
-            raise EventValidationError("screen_width", "screen size must be > 0")
+        for name in ("screen_width", "screen_height"):
+            object.__setattr__(self, name, _positive_number(name, getattr(self, name)))
 
     def __len__(self) -> int:
         return int(self.time.shape[0])
@@ -326,7 +380,8 @@ class FeatureWindow:
         end = _finite("end", self.end)
         if end < start:
             raise EventValidationError("end", f"window ends before it starts ({end} < {start})")
-        if int(self.n_events) <= 0:
+        n_events = _int_code("n_events", self.n_events, -(2**63), 2**63 - 1)
+        if n_events <= 0:
             raise EventValidationError("n_events", "window is empty")
         q = _finite("quality", self.quality)
         if not 0.0 <= q <= 1.0:
@@ -336,7 +391,7 @@ class FeatureWindow:
             raise EventValidationError("values", "feature vector is empty")
         object.__setattr__(self, "start", start)
         object.__setattr__(self, "end", end)
-        object.__setattr__(self, "n_events", int(self.n_events))
+        object.__setattr__(self, "n_events", n_events)
         object.__setattr__(self, "quality", q)
         object.__setattr__(self, "values", values)
 
@@ -353,6 +408,9 @@ class FeatureWindow:
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> FeatureWindow:
+        """A window from its `to_dict` form (e.g. JSON from a device); anything malformed names its field."""
+        if not isinstance(d, dict):
+            raise EventValidationError("window", f"must be an object of fields, got {type(d).__name__}")
         try:
             return cls(
                 modality=d["modality"],  # type: ignore[arg-type]
@@ -361,7 +419,7 @@ class FeatureWindow:
                 end=d["end"],  # type: ignore[arg-type]
                 n_events=d["n_events"],  # type: ignore[arg-type]
                 quality=d["quality"],  # type: ignore[arg-type]
-                values=np.asarray(d["values"], dtype=float),
+                values=d["values"],  # type: ignore[arg-type]  # validated (numeric, finite, 1-D) in __post_init__
             )
         except KeyError as exc:
             raise EventValidationError(str(exc.args[0]), "is required") from exc

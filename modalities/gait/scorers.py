@@ -18,7 +18,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from modalities.base import ModelVersionError, ScaledManhattan, Scorer, Template
+from modalities.base import ModelVersionError, ScaledManhattan, Scorer, Template, check_state
 from modalities.events import EventValidationError
 from modalities.gait.features import FEATURE_DIM, FEATURE_VERSION, block_columns
 
@@ -193,6 +193,10 @@ class GaitLDA(Scorer):
         need = {"cols", "W", "b", "cohort", "background"}
         if need - set(state):
             raise ModelVersionError(f"gait-lda model file lacks {sorted(need - set(state))}")
+        check_state("gait-lda", state, {"cols": ("n",), "W": ("n", "k"), "b": ("k",), "cohort": (None, "k"),
+                                        "background": (None, "k")})
+        if state["cols"].dtype.kind not in "iu" or state["cols"].min() < 0:
+            raise ModelVersionError("gait-lda: state 'cols' must be feature column indices")
         self.cols_ = state["cols"].astype(int)
         if self.cols_.max() >= FEATURE_DIM:
             raise ModelVersionError("gait-lda model was trained on another feature layout")

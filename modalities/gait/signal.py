@@ -23,6 +23,13 @@ RATE = 25.0
 CUTOFF_HZ = 8.0
 #: slowest input we accept (median sampling rate, Hz)
 MIN_INPUT_RATE = 20.0
+#: fastest input we accept (Hz): the input grid is built at the input rate, so a bogus rate of
+#: MHz (near-duplicate timestamps) would allocate gigabytes; real phones deliver <= ~500 Hz
+MAX_INPUT_RATE = 2000.0
+#: samples closer than this (s) are one instant: batched sensor deliveries stamp a batch
+#: microseconds apart. Well below the 1 ms clock tick of real recordings (BB-MAS), which
+#: must keep every sample.
+NEAR_DUPLICATE_S = 1e-4
 #: holes in the clock longer than this split a series into parts (never interpolated across)
 MAX_GAP_S = 0.5
 G = 9.80665
@@ -41,24 +48,29 @@ class Uniform:
         return self.xyz.shape[0] / self.rate
 
 
-def merge_duplicate_times(t: np.ndarray, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sort by time and average samples sharing one timestamp (batched sensor deliveries)."""
+def merge_duplicate_times(t: np.ndarray, xyz: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by time and average samples closer than `eps` s to the previous one (batched deliveries).
+
+    A merged run keeps its first timestamp; `eps` = 0 merges exact duplicates only.
+    """
     order = np.argsort(t, kind="stable")
     t, xyz = t[order], xyz[order]
-    uniq, inv, counts = np.unique(t, return_inverse=True, return_counts=True)
-    if uniq.size == t.size:
+    new = np.r_[True, np.diff(t) > eps]
+    if new.all():
         return t, xyz
-    out = np.zeros((uniq.size, 3))
+    inv = np.cumsum(new) - 1
+    counts = np.bincount(inv)
+    out = np.zeros((counts.size, 3))
     np.add.at(out, inv, xyz)
-    return uniq, out / counts[:, None]
+    return t[new], out / counts[:, None]
 
 
 def input_rate(t: np.ndarray) -> float:
-    """Nominal input rate: 1 / median positive sampling interval."""
+    """Nominal input rate: 1 / median sampling interval, ignoring near-duplicates (batched deliveries)."""
     d = np.diff(t)
-    d = d[d > 0]
+    d = d[d > NEAR_DUPLICATE_S]
     if d.size == 0:
-        raise EventValidationError("time", "need at least two distinct timestamps")
+        raise EventValidationError("time", f"need at least two timestamps more than {NEAR_DUPLICATE_S * 1e3:g} ms apart")
     return float(1.0 / np.median(d))
 
 
@@ -72,20 +84,24 @@ def _lowpass(x: np.ndarray, rate: float, cutoff: float, order: int = 4) -> np.nd
 
 
 def resample(series: AccelSeries, *, rate: float = RATE, cutoff: float = CUTOFF_HZ,
-             max_gap: float = MAX_GAP_S, min_rate: float = MIN_INPUT_RATE) -> list[Uniform]:
-    """Bring a series of any rate >= `min_rate` onto uniform `rate` Hz grids, one per gap-free part.
+             max_gap: float = MAX_GAP_S, min_rate: float = MIN_INPUT_RATE,
+             max_rate: float = MAX_INPUT_RATE) -> list[Uniform]:
+    """Bring a series of rate in [`min_rate`, `max_rate`] onto uniform `rate` Hz grids, one per gap-free part.
 
-    Steps: merge duplicate times; split at holes longer than `max_gap`; interpolate each part
+    Steps: merge (near-)duplicate times; split at holes longer than `max_gap`; interpolate each part
     linearly onto a grid at its own input rate; anti-alias low-pass at `cutoff`; interpolate
     to `rate`; apply the same low-pass again on the internal grid so a 25 Hz phone and a
     100 Hz phone end with one bandwidth.
     """
-    t, xyz = merge_duplicate_times(np.asarray(series.t, float), np.asarray(series.xyz, float))
+    t, xyz = merge_duplicate_times(np.asarray(series.t, float), np.asarray(series.xyz, float), NEAR_DUPLICATE_S)
     if t.size < 2:
-        raise EventValidationError("time", "need at least two samples")
+        raise EventValidationError("time", f"need at least two samples more than {NEAR_DUPLICATE_S * 1e3:g} ms apart")
     fs_in = input_rate(t)
     if fs_in < 0.95 * min_rate:  # 5% slack: phone clocks drift around their nominal rate
         raise EventValidationError("time", f"sampling rate {fs_in:.1f} Hz is below the {min_rate:.0f} Hz minimum")
+    if fs_in > max_rate:
+        raise EventValidationError("time", f"sampling rate {fs_in:.0f} Hz is above the {max_rate:.0f} Hz maximum "
+                                           "(timestamps too close together)")
     cuts = np.flatnonzero(np.diff(t) > max_gap) + 1
     bounds = np.concatenate([[0], cuts, [t.size]])
     parts: list[Uniform] = []

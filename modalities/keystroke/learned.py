@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from modalities.base import ModelVersionError, Scorer, Template
+from modalities.base import ModelVersionError, Scorer, Template, check_state
 from modalities.events import EventValidationError
 from modalities.keystroke.features import CLOCK_TICK, FEATURE_DIM, FEATURE_NAMES, FEATURE_VERSION, N_TIMING
 
@@ -57,6 +57,9 @@ class _PopulationScorer(Scorer):
     modality = "keystroke"
     feature_version = FEATURE_VERSION
     _state_keys: tuple[str, ...] = ()
+    #: expected shapes of the state (see `check_state`): p = log-timing width, m = cohort size
+    _state_shapes: dict[str, tuple[int | str | None, ...]] = {
+        "mu_": ("p",), "sd_": ("p",), "cohort_": ("m", "p"), "cohort_subjects_": ("m",)}
 
     def __init__(self, cohort_per_subject: int = 20, znorm: bool = True, seed: int = 0) -> None:
         self.cohort_per_subject = int(cohort_per_subject)
@@ -109,6 +112,15 @@ class _PopulationScorer(Scorer):
         missing = need - set(state)
         if missing:
             raise ModelVersionError(f"{self.name}: saved state lacks {sorted(missing)}")
+        dim = np.asarray(state["dim_"])
+        if dim.shape != () or dim.dtype.kind not in "iu":
+            raise ModelVersionError(f"{self.name}: state 'dim_' must be an integer, got {dim!r}")
+        try:
+            p = log_timing(np.ones((1, int(dim)))).shape[1]
+        except EventValidationError as exc:
+            raise ModelVersionError(f"{self.name}: state 'dim_' = {int(dim)} is no keystroke feature layout") from exc
+        shapes = {**_PopulationScorer._state_shapes, **self._state_shapes}
+        check_state(self.name, state, shapes, positive=("sd_",), labels=("cohort_subjects_",), dims={"p": p})
         for k, v in state.items():
             setattr(self, k, v)
 
@@ -138,6 +150,7 @@ class LikelihoodRatioScorer(_PopulationScorer):
 
     name = "keystroke-llr"
     _state_keys = ("w_inv_", "t_inv_", "m_")
+    _state_shapes = {"w_inv_": ("p", "p"), "t_inv_": ("p", "p"), "m_": ("p",)}
 
     def __init__(self, cohort_per_subject: int = 20, znorm: bool = True, seed: int = 0, shrinkage: float = 0.1) -> None:
         super().__init__(cohort_per_subject, znorm, seed)
@@ -180,6 +193,7 @@ class BackgroundSVMScorer(_PopulationScorer):
 
     name = "keystroke-background-svm"
     _state_keys = ("background_",)
+    _state_shapes = {"background_": (None, "p")}
 
     def __init__(self, cohort_per_subject: int = 20, znorm: bool = True, seed: int = 0,
                  background_per_subject: int = 100, background: str = "early", C: float = 1.0) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from modalities.base import ModelVersionError, Scorer, Template
+from modalities.base import ModelVersionError, Scorer, Template, check_state
 from modalities.events import EventValidationError
 from modalities.touch.features import FEATURE_DIM, FEATURE_VERSION, IDX
 
@@ -182,6 +182,9 @@ def _check_population(X: np.ndarray, subjects: np.ndarray | None, min_subjects: 
 
 class _Population(_TouchScorer):
     _state_keys: tuple[str, ...] = ()
+    #: expected shape of each state array (see `check_state`); scales must be > 0
+    _state_shapes: dict[str, tuple[int | str | None, ...]] = {}
+    _positive_state: tuple[str, ...] = ("std",)
 
     def get_state(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k + "_") for k in self._state_keys if hasattr(self, k + "_")}
@@ -190,6 +193,7 @@ class _Population(_TouchScorer):
         missing = set(self._state_keys) - set(state)
         if missing:
             raise ModelVersionError(f"{self.name}: saved state lacks {sorted(missing)}")
+        check_state(self.name, state, self._state_shapes, positive=self._positive_state)
         for k in self._state_keys:
             setattr(self, k + "_", np.asarray(state[k]))
 
@@ -203,6 +207,8 @@ class BackgroundLR(_Population):
 
     name = "touch-background-lr"
     _state_keys = ("mean", "std", "background")
+    _state_shapes = {"mean": (N_DIRECTIONS, FEATURE_DIM), "std": (N_DIRECTIONS, FEATURE_DIM),
+                     "background": (None, FEATURE_DIM)}
 
     def __init__(self, C: float = 0.1, n_background: int = 3000, seed: int = 0) -> None:
         self.C = C
@@ -265,6 +271,9 @@ class PLDATouch(_Population):
 
     name = "touch-plda"
     _state_keys = ("mean", "std", "proj", "center", "between", "within")
+    _state_shapes = {"mean": (N_DIRECTIONS, FEATURE_DIM), "std": (N_DIRECTIONS, FEATURE_DIM),
+                     "proj": (FEATURE_DIM, "k"), "center": ("k",), "between": ("k",), "within": ("k",)}
+    _positive_state = ("std", "between", "within")
 
     def __init__(self, n_components: int = 40) -> None:
         self.n_components = n_components

@@ -118,3 +118,98 @@ def test_feature_window_dict_roundtrip_and_stack() -> None:
     with pytest.raises(EventValidationError) as e:
         FeatureWindow.from_dict({"modality": "gait"})
     assert e.value.field == "feature_version"
+
+
+def test_key_sequence_refuses_a_string_or_2d_keys_naming_the_field() -> None:
+    """A single string "ab" used to crash with IndexError instead of a validation error."""
+    for keys in ("ab", [["a"], ["b"]]):
+        with pytest.raises(EventValidationError) as e:
+            KeySequence(keys, [0.0, 1.0], [0.1, 1.1])  # type: ignore[arg-type]
+        assert e.value.field == "keys"
+
+
+@pytest.mark.parametrize(
+    ("d", "field"),
+    [
+        ([1, 2], "window"),
+        (None, "window"),
+        ({"n_events": "abc"}, "n_events"),
+        ({"n_events": None}, "n_events"),
+        ({"n_events": 1.7}, "n_events"),
+        ({"n_events": True}, "n_events"),
+        ({"values": ["a"]}, "values"),
+    ],
+)
+def test_feature_window_from_dict_names_the_bad_field(d: object, field: str) -> None:
+    """Device JSON used to raise bare TypeError/ValueError, or truncate n_events 1.7 to 1."""
+    if isinstance(d, dict):
+        d = {**_fw().to_dict(), **d}
+    with pytest.raises(EventValidationError) as e:
+        FeatureWindow.from_dict(d)  # type: ignore[arg-type]
+    assert e.value.field == field
+
+
+def test_feature_window_accepts_integral_n_events() -> None:
+    assert FeatureWindow.from_dict({**_fw().to_dict(), "n_events": 3.0}).n_events == 3
+    assert _fw(n_events=np.int64(7)).n_events == 7
+
+
+def _stream(**over: object) -> TouchStream:
+    cols: dict = dict(time=[0.0, 0.1, 0.2], x=[0.0, 50.0, 100.0], y=[0.0, 0.0, 0.0], pressure=[0.5] * 3,
+                      touch_major=[3.0] * 3, touch_minor=[2.0] * 3, action=[0, 2, 1], pointer_id=[0, 0, 0])
+    cols.update(over)
+    return TouchStream(**cols)
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"action": [0, 261, 1]}, "action"),  # raw Android POINTER_DOWN: overflowed int8
+        ({"action": np.array([0, 258, 1])}, "action"),  # used to wrap silently to MOVE
+        ({"action": np.array([0.0, 2.0, 1.9])}, "action"),  # used to truncate to UP
+        ({"action": ["0", "2", "1"]}, "action"),
+        ({"pointer_id": [40000] * 3}, "pointer_id"),  # overflowed int16
+        ({"pointer_id": np.array([0, 65536, 0])}, "pointer_id"),  # used to wrap to 0
+        ({"pointer_id": [-1] * 3}, "pointer_id"),
+        ({"pointer_id": [0.5] * 3}, "pointer_id"),
+        ({"pressure": [0.5, -1.0, 0.5]}, "pressure"),
+        ({"touch_major": [-5.0] * 3}, "touch_major"),
+        ({"touch_minor": [-5.0] * 3}, "touch_minor"),
+        ({"screen_width": "1080"}, "screen_width"),
+        ({"screen_height": -1.0}, "screen_height"),
+        ({"screen_height": math.nan}, "screen_height"),
+    ],
+)
+def test_touch_stream_refuses_what_touch_event_refuses(over: dict, field: str) -> None:
+    with pytest.raises(EventValidationError) as e:
+        _stream(**over)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"action": 261}, "action"),
+        ({"action": 1.9}, "action"),
+        ({"action": "1"}, "action"),
+        ({"pointer_id": 40000}, "pointer_id"),
+        ({"pointer_id": 1.5}, "pointer_id"),
+        ({"pointer_id": "a"}, "pointer_id"),
+        ({"screen_width": "1080"}, "screen_width"),
+        ({"screen_width": 0}, "screen_width"),
+    ],
+)
+def test_touch_event_refuses_bad_codes_and_types(over: dict, field: str) -> None:
+    kwargs: dict = dict(time=0.0, x=1.0, y=1.0, pressure=0.1, touch_major=1.0, touch_minor=1.0, action=0)
+    kwargs.update(over)
+    with pytest.raises(EventValidationError) as e:
+        TouchEvent(**kwargs)
+    assert e.value.field == field
+
+
+def test_touch_stream_keeps_valid_codes_and_dtypes() -> None:
+    s = _stream(action=np.array([0.0, 2.0, 1.0]), pointer_id=np.array([1, 1, 1], dtype=np.int64), screen_width=1440)
+    assert s.action.dtype == np.int8 and list(s.action) == [0, 2, 1]
+    assert s.pointer_id.dtype == np.int16 and s.screen_width == 1440.0
+    ev = TouchEvent(0.0, 1, 1, 0.1, 1, 1, 5.0, pointer_id=np.int64(3))  # type: ignore[arg-type]
+    assert ev.action is TouchAction.POINTER_DOWN and ev.pointer_id == 3

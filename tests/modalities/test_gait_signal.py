@@ -8,7 +8,16 @@ import pytest
 from modalities.events import AccelSeries, EventValidationError, FeatureWindow
 from modalities.gait import FEATURE_DIM, FEATURE_VERSION, window_features, windows_for_subject
 from modalities.gait.features import BLOCKS, block_columns, uniform_features
-from modalities.gait.signal import RATE, aligned_axes, cycle_period, resample, walking_mask
+from modalities.gait.signal import (
+    NEAR_DUPLICATE_S,
+    RATE,
+    aligned_axes,
+    cycle_period,
+    input_rate,
+    merge_duplicate_times,
+    resample,
+    walking_mask,
+)
 from tests.modalities.gait_synth import person, rotation, walk
 
 
@@ -110,3 +119,37 @@ def test_chronological_split_enrols_the_earliest_half_of_walking() -> None:
     assert len(e) and len(t)
     assert sw.start[e].max() < 3600.0 <= sw.start[t].min()
     assert set(e).isdisjoint(t)
+
+
+def _batched_times(seconds: float, batch: int = 5, period: float = 0.1, spacing: float = 1e-6) -> np.ndarray:
+    """Android-style batched delivery: `batch` samples stamped `spacing` s apart every `period` s."""
+    nb = int(seconds / period)
+    return (np.arange(nb)[:, None] * period + np.arange(batch)[None, :] * spacing).ravel()
+
+
+def test_input_rate_ignores_near_duplicate_timestamps() -> None:
+    """Microsecond-apart batches used to read as a 1 MHz input (and a 1 MHz resampling grid)."""
+    assert abs(input_rate(_batched_times(10)) - 10.0) < 0.01
+    t = np.arange(1000) / 100.0
+    assert abs(input_rate(np.sort(np.r_[t, t + 1e-6])) - 100.0) < 0.1
+
+
+def test_near_duplicate_samples_are_averaged_but_a_1_ms_clock_keeps_every_sample() -> None:
+    t = np.array([0.0, 1e-6, 2e-6, 0.001, 0.002])
+    xyz = np.arange(15.0).reshape(5, 3)
+    tm, xm = merge_duplicate_times(t, xyz, NEAR_DUPLICATE_S)
+    np.testing.assert_array_equal(tm, [0.0, 0.001, 0.002])
+    np.testing.assert_allclose(xm, [[3, 4, 5], [9, 10, 11], [12, 13, 14]])
+    s = walk(person(6), 10, 100.0, seed=4)
+    doubled = AccelSeries(np.column_stack([s.t, s.t + 1e-6]).ravel(), np.repeat(s.xyz, 2, axis=0))
+    np.testing.assert_allclose(window_features(doubled).values, window_features(s).values)
+
+
+def test_resample_refuses_batched_and_too_fast_input_naming_the_field() -> None:
+    t = _batched_times(3)
+    with pytest.raises(EventValidationError) as e:  # one instant per 0.1 s: 10 Hz of information
+        resample(AccelSeries(t, np.random.default_rng(0).normal(size=(t.size, 3))))
+    assert e.value.field == "time" and "below" in e.value.message
+    with pytest.raises(EventValidationError) as e:
+        resample(walk(person(1), 2, 5000.0))
+    assert e.value.field == "time" and "above" in e.value.message
