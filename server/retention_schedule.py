@@ -19,10 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Windows
-    fcntl = None  # type: ignore[assignment]
+from server.sqlite_writers import fcntl, try_flock
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +60,8 @@ class RetentionScheduler:
             return False
         if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or fcntl is None:
             return True
-        fd = os.open(f"{url.database}.purge", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
+        self._fd = try_flock(f"{url.database}.purge")
+        return self._fd is not None
 
     def start(self) -> bool:
         """Start the thread if purging is on and this worker owns it; returns whether it started."""

@@ -58,6 +58,21 @@ try:
 except ImportError:  # pragma: no cover - Windows: writers queue in SQLite's busy handler, auto-checkpoint stays on
     fcntl = None  # type: ignore[assignment]
 
+
+def try_flock(path: str) -> int | None:
+    """A descriptor holding an exclusive `flock` on `path` (created if needed); None if another process has it.
+
+    The lock lasts until the descriptor is closed: how one worker process per database file
+    claims a background job.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
 log = logging.getLogger(__name__)
 
 
@@ -187,16 +202,9 @@ class WalCheckpointer:
 
     def _own(self) -> bool:
         """Whether this process is the database's checkpointer (one per database file)."""
-        if self._owner_fd is not None:
-            return True
-        fd = os.open(f"{self.database}.checkpointer", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._owner_fd = fd
-        return True
+        if self._owner_fd is None:
+            self._owner_fd = try_flock(f"{self.database}.checkpointer")
+        return self._owner_fd is not None
 
     def checkpoint(self, mode: str = "PASSIVE", *, timeout: float = 0.05) -> tuple[int, int, int] | None:
         """One checkpoint on a connection of its own: (busy, log frames, checkpointed frames)."""

@@ -11,15 +11,16 @@ and its momentum would carry un-noised averages into later rounds).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from federated.strategies.delegating import Delegating
 
-class ServerMomentum(Strategy):
+
+class ServerMomentum(Delegating):
     """Delegating strategy: heavy-ball update of the global model from the inner aggregate."""
 
     def __init__(self, strategy: Strategy, momentum: float, lr: float = 1.0) -> None:
@@ -27,7 +28,8 @@ class ServerMomentum(Strategy):
             raise ValueError(f"server-momentum: must be in [0, 1), got {momentum}")
         if lr <= 0:
             raise ValueError(f"server-lr: must be > 0, got {lr}")
-        self.strategy, self.momentum, self.lr = strategy, momentum, lr
+        super().__init__(strategy)
+        self.momentum, self.lr = momentum, lr
         self.current: dict[str, np.ndarray] | None = None
         self.velocity: dict[str, np.ndarray] = {}
 
@@ -48,18 +50,3 @@ class ServerMomentum(Strategy):
             self.velocity[k] = self.momentum * self.velocity.get(k, np.zeros_like(w)) + step
             out[k] = Array((w + self.lr * self.velocity[k]).astype(np.float32))
         return ArrayRecord(out), metrics
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)

@@ -19,6 +19,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from federated.strategies.delegating import Delegating
+
 log = logging.getLogger(__name__)
 
 
@@ -39,12 +41,13 @@ class _Snapshot:
         return getattr(self._grid, name)
 
 
-class Quorum(Strategy):
+class Quorum(Delegating):
     """Delegating strategy: at least `required` devices per round, waiting at most `timeout` s for them."""
 
     def __init__(self, strategy: Strategy, required: int, timeout: float, *,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.strategy, self.required, self.timeout = strategy, required, timeout
+        super().__init__(strategy)
+        self.required, self.timeout = required, timeout
         self._clock, self._sleep = clock, sleep
 
     def connected(self, server_round: int, grid: Grid) -> list[int]:
@@ -82,19 +85,3 @@ class Quorum(Strategy):
         replies = list(replies)
         self.check_replies(server_round, replies)
         return self.strategy.aggregate_train(server_round, replies)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        # device-side evaluation is off (fraction_evaluate 0, base.py): no devices to wait for
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
-    def __getattr__(self, name: str) -> Any:  # e.g. noise_multiplier of a DP strategy inside
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)

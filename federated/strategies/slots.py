@@ -12,22 +12,23 @@ index, not data about the person.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
+from federated.strategies.delegating import Delegating
 
 
 class SlotsFullError(RuntimeError):
     """More devices joined than the model has prototypes (raise num-slots)."""
 
 
-class SlotAssigner(Strategy):
+class SlotAssigner(Delegating):
     """Delegating strategy that adds a per-device ``slot`` to every train/evaluate config."""
 
     def __init__(self, strategy: Strategy, num_slots: int) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.num_slots = num_slots
         self.slots: dict[int, int] = {}
 
@@ -74,14 +75,3 @@ class SlotAssigner(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         return self._personalise(self.strategy.configure_evaluate(server_round, arrays, config, grid))
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
-    def __getattr__(self, name: str) -> Any:  # e.g. noise_multiplier of a DP strategy inside
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)

@@ -114,8 +114,12 @@ class RateLimiter:
             return False
         now = time.monotonic() if now is None else now
         with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            return min(self.burst, tokens + (now - last) * self.rate) < 1.0
+            return self._tokens(key, now) < 1.0
+
+    def _tokens(self, key: str, now: float) -> float:
+        """`key`'s tokens at `now`: what was left, refilled at `rate` up to `burst` (caller holds the lock)."""
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate)
 
     def known(self, key: str) -> bool:
         """Whether `key` was charged before (for devices: it verified a request in this process)."""
@@ -133,8 +137,7 @@ class RateLimiter:
             return True
         now = time.monotonic() if now is None else now
         with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            tokens = self._tokens(key, now)
             ok = tokens >= 1.0
             self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
             if len(self._buckets) > self.max_keys:  # forget the stalest half

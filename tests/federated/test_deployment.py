@@ -14,6 +14,7 @@ import pytest
 from federated import deployment as d
 from federated.config import RunSettings
 from federated.features import feature_spec, subject_windows, write_device_files
+from tests.processes import alive, cmdline, still_alive
 
 
 @pytest.mark.slow
@@ -64,34 +65,7 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     engine = FusionEngine.load(rep.calibration_file)
     assert engine.applies("keystroke", f"registry:{version}") and engine.fitted_for("keystroke") == version
     assert all(p.poll() is not None for p in procs)
-    assert not _alive(spawned)
-
-
-def _alive(pids: list[int]) -> list[int]:
-    """Those of `pids` running (not zombies); one that exits while looked at is not."""
-    import psutil
-
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.Error:
-            pass
-    return out
-
-
-def _cmdlines(pids: list[int]) -> str:
-    """The command lines of those of `pids` still there (a process may exit between listing and reading)."""
-    import psutil
-
-    out = []
-    for pid in pids:
-        try:
-            out.append(" ".join(psutil.Process(pid).cmdline()))
-        except psutil.Error:
-            pass
-    return " ".join(out)
+    assert not alive(spawned)
 
 
 def test_the_app_declares_every_run_setting_with_its_default() -> None:
@@ -139,14 +113,14 @@ def test_stopping_the_superlink_command_stops_every_flower_process(tmp_path: Pat
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60:  # flower-superlink, then its flower-superexec
             kids = d.descendants(wrapper.pid)
-            names = _cmdlines(kids)
+            names = " ".join(cmdline(k) for k in kids)
             if "flower-superlink" in names and "superexec" in names:
                 break
             time.sleep(0.5)
         assert kids, "the SuperLink did not start"
         wrapper.send_signal(signal.SIGTERM)
         assert wrapper.wait(30) == 128 + signal.SIGTERM
-        assert not _alive(kids), f"left running: {_alive(kids)}"
+        assert not alive(kids), f"left running: {alive(kids)}"
     finally:
         for k in kids:
             try:
@@ -209,18 +183,10 @@ def test_a_signal_during_the_clean_up_is_ignored(tmp_path: Path, monkeypatch, si
     try:
         assert d.run_foreground([sys.executable, "-c", script], tmp_path) == 3
         grandchild = [int(pid_file.read_text())]
-        assert not _still_alive(grandchild), "what the command left in its group was not stopped"
+        assert not still_alive(grandchild), "what the command left in its group was not stopped"
     finally:
         if pid_file.exists():
             try:
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-
-
-def _still_alive(pids: list[int], deadline_s: float = 10.0) -> list[int]:
-    """`_alive(pids)` once they all exited or `deadline_s` passed (SIGKILL takes a moment to land)."""
-    deadline = time.monotonic() + deadline_s
-    while (alive := _alive(pids)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return alive

@@ -9,31 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import alive, cmdline
+
 pytest.importorskip("flwr")
-
-
-def _alive(pids: list[int]) -> list[int]:
-    """Those of `pids` running (not zombies); one that exits while looked at is not."""
-    import psutil
-
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.Error:
-            pass
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    """`pid`'s command line, "" once it has exited (it may between listing and reading)."""
-    import psutil
-
-    try:
-        return " ".join(psutil.Process(pid).cmdline())
-    except psutil.Error:
-        return ""
 
 
 def test_stop_leaves_no_flower_process_training(tmp_path: Path, monkeypatch) -> None:
@@ -51,15 +29,15 @@ def test_stop_leaves_no_flower_process_training(tmp_path: Path, monkeypatch) -> 
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60 and node.running:
             kids = d.descendants(node.process.pid)
-            if any("flower-supernode" in _cmdline(k) for k in kids):
+            if any("flower-supernode" in cmdline(k) for k in kids):
                 break
             time.sleep(0.5)
         assert node.running and kids, "the SuperNode did not start"
         node.stop()
         assert not node.running
-        assert not _alive(kids), f"left running after stop(): {_alive(kids)}"
+        assert not alive(kids), f"left running after stop(): {alive(kids)}"
     finally:
-        for k in _alive(kids):
+        for k in alive(kids):
             os.kill(k, 9)
         if node.running:
             node.process.kill()
