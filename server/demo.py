@@ -71,7 +71,7 @@ def synthetic_people(seed: int = 0, n: int = 2, first: int = 1) -> list[Person]:
         rng = np.random.default_rng([seed, k])
         wins = {"keystroke": features_for("keystroke", p.keystrokes(3000, rng)),
                 "touch": features_for("touch", p.touch(80, rng)),
-                "gait": features_for("gait", p.walk(120.0, rng=rng))}
+                "gait": features_for("gait", p.walk(240.0, rng=rng))}
         enrol, probes = {}, {}
         for m, w in wins.items():
             enrol[m], probes[m] = _split(w)
@@ -184,17 +184,40 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
             raise DatasetError(f"data_dir: need {2 + N_BACKGROUND} subjects with all three BB-MAS modalities in "
                                f"{data_dir}, found {len(subjects)} (unset CADENCE_DATA_DIR for the synthetic demo)")
         genuine, impostor, *background = bbmas_people(data_dir, subjects[:2 + N_BACKGROUND])
-        label = (f"REAL BB-MAS data from {data_dir}: {genuine.label} is the owner, {impostor.label} the impostor; "
-                 f"calibration on {len(background)} other subjects")
+        label = f"REAL BB-MAS data from {data_dir}: {genuine.label} is the owner, {impostor.label} the impostor"
     else:
         genuine, impostor, *background = synthetic_people(seed, 2 + N_BACKGROUND)
         label = "SYNTHETIC behaviour (evaluation/synthetic.py): not real people, says nothing about accuracy"
-    engine = fit_calibration(background, registry_root)
+    served, trained_calibration = served_models(registry_root)
     with tempfile.TemporaryDirectory(prefix="cadence-demo-") as tmp:
         root = Path(workdir or tmp)
-        engine.save(root / "fusion-calibration.json")
-        settings = base.model_copy(update={"database_url": f"sqlite:///{root / 'demo.sqlite'}",
-                                           "host": "127.0.0.1", "fusion_calibration": root / "fusion-calibration.json"})
-        with running_server(settings) as url:
+        update: dict[str, Any] = {"database_url": f"sqlite:///{root / 'demo.sqlite'}", "host": "127.0.0.1"}
+        if trained_calibration is None:  # the packages' defaults: calibrate them on the background people
+            fit_calibration(background, registry_root).save(root / "fusion-calibration.json")
+            update["fusion_calibration"] = root / "fusion-calibration.json"
+            label += f"; models: {served}, calibrated here on {len(background)} background people"
+        else:
+            update["fusion_calibration"] = trained_calibration
+            label += f"; models: {served}, with their own calibration ({trained_calibration})"
+        with running_server(base.model_copy(update=update)) as url:
             rows = run_scenario(url, genuine, impostor)
     return label, rows
+
+
+def served_models(registry_root: Path | None) -> tuple[str, Path | None]:
+    """What the demo's server will score with (in words), and the calibration file to use.
+
+    The file is the registry's when it applies to every modality's active model (`cadence
+    models train` wrote it); else None, and the demo calibrates on its background people.
+    """
+    from server.fusion_source import FusionSource
+    from server.services.scoring import ScorerProvider
+
+    provider = ScorerProvider(registry_root)
+    active = {m: provider.get(m) for m in MODALITIES}
+    words = ", ".join(f"{m} {a.model_id}" for m, a in active.items())
+    path = registry_root / "fusion-calibration.json" if registry_root is not None else None
+    engine = FusionSource(path).current() if path is not None and path.is_file() else None
+    if engine is not None and all(engine.applies(m, a.model_id) for m, a in active.items()):
+        return words, path
+    return words, None

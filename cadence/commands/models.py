@@ -211,7 +211,7 @@ def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
                 upgrade(engine)
             finally:
                 engine.dispose()
-        Console().print(f"audit log: created the database {created} (CADENCE_DATABASE_URL names another)",
+        Console().print(f"audit log: created the database {created} (set CADENCE_DATABASE_URL to use another)",
                         soft_wrap=True)
     with compliance_engine(url) as engine:
         factory = make_sessionmaker(engine)

@@ -11,7 +11,14 @@ from server.errors import ApiError
 from server.models import EnrolmentWindow, Template, Transaction, User
 from server.schemas import EnrolResponse, FeatureWindowIn, ModalityEnrolment
 from server.services import compliance_hooks as hooks
-from server.services.evidence import check_versions, claim_confirmed, claim_hashes, group_windows, implausible
+from server.services.evidence import (
+    check_versions,
+    claim_confirmed,
+    claim_hashes,
+    group_windows,
+    implausible,
+    scored,
+)
 from server.services.scoring import ActiveScorer, ScorerProvider, template_from_json, template_to_json
 
 #: enrolment windows kept per modality (oldest dropped): bounded drift adaptation
@@ -56,7 +63,7 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
         for i, w in items:
             if why := implausible(w):
                 raise ApiError(422, "implausible_input", f"windows[{i}]: {why}; bot-like input is not enrolled")
-        good = [(i, w) for i, w in items if w.quality >= min_quality]
+        good = [(i, w) for i, w in items if w.quality >= min_quality and scored(w)]  # taps are not enrolled
         digests[modality] = (claim_hashes(session, user_id, items) if confirmed_transaction_id is None
                              else claim_confirmed(session, user_id, confirmed_transaction_id, items))
         if tpl is not None and same is None:
@@ -75,8 +82,8 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
             rows = rows[-MAX_ENROL_WINDOWS:]
         if len(rows) < min_windows:
             raise ApiError(422, "too_few_windows",
-                           f"windows: {modality} needs at least {min_windows} windows of quality >= {min_quality} "
-                           f"(have {len(rows)})")
+                           f"windows: {modality} needs at least {min_windows} windows of quality >= {min_quality}"
+                           f"{' (swipes: taps are not enrolled)' if modality == 'touch' else ''} (have {len(rows)})")
         tpl = build_template(session, active, user_id, modality, rows, tpl)
         out.append(ModalityEnrolment(modality=modality, n_windows=tpl.n_windows, model_id=tpl.model_id,
                                      feature_version=tpl.feature_version))

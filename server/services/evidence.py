@@ -130,6 +130,29 @@ def insert_hashes(session: Session, user_id: str, items: list[tuple[int, Feature
                                                for (_, w), d in zip(items, digests)])
 
 
+def scored(w: FeatureWindowIn) -> bool:
+    """Whether the modality's models read this window.
+
+    Touch templates and scorers are built, trained and calibrated on swipes only: a tap is
+    another task (`modalities.touch.train_scorer`, `evaluation.pair_scores.touch_split`), and
+    a swipe model's score of one lands far outside its calibration (impostors' taps read as
+    the strongest match). So taps count for replay protection but are neither enrolled nor
+    scored. Every other window is read.
+    """
+    if w.modality == "touch" and w.feature_version == _TOUCH_VERSION:
+        return w.values[_TOUCH_TAP] < 0.5
+    return True
+
+
+def _touch_layout() -> tuple[str, int]:
+    from modalities.touch.features import FEATURE_VERSION, IDX
+
+    return FEATURE_VERSION, IDX["is_tap"]
+
+
+_TOUCH_VERSION, _TOUCH_TAP = _touch_layout()
+
+
 def implausible(w: FeatureWindowIn) -> str | None:
     """Why a window looks scripted (too many events for its duration), or None."""
     dur = w.end - w.start

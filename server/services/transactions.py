@@ -32,6 +32,7 @@ from server.services.evidence import (
     group_windows,
     implausible,
     insert_hashes,
+    scored,
 )
 from server.services.scoring import ActiveScorer, ScorerProvider, template_from_json
 from server.signing import body_digest, make_token
@@ -138,7 +139,9 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
         for i, why in bad:
             out.flags.append(f"{field}[{i}]: {why}")
             out.extra.append({"modality": modality, "code": "implausible_input", "contribution": 0.0})
-        usable = [w for i, w in items if i not in {j for j, _ in bad}]
+        usable = [w for i, w in items if i not in {j for j, _ in bad} and scored(w)]
+        if len(usable) + len(bad) < len(items) and not usable:  # only windows this modality does not read
+            out.extra.append({"modality": modality, "code": "not_scored", "contribution": 0.0})
         if tpl is None:
             out.extra.append({"modality": modality, "code": "not_enrolled", "contribution": 0.0})
             continue

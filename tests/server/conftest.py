@@ -56,7 +56,7 @@ def windows() -> dict[str, dict[str, list[FeatureWindow]]]:
         rng = np.random.default_rng(seed)
         out[name] = {"keystroke": features_for("keystroke", p.keystrokes(3000, rng)),
                      "touch": features_for("touch", p.touch(130, rng)),
-                     "gait": features_for("gait", p.walk(140.0, rng=rng))}
+                     "gait": features_for("gait", p.walk(280.0, rng=rng))}
     return out
 
 

@@ -380,3 +380,29 @@ def test_migration_0004_goes_back_after_step_ups(db_url: str) -> None:  # noqa: 
     finally:
         downgrade(engine)
         engine.dispose()
+
+
+def _as_tap(w: Any) -> dict[str, Any]:
+    """A touch window marked as a tap (the synthetic people only swipe)."""
+    from modalities.touch.features import IDX
+
+    d = w.to_dict()
+    d["values"] = list(d["values"])
+    d["values"][IDX["is_tap"]] = 1.0
+    return d
+
+
+def test_touch_taps_are_neither_enrolled_nor_scored(client: TestClient, windows) -> None:
+    """Touch models are trained and calibrated on swipes: a tap scored by them read as the strongest match."""
+    dev = new_device(client, "tap")
+    dev.grant_consent("touch")
+    mixed = [_as_tap(w) for w in windows["owner"]["touch"][:3]] + [w.to_dict() for w in windows["owner"]["touch"][3:5]]
+    r = dev.signed("POST", "/v1/users/tap/enrolment", {"windows": mixed})
+    assert r.status_code == 422 and "taps are not enrolled" in r.json()["detail"] and "(have 2)" in r.json()["detail"]
+    dev.enrol(windows["owner"]["touch"][5:10])
+    taps = [_as_tap(w) for w in windows["other"]["touch"][40:45]]
+    tx = dev.signed("POST", "/v1/transactions/authorize", dict(_payload(dev, windows, "t1", ev=False), evidence=taps))
+    assert tx.status_code == 200, tx.text
+    reasons = {(x["modality"], x["code"]) for x in tx.json()["reasons"]}
+    assert ("touch", "not_scored") in reasons and tx.json()["decision"] == "step_up"
+    assert not any(m == "touch" and c.endswith("match") for m, c in reasons)
