@@ -155,6 +155,8 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         import anyio.to_thread
 
+        if not logging.getLogger().handlers:  # a worker process of `cadence serve --workers N`
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         state: AppState = app.state.cadence
         for modality in MODALITIES:
@@ -178,7 +180,8 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
         if checkpointer is not None:
             checkpointer.start(app.state.engine)
         retention = RetentionScheduler(state.sessions, app.state.engine, settings.purge_interval_s, state.write_lock)
-        app.state.retention = retention if retention.start() else None
+        retention.start()
+        app.state.retention = retention
         gc.collect()
         gc.freeze()
         try:
@@ -198,17 +201,43 @@ def _field_message(err: dict[str, Any]) -> str:
     return f"{loc or 'body'}: {err.get('msg', 'invalid')}"
 
 
-def create_app(settings: Settings | None = None, *, init_db: bool = True) -> FastAPI:
-    """Build the app: engine, scorer provider, signing key, routes, error handlers, metrics."""
-    settings = settings or get_settings()
-    if settings.environment != "development" and DEV_API_KEYS & set(settings.api_keys):
+#: the scopes API keys may carry (`server.api.deps.BankKey`, `AdminKey`)
+API_SCOPES = frozenset({"bank", "admin"})
+#: shortest API key accepted outside development
+MIN_API_KEY_CHARS = 16
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse (ValueError naming the setting) what would make the server fail later, call by call.
+
+    `create_app` runs it; `cadence serve` runs it once before starting several workers, which
+    would otherwise each fail and be restarted forever.
+    """
+    production = settings.environment != "development"
+    if production and DEV_API_KEYS & set(settings.api_keys):
         raise ValueError("api_keys: development API keys are refused outside development")
+    for key, scopes in settings.api_keys.items():
+        if unknown := set(scopes) - API_SCOPES:
+            raise ValueError(f"api_keys: unknown scope(s) {sorted(unknown)} (known: {sorted(API_SCOPES)})")
+        if production and len(key) < MIN_API_KEY_CHARS:
+            raise ValueError(f"api_keys: a key of {len(key)} characters is guessable; use at least {MIN_API_KEY_CHARS}")
     from compliance.keys import KeyConfigError, hmac_key
+    from compliance.keys import signing_key as audit_signing_key
 
     try:  # every audited call pseudonymises with it: refuse now rather than fail each call with a 500
         hmac_key(settings)
+        if production:  # the retention purge signs a checkpoint when it prunes the audit log
+            audit_signing_key(settings)
     except KeyConfigError as exc:
         raise ValueError(str(exc)) from exc
+    if production or settings.server_signing_key:
+        signing_key(settings)
+
+
+def create_app(settings: Settings | None = None, *, init_db: bool = True) -> FastAPI:
+    """Build the app: engine, scorer provider, signing key, routes, error handlers, metrics."""
+    settings = settings or get_settings()
+    check_settings(settings)
     # one pooled connection per handler thread (plus the event loop's own use), none made and dropped under load
     # one pooled connection per handler thread, plus the event loop's two held ones on a SQLite
     # file (`HeldConnections`): none made and dropped under load

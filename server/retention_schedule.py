@@ -46,30 +46,79 @@ class RetentionScheduler:
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
         self._conn: Connection | None = None
+        self._owned = False
 
-    def _own(self) -> bool:
-        """Whether this process runs the purge for the database (the first to take its lock)."""
+    @property
+    def owner(self) -> bool:
+        """Whether this process holds the job's lock (and purges) now."""
+        return self._owned
+
+    def claim(self) -> bool:
+        """Take the job's lock if no one holds it; keep it while held (and its connection lives)."""
+        if self._owned and self._conn is not None and not self._conn_alive():
+            self._release()  # a lock on a lost connection is gone: another instance may hold it now
+        if self._owned:
+            return True
         url = self.engine.url
         if url.get_backend_name() == "postgresql":
-            conn = self.engine.connect()
-            if conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}).scalar():
-                conn.commit()  # the lock is the session's; the connection stays open while it runs
+            try:
+                conn = self.engine.connect()
+                got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}).scalar())
+                conn.commit()  # the lock is the session's; the connection stays open while it is held
+            except Exception:  # noqa: BLE001 - the database is away: try again next interval
+                log.warning("retention purge: cannot reach the database to take the job's lock", exc_info=True)
+                return False
+            if got:
                 self._conn = conn
-                return True
-            conn.close()
-            return False
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or fcntl is None:
+            else:
+                conn.close()
+            self._owned = got
+        elif url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or fcntl is None:
+            self._owned = True
+        else:
+            self._fd = try_flock(f"{url.database}.purge")
+            self._owned = self._fd is not None
+        return self._owned
+
+    def _conn_alive(self) -> bool:
+        assert self._conn is not None
+        try:
+            self._conn.execute(text("SELECT 1"))
+            self._conn.commit()
             return True
-        self._fd = try_flock(f"{url.database}.purge")
-        return self._fd is not None
+        except Exception:  # noqa: BLE001 - any failure means the session, and its lock, are gone
+            return False
+
+    def _release(self) -> None:
+        """Give the lock up; never raises (a dead connection has released it already)."""
+        self._owned = False
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+        if self._conn is not None:
+            try:  # unlock explicitly: closing only returns the connection (and its session) to the pool
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+                self._conn.commit()
+            except Exception:  # noqa: BLE001
+                log.info("retention purge: the lock's connection was already gone")
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._conn = None
 
     def start(self) -> bool:
-        """Start the thread if purging is on and this worker owns it; returns whether it started."""
-        if self.interval_s <= 0 or not self._own():
+        """Start the thread if purging is on; returns whether this worker holds the lock now.
+
+        Every worker runs it: the lock's holder purges, the others try for the lock each
+        interval, so the job moves to another worker or host when its holder stops.
+        """
+        if self.interval_s <= 0:
             return False
+        self.claim()
         self._thread = threading.Thread(target=self._loop, name="cadence-retention", daemon=True)
         self._thread.start()
-        return True
+        return self._owned
 
     def run_once(self) -> dict[str, int] | None:
         from compliance.retention import scheduled_purge
@@ -87,19 +136,11 @@ class RetentionScheduler:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.run_once()
+            if self.claim():
+                self.run_once()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock
-            self._fd = None
-        if self._conn is not None:
-            try:  # unlock explicitly: closing only returns the connection (and its session) to the pool
-                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
-                self._conn.commit()
-            finally:
-                self._conn.close()
-                self._conn = None
+        self._release()

@@ -26,13 +26,21 @@ def serve(
     from cadence.commands.database import database_errors
     from cadence.db import make_engine
     from cadence.settings import get_settings
-    from server.app import create_app
+    from server.app import check_settings, create_app
     from server.migrate import SchemaError, upgrade
+    from server.signing import SignatureError
 
     if log_level.lower() not in LOG_LEVELS:
         raise typer.BadParameter(f"{log_level!r} is not one of {', '.join(LOG_LEVELS)}", param_hint="--log-level")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    try:  # once here: with several workers, each would fail on its own and be restarted forever
+        check_settings(settings)
+    except (ValueError, SignatureError) as exc:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     workers = workers or settings.api_workers
     if workers < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--workers")

@@ -174,12 +174,36 @@ def test_a_database_newer_than_the_code_is_named(tmp_path: Path, monkeypatch: py
 
 def _production(tmp_path: Path, **kw: Any) -> Settings:
     return Settings(environment="production", database_url=f"sqlite:///{tmp_path / 'prod.sqlite'}",  # type: ignore[call-arg]
-                    api_keys={"bk": ["bank"]}, model_registry=tmp_path / "none",
+                    api_keys={"bank-key-of-32-characters-length": ["bank"]}, model_registry=tmp_path / "none",
                     server_signing_key=base64.urlsafe_b64encode(os.urandom(32)).decode(), _env_file=None, **kw)
 
 
 def test_production_refuses_to_start_without_the_audit_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="audit_hmac_key"):
         create_app(_production(tmp_path))
-    app = create_app(_production(tmp_path, audit_hmac_key="ab" * 32))
+    with pytest.raises(ValueError, match="audit_signing_key"):  # the purge signs a checkpoint when it prunes
+        create_app(_production(tmp_path, audit_hmac_key="ab" * 32))
+    app = create_app(_production(tmp_path, audit_hmac_key="ab" * 32, audit_signing_key="cd" * 32))
     app.state.engine.dispose()
+
+
+@pytest.mark.parametrize("keys,why", [({"short": ["bank"]}, "guessable"),
+                                      ({"bank-key-of-32-characters-length": ["superuser"]}, "unknown scope")])
+def test_production_refuses_weak_or_unknown_api_keys(tmp_path: Path, keys: dict[str, list[str]], why: str) -> None:
+    settings = _production(tmp_path, audit_hmac_key="ab" * 32, audit_signing_key="cd" * 32)
+    with pytest.raises(ValueError, match=why):
+        create_app(settings.model_copy(update={"api_keys": keys}))
+
+
+def test_serve_with_workers_checks_the_settings_before_starting_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of several workers would fail on its own and be restarted forever: one line, exit 2."""
+    from cadence.settings import get_settings
+
+    monkeypatch.setenv("CADENCE_ENVIRONMENT", "production")
+    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'w.sqlite'}")
+    get_settings.cache_clear()
+    try:
+        r = runner.invoke(cli, ["serve", "--workers", "2", "--port", str(_free_port())])
+    finally:
+        get_settings.cache_clear()
+    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output, r.output
