@@ -214,6 +214,8 @@ def check_settings(settings: Settings) -> None:
     would otherwise each fail and be restarted forever.
     """
     production = settings.environment != "development"
+    if production and not settings.require_signed_requests:  # the possession factor is the signature
+        raise ValueError("require_signed_requests: unsigned device requests are refused outside development")
     if production and DEV_API_KEYS & set(settings.api_keys):
         raise ValueError("api_keys: development API keys are refused outside development")
     for key, scopes in settings.api_keys.items():

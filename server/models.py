@@ -138,6 +138,8 @@ class Transaction(Base):
     tier: Mapped[str] = mapped_column(String(16))
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: when the bank redeemed the decision token (`verify-token`): a token approves one execution
+    token_redeemed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class AuthSession(Base):

@@ -205,10 +205,17 @@ class SessionOut(BaseModel):
 
 
 class TokenVerify(_Strict):
+    """The payment the bank is about to execute, and the token the customer's app gave it."""
+
     token: Text = Field(min_length=10, max_length=4096)
+    #: whose payment and which authorize call: a token approves one user's one transaction
+    user_id: Id
+    transaction_id: Text = Field(min_length=1, max_length=36)
     amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     payee: Payee = Field(min_length=1, max_length=128)
+    #: spend the token (default): a second redemption is refused; false only checks it
+    redeem: StrictBool = True
 
 
 class ModelOut(BaseModel):

@@ -255,6 +255,18 @@ def charge_failure(state: AppState, client: str | None, device_id: str | None = 
             state.failures.allow(f"{client} {device_id}")
 
 
+def signed_path(request: Request) -> str:
+    """The request target the signature must cover: the path as sent, and its query string.
+
+    Not decoded, so an encoded `%3F` cannot end it early; with the query, since clients send
+    none, an added one fails the signature instead of riding along unsigned.
+    """
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else request.url.path
+    query = request.scope.get("query_string", b"")
+    return f"{path}?{query.decode('latin-1')}" if query else path
+
+
 def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
@@ -266,7 +278,7 @@ def signed_request(state: AppState, request: Request, body: bytes) -> DeviceRequ
     `Signed` dependency does.
     """
     h = request.headers
-    return DeviceRequest(state, request.method, request.url.path, body, h.get(HEADER_DEVICE),
+    return DeviceRequest(state, request.method, signed_path(request), body, h.get(HEADER_DEVICE),
                          h.get(HEADER_TIMESTAMP), h.get(HEADER_NONCE), h.get(HEADER_SIGNATURE),
                          client_address(request))
 

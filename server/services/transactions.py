@@ -363,5 +363,51 @@ def complete_step_up(session: Session, signing_key: Ed25519PrivateKey, tx_id: st
     return response
 
 
+#: token claim -> the request field it must equal (the claim names as the token carries them)
+_TOKEN_BINDING = (("sub", "user_id"), ("tx", "transaction_id"), ("amount", "amount"), ("currency", "currency"),
+                  ("payee", "payee"))
+
+
+def redeem_token(session: Session, public_key: Any, body: Any, *, actor: str) -> dict[str, Any]:
+    """Dynamic linking: is this token an approval of exactly this user's this payment, unspent?
+
+    The token must verify, be unexpired, approve, and name the user, transaction, amount,
+    currency and payee the bank is executing. With `body.redeem` (the default) the
+    transaction's token is then spent in the same statement that checks it is unspent, so
+    one approval executes one payment however often, and by whom, it is presented; the
+    redemption is audited. `body.redeem=False` only checks.
+    """
+    from server.signing import SignatureError, verify_token
+
+    try:
+        claims = verify_token(public_key, body.token)
+    except (SignatureError, ValueError) as exc:
+        return {"valid": False, "reason": str(exc)}
+    if claims.get("exp", 0) < time.time():
+        return {"valid": False, "reason": "token: expired", "claims": claims}
+    wanted = {"user_id": body.user_id, "transaction_id": body.transaction_id, "amount": f"{body.amount:.2f}",
+              "currency": body.currency, "payee": body.payee}
+    for claim, field_name in _TOKEN_BINDING:
+        if claims.get(claim) != wanted[field_name]:
+            return {"valid": False, "reason": f"{field_name}: token was issued for {claims.get(claim)!r}", "claims": claims}
+    if claims.get("decision") != "approve":
+        return {"valid": False, "reason": f"decision: {claims.get('decision')}", "claims": claims}
+    if not body.redeem:
+        return {"valid": True, "claims": claims, "redeemed": False}
+    spent = session.execute(update(Transaction)
+                            .where(Transaction.id == body.transaction_id, Transaction.user_id == body.user_id,
+                                   Transaction.token_redeemed_at.is_(None))
+                            .values(token_redeemed_at=datetime.now(UTC))).rowcount  # type: ignore[attr-defined]
+    if not spent:
+        tx = session.get(Transaction, body.transaction_id)
+        why = ("transaction_id: no such transaction of this user" if tx is None or tx.user_id != body.user_id
+               else f"token: already redeemed at {tx.token_redeemed_at}")
+        return {"valid": False, "reason": why, "claims": claims}
+    hooks.audit(session, event="token.redeemed", actor=actor, subject=body.user_id,
+                payload={"transaction_id": body.transaction_id, "amount": wanted["amount"], "currency": body.currency,
+                         "payee_sha256": hooks.digest(body.payee)})
+    return {"valid": True, "claims": claims, "redeemed": True}
+
+
 def response_json(response: dict[str, Any]) -> str:
     return json.dumps(response, sort_keys=True)

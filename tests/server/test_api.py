@@ -136,12 +136,16 @@ def test_token_bound_to_amount_and_payee(client: TestClient, enrolled, windows) 
 
     claims = verify_token(load_public_key(pub), resp["token"])
     assert claims["amount"] == "25.00" and claims["payee"] == "ACME"
-    ok = client.post("/v1/transactions/verify-token", headers=BANK,
-                     json={"token": resp["token"], "amount": "25.00", "currency": "EUR", "payee": "ACME"}).json()
-    assert ok["valid"] is True
-    bad = client.post("/v1/transactions/verify-token", headers=BANK,
-                      json={"token": resp["token"], "amount": "25.00", "currency": "EUR", "payee": "MALLORY"}).json()
+    payment = {"token": resp["token"], "user_id": enrolled.user_id, "transaction_id": resp["transaction_id"],
+               "amount": "25.00", "currency": "EUR", "payee": "ACME"}
+    bad = client.post("/v1/transactions/verify-token", headers=BANK, json={**payment, "payee": "MALLORY"}).json()
     assert bad["valid"] is False and "payee" in bad["reason"]
+    checked = client.post("/v1/transactions/verify-token", headers=BANK, json={**payment, "redeem": False}).json()
+    assert checked["valid"] is True and checked["redeemed"] is False
+    ok = client.post("/v1/transactions/verify-token", headers=BANK, json=payment).json()
+    assert ok["valid"] is True and ok["redeemed"] is True
+    again = client.post("/v1/transactions/verify-token", headers=BANK, json=payment).json()
+    assert again["valid"] is False and "already redeemed" in again["reason"]  # one approval, one payment
 
 
 def test_step_up_completion(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]

@@ -406,3 +406,44 @@ def test_touch_taps_are_neither_enrolled_nor_scored(client: TestClient, windows)
     reasons = {(x["modality"], x["code"]) for x in tx.json()["reasons"]}
     assert ("touch", "not_scored") in reasons and tx.json()["decision"] == "step_up"
     assert not any(m == "touch" and c.endswith("match") for m, c in reasons)
+
+
+def test_a_decision_token_approves_only_its_own_users_transaction(client: TestClient, windows) -> None:
+    """Alice's approval, presented in Bob's session for the same amount and payee, is refused."""
+    alice = _enrol(client, windows)
+    _enrol(client, windows, "bob")
+    tx = alice.signed("POST", "/v1/transactions/authorize", _payload(alice, windows, "a1", i=16)).json()
+    assert tx["decision"] == "approve", tx
+    payment = {"token": tx["token"], "user_id": "bob", "transaction_id": tx["transaction_id"], "amount": "25.00",
+               "currency": "EUR", "payee": "ACME"}
+    r = client.post("/v1/transactions/verify-token", headers=BANK, json=payment).json()
+    assert r["valid"] is False and r["reason"].startswith("user_id:")
+    r = client.post("/v1/transactions/verify-token", headers=BANK,
+                    json={**payment, "user_id": "alice", "transaction_id": "another-transaction"}).json()
+    assert r["valid"] is False and r["reason"].startswith("transaction_id:")
+    r = client.post("/v1/transactions/verify-token", headers=BANK, json={**payment, "user_id": "alice"}).json()
+    assert r["valid"] is True
+    entries = client.get("/v1/admin/users/alice/export", headers=ADMIN).json()["data"]["audit"]["entries"]
+    assert any(e["event"] == "token.redeemed" for e in entries)
+
+
+def test_an_added_query_string_fails_the_signature(client: TestClient, windows) -> None:
+    from server.signing import sign_request
+
+    dev = _enrol(client, windows)
+    body = b'{"modality":"gait","granted":false}'
+    headers = {**sign_request(dev.key, dev.device_id, "POST", "/v1/users/alice/consents", body),
+               "content-type": "application/json"}
+    r = client.post("/v1/users/alice/consents?evil=1", content=body, headers=headers)
+    assert r.status_code == 401, r.text
+
+
+def test_production_refuses_unsigned_device_requests(tmp_path: Path) -> None:
+    from cadence.settings import Settings
+    from server.app import check_settings
+
+    settings = Settings(environment="production", require_signed_requests=False,  # type: ignore[call-arg]
+                        api_keys={"bank-key-of-32-characters-length": ["bank"]}, audit_hmac_key="ab" * 32,
+                        audit_signing_key="cd" * 32, server_signing_key="A" * 43, _env_file=None)
+    with pytest.raises(ValueError, match="require_signed_requests"):
+        check_settings(settings)

@@ -28,7 +28,7 @@ from server.schemas import AuthorizeRequest, AuthorizeResponse, StepUpComplete, 
 from server.services import transactions as svc
 from server.services.evidence import EvidenceReplay, record_replay
 from server.services.transactions import find_idempotent
-from server.signing import HEADER_DEVICE, SignatureError, b64e, verify_token
+from server.signing import HEADER_DEVICE, b64e
 
 router = APIRouter(prefix="/v1/transactions", tags=["transactions"], route_class=CadenceRoute)
 TxId = Path(min_length=1, max_length=36, pattern=r"^[A-Za-z0-9-]+$")
@@ -102,22 +102,10 @@ def get_transaction(uow: Uow, actor: BankKey, transaction_id: str = TxId) -> dic
 
 
 @router.post("/verify-token")
-def verify(body: TokenVerify, state: State, actor: BankKey) -> dict[str, Any]:
-    """Check a decision token against the amount, currency and payee being executed (dynamic linking)."""
-    import time
-
-    try:
-        claims = verify_token(state.signing_key.public_key(), body.token)
-    except (SignatureError, ValueError) as exc:
-        return {"valid": False, "reason": str(exc)}
-    if claims.get("exp", 0) < time.time():
-        return {"valid": False, "reason": "token: expired", "claims": claims}
-    for name, want in (("amount", f"{body.amount:.2f}"), ("currency", body.currency), ("payee", body.payee)):
-        if claims.get(name) != want:
-            return {"valid": False, "reason": f"{name}: token was issued for {claims.get(name)!r}", "claims": claims}
-    if claims.get("decision") != "approve":
-        return {"valid": False, "reason": f"decision: {claims.get('decision')}", "claims": claims}
-    return {"valid": True, "claims": claims}
+def verify(body: TokenVerify, uow: Uow, state: State, actor: BankKey) -> dict[str, Any]:
+    """Check, and by default spend, a decision token for the payment being executed (dynamic linking)."""
+    with uow() as session:
+        return svc.redeem_token(session, state.signing_key.public_key(), body, actor=actor)
 
 
 @router.get("/signing-key/public")
