@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from server.client.api import DeviceClient
 from server.client.features import evidence_unit
 from server.rawhttp import ConnectionPool, new_event_loop, raw_request
 from server.runner import free_port
-from server.signing import sign_request
+from server.signing import HEADER_INSTANCE, sign_request
 
 
 @dataclass
@@ -178,16 +179,28 @@ def start_server(workdir: Path, *, env: dict[str, str] | None = None, port: int 
     url = f"http://127.0.0.1:{port}"
     srv = ServerProcess(url, proc, log_path)
     deadline = time.monotonic() + timeout
+    # every worker must answer before the caller spreads connections over them: a worker still
+    # starting would leave all of them to the first (each probe is a new connection, accepted by
+    # whichever worker wakes, and /v1/health names the process that answered)
+    workers = int(full.get("CADENCE_API_WORKERS", "1") or 1)
+    seen: set[str] = set()
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(url + "/v1/health", timeout=1.0).status_code == 200:
-                    return srv
+                r = httpx.get(url + "/v1/health", timeout=1.0)
+                if r.status_code == 200:
+                    seen.add(r.headers.get(HEADER_INSTANCE, ""))
+                    if len(seen) >= workers:
+                        return srv
             except httpx.HTTPError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.02 if seen else 0.1)
+        if seen:  # answering, but not every worker did: better measured than not at all
+            logging.getLogger(__name__).warning("only %d of %d server workers answered within %.0f s",
+                                                len(seen), workers, timeout)
+            return srv
     except BaseException:  # interrupted while waiting (Ctrl-C, SIGTERM): do not leave the server behind
         srv.stop()
         raise
