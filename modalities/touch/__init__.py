@@ -7,12 +7,13 @@ decisions over several strokes average the per-stroke scores (`accumulate`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from modalities.touch.features import (
     FEATURE_DIM,
     FEATURE_NAMES,
     FEATURE_VERSION,
+    IDX,
     stream_features,
     stroke_windows,
     window_features,
@@ -35,9 +36,20 @@ __all__ = [
     "FEATURE_DIM", "FEATURE_NAMES", "FEATURE_VERSION", "WINDOWS", "BackgroundLR", "FusedTouch", "PLDATouch",
     "QuadBackgroundLR",
     "Segmentation", "Stroke", "TouchKNN", "TouchManhattan", "TouchOneClassSVM", "accumulate",
-    "default_scorer", "direction_class", "segment", "stream_features", "stroke_windows",
+    "default_scorer", "direction_class", "scored", "segment", "stream_features", "stroke_windows",
     "strokes_of_kind", "train_scorer", "window_features", "windows_for_subject",
 ]
+
+
+def scored(values: Sequence[float]) -> bool:
+    """Whether touch models read this window (one stroke's features): swipes only.
+
+    Templates, population models and their calibration are built on swipes
+    (`train_scorer`, `evaluation.pair_scores.touch_split`); a tap is another task, and a
+    swipe model's score of one lands far outside its calibration (impostors' taps read as
+    the strongest match). The server enrols and scores only what this accepts.
+    """
+    return float(values[IDX["is_tap"]]) < 0.5
 
 
 def default_scorer() -> TouchKNN:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import struct
 from collections import defaultdict
@@ -131,26 +132,25 @@ def insert_hashes(session: Session, user_id: str, items: list[tuple[int, Feature
 
 
 def scored(w: FeatureWindowIn) -> bool:
-    """Whether the modality's models read this window.
+    """Whether the modality's models read this window (its package's `scored`, where it has one).
 
-    Touch templates and scorers are built, trained and calibrated on swipes only: a tap is
-    another task (`modalities.touch.train_scorer`, `evaluation.pair_scores.touch_split`), and
-    a swipe model's score of one lands far outside its calibration (impostors' taps read as
-    the strongest match). So taps count for replay protection but are neither enrolled nor
-    scored. Every other window is read.
+    A window they do not read (a touch tap: `modalities.touch.scored`) still counts for replay
+    protection, but is neither enrolled nor scored. Windows of another feature version than
+    the package's are left to the version checks.
     """
-    if w.modality == "touch" and w.feature_version == _TOUCH_VERSION:
-        return w.values[_TOUCH_TAP] < 0.5
-    return True
+    read = _reader(w.modality)
+    return read is None or w.feature_version != read[0] or read[1](w.values)
 
 
-def _touch_layout() -> tuple[str, int]:
-    from modalities.touch.features import FEATURE_VERSION, IDX
-
-    return FEATURE_VERSION, IDX["is_tap"]
-
-
-_TOUCH_VERSION, _TOUCH_TAP = _touch_layout()
+@functools.lru_cache(maxsize=8)
+def _reader(modality: str) -> tuple[str, Callable[[list[float]], bool]] | None:
+    """(feature version, `scored`) of a modality package that defines `scored`, else None."""
+    try:
+        pkg = importlib.import_module(f"modalities.{modality}")
+    except ModuleNotFoundError:
+        return None
+    read = getattr(pkg, "scored", None)
+    return (pkg.FEATURE_VERSION, read) if callable(read) else None
 
 
 def implausible(w: FeatureWindowIn) -> str | None:
