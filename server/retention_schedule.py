@@ -41,7 +41,6 @@ class RetentionScheduler:
                  write_lock: AbstractContextManager[Any] | None = None) -> None:
         self.factory, self.engine, self.interval_s = factory, engine, interval_s
         self.write_lock = write_lock or nullcontext()
-        self.runs = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fd: int | None = None
@@ -129,7 +128,6 @@ class RetentionScheduler:
         except Exception:  # noqa: BLE001 - logged and retried; retention must not stop the API
             log.exception("scheduled retention purge failed (retried in %.0f s)", self.interval_s)
             return None
-        self.runs += 1
         if any(removed.values()):
             log.info("retention purge removed %s", {k: v for k, v in removed.items() if v})
         return removed

@@ -9,17 +9,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
+
+from cadence.commands.errors import error_line
 
 app = typer.Typer(help="Benchmarks: accuracy and speed, measured the same way for every part.")
 
 # str, not Path: Path('') is the current folder, and an empty value must be refused, not read as '.'
 DataDir = Annotated[str | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR", help="Dataset folder (layout of shared/datasets).")]
-
-
-def error_line(exc: BaseException) -> None:
-    """Print `exc` as one `error:` line on stderr (no markup read from the message, no wrapping)."""
-    Console(stderr=True).print(Text.assemble(("error:", "red"), " ", " ".join(str(exc).split())), soft_wrap=True)
 
 
 @app.command("bench", context_settings={"help_option_names": ["-h", "--help"]})

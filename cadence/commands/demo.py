@@ -24,7 +24,7 @@ def demo(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the decisions as JSON here.")] = None,
 ) -> None:
     """Start the API on a free loopback port, enrol a user, run owner and impostor transactions, stop."""
-    from cadence.commands.bench import error_line
+    from cadence.commands.errors import error_line
     from cadence.commands.paths import ensure_writable_file, folder_option
     from evaluation.datasets import DatasetError
     from server.demo import run_demo

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from cadence.commands.errors import fail
 
 app = typer.Typer()
 fed = typer.Typer(help="Federated training (Flower): SuperLink, SuperNodes, rounds, progress.", no_args_is_help=True)
@@ -22,11 +24,6 @@ app.add_typer(fed, name="federated")
 
 Workdir = Annotated[Path, typer.Option(help="Operator workspace: FLWR_HOME, logs and run status live here.")]
 console = Console()
-
-
-def _fail(msg: str) -> NoReturn:
-    Console(stderr=True).print(f"[red]error:[/red] {msg}")
-    raise typer.Exit(2)
 
 
 @fed.command("prepare")
@@ -52,10 +49,10 @@ def prepare(
         spec = feature_spec(modality)
         windows = subject_windows(modality, data_dir, subs)
         if not windows:
-            _fail(f"no {modality} subject{' among ' + subjects if subjects else ''} has enough data in {data_dir}")
+            fail(f"no {modality} subject{' among ' + subjects if subjects else ''} has enough data in {data_dir}")
         files = write_device_files(out, windows, spec)
     except (DeviceDataError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"wrote {len(files)} device files to {out}")
     left_out = sorted(set(subs or []) - set(windows))
     if left_out:
@@ -71,7 +68,7 @@ def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1"
     try:
         cmd = d.superlink_cmd(host, port)
     except d.DeploymentError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     d.write_connection(workdir, f"{host}:{port}")
     console.print(f"SuperLink on {host}:{port}; FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}")
     # stopping this command (Ctrl-C, kill PID) stops flower-superlink and its flower-superexec too
@@ -93,7 +90,7 @@ def supernode(
         read_device_file(data)
         cmd = d.supernode_cmd(superlink, data, port)
     except (DeviceDataError, d.DeploymentError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     # stopping this command stops flower-supernode and any ClientApp it started: no training after stop
     raise typer.Exit(d.run_foreground(cmd, workdir))
 
@@ -138,7 +135,7 @@ def run(
             markup=False),
             flwr_status=lambda: d.flwr_run_status(workdir, run_id))
     except (SettingsError, d.DeploymentError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     version = final.get("version")
     console.print(f"published {modality} {version} to {reg}")
     if activate and version:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from cadence.commands.errors import fail
 
 app = typer.Typer()
 models_app = typer.Typer(help="Model registry: train, list, activate and calibrate published versions.",
@@ -77,21 +79,15 @@ def activate(modality: Annotated[str, typer.Argument(help="keystroke, touch or g
     try:
         reg.check(modality, version)  # a typo or a foreign model is named before the database is looked at
     except (RegistryError, ModelVersionError) as exc:
-        _fail(exc)
+        fail(exc)
     with _audit_log() as record:  # checked before the switch: no activation goes unrecorded
         try:
             mv = reg.activate(modality, version)
         except (RegistryError, ModelVersionError) as exc:
-            _fail(exc)
+            fail(exc)
         record("model.activated", {"modality": modality, "version": version, "scorer": mv.scorer})
     Console().print(f"{modality}: {version} ({mv.scorer}) is now active")
     _calibration_hint(reg.root, modality, version)
-
-
-def _fail(exc: Exception) -> NoReturn:
-    """One line on stderr and exit 2 (bad input or state, not a crash)."""
-    Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
-    raise typer.Exit(2) from exc
 
 
 def _calibration_hint(root: Path, modality: str, version: str) -> None:
@@ -122,7 +118,7 @@ def train(
     try:
         check_modalities(modality or MODALITIES)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     reg = _registry(registry)
     ensure_writable_dir(reg.root, "--registry")
     console = Console()
@@ -135,7 +131,7 @@ def train(
                     activated=lambda m, v, scorer: record("model.activated", {"modality": m, "version": v, "scorer": scorer,
                                                                               "calibrated": True}))
         except (ValueError, DatasetError) as exc:  # DatasetError: a missing or unreadable data file
-            _fail(exc)
+            fail(exc)
     table = Table(title=f"published to {reg.root}")
     for c in ("modality", "version", "subjects", "calibration Cllr", "active"):
         table.add_column(c)
@@ -176,7 +172,7 @@ def calibrate(
                 rep = calibrate_published(data_dir, reg.root, modality, version=version, max_subjects=max_subjects,
                                           seed=seed)
         except (RegistryError, ModelVersionError, ValueError, DatasetError) as exc:
-            _fail(exc)
+            fail(exc)
         record("model.calibrated", {"modality": modality, "version": rep.version, "scorer": rep.scorer,
                                     "subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(data_dir)})
     Console().print(f"{modality} {rep.version} ({rep.scorer}): calibrated on {rep.subjects} subjects, "
@@ -221,6 +217,6 @@ def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
                 with database_errors(url), transaction(factory) as session:
                     hooks.audit(session, event=event, actor="cli", subject=None, payload=payload)
             except KeyConfigError as exc:
-                _fail(exc)
+                fail(exc)
 
         yield record

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cadence.commands.errors import fail
+
 app = typer.Typer()
 #: the levels uvicorn knows
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -37,10 +39,7 @@ def serve(
     try:  # once here: with several workers, each would fail on its own and be restarted forever
         check_settings(settings)
     except (ValueError, SignatureError) as exc:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(2) from exc
+        fail(exc)
     workers = workers or settings.api_workers
     if workers < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--workers")
@@ -49,10 +48,7 @@ def serve(
         try:
             upgrade(engine)  # once, before any worker starts
         except SchemaError as exc:
-            from rich.console import Console
-
-            Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(2) from exc
+            fail(exc)
         finally:
             engine.dispose()
     host, port = host or settings.host, port or settings.port

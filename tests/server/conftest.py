@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from cadence.settings import Settings
@@ -37,6 +39,16 @@ def calibration_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def settings(tmp_path: Path, calibration_file: Path) -> Settings:
     return make_settings(tmp_path, fusion_calibration=calibration_file)
+
+
+@contextmanager
+def built_app(settings: Settings) -> Iterator[FastAPI]:
+    """`create_app(settings)`, its engine disposed on leaving (tests start their own clients)."""
+    app = create_app(settings)
+    try:
+        yield app
+    finally:
+        app.state.engine.dispose()
 
 
 @pytest.fixture()

@@ -8,8 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from server.app import create_app
-from tests.server.conftest import evidence, make_settings, new_device
+from tests.server.conftest import built_app, evidence, make_settings, new_device
 from tests.server.test_storage import db_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
 
 
@@ -30,38 +29,27 @@ def _count(app, sql: str) -> int:  # type: ignore[no-untyped-def]
 
 def test_one_worker_per_database_owns_the_purge(db_url: str, tmp_path: Path) -> None:  # noqa: F811
     settings = make_settings(tmp_path, database_url=db_url, purge_interval_s=3600)
-    app, twin = create_app(settings), create_app(settings)
-    try:
-        with TestClient(app), TestClient(twin):
-            assert app.state.retention.owner and not twin.state.retention.owner
-            app.state.retention.stop()  # the owner leaves (a rolling deploy)
-            assert twin.state.retention.claim()  # the next interval's try takes the job over
-    finally:
-        app.state.engine.dispose()
-        twin.state.engine.dispose()
+    with built_app(settings) as app, built_app(settings) as twin, TestClient(app), TestClient(twin):
+        assert app.state.retention.owner and not twin.state.retention.owner
+        app.state.retention.stop()  # the owner leaves (a rolling deploy)
+        assert twin.state.retention.claim()  # the next interval's try takes the job over
 
 
 def test_a_run_purges_what_is_due_and_is_audited(tmp_path: Path, calibration_file: Path, windows) -> None:  # type: ignore[no-untyped-def]
-    app = create_app(make_settings(tmp_path, fusion_calibration=calibration_file, purge_interval_s=3600))
-    try:
+    with built_app(make_settings(tmp_path, fusion_calibration=calibration_file, purge_interval_s=3600)) as app:
         with TestClient(app) as client:
             _old_transaction(client, windows)
             removed = app.state.retention.run_once()
             assert removed is not None and removed["server.server_transaction"] == 1
             assert _count(app, "SELECT count(*) FROM server_transaction") == 0
             assert _count(app, "SELECT count(*) FROM compliance_audit WHERE event = 'retention.purge'") == 1
-    finally:
-        app.state.engine.dispose()
 
 
 def test_the_schedule_runs_by_itself(tmp_path: Path, calibration_file: Path, windows) -> None:  # type: ignore[no-untyped-def]
-    app = create_app(make_settings(tmp_path, fusion_calibration=calibration_file, purge_interval_s=0.05))
-    try:
+    with built_app(make_settings(tmp_path, fusion_calibration=calibration_file, purge_interval_s=0.05)) as app:
         with TestClient(app) as client:
             _old_transaction(client, windows)
             deadline = time.monotonic() + 30  # a hang guard, not a speed target
             while _count(app, "SELECT count(*) FROM server_transaction") and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert _count(app, "SELECT count(*) FROM server_transaction") == 0
-    finally:
-        app.state.engine.dispose()

@@ -17,9 +17,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from modalities.events import MODALITIES
-from server.app import create_app
 from server.client.api import DeviceClient
-from tests.server.conftest import evidence, make_settings, new_device
+from tests.server.conftest import built_app, evidence, make_settings, new_device
 from tests.server.test_storage import db_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
 
 BANK = {"X-API-Key": "dev-bank-key"}
@@ -35,12 +34,9 @@ def _payload(dev: DeviceClient, windows: dict, key: str, *, who: str = "owner", 
 @pytest.fixture()
 def backend(db_url: str, tmp_path: Path, calibration_file: Path) -> Any:  # noqa: F811
     """A client of an app on SQLite or PostgreSQL, with 'alice' enrolled in every modality."""
-    app = create_app(make_settings(tmp_path, database_url=db_url, fusion_calibration=calibration_file))
-    try:
+    with built_app(make_settings(tmp_path, database_url=db_url, fusion_calibration=calibration_file)) as app:
         with TestClient(app) as client:
             yield client, app
-    finally:
-        app.state.engine.dispose()
 
 
 def _enrol(client: TestClient, windows: dict, user: str = "alice") -> DeviceClient:
@@ -153,16 +149,13 @@ def test_nul_characters_get_422_on_both_backends(backend, windows) -> None:  # t
 
 
 def test_a_stranger_cannot_use_up_another_device_rate(tmp_path: Path, windows) -> None:  # type: ignore[no-untyped-def]
-    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
-    try:
+    with built_app(make_settings(tmp_path, device_rate_per_s=2.0)) as app:
         with TestClient(app) as victim_side, TestClient(app, client=("203.0.113.9", 4000)) as stranger:
             dev = new_device(victim_side, "vic")
             flood = [stranger.get("/v1/users/vic/consents", headers={"X-Cadence-Device": dev.device_id}).status_code
                      for _ in range(12)]
             assert flood[:4] == [401] * 4 and flood[-1] == 429  # the stranger's own address runs out
             assert dev.signed("GET", "/v1/users/vic/consents").status_code == 200
-    finally:
-        app.state.engine.dispose()
 
 
 def test_chunked_oversize_body_gets_413(client: TestClient) -> None:
@@ -269,8 +262,7 @@ def test_forwarded_headers_are_believed_only_from_named_proxies(tmp_path: Path) 
 
 
 def test_a_flooder_on_the_same_address_does_not_stop_a_known_device(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
-    try:
+    with built_app(make_settings(tmp_path, device_rate_per_s=2.0)) as app:
         with TestClient(app) as client:
             dev = new_device(client, "nat")
             assert dev.signed("GET", "/v1/users/nat/consents").status_code == 200
@@ -281,13 +273,10 @@ def test_a_flooder_on_the_same_address_does_not_stop_a_known_device(tmp_path: Pa
             posing = [client.get("/v1/users/nat/consents", headers={"X-Cadence-Device": dev.device_id}).status_code
                       for _ in range(8)]
             assert posing[-1] == 429  # naming the known device does not get a flooder past the address budget
-    finally:
-        app.state.engine.dispose()
 
 
 def test_a_stranger_naming_a_known_device_is_throttled_by_address(tmp_path: Path) -> None:
-    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
-    try:
+    with built_app(make_settings(tmp_path, device_rate_per_s=2.0)) as app:
         with TestClient(app) as client, TestClient(app, client=("203.0.113.9", 4000)) as stranger:
             dev = new_device(client, "kim")
             assert dev.signed("GET", "/v1/users/kim/consents").status_code == 200
@@ -295,15 +284,12 @@ def test_a_stranger_naming_a_known_device_is_throttled_by_address(tmp_path: Path
                      for _ in range(10)]
             assert codes[:4] == [401] * 4 and codes[-1] == 429, codes
             assert dev.signed("GET", "/v1/users/kim/consents").status_code == 200  # from its own address
-    finally:
-        app.state.engine.dispose()
 
 
 def test_replays_of_a_captured_request_do_not_use_up_the_device_rate(tmp_path: Path) -> None:
     from server.signing import sign_request
 
-    app = create_app(make_settings(tmp_path, device_rate_per_s=2.0))
-    try:
+    with built_app(make_settings(tmp_path, device_rate_per_s=2.0)) as app:
         with TestClient(app) as client, TestClient(app, client=("203.0.113.7", 4000)) as attacker:
             dev = new_device(client, "rep")
             headers = sign_request(dev.key, dev.device_id, "GET", "/v1/users/rep/consents", b"")
@@ -312,8 +298,6 @@ def test_replays_of_a_captured_request_do_not_use_up_the_device_rate(tmp_path: P
             assert replays == [401] * 3
             assert dev.signed("GET", "/v1/users/rep/consents").status_code == 200
             assert dev.signed("GET", "/v1/users/rep/consents").status_code == 200
-    finally:
-        app.state.engine.dispose()
 
 
 def test_the_app_can_ask_for_its_own_erasure(client: TestClient, windows) -> None:
