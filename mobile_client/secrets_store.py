@@ -10,11 +10,23 @@ this machine; it is guarded by `is_android()`.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Protocol
 
 from mobile_client.platform_info import is_android
+
+log = logging.getLogger(__name__)
+
+#: file beside the secrets naming the store that wrote them: a folder the Keystore wrapped must
+#: never be read (or written) later as plain files
+KIND_MARKER = ".store-kind"
+KEYSTORE_KIND = "android-keystore"
+
+
+class KeystoreUnavailable(RuntimeError):
+    """The secrets were wrapped by the Android Keystore, which cannot be opened now."""
 
 
 class SecretStore(Protocol):
@@ -111,10 +123,26 @@ class AndroidKeystoreSecretStore:  # pragma: no cover - Android only
 
 
 def platform_secret_store(folder: Path) -> SecretStore:
-    """The platform keystore where available, else the file fallback."""
+    """The platform keystore where available, else the file fallback, said out loud.
+
+    Why the marker: a Keystore that opened once and fails later (an OS update, a locked
+    profile) must not turn into the file store over the same folder. That would read wrapped
+    blobs as if they were keys and write new secrets in the clear, silently.
+    """
+    folder = Path(folder)
+    marker = folder / KIND_MARKER
     if is_android():
         try:
-            return AndroidKeystoreSecretStore(folder)
-        except Exception:  # noqa: BLE001 - no Keystore (old phone, emulator): fall back
-            pass
+            store = AndroidKeystoreSecretStore(folder)
+        except Exception as exc:  # noqa: BLE001 - pyjnius raises JavaException and others
+            if marker.exists() and marker.read_text().strip() == KEYSTORE_KIND:
+                raise KeystoreUnavailable(
+                    f"the device's secrets in {folder} are wrapped by the Android Keystore, which cannot be "
+                    f"opened now ({exc}); refusing to fall back to plain files") from exc
+            log.warning("Android Keystore unavailable (%s): device secrets are kept as 0600 files, "
+                        "not hardware-wrapped", exc)
+        else:
+            if not marker.exists():
+                marker.write_text(KEYSTORE_KIND + "\n")
+            return store
     return FileSecretStore(folder)

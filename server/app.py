@@ -240,7 +240,6 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     """Build the app: engine, scorer provider, signing key, routes, error handlers, metrics."""
     settings = settings or get_settings()
     check_settings(settings)
-    # one pooled connection per handler thread (plus the event loop's own use), none made and dropped under load
     # one pooled connection per handler thread, plus the event loop's two held ones on a SQLite
     # file (`HeldConnections`): none made and dropped under load
     pool = {} if ":memory:" in settings.database_url else {"pool_size": settings.api_threads + 4, "max_overflow": 8}
