@@ -277,8 +277,9 @@ def _cell(v: Any) -> str:
 
 def print_results(doc: dict[str, Any], headline: tuple[str, ...] = ()) -> None:
     """Print the rows as a table, then the document's `headline` fields (a bench's must-show)."""
-    from rich.console import Console
     from rich.table import Table
+
+    from cadence.console import out_console
 
     table = Table(title=f"cadence bench {doc['benchmark']} ({doc['seconds']:.1f} s)")
     cols = table_columns(doc["results"])
@@ -286,7 +287,7 @@ def print_results(doc: dict[str, Any], headline: tuple[str, ...] = ()) -> None:
         table.add_column(c, justify="left" if c in ("method", "window") else "right")
     for r in doc["results"]:
         table.add_row(*(_cell(r.get(c)) for c in cols))
-    console = Console()
+    console = out_console()
     console.print(table)
     shown = [f"{k} {_cell(doc[k])}" for k in headline if k in doc]
     if shown:

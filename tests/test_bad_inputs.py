@@ -303,3 +303,19 @@ def test_compliance_commands_refuse_a_missing_data_holder(tmp_path: Path, monkey
 def test_federated_ports_are_checked_before_anything_is_written(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["federated", "superlink", "--workdir", str(tmp_path / "fw"), "--port", "99999"], env=WIDE)
     assert r.exit_code == 2 and not (tmp_path / "fw").exists(), r.output
+
+
+def test_models_list_piped_keeps_every_value_whole(tmp_path: Path) -> None:
+    """Off a terminal rich used 80 columns and cut values ("modal…"): output read by scripts must be whole."""
+    from modalities.registry import ModelRegistry
+    from modalities.touch.scorers import TouchManhattan
+
+    reg = ModelRegistry(tmp_path / "a-registry-folder-with-a-rather-long-name")
+    reg.publish("touch", TouchManhattan(), metrics={"eer": 0.1234, "subjects": 46}, card="# c",
+                source="federated run 123")
+    r = CliRunner().invoke(app, ["models", "list", "--registry", str(reg.root)], env={"COLUMNS": None})
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.output, r.output
+    for whole in ("modality", "version", "calibrated", "feature version", "touch-manhattan", "federated run 123",
+                  "eer=0.1234", str(reg.root)):
+        assert whole in r.output, (whole, r.output)

@@ -13,6 +13,8 @@ from rich.console import Console
 from sqlalchemy import Engine, inspect
 from sqlalchemy.orm import Session
 
+from cadence.console import out_console
+
 app = typer.Typer()
 audit_app = typer.Typer(help="Tamper-evident audit log: verify the chain, seal its head.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -124,7 +126,7 @@ def verify(
         except KeyConfigError as exc:
             _err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
-    out = Console()
+    out = out_console()
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
     elif result.ok:

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cadence.commands.errors import error_line
+from cadence.console import out_console
 
 app = typer.Typer(help="Benchmarks: accuracy and speed, measured the same way for every part.")
 
@@ -41,7 +41,7 @@ def bench(
         table.add_column("what it measures")
         for spec in specs.values():
             table.add_row(spec.name, spec.help)
-        Console().print(table)
+        out_console().print(table)
         return
     if name not in specs:  # before any folder is made
         error_line(BenchError(f"unknown bench {name!r}; known: {', '.join(specs) or 'none'}"))

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cadence.commands.audit import DbUrl, compliance_session
+from cadence.console import out_console
 
 app = typer.Typer()
 compliance_app = typer.Typer(help="Consent, retention and data-subject requests (GDPR Art. 17/20).", no_args_is_help=True)
@@ -63,7 +64,7 @@ def purge_cmd(
     table.add_column("would remove" if dry_run else "removed", justify="right")
     for name, n in removed.items():
         table.add_row(name, str(n))
-    Console().print(table)
+    out_console().print(table)
 
 
 def _user_id(user: str) -> None:
@@ -126,4 +127,4 @@ def erase_cmd(
     table.add_column("removed", justify="right")
     for name, n in removed.items():
         table.add_row(name, str(n))
-    Console().print(table)
+    out_console().print(table)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from cadence.console import out_console
 
 app = typer.Typer()
 
@@ -33,7 +34,7 @@ def demo(
     folder = folder_option(data_dir, "--data-dir")
     if json_out is not None:
         ensure_writable_file(json_out, "--json")  # before the demo, not after it
-    console = Console()
+    console = out_console()
     t0 = time.perf_counter()
     try:
         label, rows = run_demo(folder, seed=seed)

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from cadence.commands.errors import fail
+from cadence.console import out_console
 
 app = typer.Typer()
 fed = typer.Typer(help="Federated training (Flower): SuperLink, SuperNodes, rounds, progress.", no_args_is_help=True)
 app.add_typer(fed, name="federated")
 
 Workdir = Annotated[Path, typer.Option(help="Operator workspace: FLWR_HOME, logs and run status live here.")]
-console = Console()
+console = out_console()
 
 
 @fed.command("prepare")

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cadence.commands.errors import fail
+from cadence.console import out_console
 
 app = typer.Typer()
 models_app = typer.Typer(help="Model registry: train, list, activate and calibrate published versions.",
@@ -49,11 +50,11 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
         table.add_row(mv.modality, mv.version, "*" if mv.active else "",
                       "yes" if calibrated.get(mv.modality) == mv.version else "", mv.scorer, mv.feature_version,
                       mv.source, mv.created, metrics)
-    Console().print(table)
+    out_console().print(table)
     for problem in damaged:
         Console(stderr=True).print(f"[yellow]warning:[/yellow] left out: {problem}", soft_wrap=True)
     if not versions and not damaged:
-        Console().print("no published models: the server uses each modality package's default scorer")
+        out_console().print("no published models: the server uses each modality package's default scorer")
 
 
 def _calibrated_versions(root: Path) -> dict[str, str]:
@@ -86,14 +87,14 @@ def activate(modality: Annotated[str, typer.Argument(help="keystroke, touch or g
         except (RegistryError, ModelVersionError) as exc:
             fail(exc)
         record("model.activated", {"modality": modality, "version": version, "scorer": mv.scorer})
-    Console().print(f"{modality}: {version} ({mv.scorer}) is now active")
+    out_console().print(f"{modality}: {version} ({mv.scorer}) is now active")
     _calibration_hint(reg.root, modality, version)
 
 
 def _calibration_hint(root: Path, modality: str, version: str) -> None:
     """Say so when decisions will leave the newly active version out until it is calibrated."""
     if _calibrated_versions(root).get(modality) != version:
-        Console().print(f"{modality} {version} has no fusion calibrator yet: decisions leave its evidence out "
+        out_console().print(f"{modality} {version} has no fusion calibrator yet: decisions leave its evidence out "
                         f"('uncalibrated') until `cadence models calibrate {modality} --data-dir PEOPLE` "
                         "(people it was not trained on)", soft_wrap=True)
 
@@ -121,7 +122,7 @@ def train(
         fail(exc)
     reg = _registry(registry)
     ensure_writable_dir(reg.root, "--registry")
-    console = Console()
+    console = out_console()
     with _audit_log() as record:  # checked before training: every activation below is recorded
         try:
             with console.status("training") as status:
@@ -168,14 +169,14 @@ def calibrate(
     reg = _registry(registry)
     with _audit_log() as record:  # checked before the calibration file changes
         try:
-            with Console().status(f"{modality}: scoring the calibration people"):
+            with out_console().status(f"{modality}: scoring the calibration people"):
                 rep = calibrate_published(data_dir, reg.root, modality, version=version, max_subjects=max_subjects,
                                           seed=seed)
         except (RegistryError, ModelVersionError, ValueError, DatasetError) as exc:
             fail(exc)
         record("model.calibrated", {"modality": modality, "version": rep.version, "scorer": rep.scorer,
                                     "subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(data_dir)})
-    Console().print(f"{modality} {rep.version} ({rep.scorer}): calibrated on {rep.subjects} subjects, "
+    out_console().print(f"{modality} {rep.version} ({rep.scorer}): calibrated on {rep.subjects} subjects, "
                     f"EER {rep.eer:.4f}, Cllr {rep.cllr:.3f} -> {rep.calibration_file}")
 
 
@@ -207,7 +208,7 @@ def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
                 upgrade(engine)
             finally:
                 engine.dispose()
-        Console().print(f"audit log: created the database {created} (set CADENCE_DATABASE_URL to use another)",
+        out_console().print(f"audit log: created the database {created} (set CADENCE_DATABASE_URL to use another)",
                         soft_wrap=True)
     with compliance_engine(url) as engine:
         factory = make_sessionmaker(engine)
