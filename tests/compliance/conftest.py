@@ -1,12 +1,11 @@
 """Fixtures: a compliance database on SQLite and (when reachable) PostgreSQL, a fake data holder.
 
-PostgreSQL tests run in a throw-away schema (dropped afterwards) selected through the URL's
-``options=-csearch_path=...``, so the CLI, which only sees ``CADENCE_DATABASE_URL``, uses it too.
+PostgreSQL tests run in a throw-away schema (`tests.pg`): the CLI, which only sees
+``CADENCE_DATABASE_URL``, uses it too.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,19 +20,7 @@ from cadence.db import Base, make_engine, make_sessionmaker
 from cadence.settings import get_settings
 from compliance import subjects
 from compliance.models import TABLES, UTCDateTime
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _pg_unreachable() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=2) as conn:
-            conn.execute("select 1")
-    except Exception as exc:  # noqa: BLE001 - any failure means "skip, and say why"
-        return f"PostgreSQL at 127.0.0.1:5432/test not reachable ({type(exc).__name__}: {str(exc).strip()[:120]})"
-    return None
+from tests.pg import pg_schema_url
 
 
 class FakeBase(DeclarativeBase):
@@ -94,35 +81,24 @@ class FakeHolder:
         return out
 
 
+def _create_tables(url: str) -> None:
+    engine = make_engine(url)
+    Base.metadata.create_all(engine, tables=list(TABLES))
+    FakeBase.metadata.create_all(engine)
+    engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """URL of an empty database with the compliance and fake-holder tables created."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'compliance.sqlite'}"
-        engine = make_engine(url)
-        schema = None
-    else:
-        why = _pg_unreachable()
-        if why:
-            pytest.skip(why)
-        schema = f"cadence_compliance_{uuid.uuid4().hex[:10]}"
-        admin = make_engine(PG_URL)
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        admin.dispose()
-        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
-        engine = make_engine(url)
-    Base.metadata.create_all(engine, tables=list(TABLES))
-    FakeBase.metadata.create_all(engine)
-    engine.dispose()
-    try:
+        _create_tables(url)
         yield url
-    finally:
-        if schema is not None:
-            admin = make_engine(PG_URL)
-            with admin.begin() as conn:
-                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-            admin.dispose()
+        return
+    with pg_schema_url("cadence_compliance") as url:
+        _create_tables(url)
+        yield url
 
 
 @pytest.fixture

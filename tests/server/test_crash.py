@@ -1,25 +1,38 @@
 """Crash safety: no decision lost or duplicated when the server is killed mid-load.
 
 The server is SIGKILLed during a load of authorize calls, restarted on the same database,
-and every request is retried with its idempotency key.
+and every request is retried with its idempotency key: on the embedded SQLite and on the
+real PostgreSQL that production uses.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
+from cadence.db import make_engine
 from server.loadgen import authorize_requests, enrol_population, resign, run_phase, start_server
+from tests.pg import pg_schema_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'api.sqlite'}"
+        return
+    with pg_schema_url("cadence_crash") as url:
+        yield url
 
 
 @pytest.mark.slow
-def test_kill_mid_load_loses_and_duplicates_nothing(tmp_path: Path, calibration_file: Path) -> None:
-    env = {"CADENCE_FUSION_CALIBRATION": str(calibration_file)}
+def test_kill_mid_load_loses_and_duplicates_nothing(tmp_path: Path, calibration_file: Path, database_url: str) -> None:
+    env = {"CADENCE_FUSION_CALIBRATION": str(calibration_file), "CADENCE_DATABASE_URL": database_url}
     srv = start_server(tmp_path, env=env)
     try:
         pop = enrol_population(srv.url, 3, seed=7)
@@ -52,9 +65,13 @@ def test_kill_mid_load_loses_and_duplicates_nothing(tmp_path: Path, calibration_
     finally:
         srv2.stop()
 
-    with sqlite3.connect(tmp_path / "api.sqlite") as db:
-        rows = db.execute("SELECT idempotency_key, count(*) FROM server_transaction "
-                          "WHERE idempotency_key LIKE 'crash-%' GROUP BY idempotency_key").fetchall()
-        ids = {r[0] for r in db.execute("SELECT id FROM server_transaction")}
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as db:
+            rows = db.execute(text("SELECT idempotency_key, count(*) FROM server_transaction "
+                                   "WHERE idempotency_key LIKE 'crash-%' GROUP BY idempotency_key")).all()
+            ids = {r[0] for r in db.execute(text("SELECT id FROM server_transaction"))}
+    finally:
+        engine.dispose()
     assert len(rows) == len(reqs) and all(n == 1 for _, n in rows)
     assert all(a["transaction_id"] in ids for a in answered.values())

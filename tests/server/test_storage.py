@@ -7,10 +7,8 @@ so it never touches other tables in the shared `test` database.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -22,25 +20,8 @@ from cadence.db import Base, make_engine
 from modalities.events import MODALITIES
 from server.app import create_app
 from server.migrate import downgrade, import_tables, upgrade
+from tests.pg import pg_schema_url
 from tests.server.conftest import evidence, make_settings, new_device
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _pg_schema_url() -> Iterator[str]:
-    try:
-        import psycopg
-
-        conn = psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=3, autocommit=True)
-    except Exception as exc:  # noqa: BLE001 - any failure means: no server to test against
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (database test) is not reachable: {exc}")
-    schema = f"cadence_server_{uuid.uuid4().hex[:10]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{PG_URL}?options={quote(f'-csearch_path={schema}')}"
-    finally:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -48,7 +29,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'storage.sqlite'}"
     else:
-        yield from _pg_schema_url()
+        with pg_schema_url("cadence_server") as url:
+            yield url
 
 
 def test_migrations_match_models_and_downgrade(db_url: str) -> None:
