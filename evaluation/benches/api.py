@@ -4,7 +4,9 @@ The server runs as `cadence serve` (2 uvicorn workers by default, ``CADENCE_BENC
 each pinned to a CPU of its own unless ``CADENCE_BENCH_API_PIN=0``) in its own processes on a fresh SQLite (WAL) database; a
 SYNTHETIC population is enrolled; then the same open-loop load (a fixed arrival rate) is
 sent first to `authorize` with three-modality evidence and then to the trivial
-`/v1/health` (250 requests/s by default, ``CADENCE_BENCH_API_RATE``). p50/p99 and throughput of both, their p99 ratio and the error count go to
+`/v1/health` (250 requests/s by default, ``CADENCE_BENCH_API_RATE``). With
+``CADENCE_BENCH_API_DATABASE_URL`` set to a PostgreSQL database, the server runs there instead,
+in a schema of its own that is dropped afterwards (production's store, same load). p50/p99 and throughput of both, their p99 ratio and the error count go to
 ``OUT/api.json``, with what else shaped the tails: the host's own stalls during each phase
 and its speed on a fixed unit of work (`evaluation.host_stalls`) and how late the generator started requests on their schedule.
 Accuracy fields of the common schema do not apply (no scores).
@@ -15,6 +17,9 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +52,51 @@ def _env_flag(name: str, default: bool) -> bool:
     raise BenchError(f"{name}={raw!r}: expected 1 or 0 (true/false, yes/no)")
 
 
+@contextmanager
+def _database(url: str, work: Path) -> Iterator[tuple[str, str]]:
+    """(URL, description) of a fresh database: SQLite in `work`, or a throw-away PostgreSQL schema at `url`.
+
+    The schema (``cadence_bench_<random>``) is chosen through the URL's ``options``, so every
+    server worker uses it; it is dropped with everything in it when the bench ends.
+    """
+    if not url:
+        yield f"sqlite:///{work / 'api.sqlite'}", "SQLite WAL (fresh)"
+        return
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from cadence.commands.database import shown
+    from cadence.db import make_engine
+
+    name = "CADENCE_BENCH_API_DATABASE_URL"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise BenchError(f"{name}={url!r}: not a database URL") from None
+    if parsed.get_backend_name() != "postgresql":
+        raise BenchError(f"{name}: {shown(url)} is not PostgreSQL (the embedded SQLite is the default: leave it unset)")
+    if "options" in parsed.query:
+        raise BenchError(f"{name}: name the database only; the bench makes a schema of its own (drop options=)")
+    schema = f"cadence_bench_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        except SQLAlchemyError as exc:
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+            raise BenchError(f"{name}: cannot use {shown(url)}: {reason}") from None
+        try:
+            yield (parsed.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False),
+                   f"PostgreSQL {parsed.render_as_string(hide_password=True)} (fresh schema)")
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
 def _own_cpu() -> float:
     import resource
 
@@ -69,11 +119,13 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
     if n < 1:
         raise BenchError(f"CADENCE_BENCH_API_RATE={rate:g}: under one request in the {seconds:g} s phase")
     n_users = 4 if ctx.quick else 12
+    database_url = os.environ.get("CADENCE_BENCH_API_DATABASE_URL", "").strip()
     # SIGTERM (timeout, a CI cancel) unwinds like Ctrl-C: server, stall probe and work folder go
-    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="cadence-bench-api-") as tmp:
+    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="cadence-bench-api-") as tmp, \
+            _database(database_url, Path(tmp)) as (db_url, db_label):
         work = Path(tmp)
         fit_calibration(synthetic_people(ctx.seed, 6, first=200), None).save(work / "fusion-calibration.json")
-        env = {"CADENCE_FUSION_CALIBRATION": str(work / "fusion-calibration.json"),
+        env = {"CADENCE_FUSION_CALIBRATION": str(work / "fusion-calibration.json"), "CADENCE_DATABASE_URL": db_url,
                "CADENCE_API_WORKERS": str(workers), "CADENCE_API_PIN_WORKERS": "1" if pin else "0"}
         with server_process(work, env=env) as srv, HostStallProbe(work / "stalls.txt") as probe:
             pop = enrol_population(srv.url, n_users, seed=ctx.seed)
@@ -142,7 +194,7 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
     extra["authorize_decisions"] = decisions
     protocol = {"kind": "open-loop load on loopback", "offered_rate_per_s": rate, "requests_per_phase": n,
                 "users": n_users, "evidence": "keystroke + touch + gait windows (SYNTHETIC)",
-                "database": "SQLite WAL (fresh)", "server": f"cadence serve (uvicorn, {workers} workers, own processes"
+                "database": db_label, "server": f"cadence serve (uvicorn, {workers} workers, own processes"
                           f"{', one CPU each' if pin else ''})",
                 "load_generator": "server.rawhttp: pre-serialised requests over 32 keep-alive connections (uvloop), "
                                   "each to the server process with the fewest requests in flight"}

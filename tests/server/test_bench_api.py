@@ -37,3 +37,53 @@ def test_bench_api_quick_reports_the_issue_fields(tmp_path: Path) -> None:
         assert extra["send_lateness_ms"][phase]["p50"] <= extra["send_lateness_ms"][phase]["p99"]
         speed = extra["host_work_ms"][phase]  # a timed unit every ~50 ms: dozens in a 6 s phase
         assert speed["n"] >= 20 and 0 < speed["p10_ms"] <= speed["p50_ms"] <= speed["p90_ms"], speed
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_bench_api_on_postgresql_runs_in_a_schema_of_its_own_and_drops_it(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`CADENCE_BENCH_API_DATABASE_URL`: the same load against production's store, leaving nothing behind."""
+    from sqlalchemy import text
+
+    from cadence.db import make_engine
+    from evaluation.bench import BenchContext, run_bench
+    from tests.pg import PG_URL, pg_unreachable
+
+    why = pg_unreachable()
+    if why:
+        pytest.skip(why)
+    monkeypatch.setenv("CADENCE_BENCH_API_DATABASE_URL", PG_URL)
+    monkeypatch.setenv("CADENCE_BENCH_API_RATE", "100")  # PostgreSQL shares the 2 cores: a load it keeps up with
+    engine = make_engine(PG_URL)
+    schemas = text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'cadence_bench_%'")
+    try:
+        with engine.connect() as conn:
+            before = set(conn.execute(schemas).scalars())
+        run_bench("api", BenchContext(data_dir=None, out=tmp_path, quick=True, progress=False), print_table=False)
+        with engine.connect() as conn:
+            assert set(conn.execute(schemas).scalars()) == before  # its schema is gone
+    finally:
+        engine.dispose()
+    doc = json.loads((tmp_path / "api.json").read_text())
+    assert doc["protocol"]["database"].startswith("PostgreSQL") and "(fresh schema)" in doc["protocol"]["database"]
+    assert doc["errors"] == 0, doc["error_kinds"]
+    rows = {r["method"]: r for r in doc["results"]}
+    assert sum(doc["authorize_decisions"].values()) == rows["authorize"]["n"] == 600
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("mysql://root@127.0.0.1/test", "is not PostgreSQL"),
+    ("not a url", "not a database URL"),
+    ("postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3Dx", "name the database only"),
+    ("postgresql+psycopg://nobody:secret@127.0.0.1:1/none", "cannot use postgresql+psycopg://nobody:***@127.0.0.1:1/none"),
+])
+def test_bench_api_database_setting_refuses_what_it_cannot_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               url: str, says: str) -> None:
+    """Refused before any server starts, in one line that hides the password."""
+    from evaluation.bench import BenchContext, BenchError, run_bench
+
+    monkeypatch.setenv("CADENCE_BENCH_API_DATABASE_URL", url)
+    with pytest.raises(BenchError, match="CADENCE_BENCH_API_DATABASE_URL") as err:
+        run_bench("api", BenchContext(data_dir=None, out=tmp_path, quick=True, progress=False), print_table=False)
+    assert says in str(err.value) and "secret" not in str(err.value)
