@@ -180,25 +180,6 @@ def tier_for(amount: float, tiers: tuple[Tier, ...] = DEFAULT_TIERS) -> Tier:
     return tiers[-1]
 
 
-def rough_mapping_applies(ev: ModalityEvidence) -> bool:
-    """Whether `_uncalibrated_llr` may stand in for a calibrator: not for registry models.
-
-    The rough mapping fits the packages' one-class defaults. A published model's scores can
-    live on any scale (a federated embedding scores cosines in [-1, 1], which the mapping
-    would read as strong matches for everyone), so without its own calibrator it is left out.
-    """
-    return not ev.model_version.startswith("registry:")
-
-
-def _uncalibrated_llr(ev: ModalityEvidence) -> float:
-    """Rough LLR when no calibrator is fitted (fresh install, no data).
-
-    A scaled-Manhattan score near -1 is typical of the owner and below -4 of others; map
-    linearly so LLR 0 sits at -2.5. `FusionEngine` replaces it with fitted calibration.
-    """
-    return max(min(2.0 * (ev.score + 2.5), 6.0), -6.0)
-
-
 def decide(
     evidence: list[ModalityEvidence],
     *,
@@ -208,10 +189,14 @@ def decide(
 ) -> Decision:
     """Fuse evidence by summing calibrated LLRs and apply the amount tier's thresholds.
 
-    Evidence with a calibrated `llr` uses it; otherwise the packages' defaults get a rough
-    uncalibrated mapping (see `_uncalibrated_llr`) and registry models none (reason
-    `uncalibrated`). Low-quality, missing or uncalibrated modalities are left out explicitly
-    and named in the reasons; with no usable modality the outcome is step-up, never approve.
+    Only evidence with a calibrated `llr` counts; a score without one is left out (reason
+    `uncalibrated`). No fixed mapping can stand in for a calibrator: raw scores live on each
+    scorer's own scale (the one-class keystroke default scores real and synthetic owners
+    around -200 to -460, where a fixed map written for -1 read every owner as an impostor,
+    and a federated embedding scores cosines). So a server without a calibration file steps
+    every decision up instead of denying its owners. Low-quality, missing or uncalibrated
+    modalities are left out explicitly and named in the reasons; with no usable modality the
+    outcome is step-up, never approve.
     Deny needs strong impostor evidence (fused LLR <= the tier's deny_llr). A tier that asks
     for corroboration steps up instead of approving when the sum rests on one modality: fewer
     than two distinct modalities used, or the other modalities' LLRs summing below 0 (reason
@@ -234,11 +219,10 @@ def decide(
         if e.score != e.score or e.llr != e.llr:  # NaN: a broken scorer or calibrator says nothing
             reasons.append(ReasonCode(e.modality, "invalid_score", 0.0))
             continue
-        if e.llr is None and not rough_mapping_applies(e):
+        if e.llr is None:
             reasons.append(ReasonCode(e.modality, "uncalibrated", 0.0))
             continue
-        c = e.llr if e.llr is not None else _uncalibrated_llr(e)
-        c = min(max(c, -MAX_ABS_LLR), MAX_ABS_LLR)  # +-inf would make the sums below NaN
+        c = min(max(e.llr, -MAX_ABS_LLR), MAX_ABS_LLR)  # +-inf would make the sums below NaN
         total += c
         per_modality[e.modality] = per_modality.get(e.modality, 0.0) + c
         code = "strong_match" if c >= 2.3 else "match" if c > 0 else "strong_mismatch" if c <= -2.3 else "mismatch"

@@ -137,7 +137,7 @@ def fusion_path(settings: Settings, registry_root: Path | None) -> Path | None:
 
 
 def load_fusion(settings: Settings, registry_root: Path | None) -> Any:
-    """The calibrated `FusionEngine` the server starts with, else None (the policy's uncalibrated rule)."""
+    """The calibrated `FusionEngine` the server starts with, else None (uncalibrated evidence is left out)."""
     return FusionSource(fusion_path(settings, registry_root)).current()
 
 
@@ -166,10 +166,14 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
                 log.warning("scorer for %s not loaded at start-up: %s", modality, exc)
                 continue
             engine = fusion.current() if fusion is not None else None
-            if engine is not None and modality in engine.calibrators and not engine.applies(modality, active.model_id):
+            if engine is None or modality not in engine.calibrators:
+                log.warning("%s: no fusion calibration for the served %s: its evidence is left out of decisions "
+                            "(reason 'uncalibrated'), so they step up; `cadence models train --data-dir D` "
+                            "calibrates (or `cadence models calibrate`)", modality, active.model_id)
+            elif not engine.applies(modality, active.model_id):
                 log.warning("%s: the fusion calibration was fitted for %s, not for the served %s, so it is not "
-                            "applied: a registry model's evidence is left out of decisions (reason 'uncalibrated') "
-                            "until it is calibrated (`cadence models train`)", modality,
+                            "applied: its evidence is left out of decisions (reason 'uncalibrated') "
+                            "until it is calibrated (`cadence models calibrate`)", modality,
                             engine.fitted_for(modality), active.model_id)
         if state.held is not None:
             state.held.claim()  # this thread runs the event loop: it holds its connections

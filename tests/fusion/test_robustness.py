@@ -40,7 +40,9 @@ def test_infinite_llrs_are_clipped_and_never_approve_alone() -> None:
     assert math.isfinite(d.risk) and d.fused_llr == 0.0
     d = decide([E("gait", 0.0, llr=1e308), E("touch", 0.0, llr=1e308)], amount=10)
     assert d.outcome == "approve" and d.fused_llr == 24.0
-    assert decide([E("gait", -INF)], amount=10).outcome == "deny"  # uncalibrated mapping: -6
+    # a score without a calibrated LLR says nothing, however extreme: left out, step up
+    d = decide([E("gait", -INF)], amount=10)
+    assert d.outcome == "step_up" and [r.code for r in d.reasons] == ["uncalibrated", "no_evidence"]
 
 
 def test_corroboration_counts_distinct_modalities() -> None:

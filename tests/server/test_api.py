@@ -307,3 +307,31 @@ def test_holder_purge_and_export(client: TestClient, enrolled, windows) -> None:
         assert dry["server_evidence_seen"] > 0 and dry["server_transaction"] == 0
         done = holder.purge(session, {"evidence": 30}, now=later, dry_run=False)
         assert done["server_evidence_seen"] == dry["server_evidence_seen"]
+
+
+def test_without_a_calibration_every_decision_steps_up_and_no_owner_is_locked_out(
+        tmp_path, windows, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """A fresh `cadence serve` (no calibration file): raw scores say nothing, so nothing approves or denies.
+
+    A fixed score map used to stand in for the calibrator; it read every owner of the
+    keystroke default (scores near -300) as an impostor: denials, then a locked-out owner.
+    """
+    import logging
+
+    from server.app import create_app
+    from tests.server.conftest import make_settings
+
+    with caplog.at_level(logging.WARNING, logger="server.app"), \
+            TestClient(create_app(make_settings(tmp_path, fusion_calibration=None))) as fresh:
+        dev = new_device(fresh, "owner")
+        for m in MODALITIES:
+            dev.grant_consent(m)
+            dev.enrol(windows["owner"][m][:5])
+        for i in range(6):
+            r = dev.signed("POST", "/v1/transactions/authorize",
+                           _authorize_payload(dev, windows, key=f"fresh{i}", i=6 + i, amount="5000.00"))
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["decision"] == "step_up", body
+            assert {x["modality"] for x in body["reasons"] if x["code"] == "uncalibrated"} == set(MODALITIES)
+    assert "no fusion calibration for the served" in caplog.text
