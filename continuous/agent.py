@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +29,25 @@ from continuous.hyperparams import AgentConfig
 
 if TYPE_CHECKING:
     from fusion.policy import ModalityEvidence
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread, then restore the caller's setting.
+
+    The net is tiny, so thread hand-offs cost more than the maths: on a busy 2-core machine,
+    training on 2 threads was 3-10x slower, with identical weights. Scoped so that creating
+    or training an agent never changes the thread count of the rest of the process.
+    """
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class QNetwork(nn.Module):
@@ -77,7 +98,6 @@ class DDQNAgent:
     """Per-user DDQN agent; `act` for the environment loop, `margin` for scoring windows."""
 
     def __init__(self, n_features: int, config: AgentConfig | None = None, *, seed: int = 0) -> None:
-        torch.set_num_threads(1)
         self.config = cfg = config or AgentConfig()
         self.n_features = n_features
         torch.manual_seed(seed)
@@ -96,10 +116,24 @@ class DDQNAgent:
         c = self.config
         return c.eps_end + (c.eps_start - c.eps_end) * math.exp(-self.steps_done / c.eps_decay)
 
+    def _observations(self, obs: np.ndarray, *, single: bool = False) -> np.ndarray:
+        """`obs` as a float32 (n, d) array; a wrong shape is a ValueError, not a torch error.
+
+        With `single`, only one observation (d,) is taken: a batch there would silently be
+        read as its first row.
+        """
+        x = np.asarray(obs, dtype=np.float32)
+        d = self.n_features
+        ok = x.shape == (d,) if single else (x.ndim in (1, 2) and x.shape[-1] == d)
+        if not ok:
+            want = f"({d},)" if single else f"({d},) or (n, {d})"
+            raise ValueError(f"observation: expected shape {want}, got {x.shape}")
+        return np.atleast_2d(x)
+
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """(n, 2) softmax Q-values of observations (n, d) or (d,)."""
-        x = torch.as_tensor(np.atleast_2d(obs), dtype=torch.float32)
-        with torch.no_grad():
+        x = torch.as_tensor(self._observations(obs))
+        with one_torch_thread(), torch.no_grad():
             return self.policy(x).numpy()
 
     def margin(self, obs: np.ndarray) -> np.ndarray:
@@ -108,14 +142,16 @@ class DDQNAgent:
         return (q[:, ACCEPT] - q[:, REJECT]).astype(float)
 
     def evidence(self, obs: np.ndarray, *, quality: float = 1.0) -> ModalityEvidence:
-        """The agent's view of one window as fusion evidence for `SessionRiskTracker`.
+        """The agent's view of one window (shape (d,)) as fusion evidence for `SessionRiskTracker`.
 
-        `llr` is log(q[accept] / q[reject]) of the softmax head: NOT a calibrated likelihood
-        ratio (the agent is trained for reward, not calibration), so weight it with care.
+        One window only: the tracker takes one evidence item per window, so a batch raises
+        ValueError instead of being read as its first row. `llr` is log(q[accept] / q[reject])
+        of the softmax head: NOT a calibrated likelihood ratio (the agent is trained for
+        reward, not calibration), so weight it with care.
         """
         from fusion.policy import ModalityEvidence
 
-        q = np.clip(self.q_values(obs)[0], 1e-6, 1.0)
+        q = np.clip(self.q_values(self._observations(obs, single=True))[0], 1e-6, 1.0)
         m = float(q[ACCEPT] - q[REJECT])
         return ModalityEvidence("keystroke", m, quality=quality, scorer="ddqn-bansal-ouda-2024",
                                 llr=float(np.log(q[ACCEPT]) - np.log(q[REJECT])))
@@ -124,8 +160,9 @@ class DDQNAgent:
         """(action, score): epsilon-greedy when exploring.
 
         The score of a random action is its 0/1 confidence, as the authors recorded it (it
-        enters their per-episode EER).
+        enters their per-episode EER). `obs` is one observation (d,).
         """
+        obs = self._observations(obs, single=True)[0]
         if explore and self.rng.random() < self.epsilon:
             action = int(self.rng.integers(2))
             self.steps_done += 1
@@ -140,9 +177,13 @@ class DDQNAgent:
 
     def optimize(self) -> float | None:
         """One gradient step on a replay batch; None until the memory holds a batch."""
-        c = self.config
-        if len(self.memory) < c.batch_size:
+        if len(self.memory) < self.config.batch_size:
             return None
+        with one_torch_thread():
+            return self._optimize()
+
+    def _optimize(self) -> float:
+        c = self.config
         s, a, r, s2, done = (torch.as_tensor(v) for v in self.memory.sample(c.batch_size, self.rng))
         q = self.policy(s).gather(1, a.view(-1, 1)).squeeze(1)
         with torch.no_grad():
@@ -186,6 +227,11 @@ class DDQNAgent:
             raise ValueError(f"{path}: not an agent weights file (needs n_features, hidden and policy)")
         if state["n_features"] != self.n_features or tuple(state["hidden"]) != self.config.hidden:
             raise ValueError(f"{path}: network shape {state['n_features']}/{state['hidden']} does not match this agent")
+        if isinstance(state["policy"], Mapping):
+            # NaN/inf weights would load "fine" and give NaN margins: act always rejects
+            for name, value in state["policy"].items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+                    raise ValueError(f"{path}: parameter {name} has non-finite values (NaN or inf)")
         try:
             self.policy.load_state_dict(state["policy"])
         except (RuntimeError, TypeError, AttributeError) as exc:

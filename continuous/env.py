@@ -16,6 +16,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.error import ResetNeeded
 
 from continuous.features import WindowFeaturizer, jitter_window, window_starts
 from continuous.hyperparams import EnvConfig
@@ -80,6 +81,7 @@ class KeystrokeAuthEnv(gym.Env[np.ndarray, int]):
         self._t = 0
         self._impostor = False
         self._source = self.owner_id
+        self._needs_reset = True  # Gymnasium contract: reset before the first step and after an episode ends
 
     @property
     def episode_length(self) -> int:
@@ -107,6 +109,7 @@ class KeystrokeAuthEnv(gym.Env[np.ndarray, int]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._t = 0
+        self._needs_reset = False
         obs = self._observe()
         return obs, self._info()
 
@@ -114,12 +117,16 @@ class KeystrokeAuthEnv(gym.Env[np.ndarray, int]):
         # no int() first: it would read 0.5 as ACCEPT and "1" as REJECT
         if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)) or action not in (ACCEPT, REJECT):
             raise EventValidationError("action", f"must be {ACCEPT} (accept) or {REJECT} (reject), got {action!r}")
+        if self._needs_reset:
+            # without this, a step would score a window nobody observed (or one past the end)
+            raise ResetNeeded("call reset() before step(): no episode started yet, or the last one ended")
         impostor, source = self._impostor, self._source
         reward = reward_for(self.config, impostor=impostor, action=int(action))
         info = {"impostor": impostor, "source": source, "t": self._t, "correct": (int(action) == REJECT) == impostor}
         self._t += 1
         truncated = self._t >= self.episode_length
         if truncated:
+            self._needs_reset = True
             obs = np.zeros(self.featurizer.dim, np.float32)
         else:
             obs = self._observe()

@@ -1,4 +1,7 @@
+import re
+
 import numpy as np
+import pytest
 import torch
 
 from continuous.agent import DDQNAgent, QNetwork
@@ -71,3 +74,48 @@ def test_window_rates_use_the_right_far_and_frr() -> None:
     r = window_rates(impostor=imp, accepted=acc, score=acc.astype(float), corrupt_probability=0.5)
     assert (r.far, r.frr) == (0.25, 0.5)
     assert abs(r.accuracy - (0.5 * 0.75 + 0.5 * 0.5)) < 1e-12
+
+
+def test_evidence_takes_one_window_not_a_batch(owner, others) -> None:
+    # the session tracker takes one evidence item per window: a batch must not be read as row 0
+    env = KeystrokeAuthEnv(owner, others, EnvConfig(), owner_id=1)
+    agent = DDQNAgent(env.featurizer.dim, seed=0)
+    obs = env.featurizer.observations(owner, env.starts[:5])
+    for batch in (obs, obs[:1]):
+        with pytest.raises(ValueError, match=r"expected shape \(13,\), got \(\d, 13\)"):
+            agent.evidence(batch)
+        with pytest.raises(ValueError, match="expected shape"):
+            agent.act(batch, explore=False)
+    assert agent.evidence(obs[2]).score == pytest.approx(agent.margin(obs)[2])
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 5), (13, 1), (2, 3, 13), ()])
+def test_an_observation_of_the_wrong_size_is_a_value_error(shape: tuple[int, ...]) -> None:
+    agent = DDQNAgent(13, seed=0)
+    bad = np.zeros(shape, np.float32)
+    calls = (agent.q_values, agent.margin, agent.evidence, lambda o: agent.act(o, explore=False))
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"expected shape \(13,\).*got {re.escape(str(shape))}"):
+            call(bad)
+
+
+def test_an_agent_leaves_the_process_thread_count_alone(owner, others) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = load_config(overrides={"agent": {"batch_size": 16}})
+        env = KeystrokeAuthEnv(owner[:400], others, cfg.env, owner_id=1)
+        weights = []
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            agent = DDQNAgent(env.featurizer.dim, cfg.agent, seed=3)
+            assert torch.get_num_threads() == threads
+            train_agent(env, agent, TrainConfig(n_episodes=3), seed=3)
+            agent.margin(env.featurizer.observations(owner, env.starts[:4]))
+            assert torch.get_num_threads() == threads
+            weights.append(agent.snapshot())
+        # training runs on one thread whatever the caller set: same seed, same weights
+        for k in weights[0]:
+            assert torch.equal(weights[0][k], weights[1][k]), k
+    finally:
+        torch.set_num_threads(before)

@@ -89,3 +89,17 @@ def test_env_on_real_bbmas_keys(data_dir) -> None:
     obs = env.reset(seed=1)[0]
     assert np.all(np.isfinite(obs)) and obs.shape == (13,)
     assert {s["source"] for s in steps} <= set(subs)
+
+
+def test_step_needs_a_reset_first_and_after_the_episode_ends(owner: KeySequence, others: dict[int, KeySequence]) -> None:
+    from gymnasium.error import ResetNeeded
+
+    env = KeystrokeAuthEnv(owner, others, EnvConfig(), owner_id=1)
+    with pytest.raises(ResetNeeded, match="reset"):
+        env.step(ACCEPT)  # no window observed yet: nothing to score
+    steps = _episode(env, seed=0)
+    assert len(steps) == env.episode_length
+    with pytest.raises(ResetNeeded, match="reset"):
+        env.step(ACCEPT)  # past the end of the truncated episode
+    env.reset(seed=1)
+    assert env.step(REJECT)[4]["t"] == 0

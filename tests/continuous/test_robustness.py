@@ -100,3 +100,19 @@ def test_load_weights_refuses_foreign_files(tmp_path: Path) -> None:
     good = tmp_path / "good.pt"
     ag.save(str(good))
     DDQNAgent(5, AgentConfig(batch_size=4, replay_capacity=8)).load_weights(str(good))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_load_weights_refuses_non_finite_weights(tmp_path: Path, bad: float) -> None:
+    # NaN weights gave NaN margins: act always rejected and the evidence LLR was NaN
+    ag = DDQNAgent(5, AgentConfig(batch_size=4, replay_capacity=8))
+    state = {k: v.clone() for k, v in ag.policy.state_dict().items()}
+    state["layers.2.bias"][3] = bad
+    path = tmp_path / "nan.pt"
+    torch.save({"n_features": 5, "hidden": [32, 16], "policy": state}, path)
+    other = DDQNAgent(5, AgentConfig(batch_size=4, replay_capacity=8), seed=1)
+    before = other.snapshot()
+    with pytest.raises(ValueError, match=r"layers\.2\.bias.*non-finite"):
+        other.load_weights(str(path))
+    assert all(torch.equal(before[k], v) for k, v in other.snapshot().items())  # left as it was
+    assert np.isfinite(other.margin(np.zeros(5, np.float32))).all()
