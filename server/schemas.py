@@ -202,6 +202,9 @@ class SessionOut(BaseModel):
     status: str
     risk: float
     engine: str
+    #: windows received, and those whose evidence counted: "ok" with none scored verifies nobody
+    windows: int = 0
+    scored_windows: int = 0
 
 
 class TokenVerify(_Strict):

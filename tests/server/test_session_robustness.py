@@ -83,3 +83,77 @@ def test_fallback_window_keeps_status_without_evidence() -> None:
         assert svc.fallback_update(state, empty) == state
     with pytest.raises(ValueError, match="llrs"):
         svc.fallback_update({"llrs": [float("inf")]}, [])
+
+
+def test_a_terminated_session_counts_as_a_failed_authentication(client: TestClient, enrolled, windows,  # type: ignore[no-untyped-def]
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ending a session used to have no consequence: a new one started fresh, nothing counted or audited."""
+    from sqlalchemy import select
+
+    from compliance.audit import AuditEntry
+    from server.models import SecurityFlag, User
+
+    real = svc.assess_evidence
+
+    def impostor(*a: Any, **k: Any):  # type: ignore[no-untyped-def]
+        out = real(*a, **k)  # evidence as far from the owner as a score can be: one window ends the session
+        out.evidence = [dataclasses.replace(e, score=float("-inf")) for e in out.evidence]
+        return out
+
+    monkeypatch.setattr(svc, "assess_evidence", impostor)
+    for i in range(5):
+        sid = _new_session(enrolled)
+        r = _post(enrolled, sid, [windows["other"]["keystroke"][20 + i].to_dict()])
+        assert r.status_code == 200 and r.json()["status"] == "terminate", r.text
+    # five sessions ended by behaviour: locked, like five denied payments (PSD2 RTS Art. 4)
+    r = enrolled.signed("POST", "/v1/sessions", {"user_id": enrolled.user_id})
+    assert r.status_code == 423 and r.json()["code"] == "user_locked"
+    with client.app.state.cadence.sessions() as db:  # type: ignore[attr-defined]
+        user = db.get(User, enrolled.user_id)
+        assert user.locked and user.consecutive_failures == 5
+        kinds = db.scalars(select(SecurityFlag.kind).where(SecurityFlag.user_id == enrolled.user_id)).all()
+        assert kinds.count("session_terminated") == 5
+        events = db.scalars(select(AuditEntry.event).where(AuditEntry.event == "session.terminated")).all()
+        assert len(events) == 5
+
+
+def test_scored_session_evidence_closes_plain_enrolment(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """An impostor holding the device could end a session, then enrol their own windows: no more."""
+    sid = _new_session(enrolled)
+    first = _post(enrolled, sid, [windows["owner"]["keystroke"][20].to_dict()])
+    assert first.status_code == 200 and first.json()["scored_windows"] == 1, first.text
+    r = enrolled.signed("POST", "/v1/users/alice/enrolment", {"windows": [windows["other"]["keystroke"][21].to_dict()]})
+    assert r.status_code == 409 and r.json()["code"] == "enrolment_closed", r.text
+
+
+def test_windows_without_usable_evidence_are_counted_but_not_scored(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """`ok` after nothing but unusable windows verifies nobody: the bank can see it."""
+    sid = _new_session(enrolled)
+    for i in range(3):
+        w = windows["other"]["keystroke"][22 + i].to_dict()
+        w["quality"] = 0.0
+        out = _post(enrolled, sid, [w]).json()
+    assert (out["status"], out["windows"], out["scored_windows"]) == ("ok", 3, 0)
+    got = enrolled.signed("GET", f"/v1/sessions/{sid}").json()
+    assert (got["windows"], got["scored_windows"]) == (3, 0)
+
+
+def test_only_the_device_that_opened_a_session_uses_it(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    from tests.server.conftest import new_device
+
+    sid = _new_session(enrolled)
+    second = new_device(client, enrolled.user_id)  # another device of the same user
+    assert _post(second, sid, [windows["owner"]["keystroke"][26].to_dict()]).status_code == 404
+    assert second.signed("GET", f"/v1/sessions/{sid}").status_code == 404
+    assert enrolled.signed("GET", f"/v1/sessions/{sid}").status_code == 200
+
+
+def test_a_locked_users_session_reads_as_locked(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """GET used to answer the stale `ok` while evidence posts got 423."""
+    from server.models import User
+
+    sid = _new_session(enrolled)
+    with client.app.state.cadence.sessions() as db, db.begin():  # type: ignore[attr-defined]
+        db.get(User, enrolled.user_id).locked = True
+    r = enrolled.signed("GET", f"/v1/sessions/{sid}")
+    assert r.status_code == 423 and r.json()["code"] == "user_locked"

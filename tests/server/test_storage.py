@@ -111,3 +111,36 @@ def test_api_round_trip_on_backend(db_url: str, tmp_path: Path, calibration_file
                 assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0, table
     finally:
         app.state.engine.dispose()
+
+
+def test_concurrent_windows_into_one_session_all_count(db_url: str, tmp_path: Path, calibration_file: Path,
+                                                       windows) -> None:  # type: ignore[no-untyped-def]
+    """On PostgreSQL the session row was read unlocked: of 18 windows answered 200, 7 were kept."""
+    import threading
+
+    app = create_app(make_settings(tmp_path, database_url=db_url, fusion_calibration=calibration_file))
+    try:
+        with TestClient(app) as client:
+            dev = new_device(client, "dora")
+            dev.grant_consent("keystroke")
+            dev.enrol(windows["owner"]["keystroke"][:5])
+            sid = dev.signed("POST", "/v1/sessions", {"user_id": "dora"}).json()["session_id"]
+            codes: list[int] = []
+            start = threading.Barrier(3)
+
+            def stream(first: int) -> None:
+                start.wait()
+                for i in range(first, first + 6):
+                    w = windows["owner"]["keystroke"][i].to_dict()
+                    codes.append(dev.signed("POST", f"/v1/sessions/{sid}/evidence", {"windows": [w]}).status_code)
+
+            threads = [threading.Thread(target=stream, args=(a,)) for a in (5, 11, 17)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert codes == [200] * 18
+            got = dev.signed("GET", f"/v1/sessions/{sid}").json()
+            assert (got["windows"], got["scored_windows"]) == (18, 18), got
+    finally:
+        app.state.engine.dispose()

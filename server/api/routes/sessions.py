@@ -27,7 +27,8 @@ def evidence(body: SessionEvidence, req: Signed, state: State, session_id: str =
     try:
         with req.transaction() as session:
             return svc.post_evidence(session, state.provider, session_id=session_id, user_id=req.device.user_id,
-                                     windows=body.windows, calibrate=state.calibrate)
+                                     windows=body.windows, calibrate=state.calibrate, device_id=req.device.device_id,
+                                     lockout_failures=state.settings.lockout_failures, actor=req.actor)
     except EvidenceReplay as exc:
         record_replay(req.transaction, exc, req.actor)
         raise
@@ -36,4 +37,4 @@ def evidence(body: SessionEvidence, req: Signed, state: State, session_id: str =
 @router.get("/{session_id}", response_model=SessionOut)
 def read(req: Signed, session_id: str = SessionId) -> SessionOut:
     with req.transaction() as session:
-        return svc.read_session(session, session_id, req.device.user_id)
+        return svc.read_session(session, session_id, req.device.user_id, req.device.device_id)
