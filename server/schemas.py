@@ -19,10 +19,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, m
 Modality = Literal["keystroke", "touch", "gait"]
 Outcome = Literal["approve", "step_up", "deny"]
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: a number sent as a number: strict, so a string such as "1" is refused rather than read as 1.0
+#: (a client that quotes its numbers has a bug the server must not paper over); ints are numbers
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 #: a feature value: finite and within +-1e9 (real features stay below 1e3; far larger ones only
 #: overflow the scorers' distances into inf or NaN)
-FeatureValue = Annotated[float, Field(allow_inf_nan=False, ge=-1e9, le=1e9)]
+FeatureValue = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-1e9, le=1e9)]
 
 
 #: Unicode categories refused in free text: controls, format characters (bidi overrides such as
@@ -73,7 +75,7 @@ class FeatureWindowIn(_Strict):
     start: Finite
     end: Finite
     n_events: int = Field(ge=1, le=10_000_000)
-    quality: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    quality: float = Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)
     values: list[FeatureValue] = Field(min_length=1, max_length=MAX_FEATURE_DIM)
 
     @model_validator(mode="before")

@@ -330,6 +330,19 @@ def test_feature_values_beyond_any_real_feature_get_422(client: TestClient, wind
     assert r.status_code == 422 and r.json()["detail"].startswith("evidence.1.values"), r.text
 
 
+@pytest.mark.parametrize(("field", "value"), [("values", ["1"]), ("start", "0"), ("quality", "1")])
+def test_numbers_sent_as_strings_get_422(client: TestClient, windows, field: str, value: object) -> None:  # type: ignore[no-untyped-def]
+    """"1" was read as 1.0: a client quoting its numbers has a bug the server must not paper over."""
+    dev = _enrol(client, windows)
+    payload = _payload(dev, windows, "s1")
+    w = payload["evidence"][0]
+    w[field] = value * len(w["values"]) if isinstance(value, list) else value
+    r = dev.signed("POST", "/v1/transactions/authorize", payload)
+    assert r.status_code == 422 and r.json()["detail"].startswith(f"evidence.0.{field}"), r.text
+    payload["evidence"][0] = {**w, field: 1 if field != "values" else [1] * len(w["values"])}  # a JSON integer is a number
+    assert dev.signed("POST", "/v1/transactions/authorize", payload).status_code != 422
+
+
 def test_a_failed_step_up_of_a_locked_user_is_still_recorded(client: TestClient, windows) -> None:
     dev = _enrol(client, windows)
     pending = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "f0", ev=False)).json()
