@@ -260,7 +260,9 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
             importlib.import_module(mod)
         except ImportError as exc:
             log.warning("holder module %s not importable: %s", mod, exc)
-    registry_root = settings.model_registry if settings.model_registry and settings.model_registry.exists() else None
+    # the configured folder even before it exists: `cadence models train` may create it while the
+    # server runs, and the provider and fusion source pick it up as they pick up an activation
+    registry_root = Path(settings.model_registry) if settings.model_registry else None
     fusion = FusionSource(fusion_path(settings, registry_root))
     app = FastAPI(title="Cadence transaction-approval API", version="1", lifespan=_lifespan(settings, fusion),
                   description="Behavioural evidence (features only) + device possession -> approve / step-up / deny.")

@@ -4,7 +4,7 @@
 servers run. As with a registry activation, the new calibrators take effect without a
 restart: each worker looks at the file's modification stamp at most once per
 `check_every_s`, so a request pays one clock read. A file that cannot be read keeps the
-engine already loaded (and says so in the log); no file means the policy's uncalibrated rule.
+engine already loaded (and says so in the log); no file means every score is left out (reason `uncalibrated`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class FusionSource:
     def _refresh(self, first: bool = False) -> None:
         if self.path is None:
             if first:
-                log.warning("fusion: no calibration file; using the policy's uncalibrated score mapping")
+                log.warning("fusion: no calibration file; every score is left out of decisions "
+                            "(reason 'uncalibrated'), so they step up")
             return
         try:
             st = self.path.stat()
@@ -47,7 +48,8 @@ class FusionSource:
             return
         if stamp is None:
             engine = None
-            log.warning("fusion: no calibration file at %s; using the policy's uncalibrated score mapping", self.path)
+            log.warning("fusion: no calibration file at %s yet; every score is left out of decisions "
+                        "(reason 'uncalibrated'), so they step up until one is written", self.path)
         else:
             try:
                 engine = FusionEngine.load(self.path)

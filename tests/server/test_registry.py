@@ -154,3 +154,22 @@ def test_a_model_of_another_modality_is_never_activated(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "gait" in bad.output and "Traceback" not in bad.output, bad.output
     active = reg.active("keystroke")
     assert active is not None and active.version == good
+
+
+def test_a_registry_created_after_the_server_started_is_served(tmp_path: Path) -> None:
+    """A fresh clone: `cadence serve` first, then `cadence models train` creates the registry folder.
+
+    The server fixed "no registry" at start-up and served the defaults until restarted.
+    """
+    app = create_app(make_settings(tmp_path))  # make_settings points at tmp_path/registry, not there yet
+    assert not (tmp_path / "registry").exists()
+    try:
+        with TestClient(app) as client:
+            assert client.get("/v1/models/touch/active").json()["model_id"].startswith("default:")
+            reg = ModelRegistry(tmp_path / "registry")
+            v = reg.publish("touch", ScaledManhattan(min_scale=0.05), metrics={"eer": 0.3}, card="# card", source="unit")
+            reg.activate("touch", v)
+            assert client.get("/v1/models/touch/active").json()["model_id"] == f"registry:{v}"
+            assert [m["version"] for m in client.get("/v1/models").json()] == [v]
+    finally:
+        app.state.engine.dispose()
