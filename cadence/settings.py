@@ -7,10 +7,11 @@ passing a `Settings` object explicitly.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -69,7 +70,8 @@ class Settings(BaseSettings):
     enrol_min_windows: int = Field(default=3, ge=1)
     enrol_min_quality: float = Field(default=0.05, ge=0.0, le=1.0)
     #: server: fitted score calibration (fusion.engine.FusionEngine JSON); None = look for
-    #: fusion-calibration.json in the model registry, else the policy's uncalibrated mapping
+    #: fusion-calibration.json in the model registry; without one every score is left out
+    #: of decisions (reason `uncalibrated`) and they step up
     fusion_calibration: Path | None = None
     #: compliance: secret key of the audit log's pseudonyms (HMAC-SHA256 of user ids), base64 or
     #: a path to a file holding it; None = a development key, refused outside development
@@ -83,6 +85,19 @@ class Settings(BaseSettings):
     retention_policy: Path | None = None
     #: compliance: modules imported so they register their data holders (export/erase/purge)
     holder_modules: list[str] = Field(default_factory=lambda: ["server.holders"])
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxy_addresses(cls, v: str) -> str:
+        """Each entry an IP address or network, or "*": a typo would silently trust nobody (or the wrong host)."""
+        for item in (x.strip() for x in v.split(",")):
+            if item in ("", "*"):
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (comma-separated, or *)") from None
+        return v
 
 
 class SettingsError(ValueError):

@@ -238,6 +238,13 @@ def check_settings(settings: Settings) -> None:
         raise ValueError(str(exc)) from exc
     if production or settings.server_signing_key:
         signing_key(settings)
+    if settings.purge_interval_s > 0:  # the scheduled purge would fail only at its first run, a day later
+        from compliance.retention import PolicyError, load_policy
+
+        try:
+            load_policy(settings.retention_policy)
+        except PolicyError as exc:
+            raise ValueError(f"retention_policy: {exc}") from exc
 
 
 def create_app(settings: Settings | None = None, *, init_db: bool = True) -> FastAPI:

@@ -54,3 +54,40 @@ def test_an_unusable_database_is_one_line_without_its_password(url: str, says: s
     finally:
         get_settings.cache_clear()
     assert r.exit_code == 2 and says in r.output and "s3cret" not in r.output, r.output
+
+
+def test_settings_that_would_fail_later_are_refused_at_start() -> None:
+    """Checked before the server starts (`check_settings`, which `cadence serve` runs first)."""
+    from cadence.settings import Settings
+    from server.app import check_settings
+
+    # a typo used to be accepted: forwarded headers then trusted nobody, or the wrong host
+    with pytest.raises(ValueError, match="'proxy.internal' is not an IP address or network"):
+        Settings(forwarded_allow_ips="10.0.0.5, proxy.internal")
+    # the scheduled purge found a missing policy file only at its first run, a day after start-up
+    with pytest.raises(ValueError, match="retention_policy: policy: cannot read"):
+        check_settings(Settings(retention_policy="/nonexistent/retention.yaml"))
+    check_settings(Settings(retention_policy="/nonexistent/retention.yaml", purge_interval_s=0))  # purge from cron
+
+
+def test_a_bad_proxy_address_stops_serve_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from cadence import cli
+    from cadence.settings import get_settings
+
+    monkeypatch.setenv("CADENCE_FORWARDED_ALLOW_IPS", "proxy.internal")
+    monkeypatch.setattr(sys, "argv", ["cadence", "serve"])
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "CADENCE_FORWARDED_ALLOW_IPS" in err and "Traceback" not in err, err
+
+
+def test_proxy_addresses_and_networks_are_accepted() -> None:
+    from cadence.settings import Settings
+
+    assert Settings(forwarded_allow_ips="10.0.0.5, 192.168.0.0/16,::1,*").forwarded_allow_ips
