@@ -213,23 +213,36 @@ def app_config(app_dir: Path = APP_DIR) -> dict[str, Any]:
     return dict(doc["tool"]["flwr"]["app"]["config"])
 
 
+#: how long `submit_run` retries while the SuperLink is unavailable (it was just started, say)
+SUPERLINK_WAIT_S = 30.0
+
+
 def submit_run(workdir: str | os.PathLike[str], config: Mapping[str, Any], app_dir: Path = APP_DIR,
-               timeout: float = 120.0) -> dict[str, Any]:
+               timeout: float = 120.0, wait_s: float = SUPERLINK_WAIT_S) -> dict[str, Any]:
     """`flwr run APP cadence --run-config ...` against the SuperLink in ``config.toml``.
 
     Keys the app does not declare are refused here, by name: the SuperLink only answers
-    "Invalid run configuration".
+    "Invalid run configuration". While the SuperLink is unavailable the submission is
+    retried for up to `wait_s` seconds: an operator script that starts the SuperLink and
+    submits right after would otherwise fail on a SuperLink still starting.
     """
     undeclared = sorted(set(config) - set(app_config(app_dir)))
     if undeclared:
         raise DeploymentError(f"run config: {', '.join(undeclared)} not declared in {app_dir / 'pyproject.toml'} "
                               f"[tool.flwr.app.config]")
     cmd = [find_bin("flwr"), "run", str(app_dir), FEDERATION, "--run-config", run_config_string(config), "--format", "json"]
-    res = subprocess.run(cmd, env=flower_env(workdir), capture_output=True, text=True, timeout=timeout,
-                         cwd=str(Path(workdir).resolve()))
-    if res.returncode != 0:
-        raise DeploymentError(f"flwr run failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
-    return _submitted(res.stdout, workdir)
+    deadline = time.monotonic() + wait_s
+    while True:
+        res = subprocess.run(cmd, env=flower_env(workdir), capture_output=True, text=True, timeout=timeout,
+                             cwd=str(Path(workdir).resolve()))
+        if res.returncode != 0:
+            raise DeploymentError(f"flwr run failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
+        try:
+            return _submitted(res.stdout, workdir)
+        except DeploymentError as exc:
+            if "unavailable" not in str(exc).lower() or time.monotonic() >= deadline:
+                raise
+        time.sleep(1.0)
 
 
 def _submitted(stdout: str, workdir: str | os.PathLike[str]) -> dict[str, Any]:

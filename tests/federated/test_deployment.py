@@ -190,3 +190,33 @@ def test_a_signal_during_the_clean_up_is_ignored(tmp_path: Path, monkeypatch, si
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def test_a_superlink_still_starting_is_waited_for_and_a_refusal_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`superlink &` then `run` at once (docs/federated.md) failed on "Connection ... unavailable"."""
+    import subprocess
+
+    unavailable = ('{"success": false, "error-message": "Connection to the SuperLink is unavailable. '
+                   'Please check your network connection and \'address\' in the federation configuration."}')
+    answers = [unavailable, unavailable, '{"success": true, "run-id": "7"}']
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=answers[len(calls) - 1], stderr="")
+
+    monkeypatch.setattr(d.subprocess, "run", fake_run)
+    monkeypatch.setattr(d.time, "sleep", lambda s: None)
+    monkeypatch.setattr(d, "find_bin", lambda name: name)
+    assert d.submit_run("work", RunSettings().as_config())["run-id"] == "7" and len(calls) == 3
+    # a refusal for another reason is not retried; nor is an unavailable SuperLink past the wait
+    answers[:] = ['{"success": false, "error-message": "Invalid run configuration. [code: 15]"}']
+    calls.clear()
+    with pytest.raises(d.DeploymentError, match="Invalid run configuration"):
+        d.submit_run("work", RunSettings().as_config())
+    assert len(calls) == 1
+    answers[:] = [unavailable] * 5
+    calls.clear()
+    with pytest.raises(d.DeploymentError, match="unavailable.*Is a SuperLink running"):
+        d.submit_run("work", RunSettings().as_config(), wait_s=0.0)
+    assert len(calls) == 1
