@@ -192,7 +192,8 @@ def test_a_signal_during_the_clean_up_is_ignored(tmp_path: Path, monkeypatch, si
                 pass
 
 
-def test_a_superlink_still_starting_is_waited_for_and_a_refusal_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_superlink_still_starting_is_waited_for_and_a_refusal_is_not(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
     """`superlink &` then `run` at once (docs/federated.md) failed on "Connection ... unavailable"."""
     import subprocess
 
@@ -208,15 +209,15 @@ def test_a_superlink_still_starting_is_waited_for_and_a_refusal_is_not(monkeypat
     monkeypatch.setattr(d.subprocess, "run", fake_run)
     monkeypatch.setattr(d.time, "sleep", lambda s: None)
     monkeypatch.setattr(d, "find_bin", lambda name: name)
-    assert d.submit_run("work", RunSettings().as_config())["run-id"] == "7" and len(calls) == 3
+    assert d.submit_run(tmp_path, RunSettings().as_config())["run-id"] == "7" and len(calls) == 3
     # a refusal for another reason is not retried; nor is an unavailable SuperLink past the wait
     answers[:] = ['{"success": false, "error-message": "Invalid run configuration. [code: 15]"}']
     calls.clear()
     with pytest.raises(d.DeploymentError, match="Invalid run configuration"):
-        d.submit_run("work", RunSettings().as_config())
+        d.submit_run(tmp_path, RunSettings().as_config())
     assert len(calls) == 1
     answers[:] = [unavailable] * 5
     calls.clear()
     with pytest.raises(d.DeploymentError, match="unavailable.*Is a SuperLink running"):
-        d.submit_run("work", RunSettings().as_config(), wait_s=0.0)
+        d.submit_run(tmp_path, RunSettings().as_config(), wait_s=0.0)
     assert len(calls) == 1
