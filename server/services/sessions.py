@@ -42,6 +42,8 @@ def fallback_update(state: dict[str, Any], evidence: list[ModalityEvidence]) -> 
     they were, so empty windows cannot talk a stepped-up session back to ok. A stored state
     that is not a list of finite LLRs raises ValueError.
     """
+    if state and "llrs" not in state:  # not a state this engine wrote: a silent fresh start would clear a step-up
+        raise ValueError("llrs: is required")
     old = list(state.get("llrs", []))
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in old):
         raise ValueError("llrs: must be a list of finite numbers")

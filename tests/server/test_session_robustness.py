@@ -61,12 +61,15 @@ def test_an_infinite_score_is_a_bounded_mismatch_not_a_500(client: TestClient, e
 
 
 @pytest.mark.parametrize("damage", [{"version": 2}, {"llrs": [float("nan")]}, {"state": None},
-                                    {"llrs": "x", "version": None}])
+                                    {"llrs": "x", "version": None}, "garbage"])
 def test_an_unreadable_stored_state_is_a_409(client: TestClient, enrolled, windows, damage) -> None:  # type: ignore[no-untyped-def]
     sid = _new_session(enrolled)
-    state = {**SessionRiskTracker().to_dict(), **damage}
-    if damage.get("version", 1) is None:  # a state without a version goes to the fallback window
-        state.pop("version")
+    if damage == "garbage":  # neither engine's: it was read as a fresh fallback window (risk reset)
+        state: dict[str, Any] = {"garbage": 1}
+    else:
+        state = {**SessionRiskTracker().to_dict(), **damage}
+        if damage.get("version", 1) is None:  # a state without a version goes to the fallback window
+            state.pop("version")
     _store(client, sid, state, "ok", 0.5)
     r = _post(enrolled, sid, [windows["owner"]["gait"][6].to_dict()])
     assert r.status_code == 409 and r.json()["code"] == "session_state_unreadable", r.text
