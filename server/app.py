@@ -201,6 +201,10 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
 
 
 def _field_message(err: dict[str, Any]) -> str:
+    if err.get("type") == "json_invalid":  # its loc is ("body", <character position>), not a field
+        pos = [p for p in err.get("loc", ()) if isinstance(p, int)]
+        where = f" at character {pos[0]}" if pos else ""
+        return f"body: not valid JSON{where} ({err.get('msg', 'invalid')})"
     loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
     return f"{loc or 'body'}: {err.get('msg', 'invalid')}"
 

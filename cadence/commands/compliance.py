@@ -37,7 +37,7 @@ def _holders() -> None:
 @compliance_app.command("purge")
 def purge_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be removed; change nothing.")] = False,
-    policy: Annotated[Path | None, typer.Option("--policy", help="Retention policy YAML (default: packaged policy).")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="Retention policy YAML (default: CADENCE_RETENTION_POLICY, else the packaged policy).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print counts as JSON.")] = False,
     database_url: DbUrl = None,
 ) -> None:
@@ -108,7 +108,7 @@ def erase_cmd(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     database_url: DbUrl = None,
 ) -> None:
-    """Erase USER (GDPR Art. 17): templates, evidence, consents; audit stays pseudonymous."""
+    """Erase USER (GDPR Art. 17): devices, templates, enrolment windows, evidence, transactions, sessions, nonces and consents; the audit log keeps only pseudonyms."""
     from compliance.keys import KeyConfigError
     from compliance.subjects import erase_user
 

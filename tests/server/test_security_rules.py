@@ -174,6 +174,12 @@ def test_errors_below_the_routes_keep_the_error_shape(client: TestClient) -> Non
     assert wrong.status_code == 405 and wrong.json()["code"] == "method_not_allowed"
 
 
+def test_a_body_that_is_not_json_says_so(client: TestClient) -> None:
+    """It said "0: JSON decode error": the character position read as a field name."""
+    r = client.post("/v1/devices", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: not valid JSON at character "), r.text
+
+
 def test_step_up_outcome_must_be_a_real_boolean(client: TestClient, windows) -> None:
     dev = _enrol(client, windows)
     pending = dev.signed("POST", "/v1/transactions/authorize", _payload(dev, windows, "b1", ev=False)).json()
@@ -444,3 +450,13 @@ def test_production_refuses_unsigned_device_requests(tmp_path: Path) -> None:
                         audit_signing_key="cd" * 32, server_signing_key="A" * 43, _env_file=None)
     with pytest.raises(ValueError, match="require_signed_requests"):
         check_settings(settings)
+
+
+def test_an_authorize_body_that_is_not_json_says_so(client: TestClient, windows) -> None:
+    dev = _enrol(client, windows)
+    from server.signing import sign_request
+
+    body = b'{"user_id": "alice", '
+    headers = sign_request(dev.key, dev.device_id, "POST", "/v1/transactions/authorize", body)
+    r = client.post("/v1/transactions/authorize", content=body, headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("body: not valid JSON"), r.text
