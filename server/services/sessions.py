@@ -21,6 +21,7 @@ from server.errors import ApiError
 from server.models import AuthSession, SecurityFlag, Template, User
 from server.schemas import FeatureWindowIn, SessionOut
 from server.services import compliance_hooks as hooks
+from server.services.evidence import window_hash
 from server.services.scoring import ScorerProvider
 from server.services.transactions import assess_evidence, record_evidence
 
@@ -78,6 +79,8 @@ def _engine() -> str:
 
 #: key of the session row's state that counts the windows whose evidence was scored (beside the tracker's own)
 SCORED = "scored_windows"
+#: key of the session row's state holding the last accepted post's window hashes (its retry is answered, not refused)
+LAST = "last_windows"
 
 
 def _out(s: AuthSession) -> SessionOut:
@@ -155,6 +158,11 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
     s = get_session(session, session_id, user_id, device_id, for_update=True)
     user = session.get(User, user_id, with_for_update=True)
     _locked(user)
+    digests = [window_hash(w) for w in windows]
+    if digests == (s.state or {}).get(LAST):
+        # the same windows as the last accepted post: a client retry after a lost answer (a timeout).
+        # Answered with the state they produced; refusing it as a replay would flag the owner
+        return _out(s)
     if s.status == "terminate":
         raise ApiError(409, "session_terminated", f"session_id: {session_id!r} was terminated; start a new session")
     tracker_cls = _tracker_cls()
@@ -170,14 +178,15 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
     scored = int((s.state or {}).get(SCORED, 0) or 0) + int(_usable(evidence))
     if tracker is not None:
         st = tracker.update(evidence)
-        s.state, s.risk, s.status = {**tracker.to_dict(), SCORED: scored}, float(st.risk), str(st.status)
+        s.state, s.risk, s.status = {**tracker.to_dict(), SCORED: scored, LAST: digests}, float(st.risk), str(st.status)
     else:
         try:
             new = fallback_update(s.state or {}, evidence)
         except (ValueError, TypeError, AttributeError) as exc:
             raise _unreadable(session_id, exc) from exc
         new["windows"] = int((s.state or {}).get("windows", 0) or 0) + 1
-        s.state, s.risk, s.status = {**new, SCORED: scored}, float(new["state"]["risk"]), str(new["state"]["status"])
+        s.state, s.risk, s.status = ({**new, SCORED: scored, LAST: digests}, float(new["state"]["risk"]),
+                                     str(new["state"]["status"]))
     if user is not None and scored and user.enrolment_open and session.scalar(
             select(Template.id).where(Template.user_id == user_id).limit(1)) is not None:
         user.enrolment_open = False

@@ -160,3 +160,22 @@ def test_a_locked_users_session_reads_as_locked(client: TestClient, enrolled, wi
         db.get(User, enrolled.user_id).locked = True
     r = enrolled.signed("GET", f"/v1/sessions/{sid}")
     assert r.status_code == 423 and r.json()["code"] == "user_locked"
+
+
+def test_a_retry_of_the_last_post_is_answered_not_flagged(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """A client that lost the answer (timeout) and resends got 409 and a replay flag against its owner."""
+    from sqlalchemy import select
+
+    from server.models import SecurityFlag
+
+    sid = _new_session(enrolled)
+    sent = [windows["owner"]["keystroke"][28].to_dict(), windows["owner"]["gait"][20].to_dict()]
+    first = _post(enrolled, sid, sent)
+    again = _post(enrolled, sid, sent)
+    assert first.status_code == again.status_code == 200 and again.json() == first.json(), again.text
+    _post(enrolled, sid, [windows["owner"]["keystroke"][29].to_dict()])
+    old = _post(enrolled, sid, sent)  # no longer the last post: replayed evidence, refused and flagged
+    assert old.status_code == 409 and old.json()["code"] == "evidence_replay"
+    with client.app.state.cadence.sessions() as db:  # type: ignore[attr-defined]
+        flags = db.scalars(select(SecurityFlag.kind).where(SecurityFlag.user_id == enrolled.user_id)).all()
+    assert flags == ["evidence_replay"]
