@@ -269,6 +269,8 @@ def test_models_calibrate_on_a_folder_without_data_is_one_line(tmp_path: Path, m
     r = CliRunner().invoke(app, ["models", "calibrate", "keystroke", "--data-dir", str(tmp_path / "empty"),
                                  "--registry", str(tmp_path / "reg")], env=WIDE)
     assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output, r.output
+    # nothing to calibrate: refused before the audit database is made
+    assert "no active keystroke model" in r.output and not (tmp_path / "db.sqlite").exists(), r.output
 
 
 def test_a_damaged_fusion_calibration_file_is_named(tmp_path: Path) -> None:

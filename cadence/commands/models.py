@@ -167,6 +167,13 @@ def calibrate(
         raise typer.BadParameter(f"{data_dir} is not a folder" if data_dir else "give --data-dir or set CADENCE_DATA_DIR",
                                  param_hint="--data-dir")
     reg = _registry(registry)
+    try:  # a version that is not there is refused before the audit database is opened (or made)
+        if version is not None:
+            reg.get(modality, version)
+        elif reg.active(modality) is None:
+            raise RegistryError(f"version: no active {modality} model in {reg.root}")
+    except (RegistryError, ValueError) as exc:
+        fail(exc)
     with _audit_log() as record:  # checked before the calibration file changes
         try:
             with out_console().status(f"{modality}: scoring the calibration people"):
