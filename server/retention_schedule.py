@@ -24,8 +24,12 @@ from server.sqlite_writers import fcntl, try_flock
 log = logging.getLogger(__name__)
 
 
-#: PostgreSQL advisory-lock key of the purge job (any fixed 64-bit number; "cadence" in ASCII)
-ADVISORY_KEY = 0x63616465_6E6365
+#: PostgreSQL advisory-lock class of the purge job (a fixed 32-bit number, "cade" in ASCII); the
+#: second key is the schema's hash, so deployments in different schemas of one database (staging
+#: beside production, or each test) each have their own purge, not one of them all
+ADVISORY_KEY = 0x63616465
+_LOCK = text("SELECT pg_try_advisory_lock(:k, hashtext(current_schema()))")
+_UNLOCK = text("SELECT pg_advisory_unlock(:k, hashtext(current_schema()))")
 
 
 class RetentionScheduler:
@@ -62,7 +66,7 @@ class RetentionScheduler:
         if url.get_backend_name() == "postgresql":
             try:
                 conn = self.engine.connect()
-                got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}).scalar())
+                got = bool(conn.execute(_LOCK, {"k": ADVISORY_KEY}).scalar())
                 conn.commit()  # the lock is the session's; the connection stays open while it is held
             except Exception:  # noqa: BLE001 - the database is away: try again next interval
                 log.warning("retention purge: cannot reach the database to take the job's lock", exc_info=True)
@@ -96,7 +100,7 @@ class RetentionScheduler:
             self._fd = None
         if self._conn is not None:
             try:  # unlock explicitly: closing only returns the connection (and its session) to the pool
-                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+                self._conn.execute(_UNLOCK, {"k": ADVISORY_KEY})
                 self._conn.commit()
             except Exception:  # noqa: BLE001
                 log.info("retention purge: the lock's connection was already gone")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
@@ -33,6 +34,18 @@ def test_one_worker_per_database_owns_the_purge(db_url: str, tmp_path: Path) -> 
         assert app.state.retention.owner and not twin.state.retention.owner
         app.state.retention.stop()  # the owner leaves (a rolling deploy)
         assert twin.state.retention.claim()  # the next interval's try takes the job over
+
+
+@pytest.mark.postgres
+def test_deployments_in_other_schemas_of_one_database_each_own_their_purge(tmp_path: Path) -> None:
+    """The lock was one per database: a second deployment (staging beside production) never purged."""
+    from tests.pg import pg_schema_url
+
+    with pg_schema_url("cadence_purge_a") as a, pg_schema_url("cadence_purge_b") as b:
+        with built_app(make_settings(tmp_path / "a", database_url=a, purge_interval_s=3600)) as first, \
+                built_app(make_settings(tmp_path / "b", database_url=b, purge_interval_s=3600)) as second, \
+                TestClient(first), TestClient(second):
+            assert first.state.retention.owner and second.state.retention.owner
 
 
 def test_a_run_purges_what_is_due_and_is_audited(tmp_path: Path, calibration_file: Path, windows) -> None:  # type: ignore[no-untyped-def]
