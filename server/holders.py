@@ -66,7 +66,11 @@ class ServerHolder:
 
     def erase(self, session: Session, user_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
-        devices = [d.id for d in _rows(session, Device, user_id)]
+        # rows locked in the order device requests take them (device by its nonce, then the
+        # user, then a session): a session post or payment in flight finishes first, instead of
+        # the two deadlocking on PostgreSQL
+        devices = list(session.scalars(select(Device.id).where(Device.user_id == user_id).with_for_update()).all())
+        session.execute(select(User.id).where(User.id == user_id).with_for_update())
         if devices:
             counts["server_nonce"] = session.execute(delete(RequestNonce).where(RequestNonce.device_id.in_(devices))).rowcount  # type: ignore[attr-defined]
         for table in (AuthSession, Transaction, SecurityFlag, EvidenceSeen, Template, EnrolmentWindow, Device):

@@ -155,8 +155,9 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
     (a session is a decision on the template). A session that ends (`terminate`) counts as a
     failed authentication toward the lockout, and is flagged and audited.
     """
-    # the user row first, then the session's: the order authorize (user row) and erasure (user,
-    # then its sessions by cascade) take them in, so no two of these deadlock on PostgreSQL
+    # the user row, then the session's (the device's was taken by the request's nonce): the
+    # order authorize and erasure (`server.holders.ServerHolder.erase`) take them in, so none
+    # of these deadlock on PostgreSQL
     user = session.get(User, user_id, with_for_update=True)
     s = get_session(session, session_id, user_id, device_id, for_update=True)
     _locked(user)

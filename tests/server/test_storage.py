@@ -144,3 +144,32 @@ def test_concurrent_windows_into_one_session_all_count(db_url: str, tmp_path: Pa
             assert (got["windows"], got["scored_windows"]) == (18, 18), got
     finally:
         app.state.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_erasure_locks_rows_in_the_order_device_requests_do(tmp_path: Path, calibration_file: Path,
+                                                           windows) -> None:  # type: ignore[no-untyped-def]
+    """Device, then user, before any delete: it deleted sessions first and deadlocked with a session post."""
+    from sqlalchemy import event
+
+    with pg_schema_url("cadence_erase_order") as url:
+        app = create_app(make_settings(tmp_path, database_url=url, fusion_calibration=calibration_file))
+        try:
+            with TestClient(app) as client:
+                dev = new_device(client, "erin")
+                dev.grant_consent("keystroke")
+                seen: list[str] = []
+
+                def record(conn, cursor, statement, *a):  # type: ignore[no-untyped-def]
+                    seen.append(" ".join(statement.split()).upper())
+
+                event.listen(app.state.engine, "before_cursor_execute", record)
+                r = client.delete("/v1/admin/users/erin", headers={"X-API-Key": "dev-admin-key"})
+                event.remove(app.state.engine, "before_cursor_execute", record)
+                assert r.status_code == 200, r.text
+        finally:
+            app.state.engine.dispose()
+    server = [s for s in seen if "SERVER_" in s and (s.startswith("DELETE") or "FOR UPDATE" in s)]
+    first_delete = next(i for i, s in enumerate(server) if s.startswith("DELETE"))
+    locks = [s for s in server[:first_delete] if "FOR UPDATE" in s]
+    assert [("SERVER_DEVICE" in s, "SERVER_USER" in s) for s in locks[:2]] == [(True, False), (False, True)], server
