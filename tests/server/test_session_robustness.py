@@ -61,11 +61,15 @@ def test_an_infinite_score_is_a_bounded_mismatch_not_a_500(client: TestClient, e
 
 
 @pytest.mark.parametrize("damage", [{"version": 2}, {"llrs": [float("nan")]}, {"state": None},
-                                    {"llrs": "x", "version": None}, "garbage"])
+                                    {"llrs": "x", "version": None}, "garbage", ["a", "list"], "a string",
+                                    {"scored_windows": "many"}, {"windows_received": -1}, {"last_windows": "x"}])
 def test_an_unreadable_stored_state_is_a_409(client: TestClient, enrolled, windows, damage) -> None:  # type: ignore[no-untyped-def]
     sid = _new_session(enrolled)
+    state: Any
     if damage == "garbage":  # neither engine's: it was read as a fresh fallback window (risk reset)
-        state: dict[str, Any] = {"garbage": 1}
+        state = {"garbage": 1}
+    elif not isinstance(damage, dict):  # not a mapping at all: was a 500
+        state = damage
     else:
         state = {**SessionRiskTracker().to_dict(), **damage}
         if damage.get("version", 1) is None:  # a state without a version goes to the fallback window
@@ -73,7 +77,9 @@ def test_an_unreadable_stored_state_is_a_409(client: TestClient, enrolled, windo
     _store(client, sid, state, "ok", 0.5)
     r = _post(enrolled, sid, [windows["owner"]["gait"][6].to_dict()])
     assert r.status_code == 409 and r.json()["code"] == "session_state_unreadable", r.text
-    assert enrolled.signed("GET", f"/v1/sessions/{sid}").status_code == 200
+    # reading it answers what it can: the risk and status columns, unless the counts cannot be read
+    books = not isinstance(state, dict) or bool({"scored_windows", "windows_received", "last_windows"} & set(damage))
+    assert enrolled.signed("GET", f"/v1/sessions/{sid}").status_code == (409 if books else 200)
     # the refused window was not consumed: a new session takes it
     r = _post(enrolled, _new_session(enrolled), [windows["owner"]["gait"][6].to_dict()])
     assert r.status_code == 200, r.text
@@ -88,9 +94,13 @@ def test_fallback_window_keeps_status_without_evidence() -> None:
         svc.fallback_update({"llrs": [float("inf")]}, [])
 
 
-def test_a_terminated_session_counts_as_a_failed_authentication(client: TestClient, enrolled, windows,  # type: ignore[no-untyped-def]
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ending a session used to have no consequence: a new one started fresh, nothing counted or audited."""
+def test_a_terminated_session_is_flagged_audited_and_closes_enrolment(client: TestClient, enrolled, windows,  # type: ignore[no-untyped-def]
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ending a session had no consequence: nothing flagged or audited, and whoever ended it could enrol.
+
+    It does not count toward the lockout: owners' own sessions end now and then (about 4 % of
+    fresh sessions on real windows), and five of those locked the owner out.
+    """
     from sqlalchemy import select
 
     from compliance.audit import AuditEntry
@@ -104,29 +114,32 @@ def test_a_terminated_session_counts_as_a_failed_authentication(client: TestClie
         return out
 
     monkeypatch.setattr(svc, "assess_evidence", impostor)
-    for i in range(5):
+    for i in range(6):
         sid = _new_session(enrolled)
         r = _post(enrolled, sid, [windows["other"]["keystroke"][20 + i].to_dict()])
         assert r.status_code == 200 and r.json()["status"] == "terminate", r.text
-    # five sessions ended by behaviour: locked, like five denied payments (PSD2 RTS Art. 4)
-    r = enrolled.signed("POST", "/v1/sessions", {"user_id": enrolled.user_id})
-    assert r.status_code == 423 and r.json()["code"] == "user_locked"
     with client.app.state.cadence.sessions() as db:  # type: ignore[attr-defined]
         user = db.get(User, enrolled.user_id)
-        assert user.locked and user.consecutive_failures == 5
+        assert not user.locked and user.consecutive_failures == 0 and not user.enrolment_open
         kinds = db.scalars(select(SecurityFlag.kind).where(SecurityFlag.user_id == enrolled.user_id)).all()
-        assert kinds.count("session_terminated") == 5
+        assert kinds.count("session_terminated") == 6
         events = db.scalars(select(AuditEntry.event).where(AuditEntry.event == "session.terminated")).all()
-        assert len(events) == 5
-
-
-def test_scored_session_evidence_closes_plain_enrolment(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
-    """An impostor holding the device could end a session, then enrol their own windows: no more."""
-    sid = _new_session(enrolled)
-    first = _post(enrolled, sid, [windows["owner"]["keystroke"][20].to_dict()])
-    assert first.status_code == 200 and first.json()["scored_windows"] == 1, first.text
-    r = enrolled.signed("POST", "/v1/users/alice/enrolment", {"windows": [windows["other"]["keystroke"][21].to_dict()]})
+        assert len(events) == 6
+    r = enrolled.signed("POST", "/v1/users/alice/enrolment", {"windows": [windows["other"]["keystroke"][27].to_dict()]})
     assert r.status_code == 409 and r.json()["code"] == "enrolment_closed", r.text
+
+
+def test_a_session_between_enrolment_parts_leaves_enrolment_open(client: TestClient, windows) -> None:  # type: ignore[no-untyped-def]
+    """Enrolment may come in several parts (docs/api.md); a session in between must not close it."""
+    from tests.server.conftest import new_device
+
+    dev = new_device(client, "parts")
+    for m in ("keystroke", "touch"):
+        dev.grant_consent(m)
+    dev.enrol(windows["owner"]["keystroke"][:5])
+    sid = _new_session(dev)
+    assert _post(dev, sid, [windows["owner"]["keystroke"][20].to_dict()]).json()["scored_windows"] == 1
+    dev.enrol(windows["owner"]["touch"][:5])  # raises on 409
 
 
 def test_windows_without_usable_evidence_are_counted_but_not_scored(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
@@ -139,6 +152,10 @@ def test_windows_without_usable_evidence_are_counted_but_not_scored(client: Test
     assert (out["status"], out["windows"], out["scored_windows"]) == ("ok", 3, 0)
     got = enrolled.signed("GET", f"/v1/sessions/{sid}").json()
     assert (got["windows"], got["scored_windows"]) == (3, 0)
+    # counts are of windows, not posts: one post of three usable windows
+    both = _post(enrolled, sid, [windows["owner"]["keystroke"][25].to_dict(), windows["owner"]["touch"][25].to_dict(),
+                                 windows["owner"]["touch"][26].to_dict()]).json()
+    assert (both["windows"], both["scored_windows"]) == (6, 3), both
 
 
 def test_only_the_device_that_opened_a_session_uses_it(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]

@@ -28,7 +28,7 @@ def evidence(body: SessionEvidence, req: Signed, state: State, session_id: str =
         with req.transaction() as session:
             return svc.post_evidence(session, state.provider, session_id=session_id, user_id=req.device.user_id,
                                      windows=body.windows, calibrate=state.calibrate, device_id=req.device.device_id,
-                                     lockout_failures=state.settings.lockout_failures, actor=req.actor)
+                                     actor=req.actor)
     except EvidenceReplay as exc:
         record_replay(req.transaction, exc, req.actor)
         raise
