@@ -2,8 +2,8 @@
 
 It is fitted on training subjects' genuine/impostor scores (from a bench run or from the
 server's own enrolment data), saved as JSON next to the models, and loaded by the server.
-Without a fitted calibrator for a modality the engine falls back to the policy's rough
-uncalibrated mapping and says so in `calibrated_modalities`. A calibrator whose report names
+Without a fitted calibrator for a modality its evidence is left out of decisions (reason
+`uncalibrated`, `fusion.policy.decide`); `calibrated_modalities` says which have one. A calibrator whose report names
 the model it was fitted for (`report[m]["model_version"]`) is applied only to evidence of
 that model: after another version is activated its scores would be read on a foreign scale.
 """

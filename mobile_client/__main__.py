@@ -21,10 +21,16 @@ def main(server: str = "http://127.0.0.1:8000", data: Path | None = None, replay
         from android.storage import app_storage_path  # type: ignore[import-not-found]
 
         data = Path(app_storage_path()) / "cadence"
+    from mobile_client.secrets_store import KeystoreUnavailable
     from mobile_client.services import build_services
     from mobile_client.ui.app import CadenceApp
 
-    services = build_services(data, server, bank_api_key=bank_key)
+    try:
+        services = build_services(data, server, bank_api_key=bank_key)
+    except KeystoreUnavailable as exc:  # refusing beats reading wrapped keys as plain ones: say why, once
+        logging.getLogger("mobile_client").error("%s. Restart the phone; if it persists, reinstall the app "
+                                                 "and set it up again (the server keeps nothing to restore)", exc)
+        return 1
     CadenceApp(services, data_dir_for_replay=replay_data).run()
     return 0
 

@@ -74,7 +74,7 @@ class FeatureWindowIn(_Strict):
     feature_version: Text = Field(min_length=1, max_length=64)
     start: Finite
     end: Finite
-    n_events: int = Field(ge=1, le=10_000_000)
+    n_events: int = Field(strict=True, ge=1, le=10_000_000)
     quality: float = Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)
     values: list[FeatureValue] = Field(min_length=1, max_length=MAX_FEATURE_DIM)
 

@@ -72,8 +72,8 @@ def _database(url: str, work: Path) -> Iterator[tuple[str, str]]:
     name = "CADENCE_BENCH_API_DATABASE_URL"
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise BenchError(f"{name}={url!r}: not a database URL") from None
+    except (ArgumentError, ValueError):  # not echoed: it may hold a password
+        raise BenchError(f"{name}: not a database URL (dialect+driver://user@host:port/database)") from None
     if parsed.get_backend_name() != "postgresql":
         raise BenchError(f"{name}: {shown(url)} is not PostgreSQL (the embedded SQLite is the default: leave it unset)")
     if "options" in parsed.query:

@@ -65,3 +65,19 @@ def test_no_keystore_from_the_start_falls_back_with_a_warning(android: pytest.Mo
 def test_the_marker_is_not_a_secret_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="secret names"):
         ss.FileSecretStore(tmp_path).get(ss.KIND_MARKER)
+
+
+def test_the_app_says_why_it_cannot_start_instead_of_crashing(android: pytest.MonkeyPatch, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import mobile_client.__main__ as entry
+    import mobile_client.services as services
+
+    def no_keystore(*a: object, **k: object) -> None:
+        raise ss.KeystoreUnavailable("the device's secrets are wrapped by the Android Keystore, which cannot be opened")
+
+    android.setattr(services, "build_services", no_keystore)
+    android.setattr("mobile_client.platform_info.is_android", lambda: False)  # the desktop window path
+    android.setattr("mobile_client.headless.window_size", lambda *a: None)
+    with caplog.at_level(logging.ERROR):
+        assert entry.main(data=tmp_path) == 1
+    assert "cannot be opened" in caplog.text and "reinstall" in caplog.text

@@ -75,6 +75,8 @@ def test_bench_api_on_postgresql_runs_in_a_schema_of_its_own_and_drops_it(tmp_pa
 @pytest.mark.parametrize(("url", "says"), [
     ("mysql://root@127.0.0.1/test", "is not PostgreSQL"),
     ("not a url", "not a database URL"),
+    ("postgres ql://u:secret@h/db", "not a database URL"),
+    ("postgresql://u:secret@127.0.0.1:port/db", "not a database URL"),
     ("postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3Dx", "name the database only"),
     ("postgresql+psycopg://nobody:secret@127.0.0.1:1/none", "cannot use postgresql+psycopg://nobody:***@127.0.0.1:1/none"),
 ])

@@ -336,7 +336,7 @@ def test_feature_values_beyond_any_real_feature_get_422(client: TestClient, wind
     assert r.status_code == 422 and r.json()["detail"].startswith("evidence.1.values"), r.text
 
 
-@pytest.mark.parametrize(("field", "value"), [("values", ["1"]), ("start", "0"), ("quality", "1")])
+@pytest.mark.parametrize(("field", "value"), [("values", ["1"]), ("start", "0"), ("quality", "1"), ("n_events", "5")])
 def test_numbers_sent_as_strings_get_422(client: TestClient, windows, field: str, value: object) -> None:  # type: ignore[no-untyped-def]
     """"1" was read as 1.0: a client quoting its numbers has a bug the server must not paper over."""
     dev = _enrol(client, windows)

@@ -49,8 +49,8 @@ def active_model(state: State, modality: str = ModalityPath) -> dict[str, Any]:
 @router.post("/{modality}/activate", response_model=ModelOut)
 def activate(body: ActivateIn, state: State, uow: Uow, actor: AdminKey, modality: str = ModalityPath) -> ModelOut:
     reg = state.provider.registry
-    if reg is None:
-        raise ApiError(409, "no_registry", "no model registry is configured")
+    if reg is None or not reg.root.is_dir():  # nothing published yet (or no folder configured)
+        raise ApiError(409, "no_registry", "no model registry: publish a model first (`cadence models train`)")
     try:
         mv = reg.activate(modality, body.version)
     except RegistryError as exc:
