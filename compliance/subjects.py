@@ -37,6 +37,9 @@ class DataHolder(Protocol):
 
     def purge(self, session: Session, policy: Any, *, now: Any, dry_run: bool) -> dict[str, int]: ...
 
+    # optional: `lock(session, user_id)` takes the holder's row locks before an erasure changes
+    # anything (see `erase_user`), in the order the holder's own writers take them
+
 
 _HOLDERS: dict[str, DataHolder] = {}
 
@@ -103,6 +106,10 @@ def erase_user(session: Session, user_id: str, *, actor: str = "admin") -> dict[
     """
     if not isinstance(user_id, str) or not user_id:
         raise ValueError("user_id: must be a non-empty string")
+    for h in registered_holders():  # the holders' row locks first, in the order their own writers take them
+        lock = getattr(h, "lock", None)
+        if callable(lock):
+            lock(session, user_id)
     n = session.scalar(select(func.count()).select_from(ConsentRecord).where(ConsentRecord.user_id == user_id)) or 0
     session.execute(delete(ConsentRecord).where(ConsentRecord.user_id == user_id).execution_options(synchronize_session="fetch"))
     removed: dict[str, int] = {"compliance.consents": int(n)}

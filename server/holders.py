@@ -64,13 +64,22 @@ class ServerHolder:
                                  "transaction_id": e.transaction_id} for e in _rows(session, EvidenceSeen, user_id)],
         }
 
+    def lock(self, session: Session, user_id: str) -> None:
+        """Lock the person's device rows, then their user row (PostgreSQL), before erasure changes anything.
+
+        The order every writer takes them in: device requests hold their device row through
+        the request's nonce, then lock the user, then its sessions or transactions; the bank's
+        step-up locks the user, then the transaction. Taken first (`compliance.subjects.erase_user`
+        calls this before it deletes consents), a payment, session post, consent change or
+        step-up in flight finishes before the erasure, instead of the two deadlocking.
+        """
+        session.execute(select(Device.id).where(Device.user_id == user_id).with_for_update())
+        session.execute(select(User.id).where(User.id == user_id).with_for_update())
+
     def erase(self, session: Session, user_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
-        # rows locked in the order device requests take them (device by its nonce, then the
-        # user, then a session): a session post or payment in flight finishes first, instead of
-        # the two deadlocking on PostgreSQL
-        devices = list(session.scalars(select(Device.id).where(Device.user_id == user_id).with_for_update()).all())
-        session.execute(select(User.id).where(User.id == user_id).with_for_update())
+        self.lock(session, user_id)  # again if `erase_user` did already: a no-op in the same transaction
+        devices = list(session.scalars(select(Device.id).where(Device.user_id == user_id)).all())
         if devices:
             counts["server_nonce"] = session.execute(delete(RequestNonce).where(RequestNonce.device_id.in_(devices))).rowcount  # type: ignore[attr-defined]
         for table in (AuthSession, Transaction, SecurityFlag, EvidenceSeen, Template, EnrolmentWindow, Device):
@@ -98,8 +107,10 @@ class ServerHolder:
         ``template_inactive_days`` for templates of people who stopped using the service.
         """
         now = now or datetime.now(UTC)
-        targets = {"transactions": (Transaction, Transaction.created_at), "evidence": (EvidenceSeen, EvidenceSeen.seen_at),
-                   "sessions": (AuthSession, AuthSession.updated_at), "security_flags": (SecurityFlag, SecurityFlag.created_at)}
+        # the tables in erasure's order (sessions, transactions, flags, evidence), so a purge and
+        # an erasure running at once take their row locks in the same order and never deadlock
+        targets = {"sessions": (AuthSession, AuthSession.updated_at), "transactions": (Transaction, Transaction.created_at),
+                   "security_flags": (SecurityFlag, SecurityFlag.created_at), "evidence": (EvidenceSeen, EvidenceSeen.seen_at)}
         out: dict[str, int] = {}
         for kind, (table, col) in targets.items():
             days = policy.get(kind) if isinstance(policy, dict) else getattr(policy, kind, None)

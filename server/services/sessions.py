@@ -98,7 +98,7 @@ def _bookkeeping(session_id: str, state: Any) -> tuple[int, int, list[str] | Non
 
 
 def _out(s: AuthSession) -> SessionOut:
-    received, scored, _ = _bookkeeping(s.id, s.state or {})
+    received, scored, _ = _bookkeeping(s.id, s.state)
     return SessionOut(session_id=s.id, user_id=s.user_id, status=s.status, risk=s.risk, engine=_engine(),
                       windows=received, scored_windows=scored)
 
@@ -182,7 +182,7 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
     user = session.get(User, user_id, with_for_update=True)
     s = get_session(session, session_id, user_id, device_id, for_update=True)
     _locked(user)
-    received, scored, last = _bookkeeping(session_id, s.state or {})
+    received, scored, last = _bookkeeping(session_id, s.state)
     digests = [window_hash(w) for w in windows]
     if digests == last:
         # the same windows as the last accepted post: a client retry after a lost answer (a timeout).

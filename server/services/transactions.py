@@ -334,16 +334,18 @@ def complete_step_up(session: Session, signing_key: Ed25519PrivateKey, tx_id: st
                      lockout_failures: int, actor: str) -> dict[str, Any]:
     """The bank reports the outcome of the step-up (e.g. a one-time code) for a pending transaction.
 
-    The transaction and its user are read with row locks (PostgreSQL), so two reports of one
-    step-up cannot both pass, and a user locked meanwhile is not approved through it.
+    The user and then the transaction are read with row locks (PostgreSQL), so two reports of
+    one step-up cannot both pass, and a user locked meanwhile is not approved through it. The
+    user row comes first, as in every other writer (erasure: device, user, then its rows), so
+    a step-up and an erasure of the same person never deadlock.
     """
-    tx = session.get(Transaction, tx_id, with_for_update=True)
-    if tx is None:
+    owner = session.scalar(select(_TX.user_id).where(_TX.id == tx_id))
+    user = session.get(User, owner, with_for_update=True) if owner is not None else None
+    tx = session.get(Transaction, tx_id, with_for_update=True, populate_existing=True)
+    if tx is None or user is None:  # never there, or erased before the locks were ours
         raise ApiError(404, "unknown_transaction", f"transaction_id: {tx_id!r} not found")
     if tx.status != "step_up_pending":
         raise ApiError(409, "not_pending", f"transaction_id: status is {tx.status!r}, not step_up_pending")
-    user = session.get(User, tx.user_id, with_for_update=True)
-    assert user is not None
     if user.locked and success:  # a failed step-up is still recorded: the transaction is denied
         raise ApiError(423, "user_locked", f"transaction_id: its user is locked after {lockout_failures} consecutive "
                                            "failed authentications; an administrator must unlock it first")

@@ -62,7 +62,8 @@ def test_an_infinite_score_is_a_bounded_mismatch_not_a_500(client: TestClient, e
 
 @pytest.mark.parametrize("damage", [{"version": 2}, {"llrs": [float("nan")]}, {"state": None},
                                     {"llrs": "x", "version": None}, "garbage", ["a", "list"], "a string",
-                                    {"scored_windows": "many"}, {"windows_received": -1}, {"last_windows": "x"}])
+                                    {"scored_windows": "many"}, {"windows_received": -1}, {"last_windows": "x"},
+                                    None, 0, False])
 def test_an_unreadable_stored_state_is_a_409(client: TestClient, enrolled, windows, damage) -> None:  # type: ignore[no-untyped-def]
     sid = _new_session(enrolled)
     state: Any

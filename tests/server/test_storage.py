@@ -169,7 +169,44 @@ def test_erasure_locks_rows_in_the_order_device_requests_do(tmp_path: Path, cali
                 assert r.status_code == 200, r.text
         finally:
             app.state.engine.dispose()
-    server = [s for s in seen if "SERVER_" in s and (s.startswith("DELETE") or "FOR UPDATE" in s)]
-    first_delete = next(i for i, s in enumerate(server) if s.startswith("DELETE"))
-    locks = [s for s in server[:first_delete] if "FOR UPDATE" in s]
-    assert [("SERVER_DEVICE" in s, "SERVER_USER" in s) for s in locks[:2]] == [(True, False), (False, True)], server
+    # every delete (consents included: a consent change holds the device row, then the consent's)
+    writes = [s for s in seen if s.startswith("DELETE") or ("FOR UPDATE" in s and "SERVER_" in s)]
+    first_delete = next(i for i, s in enumerate(writes) if s.startswith("DELETE"))
+    locks = [s for s in writes[:first_delete] if "FOR UPDATE" in s]
+    assert [("SERVER_DEVICE" in s, "SERVER_USER" in s) for s in locks[:2]] == [(True, False), (False, True)], writes
+
+
+@pytest.mark.postgres
+def test_step_up_locks_the_user_before_the_transaction(tmp_path: Path, calibration_file: Path,
+                                                       windows) -> None:  # type: ignore[no-untyped-def]
+    """As erasure does: it locked the transaction first and deadlocked with an erasure of the same person."""
+    from sqlalchemy import event
+
+    from server.models import Transaction
+
+    with pg_schema_url("cadence_stepup_order") as url:
+        app = create_app(make_settings(tmp_path, database_url=url, fusion_calibration=calibration_file))
+        try:
+            with TestClient(app) as client:
+                dev = new_device(client, "sam")
+                for m in MODALITIES:
+                    dev.grant_consent(m)
+                    dev.enrol(windows["owner"][m][:5])
+                tx = dev.authorize(amount="20.00", payee="ACME", evidence=evidence(windows, "owner", 6))
+                with app.state.cadence.sessions() as db, db.begin():  # a pending step-up, whatever was decided
+                    row = db.get(Transaction, tx["transaction_id"])
+                    row.status, row.outcome = "step_up_pending", "step_up"
+                seen: list[str] = []
+
+                def record(conn, cursor, statement, *a):  # type: ignore[no-untyped-def]
+                    if "FOR UPDATE" in statement.upper():
+                        seen.append(" ".join(statement.split()).upper())
+
+                event.listen(app.state.engine, "before_cursor_execute", record)
+                r = client.post(f"/v1/transactions/{tx['transaction_id']}/step-up", json={"success": True},
+                                headers={"X-API-Key": "dev-bank-key"})
+                event.remove(app.state.engine, "before_cursor_execute", record)
+                assert r.status_code == 200 and r.json()["status"] == "approved_after_step_up", r.text
+        finally:
+            app.state.engine.dispose()
+    assert [("FROM SERVER_USER" in s, "FROM SERVER_TRANSACTION" in s) for s in seen] == [(True, False), (False, True)], seen
