@@ -81,7 +81,8 @@ def train_and_publish(
         if max_subjects is not None and len(subs) > max_subjects:
             subs = sorted(rng.choice(subs, size=max_subjects, replace=False).tolist())
         if len(subs) < 6:
-            raise ValueError(f"{m}: need at least 6 subjects in {data_dir}, found {len(subs)}")
+            why = f" (--max-subjects {max_subjects})" if max_subjects is not None and max_subjects < 6 else ""
+            raise ValueError(f"{m}: training needs at least 6 subjects, found {len(subs)} in {data_dir}{why}")
         perm = rng.permutation(subs)
         plan[m] = (subs, sorted(perm[: len(perm) // 2].tolist()), sorted(perm[len(perm) // 2:].tolist()))
     fitted = FusionEngine()
@@ -130,6 +131,28 @@ class CalibrationReport:
     calibration_file: Path
 
 
+def _refuse_training_people(modality: str, version: str, source: str, data_dir: Path, subjects: list[Any]) -> None:
+    """A model trained centrally on a folder (`source` "central:<folder>") is not calibrated on its people.
+
+    Its scores on them are optimistic, so would the calibrated LLRs be: impostors would read as
+    stronger matches than they are on strangers. Federated models record no folder (their
+    devices' data never left them), so nothing can be checked for them here.
+    """
+    from evaluation.datasets import available_subjects
+
+    if not source.startswith("central:"):
+        return
+    trained_on = Path(source.split(":", 1)[1])
+    try:
+        shared = sorted(set(subjects) & set(available_subjects(trained_on, modality))) if trained_on.is_dir() else []
+    except Exception:  # noqa: BLE001 - the training folder moved or changed layout: nothing to compare
+        return
+    if shared:
+        raise ValueError(f"{modality} {version} was trained on {trained_on}, which holds {len(shared)} of the people in "
+                         f"{data_dir} (e.g. subjects {', '.join(map(str, shared[:5]))}): calibrate it on people it was "
+                         "not trained on, or its LLRs read impostors as stronger matches than they are")
+
+
 def calibrate_published(
     data_dir: Path,
     registry_root: Path,
@@ -174,6 +197,7 @@ def calibrate_published(
     version = active.version
     scorer = reg.load(modality, version)
     subs = available_subjects(data_dir, modality)
+    _refuse_training_people(modality, version, active.source, data_dir, subs)
     if max_subjects is not None and len(subs) > max_subjects:
         subs = sorted(np.random.default_rng(seed).choice(subs, size=max_subjects, replace=False).tolist())
     split = SPLITS[modality](Path(data_dir), subs)

@@ -83,6 +83,15 @@ def test_calibrate_a_published_model_the_server_then_uses(data_dir: Path, tmp_pa
         app, ["models", "calibrate", "gait", "--data-dir", str(data_dir), "--registry", str(reg_root)])
     assert bad.exit_code == 2 and "no active gait model" in bad.output
 
+    # v0001 was trained on data_dir: calibrating it on the same people is refused, not silently optimistic
+    reg.activate("keystroke", "v0001")
+    before = (reg_root / "fusion-calibration.json").read_bytes()
+    own = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["models", "calibrate", "keystroke", "--data-dir", str(data_dir), "--registry", str(reg_root),
+              "--max-subjects", "8"])
+    assert own.exit_code == 2 and "was trained on" in own.output and "not trained on" in own.output, own.output
+    assert (reg_root / "fusion-calibration.json").read_bytes() == before
+
 
 @pytest.fixture
 def fake_training(monkeypatch: pytest.MonkeyPatch) -> dict[str, Exception]:
