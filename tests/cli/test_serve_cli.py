@@ -16,12 +16,12 @@ def test_port_out_of_range_is_refused() -> None:
         assert r.exit_code == 2 and "--port" in r.output and "65535" in r.output, r.output
 
 
-def test_bad_setting_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """A bad CADENCE_* value stops every command with the variable's name, not a traceback."""
+def _serve_with(var: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[object, str]:
+    """`cadence serve` as the console script runs it, with `var=value`: (exit code, stderr). Refused before it binds."""
     from cadence import cli
     from cadence.settings import get_settings
 
-    monkeypatch.setenv("CADENCE_PORT", "0")
+    monkeypatch.setenv(var, value)
     monkeypatch.setattr(sys, "argv", ["cadence", "serve"])
     get_settings.cache_clear()
     try:
@@ -29,8 +29,13 @@ def test_bad_setting_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyP
             cli.main()
     finally:
         get_settings.cache_clear()
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_bad_setting_is_one_line_naming_the_variable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad CADENCE_* value stops every command with the variable's name, not a traceback."""
+    code, err = _serve_with("CADENCE_PORT", "0", monkeypatch, capsys)
+    assert code == 2
     assert err.startswith("error: invalid setting CADENCE_PORT='0'") and "Traceback" not in err
 
 
@@ -72,19 +77,8 @@ def test_settings_that_would_fail_later_are_refused_at_start() -> None:
 
 def test_a_bad_proxy_address_stops_serve_in_one_line(monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from cadence import cli
-    from cadence.settings import get_settings
-
-    monkeypatch.setenv("CADENCE_FORWARDED_ALLOW_IPS", "proxy.internal")
-    monkeypatch.setattr(sys, "argv", ["cadence", "serve"])
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(SystemExit) as exc:
-            cli.main()
-    finally:
-        get_settings.cache_clear()
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and "CADENCE_FORWARDED_ALLOW_IPS" in err and "Traceback" not in err, err
+    code, err = _serve_with("CADENCE_FORWARDED_ALLOW_IPS", "proxy.internal", monkeypatch, capsys)
+    assert code == 2 and "CADENCE_FORWARDED_ALLOW_IPS" in err and "Traceback" not in err, err
 
 
 def test_proxy_addresses_and_networks_are_accepted() -> None:

@@ -8,7 +8,9 @@ so it never touches other tables in the shared `test` database.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -146,29 +148,43 @@ def test_concurrent_windows_into_one_session_all_count(db_url: str, tmp_path: Pa
         app.state.engine.dispose()
 
 
-@pytest.mark.postgres
-def test_erasure_locks_rows_in_the_order_device_requests_do(tmp_path: Path, calibration_file: Path,
-                                                           windows) -> None:  # type: ignore[no-untyped-def]
-    """Device, then user, before any delete: it deleted sessions first and deadlocked with a session post."""
-    from sqlalchemy import event
-
-    with pg_schema_url("cadence_erase_order") as url:
+@contextmanager
+def _pg_app(tmp_path: Path, calibration_file: Path, prefix: str) -> Iterator[tuple[Any, TestClient]]:
+    """A server app on a throw-away PostgreSQL schema, and its test client."""
+    with pg_schema_url(prefix) as url:
         app = create_app(make_settings(tmp_path, database_url=url, fusion_calibration=calibration_file))
         try:
             with TestClient(app) as client:
-                dev = new_device(client, "erin")
-                dev.grant_consent("keystroke")
-                seen: list[str] = []
-
-                def record(conn, cursor, statement, *a):  # type: ignore[no-untyped-def]
-                    seen.append(" ".join(statement.split()).upper())
-
-                event.listen(app.state.engine, "before_cursor_execute", record)
-                r = client.delete("/v1/admin/users/erin", headers={"X-API-Key": "dev-admin-key"})
-                event.remove(app.state.engine, "before_cursor_execute", record)
-                assert r.status_code == 200, r.text
+                yield app, client
         finally:
             app.state.engine.dispose()
+
+
+@contextmanager
+def _statements(engine: Any) -> Iterator[list[str]]:
+    """The SQL the engine sends inside the block, upper-cased, whitespace folded."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *a):  # type: ignore[no-untyped-def]
+        seen.append(" ".join(statement.split()).upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+@pytest.mark.postgres
+def test_erasure_locks_rows_in_the_order_device_requests_do(tmp_path: Path, calibration_file: Path) -> None:
+    """Device, then user, before any delete: it deleted sessions first and deadlocked with a session post."""
+    with _pg_app(tmp_path, calibration_file, "cadence_erase_order") as (app, client):
+        new_device(client, "erin").grant_consent("keystroke")
+        with _statements(app.state.engine) as seen:
+            r = client.delete("/v1/admin/users/erin", headers={"X-API-Key": "dev-admin-key"})
+        assert r.status_code == 200, r.text
     # every delete (consents included: a consent change holds the device row, then the consent's)
     writes = [s for s in seen if s.startswith("DELETE") or ("FOR UPDATE" in s and "SERVER_" in s)]
     first_delete = next(i for i, s in enumerate(writes) if s.startswith("DELETE"))
@@ -180,33 +196,20 @@ def test_erasure_locks_rows_in_the_order_device_requests_do(tmp_path: Path, cali
 def test_step_up_locks_the_user_before_the_transaction(tmp_path: Path, calibration_file: Path,
                                                        windows) -> None:  # type: ignore[no-untyped-def]
     """As erasure does: it locked the transaction first and deadlocked with an erasure of the same person."""
-    from sqlalchemy import event
-
     from server.models import Transaction
 
-    with pg_schema_url("cadence_stepup_order") as url:
-        app = create_app(make_settings(tmp_path, database_url=url, fusion_calibration=calibration_file))
-        try:
-            with TestClient(app) as client:
-                dev = new_device(client, "sam")
-                for m in MODALITIES:
-                    dev.grant_consent(m)
-                    dev.enrol(windows["owner"][m][:5])
-                tx = dev.authorize(amount="20.00", payee="ACME", evidence=evidence(windows, "owner", 6))
-                with app.state.cadence.sessions() as db, db.begin():  # a pending step-up, whatever was decided
-                    row = db.get(Transaction, tx["transaction_id"])
-                    row.status, row.outcome = "step_up_pending", "step_up"
-                seen: list[str] = []
-
-                def record(conn, cursor, statement, *a):  # type: ignore[no-untyped-def]
-                    if "FOR UPDATE" in statement.upper():
-                        seen.append(" ".join(statement.split()).upper())
-
-                event.listen(app.state.engine, "before_cursor_execute", record)
-                r = client.post(f"/v1/transactions/{tx['transaction_id']}/step-up", json={"success": True},
-                                headers={"X-API-Key": "dev-bank-key"})
-                event.remove(app.state.engine, "before_cursor_execute", record)
-                assert r.status_code == 200 and r.json()["status"] == "approved_after_step_up", r.text
-        finally:
-            app.state.engine.dispose()
-    assert [("FROM SERVER_USER" in s, "FROM SERVER_TRANSACTION" in s) for s in seen] == [(True, False), (False, True)], seen
+    with _pg_app(tmp_path, calibration_file, "cadence_stepup_order") as (app, client):
+        dev = new_device(client, "sam")
+        for m in MODALITIES:
+            dev.grant_consent(m)
+            dev.enrol(windows["owner"][m][:5])
+        tx = dev.authorize(amount="20.00", payee="ACME", evidence=evidence(windows, "owner", 6))
+        with app.state.cadence.sessions() as db, db.begin():  # a pending step-up, whatever was decided
+            row = db.get(Transaction, tx["transaction_id"])
+            row.status, row.outcome = "step_up_pending", "step_up"
+        with _statements(app.state.engine) as seen:
+            r = client.post(f"/v1/transactions/{tx['transaction_id']}/step-up", json={"success": True},
+                            headers={"X-API-Key": "dev-bank-key"})
+        assert r.status_code == 200 and r.json()["status"] == "approved_after_step_up", r.text
+    locks = [s for s in seen if "FOR UPDATE" in s]
+    assert [("FROM SERVER_USER" in s, "FROM SERVER_TRANSACTION" in s) for s in locks] == [(True, False), (False, True)], locks
