@@ -155,8 +155,6 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         import anyio.to_thread
 
-        if not logging.getLogger().handlers:  # a worker process of `cadence serve --workers N`
-            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         state: AppState = app.state.cadence
         for modality in MODALITIES:
@@ -254,6 +252,9 @@ def check_settings(settings: Settings) -> None:
 def create_app(settings: Settings | None = None, *, init_db: bool = True) -> FastAPI:
     """Build the app: engine, scorer provider, signing key, routes, error handlers, metrics."""
     settings = settings or get_settings()
+    if not logging.getLogger().handlers:  # a worker process of `cadence serve --workers N` builds the app
+        # before anything configured logging: its start-up warnings would lose their level and logger
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_settings(settings)
     # one pooled connection per handler thread, plus the event loop's two held ones on a SQLite
     # file (`HeldConnections`): none made and dropped under load

@@ -85,3 +85,17 @@ def test_proxy_addresses_and_networks_are_accepted() -> None:
     from cadence.settings import Settings
 
     assert Settings(forwarded_allow_ips="10.0.0.5, 192.168.0.0/16,::1,*").forwarded_allow_ips
+
+
+def test_a_worker_building_the_app_logs_with_level_and_logger(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With --workers N each worker builds the app before anything set up logging: its warnings came bare."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "CADENCE_DATABASE_URL": f"sqlite:///{tmp_path / 'w.sqlite'}",
+           "CADENCE_MODEL_REGISTRY": str(tmp_path / "registry")}
+    env.pop("CADENCE_FUSION_CALIBRATION", None)
+    out = subprocess.run([sys.executable, "-c", "from server.app import create_app; create_app()"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "WARNING server.fusion_source: fusion: no calibration file" in out.stderr, out.stderr
