@@ -78,7 +78,7 @@ class ServerHolder:
 
     def erase(self, session: Session, user_id: str) -> dict[str, int]:
         counts: dict[str, int] = {}
-        self.lock(session, user_id)  # again if `erase_user` did already: a no-op in the same transaction
+        # the rows are locked already: `compliance.subjects.erase_user` calls `lock` before anything else
         devices = list(session.scalars(select(Device.id).where(Device.user_id == user_id)).all())
         if devices:
             counts["server_nonce"] = session.execute(delete(RequestNonce).where(RequestNonce.device_id.in_(devices))).rowcount  # type: ignore[attr-defined]

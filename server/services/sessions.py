@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from fusion.policy import ModalityEvidence, decide
+from fusion.policy import Decision, ModalityEvidence, decide
 from server.errors import ApiError
 from server.models import AuthSession, SecurityFlag, User
 from server.schemas import FeatureWindowIn, SessionOut
@@ -47,19 +47,23 @@ def fallback_update(state: dict[str, Any], evidence: list[ModalityEvidence]) -> 
     old = list(state.get("llrs", []))
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in old):
         raise ValueError("llrs: must be a list of finite numbers")
-    if not _usable(evidence):
+    d = _fused(evidence)
+    if d is None:
         prev = state.get("state") or {"risk": 0.5, "status": "ok"}
         return {"llrs": old, "state": dict(prev)}
-    llrs = old[-(WINDOW - 1):] + [decide(evidence, amount=0.0).fused_llr]
+    llrs = old[-(WINDOW - 1):] + [d.fused_llr]
     mean = sum(llrs) / len(llrs)
     risk = 1.0 / (1.0 + math.exp(max(min(mean, 50.0), -50.0)))
     status = "terminate" if risk >= TERMINATE_RISK else "step_up" if risk >= STEP_UP_RISK else "ok"
     return {"llrs": llrs, "state": {"risk": risk, "status": status}}
 
 
-def _usable(evidence: list[ModalityEvidence]) -> bool:
-    """Whether the window's evidence counts at all (calibrated, good enough quality), as the trackers judge it."""
-    return bool(evidence) and not any(r.code == "no_evidence" for r in decide(evidence, amount=0.0).reasons)
+def _fused(evidence: list[ModalityEvidence]) -> Decision | None:
+    """The window's fused decision, or None when no item is usable evidence (as the trackers judge it)."""
+    if not evidence:
+        return None
+    d = decide(evidence, amount=0.0)
+    return None if any(r.code == "no_evidence" for r in d.reasons) else d
 
 
 def _unreadable(session_id: str, exc: Exception) -> ApiError:
@@ -105,10 +109,10 @@ def _out(s: AuthSession) -> SessionOut:
 
 def _scored_windows(evidence: list[ModalityEvidence]) -> int:
     """How many windows the fused evidence rests on (the modalities `decide` used, not those left out)."""
-    if not evidence:
+    d = _fused(evidence)
+    if d is None:
         return 0
-    used = {r.modality for r in decide(evidence, amount=0.0).reasons
-            if r.code in ("strong_match", "match", "mismatch", "strong_mismatch")}
+    used = {r.modality for r in d.reasons if r.code in ("strong_match", "match", "mismatch", "strong_mismatch")}
     return sum(e.n_windows for e in evidence if e.modality in used)
 
 
