@@ -101,7 +101,7 @@ def train_and_publish(
                 f"`{data_dir}`. Calibration fitted on scores of subjects the calibration model never saw "
                 f"(EER {metrics['calibration_eer']:.4f}, Cllr {metrics['calibration_cllr']:.3f}). "
                 "Evaluate it only on people outside that folder.\n")
-        version = reg.publish(m, scorer, metrics=metrics, card=card, source=f"central:{data_dir}")
+        version = reg.publish(m, scorer, metrics=metrics, card=card, source=f"central:{Path(data_dir).resolve()}")
         fitted.report[m]["model_version"] = version
         scorers[m] = scorer.name
         report.versions[m] = version

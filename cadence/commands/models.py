@@ -99,9 +99,23 @@ def _calibration_hint(root: Path, modality: str, version: str) -> None:
                         "(people it was not trained on)", soft_wrap=True)
 
 
+def _data_folder(value: str | None) -> Path:
+    """`--data-dir` as an absolute folder; '' is refused.
+
+    It is recorded (a model's source, an audit entry), so it must still name the same folder
+    from wherever the next command runs.
+    """
+    from cadence.commands.paths import folder_option
+
+    folder = folder_option(value, "--data-dir")
+    if folder is None:
+        raise typer.BadParameter("give --data-dir or set CADENCE_DATA_DIR", param_hint="--data-dir")
+    return folder.resolve()
+
+
 @models_app.command("train")
 def train(
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR", help="Dataset folder (layout of shared/datasets).")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR", help="Dataset folder (layout of shared/datasets).")] = None,
     modality: Annotated[list[str] | None, typer.Option("--modality", "-m", help="Only this modality (repeatable).")] = None,
     registry: Registry = None,
     activate: Annotated[bool, typer.Option(help="Activate the new versions.")] = True,
@@ -113,9 +127,7 @@ def train(
     from evaluation.datasets import DatasetError
     from server.training import MODALITIES, check_modalities, train_and_publish
 
-    if data_dir is None or not data_dir.is_dir():
-        raise typer.BadParameter(f"{data_dir} is not a folder" if data_dir else "give --data-dir or set CADENCE_DATA_DIR",
-                                 param_hint="--data-dir")
+    folder = _data_folder(data_dir)
     try:
         check_modalities(modality or MODALITIES)
     except ValueError as exc:
@@ -127,7 +139,7 @@ def train(
         try:
             with console.status("training") as status:
                 report = train_and_publish(
-                    data_dir, reg.root, modalities=modality or MODALITIES, activate=activate, seed=seed,
+                    folder, reg.root, modalities=modality or MODALITIES, activate=activate, seed=seed,
                     max_subjects=max_subjects, step=lambda msg: status.update(msg),
                     activated=lambda m, v, scorer: record("model.activated", {"modality": m, "version": v, "scorer": scorer,
                                                                               "calibrated": True}))
@@ -150,8 +162,8 @@ def train(
 @models_app.command("calibrate")
 def calibrate(
     modality: Annotated[str, typer.Argument(help="keystroke, touch or gait")],
-    data_dir: Annotated[Path | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR",
-                                                  help="Calibration people (layout of shared/datasets), not the model's training people.")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR",
+                                                 help="Calibration people (layout of shared/datasets), not the model's training people.")] = None,
     version: Annotated[str | None, typer.Option(help="Version to calibrate (default: the active one).")] = None,
     registry: Registry = None,
     seed: Annotated[int, typer.Option(min=0)] = 0,
@@ -163,9 +175,7 @@ def calibrate(
     from modalities.registry import RegistryError
     from server.training import calibrate_published
 
-    if data_dir is None or not data_dir.is_dir():
-        raise typer.BadParameter(f"{data_dir} is not a folder" if data_dir else "give --data-dir or set CADENCE_DATA_DIR",
-                                 param_hint="--data-dir")
+    folder = _data_folder(data_dir)
     reg = _registry(registry)
     try:  # a version that is not there is refused before the audit database is opened (or made)
         if version is not None:
@@ -177,12 +187,12 @@ def calibrate(
     with _audit_log() as record:  # checked before the calibration file changes
         try:
             with out_console().status(f"{modality}: scoring the calibration people"):
-                rep = calibrate_published(data_dir, reg.root, modality, version=version, max_subjects=max_subjects,
+                rep = calibrate_published(folder, reg.root, modality, version=version, max_subjects=max_subjects,
                                           seed=seed)
         except (RegistryError, ModelVersionError, ValueError, DatasetError) as exc:
             fail(exc)
         record("model.calibrated", {"modality": modality, "version": rep.version, "scorer": rep.scorer,
-                                    "subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(data_dir)})
+                                    "subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(folder)})
     out_console().print(f"{modality} {rep.version} ({rep.scorer}): calibrated on {rep.subjects} subjects, "
                     f"EER {rep.eer:.4f}, Cllr {rep.cllr:.3f} -> {rep.calibration_file}")
 

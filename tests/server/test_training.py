@@ -174,3 +174,33 @@ def test_candidates_never_replace_the_live_calibration(fake_training: dict[str, 
               "--registry", str(tmp_path / "registry")])
     assert r.exit_code == 2 and "v0002 is not active" in r.output and "cadence models activate" in r.output, r.output
     assert cal.read_bytes() == live and len(audit_events(url)) == 1
+
+
+def test_a_relative_data_dir_is_recorded_as_the_folder_it_names(fake_training: dict[str, Exception], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded source must name the same folder from wherever `models calibrate` later runs.
+
+    A relative path was stored as given ("central:A"), so calibrating from another folder on the
+    very people the model was trained on passed the guard against it.
+    """
+    audit_db(tmp_path, monkeypatch)
+    (tmp_path / "people").mkdir()
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["models", "train", "--data-dir", "people", "--registry", str(tmp_path / "registry"), "-m", "keystroke"])
+    assert r.exit_code == 0, r.output
+    active = ModelRegistry(tmp_path / "registry").active("keystroke")
+    assert active is not None and active.source == f"central:{tmp_path / 'people'}"
+    monkeypatch.chdir(tmp_path / "people")
+    r = CliRunner(env={"COLUMNS": "400"}).invoke(
+        app, ["models", "calibrate", "keystroke", "--data-dir", str(tmp_path / "people"),
+              "--registry", str(tmp_path / "registry")])
+    assert r.exit_code == 2 and "was trained on" in r.output, r.output
+
+
+@pytest.mark.parametrize("command", [["train"], ["calibrate", "keystroke"]])
+def test_an_empty_data_dir_is_refused_not_read_as_the_current_folder(command: list[str], tmp_path: Path) -> None:
+    r = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["models", *command, "--data-dir", "",
+                                                       "--registry", str(tmp_path / "registry")])
+    assert r.exit_code == 2 and "empty path" in r.output, r.output
+    assert not (tmp_path / "registry").exists()
