@@ -66,6 +66,41 @@ def test_idempotency_same_decision_and_conflict(client: TestClient, enrolled, wi
     assert c.status_code == 409 and c.json()["code"] == "idempotency_conflict"
 
 
+def test_a_twin_that_lost_the_race_gets_the_winners_decision_not_a_replay_flag(
+        client: TestClient, enrolled, windows, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A concurrent twin (same key, same body) whose idempotency lookup ran before the winner committed.
+
+    Its replay check then finds the winner's windows: on PostgreSQL with two workers such twins
+    were refused as replayed evidence and the owner flagged. Replayed here by making the read
+    phase's lookup miss once, as it does in that interleaving.
+    """
+    import server.services.transactions as svc
+
+    payload = _authorize_payload(enrolled, windows, key="pay-twin")
+    first = enrolled.signed("POST", "/v1/transactions/authorize", payload)
+    assert first.status_code == 200, first.text
+    real, missed = svc.find_idempotent, []
+
+    def racing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not missed:
+            missed.append(True)
+            return None
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(svc, "find_idempotent", racing)
+    twin = enrolled.signed("POST", "/v1/transactions/authorize", payload)
+    assert missed and twin.status_code == 200, twin.text
+    assert twin.json() == first.json()
+    export = client.get(f"/v1/admin/users/{enrolled.user_id}/export", headers=ADMIN).json()
+    assert "evidence_replay" not in json.dumps(export)
+    # a key reused for another body with the same windows stays a flagged replay
+    missed.clear()
+    other = enrolled.signed("POST", "/v1/transactions/authorize", dict(payload, amount="26.00"))
+    assert other.status_code == 409 and other.json()["code"] == "evidence_replay", other.text
+    export = client.get(f"/v1/admin/users/{enrolled.user_id}/export", headers=ADMIN).json()
+    assert "evidence_replay" in json.dumps(export)
+
+
 def test_duplicated_evidence_window_refused_and_flagged(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
     ok = enrolled.signed("POST", "/v1/transactions/authorize", _authorize_payload(enrolled, windows, key="a"))
     assert ok.status_code == 200

@@ -72,6 +72,11 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> t
             return svc.commit_authorize(session, plan, state.signing_key, body, device_id=req.device.device_id,
                                         lockout_failures=lockout, actor=req.actor), plan.stored is None
     except EvidenceReplay as exc:
+        # a concurrent twin (same key, same body) that committed between this call's idempotency
+        # lookup and its replay check carried these very windows: answer with its decision
+        stored = _twin_answer(req, body)
+        if stored is not None:
+            return stored, False
         record_replay(req.transaction, exc, req.actor)
         raise
     except IntegrityError:
@@ -82,6 +87,18 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> t
             raise ApiError(409, "evidence_replay",
                            "evidence: a concurrent request carried the same window; replayed evidence is refused") from None
         return stored, False
+
+
+def _twin_answer(req: DeviceRequest, body: AuthorizeRequest) -> dict[str, Any] | None:
+    """The stored decision of an earlier call with this idempotency key and body, if there is one.
+
+    A key reused for another body is no twin: its replayed windows stay refused and flagged.
+    """
+    try:
+        with req.read() as session:
+            return find_idempotent(session, body, req.body_sha256)
+    except ApiError:  # idempotency_conflict
+        return None
 
 
 @router.post("/{transaction_id}/step-up", response_model=AuthorizeResponse)
