@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 import os
 import pkgutil
@@ -36,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from evaluation.datasets import DATA_LOGGER
 from evaluation.metrics import plot_det, summarize
 from evaluation.protocols import Fold, ScoreTable, resolve_folds
 
@@ -62,14 +64,25 @@ class BenchContext:
         folds = resolve_folds(kind, data_dir=self.data_dir, train_dir=self.train_dir, eval_dir=self.eval_dir,
                               k=k, seed=self.seed, max_subjects=max_subjects if self.quick else None)
         for fold in folds:
-            self.notes.extend(w for w in fold.warnings if w not in self.notes)
+            self.note(*fold.warnings)
         return folds
 
+    def note(self, *messages: str) -> None:
+        """Add caveats to `notes`, each once."""
+        self.notes.extend(m for m in dict.fromkeys(messages) if m not in self.notes)
+
     def require_data_dir(self) -> Path:
-        d = self.data_dir or self.eval_dir
-        if d is None:
-            raise BenchError("this bench needs --data-dir (or CADENCE_DATA_DIR)")
-        return Path(d)
+        """The one folder of a bench that splits its data itself: --data-dir, or --train-dir and --eval-dir if the same."""
+        if self.data_dir is not None:
+            return Path(self.data_dir)
+        if self.train_dir is not None and self.eval_dir is not None:
+            if Path(self.train_dir).resolve() == Path(self.eval_dir).resolve():
+                return Path(self.train_dir)
+            raise BenchError("this bench runs on one folder and splits it itself: give --data-dir, "
+                             "not --train-dir and --eval-dir")
+        if self.train_dir is not None or self.eval_dir is not None:
+            raise BenchError("--train-dir and --eval-dir go together; this bench needs --data-dir")
+        raise BenchError("this bench needs --data-dir (or CADENCE_DATA_DIR)")
 
 
 class BenchError(RuntimeError):
@@ -161,6 +174,39 @@ def rows_from_scores(output: BenchOutput) -> list[dict[str, Any]]:
     return rows
 
 
+def check_writable(path: Path) -> None:
+    """A `BenchError` unless the file `path` can be written (its folder exists; it is no folder).
+
+    An existing file is opened for appending and left as it was; a new one is made and removed.
+    """
+    if path.is_dir():
+        raise BenchError(f"cannot write {path}: it is a folder")
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def output_files(name: str, out: Path) -> tuple[Path, Path, Path]:
+    """The JSON, scores CSV and DET plot `run_bench` writes for bench `name`."""
+    return out / f"{name}.json", out / f"{name}-scores.csv", out / f"{name}-det.png"
+
+
+class _Notes(logging.Handler):
+    """Copies the data loaders' caveats (rows dropped or repaired) into a bench's notes."""
+
+    def __init__(self, ctx: BenchContext) -> None:
+        super().__init__(logging.WARNING)
+        self.ctx = ctx
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.ctx.note(record.getMessage())
+
+
 def machine_description() -> str:
     return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
@@ -171,9 +217,21 @@ def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict
     if name not in specs:
         raise BenchError(f"unknown bench {name!r}; known: {', '.join(specs) or 'none'}")
     spec = specs[name]
-    ctx.out.mkdir(parents=True, exist_ok=True)
+    try:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(f"cannot write to {ctx.out}: {exc.strerror or exc}") from None
+    json_path, csv_path, det_path = output_files(name, ctx.out)
+    for path in (json_path, csv_path, det_path):  # before a run that may take minutes, not after it
+        check_writable(path)
+    handler = _Notes(ctx)
+    data_log = logging.getLogger(DATA_LOGGER)
+    data_log.addHandler(handler)
     t0 = time.perf_counter()
-    output = spec.func(ctx)
+    try:
+        output = spec.func(ctx)
+    finally:
+        data_log.removeHandler(handler)
     seconds = time.perf_counter() - t0
     results = rows_from_scores(output) + list(output.rows)
     if output.scores is not None and not results:
@@ -199,24 +257,31 @@ def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict
         "seed": ctx.seed,
     })
     doc = _finite(doc)
-    (ctx.out / f"{name}.json").write_text(json.dumps(doc, indent=2, default=_json_default, allow_nan=False))
-    if output.scores is not None and len(output.scores):
-        output.scores.to_csv(ctx.out / f"{name}-scores.csv")
-        groups = output.det_groups or output.scores.groups()
-        curves = []
-        for m, w in groups:
-            sel = output.scores.select(m, w)
-            if sel["genuine"].size and sel["impostor"].size:
-                curves.append((f"{m} / {w}", sel["genuine"], sel["impostor"]))
-        if curves:
-            plot_det(curves, str(ctx.out / f"{name}-det.png"), title=f"cadence bench {name}")
-    if print_table:
+    text = json.dumps(doc, indent=2, default=_json_default, allow_nan=False)
+    if print_table:  # first: a file that cannot be written below must not cost the results
         print_results(doc, output.headline)
     for note in ctx.notes:
         from rich.console import Console
         from rich.markup import escape
 
         Console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(note)}", soft_wrap=True)
+    path = json_path
+    try:
+        json_path.write_text(text)
+        if output.scores is not None and len(output.scores):
+            path = csv_path
+            output.scores.to_csv(csv_path)
+            groups = output.det_groups or output.scores.groups()
+            curves = []
+            for m, w in groups:
+                sel = output.scores.select(m, w)
+                if sel["genuine"].size and sel["impostor"].size:
+                    curves.append((f"{m} / {w}", sel["genuine"], sel["impostor"]))
+            if curves:
+                path = det_path
+                plot_det(curves, str(det_path), title=f"cadence bench {name}")
+    except OSError as exc:
+        raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from None
     return doc
 
 

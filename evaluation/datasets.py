@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import os
 import re
@@ -33,7 +34,16 @@ from modalities.events import ANDROID_ACTION_MASK, AccelSeries, KeySequence, Tou
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LOADER_VERSION = "1"
+#: "2": parse results carry the file's data warnings (rows dropped or repaired), see `loader_warnings`
+LOADER_VERSION = "2"
+#: logger of data caveats (rows dropped or repaired, duplicates): a bench run copies its records into
+#: the bench's notes (``protocol.warnings`` of the JSON), see `evaluation.bench.run_bench`
+DATA_LOGGER = "evaluation.datasets.data"
+data_log = logging.getLogger(DATA_LOGGER)
+#: key of a parse result's warnings (one string per caveat, without the file name)
+WARNINGS = "warnings"
+#: touch times may step back this much (rounding of interpolated times in the source); more is refused
+TOUCH_BACKSTEP_S = 1e-3
 G = 9.80665
 
 #: file-name patterns per dataset kind; group 1 is the subject id, group 2 the device (if any)
@@ -59,18 +69,31 @@ class DatasetError(RuntimeError):
 
 
 def modality_dir(data_dir: str | os.PathLike[str], kind: str) -> Path:
-    """Return the folder holding files of `kind`: `data_dir` itself or one of its subfolders."""
+    """Return the folder holding files of `kind`: `data_dir` itself or its one subfolder with such files.
+
+    Several subfolders with `kind` files (two phones' folders, or the parent of several data
+    roots) are a `DatasetError` listing them: which one is meant cannot be guessed.
+    """
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise DatasetError(f"data folder not found: {root}")
     pat = PATTERNS[kind]
-    candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir())
-    for folder in candidates:
+
+    def holds(folder: Path) -> bool:
         try:
-            if any(pat.match(f.name) for f in folder.iterdir() if f.is_file()):
-                return folder
+            return any(pat.match(f.name) for f in folder.iterdir() if f.is_file())
         except PermissionError:  # pragma: no cover - unreadable subfolder
-            continue
+            return False
+
+    if holds(root):
+        return root
+    found = [p for p in sorted(root.iterdir()) if p.is_dir() and holds(p)]
+    if len(found) > 1:
+        raise DatasetError(f"{root} has {len(found)} subfolders with {kind} files: "
+                           f"{', '.join(p.name for p in found[:10])}{' ...' if len(found) > 10 else ''}; "
+                           "give the one to use")
+    if found:
+        return found[0]
     raise DatasetError(f"no {kind} files (pattern {pat.pattern}) in {root} or its subfolders")
 
 
@@ -157,16 +180,103 @@ def file_digest(path: Path, salt: str = "") -> str:
     return h.hexdigest()
 
 
-def same_file(a: Path, b: Path) -> bool:
-    """True when `a` and `b` are the same file or hold the same bytes."""
-    if a.resolve() == b.resolve():
-        return True
+#: decompressed bytes hashed for a file's content fingerprint (`content_fingerprint`)
+FINGERPRINT_BYTES = 1 << 20
+
+
+def _open_content(path: Path) -> io.BufferedIOBase:
+    """`path` opened for reading its content: decompressed when it is gzip data (by its magic, not its name)."""
+    fh = open(path, "rb")
+    if fh.read(2) == b"\x1f\x8b":
+        fh.close()
+        return gzip.open(path, "rb")
+    fh.seek(0)
+    return fh
+
+
+def content_fingerprint(path: Path) -> tuple[int | None, str]:
+    """(length, SHA-256) of the first `FINGERPRINT_BYTES` of the file's decompressed content.
+
+    The length is the content's whole length when it is shorter than that (then the hash
+    covers all of it), else None. Equal content always gives equal fingerprints, whatever the
+    compression; equal fingerprints with a None length only say the first MiB is the same
+    (`same_content` then compares everything). A `DatasetError` names a file that cannot be read.
+    """
     try:
-        if a.stat().st_size != b.stat().st_size:
-            return False
-    except OSError as exc:
-        raise DatasetError(f"cannot read {a} or {b}: {_reason(exc)}") from None
-    return file_digest(a) == file_digest(b)
+        with _open_content(path) as fh:
+            head = fh.read(FINGERPRINT_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"{path}: cannot read: {_reason(exc)}") from None
+    size = len(head) if len(head) <= FINGERPRINT_BYTES else None
+    return size, hashlib.sha256(head[:FINGERPRINT_BYTES]).hexdigest()
+
+
+def _content_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with _open_content(path) as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"{path}: cannot read: {_reason(exc)}") from None
+    return h.hexdigest()
+
+
+def same_content(pairs: Iterable[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """The pairs of `pairs` whose files hold the same decompressed content (see `shared_content`)."""
+    prints: dict[Path, tuple[int | None, str]] = {}
+    digests: dict[Path, str] = {}
+
+    def fp(p: Path) -> tuple[int | None, str]:
+        if p not in prints:
+            prints[p] = content_fingerprint(p)
+        return prints[p]
+
+    def full(p: Path) -> str:
+        if p not in digests:
+            digests[p] = _content_digest(p)
+        return digests[p]
+
+    out = []
+    for a, b in pairs:
+        if a.resolve() == b.resolve():
+            out.append((a, b))
+        elif fp(a) == fp(b) and (fp(a)[0] is not None or full(a) == full(b)):
+            out.append((a, b))
+    return out
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when `a` and `b` are the same file or hold the same content once decompressed."""
+    return bool(same_content([(a, b)]))
+
+
+def shared_content(
+    kind: str,
+    train_dir: str | os.PathLike[str],
+    eval_dir: str | os.PathLike[str],
+    *,
+    train_subjects: Iterable[int] | None = None,
+    eval_subjects: Iterable[int] | None = None,
+) -> list[tuple[int, int]]:
+    """(training subject, evaluation subject) pairs whose `kind` files hold the same data, whatever their ids.
+
+    Compares decompressed content, so a file linked, copied, renamed to another subject id or
+    (de)compressed is found. Each file's first MiB is hashed (`content_fingerprint`); only files
+    whose first MiB matches are read whole, so a check of two folders costs about 1 MiB of
+    decompression per file. Subjects default to every file of the folder. Sorted by
+    evaluation subject.
+    """
+    tr_files, ev_files = find_subject_files(train_dir, kind), find_subject_files(eval_dir, kind)
+    tr = dict(_select(tr_files, train_subjects))
+    ev = dict(_select(ev_files, eval_subjects))
+    by_print: dict[tuple[int | None, str], list[int]] = {}
+    for s, p in tr.items():
+        by_print.setdefault(content_fingerprint(p), []).append(s)
+    candidates = [(t, e) for e, p in ev.items() for t in by_print.get(content_fingerprint(p), [])]
+    pairs = same_content([(tr[t], ev[e]) for t, e in candidates])
+    shared = {(t, e) for t, e in candidates if (tr[t], ev[e]) in pairs}
+    return sorted(shared, key=lambda te: (te[1], te[0]))
 
 
 def _file_key(path: Path, kind: str) -> str:
@@ -185,12 +295,14 @@ def _parse_named(path: Path, parse: Callable[[Path], T]) -> T:
         raise DatasetError(f"{path}: cannot parse: {_reason(exc)}") from None
 
 
-def _cached(path: Path, kind: str, parse: Callable[[Path], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _cache_entry(path: Path, kind: str, parse: Callable[[Path], dict[str, np.ndarray]],
+                 only: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """`parse(path)` from the cache (parsed and stored first if absent); `only` reads just those arrays."""
     target = cache_dir() / kind / f"{_file_key(path, kind)}.npz"
     if target.exists():
         try:
             with np.load(target, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+                return {k: z[k] for k in z.files if only is None or k in only}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # corrupt cache entry: parse again
             log.warning("discarding unreadable cache entry %s", target)
     arrays = _parse_named(path, parse)
@@ -201,7 +313,51 @@ def _cached(path: Path, kind: str, parse: Callable[[Path], dict[str, np.ndarray]
         os.replace(tmp, target)
     except OSError as exc:
         raise DatasetError(f"cannot write the parse cache {target} (CADENCE_CACHE_DIR): {_reason(exc)}") from None
+    return {k: v for k, v in arrays.items() if only is None or k in only}
+
+
+def _cached(path: Path, kind: str, parse: Callable[[Path], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The parsed arrays of `path`; its data warnings go to `data_log` on every load, cached or not."""
+    arrays = _cache_entry(path, kind, parse)
+    for w in arrays.pop(WARNINGS, np.zeros(0, str)).tolist():
+        data_log.warning("%s: %s", path, w)
     return arrays
+
+
+def loader_warnings(data_dir: str | os.PathLike[str], kind: str, subjects: Iterable[int] | None = None) -> list[str]:
+    """``"FILE: what was dropped or repaired"`` for each caveat of the `kind` files of `subjects`.
+
+    What the loader logs when it reads them, for callers that may not read them (a feature
+    cache in front of the loader): cached files cost one small read, others are parsed.
+    """
+    files = find_subject_files(data_dir, kind)
+    out: list[str] = []
+    for _, path in _select(files, subjects):
+        a = _cache_entry(path, kind, _PARSERS[kind], only=(WARNINGS,))
+        out += [f"{path}: {w}" for w in a.get(WARNINGS, np.zeros(0, str)).tolist()]
+    return out
+
+
+def _warnings(msgs: list[str]) -> np.ndarray:
+    return np.array(msgs, dtype=str) if msgs else np.zeros(0, str)
+
+
+def _numbers(df: pd.DataFrame, col: str) -> np.ndarray:
+    """Column `col` as floats (empty cells NaN); a cell that is no number is a `DatasetError` naming column and row."""
+    v = df[col]
+    if pd.api.types.is_numeric_dtype(v):
+        return v.to_numpy(float)
+    text = v.astype("string").str.strip()
+    num = pd.to_numeric(text, errors="coerce")
+    bad = (num.isna() & text.notna() & (text != "")).to_numpy(bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DatasetError(f"column {col}, data row {i + 1}: {str(v.iloc[i])[:40]!r} is not a number")
+    return num.to_numpy(float)
+
+
+def _rows(n: int, what: str) -> str:
+    return f"{n:,} row{'s' if n != 1 else ''} {what}"
 
 
 @contextmanager
@@ -245,7 +401,7 @@ def load_cmu(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
     key = ["subject", "sessionIndex", "rep"]
     dup = df.duplicated()
     if dup.any():  # exact copies of a row would count twice as enrolment or test repetitions
-        log.warning("%s: dropped %d exact duplicate rows", path, int(dup.sum()))
+        data_log.warning("%s: dropped %d exact duplicate rows", path, int(dup.sum()))
         df = df[~dup].reset_index(drop=True)
     clash = df[df.duplicated(key, keep=False)]
     if not clash.empty:
@@ -267,18 +423,38 @@ def _parse_keystroke(path: Path) -> dict[str, np.ndarray]:
     need = {"key", "time_since_beginning", "press_to_press", "hold_time"}
     if need - set(df.columns):
         raise DatasetError(f"{path}: missing columns {sorted(need - set(df.columns))}")
-    df = df.dropna(subset=["key", "press_to_press", "hold_time"])
-    if df.empty:
-        raise DatasetError(f"{path}: no rows with key, press_to_press and hold_time")
     # The source's column names are swapped (see load_bbmas_keystrokes): press_to_press is the
     # hold time of the key and hold_time is the down-down latency from the previous press.
-    hold = df["press_to_press"].to_numpy(float)
-    dd = df["hold_time"].to_numpy(float)
-    press = df["time_since_beginning"].to_numpy(float)
-    if np.any(np.diff(press) < 0):
+    cols = {c: _numbers(df, c) for c in ("time_since_beginning", "press_to_press", "hold_time")}
+    for c, v in cols.items():
+        if np.isinf(v).any():
+            i = int(np.flatnonzero(np.isinf(v))[0])
+            raise DatasetError(f"column {c}, data row {i + 1}: {v[i]} is not a finite time")
+    notes: list[str] = []
+    ok = df["key"].notna().to_numpy() & np.isfinite(cols["press_to_press"]) & np.isfinite(cols["hold_time"])
+    if not ok.any():
+        raise DatasetError(f"{path}: no rows with key, press_to_press and hold_time")
+    if not ok.all():
+        notes.append(_rows(int((~ok).sum()), "with an empty key, press_to_press or hold_time dropped"))
+    rows = np.flatnonzero(ok)  # data row of each kept key, 0-based
+    hold = cols["press_to_press"][ok]
+    dd = cols["hold_time"][ok]
+    press = cols["time_since_beginning"][ok]
+    missing, back = int((~np.isfinite(press)).sum()), int(np.sum(np.diff(press) < 0))
+    if missing or back:
         press = np.cumsum(dd)
+        what = " and ".join(x for x in (f"empty in {missing:,} rows" if missing else "",
+                                        f"going back at {back:,} rows" if back else "") if x)
+        notes.append(f"time_since_beginning {what}: press times rebuilt by adding up hold_time (the down-down latency)")
+        if np.any(dd[1:] < 0):
+            i = int(rows[1:][dd[1:] < 0][0])
+            raise DatasetError(f"time_since_beginning cannot be used and hold_time (the down-down latency) cannot "
+                               f"replace it: column hold_time, data row {i + 1}: {cols['hold_time'][i]} is negative")
+    if np.any(hold < 0):
+        notes.append(f"press_to_press (the hold time) negative in {int(np.sum(hold < 0)):,} rows: read as 0")
     hold = np.clip(hold, 0.0, None)
-    return {"keys": df["key"].astype(str).to_numpy(dtype=str), "press": press, "release": press + hold}
+    return {"keys": df["key"][ok].astype(str).to_numpy(dtype=str), "press": press, "release": press + hold,
+            WARNINGS: _warnings(notes)}
 
 
 def load_bbmas_keystrokes(
@@ -304,7 +480,8 @@ def load_bbmas_keystrokes(
 # --------------------------------------------------------------------------- BB-MAS touch
 
 
-def _parse_touch_times(raw: pd.Series) -> np.ndarray:
+def _parse_touch_times(raw: pd.Series) -> tuple[np.ndarray, int]:
+    """Seconds since the epoch (NaN where empty or ``null``) and the count of other values not readable as a time."""
     s = raw.astype("string").str.strip()
     s = s.mask(s.str.lower().isin(["null", "nan", ""]))
     ts = pd.to_datetime(s, format="%Y-%m-%d %H:%M:%S:%f", errors="coerce")
@@ -312,7 +489,7 @@ def _parse_touch_times(raw: pd.Series) -> np.ndarray:
         alt = pd.to_datetime(s, format="mixed", errors="coerce")
         ts = ts.fillna(alt)
     secs = (ts - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy(float)
-    return secs
+    return secs, int((s.notna() & ts.isna()).sum())
 
 
 def _interpolate_missing(t: np.ndarray) -> np.ndarray:
@@ -331,19 +508,35 @@ def _parse_touch(path: Path) -> dict[str, np.ndarray]:
     need = {"Xvalue", "Yvalue", "pressure", "touchMajor", "touchMinor", "pointerID", "actionType", "time"}
     if need - set(df.columns):
         raise DatasetError(f"{path}: missing columns {sorted(need - set(df.columns))}")
-    t = _parse_touch_times(df["time"])
-    action = df["actionType"].to_numpy(float)
+    notes: list[str] = []
+    cols = {c: _numbers(df, c) for c in ("Xvalue", "Yvalue", "pressure", "touchMajor", "touchMinor")}
+    action = _numbers(df, "actionType")
+    pointer = _numbers(df, "pointerID")
+    t, unreadable = _parse_touch_times(df["time"])
+    if unreadable:
+        notes.append(_rows(unreadable, "with a time that is not readable: their times interpolated"))
     # Batched "historical" samples have no action and no time: they are moves whose times were
     # not recorded; interpolate the times and label them MOVE.
     action = np.where(np.isfinite(action), action, 2.0).astype(np.int64) & ANDROID_ACTION_MASK
     action = action.astype(np.int8)
     t = _interpolate_missing(t)
-    # Rounding in the source can make interpolated times step back by < 1 ms: keep order.
+    # Rounding in the source can make interpolated times step back by < 1 ms: keep order. A
+    # larger step back (rows out of order, a clock set back) would put many events at one instant.
+    d = np.diff(t)
+    back = d < -TOUCH_BACKSTEP_S
+    if back.any():
+        raise DatasetError(f"time goes back by more than {TOUCH_BACKSTEP_S * 1e3:g} ms at {int(back.sum()):,} rows "
+                           f"(by up to {-float(d.min()):.3g} s; first at data row {int(np.flatnonzero(back)[0]) + 2}): "
+                           "rows out of order or a clock set back; fix or remove the file")
     t = np.maximum.accumulate(t)
-    cols = {c: df[c].to_numpy(float) for c in ("Xvalue", "Yvalue", "pressure", "touchMajor", "touchMinor")}
     ok = np.all([np.isfinite(v) for v in cols.values()], axis=0)
     if not ok.any():
         raise DatasetError(f"{path}: no rows with finite Xvalue, Yvalue, pressure, touchMajor and touchMinor")
+    if not ok.all():
+        notes.append(_rows(int((~ok).sum()), "with an empty or non-finite Xvalue, Yvalue, pressure, touchMajor or "
+                                             "touchMinor dropped"))
+    if not np.isfinite(pointer[ok]).all():
+        notes.append(_rows(int((~np.isfinite(pointer[ok])).sum()), "without a pointerID: read as pointer 0"))
     return {
         "time": t[ok],
         "x": cols["Xvalue"][ok],
@@ -352,7 +545,8 @@ def _parse_touch(path: Path) -> dict[str, np.ndarray]:
         "touch_major": cols["touchMajor"][ok],
         "touch_minor": cols["touchMinor"][ok],
         "action": action[ok],
-        "pointer_id": df["pointerID"].fillna(0).to_numpy(np.int16)[ok],
+        "pointer_id": np.nan_to_num(pointer, nan=0.0).astype(np.int16)[ok],
+        WARNINGS: _warnings(notes),
     }
 
 
@@ -418,16 +612,32 @@ def _parse_gait(path: Path) -> dict[str, np.ndarray]:
     tcol = cols.get("time") or cols.get("timestamp")
     if tcol is None:
         raise DatasetError(f"{path}: no time column")
+    xyz = np.column_stack([_numbers(df, c) for c in (x, y, z)])
     t = _parse_gait_times(df[tcol])
-    xyz = df[[x, y, z]].to_numpy(float)
-    ok = np.isfinite(t) & np.isfinite(xyz).all(axis=1)
+    bad_t = ~np.isfinite(t)
+    bad_v = ~np.isfinite(xyz).all(axis=1) & ~bad_t
+    ok = ~bad_t & ~bad_v
     t, xyz = t[ok], xyz[ok]
     if t.size == 0:
         raise DatasetError(f"{path}: no rows with a valid time and finite X/Y/Z")
+    notes: list[str] = []
+    if bad_t.any():
+        notes.append(_rows(int(bad_t.sum()), f"with an empty or unreadable {tcol} dropped"))
+    if bad_v.any():
+        notes.append(_rows(int(bad_v.sum()), f"with an empty or non-finite {x}, {y} or {z} dropped"))
+    back = int(np.sum(np.diff(t) < 0))
+    if back:
+        notes.append(f"{tcol} goes back at {back:,} rows: rows sorted by time")
     order = np.argsort(t, kind="stable")
     t, xyz = t[order], xyz[order]
-    keep = np.concatenate([[True], np.diff(t) > 0])  # drop duplicate timestamps (keep the first)
-    return {"t": t[keep], "xyz": xyz[keep]}
+    keep = np.concatenate([[True], np.diff(t) > 0])  # drop duplicate timestamps (keep the first): BB-MAS has them
+    return {"t": t[keep], "xyz": xyz[keep], WARNINGS: _warnings(notes)}
+
+
+#: each kind's parser (the cached part of its loader)
+_PARSERS: dict[str, Callable[[Path], dict[str, np.ndarray]]] = {
+    "keystroke": _parse_keystroke, "touch": _parse_touch, "gait": _parse_gait,
+}
 
 
 def to_ms2(xyz: np.ndarray) -> tuple[np.ndarray, str]:

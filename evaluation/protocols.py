@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.datasets import DatasetError, available_subjects, find_subject_files, same_file
+from evaluation.datasets import DatasetError, available_subjects, shared_content
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,9 @@ def resolve_folds(
         if train_dir is None or eval_dir is None:
             raise ValueError("--train-dir and --eval-dir go together")
         tr_dir, ev_dir = Path(train_dir), Path(eval_dir)
+        for label, d in (("--train-dir", tr_dir), ("--eval-dir", ev_dir)):
+            if not d.is_dir():
+                raise DatasetError(f"{label}: data folder not found: {d}")
         if tr_dir.resolve() != ev_dir.resolve():
             tr = pick(tr_dir, available_subjects(tr_dir, kind), 1)
             ev = pick(ev_dir, available_subjects(ev_dir, kind), 2)
@@ -97,40 +100,49 @@ def resolve_folds(
             if len(ev) < 2:
                 raise DatasetError(f"--eval-dir {ev_dir} has one {kind} subject ({ev[0]}): impostor trials need "
                                    "at least 2 evaluation subjects")
-            warnings = _shared_subjects(kind, tr_dir, tr, ev_dir, ev)
+            warnings = check_disjoint(kind, tr_dir, tr, ev_dir, ev)
             return [Fold(0, tr_dir, tuple(tr), ev_dir, tuple(ev), warnings)]
         data_dir = tr_dir
     if data_dir is None:
         raise ValueError("give --data-dir (or CADENCE_DATA_DIR), or --train-dir and --eval-dir")
     folder = Path(data_dir)
+    if not folder.is_dir():
+        raise DatasetError(f"data folder not found: {folder}")
     subs = pick(folder, available_subjects(folder, kind), 0)
     if not subs:
         raise DatasetError(f"no {kind} subjects in {folder}")
-    return [Fold(j, folder, tuple(tr), folder, tuple(ev)) for j, (tr, ev) in enumerate(subject_folds(subs, k, seed))]
+    try:
+        splits = subject_folds(subs, k, seed)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({kind} subjects in {folder})") from None
+    return [Fold(j, folder, tuple(tr), folder, tuple(ev)) for j, (tr, ev) in enumerate(splits)]
 
 
-def _shared_subjects(kind: str, tr_dir: Path, tr: list[int], ev_dir: Path, ev: list[int]) -> tuple[str, ...]:
-    """Refuse subjects whose file is in both folders; a warning for ids in both with different files.
+def check_disjoint(kind: str, tr_dir: Path, tr: Sequence[int], ev_dir: Path, ev: Sequence[int]) -> tuple[str, ...]:
+    """Refuse evaluation files whose content is a training file's; a warning for ids in both with other files.
 
-    A copied or linked file would score the model on people it was trained on (a leak that
-    reads as a perfect EER); the same id with different files may be another person or not.
+    A copied, linked, renamed or (de)compressed file would score the model on people it was
+    trained on (a leak that reads as a perfect EER), so every file of `ev_dir` is compared with
+    every file of `tr_dir` by decompressed content, whatever the ids (`datasets.shared_content`),
+    not only the subjects `tr` and `ev` picked for this run. The same id with different files
+    (ids among `tr` and `ev`) may be another person or not: a warning the report carries.
     """
+    same = shared_content(kind, tr_dir, ev_dir)
+    if same:
+        labels = [str(e) if t == e else f"{e} (training subject {t})" for t, e in same]
+        raise DatasetError(f"--train-dir {tr_dir} and --eval-dir {ev_dir} hold the same {kind} file for subjects "
+                           f"{_ids(labels)}: the model would be evaluated on people it was trained on; "
+                           "remove them from one folder")
     shared = sorted(set(tr) & set(ev))
     if not shared:
         return ()
-    tr_files, ev_files = find_subject_files(tr_dir, kind), find_subject_files(ev_dir, kind)
-    same = [s for s in shared if same_file(tr_files[s], ev_files[s])]
-    if same:
-        raise DatasetError(f"--train-dir {tr_dir} and --eval-dir {ev_dir} hold the same {kind} file for subjects "
-                           f"{_ids(same)}: the model would be evaluated on people it was trained on; "
-                           "remove them from one folder")
     msg = (f"subject ids {_ids(shared)} are in both --train-dir {tr_dir} and --eval-dir {ev_dir} with different "
            f"{kind} files: if they are the same people, the evaluation is not on unseen subjects")
     log.warning(msg)
     return (msg,)
 
 
-def _ids(ids: Sequence[int], limit: int = 10) -> str:
+def _ids(ids: Sequence[int | str], limit: int = 10) -> str:
     """`ids` for a message, cut to `limit` with the count of the rest."""
     head = ", ".join(str(i) for i in ids[:limit])
     return head + (f" and {len(ids) - limit} more" if len(ids) > limit else "")

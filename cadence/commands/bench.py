@@ -20,6 +20,7 @@ DataDir = Annotated[str | None, typer.Option("--data-dir", envvar="CADENCE_DATA_
 
 @app.command("bench", context_settings={"help_option_names": ["-h", "--help"]})
 def bench(
+    typer_ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Bench to run, or 'list'.")],
     data_dir: DataDir = None,
     train_dir: Annotated[str | None, typer.Option(help="Train population models on every subject here.")] = None,
@@ -46,8 +47,21 @@ def bench(
     if name not in specs:  # before any folder is made
         error_line(BenchError(f"unknown bench {name!r}; known: {', '.join(specs) or 'none'}"))
         raise typer.Exit(2)
+    from click.core import ParameterSource
+
+    from_env = typer_ctx.get_parameter_source("data_dir") == ParameterSource.ENVIRONMENT
+    if train_dir is not None or eval_dir is not None:
+        if data_dir is not None and not from_env:
+            raise typer.BadParameter("give either --data-dir or --train-dir and --eval-dir, not both",
+                                     param_hint="--data-dir")
+        data_dir = None  # explicit folders win over CADENCE_DATA_DIR
     folders = {label: folder_option(v, label) for label, v in
-               (("--data-dir", data_dir), ("--train-dir", train_dir), ("--eval-dir", eval_dir))}
+               (("--train-dir", train_dir), ("--eval-dir", eval_dir))}
+    if from_env and data_dir is not None:
+        # not checked here: a bench that reads it names it if it is no folder, one that does not ignores it
+        folders["--data-dir"] = Path(data_dir).expanduser() if data_dir.strip() else None
+    else:
+        folders["--data-dir"] = folder_option(data_dir, "--data-dir")
     if not out.strip():
         raise typer.BadParameter("empty path", param_hint="--out")
     ensure_writable_dir(Path(out), "--out")  # before a run that may take minutes, not after it

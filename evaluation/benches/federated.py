@@ -82,6 +82,9 @@ def bench_federated(ctx: BenchContext) -> BenchOutput:
     eval_all: list[int] = []
     runs: dict[str, Any] = {}
     benched = []
+    given = ctx.train_dir or ctx.data_dir
+    if given is not None and not given.is_dir():  # e.g. a stale CADENCE_DATA_DIR (the CLI leaves it to the bench)
+        raise BenchError(f"data folder not found: {given}")
     for modality in plan.modalities:
         folder = ctx.train_dir or ctx.data_dir
         if folder is None or not available_subjects(folder, modality):

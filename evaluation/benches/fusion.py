@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.bench import BenchContext, BenchOutput, register
+from evaluation.bench import BenchContext, BenchError, BenchOutput, register
 
 MODALITIES = ("keystroke", "touch", "gait")
 BUDGETS = (("standard", 1), ("extended", 3))
@@ -49,9 +49,13 @@ def policy_rates(tier: Any, genuine: np.ndarray, impostor: np.ndarray) -> dict[s
 
 
 def _fusion_folds(ctx: BenchContext) -> list[tuple[Any, Any, list[int], list[int]]]:
-    """(train_dir, eval_dir, train_subjects, eval_subjects) over subjects having all three modalities."""
-    from evaluation.datasets import available_subjects
-    from evaluation.protocols import subject_folds
+    """(train_dir, eval_dir, train_subjects, eval_subjects) over subjects having all three modalities.
+
+    With --train-dir and --eval-dir, each modality's files are checked as `ctx.folds` checks
+    them (`protocols.check_disjoint`): an evaluation file holding a training file's data is refused.
+    """
+    from evaluation.datasets import DatasetError, available_subjects
+    from evaluation.protocols import check_disjoint, subject_folds
 
     def common(folder: Any) -> list[int]:
         sets = [set(available_subjects(folder, m)) for m in MODALITIES]
@@ -60,7 +64,12 @@ def _fusion_folds(ctx: BenchContext) -> list[tuple[Any, Any, list[int], list[int
     rng = np.random.default_rng(ctx.seed)
     cap = 16 if ctx.quick else None
     if ctx.train_dir is not None and ctx.eval_dir is not None and ctx.train_dir.resolve() != ctx.eval_dir.resolve():
+        for d in (ctx.train_dir, ctx.eval_dir):
+            if not d.is_dir():
+                raise DatasetError(f"data folder not found: {d}")
         tr, ev = common(ctx.train_dir), common(ctx.eval_dir)
+        for m in MODALITIES:
+            ctx.note(*check_disjoint(m, ctx.train_dir, tr, ctx.eval_dir, ev))
         if cap:
             tr = sorted(rng.choice(tr, size=min(cap, len(tr)), replace=False).tolist())
             ev = sorted(rng.choice(ev, size=min(cap // 2, len(ev)), replace=False).tolist())
@@ -81,6 +90,8 @@ def _fusion_folds(ctx: BenchContext) -> list[tuple[Any, Any, list[int], list[int
 
 @register("fusion", "multi-modal fusion rules and the tier policy on people with keystroke, touch and gait", version="1")
 def bench_fusion(ctx: BenchContext) -> BenchOutput:
+    from evaluation.bench import check_writable
+    from evaluation.datasets import loader_warnings
     from evaluation.pair_scores import pair_scores
     from evaluation.protocols import ScoreTable
     from fusion.calibration import LogisticCalibrator, cllr
@@ -96,6 +107,8 @@ def bench_fusion(ctx: BenchContext) -> BenchOutput:
     )
     from fusion.trials import build_trials
 
+    calibration_file = ctx.out / "fusion-calibration.json"
+    check_writable(calibration_file)  # before the run, as the harness checks its own files
     table = ScoreTable()
     folds = _fusion_folds(ctx)
     all_train: set[int] = set()
@@ -108,6 +121,8 @@ def bench_fusion(ctx: BenchContext) -> BenchOutput:
     for fi, (train_dir, eval_dir, train, evals) in enumerate(folds):
         all_train |= set(train)
         all_eval |= set(evals)
+        # gait is read through a feature cache that skips the loader: its data caveats are asked for
+        ctx.note(*loader_warnings(train_dir, "gait", train), *loader_warnings(eval_dir, "gait", evals))
         rng = np.random.default_rng(ctx.seed + fi)
         perm = rng.permutation(train)
         half_a, half_b = sorted(perm[: len(perm) // 2].tolist()), sorted(perm[len(perm) // 2:].tolist())
@@ -162,8 +177,10 @@ def bench_fusion(ctx: BenchContext) -> BenchOutput:
                 imp.append(out[pol.label == 0])
     policy = {b: {t.name: policy_rates(t, np.concatenate(gen), np.concatenate(imp)) for t, (gen, imp) in tiers.items()}
               for b, tiers in policy_acc.items()}
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    engine.save(ctx.out / "fusion-calibration.json")
+    try:
+        engine.save(calibration_file)
+    except OSError as exc:
+        raise BenchError(f"cannot write {calibration_file}: {exc.strerror or exc}") from None
     return BenchOutput(
         protocol={
             "population": "subject-disjoint folds over subjects with all three modalities",

@@ -52,6 +52,7 @@ def _methods() -> dict[str, Any]:
 
 @register("gait", "Pocket-phone gait EER on unseen subjects (5 s / 10 s windows, any phone and rate)")
 def bench_gait(ctx: BenchContext) -> BenchOutput:
+    from evaluation.datasets import loader_warnings
     from evaluation.protocols import ScoreTable
     from modalities.gait import FEATURE_DIM, FEATURE_VERSION, WINDOWS, moving_mean
     from modalities.gait.data import AUGMENT_COPIES, AUGMENT_MIN_HOP_S, load_training_windows, load_windows, stack
@@ -67,6 +68,9 @@ def bench_gait(ctx: BenchContext) -> BenchOutput:
     eval_all: set[int] = set()
     n_windows: dict[str, int] = {}
     for fold in folds:
+        # windows come from a feature cache that skips the loader: its data caveats are asked for
+        ctx.note(*loader_warnings(fold.train_dir, "gait", fold.train_subjects),
+                 *loader_warnings(fold.eval_dir, "gait", fold.eval_subjects))
         for label, secs in WINDOWS.items():
             t0 = time.perf_counter()
             train, X, y = load_training_windows(fold.train_dir, fold.train_subjects, secs, progress=ctx.progress)

@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from evaluation.bench import BenchContext, BenchOutput, register
+from evaluation.bench import BenchContext, BenchError, BenchOutput, register
 
 #: subjects of `--quick`, which runs in the test suite (the whole suite must stay < 10 min on 2 cores)
 QUICK_SUBJECTS = 12
+#: strokes of a kind (swipes or taps) an evaluation subject needs to be enrolled and tested on it
+MIN_STROKES = 10
+#: training subjects with strokes of a kind that the population models need (`PLDATouch` needs 3)
+MIN_TRAIN_SUBJECTS = 3
 
 
 def _features(data_dir: Any, subjects: tuple[int, ...], progress: bool) -> dict[int, tuple[Any, Any, str]]:
@@ -73,12 +77,16 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
     windows = {"swipe": (("1 swipe", 1), ("5 swipes", 5)), "tap": (("1 tap", 1), ("5 taps", 5))}
     train_all: set[int] = set()
     eval_all: set[int] = set()
+    skipped: set[int] = set()
     for fold in folds:
         tr = _features(fold.train_dir, fold.train_subjects, ctx.progress)
         ev = _features(fold.eval_dir, fold.eval_subjects, ctx.progress)
         train_all |= set(tr)
-        eval_all |= set(ev)
         for kind, col in (("swipe", 0), ("tap", 1)):
+            n_train = sum(1 for s in tr if len(tr[s][col]))
+            if n_train < MIN_TRAIN_SUBJECTS:
+                raise BenchError(f"fold {fold.index}: the touch population models need {kind}s of at least "
+                                 f"{MIN_TRAIN_SUBJECTS} training subjects; {n_train} in {fold.train_dir} have any")
             Xtr = [tr[s][col] for s in tr if len(tr[s][col])]
             ytr = np.concatenate([[s] * len(tr[s][col]) for s in tr if len(tr[s][col])])
             lr = S.BackgroundLR(seed=ctx.seed).fit(np.vstack(Xtr), ytr)
@@ -91,10 +99,11 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
             splits = {}  # subject -> (enrolment strokes, test strokes), shared by every scorer
             for s, v in ev.items():
                 X = np.asarray(v[col])
-                if len(X) < 10:  # too few strokes of this kind to enrol and test
+                if len(X) < MIN_STROKES:  # too few strokes of this kind to enrol and test
                     continue
                 en, te = chronological_split(len(X))
                 splits[s] = (X[en], X[te])
+            eval_all |= set(splits)  # scored people only
             for scorer in one_class + population:
                 templates = {s: scorer.enroll(E) for s, (E, _) in splits.items()}
                 probes = {s: T for s, (_, T) in splits.items()}
@@ -113,6 +122,11 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
                                           template_subject=s, probe_subject=p, scores=sc, probe_index=idx)
             if kind == "swipe":
                 _adapted(table, fused, splits, {s: v[2] for s, v in ev.items()})
+        skipped |= set(ev) - eval_all
+    skipped -= eval_all
+    if skipped:
+        ctx.note(f"evaluation subjects skipped (fewer than {MIN_STROKES} swipes and fewer than {MIN_STROKES} taps "
+                 f"to enrol and test): {sorted(skipped)}")
     protocol = {
         "dataset": "BB-MAS HandPhone touch",
         "folds": len(folds),
@@ -125,6 +139,7 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
         "impostors": "zero-effort: other evaluation subjects' test windows; '-same-device' rows: same phone model only",
         "multitouch": "strokes with a second pointer are dropped",
         "quick": ctx.quick,
+        "skipped_subjects": sorted(skipped),
     }
     return BenchOutput(protocol=protocol, train_subjects=sorted(train_all), eval_subjects=sorted(eval_all),
                        scores=table)
