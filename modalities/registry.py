@@ -7,6 +7,7 @@ Layout (one folder per model version, never rewritten once published)::
     ROOT/<modality>/<version>/MODEL_CARD.md  # who trained it on what, limits, intended use
     ROOT/<modality>/<version>/meta.json      # scorer name/version, source, created time
     ROOT/<modality>/ACTIVE                   # the version the server serves
+    ROOT/.lock                               # activations take turns on it (flock)
 
 Versions are ``v0001``, ``v0002``, ... so they sort in publication order. Publishing never
 activates: a person (or `cadence models activate`) decides, and the audit log records it.
@@ -20,7 +21,10 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,16 @@ from typing import Any
 from modalities.base import ModelVersionError, Scorer
 from modalities.events import MODALITIES
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
+
+#: the registry's activation lock file, in its root (`ModelRegistry.lock`)
+LOCK_FILE = ".lock"
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
 
 #: modules whose scorer classes a published model may name; imported before loading one, since
 #: a scorer's name resolves only once its class is defined (numpy-only modules: no torch here)
@@ -158,20 +171,68 @@ class ModelRegistry:
     def activate(self, modality: str, version: str) -> ModelVersion:
         """Point `modality`'s ACTIVE file at `version` (atomic replace); returns that version.
 
-        Refuses what cannot be loaded or belongs to another modality. The temporary file is
-        unique per call: concurrent activations (threads of one server) must not share one.
+        Refuses what cannot be loaded or belongs to another modality. Holds the registry's lock
+        for the switch; a caller that records the activation (audit log) uses `activation`, so
+        that the record is made under the same lock.
         """
-        self.check(modality, version)
-        pointer = self.root / modality / "ACTIVE"
+        with self.activation(modality, version) as mv:
+            return mv
+
+    @contextmanager
+    def activation(self, modality: str, version: str) -> Iterator[ModelVersion]:
+        """Activate `version` and hold the registry's lock until the block ends; undone if it raises.
+
+        For an activation that is recorded: write (and commit) its audit entry inside the block.
+        Activations, by server workers and the CLI alike, then take turns, so the records are in
+        the order the ACTIVE file changed and the last one names the model that serves. When the
+        block raises (the record could not be written), the previous ACTIVE is put back, so no
+        activation stays unrecorded.
+        """
+        self.check(modality, version)  # loads the scorer: before the lock, which it does not need
+        with self.lock():
+            pointer = self.root / modality / "ACTIVE"
+            previous = pointer.read_bytes() if pointer.is_file() else None
+            mv = self.get(modality, version)
+            self._point(pointer, (version + "\n").encode())
+            try:
+                yield replace(mv, active=True)
+            except BaseException:
+                if previous is None:
+                    pointer.unlink(missing_ok=True)
+                else:
+                    self._point(pointer, previous)
+                raise
+
+    @staticmethod
+    def _point(pointer: Path, content: bytes) -> None:
+        """Replace `pointer` atomically. The temporary file is unique per call (threads of one server)."""
         fd, tmp = tempfile.mkstemp(prefix=".ACTIVE.", suffix=".tmp", dir=pointer.parent)
         try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(version + "\n")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
             os.replace(tmp, pointer)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return self.get(modality, version)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """The registry's activation lock: a `flock` on `ROOT/.lock`, across processes and threads.
+
+        Each call opens the file anew (flock belongs to the open file), so threads of one
+        process exclude each other too. Not re-entrant: do not activate inside it.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:  # pragma: no cover - no flock (Windows): threads of this process only
+            with _THREAD_LOCKS.setdefault(str(self.root.resolve()), threading.Lock()):
+                yield
+            return
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     # ---------------------------------------------------------------------- reading
     def check(self, modality: str, version: str) -> ModelVersion:

@@ -112,10 +112,10 @@ def train_and_publish(
     cal_path = Path(registry_root) / "fusion-calibration.json"
     live = FusionEngine.load(cal_path) if cal_path.exists() else FusionEngine()
     for m, version in report.versions.items():
-        reg.activate(m, version)
-        live.calibrators[m], live.report[m] = fitted.calibrators[m], fitted.report[m]
-        live.save(cal_path)
-        activated(m, version, scorers[m])
+        with reg.activation(m, version):  # recorded under the registry's lock (see `ModelRegistry.activation`)
+            live.calibrators[m], live.report[m] = fitted.calibrators[m], fitted.report[m]
+            live.save(cal_path)
+            activated(m, version, scorers[m])
     report.calibration_file = cal_path
     return report
 
@@ -138,15 +138,22 @@ def _refuse_training_people(modality: str, version: str, source: str, data_dir: 
     stronger matches than they are on strangers. Federated models record no folder (their
     devices' data never left them), so nothing can be checked for them here.
     """
-    from evaluation.datasets import available_subjects
+    from evaluation.datasets import available_subjects, shared_content
 
     if not source.startswith("central:"):
         return
     trained_on = Path(source.split(":", 1)[1])
+    if not trained_on.is_dir():
+        return
     try:
-        shared = sorted(set(subjects) & set(available_subjects(trained_on, modality))) if trained_on.is_dir() else []
+        same_ids = set(subjects) & set(available_subjects(trained_on, modality))
     except Exception:  # noqa: BLE001 - the training folder moved or changed layout: nothing to compare
         return
+    try:  # the same data under other ids: a linked, copied or (de)compressed file
+        copies = {e for _, e in shared_content(modality, trained_on, data_dir, eval_subjects=subjects)}
+    except Exception:  # noqa: BLE001 - as above
+        copies = set()
+    shared = sorted(same_ids | copies)
     if shared:
         raise ValueError(f"{modality} {version} was trained on {trained_on}, which holds {len(shared)} of the people in "
                          f"{data_dir} (e.g. subjects {', '.join(map(str, shared[:5]))}): calibrate it on people it was "

@@ -82,11 +82,11 @@ def activate(modality: Annotated[str, typer.Argument(help="keystroke, touch or g
     except (RegistryError, ModelVersionError) as exc:
         fail(exc)
     with _audit_log() as record:  # checked before the switch: no activation goes unrecorded
-        try:
-            mv = reg.activate(modality, version)
+        try:  # recorded under the registry's lock: activations by servers and the CLI are audited in order
+            with reg.activation(modality, version) as mv:
+                record("model.activated", {"modality": modality, "version": version, "scorer": mv.scorer})
         except (RegistryError, ModelVersionError) as exc:
             fail(exc)
-        record("model.activated", {"modality": modality, "version": version, "scorer": mv.scorer})
     out_console().print(f"{modality}: {version} ({mv.scorer}) is now active")
     _calibration_hint(reg.root, modality, version)
 

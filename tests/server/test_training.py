@@ -204,3 +204,22 @@ def test_an_empty_data_dir_is_refused_not_read_as_the_current_folder(command: li
                                                        "--registry", str(tmp_path / "registry")])
     assert r.exit_code == 2 and "empty path" in r.output, r.output
     assert not (tmp_path / "registry").exists()
+
+
+def test_calibration_people_are_checked_by_their_data_not_only_their_ids(tmp_path: Path) -> None:
+    """A training person's file under another id (or gzipped) is still a training person."""
+    import gzip
+
+    from server.training import _refuse_training_people
+
+    trained, other = tmp_path / "trained", tmp_path / "other"
+    trained.mkdir()
+    other.mkdir()
+    for s in (1, 2, 3):
+        (trained / f"{s}_processed.csv").write_text(f"key,time_since_beginning,press_to_press,hold_time\na,{s},0.1,0.2\n")
+    for s in (11, 12):
+        (other / f"{s}_processed.csv").write_text(f"key,time_since_beginning,press_to_press,hold_time\nb,{s},0.1,0.2\n")
+    _refuse_training_people("keystroke", "v0001", f"central:{trained}", other, [11, 12])  # strangers: fine
+    (other / "13_processed.csv.gz").write_bytes(gzip.compress((trained / "2_processed.csv").read_bytes()))
+    with pytest.raises(ValueError, match=r"was trained on .* holds 1 of the people .*subjects 13"):
+        _refuse_training_people("keystroke", "v0001", f"central:{trained}", other, [11, 12, 13])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 from fastapi import APIRouter, Path
@@ -51,13 +52,16 @@ def activate(body: ActivateIn, state: State, uow: Uow, actor: AdminKey, modality
     reg = state.provider.registry
     if reg is None or not reg.root.is_dir():  # nothing published yet (or no folder configured)
         raise ApiError(409, "no_registry", "no model registry: publish a model first (`cadence models train`)")
-    try:
-        mv = reg.activate(modality, body.version)
-    except RegistryError as exc:
-        raise ApiError(404, "unknown_model", str(exc)) from exc
-    except ModelVersionError as exc:  # published, but this code cannot load it (scorer name or version)
-        raise ApiError(409, "unloadable_model", str(exc)) from exc
-    with uow() as session:
-        hooks.audit(session, event="model.activated", actor=actor, subject=None,
-                    payload={"modality": modality, "version": body.version, "scorer": mv.scorer})
+    with ExitStack() as held:
+        try:  # the registry's lock is held until the audit entry is committed (other workers, the CLI)
+            mv = held.enter_context(reg.activation(modality, body.version))
+        except RegistryError as exc:
+            raise ApiError(404, "unknown_model", str(exc)) from exc
+        except ModelVersionError as exc:  # published, but this code cannot load it (scorer name or version)
+            raise ApiError(409, "unloadable_model", str(exc)) from exc
+        # committed before the lock is released, so the audit log's activations are in the order
+        # the ACTIVE file changed; if it fails, the activation is undone
+        with uow() as session:
+            hooks.audit(session, event="model.activated", actor=actor, subject=None,
+                        payload={"modality": modality, "version": body.version, "scorer": mv.scorer})
     return _out(mv)
