@@ -165,7 +165,24 @@ def consume_nonce(session: Session, device_id: str, nonce: str, timestamp: float
     try:
         prepared.execute(session, _NONCE_INSERT, {"device_id": device_id, "nonce": nonce, "seen_at": timestamp})
     except IntegrityError as exc:
+        if not device_exists(session, device_id):  # the nonce's foreign key: erased since it verified
+            raise ApiError(401, "unknown_device", f"X-Cadence-Device: device {device_id!r} is not registered") from exc
         raise ApiError(401, "replayed_request", "X-Cadence-Nonce: this request was already received (replay refused)") from exc
+
+
+def device_exists(session: Session, device_id: str) -> bool:
+    """Whether the device is (still) registered, asked after a failed statement of `session`.
+
+    SQLite keeps the transaction usable after a failed statement, so it is asked there.
+    PostgreSQL aborts it, so another connection asks; the erasure that removed the device has
+    committed by then (the foreign-key check waited for its row lock).
+    """
+    query = select(_D.id).where(_D.id == device_id)
+    bind = session.get_bind()
+    if bind.dialect.name == "sqlite":
+        return session.execute(query).first() is not None
+    with bind.engine.connect() as conn:
+        return conn.execute(query).first() is not None
 
 
 def prune_nonces(session: Session, *, max_skew_s: int, now: float | None = None) -> int:
