@@ -22,7 +22,7 @@ def main(server: str = "http://127.0.0.1:8000", data: Path | None = None, replay
 
         data = Path(app_storage_path()) / "cadence"
     from mobile_client.secrets_store import KeystoreUnavailable
-    from mobile_client.services import build_services
+    from mobile_client.services import DeviceKeyUnreadable, build_services
     from mobile_client.ui.app import CadenceApp
 
     try:
@@ -30,6 +30,12 @@ def main(server: str = "http://127.0.0.1:8000", data: Path | None = None, replay
     except KeystoreUnavailable as exc:  # refusing beats reading wrapped keys as plain ones: say why, once
         logging.getLogger("mobile_client").error("%s. Restart the phone; if it persists, reinstall the app "
                                                  "and set it up again (the server keeps nothing to restore)", exc)
+        return 1
+    except DeviceKeyUnreadable as exc:  # never a new identity behind the person's back: say what to do
+        logging.getLogger("mobile_client").error(
+            "%s. Restore that file from a backup if you have one; otherwise move the folder %s aside (or "
+            "reinstall the app) and start the app again to set it up anew (this phone then gets a new key)",
+            exc, data)
         return 1
     CadenceApp(services, data_dir_for_replay=replay_data).run()
     return 0

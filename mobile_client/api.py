@@ -10,12 +10,20 @@ the server before any new evidence does. Enrolment uploads are not queued (set-u
 could not finish and the person retries), and a transaction never waits in a queue (a late
 approval is worse than none). All routes are in `ROUTES`, so aligning with the server is a
 one-place change.
+
+A payment is interactive, so `authorize` waits less (`AUTHORIZE_TIMEOUT_S`, `AUTHORIZE_RETRIES`)
+and is idempotent across taps: the first try of a payment fixes its idempotency key and its exact
+body (evidence included), and every later try of the same payee, amount and currency re-sends that
+body until the server has answered, so a reply lost on the way back is answered from the
+server's record instead of making a second transaction (docs/api.md, "One request, one
+transaction").
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +48,9 @@ ROUTES = {
     "health": "/v1/health",
 }
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: a payment is interactive: at most (1 + retries) x timeout plus backoff, about 16 s in all
+AUTHORIZE_TIMEOUT_S = 7.5
+AUTHORIZE_RETRIES = 1
 
 
 class ApiError(RuntimeError):
@@ -53,6 +64,11 @@ class ApiError(RuntimeError):
     @property
     def offline(self) -> bool:
         return self.status is None
+
+    @property
+    def answer_unknown(self) -> bool:
+        """The request may have reached the server but no answer came back (network or 5xx)."""
+        return self.status is None or self.status >= 500
 
     @property
     def code(self) -> str | None:
@@ -102,32 +118,100 @@ class Decision:
     currency: str = ""
     payee: str = ""
     token: str = ""
+    #: the windows this decision was made on (a retried payment re-sends its first try's windows)
+    evidence: list[FeatureWindow] = field(default_factory=list)
+    #: the idempotency key the payment went with
+    idempotency_key: str = ""
+
+
+@dataclass
+class PendingPayment:
+    """A payment sent without an answer: every retry of it re-sends these bytes, key included."""
+
+    amount: str
+    currency: str
+    payee: str
+    idempotency_key: str
+    body: dict[str, Any]
+    evidence: list[FeatureWindow]
 
 
 def windows_payload(windows: list[FeatureWindow]) -> list[dict[str, object]]:
     return [w.to_dict() for w in windows]
 
 
+def _queued_item(line: str) -> dict[str, Any] | None:
+    """One outbox line as a request, or None if it is not one (torn write, edited by hand)."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return None
+    if not (isinstance(item, dict) and isinstance(item.get("method"), str) and isinstance(item.get("path"), str)
+            and isinstance(item.get("body"), dict | None)):
+        return None
+    return item
+
+
 class OfflineQueue:
-    """Requests waiting for the network, persisted as JSON lines (no behaviour, features only)."""
+    """Requests waiting for the network, persisted as JSON lines (no behaviour, features only).
+
+    The file is only ever replaced whole (written to a temporary file, synced, renamed), so a
+    crash mid-write leaves the old or the new queue, never half a line. A line that is not a
+    request anyway (an older build's torn append, a hand edit) is moved to `<name>.bad` with a
+    log line and the rest is kept: a damaged queue never stops the app.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def bad_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".bad")
+
     def items(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
+        try:
+            text = self.path.read_bytes().decode("utf-8", errors="replace")
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        good: list[dict[str, Any]] = []
+        bad: list[str] = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            item = _queued_item(line)
+            if item is None:
+                bad.append(line)
+            else:
+                good.append(item)
+        if bad:
+            log.warning("offline queue %s: %d unreadable line(s) moved to %s; the other %d request(s) stay queued",
+                        self.path, len(bad), self.bad_path.name, len(good))
+            with self.bad_path.open("a", encoding="utf-8") as fh:
+                fh.write("".join(line + "\n" for line in bad))
+            self.replace(good)
+        return good
 
     def push(self, method: str, path: str, body: dict[str, Any]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"method": method, "path": path, "body": body, "queued_at": time.time()}) + "\n")
+        item = {"method": method, "path": path, "body": body, "queued_at": time.time()}
+        self.replace([*self.items(), item])
 
     def replace(self, items: list[dict[str, Any]]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(i) + "\n" for i in items))
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(i) + "\n" for i in items))
+            fh.flush()
+            os.fsync(fh.fileno())
         tmp.replace(self.path)
+
+    def waiting(self) -> bool:
+        """Anything queued? (cheap when the file is absent or empty: no parsing)"""
+        try:
+            if self.path.stat().st_size == 0:
+                return False
+        except FileNotFoundError:
+            return False
+        return bool(self.items())
 
     def __len__(self) -> int:
         return len(self.items())
@@ -157,21 +241,26 @@ class ApiClient:
         #: production. Demo and test builds set it so the one-time-code flow can finish end to end.
         self.bank_api_key = bank_api_key
         self._flushing = False
+        #: the payment last sent without an answer; its retries re-send it (see `authorize`)
+        self.pending_payment: PendingPayment | None = None
 
     def close(self) -> None:
         self._http.close()
 
     # ------------------------------------------------------------------ transport
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, *, signed: bool = True,
-                extra_headers: dict[str, str] | None = None, retries: int | None = None) -> Any:
+                extra_headers: dict[str, str] | None = None, retries: int | None = None,
+                timeout_s: float | None = None) -> Any:
         """Send one request with retries; returns the decoded JSON (or None).
 
         What waited in the offline queue goes first, so the server sees changes in the order
-        the person made them (a consent revoked offline, then a payment).
+        the person made them (a consent revoked offline, then a payment). `timeout_s` (default:
+        the client's) bounds each attempt, the queue's included.
         """
-        if not self._flushing and len(self.queue):
-            self.flush_queue()
+        if not self._flushing and self.queue.waiting():
+            self.flush_queue(timeout_s=timeout_s)
         retries = self.retries if retries is None else retries
+        timeout: Any = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
         raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         last: Exception | None = None
         for attempt in range(retries + 1):
@@ -179,7 +268,7 @@ class ApiClient:
             if signed:
                 headers.update(self.key.sign_headers(self.device_id, method, path, raw))
             try:
-                r = self._http.request(method, path, content=raw or None, headers=headers)
+                r = self._http.request(method, path, content=raw or None, headers=headers, timeout=timeout)
             except httpx.TransportError as exc:
                 last = exc
             else:
@@ -210,7 +299,7 @@ class ApiClient:
             self.queue.push(method, path, body)
             return None
 
-    def flush_queue(self) -> int:
+    def flush_queue(self, timeout_s: float | None = None) -> int:
         """Send what waited; returns how many went through (refused ones are dropped and logged).
 
         One attempt per item: when the server is still unreachable the rest stays queued, and
@@ -225,7 +314,7 @@ class ApiClient:
         try:
             for i, item in enumerate(items):
                 try:
-                    self.request(item["method"], item["path"], item["body"] or None, retries=0)
+                    self.request(item["method"], item["path"], item["body"] or None, retries=0, timeout_s=timeout_s)
                     sent += 1
                 except ApiError as exc:
                     if exc.offline or (exc.status is not None and exc.status in RETRY_STATUS):
@@ -276,13 +365,42 @@ class ApiClient:
 
     def authorize(self, amount: str, currency: str, payee: str, evidence: list[FeatureWindow],
                   idempotency_key: str | None = None) -> Decision:
-        body = {"user_id": self.user_id, "amount": amount, "currency": currency, "payee": payee, "channel": "app",
-                "idempotency_key": idempotency_key or uuid.uuid4().hex, "evidence": windows_payload(evidence)}
-        d = self.request("POST", ROUTES["authorize"], body)
+        """Ask the server to decide one payment (fewer retries and a shorter wait: a person waits).
+
+        Without an explicit `idempotency_key`, a payment of the same payee, amount and currency
+        as one that got no answer (network error, timeout, 5xx) is a retry of it: it re-sends
+        that first try's body byte for byte, key and evidence included (the `evidence` passed
+        now is not sent), so the server answers with the decision it stored, if it stored one.
+        Any other payment, or any payment after an answer, gets a new key.
+        """
+        pending = self.pending_payment
+        if (idempotency_key is None and pending is not None
+                and (pending.amount, pending.currency, pending.payee) == (amount, currency, payee)):
+            log.info("payment retried with its first try's idempotency key and evidence")
+        else:
+            key = idempotency_key or uuid.uuid4().hex
+            pending = PendingPayment(amount, currency, payee, key,
+                                     {"user_id": self.user_id, "amount": amount, "currency": currency, "payee": payee,
+                                      "channel": "app", "idempotency_key": key, "evidence": windows_payload(evidence)},
+                                     list(evidence))
+        self.pending_payment = pending
+        try:
+            d = self.request("POST", ROUTES["authorize"], pending.body, retries=AUTHORIZE_RETRIES,
+                             timeout_s=AUTHORIZE_TIMEOUT_S)
+        except ApiError as exc:
+            if not exc.answer_unknown:  # the server answered (a refusal): nothing to retry as-is
+                self.pending_payment = None
+            raise
+        self.pending_payment = None
         self.last_sync = time.time()
         return Decision(transaction_id=d["transaction_id"], outcome=d["decision"], risk=float(d["risk"]),
                         tier=d.get("tier", ""), reasons=list(d.get("reasons", [])), amount=str(d.get("amount", amount)),
-                        currency=d.get("currency", currency), payee=d.get("payee", payee), token=d.get("token", ""))
+                        currency=d.get("currency", currency), payee=d.get("payee", payee), token=d.get("token", ""),
+                        evidence=list(pending.evidence), idempotency_key=pending.idempotency_key)
+
+    def forget_pending_payment(self) -> None:
+        """The person starts a new payment: the next one gets a new key even for the same payee."""
+        self.pending_payment = None
 
     def complete_step_up(self, transaction_id: str, success: bool) -> Any:
         """Report the one-time-code result (as the bank backend would; needs `bank_api_key`)."""

@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from modalities.events import MODALITIES
 
+log = logging.getLogger(__name__)
+
 PURPOSES = ("authentication", "federated_training")
+
+
+class ProfileError(ValueError):
+    """profile.json is not a profile this app wrote (truncated, empty, wrong types)."""
+
+
+def _check(data: object) -> dict[str, object]:
+    """The fields of a saved profile, or ProfileError saying what is wrong with them."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"expected a JSON object, got {type(data).__name__}")
+    for name in ("user_id", "device_id", "display_name"):
+        if name in data and not isinstance(data[name], str):
+            raise ProfileError(f"{name}: expected text")
+    for name in ("registered", "federated", "onboarded"):
+        if name in data and not isinstance(data[name], bool):
+            raise ProfileError(f"{name}: expected true or false")
+    if "last_sync" in data and not (data["last_sync"] is None or isinstance(data["last_sync"], int | float)):
+        raise ProfileError("last_sync: expected a number")
+    enrolled = data.get("enrolled", [])
+    if not (isinstance(enrolled, list) and all(isinstance(m, str) for m in enrolled)):
+        raise ProfileError("enrolled: expected a list of modalities")
+    consents = data.get("consents", {})
+    if not (isinstance(consents, dict) and all(
+            isinstance(per, dict) and all(isinstance(v, bool) for v in per.values()) for per in consents.values())):
+        raise ProfileError("consents: expected {modality: {purpose: true/false}}")
+    return data
 
 
 def _default_consents() -> dict[str, dict[str, bool]]:
@@ -32,18 +62,49 @@ class Profile:
 
     @classmethod
     def load(cls, path: Path) -> Profile:
-        if path.exists():
-            data = json.loads(path.read_text())
-            p = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        else:
-            p = cls()
+        """The saved profile; a new one if there is none or it cannot be read.
+
+        An unreadable file (truncated, empty, not this app's format) is moved aside to
+        `profile.json.bad-<time>` with a log line, and the app starts as on a new phone (the
+        person sets up again) rather than failing on every start.
+        """
+        p = cls()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = None
+        except (OSError, UnicodeDecodeError) as exc:
+            text = None
+            cls._move_aside(path, f"cannot be read ({exc})")
+        if text is not None:
+            try:
+                data = _check(json.loads(text))
+                p = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+                p.consents = {m: dict(per) for m, per in p.consents.items()}
+            except (ValueError, TypeError) as exc:  # JSONDecodeError and ProfileError are ValueErrors
+                p = cls()
+                cls._move_aside(path, str(exc) or type(exc).__name__)
         if not p.device_id:
             p.device_id = "dev-" + secrets.token_hex(6)
         if not p.user_id:
             p.user_id = "user-" + secrets.token_hex(6)
         for m in MODALITIES:
-            p.consents.setdefault(m, {q: False for q in PURPOSES})
+            per = p.consents.setdefault(m, {})
+            for q in PURPOSES:
+                per.setdefault(q, False)
         return p
+
+    @staticmethod
+    def _move_aside(path: Path, why: str) -> None:
+        bad = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            path.replace(bad)
+        except OSError as exc:
+            log.error("%s is unreadable (%s) and could not be moved aside (%s): starting as a new set-up",
+                      path, why, exc)
+            return
+        log.warning("%s is unreadable (%s): moved to %s; the app starts as new and asks to be set up again",
+                    path, why, bad.name)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,11 +5,20 @@ training can read the owner's own data, and no longer than the retention policy 
 are appended in batches; each batch is one file of Fernet-encrypted JSON (AES-128-CBC +
 HMAC-SHA256) named by its creation time, so retention deletes whole files without decrypting.
 The key lives in the platform `SecretStore`.
+
+A key that is not a Fernet key any more (a damaged or replaced secrets file) can decrypt
+nothing: the batches it locked are deleted, with a log line, and a new key is made. The raw
+events are only this phone's cache (the server keeps its own templates), so the person loses at
+most what set-up would record again, and no unreadable behaviour is left outside retention and
+"delete my data". A file under the store that is not a batch this store wrote is ignored with a
+log line (and removed by `delete_all`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,7 +30,11 @@ from mobile_client.collectors import Event, modality_of
 from mobile_client.secrets_store import SecretStore
 from modalities.events import AccelSample, KeyEvent, TouchEvent
 
+log = logging.getLogger(__name__)
+
 SECRET_NAME = "raw-store-key"
+#: a batch's file name: `<created>-<seq>-<count>.bin`
+BATCH_NAME = re.compile(r"^(\d+(?:\.\d+)?)-(\d+)-(\d+)$")
 DEFAULT_RETENTION_DAYS = 30
 _TYPES = {"keystroke": KeyEvent, "touch": TouchEvent, "gait": AccelSample}
 
@@ -59,12 +72,21 @@ class RawEventStore:
         self.retention_days = retention_days
         self._now = now or time.time
         self._secrets = secrets
+        self._seq = 0
+        self._strays: set[Path] = set()
         key = secrets.get(SECRET_NAME)
         if key is None:
             key = Fernet.generate_key()
             secrets.put(SECRET_NAME, key)
-        self._fernet = Fernet(key)
-        self._seq = 0
+        try:
+            self._fernet = Fernet(key)
+        except (ValueError, TypeError) as exc:
+            n = len(self._all_files())
+            log.warning("the raw-store key in %s is not a usable key (%s): deleting the %d encrypted batch(es) it "
+                        "locked (unreadable without it) and starting with a new key", secrets.kind, exc, n)
+            self._fernet = self._new_key()
+            for f in self._all_files():
+                f.unlink(missing_ok=True)
 
     def append(self, events: Sequence[Event]) -> int:
         """Store a batch (split by modality); returns how many events were written."""
@@ -80,9 +102,27 @@ class RawEventStore:
             (d / name).write_bytes(blob)
         return sum(len(r) for r in by_mod.values())
 
-    def _files(self, modality: str | None = None) -> list[Path]:
+    def _new_key(self) -> Fernet:
+        self._secrets.delete(SECRET_NAME)
+        key = Fernet.generate_key()
+        self._secrets.put(SECRET_NAME, key)
+        return Fernet(key)
+
+    def _all_files(self, modality: str | None = None) -> list[Path]:
+        """Every `.bin` under the modality folders, batches or not."""
         mods = [modality] if modality else list(_TYPES)
         return sorted(p for m in mods if (self.folder / m).is_dir() for p in (self.folder / m).glob("*.bin"))
+
+    def _files(self, modality: str | None = None) -> list[Path]:
+        """The batches this store wrote; anything else is logged (once) and left alone."""
+        out = []
+        for p in self._all_files(modality):
+            if BATCH_NAME.match(p.stem):
+                out.append(p)
+            elif p not in self._strays:
+                self._strays.add(p)
+                log.warning("raw store: ignoring %s, which is not a batch this app wrote", p)
+        return out
 
     def read(self, modality: str) -> list[Event]:
         """Every stored event of one modality, oldest batch first."""
@@ -120,14 +160,11 @@ class RawEventStore:
         return gone
 
     def delete_all(self) -> int:
-        """Delete every batch and forget the key, so copies made elsewhere are unreadable too."""
-        files = self._files()
+        """Delete every batch (strays beside them too) and forget the key, so copies are unreadable."""
+        files = self._all_files()
         for p in files:
-            p.unlink()
-        self._secrets.delete(SECRET_NAME)
-        key = Fernet.generate_key()
-        self._secrets.put(SECRET_NAME, key)
-        self._fernet = Fernet(key)
+            p.unlink(missing_ok=True)
+        self._fernet = self._new_key()
         return len(files)
 
     def is_empty(self) -> bool:

@@ -19,6 +19,18 @@ log = logging.getLogger(__name__)
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
+class DeviceKeyUnreadable(RuntimeError):
+    """The device's signing key exists but is not a key (damaged or replaced secrets file).
+
+    It is not replaced silently: the server knows this phone by that key, so a new one means
+    setting the app up again, which the person (or support) should decide, not the app.
+    """
+
+    def __init__(self, folder: Path, why: str) -> None:
+        super().__init__(f"the device key in {folder} cannot be read ({why})")
+        self.folder = folder
+
+
 @dataclass
 class AppServices:
     data_dir: Path
@@ -51,7 +63,10 @@ def build_services(data_dir: Path, server_url: str = DEFAULT_SERVER, retention_d
     data_dir.mkdir(parents=True, exist_ok=True)
     profile = Profile.load(data_dir / "profile.json")
     secrets = platform_secret_store(data_dir / "secrets")
-    key = DeviceKey(secrets)
+    try:
+        key = DeviceKey(secrets)
+    except (ValueError, TypeError) as exc:  # `from_private_bytes`: not 32 bytes of an Ed25519 seed
+        raise DeviceKeyUnreadable(data_dir / "secrets", str(exc)) from exc
     store = RawEventStore(data_dir / "raw", secrets, retention_days)
     store.apply_retention()
     evidence = EvidenceBuffer(store, allowed=lambda m: profile.consented(m, "authentication"), clock=clock)

@@ -214,6 +214,7 @@ class Tour:
         yield from self.shot("02-consent")
         r["consent_shown"] = {m: {"authentication": c.auth, "federated_training": c.fed} for m, c in cards.items()}
         yield from self.tap(consent.ids.agree)
+        yield from self.wait_for(lambda: not consent.busy, "consents saved")  # network work runs off the UI thread
         if consent.error:
             raise RuntimeError(f"consent refused: {consent.error}")
 
@@ -304,6 +305,7 @@ class Tour:
             if pay.outcome == "step_up" and app.transaction.step_up is not None:
                 pay.ids.code.text = app.transaction.step_up.code
                 yield from self.tap(pay.ids.verify)
+                yield from self.wait_for(partial(lambda p: not p.ids.verify.disabled, pay), "code checked")
                 shown["after_code"] = pay.outcome
             r["transactions"].append(shown)
             yield from self.tap(pay.ids.done)

@@ -5,17 +5,27 @@ a recording (`KeySequence`, `TouchStream` or `AccelSeries`) and pushes its event
 sink exactly as a live collector would, with times shifted onto the session clock. It can
 play everything at once (`play_all`, tests) or in real time at some speed through a
 scheduler (`start`, the desktop app's walk step).
+
+`recorded_walk` always gives the length asked for: a recording shorter than that is looped
+(logged), so the walk step never stops part-way for want of data; a data folder that cannot be
+used is named in a warning, with the reason, before the synthetic walk stands in.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mobile_client.clock import Clock, monotonic
 from mobile_client.collectors import Event, Sink
 from modalities.events import AccelSeries, KeyEvent, KeySequence, TouchStream
+
+log = logging.getLogger(__name__)
 
 Recording = KeySequence | TouchStream | AccelSeries
 Scheduler = Callable[[Callable[[float], bool | None], float], Any]
@@ -134,14 +144,38 @@ def recorded_walk(data_dir: str | Path | None, seconds: float, seed: int = 1) ->
             from evaluation.datasets import available_subjects, load_bbmas_gait
 
             subjects = available_subjects(data_dir, "gait")
-            if subjects:
+            if not subjects:
+                log.warning("walk replay: no BB-MAS gait recording in %s (missing or not a data folder): "
+                            "replaying a synthetic walk instead", data_dir)
+            else:
                 sid = subjects[seed % len(subjects)]
-                rec = load_bbmas_gait(data_dir, [sid])[sid]
-                seg = max(rec.segments, key=lambda s: s.duration)
+                recs = load_bbmas_gait(data_dir, [sid])
+                if sid not in recs:
+                    raise ValueError(f"subject {sid} has no usable walking segment")
+                seg = max(recs[sid].segments, key=lambda s: s.duration)
                 n = int((seg.t < seg.t[0] + seconds).sum())
-                return AccelSeries(seg.t[:n], seg.xyz[:n], seg.device), f"BB-MAS subject {sid} (replayed)"
-        except Exception:  # noqa: BLE001 - any data problem: fall back to synthetic
-            pass
+                if n < 2:
+                    raise ValueError(f"subject {sid}'s longest walk has fewer than 2 samples")
+                series = AccelSeries(seg.t[:n], seg.xyz[:n], seg.device)
+                return looped(series, seconds), f"BB-MAS subject {sid} (replayed)"
+        except (ImportError, OSError, RuntimeError, ValueError, KeyError, IndexError) as exc:  # DatasetError: Runtime
+            log.warning("walk replay: cannot use the recordings in %s (%s: %s): replaying a synthetic walk instead",
+                        data_dir, type(exc).__name__, exc)
     from evaluation.synthetic import SyntheticPerson
 
     return SyntheticPerson(seed).walk(seconds, 100.0, rng=seed + 1000), "synthetic walk (replayed)"
+
+
+def looped(series: AccelSeries, seconds: float) -> AccelSeries:
+    """`series` repeated end to end until it lasts `seconds` (unchanged if it already does)."""
+    span = series.duration
+    if span >= seconds or len(series) < 2:
+        return series
+    step = float(np.median(np.diff(series.t))) or 0.01
+    period = span + step
+    reps = math.ceil(seconds / period) + 1
+    t = np.concatenate([series.t + k * period for k in range(reps)])
+    xyz = np.concatenate([series.xyz] * reps)
+    n = int((t <= t[0] + seconds).sum())
+    log.warning("walk replay: the recording lasts only %.1f s: looped to fill %.0f s", span, seconds)
+    return AccelSeries(t[:n], xyz[:n], series.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mobile_client.api import ApiError
+from mobile_client.api import RETRY_STATUS, ROUTES, ApiError
 from mobile_client.profile import PURPOSES
 from mobile_client.services import AppServices
 from modalities.events import MODALITIES
@@ -30,14 +30,50 @@ TEXT: dict[str, ModalityText] = {
 }
 PURPOSE_TEXT: dict[str, tuple[str, str]] = {
     "authentication": ("Confirm it's me when I pay",
-                       "Summaries leave this phone only when you make a payment."),
+                       "Summaries leave this phone when you set up, when you pay, and to keep your "
+                       "pattern up to date after an approved payment."),
     "federated_training": ("Help improve the model privately",
                            "Your phone trains on your own data; only model updates are shared, never your behaviour."),
 }
 
 
+@dataclass(frozen=True)
+class ConsentResult:
+    """What became of one consent change, in words for the screen.
+
+    `state`: "saved" (the bank recorded it), "queued" (kept on this phone and sent when the
+    bank can be reached: offline, 5xx, 429) or "refused" (the bank said no: nothing changed
+    here either). `consents` is what this phone now holds for the modality.
+    """
+
+    modality: str
+    purpose: str
+    granted: bool
+    state: str
+    message: str
+    consents: dict[str, bool]
+
+    @property
+    def applied(self) -> bool:
+        return self.state != "refused"
+
+
+class ConsentRefused(ApiError):
+    """Onboarding could not put every chosen consent on record with the bank."""
+
+    @property
+    def user_message(self) -> str:
+        return str(self.args[0])
+
+
 class ConsentController:
-    """Reads and changes consents; every change is recorded on the server (or queued offline)."""
+    """Reads and changes consents; a change counts here only once the bank took it (or it waits).
+
+    The phone and the bank must agree on what was consented to: the local switch changes only
+    when the server recorded the change, or when it is queued because the server could not be
+    reached or could not take it yet (network error, 5xx, 429: sent before any later request).
+    A refusal (4xx) changes nothing and says why.
+    """
 
     def __init__(self, services: AppServices) -> None:
         self.s = services
@@ -45,35 +81,108 @@ class ConsentController:
     def current(self) -> dict[str, dict[str, bool]]:
         return {m: dict(self.s.profile.consents[m]) for m in MODALITIES}
 
-    def set(self, modality: str, purpose: str, granted: bool) -> None:
-        """Change one consent; revoking authentication also stops collecting that modality."""
+    def set(self, modality: str, purpose: str, granted: bool) -> ConsentResult:
+        """Change one consent; revoking authentication also revokes federated training.
+
+        Federated training trains on the windows this phone collects for authentication, so
+        without that consent there is nothing to train on: the app revokes both, and sends both
+        changes (federated training first), so the bank's record says what the phone does.
+        Revoking authentication removes the modality from `profile.enrolled` (the server deletes
+        its templates): switching it on again needs that modality's set-up task.
+        """
         if modality not in MODALITIES:
             raise ValueError(f"modality: unknown {modality!r}")
         if purpose not in PURPOSES:
             raise ValueError(f"purpose: unknown {purpose!r}")
-        self.s.profile.consents[modality][purpose] = bool(granted)
-        if purpose == "authentication" and not granted:
-            self.s.profile.consents[modality]["federated_training"] = False
-        if self.s.profile.registered:
+        granted = bool(granted)
+        changes = [(modality, purpose, granted)]
+        if purpose == "authentication" and not granted and self.s.profile.consented(modality, "federated_training"):
+            changes.insert(0, (modality, "federated_training", False))
+        states: list[str] = []
+        for m, p, g in changes:
             try:
-                self.s.api.set_consent(modality, purpose, bool(granted))
+                states.append(self._send(m, p, g, queue=True))
             except ApiError as exc:
                 log.warning("consent change refused by server: %s", exc)
+                self._save()
+                return ConsentResult(modality, purpose, granted, "refused",
+                                     f"Not changed. {exc.user_message}", dict(self.s.profile.consents[modality]))
+        self._save()
+        state = "queued" if "queued" in states else "saved"
+        return ConsentResult(modality, purpose, granted, state, self._message(modality, purpose, granted, state),
+                             dict(self.s.profile.consents[modality]))
+
+    def _message(self, modality: str, purpose: str, granted: bool, state: str) -> str:
+        if state == "queued":
+            return ("Changed on this phone. Your bank has not received this change yet: it is sent "
+                    "as soon as your bank can be reached.")
+        if purpose == "authentication" and granted and modality not in self.s.profile.enrolled:
+            return "On. Set it up again from Home before it can confirm payments."
+        return "Saved with your bank."
+
+    def _send(self, modality: str, purpose: str, granted: bool, *, queue: bool) -> str:
+        """Record one change with the bank, then here; "saved" or "queued" (raises ApiError on refusal).
+
+        With `queue`, a change the bank could not take yet (no connection, 5xx, 429) waits in
+        the offline queue and counts here at once; without it, it raises like a refusal.
+        """
+        if self.s.profile.registered:
+            from mobile_client.policy import policy
+
+            path = ROUTES["consent"].format(user_id=self.s.profile.user_id)
+            body = {"modality": modality, "purpose": purpose, "granted": granted,
+                    "policy_version": policy(purpose).version}
+            try:
+                self.s.api.request("POST", path, body)
+                state = "saved"
+            except ApiError as exc:
+                if not (queue and _can_wait(exc)):
+                    raise
+                log.info("consent change queued until the bank can take it: %s", exc)
+                self.s.api.queue.push("POST", path, body)
+                state = "queued"
+        else:
+            state = "saved"
+        self.s.profile.consents[modality][purpose] = granted
+        if purpose == "authentication" and not granted and modality in self.s.profile.enrolled:
+            self.s.profile.enrolled = [m for m in self.s.profile.enrolled if m != modality]
+        self.s.profile.federated = any(c.get("federated_training") for c in self.s.profile.consents.values())
+        return state
+
+    def _save(self) -> None:
         self.s.save_profile()
 
     def apply(self, choices: dict[str, dict[str, bool]]) -> None:
-        """Save the onboarding choices (registering the device first)."""
+        """Save the onboarding choices (registering the device first).
+
+        Every choice must be on record with the bank before set-up goes on (enrolment needs
+        it): a change that fails, even for lack of a connection, raises `ConsentRefused` and
+        the person stays on the consent screen. What went through stays recorded on both sides.
+        """
         if not any(c.get("authentication") for c in choices.values()):
             raise ValueError("consents: choose at least one way to confirm it's you")
         self.ensure_registered()
-        for m, per in choices.items():
-            for p, granted in per.items():
-                self.set(m, p, granted)
+        try:
+            for m, per in choices.items():
+                auth = bool(per.get("authentication"))
+                fed = bool(per.get("federated_training")) and auth  # nothing to train on without it
+                if not fed:  # revoke training before authentication, grant it after
+                    self._send(m, "federated_training", False, queue=False)
+                self._send(m, "authentication", auth, queue=False)
+                if fed:
+                    self._send(m, "federated_training", True, queue=False)
+        except ApiError as exc:
+            self._save()
+            what = ("Your choices could not be recorded with your bank, so set-up cannot go on yet. "
+                    + exc.user_message)
+            raise ConsentRefused(what, exc.status, {"detail": what}) from exc
         self.s.profile.onboarded = True
-        self.s.profile.federated = any(c.get("federated_training") for c in choices.values())
-        self.s.save_profile()
+        self._save()
 
     def ensure_registered(self) -> None:
+        from mobile_client.controllers.privacy import settle_pending_erase
+
+        settle_pending_erase(self.s)
         if self.s.profile.registered:
             return
         try:
@@ -86,6 +195,11 @@ class ConsentController:
 
     def active_modalities(self) -> list[str]:
         return [m for m in MODALITIES if self.s.profile.consented(m)]
+
+
+def _can_wait(exc: ApiError) -> bool:
+    """The bank could not take the request yet (no connection, 5xx, 429): it may wait in the queue."""
+    return exc.offline or (exc.status is not None and exc.status in RETRY_STATUS)
 
 
 def _android() -> bool:

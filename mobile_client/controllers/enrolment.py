@@ -38,8 +38,16 @@ class EnrolmentController:
         self.typed_passphrases = 0
 
     def todo(self) -> list[str]:
-        """Tasks for the modalities the person agreed to, in order."""
-        return [m for m in TASKS if self.s.profile.consented(m)]
+        """Tasks for the modalities the person agreed to and has not set up, in order.
+
+        After a modality was revoked (the server deleted its template) and switched on again,
+        this is that modality's task alone.
+        """
+        return [m for m in TASKS if self.s.profile.consented(m) and m not in self.s.profile.enrolled]
+
+    def missing(self) -> list[str]:
+        """Modalities switched on but not set up (Home offers to set them up); empty before onboarding."""
+        return self.todo() if self.s.profile.onboarded else []
 
     def begin(self, modality: str) -> None:
         self.s.evidence.mark(modality)
@@ -94,7 +102,8 @@ class EnrolmentController:
 
         A task the server already accepted is not sent again (it would be refused as already
         received), so after an interruption pressing Finish again sends only what is missing.
-        The first failure is raised; `profile.enrolled` changes only once every task went through.
+        The first failure is raised; `profile.enrolled` changes only once every task went through,
+        and keeps the modalities set up before (setting one up again sends only that one).
         """
         sent: dict[str, int] = {}
         for m in self.todo():
@@ -107,7 +116,7 @@ class EnrolmentController:
                 st.sent = len(windows)
                 self.s.evidence.note_sent(windows)
             sent[m] = st.sent
-        self.s.profile.enrolled = sorted(sent)
+        self.s.profile.enrolled = sorted(set(self.s.profile.enrolled) | set(sent))
         self.s.evidence.flush()
         self.s.save_profile()
         return sent

@@ -28,6 +28,9 @@ GENERAL_TEXT = {
     "no_evidence": "No recent behaviour could be checked on this phone",
     "locked": "Your account is now locked after several failed checks; please contact your bank",
 }
+#: "no_evidence" when the payment did carry samples: the server could use none of them (each
+#: modality's own reason above says why: too little evidence, being updated, not set up)
+NO_USABLE_EVIDENCE = "None of these samples could count this time, so your bank asks for one more check"
 #: per-modality reason codes; exact codes first, then the first key contained in an unknown code
 REASON_TEXT = {
     "strong_mismatch": "{m} did not match your usual pattern",
@@ -96,11 +99,18 @@ def parse_payee(text: str) -> str:
     return payee
 
 
-def explain(reason: Mapping[str, object]) -> str:
-    """A server reason code in words a customer understands (never a bare code or 'none')."""
+def explain(reason: Mapping[str, object], evidence_sent: bool = False) -> str:
+    """A server reason code in words a customer understands (never a bare code or 'none').
+
+    `evidence_sent`: the request carried samples. The server says "no_evidence" when no
+    modality counted (fusion.policy.decide: each was low quality, uncalibrated, not set up or
+    had no samples), which is not "nothing was checked" when samples were sent.
+    """
     code = str(reason.get("code", ""))
     modality = str(reason.get("modality", ""))
     if modality in ("", "none"):
+        if code == "no_evidence" and evidence_sent:
+            return NO_USABLE_EVIDENCE
         return GENERAL_TEXT.get(code) or code.replace("_", " ").capitalize() or "No reason given"
     m = MODALITY_WORDS.get(modality, modality.replace("_", " ").capitalize())
     template = REASON_TEXT.get(code) or next((t for key, t in REASON_TEXT.items() if key in code), None)
@@ -136,7 +146,8 @@ class TransactionController:
         """
         ev = self.s.evidence
         sources: dict[str, Callable[[], list[FeatureWindow]]] = {
-            "keystroke": lambda: features.keystroke_windows(ev.keys(EVIDENCE_KEYS, EVIDENCE_MAX_AGE_S), n_keys=50, hop=50),
+            "keystroke": lambda: features.keystroke_windows(ev.keys(EVIDENCE_KEYS, EVIDENCE_MAX_AGE_S),
+                                                    n_keys=features.KEYS_PER_WINDOW, hop=features.KEYS_PER_WINDOW),
             "touch": lambda: features.touch_windows(ev.touches(EVIDENCE_SWIPES, EVIDENCE_MAX_AGE_S)),
             "gait": lambda: features.gait_windows(ev.accel(EVIDENCE_WALK_S)),
         }
@@ -222,4 +233,5 @@ class TransactionController:
         return True
 
     def reasons_text(self) -> list[str]:
-        return [explain(r) for r in (self.last.reasons if self.last else [])]
+        sent = any(self.evidence_summary.values())
+        return [explain(r, sent) for r in (self.last.reasons if self.last else [])]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from kivy.app import App
 from kivy.core.window import Window
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from modalities.events import KeyEvent
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: what a background job hands back on the main thread: its result, or the exception it raised
+Done = Callable[[Any, BaseException | None], None]
 
 KV_DIR = Path(__file__).parent / "kv"
 SCREENS: dict[str, type] = {
@@ -67,6 +72,34 @@ class CadenceApp(App):
         #: why federated training could not start, in words for the Privacy screen (None: no problem)
         self.federation_error: str | None = None
         self.sm: ScreenManager | None = None
+        #: network work runs here, one job at a time and in order, never on Kivy's main thread
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cadence-network")
+        #: background jobs not finished yet (their `done` has not run)
+        self.jobs_in_flight = 0
+
+    # ------------------------------------------------------------------ background work
+    def run_in_background(self, work: Callable[[], T], done: Done) -> None:
+        """Run `work` off the main thread; `done(result, error)` is then called on the main thread.
+
+        Controllers block on HTTP (retries, timeouts): run on Kivy's thread they would freeze
+        the UI. Jobs run one at a time in the order they were asked for, so requests reach the
+        server in the order the person made them (what the offline queue also keeps).
+        """
+        from kivy.clock import Clock
+
+        self.jobs_in_flight += 1
+
+        def finished(fut: Future[T]) -> None:
+            exc = fut.exception()
+            result = None if exc is not None else fut.result()
+
+            def deliver(_dt: float) -> None:
+                self.jobs_in_flight -= 1
+                done(result, exc)
+
+            Clock.schedule_once(deliver, 0)
+
+        self._worker.submit(work).add_done_callback(finished)
 
     # ------------------------------------------------------------------ building
     def build(self) -> ScreenManager:
@@ -110,9 +143,14 @@ class CadenceApp(App):
         # consent changes and erase requests made offline: send them now the app is back
         from kivy.clock import Clock
 
-        Clock.schedule_once(lambda *_: self.services.api.flush_queue(), 0)
+        Clock.schedule_once(lambda *_: self.run_in_background(self.services.api.flush_queue, self._flushed), 0)
         if self.on_ready:
             self.on_ready(self)
+
+    @staticmethod
+    def _flushed(_sent: Any, exc: BaseException | None) -> None:
+        if exc is not None:  # e.g. a bug; the queue stays and is tried again before the next request
+            log.warning("could not send what waited offline: %s", exc)
 
     def on_stop(self) -> None:
         for c in self.collectors:
@@ -120,6 +158,7 @@ class CadenceApp(App):
         if self.walk_source:
             self.walk_source.stop()
         self.stop_federation()
+        self._worker.shutdown(wait=True, cancel_futures=True)  # a request in flight ends before the client closes
         self.services.close()
 
     def live_accelerometer(self) -> bool:

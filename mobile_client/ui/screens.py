@@ -1,7 +1,9 @@
 """Screen classes: Kivy properties the .kv files show, and handlers that call controllers.
 
 No feature computation and no HTTP here: every handler delegates to a controller and copies
-the result into properties.
+the result into properties. A controller call that may go to the server runs off Kivy's main
+thread (`CadenceApp.run_in_background`); its result is applied back on the main thread, and
+the button that started it is disabled, with a label saying what is going on, until then.
 """
 
 from __future__ import annotations
@@ -37,6 +39,27 @@ def _app() -> Any:
     return App.get_running_app()
 
 
+def _busy_button(button: Any, busy: bool, text: str) -> None:
+    """Disable `button` and say what it waits for; `busy=False` restores the text it had."""
+    if busy:
+        if not hasattr(button, "_idle_text"):
+            button._idle_text = button.text
+        button.text, button.disabled = text, True
+    else:
+        button.text = getattr(button, "_idle_text", button.text)
+        button.disabled = False
+
+
+def tries_left(n: int) -> str:
+    return f"{n} {'try' if n == 1 else 'tries'} left"
+
+
+#: after a payment got no answer the bank may have recorded it: never say nothing was paid
+NO_ANSWER = ("We could not get an answer from your bank, so this payment may have gone through. Tap Pay now "
+             "to ask again (it is the same payment and cannot be paid twice), or check with your bank "
+             "before paying again.")
+
+
 def ago(t: float | None, now: float | None = None) -> str:
     if t is None:
         return "not yet"
@@ -56,6 +79,7 @@ class WelcomeScreen(Screen):
 class ConsentScreen(Screen):
     can_continue = BooleanProperty(False)
     error = StringProperty("")
+    busy = BooleanProperty(False)
 
     def on_pre_enter(self, *_: Any) -> None:
         box = self.ids.cards
@@ -82,17 +106,28 @@ class ConsentScreen(Screen):
         self.can_continue = any(c.auth for c in cards)
 
     def agree(self) -> None:
+        if self.busy:
+            return
         choices = {m: {"authentication": c.auth, "federated_training": c.fed} for m, c in self.cards().items()}
-        try:
-            _app().consent.apply(choices)
-        except ApiError as exc:
-            self.error = exc.user_message
-            return
-        except ValueError as exc:
-            self.error = str(exc)
-            return
+        consent = _app().consent
         self.error = ""
-        _app().go("enrol")
+        self.busy = True
+        _busy_button(self.ids.agree, True, "Saving your choices...")
+        _app().run_in_background(lambda: consent.apply(choices), self._agreed)
+
+    def _agreed(self, _result: Any, exc: BaseException | None) -> None:
+        self.busy = False
+        _busy_button(self.ids.agree, False, "")
+        self.ids.agree.disabled = not self.can_continue
+        if isinstance(exc, ApiError):
+            self.error = exc.user_message
+        elif isinstance(exc, ValueError):
+            self.error = str(exc)
+        elif exc is not None:
+            log.error("saving consents failed on this phone", exc_info=exc)
+            self.error = "Something went wrong on this phone. Please try again."
+        else:
+            _app().go("enrol")
 
 
 class EnrolScreen(Screen):
@@ -110,6 +145,7 @@ class EnrolScreen(Screen):
     walking = BooleanProperty(False)
     walk_left = NumericProperty(enrol_mod.WALK_SECONDS)
     done = BooleanProperty(False)
+    busy = BooleanProperty(False)
     steps = ListProperty([])
     _tick = ObjectProperty(None, allownone=True)
 
@@ -160,6 +196,9 @@ class EnrolScreen(Screen):
         self.swipes_done = round(p["touch"] * self.swipes_needed)
 
     def start_walk(self) -> None:
+        # a walk (re)starts from here: an earlier stopped walk and the pause since do not count
+        _app().enrolment.begin("gait")
+        self.message = ""
         self.walking = True
         self.walk_source = _app().start_walk(on_done=self._walk_done)
         Clock.schedule_interval(self._poll_walk, 0.25)
@@ -174,6 +213,21 @@ class EnrolScreen(Screen):
     def _walk_done(self) -> None:
         self._poll_walk(0)
         self.walking = False
+        if self.progress["gait"] < 1:
+            self.message = (f"The walk stopped with {self.walk_left:.0f} s to go. "
+                            "Tap Start walking to walk again.")
+
+    def _reset_walk(self) -> None:
+        """Back to before the walk: Start walking shows again and the next walk starts afresh."""
+        app = _app()
+        if app.walk_source is not None:
+            app.walk_source.stop()
+        self.walking = False
+        app.enrolment.begin("gait")
+        p = dict(self.progress)
+        p["gait"] = 0.0
+        self.progress = p
+        self.walk_left = enrol_mod.WALK_SECONDS
 
     def check(self) -> None:
         """Quality check of the current task; move on when it passed."""
@@ -184,16 +238,30 @@ class EnrolScreen(Screen):
         self.quality = q
         self.ids[f"q_{self.step}"].info = q[self.step]
         self.message = rep.message + ("" if rep.ok else ".")
+        if not rep.ok and self.step == "gait":  # walking again is the only way on: offer it
+            self._reset_walk()
         if rep.ok:
             nxt = self.steps.index(self.step) + 1
             self.start_step(self.steps[nxt] if nxt < len(self.steps) else "review")
 
     def finish(self) -> None:
-        try:
-            sent = _app().enrolment.finish()
-        except ApiError as exc:
+        if self.busy:
+            return
+        self.busy = True
+        self.message = "Sending your set-up to your bank..."
+        _busy_button(self.ids.finish, True, "Sending...")
+        _app().run_in_background(_app().enrolment.finish, self._finished)
+
+    def _finished(self, sent: Any, exc: BaseException | None) -> None:
+        self.busy = False
+        _busy_button(self.ids.finish, False, "")
+        if isinstance(exc, ApiError):
             log.warning("set-up not finished: %s", exc)
             self.message = f"Could not finish set-up. {exc.user_message}"
+            return
+        if exc is not None:
+            log.error("set-up failed on this phone", exc_info=exc)
+            self.message = "Could not finish set-up: something went wrong on this phone. Please try again."
             return
         self.done = True
         self.message = "Set up: " + ", ".join(f"{consent_text.TEXT[m].title.lower()} ({n})" for m, n in sent.items())
@@ -248,28 +316,35 @@ class PayScreen(Screen):
             self.ids.phases.current = "result" if value == "result" else "form"
 
     def pay(self) -> None:
+        if self.phase == "checking":
+            return
         self.error = ""
-        self.phase = "checking"
+        self.phase = "checking"  # the kv disables the form and says "Checking it is you..."
         Clock.schedule_once(lambda *_: self._do_pay(), 0.05)
 
     def _do_pay(self) -> None:
         tc = _app().transaction
-        try:
-            d = tc.authorize(self.ids.amount.text, self.ids.payee.text)
-        except InputError as exc:
-            self.error = exc.message[0].upper() + exc.message[1:]
+        amount, payee = self.ids.amount.text, self.ids.payee.text
+        _app().run_in_background(lambda: tc.authorize(amount, payee), self._paid)
+
+    def _paid(self, d: Any, exc: BaseException | None) -> None:
+        tc = _app().transaction
+        if exc is not None:
             self.phase = "form"
+            if isinstance(exc, InputError):
+                self.error = exc.message[0].upper() + exc.message[1:]
+            elif isinstance(exc, ApiError):
+                log.warning("payment not decided: %s", exc)
+                # no answer (network, timeout, 5xx): the bank may have recorded it; a retry re-sends
+                # the same payment (same idempotency key), so the bank answers with what it decided
+                self.error = NO_ANSWER if exc.answer_unknown else exc.user_message
+            else:  # a bug on this phone must not close the app mid-payment
+                log.error("payment failed on this phone", exc_info=exc)
+                self.error = ("Something went wrong on this phone. Check with your bank before paying again, "
+                              "or tap Pay now to ask again.")
             return
-        except ApiError as exc:
-            log.warning("payment refused: %s", exc)
-            self.error = "Could not reach your bank. Nothing was paid." if exc.offline else exc.user_message
-            self.phase = "form"
-            return
-        except Exception:  # noqa: BLE001 - a bug on this phone must not close the app mid-payment
-            log.exception("payment failed on this phone")
-            self.error = "Something went wrong on this phone. Nothing was paid; please try again."
-            self.phase = "form"
-            return
+        # a retried payment went with its first try's windows: those are the ones now sent
+        _app().services.evidence.note_sent(d.evidence)
         self.show(d.outcome, d.amount, d.currency, d.payee, tc.reasons_text(), d.risk, d.transaction_id)
         self.evidence = evidence_text(tc.evidence_summary)
         if d.outcome == "step_up" and tc.step_up is not None:
@@ -291,27 +366,39 @@ class PayScreen(Screen):
         self.phase = "result"
 
     def verify(self) -> None:
+        if self.ids.verify.disabled:
+            return
         tc = _app().transaction
-        try:
-            res = tc.verify_code(self.ids.code.text)
-        except InputError as exc:
+        code = self.ids.code.text
+        _busy_button(self.ids.verify, True, "Checking the code...")
+        _app().run_in_background(lambda: tc.verify_code(code), self._verified)
+
+    def _verified(self, res: Any, exc: BaseException | None) -> None:
+        tc = _app().transaction
+        _busy_button(self.ids.verify, False, "")
+        if isinstance(exc, InputError):
             self.error = exc.message[0].upper() + exc.message[1:]
             return
-        except ApiError as exc:
+        if isinstance(exc, ApiError):
             log.warning("step-up not confirmed: %s", exc)
             self.error = f"Not approved yet. {exc.user_message}"
+            return
+        if exc is not None:
+            log.error("step-up failed on this phone", exc_info=exc)
+            self.error = "Not approved yet: something went wrong on this phone. Please try again."
             return
         self.error = ""
         if res is True:
             self.outcome, self.headline = "approve", "Payment approved"
             self.code_hint = ""
         elif res is False:
-            self.error = f"Wrong code: {tc.step_up.attempts_left if tc.step_up else 0} tries left"
+            self.error = f"Wrong code: {tries_left(tc.step_up.attempts_left if tc.step_up else 0)}"
         else:
             self.outcome, self.headline, self.code_hint = "deny", "Payment blocked", ""
             self.error = "Too many wrong codes"
 
     def new_payment(self) -> None:
+        _app().services.api.forget_pending_payment()
         self.phase = "form"
         self.outcome = ""
         self.error = ""
@@ -327,6 +414,7 @@ class PrivacyScreen(Screen):
     federated_status = StringProperty("")
     deleted = StringProperty("")
     confirm_delete = BooleanProperty(False)
+    busy = BooleanProperty(False)
 
     def on_pre_enter(self, *_: Any) -> None:
         self.refresh()
@@ -347,21 +435,42 @@ class PrivacyScreen(Screen):
             sw.add_widget(row)
 
     def set_consent(self, modality: str, on: bool) -> None:
-        _app().consent.set(modality, "authentication", on)
+        consent = _app().consent
+        _app().run_in_background(lambda: consent.set(modality, "authentication", on), _logged("consent change"))
 
     def set_federated(self, on: bool) -> None:
         if on == _app().services.profile.federated:
             return
-        _app().privacy.set_federated(on)
         self.federated = on
+        self.federated_status = "Saving..."
+        privacy = _app().privacy
+        _app().run_in_background(lambda: privacy.set_federated(on), self._federated_set)
+
+    def _federated_set(self, _result: Any, exc: BaseException | None) -> None:
+        if exc is not None:
+            log.error("federated training switch failed on this phone", exc_info=exc)
+        self.federated = _app().services.profile.federated
         self.federated_status = _app().federation_status()
 
     def delete(self) -> None:
+        if self.busy:
+            return
         if not self.confirm_delete:
             self.confirm_delete = True
             return
-        self.deleted = _app().privacy.delete_my_data()
+        self.busy = True
+        _busy_button(self.ids.delete, True, "Deleting...")
+        _app().run_in_background(_app().privacy.delete_my_data, self._deleted)
+
+    def _deleted(self, text: Any, exc: BaseException | None) -> None:
+        self.busy = False
+        _busy_button(self.ids.delete, False, "")
         self.confirm_delete = False
+        if exc is not None:
+            log.error("deleting data failed on this phone", exc_info=exc)
+            self.deleted = "Something went wrong on this phone while deleting. Please try again."
+        else:
+            self.deleted = str(text)
         self.refresh()
 
 
@@ -377,5 +486,19 @@ def _consent_switch_row(modality: str, on: bool) -> Any:
 
 
 def _on_consent(modality: str, value: bool, row: Any) -> None:
-    _app().consent.set(modality, "authentication", value)
-    row.hint = "Used to confirm it's you" if value else "Off: not collected"
+    row.hint = "Saving..."
+    consent = _app().consent
+
+    def done(_result: Any, exc: BaseException | None) -> None:
+        _logged("consent change")(None, exc)
+        on = _app().services.profile.consented(modality)
+        row.hint = "Used to confirm it's you" if on else "Off: not collected"
+
+    _app().run_in_background(lambda: consent.set(modality, "authentication", value), done)
+
+
+def _logged(what: str) -> Any:
+    def done(_result: Any, exc: BaseException | None) -> None:
+        if exc is not None:
+            log.error("%s failed on this phone", what, exc_info=exc)
+    return done

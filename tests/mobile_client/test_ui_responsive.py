@@ -1,0 +1,269 @@
+"""The screens stay responsive while the bank is slow, and say true things when it does not answer.
+
+Each test runs the app headless in its own process (Kivy allows one App per process) and drives
+one screen, with the controller call that would go to the server replaced by a slow fake (or the
+real client over an in-process transport that loses the first answer). While the call is in
+flight the main loop must keep drawing frames and the button that started it must be disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.mobile_client.test_ui import PROBE, _env
+
+pytestmark = [pytest.mark.ui]
+
+SLOW_S = 2.5
+#: the longest frame allowed while a slow call is in flight (loading a screen's .kv takes a moment)
+MAX_FRAME_GAP_S = 1.0
+
+DRIVER = r"""
+import json, sys, threading, time, types
+from pathlib import Path
+from mobile_client import headless
+headless.prepare(420, 880)
+import httpx
+from kivy.clock import Clock
+from mobile_client.api import ApiError, Decision
+from mobile_client.controllers.transaction import StepUp
+from mobile_client.services import build_services
+from mobile_client.ui.app import CadenceApp
+
+scenario, data, slow = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+services = build_services(data, "http://127.0.0.1:9", retries=0)
+res = {"notes": [], "max_gap": 0.0, "in_flight": {}}
+note = lambda k, v: res.__setitem__(k, v)
+
+
+def slowly(value=None, exc=None):
+    def call(*_a, **_k):
+        time.sleep(slow)
+        if exc is not None:
+            raise exc
+        return value
+    return call
+
+
+def in_flight(app, what, busy):
+    # frames keep coming while the fake call sleeps: sample the screen half-way through it
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < slow / 2:
+        yield 1
+    res["in_flight"][what] = busy()
+    yield from settle(app)
+
+
+def settle(app):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < slow * 2 + 3 and getattr(app, "jobs_in_flight", 0):
+        yield 1
+    yield 5
+
+
+def consent(app):
+    c = app.go("consent"); yield 3
+    for card in c.cards().values():
+        card.auth = True
+    yield 2
+    app.consent.apply = slowly(None)
+    c.agree()
+    yield from in_flight(app, "agree", lambda: c.ids.agree.disabled)
+    note("screen", app.sm.current)
+
+
+def pay(app):
+    p = app.go("pay"); yield 3
+    p.ids.payee.text, p.ids.amount.text = "Sam Test", "12.00"
+    app.transaction.authorize = slowly(exc=ApiError("POST /v1/transactions/authorize: server unreachable", None))
+    p.pay()
+    yield from in_flight(app, "pay", lambda: (p.phase, p.ids.form.disabled))
+    note("error", p.error)
+    note("phase", p.phase)
+    d = Decision("tx-1", "approve", 0.1, "low", [], "12.00", "GBP", "Sam Test")
+    app.transaction.authorize = slowly(d)
+    app.transaction.reasons_text = lambda: []
+    p.pay()
+    yield from in_flight(app, "pay_again", lambda: p.phase)
+    note("outcome", (p.phase, p.outcome, p.headline))
+
+
+def pay_retry(app):
+    # the real controller and client; the bank records the first try but its answer is lost
+    bodies = []
+    def handler(req):
+        if req.url.path.endswith("/authorize"):
+            bodies.append(json.loads(req.content))
+            if len(bodies) <= 2:
+                raise httpx.ReadTimeout("answer lost", request=req)
+            b = bodies[-1]
+            return httpx.Response(200, json={"transaction_id": "tx-" + b["idempotency_key"][:8], "decision": "approve",
+                                              "risk": 0.1, "tier": "low", "reasons": [], "amount": b["amount"],
+                                              "currency": b["currency"], "payee": b["payee"]})
+        return httpx.Response(201, json={})
+    services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
+    p = app.go("pay"); yield 3
+    p.ids.payee.text, p.ids.amount.text = "Sam Test", "12.00"
+    p.pay(); yield from settle(app)
+    while p.phase == "checking":
+        yield 1
+    note("error", p.error)
+    p.pay(); yield from settle(app)
+    while p.phase == "checking":
+        yield 1
+    note("outcome", p.outcome)
+    note("keys", [b["idempotency_key"] for b in bodies])
+
+
+def enrol(app):
+    e = app.go("enrol"); yield 3
+    app.enrolment.finish = slowly({"keystroke": 3})
+    e.finish()
+    yield from in_flight(app, "finish", lambda: e.ids.finish.disabled)
+    note("screen", app.sm.current)
+
+
+def privacy(app):
+    pr = app.go("privacy"); yield 3
+    app.privacy.delete_my_data = slowly("Deleted 0 encrypted files")
+    pr.delete(); yield 2
+    pr.delete()
+    yield from in_flight(app, "delete", lambda: pr.ids.delete.disabled)
+    note("deleted", pr.deleted)
+
+
+def walk_reset(app):
+    services.profile.consents["gait"]["authentication"] = True
+    e = app.go("enrol"); yield 3
+    e.start_step("gait"); yield 3
+    e.progress = dict(e.progress, gait=1.0); yield 3
+    note("start_before", (e.ids.start_walk.opacity, e.ids.start_walk.height))
+    app.enrolment.check = lambda m: types.SimpleNamespace(ok=False, message="Please walk a little longer",
+                                                          usable=0, mean_quality=0.0)
+    e.check(); yield 5
+    note("progress_after_check", e.progress["gait"])
+    note("start_after", (e.ids.start_walk.opacity, e.ids.start_walk.height, e.ids.start_walk.disabled))
+    note("message", e.message)
+    e.start_walk()
+    t0 = time.monotonic()
+    while e.walking and time.monotonic() - t0 < 30:
+        yield 1
+    note("progress_after_walk", e.progress["gait"])
+
+
+def tries(app):
+    p = app.go("pay"); yield 3
+    app.transaction.step_up = StepUp("tx-1", "123456", attempts_left=3)
+    p.phase, p.outcome, p.code_hint = "result", "step_up", "Enter the code"
+    seen = []
+    for _ in range(2):
+        p.ids.code.text = "000000"
+        p.verify(); yield from settle(app)
+        seen.append(p.error)
+    note("errors", seen)
+
+
+def ready(app):
+    gen = globals()[scenario](app)
+    st = {"n": 0, "last": None}
+    def step(_dt):
+        now = time.monotonic()
+        if st["last"] is not None:
+            res["max_gap"] = max(res["max_gap"], now - st["last"])
+        st["last"] = now
+        if st["n"] > 0:
+            st["n"] -= 1
+            return None
+        try:
+            st["n"] = max(0, next(gen) - 1)
+            return None
+        except StopIteration:
+            pass
+        except Exception as exc:
+            import traceback
+            res["exception"] = traceback.format_exc()
+        app.stop()
+        return False
+    Clock.schedule_interval(step, 0)
+
+CadenceApp(services, animate=False, walk_speed=8.0, on_ready=ready).run()
+print("RESULT " + json.dumps(res))
+"""
+
+
+@pytest.fixture(scope="module")
+def gl_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """test_ui's headless environment; skips with the reason where no offscreen GL window opens."""
+    env = _env(tmp_path_factory.mktemp("kivy"))
+    p = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    if "WINDOW-OK" not in p.stdout:
+        pytest.skip(f"cannot open a headless Kivy window here ({(p.stderr.strip().splitlines() or ['?'])[-1]})")
+    return env
+
+
+def _drive(env: dict[str, str], tmp_path: Path, scenario: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", DRIVER, scenario, str(tmp_path / "app"), str(SLOW_S)], env=env,
+                       capture_output=True, text=True, timeout=180)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, p.stderr[-3000:]
+    res = json.loads(lines[-1][len("RESULT "):])
+    assert "exception" not in res, res["exception"]
+    return res
+
+
+def test_consent_agree_keeps_the_ui_drawing_while_the_bank_is_slow(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "consent")
+    assert res["max_gap"] < MAX_FRAME_GAP_S, f"the UI froze for {res['max_gap']:.1f} s"
+    assert res["in_flight"]["agree"] is True  # the button is disabled while waiting
+    assert res["screen"] == "enrol"
+
+
+def test_pay_keeps_the_ui_drawing_and_never_says_nothing_was_paid_after_no_answer(gl_env: dict[str, str],
+                                                                                  tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "pay")
+    assert res["max_gap"] < MAX_FRAME_GAP_S, f"the UI froze for {res['max_gap']:.1f} s"
+    assert res["in_flight"]["pay"] == ["checking", True]  # "Checking it is you...", form disabled
+    assert "Nothing was paid" not in res["error"] and "could not get an answer" in res["error"]
+    assert res["phase"] == "form"
+    assert res["outcome"] == ["result", "approve", "Payment approved"]
+
+
+def test_try_again_after_a_lost_answer_is_the_same_payment(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "pay_retry")
+    assert "could not get an answer" in res["error"]
+    assert res["outcome"] == "approve"
+    assert len(res["keys"]) >= 3 and len(set(res["keys"])) == 1, res["keys"]  # one idempotency key, every try
+
+
+def test_finish_set_up_keeps_the_ui_drawing(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "enrol")
+    assert res["max_gap"] < MAX_FRAME_GAP_S, f"the UI froze for {res['max_gap']:.1f} s"
+    assert res["in_flight"]["finish"] is True
+    assert res["screen"] == "home"
+
+
+def test_delete_my_data_keeps_the_ui_drawing(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "privacy")
+    assert res["max_gap"] < MAX_FRAME_GAP_S, f"the UI froze for {res['max_gap']:.1f} s"
+    assert res["in_flight"]["delete"] is True
+    assert res["deleted"] == "Deleted 0 encrypted files"
+
+
+def test_a_failed_walk_check_offers_the_walk_again(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "walk_reset")
+    assert res["start_before"][0] == 0  # a finished walk hides Start walking (kv)
+    assert res["progress_after_check"] == 0
+    opacity, height, disabled = res["start_after"]
+    assert opacity == 1 and height > 0 and not disabled, res["start_after"]
+    assert res["message"].startswith("Please walk a little longer")
+    assert res["progress_after_walk"] >= 1.0
+
+
+def test_wrong_code_says_tries_left_in_good_english(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "tries")
+    assert res["errors"] == ["Wrong code: 2 tries left", "Wrong code: 1 try left"]
