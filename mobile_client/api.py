@@ -4,7 +4,8 @@ Every device request is signed with the device key over method, path, body hash,
 and nonce (`device_key.canonical_request`, the server's scheme). Transient failures (network
 errors, 5xx, 429) are retried with exponential backoff; a retry is re-signed with a fresh nonce
 because the server refuses a nonce twice. Requests that may wait (consent changes and the
-request to erase my data) are kept in a persistent queue when the server cannot be reached;
+request to erase my data) are kept in a persistent queue when the server cannot take them yet
+(no connection, 5xx, 429: `send_or_queue`);
 `flush_queue` sends them before the next request and at app start, so a revoked consent reaches
 the server before any new evidence does. Enrolment uploads are not queued (set-up says it
 could not finish and the person retries), and a transaction never waits in a queue (a late
@@ -66,6 +67,11 @@ class ApiError(RuntimeError):
         return self.status is None
 
     @property
+    def can_wait(self) -> bool:
+        """The server could not take the request yet (no connection, 5xx, 429): it may wait in the queue."""
+        return self.offline or (self.status is not None and self.status in RETRY_STATUS)
+
+    @property
     def answer_unknown(self) -> bool:
         """The request may have reached the server but no answer came back (network or 5xx)."""
         return self.status is None or self.status >= 500
@@ -122,6 +128,23 @@ class Decision:
     evidence: list[FeatureWindow] = field(default_factory=list)
     #: the idempotency key the payment went with
     idempotency_key: str = ""
+
+
+class Queued:
+    """What `send_or_queue` returns for a request left in the offline queue (`error` says why).
+
+    False in a boolean test, like the `None` an empty answer decodes to, but told apart from a
+    sent request with `isinstance`.
+    """
+
+    def __init__(self, error: ApiError) -> None:
+        self.error = error
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"Queued({self.error})"
 
 
 @dataclass
@@ -289,15 +312,19 @@ class ApiClient:
         raise ApiError(f"{method} {path}: server unreachable ({last})", status)
 
     def send_or_queue(self, method: str, path: str, body: dict[str, Any]) -> Any:
-        """Send now, or keep in the offline queue when the server cannot be reached."""
+        """Send now; or, when the server cannot take it yet, keep it in the offline queue.
+
+        "Cannot take it yet" is no connection, a 5xx or a 429 after the retries (`ApiError.can_wait`):
+        the request then waits and `Queued` is returned. A refusal (other 4xx) raises `ApiError`.
+        """
         try:
             return self.request(method, path, body)
         except ApiError as exc:
-            if not exc.offline:
+            if not exc.can_wait:
                 raise
-            log.info("offline: queued %s %s", method, path)
+            log.info("queued %s %s until the server can take it: %s", method, path, exc)
             self.queue.push(method, path, body)
-            return None
+            return Queued(exc)
 
     def flush_queue(self, timeout_s: float | None = None) -> int:
         """Send what waited; returns how many went through (refused ones are dropped and logged).
@@ -317,7 +344,7 @@ class ApiClient:
                     self.request(item["method"], item["path"], item["body"] or None, retries=0, timeout_s=timeout_s)
                     sent += 1
                 except ApiError as exc:
-                    if exc.offline or (exc.status is not None and exc.status in RETRY_STATUS):
+                    if exc.can_wait:
                         left.extend(items[i:])
                         break
                     log.warning("queued %s %s refused: %s", item["method"], item["path"], exc)
@@ -373,9 +400,8 @@ class ApiClient:
         now is not sent), so the server answers with the decision it stored, if it stored one.
         Any other payment, or any payment after an answer, gets a new key.
         """
-        pending = self.pending_payment
-        if (idempotency_key is None and pending is not None
-                and (pending.amount, pending.currency, pending.payee) == (amount, currency, payee)):
+        pending = self.held_payment(amount, currency, payee) if idempotency_key is None else None
+        if pending is not None:
             log.info("payment retried with its first try's idempotency key and evidence")
         else:
             key = idempotency_key or uuid.uuid4().hex
@@ -397,6 +423,13 @@ class ApiClient:
                         tier=d.get("tier", ""), reasons=list(d.get("reasons", [])), amount=str(d.get("amount", amount)),
                         currency=d.get("currency", currency), payee=d.get("payee", payee), token=d.get("token", ""),
                         evidence=list(pending.evidence), idempotency_key=pending.idempotency_key)
+
+    def held_payment(self, amount: str, currency: str, payee: str) -> PendingPayment | None:
+        """The payment a call with these details would re-send (one sent without an answer), if any."""
+        pending = self.pending_payment
+        if pending is not None and (pending.amount, pending.currency, pending.payee) == (amount, currency, payee):
+            return pending
+        return None
 
     def forget_pending_payment(self) -> None:
         """The person starts a new payment: the next one gets a new key even for the same payee."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mobile_client.api import RETRY_STATUS, ROUTES, ApiError
+from mobile_client.api import ROUTES, ApiError, Queued
 from mobile_client.profile import PURPOSES
 from mobile_client.services import AppServices
 from modalities.events import MODALITIES
@@ -132,15 +132,11 @@ class ConsentController:
             path = ROUTES["consent"].format(user_id=self.s.profile.user_id)
             body = {"modality": modality, "purpose": purpose, "granted": granted,
                     "policy_version": policy(purpose).version}
-            try:
+            if queue:
+                state = "queued" if isinstance(self.s.api.send_or_queue("POST", path, body), Queued) else "saved"
+            else:
                 self.s.api.request("POST", path, body)
                 state = "saved"
-            except ApiError as exc:
-                if not (queue and _can_wait(exc)):
-                    raise
-                log.info("consent change queued until the bank can take it: %s", exc)
-                self.s.api.queue.push("POST", path, body)
-                state = "queued"
         else:
             state = "saved"
         self.s.profile.consents[modality][purpose] = granted
@@ -195,11 +191,6 @@ class ConsentController:
 
     def active_modalities(self) -> list[str]:
         return [m for m in MODALITIES if self.s.profile.consented(m)]
-
-
-def _can_wait(exc: ApiError) -> bool:
-    """The bank could not take the request yet (no connection, 5xx, 429): it may wait in the queue."""
-    return exc.offline or (exc.status is not None and exc.status in RETRY_STATUS)
 
 
 def _android() -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from mobile_client import features
 from mobile_client.services import AppServices
 from modalities.events import FeatureWindow
@@ -80,8 +82,18 @@ class EnrolmentController:
         return p
 
     def walk_progress(self) -> float:
+        """Share of the walk done: the samples recorded since the task began, at their usual rate.
+
+        Each sample counts as one interval of the sensor's (or recording's) usual spacing, the
+        median gap between samples, so a pause (the phone left on a table, a walk stopped and
+        started again) adds nothing, where the span from first to last sample would count it as
+        walking. A replayed recording that was looped keeps its spacing and counts in full.
+        """
         ev = self.s.evidence.since_mark("gait")
-        p = 0.0 if len(ev) < 2 else min((ev[-1].time - ev[0].time) / WALK_SECONDS, 1.0)  # type: ignore[union-attr]
+        gaps = np.diff(np.array([float(e.time) for e in ev])) if len(ev) >= 2 else np.empty(0)  # type: ignore[union-attr]
+        gaps = gaps[gaps > 0]
+        walked = gaps.size * float(np.median(gaps)) if gaps.size else 0.0
+        p = min(walked / WALK_SECONDS, 1.0)
         self.tasks["gait"].progress = p
         return p
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mobile_client.api import RETRY_STATUS, ROUTES, ApiError
+from mobile_client.api import ROUTES, ApiError
 from mobile_client.device_key import DeviceKey
 from mobile_client.profile import PURPOSES
 from mobile_client.services import AppServices
@@ -95,7 +95,7 @@ class PrivacyController:
         except ApiError as exc:
             if exc.status in (401, 404) and exc.code in ("unknown_device", "unknown_user"):
                 log.info("erase: the server holds nothing for this device any more (%s)", exc)
-            elif exc.offline or exc.status in RETRY_STATUS:
+            elif exc.can_wait:
                 log.warning("erase queued until the bank can take it: %s", exc)
                 self.s.api.queue.push("DELETE", ROUTES["erase"].format(user_id=self.s.profile.user_id), {})
                 (self.s.data_dir / ERASE_PENDING).write_text(str(time.time()))

@@ -164,18 +164,28 @@ class TransactionController:
         return out
 
     def authorize(self, amount_text: str, payee_text: str, currency: str = "GBP") -> Decision:
+        """Ask the bank to decide one payment, with the recent behaviour gathered now.
+
+        A retry of a payment whose answer was lost re-sends that payment's first body
+        (`ApiClient.authorize`), so what the bank received is `Decision.evidence`, not what was
+        gathered this time: those windows are the ones noted as sent, adapted with after an
+        approval and counted on the screen. The windows gathered now stay unsent for later.
+        """
         amount = parse_amount(amount_text)
         payee = parse_payee(payee_text)
         windows = self.gather_evidence()
+        held = self.s.api.held_payment(amount, currency, payee)
         try:
             d = self.s.api.authorize(amount, currency, payee, windows)
         except ApiError as exc:
             if exc.status == 409:  # the server has seen (some of) these windows: never offer them again
-                self.s.evidence.note_sent(windows)
+                self.s.evidence.note_sent(held.evidence if held is not None else windows)
             raise
-        self.s.evidence.note_sent(windows)
+        sent = list(d.evidence)
+        self.s.evidence.note_sent(sent)
+        self.evidence_summary = {m: sum(w.modality == m for w in sent) for m in ("keystroke", "touch", "gait")}
         self.last = d
-        self._sent = windows
+        self._sent = sent
         self.step_up = StepUp(d.transaction_id, f"{secrets.randbelow(10**6):06d}") if d.outcome == "step_up" else None
         if d.outcome == "approve":
             self.adapt(d.transaction_id)

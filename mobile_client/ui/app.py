@@ -143,14 +143,34 @@ class CadenceApp(App):
         # consent changes and erase requests made offline: send them now the app is back
         from kivy.clock import Clock
 
-        Clock.schedule_once(lambda *_: self.run_in_background(self.services.api.flush_queue, self._flushed), 0)
+        Clock.schedule_once(lambda *_: self.run_in_background(self._send_waiting, self._flushed), 0)
         if self.on_ready:
             self.on_ready(self)
 
-    @staticmethod
-    def _flushed(_sent: Any, exc: BaseException | None) -> None:
+    def _send_waiting(self) -> bool:
+        """Background job at start: send what waited offline; True when a waiting erasure finished.
+
+        With an erasure waiting, `settle_pending_erase` sends the queue itself (one try) and, once
+        the request has gone, leaves the app as new, as it does when the Privacy screen opens.
+        """
+        from mobile_client.controllers.privacy import ERASE_PENDING, settle_pending_erase
+
+        if (self.services.data_dir / ERASE_PENDING).exists():
+            return settle_pending_erase(self.services)
+        self.services.api.flush_queue()
+        return False
+
+    def _flushed(self, erased: Any, exc: BaseException | None) -> None:
+        """On the main thread after `_send_waiting`: a finished erasure shows the fresh app."""
         if exc is not None:  # e.g. a bug; the queue stays and is tried again before the next request
             log.warning("could not send what waited offline: %s", exc)
+            return
+        if erased:
+            log.info("the erasure that waited offline went through: the app is as new")
+            self.privacy.erase_state = "done"
+            assert self.sm is not None
+            if self.sm.current != "welcome":
+                self.go("welcome")
 
     def on_stop(self) -> None:
         for c in self.collectors:

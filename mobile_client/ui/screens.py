@@ -83,8 +83,11 @@ class ConsentScreen(Screen):
 
     def on_pre_enter(self, *_: Any) -> None:
         box = self.ids.cards
-        if box.children:
+        if box.children and _app().services.profile.onboarded:
             return
+        # not set up (first start, or after "Delete my data" left a fresh app): the cards show
+        # what the phone holds now, never the choices made before the reset
+        box.clear_widgets()
         current = _app().consent.current()
         for m in MODALITIES:
             txt = consent_text.TEXT[m]
@@ -151,9 +154,29 @@ class EnrolScreen(Screen):
 
     def on_pre_enter(self, *_: Any) -> None:
         self.steps = _app().enrolment.todo()
+        self._forget(self.steps)
         if self.steps and self.step not in self.steps:
             self.step = self.steps[0]
         self.start_step(self.step)
+
+    def _forget(self, steps: list[str]) -> None:
+        """Drop what this screen showed for `steps` (still to do): no stale "OK" row or finished walk.
+
+        Set-up again after a reset or a revoked modality starts those tasks afresh, as the
+        controller does (`EnrolmentController.begin`).
+        """
+        self.quality = {m: q for m, q in self.quality.items() if m not in steps}
+        self.progress = {m: 0.0 if m in steps else v for m, v in self.progress.items()}
+        for m in steps:
+            if f"q_{m}" in self.ids:
+                self.ids[f"q_{m}"].info = {}
+        if "gait" in steps and not self.walking:
+            self.walk_left = enrol_mod.WALK_SECONDS
+        if "keystroke" in steps:
+            self.repeats_done = 0
+        if "touch" in steps:
+            self.swipes_done = 0
+        self.done = False
 
     def on_step(self, _w: Any, value: str) -> None:
         if "steps" in self.ids and self.ids.steps.has_screen(value):
@@ -308,6 +331,8 @@ class PayScreen(Screen):
     reasons = ListProperty([])
     risk = NumericProperty(0.0)
     transaction_id = StringProperty("")
+    #: a payment went without an answer and may be recorded by the bank (Cancel reads "Back")
+    unanswered = BooleanProperty(False)
 
     HEADLINES = {"approve": "Payment approved", "step_up": "One more check", "deny": "Payment blocked"}
 
@@ -329,6 +354,7 @@ class PayScreen(Screen):
 
     def _paid(self, d: Any, exc: BaseException | None) -> None:
         tc = _app().transaction
+        self.unanswered = _app().services.api.pending_payment is not None
         if exc is not None:
             self.phase = "form"
             if isinstance(exc, InputError):
@@ -343,8 +369,6 @@ class PayScreen(Screen):
                 self.error = ("Something went wrong on this phone. Check with your bank before paying again, "
                               "or tap Pay now to ask again.")
             return
-        # a retried payment went with its first try's windows: those are the ones now sent
-        _app().services.evidence.note_sent(d.evidence)
         self.show(d.outcome, d.amount, d.currency, d.payee, tc.reasons_text(), d.risk, d.transaction_id)
         self.evidence = evidence_text(tc.evidence_summary)
         if d.outcome == "step_up" and tc.step_up is not None:
@@ -398,13 +422,23 @@ class PayScreen(Screen):
             self.error = "Too many wrong codes"
 
     def new_payment(self) -> None:
-        _app().services.api.forget_pending_payment()
+        """Cancel (form) or Done (result): an empty form for the next payment, then Home.
+
+        While a payment is being decided nothing happens (the kv disables Cancel then too): its
+        answer still has to be shown. After a payment got no answer, the bank may have recorded
+        it, so Cancel is "Back" and does not forget it: paying the same payee and amount again
+        re-sends that payment (same idempotency key), so it cannot go through twice.
+        """
+        if self.phase == "checking":
+            return
         self.phase = "form"
         self.outcome = ""
         self.error = ""
         self.code_hint = ""
         self.ids.amount.text = ""
         self.ids.payee.text = ""
+        self.ids.reference.text = ""
+        self.unanswered = _app().services.api.pending_payment is not None
         _app().go("home")
 
 
@@ -422,7 +456,7 @@ class PrivacyScreen(Screen):
     def refresh(self) -> None:
         app = _app()
         self.items = [(i.label, i.detail) for i in app.privacy.stored()]
-        self.federated = app.services.profile.federated
+        self.federated = app.privacy.federated_on()
         self.federated_status = app.federation_status()
         box = self.ids.stored
         box.clear_widgets()
@@ -439,18 +473,23 @@ class PrivacyScreen(Screen):
         _app().run_in_background(lambda: consent.set(modality, "authentication", on), _logged("consent change"))
 
     def set_federated(self, on: bool) -> None:
-        if on == _app().services.profile.federated:
+        if on == _app().privacy.federated_on():
             return
         self.federated = on
         self.federated_status = "Saving..."
         privacy = _app().privacy
         _app().run_in_background(lambda: privacy.set_federated(on), self._federated_set)
 
-    def _federated_set(self, _result: Any, exc: BaseException | None) -> None:
+    def _federated_set(self, results: Any, exc: BaseException | None) -> None:
+        self.federated = _app().privacy.federated_on()
+        self.federated_status = _app().federation_status()
         if exc is not None:
             log.error("federated training switch failed on this phone", exc_info=exc)
-        self.federated = _app().services.profile.federated
-        self.federated_status = _app().federation_status()
+            self.federated_status = "Not changed: something went wrong on this phone. Please try again."
+            return
+        refused = [r for r in results or [] if not r.applied]
+        if refused:  # the bank said no (for one modality or more): say why, with what holds now
+            self.federated_status = refused[0].message
 
     def delete(self) -> None:
         if self.busy:
@@ -480,19 +519,40 @@ def _consent_switch_row(modality: str, on: bool) -> Any:
     row = Factory.SwitchRow(label=consent_text.TEXT[modality].title,
                             hint="Used to confirm it's you" if on else "Off: not collected")
     sw = Factory.PillSwitch(active=on, pos_hint={"center_y": 0.5})
-    sw.bind(active=lambda _w, v, m=modality: _on_consent(m, v, row))
+    sw.bind(active=lambda w, v, m=modality: _on_consent(m, v, row, w))
     row.add_widget(sw)
     return row
 
 
-def _on_consent(modality: str, value: bool, row: Any) -> None:
+def _on_consent(modality: str, value: bool, row: Any, switch: Any = None) -> None:
+    """A Privacy consent switch moved: send the change; the switch shows what holds afterwards.
+
+    A switch put back (a refused change, or by hand to where it was) sends nothing. The hint
+    says what happened unless it simply went through: waiting for the bank, refused and why,
+    or on but to be set up again first.
+    """
+    profile = _app().services.profile
+    if bool(value) == profile.consented(modality):
+        return
     row.hint = "Saving..."
     consent = _app().consent
 
-    def done(_result: Any, exc: BaseException | None) -> None:
+    def done(result: Any, exc: BaseException | None) -> None:
         _logged("consent change")(None, exc)
-        on = _app().services.profile.consented(modality)
-        row.hint = "Used to confirm it's you" if on else "Off: not collected"
+        p = _app().services.profile
+        if exc is not None:  # a bug on this phone: show what the phone holds
+            on = p.consented(modality)
+            if switch is not None:
+                switch.active = on
+            row.hint = "Not changed: something went wrong on this phone. Please try again."
+            return
+        on = bool(result.consents["authentication"])
+        if not result.applied and switch is not None:
+            switch.active = on  # back to what the bank holds (sends nothing: see above)
+        if result.state != "saved" or (on and modality not in p.enrolled):
+            row.hint = result.message
+        else:
+            row.hint = "Used to confirm it's you" if on else "Off: not collected"
 
     _app().run_in_background(lambda: consent.set(modality, "authentication", value), done)
 

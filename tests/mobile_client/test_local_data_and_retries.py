@@ -241,3 +241,107 @@ def test_looped_keeps_a_long_recording_and_the_spacing_of_a_short_one() -> None:
     short = AccelSeries(np.arange(100) * 0.01, np.ones((100, 3)))
     out = looped(short, 5.0)
     assert out.duration == pytest.approx(5.0, abs=0.011) and np.allclose(np.diff(out.t), 0.01)
+
+
+# ---------------------------------------------------------------------------- hand-offs: queue, retry, walk
+@pytest.mark.parametrize("status", [500, 503, 429])
+def test_send_or_queue_keeps_a_request_the_server_cannot_take_yet(tmp_path: Path, status: int) -> None:
+    state = {"status": status}
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(state["status"], json={"detail": "busy"} if state["status"] >= 400 else {})
+
+    c = _client(tmp_path, handler)
+    res = c.send_or_queue("POST", "/v1/users/user-1/consents", {"modality": "gait"})
+    assert isinstance(res, api_mod.Queued) and not res and res.error.status == status
+    assert [i["path"] for i in c.queue.items()] == ["/v1/users/user-1/consents"]
+    state["status"] = 201
+    assert c.flush_queue() == 1 and len(c.queue) == 0
+
+
+def test_send_or_queue_raises_a_refusal_and_queues_nothing(tmp_path: Path) -> None:
+    c = _client(tmp_path, lambda req: httpx.Response(403, json={"detail": "no", "code": "consent_required"}))
+    with pytest.raises(ApiError) as err:
+        c.send_or_queue("POST", "/v1/users/user-1/consents", {"modality": "gait"})
+    assert err.value.status == 403 and len(c.queue) == 0
+
+
+def test_a_retried_payment_notes_and_adapts_with_the_windows_it_resent(tmp_path: Path) -> None:
+    from mobile_client.clock import VirtualClock
+    from mobile_client.controllers.transaction import TransactionController
+    from tests.mobile_client.test_controllers import FakeBank, _enrolled, _play
+
+    class LosingBank(FakeBank):
+        """Records a payment, loses its answer `lose` times, then answers from its record (same key)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.lose = 0
+            self.answers: dict[str, httpx.Response] = {}
+
+        def handle(self, req: httpx.Request) -> httpx.Response:
+            if req.url.path == "/v1/transactions/authorize":
+                key = json.loads(req.content)["idempotency_key"]
+                if key not in self.answers:
+                    self.answers[key] = super().handle(req)
+                if self.lose > 0:
+                    self.lose -= 1
+                    raise httpx.ReadTimeout("answer lost", request=req)
+                self.log.append((req.method, req.url.path, json.loads(req.content)))
+                return self.answers[key]
+            return super().handle(req)
+
+    person, bank, clock = SyntheticPerson(11), LosingBank(), VirtualClock(1000.0)
+    s = _enrolled(tmp_path, bank, person, clock)
+    tc = TransactionController(s)
+    _play(s, clock, person.keystrokes(120, 2))
+    bank.lose = 2  # the first try and its automatic retry both lose the answer
+    with pytest.raises(ApiError) as err:
+        tc.authorize("12.00", "Sam")
+    assert err.value.answer_unknown
+    first = bank.sent("/authorize")[-1]["evidence"]
+    assert first and {w["modality"] for w in first} == {"keystroke"}
+    _play(s, clock, person.keystrokes(120, 3))  # the person types more before "Try again"
+    d = tc.authorize("12.00", "Sam")
+    assert bank.sent("/authorize")[-1]["evidence"] == first  # the held body went again
+    assert [w.to_dict() for w in d.evidence] == first
+    assert s.evidence.sent_until("keystroke") == max(w["end"] for w in first)
+    assert tc.evidence_summary["keystroke"] == len(first)
+    adapted = [b for b in bank.sent("/enrolment") if b.get("confirmed_transaction_id") == d.transaction_id]
+    assert adapted and adapted[-1]["windows"] == first  # the approved call's own windows, not today's
+    # the typing gathered during the retry was never sent: the next payment carries it
+    tc.authorize("5.00", "Kiosk")
+    nxt = bank.sent("/authorize")[-1]["evidence"]
+    assert nxt and min(w["start"] for w in nxt) > max(w["end"] for w in first)
+
+
+def _walk_progress_after(tmp_path: Path, series_parts: list[AccelSeries | None]) -> float:
+    from mobile_client.clock import VirtualClock
+    from mobile_client.collectors.replay import ReplaySource
+    from mobile_client.controllers.enrolment import EnrolmentController
+
+    clock = VirtualClock(1000.0)
+    s = build_services(tmp_path / "app", "http://bank.test", retries=0, clock=clock)
+    s.profile.consents["gait"]["authentication"] = True
+    ec = EnrolmentController(s)
+    ec.begin("gait")
+    for part in series_parts:
+        if part is None:
+            clock.advance(20.0)  # the phone lies still: no samples at all
+            continue
+        ReplaySource(part, clock=clock).play_all(s.evidence.add)
+        clock.advance(part.duration + 0.01)
+    return ec.walk_progress()
+
+
+def test_walk_progress_counts_samples_walked_not_an_idle_gap(tmp_path: Path) -> None:
+    walk = SyntheticPerson(3).walk(10.0, 100.0, rng=1)
+    rest = SyntheticPerson(3).walk(1.0, 100.0, rng=2)
+    p = _walk_progress_after(tmp_path, [walk, None, rest])  # 10 s, a 20 s pause, 1 s
+    assert p == pytest.approx(11.0 / 30.0, abs=0.02), p
+
+
+def test_walk_progress_of_a_looped_short_recording_reaches_the_end(tmp_path: Path) -> None:
+    short = AccelSeries(1_700_000_000.0 + np.arange(600) * 0.01, np.ones((600, 3)))  # a 6 s recording
+    assert _walk_progress_after(tmp_path, [looped(short, 32.0)]) == 1.0
+    assert _walk_progress_after(tmp_path / "b", [looped(short, 15.0)]) == pytest.approx(0.5, abs=0.01)

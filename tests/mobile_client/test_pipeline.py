@@ -10,7 +10,7 @@ import pytest
 
 from evaluation.synthetic import SyntheticPerson
 from mobile_client import features
-from mobile_client.api import ApiClient, ApiError, OfflineQueue
+from mobile_client.api import ApiClient, ApiError, OfflineQueue, Queued
 from mobile_client.clock import VirtualClock
 from mobile_client.collectors import modality_of
 from mobile_client.collectors.keys import KeyPairer
@@ -122,7 +122,7 @@ def test_api_queues_offline_and_flushes(tmp_path) -> None:
         return httpx.Response(201, json={})
 
     c = _client(tmp_path, handler)
-    assert c.set_consent("touch", "authentication", False) is None
+    assert isinstance(c.set_consent("touch", "authentication", False), Queued)
     assert len(c.queue) == 1
     state["up"] = True
     assert c.flush_queue() == 1 and len(c.queue) == 0

@@ -168,6 +168,161 @@ def tries(app):
     note("errors", seen)
 
 
+def _consent_row(app, modality):
+    from mobile_client.controllers.consent import TEXT
+    row = next(r for r in app.screen("privacy").ids.consents.children if r.label == TEXT[modality].title)
+    sw = next(w for w in row.children if hasattr(w, "active") and w is not row)
+    return row, sw
+
+
+def consent_switch(app):
+    from mobile_client.controllers.consent import ConsentResult
+    p = services.profile
+    p.consents["gait"]["authentication"] = True
+    p.enrolled, p.onboarded = ["gait"], True
+    calls = []
+    def fake_set(answer):
+        def set_(m, purpose, granted):
+            calls.append((m, purpose, granted))
+            time.sleep(0.3)
+            state, msg = answer
+            if state != "refused":
+                p.consents[m][purpose] = granted
+            return ConsentResult(m, purpose, granted, state, msg, dict(p.consents[m]))
+        return set_
+    pr = app.go("privacy"); yield 3
+    row, sw = _consent_row(app, "gait")
+    # refused: the switch goes back to what the bank holds, says why, and sends nothing more
+    app.consent.set = fake_set(("refused", "Not changed. Your bank refused this: no"))
+    sw.active = False
+    yield from settle(app)
+    note("refused", [len(calls), sw.active, row.hint])
+    # queued: the switch stays, the hint says the bank has not got it yet
+    app.consent.set = fake_set(("queued", "Changed on this phone. Your bank has not received this change yet"))
+    sw.active = False
+    yield from settle(app)
+    note("queued", [len(calls), sw.active, row.hint, p.consented("gait")])
+    # on again but no longer set up: the hint says so
+    p.enrolled = []
+    app.consent.set = fake_set(("saved", "On. Set it up again from Home before it can confirm payments."))
+    sw.active = True
+    yield from settle(app)
+    note("reenrol", [len(calls), sw.active, row.hint])
+    # federated training refused by the bank: the switch goes back and the screen says why
+    app.privacy.set_federated = lambda on: [ConsentResult("gait", "federated_training", on, "refused",
+                                                          "Not changed. Your bank refused this: nope",
+                                                          dict(p.consents["gait"]))]
+    pr.set_federated(True)
+    yield from settle(app)
+    note("federated", [pr.federated, pr.federated_status])
+    # the switch follows the consents, not a stale profile flag
+    p.federated = True
+    pr.refresh(); yield 2
+    note("federated_refresh", pr.federated)
+
+
+def reset_setup(app):
+    from mobile_client.controllers.privacy import _reset_device
+    from modalities.events import MODALITIES
+    p = services.profile
+    c = app.go("consent"); yield 3
+    for card in c.cards().values():
+        card.auth = True
+    yield 2
+    for m in MODALITIES:  # as if Agree went through and set-up passed every check
+        p.consents[m]["authentication"] = True
+    p.onboarded = True
+    e = app.go("enrol"); yield 3
+    ok = {"ok": True, "message": "Good sample", "usable": 5, "quality": 0.9}
+    e.quality = {m: dict(ok) for m in MODALITIES}
+    for m in MODALITIES:
+        e.ids["q_" + m].info = dict(ok)
+    e.progress = {m: 1.0 for m in MODALITIES}
+    p.enrolled = list(MODALITIES)
+    app.go("home"); yield 3
+    _reset_device(services)  # what a confirmed "Delete my data" leaves: a fresh app
+    c = app.go("consent"); yield 3
+    note("cards_after_reset", sorted((m, k.auth, k.fed) for m, k in c.cards().items()))
+    p.consents["gait"]["authentication"] = True  # set up again: walking only
+    p.onboarded = True
+    e = app.go("enrol"); yield 3
+    note("steps", list(e.steps))
+    note("quality_after_reset", dict(e.quality))
+    note("q_gait_info", dict(e.ids.q_gait.info))
+    e.start_step("gait"); yield 3
+    note("start_walk", [e.ids.start_walk.opacity, e.ids.start_walk.disabled, e.ids.start_walk.text])
+
+
+def pay_cancel(app):
+    bodies = []
+    answer = {"now": False}
+    def handler(req):
+        if req.url.path.endswith("/authorize"):
+            bodies.append(json.loads(req.content))
+            if not answer["now"]:
+                time.sleep(1.0)
+                raise httpx.ReadTimeout("answer lost", request=req)
+            b = bodies[-1]
+            return httpx.Response(200, json={"transaction_id": "tx-" + b["idempotency_key"][:8], "decision": "approve",
+                                              "risk": 0.1, "tier": "low", "reasons": [], "amount": b["amount"],
+                                              "currency": b["currency"], "payee": b["payee"]})
+        return httpx.Response(201, json={})
+    services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
+    p = app.go("pay"); yield 3
+    p.ids.payee.text, p.ids.amount.text, p.ids.reference.text = "Sam Test", "12.00", "rent"
+    p.pay()
+    t0 = time.monotonic()
+    while not bodies and time.monotonic() - t0 < 10:
+        yield 1
+    note("cancel_in_flight", [p.phase, p.ids.cancel.disabled])
+    p.new_payment(); yield 2  # Cancel while the bank has not answered: nothing is dropped
+    note("after_cancel_in_flight", [app.sm.current, p.phase])
+    yield from settle(app)
+    while p.phase == "checking":
+        yield 1
+    note("error", p.error)
+    note("cancel_text", p.ids.cancel.text)
+    p.new_payment(); yield 2  # "Back" after no answer: the payment is kept, never called cancelled
+    note("after_back", [app.sm.current, services.api.pending_payment is not None, p.ids.reference.text,
+                        p.ids.payee.text, p.ids.amount.text, p.error])
+    answer["now"] = True
+    p = app.go("pay"); yield 3
+    p.ids.payee.text, p.ids.amount.text = "Sam Test", "12.00"
+    p.pay(); yield from settle(app)
+    while p.phase == "checking":
+        yield 1
+    note("outcome", p.outcome)
+    note("keys", [b["idempotency_key"] for b in bodies])
+    p.new_payment(); yield 2
+    note("cancel_text_after_answer", p.ids.cancel.text)
+
+
+def erase_at_start_before():
+    from mobile_client.controllers.privacy import ERASE_PENDING
+    from mobile_client.api import ROUTES
+    p = services.profile
+    p.registered, p.onboarded, p.enrolled = True, True, ["gait"]
+    p.consents["gait"]["authentication"] = True
+    services.save_profile()
+    services.api.queue.push("DELETE", ROUTES["erase"].format(user_id=p.user_id), {})
+    (services.data_dir / ERASE_PENDING).write_text("1")
+    seen = res.setdefault("seen", [])
+    def handler(req):
+        seen.append([req.method, req.url.path])
+        return httpx.Response(204)
+    services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
+    res["device_before"] = p.device_id
+
+
+def erase_at_start(app):
+    from mobile_client.controllers.privacy import ERASE_PENDING
+    yield 5
+    yield from settle(app)
+    p = services.profile
+    note("after", [p.registered, p.onboarded, p.enrolled, p.device_id != res["device_before"],
+                   (services.data_dir / ERASE_PENDING).exists(), len(services.api.queue), app.sm.current])
+
+
 def ready(app):
     gen = globals()[scenario](app)
     st = {"n": 0, "last": None}
@@ -191,6 +346,8 @@ def ready(app):
         return False
     Clock.schedule_interval(step, 0)
 
+if scenario + "_before" in globals():  # what the app finds on disk when it starts
+    globals()[scenario + "_before"]()
 CadenceApp(services, animate=False, walk_speed=8.0, on_ready=ready).run()
 print("RESULT " + json.dumps(res))
 """
@@ -267,3 +424,46 @@ def test_a_failed_walk_check_offers_the_walk_again(gl_env: dict[str, str], tmp_p
 def test_wrong_code_says_tries_left_in_good_english(gl_env: dict[str, str], tmp_path: Path) -> None:
     res = _drive(gl_env, tmp_path, "tries")
     assert res["errors"] == ["Wrong code: 2 tries left", "Wrong code: 1 try left"]
+
+
+# -- hand-offs after the parallel fixes ---------------------------------------------------------
+def test_a_privacy_consent_switch_shows_what_the_bank_holds(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "consent_switch")
+    n, on, hint = res["refused"]
+    assert n == 1 and on is True, res["refused"]  # put back, and putting it back sent nothing
+    assert hint == "Not changed. Your bank refused this: no"
+    n, on, hint, held = res["queued"]
+    assert n == 2 and on is False and held is False and "not received" in hint
+    n, on, hint = res["reenrol"]
+    assert n == 3 and on is True and hint.startswith("On. Set it up again")
+    assert res["federated"] == [False, "Not changed. Your bank refused this: nope"]
+    assert res["federated_refresh"] is False
+
+
+def test_set_up_after_a_reset_starts_afresh(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "reset_setup")
+    assert all(not auth and not fed for _m, auth, fed in res["cards_after_reset"]), res["cards_after_reset"]
+    assert res["steps"] == ["gait"]
+    assert "gait" not in res["quality_after_reset"] and res["q_gait_info"] == {}
+    opacity, disabled, text = res["start_walk"]
+    assert opacity == 1 and not disabled and text == "Start walking", res["start_walk"]
+
+
+def test_cancel_never_drops_a_payment_that_may_be_recorded(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "pay_cancel")
+    assert res["cancel_in_flight"] == ["checking", True]
+    assert res["after_cancel_in_flight"] == ["pay", "checking"]  # still waiting for the answer
+    assert "could not get an answer" in res["error"] and "cancel" not in res["error"].lower()
+    assert res["cancel_text"] == "Back"
+    assert res["after_back"] == ["home", True, "", "", "", ""]  # the form is empty, the payment is kept
+    assert res["outcome"] == "approve"
+    assert len(set(res["keys"])) == 1, res["keys"]  # paying it again is the same payment
+    assert res["cancel_text_after_answer"] == "Cancel"
+
+
+def test_an_erasure_that_waited_finishes_at_app_start(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "erase_at_start")
+    assert any(m == "DELETE" and path.startswith("/v1/users/") for m, path in res["seen"]), res["seen"]
+    registered, onboarded, enrolled, new_device, marker, queued, screen = res["after"]
+    assert not registered and not onboarded and enrolled == [] and new_device
+    assert not marker and queued == 0 and screen == "welcome"
