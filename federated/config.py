@@ -7,14 +7,18 @@ and can be overridden with ``flwr run ... --run-config "num-server-rounds=5"`` o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from federated.features import check_modality
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "trimmed-mean", "krum")
 WEIGHTINGS = ("unit", "num-examples")
+#: robust rules have no bounded sensitivity to calibrate DP noise to (`strategies/dp.py` refuses them too)
+DP_REFUSED_STRATEGIES = ("fedmedian", "trimmed-mean", "krum")
 
 
 class SettingsError(ValueError):
@@ -88,19 +92,36 @@ class RunSettings:
                 raise SettingsError(f"{key}: must be >= {lo}, got {v}")
         if self.weighting not in WEIGHTINGS:
             raise SettingsError(f"weighting: unknown {self.weighting!r}; expected one of {', '.join(WEIGHTINGS)}")
+        # NaN compares false with everything, so every float is checked finite first: `nan <= 0`
+        # let a NaN noise multiplier through and published a model of NaN weights
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{f.name.replace('_', '-')}: must be a finite number, got {value}")
         if not 0 < self.fraction_train <= 1:
             raise SettingsError(f"fraction-train: must be in (0, 1], got {self.fraction_train}")
-        if self.lr <= 0 or self.clipping_norm <= 0 or self.noise_multiplier < 0:
-            raise SettingsError("lr, clipping-norm must be > 0 and noise-multiplier >= 0")
+        for key, x in (("lr", self.lr), ("clipping-norm", self.clipping_norm), ("server-lr", self.server_lr),
+                       ("round-timeout", self.round_timeout)):
+            if x <= 0:
+                raise SettingsError(f"{key}: must be > 0, got {x}")
+        if self.noise_multiplier < 0:
+            raise SettingsError(f"noise-multiplier: must be >= 0, got {self.noise_multiplier}")
         if not 0 < self.dp_delta < 1:
             raise SettingsError(f"dp-delta: must be in (0, 1), got {self.dp_delta}")
-        if not 0 <= self.server_momentum < 1 or self.server_lr <= 0:
-            raise SettingsError(f"server-momentum: must be in [0, 1) and server-lr > 0, got "
-                                f"{self.server_momentum} and {self.server_lr}")
-        if self.round_timeout <= 0:
-            raise SettingsError(f"round-timeout: must be > 0 seconds, got {self.round_timeout}")
+        if not 0 <= self.server_momentum < 1:
+            raise SettingsError(f"server-momentum: must be in [0, 1), got {self.server_momentum}")
         if not 0 <= self.trim_beta < 0.5:
             raise SettingsError(f"trim-beta: must be in [0, 0.5), got {self.trim_beta}")
+        if self.proximal_mu < 0:
+            raise SettingsError(f"proximal-mu: must be >= 0, got {self.proximal_mu}")
+        if self.dp:
+            # without noise there is no privacy, yet the model would be labelled DP
+            if self.noise_multiplier <= 0:
+                raise SettingsError(f"noise-multiplier: DP needs noise > 0, got {self.noise_multiplier} "
+                                    f"(no noise is no privacy; leave out dp instead)")
+            if self.strategy in DP_REFUSED_STRATEGIES:
+                raise SettingsError(f"strategy: DP noise is calibrated to a mean; use fedavg or fedprox with dp, "
+                                    f"not {self.strategy}")
 
     def as_config(self) -> dict[str, Any]:
         """Back to a kebab-case run config (what `flwr run --run-config` takes)."""
@@ -124,6 +145,15 @@ def _coerce(key: str, raw: Any, typ: type) -> Any:
         return typ(raw)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{key}: expected {typ.__name__}, got {raw!r}") from exc
+
+
+#: in ``status-file``, replaced by the run's Flower run id (`status_path`): one status file per run
+RUN_ID_PLACEHOLDER = "{run-id}"
+
+
+def status_path(template: str, run_id: str | int) -> Path:
+    """`template` with its ``{run-id}`` filled in (a path without it is used as it is)."""
+    return Path(template.replace(RUN_ID_PLACEHOLDER, str(run_id)))
 
 
 def run_config_string(config: Mapping[str, Any]) -> str:

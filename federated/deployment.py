@@ -23,7 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from federated.config import run_config_string
+from federated.config import RUN_ID_PLACEHOLDER, run_config_string, status_path
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 FEDERATION = "cadence"
@@ -77,9 +77,45 @@ def write_connection(workdir: str | os.PathLike[str], address: str) -> Path:
     return path
 
 
-def superlink_cmd(host: str, port: int) -> list[str]:
-    return [find_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-            "--host", host, "--port", str(port)]
+def read_connection(workdir: str | os.PathLike[str]) -> str | None:
+    """The SuperLink address `write_connection` named for this workspace, None without one."""
+    path = Path(workdir).resolve() / "flwr-home" / "config.toml"
+    try:
+        doc = tomllib.loads(path.read_text())
+        return str(doc["superlink"][FEDERATION]["address"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+#: the SuperLink's state (registered SuperNodes, runs) in the workspace: with it in memory
+#: (Flower's default) a restarted SuperLink no longer knew the SuperNodes, which then died
+#: on their next heartbeat (401) and the next run waited `round-timeout` for devices
+SUPERLINK_DB = "superlink.db"
+
+
+def superlink_cmd(host: str, port: int, database: str | os.PathLike[str] | None = None) -> list[str]:
+    cmd = [find_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+           "--host", host, "--port", str(port)]
+    if database is not None:
+        cmd += ["--database", str(Path(database).resolve())]
+    return cmd
+
+
+def check_port_free(host: str, port: int, what: str, option: str = "--port") -> None:
+    """Raise `DeploymentError` naming `what` when `host:port` is taken (Flower would fail with a traceback)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise DeploymentError(f"{what}: cannot use host {host!r}: {exc.strerror or exc}") from exc
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # SO_REUSEADDR: a port left in TIME_WAIT by a stopped SuperLink is free; a listener is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            raise DeploymentError(f"{what}: port {port} on {host} is not available ({exc.strerror or exc}); "
+                                  f"is another SuperLink/SuperNode running there? Choose another {option}") from exc
 
 
 def supernode_cmd(superlink: str, data: str | os.PathLike[str], port: int, host: str = "127.0.0.1") -> list[str]:
@@ -291,6 +327,78 @@ def flwr_run_status(workdir: str | os.PathLike[str], run_id: str | int, timeout:
     return str(runs[0].get("status", "")), str(runs[0].get("status-details", ""))
 
 
+def status_template(workdir: str | os.PathLike[str]) -> Path:
+    """The ``status-file`` `cadence federated run` sends: the ServerApp fills in its run id.
+
+    One file per run, so two runs from one workspace never read (or delete) each other's progress.
+    """
+    return Path(workdir).resolve() / f"status-{RUN_ID_PLACEHOLDER}.json"
+
+
+def run_status_file(workdir: str | os.PathLike[str], run_id: str | int) -> Path:
+    return status_path(str(status_template(workdir)), run_id)
+
+
+LATEST = "latest-run.json"
+
+
+def write_latest(workdir: str | os.PathLike[str], run_id: str | int) -> Path:
+    """Point `cadence federated status` at run `run_id` (the last one submitted from this workspace)."""
+    path = Path(workdir).resolve() / LATEST
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"run_id": str(run_id), "status_file": str(run_status_file(workdir, run_id))}))
+    os.replace(tmp, path)
+    return path
+
+
+def latest_status_file(workdir: str | os.PathLike[str], run_id: str | int | None = None) -> Path:
+    """Status file of run `run_id`, else of the last run submitted here (else the pre-run-id ``status.json``)."""
+    wd = Path(workdir).resolve()
+    if run_id is not None:
+        return run_status_file(wd, run_id)
+    try:
+        return Path(json.loads((wd / LATEST).read_text())["status_file"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return wd / "status.json"
+
+
+def record_end(path: str | os.PathLike[str], error: str) -> None:
+    """Write ``failed`` with `error` to a status file still saying waiting/running (its ServerApp is gone)."""
+    p = Path(path)
+    doc = read_status(p)
+    if doc.get("state") in ("done", "failed"):
+        return
+    if doc.get("state") == "unknown":
+        doc = {}
+    doc.update(state="failed", error=error, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(doc, indent=2, default=str))
+        os.replace(tmp, p)
+    except OSError:  # pragma: no cover - the caller reports the end anyway
+        pass
+
+
+def stop_command(workdir: str | os.PathLike[str], run_id: str | int) -> str:
+    """The shell command an operator runs to stop run `run_id` of this workspace's SuperLink."""
+    home = Path(workdir).resolve() / "flwr-home"
+    return f"FLWR_HOME={home} flwr stop {run_id} {FEDERATION}"
+
+
+def stop_run(workdir: str | os.PathLike[str], run_id: str | int, timeout: float = 60.0) -> None:
+    """`flwr stop RUN_ID cadence` (same FLWR_HOME and connection as `submit_run`); raise when it did not stop."""
+    cmd = [find_bin("flwr"), "stop", str(run_id), FEDERATION, "--format", "json"]
+    try:
+        res = subprocess.run(cmd, env=flower_env(workdir), capture_output=True, text=True, timeout=timeout,
+                             cwd=str(Path(workdir).resolve()))
+        info = dict(json.loads(res.stdout[res.stdout.index("{"):]))
+    except (subprocess.TimeoutExpired, ValueError, OSError) as exc:
+        raise DeploymentError(f"flwr stop gave no answer: {exc}") from exc
+    if info.get("success") is not True:
+        raise DeploymentError("flwr stop: " + " ".join(str(info.get("error-message") or info).split()))
+
+
 def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -301,21 +409,39 @@ def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {"state": "unknown", "detail": "status file being written"}
 
 
+class RunTimeout(DeploymentError):
+    """`wait_for_run` gave up: the run is still going on the SuperLink."""
+
+    def __init__(self, message: str, last: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.last = last
+
+
 def wait_for_run(status_file: str | os.PathLike[str], timeout: float, on_progress: Any = None, *,
                  flwr_status: Callable[[], tuple[str, str]] | None = None, check_every: float = 10.0,
-                 poll: float = 1.0) -> dict[str, Any]:
+                 poll: float = 1.0, run_id: str | int | None = None) -> dict[str, Any]:
     """Poll the ServerApp's status file until the run is done; raise when it failed (or `timeout`).
 
     The ServerApp writes ``failed`` with the reason; `flwr_status` (e.g. `flwr_run_status` of
     the run) is asked every `check_every` s, so a run Flower finished without a word in the
-    status file (stopped, its ServerApp killed) or a SuperLink gone for good ends the wait too.
+    status file (stopped, its ServerApp killed) or a SuperLink gone for good ends the wait too;
+    such an end is written to the status file (``failed``), so `cadence federated status`
+    stops saying running. With `run_id`, a status written by another run is not this run's.
+    Past `timeout`, `RunTimeout` (the run goes on: stop it with `stop_run`).
     """
     t0 = time.monotonic()
     last = None
     next_check = t0 + check_every
     unreachable = 0
-    while time.monotonic() - t0 < timeout:
+
+    def current() -> dict[str, Any]:
         st = read_status(status_file)
+        if run_id is not None and "run_id" in st and str(st["run_id"]) != str(run_id):
+            return {"state": "unknown", "detail": f"{status_file} is run {st['run_id']}'s, not run {run_id}'s"}
+        return st
+
+    while time.monotonic() - t0 < timeout:
+        st = current()
         if on_progress is not None and st.get("round") != last:
             on_progress(st)
             last = st.get("round")
@@ -335,10 +461,12 @@ def wait_for_run(status_file: str | os.PathLike[str], timeout: float, on_progres
                                           f"last status {read_status(status_file)}") from exc
                 continue
             if state.startswith("finished"):
-                st = read_status(status_file)  # the ServerApp writes its last word before it finishes
+                st = current()  # the ServerApp writes its last word before it finishes
                 if st.get("state") in ("done", "failed"):
                     continue
-                raise DeploymentError(f"run ended as {state}{': ' + details if details else ''} "
-                                      f"(status file says {st.get('state')!r}; see the SuperLink log)")
+                ended = f"run ended as {state}{': ' + details if details else ''}"
+                record_end(status_file, f"{ended} (Flower finished it without a word from the ServerApp)")
+                raise DeploymentError(f"{ended} (status file said {st.get('state')!r}; see the SuperLink log)")
         time.sleep(poll)
-    raise DeploymentError(f"run not done after {timeout:.0f} s; last status {read_status(status_file)}")
+    last_st = current()
+    raise RunTimeout(f"run not done after {timeout:g} s (--timeout); last status {last_st}", last_st)

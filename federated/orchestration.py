@@ -68,9 +68,10 @@ class RunOutcome:
 class StatusFile:
     """Progress of a run as a small JSON file (`cadence federated status` reads it)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, run_id: int | str | None = None) -> None:
         self.path = Path(path) if path else None
-        self.doc: dict[str, Any] = {}
+        # the run id lets a reader tell this run's progress from another run's (`wait_for_run`)
+        self.doc: dict[str, Any] = {} if run_id is None else {"run_id": str(run_id)}
 
     def update(self, **kw: Any) -> None:
         if self.path is None:
@@ -127,22 +128,45 @@ def population_scaling(grid: Grid, nodes: list[int], s: RunSettings,
     dims = {a.shape for a, _ in sums}
     if len(dims) != 1:
         raise FederatedRunError(f"data: devices hold windows of different sizes {sorted(dims)}")
+    _refuse_duplicate_data(replies, sums)
     if keys is not None:
         for r in replies:
             dev = r.content.get("device")
             keys[r.metadata.src_node_id] = str(dev.get("key", "")) if isinstance(dev, ConfigRecord) else ""
+        dup = sorted({k for k in keys.values() if k and list(keys.values()).count(k) > 1})
+        if dup:  # e.g. two phones keeping their data at the same path: slot order then falls back to node ids
+            log.warning("scaling round: %d device key(s) shared by several devices; their slots follow "
+                        "Flower's node ids (set node config device-key per device)", len(dup))
     # added in reply order, one after another, as before (same bits as earlier runs)
     total = functools.reduce(operator.add, [a.astype(np.float64) for a, _ in sums])
     total_sq = functools.reduce(operator.add, [b.astype(np.float64) for _, b in sums])
     return task.Normaliser.from_sums(n, total, total_sq)
 
 
-def run_training(grid: Grid, s: RunSettings) -> RunOutcome:
+def _refuse_duplicate_data(replies: list[Message], sums: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Refuse two devices holding the same windows (one device file served by two SuperNodes).
+
+    Identical (n, sum, sum of squares) means the same data: one person would count twice in
+    every average and, under DP, contribute two clipped updates where the accounting assumes one.
+    """
+    seen: dict[bytes, int] = {}
+    for r, (a, b) in zip(replies, sums, strict=True):
+        n = get_float(metric_record(r.content), "num-examples")
+        fp = np.float64(n).tobytes() + np.ascontiguousarray(a, np.float64).tobytes() \
+            + np.ascontiguousarray(b, np.float64).tobytes()
+        node = r.metadata.src_node_id
+        if fp in seen:
+            raise FederatedRunError(f"scaling round: SuperNodes {seen[fp]} and {node} hold the same data (the same "
+                                    f"device file served twice?); start each SuperNode with its own device's file")
+        seen[fp] = node
+
+
+def run_training(grid: Grid, s: RunSettings, run_id: int | str | None = None) -> RunOutcome:
     """Scaling round plus `num-server-rounds` rounds of the configured strategy.
 
     Any error (or stop) is written to the status file as ``failed`` before it propagates.
     """
-    status = StatusFile(s.status_file)
+    status = StatusFile(s.status_file, run_id)
     try:
         return _train(grid, s, status)
     except BaseException as exc:
@@ -215,10 +239,18 @@ def model_card(o: RunOutcome) -> str:
 
 
 def publish(o: RunOutcome, s: RunSettings) -> str:
-    """Write the global scorer to the model registry (not activated) and return its version."""
+    """Write the global scorer to the model registry (not activated) and return its version.
+
+    Raises `FederatedRunError` (nothing written) when a weight is NaN or infinite.
+    """
     from modalities.registry import ModelRegistry
 
     assert o.scorer is not None
+    bad = sorted(k for k, v in o.scorer.get_state().items() if not np.isfinite(v).all())
+    if bad:  # such a model can never be activated: fail the run instead of publishing it
+        raise FederatedRunError(f"the global model has non-finite values (NaN or inf) in {', '.join(bad)} after "
+                                f"{o.rounds} round(s); nothing was published (training diverged: lower lr, "
+                                f"server-lr or server-momentum, check noise-multiplier and clipping-norm)")
     metrics = {k: v for k, v in o.summary().items() if k != "version"}
     return ModelRegistry(s.registry).publish(o.modality, o.scorer, metrics=metrics, card=model_card(o),
                                              source=f"federated:{o.strategy}{'+dp' if o.dp else ''}")

@@ -9,12 +9,13 @@ devices start once). The module-level `app` is what ``flwr run`` starts.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from federated.config import RunSettings
+from federated.config import RunSettings, status_path
 from federated.orchestration import RunOutcome, StatusFile, run_training
 
 
@@ -26,13 +27,17 @@ def make_app(defaults: Mapping[str, Any] | None = None,
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        run_id = context.run_id
         for run in runs:
             try:
                 settings = RunSettings.from_config(defaults or {}, run, dict(context.run_config))
             except Exception as exc:  # a bad value: say so where `cadence federated run` is waiting
-                StatusFile(str({**(defaults or {}), **run, **dict(context.run_config)}.get("status-file", ""))).fail(exc)
+                template = str({**(defaults or {}), **run, **dict(context.run_config)}.get("status-file", ""))
+                StatusFile(str(status_path(template, run_id)) if template else "", run_id).fail(exc)
                 raise
-            outcome = run_training(grid, settings)  # writes 'failed' itself on any error
+            if settings.status_file:  # `status-{run-id}.json`: this run's own file, whatever else runs
+                settings = replace(settings, status_file=str(status_path(settings.status_file, run_id)))
+            outcome = run_training(grid, settings, run_id=run_id)  # writes 'failed' itself on any error
             if on_result is not None:
                 on_result(outcome)
 

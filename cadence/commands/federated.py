@@ -4,14 +4,19 @@ cadence federated prepare   --modality keystroke --data-dir D --out devices/   (
 cadence federated superlink --workdir W --port 9300                            (foreground)
 cadence federated supernode --superlink 127.0.0.1:9300 --data devices/device-1.npz --port 9401
 cadence federated run       --workdir W --modality keystroke --rounds 5 --registry R [--activate]
-cadence federated status    --workdir W
+cadence federated status    --workdir W [--run-id N]                       (last run's progress)
 """
 
 from __future__ import annotations
 
 import json
+import math
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import Annotated, Any
 
 import typer
 
@@ -44,19 +49,33 @@ def prepare(
     except ValueError:
         raise typer.BadParameter(f"{subjects!r}: expected comma-separated subject ids like 1,2,5",
                                  param_hint="--subjects") from None
+    from evaluation.datasets import DatasetError
+
+    created = not out.exists()
     ensure_writable_dir(out, "--out")
     try:
         spec = feature_spec(modality)
         windows = subject_windows(modality, data_dir, subs)
         if not windows:
+            _remove_if_empty(out, created)
             fail(f"no {modality} subject{' among ' + subjects if subjects else ''} has enough data in {data_dir}")
         files = write_device_files(out, windows, spec)
-    except (DeviceDataError, ValueError) as exc:
+    except (DeviceDataError, DatasetError, ValueError) as exc:  # DatasetError: no dataset files there
+        _remove_if_empty(out, created)
         fail(str(exc))
     console.print(f"wrote {len(files)} device files to {out}")
     left_out = sorted(set(subs or []) - set(windows))
     if left_out:
         console.print(f"[yellow]left out (no {modality} data, or fewer than 4 windows):[/yellow] {', '.join(map(str, left_out))}")
+
+
+def _remove_if_empty(folder: Path, created: bool) -> None:
+    """Leave no empty folder behind a failed `prepare` (only one it created itself)."""
+    if created:
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 @fed.command("superlink")
@@ -65,12 +84,15 @@ def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1"
     """Start a SuperLink (insecure, loopback by default, no runtime installs) in the foreground."""
     from federated import deployment as d
 
+    database = Path(workdir).resolve() / d.SUPERLINK_DB
     try:
-        cmd = d.superlink_cmd(host, port)
+        d.check_port_free(host, port, "SuperLink")
+        cmd = d.superlink_cmd(host, port, database)
     except d.DeploymentError as exc:
         fail(str(exc))
     d.write_connection(workdir, f"{host}:{port}")
-    console.print(f"SuperLink on {host}:{port}; FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}")
+    # state in a file: SuperNodes stay registered across a SuperLink restart (in memory they got 401s and died)
+    console.print(f"SuperLink on {host}:{port}; FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}; state {database}")
     # stopping this command (Ctrl-C, kill PID) stops flower-superlink and its flower-superexec too
     raise typer.Exit(d.run_foreground(cmd, workdir))
 
@@ -88,6 +110,7 @@ def supernode(
 
     try:
         read_device_file(data)
+        d.check_port_free("127.0.0.1", port, "SuperNode")
         cmd = d.supernode_cmd(superlink, data, port)
     except (DeviceDataError, d.DeploymentError) as exc:
         fail(str(exc))
@@ -110,32 +133,63 @@ def run(
     activate: Annotated[bool, typer.Option("--activate", help="Activate the new version in the registry.")] = False,
     round_timeout: Annotated[float, typer.Option(help="Seconds a round waits for devices (to connect, to reply) "
                                                       "before the run fails.")] = 600.0,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 3600.0,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run; past it the run is stopped.")] = 3600.0,
 ) -> None:
-    """Submit N rounds for a modality to the SuperLink of WORKDIR, follow progress, publish the model."""
+    """Submit N rounds for a modality to the SuperLink of WORKDIR, follow progress, publish the model.
+
+    Ctrl-C, SIGTERM or --timeout stop the Flower run too (`flwr stop`), so no model is
+    published that nobody was told about.
+    """
+    from cadence.commands.paths import ensure_writable_dir
     from cadence.settings import get_settings
     from federated import deployment as d
     from federated.config import RunSettings, SettingsError
 
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise typer.BadParameter(f"must be > 0 seconds, got {timeout}", param_hint="--timeout")
     reg = (registry or get_settings().model_registry).resolve()
-    status = Path(workdir).resolve() / "status.json"
-    if status.exists():
-        status.unlink()
+    wd = Path(workdir).resolve()
+    # everything is checked before any file is touched: a refused run leaves the last run's status alone
     try:
         s = RunSettings.from_config({"modality": modality, "num-server-rounds": rounds, "strategy": strategy,
                                      "min-nodes": min_nodes, "dp": dp, "noise-multiplier": noise_multiplier,
                                      "clipping-norm": clipping_norm, "server-momentum": server_momentum,
-                                     "registry": str(reg), "status-file": str(status),
+                                     "registry": str(reg), "status-file": str(d.status_template(wd)),
                                      "round-timeout": round_timeout})
-        info = d.submit_run(workdir, s.as_config())
-        run_id = info["run-id"]
-        console.print(f"submitted run {run_id}")
-        final = d.wait_for_run(status, timeout, lambda st: console.print(  # no markup: "[waiting]" is text
-            f"[{st.get('state')}] round {st.get('round')}/{st.get('num_rounds')} ({st.get('elapsed_s', 0)} s)",
-            markup=False),
-            flwr_status=lambda: d.flwr_run_status(workdir, run_id))
-    except (SettingsError, d.DeploymentError, ValueError) as exc:
+    except (SettingsError, ValueError) as exc:
         fail(str(exc))
+    ensure_writable_dir(reg, "--registry")  # before training, not after every round trained
+    address = d.read_connection(wd)
+    if address:
+        console.print(f"waiting for the SuperLink at {address} (up to {d.SUPERLINK_WAIT_S:g} s)", markup=False)
+    with _signals_deferred() as signals:
+        try:
+            info = d.submit_run(wd, s.as_config())
+        except d.DeploymentError as exc:
+            fail(str(exc))
+        run_id = str(info["run-id"])
+        status_file = d.run_status_file(wd, run_id)
+        d.write_latest(wd, run_id)
+        console.print(f"submitted run {run_id} (status: {status_file})", markup=False)
+        try:
+            signals.arm()  # a signal during the submission is acted on here
+            final = d.wait_for_run(status_file, timeout, lambda st: console.print(  # no markup: "[waiting]" is text
+                f"[{st.get('state')}] round {st.get('round')}/{st.get('num_rounds')} ({st.get('elapsed_s', 0)} s)",
+                markup=False),
+                flwr_status=lambda: d.flwr_run_status(wd, run_id), run_id=run_id)
+            signals.armed = False  # the run is over: nothing left to stop
+        except _Interrupted as exc:
+            signals.ignore()
+            name = signal.Signals(exc.signum).name
+            _stop_flower_run(d, wd, run_id, status_file, f"interrupted ({name})")
+            raise typer.Exit(128 + exc.signum) from None
+        except d.RunTimeout as exc:
+            signals.ignore()
+            _stop_flower_run(d, wd, run_id, status_file, f"not done after {timeout:g} s (--timeout; last status: "
+                                                         f"{exc.last.get('state')}, round {exc.last.get('round')})")
+            raise typer.Exit(2) from None
+        except d.DeploymentError as exc:
+            fail(str(exc))
     version = final.get("version")
     console.print(f"published {modality} {version} to {reg}")
     if activate and version:
@@ -144,12 +198,72 @@ def run(
         activate_model(modality, version, registry=reg)  # `cadence models activate`: errors, audit entry
 
 
-@fed.command("status")
-def status(workdir: Workdir = Path("federated-work")) -> None:
-    """Progress of the last run started from WORKDIR (JSON)."""
-    from federated.deployment import read_status
+def _stop_flower_run(d: Any, workdir: Path, run_id: str, status_file: Path, why: str) -> None:
+    """`flwr stop` the run this command gave up on, and say so; else how to stop it by hand."""
+    from cadence.commands.errors import error_line
 
-    console.print_json(json.dumps(read_status(Path(workdir).resolve() / "status.json"), default=str))
+    try:
+        d.stop_run(workdir, run_id)
+    except d.DeploymentError as exc:
+        error_line(f"run {run_id} {why}: could not stop it ({exc}); it is still going and may publish a model. "
+                   f"Stop it with: {d.stop_command(workdir, run_id)}")
+        return
+    d.record_end(status_file, f"stopped by `cadence federated run`: {why}")
+    error_line(f"run {run_id} {why}: stopped it (flwr stop {run_id}); it publishes nothing")
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _SignalGuard:
+    """SIGINT/SIGTERM/SIGHUP noted while a run is submitted, raised as `_Interrupted` once armed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.armed = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self.armed:
+            raise _Interrupted(signum)
+
+    def arm(self) -> None:
+        """From now on a signal interrupts; one that came before interrupts at once."""
+        self.armed = True
+        if self.received:
+            raise _Interrupted(self.received[0])
+
+    def ignore(self) -> None:
+        """While the run is being stopped, a second Ctrl-C must not cut the `flwr stop` short."""
+        self.armed = False
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[_SignalGuard]:
+    guard = _SignalGuard()
+    old = {sig: signal.signal(sig, guard.handler) for sig in _SignalGuard.SIGNALS}
+    try:
+        yield guard
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+@fed.command("status")
+def status(workdir: Workdir = Path("federated-work"),
+           run_id: Annotated[str | None, typer.Option(help="This run (default: the last one submitted "
+                                                           "from WORKDIR).")] = None) -> None:
+    """Progress of the last run submitted from WORKDIR, or of --run-id (JSON)."""
+    from federated.deployment import latest_status_file, read_status
+
+    console.print_json(json.dumps(read_status(latest_status_file(workdir, run_id)), default=str))
 
 
 __all__ = ["app"]

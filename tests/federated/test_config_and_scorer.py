@@ -21,7 +21,9 @@ def test_run_config_is_typed_and_validated() -> None:
 
 
 def test_dp_refuses_robust_aggregation() -> None:
-    s = RunSettings.from_config({"strategy": "fedmedian", "dp": True})
+    with pytest.raises(SettingsError, match="strategy"):  # up front, before any device connects
+        RunSettings.from_config({"strategy": "fedmedian", "dp": True})
+    s = RunSettings(strategy="fedmedian", dp=True)  # unvalidated: the strategy stack refuses it too
     with pytest.raises(DPError, match="strategy"):
         build_strategy(s, 10)
 

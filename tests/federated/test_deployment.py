@@ -28,19 +28,23 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     procs = []
     spawned: list[int] = []
     try:
-        link = d.spawn(d.superlink_cmd("127.0.0.1", port), tmp_path, "superlink")
+        link = d.spawn(d.superlink_cmd("127.0.0.1", port, tmp_path / d.SUPERLINK_DB), tmp_path, "superlink")
         procs.append(link)
         d.wait_for_port("127.0.0.1", port, 90, link)
         for i, f in enumerate(files):
             procs.append(d.spawn(d.supernode_cmd(f"127.0.0.1:{port}", f, d.free_port()), tmp_path, f"supernode-{i}"))
         d.write_connection(tmp_path, f"127.0.0.1:{port}")
-        status = tmp_path / "status.json"
-        # every setting, as `cadence federated run` sends them: an undeclared key is refused by the SuperLink
-        settings = RunSettings.from_config({"modality": "keystroke", "num-server-rounds": 2, "status-file": str(status),
+        # every setting, as `cadence federated run` sends them: an undeclared key is refused by the SuperLink;
+        # the ServerApp fills its run id into status-{run-id}.json: the id `flwr run` answered
+        settings = RunSettings.from_config({"modality": "keystroke", "num-server-rounds": 2,
+                                            "status-file": str(d.status_template(tmp_path)),
                                             "registry": str(tmp_path / "registry")})
         info = d.submit_run(tmp_path, settings.as_config())
         assert info.get("success") is True
-        final = d.wait_for_run(status, 400, flwr_status=lambda: d.flwr_run_status(tmp_path, info["run-id"]))
+        status = d.run_status_file(tmp_path, info["run-id"])
+        final = d.wait_for_run(status, 400, flwr_status=lambda: d.flwr_run_status(tmp_path, info["run-id"]),
+                               run_id=info["run-id"])
+        assert final["run_id"] == str(info["run-id"])
         # a run that cannot start: tests/federated/test_run_failures.py
         for p in procs:
             spawned += [p.pid, *d.descendants(p.pid)]

@@ -12,7 +12,7 @@ from flwr.serverapp.strategy import strategy_utils
 from typer.testing import CliRunner
 
 from federated import deployment as d
-from federated.config import RunSettings
+from federated.config import RunSettings, status_path
 from federated.orchestration import FederatedRunError, failure_reason, run_training
 from federated.strategies import QuorumError, build_strategy
 
@@ -107,6 +107,7 @@ def test_wait_for_run_notices_a_run_flower_finished_without_a_word(tmp_path: Pat
     def gone() -> tuple[str, str]:
         raise d.DeploymentError("connection refused")
 
+    status.write_text(json.dumps({"state": "running", "round": 1}))  # the stop above was recorded as failed
     with pytest.raises(d.DeploymentError, match="SuperLink stopped answering"):
         d.wait_for_run(status, 60, flwr_status=gone, check_every=0, poll=0.01)
     done = {"state": "done", "round": 1, "version": "v0001"}
@@ -124,8 +125,9 @@ def _cli_run(tmp_path: Path, monkeypatch, status_doc: dict, *extra: str) -> tupl
 
     def submitted(workdir, config):  # type: ignore[no-untyped-def]
         assert RunSettings.from_config(config).as_config() == dict(config)  # every setting is sent
-        Path(config["status-file"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(config["status-file"]).write_text(json.dumps(status_doc))
+        path = status_path(config["status-file"], "7")  # where the ServerApp of run 7 writes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(status_doc))
         return {"success": True, "run-id": "7"}
 
     monkeypatch.setattr(d, "submit_run", submitted)
