@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,7 +25,7 @@ from modalities.events import MODALITIES
 from server.affinity import is_worker_process, pin_worker
 from server.api.deps import AppState, charge_failure, client_address
 from server.api.routes import admin, devices, health, models, sessions, transactions, users
-from server.errors import ApiError
+from server.errors import ApiError, DatabaseUnavailable, database_unavailable, describe_database_error
 from server.fusion_source import FusionSource
 from server.metrics import Metrics
 from server.retention_schedule import RetentionScheduler
@@ -220,6 +221,27 @@ def check_settings(settings: Settings) -> None:
     would otherwise each fail and be restarted forever.
     """
     production = settings.environment != "development"
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        url = None  # reported, naming the URL, where the engine is made
+    if url is not None and url.get_backend_name() == "sqlite":
+        # every worker and connection needs the one database file: an in-memory database is one per
+        # connection (requests failed "no such table"); the URI form (file:...?uri=true) has no path
+        # for the lock files beside the database, and its options (mode=ro, mode=memory) defeat the server
+        database, query = url.database or "", {k: str(v).lower() for k, v in url.query.items()}
+        if database in ("", ":memory:") or database.startswith("file::memory:") or query.get("mode") == "memory":
+            raise ValueError(f"database_url: {settings.database_url!r} is an in-memory SQLite database, one per "
+                             "connection and gone at exit; the server needs a file: sqlite:////path/to/cadence.sqlite")
+        if query.get("mode") == "ro" or query.get("immutable") in ("1", "true"):
+            raise ValueError(f"database_url: {settings.database_url!r} opens the database read-only; the server "
+                             "writes to it (migrations, transactions, audit log): sqlite:////path/to/cadence.sqlite")
+        if database.startswith("file:") or "uri" in query:
+            raise ValueError(f"database_url: SQLite URI filenames ({settings.database_url!r}) are not supported by the "
+                             "server; give the file as a path: sqlite:////path/to/cadence.sqlite")
     if production and not settings.require_signed_requests:  # the possession factor is the signature
         raise ValueError("require_signed_requests: unsigned device requests are refused outside development")
     if production and DEV_API_KEYS & set(settings.api_keys):
@@ -294,6 +316,7 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
                                  fusion=fusion)
     app.state.engine = engine
     app.state.metrics = metrics
+    app.state.database_health = health.DatabaseHealth()
     for r in (health, devices, users, transactions, sessions, models, admin):
         app.include_router(r.router)
 
@@ -307,7 +330,28 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
         if exc.code in ("evidence_replay", "implausible_input"):
             metrics.flags.labels(exc.code).inc()
         refused(request, exc.status)
-        return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status)
+        return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status,
+                            headers=getattr(exc, "headers", None))
+
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+        """503 `database_unavailable` when the database cannot be used; anything else stays a 500.
+
+        One line in the log per failure (the driver's exception and message), not a traceback
+        per request while the database is down; the transaction was rolled back by its unit of
+        work before this runs. Covers the lean hot path too (its route handler raises here).
+        """
+        reason = database_unavailable(exc)
+        if reason is None:  # a programming error (constraint, SQL): the 500 and its traceback
+            raise exc
+        health.database_health(app).failed(reason)
+        log.error("database unavailable (%s): %s %s: %s", reason, request.method, request.url.path,
+                  describe_database_error(exc))
+        unavailable = DatabaseUnavailable(reason)
+        return JSONResponse({"detail": unavailable.detail, "code": unavailable.code}, status_code=unavailable.status,
+                            headers=unavailable.headers)
+
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

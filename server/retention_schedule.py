@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.sqlite_writers import fcntl, try_flock
+from server.sqlite_writers import fcntl, sqlite_file, try_flock
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,10 @@ class RetentionScheduler:
             else:
                 conn.close()
             self._owned = got
-        elif url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or fcntl is None:
+        elif (database := sqlite_file(url)) is None or fcntl is None:  # in memory: one process's anyway
             self._owned = True
         else:
-            self._fd = try_flock(f"{url.database}.purge")
+            self._fd = try_flock(f"{database}.purge")
             self._owned = self._fd is not None
         return self._owned
 

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event
+from sqlalchemy.engine import URL
 
 from server.affinity import unpin_this_thread
 
@@ -74,6 +75,22 @@ def try_flock(path: str) -> int | None:
     return fd
 
 log = logging.getLogger(__name__)
+
+
+def sqlite_file(url: URL) -> str | None:
+    """The database file of a SQLite URL in the plain path form, beside which the lock files go.
+
+    None for other databases, an in-memory one (``sqlite://``, ``:memory:``) and the URI form
+    (``file:...?uri=true``): its ``url.database`` is no path (``file::memory:`` left lock files
+    named ``file::memory:.purge`` in the working directory). The server refuses both forms
+    (`server.app.check_settings`); without a file, locks stay within the process.
+    """
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:") or str(url.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return database
 
 
 def idle_priority() -> bool:
@@ -167,8 +184,8 @@ def write_lock(engine: Engine) -> Any:
     """The lock held around each write transaction: none needed outside SQLite."""
     if engine.dialect.name != "sqlite":
         return nullcontext()
-    database = engine.url.database
-    if not database or database == ":memory:" or fcntl is None:
+    database = sqlite_file(engine.url)
+    if database is None or fcntl is None:
         return threading.Lock()
     return SQLiteWriteLock(str(Path(database).resolve()))
 
@@ -177,14 +194,13 @@ class WalCheckpointer:
     def __init__(self, engine: Engine, write_lock: AbstractContextManager[Any] | None = None, *,
                  interval_s: float = 1.0, restart_s: float = 5.0, writeback_s: float | None = 0.05,
                  restart_busy_s: float = 0.02, restart_poll_s: float = 0.0005) -> None:
-        self.database = engine.url.database or ""
+        self.database = sqlite_file(engine.url) or ""
         self.write_lock = write_lock or nullcontext()
         self.interval_s, self.restart_s, self.restart_busy_s = interval_s, restart_s, restart_busy_s
         self.restart_poll_s = restart_poll_s
         self._writeback = _sync_file_range() if writeback_s else None
         self.writeback_s = writeback_s if self._writeback is not None else None
-        self.enabled = (fcntl is not None and engine.dialect.name == "sqlite"
-                        and self.database not in ("", ":memory:"))
+        self.enabled = fcntl is not None and engine.dialect.name == "sqlite" and self.database != ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._owner_fd: int | None = None

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import secrets
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from server.api.deps import State
 from server.api.routing import CadenceRoute
+from server.errors import DatabaseUnavailable
 from server.signing import HEADER_INSTANCE
 
 router = APIRouter(tags=["health"], route_class=CadenceRoute)
@@ -29,11 +35,77 @@ async def health() -> JSONResponse:
     return JSONResponse({"status": "ok"}, headers={HEADER_INSTANCE: INSTANCE_ID})
 
 
+#: how long a request's "database unavailable" keeps /v1/ready at 503 (a failed write, e.g. a
+#: full disk, that a probe's SELECT cannot see)
+RECENT_FAILURE_S = 10.0
+#: failures a successful probe (SELECT 1 on a fresh pool checkout) shows to be over
+PROBED_REASONS = frozenset({"not reachable", "connection lost", "no connection free", "shutting down"})
+#: free space below which the disk holding a SQLite database counts as full (an authorize call
+#: appends ~18 pages, 72 KiB, to the log)
+MIN_FREE_BYTES = 1 << 20
+
+
+class DatabaseHealth:
+    """The last time (and reason) a request found the database unusable, per worker process."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, str] | None = None
+
+    def failed(self, reason: str) -> None:
+        self._last = (time.monotonic(), reason)
+
+    def recent(self, within_s: float | None = None) -> str | None:
+        """The reason of a failure in the last `within_s` (default `RECENT_FAILURE_S`) seconds."""
+        last, window = self._last, RECENT_FAILURE_S if within_s is None else within_s
+        return last[1] if last is not None and time.monotonic() - last[0] <= window else None
+
+    def probed_ok(self) -> None:
+        """A probe reached the database: connection failures are over (write failures are not)."""
+        last = self._last
+        if last is not None and last[1] in PROBED_REASONS:
+            self._last = None
+
+
+def database_health(app: Any) -> DatabaseHealth:
+    health = getattr(app.state, "database_health", None)
+    if health is None:
+        health = app.state.database_health = DatabaseHealth()
+    return health
+
+
+def sqlite_disk_full(engine: Engine) -> bool:
+    """Whether the file system holding a SQLite database file has (nearly) no room left.
+
+    SELECT 1 still answers then, but writes fail ("database or disk is full") as soon as the
+    log has to grow.
+    """
+    database = engine.url.database or ""
+    if engine.dialect.name != "sqlite" or not database or ":memory:" in database or "mode=memory" in database:
+        return False
+    path = urlsplit(database).path if database.startswith("file:") else database
+    try:
+        st = os.statvfs(Path(path).resolve().parent)
+    except (OSError, AttributeError):  # no statvfs (Windows), or the folder is gone (the probe says so)
+        return False
+    return st.f_bavail * st.f_frsize < MIN_FREE_BYTES
+
+
 @router.get("/v1/ready")
-def ready(state: State) -> dict[str, str]:
-    """Readiness: the database answers."""
-    with state.sessions() as session:
+def ready(request: Request, state: State) -> dict[str, str]:
+    """Readiness: the database answers and can be written; 503 `database_unavailable` otherwise.
+
+    Not ready: the probe fails (PostgreSQL unreachable, ...), a request found the database
+    unusable in the last `RECENT_FAILURE_S` seconds (a write failure the probe cannot see), or
+    the disk holding the SQLite file is full.
+    """
+    with state.sessions() as session:  # a failure here is answered by the app's database error handler
         session.execute(text("SELECT 1"))
+    health = database_health(request.app)
+    health.probed_ok()
+    if reason := health.recent():
+        raise DatabaseUnavailable(reason)
+    if sqlite_disk_full(request.app.state.engine):
+        raise DatabaseUnavailable("disk full")
     return {"status": "ready"}
 
 
