@@ -175,20 +175,12 @@ def rows_from_scores(output: BenchOutput) -> list[dict[str, Any]]:
 
 
 def check_writable(path: Path) -> None:
-    """A `BenchError` unless the file `path` can be written (its folder exists; it is no folder).
+    """A `BenchError` unless the file `path` can be written (`cadence.files.write_problem`)."""
+    from cadence.files import write_problem
 
-    An existing file is opened for appending and left as it was; a new one is made and removed.
-    """
-    if path.is_dir():
-        raise BenchError(f"cannot write {path}: it is a folder")
-    existed = path.exists()
-    try:
-        with open(path, "ab"):
-            pass
-        if not existed:
-            path.unlink()
-    except OSError as exc:
-        raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from None
+    problem = write_problem(path)
+    if problem is not None:
+        raise BenchError(problem)
 
 
 def output_files(name: str, out: Path) -> tuple[Path, Path, Path]:

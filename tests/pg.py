@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -46,3 +47,17 @@ def pg_schema_url(prefix: str) -> Iterator[str]:
     finally:
         with psycopg.connect(_DSN, connect_timeout=3, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+#: fixture params of a storage test that runs on both backends (PostgreSQL marked `postgres`)
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def backend_url(backend: str, tmp_path: Path, prefix: str) -> Iterator[str]:
+    """URL of a fresh database: a SQLite file `prefix.sqlite` in `tmp_path`, or a throw-away PostgreSQL schema."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / f'{prefix}.sqlite'}"
+        return
+    with pg_schema_url(prefix) as url:
+        yield url

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from cadence.files import write_problem
+
 
 def ensure_writable_dir(path: Path, param_hint: str) -> None:
     """Create `path` if needed and prove a file can be written there; else a usage error naming the option."""
@@ -19,22 +21,10 @@ def ensure_writable_dir(path: Path, param_hint: str) -> None:
 
 
 def ensure_writable_file(path: Path, param_hint: str) -> None:
-    """Prove the file `path` can be written (its folder exists, it is no folder); else a usage error.
-
-    An existing file is opened for appending and left as it was; a new one is created and removed.
-    """
-    if path.is_dir():
-        raise typer.BadParameter(f"{path} is a folder; give a file name", param_hint=param_hint)
-    if not path.parent.is_dir():
-        raise typer.BadParameter(f"cannot write {path}: folder {path.parent} does not exist", param_hint=param_hint)
-    existed = path.exists()
-    try:
-        with open(path, "ab"):
-            pass
-        if not existed:
-            path.unlink()
-    except OSError as exc:
-        raise typer.BadParameter(f"cannot write {path}: {exc.strerror or exc}", param_hint=param_hint) from exc
+    """Prove the file `path` can be written (its folder exists, it is no folder); else a usage error."""
+    problem = write_problem(path)
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint=param_hint)
 
 
 def folder_option(value: str | None, param_hint: str) -> Path | None:

@@ -18,15 +18,12 @@ from sqlalchemy import text
 
 from cadence.db import make_engine
 from server.loadgen import authorize_requests, enrol_population, resign, run_phase, start_server
-from tests.pg import pg_schema_url
+from tests.pg import BACKENDS, backend_url
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'api.sqlite'}"
-        return
-    with pg_schema_url("cadence_crash") as url:
+    with backend_url(request.param, tmp_path, "cadence_crash") as url:
         yield url
 
 

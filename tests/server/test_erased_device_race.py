@@ -20,17 +20,14 @@ from modalities.events import MODALITIES
 from server.app import create_app
 from server.services import compliance_hooks as hooks
 from server.services import transactions as tx_service
-from tests.pg import pg_schema_url
+from tests.pg import BACKENDS, backend_url
 from tests.server.conftest import evidence, make_settings, new_device
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'api.sqlite'}"
-    else:
-        with pg_schema_url("cadence_erased") as url:
-            yield url
+    with backend_url(request.param, tmp_path, "cadence_erased") as url:
+        yield url
 
 
 def test_a_request_racing_its_devices_erasure_is_an_unknown_device(

@@ -24,19 +24,16 @@ from sqlalchemy import text
 from modalities.base import ScaledManhattan
 from modalities.registry import ModelRegistry
 from server.app import create_app
-from tests.pg import pg_schema_url
+from tests.pg import BACKENDS, backend_url
 from tests.server.conftest import make_settings
 
 ADMIN = {"X-API-Key": "dev-admin-key"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'api.sqlite'}"
-    else:
-        with pg_schema_url("cadence_activate") as url:
-            yield url
+    with backend_url(request.param, tmp_path, "cadence_activate") as url:
+        yield url
 
 
 def _publish(root: Path, n: int) -> list[str]:

@@ -22,17 +22,14 @@ from cadence.db import Base, make_engine
 from modalities.events import MODALITIES
 from server.app import create_app
 from server.migrate import downgrade, import_tables, upgrade
-from tests.pg import pg_schema_url
+from tests.pg import BACKENDS, backend_url, pg_schema_url
 from tests.server.conftest import evidence, make_settings, new_device
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'storage.sqlite'}"
-    else:
-        with pg_schema_url("cadence_server") as url:
-            yield url
+    with backend_url(request.param, tmp_path, "cadence_server") as url:
+        yield url
 
 
 def test_migrations_match_models_and_downgrade(db_url: str) -> None:
