@@ -268,9 +268,9 @@ def submit_run(workdir: str | os.PathLike[str], config: Mapping[str, Any], app_d
                               f"[tool.flwr.app.config]")
     cmd = [find_bin("flwr"), "run", str(app_dir), FEDERATION, "--run-config", run_config_string(config), "--format", "json"]
     deadline = time.monotonic() + wait_s
-    while True:
+    while True:  # own session: a terminal's Ctrl-C reaches this command, which stops the run, not `flwr run` mid-submit
         res = subprocess.run(cmd, env=flower_env(workdir), capture_output=True, text=True, timeout=timeout,
-                             cwd=str(Path(workdir).resolve()))
+                             cwd=str(Path(workdir).resolve()), start_new_session=True)
         if res.returncode != 0:
             raise DeploymentError(f"flwr run failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
         try:
@@ -317,7 +317,7 @@ def flwr_run_status(workdir: str | os.PathLike[str], run_id: str | int, timeout:
     cmd = [find_bin("flwr"), "ls", FEDERATION, "--run-id", str(run_id), "--format", "json"]
     try:
         res = subprocess.run(cmd, env=flower_env(workdir), capture_output=True, text=True, timeout=timeout,
-                             cwd=str(Path(workdir).resolve()))
+                             cwd=str(Path(workdir).resolve()), start_new_session=True)
         info = dict(json.loads(res.stdout[res.stdout.index("{"):]))
     except (subprocess.TimeoutExpired, ValueError) as exc:
         raise DeploymentError(f"flwr ls gave no answer: {exc}") from exc
@@ -391,7 +391,7 @@ def stop_run(workdir: str | os.PathLike[str], run_id: str | int, timeout: float 
     cmd = [find_bin("flwr"), "stop", str(run_id), FEDERATION, "--format", "json"]
     try:
         res = subprocess.run(cmd, env=flower_env(workdir), capture_output=True, text=True, timeout=timeout,
-                             cwd=str(Path(workdir).resolve()))
+                             cwd=str(Path(workdir).resolve()), start_new_session=True)
         info = dict(json.loads(res.stdout[res.stdout.index("{"):]))
     except (subprocess.TimeoutExpired, ValueError, OSError) as exc:
         raise DeploymentError(f"flwr stop gave no answer: {exc}") from exc

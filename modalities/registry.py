@@ -68,6 +68,10 @@ class RegistryError(ValueError):
     """Unknown modality or version, or a malformed registry folder."""
 
 
+class RegistryLockError(RegistryError):
+    """The registry's activation lock cannot be taken (its file cannot be opened)."""
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     """A version's JSON side file ({} when absent); a damaged one is a RegistryError naming it."""
     if not path.is_file():
@@ -227,7 +231,16 @@ class ModelRegistry:
             with _THREAD_LOCKS.setdefault(str(self.root.resolve()), threading.Lock()):
                 yield
             return
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        path = self.root / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:  # made by another user (flock needs no write access)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as exc:
+                raise RegistryLockError(f"cannot take the registry's lock {path}: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise RegistryLockError(f"cannot take the registry's lock {path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

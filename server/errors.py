@@ -66,7 +66,11 @@ def database_unavailable(exc: BaseException) -> str | None:
         return "transaction conflict"
     if sqlstate == "57014":
         return "statement timed out"
-    return "not reachable" if not sqlstate or sqlstate.startswith("08") else "operational error"
+    if sqlstate == "55P03":
+        return "busy"  # lock_not_available (lock_timeout)
+    # no SQLSTATE: the connection never came up; class 08: connection exceptions. Anything else
+    # (program limits, ...) is the code's own failure: a 500
+    return "not reachable" if not sqlstate or sqlstate.startswith("08") else None
 
 
 def describe_database_error(exc: BaseException) -> str:

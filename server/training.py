@@ -113,9 +113,15 @@ def train_and_publish(
     live = FusionEngine.load(cal_path) if cal_path.exists() else FusionEngine()
     for m, version in report.versions.items():
         with reg.activation(m, version):  # recorded under the registry's lock (see `ModelRegistry.activation`)
+            before = dict(live.calibrators), dict(live.report)
             live.calibrators[m], live.report[m] = fitted.calibrators[m], fitted.report[m]
             live.save(cal_path)
-            activated(m, version, scorers[m])
+            try:
+                activated(m, version, scorers[m])
+            except BaseException:  # not recorded: the activation is undone, so is its calibrator
+                live.calibrators, live.report = before
+                live.save(cal_path)
+                raise
     report.calibration_file = cal_path
     return report
 

@@ -25,6 +25,8 @@ def database_errors(url: str) -> Iterator[None]:
     """Exit 2 with the reason when `url` cannot be parsed, its driver is missing, it is unreachable or not a database."""
     from sqlalchemy import exc
 
+    from server.migrate import SchemaError
+
     try:
         yield
     except exc.ArgumentError as e:
@@ -36,6 +38,9 @@ def database_errors(url: str) -> Iterator[None]:
     except (exc.OperationalError, exc.InterfaceError) as e:
         reason = " ".join(str(e.orig or e).split())
         Console(stderr=True).print(f"[red]error:[/red] cannot open database {shown(url)}: {reason}", soft_wrap=True)
+        raise typer.Exit(2) from e
+    except SchemaError as e:  # a migration that failed (rolled back), or a database of a newer release or another application
+        Console(stderr=True).print(f"[red]error:[/red] database {shown(url)}: {e}", soft_wrap=True)
         raise typer.Exit(2) from e
     except exc.DatabaseError as e:  # e.g. SQLite's "file is not a database": a file of something else
         reason = " ".join(str(e.orig or e).split())

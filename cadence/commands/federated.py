@@ -209,7 +209,8 @@ def _stop_flower_run(d: Any, workdir: Path, run_id: str, status_file: Path, why:
                    f"Stop it with: {d.stop_command(workdir, run_id)}")
         return
     d.record_end(status_file, f"stopped by `cadence federated run`: {why}")
-    error_line(f"run {run_id} {why}: stopped it (flwr stop {run_id}); it publishes nothing")
+    error_line(f"run {run_id} {why}: stopped it (flwr stop {run_id}); unless it had just finished, it publishes "
+               f"nothing (`cadence federated status --run-id {run_id}` tells)")
 
 
 class _Interrupted(Exception):

@@ -219,12 +219,17 @@ def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
     url = get_settings().database_url
     created = sqlite_file_missing(url)
     if created is not None:
-        with database_errors(url):
-            engine = make_engine(url)
-            try:
-                upgrade(engine)
-            finally:
-                engine.dispose()
+        try:
+            with database_errors(url):
+                engine = make_engine(url)
+                try:
+                    upgrade(engine)
+                finally:
+                    engine.dispose()
+        except typer.Exit:  # nothing was migrated: leave no empty file that reads as a broken database later
+            for leftover in (created, Path(f"{created}-wal"), Path(f"{created}-shm")):
+                Path(leftover).unlink(missing_ok=True)
+            raise
         out_console().print(f"audit log: created the database {created} (set CADENCE_DATABASE_URL to use another)",
                         soft_wrap=True)
     with compliance_engine(url) as engine:

@@ -263,3 +263,29 @@ def test_postgresql_unreachable_is_a_503_with_one_line_per_failure(
     finally:
         proxy.stop()
         app.state.engine.dispose()
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(("sqlstate", "reason", "held"), [
+    ("40P01", "transaction conflict", False),  # a deadlock: retry, the worker is fine
+    ("40001", "transaction conflict", False),
+    ("57014", "statement timed out", False),
+    ("55P03", "busy", False),
+    ("08006", "not reachable", False),  # the probe sees an outage itself
+    ("53100", "disk full", True),
+    ("54000", None, False),  # a program limit: the code's own failure, a 500
+])
+def test_only_failures_a_probe_cannot_see_hold_readiness_down(sqlstate: str, reason: str | None, held: bool) -> None:
+    from server.errors import database_unavailable
+
+    exc = sa_exc.OperationalError("SELECT 1", {}, _PgError(sqlstate))
+    assert database_unavailable(exc) == reason
+    h = health.DatabaseHealth()
+    if reason is not None:
+        h.failed(reason)
+    assert (h.recent() is not None) is held

@@ -133,3 +133,34 @@ def test_the_registry_lock_holds_off_another_process(tmp_path: Path) -> None:
     assert waited > 0.5  # it waited for the other process's activation to finish
     assert ModelRegistry(tmp_path).active("gait").version == v1  # type: ignore[union-attr]
     assert sorted(p.name for p in (tmp_path / "gait").iterdir()) == ["ACTIVE", v1, v2]  # no temp file left
+
+
+def test_a_lock_file_made_by_another_user_is_still_usable_and_an_unusable_one_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock file another user created is opened read-only (flock needs no write access)."""
+    import os
+
+    import modalities.registry as registry
+
+    reg = ModelRegistry(tmp_path / "registry")
+    real_open = os.open
+
+    def other_users(path, flags, *args):  # type: ignore[no-untyped-def]
+        if str(path).endswith(registry.LOCK_FILE) and flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    (tmp_path / "registry").mkdir()
+    (tmp_path / "registry" / registry.LOCK_FILE).touch()
+    monkeypatch.setattr(registry.os, "open", other_users)
+    with reg.lock():
+        pass
+
+    def none(path, flags, *args):  # type: ignore[no-untyped-def]
+        if str(path).endswith(registry.LOCK_FILE):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(registry.os, "open", none)
+    with pytest.raises(registry.RegistryLockError, match="cannot take the registry's lock"), reg.lock():
+        pass

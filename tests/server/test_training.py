@@ -223,3 +223,46 @@ def test_calibration_people_are_checked_by_their_data_not_only_their_ids(tmp_pat
     (other / "13_processed.csv.gz").write_bytes(gzip.compress((trained / "2_processed.csv").read_bytes()))
     with pytest.raises(ValueError, match=r"was trained on .* holds 1 of the people .*subjects 13"):
         _refuse_training_people("keystroke", "v0001", f"central:{trained}", other, [11, 12, 13])
+
+
+def test_a_first_run_whose_audit_database_cannot_be_migrated_is_one_error_line(
+        fake_training: dict[str, Exception], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No traceback, no model published, and no empty database file left to read as broken later."""
+    import alembic.command
+
+    from cadence.settings import get_settings
+
+    db = tmp_path / "new.sqlite"
+    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{db}")
+    get_settings.cache_clear()
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        import sqlite3
+
+        from sqlalchemy.exc import OperationalError
+        raise OperationalError("CREATE TABLE ...", {}, sqlite3.OperationalError("database or disk is full"))
+
+    monkeypatch.setattr(alembic.command, "upgrade", full)
+    try:
+        r = _train(tmp_path, "-m", "keystroke")
+    finally:
+        get_settings.cache_clear()
+    assert r.exit_code == 2 and "database or disk is full" in r.output and "Traceback" not in r.output, r.output
+    assert not db.exists() and ModelRegistry(tmp_path / "registry").list() == []
+
+
+def test_an_activation_that_cannot_be_recorded_keeps_the_served_models_calibrator(
+        fake_training: dict[str, Exception], tmp_path: Path) -> None:
+    from server.training import train_and_publish
+
+    reg_root = tmp_path / "registry"
+    train_and_publish(tmp_path, reg_root, modalities=["keystroke"])
+
+    def unrecorded(m: str, v: str, scorer: str) -> None:
+        raise RuntimeError("audit log unavailable")
+
+    with pytest.raises(RuntimeError, match="audit log unavailable"):
+        train_and_publish(tmp_path, reg_root, modalities=["keystroke"], activated=unrecorded)
+    active = ModelRegistry(reg_root).active("keystroke")
+    assert active is not None and active.version == "v0001"
+    assert FusionEngine.load(reg_root / "fusion-calibration.json").fitted_for("keystroke") == "v0001"

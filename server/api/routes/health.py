@@ -38,32 +38,30 @@ async def health() -> JSONResponse:
 #: how long a request's "database unavailable" keeps /v1/ready at 503 (a failed write, e.g. a
 #: full disk, that a probe's SELECT cannot see)
 RECENT_FAILURE_S = 10.0
-#: failures a successful probe (SELECT 1 on a fresh pool checkout) shows to be over
-PROBED_REASONS = frozenset({"not reachable", "connection lost", "no connection free", "shutting down"})
+#: failures that hold readiness down: the probe's SELECT cannot see them. Others (unreachable,
+#: a lost connection, busy, a conflict, a timeout) are answered 503 but not held: the probe sees
+#: an outage itself, and one conflict or timeout is no reason to take a worker out of service
+HELD_REASONS = frozenset({"disk full", "read-only", "I/O error", "damaged", "not a database", "cannot be opened"})
 #: free space below which the disk holding a SQLite database counts as full (an authorize call
 #: appends ~18 pages, 72 KiB, to the log)
 MIN_FREE_BYTES = 1 << 20
 
 
 class DatabaseHealth:
-    """The last time (and reason) a request found the database unusable, per worker process."""
+    """The last time (and reason) a request found the database unusable in a way a probe cannot see, per worker."""
 
     def __init__(self) -> None:
         self._last: tuple[float, str] | None = None
 
     def failed(self, reason: str) -> None:
-        self._last = (time.monotonic(), reason)
+        """Remember a failure, if it is one readiness must show (`HELD_REASONS`)."""
+        if reason in HELD_REASONS:
+            self._last = (time.monotonic(), reason)
 
     def recent(self, within_s: float | None = None) -> str | None:
-        """The reason of a failure in the last `within_s` (default `RECENT_FAILURE_S`) seconds."""
+        """The reason of a held failure in the last `within_s` (default `RECENT_FAILURE_S`) seconds."""
         last, window = self._last, RECENT_FAILURE_S if within_s is None else within_s
         return last[1] if last is not None and time.monotonic() - last[0] <= window else None
-
-    def probed_ok(self) -> None:
-        """A probe reached the database: connection failures are over (write failures are not)."""
-        last = self._last
-        if last is not None and last[1] in PROBED_REASONS:
-            self._last = None
 
 
 def database_health(app: Any) -> DatabaseHealth:
@@ -100,9 +98,7 @@ def ready(request: Request, state: State) -> dict[str, str]:
     """
     with state.sessions() as session:  # a failure here is answered by the app's database error handler
         session.execute(text("SELECT 1"))
-    health = database_health(request.app)
-    health.probed_ok()
-    if reason := health.recent():
+    if reason := database_health(request.app).recent():
         raise DatabaseUnavailable(reason)
     if sqlite_disk_full(request.app.state.engine):
         raise DatabaseUnavailable("disk full")

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Path
 
 from modalities.base import ModelVersionError
-from modalities.registry import RegistryError
+from modalities.registry import RegistryError, RegistryLockError
 from server.api.deps import AdminKey, State, Uow
 from server.api.routing import CadenceRoute
 from server.errors import ApiError
@@ -55,6 +55,8 @@ def activate(body: ActivateIn, state: State, uow: Uow, actor: AdminKey, modality
     with ExitStack() as held:
         try:  # the registry's lock is held until the audit entry is committed (other workers, the CLI)
             mv = held.enter_context(reg.activation(modality, body.version))
+        except RegistryLockError as exc:
+            raise ApiError(503, "registry_unavailable", f"registry: {exc}") from exc
         except RegistryError as exc:
             raise ApiError(404, "unknown_model", str(exc)) from exc
         except ModelVersionError as exc:  # published, but this code cannot load it (scorer name or version)
