@@ -21,6 +21,7 @@ def main(server: str = "http://127.0.0.1:8000", data: Path | None = None, replay
         from android.storage import app_storage_path  # type: ignore[import-not-found]
 
         data = Path(app_storage_path()) / "cadence"
+    from mobile_client.profile import ProfileUnreadable
     from mobile_client.secrets_store import KeystoreUnavailable
     from mobile_client.services import DeviceKeyUnreadable, build_services
     from mobile_client.ui.app import CadenceApp
@@ -36,6 +37,11 @@ def main(server: str = "http://127.0.0.1:8000", data: Path | None = None, replay
             "%s. Restore that file from a backup if you have one; otherwise move the folder %s aside (or "
             "reinstall the app) and start the app again to set it up anew (this phone then gets a new key)",
             exc, data)
+        return 1
+    except ProfileUnreadable as exc:  # maybe a good file: never a new identity because of a read error
+        logging.getLogger("mobile_client").error(
+            "%s. Nothing was changed. Check that the app can read its folder %s (permissions, free storage) "
+            "and start the app again", exc, data)
         return 1
     CadenceApp(services, data_dir_for_replay=replay_data).run()
     return 0

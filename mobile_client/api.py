@@ -17,7 +17,14 @@ and is idempotent across taps: the first try of a payment fixes its idempotency 
 body (evidence included), and every later try of the same payee, amount and currency re-sends that
 body until the server has answered, so a reply lost on the way back is answered from the
 server's record instead of making a second transaction (docs/api.md, "One request, one
-transaction").
+transaction"). Such held payments are kept on disk (`HeldPayments`), several at once (one per
+amount, currency and payee), so an app restart or another payment in between does not lose them.
+
+Threads: the app calls the client from its worker thread; the queue is also written from the main
+thread (intents saved before a job runs). `OfflineQueue` serialises each read-modify-write with a
+lock and writes through a temporary file of its own (`tempfile.mkstemp`), and `flush_queue` holds
+the client's lock, so two flushes never send the same request twice and a request pushed while a
+flush runs is kept.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -73,8 +82,8 @@ class ApiError(RuntimeError):
 
     @property
     def answer_unknown(self) -> bool:
-        """The request may have reached the server but no answer came back (network or 5xx)."""
-        return self.status is None or self.status >= 500
+        """The request may have reached the server but no answer came back (network, 5xx, unreadable)."""
+        return self.status is None or self.status >= 500 or self.code == "unreadable_answer"
 
     @property
     def code(self) -> str | None:
@@ -108,6 +117,9 @@ CODE_TEXT = {
     "rate_limited": "Too many requests from this phone. Please wait a moment and try again.",
     "bank_confirms": "Your bank checks the code itself and will let you know.",
     "not_confirmed": "Your bank did not confirm this payment.",
+    "erase_pending": "Your data is still being erased. This phone is paused until your bank confirms it: "
+                     "see Privacy.",
+    "unreadable_answer": "Your bank's answer could not be read, so this payment may have gone through.",
 }
 
 
@@ -147,16 +159,190 @@ class Queued:
         return f"Queued({self.error})"
 
 
+#: a held payment is let go after this long (seconds). By then the person can see on their
+#: statement or in the bank's own app whether it went through; and a payment of the same amount to
+#: the same payee a day later is most likely a new one (the weekly coffee), which re-sending
+#: yesterday's body would answer with yesterday's decision instead of paying.
+HELD_PAYMENT_MAX_AGE_S = 24 * 3600.0
+
+
+def payment_key(amount: str, currency: str, payee: str) -> tuple[str, str, str]:
+    """What makes two tries the same payment: amount, currency and payee (its case and spacing ignored)."""
+    return amount.strip(), currency.strip().upper(), " ".join(payee.split()).casefold()
+
+
 @dataclass
 class PendingPayment:
-    """A payment sent without an answer: every retry of it re-sends these bytes, key included."""
+    """A payment sent without a definite answer: every retry of it re-sends these bytes, key included."""
 
     amount: str
     currency: str
     payee: str
     idempotency_key: str
-    body: dict[str, Any]
+    #: the exact bytes sent (the server compares the body's SHA-256)
+    raw: bytes
     evidence: list[FeatureWindow]
+    held_at: float = 0.0
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return dict(json.loads(self.raw))
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return payment_key(self.amount, self.currency, self.payee)
+
+    @property
+    def modalities(self) -> set[str]:
+        return {w.modality for w in self.evidence}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"amount": self.amount, "currency": self.currency, "payee": self.payee,
+                "idempotency_key": self.idempotency_key, "body": self.raw.decode("utf-8"), "held_at": self.held_at}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PendingPayment:
+        raw = str(d["body"]).encode("utf-8")
+        body = json.loads(raw)
+        evidence = [FeatureWindow.from_dict(w) for w in body.get("evidence", [])]
+        return cls(str(d["amount"]), str(d["currency"]), str(d["payee"]), str(d["idempotency_key"]), raw, evidence,
+                   float(d["held_at"]))
+
+
+class HeldPayments:
+    """Payments sent without a definite answer, kept in a JSON file (replaced whole, atomically).
+
+    One per (amount, currency, payee as `payment_key` reads it); several may be held at once.
+    Entries older than `HELD_PAYMENT_MAX_AGE_S` are dropped when read. A file that cannot be read
+    is logged and treated as empty (a payment then gets a new key: the screen told the person to
+    check with their bank).
+    """
+
+    def __init__(self, path: Path | None, now: Callable[[], float] = time.time) -> None:
+        self.path = Path(path) if path is not None else None
+        self._now = now
+        self._lock = threading.RLock()
+        self._memory: list[PendingPayment] = []
+
+    def all(self) -> list[PendingPayment]:
+        with self._lock:
+            held = self._load()
+            fresh = [h for h in held if self._now() - h.held_at < HELD_PAYMENT_MAX_AGE_S]
+            if len(fresh) != len(held):
+                log.info("%d held payment(s) older than %.0f h let go", len(held) - len(fresh),
+                         HELD_PAYMENT_MAX_AGE_S / 3600)
+                self._save(fresh)
+            return fresh
+
+    def find(self, amount: str, currency: str, payee: str) -> PendingPayment | None:
+        key = payment_key(amount, currency, payee)
+        return next((h for h in self.all() if h.key == key), None)
+
+    def hold(self, payment: PendingPayment) -> None:
+        with self._lock:
+            self._save([*(h for h in self.all() if h.key != payment.key), payment])
+
+    def release(self, payment: PendingPayment) -> None:
+        with self._lock:
+            self._save([h for h in self.all() if h.idempotency_key != payment.idempotency_key])
+
+    def drop(self, keep: Callable[[PendingPayment], bool]) -> list[PendingPayment]:
+        """Drop the held payments `keep` says no to; returns them."""
+        with self._lock:
+            held = self.all()
+            gone = [h for h in held if not keep(h)]
+            if gone:
+                self._save([h for h in held if keep(h)])
+            return gone
+
+    def clear(self) -> None:
+        with self._lock:
+            self._memory = []
+            if self.path is not None:
+                self.path.unlink(missing_ok=True)
+
+    def _load(self) -> list[PendingPayment]:
+        if self.path is None:
+            return list(self._memory)
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return [PendingPayment.from_json(d) for d in data]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            log.error("held payments in %s cannot be read (%s): treated as none", self.path, exc)
+            return []
+
+    def _save(self, held: list[PendingPayment]) -> None:
+        if self.path is None:
+            self._memory = list(held)
+            return
+        if not held:
+            self.path.unlink(missing_ok=True)
+            return
+        atomic_write(self.path, json.dumps([h.to_json() for h in held]).encode("utf-8"))
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` through a temporary file of this writer's own in the same folder.
+
+    Synced, then renamed: a crash leaves the old or the new file, and two writers never share a temp file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one queued request in `flush_queue`."""
+
+    item: dict[str, Any]
+    state: str  # sent | refused | waiting
+    status: int | None = None
+    code: str | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.item.get("method"))
+
+    @property
+    def path(self) -> str:
+        return str(self.item.get("path"))
+
+
+class FlushReport(list[Outcome]):
+    """`flush_queue`'s answer: one `Outcome` per request that was queued, in queue order.
+
+    Compares equal to an int as the number sent (what callers before this report counted).
+    """
+
+    @property
+    def sent(self) -> int:
+        return sum(o.state == "sent" for o in self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int):
+            return self.sent == other
+        return list.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def of(self, method: str, path: str) -> Outcome | None:
+        return next((o for o in self if o.method == method and o.path == path), None)
+
+
+def _ident(item: dict[str, Any]) -> str:
+    """A queued request's identity (its id; lines of older builds have none: their whole content)."""
+    return str(item.get("id") or json.dumps(item, sort_keys=True))
 
 
 def windows_payload(windows: list[FeatureWindow]) -> list[dict[str, object]]:
@@ -187,12 +373,18 @@ class OfflineQueue:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: every read-modify-write of the file holds this (the worker and the main thread both write)
+        self.lock = threading.RLock()
 
     @property
     def bad_path(self) -> Path:
         return self.path.with_name(self.path.name + ".bad")
 
     def items(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return self._items()
+
+    def _items(self) -> list[dict[str, Any]]:
         try:
             text = self.path.read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
@@ -215,17 +407,22 @@ class OfflineQueue:
             self.replace(good)
         return good
 
-    def push(self, method: str, path: str, body: dict[str, Any]) -> None:
-        item = {"method": method, "path": path, "body": body, "queued_at": time.time()}
-        self.replace([*self.items(), item])
+    def push(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        item = {"method": method, "path": path, "body": body, "queued_at": time.time(), "id": uuid.uuid4().hex}
+        with self.lock:
+            self.replace([*self._items(), item])
+        return item
+
+    def remove(self, idents: set[str]) -> None:
+        """Drop the requests with these identities (`_ident`); any pushed meanwhile stay."""
+        if not idents:
+            return
+        with self.lock:
+            self.replace([i for i in self._items() if _ident(i) not in idents])
 
     def replace(self, items: list[dict[str, Any]]) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write("".join(json.dumps(i) + "\n" for i in items))
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self.path)
+        with self.lock:
+            atomic_write(self.path, "".join(json.dumps(i) + "\n" for i in items).encode("utf-8"))
 
     def waiting(self) -> bool:
         """Anything queued? (cheap when the file is absent or empty: no parsing)"""
@@ -240,7 +437,8 @@ class OfflineQueue:
         return len(self.items())
 
     def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+        with self.lock:
+            self.path.unlink(missing_ok=True)
 
 
 class ApiClient:
@@ -249,7 +447,7 @@ class ApiClient:
     def __init__(self, base_url: str, key: DeviceKey, device_id: str, user_id: str, queue: OfflineQueue,
                  *, retries: int = 3, backoff_s: float = 0.3, timeout_s: float = 10.0,
                  transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep,
-                 bank_api_key: str | None = None) -> None:
+                 bank_api_key: str | None = None, held: HeldPayments | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.device_id = device_id
@@ -263,9 +461,19 @@ class ApiClient:
         #: step-up completion is the bank backend's call (X-API-Key); a phone holds no such key in
         #: production. Demo and test builds set it so the one-time-code flow can finish end to end.
         self.bank_api_key = bank_api_key
-        self._flushing = False
-        #: the payment last sent without an answer; its retries re-send it (see `authorize`)
-        self.pending_payment: PendingPayment | None = None
+        #: held by `flush_queue` (re-entrant: its requests run on the same thread)
+        self.lock = threading.RLock()
+        self._local = threading.local()  # `flushing`: this thread is inside `flush_queue`
+        #: payments sent without a definite answer; a retry re-sends one (see `authorize`)
+        self.held = held if held is not None else HeldPayments(queue.path.with_name("held_payments.json"))
+        #: the outcome of each request `flush_queue` handled, by its identity (the last 100)
+        self.outcomes: dict[str, Outcome] = {}
+
+    @property
+    def pending_payment(self) -> PendingPayment | None:
+        """The most recently held payment (sent without a definite answer), if any."""
+        held = self.held.all()
+        return max(held, key=lambda h: h.held_at) if held else None
 
     def close(self) -> None:
         self._http.close()
@@ -273,18 +481,20 @@ class ApiClient:
     # ------------------------------------------------------------------ transport
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, *, signed: bool = True,
                 extra_headers: dict[str, str] | None = None, retries: int | None = None,
-                timeout_s: float | None = None) -> Any:
+                timeout_s: float | None = None, content: bytes | None = None) -> Any:
         """Send one request with retries; returns the decoded JSON (or None).
+
+        `content`: the exact body bytes to send (instead of serialising `body`): a held payment.
 
         What waited in the offline queue goes first, so the server sees changes in the order
         the person made them (a consent revoked offline, then a payment). `timeout_s` (default:
         the client's) bounds each attempt, the queue's included.
         """
-        if not self._flushing and self.queue.waiting():
+        if not getattr(self._local, "flushing", False) and self.queue.waiting():
             self.flush_queue(timeout_s=timeout_s)
         retries = self.retries if retries is None else retries
         timeout: Any = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
-        raw = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        raw = content if content is not None else b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         last: Exception | None = None
         for attempt in range(retries + 1):
             headers = {"content-type": "application/json", **(extra_headers or {})}
@@ -326,34 +536,45 @@ class ApiClient:
             self.queue.push(method, path, body)
             return Queued(exc)
 
-    def flush_queue(self, timeout_s: float | None = None) -> int:
-        """Send what waited; returns how many went through (refused ones are dropped and logged).
+    def flush_queue(self, timeout_s: float | None = None) -> FlushReport:
+        """Send what waited; one `Outcome` per queued request: sent, refused (status and code) or waiting.
 
-        One attempt per item: when the server is still unreachable the rest stays queued, and
-        the caller's own request is not delayed by a second round of retries.
+        One attempt per item: when the server is still unreachable (or cannot take it yet) that
+        request and the rest stay queued ("waiting"), and the caller's own request is not delayed
+        by a second round of retries. A refused request (4xx) is dropped and logged; the caller
+        that cares (a waiting erasure) reads its outcome here or in `outcomes`. Holds `lock`: two
+        threads never send the same request, and one pushed meanwhile stays queued.
         """
-        items = self.queue.items()
-        if not items:
-            return 0
-        left: list[dict[str, Any]] = []
-        sent = 0
-        self._flushing = True
-        try:
-            for i, item in enumerate(items):
-                try:
-                    self.request(item["method"], item["path"], item["body"] or None, retries=0, timeout_s=timeout_s)
-                    sent += 1
-                except ApiError as exc:
-                    if exc.can_wait:
-                        left.extend(items[i:])
-                        break
-                    log.warning("queued %s %s refused: %s", item["method"], item["path"], exc)
-        finally:
-            self._flushing = False
-        self.queue.replace(left)
-        if sent:
-            log.info("sent %d request(s) that waited offline", sent)
-        return sent
+        with self.lock:
+            items = self.queue.items()
+            report = FlushReport()
+            if not items:
+                return report
+            done: set[str] = set()
+            self._local.flushing = True
+            try:
+                for i, item in enumerate(items):
+                    try:
+                        self.request(item["method"], item["path"], item["body"] or None, retries=0,
+                                     timeout_s=timeout_s)
+                        outcome = Outcome(item, "sent", 200)
+                    except ApiError as exc:
+                        if exc.can_wait:
+                            report.extend(Outcome(it, "waiting", exc.status) for it in items[i:])
+                            break
+                        log.warning("queued %s %s refused: %s", item["method"], item["path"], exc)
+                        outcome = Outcome(item, "refused", exc.status, exc.code)
+                    report.append(outcome)
+                    done.add(_ident(item))
+                    self.outcomes[_ident(item)] = outcome
+            finally:
+                self._local.flushing = False
+                self.queue.remove(done)
+            while len(self.outcomes) > 100:
+                self.outcomes.pop(next(iter(self.outcomes)))
+        if report.sent:
+            log.info("sent %d request(s) that waited offline", report.sent)
+        return report
 
     # ------------------------------------------------------------------ resources
     def health(self) -> bool:
@@ -394,46 +615,60 @@ class ApiClient:
                   idempotency_key: str | None = None) -> Decision:
         """Ask the server to decide one payment (fewer retries and a shorter wait: a person waits).
 
-        Without an explicit `idempotency_key`, a payment of the same payee, amount and currency
-        as one that got no answer (network error, timeout, 5xx) is a retry of it: it re-sends
-        that first try's body byte for byte, key and evidence included (the `evidence` passed
-        now is not sent), so the server answers with the decision it stored, if it stored one.
-        Any other payment, or any payment after an answer, gets a new key.
+        Without an explicit `idempotency_key`, a payment of the same payee (case and spacing
+        aside), amount and currency as one held without a definite answer (network error,
+        timeout, 5xx, an answer that could not be read) is a retry of it: it re-sends that first
+        try's body byte for byte, key and evidence included (the `evidence` passed now is not
+        sent), so the server answers with the decision it stored, if it stored one. The held
+        payment is written to disk before it is sent and let go only on a definite answer: a 2xx
+        that was read, or a refusal (4xx). Any other payment gets a new key.
         """
         pending = self.held_payment(amount, currency, payee) if idempotency_key is None else None
         if pending is not None:
             log.info("payment retried with its first try's idempotency key and evidence")
         else:
             key = idempotency_key or uuid.uuid4().hex
-            pending = PendingPayment(amount, currency, payee, key,
-                                     {"user_id": self.user_id, "amount": amount, "currency": currency, "payee": payee,
-                                      "channel": "app", "idempotency_key": key, "evidence": windows_payload(evidence)},
-                                     list(evidence))
-        self.pending_payment = pending
+            body = {"user_id": self.user_id, "amount": amount, "currency": currency, "payee": payee,
+                    "channel": "app", "idempotency_key": key, "evidence": windows_payload(evidence)}
+            pending = PendingPayment(amount, currency, payee, key, json.dumps(body, separators=(",", ":")).encode(),
+                                     list(evidence), time.time())
+            self.held.hold(pending)
         try:
-            d = self.request("POST", ROUTES["authorize"], pending.body, retries=AUTHORIZE_RETRIES,
-                             timeout_s=AUTHORIZE_TIMEOUT_S)
+            d = self.request("POST", ROUTES["authorize"], retries=AUTHORIZE_RETRIES, timeout_s=AUTHORIZE_TIMEOUT_S,
+                             content=pending.raw)
         except ApiError as exc:
             if not exc.answer_unknown:  # the server answered (a refusal): nothing to retry as-is
-                self.pending_payment = None
+                self.held.release(pending)
             raise
-        self.pending_payment = None
+        try:
+            decision = Decision(transaction_id=str(d["transaction_id"]), outcome=str(d["decision"]),
+                                risk=float(d["risk"]), tier=d.get("tier", ""), reasons=list(d.get("reasons", [])),
+                                amount=str(d.get("amount", pending.amount)),
+                                currency=d.get("currency", pending.currency), payee=d.get("payee", pending.payee),
+                                token=d.get("token", ""), evidence=list(pending.evidence),
+                                idempotency_key=pending.idempotency_key)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # kept: the bank may have recorded it
+            log.error("payment answer could not be read (%r): the payment stays held", exc)
+            raise ApiError(f"POST {ROUTES['authorize']}: unreadable answer ({exc!r})", 200,
+                           {"detail": "unreadable answer", "code": "unreadable_answer"}) from exc
+        self.held.release(pending)
         self.last_sync = time.time()
-        return Decision(transaction_id=d["transaction_id"], outcome=d["decision"], risk=float(d["risk"]),
-                        tier=d.get("tier", ""), reasons=list(d.get("reasons", [])), amount=str(d.get("amount", amount)),
-                        currency=d.get("currency", currency), payee=d.get("payee", payee), token=d.get("token", ""),
-                        evidence=list(pending.evidence), idempotency_key=pending.idempotency_key)
+        return decision
 
     def held_payment(self, amount: str, currency: str, payee: str) -> PendingPayment | None:
-        """The payment a call with these details would re-send (one sent without an answer), if any."""
-        pending = self.pending_payment
-        if pending is not None and (pending.amount, pending.currency, pending.payee) == (amount, currency, payee):
-            return pending
-        return None
+        """The payment a call with these details would re-send (one held without an answer), if any."""
+        held = self.held.find(amount, currency, payee)
+        if held is not None and json.loads(held.raw).get("user_id") != self.user_id:
+            return None
+        return held
+
+    def drop_held_payments(self, modality: str) -> list[PendingPayment]:
+        """Let go of the held payments whose evidence carries `modality` (its consent was revoked)."""
+        return self.held.drop(lambda h: modality not in h.modalities)
 
     def forget_pending_payment(self) -> None:
-        """The person starts a new payment: the next one gets a new key even for the same payee."""
-        self.pending_payment = None
+        """Let go of every held payment (a reset of the app)."""
+        self.held.clear()
 
     def complete_step_up(self, transaction_id: str, success: bool) -> Any:
         """Report the one-time-code result (as the bank backend would; needs `bank_api_key`)."""

@@ -40,6 +40,8 @@ class EvidenceBuffer:
         self._lock = threading.Lock()
         self.store = store
         self.allowed = allowed
+        #: nothing is collected while set (an erasure waits for the bank)
+        self.paused = False
         #: the clock the collectors stamp events with (recency is measured on it)
         self.clock = clock
         self._marks: dict[str, int] = {m: 0 for m in CAPACITY}
@@ -49,7 +51,7 @@ class EvidenceBuffer:
 
     def add(self, ev: Event) -> None:
         m = modality_of(ev)
-        if not self.allowed(m):
+        if self.paused or not self.allowed(m):
             return
         with self._lock:
             self._buf[m].append(ev)

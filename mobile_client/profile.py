@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,18 @@ from modalities.events import MODALITIES
 log = logging.getLogger(__name__)
 
 PURPOSES = ("authentication", "federated_training")
+
+
+class ProfileUnreadable(RuntimeError):
+    """profile.json exists but cannot be read now (permissions, I/O error, too many open files).
+
+    Not moved aside and not replaced: it may be perfectly good, and a new profile would mean a new
+    user and device id, orphaning what the bank holds. The app says so and stops (`__main__`).
+    """
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        super().__init__(f"the settings file {path} cannot be read now ({exc.strerror or exc})")
+        self.path = path
 
 
 class ProfileError(ValueError):
@@ -42,6 +55,24 @@ def _check(data: object) -> dict[str, object]:
     return data
 
 
+def _ids(raw: bytes) -> dict[str, str]:
+    """The user and device ids of a damaged profile, where they can still be read (else none)."""
+    out: dict[str, str] = {}
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    for name in ("user_id", "device_id"):
+        value = data.get(name) if isinstance(data, dict) else None
+        if not isinstance(value, str):
+            m = re.search(rf'"{name}"\s*:\s*"([A-Za-z0-9_.-]{{1,64}})"', text)
+            value = m.group(1) if m else None
+        if value:
+            out[name] = value
+    return out
+
+
 def _default_consents() -> dict[str, dict[str, bool]]:
     return {m: {p: False for p in PURPOSES} for m in MODALITIES}
 
@@ -62,27 +93,30 @@ class Profile:
 
     @classmethod
     def load(cls, path: Path) -> Profile:
-        """The saved profile; a new one if there is none or it cannot be read.
+        """The saved profile; a new one if there is none.
 
-        An unreadable file (truncated, empty, not this app's format) is moved aside to
-        `profile.json.bad-<time>` with a log line, and the app starts as on a new phone (the
-        person sets up again) rather than failing on every start.
+        A file that was read but is not this app's format (truncated, empty, wrong types, not
+        UTF-8) is moved aside to `profile.json.bad-<time>` with a log line, and the app starts as
+        on a new phone (the person sets up again) rather than failing on every start; the user
+        and device ids are kept when they can still be read from it. A file that cannot be read
+        now (an `OSError`: permissions, I/O, too many open files) raises `ProfileUnreadable` and
+        is left alone.
         """
         p = cls()
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError:
-            text = None
-        except (OSError, UnicodeDecodeError) as exc:
-            text = None
-            cls._move_aside(path, f"cannot be read ({exc})")
-        if text is not None:
+            raw = None
+        except OSError as exc:
+            raise ProfileUnreadable(path, exc) from exc
+        if raw is not None:
             try:
-                data = _check(json.loads(text))
+                data = _check(json.loads(raw.decode("utf-8")))
                 p = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})  # type: ignore[arg-type]
                 p.consents = {m: dict(per) for m, per in p.consents.items()}
-            except (ValueError, TypeError) as exc:  # JSONDecodeError and ProfileError are ValueErrors
-                p = cls()
+            except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, ProfileError
+                ids = _ids(raw)
+                p = cls(user_id=ids.get("user_id", ""), device_id=ids.get("device_id", ""))
                 cls._move_aside(path, str(exc) or type(exc).__name__)
         if not p.device_id:
             p.device_id = "dev-" + secrets.token_hex(6)
@@ -107,10 +141,9 @@ class Profile:
                     path, why, bad.name)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+        from mobile_client.api import atomic_write  # a temp file per writer: the worker and the UI both save
+
+        atomic_write(path, json.dumps(asdict(self), indent=1).encode("utf-8"))
 
     def consented(self, modality: str, purpose: str = "authentication") -> bool:
         return bool(self.consents.get(modality, {}).get(purpose, False))

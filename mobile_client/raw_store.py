@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from mobile_client.collectors import Event, modality_of
-from mobile_client.secrets_store import SecretStore
+from mobile_client.secrets_store import SecretStore, unwrap_errors
 from modalities.events import AccelSample, KeyEvent, TouchEvent
 
 log = logging.getLogger(__name__)
@@ -74,19 +74,19 @@ class RawEventStore:
         self._secrets = secrets
         self._seq = 0
         self._strays: set[Path] = set()
-        key = secrets.get(SECRET_NAME)
-        if key is None:
-            key = Fernet.generate_key()
-            secrets.put(SECRET_NAME, key)
         try:
+            key = secrets.get(SECRET_NAME)  # Android: a damaged blob raises pyjnius' JavaException
+            if key is None:
+                key = Fernet.generate_key()
+                secrets.put(SECRET_NAME, key)
             self._fernet = Fernet(key)
-        except (ValueError, TypeError) as exc:
+        except unwrap_errors() as exc:
             n = len(self._all_files())
             log.warning("the raw-store key in %s is not a usable key (%s): deleting the %d encrypted batch(es) it "
                         "locked (unreadable without it) and starting with a new key", secrets.kind, exc, n)
-            self._fernet = self._new_key()
-            for f in self._all_files():
+            for f in self._all_files():  # the old batches go first: none is left beside a new key
                 f.unlink(missing_ok=True)
+            self._fernet = self._new_key()
 
     def append(self, events: Sequence[Event]) -> int:
         """Store a batch (split by modality); returns how many events were written."""

@@ -25,6 +25,20 @@ KIND_MARKER = ".store-kind"
 KEYSTORE_KIND = "android-keystore"
 
 
+def unwrap_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged secret can raise.
+
+    ValueError/TypeError here, and on Android the Java exception pyjnius raises when the Keystore
+    cannot unwrap a blob (AEADBadTagException and the like).
+    """
+    errors: tuple[type[BaseException], ...] = (ValueError, TypeError)
+    try:
+        from jnius import JavaException  # type: ignore[import-not-found]  # Android builds only
+    except Exception:  # noqa: BLE001 - no pyjnius (desktop), or it cannot load: no Java errors to catch
+        return errors
+    return (*errors, JavaException)
+
+
 class KeystoreUnavailable(RuntimeError):
     """The secrets were wrapped by the Android Keystore, which cannot be opened now."""
 

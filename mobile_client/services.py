@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobile_client.api import ApiClient, OfflineQueue
@@ -12,7 +13,7 @@ from mobile_client.device_key import DeviceKey
 from mobile_client.evidence import EvidenceBuffer
 from mobile_client.profile import Profile
 from mobile_client.raw_store import RawEventStore
-from mobile_client.secrets_store import SecretStore, platform_secret_store
+from mobile_client.secrets_store import SecretStore, platform_secret_store, unwrap_errors
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class AppServices:
     store: RawEventStore
     evidence: EvidenceBuffer
     api: ApiClient
+    #: called when the app is reset to a fresh install ("Delete my data"): controllers drop their state
+    reset_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def profile_path(self) -> Path:
@@ -55,21 +58,26 @@ class AppServices:
         self.save_profile()
         self.api.close()
 
+    def reset_hook(self, hook: Callable[[], None]) -> None:
+        if hook not in self.reset_hooks:
+            self.reset_hooks.append(hook)
+
 
 def build_services(data_dir: Path, server_url: str = DEFAULT_SERVER, retention_days: int = 30,
                    retries: int = 3, bank_api_key: str | None = None, clock: Clock = monotonic) -> AppServices:
     """`clock` must be the one the collectors stamp events with (evidence recency is measured on it)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    profile = Profile.load(data_dir / "profile.json")
+    profile = Profile.load(data_dir / "profile.json")  # ProfileUnreadable: a read error, nothing moved
     secrets = platform_secret_store(data_dir / "secrets")
     try:
         key = DeviceKey(secrets)
-    except (ValueError, TypeError) as exc:  # `from_private_bytes`: not 32 bytes of an Ed25519 seed
+    except unwrap_errors() as exc:  # not 32 bytes of an Ed25519 seed, or (Android) a blob the Keystore cannot unwrap
         raise DeviceKeyUnreadable(data_dir / "secrets", str(exc)) from exc
     store = RawEventStore(data_dir / "raw", secrets, retention_days)
     store.apply_retention()
     evidence = EvidenceBuffer(store, allowed=lambda m: profile.consented(m, "authentication"), clock=clock)
+    evidence.paused = (data_dir / "erase_pending").exists()  # privacy.ERASE_PENDING: an erasure waits
     api = ApiClient(server_url, key, profile.device_id, profile.user_id, OfflineQueue(data_dir / "outbox.jsonl"),
                     retries=retries, bank_api_key=bank_api_key)
     return AppServices(data_dir, profile, secrets, key, store, evidence, api)

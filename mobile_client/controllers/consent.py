@@ -52,6 +52,8 @@ class ConsentResult:
     state: str
     message: str
     consents: dict[str, bool]
+    #: a payment held without an answer carried this modality's samples and was let go
+    dropped_payment: bool = False
 
     @property
     def applied(self) -> bool:
@@ -109,8 +111,17 @@ class ConsentController:
                                      f"Not changed. {exc.user_message}", dict(self.s.profile.consents[modality]))
         self._save()
         state = "queued" if "queued" in states else "saved"
-        return ConsentResult(modality, purpose, granted, state, self._message(modality, purpose, granted, state),
-                             dict(self.s.profile.consents[modality]))
+        message = self._message(modality, purpose, granted, state)
+        dropped = []
+        if purpose == "authentication" and not granted:
+            # a held payment re-sends its samples: none of a modality the person has withdrawn
+            dropped = self.s.api.drop_held_payments(modality)
+            if dropped:
+                log.info("%d held payment(s) with %s samples let go: consent revoked", len(dropped), modality)
+                message += (" A payment that got no answer from your bank used these samples and will not be "
+                            "sent again: check with your bank whether it went through before paying again.")
+        return ConsentResult(modality, purpose, granted, state, message, dict(self.s.profile.consents[modality]),
+                             bool(dropped))
 
     def _message(self, modality: str, purpose: str, granted: bool, state: str) -> str:
         if state == "queued":
@@ -120,11 +131,29 @@ class ConsentController:
             return "On. Set it up again from Home before it can confirm payments."
         return "Saved with your bank."
 
-    def _send(self, modality: str, purpose: str, granted: bool, *, queue: bool) -> str:
+    def intend(self, modality: str, purpose: str, granted: bool) -> None:
+        """Keep a change the app closed before sending: it waits in the outbox and counts here.
+
+        The app calls this for a consent job that never ran (closed first); the outbox is sent at
+        the next start before anything else, so a revocation is not lost with the job.
+        """
+        if self.s.profile.consented(modality, purpose) == bool(granted):
+            return
+        changes = [(modality, purpose, bool(granted))]
+        if purpose == "authentication" and not granted and self.s.profile.consented(modality, "federated_training"):
+            changes.insert(0, (modality, "federated_training", False))
+        for m, q, g in changes:
+            self._send(m, q, g, queue=True, offline=True)
+        if purpose == "authentication" and not granted:
+            self.s.api.drop_held_payments(modality)
+        self._save()
+
+    def _send(self, modality: str, purpose: str, granted: bool, *, queue: bool, offline: bool = False) -> str:
         """Record one change with the bank, then here; "saved" or "queued" (raises ApiError on refusal).
 
         With `queue`, a change the bank could not take yet (no connection, 5xx, 429) waits in
-        the offline queue and counts here at once; without it, it raises like a refusal.
+        the offline queue and counts here at once; without it, it raises like a refusal. With
+        `offline`, it goes to the queue without trying (the app is closing).
         """
         if self.s.profile.registered:
             from mobile_client.policy import policy
@@ -132,7 +161,10 @@ class ConsentController:
             path = ROUTES["consent"].format(user_id=self.s.profile.user_id)
             body = {"modality": modality, "purpose": purpose, "granted": granted,
                     "policy_version": policy(purpose).version}
-            if queue:
+            if offline:
+                self.s.api.queue.push("POST", path, body)
+                state = "queued"
+            elif queue:
                 state = "queued" if isinstance(self.s.api.send_or_queue("POST", path, body), Queued) else "saved"
             else:
                 self.s.api.request("POST", path, body)
@@ -176,9 +208,13 @@ class ConsentController:
         self._save()
 
     def ensure_registered(self) -> None:
-        from mobile_client.controllers.privacy import settle_pending_erase
+        from mobile_client.controllers.privacy import erase_pending, settle_pending_erase
 
         settle_pending_erase(self.s)
+        if erase_pending(self.s):
+            raise ApiError("an erasure waits for the bank", None,
+                           {"detail": "Your data is still being erased: set-up can start again once your bank "
+                                      "has confirmed it.", "code": "erase_pending"})
         if self.s.profile.registered:
             return
         try:

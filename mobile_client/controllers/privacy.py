@@ -42,11 +42,23 @@ class PrivacyController:
         self.s = services
         #: how the last "delete my data" went: "" (not asked), "done", "pending" or "failed"
         self.erase_state = ""
+        #: what the last settled erasure came to, in words (after a waiting erasure went or was refused)
+        self.erase_message = ""
+
+    def erase_waiting(self) -> bool:
+        return erase_pending(self.s)
+
+    def settle(self) -> str:
+        """Finish a waiting erasure (network: a worker job). Returns and records its state."""
+        state, message = settle_pending_erase(self.s)
+        if state:
+            self.erase_state = state
+        if message:
+            self.erase_message = message
+        return state
 
     def stored(self) -> list[StoredItem]:
-        """Plain-language inventory of what this phone and the server hold."""
-        if settle_pending_erase(self.s):
-            self.erase_state = "done"
+        """Plain-language inventory of what this phone and the server hold (local only: no network)."""
         self.s.evidence.flush()
         summ = self.s.store.summary()
         rows = [StoredItem(f"On this phone: {n:,} {UNITS[m]}", "Encrypted; deleted after "
@@ -75,6 +87,30 @@ class PrivacyController:
         self.s.save_profile()
         return results
 
+    def erase_later(self) -> int:
+        """Queue the erasure for the bank and delete this phone's recordings now; returns files deleted.
+
+        Collection stops first and the marker is written before the request is queued, so no
+        batch is written after the deletion and a crash in between still knows to settle. The app
+        also calls this for a "Delete my data" job that never ran (closed first).
+        """
+        if erase_pending(self.s):
+            return 0
+        self.s.evidence.paused = True
+        (self.s.data_dir / ERASE_PENDING).write_text(str(time.time()))
+        self.s.api.queue.push("DELETE", ROUTES["erase"].format(user_id=self.s.profile.user_id), {})
+        self.s.evidence.clear()
+        n_files = self.s.store.delete_all()
+        self.erase_state = "pending"
+        return n_files
+
+    def intend_delete(self) -> None:
+        """Keep a "Delete my data" the app closed before sending: it waits for the next start."""
+        if self.s.profile.registered:
+            self.erase_later()
+        else:
+            _reset_device(self.s)
+
     def delete_my_data(self) -> str:
         """Erase my data here and on the server; returns what happened (`erase_state` says how it went).
 
@@ -93,18 +129,15 @@ class PrivacyController:
         try:
             self.s.api.erase()
         except ApiError as exc:
-            if exc.status in (401, 404) and exc.code in ("unknown_device", "unknown_user"):
+            if _holds_nothing(exc.status, exc.code):
                 log.info("erase: the server holds nothing for this device any more (%s)", exc)
             elif exc.can_wait:
                 log.warning("erase queued until the bank can take it: %s", exc)
-                self.s.api.queue.push("DELETE", ROUTES["erase"].format(user_id=self.s.profile.user_id), {})
-                (self.s.data_dir / ERASE_PENDING).write_text(str(time.time()))
-                n_files = self.s.store.delete_all()
-                self.s.evidence.clear()
-                self.erase_state = "pending"
+                n_files = self.erase_later()
                 later = "when you are back online" if exc.offline else "again when it can take the request"
                 return (f"Deleted {n_files} encrypted files on this phone at {when}. Not finished: your bank has "
-                        f"not erased your pattern yet; the server will be asked {later}.")
+                        f"not erased your pattern yet; the server will be asked {later}. Until then nothing "
+                        "is collected and payments from this phone are paused.")
             else:
                 log.warning("erase refused: %s", exc)
                 self.erase_state = "failed"
@@ -115,37 +148,79 @@ class PrivacyController:
                 "pattern. You can set Cadence up again.")
 
 
-def settle_pending_erase(s: AppServices) -> bool:
-    """Finish an erasure that waited in the queue once it has left it; True when it did.
+def _holds_nothing(status: int | None, code: str | None) -> bool:
+    """A refusal that says the bank no longer knows this device or user: it holds nothing to erase."""
+    return status in (401, 404) and code in ("unknown_device", "unknown_user")
 
-    The queue keeps the request while the bank cannot take it and drops it once it was sent
-    (or refused as unknown: the bank no longer knows this device), so either way the bank
-    holds nothing for this device and the app goes back to a fresh state.
+
+def erase_pending(s: AppServices) -> bool:
+    """An erasure waits for the bank (its marker is on disk): collection and payments are paused."""
+    return (s.data_dir / ERASE_PENDING).exists()
+
+
+def settle_pending_erase(s: AppServices) -> tuple[str, str]:
+    """Finish an erasure that waited for the bank; network, so call it on the worker thread.
+
+    Returns (state, message): ("", "") when none waited; "pending" while the bank still cannot
+    take it; "done" when the bank erased (2xx) or holds nothing for this device (refused as
+    `unknown_device` / `unknown_user`), and the app is then as new; "failed" when the bank
+    refused it otherwise (e.g. 401 `stale_request` from a wrong phone clock, 403): then the
+    device, its key and the bank's record are kept, the marker goes, and the message says so.
+    The request's fate is read from `flush_queue`'s report (or `ApiClient.outcomes` when another
+    flush sent it); when neither knows (a crash after it was sent), it is sent again: a bank that
+    already erased answers `unknown_device`.
     """
-    marker = s.data_dir / ERASE_PENDING
-    if not marker.exists():
-        return False
+    if not erase_pending(s):
+        return "", ""
     path = ROUTES["erase"].format(user_id=s.profile.user_id)
-    if any(i.get("method") == "DELETE" and i.get("path") == path for i in s.api.queue.items()):
-        s.api.flush_queue()
-        if any(i.get("method") == "DELETE" and i.get("path") == path for i in s.api.queue.items()):
-            return False
-    _reset_device(s)
-    return True
+    with s.api.lock:
+        queued = next((i for i in s.api.queue.items() if i.get("method") == "DELETE" and i.get("path") == path), None)
+        if queued is not None:
+            outcome = s.api.flush_queue().of("DELETE", path)
+            state = outcome.state if outcome is not None else "waiting"
+            status, code = (outcome.status, outcome.code) if outcome is not None else (None, None)
+        else:
+            known = [o for o in s.api.outcomes.values() if o.method == "DELETE" and o.path == path]
+            if known:
+                state, status, code = known[-1].state, known[-1].status, known[-1].code
+            else:
+                try:
+                    s.api.request("DELETE", path, retries=0)
+                    state, status, code = "sent", 200, None
+                except ApiError as exc:
+                    if exc.can_wait:
+                        s.api.queue.push("DELETE", path, {})
+                        state, status, code = "waiting", exc.status, exc.code
+                    else:
+                        state, status, code = "refused", exc.status, exc.code
+    if state == "waiting":
+        return "pending", ""
+    if state == "sent" or _holds_nothing(status, code):
+        _reset_device(s)
+        return "done", "Your bank erased your pattern. The data on this phone was deleted: you can set Cadence up again."
+    log.warning("the erasure that waited was refused by the bank (%s %s): this phone stays set up", status, code)
+    (s.data_dir / ERASE_PENDING).unlink(missing_ok=True)
+    s.evidence.paused = False
+    why = ApiError("erase refused", status, {"code": code} if code else None).user_message
+    return "failed", ("Not erased: your bank refused the request to erase your pattern, so it still holds it and "
+                      f"this phone stays set up. {why} Try Delete my data again, or contact your bank.")
 
 
 def _reset_device(s: AppServices) -> int:
     """Back to a fresh install (same person): no recordings, consents or set-up; a new device key and id."""
-    n_files = s.store.delete_all()
+    p = s.profile  # changed in place: the evidence buffer's consent check reads this object
+    p.consents = {m: {q: False for q in PURPOSES} for m in MODALITIES}  # collection stops first
     s.evidence.clear()
+    n_files = s.store.delete_all()
     s.api.queue.clear()
+    s.api.forget_pending_payment()
+    for hook in list(s.reset_hooks):
+        hook()
     s.key.destroy()
     s.key = DeviceKey(s.secrets)
-    p = s.profile  # changed in place: the evidence buffer's consent check reads this object
     p.device_id = "dev-" + secrets.token_hex(6)
     p.registered = False
     p.enrolled = []
-    p.consents = {m: {q: False for q in PURPOSES} for m in MODALITIES}
     p.federated = False
     p.onboarded = False
     p.last_sync = None
@@ -154,4 +229,5 @@ def _reset_device(s: AppServices) -> int:
     s.api.last_sync = None
     s.save_profile()
     (s.data_dir / ERASE_PENDING).unlink(missing_ok=True)
+    s.evidence.paused = False
     return n_files

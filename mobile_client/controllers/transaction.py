@@ -136,6 +136,14 @@ class TransactionController:
         self.evidence_summary: dict[str, int] = {}
         #: the last authorize call's evidence, kept until it is confirmed (or the next call)
         self._sent: list[FeatureWindow] = []
+        services.reset_hook(self.forget)
+
+    def forget(self) -> None:
+        """The app was reset ("Delete my data"): nothing of an earlier payment is kept."""
+        self.last = None
+        self.step_up = None
+        self.evidence_summary = {}
+        self._sent = []
 
     def gather_evidence(self) -> list[FeatureWindow]:
         """Feature windows of recent behaviour of each consented, enrolled modality.
@@ -171,8 +179,13 @@ class TransactionController:
         gathered this time: those windows are the ones noted as sent, adapted with after an
         approval and counted on the screen. The windows gathered now stay unsent for later.
         """
+        from mobile_client.controllers.privacy import erase_pending
+
         amount = parse_amount(amount_text)
         payee = parse_payee(payee_text)
+        if erase_pending(self.s):
+            raise InputError("erase", "your data is being erased, so payments from this phone are paused until "
+                                      "your bank confirms it. Open Privacy to see how it stands.")
         windows = self.gather_evidence()
         held = self.s.api.held_payment(amount, currency, payee)
         try:

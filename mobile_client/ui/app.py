@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -34,6 +36,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: what a background job hands back on the main thread: its result, or the exception it raised
 Done = Callable[[Any, BaseException | None], None]
+
+#: on close, how long the job then running may still take before the app goes on closing (seconds)
+STOP_GRACE_S = 2.0
+
+
+@dataclass
+class _Job:
+    future: Future[Any]
+    #: writes what the job was asked to do to disk (outbox, profile) if it never gets to run
+    intent: Callable[[], None] | None
+
 
 KV_DIR = Path(__file__).parent / "kv"
 SCREENS: dict[str, type] = {
@@ -76,30 +89,70 @@ class CadenceApp(App):
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cadence-network")
         #: background jobs not finished yet (their `done` has not run)
         self.jobs_in_flight = 0
+        self._jobs: list[_Job] = []
+        self._stopped = False
 
     # ------------------------------------------------------------------ background work
-    def run_in_background(self, work: Callable[[], T], done: Done) -> None:
+    def run_in_background(self, work: Callable[[], T], done: Done, intent: Callable[[], None] | None = None) -> None:
         """Run `work` off the main thread; `done(result, error)` is then called on the main thread.
 
         Controllers block on HTTP (retries, timeouts): run on Kivy's thread they would freeze
         the UI. Jobs run one at a time in the order they were asked for, so requests reach the
-        server in the order the person made them (what the offline queue also keeps).
+        server in the order the person made them (what the offline queue also keeps). Each job
+        first settles an erasure that waits for the bank (`_settle_erase`). `intent`, if given,
+        saves what the job was asked to do (a consent change, an erasure) when the app closes
+        before the job ran, so the person's choice is not lost with it.
         """
         from kivy.clock import Clock
 
         self.jobs_in_flight += 1
 
+        def job() -> T:
+            self._settle_erase()
+            return work()
+
         def finished(fut: Future[T]) -> None:
+            if fut.cancelled():
+                return
             exc = fut.exception()
             result = None if exc is not None else fut.result()
 
             def deliver(_dt: float) -> None:
                 self.jobs_in_flight -= 1
+                self._jobs = [j for j in self._jobs if j.future is not fut]
                 done(result, exc)
 
             Clock.schedule_once(deliver, 0)
 
-        self._worker.submit(work).add_done_callback(finished)
+        fut = self._worker.submit(job)
+        self._jobs.append(_Job(fut, intent))
+        fut.add_done_callback(finished)
+
+    def _settle_erase(self) -> None:
+        """On the worker: finish an erasure that waits for the bank, and show how it ended."""
+        if not self.privacy.erase_waiting():
+            return
+        try:
+            state = self.privacy.settle()
+        except Exception:  # noqa: BLE001 - a bug here must not stop the job asked for
+            log.exception("could not settle the waiting erasure")
+            return
+        if state in ("done", "failed"):
+            from kivy.clock import Clock
+
+            Clock.schedule_once(lambda _dt: self._erase_settled(state), 0)
+
+    def _erase_settled(self, state: str) -> None:
+        """On the main thread: a waiting erasure went through (fresh app) or was refused (say so)."""
+        assert self.sm is not None
+        if self.sm.has_screen("privacy"):
+            self.sm.get_screen("privacy").deleted = self.privacy.erase_message
+        if state == "done":
+            log.info("the erasure that waited offline went through: the app is as new")
+            if self.sm.current != "welcome":
+                self.go("welcome")
+        elif self.sm.current == "privacy":
+            self.sm.get_screen("privacy").refresh(settle=False)
 
     # ------------------------------------------------------------------ building
     def build(self) -> ScreenManager:
@@ -147,38 +200,40 @@ class CadenceApp(App):
         if self.on_ready:
             self.on_ready(self)
 
-    def _send_waiting(self) -> bool:
-        """Background job at start: send what waited offline; True when a waiting erasure finished.
-
-        With an erasure waiting, `settle_pending_erase` sends the queue itself (one try) and, once
-        the request has gone, leaves the app as new, as it does when the Privacy screen opens.
-        """
-        from mobile_client.controllers.privacy import ERASE_PENDING, settle_pending_erase
-
-        if (self.services.data_dir / ERASE_PENDING).exists():
-            return settle_pending_erase(self.services)
+    def _send_waiting(self) -> None:
+        """Background job at start: send what waited offline (a waiting erasure is settled first)."""
         self.services.api.flush_queue()
-        return False
 
-    def _flushed(self, erased: Any, exc: BaseException | None) -> None:
-        """On the main thread after `_send_waiting`: a finished erasure shows the fresh app."""
+    def _flushed(self, _result: Any, exc: BaseException | None) -> None:
         if exc is not None:  # e.g. a bug; the queue stays and is tried again before the next request
             log.warning("could not send what waited offline: %s", exc)
-            return
-        if erased:
-            log.info("the erasure that waited offline went through: the app is as new")
-            self.privacy.erase_state = "done"
-            assert self.sm is not None
-            if self.sm.current != "welcome":
-                self.go("welcome")
 
     def on_stop(self) -> None:
+        """Close without blocking on the network.
+
+        Jobs not started are cancelled (their intents saved), the one running gets `STOP_GRACE_S`,
+        then the client is closed. Kivy may call this twice (`stop()`, then the end of `run()`).
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         for c in self.collectors:
             c.stop()
         if self.walk_source:
             self.walk_source.stop()
         self.stop_federation()
-        self._worker.shutdown(wait=True, cancel_futures=True)  # a request in flight ends before the client closes
+        self._worker.shutdown(wait=False, cancel_futures=True)
+        for j in self._jobs:
+            if j.future.cancelled() and j.intent is not None:
+                try:
+                    j.intent()
+                except Exception:  # noqa: BLE001 - closing goes on; what failed is in the log
+                    log.exception("could not save a change that was waiting to be sent")
+        running = [j.future for j in self._jobs if not j.future.done()]
+        if running:
+            _, still = wait_for(running, timeout=STOP_GRACE_S)
+            if still:
+                log.warning("closing while a request to the bank is still in flight")
         self.services.close()
 
     def live_accelerometer(self) -> bool:

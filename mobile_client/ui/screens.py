@@ -55,9 +55,9 @@ def tries_left(n: int) -> str:
 
 
 #: after a payment got no answer the bank may have recorded it: never say nothing was paid
-NO_ANSWER = ("We could not get an answer from your bank, so this payment may have gone through. Tap Pay now "
-             "to ask again (it is the same payment and cannot be paid twice), or check with your bank "
-             "before paying again.")
+NO_ANSWER = ("We could not get an answer from your bank, so this payment may have gone through. Paying the same "
+             "payee and amount again from this phone re-sends the same payment, so it cannot be paid twice; "
+             "or check with your bank.")
 
 
 def ago(t: float | None, now: float | None = None) -> str:
@@ -354,7 +354,7 @@ class PayScreen(Screen):
 
     def _paid(self, d: Any, exc: BaseException | None) -> None:
         tc = _app().transaction
-        self.unanswered = _app().services.api.pending_payment is not None
+        self.unanswered = isinstance(exc, ApiError) and exc.answer_unknown
         if exc is not None:
             self.phase = "form"
             if isinstance(exc, InputError):
@@ -438,7 +438,7 @@ class PayScreen(Screen):
         self.ids.amount.text = ""
         self.ids.payee.text = ""
         self.ids.reference.text = ""
-        self.unanswered = _app().services.api.pending_payment is not None
+        self.unanswered = False
         _app().go("home")
 
 
@@ -453,8 +453,13 @@ class PrivacyScreen(Screen):
     def on_pre_enter(self, *_: Any) -> None:
         self.refresh()
 
-    def refresh(self) -> None:
+    def refresh(self, settle: bool = True) -> None:
+        """Show what is stored (read on this phone only); an erasure that waits is settled by a worker job."""
         app = _app()
+        if settle and app.privacy.erase_waiting():
+            app.run_in_background(lambda: None, _logged("settling the erasure"))
+        if app.privacy.erase_state == "failed" and app.privacy.erase_message:
+            self.deleted = app.privacy.erase_message
         self.items = [(i.label, i.detail) for i in app.privacy.stored()]
         self.federated = app.privacy.federated_on()
         self.federated_status = app.federation_status()
@@ -470,7 +475,8 @@ class PrivacyScreen(Screen):
 
     def set_consent(self, modality: str, on: bool) -> None:
         consent = _app().consent
-        _app().run_in_background(lambda: consent.set(modality, "authentication", on), _logged("consent change"))
+        _app().run_in_background(lambda: consent.set(modality, "authentication", on), _logged("consent change"),
+                                 intent=lambda: consent.intend(modality, "authentication", on))
 
     def set_federated(self, on: bool) -> None:
         if on == _app().privacy.federated_on():
@@ -478,7 +484,9 @@ class PrivacyScreen(Screen):
         self.federated = on
         self.federated_status = "Saving..."
         privacy = _app().privacy
-        _app().run_in_background(lambda: privacy.set_federated(on), self._federated_set)
+        _app().run_in_background(lambda: privacy.set_federated(on), self._federated_set,
+                                 intent=lambda: [_app().consent.intend(m, "federated_training", on)
+                                                 for m in _app().consent.active_modalities()] and None)
 
     def _federated_set(self, results: Any, exc: BaseException | None) -> None:
         self.federated = _app().privacy.federated_on()
@@ -499,7 +507,7 @@ class PrivacyScreen(Screen):
             return
         self.busy = True
         _busy_button(self.ids.delete, True, "Deleting...")
-        _app().run_in_background(_app().privacy.delete_my_data, self._deleted)
+        _app().run_in_background(_app().privacy.delete_my_data, self._deleted, intent=_app().privacy.intend_delete)
 
     def _deleted(self, text: Any, exc: BaseException | None) -> None:
         self.busy = False
@@ -536,25 +544,27 @@ def _on_consent(modality: str, value: bool, row: Any, switch: Any = None) -> Non
         return
     row.hint = "Saving..."
     consent = _app().consent
+    row._in_flight = getattr(row, "_in_flight", 0) + 1
 
     def done(result: Any, exc: BaseException | None) -> None:
         _logged("consent change")(None, exc)
         p = _app().services.profile
-        if exc is not None:  # a bug on this phone: show what the phone holds
-            on = p.consented(modality)
-            if switch is not None:
-                switch.active = on
+        row._in_flight -= 1
+        if switch is not None and row._in_flight == 0:
+            # what the phone holds once every change asked for was applied (or refused); putting the
+            # switch there sends nothing (see above), even after a quick off-then-on
+            switch.active = p.consented(modality)
+        if exc is not None:  # a bug on this phone: the switch shows what the phone holds
             row.hint = "Not changed: something went wrong on this phone. Please try again."
             return
         on = bool(result.consents["authentication"])
-        if not result.applied and switch is not None:
-            switch.active = on  # back to what the bank holds (sends nothing: see above)
-        if result.state != "saved" or (on and modality not in p.enrolled):
+        if result.state != "saved" or result.dropped_payment or (on and modality not in p.enrolled):
             row.hint = result.message
         else:
             row.hint = "Used to confirm it's you" if on else "Off: not collected"
 
-    _app().run_in_background(lambda: consent.set(modality, "authentication", value), done)
+    _app().run_in_background(lambda: consent.set(modality, "authentication", value), done,
+                             intent=lambda: consent.intend(modality, "authentication", value))
 
 
 def _logged(what: str) -> Any:

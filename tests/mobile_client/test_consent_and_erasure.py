@@ -161,10 +161,10 @@ def test_an_erasure_the_bank_cannot_take_yet_is_pending_not_done(tmp_path: Path,
     assert s.profile.registered and s.profile.enrolled  # the bank still holds the pattern
     assert [(i["method"], i["path"]) for i in s.api.queue.items()] == [("DELETE", f"/v1/users/{user}")]
     assert s.store.is_empty()  # this phone's recordings are gone at once
-    pc.stored()  # still busy: still pending
-    assert s.profile.registered
+    pc.settle()  # still busy: still pending
+    assert s.profile.registered and pc.erase_state == "pending"
     del bank.faults[f"/v1/users/{user}"]
-    pc.stored()  # the request went through: now the app is fresh
+    pc.settle()  # the request went through: now the app is fresh (a worker job in the app)
     assert pc.erase_state == "done" and not s.profile.registered and len(s.api.queue) == 0
     assert ("DELETE", f"/v1/users/{user}") in [(m, p) for m, p, _ in bank.log]
 

@@ -323,6 +323,36 @@ def erase_at_start(app):
                    (services.data_dir / ERASE_PENDING).exists(), len(services.api.queue), app.sm.current])
 
 
+def privacy_erase_waiting_before():
+    erase_at_start_before()
+    def handler(req):  # the bank is slow and still cannot take the erasure
+        res["seen"].append([req.method, req.url.path])
+        time.sleep(slow)
+        return httpx.Response(503)
+    services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
+
+
+def privacy_erase_waiting(app):
+    yield from settle(app)  # what the start-up job sends first
+    res["max_gap"] = 0.0
+    app.go("privacy"); yield 2  # opening Privacy settles the erasure on the worker, not here
+    yield from settle(app)
+    note("after", [services.profile.registered, app.privacy.erase_waiting(), len(res["seen"]) >= 2])
+
+
+def close_while_busy(app):
+    p = services.profile
+    p.registered, p.onboarded, p.enrolled = True, True, ["gait"]
+    p.consents["gait"]["authentication"] = True
+    pr = app.go("privacy"); yield 3
+    app.run_in_background(lambda: time.sleep(6), lambda *_: None)  # a long request in flight
+    yield 2
+    row, sw = _consent_row(app, "gait")
+    sw.active = False  # waits behind it when the person closes the app
+    yield 2
+    res["stop_at"] = time.monotonic()
+
+
 def ready(app):
     gen = globals()[scenario](app)
     st = {"n": 0, "last": None}
@@ -349,7 +379,9 @@ def ready(app):
 if scenario + "_before" in globals():  # what the app finds on disk when it starts
     globals()[scenario + "_before"]()
 CadenceApp(services, animate=False, walk_speed=8.0, on_ready=ready).run()
-print("RESULT " + json.dumps(res))
+if "stop_at" in res:
+    res["stopped_in"] = time.monotonic() - res.pop("stop_at")
+print("RESULT " + json.dumps(res), flush=True)
 """
 
 
@@ -467,3 +499,20 @@ def test_an_erasure_that_waited_finishes_at_app_start(gl_env: dict[str, str], tm
     registered, onboarded, enrolled, new_device, marker, queued, screen = res["after"]
     assert not registered and not onboarded and enrolled == [] and new_device
     assert not marker and queued == 0 and screen == "welcome"
+
+
+def test_opening_privacy_while_an_erasure_waits_keeps_the_ui_drawing(gl_env: dict[str, str], tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "privacy_erase_waiting")
+    assert res["max_gap"] < MAX_FRAME_GAP_S, f"the UI froze for {res['max_gap']:.1f} s"
+    assert res["after"] == [True, True, True], res["after"]  # tried on the worker, still waiting
+
+
+def test_closing_does_not_wait_for_the_bank_and_keeps_a_queued_revocation(gl_env: dict[str, str],
+                                                                         tmp_path: Path) -> None:
+    res = _drive(gl_env, tmp_path, "close_while_busy")
+    assert res["stopped_in"] < 4.0, f"closing took {res['stopped_in']:.1f} s"
+    queued = [json.loads(line) for line in (tmp_path / "app" / "outbox.jsonl").read_text().splitlines()]
+    assert [(q["body"]["modality"], q["body"]["purpose"], q["body"]["granted"]) for q in queued][-1] == \
+        ("gait", "authentication", False), queued
+    profile = json.loads((tmp_path / "app" / "profile.json").read_text())
+    assert profile["consents"]["gait"]["authentication"] is False
