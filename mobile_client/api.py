@@ -93,10 +93,10 @@ class ApiError(RuntimeError):
     @property
     def user_message(self) -> str:
         """What to show a person: plain words, never a status line or a raw JSON body."""
+        if self.code in CODE_TEXT:  # also the phone's own codes (an erasure waiting), which have no status
+            return CODE_TEXT[self.code]
         if self.offline:
             return "Could not reach your bank. Check your connection and try again."
-        if self.code in CODE_TEXT:
-            return CODE_TEXT[self.code]
         if self.status is not None and (self.status >= 500 or self.status == 429):
             return "Your bank's service is busy or having a problem. Please try again in a moment."
         text = self.detail.get("detail") if isinstance(self.detail, dict) else self.detail
@@ -269,7 +269,7 @@ class HeldPayments:
             return [PendingPayment.from_json(d) for d in data]
         except FileNotFoundError:
             return []
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             log.error("held payments in %s cannot be read (%s): treated as none", self.path, exc)
             return []
 
@@ -504,6 +504,11 @@ class ApiClient:
                 r = self._http.request(method, path, content=raw or None, headers=headers, timeout=timeout)
             except httpx.TransportError as exc:
                 last = exc
+            except RuntimeError as exc:
+                if not self._http.is_closed:
+                    raise
+                last = exc  # the client was closed (the app is closing): as good as offline, so it is queued
+                break
             else:
                 if r.status_code < 400:
                     self.last_sync = time.time()
@@ -640,7 +645,11 @@ class ApiClient:
             if not exc.answer_unknown:  # the server answered (a refusal): nothing to retry as-is
                 self.held.release(pending)
             raise
+        except ValueError as exc:  # a 2xx whose body is no JSON: the bank may have recorded it
+            d = exc
         try:
+            if isinstance(d, Exception):
+                raise d
             decision = Decision(transaction_id=str(d["transaction_id"]), outcome=str(d["decision"]),
                                 risk=float(d["risk"]), tier=d.get("tier", ""), reasons=list(d.get("reasons", [])),
                                 amount=str(d.get("amount", pending.amount)),

@@ -101,6 +101,7 @@ class PrivacyController:
         self.s.api.queue.push("DELETE", ROUTES["erase"].format(user_id=self.s.profile.user_id), {})
         self.s.evidence.clear()
         n_files = self.s.store.delete_all()
+        self.s.api.forget_pending_payment()  # their bodies hold the behaviour being erased
         self.erase_state = "pending"
         return n_files
 
@@ -213,6 +214,7 @@ def _reset_device(s: AppServices) -> int:
     s.evidence.clear()
     n_files = s.store.delete_all()
     s.api.queue.clear()
+    s.api.outcomes.clear()  # an old erasure's "sent" must not settle a later one
     s.api.forget_pending_payment()
     for hook in list(s.reset_hooks):
         hook()

@@ -403,3 +403,52 @@ def test_a_keystore_that_cannot_unwrap_is_a_clear_error_and_a_new_raw_store_key(
         kind=secrets.kind, get=secrets.get, put=FileSecretStore(tmp_path / "plain").put,
         delete=lambda name: None))
     assert not list((tmp_path / "raw" / "keystroke").glob("*.bin"))
+
+
+# -- a quick review of the above -------------------------------------------------------------------
+def test_a_2xx_answer_that_is_no_json_is_an_unreadable_answer_and_stays_held(tmp_path: Path) -> None:
+    bodies: list[bytes] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        bodies.append(req.content)
+        return httpx.Response(200, content=b"<html>ok</html>")
+
+    c = _client(tmp_path, handler)
+    with pytest.raises(ApiError) as err:
+        c.authorize("12.00", "GBP", "Sam", [_window(1)])
+    assert err.value.code == "unreadable_answer" and err.value.answer_unknown
+    assert c.held_payment("12.00", "GBP", "Sam") is not None
+
+
+def test_a_held_payments_file_of_the_wrong_shape_is_treated_as_none(tmp_path: Path) -> None:
+    c = _client(tmp_path, lambda req: httpx.Response(200, json=_decision(json.loads(req.content))))
+    assert c.held.path is not None
+    c.held.path.write_text(json.dumps([{"body": "[1, 2]", "amount": "12.00", "currency": "GBP", "payee": "Sam",
+                                        "idempotency_key": "k", "held_at": time.time()}]))
+    assert c.held_payment("12.00", "GBP", "Sam") is None
+    c.authorize("12.00", "GBP", "Sam", [_window(2)])  # and paying still works
+
+
+def test_a_request_on_a_closed_client_is_queued_not_lost(tmp_path: Path) -> None:
+    """The app closes the client while a job still runs (its grace period is over)."""
+    c = _client(tmp_path, lambda req: httpx.Response(200, json={}))
+    c.close()
+    out = c.send_or_queue("POST", "/v1/users/user-1/consents", {"modality": "keystroke"})
+    assert isinstance(out, api_mod.Queued) and len(c.queue) == 1
+
+
+def test_an_erasure_waiting_for_the_bank_lets_go_of_held_payments(tmp_path: Path, person: SyntheticPerson) -> None:
+    bank, clock = FaultyBank(), VirtualClock(1000.0)
+    s = _enrolled(tmp_path, bank, person, clock)
+    body = json.dumps({"user_id": s.profile.user_id, "evidence": [_window(1).to_dict()]}).encode()
+    s.api.held.hold(api_mod.PendingPayment("12.00", "GBP", "Sam", "k", body, [_window(1)], s.api.held._now()))
+    assert s.api.held_payment("12.00", "GBP", "Sam") is not None
+    bank.faults[f"/v1/users/{s.profile.user_id}"] = 503
+    pc = PrivacyController(s)
+    pc.delete_my_data()
+    assert pc.erase_state == "pending" and s.api.held_payment("12.00", "GBP", "Sam") is None
+
+
+def test_the_erase_pending_message_is_shown_not_could_not_reach() -> None:
+    e = ApiError("an erasure waits for the bank", None, {"detail": "x", "code": "erase_pending"})
+    assert e.user_message == api_mod.CODE_TEXT["erase_pending"]
