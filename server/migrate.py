@@ -146,6 +146,11 @@ def _one_transaction(engine: Engine) -> Iterator[Connection]:
                 if dbapi is not None and not dbapi.in_transaction:
                     _raw(dbapi, conn.dialect, "BEGIN IMMEDIATE")
                 elif conn.dialect.name == "postgresql":
+                    if conn.execute(text("SELECT current_schema()")).scalar() is None:
+                        path = conn.execute(text("SHOW search_path")).scalar()
+                        raise SchemaError(f"no schema to create Cadence's tables in: search_path is {path!r} and none "
+                                          "of it exists; create the schema first (CREATE SCHEMA ...) or name one "
+                                          "that exists")
                     conn.execute(_MIGRATION_LOCK, {"k": MIGRATION_LOCK_KEY})
                 yield conn
         finally:

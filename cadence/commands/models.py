@@ -197,6 +197,30 @@ def calibrate(
                     f"EER {rep.eer:.4f}, Cllr {rep.cllr:.3f} -> {rep.calibration_file}")
 
 
+def _migrate_if_empty(url: str) -> None:
+    """Migrate a database with no tables at all (a new PostgreSQL database or schema), as `cadence serve` would.
+
+    No server can depend on an empty database, so migrating it here changes nothing under one;
+    a database with tables is left to the server that owns it.
+    """
+    from sqlalchemy import inspect
+
+    from cadence.commands.database import database_errors, shown
+    from cadence.db import make_engine
+    from server.migrate import upgrade
+
+    with database_errors(url):
+        engine = make_engine(url)
+        try:
+            if inspect(engine).get_table_names():
+                return
+            upgrade(engine)
+        finally:
+            engine.dispose()
+    out_console().print(f"audit log: migrated the empty database {shown(url)} (as `cadence serve` does at start-up)",
+                        soft_wrap=True)
+
+
 @contextmanager
 def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
     """The audit log of the configured database, checked before anything changes (exit 2 if unusable).
@@ -232,6 +256,8 @@ def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
             raise
         out_console().print(f"audit log: created the database {created} (set CADENCE_DATABASE_URL to use another)",
                         soft_wrap=True)
+    else:
+        _migrate_if_empty(url)
     with compliance_engine(url) as engine:
         factory = make_sessionmaker(engine)
 

@@ -291,7 +291,10 @@ def test_continuous_session(client: TestClient, enrolled, windows) -> None:  # t
 def test_health_metrics_models(client: TestClient) -> None:
     assert client.get("/v1/health").json() == {"status": "ok"}
     assert client.get("/v1/ready").status_code == 200
-    assert "cadence_http_requests_total" in client.get("/metrics").text
+    scraped = client.get("/metrics")
+    assert "cadence_http_requests_total" in scraped.text
+    # counters are per worker: a scraper tells the workers apart by the instance header, as on /v1/health
+    assert scraped.headers["X-Cadence-Instance"] == client.get("/v1/health").headers["X-Cadence-Instance"]
     assert client.get("/v1/models").json() == []
     assert client.get("/v1/models/gait/active").json()["model_id"]
 

@@ -365,3 +365,22 @@ def test_lock_files_never_take_a_uri_or_memory_name(tmp_path: Path, monkeypatch:
         scheduler.stop()
         engine.dispose()
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "no lock file in the working directory"
+
+
+@pytest.mark.postgres
+def test_a_search_path_naming_no_existing_schema_says_to_create_it() -> None:
+    """The likeliest slip of `?options=-csearch_path=...`: the schema was never created."""
+    from urllib.parse import quote
+
+    from tests.pg import PG_URL, pg_unreachable
+
+    why = pg_unreachable()
+    if why:
+        pytest.skip(why)
+    engine = make_engine(f"{PG_URL}?options={quote('-csearch_path=cadence_never_created_x')}")
+    try:
+        with pytest.raises(SchemaError, match=r"cadence_never_created_x.*CREATE SCHEMA"):
+            upgrade(engine)
+    finally:
+        engine.dispose()
+

@@ -56,6 +56,10 @@ def test_server_serves_active_version_and_cli(tmp_path: Path) -> None:
         assert served["model_id"] == f"registry:{v}"
         assert served["calibrated"] is False and served["calibrated_for"] == ""  # no calibration file here
         assert [m["version"] for m in client.get("/v1/models").json()] == [v]
+        central = reg.publish("touch", ScaledManhattan(min_scale=0.05), metrics={}, card="# card",
+                              source=f"central:{tmp_path / 'people'}")
+        listed = {m["version"]: m["source"] for m in client.get("/v1/models").json()}
+        assert listed == {v: "unit", central: "central"}  # anyone may read it: no path on the server
         # a published version this code cannot load is refused with a reason, not a 500
         bad_v = reg.publish("touch", ScaledManhattan(), metrics={}, card="# card", source="unit")
         np.savez(reg.get("touch", bad_v).path / "model.npz", __meta__=np.array(

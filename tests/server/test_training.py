@@ -266,3 +266,35 @@ def test_an_activation_that_cannot_be_recorded_keeps_the_served_models_calibrato
     active = ModelRegistry(reg_root).active("keystroke")
     assert active is not None and active.version == "v0001"
     assert FusionEngine.load(reg_root / "fusion-calibration.json").fitted_for("keystroke") == "v0001"
+
+
+@pytest.mark.postgres
+def test_models_train_migrates_an_empty_postgresql_schema(fake_training: dict[str, Exception], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The production order `models train`, then `serve` works on a new schema as it does on SQLite."""
+    from sqlalchemy import text
+
+    from cadence.settings import get_settings
+    from tests.pg import pg_schema_url
+
+    with pg_schema_url("cadence_train_first") as url:
+        monkeypatch.setenv("CADENCE_DATABASE_URL", url)
+        get_settings.cache_clear()
+        try:
+            r = CliRunner(env={"COLUMNS": "400"}).invoke(
+                app, ["models", "train", "--data-dir", str(tmp_path), "--registry", str(tmp_path / "registry"),
+                      "-m", "keystroke"])
+        finally:
+            get_settings.cache_clear()
+        assert r.exit_code == 0 and "migrated the empty database" in r.output, r.output
+        from cadence.db import make_engine
+        from server.migrate import schema_problem
+
+        engine = make_engine(url)
+        try:
+            assert schema_problem(engine) is None
+            with engine.connect() as conn:
+                events = conn.execute(text("SELECT count(*) FROM compliance_audit")).scalar()
+            assert events == 1  # model.activated
+        finally:
+            engine.dispose()

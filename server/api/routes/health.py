@@ -107,4 +107,6 @@ def ready(request: Request, state: State) -> dict[str, str]:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    """Metrics of the worker that answers; `X-Cadence-Instance` names it (counters are per worker process)."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST,
+                    headers={HEADER_INSTANCE: INSTANCE_ID})

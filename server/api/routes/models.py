@@ -15,13 +15,19 @@ from server.errors import ApiError
 from server.schemas import ActivateIn, ModelOut
 from server.services import compliance_hooks as hooks
 
+
+def public_source(source: str) -> str:
+    """A version's source as anyone may read it: "central:<folder>" names a path on the server, so the folder is left out."""
+    return "central" if source.startswith("central:") else source
+
+
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=CadenceRoute)
 ModalityPath = Path(pattern=r"^(keystroke|touch|gait)$")
 
 
 def _out(mv) -> ModelOut:  # type: ignore[no-untyped-def]
     return ModelOut(modality=mv.modality, version=mv.version, scorer=mv.scorer, feature_version=mv.feature_version,
-                    source=mv.source, created=mv.created, active=mv.active, metrics=mv.metrics)
+                    source=public_source(mv.source), created=mv.created, active=mv.active, metrics=mv.metrics)
 
 
 @router.get("", response_model=list[ModelOut])
