@@ -59,6 +59,12 @@ def in_flight(app, what, busy):
     yield from settle(app)
 
 
+def approved(b):  # the bank's approval of the authorize body b
+    return httpx.Response(200, json={"transaction_id": "tx-" + b["idempotency_key"][:8], "decision": "approve",
+                                     "risk": 0.1, "tier": "low", "reasons": [], "amount": b["amount"],
+                                     "currency": b["currency"], "payee": b["payee"]})
+
+
 def settle(app):
     t0 = time.monotonic()
     while time.monotonic() - t0 < slow * 2 + 3 and getattr(app, "jobs_in_flight", 0):
@@ -101,10 +107,7 @@ def pay_retry(app):
             bodies.append(json.loads(req.content))
             if len(bodies) <= 2:
                 raise httpx.ReadTimeout("answer lost", request=req)
-            b = bodies[-1]
-            return httpx.Response(200, json={"transaction_id": "tx-" + b["idempotency_key"][:8], "decision": "approve",
-                                              "risk": 0.1, "tier": "low", "reasons": [], "amount": b["amount"],
-                                              "currency": b["currency"], "payee": b["payee"]})
+            return approved(bodies[-1])
         return httpx.Response(201, json={})
     services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
     p = app.go("pay"); yield 3
@@ -262,10 +265,7 @@ def pay_cancel(app):
             if not answer["now"]:
                 time.sleep(1.0)
                 raise httpx.ReadTimeout("answer lost", request=req)
-            b = bodies[-1]
-            return httpx.Response(200, json={"transaction_id": "tx-" + b["idempotency_key"][:8], "decision": "approve",
-                                              "risk": 0.1, "tier": "low", "reasons": [], "amount": b["amount"],
-                                              "currency": b["currency"], "payee": b["payee"]})
+            return approved(bodies[-1])
         return httpx.Response(201, json={})
     services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
     p = app.go("pay"); yield 3
