@@ -361,6 +361,10 @@ def _queued_item(line: str) -> dict[str, Any] | None:
     return item
 
 
+class QueueClosed(RuntimeError):
+    """A write to the offline queue after the app closed it (a job that outlived the app's close)."""
+
+
 class OfflineQueue:
     """Requests waiting for the network, persisted as JSON lines (no behaviour, features only).
 
@@ -375,6 +379,17 @@ class OfflineQueue:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         #: every read-modify-write of the file holds this (the worker and the main thread both write)
         self.lock = threading.RLock()
+        #: set when the app closes (`close`): the file is then only read
+        self.closed = False
+
+    def close(self) -> None:
+        """No more writes: the app has saved what each unfinished job was asked (its intent).
+
+        A job still running when the app closed would otherwise queue its request after the
+        later changes the app saved for it, and the bank would receive them out of order.
+        """
+        with self.lock:
+            self.closed = True
 
     @property
     def bad_path(self) -> Path:
@@ -399,7 +414,7 @@ class OfflineQueue:
                 bad.append(line)
             else:
                 good.append(item)
-        if bad:
+        if bad and not self.closed:
             log.warning("offline queue %s: %d unreadable line(s) moved to %s; the other %d request(s) stay queued",
                         self.path, len(bad), self.bad_path.name, len(good))
             with self.bad_path.open("a", encoding="utf-8") as fh:
@@ -422,6 +437,8 @@ class OfflineQueue:
 
     def replace(self, items: list[dict[str, Any]]) -> None:
         with self.lock:
+            if self.closed:
+                raise QueueClosed(f"offline queue {self.path}: the app has closed; nothing more is queued")
             atomic_write(self.path, "".join(json.dumps(i) + "\n" for i in items).encode("utf-8"))
 
     def waiting(self) -> bool:
@@ -438,6 +455,8 @@ class OfflineQueue:
 
     def clear(self) -> None:
         with self.lock:
+            if self.closed:
+                raise QueueClosed(f"offline queue {self.path}: the app has closed; it is kept as it is")
             self.path.unlink(missing_ok=True)
 
 
@@ -476,6 +495,8 @@ class ApiClient:
         return max(held, key=lambda h: h.held_at) if held else None
 
     def close(self) -> None:
+        """Close the connection and the offline queue (see `OfflineQueue.close`)."""
+        self.queue.close()
         self._http.close()
 
     # ------------------------------------------------------------------ transport

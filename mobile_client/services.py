@@ -43,19 +43,26 @@ class AppServices:
     api: ApiClient
     #: called when the app is reset to a fresh install ("Delete my data"): controllers drop their state
     reset_hooks: list[Callable[[], None]] = field(default_factory=list)
+    #: set by `close`: a job still running then no longer writes the profile (the app saved its intent)
+    closed: bool = False
 
     @property
     def profile_path(self) -> Path:
         return self.data_dir / "profile.json"
 
     def save_profile(self) -> None:
+        if self.closed:
+            log.info("profile not saved: the app has closed (what the last job was asked is saved already)")
+            return
         if self.api.last_sync is not None:
             self.profile.last_sync = self.api.last_sync
         self.profile.save(self.profile_path)
 
     def close(self) -> None:
+        """Flush and save, then stop writing: what a job still running does after this is not kept."""
         self.evidence.flush()
         self.save_profile()
+        self.closed = True
         self.api.close()
 
     def reset_hook(self, hook: Callable[[], None]) -> None:

@@ -307,8 +307,12 @@ class Tour:
                 yield from self.tap(pay.ids.verify)
                 yield from self.wait_for(partial(lambda p: not p.ids.verify.disabled, pay), "code checked")
                 shown["after_code"] = pay.outcome
+                yield 3  # the result card lays itself out again without the code form
             r["transactions"].append(shown)
             yield from self.tap(pay.ids.done)
+            # the next payment starts from an empty form: a missed tap must not pass the last result off as its own
+            yield from self.wait_for(partial(lambda p: p.phase == "form", pay), "an empty payment form after Done",
+                                     frames=200)
             yield 3
 
         privacy = app.go("privacy")

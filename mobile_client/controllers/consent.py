@@ -131,16 +131,20 @@ class ConsentController:
             return "On. Set it up again from Home before it can confirm payments."
         return "Saved with your bank."
 
-    def intend(self, modality: str, purpose: str, granted: bool) -> None:
+    def intend(self, modality: str, purpose: str, granted: bool, *, in_doubt: bool = False) -> None:
         """Keep a change the app closed before sending: it waits in the outbox and counts here.
 
         The app calls this for a consent job that never ran (closed first); the outbox is sent at
-        the next start before anything else, so a revocation is not lost with the job.
+        the next start before anything else, so a revocation is not lost with the job. With
+        `in_doubt` (an earlier job was still talking to the bank, so what the bank and this phone
+        hold may still change) the change is queued even where the phone already holds it: the
+        person's last choice is then the last one the bank receives.
         """
-        if self.s.profile.consented(modality, purpose) == bool(granted):
+        if not in_doubt and self.s.profile.consented(modality, purpose) == bool(granted):
             return
         changes = [(modality, purpose, bool(granted))]
-        if purpose == "authentication" and not granted and self.s.profile.consented(modality, "federated_training"):
+        if purpose == "authentication" and not granted and (
+                in_doubt or self.s.profile.consented(modality, "federated_training")):
             changes.insert(0, (modality, "federated_training", False))
         for m, q, g in changes:
             self._send(m, q, g, queue=True, offline=True)

@@ -44,8 +44,9 @@ STOP_GRACE_S = 2.0
 @dataclass
 class _Job:
     future: Future[Any]
-    #: writes what the job was asked to do to disk (outbox, profile) if it never gets to run
-    intent: Callable[[], None] | None
+    #: writes what the job was asked to do to disk (outbox, profile) if it never gets to run;
+    #: called with True when an earlier job was still talking to the bank (its outcome unknown)
+    intent: Callable[[bool], None] | None
 
 
 KV_DIR = Path(__file__).parent / "kv"
@@ -93,7 +94,8 @@ class CadenceApp(App):
         self._stopped = False
 
     # ------------------------------------------------------------------ background work
-    def run_in_background(self, work: Callable[[], T], done: Done, intent: Callable[[], None] | None = None) -> None:
+    def run_in_background(self, work: Callable[[], T], done: Done,
+                          intent: Callable[[bool], None] | None = None) -> None:
         """Run `work` off the main thread; `done(result, error)` is then called on the main thread.
 
         Controllers block on HTTP (retries, timeouts): run on Kivy's thread they would freeze
@@ -211,8 +213,12 @@ class CadenceApp(App):
     def on_stop(self) -> None:
         """Close without blocking on the network.
 
-        Jobs not started are cancelled (their intents saved), the one running gets `STOP_GRACE_S`,
-        then the client is closed. Kivy may call this twice (`stop()`, then the end of `run()`).
+        Jobs not started are cancelled; the one running gets `STOP_GRACE_S`. Then the intents are
+        saved in the order the person asked: the running job's first if it is still running (its
+        outcome unknown), then the cancelled jobs'. So the change made last (a consent switched
+        on, then off again) is what stays on this phone and what the bank receives last. Then
+        the client is closed: a job still running can no longer write the profile or the outbox
+        (its intent holds what it was asked). Kivy may call this twice (`stop()`, `run()`'s end).
         """
         if self._stopped:
             return
@@ -223,17 +229,18 @@ class CadenceApp(App):
             self.walk_source.stop()
         self.stop_federation()
         self._worker.shutdown(wait=False, cancel_futures=True)
-        for j in self._jobs:
-            if j.future.cancelled() and j.intent is not None:
-                try:
-                    j.intent()
-                except Exception:  # noqa: BLE001 - closing goes on; what failed is in the log
-                    log.exception("could not save a change that was waiting to be sent")
         running = [j.future for j in self._jobs if not j.future.done()]
+        still: set[Future[Any]] = set()
         if running:
             _, still = wait_for(running, timeout=STOP_GRACE_S)
             if still:
                 log.warning("closing while a request to the bank is still in flight")
+        for j in self._jobs:
+            if (j.future.cancelled() or j.future in still) and j.intent is not None:
+                try:
+                    j.intent(bool(still))
+                except Exception:  # noqa: BLE001 - closing goes on; what failed is in the log
+                    log.exception("could not save a change that was waiting to be sent")
         self.services.close()
 
     def live_accelerometer(self) -> bool:

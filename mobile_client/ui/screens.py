@@ -449,6 +449,9 @@ class PrivacyScreen(Screen):
     deleted = StringProperty("")
     confirm_delete = BooleanProperty(False)
     busy = BooleanProperty(False)
+    #: federated-training changes sent and not answered yet, and the last one's value
+    _federated_in_flight = 0
+    _federated_target = False
 
     def on_pre_enter(self, *_: Any) -> None:
         self.refresh()
@@ -461,8 +464,11 @@ class PrivacyScreen(Screen):
         if app.privacy.erase_state == "failed" and app.privacy.erase_message:
             self.deleted = app.privacy.erase_message
         self.items = [(i.label, i.detail) for i in app.privacy.stored()]
-        self.federated = app.privacy.federated_on()
-        self.federated_status = app.federation_status()
+        # while a change is on its way the switch stays where the person put it (else moving it back
+        # here would send a change of its own)
+        self.federated = self._federated_target if self._federated_in_flight else app.privacy.federated_on()
+        if not self._federated_in_flight:
+            self.federated_status = app.federation_status()
         box = self.ids.stored
         box.clear_widgets()
         for label, detail in self.items:
@@ -476,19 +482,30 @@ class PrivacyScreen(Screen):
     def set_consent(self, modality: str, on: bool) -> None:
         consent = _app().consent
         _app().run_in_background(lambda: consent.set(modality, "authentication", on), _logged("consent change"),
-                                 intent=lambda: consent.intend(modality, "authentication", on))
+                                 intent=lambda doubt: consent.intend(modality, "authentication", on, in_doubt=doubt))
 
     def set_federated(self, on: bool) -> None:
-        if on == _app().privacy.federated_on():
+        """The federated-training switch moved: send the change (after any still on its way).
+
+        Compared with what the phone will hold once the changes already sent are applied, so
+        switching back while one is in flight sends the way back too, instead of being taken
+        for "no change" and lost.
+        """
+        in_flight = self._federated_in_flight
+        if on == (self._federated_target if in_flight else _app().privacy.federated_on()):
             return
+        self._federated_in_flight, self._federated_target = in_flight + 1, on
         self.federated = on
         self.federated_status = "Saving..."
         privacy = _app().privacy
         _app().run_in_background(lambda: privacy.set_federated(on), self._federated_set,
-                                 intent=lambda: [_app().consent.intend(m, "federated_training", on)
-                                                 for m in _app().consent.active_modalities()] and None)
+                                 intent=lambda doubt: [_app().consent.intend(m, "federated_training", on, in_doubt=doubt)
+                                                       for m in _app().consent.active_modalities()] and None)
 
     def _federated_set(self, results: Any, exc: BaseException | None) -> None:
+        self._federated_in_flight -= 1
+        if self._federated_in_flight:  # a later change is on its way: the switch stays as the person left it
+            return
         self.federated = _app().privacy.federated_on()
         self.federated_status = _app().federation_status()
         if exc is not None:
@@ -507,7 +524,7 @@ class PrivacyScreen(Screen):
             return
         self.busy = True
         _busy_button(self.ids.delete, True, "Deleting...")
-        _app().run_in_background(_app().privacy.delete_my_data, self._deleted, intent=_app().privacy.intend_delete)
+        _app().run_in_background(_app().privacy.delete_my_data, self._deleted, intent=lambda _doubt: _app().privacy.intend_delete())
 
     def _deleted(self, text: Any, exc: BaseException | None) -> None:
         self.busy = False
@@ -537,14 +554,17 @@ def _on_consent(modality: str, value: bool, row: Any, switch: Any = None) -> Non
 
     A switch put back (a refused change, or by hand to where it was) sends nothing. The hint
     says what happened unless it simply went through: waiting for the bank, refused and why,
-    or on but to be set up again first.
+    or on but to be set up again first. "Where it was" is what the phone will hold once the
+    changes already sent are applied: switched back while one is in flight, the way back is
+    sent too (after it), not taken for "no change".
     """
     profile = _app().services.profile
-    if bool(value) == profile.consented(modality):
+    in_flight = getattr(row, "_in_flight", 0)
+    if bool(value) == (row._target if in_flight else profile.consented(modality)):
         return
     row.hint = "Saving..."
     consent = _app().consent
-    row._in_flight = getattr(row, "_in_flight", 0) + 1
+    row._in_flight, row._target = in_flight + 1, bool(value)
 
     def done(result: Any, exc: BaseException | None) -> None:
         _logged("consent change")(None, exc)
@@ -564,7 +584,7 @@ def _on_consent(modality: str, value: bool, row: Any, switch: Any = None) -> Non
             row.hint = "Used to confirm it's you" if on else "Off: not collected"
 
     _app().run_in_background(lambda: consent.set(modality, "authentication", value), done,
-                             intent=lambda: consent.intend(modality, "authentication", value))
+                             intent=lambda doubt: consent.intend(modality, "authentication", value, in_doubt=doubt))
 
 
 def _logged(what: str) -> Any:

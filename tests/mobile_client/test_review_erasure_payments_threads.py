@@ -429,12 +429,20 @@ def test_a_held_payments_file_of_the_wrong_shape_is_treated_as_none(tmp_path: Pa
     c.authorize("12.00", "GBP", "Sam", [_window(2)])  # and paying still works
 
 
-def test_a_request_on_a_closed_client_is_queued_not_lost(tmp_path: Path) -> None:
-    """The app closes the client while a job still runs (its grace period is over)."""
+def test_a_closed_client_queues_nothing_more(tmp_path: Path) -> None:
+    """The app closes the client while a job still runs (its grace period is over).
+
+    The app has saved that job's intent already, in order with the later ones; a late request
+    queued now would reach the bank after them (a consent switched on, then off, ending on).
+    """
     c = _client(tmp_path, lambda req: httpx.Response(200, json={}))
+    c.queue.push("POST", "/v1/users/user-1/consents", {"modality": "keystroke", "granted": False})
     c.close()
-    out = c.send_or_queue("POST", "/v1/users/user-1/consents", {"modality": "keystroke"})
-    assert isinstance(out, api_mod.Queued) and len(c.queue) == 1
+    with pytest.raises(api_mod.QueueClosed):
+        c.send_or_queue("POST", "/v1/users/user-1/consents", {"modality": "keystroke", "granted": True})
+    with pytest.raises(api_mod.QueueClosed):
+        c.queue.clear()
+    assert [i["body"]["granted"] for i in c.queue.items()] == [False]
 
 
 def test_an_erasure_waiting_for_the_bank_lets_go_of_held_payments(tmp_path: Path, person: SyntheticPerson) -> None:

@@ -353,6 +353,57 @@ def close_while_busy(app):
     res["stop_at"] = time.monotonic()
 
 
+def close_on_then_off(app):
+    # the person switches a consent on (the bank answers after `slow` seconds), then off again
+    # while that is in flight, and closes the app: off must be what stays, here and at the bank
+    p = services.profile
+    p.registered, p.onboarded, p.enrolled = True, True, ["gait"]
+    p.consents["gait"]["authentication"] = False
+    seen = res.setdefault("seen", [])
+    def handler(req):
+        seen.append(json.loads(req.content)["granted"])
+        time.sleep(slow)
+        return httpx.Response(201, json={})
+    services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
+    app.go("privacy"); yield 3
+    row, sw = _consent_row(app, "gait")
+    sw.active = True
+    t0 = time.monotonic()
+    while not seen and time.monotonic() - t0 < 5:  # the switch-on request is at the bank
+        yield 1
+    sw.active = False  # waits behind it
+    yield 2
+
+
+def toggle_back_in_flight(app):
+    # each switch is moved and moved back while the first change is still at the bank
+    p = services.profile
+    p.registered, p.onboarded, p.enrolled = True, True, ["gait"]
+    p.consents["gait"]["authentication"] = True
+    seen = res.setdefault("seen", [])
+    def handler(req):
+        b = json.loads(req.content)
+        seen.append([b["purpose"], b["granted"]])
+        time.sleep(slow)
+        return httpx.Response(201, json={})
+    services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
+    pr = app.go("privacy"); yield 3
+    for purpose, flip in (("authentication", lambda v: setattr(_consent_row(app, "gait")[1], "active", v)),
+                          ("federated_training", lambda v: setattr(pr, "federated", v))):
+        before = p.consented("gait", purpose)
+        flip(not before)
+        n = len(seen)
+        t0 = time.monotonic()
+        while len(seen) == n and time.monotonic() - t0 < 5:  # the first change is at the bank
+            yield 1
+        flip(before)
+        yield from settle(app)
+        note(purpose, [p.consented("gait", purpose), seen[n:]])
+    pr.refresh(settle=False)
+    yield 2
+    note("shown", [_consent_row(app, "gait")[1].active, pr.federated])
+
+
 def ready(app):
     gen = globals()[scenario](app)
     st = {"n": 0, "last": None}
@@ -395,8 +446,8 @@ def gl_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
-def _drive(env: dict[str, str], tmp_path: Path, scenario: str) -> dict:
-    p = subprocess.run([sys.executable, "-c", DRIVER, scenario, str(tmp_path / "app"), str(SLOW_S)], env=env,
+def _drive(env: dict[str, str], tmp_path: Path, scenario: str, slow: float = SLOW_S) -> dict:
+    p = subprocess.run([sys.executable, "-c", DRIVER, scenario, str(tmp_path / "app"), str(slow)], env=env,
                        capture_output=True, text=True, timeout=180)
     lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
     assert p.returncode == 0 and lines, p.stderr[-3000:]
@@ -505,6 +556,37 @@ def test_opening_privacy_while_an_erasure_waits_keeps_the_ui_drawing(gl_env: dic
     res = _drive(gl_env, tmp_path, "privacy_erase_waiting")
     assert res["max_gap"] < MAX_FRAME_GAP_S, f"the UI froze for {res['max_gap']:.1f} s"
     assert res["after"] == [True, True, True], res["after"]  # tried on the worker, still waiting
+
+
+def test_a_switch_moved_back_while_its_change_is_at_the_bank_sends_the_way_back(gl_env: dict[str, str],
+                                                                                 tmp_path: Path) -> None:
+    """Moved back while the first change waits for the bank, the switch is not taken for unchanged.
+
+    The consent and the federated-training switches each send both changes in order, and the
+    phone ends where the person left it.
+    """
+    res = _drive(gl_env, tmp_path, "toggle_back_in_flight", slow=0.8)
+    assert res["authentication"] == [True, [["authentication", False], ["authentication", True]]]
+    assert res["federated_training"] == [False, [["federated_training", True], ["federated_training", False]]]
+    assert res["shown"] == [True, False]
+
+
+@pytest.mark.parametrize("bank_s", [0.8, 3.5], ids=["answered-while-closing", "answered-after-closing"])
+def test_a_consent_switched_on_then_off_just_before_closing_ends_off(gl_env: dict[str, str], tmp_path: Path,
+                                                                      bank_s: float) -> None:
+    """The switch-on is at the bank when the app closes: the later "off" must not be lost to it.
+
+    Whether the bank answers within the app's grace period (0.8 s) or after it (3.5 s), the
+    phone ends with the consent off and "off" is the last change the bank receives.
+    """
+    res = _drive(gl_env, tmp_path, "close_on_then_off", slow=bank_s)
+    assert res["seen"][0] is True  # the switch-on did reach the bank
+    profile = json.loads((tmp_path / "app" / "profile.json").read_text())
+    assert profile["consents"]["gait"]["authentication"] is False
+    queued = [json.loads(line) for line in (tmp_path / "app" / "outbox.jsonl").read_text().splitlines()]
+    last = [(q["body"]["modality"], q["body"]["purpose"], q["body"]["granted"]) for q in queued
+            if q["body"].get("purpose") == "authentication"][-1]
+    assert last == ("gait", "authentication", False), queued
 
 
 def test_closing_does_not_wait_for_the_bank_and_keeps_a_queued_revocation(gl_env: dict[str, str],
