@@ -101,6 +101,35 @@ def test_a_twin_that_lost_the_race_gets_the_winners_decision_not_a_replay_flag(
     assert "evidence_replay" in json.dumps(export)
 
 
+def test_a_signed_request_replayed_in_the_twin_race_is_refused_not_answered(
+        client: TestClient, enrolled, windows, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The winner's exact signed bytes sent again while it commits (a captured request replayed).
+
+    On PostgreSQL, 20 concurrent copies of one signed request got up to three 200s with the
+    decision token: the copy whose idempotency lookup ran before the winner committed took
+    the twin path, which never consumed its nonce. Replayed here as in the twin test above.
+    """
+    import server.services.transactions as svc
+
+    body = json.dumps(_authorize_payload(enrolled, windows, key="pay-replay")).encode()
+    headers = sign_request(enrolled.key, enrolled.device_id, "POST", "/v1/transactions/authorize", body)
+    headers["content-type"] = "application/json"
+    first = client.post("/v1/transactions/authorize", content=body, headers=headers)
+    assert first.status_code == 200, first.text
+    real, missed = svc.find_idempotent, []
+
+    def racing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not missed:
+            missed.append(True)
+            return None
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(svc, "find_idempotent", racing)
+    again = client.post("/v1/transactions/authorize", content=body, headers=headers)
+    assert missed and again.status_code == 401 and again.json()["code"] == "replayed_request", again.text
+    assert "token" not in again.text
+
+
 def test_duplicated_evidence_window_refused_and_flagged(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
     ok = enrolled.signed("POST", "/v1/transactions/authorize", _authorize_payload(enrolled, windows, key="a"))
     assert ok.status_code == 200

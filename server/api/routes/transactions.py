@@ -89,15 +89,29 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> t
         return stored, False
 
 
+class _NoTwin(Exception):
+    """No stored decision for this key and body: the twin's write transaction is rolled back."""
+
+
 def _twin_answer(req: DeviceRequest, body: AuthorizeRequest) -> dict[str, Any] | None:
     """The stored decision of an earlier call with this idempotency key and body, if there is one.
 
-    A key reused for another body is no twin: its replayed windows stay refused and flagged.
+    Looked up in the request's write transaction, so its nonce is consumed as any answered
+    request's is: the winner's own signed bytes sent again in the race (a captured request
+    replayed) are refused as `replayed_request`, not answered with the winner's token. A key
+    reused for another body is no twin: its replayed windows stay refused and flagged.
     """
     try:
-        with req.read() as session:
-            return find_idempotent(session, body, req.body_sha256)
-    except ApiError:  # idempotency_conflict
+        with req.transaction() as session:
+            stored = find_idempotent(session, body, req.body_sha256)
+            if stored is None:
+                raise _NoTwin  # nothing written: the refusal that follows records this nonce
+            return stored
+    except _NoTwin:
+        return None
+    except ApiError as exc:
+        if exc.code != "idempotency_conflict":
+            raise
         return None
 
 
