@@ -4,7 +4,8 @@ The server runs in its own process (own GIL), started and stopped here.
 
 Requests are built and signed before the timed phase, so the client measures the server,
 not its own signing. Evidence windows are SYNTHETIC (evaluation/synthetic.py); each request
-gets its own windows (timestamps shifted per request, since identical windows are refused
+gets its own windows: a person's probe window with its times shifted and its feature values
+varied by about 0.1 % (that person's next window; windows with the same values are refused
 as replays).
 """
 
@@ -258,7 +259,14 @@ def enrol_population(url: str, n_users: int, *, seed: int = 0) -> Population:
 
 
 def _shifted(w: FeatureWindow, k: int) -> FeatureWindow:
-    return replace(w, start=w.start + 1000.0 * k, end=w.end + 1000.0 * k)
+    """The k-th request's copy of a probe window: later, and with values of its own.
+
+    The server identifies a window by its feature values (replay protection), so each copy
+    varies them by about 0.1 % (a person's own windows differ by far more), seeded by `k`.
+    """
+    values = np.asarray(w.values, dtype=float)
+    varied = values * (1.0 + 1e-3 * np.random.default_rng(k).standard_normal(values.shape))
+    return replace(w, start=w.start + 1000.0 * k, end=w.end + 1000.0 * k, values=varied)
 
 
 def authorize_requests(pop: Population, n: int, *, tag: str = "") -> list[Prepared]:

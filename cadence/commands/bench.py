@@ -27,7 +27,8 @@ def bench(
     eval_dir: Annotated[str | None, typer.Option(help="Evaluate on every subject here.")] = None,
     out: Annotated[str, typer.Option(help="Output folder.")] = "bench-results",
     quick: Annotated[bool, typer.Option("--quick", help="Small subset that finishes in under 2 minutes.")] = False,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed for splits and training.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**31 - 1,
+                                      help="Random seed for splits and training (0 to 2**31-1).")] = 0,
 ) -> None:
     """Run benchmark NAME (`cadence bench list` shows them) and write OUT/NAME.json, -scores.csv, -det.png."""
     from cadence.commands.paths import ensure_writable_dir, folder_option

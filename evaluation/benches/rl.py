@@ -56,6 +56,8 @@ def bench_rl(ctx: BenchContext) -> BenchOutput:
     from evaluation.protocols import ScoreTable
 
     torch.set_num_threads(1)
+    if ctx.data_dir is None and (ctx.train_dir is None) != (ctx.eval_dir is None):
+        raise BenchError("--train-dir and --eval-dir go together (or give --data-dir)")
     if ctx.data_dir is None and ctx.eval_dir is None:
         raise BenchError("bench rl needs --data-dir (or CADENCE_DATA_DIR) with BB-MAS desktop keystrokes")
     cfg = load_config()

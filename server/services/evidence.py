@@ -12,6 +12,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import cast
 
+import numpy as np
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
@@ -41,11 +42,34 @@ def _hash_prefix(modality: str, feature_version: str) -> str:
     return json.dumps([modality, feature_version])[:-1] + ", "
 
 
+@functools.lru_cache(maxsize=256)
+def _features_prefix(modality: str, feature_version: str) -> bytes:
+    """`json.dumps([modality, feature_version, "features"])`, encoded once per version."""
+    return json.dumps([modality, feature_version, "features"]).encode()
+
+
 _TIMES = struct.Struct("<3d")
+#: feature values are compared to about 6 significant digits (20 of the 52 mantissa bits kept,
+#: rounded to nearest): a replayed window nudged by float noise is still the same window
+_ROUND, _KEEP = np.uint64(1 << 31), np.uint64(0xFFFFFFFF00000000)
 
 
 def window_hash(w: FeatureWindowIn) -> str:
-    """SHA-256 over the window's fields, floats as little-endian IEEE-754 bytes."""
+    """SHA-256 identifying a window for replay protection.
+
+    A window the models read (a typing, swipe or walking window) is identified by its feature
+    values alone, each rounded to about 6 significant digits: behaviour never repeats to that
+    precision, so the same values with another start time, event count or quality, or nudged
+    by 1e-12, are the same evidence replayed. A window the models do not read (a touch tap,
+    whose few features can repeat honestly) is identified by all its fields, exact.
+    Values changed beyond that precision are not caught here: they are scored as what they
+    are, new behaviour (docs/api.md, "Replay protection").
+    """
+    if scored(w):
+        h = hashlib.sha256(_features_prefix(w.modality, w.feature_version))
+        bits = (w.array() + 0.0).view("<u8")  # + 0.0: -0.0 and 0.0 are one value
+        h.update(((bits + _ROUND) & _KEEP).tobytes())
+        return h.hexdigest()
     h = hashlib.sha256(f"{_hash_prefix(w.modality, w.feature_version)}{w.n_events}]".encode())
     h.update(_TIMES.pack(w.start, w.end, w.quality))  # the bytes of np.asarray([...], "<f8"), without the array
     h.update(w.array().tobytes())

@@ -33,3 +33,17 @@ def test_quick_bench_writes_the_four_rows(data_dir, tmp_path) -> None:
     assert doc["paper"]["test"] == {"accuracy": 0.8106, "eer": 0.0323, "far": 0.0356, "frr": 0.0174}
     assert doc["keystroke_scorer"][0]["scorer"]
     assert doc["config"]["env"]["n_obs"] == 100 and doc["protocol"]["quick"] is True
+
+
+def test_bench_rl_refuses_a_seed_too_big_and_a_lone_train_dir(tmp_path) -> None:
+    """Both are clear CLI messages before any data is read (a huge seed overflowed torch's seed late)."""
+    from typer.testing import CliRunner
+
+    from cadence.cli import app
+
+    runner = CliRunner()
+    big = runner.invoke(app, ["bench", "rl", "--quick", "--seed", str(10**16), "--data-dir", str(tmp_path),
+                              "--out", str(tmp_path / "o")])
+    assert big.exit_code == 2 and "--seed" in big.output and "Traceback" not in big.output
+    lone = runner.invoke(app, ["bench", "rl", "--train-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert lone.exit_code != 0 and "go together" in lone.output, lone.output

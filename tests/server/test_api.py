@@ -145,6 +145,24 @@ def test_duplicated_evidence_window_refused_and_flagged(client: TestClient, enro
     assert 'cadence_security_flags_total{kind="evidence_replay"} 2.0' in client.get("/metrics").text
 
 
+@pytest.mark.parametrize("nudge", [
+    lambda w: w.update(values=[v + 1e-12 for v in w["values"]]),
+    lambda w: w.update(values=[v * (1 + 1e-9) for v in w["values"]]),
+    lambda w: w.update(start=w["start"] + 5.0, end=w["end"] + 5.0),
+    lambda w: w.update(n_events=w["n_events"] + 1, quality=max(0.0, w["quality"] - 1e-9)),
+], ids=["values+1e-12", "values*(1+1e-9)", "later", "events+quality"])
+def test_evidence_nudged_below_its_precision_is_still_a_replay(client: TestClient, enrolled, windows, nudge) -> None:  # type: ignore[no-untyped-def]
+    """A captured evidence set with float noise or other times/counts is the same evidence: refused."""
+    payload = _authorize_payload(enrolled, windows, key="orig")
+    assert enrolled.signed("POST", "/v1/transactions/authorize", payload).status_code == 200
+    again = json.loads(json.dumps(payload))
+    again["idempotency_key"] = "nudged"
+    for w in again["evidence"]:
+        nudge(w)
+    r = enrolled.signed("POST", "/v1/transactions/authorize", again)
+    assert r.status_code == 409 and r.json()["code"] == "evidence_replay", r.text
+
+
 @pytest.mark.parametrize("mutate, field", [
     (lambda w: w.update(values=[float("nan")] + w["values"][1:]), "values"),
     (lambda w: w.update(values=w["values"][:-1]), "values"),
@@ -300,18 +318,23 @@ def test_erasure_removes_every_row(client: TestClient, enrolled, windows) -> Non
 
 
 def test_continuous_session(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """The device is told the status, never the risk (an oracle to hill-climb on); the bank reads the risk."""
     s = enrolled.signed("POST", "/v1/sessions", {"user_id": enrolled.user_id}).json()
+    assert s["status"] == "pending"  # nothing scored yet: verifies nobody
     own = enrolled.signed("POST", f"/v1/sessions/{s['session_id']}/evidence",
                           {"windows": [w.to_dict() for w in evidence(windows, "owner", 12)]}).json()
-    assert own["status"] == "ok" and own["engine"] == "continuous.session"
+    assert own["status"] == "ok" and "risk" not in own and "engine" not in own
+    own_view = client.get(f"/v1/sessions/{s['session_id']}", headers=BANK).json()
+    assert own_view["engine"] == "continuous.session" and own_view["status"] == "ok"
     for i in range(13, 21):
         other = enrolled.signed("POST", f"/v1/sessions/{s['session_id']}/evidence",
                                 {"windows": [w.to_dict() for w in evidence(windows, "other", i)]}).json()
         if other["status"] == "terminate":
             break
-    assert other["risk"] > own["risk"] and other["status"] == "terminate"
-    read = enrolled.signed("GET", f"/v1/sessions/{s['session_id']}").json()
-    assert read["risk"] == other["risk"]
+    assert other["status"] == "terminate" and "risk" not in other
+    read = client.get(f"/v1/sessions/{s['session_id']}", headers=BANK).json()
+    assert read["risk"] > own_view["risk"] and read["status"] == "terminate"
+    assert "risk" not in enrolled.signed("GET", f"/v1/sessions/{s['session_id']}").json()
     after = enrolled.signed("POST", f"/v1/sessions/{s['session_id']}/evidence",
                             {"windows": [w.to_dict() for w in evidence(windows, "owner", 22)]})
     assert after.status_code == 409 and after.json()["code"] == "session_terminated"

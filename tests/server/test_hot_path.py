@@ -552,17 +552,39 @@ def test_authorize_hashes_the_signed_body_once(client: TestClient, enrolled, win
 
 
 def test_window_hash_is_the_documented_digest() -> None:
-    """Replay digests stay those already stored: the JSON prefix, then start/end/quality and values as <f8 bytes."""
+    """Replay digests are as docs/api.md says: a read window by its rounded values, a tap by every field."""
     import hashlib
 
     import numpy as np
 
+    from modalities.touch import FEATURE_VERSION, IDX
     from server.schemas import FeatureWindowIn
     from server.services.evidence import window_hash
 
     w = FeatureWindowIn(modality="gait", feature_version="gait-v3", start=1.5, end=9.25, n_events=250, quality=0.75,
                         values=[0.1, -2.0, 3.5e-7])
-    h = hashlib.sha256(json.dumps(["gait", "gait-v3", 250]).encode())
-    h.update(np.asarray([1.5, 9.25, 0.75], dtype="<f8").tobytes())
-    h.update(np.asarray([0.1, -2.0, 3.5e-7], dtype="<f8").tobytes())
+    # values rounded to nearest, keeping the top 20 of the 52 mantissa bits (about 6 digits)
+    bits = np.asarray([0.1, -2.0, 3.5e-7], dtype="<f8").view("<u8")
+    kept = (bits + np.uint64(1 << 31)) & np.uint64(0xFFFFFFFF00000000)
+    h = hashlib.sha256(json.dumps(["gait", "gait-v3", "features"]).encode())
+    h.update(kept.tobytes())
     assert window_hash(w) == h.hexdigest()
+    # the same evidence, however its other fields or float noise differ
+    def like(x: FeatureWindowIn, **changes: object) -> FeatureWindowIn:  # validated anew (no cached array)
+        return FeatureWindowIn(**{**x.model_dump(), **changes})
+
+    same = [like(w, **u) for u in ({"start": 99.0, "end": 100.0}, {"n_events": 251}, {"quality": 0.5},
+                                   {"values": [0.1 + 1e-12, -2.0 * (1 + 1e-9), 3.5e-7 - 1e-20]})]
+    assert {window_hash(x) for x in same} == {window_hash(w)}
+    assert window_hash(like(w, values=[0.1, -2.0, 3.6e-7])) != window_hash(w)
+    assert window_hash(like(w, values=[0.0, 1.0, 2.0])) == window_hash(like(w, values=[-0.0, 1.0, 2.0]))
+    # a tap: every field, exact (taps honestly repeat their few features)
+    tap_values = [0.0] * len(IDX)
+    tap_values[IDX["is_tap"]] = 1.0
+    tap = FeatureWindowIn(modality="touch", feature_version=FEATURE_VERSION, start=1.5, end=1.6, n_events=3,
+                          quality=1.0, values=tap_values)
+    h = hashlib.sha256(json.dumps(["touch", FEATURE_VERSION, 3]).encode())
+    h.update(np.asarray([1.5, 1.6, 1.0], dtype="<f8").tobytes())
+    h.update(np.asarray(tap_values, dtype="<f8").tobytes())
+    assert window_hash(tap) == h.hexdigest()
+    assert window_hash(like(tap, start=2.5, end=2.6)) != window_hash(tap)
