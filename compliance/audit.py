@@ -107,14 +107,20 @@ class AppendedEntry:
     hash: str
 
 
-def _clean_payload(value: Any, path: str, subject: str | None, alias: str | None) -> Any:
-    """Copy `value` as plain JSON, pseudonymising the subject id and refusing raw behaviour."""
+#: payload keys that name a person: the subject's id there (or in a list there) becomes its pseudonym.
+#: Only these: a user id such as "gait", "EUR" or "approve" must not rewrite a modality, a
+#: currency or an outcome elsewhere in the payload.
+ID_FIELDS = frozenset({"user_id", "user", "subject"})
+
+
+def _clean_payload(value: Any, path: str, subject: str | None, alias: str | None, *, is_id: bool = False) -> Any:
+    """Copy `value` as plain JSON, pseudonymising the subject id in `ID_FIELDS` and refusing raw behaviour."""
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise AuditError(f"{path}: keys must be strings, got {k!r}")
-            out[k] = _clean_payload(v, f"{path}.{k}", subject, alias)
+            out[k] = _clean_payload(v, f"{path}.{k}", subject, alias, is_id=k in ID_FIELDS)
         return out
     if isinstance(value, list | tuple):
         numeric = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
@@ -123,9 +129,9 @@ def _clean_payload(value: Any, path: str, subject: str | None, alias: str | None
                 f"{path}: a list of {len(numeric)} numbers looks like raw behaviour; audit payloads carry "
                 "hashes of decision inputs (compliance.audit.digest), model versions and reason codes"
             )
-        return [_clean_payload(v, f"{path}[{i}]", subject, alias) for i, v in enumerate(value)]
+        return [_clean_payload(v, f"{path}[{i}]", subject, alias, is_id=is_id) for i, v in enumerate(value)]
     if isinstance(value, str):
-        return alias if subject is not None and value == subject else value
+        return alias if is_id and subject is not None and value == subject else value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise AuditError(f"{path}: must be finite, got {value}")
@@ -202,9 +208,10 @@ def append_audit(
 ) -> AppendedEntry:
     """Append one entry in the caller's transaction (so it commits or rolls back with the act).
 
-    `subject` is the user id in the clear; it is stored as its keyed pseudonym, and any payload
-    string equal to it is replaced by the pseudonym too. Concurrent appenders queue on the
-    head row (PostgreSQL) or collide on the primary key (SQLite); the chain never forks.
+    `subject` is the user id in the clear; it is stored as its keyed pseudonym, and the payload's
+    identifier fields (`ID_FIELDS`) holding it are replaced by the pseudonym too. Concurrent
+    appenders queue on the head row (PostgreSQL) or collide on the primary key (SQLite); the
+    chain never forks.
     """
     return append_draft(session, draft_audit(event=event, actor=actor, subject=subject, payload=payload), now=now)
 
@@ -343,8 +350,14 @@ def seal(session: Session, key: Ed25519PrivateKey | None = None, *, now: datetim
                 start_seq, start_hash = cp.seq, cp.head_hash
                 break
     problems, last_seq, last_hash = _walk(session, start_seq, start_hash, limit=1)
+    # what the walk cannot see: the tail cut off (the head row or a signed seal still know) or
+    # the head row gone; `verify_chain` reports these, so sealing over them would vouch for it
+    count = session.scalar(select(func.count()).select_from(AuditEntry)) or 0
+    found = [_head_problem(session.get(AuditHead, 1), int(count), last_seq, last_hash)]
+    found += [_beyond_tail(cp, last_seq) for cp in cps if _signature_ok(cp, pubs) is None]
+    problems += [f for f in found if f is not None]
     if problems:
-        p = problems[0]
+        p = min(problems, key=lambda q: q.seq)
         raise AuditChainError(f"refusing to seal a broken chain: entry seq={p.seq}: {p.reason}")
     return _sign(session, "seal", last_seq, last_hash, key, now)
 
@@ -430,6 +443,36 @@ def _walk(
     return problems, last_seq, last_hash
 
 
+def _missing_start(first_seq: int, prunes: list[AuditCheckpoint]) -> Problem:
+    """Entries gone before `first_seq` with no prune checkpoint vouching for it: named from the first missing.
+
+    The first missing is the one after the newest signed prune below (else seq 1), so the
+    report says which entries went, not the one before the kept chain.
+    """
+    gone_from = max((cp.seq for cp in prunes if cp.seq < first_seq), default=0) + 1
+    span = f"entry seq {gone_from} is" if gone_from == first_seq - 1 else f"entries seq {gone_from}..{first_seq - 1} are"
+    return Problem(gone_from, f"missing: {span} not in the chain, which starts at seq {first_seq}, and no signed "
+                              f"prune checkpoint vouches for seq {first_seq - 1} (entries deleted at the start)")
+
+
+def _beyond_tail(cp: AuditCheckpoint, last_seq: int) -> Problem | None:
+    """A signed checkpoint covering entries past the chain's end: the tail was cut off."""
+    if cp.seq <= last_seq:
+        return None
+    return Problem(last_seq + 1, f"missing: a signed {cp.kind} covers seq {cp.seq} but the chain ends at seq {last_seq} (tail truncated)")
+
+
+def _head_problem(head: AuditHead | None, count: int, last_seq: int, last_hash: str) -> Problem | None:
+    """The head row against the chain's last entry (shared by `verify_chain` and `seal`)."""
+    if head is None:
+        return Problem(last_seq, "the head row is missing") if count else None
+    if (head.seq, head.hash) == (last_seq, last_hash):
+        return None
+    if head.seq > last_seq:
+        return Problem(last_seq + 1, f"missing: the head records seq {head.seq} but the chain ends at seq {last_seq} (tail deleted)")
+    return Problem(last_seq, f"the head records seq {head.seq} but the chain ends at seq {last_seq} (head row or tail edited)")
+
+
 def _load_keys() -> dict[str, Ed25519PublicKey]:
     return _keys.verify_keys()
 
@@ -467,7 +510,7 @@ def verify_chain(
     if first_seq is not None and first_seq > 1:
         anchor = next((cp for cp in prunes if cp.seq == first_seq - 1), None)
         if anchor is None:
-            problems.append(Problem(first_seq - 1, f"missing: the chain starts at seq {first_seq} and no signed prune checkpoint vouches for seq {first_seq - 1} (entries deleted at the start)"))
+            problems.append(_missing_start(first_seq, prunes))
             start_seq, start_prev = first_seq - 1, "?"
         else:
             start_seq, start_prev = anchor.seq, anchor.head_hash
@@ -487,17 +530,14 @@ def verify_chain(
             if cp.seq == start_seq and cp.head_hash != start_prev and start_prev != "?":
                 problems.append(Problem(cp.seq, f"{cp.kind} checkpoint {cp.id} disagrees with the prune anchor"))
             continue
-        if cp.seq > last_seq:
-            problems.append(Problem(last_seq + 1, f"missing: a signed {cp.kind} covers seq {cp.seq} but the chain ends at seq {last_seq} (tail truncated)"))
+        beyond = _beyond_tail(cp, last_seq)
+        if beyond is not None:
+            problems.append(beyond)
         elif seen.get(cp.seq) != cp.head_hash:
             problems.append(Problem(cp.seq, f"differs from the signed {cp.kind} checkpoint of seq {cp.seq} (chain rewritten)"))
-    if head is not None and (head.seq, head.hash) != (last_seq, last_hash):
-        if head.seq > last_seq:
-            problems.append(Problem(last_seq + 1, f"missing: the head records seq {head.seq} but the chain ends at seq {last_seq} (tail deleted)"))
-        else:
-            problems.append(Problem(last_seq, f"the head records seq {head.seq} but the chain ends at seq {last_seq} (head row or tail edited)"))
-    elif head is None and count:
-        problems.append(Problem(last_seq, "the head row is missing"))
+    head_problem = _head_problem(head, int(count), last_seq, last_hash)
+    if head_problem is not None:
+        problems.append(head_problem)
     # one problem per entry, lowest first
     uniq: dict[int, Problem] = {}
     for p in sorted(problems, key=lambda p: p.seq):
@@ -540,4 +580,6 @@ def entries_for(session: Session, user_id: str) -> list[dict[str, Any]]:
     """Audit entries about a person (by pseudonym), for their access/export request."""
     alias = _keys.pseudonym(user_id)
     rows = session.scalars(select(AuditEntry).where(AuditEntry.subject == alias).order_by(AuditEntry.seq)).all()
-    return [{"seq": e.seq, "ts": _ts(e.ts), "event": e.event, "actor": e.actor, "payload": json.loads(e.payload)} for e in rows]
+    # times as the rest of the export writes them (ISO-8601, +00:00), not the hash's `_ts` form
+    return [{"seq": e.seq, "ts": e.ts.astimezone(UTC).isoformat(), "event": e.event, "actor": e.actor,
+             "payload": json.loads(e.payload)} for e in rows]

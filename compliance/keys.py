@@ -28,25 +28,53 @@ class KeyConfigError(RuntimeError):
     """A compliance key is missing, malformed, or a development key is used in production."""
 
 
+def _looks_like_path(text: str) -> bool:
+    """A setting naming a key file rather than holding the key.
+
+    Why: "/var/lib/cadence/hmackey" is also valid base64; decoded, a mistyped path became the
+    key itself. A value starting like a path, or holding '/' that is no valid base64, is a path
+    (an inline base64 key starting with '/' must be given as hex or in a file).
+    """
+    if text.startswith(("/", "./", "../", "~")):
+        return True
+    return "/" in text and _strict_b64(text) is None
+
+
+def _strict_b64(text: str) -> bytes | None:
+    """`text` decoded as standard or URL-safe base64, every character checked; None if it is not."""
+    try:
+        return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True) or None
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _key_file(text: str, field: str) -> bytes | None:
+    """The bytes of the key file `text` names; None when it is an inline key; refused when unreadable."""
+    p = Path(text).expanduser()
+    try:
+        if len(text) < 4096 and p.is_file():
+            return p.read_bytes()
+    except OSError as exc:
+        raise KeyConfigError(f"{field}: cannot read key file {text}: {exc.strerror or exc}") from exc
+    if _looks_like_path(text):
+        raise KeyConfigError(f"{field}: cannot read key file {text}")
+    return None
+
+
 def _secret_bytes(value: str, field: str) -> bytes:
-    """Read a key given inline (base64 / hex) or as a path to a file holding it."""
+    """Read a key given inline (hex / strict base64) or as a path to a file holding it."""
     text = value.strip()
-    p = Path(text)
-    if len(text) < 512 and p.is_file():
-        raw = p.read_bytes()
+    raw = _key_file(text, field)
+    if raw is not None:
         if raw.lstrip().startswith(b"-----BEGIN"):
             return raw
         text = raw.decode("ascii", "replace").strip()
     if text and len(text) % 2 == 0 and all(c in string.hexdigits for c in text):
         return bytes.fromhex(text)
-    for decode in (lambda t: base64.b64decode(t, validate=True), base64.urlsafe_b64decode):
-        try:
-            out = decode(text)
-        except (binascii.Error, ValueError):
-            continue
-        if out:
-            return out
-    raise KeyConfigError(f"{field}: not base64, hex, or a readable key file")
+    out = _strict_b64(text)
+    if out is None:
+        raise KeyConfigError(f"{field}: not hex, base64, or a readable key file")
+    return out
 
 
 def _refuse_dev(settings: Settings, field: str) -> None:

@@ -29,7 +29,7 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """How long things live. `raw` keeps the whole file for holders that read extra keys."""
+    """How long things live. `raw` keeps the whole file: holders read their sections' days from it."""
 
     version: str
     evidence_days: int = 30
@@ -69,31 +69,57 @@ class RetentionPolicy:
             return now.replace(year=now.year - self.audit_years, day=28)
 
 
+#: every section of the shipped policy and its one key: all required, no others (a typo such as
+#: ``transaction:`` would otherwise keep that data forever)
+SECTIONS: dict[str, str] = {
+    "evidence": "days", "templates": "inactive_days", "transactions": "days", "sessions": "days",
+    "security_flags": "days", "consents": "revoked_days", "audit": "years",
+}
+#: sections that may be 0 (purge at once); the others keep data at least a day
+_MAY_BE_ZERO = {"transactions", "sessions", "security_flags", "consents"}
+#: upper bounds: 100 years. Larger values cannot be subtracted from a date (the purge crashed)
+MAX_DAYS = 36_500
+MAX_YEARS = 100
+
+
 def _days(raw: Mapping[str, Any], section: str, key: str, *, minimum: int = 1) -> int:
     sec = raw.get(section)
-    if not isinstance(sec, Mapping) or key not in sec:
+    if sec is not None and not isinstance(sec, Mapping):
+        raise PolicyError(f"{section}: must be a mapping with a {key!r} key, got {sec!r}")
+    if sec is None or key not in sec:
         raise PolicyError(f"{section}.{key}: missing from the retention policy")
+    unknown = sorted(str(k) for k in sec if k != key)
+    if unknown:
+        raise PolicyError(f"{section}.{unknown[0]}: unknown key (the {section} section has only {key!r})")
     value = sec[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise PolicyError(f"{section}.{key}: must be an integer >= {minimum}, got {value!r}")
+    maximum = MAX_YEARS if key == "years" else MAX_DAYS
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise PolicyError(f"{section}.{key}: must be an integer from {minimum} to {maximum}, got {value!r}")
     return value
 
 
 def parse_policy(raw: Any) -> RetentionPolicy:
-    """Validate a parsed policy mapping; errors name the field."""
+    """Validate a parsed policy mapping; errors name the field.
+
+    Every section of the shipped policy is required and no other is allowed, so a misspelt
+    section fails at load (server start, `--policy`) instead of keeping data forever.
+    """
     if not isinstance(raw, Mapping):
         raise PolicyError("retention policy: must be a YAML mapping")
     if "version" not in raw:
         raise PolicyError("version: missing from the retention policy")
-    for section, body in raw.items():
-        if isinstance(body, Mapping) and "days" in body:
-            _days(raw, str(section), "days", minimum=0 if section != "evidence" else 1)
+    unknown = sorted(str(k) for k in raw if k != "version" and k not in SECTIONS)
+    if unknown:
+        raise PolicyError(f"{', '.join(unknown)}: unknown section(s) of the retention policy "
+                          f"(known: {', '.join(SECTIONS)})")
+    days = {section: _days(raw, section, key, minimum=0 if section in _MAY_BE_ZERO else 1)
+            for section, key in SECTIONS.items()}
     return RetentionPolicy(
         version=str(raw["version"]),
-        evidence_days=_days(raw, "evidence", "days"),
-        template_inactive_days=_days(raw, "templates", "inactive_days"),
-        revoked_consent_days=_days(raw, "consents", "revoked_days", minimum=0),
-        audit_years=_days(raw, "audit", "years"),
+        evidence_days=days["evidence"],
+        template_inactive_days=days["templates"],
+        revoked_consent_days=days["consents"],
+        audit_years=days["audit"],
         raw=dict(raw),
     )
 

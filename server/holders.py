@@ -8,10 +8,12 @@ windows, templates, evidence hashes, flags, transactions and continuous sessions
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from server.models import (
@@ -33,35 +35,66 @@ def _rows(session: Session, table: Any, user_id: str) -> list[Any]:
     return list(session.scalars(select(table).where(table.user_id == user_id)).all())
 
 
+def iso_utc(value: datetime | float | None) -> str | None:
+    """One time format for the whole export: ISO-8601 in UTC with a +00:00 offset.
+
+    As compliance's consent records and `exported_at` are written. SQLite hands back the
+    server's aware columns naive (they hold UTC); nonce times are stored as epoch seconds.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).isoformat()
+    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
+
+
+def _record(row: Any, rename: dict[str, str] | None = None, times: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every stored column of `row` but the user id (Art. 20: the whole record), times as `iso_utc`.
+
+    Generic over the columns so a column added later is exported without anyone remembering to.
+    """
+    names = rename or {}
+    out: dict[str, Any] = {}
+    for attr in sa_inspect(row).mapper.column_attrs:
+        if attr.key == "user_id":
+            continue
+        value = getattr(row, attr.key)
+        if isinstance(value, datetime) or attr.key in times:
+            value = iso_utc(value)
+        out[names.get(attr.key, attr.key)] = value
+    return out
+
+
 class ServerHolder:
     """Personal data the transaction API keeps about a user."""
 
     name = "server"
 
     def export(self, session: Session, user_id: str) -> dict[str, Any]:
+        """Every server row about the person, each with all its stored columns ({} when none).
+
+        The shape is documented in docs/compliance.md ("Data-subject requests").
+        """
         user = session.get(User, user_id)
         if user is None:
             return {}
+        devices = _rows(session, Device, user_id)
+        nonces = session.scalars(select(RequestNonce).where(RequestNonce.device_id.in_([d.id for d in devices]))
+                                 .order_by(RequestNonce.device_id, RequestNonce.seen_at)).all() if devices else []
         return {
-            "user": {"id": user.id, "created_at": str(user.created_at), "locked": user.locked,
-                     "consecutive_failures": user.consecutive_failures, "enrolment_open": user.enrolment_open},
-            "devices": [{"device_id": d.id, "platform": d.platform, "public_key": d.public_key,
-                         "attestation": d.attestation, "created_at": str(d.created_at)} for d in _rows(session, Device, user_id)],
-            "templates": [{"modality": t.modality, "feature_version": t.feature_version, "model_id": t.model_id,
-                           "n_windows": t.n_windows, "template": t.data} for t in _rows(session, Template, user_id)],
-            "enrolment_windows": [{"modality": w.modality, "feature_version": w.feature_version, "quality": w.quality,
-                                   "values": w.values} for w in _rows(session, EnrolmentWindow, user_id)],
-            "transactions": [{"decision": t.response, "device_id": t.device_id, "channel": t.channel,
-                              "idempotency_key": t.idempotency_key, "status": t.status,
-                              "created_at": str(t.created_at)} for t in _rows(session, Transaction, user_id)],
-            "sessions": [{"session_id": s.id, "device_id": s.device_id, "status": s.status, "risk": s.risk,
-                          "state": s.state, "created_at": str(s.created_at), "updated_at": str(s.updated_at)}
-                         for s in _rows(session, AuthSession, user_id)],
-            "security_flags": [{"kind": f.kind, "detail": f.detail, "created_at": str(f.created_at)}
-                               for f in _rows(session, SecurityFlag, user_id)],
+            "user": _record(user),
+            "devices": [_record(d, {"id": "device_id"}) for d in devices],
+            # nonces of the device's signed requests (replay protection), with when each was seen
+            "request_nonces": [_record(n, times=("seen_at",)) for n in nonces],
+            "templates": [_record(t, {"data": "template"}) for t in _rows(session, Template, user_id)],
+            "enrolment_windows": [_record(w) for w in _rows(session, EnrolmentWindow, user_id)],
+            # the stored record; `decision` is the response given to the bank, as sent
+            "transactions": [_record(t, {"id": "transaction_id", "response": "decision"})
+                             for t in _rows(session, Transaction, user_id)],
+            "sessions": [_record(s, {"id": "session_id"}) for s in _rows(session, AuthSession, user_id)],
+            "security_flags": [_record(f) for f in _rows(session, SecurityFlag, user_id)],
             # digests of the feature windows received (replay protection), not the windows
-            "evidence_hashes": [{"sha256": e.window_hash, "modality": e.modality, "seen_at": str(e.seen_at),
-                                 "transaction_id": e.transaction_id} for e in _rows(session, EvidenceSeen, user_id)],
+            "evidence_hashes": [_record(e, {"window_hash": "sha256"}) for e in _rows(session, EvidenceSeen, user_id)],
         }
 
     def lock(self, session: Session, user_id: str) -> None:
@@ -100,20 +133,23 @@ class ServerHolder:
                                                           Template.modality == modality)).rowcount)  # type: ignore[attr-defined]
 
     def purge(self, session: Session, policy: Any, *, now: datetime | None = None, dry_run: bool = False) -> dict[str, int]:
-        """Delete rows older than the policy allows (days per kind; missing kinds are kept).
+        """Delete rows older than the policy allows (days per kind).
 
-        Kinds read from `policy` (a mapping or an object with the attributes):
-        ``transactions``, ``evidence``, ``sessions``, ``security_flags`` (days), and
-        ``template_inactive_days`` for templates of people who stopped using the service.
+        Kinds read from `policy`: ``transactions``, ``evidence``, ``sessions``,
+        ``security_flags`` (days), and ``template_inactive_days`` for templates of people who
+        stopped using the service. A policy object (`compliance.retention.RetentionPolicy`)
+        lacking one is refused: skipping it would keep that data forever. A plain mapping is a
+        partial purge of the kinds it names (tests, one-off tools).
         """
         now = now or datetime.now(UTC)
+        _require_kinds(policy)
         # the tables in erasure's order (sessions, transactions, flags, evidence), so a purge and
         # an erasure running at once take their row locks in the same order and never deadlock
         targets = {"sessions": (AuthSession, AuthSession.updated_at), "transactions": (Transaction, Transaction.created_at),
                    "security_flags": (SecurityFlag, SecurityFlag.created_at), "evidence": (EvidenceSeen, EvidenceSeen.seen_at)}
         out: dict[str, int] = {}
         for kind, (table, col) in targets.items():
-            days = policy.get(kind) if isinstance(policy, dict) else getattr(policy, kind, None)
+            days = _policy_value(policy, kind)
             if days is None:
                 continue
             cutoff = now - timedelta(days=float(days))
@@ -129,14 +165,16 @@ class ServerHolder:
     def _purge_inactive_templates(session: Session, policy: Any, *, now: datetime, dry_run: bool) -> dict[str, int]:
         """Templates (and their enrolment windows) of people inactive for ``template_inactive_days``.
 
-        Active means a transaction after the cutoff or a template updated after it, so a
-        template in use is never removed however old its enrolment is.
+        Active means a transaction, a continuous-authentication session scored (its
+        `updated_at`), or a template updated after the cutoff: a template in use is never
+        removed however old its enrolment or the last payment is.
         """
-        days = policy.get("template_inactive_days") if isinstance(policy, dict) else getattr(policy, "template_inactive_days", None)
+        days = _policy_value(policy, "template_inactive_days")
         if days is None:
             return {}
         cutoff = now - timedelta(days=float(days))
-        recent = select(Transaction.user_id).where(Transaction.created_at >= cutoff)
+        recent = (select(Transaction.user_id).where(Transaction.created_at >= cutoff)
+                  .union(select(AuthSession.user_id).where(AuthSession.updated_at >= cutoff)))
         stale = session.execute(
             select(Template.id, Template.user_id, Template.modality)
             .where(Template.updated_at < cutoff, Template.user_id.not_in(recent))
@@ -151,6 +189,27 @@ class ServerHolder:
         if not dry_run and stale:
             session.execute(delete(Template).where(Template.id.in_([r[0] for r in stale])))
         return {Template.__tablename__: len(stale), EnrolmentWindow.__tablename__: n_windows}
+
+
+#: what `ServerHolder.purge` reads from a retention policy
+PURGE_KINDS = ("transactions", "evidence", "sessions", "security_flags", "template_inactive_days")
+
+
+def _policy_value(policy: Any, kind: str) -> Any:
+    """Days for `kind` from a mapping or a policy object's attribute; None when it has none."""
+    return policy.get(kind) if isinstance(policy, Mapping) else getattr(policy, kind, None)
+
+
+def _require_kinds(policy: Any) -> None:
+    """Refuse a policy object lacking a kind: its rows would silently be kept forever."""
+    from compliance.retention import PolicyError
+
+    if isinstance(policy, Mapping):
+        return
+    missing = [k for k in PURGE_KINDS if _policy_value(policy, k) is None]
+    if missing:
+        raise PolicyError(f"retention policy: no {', '.join(missing)} for the server's data; "
+                         "every kind must have a retention period (compliance/retention.yaml)")
 
 
 def _register() -> None:

@@ -155,11 +155,9 @@ def seal_cmd(
     from compliance.keys import KeyConfigError
 
     if out is not None:  # checked before sealing: a seal that cannot be kept elsewhere is half done
-        from cadence.commands.paths import ensure_writable_dir
+        from cadence.commands.paths import ensure_writable_file
 
-        if out.is_dir():
-            raise typer.BadParameter(f"{out} is a folder; give a file name", param_hint="--out")
-        ensure_writable_dir(out.parent, "--out")
+        ensure_writable_file(out, "--out")  # a missing folder is refused, as `compliance export --out` does
     with compliance_session(database_url) as session:
         try:
             cp = seal(session)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cadence.commands.audit import DbUrl, compliance_session
@@ -53,7 +54,7 @@ def purge_cmd(
     with compliance_session(database_url, commit=not dry_run, server_tables=True) as session:
         try:
             removed = purge(session, pol, dry_run=dry_run, actor="cli")
-        except KeyConfigError as exc:
+        except (KeyConfigError, PolicyError) as exc:  # a key, or a holder finding the policy lacks its kind
             _err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
     if as_json:
@@ -73,6 +74,15 @@ def _user_id(user: str) -> None:
         raise typer.BadParameter("must be a non-empty user id", param_hint="USER")
 
 
+def _nothing_held(user: str) -> NoReturn:
+    """Exit 1 for an id nothing is held about: a typo must not read as a finished request.
+
+    An already-erased person holds nothing either, so a repeated erasure ends here too.
+    """
+    _err.print(f"[red]error:[/red] no data held for {escape(user)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
 @compliance_app.command("export")
 def export_cmd(
     user: Annotated[str, typer.Argument(help="User id.")],
@@ -83,6 +93,7 @@ def export_cmd(
     from cadence.commands.paths import ensure_writable_file
     from compliance.keys import KeyConfigError
     from compliance.subjects import export_user
+    from server.services.compliance_hooks import holds_data
 
     _user_id(user)
     if out is not None:  # checked before the export: no work lost to a bad path
@@ -94,6 +105,8 @@ def export_cmd(
         except KeyConfigError as exc:  # the audit entries about USER are found by keyed pseudonym
             _err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
+    if not holds_data(data):
+        _nothing_held(user)
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
     if out is not None:
         out.write_text(text + "\n", "utf-8")
@@ -122,6 +135,8 @@ def erase_cmd(
         except KeyConfigError as exc:
             _err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from exc
+        if not any(removed.values()):  # raised inside the transaction: its audit entry is rolled back
+            _nothing_held(user)
     table = Table(title=f"erased {user}")
     table.add_column("table")
     table.add_column("removed", justify="right")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -90,13 +92,54 @@ def device_alias(device_id: str) -> str:
     return pseudonym(device_id)
 
 
+def payee_alias(payee: str) -> str:
+    """A payee as the audit log names it: a keyed pseudonym, never the name or an unkeyed hash.
+
+    Payees are free text (often a person's name); a plain SHA-256 of one is found by hashing
+    guesses, so after the payer's erasure it would still say whom they paid. Domain-separated
+    from user and device pseudonyms, so a payee named like a user id does not link to them.
+    """
+    from compliance.keys import pseudonym
+
+    return pseudonym(f"payee:{payee}")
+
+
+_PLATFORM_FAMILIES = (
+    ("android", re.compile(r"android")),
+    ("ios", re.compile(r"\b(ios|ipados|iphone|ipad)")),
+    ("desktop", re.compile(r"\b(desktop|linux|windows|win\d*|mac\w*|osx|darwin)\b")),
+)
+
+
+def platform_family(platform: str) -> str:
+    """The coarse family (android, ios, desktop, other) of a device's free-text `platform`.
+
+    The client writes `platform` freely (a device model, a name); the audit log keeps only the
+    family, so nothing personal is left there after erasure (the device row itself goes).
+    """
+    text = platform.lower()
+    return next((family for family, pattern in _PLATFORM_FAMILIES if pattern.search(text)), "other")
+
+
+def device_registered_payload(device_id: str, public_key: str, platform: str) -> dict[str, Any]:
+    """The `device.registered` audit payload: device pseudonym, key digest, platform family."""
+    return {"device": device_alias(device_id), "key_sha256": digest(public_key), "platform": platform_family(platform)}
+
+
+def _coarse(payload: dict[str, Any]) -> dict[str, Any]:
+    """A payload's `platform` as its family: what every audit entry written through here keeps."""
+    if isinstance(payload.get("platform"), str):
+        return {**payload, "platform": platform_family(payload["platform"])}
+    return payload
+
+
 def audit(session: Session, *, event: str, actor: str, subject: str | None, payload: dict[str, Any]) -> None:
-    _audit.append_audit(session, event=event, actor=actor, subject=subject, payload=payload)
+    _audit.append_audit(session, event=event, actor=actor, subject=subject, payload=_coarse(payload))
 
 
 def draft_audit(*, event: str, actor: str, subject: str | None, payload: dict[str, Any]) -> _audit.AuditDraft:
     """An audit entry checked and serialised ahead of its transaction (see `append_draft`)."""
-    return _audit.draft_audit(event=event, actor=actor, subject=subject, payload=payload)
+    return _audit.draft_audit(event=event, actor=actor, subject=subject, payload=_coarse(payload))
 
 
 def append_draft(session: Session, draft: _audit.AuditDraft) -> None:
@@ -105,6 +148,18 @@ def append_draft(session: Session, draft: _audit.AuditDraft) -> None:
 
 def export_user(session: Session, user_id: str) -> dict[str, Any]:
     return _subjects.export_user(session, user_id)
+
+
+def holds_data(export: Mapping[str, Any]) -> bool:
+    """Whether an `export_user` result holds anything about the person.
+
+    Consents, any holder's rows, or audit entries under their pseudonym. A typo'd or unknown
+    id holds none: saying "exported" or "erased" for it would hide the mistake.
+    """
+    def filled(value: Any) -> bool:
+        return any(filled(v) for v in value.values()) if isinstance(value, Mapping) else bool(value)
+
+    return bool(export.get("consents")) or filled(export.get("data", {})) or bool(export.get("audit", {}).get("entries"))
 
 
 def erase_user(session: Session, user_id: str, *, actor: str = "admin") -> dict[str, Any]:

@@ -407,7 +407,7 @@ def redeem_token(session: Session, public_key: Any, body: Any, *, actor: str) ->
         return {"valid": False, "reason": why, "claims": claims}
     hooks.audit(session, event="token.redeemed", actor=actor, subject=body.user_id,
                 payload={"transaction_id": body.transaction_id, "amount": wanted["amount"], "currency": body.currency,
-                         "payee_sha256": hooks.digest(body.payee)})
+                         "payee": hooks.payee_alias(body.payee)})  # keyed: a plain hash of a name is guessable
     return {"valid": True, "claims": claims, "redeemed": True}
 
 

@@ -17,7 +17,7 @@ from compliance.models import AuditEntry
 
 def test_subject_is_stored_only_as_pseudonym(sqlite_factory: sessionmaker[Session]) -> None:
     with sqlite_factory() as s, s.begin():
-        e = append_audit(s, event="enrol.done", actor="server", subject="carol-91", payload={"who": "carol-91", "nested": ["carol-91", 3]})
+        e = append_audit(s, event="enrol.done", actor="server", subject="carol-91", payload={"user_id": "carol-91", "nested": {"user": ["carol-91", 3]}})
         assert e.subject == pseudonym("carol-91") and "carol-91" not in e.payload
         assert len(e.subject) == 32 and e.prev_hash == "0" * 64
 

@@ -97,13 +97,16 @@ def test_deleting_the_prune_anchor_is_detected(factory: sessionmaker[Session]) -
         s.execute(AuditCheckpoint.__table__.delete())
     with factory() as s:
         res = verify_chain(s)
-    assert not res.ok and res.first_broken is not None and res.first_broken.seq == 2
+    # the first missing entry is named (seq 1), not the one before the kept chain
+    assert not res.ok and res.first_broken is not None and res.first_broken.seq == 1
+    assert "entries seq 1..2 are not in the chain" in res.first_broken.reason
 
 
 def test_custom_policy_file(tmp_path: Path, factory: sessionmaker[Session], fake_holder: FakeHolder) -> None:
     _seed(factory)
     f = tmp_path / "policy.yaml"
-    f.write_text("version: strict\nevidence: {days: 1}\ntemplates: {inactive_days: 10000}\nconsents: {revoked_days: 0}\naudit: {years: 50}\n")
+    f.write_text("version: strict\nevidence: {days: 1}\ntemplates: {inactive_days: 10000}\nconsents: {revoked_days: 0}\naudit: {years: 50}\n"
+                 "transactions: {days: 400}\nsessions: {days: 30}\nsecurity_flags: {days: 365}\n")
     with factory() as s, s.begin():
         removed = purge(s, load_policy(f), now=NOW)
     assert removed == {"fake.evidence": 2, "fake.templates": 0, "compliance.consents": 2, "compliance.audit": 0}

@@ -17,16 +17,28 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], route_class=CadenceRoute)
 UserId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
 
 
+def _nothing_held(user_id: str) -> ApiError:
+    """404 `unknown_user` for an id nothing is held about (a typo, or a person already erased)."""
+    return ApiError(404, "unknown_user", f"user_id: no data held for {user_id!r}")
+
+
 @router.get("/users/{user_id}/export")
 def export(uow: Uow, actor: AdminKey, user_id: str = UserId) -> dict[str, Any]:
     with uow() as session:
-        return {"user_id": user_id, "data": hooks.export_user(session, user_id)}
+        data = hooks.export_user(session, user_id)
+        if not hooks.holds_data(data):
+            raise _nothing_held(user_id)
+        return {"user_id": user_id, "data": data}
 
 
 @router.delete("/users/{user_id}")
 def erase(uow: Uow, actor: AdminKey, user_id: str = UserId) -> dict[str, Any]:
+    """Erase the person (Art. 17); 404 when nothing is held, and then no audit entry is kept (rolled back)."""
     with uow() as session:
-        return {"user_id": user_id, "erased": hooks.erase_user(session, user_id, actor=actor)}
+        erased = hooks.erase_user(session, user_id, actor=actor)
+        if not any(erased.values()):
+            raise _nothing_held(user_id)
+        return {"user_id": user_id, "erased": erased}
 
 
 @router.post("/users/{user_id}/unlock")
