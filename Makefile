@@ -7,7 +7,7 @@ STAMP := $(VENV)/.cadence-installed
 export CADENCE_CACHE_DIR ?= $(CURDIR)/.cache/cadence
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-quick lint bench-quick clean system-deps
+.PHONY: venv demo test test-quick lint clean system-deps
 
 venv: $(STAMP)
 

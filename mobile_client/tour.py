@@ -294,7 +294,14 @@ class Tour:
             self.walk(i)  # paying on the move: recent walking evidence, new for every payment
             if i == 0:
                 yield from self.shot("08-transaction")
-            yield from self.tap(pay.ids.pay)
+            for _ in range(3):  # a tap that missed the button (layout still settling) is tapped again
+                yield from self.tap(pay.ids.pay)
+                for _ in range(30):
+                    if pay.phase != "form" or pay.error:
+                        break
+                    yield 1
+                if pay.phase != "form" or pay.error:
+                    break
             yield from self.wait_for(partial(_decided, pay), "decision")
             if pay.phase != "result":
                 raise RuntimeError(f"payment failed: {pay.error}")
@@ -309,10 +316,18 @@ class Tour:
                 shown["after_code"] = pay.outcome
                 yield 3  # the result card lays itself out again without the code form
             r["transactions"].append(shown)
-            yield from self.tap(pay.ids.done)
-            # the next payment starts from an empty form: a missed tap must not pass the last result off as its own
+            # the next payment starts from an empty form: a missed tap (the result card still laying
+            # itself out on a loaded machine) is tapped again, never passing the last result off as its own
+            for _ in range(3):
+                yield from self.tap(pay.ids.done)
+                for _ in range(30):
+                    if pay.phase == "form":
+                        break
+                    yield 1
+                if pay.phase == "form":
+                    break
             yield from self.wait_for(partial(lambda p: p.phase == "form", pay), "an empty payment form after Done",
-                                     frames=200)
+                                     frames=1)
             yield 3
 
         privacy = app.go("privacy")

@@ -20,8 +20,9 @@ from tests.mobile_client.test_ui import PROBE, _env
 pytestmark = [pytest.mark.ui]
 
 SLOW_S = 2.5
-#: the longest frame allowed while a slow call is in flight (loading a screen's .kv takes a moment)
-MAX_FRAME_GAP_S = 1.0
+#: the longest frame allowed while a slow call is in flight (loading a screen's .kv takes a moment;
+#: 1.13 s was seen on a loaded 2-core machine): a frozen UI shows the whole SLOW_S call as one gap
+MAX_FRAME_GAP_S = 1.5
 
 DRIVER = r"""
 import json, sys, threading, time, types
