@@ -8,13 +8,27 @@ device. Every float must be finite (NaN/inf refused, naming the field).
 from __future__ import annotations
 
 import functools
+import json
+import re
 import unicodedata
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 Modality = Literal["keystroke", "touch", "gait"]
 Outcome = Literal["approve", "step_up", "deny"]
@@ -51,10 +65,164 @@ def _not_blank(v: str) -> str:
     return v
 
 
+#: scripts whose letters join cursively: a zero-width non-joiner between two of their letters
+#: picks a letter's form (Persian "کتاب\u200cفروشی"), as IDNA's CONTEXTJ rule allows (RFC 5892)
+_JOINING_SCRIPTS = ("ARABIC", "SYRIAC", "NKO", "MONGOLIAN", "MANDAIC", "ADLAM", "HANIFI ROHINGYA")
+_VIRAMA = 9  # canonical combining class of a virama: Indic scripts' joiners follow one
+_LATIN, _CYRILLIC, _GREEK = "LATIN", "CYRILLIC", "GREEK"
+#: Cyrillic and Greek letters that print like a Latin letter (Unicode TR39 confusables, the
+#: usual fonts): "АСМЕ" of these reads as "ACME"
+_LATIN_LOOKALIKES = frozenset(unicodedata.lookup(name) for name in (
+    *(f"CYRILLIC CAPITAL LETTER {n}" for n in ("A", "VE", "ES", "IE", "EN", "BYELORUSSIAN-UKRAINIAN I", "JE", "KA",
+                                                 "EM", "O", "ER", "DZE", "TE", "HA", "STRAIGHT U", "QA", "WE", "SHHA")),
+    *(f"CYRILLIC SMALL LETTER {n}" for n in ("A", "ES", "IE", "BYELORUSSIAN-UKRAINIAN I", "JE", "O", "ER", "DZE", "U",
+                                               "HA", "SHHA", "KOMI DE", "QA", "WE", "PALOCHKA", "STRAIGHT U")),
+    "CYRILLIC LETTER PALOCHKA",
+    *(f"GREEK CAPITAL LETTER {n}" for n in ("ALPHA", "BETA", "EPSILON", "ZETA", "ETA", "IOTA", "KAPPA", "MU", "NU",
+                                              "OMICRON", "RHO", "TAU", "UPSILON", "CHI", "YOT")),
+    *(f"GREEK SMALL LETTER {n}" for n in ("ALPHA", "IOTA", "NU", "OMICRON", "RHO", "UPSILON")),
+    "GREEK LETTER YOT", "GREEK LUNATE SIGMA SYMBOL", "GREEK CAPITAL LUNATE SIGMA SYMBOL",
+))
+
+
+def _script(c: str) -> str:
+    """LATIN, CYRILLIC or GREEK for a letter of those scripts (by its Unicode name), else ""."""
+    name = unicodedata.name(c, "")
+    for script in (_LATIN, _CYRILLIC, _GREEK):
+        if name.startswith(script):
+            return script
+    return ""
+
+
+def _joiner_needed(v: str, i: int) -> bool:
+    """Whether the joiner at `v[i]` sits where a script needs it (RFC 5892 CONTEXTJ, simplified).
+
+    After a virama (Indic conjuncts) either joiner; a non-joiner also between two letters of a
+    cursive script, combining marks beside it skipped. Anywhere else it only hides a difference.
+    """
+    if i > 0 and unicodedata.combining(v[i - 1]) == _VIRAMA:
+        return True
+    if v[i] != "\u200c":
+        return False
+
+    def joining_letter(j: int, step: int) -> bool:
+        while 0 <= j < len(v) and unicodedata.category(v[j]) in ("Mn", "Me"):
+            j += step
+        return (0 <= j < len(v) and unicodedata.category(v[j]).startswith("L")
+                and unicodedata.name(v[j], "").startswith(_JOINING_SCRIPTS))
+
+    return joining_letter(i - 1, -1) and joining_letter(i + 1, 1)
+
+
+def _unambiguous(v: str) -> str:
+    """Refuse a payee that can print like another: not NFC, a stray joiner, mixed or look-alike scripts.
+
+    The token binds the payee's exact text while a person approves what it looks like, so two
+    different texts that print alike ("ACME" in Latin and in Cyrillic letters, "é" composed or
+    not, "AC\u200dME") would let an approval for one pay the other.
+    """
+    if v.isascii():  # the usual case: nothing here can apply
+        return v
+    if not unicodedata.is_normalized("NFC", v):
+        raise ValueError("not NFC-normalised Unicode (send accented letters composed, e.g. \"é\" as U+00E9)")
+    for i, c in enumerate(v):
+        if c in _JOINERS and not _joiner_needed(v, i):
+            raise ValueError("a zero-width joiner or non-joiner is allowed only where a script needs it "
+                             "(after a virama; a non-joiner between Arabic-script letters)")
+    latin, others = False, []
+    word: set[str] = set()
+    for c in v + " ":
+        cat = unicodedata.category(c)
+        if cat[0] not in "LMN":  # a word ends at a space, punctuation or a symbol
+            if len(word) > 1:
+                raise ValueError(f"mixes {' and '.join(sorted(s.title() for s in word))} letters in one word: "
+                                 "a look-alike of another name")
+            word = set()
+            continue
+        script = _script(c) if cat[0] == "L" else ""
+        if script:
+            word.add(script)
+            if script == _LATIN:
+                latin = True
+            else:
+                others.append(c)
+    if latin and others and all(c in _LATIN_LOOKALIKES for c in others):
+        raise ValueError(f"its Cyrillic or Greek letters ({''.join(others)!r}) all print like Latin ones beside "
+                         "Latin text: a look-alike of another name; spell it in one script")
+    return v
+
+
 #: free text that ends up in a text column or a query: printable characters only
 Text = Annotated[str, AfterValidator(_printable)]
-#: a payee: printable, and not only spaces (the token binds it; the bank shows it)
-Payee = Annotated[str, AfterValidator(_printable), AfterValidator(_not_blank)]
+#: a payee: printable, not only spaces, and printing as itself only (the token binds it; the
+#: person approves what it looks like): NFC, no stray joiners, no mixed or look-alike scripts
+Payee = Annotated[str, AfterValidator(_printable), AfterValidator(_not_blank), AfterValidator(_unambiguous)]
+
+#: the JSON text of the request body being validated, set by `server.api.routing` while it is
+#: parsed and validated: an amount sent as a JSON number is read from its digits, not through
+#: the binary float the parser made of it
+REQUEST_JSON: ContextVar[bytes | None] = ContextVar("cadence_request_json", default=None)
+#: an amount as text: ASCII digits, at most 12 before the point and 2 after it; no sign, space,
+#: digit separator, exponent or non-ASCII digit ("+10", " 10", "1_0" and "١٠" were read as 10)
+AMOUNT_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
+_AMOUNT_TEXT = re.compile(AMOUNT_PATTERN)
+
+
+def _beyond_cents(d: Decimal) -> bool:
+    """Whether `d` has a non-zero digit after the second decimal (10.001, 10.000000000000000001)."""
+    _, digits, exponent = d.as_tuple()
+    extra = -exponent - 2 if isinstance(exponent, int) else 0
+    return extra > 0 and any(digits[-extra:])
+
+
+def _json_number(value: float, field: str) -> Decimal:
+    """The exact decimal a JSON number was written as, read again from the request's text.
+
+    The JSON parser hands numbers over as binary floats: 10.000000000000000001 arrives as 10.0.
+    The body is parsed once more (with `Decimal` numbers) only for an amount sent as a number,
+    which no Cadence client does. Outside a request (a Python caller) the float's shortest repr.
+    """
+    raw = REQUEST_JSON.get()
+    if raw is not None:
+        try:
+            doc = json.loads(raw, parse_float=Decimal)
+        except (ValueError, RecursionError):
+            doc = None
+        exact = doc.get(field) if isinstance(doc, dict) else None
+        if isinstance(exact, Decimal) and float(exact) == value:
+            return exact
+    return Decimal(repr(value))
+
+
+def _amount(v: Any, info: ValidationInfo) -> Any:
+    """An amount exactly as sent: a strict decimal string, or a JSON number with at most 2 decimals."""
+    if isinstance(v, str):
+        if not _AMOUNT_TEXT.fullmatch(v):
+            raise PydanticCustomError("amount_format", "a decimal string of ASCII digits with at most 2 decimals, "
+                                      "such as \"10.00\" (no sign, spaces, separators or exponent)")
+        return Decimal(v)
+    if isinstance(v, bool):
+        raise PydanticCustomError("amount_type", "a decimal string such as \"10.00\", not a boolean")
+    if isinstance(v, float):
+        v = _json_number(v, info.field_name or "amount")
+    if isinstance(v, Decimal | int):
+        exact = Decimal(v)
+        if exact.is_finite() and _beyond_cents(exact):
+            raise PydanticCustomError("amount_decimals", "at most 2 decimals: {value} was sent",
+                                      {"value": str(exact)})
+        return exact
+    return v  # anything else: the Decimal validator words the refusal
+
+
+#: a payment amount (see `AMOUNT_PATTERN`); a decimal string is what clients send
+Amount = Annotated[
+    Decimal,
+    BeforeValidator(_amount),
+    Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False),
+    WithJsonSchema({"anyOf": [{"type": "string", "pattern": AMOUNT_PATTERN}, {"type": "number", "exclusiveMinimum": 0}],
+                    "description": "decimal string (at most 12 digits, 2 decimals, no sign), e.g. \"10.00\"; "
+                                   "a JSON number is read from its digits and refused with more than 2 decimals"}),
+]
 
 #: field names that mean someone is sending raw behaviour instead of features
 RAW_EVENT_FIELDS = frozenset({"events", "keys", "press", "release", "samples", "xyz", "touches", "strokes",
@@ -130,7 +298,8 @@ class ConsentIn(_Strict):
     purpose: Literal["authentication", "federated_training"] = "authentication"
     #: the policy text version the person agreed to (default: the current one)
     policy_version: Text | None = Field(default=None, min_length=1, max_length=32)
-    granted: bool = True
+    #: strictly true or false: "off" revoked (and deleted the template), "yes" or 1 granted
+    granted: StrictBool = True
 
 
 class EnrolRequest(_Strict):
@@ -155,7 +324,7 @@ class EnrolResponse(BaseModel):
 
 class AuthorizeRequest(_Strict):
     user_id: Id
-    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)
+    amount: Amount
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     payee: Payee = Field(min_length=1, max_length=128)
     channel: Literal["app", "web", "api"] = "app"
@@ -216,7 +385,7 @@ class TokenVerify(_Strict):
     #: whose payment and which authorize call: a token approves one user's one transaction
     user_id: Id
     transaction_id: Text = Field(min_length=1, max_length=36)
-    amount: Decimal = Field(gt=0, max_digits=14, decimal_places=2, allow_inf_nan=False)
+    amount: Amount
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     payee: Payee = Field(min_length=1, max_length=128)
     #: spend the token (default): a second redemption is refused; false only checks it
