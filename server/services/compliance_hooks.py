@@ -106,8 +106,8 @@ def payee_alias(payee: str) -> str:
 
 _PLATFORM_FAMILIES = (
     ("android", re.compile(r"android")),
-    ("ios", re.compile(r"\b(ios|ipados|iphone|ipad)")),
-    ("desktop", re.compile(r"\b(desktop|linux|windows|win\d*|mac\w*|osx|darwin)\b")),
+    ("ios", re.compile(r"\b(ios|ipados|iphone|ipad|ipod)")),
+    ("desktop", re.compile(r"\b(desktop|linux|windows|win(32|64)|macos|mac os|osx|darwin)\b")),
 )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -20,23 +19,6 @@ from server.models import Device, RequestNonce, User
 from server.schemas import DeviceRegister
 from server.services import compliance_hooks as hooks
 from server.signing import SignatureError, canonical_request, load_public_key, registration_message, verify_signature
-
-#: how a free-text `platform` maps to its family, first match wins (on the text lowercased)
-_PLATFORM_FAMILIES = (
-    ("android", re.compile(r"android")),
-    ("ios", re.compile(r"\b(ios|ipados|iphone|ipad|ipod)")),
-    ("desktop", re.compile(r"\b(desktop|linux|windows|win(32|64)|macos|mac os|osx|darwin)\b")),
-)
-
-
-def platform_family(platform: str) -> str:
-    """The coarse family of a device's free-text `platform`: android, ios, desktop or other.
-
-    The audit log outlives a person's erasure; the client's own words for its device (a
-    model name, "Anna's phone") would stay there, so the log keeps only the family.
-    """
-    text = platform.lower()
-    return next((family for family, pattern in _PLATFORM_FAMILIES if pattern.search(text)), "other")
 
 
 def register_device(session: Session, body: DeviceRegister, *, actor: str) -> Device:
@@ -60,7 +42,7 @@ def register_device(session: Session, body: DeviceRegister, *, actor: str) -> De
     session.flush()
     hooks.audit(session, event="device.registered", actor=actor, subject=body.user_id,
                 payload={"device": hooks.device_alias(body.device_id), "key_sha256": hooks.digest(body.public_key),
-                         "platform": platform_family(body.platform)})
+                         "platform": hooks.platform_family(body.platform)})
     return dev
 
 
