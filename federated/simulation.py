@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +51,56 @@ def simulate_many(runs: Sequence[RunSettings], feature_dir: str | os.PathLike[st
     capp = client_app.make_app({"feature-dir": str(Path(feature_dir).resolve())})
     backend = _backend(num_cpus)
     try:
-        run_simulation(server_app=sapp, client_app=capp, num_supernodes=n, backend_config=backend,
-                       verbose_logging=verbose)
+        with stop_on_interrupt():
+            run_simulation(server_app=sapp, client_app=capp, num_supernodes=n, backend_config=backend,
+                           verbose_logging=verbose)
     finally:
         shutdown_ray()
     if len(results) != len(runs):
         raise FederatedRunError(f"simulation ended with {len(results)} of {len(runs)} results (see the log above)")
     return results
+
+
+#: how long an interrupted simulation waits for Ray to shut down before the process exits anyway
+STOP_GRACE_S = 10.0
+
+
+@contextmanager
+def stop_on_interrupt() -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a simulation: shut Ray down and exit (130 / 143), within seconds.
+
+    Flower's simulation runs its ServerApp in a thread and Ray in processes of its own; an
+    interrupt that lands while they start was swallowed, or left the command waiting forever
+    and Ray's agents running. Nothing is written before a simulation ends, so exiting leaves
+    no partial results. Only the main thread can take signals (elsewhere this does nothing).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        import psutil
+
+        log.warning("interrupted: stopping the simulation and Ray")
+        # Ray's processes, found before its shutdown orphans them (an interrupt during
+        # `ray.init` left its agents running under init, where nothing would stop them)
+        spawned = psutil.Process().children(recursive=True)
+        t = threading.Thread(target=shutdown_ray, daemon=True)
+        t.start()
+        t.join(STOP_GRACE_S)
+        for proc in spawned:
+            try:
+                proc.kill()
+            except psutil.Error:  # gone already
+                pass
+        os._exit(128 + signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def shutdown_ray() -> None:
@@ -79,8 +125,9 @@ def simulate_secagg(settings: RunSettings, feature_dir: str | os.PathLike[str], 
     cfg = {**settings.as_config(), "feature-dir": str(Path(feature_dir).resolve())}
     backend = _backend(num_cpus)
     try:
-        run_simulation(server_app=secagg.make_server_app(cfg, on_result=results.append),
-                       client_app=secagg.make_client_app(cfg), num_supernodes=n, backend_config=backend)
+        with stop_on_interrupt():
+            run_simulation(server_app=secagg.make_server_app(cfg, on_result=results.append),
+                           client_app=secagg.make_client_app(cfg), num_supernodes=n, backend_config=backend)
     finally:
         shutdown_ray()
     if not results:
