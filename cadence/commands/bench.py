@@ -30,7 +30,10 @@ def bench(
     seed: Annotated[int, typer.Option(min=0, max=2**31 - 1,
                                       help="Random seed for splits and training (0 to 2**31-1).")] = 0,
 ) -> None:
-    """Run benchmark NAME (`cadence bench list` shows them) and write OUT/NAME.json, -scores.csv, -det.png."""
+    """Run benchmark NAME (`cadence bench list` shows them) and write OUT/NAME.json, -scores.csv, -det.png.
+
+    `api` is a load test: it writes OUT/api.json only (latency rows, no scores).
+    """
     from cadence.commands.paths import ensure_writable_dir, folder_option
     from evaluation.bench import BenchContext, BenchError, discover, run_bench
     from evaluation.datasets import DatasetError
