@@ -11,7 +11,7 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +66,21 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = ""
     #: server: consecutive failed authentications before the user is locked (PSD2 RTS Art. 4)
     lockout_failures: int = Field(default=5, ge=1)
+    #: server: continuous sessions' risk: the mean LLR of the last `session_window` windows,
+    #: stepped up from `session_step_up_risk` and ended from `session_terminate_risk` (the one
+    #: place these are set: both session engines read them, and a session keeps those it opened with)
+    session_window: int = Field(default=5, ge=1, le=1000)
+    session_step_up_risk: float = Field(default=0.6, gt=0.0, lt=1.0)
+    session_terminate_risk: float = Field(default=0.9, gt=0.0, lt=1.0)
+    #: server: sessions a user may open per hour (429 `too_many_sessions` beyond): each one is a
+    #: status oracle for whoever holds the device key
+    session_max_per_hour: int = Field(default=12, ge=1)
+    #: server: a session opened within this many seconds after another of the user's sessions was
+    #: terminated, or left in step-up, starts in step-up (the bank's step-up clears it); 0 = off
+    session_hold_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
+    #: server: a session with no window for this long, or open for this long, expires (409 `session_expired`)
+    session_idle_timeout_s: float = Field(default=1800.0, gt=0, allow_inf_nan=False)
+    session_max_lifetime_s: float = Field(default=43_200.0, gt=0, allow_inf_nan=False)
     #: server: enrolment quality gate (per modality)
     enrol_min_windows: int = Field(default=3, ge=1)
     enrol_min_quality: float = Field(default=0.05, ge=0.0, le=1.0)
@@ -97,6 +112,15 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address or network (comma-separated, or *)") from None
+        return v
+
+    @field_validator("session_terminate_risk")
+    @classmethod
+    def _terminate_above_step_up(cls, v: float, info: ValidationInfo) -> float:
+        """A terminate risk below the step-up risk would end sessions that should only step up."""
+        step_up = info.data.get("session_step_up_risk")
+        if step_up is not None and v < step_up:
+            raise ValueError(f"must be >= session_step_up_risk ({v} < {step_up})")
         return v
 
 

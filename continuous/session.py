@@ -13,6 +13,11 @@ all of low quality, implausible or invalid) changes neither the risk nor the sta
 counted in `n_windows` only. Counting it as LLR 0 would let an impostor who was stepped up
 send empty windows until the mean drifted back to 0.5 and the status back to ok.
 Termination is final: once terminated, later updates leave the state unchanged.
+
+The server (`server.services.sessions`) builds its trackers with the settings' window and
+thresholds (`session_window`, `session_step_up_risk`, `session_terminate_risk`), never with
+the defaults below, and layers its session rules over the status this tracker computes from
+the risk: `pending` before any scored window, and `step_up` held until the bank's step-up.
 """
 
 from __future__ import annotations

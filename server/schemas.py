@@ -367,17 +367,6 @@ class SessionEvidence(_Strict):
     windows: list[FeatureWindowIn] = Field(min_length=1, max_length=MAX_WINDOWS)
 
 
-class SessionOut(BaseModel):
-    session_id: str
-    user_id: str
-    status: str
-    risk: float
-    engine: str
-    #: windows received, and those whose evidence counted: "ok" with none scored verifies nobody
-    windows: int = 0
-    scored_windows: int = 0
-
-
 class TokenVerify(_Strict):
     """The payment the bank is about to execute, and the token the customer's app gave it."""
 
