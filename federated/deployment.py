@@ -70,10 +70,13 @@ def flower_env(workdir: str | os.PathLike[str]) -> dict[str, str]:
 def write_connection(workdir: str | os.PathLike[str], address: str) -> Path:
     """`$FLWR_HOME/config.toml` naming our SuperLink as the default federation."""
     home = Path(workdir).resolve() / "flwr-home"
-    home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
-    path.write_text(f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
-                    f'address = "{address}"\ninsecure = true\n')
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
+                        f'address = "{address}"\ninsecure = true\n')
+    except OSError as exc:  # the workspace is a file, or not writable: named, not a traceback
+        raise DeploymentError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
 

@@ -42,8 +42,12 @@ class FusionSource:
         try:
             st = self.path.stat()
             stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: its folder is a file
             stamp = None
+        except OSError as exc:  # unreadable folder: keep what is loaded, try again at the next look
+            log.error("fusion: cannot look at %s (%s); keeping the calibration loaded before", self.path,
+                      exc.strerror or exc)
+            return
         if stamp == self._stamp and not first:
             return
         if stamp is None:

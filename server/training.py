@@ -19,6 +19,7 @@ its calibrators belong to the versions being served (see `calibrate_published`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,36 @@ def check_modalities(modalities: Sequence[str]) -> None:
         raise ValueError(f"modality: unknown {', '.join(map(repr, unknown))}; expected one of {MODALITIES}")
 
 
+#: beside a centrally trained version's files: the ids of the subjects its model was trained on
+TRAINING_SUBJECTS_FILE = "training-subjects.json"
+
+
+def _plan(data_dir: Path, modalities: Sequence[str], *, seed: int,
+          max_subjects: int | None) -> dict[str, tuple[list[Any], list[Any], list[Any]]]:
+    """Modality -> (training subjects, calibration half a, half b); ValueError/DatasetError if one cannot be trained."""
+    from evaluation.datasets import available_subjects
+
+    check_modalities(modalities)
+    rng = np.random.default_rng(seed)
+    plan: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}
+    for m in dict.fromkeys(modalities):
+        subs = available_subjects(data_dir, m)
+        if max_subjects is not None and len(subs) > max_subjects:
+            subs = sorted(rng.choice(subs, size=max_subjects, replace=False).tolist())
+        if len(subs) < 6:
+            why = f" (--max-subjects {max_subjects})" if max_subjects is not None and max_subjects < 6 else ""
+            raise ValueError(f"{m}: training needs at least 6 subjects, found {len(subs)} in {data_dir}{why}")
+        perm = rng.permutation(subs)
+        plan[m] = (subs, sorted(perm[: len(perm) // 2].tolist()), sorted(perm[len(perm) // 2:].tolist()))
+    return plan
+
+
+def check_training_data(data_dir: Path, modalities: Sequence[str] = MODALITIES, *, seed: int = 0,
+                        max_subjects: int | None = None) -> None:
+    """What `train_and_publish` refuses, refused before anything (database, registry) is created."""
+    _plan(data_dir, modalities, seed=seed, max_subjects=max_subjects)
+
+
 def train_and_publish(
     data_dir: Path,
     registry_root: Path,
@@ -65,26 +96,14 @@ def train_and_publish(
     """
     import importlib
 
-    from evaluation.datasets import available_subjects
     from evaluation.metrics import eer
     from evaluation.pair_scores import genuine_impostor, pair_scores
     from fusion.engine import FusionEngine
     from modalities.registry import ModelRegistry
 
-    check_modalities(modalities)
+    plan = _plan(data_dir, modalities, seed=seed, max_subjects=max_subjects)  # every input checked first
     reg = ModelRegistry(registry_root)
     report = TrainReport()
-    rng = np.random.default_rng(seed)
-    plan: dict[str, tuple[list[Any], list[Any], list[Any]]] = {}  # modality -> (subjects, half a, half b)
-    for m in dict.fromkeys(modalities):  # every input checked before anything is trained
-        subs = available_subjects(data_dir, m)
-        if max_subjects is not None and len(subs) > max_subjects:
-            subs = sorted(rng.choice(subs, size=max_subjects, replace=False).tolist())
-        if len(subs) < 6:
-            why = f" (--max-subjects {max_subjects})" if max_subjects is not None and max_subjects < 6 else ""
-            raise ValueError(f"{m}: training needs at least 6 subjects, found {len(subs)} in {data_dir}{why}")
-        perm = rng.permutation(subs)
-        plan[m] = (subs, sorted(perm[: len(perm) // 2].tolist()), sorted(perm[len(perm) // 2:].tolist()))
     fitted = FusionEngine()
     scorers: dict[str, str] = {}
     for m, (subs, a, b) in plan.items():
@@ -102,6 +121,8 @@ def train_and_publish(
                 f"(EER {metrics['calibration_eer']:.4f}, Cllr {metrics['calibration_cllr']:.3f}). "
                 "Evaluate it only on people outside that folder.\n")
         version = reg.publish(m, scorer, metrics=metrics, card=card, source=f"central:{Path(data_dir).resolve()}")
+        # which people exactly: `calibrate_published` refuses these (not every subject of the folder)
+        (reg.root / m / version / TRAINING_SUBJECTS_FILE).write_text(json.dumps([int(x) for x in subs]))
         fitted.report[m]["model_version"] = version
         scorers[m] = scorer.name
         report.versions[m] = version
@@ -137,8 +158,12 @@ class CalibrationReport:
     calibration_file: Path
 
 
-def _refuse_training_people(modality: str, version: str, source: str, data_dir: Path, subjects: list[Any]) -> None:
+def _refuse_training_people(modality: str, version: str, source: str, data_dir: Path, subjects: list[Any],
+                            trained_subjects: list[int] | None = None) -> None:
     """A model trained centrally on a folder (`source` "central:<folder>") is not calibrated on its people.
+
+    `trained_subjects`: the ids it was trained on (`TRAINING_SUBJECTS_FILE`); None (a model
+    published before they were recorded) counts every subject of that folder.
 
     Its scores on them are optimistic, so would the calibrated LLRs be: impostors would read as
     stronger matches than they are on strangers. Federated models record no folder (their
@@ -152,11 +177,13 @@ def _refuse_training_people(modality: str, version: str, source: str, data_dir: 
     if not trained_on.is_dir():
         return
     try:
-        same_ids = set(subjects) & set(available_subjects(trained_on, modality))
+        same_ids = set(subjects) & set(trained_subjects if trained_subjects is not None
+                                       else available_subjects(trained_on, modality))
     except Exception:  # noqa: BLE001 - the training folder moved or changed layout: nothing to compare
         return
     try:  # the same data under other ids: a linked, copied or (de)compressed file
-        copies = {e for _, e in shared_content(modality, trained_on, data_dir, eval_subjects=subjects)}
+        copies = {e for _, e in shared_content(modality, trained_on, data_dir, train_subjects=trained_subjects,
+                                               eval_subjects=subjects)}
     except Exception:  # noqa: BLE001 - as above
         copies = set()
     shared = sorted(same_ids | copies)
@@ -164,6 +191,17 @@ def _refuse_training_people(modality: str, version: str, source: str, data_dir: 
         raise ValueError(f"{modality} {version} was trained on {trained_on}, which holds {len(shared)} of the people in "
                          f"{data_dir} (e.g. subjects {', '.join(map(str, shared[:5]))}): calibrate it on people it was "
                          "not trained on, or its LLRs read impostors as stronger matches than they are")
+
+
+def _training_subjects(version_dir: Path) -> list[int] | None:
+    """The subject ids recorded at training, None where none are (older or federated models)."""
+    try:
+        ids = json.loads((version_dir / TRAINING_SUBJECTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        return None
+    return ids
 
 
 def calibrate_published(
@@ -210,7 +248,8 @@ def calibrate_published(
     version = active.version
     scorer = reg.load(modality, version)
     subs = available_subjects(data_dir, modality)
-    _refuse_training_people(modality, version, active.source, data_dir, subs)
+    _refuse_training_people(modality, version, active.source, data_dir, subs,
+                            _training_subjects(reg.root / modality / version))
     if max_subjects is not None and len(subs) > max_subjects:
         subs = sorted(np.random.default_rng(seed).choice(subs, size=max_subjects, replace=False).tolist())
     split = SPLITS[modality](Path(data_dir), subs)

@@ -84,13 +84,14 @@ def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1"
     """Start a SuperLink (insecure, loopback by default, no runtime installs) in the foreground."""
     from federated import deployment as d
 
+    _check_workdir(workdir)
     database = Path(workdir).resolve() / d.SUPERLINK_DB
     try:
         d.check_port_free(host, port, "SuperLink")
         cmd = d.superlink_cmd(host, port, database)
+        d.write_connection(workdir, f"{host}:{port}")
     except d.DeploymentError as exc:
         fail(str(exc))
-    d.write_connection(workdir, f"{host}:{port}")
     # state in a file: SuperNodes stay registered across a SuperLink restart (in memory they got 401s and died)
     console.print(f"SuperLink on {host}:{port}; FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}; state {database}")
     # stopping this command (Ctrl-C, kill PID) stops flower-superlink and its flower-superexec too
@@ -114,6 +115,7 @@ def supernode(
         cmd = d.supernode_cmd(superlink, data, port)
     except (DeviceDataError, d.DeploymentError) as exc:
         fail(str(exc))
+    _check_workdir(workdir)
     # stopping this command stops flower-supernode and any ClientApp it started: no training after stop
     raise typer.Exit(d.run_foreground(cmd, workdir))
 
@@ -159,6 +161,7 @@ def run(
     except (SettingsError, ValueError) as exc:
         fail(str(exc))
     ensure_writable_dir(reg, "--registry")  # before training, not after every round trained
+    _check_workdir(wd)
     address = d.read_connection(wd)
     if address:
         console.print(f"waiting for the SuperLink at {address} (up to {d.SUPERLINK_WAIT_S:g} s)", markup=False)
@@ -196,6 +199,14 @@ def run(
         from cadence.commands.models import activate as activate_model
 
         activate_model(modality, version, registry=reg)  # `cadence models activate`: errors, audit entry
+
+
+def _check_workdir(workdir: Path) -> None:
+    """WORKDIR (and its FLWR_HOME) as writable folders, made if needed; else a usage error naming --workdir."""
+    from cadence.commands.paths import ensure_writable_dir
+
+    ensure_writable_dir(Path(workdir), "--workdir")
+    ensure_writable_dir(Path(workdir) / "flwr-home", "--workdir")
 
 
 def _stop_flower_run(d: Any, workdir: Path, run_id: str, status_file: Path, why: str) -> None:

@@ -12,18 +12,22 @@ app = typer.Typer()
 
 @app.command("app")
 def run_app(
-    screenshots: Path | None = typer.Option(None, "--screenshots", help="Headless tour: save one PNG per screen here and exit."),
+    screenshots_opt: str | None = typer.Option(None, "--screenshots", help="Headless tour: save one PNG per screen here and exit."),
     server: str | None = typer.Option(None, "--server", help="Server URL (default: http://127.0.0.1:8000; the tour uses a scripted demo bank)."),
-    data: Path | None = typer.Option(None, "--app-data", help="App data folder (default: ~/.cadence-app; the --screenshots tour: a temp folder it removes)."),
+    data_opt: str | None = typer.Option(None, "--app-data", help="App data folder (default: ~/.cadence-app; the --screenshots tour: a temp folder it removes)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="CADENCE_DATA_DIR", help="Datasets folder: the desktop walk replays a real BB-MAS recording."),
     bank_key: str | None = typer.Option(None, "--bank-key", help="Bank API key for device registration and step-up (demo builds only)."),
 ) -> None:
     """Run the Cadence companion app (Kivy), or with --screenshots a headless tour of every screen."""
+    from cadence.commands.paths import ensure_writable_dir, path_option
+
+    screenshots = path_option(screenshots_opt, "--screenshots")  # '' would mean the current folder
+    data = path_option(data_opt, "--app-data")
+    if data is not None:  # a file or an unwritable folder: named now, not a traceback from the app
+        ensure_writable_dir(data, "--app-data")
     from mobile_client import tour
 
     if screenshots is not None:
-        from cadence.commands.paths import ensure_writable_dir
-
         ensure_writable_dir(screenshots, "--screenshots")
         argv = ["--screenshots", str(screenshots), "--report", str(screenshots / "tour.json")]
         if server:
@@ -34,7 +38,16 @@ def run_app(
             argv += ["--bank-key", bank_key]
         if data is not None:  # kept afterwards; without it the tour uses a temp folder it removes
             argv += ["--app-data", str(data)]
-        rc = tour.main(argv)
+        try:
+            rc = tour.main(argv)
+        except RuntimeError as exc:  # the tour stops on the first screen that failed: one line, not a traceback
+            from cadence.commands.errors import error_line
+
+            if server and "could not reach" in str(exc).lower():
+                error_line(f"could not reach the server at {server}")
+            else:
+                error_line(exc)
+            raise typer.Exit(1) from None
         if rc == 0:
             pngs = sorted(screenshots.glob("*.png"))
             typer.echo(f"{len(pngs)} screenshots in {screenshots}: " + ", ".join(p.stem for p in pngs))

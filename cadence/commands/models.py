@@ -26,7 +26,10 @@ def _registry(path: Path | None):  # type: ignore[no-untyped-def]
     from cadence.settings import get_settings
     from modalities.registry import ModelRegistry
 
-    return ModelRegistry(path or get_settings().model_registry)
+    root = path or get_settings().model_registry
+    if root.exists() and not root.is_dir():  # else "no published models" or "not in the registry": misleading
+        fail(f"model registry {root} is not a folder")
+    return ModelRegistry(root)
 
 
 @models_app.command("list")
@@ -120,17 +123,18 @@ def train(
     registry: Registry = None,
     activate: Annotated[bool, typer.Option(help="Activate the new versions.")] = True,
     seed: int = 0,
-    max_subjects: Annotated[int | None, typer.Option(min=3, help="Use at most this many subjects (seeded).")] = None,
+    max_subjects: Annotated[int | None, typer.Option(min=6, help="Use at most this many subjects (seeded; training "
+                                                                 "needs at least 6).")] = None,
 ) -> None:
     """Train each modality's best population model on DATA_DIR, calibrate it and publish it."""
     from cadence.commands.paths import ensure_writable_dir
     from evaluation.datasets import DatasetError
-    from server.training import MODALITIES, check_modalities, train_and_publish
+    from server.training import MODALITIES, check_training_data, train_and_publish
 
     folder = _data_folder(data_dir)
-    try:
-        check_modalities(modality or MODALITIES)
-    except ValueError as exc:
+    try:  # the data, before the registry or the audit database is created
+        check_training_data(folder, modality or MODALITIES, seed=seed, max_subjects=max_subjects)
+    except (ValueError, DatasetError) as exc:
         fail(exc)
     reg = _registry(registry)
     ensure_writable_dir(reg.root, "--registry")

@@ -11,6 +11,8 @@ from cadence.files import write_problem
 
 def ensure_writable_dir(path: Path, param_hint: str) -> None:
     """Create `path` if needed and prove a file can be written there; else a usage error naming the option."""
+    if path.exists() and not path.is_dir():
+        raise typer.BadParameter(f"{path} is not a folder", param_hint=param_hint)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".cadence-write-test"
@@ -37,3 +39,12 @@ def folder_option(value: str | None, param_hint: str) -> Path | None:
     if not path.is_dir():
         raise typer.BadParameter(f"{path} is not a folder", param_hint=param_hint)
     return path
+
+
+def path_option(value: str | None, param_hint: str) -> Path | None:
+    """`value` as a path (None stays None); '' (which would mean the current folder) is refused."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise typer.BadParameter("empty path (use '.' for the current folder)", param_hint=param_hint)
+    return Path(value).expanduser()

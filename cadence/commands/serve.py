@@ -18,9 +18,9 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default: settings.port, 8000).")] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: settings.api_workers).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: settings.api_workers).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug or trace.")] = "info",
-    keep_alive: Annotated[int, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5,
+    keep_alive: Annotated[int, typer.Option(min=1, help="Seconds an idle keep-alive connection stays open.")] = 5,
 ) -> None:
     """Serve the /v1 API (docs at /docs, OpenAPI at /openapi.json, metrics at /metrics)."""
     import uvicorn
@@ -40,7 +40,10 @@ def serve(
         check_settings(settings)
     except (ValueError, SignatureError) as exc:
         fail(exc)
-    workers = workers or settings.api_workers
+    registry = settings.model_registry  # the fusion calibration and every model are read from it
+    if registry.exists() and not registry.is_dir():
+        fail(f"model registry {registry} is not a folder (CADENCE_MODEL_REGISTRY)")
+    workers = workers if workers is not None else settings.api_workers
     if workers < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--workers")
     with database_errors(settings.database_url):
