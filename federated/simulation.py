@@ -6,10 +6,12 @@ per client, its dashboard off, and always shut down afterwards.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,28 +73,34 @@ def stop_on_interrupt() -> Iterator[None]:
 
     Flower's simulation runs its ServerApp in a thread and Ray in processes of its own; an
     interrupt that lands while they start was swallowed, or left the command waiting forever
-    and Ray's agents running. Nothing is written before a simulation ends, so exiting leaves
-    no partial results. Only the main thread can take signals (elsewhere this does nothing).
+    (on that thread) and Ray's agents running. So the handler stops the processes started
+    inside this block (Ray's; none started before it), runs the exit handlers (temporary
+    folders of feature files are removed), and exits without waiting for the thread. Nothing
+    is written before a simulation ends, so no partial results are left. Only the main
+    thread takes signals (elsewhere this does nothing).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
 
     def stop(signum: int, _frame: Any) -> None:
-        import psutil
-
         log.warning("interrupted: stopping the simulation and Ray")
         # Ray's processes, found before its shutdown orphans them (an interrupt during
         # `ray.init` left its agents running under init, where nothing would stop them)
-        spawned = psutil.Process().children(recursive=True)
-        t = threading.Thread(target=shutdown_ray, daemon=True)
-        t.start()
-        t.join(STOP_GRACE_S)
+        spawned = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        _bounded(shutdown_ray)
         for proc in spawned:
             try:
                 proc.kill()
             except psutil.Error:  # gone already
                 pass
+        # finalizers first (TemporaryDirectory's: the bench's feature files), then the other exit
+        # handlers (Ray's own may block: each step is bounded)
+        _bounded(weakref.finalize._exitfunc)  # type: ignore[attr-defined]
+        _bounded(atexit._run_exitfuncs)
         os._exit(128 + signum)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -101,6 +109,13 @@ def stop_on_interrupt() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _bounded(fn: Any) -> None:
+    """Run `fn` for at most STOP_GRACE_S (in a daemon thread: an exit must not hang on it)."""
+    t = threading.Thread(target=fn, daemon=True)
+    t.start()
+    t.join(STOP_GRACE_S)
 
 
 def shutdown_ray() -> None:
