@@ -42,6 +42,7 @@ def _looks_like_path(text: str) -> bool:
 
 def _strict_b64(text: str) -> bytes | None:
     """`text` decoded as standard or URL-safe base64, every character checked; None if it is not."""
+    text = "".join(text.split())  # `openssl rand -base64 64` wraps its lines: the breaks are no key
     try:
         return base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True) or None
     except (binascii.Error, ValueError):

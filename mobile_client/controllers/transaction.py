@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -91,7 +92,8 @@ def parse_amount(text: str) -> str:
 
 
 def parse_payee(text: str) -> str:
-    payee = " ".join((text or "").split())
+    """The payee as the bank takes it: spaces collapsed, NFC (a pasted "Cafe" + combining accent is "Café")."""
+    payee = unicodedata.normalize("NFC", " ".join((text or "").split()))
     if not payee:
         raise InputError("payee", "who are you paying?")
     if len(payee) > 128:

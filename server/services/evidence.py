@@ -60,7 +60,8 @@ def window_hash(w: FeatureWindowIn) -> str:
     A window the models read (a typing, swipe or walking window) is identified by its feature
     values alone, each rounded to about 6 significant digits: behaviour never repeats to that
     precision, so the same values with another start time, event count or quality, or nudged
-    by 1e-12, are the same evidence replayed. A window the models do not read (a touch tap,
+    by 1e-12, are the same evidence replayed (almost always: a value within the nudge of a
+    rounding boundary can fall to the other side). A window the models do not read (a touch tap,
     whose few features can repeat honestly) is identified by all its fields, exact.
     Values changed beyond that precision are not caught here: they are scored as what they
     are, new behaviour (docs/api.md, "Replay protection").

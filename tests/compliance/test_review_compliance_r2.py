@@ -95,6 +95,11 @@ def test_inline_keys_are_strict_base64_and_key_files_still_work(tmp_path: Path) 
     key_file = tmp_path / "hmac.key"
     key_file.write_text("ab" * 32 + "\n")
     assert hmac_key(Settings(audit_hmac_key=str(key_file), _env_file=None)) == bytes.fromhex("ab" * 32)  # type: ignore[call-arg]
+    # base64 wrapped at 64 columns, as `openssl rand -base64 64` writes it
+    wrapped = tmp_path / "wrapped.key"
+    text = base64.b64encode(bytes(range(64))).decode()
+    wrapped.write_text(text[:64] + "\n" + text[64:] + "\n")
+    assert hmac_key(Settings(audit_hmac_key=str(wrapped), _env_file=None)) == bytes(range(64))  # type: ignore[call-arg]
 
 
 # ------------------------------------------------------------------ 2. + 7. the retention policy's sections and bounds

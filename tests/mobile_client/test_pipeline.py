@@ -190,3 +190,10 @@ def test_federated_device_file_holds_only_this_devices_features(tmp_path) -> Non
     assert cmd[1:4] == ["federated", "supernode", "--workdir"] and "--data" in cmd
     with pytest.raises(ValueError, match="no gait windows"):
         export_windows(tmp_path, windows, "gait")
+
+
+def test_a_pasted_decomposed_payee_is_sent_in_the_form_the_bank_takes() -> None:
+    """"Cafe" + a combining accent (pasted, or some keyboards) is sent as NFC "Café", which the bank requires."""
+    from mobile_client.controllers.transaction import parse_payee
+
+    assert parse_payee("  Cafe\u0301   Noir ") == "Caf\u00e9 Noir"
