@@ -354,18 +354,25 @@ def close_while_busy(app):
     res["stop_at"] = time.monotonic()
 
 
-def close_on_then_off(app):
-    # the person switches a consent on (the bank answers after `slow` seconds), then off again
-    # while that is in flight, and closes the app: off must be what stays, here and at the bank
+def slow_consent_bank(gait_on):
+    # a set-up phone whose bank takes `slow` seconds to record each consent change (kept in res["seen"])
     p = services.profile
     p.registered, p.onboarded, p.enrolled = True, True, ["gait"]
-    p.consents["gait"]["authentication"] = False
+    p.consents["gait"]["authentication"] = gait_on
     seen = res.setdefault("seen", [])
     def handler(req):
-        seen.append(json.loads(req.content)["granted"])
+        b = json.loads(req.content)
+        seen.append([b["purpose"], b["granted"]])
         time.sleep(slow)
         return httpx.Response(201, json={})
     services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
+    return p, seen
+
+
+def close_on_then_off(app):
+    # the person switches a consent on (the bank answers after `slow` seconds), then off again
+    # while that is in flight, and closes the app: off must be what stays, here and at the bank
+    p, seen = slow_consent_bank(False)
     app.go("privacy"); yield 3
     row, sw = _consent_row(app, "gait")
     sw.active = True
@@ -378,16 +385,7 @@ def close_on_then_off(app):
 
 def toggle_back_in_flight(app):
     # each switch is moved and moved back while the first change is still at the bank
-    p = services.profile
-    p.registered, p.onboarded, p.enrolled = True, True, ["gait"]
-    p.consents["gait"]["authentication"] = True
-    seen = res.setdefault("seen", [])
-    def handler(req):
-        b = json.loads(req.content)
-        seen.append([b["purpose"], b["granted"]])
-        time.sleep(slow)
-        return httpx.Response(201, json={})
-    services.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
+    p, seen = slow_consent_bank(True)
     pr = app.go("privacy"); yield 3
     for purpose, flip in (("authentication", lambda v: setattr(_consent_row(app, "gait")[1], "active", v)),
                           ("federated_training", lambda v: setattr(pr, "federated", v))):
@@ -581,7 +579,7 @@ def test_a_consent_switched_on_then_off_just_before_closing_ends_off(gl_env: dic
     phone ends with the consent off and "off" is the last change the bank receives.
     """
     res = _drive(gl_env, tmp_path, "close_on_then_off", slow=bank_s)
-    assert res["seen"][0] is True  # the switch-on did reach the bank
+    assert res["seen"][0] == ["authentication", True]  # the switch-on did reach the bank
     profile = json.loads((tmp_path / "app" / "profile.json").read_text())
     assert profile["consents"]["gait"]["authentication"] is False
     queued = [json.loads(line) for line in (tmp_path / "app" / "outbox.jsonl").read_text().splitlines()]

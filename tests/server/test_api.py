@@ -66,19 +66,10 @@ def test_idempotency_same_decision_and_conflict(client: TestClient, enrolled, wi
     assert c.status_code == 409 and c.json()["code"] == "idempotency_conflict"
 
 
-def test_a_twin_that_lost_the_race_gets_the_winners_decision_not_a_replay_flag(
-        client: TestClient, enrolled, windows, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    """A concurrent twin (same key, same body) whose idempotency lookup ran before the winner committed.
-
-    Its replay check then finds the winner's windows: on PostgreSQL with two workers such twins
-    were refused as replayed evidence and the owner flagged. Replayed here by making the read
-    phase's lookup miss once, as it does in that interleaving.
-    """
+def _miss_idempotency_once(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The read phase's idempotency lookup misses once, as when the winner commits just after it."""
     import server.services.transactions as svc
 
-    payload = _authorize_payload(enrolled, windows, key="pay-twin")
-    first = enrolled.signed("POST", "/v1/transactions/authorize", payload)
-    assert first.status_code == 200, first.text
     real, missed = svc.find_idempotent, []
 
     def racing(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -88,6 +79,21 @@ def test_a_twin_that_lost_the_race_gets_the_winners_decision_not_a_replay_flag(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(svc, "find_idempotent", racing)
+    return missed
+
+
+def test_a_twin_that_lost_the_race_gets_the_winners_decision_not_a_replay_flag(
+        client: TestClient, enrolled, windows, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A concurrent twin (same key, same body) whose idempotency lookup ran before the winner committed.
+
+    Its replay check then finds the winner's windows: on PostgreSQL with two workers such twins
+    were refused as replayed evidence and the owner flagged. Replayed here by making the read
+    phase's lookup miss once, as it does in that interleaving.
+    """
+    payload = _authorize_payload(enrolled, windows, key="pay-twin")
+    first = enrolled.signed("POST", "/v1/transactions/authorize", payload)
+    assert first.status_code == 200, first.text
+    missed = _miss_idempotency_once(monkeypatch)
     twin = enrolled.signed("POST", "/v1/transactions/authorize", payload)
     assert missed and twin.status_code == 200, twin.text
     assert twin.json() == first.json()
@@ -109,22 +115,12 @@ def test_a_signed_request_replayed_in_the_twin_race_is_refused_not_answered(
     decision token: the copy whose idempotency lookup ran before the winner committed took
     the twin path, which never consumed its nonce. Replayed here as in the twin test above.
     """
-    import server.services.transactions as svc
-
     body = json.dumps(_authorize_payload(enrolled, windows, key="pay-replay")).encode()
     headers = sign_request(enrolled.key, enrolled.device_id, "POST", "/v1/transactions/authorize", body)
     headers["content-type"] = "application/json"
     first = client.post("/v1/transactions/authorize", content=body, headers=headers)
     assert first.status_code == 200, first.text
-    real, missed = svc.find_idempotent, []
-
-    def racing(*args, **kwargs):  # type: ignore[no-untyped-def]
-        if not missed:
-            missed.append(True)
-            return None
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(svc, "find_idempotent", racing)
+    missed = _miss_idempotency_once(monkeypatch)
     again = client.post("/v1/transactions/authorize", content=body, headers=headers)
     assert missed and again.status_code == 401 and again.json()["code"] == "replayed_request", again.text
     assert "token" not in again.text

@@ -18,23 +18,15 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from modalities.events import MODALITIES
 from server.client.api import DeviceClient
 from server.schemas import AuthorizeRequest, TokenVerify
 from server.signing import b64e, canonical_request
-from tests.server.conftest import evidence, new_device
+from tests.server.conftest import evidence
+from tests.server.test_security_rules import _enrol
 
 BANK = {"X-API-Key": "dev-bank-key"}
 ADMIN = {"X-API-Key": "dev-admin-key"}
 AUTHORIZE = "/v1/transactions/authorize"
-
-
-def _enrol(client: TestClient, windows: dict, user: str = "alice") -> DeviceClient:
-    dev = new_device(client, user)
-    for m in MODALITIES:
-        dev.grant_consent(m)
-        dev.enrol(windows["owner"][m][:5])
-    return dev
 
 
 def _payload(dev: DeviceClient, windows: dict, key: str, *, i: int = 5, amount: Any = "25.00",
