@@ -11,6 +11,7 @@ app = typer.Typer(
     help="Cadence: open multi-modal behavioural biometrics for transaction approval.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
 )
 app.add_typer(bench.app)
 

@@ -211,3 +211,15 @@ def test_training_records_the_subjects_it_used(tmp_path: Path, monkeypatch: pyte
     ids = json.loads((version_dir / TRAINING_SUBJECTS_FILE).read_text())
     assert len(ids) == 7 and set(ids) <= set(range(1, 21))
     assert _training_subjects(version_dir) == ids
+
+
+def test_every_command_takes_dash_h_for_help() -> None:
+    """`-h` worked only for `cadence bench`; every other command answered "No such option '-h'"."""
+    from typer.testing import CliRunner
+
+    from cadence.cli import app
+
+    for command in ([], ["serve"], ["models", "list"], ["audit", "verify"], ["compliance", "purge"],
+                    ["federated", "superlink"], ["app"], ["demo"], ["bench"]):
+        out = CliRunner().invoke(app, [*command, "-h"])
+        assert out.exit_code == 0 and "Usage" in out.output, (command, out.output)
