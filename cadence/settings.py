@@ -14,6 +14,9 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: the longest session period a setting may name (larger ones overflowed date arithmetic: 500s)
+_TEN_YEARS_S = 10 * 365 * 86_400.0
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CADENCE_", env_file=".env", extra="ignore")
@@ -68,7 +71,7 @@ class Settings(BaseSettings):
     lockout_failures: int = Field(default=5, ge=1)
     #: server: continuous sessions' risk: the mean LLR of the last `session_window` windows,
     #: stepped up from `session_step_up_risk` and ended from `session_terminate_risk` (the one
-    #: place these are set: both session engines read them, and a session keeps those it opened with)
+    #: place these are set: both session engines read them; a tracker-engine session keeps those it opened with)
     session_window: int = Field(default=5, ge=1, le=1000)
     session_step_up_risk: float = Field(default=0.6, gt=0.0, lt=1.0)
     session_terminate_risk: float = Field(default=0.9, gt=0.0, lt=1.0)
@@ -77,10 +80,10 @@ class Settings(BaseSettings):
     session_max_per_hour: int = Field(default=12, ge=1)
     #: server: a session opened within this many seconds after another of the user's sessions was
     #: terminated, or left in step-up, starts in step-up (the bank's step-up clears it); 0 = off
-    session_hold_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
+    session_hold_s: float = Field(default=3600.0, ge=0, le=_TEN_YEARS_S, allow_inf_nan=False)
     #: server: a session with no window for this long, or open for this long, expires (409 `session_expired`)
-    session_idle_timeout_s: float = Field(default=1800.0, gt=0, allow_inf_nan=False)
-    session_max_lifetime_s: float = Field(default=43_200.0, gt=0, allow_inf_nan=False)
+    session_idle_timeout_s: float = Field(default=1800.0, gt=0, le=_TEN_YEARS_S, allow_inf_nan=False)
+    session_max_lifetime_s: float = Field(default=43_200.0, gt=0, le=_TEN_YEARS_S, allow_inf_nan=False)
     #: server: enrolment quality gate (per modality)
     enrol_min_windows: int = Field(default=3, ge=1)
     enrol_min_quality: float = Field(default=0.05, ge=0.0, le=1.0)

@@ -24,6 +24,21 @@ class ApiCallError(RuntimeError):
         self.status, self.body = status, body
 
 
+def amount_text(amount: Decimal | float | str) -> str:
+    """The amount in the one spelling the API takes ("10.00"): `Decimal("1E+1")` and 10.0 are "10.00".
+
+    An amount that is not whole cents (0.1 + 0.2, "10.001") is refused here, not rounded.
+    """
+    try:
+        exact = Decimal(str(amount).strip())
+        cents = exact.quantize(Decimal("0.01"))
+    except ArithmeticError as exc:  # InvalidOperation: not a number, or too large to quantize
+        raise ValueError(f"amount: {amount!r} is not a decimal amount") from exc
+    if cents != exact:
+        raise ValueError(f"amount: {amount!r} is not a whole number of cents")
+    return f"{cents:.2f}"
+
+
 class DeviceClient:
     """One device of one user talking to the server."""
 
@@ -89,7 +104,7 @@ class DeviceClient:
 
     def authorize(self, *, amount: Decimal | float | str, payee: str, evidence: list[FeatureWindow],
                   currency: str = "EUR", idempotency_key: str | None = None, channel: str = "app") -> Any:
-        payload = {"user_id": self.user_id, "amount": str(amount), "currency": currency, "payee": payee,
+        payload = {"user_id": self.user_id, "amount": amount_text(amount), "currency": currency, "payee": payee,
                    "channel": channel, "idempotency_key": idempotency_key or uuid.uuid4().hex,
                    "evidence": [w.to_dict() for w in evidence]}
         return self._check(self.signed("POST", "/v1/transactions/authorize", payload))

@@ -304,6 +304,20 @@ def _stepped_up(session: Session, s: AuthSession, *, actor: str, reason: str) ->
                 payload={"session_id": s.id, "reason": reason, "risk": round(s.risk, 6)})
 
 
+def _hold_siblings(session: Session, s: AuthSession, *, actor: str, reason: str) -> None:
+    """The user's other open sessions (`pending` or `ok`) are held in `step_up` too.
+
+    Otherwise sessions opened before this one ended (up to the hourly bound) would each carry
+    on from the prior, and the hold on new sessions (`_hold_reason`) would never apply to
+    them. The user's row is locked by the caller, so no concurrent window of theirs is lost.
+    """
+    siblings = session.scalars(select(AuthSession).where(AuthSession.user_id == s.user_id, AuthSession.id != s.id,
+                                                         AuthSession.status.in_(("pending", "ok")))).all()
+    for sib in siblings:
+        sib.status = "step_up"
+        _stepped_up(session, sib, actor=actor, reason=reason)
+
+
 def create_session(session: Session, *, user_id: str, device_id: str | None, settings: Settings,
                    actor: str = "device") -> SessionStatus:
     """Open a session: `pending` until a window is scored, or `step_up` when one is held (`_hold_reason`).
@@ -446,8 +460,10 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
     s.status = _next_status(previous, engine_status, books.scored)
     if s.status == "step_up" and previous != "step_up":
         _stepped_up(session, s, actor=actor, reason="risk")
+        _hold_siblings(session, s, actor=actor, reason="sibling_step_up")
     if s.status == "terminate":
         _terminated(session, s, user, actor=actor)
+        _hold_siblings(session, s, actor=actor, reason="sibling_terminated")
     session.flush()
     return _status_view(s, settings, books)
 
@@ -497,5 +513,6 @@ def complete_step_up(session: Session, *, session_id: str, success: bool, settin
                 payload={"session_id": s.id, "success": success})
     if not success:
         _terminated(session, s, user, actor=actor, reason="step_up_failed")
+        _hold_siblings(session, s, actor=actor, reason="sibling_terminated")
     session.flush()
     return _full_view(s, settings, books or Books())

@@ -258,3 +258,16 @@ def test_the_audit_log_keeps_only_the_platform_family(client: TestClient, monkey
     dev = client.get("/v1/admin/users/anna/export", headers=ADMIN).json()
     assert "Anna's Pixel" not in json.dumps(dev["data"]["audit"]), "the free text reached the audit log"
     assert "Anna's Pixel" in json.dumps(dev)  # the device row keeps it (erased with the device)
+
+
+def test_the_python_client_sends_amounts_in_the_one_spelling() -> None:
+    """`DeviceClient.authorize` sent str(amount): Decimal("10.000") and Decimal("1E+1") were refused (422)."""
+    from decimal import Decimal
+
+    from server.client.api import amount_text
+
+    assert [amount_text(a) for a in (Decimal("10.000"), Decimal("1E+1"), 10.0, "12", " 7.5 ")] == \
+        ["10.00", "10.00", "10.00", "12.00", "7.50"]
+    for bad in (0.1 + 0.2, "10.001", "ten"):
+        with pytest.raises(ValueError, match="amount"):
+            amount_text(bad)

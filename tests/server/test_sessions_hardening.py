@@ -358,6 +358,27 @@ def test_after_a_termination_a_new_session_starts_in_step_up(s: Sessions, llr: d
     assert s.open()["status"] == "step_up"
 
 
+def test_an_end_or_a_step_up_holds_the_users_sessions_already_open(s: Sessions, llr: dict[str, float]) -> None:
+    """Sessions opened before one ended carried on from the prior: up to the hourly bound of fresh starts."""
+    llr["value"] = OWNER
+    early = s.open()["session_id"]
+    assert s.post(early)["status"] == "ok"
+    waiting = s.open()["session_id"]  # opened, nothing scored yet
+    s.terminated(llr)
+    llr["value"] = OWNER
+    for sid in (early, waiting):
+        assert s.read(sid).json()["status"] == "step_up"
+        assert s.bank(sid).json()["status"] == "step_up"
+    assert s.post(early)["status"] == "step_up"  # owner-like windows do not clear it: the bank's step-up does
+    assert {e["reason"] for e in s.events("session.step_up")} >= {"sibling_terminated"}
+    assert s.step_up(early, True).json()["status"] == "ok"
+    # a session stepped up by its risk holds the others as well
+    other = s.open()["session_id"]
+    assert s.post(other)["status"] == "ok"
+    s.stepped_up(llr)
+    assert s.read(other).json()["status"] == "step_up"
+
+
 def test_a_session_left_in_step_up_holds_the_next_one(s: Sessions, llr: dict[str, float]) -> None:
     """Otherwise a held step-up is cleared by opening another session."""
     s.stepped_up(llr)
@@ -415,6 +436,10 @@ def test_thresholds_are_checked_in_the_settings() -> None:
 
     with pytest.raises(ValueError, match="session_terminate_risk"):
         Settings(session_step_up_risk=0.8, session_terminate_risk=0.7)
+    # "unlimited" written as 1e12 used to start, then fail every session call with a 500 (OverflowError)
+    for name in ("session_idle_timeout_s", "session_max_lifetime_s", "session_hold_s"):
+        with pytest.raises(ValueError, match=name):
+            Settings(**{name: 1e12})
 
 
 # -- concurrency: failed step-ups are counted one after another -----------------------------------
