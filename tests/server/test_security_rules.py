@@ -315,6 +315,20 @@ def test_the_app_can_ask_for_its_own_erasure(client: TestClient, windows) -> Non
     assert dev.signed("GET", "/v1/users/alice/consents").status_code == 401  # its key went with it
 
 
+def test_a_locked_user_cannot_erase_themselves_to_start_unlocked(client: TestClient, windows) -> None:
+    """Self-erasure, then a new registration, gave a clean unlocked user: past the lockout only an admin lifts."""
+    from server.models import User
+
+    dev = _enrol(client, windows)
+    with client.app.state.cadence.sessions() as db, db.begin():  # type: ignore[attr-defined]
+        db.get(User, "alice").locked = True
+    r = dev.signed("DELETE", "/v1/users/alice")
+    assert r.status_code == 423 and r.json()["code"] == "user_locked", r.text
+    assert dev.signed("GET", "/v1/users/alice/consents").status_code == 200  # nothing was erased
+    r = client.delete("/v1/admin/users/alice", headers={"X-API-Key": "dev-admin-key"})  # the bank can
+    assert r.status_code == 200 and r.json()["erased"]["server.server_template"] == 3, r.text
+
+
 @pytest.mark.parametrize("payee", ["ACME\u202eLIAM", "AC\u200bME", "   ", "A\u2028B"])
 def test_payee_refuses_invisible_and_blank_text(client: TestClient, windows, payee: str) -> None:
     dev = _enrol(client, windows)

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Path
 
 from server.api.deps import Signed, State, same_user
 from server.api.routing import CadenceRoute
+from server.errors import ApiError
+from server.models import User
 from server.schemas import ConsentIn, EnrolRequest, EnrolResponse
 from server.services import compliance_hooks as hooks
 from server.services.enrolment import enrol
@@ -62,8 +64,15 @@ def erase_self(req: Signed, user_id: str = UserId) -> dict[str, Any]:
     """The person's own erasure request (GDPR Art. 17) from the app: everything the server holds about them.
 
     Signed by their device like every device call; audited with the device as actor. The
-    device's key goes with it, so the app must register again to be used.
+    device's key goes with it, so the app must register again to be used. A locked user's own
+    erasure is refused (423): erasing, then being registered again, gave a clean, unlocked user,
+    past the lockout an administrator must lift. Their erasure goes through the bank (the admin
+    route), which then also decides whether they may register again.
     """
     with req.transaction() as session:
         same_user(req.device, user_id)
+        user = session.get(User, user_id, with_for_update=True)
+        if user is not None and user.locked:
+            raise ApiError(423, "user_locked", "user_id: locked after repeated failed authentications; "
+                                               "ask your bank to erase your data (it lifts the lock too)")
         return {"user_id": user_id, "erased": hooks.erase_user(session, user_id, actor=req.actor)}
