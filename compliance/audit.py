@@ -352,9 +352,10 @@ def seal(session: Session, key: Ed25519PrivateKey | None = None, *, now: datetim
     problems, last_seq, last_hash = _walk(session, start_seq, start_hash, limit=1)
     # what the walk cannot see: the tail cut off (the head row or a signed seal still know) or
     # the head row gone; `verify_chain` reports these, so sealing over them would vouch for it
-    count = session.scalar(select(func.count()).select_from(AuditEntry)) or 0
-    found = [_head_problem(session.get(AuditHead, 1), int(count), last_seq, last_hash)]
-    found += [_beyond_tail(cp, last_seq) for cp in cps if _signature_ok(cp, pubs) is None]
+    head = session.get(AuditHead, 1)  # the whole log is counted only when the head row is gone
+    count = 1 if head is not None else session.scalar(select(func.count()).select_from(AuditEntry)) or 0
+    found = [_head_problem(head, int(count), last_seq, last_hash)]
+    found += [_beyond_tail(cp, last_seq) for cp in cps if cp.seq > last_seq and _signature_ok(cp, pubs) is None]
     problems += [f for f in found if f is not None]
     if problems:
         p = min(problems, key=lambda q: q.seq)

@@ -346,9 +346,7 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
         health.database_health(app).failed(reason)
         log.error("database unavailable (%s): %s %s: %s", reason, request.method, request.url.path,
                   describe_database_error(exc))
-        unavailable = DatabaseUnavailable(reason)
-        return JSONResponse({"detail": unavailable.detail, "code": unavailable.code}, status_code=unavailable.status,
-                            headers=unavailable.headers)
+        return await _api_error(request, DatabaseUnavailable(reason))
 
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(sa_exc.TimeoutError, _database_error)

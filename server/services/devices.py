@@ -41,8 +41,7 @@ def register_device(session: Session, body: DeviceRegister, *, actor: str) -> De
     session.add(dev)
     session.flush()
     hooks.audit(session, event="device.registered", actor=actor, subject=body.user_id,
-                payload={"device": hooks.device_alias(body.device_id), "key_sha256": hooks.digest(body.public_key),
-                         "platform": hooks.platform_family(body.platform)})
+                payload=hooks.device_registered_payload(body.device_id, body.public_key, body.platform))
     return dev
 
 

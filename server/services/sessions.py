@@ -33,7 +33,7 @@ from server.schemas import FeatureWindowIn
 from server.services import compliance_hooks as hooks
 from server.services.evidence import window_hash
 from server.services.scoring import ScorerProvider
-from server.services.transactions import assess_evidence, record_evidence
+from server.services.transactions import assess_evidence, count_step_up, record_evidence
 from server.session_schemas import SessionStatus, SessionView
 
 Engine = Literal["continuous.session", "fallback-window"]
@@ -389,11 +389,13 @@ def _terminated(session: Session, s: AuthSession, user: User | None, *, actor: s
     windows against a fused -4.6), and owners' own sessions end now and then; five of those
     would lock an owner out. A failed step-up does count (`complete_step_up`). What it closes
     is enrolment (reopened by the bank), so whoever ended it cannot then enrol their own
-    behaviour; and new sessions start in `step_up` for a while (`_hold_reason`).
+    behaviour; the user's other open sessions are held in `step_up`, and new ones start there
+    for a while (`_hold_reason`).
     """
     if user is None:
         return
     user.enrolment_open = False
+    _hold_siblings(session, s, actor=actor, reason="sibling_terminated")
     what = f"risk {s.risk:.3f}" if reason == "risk" else reason.replace("_", " ")
     session.add(SecurityFlag(user_id=user.id, kind="session_terminated", detail=f"session {s.id}: {what}"))
     hooks.audit(session, event="session.terminated", actor=actor, subject=user.id,
@@ -463,7 +465,6 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
         _hold_siblings(session, s, actor=actor, reason="sibling_step_up")
     if s.status == "terminate":
         _terminated(session, s, user, actor=actor)
-        _hold_siblings(session, s, actor=actor, reason="sibling_terminated")
     session.flush()
     return _status_view(s, settings, books)
 
@@ -501,18 +502,15 @@ def complete_step_up(session: Session, *, session_id: str, success: bool, settin
             raise ApiError(423, "user_locked", f"session_id: its user is locked after {settings.lockout_failures} "
                                                "consecutive failed authentications; an administrator must unlock it first")
         _check_live(s, books, settings, now)
-        user.consecutive_failures = 0
         books = replace(books, passed_at=now)
         s.state, s.status, s.risk = {**_fresh_engine_state(settings), **books.to_state()}, "ok", 0.5
     else:
-        user.consecutive_failures += 1
-        user.locked = user.consecutive_failures >= settings.lockout_failures
         s.status = "terminate"
+    count_step_up(user, success, settings.lockout_failures)
     s.updated_at = now
     hooks.audit(session, event="session.step_up_completed", actor=actor, subject=user.id,
                 payload={"session_id": s.id, "success": success})
     if not success:
         _terminated(session, s, user, actor=actor, reason="step_up_failed")
-        _hold_siblings(session, s, actor=actor, reason="sibling_terminated")
     session.flush()
     return _full_view(s, settings, books or Books())

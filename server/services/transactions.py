@@ -330,6 +330,19 @@ def authorize(session: Session, provider: ScorerProvider, signing_key: Ed25519Pr
                             actor=actor)
 
 
+def count_step_up(user: User, success: bool, lockout_failures: int) -> None:
+    """A step-up's outcome on the user's failure count (PSD2 RTS Art. 4): passed resets it, failed adds one.
+
+    The one rule for a payment's and a continuous session's step-up; the caller holds the
+    user's row lock, so concurrent failures are counted one after another.
+    """
+    if success:
+        user.consecutive_failures = 0
+    else:
+        user.consecutive_failures += 1
+        user.locked = user.consecutive_failures >= lockout_failures
+
+
 def complete_step_up(session: Session, signing_key: Ed25519PrivateKey, tx_id: str, *, success: bool,
                      lockout_failures: int, actor: str) -> dict[str, Any]:
     """The bank reports the outcome of the step-up (e.g. a one-time code) for a pending transaction.
@@ -350,11 +363,7 @@ def complete_step_up(session: Session, signing_key: Ed25519PrivateKey, tx_id: st
         raise ApiError(423, "user_locked", f"transaction_id: its user is locked after {lockout_failures} consecutive "
                                            "failed authentications; an administrator must unlock it first")
     outcome = "approve" if success else "deny"
-    if success:
-        user.consecutive_failures = 0
-    else:
-        user.consecutive_failures += 1
-        user.locked = user.consecutive_failures >= lockout_failures
+    count_step_up(user, success, lockout_failures)
     response = dict(tx.response)
     response["status"] = tx.status = "approved_after_step_up" if success else "denied_after_step_up"
     response["decision"] = tx.outcome = outcome

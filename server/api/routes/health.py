@@ -7,7 +7,6 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -18,6 +17,7 @@ from server.api.deps import State
 from server.api.routing import CadenceRoute
 from server.errors import DatabaseUnavailable
 from server.signing import HEADER_INSTANCE
+from server.sqlite_writers import sqlite_file
 
 router = APIRouter(tags=["health"], route_class=CadenceRoute)
 #: names this server process (one per uvicorn worker; random, not the pid): a balancer or the
@@ -77,12 +77,11 @@ def sqlite_disk_full(engine: Engine) -> bool:
     SELECT 1 still answers then, but writes fail ("database or disk is full") as soon as the
     log has to grow.
     """
-    database = engine.url.database or ""
-    if engine.dialect.name != "sqlite" or not database or ":memory:" in database or "mode=memory" in database:
+    database = sqlite_file(engine.url)
+    if database is None:
         return False
-    path = urlsplit(database).path if database.startswith("file:") else database
     try:
-        st = os.statvfs(Path(path).resolve().parent)
+        st = os.statvfs(Path(database).resolve().parent)
     except (OSError, AttributeError):  # no statvfs (Windows), or the folder is gone (the probe says so)
         return False
     return st.f_bavail * st.f_frsize < MIN_FREE_BYTES
