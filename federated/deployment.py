@@ -18,7 +18,8 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -139,6 +140,53 @@ def spawn(cmd: list[str], workdir: str | os.PathLike[str], log_name: str) -> sub
         fh.close()
 
 
+class Interrupted(Exception):
+    """A SIGINT/SIGTERM/SIGHUP that `SignalGuard` turned into an exception once armed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class SignalGuard:
+    """SIGINT/SIGTERM/SIGHUP noted while something starts, raised as `Interrupted` once armed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.armed = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        if self.armed:
+            raise Interrupted(signum)
+
+    def arm(self) -> None:
+        """From now on a signal interrupts; one that came before interrupts at once."""
+        self.armed = True
+        if self.received:
+            raise Interrupted(self.received[0])
+
+    def ignore(self) -> None:
+        """While what was started is being stopped, a second signal must not cut the clean-up short."""
+        self.armed = False
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[SignalGuard]:
+    """A `SignalGuard` handling the three signals inside the block; the old handlers come back after it."""
+    guard = SignalGuard()
+    old = {sig: signal.signal(sig, guard.handler) for sig in SignalGuard.SIGNALS}
+    try:
+        yield guard
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def run_foreground(cmd: list[str], workdir: str | os.PathLike[str]) -> int:
     """Run `cmd` until it exits; on SIGTERM/SIGINT/SIGHUP stop it and every process it started.
 
@@ -147,42 +195,20 @@ def run_foreground(cmd: list[str], workdir: str | os.PathLike[str]) -> int:
     The handlers go in before `Popen` (a signal while it starts would orphan the child in its
     own session), and every signal is ignored during `stop` (Ctrl-C there left a traceback).
     """
-    received: list[int] = []
-    waiting = False  # raise only while waiting: before that the signal is noted, after it ignored
-
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)
-        if waiting:
-            raise _Interrupted(signum)
-
-    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-    old = {sig: signal.signal(sig, interrupted) for sig in sigs}
     proc: subprocess.Popen[bytes] | None = None
     code = 0
-    try:
-        proc = subprocess.Popen(cmd, env=flower_env(workdir), start_new_session=True)
-        waiting = True
-        if not received:  # else a signal came while it started: stop it at once
-            code = proc.wait()
-    except _Interrupted:
-        pass
-    finally:
-        waiting = False
-        for sig in sigs:  # a second signal must not interrupt the clean-up
-            signal.signal(sig, signal.SIG_IGN)
+    with signals_deferred() as guard:
         try:
+            proc = subprocess.Popen(cmd, env=flower_env(workdir), start_new_session=True)
+            guard.arm()  # a signal that came while it started stops it at once
+            code = proc.wait()
+        except Interrupted:
+            pass
+        finally:
+            guard.ignore()
             if proc is not None:
                 stop(proc)  # also what it left in its group when it exited by itself
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-    return 128 + received[0] if received else code
-
-
-class _Interrupted(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+    return 128 + guard.received[0] if guard.received else code
 
 
 def descendants(pid: int) -> list[int]:
@@ -349,7 +375,7 @@ def write_latest(workdir: str | os.PathLike[str], run_id: str | int) -> Path:
     """Point `cadence federated status` at run `run_id` (the last one submitted from this workspace)."""
     path = Path(workdir).resolve() / LATEST
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"run_id": str(run_id), "status_file": str(run_status_file(workdir, run_id))}))
+    tmp.write_text(json.dumps({"run_id": str(run_id)}))  # its status file follows from it (`run_status_file`)
     os.replace(tmp, path)
     return path
 
@@ -360,7 +386,7 @@ def latest_status_file(workdir: str | os.PathLike[str], run_id: str | int | None
     if run_id is not None:
         return run_status_file(wd, run_id)
     try:
-        return Path(json.loads((wd / LATEST).read_text())["status_file"])
+        return run_status_file(wd, str(json.loads((wd / LATEST).read_text())["run_id"]))
     except (OSError, ValueError, KeyError, TypeError):
         return wd / "status.json"
 

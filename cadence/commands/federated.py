@@ -12,10 +12,7 @@ from __future__ import annotations
 import json
 import math
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -165,7 +162,7 @@ def run(
     address = d.read_connection(wd)
     if address:
         console.print(f"waiting for the SuperLink at {address} (up to {d.SUPERLINK_WAIT_S:g} s)", markup=False)
-    with _signals_deferred() as signals:
+    with d.signals_deferred() as signals:
         try:
             info = d.submit_run(wd, s.as_config())
         except d.DeploymentError as exc:
@@ -181,7 +178,7 @@ def run(
                 markup=False),
                 flwr_status=lambda: d.flwr_run_status(wd, run_id), run_id=run_id)
             signals.armed = False  # the run is over: nothing left to stop
-        except _Interrupted as exc:
+        except d.Interrupted as exc:
             signals.ignore()
             name = signal.Signals(exc.signum).name
             _stop_flower_run(d, wd, run_id, status_file, f"interrupted ({name})")
@@ -222,50 +219,6 @@ def _stop_flower_run(d: Any, workdir: Path, run_id: str, status_file: Path, why:
     d.record_end(status_file, f"stopped by `cadence federated run`: {why}")
     error_line(f"run {run_id} {why}: stopped it (flwr stop {run_id}); unless it had just finished, it publishes "
                f"nothing (`cadence federated status --run-id {run_id}` tells)")
-
-
-class _Interrupted(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-class _SignalGuard:
-    """SIGINT/SIGTERM/SIGHUP noted while a run is submitted, raised as `_Interrupted` once armed."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        self.armed = False
-
-    def handler(self, signum: int, frame: FrameType | None) -> None:
-        self.received.append(signum)
-        if self.armed:
-            raise _Interrupted(signum)
-
-    def arm(self) -> None:
-        """From now on a signal interrupts; one that came before interrupts at once."""
-        self.armed = True
-        if self.received:
-            raise _Interrupted(self.received[0])
-
-    def ignore(self) -> None:
-        """While the run is being stopped, a second Ctrl-C must not cut the `flwr stop` short."""
-        self.armed = False
-        for sig in self.SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[_SignalGuard]:
-    guard = _SignalGuard()
-    old = {sig: signal.signal(sig, guard.handler) for sig in _SignalGuard.SIGNALS}
-    try:
-        yield guard
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 @fed.command("status")
