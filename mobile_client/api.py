@@ -442,13 +442,11 @@ class OfflineQueue:
             atomic_write(self.path, "".join(json.dumps(i) + "\n" for i in items).encode("utf-8"))
 
     def waiting(self) -> bool:
-        """Anything queued? (cheap when the file is absent or empty: no parsing)"""
+        """Anything queued? (no parsing: the flush that follows reads the file, and sets bad lines aside)"""
         try:
-            if self.path.stat().st_size == 0:
-                return False
+            return self.path.stat().st_size > 0
         except FileNotFoundError:
             return False
-        return bool(self.items())
 
     def __len__(self) -> int:
         return len(self.items())

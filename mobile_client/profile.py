@@ -73,8 +73,14 @@ def _ids(raw: bytes) -> dict[str, str]:
     return out
 
 
-def _default_consents() -> dict[str, dict[str, bool]]:
+def default_consents() -> dict[str, dict[str, bool]]:
+    """Every modality and purpose off: a fresh install's consents."""
     return {m: {p: False for p in PURPOSES} for m in MODALITIES}
+
+
+def new_device_id() -> str:
+    """A fresh install's device id (a new one after "Delete my data")."""
+    return "dev-" + secrets.token_hex(6)
 
 
 @dataclass
@@ -86,7 +92,7 @@ class Profile:
     display_name: str = "Alex"
     registered: bool = False
     enrolled: list[str] = field(default_factory=list)
-    consents: dict[str, dict[str, bool]] = field(default_factory=_default_consents)
+    consents: dict[str, dict[str, bool]] = field(default_factory=default_consents)
     federated: bool = False
     last_sync: float | None = None
     onboarded: bool = False
@@ -119,7 +125,7 @@ class Profile:
                 p = cls(user_id=ids.get("user_id", ""), device_id=ids.get("device_id", ""))
                 cls._move_aside(path, str(exc) or type(exc).__name__)
         if not p.device_id:
-            p.device_id = "dev-" + secrets.token_hex(6)
+            p.device_id = new_device_id()
         if not p.user_id:
             p.user_id = "user-" + secrets.token_hex(6)
         for m in MODALITIES:
@@ -144,6 +150,10 @@ class Profile:
         from mobile_client.api import atomic_write  # a temp file per writer: the worker and the UI both save
 
         atomic_write(path, json.dumps(asdict(self), indent=1).encode("utf-8"))
+
+    def federated_consented(self) -> bool:
+        """Federated training as the consents say (any modality with that consent)."""
+        return any(c.get("federated_training") for c in self.consents.values())
 
     def consented(self, modality: str, purpose: str = "authentication") -> bool:
         return bool(self.consents.get(modality, {}).get(purpose, False))

@@ -178,7 +178,7 @@ class ConsentController:
         self.s.profile.consents[modality][purpose] = granted
         if purpose == "authentication" and not granted and modality in self.s.profile.enrolled:
             self.s.profile.enrolled = [m for m in self.s.profile.enrolled if m != modality]
-        self.s.profile.federated = any(c.get("federated_training") for c in self.s.profile.consents.values())
+        self.s.profile.federated = self.s.profile.federated_consented()
         return state
 
     def _save(self) -> None:

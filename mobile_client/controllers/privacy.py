@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mobile_client.api import ROUTES, ApiError
 from mobile_client.device_key import DeviceKey
-from mobile_client.profile import PURPOSES
+from mobile_client.profile import default_consents, new_device_id
 from mobile_client.services import AppServices
-from modalities.events import MODALITIES
 
 if TYPE_CHECKING:
     from mobile_client.controllers.consent import ConsentResult
@@ -72,7 +70,7 @@ class PrivacyController:
 
     def federated_on(self) -> bool:
         """Federated training as the consents say (any modality with that consent)."""
-        return any(c.get("federated_training") for c in self.s.profile.consents.values())
+        return self.s.profile.federated_consented()
 
     def set_federated(self, on: bool) -> list[ConsentResult]:
         """Switch federated training for every modality used to confirm it's you; one result each.
@@ -210,7 +208,7 @@ def settle_pending_erase(s: AppServices) -> tuple[str, str]:
 def _reset_device(s: AppServices) -> int:
     """Back to a fresh install (same person): no recordings, consents or set-up; a new device key and id."""
     p = s.profile  # changed in place: the evidence buffer's consent check reads this object
-    p.consents = {m: {q: False for q in PURPOSES} for m in MODALITIES}  # collection stops first
+    p.consents = default_consents()  # collection stops first
     s.evidence.clear()
     n_files = s.store.delete_all()
     s.api.queue.clear()
@@ -220,7 +218,7 @@ def _reset_device(s: AppServices) -> int:
         hook()
     s.key.destroy()
     s.key = DeviceKey(s.secrets)
-    p.device_id = "dev-" + secrets.token_hex(6)
+    p.device_id = new_device_id()
     p.registered = False
     p.enrolled = []
     p.federated = False
