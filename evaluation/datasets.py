@@ -68,15 +68,25 @@ class DatasetError(RuntimeError):
 # --------------------------------------------------------------------------- locating files
 
 
+def data_folder(data_dir: str | os.PathLike[str], label: str = "") -> Path:
+    """`data_dir` as a folder; `DatasetError` ("[LABEL: ]data folder not found: ...") if it is none.
+
+    `available_subjects` reads a missing folder as no subjects, so callers that must tell the
+    two apart check the folder with this first.
+    """
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"{label + ': ' if label else ''}data folder not found: {root}")
+    return root
+
+
 def modality_dir(data_dir: str | os.PathLike[str], kind: str) -> Path:
     """Return the folder holding files of `kind`: `data_dir` itself or its one subfolder with such files.
 
     Several subfolders with `kind` files (two phones' folders, or the parent of several data
     roots) are a `DatasetError` listing them: which one is meant cannot be guessed.
     """
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"data folder not found: {root}")
+    root = data_folder(data_dir)
     pat = PATTERNS[kind]
 
     def holds(folder: Path) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.datasets import DatasetError, available_subjects, shared_content
+from evaluation.datasets import DatasetError, available_subjects, data_folder, shared_content
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ def resolve_folds(
             raise ValueError("--train-dir and --eval-dir go together")
         tr_dir, ev_dir = Path(train_dir), Path(eval_dir)
         for label, d in (("--train-dir", tr_dir), ("--eval-dir", ev_dir)):
-            if not d.is_dir():
-                raise DatasetError(f"{label}: data folder not found: {d}")
+            data_folder(d, label)
         if tr_dir.resolve() != ev_dir.resolve():
             tr = pick(tr_dir, available_subjects(tr_dir, kind), 1)
             ev = pick(ev_dir, available_subjects(ev_dir, kind), 2)
@@ -105,9 +104,7 @@ def resolve_folds(
         data_dir = tr_dir
     if data_dir is None:
         raise ValueError("give --data-dir (or CADENCE_DATA_DIR), or --train-dir and --eval-dir")
-    folder = Path(data_dir)
-    if not folder.is_dir():
-        raise DatasetError(f"data folder not found: {folder}")
+    folder = data_folder(data_dir)
     subs = pick(folder, available_subjects(folder, kind), 0)
     if not subs:
         raise DatasetError(f"no {kind} subjects in {folder}")

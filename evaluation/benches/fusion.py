@@ -54,7 +54,7 @@ def _fusion_folds(ctx: BenchContext) -> list[tuple[Any, Any, list[int], list[int
     With --train-dir and --eval-dir, each modality's files are checked as `ctx.folds` checks
     them (`protocols.check_disjoint`): an evaluation file holding a training file's data is refused.
     """
-    from evaluation.datasets import DatasetError, available_subjects
+    from evaluation.datasets import available_subjects, data_folder
     from evaluation.protocols import check_disjoint, subject_folds
 
     def common(folder: Any) -> list[int]:
@@ -65,8 +65,7 @@ def _fusion_folds(ctx: BenchContext) -> list[tuple[Any, Any, list[int], list[int
     cap = 16 if ctx.quick else None
     if ctx.train_dir is not None and ctx.eval_dir is not None and ctx.train_dir.resolve() != ctx.eval_dir.resolve():
         for d in (ctx.train_dir, ctx.eval_dir):
-            if not d.is_dir():
-                raise DatasetError(f"data folder not found: {d}")
+            data_folder(d)
         tr, ev = common(ctx.train_dir), common(ctx.eval_dir)
         for m in MODALITIES:
             ctx.note(*check_disjoint(m, ctx.train_dir, tr, ctx.eval_dir, ev))
