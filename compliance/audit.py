@@ -31,7 +31,7 @@ from sqlalchemy.orm.util import identity_key
 
 from cadence import prepared
 from compliance import keys as _keys
-from compliance.models import AuditCheckpoint, AuditEntry, AuditHead, utcnow
+from compliance.models import AuditCheckpoint, AuditEntry, AuditHead, iso_utc, utcnow
 
 GENESIS = "0" * 64
 #: a numeric list longer than this in a payload is taken for raw behaviour and refused
@@ -582,5 +582,5 @@ def entries_for(session: Session, user_id: str) -> list[dict[str, Any]]:
     alias = _keys.pseudonym(user_id)
     rows = session.scalars(select(AuditEntry).where(AuditEntry.subject == alias).order_by(AuditEntry.seq)).all()
     # times as the rest of the export writes them (ISO-8601, +00:00), not the hash's `_ts` form
-    return [{"seq": e.seq, "ts": e.ts.astimezone(UTC).isoformat(), "event": e.event, "actor": e.actor,
+    return [{"seq": e.seq, "ts": iso_utc(e.ts), "event": e.event, "actor": e.actor,
              "payload": json.loads(e.payload)} for e in rows]

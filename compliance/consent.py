@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from compliance.audit import append_audit
-from compliance.models import ConsentRecord, utcnow
+from compliance.models import ConsentRecord, iso_utc, utcnow
 from modalities.events import MODALITIES
 
 PURPOSES: tuple[str, ...] = ("authentication", "federated_training")
@@ -175,10 +175,6 @@ def revoke_consent(
     return removed
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
-
-
 def consents_of(session: Session, user_id: str) -> list[dict[str, Any]]:
     """Every consent record of a user (history included), oldest first, as JSON-ready dicts."""
     rows = session.scalars(select(ConsentRecord).where(ConsentRecord.user_id == user_id).order_by(ConsentRecord.granted_at, ConsentRecord.id)).all()
@@ -187,8 +183,8 @@ def consents_of(session: Session, user_id: str) -> list[dict[str, Any]]:
             "modality": r.modality,
             "purpose": r.purpose,
             "policy_version": r.policy_version,
-            "granted_at": _iso(r.granted_at),
-            "revoked_at": _iso(r.revoked_at),
+            "granted_at": iso_utc(r.granted_at),
+            "revoked_at": iso_utc(r.revoked_at),
             "active": r.revoked_at is None,
         }
         for r in rows

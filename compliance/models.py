@@ -15,6 +15,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 from cadence.db import Base
 
 
+def iso_utc(value: datetime | float | None) -> str | None:
+    """The one time format of exports and audit listings: ISO-8601 in UTC with a +00:00 offset.
+
+    A naive datetime is read as UTC (SQLite hands back the server's aware columns naive; they
+    hold UTC); a number is epoch seconds (nonce times are stored so).
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).isoformat()
+    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Naive UTC in the database, aware UTC in Python (no dialect-specific time-zone rules)."""
 

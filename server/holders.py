@@ -16,6 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
+from compliance.models import iso_utc
 from server.models import (
     AuthSession,
     Device,
@@ -33,19 +34,6 @@ log = logging.getLogger(__name__)
 
 def _rows(session: Session, table: Any, user_id: str) -> list[Any]:
     return list(session.scalars(select(table).where(table.user_id == user_id)).all())
-
-
-def iso_utc(value: datetime | float | None) -> str | None:
-    """One time format for the whole export: ISO-8601 in UTC with a +00:00 offset.
-
-    As compliance's consent records and `exported_at` are written. SQLite hands back the
-    server's aware columns naive (they hold UTC); nonce times are stored as epoch seconds.
-    """
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC).isoformat()
-    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
 
 
 def _record(row: Any, rename: dict[str, str] | None = None, times: tuple[str, ...] = ()) -> dict[str, Any]:
