@@ -442,6 +442,35 @@ class PayScreen(Screen):
         _app().go("home")
 
 
+class PendingSwitch:
+    """The changes a switch sent that the bank has not answered yet, and the last one's value.
+
+    A switch moved is compared with what the phone will hold once those are applied, not with
+    what it holds now: switched back while one is in flight, the way back is sent too (after
+    it) instead of being taken for "no change" and lost.
+    """
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.target = False
+
+    def changed(self, value: bool, held: bool) -> bool:
+        """Whether `value` differs from where the switch ends once the changes sent are applied."""
+        return bool(value) != (self.target if self.in_flight else held)
+
+    def start(self, value: bool) -> None:
+        self.in_flight, self.target = self.in_flight + 1, bool(value)
+
+    def finish(self) -> bool:
+        """One change answered; True when none is left on its way."""
+        self.in_flight -= 1
+        return self.in_flight == 0
+
+    def shown(self, held: bool) -> bool:
+        """What the switch shows: where the person left it while a change is on its way, else what holds."""
+        return self.target if self.in_flight else held
+
+
 class PrivacyScreen(Screen):
     items = ListProperty([])
     federated = BooleanProperty(False)
@@ -449,9 +478,10 @@ class PrivacyScreen(Screen):
     deleted = StringProperty("")
     confirm_delete = BooleanProperty(False)
     busy = BooleanProperty(False)
-    #: federated-training changes sent and not answered yet, and the last one's value
-    _federated_in_flight = 0
-    _federated_target = False
+    def __init__(self, **kw: Any) -> None:
+        #: federated-training changes on their way to the bank (set first: the kv rules may move the switch)
+        self.federated_pending = PendingSwitch()
+        super().__init__(**kw)
 
     def on_pre_enter(self, *_: Any) -> None:
         self.refresh()
@@ -466,8 +496,8 @@ class PrivacyScreen(Screen):
         self.items = [(i.label, i.detail) for i in app.privacy.stored()]
         # while a change is on its way the switch stays where the person put it (else moving it back
         # here would send a change of its own)
-        self.federated = self._federated_target if self._federated_in_flight else app.privacy.federated_on()
-        if not self._federated_in_flight:
+        self.federated = self.federated_pending.shown(app.privacy.federated_on())
+        if not self.federated_pending.in_flight:
             self.federated_status = app.federation_status()
         box = self.ids.stored
         box.clear_widgets()
@@ -485,16 +515,10 @@ class PrivacyScreen(Screen):
                                  intent=lambda doubt: consent.intend(modality, "authentication", on, in_doubt=doubt))
 
     def set_federated(self, on: bool) -> None:
-        """The federated-training switch moved: send the change (after any still on its way).
-
-        Compared with what the phone will hold once the changes already sent are applied, so
-        switching back while one is in flight sends the way back too, instead of being taken
-        for "no change" and lost.
-        """
-        in_flight = self._federated_in_flight
-        if on == (self._federated_target if in_flight else _app().privacy.federated_on()):
+        """The federated-training switch moved: send the change (after any still on its way: `PendingSwitch`)."""
+        if not self.federated_pending.changed(on, _app().privacy.federated_on()):
             return
-        self._federated_in_flight, self._federated_target = in_flight + 1, on
+        self.federated_pending.start(on)
         self.federated = on
         self.federated_status = "Saving..."
         privacy = _app().privacy
@@ -503,8 +527,7 @@ class PrivacyScreen(Screen):
                                                        for m in _app().consent.active_modalities()] and None)
 
     def _federated_set(self, results: Any, exc: BaseException | None) -> None:
-        self._federated_in_flight -= 1
-        if self._federated_in_flight:  # a later change is on its way: the switch stays as the person left it
+        if not self.federated_pending.finish():  # a later change is on its way: the switch stays as left
             return
         self.federated = _app().privacy.federated_on()
         self.federated_status = _app().federation_status()
@@ -559,18 +582,17 @@ def _on_consent(modality: str, value: bool, row: Any, switch: Any = None) -> Non
     sent too (after it), not taken for "no change".
     """
     profile = _app().services.profile
-    in_flight = getattr(row, "_in_flight", 0)
-    if bool(value) == (row._target if in_flight else profile.consented(modality)):
+    pending = row.__dict__.setdefault("pending_switch", PendingSwitch())  # one per row, made on its first move
+    if not pending.changed(value, profile.consented(modality)):
         return
     row.hint = "Saving..."
     consent = _app().consent
-    row._in_flight, row._target = in_flight + 1, bool(value)
+    pending.start(value)
 
     def done(result: Any, exc: BaseException | None) -> None:
         _logged("consent change")(None, exc)
         p = _app().services.profile
-        row._in_flight -= 1
-        if switch is not None and row._in_flight == 0:
+        if pending.finish() and switch is not None:
             # what the phone holds once every change asked for was applied (or refused); putting the
             # switch there sends nothing (see above), even after a quick off-then-on
             switch.active = p.consented(modality)
