@@ -7,7 +7,9 @@ and can be overridden with ``flwr run ... --run-config "num-server-rounds=5"`` o
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -168,3 +170,14 @@ def run_config_string(config: Mapping[str, Any]) -> str:
             val = '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
         parts.append(f"{k}={val}")
     return " ".join(parts)
+
+
+def write_json_atomic(path: Path, doc: Any, *, indent: int | None = 2, default: Any = None) -> None:
+    """Write `doc` as JSON to `path` whole or not at all (a temporary file, then a rename).
+
+    Status files are read while being written (`cadence federated status`, `wait_for_run`).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=indent, default=default))
+    os.replace(tmp, path)

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from federated.config import RUN_ID_PLACEHOLDER, run_config_string, status_path
+from federated.config import RUN_ID_PLACEHOLDER, run_config_string, status_path, write_json_atomic
 
 APP_DIR = Path(__file__).resolve().parent / "app"
 FEDERATION = "cadence"
@@ -374,9 +374,7 @@ LATEST = "latest-run.json"
 def write_latest(workdir: str | os.PathLike[str], run_id: str | int) -> Path:
     """Point `cadence federated status` at run `run_id` (the last one submitted from this workspace)."""
     path = Path(workdir).resolve() / LATEST
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"run_id": str(run_id)}))  # its status file follows from it (`run_status_file`)
-    os.replace(tmp, path)
+    write_json_atomic(path, {"run_id": str(run_id)}, indent=None)  # its status file follows (`run_status_file`)
     return path
 
 
@@ -401,10 +399,7 @@ def record_end(path: str | os.PathLike[str], error: str) -> None:
         doc = {}
     doc.update(state="failed", error=error, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=2, default=str))
-        os.replace(tmp, p)
+        write_json_atomic(p, doc, default=str)
     except OSError:  # pragma: no cover - the caller reports the end anyway
         pass
 

@@ -10,11 +10,9 @@ per-round training loss, bytes per device per round, wall time and the epsilon s
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import operator
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Met
 from flwr.serverapp import Grid
 
 from federated import task
-from federated.config import RunSettings
+from federated.config import RunSettings, write_json_atomic
 from federated.features import feature_spec
 from federated.records import RecordError, array_record, get_array, get_float, metric_record
 from federated.scorer import EmbeddingScorer
@@ -77,10 +75,7 @@ class StatusFile:
         if self.path is None:
             return
         self.doc.update(kw, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.doc, indent=2, default=float))
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.doc, default=float)
 
     def fail(self, exc: BaseException) -> None:
         """Record that the run failed and why, so `wait_for_run` and `status` stop saying 'waiting'."""
