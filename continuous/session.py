@@ -12,7 +12,10 @@ independent, so summing would be overconfident. A window without usable evidence
 all of low quality, implausible or invalid) changes neither the risk nor the status: it is
 counted in `n_windows` only. Counting it as LLR 0 would let an impostor who was stepped up
 send empty windows until the mean drifted back to 0.5 and the status back to ok.
-Termination is final: once terminated, later updates leave the state unchanged.
+Termination is final: once terminated, later updates leave the state unchanged. So it needs
+a full window: while fewer than `window` windows have been scored, a risk past the terminate
+threshold is `step_up`, which the bank's step-up can clear (one odd window of a fresh session
+must not end the owner's session for good).
 
 The server (`server.services.sessions`) builds its trackers with the settings' window and
 thresholds (`session_window`, `session_step_up_risk`, `session_terminate_risk`), never with
@@ -110,7 +113,9 @@ class SessionRiskTracker:
 
     def _status(self, risk: float) -> Status:
         if risk >= self.terminate_risk:
-            return "terminate"
+            # ended only on a full window: a fresh session's first odd windows are held in
+            # step-up (which the bank's step-up can clear), not ended on one window
+            return "terminate" if len(self._llrs) >= self.window else "step_up"
         if risk >= self.step_up_risk:
             return "step_up"
         return "ok"
@@ -161,7 +166,9 @@ class SessionRiskTracker:
         want = _risk(t._llrs) if t._llrs else 0.5
         if not 0.0 <= risk <= 1.0 or not math.isclose(risk, want, rel_tol=1e-9, abs_tol=1e-12):
             raise ValueError(f"state.risk: {risk!r} does not match the stored windows' risk {want!r}")
-        if s["status"] != t._status(risk):
+        # a terminate the risk reached before the window was full is one stored by code that
+        # ended sessions on fewer windows: termination is final, so it is read as it was
+        if s["status"] != t._status(risk) and not (s["status"] == "terminate" and risk >= t.terminate_risk):
             raise ValueError(f"state.status: {s['status']!r} does not match risk {risk!r}")
         t._state = SessionState(risk=risk, status=s["status"], n_windows=n, window_llr=window_llr)
         return t

@@ -83,7 +83,9 @@ def fallback_update(state: dict[str, Any], evidence: list[ModalityEvidence], *, 
     llrs = (old + [d.fused_llr])[-window:]
     mean = sum(llrs) / len(llrs)
     risk = 1.0 / (1.0 + math.exp(max(min(mean, 50.0), -50.0)))
-    status = "terminate" if risk >= terminate_risk else "step_up" if risk >= step_up_risk else "ok"
+    # ended only on a full window, as in `SessionRiskTracker`
+    status = ("terminate" if len(llrs) >= window else "step_up") if risk >= terminate_risk \
+        else "step_up" if risk >= step_up_risk else "ok"
     return {"llrs": llrs, "state": {"risk": risk, "status": status}}
 
 
