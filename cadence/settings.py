@@ -8,6 +8,7 @@ passing a `Settings` object explicitly.
 from __future__ import annotations
 
 import ipaddress
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,6 +70,11 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = ""
     #: server: consecutive failed authentications before the user is locked (PSD2 RTS Art. 4)
     lockout_failures: int = Field(default=5, ge=1)
+    #: server: the currencies `authorize` accepts, each with how many EUR one unit counts as when
+    #: its amount picks a tier of fusion/policy.yaml (whose bands are EUR); any other currency is
+    #: 422 `unsupported_currency`. The defaults are rough and rounded up, so a payment is never put
+    #: in a lower tier than its value in EUR; a bank sets its own (JSON, e.g. {"EUR": 1, "CHF": 1.1})
+    tier_currency_rates: dict[str, float] = Field(default_factory=lambda: {"EUR": 1.0, "GBP": 1.2, "USD": 1.0})
     #: server: continuous sessions' risk: the mean LLR of the last `session_window` windows,
     #: stepped up from `session_step_up_risk` and ended from `session_terminate_risk` (the one
     #: place these are set: both session engines read them; a tracker-engine session keeps those it opened with)
@@ -115,6 +121,19 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address or network (comma-separated, or *)") from None
+        return v
+
+    @field_validator("tier_currency_rates")
+    @classmethod
+    def _currency_rates(cls, v: dict[str, float]) -> dict[str, float]:
+        """ISO 4217-shaped codes, each a finite positive rate: a typo must not price payments at 0 or inf."""
+        if not v:
+            raise ValueError("must name at least one currency")
+        for code, rate in v.items():
+            if not (len(code) == 3 and code.isascii() and code.isupper() and code.isalpha()):
+                raise ValueError(f"{code!r} is not a three-letter upper-case currency code")
+            if not (math.isfinite(rate) and 0 < rate <= 1e6):
+                raise ValueError(f"{code}: rate {rate!r} must be a finite number in (0, 1e6]")
         return v
 
     @field_validator("session_terminate_risk")

@@ -18,20 +18,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from mobile_client import device_key as dk
 
-#: canned decisions with the reason codes and LLR contributions the real server sends
-#: (`fusion.policy.decide`): a clear approve, a step-up at the medium tier, a deny
+#: canned decisions as the real server tells a device (`server.services.transactions.device_view`:
+#: reason codes, the risk to one decimal, no LLR contributions): an approve, a step-up at the
+#: medium tier, a deny
 SCRIPT: list[dict[str, Any]] = [
-    {"decision": "approve", "risk": 0.01, "reasons": [
-        {"modality": "keystroke", "code": "strong_match", "contribution": 2.6},
-        {"modality": "touch", "code": "match", "contribution": 1.2},
-        {"modality": "gait", "code": "match", "contribution": 0.8}]},
-    {"decision": "step_up", "risk": 0.14, "reasons": [
-        {"modality": "keystroke", "code": "match", "contribution": 1.5},
-        {"modality": "touch", "code": "match", "contribution": 0.9},
-        {"modality": "gait", "code": "mismatch", "contribution": -0.6}]},
-    {"decision": "deny", "risk": 0.99, "reasons": [
-        {"modality": "keystroke", "code": "strong_mismatch", "contribution": -3.1},
-        {"modality": "touch", "code": "strong_mismatch", "contribution": -2.4}]},
+    {"decision": "approve", "risk": 0.0, "reasons": [
+        {"modality": "keystroke", "code": "strong_match", "contribution": None},
+        {"modality": "touch", "code": "match", "contribution": None},
+        {"modality": "gait", "code": "match", "contribution": None}]},
+    {"decision": "step_up", "risk": 0.1, "reasons": [
+        {"modality": "keystroke", "code": "match", "contribution": None},
+        {"modality": "touch", "code": "match", "contribution": None},
+        {"modality": "gait", "code": "mismatch", "contribution": None}]},
+    {"decision": "deny", "risk": 1.0, "reasons": [
+        {"modality": "keystroke", "code": "strong_mismatch", "contribution": None},
+        {"modality": "touch", "code": "strong_mismatch", "contribution": None}]},
 ]
 
 

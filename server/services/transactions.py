@@ -6,7 +6,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -230,19 +230,25 @@ def _check_user(user: Any, body: AuthorizeRequest, lockout_failures: int) -> Any
 def plan_authorize(session: Session, provider: ScorerProvider, body: AuthorizeRequest, *, lockout_failures: int,
                    decider: Callable[..., Decision] = decide, raw: bytes | None = None,
                    signing_key: Ed25519PrivateKey | None = None, raw_sha256: str | None = None,
-                   actor: str | None = None) -> Plan:
+                   actor: str | None = None, currency_rates: Mapping[str, float] | None = None) -> Plan:
     """Read phase of `authorize`: idempotency, lockout, consent, scoring and fusion (no writes).
 
     Kept out of the write transaction so that, on SQLite, the write lock is held only for
-    the few inserts of `commit_authorize`, not for the scoring.
+    the few inserts of `commit_authorize`, not for the scoring. `currency_rates` (the settings'
+    `tier_currency_rates`; None: any currency at par) prices the amount for its tier.
     """
     req_hash = request_hash(body, raw, raw_sha256=raw_sha256)
     stored = find_idempotent(session, body, req_hash)
     if stored is not None:
         return Plan(stored=stored, request_hash=req_hash)
+    rate = 1.0 if currency_rates is None else currency_rates.get(body.currency)
+    if rate is None:
+        raise ApiError(422, "unsupported_currency",
+                       f"currency: {body.currency!r} is not one this server prices its risk tiers in "
+                       f"({', '.join(sorted(currency_rates or {}))}; setting tier_currency_rates)")
     user = _check_user(prepared.execute(session, _USER_STATE, {"u": body.user_id}).first(), body, lockout_failures)
     a = assess_evidence(session, provider, body.user_id, body.evidence, persist_templates=False)
-    decision, tx_id = decider(a.evidence, amount=float(body.amount)), str(uuid.uuid4())
+    decision, tx_id = decider(a.evidence, amount=float(body.amount) * rate), str(uuid.uuid4())
     plan = Plan(None, req_hash, a, decision, tx_id=tx_id)
     if signing_key is not None:
         plan.token = _token(signing_key, tx_id, body, decision.outcome)
@@ -272,6 +278,20 @@ def _outcome(plan: Plan, body: AuthorizeRequest, failures: int, lockout_failures
                                        "reasons": [r["code"] for r in reasons],
                                        "fused_llr": round(decision.fused_llr, 4)})
     return Outcome(failures, status, response, audit)
+
+
+def device_view(response: dict[str, Any]) -> dict[str, Any]:
+    """What the device is told of a decision: the risk to one decimal and the reason codes, no LLRs.
+
+    Whoever holds the device key could otherwise hill-climb features on the exact risk or a
+    modality's LLR contribution, one unfinished step-up per probe (a tester climbed from a
+    step-up to an approval in ~840 probes with no failure counted). The stored answer keeps
+    the exact figures for the bank (`GET /v1/transactions/{id}`, bank key).
+    """
+    out = dict(response)
+    out["risk"] = round(float(response["risk"]), 1)
+    out["reasons"] = [{**r, "contribution": None} for r in response["reasons"]]
+    return out
 
 
 def _token(signing_key: Ed25519PrivateKey, tx_id: str, body: AuthorizeRequest, outcome: str) -> str:

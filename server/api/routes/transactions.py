@@ -46,7 +46,7 @@ async def _authorize_lean(request: Request) -> Response:
         flagged = sum(r["code"] == "implausible_input" for r in out["reasons"])
         if flagged:
             state.metrics.flags.labels("implausible_input").inc(flagged)
-    return JSONResponse(out)
+    return JSONResponse(svc.device_view(out))  # the exact risk and LLRs are the bank's to read
 
 
 @router.post("/authorize", response_model=AuthorizeResponse)
@@ -66,6 +66,7 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> t
         with req.read() as session:  # scoring and fusion outside the write lock
             same_user(req.device, body.user_id)
             plan = svc.plan_authorize(session, state.provider, body, lockout_failures=lockout, decider=state.decide,
+                                      currency_rates=state.settings.tier_currency_rates,
                                       raw=req.body, raw_sha256=req.body_sha256, signing_key=state.signing_key,
                                       actor=req.actor)
         with req.transaction() as session:
