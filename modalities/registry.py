@@ -15,6 +15,7 @@ activates: a person (or `cadence models activate`) decides, and the audit log re
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
@@ -61,11 +62,20 @@ def load_scorer(path: Path) -> Scorer:
     return Scorer.load(path)
 
 
-_VERSION_RE = re.compile(r"^v(\d{4,})$")
+#: a version's folder name, ASCII digits only (`\d` also matches other scripts' digits, e.g. Arabic-Indic)
+_VERSION_RE = re.compile(r"^v([0-9]{4,})$")
 
 
 class RegistryError(ValueError):
-    """Unknown modality or version, or a malformed registry folder."""
+    """Unknown modality or version, or a malformed registry folder.
+
+    `str(exc)` may name the registry's paths (for the operator: CLI, logs); `public` says the
+    same without them, for callers who must not learn the server's file system (the API).
+    """
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = message if public is None else public
 
 
 class RegistryLockError(RegistryError):
@@ -76,12 +86,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     """A version's JSON side file ({} when absent); a damaged one is a RegistryError naming it."""
     if not path.is_file():
         return {}
+    where = f"{path.parent.parent.name} {path.parent.name}: {path.name}"  # without the registry's folder
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{path}: not readable JSON ({exc}); republish this version or remove its folder") from exc
+        raise RegistryError(f"{path}: not readable JSON ({exc}); republish this version or remove its folder",
+                            public=f"{where} is not readable JSON; republish this version or remove its folder") from exc
     if not isinstance(data, dict):
-        raise RegistryError(f"{path}: expected a JSON object; republish this version or remove its folder")
+        raise RegistryError(f"{path}: expected a JSON object; republish this version or remove its folder",
+                            public=f"{where} is not a JSON object; republish this version or remove its folder")
     return data
 
 
@@ -130,6 +143,13 @@ class ModelVersion:
     created: str
     metrics: dict[str, Any] = field(default_factory=dict)
     active: bool = False
+
+
+def _lock_error(path: Path, exc: OSError) -> RegistryLockError:
+    """The lock file cannot be opened: named in full for the operator, as ROOT/.lock for the API."""
+    reason = exc.strerror or str(exc)
+    return RegistryLockError(f"cannot take the registry's lock {path}: {reason}",
+                             public=f"cannot take the registry's lock (ROOT/{LOCK_FILE}): {reason}")
 
 
 def _check_modality(modality: str) -> str:
@@ -238,9 +258,9 @@ class ModelRegistry:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except OSError as exc:
-                raise RegistryLockError(f"cannot take the registry's lock {path}: {exc.strerror or exc}") from None
+                raise _lock_error(path, exc) from None
         except OSError as exc:
-            raise RegistryLockError(f"cannot take the registry's lock {path}: {exc.strerror or exc}") from None
+            raise _lock_error(path, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -263,18 +283,28 @@ class ModelRegistry:
         return pointer.read_text().strip() or None if pointer.is_file() else None
 
     def get(self, modality: str, version: str) -> ModelVersion:
+        """A published version; RegistryError (never OSError) when it is unknown or cannot be read."""
         _check_modality(modality)
         if not _VERSION_RE.match(version or ""):
             raise RegistryError(f"version: malformed {version!r} (expected like v0001)")
         path = self.root / modality / version
-        if not (path / "model.npz").is_file():
-            raise RegistryError(f"version: {modality} {version} is not in the registry at {self.root}")
-        meta, metrics = _read_json(path / "meta.json"), _read_json(path / "metrics.json")
+        unknown = RegistryError(f"version: {modality} {version} is not in the registry at {self.root}",
+                                public=f"version: {modality} {version} is not in the registry")
+        try:
+            if not (path / "model.npz").is_file():
+                raise unknown
+            meta, metrics = _read_json(path / "meta.json"), _read_json(path / "metrics.json")
+            active = self._active_name(modality) == version
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:  # a name no folder here can have (v followed by 300 digits)
+                raise unknown from None
+            raise RegistryError(f"version: {modality} {version}: cannot read {path}: {exc.strerror or exc}",
+                                public=f"version: {modality} {version} cannot be read on the server "
+                                       f"({exc.strerror or type(exc).__name__})") from exc
         return ModelVersion(modality=modality, version=version, path=path, scorer=meta.get("scorer", "?"),
                             scorer_version=meta.get("scorer_version", "?"),
                             feature_version=meta.get("feature_version", ""), source=meta.get("source", ""),
-                            created=meta.get("created", ""), metrics=metrics,
-                            active=self._active_name(modality) == version)
+                            created=meta.get("created", ""), metrics=metrics, active=active)
 
     def list(self, modality: str | None = None, *, damaged: list[str] | None = None) -> list[ModelVersion]:
         """Every published version (of one modality or all), oldest first.

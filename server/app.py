@@ -30,6 +30,7 @@ from server.fusion_source import FusionSource
 from server.metrics import Metrics
 from server.retention_schedule import RetentionScheduler
 from server.services.devices import RateLimiter
+from server.services.evidence import EvidenceReplay
 from server.services.scoring import ScorerProvider
 from server.signing import HEADER_DEVICE, b64d
 from server.sqlite_writers import WalCheckpointer, serialize_sqlite_writers, write_lock
@@ -327,8 +328,10 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        if exc.code in ("evidence_replay", "implausible_input"):
-            metrics.flags.labels(exc.code).inc()
+        # the security-flags metric counts stored flags: a replay's route stored one (`record_replay`)
+        # before raising it; other refusals store none (a bot-like enrolment is refused, not flagged)
+        if isinstance(exc, EvidenceReplay):
+            metrics.flags.labels("evidence_replay").inc()
         refused(request, exc.status)
         return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status,
                             headers=getattr(exc, "headers", None))

@@ -2,9 +2,29 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy import event
+from sqlalchemy.orm import Session, object_session
+
+from server.models import SecurityFlag
+
+#: `Session.info` key of the tally `Metrics.counting_flags` keeps of the flags a unit of work stores
+_FLAG_TALLY = "cadence.flag_tally"
+
+
+@event.listens_for(SecurityFlag, "after_insert")
+def _flag_inserted(mapper: Any, connection: Any, target: SecurityFlag) -> None:
+    """Count a flag row into its session's tally, when one is kept (nothing to do otherwise)."""
+    session = object_session(target)
+    tally = session.info.get(_FLAG_TALLY) if session is not None else None
+    if tally is not None:
+        tally[target.kind] += 1
 
 
 @dataclass
@@ -19,4 +39,24 @@ class Metrics:
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
         self.decisions = Counter("cadence_decisions_total", "Transaction decisions", ["outcome", "tier"],
                                  registry=self.registry)
-        self.flags = Counter("cadence_security_flags_total", "Security flags raised", ["kind"], registry=self.registry)
+        #: one per `SecurityFlag` row stored, by its kind, counted once the row is committed: by
+        #: `counting_flags` (sessions), after authorize's commit (its `implausible_input` reasons)
+        #: and for each `EvidenceReplay` answered (flagged by `record_replay` before it is raised)
+        self.flags = Counter("cadence_security_flags_total", "Security flags stored", ["kind"], registry=self.registry)
+
+    @contextmanager
+    def counting_flags(self, scope: AbstractContextManager[Session]) -> Iterator[Session]:
+        """`scope`'s session (a unit of work); the flags it stores are counted once it committed.
+
+        Nothing is counted when the block or the commit raises: the rows were rolled back.
+        """
+        tally: Tally[str] = Tally()
+        with scope as session:
+            session.info[_FLAG_TALLY] = tally
+            try:
+                yield session
+                session.flush()  # rows added but not flushed yet are written now, while tallied
+            finally:
+                session.info.pop(_FLAG_TALLY, None)
+        for kind, n in tally.items():
+            self.flags.labels(kind).inc(n)

@@ -6,8 +6,11 @@ signed bytes are exactly the bytes sent.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import uuid
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -37,6 +40,66 @@ def amount_text(amount: Decimal | float | str) -> str:
     if cents != exact:
         raise ValueError(f"amount: {amount!r} is not a whole number of cents")
     return f"{cents:.2f}"
+
+
+#: the server's enrolment gate at its defaults (`cadence.settings`: `enrol_min_windows`,
+#: `enrol_min_quality`): a plain enrolment request must leave each modality's template with at
+#: least this many windows of at least this quality, or it is refused (422 `too_few_windows`)
+ENROL_MIN_WINDOWS = 3
+ENROL_MIN_QUALITY = 0.05
+#: most windows one request may carry (`server.schemas.MAX_WINDOWS`)
+MAX_WINDOWS = 64
+
+
+@functools.lru_cache(maxsize=8)
+def _reader(modality: str) -> tuple[str, Callable[[Any], bool]] | None:
+    """(feature version, `scored`) of a modality package that defines `scored`, else None."""
+    try:
+        pkg = importlib.import_module(f"modalities.{modality}")
+    except ModuleNotFoundError:
+        return None
+    read = getattr(pkg, "scored", None)
+    return (pkg.FEATURE_VERSION, read) if callable(read) else None
+
+
+def enrollable(w: FeatureWindow, min_quality: float = ENROL_MIN_QUALITY) -> bool:
+    """Whether the server enrols `w`: quality at least `min_quality`, and a window its models read.
+
+    The server's test (`server.services.evidence.scored`): the modality package's `scored` for
+    windows of its feature version; a touch tap is not read (swipes only). A window that is not
+    enrolled is still accepted (its digest is seen) but does not count toward the gate.
+    """
+    if w.quality < min_quality:
+        return False
+    read = _reader(w.modality)
+    return read is None or w.feature_version != read[0] or bool(read[1](w.values))
+
+
+def enrolment_parts(windows: Sequence[FeatureWindow], chunk: int = 16, *, min_windows: int = ENROL_MIN_WINDOWS,
+                    min_quality: float = ENROL_MIN_QUALITY) -> list[list[FeatureWindow]]:
+    """Requests of about `chunk` windows of one modality, the first holding `min_windows` the server enrols.
+
+    The server refuses a part that leaves the template short of `min_windows` (422
+    `too_few_windows`), so when the first `chunk` windows hold fewer (a touch session that
+    began with taps), the next enrollable windows join the first part and as many of its
+    windows the server would not enrol wait for a later part (the part keeps its size). The
+    enrollable windows keep their order: the server stores the same windows in the same order.
+    """
+    chunk = max(1, min(chunk, MAX_WINDOWS))
+    usable = [enrollable(w, min_quality) for w in windows]
+    first = list(range(min(chunk, len(windows))))
+    have = sum(usable[i] for i in first)
+    if have < min_windows:
+        pulled = [i for i in range(len(first), len(windows)) if usable[i]][:min_windows - have]
+        spare = len(first) + len(pulled) - max(chunk, min(min_windows, MAX_WINDOWS))
+        if spare > 0:  # the part stays within its size: windows it would not enrol go later
+            waiting = set([i for i in reversed(first) if not usable[i]][:spare])
+            first = [i for i in first if i not in waiting]
+        first += pulled
+    chosen = set(first)
+    rest = [i for i in range(len(windows)) if i not in chosen]
+    parts = [first] + [rest[a:a + chunk] for a in range(0, len(rest), chunk)]
+    return [[windows[i] for i in part] for part in parts if part]
 
 
 class DeviceClient:
@@ -88,15 +151,29 @@ class DeviceClient:
             body["policy_version"] = policy_version
         return self._check(self.signed("POST", f"/v1/users/{self.user_id}/consents", body))
 
-    def enrol(self, windows: list[FeatureWindow], chunk: int = 16, confirmed_transaction_id: str | None = None) -> list[Any]:
-        """Send enrolment windows in requests of `chunk` windows (keeps bodies small).
+    def enrol(self, windows: list[FeatureWindow], chunk: int = 16, confirmed_transaction_id: str | None = None, *,
+              min_windows: int = ENROL_MIN_WINDOWS, min_quality: float = ENROL_MIN_QUALITY) -> list[Any]:
+        """Send enrolment windows in requests of about `chunk` windows (keeps bodies small).
+
+        Plain enrolment goes modality by modality, and each modality's first request carries
+        `min_windows` windows the server enrols (`enrolment_parts`): the server refuses one that
+        leaves a template below its gate. `min_windows` and `min_quality` are the server's
+        `enrol_min_windows` and `enrol_min_quality` (defaults here: the server's defaults).
 
         With `confirmed_transaction_id`: the windows are that approved transaction's evidence,
-        re-sent so the template adapts to them (controlled adaptation).
+        re-sent so the template adapts to them (controlled adaptation), in requests of `chunk`.
         """
+        if confirmed_transaction_id is not None:
+            parts = [windows[a:a + chunk] for a in range(0, len(windows), chunk)]
+        else:
+            by_modality: dict[str, list[FeatureWindow]] = {}
+            for w in windows:
+                by_modality.setdefault(w.modality, []).append(w)
+            parts = [part for group in by_modality.values()
+                     for part in enrolment_parts(group, chunk, min_windows=min_windows, min_quality=min_quality)]
         out = []
-        for a in range(0, len(windows), chunk):
-            body: dict[str, Any] = {"windows": [w.to_dict() for w in windows[a:a + chunk]]}
+        for part in parts:
+            body: dict[str, Any] = {"windows": [w.to_dict() for w in part]}
             if confirmed_transaction_id is not None:
                 body["confirmed_transaction_id"] = confirmed_transaction_id
             out.append(self._check(self.signed("POST", f"/v1/users/{self.user_id}/enrolment", body)))

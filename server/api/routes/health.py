@@ -25,12 +25,15 @@ router = APIRouter(tags=["health"], route_class=CadenceRoute)
 INSTANCE_ID = secrets.token_hex(6)
 
 
+#: a load balancer's health check may probe with HEAD (headers only: the server sends no body)
+@router.head("/v1/health", operation_id="health_head", summary="Health (HEAD)")
 @router.get("/v1/health", response_model=dict[str, str])
 async def health() -> JSONResponse:
     """Liveness: the process answers (also the trivial endpoint of `cadence bench api`).
 
     Async: it blocks on nothing, so it runs on the event loop without a thread-pool hop
-    (0.75 against 1.0-1.1 ms of server CPU per call under the bench's load).
+    (0.75 against 1.0-1.1 ms of server CPU per call under the bench's load). HEAD answers the
+    same status and headers (a balancer's probe).
     """
     return JSONResponse({"status": "ok"}, headers={HEADER_INSTANCE: INSTANCE_ID})
 
@@ -87,6 +90,7 @@ def sqlite_disk_full(engine: Engine) -> bool:
     return st.f_bavail * st.f_frsize < MIN_FREE_BYTES
 
 
+@router.head("/v1/ready", operation_id="ready_head", summary="Ready (HEAD)")
 @router.get("/v1/ready")
 def ready(request: Request, state: State) -> dict[str, str]:
     """Readiness: the database answers and can be written; 503 `database_unavailable` otherwise.

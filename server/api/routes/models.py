@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import ExitStack
+from os import PathLike
 from typing import Any
 
 from fastapi import APIRouter, Path
@@ -19,6 +21,12 @@ from server.services import compliance_hooks as hooks
 def public_source(source: str) -> str:
     """A version's source as anyone may read it: "central:<folder>" names a path on the server, so the folder is left out."""
     return "central" if source.startswith("central:") else source
+
+
+def without_root(text: str, root: PathLike[str]) -> str:
+    """`text` with the registry's folder written as ROOT: a model file's path names a folder on the server."""
+    prefix = os.fspath(root).rstrip(os.sep) + os.sep
+    return text.replace(prefix, "ROOT" + os.sep)
 
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=CadenceRoute)
@@ -62,11 +70,11 @@ def activate(body: ActivateIn, state: State, uow: Uow, actor: AdminKey, modality
         try:  # the registry's lock is held until the audit entry is committed (other workers, the CLI)
             mv = held.enter_context(reg.activation(modality, body.version))
         except RegistryLockError as exc:
-            raise ApiError(503, "registry_unavailable", f"registry: {exc}") from exc
-        except RegistryError as exc:
-            raise ApiError(404, "unknown_model", str(exc)) from exc
+            raise ApiError(503, "registry_unavailable", f"registry: {exc.public}") from exc
+        except RegistryError as exc:  # its public text: the registry's folder is the server's business
+            raise ApiError(404, "unknown_model", exc.public) from exc
         except ModelVersionError as exc:  # published, but this code cannot load it (scorer name or version)
-            raise ApiError(409, "unloadable_model", str(exc)) from exc
+            raise ApiError(409, "unloadable_model", without_root(str(exc), reg.root)) from exc
         # committed before the lock is released, so the audit log's activations are in the order
         # the ACTIVE file changed; if it fails, the activation is undone
         with uow() as session:

@@ -38,8 +38,8 @@ def create(body: SessionCreate, req: Signed, state: State) -> SessionStatus:
 @router.post("/{session_id}/evidence", response_model=SessionStatus)
 def evidence(body: SessionEvidence, req: Signed, state: State, session_id: str = SessionId) -> SessionStatus:
     """Score one window of evidence and return the session's updated status (the risk is the bank's)."""
-    try:
-        with req.transaction() as session:
+    try:  # flags it stores (bot-like windows, a session that ends) are counted once committed
+        with state.metrics.counting_flags(req.transaction()) as session:
             return svc.post_evidence(session, state.provider, session_id=session_id, user_id=req.device.user_id,
                                      windows=body.windows, settings=state.settings, calibrate=state.calibrate,
                                      device_id=req.device.device_id, actor=req.actor)
@@ -62,6 +62,6 @@ def read(req: Signed, uow: Uow, state: State, bank: BankReader, session_id: str 
 @router.post("/{session_id}/step-up", response_model=SessionView)
 def step_up(body: SessionStepUp, uow: Uow, state: State, actor: BankKey, session_id: str = SessionId) -> SessionView:
     """The bank reports the step-up of a session held in `step_up`: passed -> ok, failed -> terminate (counts)."""
-    with uow() as session:
+    with state.metrics.counting_flags(uow()) as session:  # a failed step-up ends the session: flagged
         return svc.complete_step_up(session, session_id=session_id, success=body.success, settings=state.settings,
                                     actor=actor)
