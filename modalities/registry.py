@@ -279,8 +279,27 @@ class ModelRegistry:
         return max(nums, default=0) + 1
 
     def _active_name(self, modality: str) -> str | None:
+        """The version `modality`'s ACTIVE file names (None: none); RegistryError when it names none readably."""
         pointer = self.root / modality / "ACTIVE"
-        return pointer.read_text().strip() or None if pointer.is_file() else None
+        if not pointer.is_file():
+            return None
+        fix = f"`cadence models activate {modality} VERSION` rewrites it"
+        try:
+            name = pointer.read_bytes().decode("ascii").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"{pointer}: not a version name ({exc}); {fix}",
+                                public=f"{modality} ACTIVE is not a version name; {fix}") from exc
+        if name and not _VERSION_RE.match(name):
+            raise RegistryError(f"{pointer}: {name[:40]!r} is not a version name; {fix}",
+                                public=f"{modality} ACTIVE is not a version name; {fix}")
+        return name or None
+
+    def _is_active(self, modality: str, version: str) -> bool:
+        """Whether ACTIVE names `version`; a damaged ACTIVE names none (so `activate` can rewrite it)."""
+        try:
+            return self._active_name(modality) == version
+        except RegistryError:
+            return False
 
     def get(self, modality: str, version: str) -> ModelVersion:
         """A published version; RegistryError (never OSError) when it is unknown or cannot be read."""
@@ -294,13 +313,19 @@ class ModelRegistry:
             if not (path / "model.npz").is_file():
                 raise unknown
             meta, metrics = _read_json(path / "meta.json"), _read_json(path / "metrics.json")
-            active = self._active_name(modality) == version
+            active = self._is_active(modality, version)
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:  # a name no folder here can have (v followed by 300 digits)
                 raise unknown from None
             raise RegistryError(f"version: {modality} {version}: cannot read {path}: {exc.strerror or exc}",
                                 public=f"version: {modality} {version} cannot be read on the server "
                                        f"({exc.strerror or type(exc).__name__})") from exc
+        for key in ("scorer", "scorer_version", "feature_version", "source", "created"):
+            if not isinstance(meta.get(key, ""), str):
+                raise RegistryError(f"{path / 'meta.json'}: {key} must be a string, not {type(meta[key]).__name__}; "
+                                    "republish this version or remove its folder",
+                                    public=f"{modality} {version}: meta.json {key} must be a string; republish this "
+                                           "version or remove its folder")
         return ModelVersion(modality=modality, version=version, path=path, scorer=meta.get("scorer", "?"),
                             scorer_version=meta.get("scorer_version", "?"),
                             feature_version=meta.get("feature_version", ""), source=meta.get("source", ""),
