@@ -33,8 +33,18 @@ class EmbeddingScorer(Scorer):
     def feature_version(self) -> str:  # type: ignore[override]
         return self.feature_version_
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """scikit-learn's contract; stored under other names: `modality` and `feature_version` are every scorer's class attributes."""
         return {"modality": self.for_modality, "feature_version": self.feature_version_}
+
+    def set_params(self, **params: Any) -> EmbeddingScorer:
+        unknown = sorted(set(params) - {"modality", "feature_version"})
+        if unknown:
+            raise ValueError(f"Invalid parameter {unknown[0]!r} for estimator {type(self).__name__}. "
+                             "Valid parameters are: ['feature_version', 'modality'].")
+        self.for_modality = params.get("modality", self.for_modality)
+        self.feature_version_ = params.get("feature_version", self.feature_version_)
+        return self
 
     @classmethod
     def from_weights(cls, weights: dict[str, np.ndarray], mean: np.ndarray, std: np.ndarray, *,

@@ -14,16 +14,27 @@ device or on the server):
 
 Scorers save to a single ``.npz`` (no pickle) with their name and version, so a model file
 read back by another version is refused with a clear error instead of scoring garbage.
+
+Hyper-parameters follow scikit-learn's estimator contract without importing scikit-learn (this
+module runs on the phone): ``__init__`` only stores its keyword arguments; ``get_params(deep=True)``
+and ``set_params(**params)`` (nested ``scorer__min_scale``, unknown names refused) make
+`sklearn.base.clone` work; each class lists a check per parameter in ``_param_checks``, which
+``_validate_params`` runs when the scorer fits, enrols, compares, saves and loads. A bad value is an
+`InvalidParameterError` (a ``ValueError``) naming the parameter; in a saved file it is a
+`ModelVersionError` naming it.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
+import numbers
 import os
 import zipfile
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -37,6 +48,175 @@ _REGISTRY: dict[str, type[Scorer]] = {}
 
 class ModelVersionError(ValueError):
     """A saved scorer or template does not match the code reading it."""
+
+
+class InvalidParameterError(ValueError):
+    """A hyper-parameter has the wrong type or is out of range; `param` names it."""
+
+    def __init__(self, owner: str, param: str, message: str) -> None:
+        super().__init__(f"{owner}: parameter {param!r} {message}")
+        self.owner = owner
+        self.param = param
+        self.message = message
+
+
+#: a parameter check: returns if the value is acceptable, else raises ValueError saying what it must be
+ParamCheck = Callable[[Any], None]
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    """`repr` of a value, shortened for an error message (saved files may hold anything)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def real(*, gt: float | None = None, ge: float | None = None, le: float | None = None,
+         none: bool = False) -> ParamCheck:
+    """Check: a finite number (not a bool or a string) with the given bounds; `none` also allows None."""
+
+    def check(value: Any) -> None:
+        if value is None and none:
+            return
+        if not _is_real(value):
+            raise ValueError(f"must be a number{' or None' if none else ''}, got {describe(value)}")
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"must be finite, got {v}")
+        for ok, what, bound in ((gt is None or v > gt, ">", gt), (ge is None or v >= ge, ">=", ge),
+                                (le is None or v <= le, "<=", le)):
+            if not ok:
+                raise ValueError(f"must be {what} {bound:g}, got {v:g}")
+
+    return check
+
+
+def integer(*, ge: int | None = None, le: int | None = None) -> ParamCheck:
+    """Check: an integer (not a bool, a float or a string) in [`ge`, `le`]."""
+
+    def check(value: Any) -> None:
+        if not isinstance(value, numbers.Integral) or isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"must be an integer, got {describe(value)}")
+        v = int(value)
+        if ge is not None and v < ge:
+            raise ValueError(f"must be >= {ge}, got {v}")
+        if le is not None and v > le:
+            raise ValueError(f"must be <= {le}, got {v}")
+
+    return check
+
+
+def boolean(value: Any) -> None:
+    """Check: True or False (not 0/1 or a string)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"must be True or False, got {describe(value)}")
+
+
+def one_of(*options: str) -> ParamCheck:
+    """Check: one of the given strings."""
+
+    def check(value: Any) -> None:
+        if not (isinstance(value, str) and value in options):
+            raise ValueError(f"must be one of {list(options)}, got {describe(value)}")
+
+    return check
+
+
+#: a seed for numpy's and scikit-learn's random generators
+seed_check = integer(ge=0, le=2**32 - 1)
+
+
+def _jsonable(value: Any) -> Any:
+    """Parameters as JSON writes them: tuples as lists, numpy scalars as Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+class ParamsMixin:
+    """scikit-learn's `get_params` / `set_params` contract (what `sklearn.base.clone` needs), numpy only.
+
+    Parameters are the keyword arguments of ``__init__``, stored unchanged under the same names;
+    `_param_checks` maps each to its check, run by `_validate_params`.
+    """
+
+    _param_checks: ClassVar[dict[str, ParamCheck]] = {}
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        init = cls.__init__  # type: ignore[misc]  # introspected, as BaseEstimator does
+        if init is object.__init__:
+            return []
+        params = [p for p in inspect.signature(init).parameters.values()
+                  if p.name != "self" and p.kind != p.VAR_KEYWORD]
+        if any(p.kind == p.VAR_POSITIONAL for p in params):
+            raise RuntimeError(f"{cls.__name__}.__init__ must take explicit keyword arguments, not *args")
+        return sorted(p.name for p in params)
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyper-parameters by name; with `deep`, also those of nested estimators as ``name__param``."""
+        out: dict[str, Any] = {}
+        for key in self._get_param_names():
+            value = getattr(self, key)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{key}__{k}", v) for k, v in value.get_params().items())
+            out[key] = value
+        return out
+
+    def set_params(self, **params: Any) -> Self:
+        """Set hyper-parameters (``name__param`` for a nested estimator's); an unknown name is a ValueError."""
+        names = self._get_param_names()
+        nested: dict[str, dict[str, Any]] = {}
+        for full, value in params.items():
+            key, delim, sub = full.partition("__")
+            if key not in names:
+                raise ValueError(f"Invalid parameter {key!r} for estimator {type(self).__name__}. "
+                                 f"Valid parameters are: {names!r}.")
+            if delim:
+                nested.setdefault(key, {})[sub] = value
+            else:
+                setattr(self, key, value)
+        for key, sub_params in nested.items():
+            inner = getattr(self, key)
+            if not hasattr(inner, "set_params"):
+                raise ValueError(f"Invalid parameter {next(iter(sub_params))!r} for {key}={describe(inner)} "
+                                 f"of estimator {type(self).__name__}: it has no parameters")
+            inner.set_params(**sub_params)
+        return self
+
+    def __repr__(self) -> str:
+        """``Class(param=value, ...)`` with the parameters that differ from their defaults, as scikit-learn prints."""
+        sig = inspect.signature(type(self).__init__)  # type: ignore[misc]
+        shown = []
+        for key in self._get_param_names():
+            value, default = getattr(self, key, None), sig.parameters[key].default
+            try:
+                same = value is default or (type(value) is type(default) and bool(value == default))
+            except Exception:  # e.g. an array: ambiguous truth value
+                same = False
+            if not same:
+                shown.append(f"{key}={describe(value)}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def _validate_params(self) -> None:
+        """Run every parameter's check; the first failure is an `InvalidParameterError` naming it."""
+        owner = type(self).__name__
+        for name, check in self._param_checks.items():
+            try:
+                check(getattr(self, name))
+            except Exception as exc:  # junk of any type (a saved file) must name the parameter
+                raise InvalidParameterError(owner, name, str(exc) or type(exc).__name__) from exc
 
 
 def check_state(owner: str, state: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int | str | None, ...]],
@@ -66,6 +246,29 @@ def check_state(owner: str, state: Mapping[str, np.ndarray], shapes: Mapping[str
         if key in positive and not np.all(v > 0):
             raise ModelVersionError(f"{owner}: state {key!r} must be > 0")
     return dims
+
+
+def distinct_subjects(subjects: np.ndarray) -> int:
+    """How many subjects the labels name; a NaN or None label (or labels that cannot be ordered) is refused.
+
+    NaN never equals itself, so each NaN label would otherwise count as a subject of its own (or,
+    through ``labels == s``, of none), and population models would learn from nonsense.
+    """
+    y = np.asarray(subjects)
+    if y.dtype.kind == "f":
+        bad = ~np.isfinite(y)
+    elif y.dtype.kind == "O":
+        bad = np.array([v is None or (isinstance(v, numbers.Real) and not math.isfinite(float(v))) for v in y.ravel()],
+                       dtype=bool)
+    else:
+        bad = np.zeros(y.size, dtype=bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad.ravel())[0])
+        raise EventValidationError("subjects", f"labels must name a subject (NaN or None at index {i})")
+    try:
+        return int(np.unique(y).size)
+    except TypeError as exc:
+        raise EventValidationError("subjects", f"labels must be of one kind (numbers or strings): {exc}") from exc
 
 
 def _read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -101,7 +304,7 @@ def _read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict
     return meta, state
 
 
-class Scorer(ABC):
+class Scorer(ParamsMixin, ABC):
     """Base class: population fit, enrolment, comparison, versioned save/load."""
 
     #: registry name, e.g. "keystroke-manhattan-scaled"
@@ -140,16 +343,19 @@ class Scorer(ABC):
         if state:
             raise ModelVersionError(f"{self.name} has no population state, got {sorted(state)}")
 
-    def get_params(self) -> dict[str, Any]:
-        """Hyper-parameters (JSON-serialisable): the constructor's keyword arguments."""
-        return {}
+    def _file_params(self) -> dict[str, Any]:
+        """The parameters a saved file records (JSON): the constructor's keyword arguments."""
+        return {k: v for k, v in self.get_params().items() if "__" not in k}
 
     def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the scorer to one ``.npz``; invalid parameters are refused (the file would not load)."""
+        self._validate_params()
         meta = {"name": self.name, "version": self.version, "modality": self.modality,
-                "feature_version": self.feature_version, "params": self.get_params()}
+                "feature_version": self.feature_version, "params": _jsonable(self._file_params())}
+        text = json.dumps(meta, allow_nan=False)
         state = {f"state__{k}": np.asarray(v) for k, v in self.get_state().items()}
         with open(path, "wb") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps(meta)), **state)  # type: ignore[arg-type]  # numpy stubs
+            np.savez(fh, __meta__=np.array(text), **state)  # type: ignore[arg-type]  # numpy stubs
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> Scorer:
@@ -162,8 +368,14 @@ class Scorer(ABC):
             raise ModelVersionError(f"{path}: {meta['name']} version {meta['version']}, code has {cls.version}")
         try:
             obj = cls(**meta["params"])
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # e.g. an unknown keyword: whatever a file holds, never a traceback
             raise ModelVersionError(f"{path}: {meta['name']} parameters do not fit this code ({exc})") from exc
+        try:
+            obj._validate_params()
+        except InvalidParameterError as exc:
+            raise ModelVersionError(f"{path}: {meta['name']} saved parameter {exc.param!r} {exc.message}") from exc
+        except Exception as exc:
+            raise ModelVersionError(f"{path}: {meta['name']} parameters do not fit this code ({exc!r})") from exc
         try:
             obj.set_state(state)
         except ModelVersionError as exc:
@@ -199,46 +411,50 @@ class ScaledManhattan(Scorer):
     name = "manhattan-scaled"
     modality = "any"
 
+    _param_checks = {"min_scale": real(gt=0)}
+
     def __init__(self, min_scale: float = 1e-3) -> None:
         self.min_scale = min_scale
 
-    def get_params(self) -> dict[str, Any]:
-        return {"min_scale": self.min_scale}
-
     def enroll(self, X: np.ndarray) -> Template:
+        self._validate_params()
         X = self.check_features(X)
         mean = X.mean(axis=0)
         mad = np.mean(np.abs(X - mean), axis=0)
         return {"mean": mean, "scale": np.maximum(mad, self.min_scale)}
 
     def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
+        self._validate_params()
         X = self.check_features(X, template["mean"].shape[0])
         return -np.mean(np.abs(X - template["mean"]) / template["scale"], axis=1)
 
 
-class ScorerDetector:
+def _scorer_or_none(value: Any) -> None:
+    if value is not None and not (callable(getattr(value, "enroll", None)) and callable(getattr(value, "compare", None))):
+        raise ValueError(f"must be a Scorer (with enroll and compare) or None, got {describe(value)}")
+
+
+class ScorerDetector(ParamsMixin):
     """scikit-learn-style one-class estimator for one person around any `Scorer`.
 
     ``fit(X)`` enrols, ``score_samples(X)`` compares (higher is more normal) and
     ``decision_function(X) = score_samples(X) - offset_`` so that 0 is the threshold;
-    `offset_` is set so that a fraction `contamination` of enrolment windows falls below it.
+    `offset_` is set so that a fraction `contamination` (0 to 0.5) of enrolment windows falls below it.
+    `get_params` / `set_params` follow scikit-learn (``scorer__min_scale`` reaches the scorer), so
+    `sklearn.base.clone` and the estimator checks work; it does not inherit `sklearn.base.BaseEstimator`
+    only because this module must import without scikit-learn.
     """
+
+    _param_checks = {"scorer": _scorer_or_none, "contamination": real(ge=0.0, le=0.5)}
 
     def __init__(self, scorer: Scorer | None = None, contamination: float = 0.05) -> None:
         self.scorer = scorer
         self.contamination = contamination
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {"scorer": self.scorer, "contamination": self.contamination}
-
-    def set_params(self, **params: Any) -> ScorerDetector:
-        for k, v in params.items():
-            setattr(self, k, v)
-        return self
-
     def fit(self, X: np.ndarray, y: Any = None) -> ScorerDetector:
         from sklearn.utils.validation import validate_data
 
+        self._validate_params()
         X = validate_data(self, X, reset=True)
         scorer = self.scorer if self.scorer is not None else ScaledManhattan()
         self.template_ = scorer.enroll(X)

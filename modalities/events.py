@@ -37,6 +37,8 @@ class EventValidationError(ValueError):
 
 
 def _finite(field: str, value: float) -> float:
+    if isinstance(value, (str, bytes)):  # "1.5" from a form or CSV is a caller bug, not a number
+        raise EventValidationError(field, f"must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError) as exc:
@@ -48,8 +50,14 @@ def _finite(field: str, value: float) -> float:
 
 def _finite_array(field: str, values: object, *, ndim: int = 1) -> np.ndarray:
     try:
-        arr = np.asarray(values, dtype=np.float64)
+        src = np.asarray(values)
+        # strings ("1.5" from a form or CSV) are a caller bug, as in `_finite`, not numbers to parse
+        if src.dtype.kind in "SU" or (src.dtype.kind == "O" and any(isinstance(v, (str, bytes)) for v in src.flat)):
+            raise EventValidationError(field, "must be numbers, not strings")
+        arr = np.asarray(src, dtype=np.float64)
     except (TypeError, ValueError) as exc:
+        if isinstance(exc, EventValidationError):
+            raise
         raise EventValidationError(field, "must be numeric") from exc
     if arr.ndim != ndim:
         raise EventValidationError(field, f"must be {ndim}-dimensional, got shape {arr.shape}")
@@ -139,6 +147,9 @@ class KeySequence:
         keys = np.asarray(self.keys, dtype=object)
         if keys.ndim != 1:  # e.g. one string "ab" instead of ["a", "b"]
             raise EventValidationError("keys", f"must be a 1-D sequence of key names, got shape {keys.shape}")
+        for i, k in enumerate(keys):  # the same rule as KeyEvent.key
+            if not isinstance(k, str) or not k:
+                raise EventValidationError("keys", f"must be non-empty strings, got {k!r} at index {i}")
         press = _finite_array("press", self.press)
         release = _finite_array("release", self.release)
         if not (keys.shape[0] == press.shape[0] == release.shape[0]):

@@ -10,17 +10,33 @@
   so scoring is numpy only (phone, server, federated clients).
 
 Both refuse feature windows of another `FEATURE_VERSION` or dimension with a clear error.
+Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, enrols,
+compares or is loaded, as in scikit-learn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import numpy as np
 
-from modalities.base import ModelVersionError, ScaledManhattan, Scorer, Template, check_state
+from modalities.base import (
+    ModelVersionError,
+    ScaledManhattan,
+    Scorer,
+    Template,
+    boolean,
+    check_state,
+    describe,
+    distinct_subjects,
+    integer,
+    one_of,
+    real,
+    seed_check,
+)
 from modalities.events import EventValidationError
-from modalities.gait.features import FEATURE_DIM, FEATURE_VERSION, block_columns
+from modalities.gait.features import BLOCKS, FEATURE_DIM, FEATURE_VERSION, block_columns
 
 
 def moving_mean(scores: np.ndarray, n: int) -> np.ndarray:
@@ -53,6 +69,41 @@ def _top(scores: np.ndarray, fraction: float) -> np.ndarray:
     return scores if k >= n else np.sort(scores, axis=1)[:, n - k:]
 
 
+def _check_blocks(value: Any) -> None:
+    """Check: a non-empty list of distinct feature block names (`BLOCKS`)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) == 0:
+        raise ValueError(f"must be a non-empty list of feature blocks {sorted(BLOCKS)}, got {describe(value)}")
+    for b in value:
+        if not (isinstance(b, str) and b in BLOCKS):
+            raise ValueError(f"names an unknown feature block {describe(b)}; known: {sorted(BLOCKS)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"repeats a feature block: {describe(value)}")
+
+
+_n_dims = integer(ge=1)
+
+
+def _check_views(value: Any) -> None:
+    """Check: None (`FUSION_VIEWS`) or a non-empty dict view name -> [blocks, PCA dims]."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(f"must be None or a non-empty dict of view name -> [blocks, n_pca], got {describe(value)}")
+    for name, spec in value.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"view names must be non-empty strings without '.', got {describe(name)}")
+        if isinstance(spec, (str, bytes)) or not isinstance(spec, Sequence) or len(spec) != 2:
+            raise ValueError(f"view {name!r} must be [blocks, n_pca], got {describe(spec)}")
+        try:
+            _check_blocks(spec[0])
+        except ValueError as exc:
+            raise ValueError(f"view {name!r}: blocks {exc}") from exc
+        try:
+            _n_dims(spec[1])
+        except ValueError as exc:
+            raise ValueError(f"view {name!r}: n_pca {exc}") from exc
+
+
 class GaitManhattan(ScaledManhattan):
     """Scaled Manhattan on gait features (Killourhy & Maxion), the no-population baseline."""
 
@@ -73,22 +124,22 @@ class GaitLDA(Scorer):
     modality = "gait"
     version = "1"
     feature_version = FEATURE_VERSION
+    _param_checks = {"n_pca": _n_dims, "n_lda": _n_dims, "blocks": _check_blocks,
+                     "template": one_of("centroid", "logreg"), "snorm": boolean, "seed": seed_check,
+                     "C": real(gt=0), "z_top": real(gt=0, le=1), "t_top": real(gt=0, le=1)}
 
     def __init__(self, n_pca: int = 150, n_lda: int = 60, blocks: tuple[str, ...] | list[str] = ("inv", "cycle", "raw"),
                  template: str = "centroid", snorm: bool = True, seed: int = 0, C: float = LOGREG_C,
                  z_top: float = ZNORM_TOP, t_top: float = TNORM_TOP) -> None:
         self.n_pca = n_pca
         self.n_lda = n_lda
-        self.blocks = tuple(blocks)
+        self.blocks = blocks
         self.template = template
         self.snorm = snorm
         self.seed = seed
-        self.C = float(C)
-        self.z_top, self.t_top = float(z_top), float(t_top)
-
-    def get_params(self) -> dict[str, Any]:
-        return {"n_pca": self.n_pca, "n_lda": self.n_lda, "blocks": list(self.blocks), "template": self.template,
-                "snorm": self.snorm, "seed": self.seed, "C": self.C, "z_top": self.z_top, "t_top": self.t_top}
+        self.C = C
+        self.z_top = z_top
+        self.t_top = t_top
 
     # -- population -----------------------------------------------------------------------
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
@@ -96,15 +147,17 @@ class GaitLDA(Scorer):
         from sklearn.decomposition import PCA
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
+        self._validate_params()
         X = self.check_features(X, FEATURE_DIM)
         if subjects is None:
             raise EventValidationError("subjects", "GaitLDA.fit needs one subject label per window")
         y = np.asarray(subjects)
-        if y.shape[0] != X.shape[0]:
-            raise EventValidationError("subjects", f"{y.shape[0]} labels for {X.shape[0]} windows")
+        if y.shape != (X.shape[0],):
+            raise EventValidationError("subjects", f"{y.shape[0] if y.ndim else 0} labels for {X.shape[0]} windows")
+        n_classes = distinct_subjects(y)
+        if n_classes < 3:
+            raise EventValidationError("subjects", f"need windows of at least 3 subjects, got {n_classes}")
         classes = np.unique(y)
-        if classes.size < 3:
-            raise EventValidationError("subjects", f"need windows of at least 3 subjects, got {classes.size}")
         cols = block_columns(self.blocks)
         Xc = X[:, cols]
         mu, sd = Xc.mean(axis=0), Xc.std(axis=0)
@@ -144,6 +197,7 @@ class GaitLDA(Scorer):
 
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Unit-length embeddings (n, k) of feature windows."""
+        self._validate_params()
         self._check_fitted()
         return self._embed(self.check_features(X, FEATURE_DIM))
 
@@ -227,43 +281,63 @@ class GaitFusion(Scorer):
     modality = "gait"
     version = "1"
     feature_version = FEATURE_VERSION
+    _param_checks = {"views": _check_views, "template": one_of("centroid", "logreg"), "seed": seed_check,
+                     "C": real(gt=0)}
 
     def __init__(self, views: dict[str, Any] | None = None, template: str = "logreg", seed: int = 0,
                  C: float = LOGREG_C) -> None:
-        self.views = {k: (tuple(v[0]), int(v[1])) for k, v in (views or FUSION_VIEWS).items()}
+        self.views = views
         self.template = template
         self.seed = seed
-        self.C = float(C)
-        self.members_ = {k: GaitLDA(n_pca=n, blocks=b, template=template, seed=seed, C=C)
-                         for k, (b, n) in self.views.items()}
+        self.C = C
 
-    def get_params(self) -> dict[str, Any]:
-        return {"views": {k: [list(b), n] for k, (b, n) in self.views.items()}, "template": self.template,
-                "seed": self.seed, "C": self.C}
+    def _view_specs(self) -> dict[str, tuple[tuple[str, ...], int]]:
+        """The views (name -> (blocks, PCA dims)): `views`, or `FUSION_VIEWS` when None."""
+        self._validate_params()
+        return {k: (tuple(v[0]), int(v[1])) for k, v in (FUSION_VIEWS if self.views is None else self.views).items()}
+
+    def _new_members(self) -> dict[str, GaitLDA]:
+        return {k: GaitLDA(n_pca=n, blocks=b, template=self.template, seed=self.seed, C=self.C)
+                for k, (b, n) in self._view_specs().items()}
+
+    def _members(self) -> dict[str, GaitLDA]:
+        self._validate_params()
+        if not hasattr(self, "members_"):
+            raise ModelVersionError(f"{type(self).__name__} is not fitted: call fit() or load a trained model")
+        return self.members_
+
+    def _file_params(self) -> dict[str, Any]:
+        """The views a file records are the ones used (``views=None`` resolved to `FUSION_VIEWS`)."""
+        return {**super()._file_params(), "views": {k: [list(b), n] for k, (b, n) in self._view_specs().items()}}
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
-        for m in self.members_.values():
+        members = self._new_members()
+        for m in members.values():
             m.fit(X, subjects)
+        self.members_ = members
         return self
 
     def enroll(self, X: np.ndarray) -> Template:
         out: Template = {}
-        for k, m in self.members_.items():
+        for k, m in self._members().items():
             out.update({f"{k}.{name}": v for name, v in m.enroll(X).items()})
         return out
 
     def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
+        members = self._members()
         total = np.zeros(self.check_features(X, FEATURE_DIM).shape[0])
-        for k, m in self.members_.items():
+        for k, m in members.items():
             sub = {name[len(k) + 1:]: v for name, v in template.items() if name.startswith(f"{k}.")}
             if not sub:
                 raise ModelVersionError(f"template lacks view {k!r} (made by another gait model)")
             total += m.compare(sub, X)
-        return total / len(self.members_)
+        return total / len(members)
 
     def get_state(self) -> dict[str, np.ndarray]:
-        return {f"{k}.{name}": v for k, m in self.members_.items() for name, v in m.get_state().items()}
+        return {f"{k}.{name}": v for k, m in self._members().items() for name, v in m.get_state().items()}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        for k, m in self.members_.items():
+        members = self._new_members()
+        for k, m in members.items():
             m.set_state({name[len(k) + 1:]: v for name, v in state.items() if name.startswith(f"{k}.")})
+        self.members_ = members

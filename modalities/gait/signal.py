@@ -3,6 +3,8 @@
 Why: a model trained on a 100 Hz Samsung S6 must score a 25 Hz phone that reports in g with a
 jittery clock. Everything downstream therefore sees the same thing: a uniform grid at
 `RATE` Hz, low-passed at `CUTOFF_HZ` (the same filter whatever the input rate), in m/s^2.
+Units are told apart by gravity (`to_ms2`): a series whose median |a| is near 1 is in g and is
+scaled by g; a median |a| no phone can read (another unit, a broken sensor) is refused.
 
 Pure numpy/scipy: this runs on the phone, in federated clients and in benches.
 """
@@ -33,6 +35,16 @@ NEAR_DUPLICATE_S = 1e-4
 #: holes in the clock longer than this split a series into parts (never interpolated across)
 MAX_GAP_S = 0.5
 G = 9.80665
+#: a series whose median |a| lies in this range is in g (gravity alone reads 1 g), as in
+#: `evaluation.datasets.to_ms2`; in m/s^2 the median of a phone's |a| is about 9.8 (8.4-14.4 over
+#: every 5 s of the BB-MAS recordings)
+G_UNITS_MEDIAN = (0.3, 3.0)
+#: median |a| (m/s^2) no phone carried by a walking person reads (10 g): the input is in another
+#: unit (mg, cm/s^2) or the sensor is broken
+MAX_MEDIAN_ACCEL = 100.0
+#: a single reading (m/s^2) beyond any phone accelerometer's range (they saturate at 2-32 g;
+#: BB-MAS peaks at 39 m/s^2): refused rather than let overflow reach the filters and PCA
+MAX_ABS_ACCEL = 1000.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,35 @@ def merge_duplicate_times(t: np.ndarray, xyz: np.ndarray, eps: float = 0.0) -> t
     return t[new], out / counts[:, None]
 
 
+def _refuse_peak(xyz: np.ndarray) -> None:
+    peak = np.abs(xyz).max(axis=1)
+    if float(peak.max()) > MAX_ABS_ACCEL:
+        i = int(np.flatnonzero(peak > MAX_ABS_ACCEL)[0])
+        raise EventValidationError("xyz", f"reading of {float(peak[i]):.3g} m/s^2 at index {i} is beyond any phone "
+                                          f"accelerometer's range (at most {MAX_ABS_ACCEL:g} m/s^2)")
+
+
+def to_ms2(xyz: np.ndarray) -> np.ndarray:
+    """Acceleration (n, 3) in m/s^2: a series in g (median |a| in `G_UNITS_MEDIAN`) is scaled by `G`.
+
+    Refused with an `EventValidationError` on ``xyz``: a median |a| above `MAX_MEDIAN_ACCEL`
+    m/s^2 (no phone's units) and any reading above `MAX_ABS_ACCEL` m/s^2.
+    """
+    xyz = np.asarray(xyz, float)
+    if xyz.shape[0] == 0:
+        return xyz
+    scale = float(np.abs(xyz).max()) or 1.0  # |a| of xyz / scale cannot overflow, whatever the input
+    with np.errstate(over="ignore"):
+        mag = float(np.median(np.linalg.norm(xyz / scale, axis=1))) * scale
+    if mag > MAX_MEDIAN_ACCEL:
+        raise EventValidationError("xyz", f"median |a| is {mag:.3g}: not a phone's acceleration in m/s^2 (about "
+                                          f"{G:.2f}, at most {MAX_MEDIAN_ACCEL:g}) or in g (about 1); check the units")
+    if G_UNITS_MEDIAN[0] < mag < G_UNITS_MEDIAN[1]:
+        xyz = xyz * G
+    _refuse_peak(xyz)
+    return xyz
+
+
 def input_rate(t: np.ndarray) -> float:
     """Nominal input rate: 1 / median sampling interval, ignoring near-duplicates (batched deliveries)."""
     d = np.diff(t)
@@ -88,12 +129,13 @@ def resample(series: AccelSeries, *, rate: float = RATE, cutoff: float = CUTOFF_
              max_rate: float = MAX_INPUT_RATE) -> list[Uniform]:
     """Bring a series of rate in [`min_rate`, `max_rate`] onto uniform `rate` Hz grids, one per gap-free part.
 
-    Steps: merge (near-)duplicate times; split at holes longer than `max_gap`; interpolate each part
+    Steps: bring the values to m/s^2 (`to_ms2`: g is converted, implausible magnitudes refused);
+    merge (near-)duplicate times; split at holes longer than `max_gap`; interpolate each part
     linearly onto a grid at its own input rate; anti-alias low-pass at `cutoff`; interpolate
     to `rate`; apply the same low-pass again on the internal grid so a 25 Hz phone and a
     100 Hz phone end with one bandwidth.
     """
-    t, xyz = merge_duplicate_times(np.asarray(series.t, float), np.asarray(series.xyz, float), NEAR_DUPLICATE_S)
+    t, xyz = merge_duplicate_times(np.asarray(series.t, float), to_ms2(series.xyz), NEAR_DUPLICATE_S)
     if t.size < 2:
         raise EventValidationError("time", f"need at least two samples more than {NEAR_DUPLICATE_S * 1e3:g} ms apart")
     fs_in = input_rate(t)

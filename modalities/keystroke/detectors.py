@@ -8,15 +8,17 @@ counts say how much evidence a window has, not who typed it).
 Every spread estimate is floored at `min_scale` (seconds): with a 15.6 ms clock many
 per-feature deviations are exactly zero, and dividing by them would make one tick of
 difference look like an infinite anomaly.
+
+Hyper-parameters are stored as given and checked (`_param_checks`) when a detector enrols or
+compares, as in scikit-learn: `min_scale` must be a finite number > 0.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from modalities.base import Scorer, Template
+from modalities.base import Scorer, Template, real
+from modalities.events import EventValidationError
 from modalities.keystroke.features import FEATURE_DIM, FEATURE_VERSION, TIMING
 
 #: default spread floor: a third of a 15.6 ms tick (window means average several ticks)
@@ -31,23 +33,24 @@ def timing_columns(X: np.ndarray) -> np.ndarray:
 class _KeystrokeOneClass(Scorer):
     modality = "keystroke"
     feature_version = FEATURE_VERSION
+    _param_checks = {"min_scale": real(gt=0)}
 
     def __init__(self, min_scale: float = DEFAULT_MIN_SCALE) -> None:
-        self.min_scale = float(min_scale)
-
-    def get_params(self) -> dict[str, Any]:
-        return {"min_scale": self.min_scale}
+        self.min_scale = min_scale
 
     def _prep(self, X: np.ndarray, dim: int | None = None) -> np.ndarray:
+        self._validate_params()
         return timing_columns(self.check_features(X, dim))
 
-    def _enrol_prep(self, X: np.ndarray, min_rows: int = 2) -> np.ndarray:
-        Z = self._prep(X)
+    def _enrol_prep(self, X: np.ndarray, min_rows: int = 2) -> tuple[int, np.ndarray]:
+        """(number of input columns, compared columns) of enrolment vectors (any array-like)."""
+        self._validate_params()
+        X = self.check_features(X)
+        Z = timing_columns(X)
         if Z.shape[0] < min_rows:
-            from modalities.events import EventValidationError
-
-            raise EventValidationError("values", f"{self.name} needs at least {min_rows} enrolment vectors, got {Z.shape[0]}")
-        return Z
+            raise EventValidationError("values", f"{self.name} needs at least {min_rows} enrolment vectors, "
+                                                 f"got n_samples = {Z.shape[0]}")
+        return X.shape[1], Z
 
 
 class ManhattanScaledDetector(_KeystrokeOneClass):
@@ -56,11 +59,10 @@ class ManhattanScaledDetector(_KeystrokeOneClass):
     name = "keystroke-manhattan-scaled"
 
     def enroll(self, X: np.ndarray) -> Template:
-        Z = self._enrol_prep(X)
+        dim, Z = self._enrol_prep(X)
         mean = Z.mean(axis=0)
         mad = np.mean(np.abs(Z - mean), axis=0)
-        return {"dim": np.array(X.shape[1] if np.ndim(X) == 2 else len(X)), "mean": mean,
-                "scale": np.maximum(mad, self.min_scale)}
+        return {"dim": np.array(dim), "mean": mean, "scale": np.maximum(mad, self.min_scale)}
 
     def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
         Z = self._prep(X, int(template["dim"]))
@@ -72,16 +74,15 @@ class OutlierCountDetector(_KeystrokeOneClass):
 
     name = "keystroke-outlier-count"
 
+    _param_checks = {**_KeystrokeOneClass._param_checks, "z": real(gt=0)}
+
     def __init__(self, min_scale: float = DEFAULT_MIN_SCALE, z: float = 1.96) -> None:
         super().__init__(min_scale)
-        self.z = float(z)
-
-    def get_params(self) -> dict[str, Any]:
-        return {"min_scale": self.min_scale, "z": self.z}
+        self.z = z
 
     def enroll(self, X: np.ndarray) -> Template:
-        Z = self._enrol_prep(X)
-        return {"dim": np.array(np.shape(X)[1]), "mean": Z.mean(axis=0),
+        dim, Z = self._enrol_prep(X)
+        return {"dim": np.array(dim), "mean": Z.mean(axis=0),
                 "scale": np.maximum(Z.std(axis=0, ddof=1), self.min_scale)}
 
     def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
@@ -104,11 +105,11 @@ class NearestNeighbourMahalanobisDetector(_KeystrokeOneClass):
     name = "keystroke-nn-mahalanobis"
 
     def enroll(self, X: np.ndarray) -> Template:
-        Z = self._enrol_prep(X, 3)
+        dim, Z = self._enrol_prep(X, 3)
         prec = _shrunk_precision(Z, self.min_scale)
         # factor the metric once so comparison is a Euclidean nearest-neighbour search
         L = np.linalg.cholesky(prec)
-        return {"dim": np.array(np.shape(X)[1]), "points": Z @ L, "factor": L}
+        return {"dim": np.array(dim), "points": Z @ L, "factor": L}
 
     def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
         Z = self._prep(X, int(template["dim"])) @ template["factor"]
@@ -126,24 +127,23 @@ class OneClassSVMDetector(_KeystrokeOneClass):
 
     name = "keystroke-svm-oneclass"
 
+    _param_checks = {**_KeystrokeOneClass._param_checks, "nu": real(gt=0, le=1), "gamma": real(gt=0, none=True)}
+
     def __init__(self, min_scale: float = DEFAULT_MIN_SCALE, nu: float = 0.5, gamma: float | None = None) -> None:
         super().__init__(min_scale)
-        self.nu = float(nu)
+        self.nu = nu
         self.gamma = gamma
-
-    def get_params(self) -> dict[str, Any]:
-        return {"min_scale": self.min_scale, "nu": self.nu, "gamma": self.gamma}
 
     def enroll(self, X: np.ndarray) -> Template:
         from sklearn.svm import OneClassSVM
 
-        Z = self._enrol_prep(X, 3)
+        dim, Z = self._enrol_prep(X, 3)
         mean = Z.mean(axis=0)
         scale = np.maximum(Z.std(axis=0), self.min_scale)
         S = (Z - mean) / scale
         gamma = self.gamma if self.gamma is not None else 1.0 / S.shape[1]
         svm = OneClassSVM(kernel="rbf", nu=self.nu, gamma=gamma).fit(S)
-        return {"dim": np.array(np.shape(X)[1]), "mean": mean, "scale": scale, "sv": svm.support_vectors_,
+        return {"dim": np.array(dim), "mean": mean, "scale": scale, "sv": svm.support_vectors_,
                 "coef": svm.dual_coef_.ravel(), "intercept": np.asarray(svm.intercept_, float).ravel(),
                 "gamma": np.array(gamma)}
 

@@ -236,13 +236,16 @@ def window_features(seq: KeySequence) -> FeatureWindow:
 
 
 def window_slices(n: int, n_keys: int, hop: int | None = None) -> list[slice]:
-    """Windows of `n_keys` presses every `hop` presses (default half a window)."""
+    """Windows of `n_keys` presses every `hop` presses (default half a window); both whole numbers."""
+    for name, value in (("n_keys", n_keys), ("hop", hop)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise EventValidationError(name, f"must be a whole number of key presses, got {value!r}")
     if n_keys < 2:
         raise EventValidationError("n_keys", f"must be >= 2, got {n_keys}")
     hop = hop or max(n_keys // 2, 1)
     if hop < 1:
         raise EventValidationError("hop", f"must be >= 1, got {hop}")
-    return [slice(a, a + n_keys) for a in range(0, n - n_keys + 1, hop)]
+    return [slice(a, a + int(n_keys)) for a in range(0, n - int(n_keys) + 1, int(hop))]
 
 
 def windows_for_subject(seq: KeySequence, n_keys: int, hop: int | None = None) -> list[FeatureWindow]:

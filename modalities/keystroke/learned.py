@@ -15,15 +15,32 @@ All three work in a log-time space (`log_timing`), standardised with population 
 and z-normalise each template's scores against a cohort of training windows (so one global
 threshold fits every person: pooled error rates need it, per-person ones are unchanged).
 Templates are plain arrays; population state saves to `.npz` through `Scorer.save`.
+Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, enrols,
+compares or is loaded, as in scikit-learn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from modalities.base import ModelVersionError, Scorer, Template, check_state
+from modalities.base import (
+    InvalidParameterError,
+    ModelVersionError,
+    ParamCheck,
+    Scorer,
+    Template,
+    boolean,
+    check_state,
+    describe,
+    distinct_subjects,
+    integer,
+    one_of,
+    real,
+    seed_check,
+)
 from modalities.events import EventValidationError
 from modalities.keystroke.features import CLOCK_TICK, FEATURE_DIM, FEATURE_NAMES, FEATURE_VERSION, N_TIMING
 
@@ -61,23 +78,23 @@ class _PopulationScorer(Scorer):
     _state_shapes: dict[str, tuple[int | str | None, ...]] = {
         "mu_": ("p",), "sd_": ("p",), "cohort_": ("m", "p"), "cohort_subjects_": ("m",)}
 
-    def __init__(self, cohort_per_subject: int = 20, znorm: bool = True, seed: int = 0) -> None:
-        self.cohort_per_subject = int(cohort_per_subject)
-        self.znorm = bool(znorm)
-        self.seed = int(seed)
+    _param_checks = {"cohort_per_subject": integer(ge=1), "znorm": boolean, "seed": seed_check}
 
-    def get_params(self) -> dict[str, Any]:
-        return {"cohort_per_subject": self.cohort_per_subject, "znorm": self.znorm, "seed": self.seed}
+    def __init__(self, cohort_per_subject: int = 20, znorm: bool = True, seed: int = 0) -> None:
+        self.cohort_per_subject = cohort_per_subject
+        self.znorm = znorm
+        self.seed = seed
 
     # -- population -----------------------------------------------------------------------
     def _check_population(self, X: np.ndarray, subjects: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        self._validate_params()
         X = self.check_features(X)
         if subjects is None:
             raise EventValidationError("subjects", f"{self.name} learns from other people: subject labels are required")
         y = np.asarray(subjects)
         if y.shape != (X.shape[0],):
             raise EventValidationError("subjects", f"need one label per row ({X.shape[0]}), got shape {y.shape}")
-        if np.unique(y).size < 3:
+        if distinct_subjects(y) < 3:
             raise EventValidationError("subjects", "need windows of at least 3 subjects")
         return X, y
 
@@ -98,6 +115,7 @@ class _PopulationScorer(Scorer):
         return Z
 
     def _z(self, X: np.ndarray) -> np.ndarray:
+        self._validate_params()
         if not hasattr(self, "mu_"):
             raise ModelVersionError(f"{self.name} is not fitted: call fit(X, subjects) on a population first")
         X = self.check_features(X, int(self.dim_))
@@ -152,12 +170,11 @@ class LikelihoodRatioScorer(_PopulationScorer):
     _state_keys = ("w_inv_", "t_inv_", "m_")
     _state_shapes = {"w_inv_": ("p", "p"), "t_inv_": ("p", "p"), "m_": ("p",)}
 
+    _param_checks = {**_PopulationScorer._param_checks, "shrinkage": real(ge=0, le=1)}
+
     def __init__(self, cohort_per_subject: int = 20, znorm: bool = True, seed: int = 0, shrinkage: float = 0.1) -> None:
         super().__init__(cohort_per_subject, znorm, seed)
-        self.shrinkage = float(shrinkage)
-
-    def get_params(self) -> dict[str, Any]:
-        return {**super().get_params(), "shrinkage": self.shrinkage}
+        self.shrinkage = shrinkage
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> LikelihoodRatioScorer:
         X, y = self._check_population(X, subjects)
@@ -195,18 +212,15 @@ class BackgroundSVMScorer(_PopulationScorer):
     _state_keys = ("background_",)
     _state_shapes = {"background_": (None, "p")}
 
+    _param_checks = {**_PopulationScorer._param_checks, "background_per_subject": integer(ge=1),
+                     "background": one_of("early", "random"), "C": real(gt=0)}
+
     def __init__(self, cohort_per_subject: int = 20, znorm: bool = True, seed: int = 0,
                  background_per_subject: int = 100, background: str = "early", C: float = 1.0) -> None:
         super().__init__(cohort_per_subject, znorm, seed)
-        if background not in ("early", "random"):
-            raise ValueError(f"background: must be 'early' or 'random', got {background!r}")
-        self.background_per_subject = int(background_per_subject)
+        self.background_per_subject = background_per_subject
         self.background = background
-        self.C = float(C)
-
-    def get_params(self) -> dict[str, Any]:
-        return {**super().get_params(), "background_per_subject": self.background_per_subject,
-                "background": self.background, "C": self.C}
+        self.C = C
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> BackgroundSVMScorer:
         X, y = self._check_population(X, subjects)
@@ -237,45 +251,85 @@ class BackgroundSVMScorer(_PopulationScorer):
         return np.exp(-float(template["gamma"]) * np.maximum(d2, 0.0)) @ template["coef"] + float(template["intercept"][0])
 
 
+def _member_params(cls: type[_PopulationScorer]) -> ParamCheck:
+    """Check: None or a dict of `cls`'s parameters (its `znorm` is always on inside `FusedScorer`)."""
+
+    def check(value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, Mapping):
+            raise ValueError(f"must be None or a dict of {cls.__name__} parameters, got {describe(value)}")
+        names = cls._get_param_names()
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise ValueError(f"has unknown {cls.__name__} parameter {describe(unknown[0])}; known: {names}")
+        try:
+            cls(**{**value, "znorm": True})._validate_params()
+        except InvalidParameterError as exc:
+            raise ValueError(f"entry {exc.param!r} {exc.message}") from exc
+
+    return check
+
+
 class FusedScorer(Scorer):
-    """Sum of the z-normalised likelihood-ratio and background-SVM scores."""
+    """Sum of the z-normalised likelihood-ratio and background-SVM scores.
+
+    `llr` and `svm` are the members' parameters (None: their defaults); the members are built
+    when the scorer is fitted or loaded.
+    """
 
     name = "keystroke-fused"
     modality = "keystroke"
     feature_version = FEATURE_VERSION
+    _param_checks = {"llr": _member_params(LikelihoodRatioScorer), "svm": _member_params(BackgroundSVMScorer),
+                     "weight_llr": real(ge=0)}
 
     def __init__(self, llr: dict[str, Any] | None = None, svm: dict[str, Any] | None = None, weight_llr: float = 1.0) -> None:
-        self.llr = dict(llr or {})
-        self.svm = dict(svm or {})
-        self.weight_llr = float(weight_llr)
-        self.llr_ = LikelihoodRatioScorer(**{**self.llr, "znorm": True})
-        self.svm_ = BackgroundSVMScorer(**{**self.svm, "znorm": True})
+        self.llr = llr
+        self.svm = svm
+        self.weight_llr = weight_llr
 
-    def get_params(self) -> dict[str, Any]:
-        return {"llr": self.llr, "svm": self.svm, "weight_llr": self.weight_llr}
+    def _new_members(self) -> tuple[LikelihoodRatioScorer, BackgroundSVMScorer]:
+        self._validate_params()
+        return (LikelihoodRatioScorer(**{**(self.llr or {}), "znorm": True}),
+                BackgroundSVMScorer(**{**(self.svm or {}), "znorm": True}))
+
+    def _members(self) -> tuple[LikelihoodRatioScorer, BackgroundSVMScorer]:
+        self._validate_params()
+        if not hasattr(self, "llr_"):
+            raise ModelVersionError(f"{self.name} is not fitted: call fit(X, subjects) on a population first")
+        return self.llr_, self.svm_
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> FusedScorer:
-        self.llr_.fit(X, subjects)
-        self.svm_.fit(X, subjects)
+        llr, svm = self._new_members()
+        llr.fit(X, subjects)
+        svm.fit(X, subjects)
+        self.llr_, self.svm_ = llr, svm
         return self
 
     def enroll(self, X: np.ndarray) -> Template:
-        a = self.llr_.enroll(X)
-        b = self.svm_.enroll(X)
+        llr, svm = self._members()
+        a = llr.enroll(X)
+        b = svm.enroll(X)
         return {**{f"llr.{k}": v for k, v in a.items()}, **{f"svm.{k}": v for k, v in b.items()}}
 
     def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
+        llr, svm = self._members()
         a = {k[4:]: v for k, v in template.items() if k.startswith("llr.")}
         b = {k[4:]: v for k, v in template.items() if k.startswith("svm.")}
-        return self.weight_llr * self.llr_.compare(a, X) + self.svm_.compare(b, X)
+        return self.weight_llr * llr.compare(a, X) + svm.compare(b, X)
 
     def get_state(self) -> dict[str, np.ndarray]:
+        if not hasattr(self, "llr_"):
+            return {}
         return {**{f"llr.{k}": v for k, v in self.llr_.get_state().items()},
                 **{f"svm.{k}": v for k, v in self.svm_.get_state().items()}}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.llr_.set_state({k[4:]: v for k, v in state.items() if k.startswith("llr.")})
-        self.svm_.set_state({k[4:]: v for k, v in state.items() if k.startswith("svm.")})
+        llr, svm = self._new_members()
+        llr.set_state({k[4:]: v for k, v in state.items() if k.startswith("llr.")})
+        svm.set_state({k[4:]: v for k, v in state.items() if k.startswith("svm.")})
+        self.llr_, self.svm_ = llr, svm
 
 
 LEARNED: dict[str, type[Scorer]] = {

@@ -16,15 +16,26 @@ Population-trained ("learn from other people"):
 Every scorer's `compare` returns one score per stroke (higher is more genuine); a decision on
 k strokes uses the mean score (a mean of log-likelihood ratios for the LLR scorers).
 Scoring is pure numpy; scikit-learn is imported only inside `fit`/`enroll` that need it.
+Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, enrols,
+compares or is loaded, as in scikit-learn.
 """
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Self
 
 import numpy as np
 
-from modalities.base import ModelVersionError, Scorer, Template, check_state
+from modalities.base import (
+    ModelVersionError,
+    Scorer,
+    Template,
+    check_state,
+    distinct_subjects,
+    integer,
+    real,
+    seed_check,
+)
 from modalities.events import EventValidationError
 from modalities.touch.features import FEATURE_DIM, FEATURE_VERSION, IDX
 
@@ -51,6 +62,7 @@ class _TouchScorer(Scorer):
     feature_version = FEATURE_VERSION
 
     def _x(self, X: np.ndarray) -> np.ndarray:
+        self._validate_params()
         return self.check_features(X, FEATURE_DIM)
 
 
@@ -61,12 +73,10 @@ class TouchManhattan(_TouchScorer):
     """Scaled Manhattan distance to the enrolment mean (Killourhy & Maxion); the baseline."""
 
     name = "touch-manhattan-scaled"
+    _param_checks = {"min_scale": real(gt=0)}
 
     def __init__(self, min_scale: float = 1e-3) -> None:
         self.min_scale = min_scale
-
-    def get_params(self) -> dict[str, Any]:
-        return {"min_scale": self.min_scale}
 
     def enroll(self, X: np.ndarray) -> Template:
         X = self._x(X)
@@ -90,13 +100,11 @@ class TouchKNN(_TouchScorer):
     """
 
     name = "touch-knn"
+    _param_checks = {"k": integer(ge=1), "min_scale": real(gt=0)}
 
     def __init__(self, k: int = 5, min_scale: float = 0.05) -> None:
         self.k = k
         self.min_scale = min_scale
-
-    def get_params(self) -> dict[str, Any]:
-        return {"k": self.k, "min_scale": self.min_scale}
 
     def enroll(self, X: np.ndarray) -> Template:
         X = self._x(X)
@@ -116,14 +124,12 @@ class TouchOneClassSVM(_TouchScorer):
     """RBF one-class SVM on enrolment-standardised strokes; decision values in numpy."""
 
     name = "touch-ocsvm"
+    _param_checks = {"nu": real(gt=0, le=1), "gamma": real(gt=0), "min_scale": real(gt=0)}
 
     def __init__(self, nu: float = 0.2, gamma: float = 0.02, min_scale: float = 0.05) -> None:
         self.nu = nu
         self.gamma = gamma
         self.min_scale = min_scale
-
-    def get_params(self) -> dict[str, Any]:
-        return {"nu": self.nu, "gamma": self.gamma, "min_scale": self.min_scale}
 
     def enroll(self, X: np.ndarray) -> Template:
         from sklearn.svm import OneClassSVM
@@ -175,8 +181,9 @@ def _check_population(X: np.ndarray, subjects: np.ndarray | None, min_subjects: 
     subjects = np.asarray(subjects)
     if subjects.shape[0] != X.shape[0]:
         raise EventValidationError("subjects", f"got {subjects.shape[0]} labels for {X.shape[0]} windows")
-    if np.unique(subjects).size < min_subjects:
-        raise EventValidationError("subjects", f"need at least {min_subjects} subjects, got {np.unique(subjects).size}")
+    n = distinct_subjects(subjects)
+    if n < min_subjects:
+        raise EventValidationError("subjects", f"need at least {min_subjects} subjects, got {n}")
     return subjects
 
 
@@ -210,13 +217,12 @@ class BackgroundLR(_Population):
     _state_shapes = {"mean": (N_DIRECTIONS, FEATURE_DIM), "std": (N_DIRECTIONS, FEATURE_DIM),
                      "background": (None, FEATURE_DIM)}
 
+    _param_checks = {"C": real(gt=0), "n_background": integer(ge=1), "seed": seed_check}
+
     def __init__(self, C: float = 0.1, n_background: int = 3000, seed: int = 0) -> None:
         self.C = C
         self.n_background = n_background
         self.seed = seed
-
-    def get_params(self) -> dict[str, Any]:
-        return {"C": self.C, "n_background": self.n_background, "seed": self.seed}
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
         X = self._x(X)
@@ -275,11 +281,10 @@ class PLDATouch(_Population):
                      "proj": (FEATURE_DIM, "k"), "center": ("k",), "between": ("k",), "within": ("k",)}
     _positive_state = ("std", "between", "within")
 
+    _param_checks = {"n_components": integer(ge=1)}
+
     def __init__(self, n_components: int = 40) -> None:
         self.n_components = n_components
-
-    def get_params(self) -> dict[str, Any]:
-        return {"n_components": self.n_components}
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
@@ -331,16 +336,17 @@ class FusedTouch(_Population):
 
     name = "touch-fused"
     version = "2"
+    _param_checks = {"seed": seed_check}
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
+        # the members (not parameters): fitted by `fit`, filled by `set_state`; a bench may set them
         self.plda = PLDATouch()
         self.lr: BackgroundLR = QuadBackgroundLR(seed=seed)
 
-    def get_params(self) -> dict[str, Any]:
-        return {"seed": self.seed}
-
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
+        self._validate_params()
+        self.plda, self.lr = PLDATouch(), QuadBackgroundLR(seed=self.seed)  # `seed` as set now
         self.plda.fit(X, subjects)
         self.lr.fit(X, subjects)
         return self
@@ -355,11 +361,13 @@ class FusedTouch(_Population):
         self.lr.set_state({k[4:]: v for k, v in state.items() if k.startswith("lr__")})
 
     def enroll(self, X: np.ndarray) -> Template:
+        self._validate_params()
         t = {f"plda__{k}": v for k, v in self.plda.enroll(X).items()}
         t.update({f"lr__{k}": v for k, v in self.lr.enroll(X).items()})
         return t
 
     def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
+        self._validate_params()
         tp = {k[6:]: v for k, v in template.items() if k.startswith("plda__")}
         tl = {k[4:]: v for k, v in template.items() if k.startswith("lr__")}
         if not tp or not tl:

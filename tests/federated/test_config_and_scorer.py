@@ -81,3 +81,18 @@ def test_registry_loads_a_federated_model_without_importing_federated(tmp_path) 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["EmbeddingScorer", "6"]
+
+
+def test_the_federated_scorer_follows_the_estimator_contract() -> None:
+    """`clone` failed (get_params took no `deep`), and set_params accepted any name."""
+    import pytest
+    from sklearn.base import clone
+
+    from federated.scorer import EmbeddingScorer
+
+    e = EmbeddingScorer("gait", "gait-v2")
+    c = clone(e)
+    assert c is not e and c.get_params(deep=True) == {"modality": "gait", "feature_version": "gait-v2"}
+    assert e.set_params(modality="touch").for_modality == "touch"
+    with pytest.raises(ValueError, match="Invalid parameter 'bogus'"):
+        e.set_params(bogus=1)
