@@ -144,6 +144,32 @@ def _reasons(resp: dict[str, Any]) -> str:
                      f"{r['modality']} {r['code']}" for r in resp["reasons"])
 
 
+def adaptable(resp: dict[str, Any], evidence: list[FeatureWindow]) -> list[FeatureWindow]:
+    """The windows of an approved call that may adapt a template, as the app re-sends them.
+
+    Only a modality whose own evidence matched in the decision adapts (a mismatch approved on
+    the other modalities is refused, 409 `not_matched_evidence`), with at most
+    `ADAPT_MAX_WINDOWS` windows of it per transaction.
+    """
+    from server.services.enrolment import ADAPT_MAX_WINDOWS, MATCHED
+
+    matched = {r["modality"] for r in resp["reasons"] if r["code"] in MATCHED}
+    out: list[FeatureWindow] = []
+    for m in MODALITIES:
+        out += [w for w in evidence if w.modality == m and m in matched][:ADAPT_MAX_WINDOWS]
+    return out
+
+
+def _bank_view(dev: DeviceClient, resp: dict[str, Any]) -> dict[str, Any]:
+    """The decision as the bank reads it (exact risk and LLR contributions; the device is told less).
+
+    The demo plays the bank too; without the bank's key (a server configured with other keys)
+    it shows the device's answer.
+    """
+    r = dev.http.get(f"/v1/transactions/{resp['transaction_id']}", headers={"X-API-Key": dev.bank_api_key})
+    return dict(r.json()) if r.status_code == 200 else resp
+
+
 def run_scenario(base_url: str, genuine: Person, impostor: Person, *, user_id: str = "alice",
                  amounts: tuple[str, ...] = AMOUNTS) -> list[DemoRow]:
     """Register, consent, enrol the genuine user, then transact as the owner and as the impostor.
@@ -163,10 +189,13 @@ def run_scenario(base_url: str, genuine: Person, impostor: Person, *, user_id: s
                 resp = dev.authorize(amount=amount, payee="ACME-SHOP-42", evidence=evidence)
                 adapted = 0
                 if resp["decision"] == "approve":  # the app re-enrols approved evidence (controlled adaptation)
-                    dev.enrol(evidence, confirmed_transaction_id=resp["transaction_id"])
-                    adapted = len(evidence)
+                    confirmed = adaptable(resp, evidence)
+                    if confirmed:
+                        dev.enrol(confirmed, confirmed_transaction_id=resp["transaction_id"])
+                    adapted = len(confirmed)
+                shown = _bank_view(dev, resp)
                 rows.append(DemoRow(user_id, f"{person.label} ({who})", who == "genuine", amount, resp["decision"],
-                                    float(resp["risk"]), _reasons(resp), adapted))
+                                    float(shown["risk"]), _reasons(shown), adapted))
     return rows
 
 

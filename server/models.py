@@ -67,6 +67,11 @@ class EnrolmentWindow(Base):
     quality: Mapped[float] = mapped_column(Float)
     values: Mapped[list[float]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: the approved transaction whose evidence this window is (controlled adaptation), None for a
+    #: window of plain enrolment: past the cap, adapted windows are dropped first (oldest first),
+    #: so the enrolment the template began with is kept, and at most `ADAPT_MAX_WINDOWS` of one
+    #: transaction adapt a modality (`server.services.enrolment`)
+    transaction_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class Template(Base):

@@ -315,6 +315,11 @@ class ModalityEnrolment(BaseModel):
     n_windows: int
     model_id: str
     feature_version: str
+    #: windows of this call that were accepted (their digests are now seen: never send them
+    #: again) but not enrolled, and why: {"low_quality": n} below `enrol_min_quality`,
+    #: {"not_scored": n} touch taps (the models read swipes only)
+    skipped: int = 0
+    skipped_reasons: dict[str, int] = Field(default_factory=dict)
 
 
 class EnrolResponse(BaseModel):
@@ -335,7 +340,8 @@ class AuthorizeRequest(_Strict):
 class Reason(BaseModel):
     modality: str
     code: str
-    contribution: float
+    #: the modality's LLR contribution; null in answers to the device (`device_view`): the bank reads it
+    contribution: float | None
 
 
 class AuthorizeResponse(BaseModel):
@@ -393,7 +399,9 @@ class ModelOut(BaseModel):
 
 
 class ActivateIn(_Strict):
-    version: str = Field(pattern=r"^v\d{4,}$")
+    #: a registry version (`v0001`, ...: `modalities.registry`): ASCII digits, at most 9 of them
+    #: (an unbounded name, longer than the file system allows, was a 500)
+    version: str = Field(max_length=10, pattern=r"^v[0-9]{4,9}$")
 
 
 class Problem(BaseModel):

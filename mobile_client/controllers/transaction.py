@@ -16,6 +16,8 @@ from mobile_client.services import AppServices
 from modalities.events import FeatureWindow
 
 log = logging.getLogger(__name__)
+#: most windows of one modality a confirmed transaction adapts (`server.services.enrolment.ADAPT_MAX_WINDOWS`)
+ADAPT_MAX_WINDOWS = 8
 
 #: evidence a transaction sends: recent keys, swipes and walking, never any already sent
 EVIDENCE_KEYS = 100
@@ -216,6 +218,15 @@ class TransactionController:
         nothing but the adaptation, so it is logged, not raised.
         """
         windows, self._sent = self._sent, []
+        # only a modality whose own evidence matched in the decision adapts, at most 8 windows of
+        # it per transaction (the server refuses the rest: 409 not_matched_evidence, adaptation_limit)
+        matched = {r.get("modality") for r in (self.last.reasons if self.last else [])
+                   if r.get("code") in ("match", "strong_match")}
+        per: dict[str, list[FeatureWindow]] = {}
+        for w in windows:
+            if w.modality in matched:
+                per.setdefault(w.modality, []).append(w)
+        windows = [w for ws in per.values() for w in ws[:ADAPT_MAX_WINDOWS]]
         if not windows:
             return False
         try:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from modalities.base import Template as TemplateArrays
 from server.errors import ApiError
-from server.models import EnrolmentWindow, Template, Transaction, User
+from server.models import EnrolmentWindow, EvidenceSeen, Template, Transaction, User
 from server.schemas import EnrolResponse, FeatureWindowIn, ModalityEnrolment
 from server.services import compliance_hooks as hooks
 from server.services.evidence import (
@@ -21,8 +23,15 @@ from server.services.evidence import (
 )
 from server.services.scoring import ActiveScorer, ScorerProvider, template_from_json, template_to_json
 
-#: enrolment windows kept per modality (oldest dropped): bounded drift adaptation
+#: enrolment windows kept per modality: past it adapted windows are dropped first (oldest
+#: first), the plain enrolment's only after them, so adaptation never evicts the enrolment
 MAX_ENROL_WINDOWS = 200
+#: most windows of one modality that one confirmed transaction adapts, over all its calls: an
+#: impostor approved once (a false match, or a step-up he passed holding the phone) cannot
+#: re-send a whole session of his behaviour into the owner's template
+ADAPT_MAX_WINDOWS = 8
+#: a modality's reason codes in a decision that say its own evidence matched the template
+MATCHED = frozenset({"match", "strong_match"})
 
 
 def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: list[FeatureWindowIn],
@@ -34,16 +43,20 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
     (`implausible`), and plain enrolment is accepted only while the user's enrolment is open
     (`User.enrolment_open`). Windows re-sent with `confirmed_transaction_id` must instead be
     exactly ones that approved transaction carried, not used for enrolment before
-    (`claim_confirmed`).
+    (`claim_confirmed`), of a modality whose own evidence matched in that decision
+    (`modality_codes`), at most `ADAPT_MAX_WINDOWS` per modality and transaction.
+
+    The user's row is locked first (PostgreSQL; the order authorize, sessions and erasure take
+    it in), so concurrent enrolments of one user run one after another: a window claimed by
+    one is seen, or no longer confirmed evidence, by the next.
     """
-    user = session.get(User, user_id)
+    user = session.get(User, user_id, with_for_update=True)
     if user is None:
         raise ApiError(404, "unknown_user", f"user_id: {user_id!r} has no registered device")
     if user.locked:
         raise ApiError(423, "user_locked", "user_id: locked after consecutive failed authentications; "
                                            "an administrator must unlock it before its enrolment changes")
-    if confirmed_transaction_id is not None:
-        confirmed_transaction(session, user_id, confirmed_transaction_id)
+    tx = None if confirmed_transaction_id is None else confirmed_transaction(session, user_id, confirmed_transaction_id)
     out = []
     digests: dict[str, list[str]] = {}
     for modality, items in group_windows(windows).items():
@@ -63,35 +76,110 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
         for i, w in items:
             if why := implausible(w):
                 raise ApiError(422, "implausible_input", f"windows[{i}]: {why}; bot-like input is not enrolled")
-        good = [(i, w) for i, w in items if w.quality >= min_quality and scored(w)]  # taps are not enrolled
-        digests[modality] = (claim_hashes(session, user_id, items) if confirmed_transaction_id is None
-                             else claim_confirmed(session, user_id, confirmed_transaction_id, items))
+        skipped = Counter("not_scored" if not scored(w) else "low_quality" for _, w in items
+                          if not (w.quality >= min_quality and scored(w)))  # taps are not enrolled
+        good = [(i, w) for i, w in items if w.quality >= min_quality and scored(w)]
+        if tx is None:
+            digests[modality] = claim_hashes(session, user_id, items)
+        else:
+            _check_adaptable(tx, modality, items, len(good))
+            digests[modality] = claim_confirmed(session, user_id, tx.id, items)
+            _check_adapted_total(session, tx, user_id, modality, len(good))
         if tpl is not None and same is None:
             session.execute(delete(EnrolmentWindow).where(EnrolmentWindow.user_id == user_id,
                                                           EnrolmentWindow.modality == modality))
         for _, w in good:
             session.add(EnrolmentWindow(user_id=user_id, modality=modality, feature_version=w.feature_version,
-                                        quality=w.quality, values=list(w.values)))
+                                        quality=w.quality, values=list(w.values),
+                                        transaction_id=None if tx is None else tx.id))
         session.flush()
-        rows = list(session.scalars(select(EnrolmentWindow).where(EnrolmentWindow.user_id == user_id,
-                                                                  EnrolmentWindow.modality == modality)
-                                    .order_by(EnrolmentWindow.id)).all())
-        if len(rows) > MAX_ENROL_WINDOWS:
-            for r in rows[:-MAX_ENROL_WINDOWS]:
-                session.delete(r)
-            rows = rows[-MAX_ENROL_WINDOWS:]
+        rows = _keep_latest(session, user_id, modality)
         if len(rows) < min_windows:
             raise ApiError(422, "too_few_windows",
                            f"windows: {modality} needs at least {min_windows} windows of quality >= {min_quality}"
                            f"{' (swipes: taps are not enrolled)' if modality == 'touch' else ''} (have {len(rows)})")
         tpl = build_template(session, active, user_id, modality, rows, tpl)
         out.append(ModalityEnrolment(modality=modality, n_windows=tpl.n_windows, model_id=tpl.model_id,
-                                     feature_version=tpl.feature_version))
+                                     feature_version=tpl.feature_version, skipped=sum(skipped.values()),
+                                     skipped_reasons=dict(skipped)))
     payload: dict[str, object] = {"window_hashes": digests, "models": {m.modality: m.model_id for m in out}}
     if confirmed_transaction_id is not None:
         payload["confirmed_transaction_id"] = confirmed_transaction_id
     hooks.audit(session, event="enrolment", actor=actor, subject=user_id, payload=payload)
     return EnrolResponse(user_id=user_id, modalities=out)
+
+
+def modality_codes(tx: Transaction, modality: str) -> list[str]:
+    """The reason codes `modality` got in the transaction's decision (its stored answer)."""
+    reasons = tx.response.get("reasons", []) if isinstance(tx.response, dict) else []
+    return [str(r.get("code")) for r in reasons if isinstance(r, dict) and r.get("modality") == modality]
+
+
+def _check_adaptable(tx: Transaction, modality: str, items: list[tuple[int, FeatureWindowIn]], n_adapt: int) -> None:
+    """Refuse adapting `modality` with this transaction's windows unless its own evidence matched, within the limit.
+
+    Approval (at once, or after a passed step-up) proves the payment was confirmed, not that
+    this modality's behaviour was the owner's: an impostor holding the phone passes the
+    step-up too, and a strong mismatch approved on the other modalities is still someone
+    else's behaviour. So the modality's code in that decision must be `match` or
+    `strong_match` (409 `not_matched_evidence`), and at most `ADAPT_MAX_WINDOWS` of its
+    windows adapt the template, counted over every call for the transaction: more in one call
+    is refused (422 `adaptation_limit`), as is going past it over several (409,
+    `_check_adapted_total`).
+    """
+    first = items[0][0]
+    codes = modality_codes(tx, modality)
+    if not MATCHED.intersection(codes):
+        why = ", ".join(codes) or "no evidence of it"
+        raise ApiError(409, "not_matched_evidence",
+                       f"windows[{first}]: {modality} did not match in transaction {tx.id!r} ({why}); only evidence "
+                       f"that matched adapts a template (an approval or a passed step-up confirms the payment, "
+                       f"not whose behaviour this is)")
+    if n_adapt > ADAPT_MAX_WINDOWS:
+        raise ApiError(422, "adaptation_limit",
+                       f"windows: {n_adapt} {modality} windows to adapt; at most {ADAPT_MAX_WINDOWS} windows of a "
+                       f"modality adapt a template per confirmed transaction (send the {ADAPT_MAX_WINDOWS} to keep)")
+
+
+def _check_adapted_total(session: Session, tx: Transaction, user_id: str, modality: str, n_adapt: int) -> None:
+    """409 `adaptation_limit` when this call's `n_adapt` windows take the transaction's past `ADAPT_MAX_WINDOWS`.
+
+    Counted from the stored windows it adapted before (the user's row lock orders the calls);
+    checked after the claim, so windows already used are refused as such (`not_confirmed_evidence`).
+    """
+    done = session.scalar(select(func.count()).select_from(EnrolmentWindow).where(
+        EnrolmentWindow.user_id == user_id, EnrolmentWindow.modality == modality,
+        EnrolmentWindow.transaction_id == tx.id)) or 0
+    if done + n_adapt > ADAPT_MAX_WINDOWS:
+        raise ApiError(409, "adaptation_limit",
+                       f"windows: transaction {tx.id!r} already adapted {done} {modality} windows; at most "
+                       f"{ADAPT_MAX_WINDOWS} windows of a modality adapt a template per confirmed transaction "
+                       f"({max(ADAPT_MAX_WINDOWS - done, 0)} more here)")
+
+
+def _keep_latest(session: Session, user_id: str, modality: str) -> list[EnrolmentWindow]:
+    """The modality's enrolment windows (oldest first), cut to `MAX_ENROL_WINDOWS`: adapted ones dropped first.
+
+    The plain enrolment (`transaction_id` None) goes only once no adapted window is left, so
+    adaptation never evicts it. A transaction whose adapted windows are dropped adapts nothing
+    more: its unclaimed evidence of the modality is released, so `ADAPT_MAX_WINDOWS` holds
+    over the transaction's whole life, not only while its windows are kept.
+    """
+    rows = list(session.scalars(select(EnrolmentWindow).where(EnrolmentWindow.user_id == user_id,
+                                                              EnrolmentWindow.modality == modality)
+                                .order_by(EnrolmentWindow.id)).all())
+    if len(rows) <= MAX_ENROL_WINDOWS:
+        return rows
+    drop = sorted(rows, key=lambda r: (r.transaction_id is None, r.id))[:len(rows) - MAX_ENROL_WINDOWS]
+    for r in drop:
+        session.delete(r)
+    released = {r.transaction_id for r in drop if r.transaction_id is not None}
+    if released:
+        session.execute(update(EvidenceSeen).where(EvidenceSeen.user_id == user_id, EvidenceSeen.modality == modality,
+                                                   EvidenceSeen.transaction_id.in_(released))
+                        .values(transaction_id=None))
+    gone = {r.id for r in drop}
+    return [r for r in rows if r.id not in gone]
 
 
 def _check_closed(modality: str, *, adapting: bool, has_template: bool) -> None:
@@ -129,7 +217,8 @@ def confirmed_transaction(session: Session, user_id: str, tx_id: str) -> Transac
         raise ApiError(404, "unknown_transaction", f"confirmed_transaction_id: {tx_id!r} is not a transaction of this user")
     if tx.outcome != "approve":
         raise ApiError(409, "not_confirmed", f"confirmed_transaction_id: the transaction's decision is {tx.outcome!r}; "
-                                             "only approved evidence (at once or after step-up) adapts a template")
+                                             "only an approved transaction's evidence (at once or after step-up), "
+                                             "of a modality that matched in it, adapts a template")
     return tx
 
 

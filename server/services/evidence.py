@@ -128,18 +128,27 @@ def claim_confirmed(session: Session, user_id: str, tx_id: str, items: list[tupl
 
     The counterpart of `claim_hashes` for controlled adaptation (`server.services.enrolment`):
     each accepted window's link to the transaction is cleared, so it adapts a template once.
+    The rows are read with a row lock (PostgreSQL) and cleared only where they still name the
+    transaction: a concurrent call that claimed one meanwhile makes this one's count fall
+    short, and it is refused (409) rather than adapt with the same window again.
     """
     digests = [window_hash(w) for _, w in items]
     carried = set(session.scalars(select(_E.window_hash).where(
-        _E.user_id == user_id, _E.transaction_id == tx_id, _E.window_hash.in_(digests))))
+        _E.user_id == user_id, _E.transaction_id == tx_id, _E.window_hash.in_(digests)).with_for_update()))
     batch: set[str] = set()
     for (i, w), d in zip(items, digests):
         if d not in carried or d in batch:
             raise ApiError(409, "not_confirmed_evidence",
                            f"windows[{i}]: this {w.modality} window is not unused evidence of transaction {tx_id!r}")
         batch.add(d)
-    session.execute(update(EvidenceSeen).where(EvidenceSeen.user_id == user_id, EvidenceSeen.window_hash.in_(digests))
-                    .values(transaction_id=None))
+    claimed = session.execute(update(EvidenceSeen)
+                              .where(EvidenceSeen.user_id == user_id, EvidenceSeen.transaction_id == tx_id,
+                                     EvidenceSeen.window_hash.in_(digests))
+                              .values(transaction_id=None)).rowcount  # type: ignore[attr-defined]
+    if claimed != len(digests):
+        raise ApiError(409, "not_confirmed_evidence",
+                       f"windows: {len(digests) - claimed} of these windows are no longer unused evidence of "
+                       f"transaction {tx_id!r} (a concurrent request adapted with them); each adapts a template once")
     return digests
 
 

@@ -178,11 +178,15 @@ def test_full_flow_through_the_ui_against_live_server(kivy_env: dict[str, str], 
                                  "deny": "Payment blocked"}[tx["decision"] if "after_code" not in shown else "step_up"]
     assert tx["payee"] == "Jordan Lee" and tx["amount"] in ("42.50", "42.5")
     assert {r["modality"] for r in tx["reasons"]} >= {"keystroke", "touch", "gait"}  # evidence of all three arrived
-    # an approved payment's evidence went back as controlled adaptation of the templates
+    # an approved payment's evidence went back as controlled adaptation of the templates: that of
+    # the modalities that matched in the decision (a step-up passed on uncalibrated evidence adapts nothing)
     export = httpx.get(f"{live_server}/v1/admin/users/{tx['user_id']}/export", headers={"X-API-Key": "dev-admin-key"}).json()
     adapted = [e for e in export["data"]["audit"]["entries"]
                if e["event"] == "enrolment" and e["payload"].get("confirmed_transaction_id") == tx["transaction_id"]]
-    assert len(adapted) == (1 if tx["decision"] == "approve" or shown.get("after_code") == "approve" else 0), adapted
+    approved = tx["decision"] == "approve" or shown.get("after_code") == "approve"
+    matched = {r["modality"] for r in tx["reasons"] if r["code"] in ("match", "strong_match")}
+    assert len(adapted) == (1 if approved and matched else 0), adapted
+    assert all(set(e["payload"]["window_hashes"]) == matched for e in adapted), (adapted, matched)
     exported = httpx.get(f"{live_server}/v1/admin/users/{report['user_id']}/export", headers=bank)
     if exported.status_code == 200:
         text = json.dumps(exported.json())

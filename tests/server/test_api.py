@@ -237,7 +237,7 @@ def test_step_up_completion(client: TestClient, enrolled, windows) -> None:  # t
 
 def test_confirmed_evidence_adapts_the_template_once(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
     """Controlled adaptation: only an approved transaction's own windows re-enrol, once each."""
-    own = evidence(windows, "owner", 6)
+    own = evidence(windows, "owner", 7)  # all three modalities match (6: touch strong_mismatch, refused)
     tx = enrolled.authorize(amount="25.00", payee="ACME", evidence=own)
     if tx["decision"] == "step_up":  # confirmed by the second factor instead
         r = client.post(f"/v1/transactions/{tx['transaction_id']}/step-up", json={"success": True}, headers=BANK)
@@ -245,7 +245,7 @@ def test_confirmed_evidence_adapts_the_template_once(client: TestClient, enrolle
     assert tx["decision"] != "deny"
     tx_id = tx["transaction_id"]
     with pytest.raises(ApiCallError) as exc:  # windows this call did not carry
-        enrolled.enrol(evidence(windows, "owner", 7), confirmed_transaction_id=tx_id)
+        enrolled.enrol(evidence(windows, "owner", 9), confirmed_transaction_id=tx_id)
     assert exc.value.status == 409 and exc.value.body["code"] == "not_confirmed_evidence"
     assert "windows[0]" in exc.value.body["detail"]
     (done,) = enrolled.enrol(own, confirmed_transaction_id=tx_id)

@@ -84,14 +84,14 @@ def test_api_round_trip_on_backend(db_url: str, tmp_path: Path, calibration_file
                 dev.grant_consent(m)
                 dev.enrol(windows["owner"][m][:5])
             payload = {"user_id": "carol", "amount": "25.00", "currency": "EUR", "payee": "ACME", "channel": "app",
-                       "idempotency_key": "pg-1", "evidence": [w.to_dict() for w in evidence(windows, "owner", 6)]}
+                       "idempotency_key": "pg-1", "evidence": [w.to_dict() for w in evidence(windows, "owner", 7)]}
             first = dev.signed("POST", "/v1/transactions/authorize", payload)
             again = dev.signed("POST", "/v1/transactions/authorize", payload)
             assert first.status_code == again.status_code == 200 and first.json() == again.json()
             payload["idempotency_key"] = "pg-2"
             dup = dev.signed("POST", "/v1/transactions/authorize", payload)
             assert dup.status_code == 409 and dup.json()["code"] == "evidence_replay"
-            bad = dict(payload, idempotency_key="pg-3", evidence=[w.to_dict() for w in evidence(windows, "owner", 7)])
+            bad = dict(payload, idempotency_key="pg-3", evidence=[w.to_dict() for w in evidence(windows, "owner", 9)])
             bad["evidence"][1]["values"] = bad["evidence"][1]["values"][:-1]
             assert dev.signed("POST", "/v1/transactions/authorize", bad).status_code == 422
             tx = first.json()  # controlled adaptation with the confirmed call's windows
