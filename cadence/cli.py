@@ -27,7 +27,7 @@ for _name in ("serve", "demo", "models", "audit", "compliance", "federated", "mo
 
 
 def main() -> None:
-    """Console entry: the typer app, with a bad CADENCE_* setting reported in one line (exit 2)."""
+    """Console entry: the typer app, with a bad CADENCE_* setting or policy file reported in one line (exit 2)."""
     import sys
 
     from cadence.settings import SettingsError
@@ -35,5 +35,11 @@ def main() -> None:
     try:
         app()
     except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ValueError as exc:  # a broken fusion/policy.yaml, read at its first use
+        policy = sys.modules.get("fusion.policy")  # loaded if it raised; not imported here (numpy)
+        if policy is None or not isinstance(exc, policy.PolicyError):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -22,6 +22,11 @@ like themselves) carries a fused decision alone. This is the idea of Vergeer et 
 
 `cllr` is the log-likelihood-ratio cost (Brümmer & du Preez 2006): 0 is perfect, 1 is an
 uninformative system, above 1 is miscalibrated.
+
+A calibrator is refused (ValueError) when its scores carry no information: all one value, or a
+fitted Cllr no better than scores without information reach by chance (`informative`). Its
+LLRs would sit at or near 0 for every probe, and a modality that says nothing must not count
+as evidence, least of all as the second modality the policy's corroboration asks for.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from typing import Any
 import numpy as np
 
 LLR_CLIP = 12.0
+#: 95 % quantiles of chi-square with 1 and 3 degrees of freedom (the calibrator's parameters
+#: besides the intercept): the Cllr gain below which a fit is what noise scores reach by chance
+_CHI2_95 = {1: 3.841, 3: 7.815}
 
 
 def cllr(*, genuine_llr: np.ndarray, impostor_llr: np.ndarray) -> float:
@@ -56,6 +64,40 @@ def support_bounds(n_genuine: int, n_impostor: int) -> tuple[float, float]:
     return -min(float(np.log(max(n_genuine, 1))), LLR_CLIP), min(float(np.log(max(n_impostor, 1))), LLR_CLIP)
 
 
+def scores_array(name: str, values: Any, *, at_least: int = 1) -> np.ndarray:
+    """`values` as a 1-D array of at least `at_least` finite floats, else ValueError naming `name`.
+
+    sklearn would report an infinite score as "Input X contains NaN", and a calibration set
+    with no scores as a division by zero.
+    """
+    try:
+        a = np.asarray(values, float).ravel()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: scores must be numbers ({exc})") from None
+    if a.size < at_least:
+        raise ValueError(f"{name}: calibration needs at least {at_least} score{'s' if at_least > 1 else ''}, "
+                         f"got {a.size}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise ValueError(f"{name}: scores must be finite numbers; {int(bad.sum())} of {a.size} "
+                         f"are not (first: {a[bad][0]} at index {int(np.flatnonzero(bad)[0])})")
+    return a
+
+
+def informative(cllr_bits: float, n_genuine: int, n_impostor: int, n_params: int = 1) -> bool:
+    """Whether a calibrator's Cllr on its own fitting scores shows the scores carry information.
+
+    With balanced classes the fit's log-likelihood gain over "no information" (Cllr 1) is
+    N ln 2 (1 - Cllr) for N = 4 / (1/n_genuine + 1/n_impostor) effective trials; twice that is
+    about chi-square with `n_params` degrees of freedom when the scores carry none. A gain
+    below its 95 % quantile is what noise scores reach by chance; Cllr >= 1 never shows any.
+    """
+    if not cllr_bits < 1.0:  # NaN too
+        return False
+    n_eff = 4.0 / (1.0 / n_genuine + 1.0 / n_impostor)
+    return 2.0 * n_eff * float(np.log(2.0)) * (1.0 - cllr_bits) > _CHI2_95.get(n_params, _CHI2_95[3])
+
+
 def _design(score: np.ndarray, quality: np.ndarray | None, use_quality: bool) -> np.ndarray:
     s = np.asarray(score, float).reshape(-1, 1)
     if not use_quality:
@@ -75,20 +117,40 @@ class LogisticCalibrator:
 
     def fit(self, *, genuine: np.ndarray, impostor: np.ndarray, genuine_quality: np.ndarray | None = None,
             impostor_quality: np.ndarray | None = None) -> LogisticCalibrator:
+        """Fit on training genuine and impostor scores.
+
+        ValueError (naming the field) for scores that cannot calibrate: fewer than 2 of a class,
+        non-finite ones, or ones that carry no information (`informative`).
+        """
         from sklearn.linear_model import LogisticRegression
 
-        g, i = np.asarray(genuine, float), np.asarray(impostor, float)
-        if g.size < 2 or i.size < 2:
-            raise ValueError("calibration needs at least 2 genuine and 2 impostor scores")
+        g, i = scores_array("genuine", genuine, at_least=2), scores_array("impostor", impostor, at_least=2)
+        if np.ptp(np.r_[g, i]) == 0:
+            raise ValueError(f"scores: all {g.size + i.size} genuine and impostor scores are {g[0]:g}; scores that are "
+                             "all one value carry no information, so no calibrator is fitted (check the model)")
         X = np.vstack([_design(g, genuine_quality, self.use_quality), _design(i, impostor_quality, self.use_quality)])
         y = np.r_[np.ones(g.size), np.zeros(i.size)]
-        self.mu_, self.sd_ = X.mean(axis=0), np.maximum(X.std(axis=0), 1e-9)
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.mu_, self.sd_ = X.mean(axis=0), np.maximum(X.std(axis=0), 1e-9)
+            Z = (X - self.mu_) / self.sd_
+        if not (np.isfinite(self.mu_).all() and np.isfinite(self.sd_).all() and np.isfinite(Z).all()):
+            # scores near 1e300 overflow the variance to inf (a zero slope: LLR 0 for every score):
+            # each column is scaled by its largest magnitude first
+            scale = np.max(np.abs(X), axis=0)
+            Xs = X / scale
+            self.mu_, self.sd_ = Xs.mean(axis=0) * scale, np.maximum(Xs.std(axis=0) * scale, 1e-9)
+            Z = (Xs - self.mu_ / scale) / (self.sd_ / scale)
         # class_weight="balanced" makes the fitted log-odds an LLR (prior log-odds 0)
         lr = LogisticRegression(C=self.C, class_weight="balanced", max_iter=1000)
-        lr.fit((X - self.mu_) / self.sd_, y)
+        lr.fit(Z, y)
         self.coef_ = lr.coef_.ravel().copy()
         self.intercept_ = float(lr.intercept_[0])
         self.lo_, self.hi_ = support_bounds(g.size, i.size)
+        c = cllr(genuine_llr=self.llr(g, genuine_quality), impostor_llr=self.llr(i, impostor_quality))
+        if not informative(c, g.size, i.size, self.coef_.size):
+            raise ValueError(f"scores: carry no information: Cllr {c:.4f} bits on {g.size} genuine and {i.size} impostor "
+                             "scores is no better than scores without information reach by chance (1 = none), and "
+                             "their LLRs would count as evidence; calibrate on more people, or check the model")
         return self
 
     def _slope(self, q: np.ndarray | float) -> np.ndarray | float:
@@ -164,9 +226,13 @@ class LogisticCalibrator:
         c.intercept_ = float(_finite_vector("intercept", [d["intercept"]], 1)[0])
         # files written before the bounds existed keep the old fixed clip
         lo, hi = _finite_vector("bounds", d.get("bounds", [-LLR_CLIP, LLR_CLIP]), 2).tolist()
-        if not -LLR_CLIP <= lo <= 0.0 <= hi <= LLR_CLIP:
-            raise ValueError(f"bounds: must satisfy -{LLR_CLIP} <= lo <= 0 <= hi <= {LLR_CLIP}, got {[lo, hi]}")
+        if not -LLR_CLIP <= lo < 0.0 < hi <= LLR_CLIP:
+            raise ValueError(f"bounds: must satisfy -{LLR_CLIP} <= lo < 0 < hi <= {LLR_CLIP}, got {[lo, hi]}")
         c.lo_, c.hi_ = lo, hi
+        if coef[0] == 0.0 and (not c.use_quality or coef[2] == 0.0):
+            # the same LLR for every score: evidence that says nothing about the person
+            raise ValueError(f"coef: the score's coefficient is 0 ({coef.tolist()}): the LLR would not depend on the "
+                             "score, so the calibrator carries no information")
         return c
 
 
@@ -187,7 +253,7 @@ class IsotonicCalibrator:
     def fit(self, *, genuine: np.ndarray, impostor: np.ndarray, **_: Any) -> IsotonicCalibrator:
         from sklearn.isotonic import IsotonicRegression
 
-        g, i = np.asarray(genuine, float), np.asarray(impostor, float)
+        g, i = scores_array("genuine", genuine), scores_array("impostor", impostor)
         x = np.r_[g, i]
         y = np.r_[np.ones(g.size), np.zeros(i.size)]
         w = np.r_[np.full(g.size, 0.5 / g.size), np.full(i.size, 0.5 / i.size)]  # balanced prior

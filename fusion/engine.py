@@ -6,6 +6,12 @@ Without a fitted calibrator for a modality its evidence is left out of decisions
 `uncalibrated`, `fusion.policy.decide`); `calibrated_modalities` says which have one. A calibrator whose report names
 the model it was fitted for (`report[m]["model_version"]`) is applied only to evidence of
 that model: after another version is activated its scores would be read on a foreign scale.
+
+A calibrator is fitted only for a known modality and only on scores that carry information
+(`fit_modality` raises ValueError naming the modality otherwise), and the file is refused
+whole (ValueError naming the file and the field) when any entry is unusable: an unknown
+modality, a `model_version` that is not a string, a calibrator whose LLR cannot depend on the
+score, or a file that cannot be read at all (a folder, no permission).
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ from typing import Any
 import numpy as np
 
 from fusion.calibration import LogisticCalibrator, cllr
-from fusion.policy import DEFAULT_POLICY, Decision, ModalityEvidence, Policy, decide
+from fusion.policy import Decision, ModalityEvidence, Policy, decide, default_policy
+from modalities.events import MODALITIES
 
 
 @dataclass
 class FusionEngine:
     """Calibrate each modality's score to an LLR, sum, and apply the policy."""
 
-    policy: Policy = DEFAULT_POLICY
+    #: fusion/policy.yaml unless given, read when the engine is made (not when this module is imported)
+    policy: Policy = field(default_factory=default_policy)
     calibrators: dict[str, LogisticCalibrator] = field(default_factory=dict)
     #: calibration quality on the fitting data, per modality (Cllr in bits)
     report: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -38,9 +46,21 @@ class FusionEngine:
 
     def fit_modality(self, modality: str, *, genuine: np.ndarray, impostor: np.ndarray,
                      genuine_quality: np.ndarray | None = None, impostor_quality: np.ndarray | None = None) -> FusionEngine:
+        """Fit `modality`'s calibrator; ValueError naming the modality when its scores cannot calibrate.
+
+        Scores that carry no information (all one value, or a Cllr no better than chance) are
+        refused rather than fitted: their LLRs, at or near 0 for every probe, would count as
+        evidence, and as the second modality that corroboration asks for.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"modality: unknown {modality!r}; expected one of {', '.join(MODALITIES)}")
         use_q = genuine_quality is not None and impostor_quality is not None
-        cal = LogisticCalibrator(use_quality=use_q).fit(genuine=genuine, impostor=impostor,
-                                                          genuine_quality=genuine_quality, impostor_quality=impostor_quality)
+        try:
+            cal = LogisticCalibrator(use_quality=use_q).fit(genuine=genuine, impostor=impostor,
+                                                              genuine_quality=genuine_quality,
+                                                              impostor_quality=impostor_quality)
+        except ValueError as exc:
+            raise ValueError(f"{modality} calibration: {exc}") from exc
         self.calibrators[modality] = cal
         self.report[modality] = {
             "cllr": cllr(genuine_llr=cal.llr(genuine, genuine_quality), impostor_llr=cal.llr(impostor, impostor_quality)),
@@ -87,23 +107,35 @@ class FusionEngine:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], policy: Policy = DEFAULT_POLICY) -> FusionEngine:
+    def load(cls, path: str | os.PathLike[str], policy: Policy | None = None) -> FusionEngine:
+        """Read a calibration file; any problem is one ValueError naming the file (and the field)."""
         try:
             d = json.loads(Path(path).read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not a fusion calibration file ({exc})") from exc
+        except OSError as exc:  # a folder, no permission, an unreadable disk
+            raise ValueError(f"{path}: cannot read the fusion calibration file ({exc.strerror or exc})") from exc
         if not isinstance(d, dict) or d.get("version") != 1:
             raise ValueError(f"{path}: unsupported fusion calibration version "
                              f"{d.get('version') if isinstance(d, dict) else type(d).__name__}")
         cals, report = d.get("calibrators"), d.get("report", {})
         if not isinstance(cals, dict) or not isinstance(report, dict):
             raise ValueError(f"{path}: 'calibrators' and 'report' must be mappings")
+        for section, entries in (("calibrators", cals), ("report", report)):
+            for m in entries:
+                if m not in MODALITIES:  # a calibrator nobody asks for: a typo'd or foreign file
+                    raise ValueError(f"{path}: {section}.{m}: unknown modality; expected one of {', '.join(MODALITIES)}")
         calibrators = {}
         for m, c in cals.items():
             try:
                 calibrators[m] = LogisticCalibrator.from_dict(c)
             except ValueError as exc:
                 raise ValueError(f"{path}: calibrators.{m}.{exc}") from exc
-        if not all(isinstance(r, dict) for r in report.values()):
-            raise ValueError(f"{path}: report entries must be mappings")
-        return cls(policy, calibrators, report)
+        for m, r in report.items():
+            if not isinstance(r, dict):
+                raise ValueError(f"{path}: report entries must be mappings (report.{m})")
+            v = r.get("model_version")
+            if v is not None and not isinstance(v, str):  # a list never equals a served model id: never applies
+                raise ValueError(f"{path}: report.{m}.model_version: must be a version string such as 'v0003', "
+                                 f"got {v!r}")
+        return cls(policy if policy is not None else default_policy(), calibrators, report)

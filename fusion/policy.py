@@ -6,13 +6,16 @@ calibrated fusion engine without changing the call.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+
+from modalities.events import MODALITIES
 
 Outcome = Literal["approve", "step_up", "deny"]
 
@@ -61,7 +64,7 @@ class Tier:
     approve_llr: float  # fused LLR needed to approve
     deny_llr: float  # fused LLR at or below which we deny
     #: approve only on corroborated evidence: two modalities or more, and the sum without the
-    #: strongest one not against the person (>= 0), so no single modality approves alone
+    #: strongest one for the person (> 0, the `match` level), so no single modality approves alone
     corroborate: bool = False
 
 
@@ -78,6 +81,14 @@ class Policy:
 
 #: |LLR| beyond which no evidence item counts (the calibrators' own clip, `fusion.calibration.LLR_CLIP`)
 MAX_ABS_LLR = 12.0
+#: modalities a decision can fuse (the server sends one evidence item for each)
+N_MODALITIES = len(MODALITIES)
+#: the largest fused LLR there is: every modality at the clip. A tier asking for more never approves.
+MAX_FUSED_LLR = N_MODALITIES * MAX_ABS_LLR
+
+
+class PolicyError(ValueError):
+    """The policy file cannot be used; the message names the file and the field (one line)."""
 
 
 class _TierDoc(BaseModel):
@@ -122,8 +133,22 @@ class _PolicyDoc(BaseModel):
             if t.target_fmr > prev.target_fmr:
                 raise ValueError(f"tiers.{t.name}.target_fmr: a higher tier must not have a looser target "
                                  f"({t.target_fmr} > {prev.target_fmr})")
+        last = self.tiers[-1]
+        if last.max_amount != math.inf:  # larger amounts would silently take the last tier's rule
+            raise ValueError(f"tiers.{last.name}.max_amount: the last tier must be open (.inf), got {last.max_amount}: "
+                             "larger amounts need a tier too")
+        for prev, t in zip(self.tiers, self.tiers[1:], strict=False):
+            if prev.corroborate and not t.corroborate:
+                raise ValueError(f"tiers.{t.name}.corroborate: a higher tier must not drop the corroboration "
+                                 f"{prev.name} asks for")
         # approve_llr > 0 > deny_llr already holds per tier (field bounds)
         approve = [_approve_llr(t) for t in self.tiers]
+        for t, a in zip(self.tiers, approve, strict=True):
+            if a > MAX_FUSED_LLR:
+                how = "approve_llr" if t.approve_llr is not None else f"approve_llr (ln(1/target_fmr {t.target_fmr:g}))"
+                raise ValueError(f"tiers.{t.name}.{how}: {a:.4g} can never be reached: the fused LLR is at most "
+                                 f"{MAX_FUSED_LLR:g} ({N_MODALITIES} modalities at +-{MAX_ABS_LLR:g}), so this tier would "
+                                 "never approve")
         for prev, t, pa, a in zip(self.tiers, self.tiers[1:], approve, approve[1:], strict=False):
             if a < pa:
                 raise ValueError(f"tiers.{t.name}.approve_llr: a higher tier must not approve on less evidence "
@@ -135,49 +160,119 @@ def _approve_llr(t: _TierDoc) -> float:
     return t.approve_llr if t.approve_llr is not None else math.log(1.0 / t.target_fmr)
 
 
-def _errors(exc: ValidationError) -> str:
+def _errors(exc: ValidationError, raw: Any = None) -> str:
+    """Pydantic's errors in one line: `tiers.medium.target_fmr: <what is wrong> (got '0.0o1')`.
+
+    A tier is named by its `name` where it has one, else by its position.
+    """
+    tiers = raw.get("tiers") if isinstance(raw, dict) else None
     parts = []
     for e in exc.errors():
+        loc = list(e["loc"])
+        if len(loc) > 1 and loc[0] == "tiers" and isinstance(loc[1], int) and isinstance(tiers, list) \
+                and loc[1] < len(tiers) and isinstance(tiers[loc[1]], dict) and isinstance(tiers[loc[1]].get("name"), str):
+            loc[1] = tiers[loc[1]]["name"]
         msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{'.'.join(str(x) for x in e['loc'])}: {msg}" if e["loc"] else msg)
+        if e["type"] not in ("value_error", "missing", "extra_forbidden") and isinstance(e.get("input"), str | int | float):
+            msg += f" (got {e['input']!r})"
+        parts.append(f"{'.'.join(str(x) for x in loc)}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def _loader() -> Any:
+    """A safe YAML loader that refuses a key given twice in one mapping (the last one would win silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # SafeLoader refuses an unhashable key itself
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} appears more than once in one mapping (a later value would silently "
+                                    "replace the earlier one)", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def _where(exc: Exception) -> str:
+    """A YAML error in one line: where (line, column) and what is wrong."""
+    import yaml
+
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
+        what = ", ".join(x for x in (exc.context, exc.problem) if x)
+        return " ".join(f"line {mark.line + 1}, column {mark.column + 1}: {what}".split())
+    return " ".join(str(exc).split())
 
 
 def load_policy(path: str | os.PathLike[str] | None = None) -> Policy:
     """Read and fully validate the policy file (default: fusion/policy.yaml next to this module).
 
-    Any mistake raises ValueError naming the file and the field: a policy that loads with a
-    silently wrong rule (a typo'd key, a threshold that approves below deny) weakens security.
+    Any mistake raises PolicyError (a ValueError) naming the file and the field: a policy that
+    loads with a silently wrong rule (a typo'd or repeated key, a threshold that approves below
+    deny or never, a higher tier looser than a lower one) weakens security.
     """
     import yaml
 
     p = Path(path) if path else Path(__file__).with_name("policy.yaml")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"invalid policy file {p}: {exc}") from exc
+        raw = yaml.load(p.read_text(), Loader=_loader())  # noqa: S506 - a SafeLoader subclass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"invalid policy file {p}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"invalid policy file {p}: {_where(exc)}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"invalid policy file {p}: must be a mapping with 'tiers', got {type(raw).__name__}")
+        raise PolicyError(f"invalid policy file {p}: must be a mapping with 'tiers', got {type(raw).__name__}")
     try:
         doc = _PolicyDoc.model_validate(raw)
     except ValidationError as exc:
-        raise ValueError(f"invalid policy file {p}: {_errors(exc)}") from exc
+        raise PolicyError(f"invalid policy file {p}: {_errors(exc, raw)}") from exc
     tiers = tuple(Tier(t.name, t.max_amount, t.target_fmr, _approve_llr(t), doc.deny_llr, t.corroborate)
                   for t in doc.tiers)
     return Policy(tiers, doc.min_quality)
 
 
-DEFAULT_POLICY = load_policy()
-DEFAULT_TIERS: tuple[Tier, ...] = DEFAULT_POLICY.tiers
+@functools.cache
+def default_policy() -> Policy:
+    """fusion/policy.yaml, read at first use (PolicyError naming the file and field if it is broken).
+
+    Not at import: a broken policy file must not take every command down with a traceback;
+    the server reads it at start-up (`server.fusion_source.FusionSource`) and refuses to start.
+    """
+    return load_policy()
 
 
-def tier_for(amount: float, tiers: tuple[Tier, ...] = DEFAULT_TIERS) -> Tier:
+def __getattr__(name: str) -> Any:
+    """`DEFAULT_POLICY` and `DEFAULT_TIERS`, read at first use (`default_policy`)."""
+    if name == "DEFAULT_POLICY":
+        return default_policy()
+    if name == "DEFAULT_TIERS":
+        return default_policy().tiers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def tier_for(amount: float, tiers: tuple[Tier, ...] | None = None) -> Tier:
+    """The tier whose amount range holds `amount` (default: fusion/policy.yaml's tiers).
+
+    A policy's last tier is open (`load_policy` refuses one that is not); tiers built by hand
+    without one refuse an amount above their top instead of applying the last tier's rule.
+    """
+    tiers = tiers or default_policy().tiers
     if not math.isfinite(amount) or amount < 0:
         raise ValueError(f"amount must be a finite non-negative number, got {amount}")
     for t in tiers:
         if amount <= t.max_amount:
             return t
-    return tiers[-1]
+    raise ValueError(f"amount: {amount} is above the last tier's max_amount ({tiers[-1].max_amount} of "
+                     f"{tiers[-1].name!r}); the policy has no tier for it")
 
 
 def decide(
@@ -199,14 +294,17 @@ def decide(
     outcome is step-up, never approve.
     Deny needs strong impostor evidence (fused LLR <= the tier's deny_llr). A tier that asks
     for corroboration steps up instead of approving when the sum rests on one modality: fewer
-    than two distinct modalities used, or the other modalities' LLRs summing below 0 (reason
-    `uncorroborated`). A NaN score or LLR is left out (reason `invalid_score`) and any LLR is
+    than two distinct modalities used, or the other modalities' LLRs not summing above 0, the
+    `match` level (reason `uncorroborated`): a modality that says nothing (LLR 0) or speaks
+    against the person does not corroborate. Reason codes: `strong_match` (LLR >= 2.3), `match`
+    (> 0), `mismatch` (<= 0: no support for the person, LLR 0 included), `strong_mismatch`
+    (<= -2.3). A NaN score or LLR is left out (reason `invalid_score`) and any LLR is
     clipped to +-MAX_ABS_LLR, so an infinite one neither approves alone nor turns the sum NaN. Summing
     LLRs assumes independent modalities, and one modality's tail can be wrong for a pair of
     lookalike people; two agreeing modalities are what make a small false-accept target hold.
     """
-    tiers = tiers or DEFAULT_POLICY.tiers
-    min_q = DEFAULT_POLICY.min_quality if min_quality is None else min_quality
+    tiers = tiers or default_policy().tiers
+    min_q = default_policy().min_quality if min_quality is None else min_quality
     tier = tier_for(amount, tiers)
     reasons: list[ReasonCode] = []
     total = 0.0
@@ -235,7 +333,8 @@ def decide(
         outcome: Outcome = "approve"
         # corroboration counts modalities, not items: two windows of one modality share its tail
         rest = total - max(per_modality.values())
-        if tier.corroborate and (len(per_modality) < 2 or rest < 0.0):
+        # the others must reach the `match` level (> 0): an LLR of 0 is no evidence for the person
+        if tier.corroborate and (len(per_modality) < 2 or not rest > 0.0):
             outcome = "step_up"
             reasons.append(ReasonCode("fusion", "uncorroborated", round(float(rest), 3) if len(per_modality) > 1 else 0.0))
     elif total <= tier.deny_llr:

@@ -114,12 +114,27 @@ class LearnedWeights:
         return {"coef": self.coef_.tolist(), "intercept": self.intercept_}
 
 
+def _nanmajority(M: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Per row, the k-th largest present (non-NaN) value, k = n // 2 + 1 of the n present: a strict majority.
+
+    It is >= 0 exactly when more than half of the present values are >= 0; a tie (one of two,
+    two of four) is not a majority. A median would average the middle pair of an even count:
+    (+5, -1) gave 2, "accepted" on one vote of two.
+    """
+    present_ = ~np.isnan(M)  # as nanmin / nanmax: NaN is missing, +-inf a value
+    n = np.sum(present_, axis=axis)
+    desc = -np.sort(np.where(present_, -M, np.inf), axis=axis)  # largest first, missing (-inf) last
+    return desc[np.arange(M.shape[0]), n // 2]
+
+
 @dataclass
 class DecisionRule:
     """AND / OR / majority over per-modality accept decisions ``LLR_m >= t_m``.
 
-    The fused score is min / max / median of ``LLR_m - t_m`` over present modalities, so the
-    hard rule is "fused >= 0" and sweeping the threshold traces a DET curve.
+    The fused score is, over present modalities, the min / max / the k-th largest of
+    ``LLR_m - t_m`` for k a strict majority of them (k = n // 2 + 1: 2 of 2 or 3, 3 of 4), so the
+    hard rule is "fused >= 0" and sweeping the threshold traces a DET curve. With nothing
+    present the score is -inf: never accepted.
     """
 
     kind: str  # "and" | "or" | "majority"
@@ -127,8 +142,10 @@ class DecisionRule:
 
     def __call__(self, L: np.ndarray) -> np.ndarray:
         M = _guard(L) - self.thresholds
-        fn: Callable[..., np.ndarray] = {"and": np.nanmin, "or": np.nanmax, "majority": np.nanmedian}[self.kind]  # type: ignore[assignment]
-        return _nanreduce(M, fn, -np.inf if self.kind != "or" else -np.inf)
+        rules: dict[str, Callable[..., np.ndarray]] = {"and": np.nanmin, "or": np.nanmax, "majority": _nanmajority}
+        if self.kind not in rules:
+            raise ValueError(f"kind: expected one of {', '.join(rules)}, got {self.kind!r}")
+        return _nanreduce(M, rules[self.kind], -np.inf)
 
 
 def per_modality_thresholds(L_impostor: np.ndarray, fmr: float) -> np.ndarray:

@@ -270,6 +270,9 @@ def check_settings(settings: Settings) -> None:
             load_policy(settings.retention_policy)
         except PolicyError as exc:
             raise ValueError(f"retention_policy: {exc}") from exc
+    from fusion.policy import default_policy
+
+    default_policy()  # a broken fusion/policy.yaml: one ValueError naming file and field, before any worker
 
 
 def create_app(settings: Settings | None = None, *, init_db: bool = True) -> FastAPI:

@@ -4,7 +4,10 @@
 servers run. As with a registry activation, the new calibrators take effect without a
 restart: each worker looks at the file's modification stamp at most once per
 `check_every_s`, so a request pays one clock read. A file that cannot be read keeps the
-engine already loaded (and says so in the log); no file means every score is left out (reason `uncalibrated`).
+engine already loaded, if one was (and says so in the log); no file, or none readable yet, means
+every score is left out (reason `uncalibrated`). The tier policy (fusion/policy.yaml) is read
+when the source is made: a broken policy file refuses the server's start with one line naming
+the file and the field, rather than failing every decision.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from pathlib import Path
 
 from fusion.engine import FusionEngine
-from fusion.policy import Decision, ModalityEvidence
+from fusion.policy import Decision, ModalityEvidence, PolicyError, default_policy
 from fusion.policy import decide as policy_decide
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,11 @@ class FusionSource:
         self._stamp: tuple[int, int] | None = None
         self._next = 0.0
         self._lock = threading.Lock()
+        default_policy()  # PolicyError (one line naming file and field) here, at start-up, not per request
         self._refresh(first=True)
+        # the file was just looked at: `current` looks again only after `check_every_s`, so a
+        # one-shot reader (`cadence models list`) reports a broken file once, not twice
+        self._next = time.monotonic() + check_every_s
 
     def _refresh(self, first: bool = False) -> None:
         if self.path is None:
@@ -45,8 +52,7 @@ class FusionSource:
         except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: its folder is a file
             stamp = None
         except OSError as exc:  # unreadable folder: keep what is loaded, try again at the next look
-            log.error("fusion: cannot look at %s (%s); keeping the calibration loaded before", self.path,
-                      exc.strerror or exc)
+            log.error("fusion: cannot look at %s (%s); %s", self.path, exc.strerror or exc, self._kept())
             return
         if stamp == self._stamp and not first:
             return
@@ -57,12 +63,22 @@ class FusionSource:
         else:
             try:
                 engine = FusionEngine.load(self.path)
+            except PolicyError:
+                raise  # not the calibration file's fault, and no calibration can stand in for the policy
             except Exception as exc:  # any damage: one bad file must not fail every request
-                log.error("fusion: cannot load %s (%s: %s); keeping the calibration loaded before",
-                          self.path, type(exc).__name__, exc)
+                # FusionEngine.load's ValueError names the file and the field; anything else is named here
+                what = exc if isinstance(exc, ValueError) else f"{self.path}: {type(exc).__name__}: {exc}"
+                log.error("fusion: cannot load the calibration file %s; %s", what, self._kept())
                 return  # the stamp stays old: the next look tries again
             log.info("fusion: calibrated modalities %s from %s", engine.calibrated_modalities, self.path)
         self._engine, self._stamp = engine, stamp
+
+    def _kept(self) -> str:
+        """What decisions use meanwhile, in words: the calibration loaded before, or none."""
+        if self._engine is not None:
+            return "keeping the calibration loaded before"
+        return ("no calibration is loaded: every score is left out of decisions (reason 'uncalibrated'), "
+                "so they step up until the file can be read")
 
     def current(self) -> FusionEngine | None:
         """The engine for this request (the file is looked at no more than every `check_every_s`)."""
