@@ -20,7 +20,8 @@ must not end the owner's session for good).
 The server (`server.services.sessions`) builds its trackers with the settings' window and
 thresholds (`session_window`, `session_step_up_risk`, `session_terminate_risk`), never with
 the defaults below, and layers its session rules over the status this tracker computes from
-the risk: `pending` before any scored window, and `step_up` held until the bank's step-up.
+the risk: `pending` before any scored window, `step_up` held until the bank's step-up, and the
+full window counted over the whole session (a passed step-up restarts this tracker, not that count).
 """
 
 from __future__ import annotations

@@ -419,6 +419,19 @@ def _update_engine(session_id: str, state: dict[str, Any], tracker: Any, evidenc
     return new, float(new["state"]["risk"]), str(new["state"]["status"])
 
 
+def _ends_on_session_window(engine_state: dict[str, Any], risk: float, scored: int, settings: Settings) -> bool:
+    """Whether a risk past the terminate threshold ends the session: once it has scored a full window.
+
+    The engines count a full window since their last start, and a passed step-up restarts
+    them; counted that way, whoever holds the phone and passes each step-up (an impostor can:
+    the bank's code goes to the phone) could post fewer windows than that between step-ups
+    and never be ended. So the session's own count of scored windows decides.
+    """
+    window = engine_state.get("window", settings.session_window)
+    terminate_risk = engine_state.get("terminate_risk", settings.session_terminate_risk)
+    return risk >= terminate_risk and scored >= window
+
+
 def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str, user_id: str,
                   windows: list[FeatureWindowIn], settings: Settings,
                   calibrate: Callable[[ModalityEvidence], ModalityEvidence] = lambda e: e,
@@ -459,6 +472,8 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
     books = replace(books, received=books.received + len(windows), scored=books.scored + _scored_windows(evidence),
                     last=digests, last_at=now)
     engine_state, risk, engine_status = _update_engine(session_id, s.state, tracker, evidence, settings)
+    if engine_status == "step_up" and _ends_on_session_window(engine_state, risk, books.scored, settings):
+        engine_status = "terminate"
     previous = s.status
     s.state, s.risk, s.updated_at = {**engine_state, **books.to_state()}, risk, now
     s.status = _next_status(previous, engine_status, books.scored)

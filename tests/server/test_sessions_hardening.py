@@ -254,6 +254,24 @@ def test_one_odd_window_holds_a_fresh_session_and_the_banks_step_up_clears_it(s:
     assert s.post(sid)["status"] == "ok"
 
 
+def test_passing_each_step_up_does_not_keep_an_impostor_from_being_ended(s: Sessions, llr: dict[str, float]) -> None:
+    """Whoever passes each step-up is still ended once the session scored a full window.
+
+    A passed step-up restarts the risk; it restarted the full-window count too, so a holder of
+    the phone who passed each step-up (the bank's code goes to the phone) was never ended.
+    """
+    sid = s.open()["session_id"]
+    llr["value"] = IMPOSTOR
+    seen = []
+    for _ in range(8):
+        seen.append(s.post(sid, expect=200)["status"])
+        if seen[-1] != "step_up":
+            break
+        assert s.step_up(sid, True).json()["status"] == "ok"
+    # ended as soon as the session has scored a full window (5) and the risk is past the threshold
+    assert seen == ["step_up"] * 4 + ["terminate"], seen
+
+
 def test_a_failed_step_up_terminates_and_counts_toward_the_lockout(s: Sessions, llr: dict[str, float]) -> None:
     sid = s.stepped_up(llr)
     r = s.step_up(sid, False)
