@@ -18,18 +18,24 @@ read back by another version is refused with a clear error instead of scoring ga
 Hyper-parameters follow scikit-learn's estimator contract without importing scikit-learn (this
 module runs on the phone): ``__init__`` only stores its keyword arguments; ``get_params(deep=True)``
 and ``set_params(**params)`` (nested ``scorer__min_scale``, unknown names refused) make
-`sklearn.base.clone` work; each class lists a check per parameter in ``_param_checks``, which
-``_validate_params`` runs when the scorer fits, enrols, compares, saves and loads. A bad value is an
+`sklearn.base.clone` work; each class lists a check per parameter in ``_param_checks``.
+``_validate_params`` runs every check: when the scorer fits, saves and loads. Enrolment and
+comparison (the payment path) call ``_check_params``, which re-runs the checks only when a
+parameter changed since they last passed (``set_params`` or plain attribute assignment put a new
+object there, or a dict/list parameter was edited in place), so a bad value is still refused
+before it scores, at the cost of one identity comparison per parameter. A bad value is an
 `InvalidParameterError` (a ``ValueError``) naming the parameter; in a saved file it is a
-`ModelVersionError` naming it.
+`ModelVersionError` naming it. ``set_params`` itself does not check (scikit-learn's contract).
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
 import numbers
+import operator
 import os
 import zipfile
 import zlib
@@ -155,14 +161,8 @@ class ParamsMixin:
 
     @classmethod
     def _get_param_names(cls) -> list[str]:
-        init = cls.__init__  # type: ignore[misc]  # introspected, as BaseEstimator does
-        if init is object.__init__:
-            return []
-        params = [p for p in inspect.signature(init).parameters.values()
-                  if p.name != "self" and p.kind != p.VAR_KEYWORD]
-        if any(p.kind == p.VAR_POSITIONAL for p in params):
-            raise RuntimeError(f"{cls.__name__}.__init__ must take explicit keyword arguments, not *args")
-        return sorted(p.name for p in params)
+        """The keyword arguments of ``__init__``, sorted (introspected once per class, then cached)."""
+        return list(_param_names(cls))
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Hyper-parameters by name; with `deep`, also those of nested estimators as ``name__param``."""
@@ -210,13 +210,114 @@ class ParamsMixin:
         return f"{type(self).__name__}({', '.join(shown)})"
 
     def _validate_params(self) -> None:
-        """Run every parameter's check; the first failure is an `InvalidParameterError` naming it."""
+        """Run every parameter's check; the first failure is an `InvalidParameterError` naming it.
+
+        On success, remembers the values checked, so that `_check_params` can skip the checks
+        while they stay the same.
+        """
         owner = type(self).__name__
         for name, check in self._param_checks.items():
             try:
                 check(getattr(self, name))
             except Exception as exc:  # junk of any type (a saved file) must name the parameter
                 raise InvalidParameterError(owner, name, str(exc) or type(exc).__name__) from exc
+        values = _checked_params(type(self))[1](self)
+        mutable = tuple(i for i, v in enumerate(values) if not _immutable(v))
+        self.__dict__[_CHECKED] = (values, mutable, tuple(_copy(values[i]) for i in mutable))
+
+    def _check_params(self) -> None:
+        """`_validate_params`, skipped when the parameters are the very objects that last passed it.
+
+        The per-call check of `enroll` / `compare`: identity of each parameter's value, plus
+        equality with a copy for a dict or list (edited in place). Anything else (a new value from
+        `set_params` or attribute assignment, a first use, a copy) runs every check.
+        """
+        seen = self.__dict__.get(_CHECKED)
+        if seen is not None:
+            values = _checked_params(type(self))[1](self)
+            old, mutable, copies = seen
+            try:
+                if all(map(operator.is_, values, old)) and (
+                        not mutable or all(values[i] == c for i, c in zip(mutable, copies))):
+                    return
+            except Exception:  # e.g. an array put inside a list (ambiguous truth value): check in full
+                pass
+        self._validate_params()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled / copied state, without `_check_params`'s memo: a copy checks its parameters afresh.
+
+        (The memo is a cache, not state: scikit-learn's checks hash a nested estimator before and after
+        fit and must see it unchanged.)
+        """
+        state = self.__dict__.copy()
+        state.pop(_CHECKED, None)
+        return state
+
+
+#: instance attribute holding the parameter values that last passed `ParamsMixin._validate_params`
+_CHECKED = "_params_checked"
+
+_IMMUTABLE_SCALARS = (str, bytes, int, float, complex, bool, type(None), np.generic)
+
+
+def _immutable(value: Any) -> bool:
+    """True for values that cannot change in place (numbers, strings, None, tuples of those)."""
+    if isinstance(value, _IMMUTABLE_SCALARS):
+        return True
+    if isinstance(value, (tuple, frozenset)):
+        return all(_immutable(v) for v in value)
+    # builtin containers can be edited in place; other objects (a nested scorer) check themselves
+    return not isinstance(value, (list, dict, set, bytearray, np.ndarray))
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a parameter value (plain dicts, lists and tuples copied directly: faster than `copy.deepcopy`)."""
+    if isinstance(value, _IMMUTABLE_SCALARS):
+        return value
+    if type(value) is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_copy(v) for v in value)
+    return copy.deepcopy(value)
+
+
+#: per class: `ParamsMixin._get_param_names`, and `_param_checks`'s names with a getter of their values
+_PARAM_NAMES: dict[type, tuple[str, ...]] = {}
+_CHECKED_PARAMS: dict[type, tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]] = {}
+
+
+def _param_names(cls: type) -> tuple[str, ...]:
+    """`ParamsMixin._get_param_names` of `cls`, introspected once (``inspect.signature`` costs ~10 us)."""
+    names = _PARAM_NAMES.get(cls)
+    if names is None:
+        init = cls.__init__  # type: ignore[misc]  # introspected, as BaseEstimator does
+        params = [] if init is object.__init__ else [p for p in inspect.signature(init).parameters.values()
+                                                     if p.name != "self" and p.kind != p.VAR_KEYWORD]
+        if any(p.kind == p.VAR_POSITIONAL for p in params):
+            raise RuntimeError(f"{cls.__name__}.__init__ must take explicit keyword arguments, not *args")
+        names = _PARAM_NAMES[cls] = tuple(sorted(p.name for p in params))
+    return names
+
+
+def _checked_params(cls: type[ParamsMixin]) -> tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]]]:
+    """Names in `cls._param_checks` and a function returning an instance's values of them as a tuple."""
+    found = _CHECKED_PARAMS.get(cls)
+    if found is None:
+        names = tuple(cls._param_checks)
+        get: Callable[[Any], tuple[Any, ...]]
+        if not names:
+            def get(obj: Any) -> tuple[Any, ...]:
+                return ()
+        elif len(names) == 1:
+            one = operator.attrgetter(names[0])
+
+            def get(obj: Any) -> tuple[Any, ...]:
+                return (one(obj),)
+        else:
+            get = operator.attrgetter(*names)
+        found = _CHECKED_PARAMS[cls] = (names, get)
+    return found
 
 
 def check_state(owner: str, state: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int | str | None, ...]],
@@ -417,14 +518,14 @@ class ScaledManhattan(Scorer):
         self.min_scale = min_scale
 
     def enroll(self, X: np.ndarray) -> Template:
-        self._validate_params()
+        self._check_params()
         X = self.check_features(X)
         mean = X.mean(axis=0)
         mad = np.mean(np.abs(X - mean), axis=0)
         return {"mean": mean, "scale": np.maximum(mad, self.min_scale)}
 
     def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
-        self._validate_params()
+        self._check_params()
         X = self.check_features(X, template["mean"].shape[0])
         return -np.mean(np.abs(X - template["mean"]) / template["scale"], axis=1)
 

@@ -168,7 +168,7 @@ def uniform_features(x: np.ndarray, rate: float = RATE) -> np.ndarray:
 
 
 def window_features(series: AccelSeries) -> FeatureWindow:
-    """Features of ONE window of raw accelerometer samples (any rate >= 20 Hz; m/s^2, or g: converted).
+    """Features of ONE window of raw accelerometer samples (any rate >= 20 Hz; m/s^2 with gravity).
 
     The longest gap-free part is used; `quality` is the fraction of the window judged to be
     walking (0 when the person stood still or fumbled with the phone).

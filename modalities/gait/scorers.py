@@ -10,8 +10,9 @@
   so scoring is numpy only (phone, server, federated clients).
 
 Both refuse feature windows of another `FEATURE_VERSION` or dimension with a clear error.
-Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, enrols,
-compares or is loaded, as in scikit-learn.
+Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, saves or
+is loaded, as in scikit-learn, and at enrolment or comparison unless they are the values that
+last passed (`Scorer._check_params`: an identity test per parameter on the scoring path).
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class GaitLDA(Scorer):
 
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Unit-length embeddings (n, k) of feature windows."""
-        self._validate_params()
+        self._check_params()
         self._check_fitted()
         return self._embed(self.check_features(X, FEATURE_DIM))
 
@@ -301,7 +302,7 @@ class GaitFusion(Scorer):
                 for k, (b, n) in self._view_specs().items()}
 
     def _members(self) -> dict[str, GaitLDA]:
-        self._validate_params()
+        self._check_params()
         if not hasattr(self, "members_"):
             raise ModelVersionError(f"{type(self).__name__} is not fitted: call fit() or load a trained model")
         return self.members_

@@ -3,8 +3,10 @@
 Why: a model trained on a 100 Hz Samsung S6 must score a 25 Hz phone that reports in g with a
 jittery clock. Everything downstream therefore sees the same thing: a uniform grid at
 `RATE` Hz, low-passed at `CUTOFF_HZ` (the same filter whatever the input rate), in m/s^2.
-Units are told apart by gravity (`to_ms2`): a series whose median |a| is near 1 is in g and is
-scaled by g; a median |a| no phone can read (another unit, a broken sensor) is refused.
+Input must be in m/s^2 with gravity included (Android's TYPE_ACCELEROMETER). Units are never
+guessed from the data (a window of free fall or a gravity-removed stream looks like g): a
+window whose median |a| is too small for gravity, or larger than any phone reads, is refused
+(`to_ms2`); a caller holding g converts on purpose with ``to_ms2(xyz, units="g")``.
 
 Pure numpy/scipy: this runs on the phone, in federated clients and in benches.
 """
@@ -35,10 +37,13 @@ NEAR_DUPLICATE_S = 1e-4
 #: holes in the clock longer than this split a series into parts (never interpolated across)
 MAX_GAP_S = 0.5
 G = 9.80665
-#: a series whose median |a| lies in this range is in g (gravity alone reads 1 g), as in
-#: `evaluation.datasets.to_ms2`; in m/s^2 the median of a phone's |a| is about 9.8 (8.4-14.4 over
-#: every 5 s of the BB-MAS recordings)
-G_UNITS_MEDIAN = (0.3, 3.0)
+#: smallest median |a| (m/s^2) accepted: gravity alone reads 9.8 (the median of a phone's |a| is
+#: 8.4-14.4 over every 5 s of the BB-MAS recordings). Below it the readings are in g (about 1),
+#: gravity-removed "linear acceleration" (about 0-3) or mostly free fall (a tossed phone): none
+#: is a walk Cadence can score, and converting by guess scores the wrong thing
+MIN_MEDIAN_ACCEL = 3.0
+#: the units `to_ms2` converts from, on the caller's word (name -> factor to m/s^2)
+UNITS: dict[str, float] = {"m/s^2": 1.0, "g": G}
 #: median |a| (m/s^2) no phone carried by a walking person reads (10 g): the input is in another
 #: unit (mg, cm/s^2) or the sensor is broken
 MAX_MEDIAN_ACCEL = 100.0
@@ -85,23 +90,27 @@ def _refuse_peak(xyz: np.ndarray) -> None:
                                           f"accelerometer's range (at most {MAX_ABS_ACCEL:g} m/s^2)")
 
 
-def to_ms2(xyz: np.ndarray) -> np.ndarray:
-    """Acceleration (n, 3) in m/s^2: a series in g (median |a| in `G_UNITS_MEDIAN`) is scaled by `G`.
+def to_ms2(xyz: np.ndarray, units: str = "m/s^2") -> np.ndarray:
+    """Acceleration (n, 3) in m/s^2, gravity included, from readings in `units` (see `UNITS`).
 
-    Refused with an `EventValidationError` on ``xyz``: a median |a| above `MAX_MEDIAN_ACCEL`
-    m/s^2 (no phone's units) and any reading above `MAX_ABS_ACCEL` m/s^2.
+    `units` is what the caller knows the readings to be ("g": multiplied by `G`); it is never
+    guessed from the values. Refused with an `EventValidationError` on ``xyz``, after conversion:
+    a median |a| below `MIN_MEDIAN_ACCEL` (readings in g, gravity removed, or free fall), above
+    `MAX_MEDIAN_ACCEL` (another unit, a broken sensor), and any reading above `MAX_ABS_ACCEL`.
     """
-    xyz = np.asarray(xyz, float)
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {sorted(UNITS)}, got {units!r}")
+    xyz = np.asarray(xyz, float) * UNITS[units] if units != "m/s^2" else np.asarray(xyz, float)
     if xyz.shape[0] == 0:
         return xyz
-    scale = float(np.abs(xyz).max()) or 1.0  # |a| of xyz / scale cannot overflow, whatever the input
-    with np.errstate(over="ignore"):
-        mag = float(np.median(np.linalg.norm(xyz / scale, axis=1))) * scale
+    mag = float(np.median(np.hypot(np.hypot(xyz[:, 0], xyz[:, 1]), xyz[:, 2])))  # |a|: no overflow or underflow
     if mag > MAX_MEDIAN_ACCEL:
         raise EventValidationError("xyz", f"median |a| is {mag:.3g}: not a phone's acceleration in m/s^2 (about "
-                                          f"{G:.2f}, at most {MAX_MEDIAN_ACCEL:g}) or in g (about 1); check the units")
-    if G_UNITS_MEDIAN[0] < mag < G_UNITS_MEDIAN[1]:
-        xyz = xyz * G
+                                          f"{G:.2f}, at most {MAX_MEDIAN_ACCEL:g}); check the units")
+    if mag < MIN_MEDIAN_ACCEL:
+        raise EventValidationError("xyz", f"median |a| is {mag:.3g} m/s^2: readings look like g or gravity-removed "
+                                          "acceleration: Cadence expects m/s^2 including gravity (Android "
+                                          f"TYPE_ACCELEROMETER); convert g with x {G}")
     _refuse_peak(xyz)
     return xyz
 
@@ -129,13 +138,15 @@ def resample(series: AccelSeries, *, rate: float = RATE, cutoff: float = CUTOFF_
              max_rate: float = MAX_INPUT_RATE) -> list[Uniform]:
     """Bring a series of rate in [`min_rate`, `max_rate`] onto uniform `rate` Hz grids, one per gap-free part.
 
-    Steps: bring the values to m/s^2 (`to_ms2`: g is converted, implausible magnitudes refused);
-    merge (near-)duplicate times; split at holes longer than `max_gap`; interpolate each part
-    linearly onto a grid at its own input rate; anti-alias low-pass at `cutoff`; interpolate
-    to `rate`; apply the same low-pass again on the internal grid so a 25 Hz phone and a
-    100 Hz phone end with one bandwidth.
+    Steps: merge (near-)duplicate times; check the rate, then that the readings are m/s^2 with
+    gravity (`to_ms2`: refused otherwise, never converted); split at holes longer than `max_gap`;
+    interpolate each part linearly onto a grid at its own input rate; anti-alias low-pass at
+    `cutoff`; interpolate to `rate`; apply the same low-pass again on the internal grid so a
+    25 Hz phone and a 100 Hz phone end with one bandwidth.
     """
-    t, xyz = merge_duplicate_times(np.asarray(series.t, float), to_ms2(series.xyz), NEAR_DUPLICATE_S)
+    readings = np.asarray(series.xyz, float)
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd readings are refused below, by `to_ms2`
+        t, xyz = merge_duplicate_times(np.asarray(series.t, float), readings, NEAR_DUPLICATE_S)
     if t.size < 2:
         raise EventValidationError("time", f"need at least two samples more than {NEAR_DUPLICATE_S * 1e3:g} ms apart")
     fs_in = input_rate(t)
@@ -144,6 +155,7 @@ def resample(series: AccelSeries, *, rate: float = RATE, cutoff: float = CUTOFF_
     if fs_in > max_rate:
         raise EventValidationError("time", f"sampling rate {fs_in:.0f} Hz is above the {max_rate:.0f} Hz maximum "
                                            "(timestamps too close together)")
+    to_ms2(readings)  # m/s^2 with gravity, checked on the readings as sent: refuses, converts nothing
     cuts = np.flatnonzero(np.diff(t) > max_gap) + 1
     bounds = np.concatenate([[0], cuts, [t.size]])
     parts: list[Uniform] = []

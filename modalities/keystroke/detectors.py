@@ -9,8 +9,9 @@ Every spread estimate is floored at `min_scale` (seconds): with a 15.6 ms clock 
 per-feature deviations are exactly zero, and dividing by them would make one tick of
 difference look like an infinite anomaly.
 
-Hyper-parameters are stored as given and checked (`_param_checks`) when a detector enrols or
-compares, as in scikit-learn: `min_scale` must be a finite number > 0.
+Hyper-parameters are stored as given and checked (`_param_checks`) when a detector first enrols
+or compares, and again whenever one changed since (`Scorer._check_params`), as in scikit-learn:
+`min_scale` must be a finite number > 0.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ class _KeystrokeOneClass(Scorer):
         self.min_scale = min_scale
 
     def _prep(self, X: np.ndarray, dim: int | None = None) -> np.ndarray:
-        self._validate_params()
+        self._check_params()
         return timing_columns(self.check_features(X, dim))
 
     def _enrol_prep(self, X: np.ndarray, min_rows: int = 2) -> tuple[int, np.ndarray]:
         """(number of input columns, compared columns) of enrolment vectors (any array-like)."""
-        self._validate_params()
+        self._check_params()
         X = self.check_features(X)
         Z = timing_columns(X)
         if Z.shape[0] < min_rows:

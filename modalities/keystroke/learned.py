@@ -15,8 +15,9 @@ All three work in a log-time space (`log_timing`), standardised with population 
 and z-normalise each template's scores against a cohort of training windows (so one global
 threshold fits every person: pooled error rates need it, per-person ones are unchanged).
 Templates are plain arrays; population state saves to `.npz` through `Scorer.save`.
-Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, enrols,
-compares or is loaded, as in scikit-learn.
+Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, saves or
+is loaded, as in scikit-learn, and at enrolment or comparison unless they are the values that
+last passed (`Scorer._check_params`: an identity test per parameter on the scoring path).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from modalities.base import (
-    InvalidParameterError,
     ModelVersionError,
     ParamCheck,
     Scorer,
@@ -115,7 +115,7 @@ class _PopulationScorer(Scorer):
         return Z
 
     def _z(self, X: np.ndarray) -> np.ndarray:
-        self._validate_params()
+        self._check_params()
         if not hasattr(self, "mu_"):
             raise ModelVersionError(f"{self.name} is not fitted: call fit(X, subjects) on a population first")
         X = self.check_features(X, int(self.dim_))
@@ -252,7 +252,10 @@ class BackgroundSVMScorer(_PopulationScorer):
 
 
 def _member_params(cls: type[_PopulationScorer]) -> ParamCheck:
-    """Check: None or a dict of `cls`'s parameters (its `znorm` is always on inside `FusedScorer`)."""
+    """Check: None or a dict of `cls`'s parameters (its `znorm` is always on inside `FusedScorer`).
+
+    Each entry goes through `cls`'s own check; no member is built (that happens at fit and load).
+    """
 
     def check(value: Any) -> None:
         if value is None:
@@ -263,10 +266,13 @@ def _member_params(cls: type[_PopulationScorer]) -> ParamCheck:
         unknown = [k for k in value if k not in names]
         if unknown:
             raise ValueError(f"has unknown {cls.__name__} parameter {describe(unknown[0])}; known: {names}")
-        try:
-            cls(**{**value, "znorm": True})._validate_params()
-        except InvalidParameterError as exc:
-            raise ValueError(f"entry {exc.param!r} {exc.message}") from exc
+        for name, entry_check in cls._param_checks.items():
+            if name == "znorm" or name not in value:  # znorm: overridden; absent: the default
+                continue
+            try:
+                entry_check(value[name])
+            except Exception as exc:  # junk of any type (a saved file) must name the entry
+                raise ValueError(f"entry {name!r} {str(exc) or type(exc).__name__}") from exc
 
     return check
 
@@ -295,7 +301,7 @@ class FusedScorer(Scorer):
                 BackgroundSVMScorer(**{**(self.svm or {}), "znorm": True}))
 
     def _members(self) -> tuple[LikelihoodRatioScorer, BackgroundSVMScorer]:
-        self._validate_params()
+        self._check_params()
         if not hasattr(self, "llr_"):
             raise ModelVersionError(f"{self.name} is not fitted: call fit(X, subjects) on a population first")
         return self.llr_, self.svm_

@@ -16,8 +16,9 @@ Population-trained ("learn from other people"):
 Every scorer's `compare` returns one score per stroke (higher is more genuine); a decision on
 k strokes uses the mean score (a mean of log-likelihood ratios for the LLR scorers).
 Scoring is pure numpy; scikit-learn is imported only inside `fit`/`enroll` that need it.
-Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, enrols,
-compares or is loaded, as in scikit-learn.
+Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, saves or
+is loaded, as in scikit-learn, and at enrolment or comparison unless they are the values that
+last passed (`Scorer._check_params`: an identity test per parameter on the scoring path).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class _TouchScorer(Scorer):
     feature_version = FEATURE_VERSION
 
     def _x(self, X: np.ndarray) -> np.ndarray:
-        self._validate_params()
+        self._check_params()
         return self.check_features(X, FEATURE_DIM)
 
 
@@ -225,6 +226,7 @@ class BackgroundLR(_Population):
         self.seed = seed
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
+        self._validate_params()
         X = self._x(X)
         _check_population(X, subjects)
         self.mean_, self.std_ = _DirectionStandardiser.fit(X)
@@ -289,6 +291,7 @@ class PLDATouch(_Population):
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
         from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
+        self._validate_params()
         X = self._x(X)
         subjects = _check_population(X, subjects, min_subjects=3)
         self.mean_, self.std_ = _DirectionStandardiser.fit(X)
@@ -361,13 +364,13 @@ class FusedTouch(_Population):
         self.lr.set_state({k[4:]: v for k, v in state.items() if k.startswith("lr__")})
 
     def enroll(self, X: np.ndarray) -> Template:
-        self._validate_params()
+        self._check_params()
         t = {f"plda__{k}": v for k, v in self.plda.enroll(X).items()}
         t.update({f"lr__{k}": v for k, v in self.lr.enroll(X).items()})
         return t
 
     def compare(self, template: Template, X: np.ndarray) -> np.ndarray:
-        self._validate_params()
+        self._check_params()
         tp = {k[6:]: v for k, v in template.items() if k.startswith("plda__")}
         tl = {k[4:]: v for k, v in template.items() if k.startswith("lr__")}
         if not tp or not tl:

@@ -6,12 +6,23 @@ Before: a hand-edited `params` entry in a model file loaded (``min_scale: NaN`` 
 `sklearn.base.clone` failed and ``ScorerDetector.set_params`` took typos. Gait input in g scored
 as standing still and input x 1e155 raised LinAlgError; several event and label edges crashed or
 were accepted.
+
+Then (review): the checks ran in full on every `compare` (``keystroke-fused`` built two member
+scorers and called ``inspect.signature`` per call, ~40 us on the payment path); now parameter
+names are introspected once per class and enrol/compare re-check only parameters that changed.
+Gait units were guessed per window (median |a| in (0.3, 3) meant g): a tossed phone or a
+gravity-removed stream was multiplied by 9.81; now such a window is refused, and g is converted
+only on the caller's word (``to_ms2(xyz, units="g")``).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
 import json
 import math
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,11 +36,20 @@ import modalities.gait.scorers
 import modalities.keystroke.detectors
 import modalities.keystroke.learned
 import modalities.touch.scorers  # noqa: F401  (registers the scorers)
-from modalities.base import ModelVersionError, ScaledManhattan, Scorer, ScorerDetector, registered_scorers
+from modalities.base import (
+    ModelVersionError,
+    ParamsMixin,
+    ScaledManhattan,
+    Scorer,
+    ScorerDetector,
+    real,
+    registered_scorers,
+)
 from modalities.events import AccelSeries, EventValidationError, KeyEvent, KeySequence
 from modalities.gait.features import FEATURE_DIM as GAIT_DIM
 from modalities.gait.features import window_features as gait_window
 from modalities.gait.scorers import FUSION_VIEWS, GaitFusion, GaitLDA
+from modalities.gait.signal import G, resample, to_ms2
 from modalities.keystroke.detectors import (
     ManhattanScaledDetector,
     NearestNeighbourMahalanobisDetector,
@@ -285,12 +305,51 @@ def test_scorer_detector_passes_scikit_learn_checks(estimator: Any, check: Any) 
 # --------------------------------------------------------------------------- gait units
 
 
-def test_gait_window_in_g_is_converted_like_the_same_walk_in_m_s2() -> None:
+def test_gait_window_in_g_is_refused_saying_how_to_convert_and_converts_on_the_callers_word() -> None:
     s = walk(person(1), 10, 100.0)
     ms2 = gait_window(s)
-    g = gait_window(AccelSeries(s.t, s.xyz / 9.80665))
-    assert g.quality == ms2.quality > 0.8
-    np.testing.assert_allclose(g.values, ms2.values, rtol=1e-6, atol=1e-8)
+    in_g = AccelSeries(s.t, s.xyz / G)
+    with pytest.raises(EventValidationError) as e:
+        gait_window(in_g)
+    assert e.value.field == "xyz"
+    assert "m/s^2 including gravity" in e.value.message and "TYPE_ACCELEROMETER" in e.value.message
+    assert "9.80665" in e.value.message
+    converted = gait_window(AccelSeries(in_g.t, to_ms2(in_g.xyz, units="g")))
+    assert converted.quality == ms2.quality > 0.8
+    np.testing.assert_allclose(converted.values, ms2.values, rtol=1e-6, atol=1e-8)
+    np.testing.assert_array_equal(to_ms2(s.xyz), s.xyz)  # m/s^2 (the default): checked, unchanged
+    with pytest.raises(ValueError, match="units"):
+        to_ms2(s.xyz, units="mg")
+
+
+def _review_windows() -> dict[str, AccelSeries]:
+    """The reviewer's 5 s windows at 50 Hz (m/s^2 unless said otherwise)."""
+    rng = np.random.default_rng(0)
+    n = 250
+    t = np.arange(n) / 50
+    rest = np.c_[rng.normal(0, .05, n), rng.normal(0, .05, n), 9.81 + rng.normal(0, .05, n)]
+    vib = rest + np.c_[np.zeros(n), np.zeros(n), 6 * np.sin(2 * np.pi * 23 * t)]
+    fall = rest.copy()
+    fall[:150] = rng.normal(0, 0.4, (150, 3))  # 3 s of 5 s near free fall (tossed or dropped, tumbling)
+    lin = rng.normal(0, 1.2, (n, 3))  # gravity-removed "linear acceleration" while walking
+    return {"rest": AccelSeries(t, rest), "vibrating table": AccelSeries(t, vib),
+            "60% free fall": AccelSeries(t, fall), "linear acceleration": AccelSeries(t, lin)}
+
+
+@pytest.mark.parametrize("name", ["60% free fall", "linear acceleration"])
+def test_gait_window_that_only_looks_like_g_is_refused_not_multiplied(name: str) -> None:
+    series = _review_windows()[name]
+    for call in (lambda: to_ms2(series.xyz), lambda: resample(series), lambda: gait_window(series)):
+        with pytest.raises(EventValidationError) as e:
+            call()
+        assert e.value.field == "xyz" and "gravity" in e.value.message
+
+
+@pytest.mark.parametrize("name", ["rest", "vibrating table"])
+def test_gait_window_in_m_s2_is_taken_as_it_is(name: str) -> None:
+    series = _review_windows()[name]
+    np.testing.assert_array_equal(to_ms2(series.xyz), series.xyz)
+    assert gait_window(series).values.shape == (GAIT_DIM,)
 
 
 @pytest.mark.parametrize("factor", [100.0, 1e6, 1e155, 1e300])
@@ -308,6 +367,135 @@ def test_gait_reading_beyond_any_sensor_is_refused_not_a_linalg_error() -> None:
     with pytest.raises(EventValidationError) as e:
         gait_window(AccelSeries(s.t, xyz))
     assert e.value.field == "xyz" and "index 5" in e.value.message
+
+
+# --------------------------------------------------------------------------- cost of the checks on the scoring path
+
+
+def _enrolled(name: str, params: dict[str, Any] | None = None,
+              saved_in: Path | None = None) -> tuple[Scorer, dict[str, np.ndarray], np.ndarray]:
+    """A scorer (fitted if population-trained, and read back from a file in `saved_in` if given), a template, probes."""
+    scorer = SCORERS[name](**(params or {}))
+    if name in POPULATION:
+        scorer.fit(_data(scorer.modality), SUBJECTS)
+    if saved_in is not None:
+        scorer.save(saved_in / f"{name}.npz")
+        scorer = Scorer.load(saved_in / f"{name}.npz")
+    X = _data(scorer.modality)
+    return scorer, scorer.enroll(X[:30]), X[30:32]
+
+
+def test_param_names_are_introspected_once_per_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+    signature = inspect.signature
+
+    def counting(obj: Any, *args: Any, **kwargs: Any) -> inspect.Signature:
+        calls.append(obj)
+        return signature(obj, *args, **kwargs)
+
+    class Fresh(ScaledManhattan):  # a class of its own: nothing cached for it yet
+        _param_checks = {"min_scale": real(gt=0), "extra": real(ge=0)}
+
+        def __init__(self, min_scale: float = 1e-3, extra: float = 0.0) -> None:
+            super().__init__(min_scale)
+            self.extra = extra
+
+    monkeypatch.setattr(inspect, "signature", counting)
+    fresh = Fresh()
+    X = _data("any")
+    for _ in range(3):
+        assert Fresh._get_param_names() == ["extra", "min_scale"]
+        assert set(fresh.get_params()) == {"extra", "min_scale"}
+        fresh.set_params(extra=1.0)
+        fresh.compare(fresh.enroll(X[:10]), X[10:12])
+    assert len(calls) == 1
+
+
+#: every scorer as a fresh clone has it, plus members' parameters as a model file gives them
+#: (``keystroke-fused`` checked them by building both members, per call)
+AS_SERVED = [(n, None) for n in NAMES] + [
+    ("keystroke-fused", {"llr": {}, "svm": {}}),
+    ("keystroke-fused", {"llr": {"shrinkage": 0.2}, "svm": {"C": 2.0}, "weight_llr": 0.5}),
+    ("gait-fusion", {"views": {"a": [["inv", "cycle"], 20], "b": [["raw"], 10]}}),
+    ("gait-lda", {"blocks": ["inv", "raw"], "template": "logreg"}),
+]
+
+
+@pytest.mark.parametrize(("name", "params"), AS_SERVED, ids=[f"{n}-{p}" if p else n for n, p in AS_SERVED])
+def test_compare_builds_no_scorer_and_runs_no_parameter_check_while_parameters_stay(
+        name: str, params: dict[str, Any] | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scorer, template, probe = _enrolled(name, params, saved_in=tmp_path)
+    scorer.compare(template, probe)
+    built: list[type] = []
+    checked: list[type] = []
+    signatures: list[Any] = []
+    validate, signature = ParamsMixin._validate_params, inspect.signature
+
+    def counting_init(init: Any) -> Any:
+        @functools.wraps(init)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+            built.append(type(self))
+            init(self, *args, **kwargs)
+        return wrapper
+
+    def counting_validate(self: ParamsMixin) -> None:
+        checked.append(type(self))
+        validate(self)
+
+    def counting_signature(obj: Any, *args: Any, **kwargs: Any) -> inspect.Signature:
+        signatures.append(obj)
+        return signature(obj, *args, **kwargs)
+
+    for cls in {c for scorer_cls in SCORERS.values() for c in scorer_cls.__mro__ if "__init__" in vars(c)}:
+        if issubclass(cls, ParamsMixin):  # every scorer's constructor, members' included
+            monkeypatch.setattr(cls, "__init__", counting_init(vars(cls)["__init__"]))
+    monkeypatch.setattr(ParamsMixin, "_validate_params", counting_validate)
+    monkeypatch.setattr(inspect, "signature", counting_signature)
+    for _ in range(3):
+        scorer.compare(template, probe)
+    assert (built, checked, signatures) == ([], [], [])
+
+
+def _noop(scorer: Scorer) -> Any:
+    return scorer
+
+
+@pytest.mark.parametrize(("name", "valid", "change", "field"), [
+    ("touch-knn", _noop, lambda s: setattr(s, "k", 0), "k"),  # attribute assignment, as scikit-learn allows
+    ("touch-knn", _noop, lambda s: s.set_params(k="5"), "k"),
+    ("keystroke-manhattan-scaled", _noop, lambda s: setattr(s, "min_scale", math.nan), "min_scale"),
+    ("keystroke-fused", _noop, lambda s: s.set_params(weight_llr=-1.0), "weight_llr"),
+    # a dict or list parameter that passed, then edited in place
+    ("keystroke-fused", lambda s: s.set_params(llr={"shrinkage": 0.2}), lambda s: s.llr.update(shrinkage=2.0), "llr"),
+    ("gait-fusion", lambda s: s.set_params(views={"a": [["inv"], 5]}), lambda s: s.views["a"][0].append("bogus"),
+     "views"),
+    ("gait-lda", _noop, lambda s: setattr(s, "t_top", 0.0), "t_top"),
+    ("touch-fused", _noop, lambda s: setattr(s, "seed", -1), "seed"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_a_bad_value_set_after_scoring_is_refused_at_the_next_compare(name: str, valid: Any, change: Any,
+                                                                     field: str) -> None:
+    scorer, template, probe = _enrolled(name)
+    valid(scorer)
+    expected = scorer.compare(template, probe)
+    np.testing.assert_array_equal(scorer.compare(template, probe), expected)
+    change(scorer)
+    with pytest.raises(ValueError, match=f"parameter '{field}'"):
+        scorer.compare(template, probe)
+    with pytest.raises(ValueError, match=f"parameter '{field}'"):
+        scorer.enroll(_data(scorer.modality)[:30])
+
+
+def test_copies_check_their_parameters_afresh_and_the_memo_is_not_state() -> None:
+    scorer, template, probe = _enrolled("touch-knn")
+    assert isinstance(scorer, TouchKNN)
+    before = pickle.dumps(scorer)
+    scorer.compare(template, probe)
+    assert pickle.dumps(scorer) == before  # the memo of checked values is a cache, not pickled
+    twins: list[TouchKNN] = [copy.deepcopy(scorer), pickle.loads(before), copy.copy(scorer)]
+    for twin in twins:
+        twin.k = 0
+        with pytest.raises(ValueError, match="parameter 'k'"):
+            twin.compare(template, probe)
 
 
 # --------------------------------------------------------------------------- input edges
