@@ -166,45 +166,59 @@ def adaptive_trials(
     enrolment: Mapping[int, np.ndarray],
     tests: Mapping[int, np.ndarray],
     k: int,
-    keep_last: int | None = None,
+    adapts: Callable[[float], bool] | None = None,
+    max_adapt: int | None = None,
+    evict: Callable[[list[bool]], Sequence[int]] | None = None,
 ) -> dict[tuple[int, int], np.ndarray]:
     """Scores of k-item test windows against templates that adapt to their owner's confirmed windows.
 
     Why: a person's behaviour drifts over a session (BB-MAS touch: the enrolment half is a
     typing task, the tested half free browsing), and a deployed template is re-enrolled with
-    evidence an independent factor confirmed (the app re-sends an approved transaction's
-    windows to `POST /v1/users/{id}/enrolment` with `confirmed_transaction_id`; the server keeps
-    the latest windows). Here every owner window adapts, as if each was approved or passed
-    its step-up; one denied outright would not. This is the prequential form
-    of `chronological_split`'s protocol: each owner's test windows are taken in time order,
-    and each is scored by the template as it stood *before* it, then its items join the
-    enrolment and the template is re-enrolled. Impostor windows never update a template
+    evidence of an approved transaction in which that modality matched (the app re-sends it to
+    `POST /v1/users/{id}/enrolment` with `confirmed_transaction_id`). This is the prequential
+    form of `chronological_split`'s protocol: each owner's test windows are taken in time
+    order, and each is scored by the template as it stood *before* it. Every owner window is
+    a confirmed transaction (approved, or its step-up passed); it adapts the template if
+    `adapts(its score)` (default: always; the server's rule is that the modality matched) with
+    its first `max_adapt` items (default: all), and the template is re-enrolled. The stored
+    enrolment is the original items followed by the adapted ones, cut after each update to the
+    items `evict(flags)` does not name (flags oldest first, True = adapted; default: nothing
+    cut), the server's `server.services.enrolment.evicted` in the bench; the original
+    enrolment is cut at the start by the same rule. Impostor windows never update a template
     (zero-effort impostors do not pass the confirming factor); impostor window j of m is
     scored by the state the template had at the same relative time, after ``j * n // m`` of
-    its owner's n windows, so both sides meet templates of the same age.
+    its owner's n windows (adapting or not), so both sides meet templates of the same age.
 
     `tests[s]` holds subject s's time-ordered test items; `window_scores(template, X)` scores
-    consecutive non-overlapping k-item windows of X (as many as it returns). `keep_last`
-    bounds the enrolment to its latest items, as the server bounds stored windows. Returns
+    consecutive non-overlapping k-item windows of X (as many as it returns). Returns
     ``{(template subject, probe subject): window scores in time order}``, owners included.
     """
     if k < 1:
         raise ValueError("k must be >= 1")
+    if max_adapt is not None and max_adapt < 1:
+        raise ValueError("max_adapt must be >= 1")
+
+    def cut(E: np.ndarray, flags: list[bool]) -> tuple[np.ndarray, list[bool]]:
+        drop = set(evict(flags)) if evict is not None else set()
+        keep = [i for i in range(len(flags)) if i not in drop]
+        return E[keep], [flags[i] for i in keep]
+
     states: dict[int, list[Any]] = {}
     out: dict[tuple[int, int], np.ndarray] = {}
     for s, T in tests.items():
         if s not in enrolment:
             continue
-        E = np.asarray(enrolment[s])
+        E, flags = cut(np.asarray(enrolment[s]), [False] * len(enrolment[s]))
         tmpl = enroll(E)
         seq, genuine = [tmpl], []
         for j in range(len(T) // k):
             w = np.asarray(T[j * k:(j + 1) * k])
-            genuine.append(float(np.asarray(window_scores(tmpl, w)).ravel()[0]))
-            E = np.vstack([E, w])
-            if keep_last is not None:
-                E = E[-keep_last:]
-            tmpl = enroll(E)
+            score = float(np.asarray(window_scores(tmpl, w)).ravel()[0])
+            genuine.append(score)
+            if adapts is None or adapts(score):
+                new = w[:max_adapt]
+                E, flags = cut(np.vstack([E, new]), flags + [True] * len(new))
+                tmpl = enroll(E)
             seq.append(tmpl)
         states[s], out[(s, s)] = seq, np.asarray(genuine)
     for s, seq in states.items():

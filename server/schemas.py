@@ -317,7 +317,8 @@ class ModalityEnrolment(BaseModel):
     feature_version: str
     #: windows of this call that were accepted (their digests are now seen: never send them
     #: again) but not enrolled, and why: {"low_quality": n} below `enrol_min_quality`,
-    #: {"not_scored": n} touch taps (the models read swipes only)
+    #: {"not_scored": n} touch taps (the models read swipes only), {"evicted": n} plain enrolment
+    #: windows past the cap (`MAX_ENROL_WINDOWS`: the newest are kept)
     skipped: int = 0
     skipped_reasons: dict[str, int] = Field(default_factory=dict)
 

@@ -8,13 +8,17 @@ subjects' test windows (zero effort); rows whose method ends in "-same-device" k
 impostors holding the same phone model as the template's owner.
 
 Window "5 swipes, adapted" (`touch-fused` only) is a different protocol, reported beside the
-static one and never instead of it: the same test windows, but each owner's template is
-re-enrolled with every test window after scoring it, as the deployed app re-enrols the
-evidence of approved transactions (`evaluation.protocols.adaptive_trials`).
+static one and never instead of it: the same test windows, but each owner window is a
+confirmed transaction that adapts its template after it is scored, under the server's rules
+for controlled adaptation (`evaluation.protocols.adaptive_trials`): only a window whose touch
+evidence matched in the decision (calibrated LLR > 0, `_touch_matched`), at most
+`ADAPT_MAX_WINDOWS` of its strokes, and the enrolment cut as the server cuts it
+(`server.services.enrolment.evicted`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from evaluation.bench import BenchContext, BenchError, BenchOutput, register
@@ -41,27 +45,88 @@ def _features(data_dir: Any, subjects: tuple[int, ...], progress: bool) -> dict[
 
 #: the adapted protocol's window (a label of its own: the issue's "5 swipes" rows stay static)
 ADAPTED_WINDOW = ("5 swipes, adapted", 5)
-#: strokes an adapted enrolment keeps, as the server keeps windows (`server.services.enrolment.MAX_ENROL_WINDOWS`)
-ADAPTED_KEEP_LAST = 200
 
 
-def _adapted(table: Any, scorer: Any, splits: dict[int, tuple[Any, Any]], device: dict[int, str]) -> None:
-    """`scorer` under `adaptive_trials`: templates re-enrolled with their owner's scored test windows."""
+def _touch_matched(tr: dict[int, tuple[Any, Any, str]], seed: int) -> Callable[[float], bool]:
+    """Whether a 5-swipe window's `touch-fused` score is a touch `match` in a decision, as on the server.
+
+    The server's reason code for a modality is `match` or `strong_match` when its calibrated
+    LLR is above 0 (`fusion.policy.decide`), and only those windows adapt
+    (`server.services.enrolment.MATCHED`). Its touch calibrator is a `LogisticCalibrator`
+    fitted on scores of training people by a model that did not train on them, as `cadence
+    bench fusion` fits it: here the fold's training subjects are split in two seeded halves,
+    `touch-fused` is trained on one and scores the other's later-half 5-swipe windows
+    against their earliest-half templates (owners and impostors). The evaluation subjects
+    choose nothing.
+    """
+    import numpy as np
+
+    from evaluation.protocols import chronological_split
+    from fusion.calibration import LogisticCalibrator
+    from fusion.policy import ModalityEvidence, decide, default_policy
+    from modalities.touch import scorers as S
+    from server.services.enrolment import MATCHED
+
+    label, k = ADAPTED_WINDOW
+    usable = sorted(s for s, v in tr.items() if len(v[0]) >= MIN_STROKES)
+    perm = np.random.default_rng(seed).permutation(usable)
+    cut = len(perm) - len(perm) // 2  # the larger half trains
+    half_a, half_b = sorted(perm[:cut].tolist()), sorted(perm[cut:].tolist())
+    if len(half_a) < MIN_TRAIN_SUBJECTS or len(half_b) < 2:
+        raise BenchError(f"window {label!r}: calibrating touch needs at least {MIN_TRAIN_SUBJECTS + 2} training "
+                         f"subjects with {MIN_STROKES} or more swipes (an inner split); {len(usable)} have them")
+    model = S.FusedTouch(seed=seed).fit(np.vstack([tr[s][0] for s in half_a]),
+                                        np.concatenate([[s] * len(tr[s][0]) for s in half_a]))
+    splits = {s: chronological_split(len(tr[s][0])) for s in half_b}
+    genuine: list[Any] = []
+    impostor: list[Any] = []
+    for s in half_b:
+        tmpl = model.enroll(tr[s][0][splits[s][0]])
+        for p in half_b:
+            sc = S.accumulate(model.compare(tmpl, tr[p][0][splits[p][1]]), k)
+            (genuine if p == s else impostor).append(sc)
+    try:
+        cal = LogisticCalibrator().fit(genuine=np.concatenate(genuine), impostor=np.concatenate(impostor))
+    except ValueError as exc:
+        raise BenchError(f"window {label!r}: touch calibration on training subjects {half_b}: {exc}") from None
+    policy = default_policy()
+
+    def matched(score: float) -> bool:
+        ev = ModalityEvidence("touch", score, llr=float(cal.llr(np.array([score]))[0]))
+        d = decide([ev], amount=0.0, tiers=policy.tiers, min_quality=policy.min_quality)
+        return any(r.modality == "touch" and r.code in MATCHED for r in d.reasons)
+
+    return matched
+
+
+def _adapted(table: Any, scorer: Any, splits: dict[int, tuple[Any, Any]], device: dict[int, str],
+             matched: Callable[[float], bool]) -> dict[str, int]:
+    """`scorer` under `adaptive_trials` with the server's rules: returns how many owner windows adapted, of how many."""
     import numpy as np
 
     from evaluation.protocols import adaptive_trials
     from modalities.touch.scorers import accumulate
+    from server.services.enrolment import ADAPT_MAX_WINDOWS, evicted
 
     label, k = ADAPTED_WINDOW
+    n = {"owner_windows": 0, "adapted_windows": 0}
+
+    def adapts(score: float) -> bool:
+        ok = matched(score)
+        n["owner_windows"] += 1
+        n["adapted_windows"] += ok
+        return ok
+
     trials = adaptive_trials(enroll=scorer.enroll, window_scores=lambda t, X: accumulate(scorer.compare(t, X), k),
                              enrolment={s: v[0] for s, v in splits.items()}, tests={s: v[1] for s, v in splits.items()},
-                             k=k, keep_last=ADAPTED_KEEP_LAST)
+                             k=k, adapts=adapts, max_adapt=ADAPT_MAX_WINDOWS, evict=evicted)
     for (s, p), sc in trials.items():
         if sc.size == 0:
             continue
         for name in (scorer.name, f"{scorer.name}-same-device") if p == s or device[p] == device[s] else (scorer.name,):
             table.add(method=name, window=label, modality="touch", template_subject=s, probe_subject=p, scores=sc,
                       probe_index=np.arange(sc.size))
+    return n
 
 
 @register("touch", "Touch strokes (BB-MAS phone): 1/5 swipes and taps, all and same-phone-model impostors")
@@ -70,6 +135,7 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
 
     from evaluation.protocols import ScoreTable, chronological_split
     from modalities.touch import scorers as S
+    from server.services.enrolment import ADAPT_MAX_WINDOWS, MAX_ADAPTED_WINDOWS, MAX_ENROL_WINDOWS
 
     folds = ctx.folds("touch", max_subjects=QUICK_SUBJECTS)
     table = ScoreTable()
@@ -78,6 +144,7 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
     train_all: set[int] = set()
     eval_all: set[int] = set()
     skipped: set[int] = set()
+    adapted_counts: dict[str, int] = {}
     for fold in folds:
         tr = _features(fold.train_dir, fold.train_subjects, ctx.progress)
         ev = _features(fold.eval_dir, fold.eval_subjects, ctx.progress)
@@ -121,7 +188,14 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
                                 table.add(method=f"{scorer.name}-same-device", window=label, modality="touch",
                                           template_subject=s, probe_subject=p, scores=sc, probe_index=idx)
             if kind == "swipe":
-                _adapted(table, fused, splits, {s: v[2] for s, v in ev.items()})
+                try:
+                    matched = _touch_matched(tr, ctx.seed + fold.index)
+                except BenchError as exc:  # too few training people: the static rows still stand
+                    ctx.note(f"fold {fold.index}: {exc}; its adapted rows are left out")
+                    continue
+                counts = _adapted(table, fused, splits, {s: v[2] for s, v in ev.items()}, matched)
+                for key, c in counts.items():
+                    adapted_counts[key] = adapted_counts.get(key, 0) + c
         skipped |= set(ev) - eval_all
     skipped -= eval_all
     if skipped:
@@ -133,9 +207,14 @@ def bench_touch(ctx: BenchContext) -> BenchOutput:
         "split": "subject-disjoint population models (ctx.folds('touch'))",
         "enrolment": "earliest half of each subject's swipes (taps)",
         "test": "later half, non-overlapping windows of 1 or 5 strokes, score = mean per-stroke score",
-        "adapted": f"window {ADAPTED_WINDOW[0]!r} (touch-fused): each owner's template re-enrolled with each of its "
-                   "test windows after scoring it (confirmed evidence); impostor windows never adapt and meet the "
-                   "template state of the same relative time (evaluation.protocols.adaptive_trials)",
+        "adapted": f"window {ADAPTED_WINDOW[0]!r} (touch-fused): each owner test window is a confirmed transaction "
+                   "scored by the template as it stood before it; it adapts the template only if touch matched "
+                   "(LLR > 0 by a calibrator fitted on an inner split of the training subjects, "
+                   f"fusion.policy.decide), with at most {ADAPT_MAX_WINDOWS} strokes, the enrolment cut as the server "
+                   f"cuts it ({MAX_ENROL_WINDOWS} kept, adapted ones at most {MAX_ADAPTED_WINDOWS}: "
+                   "server.services.enrolment.evicted); impostor windows never adapt and meet the template state of "
+                   "the same relative time (evaluation.protocols.adaptive_trials)",
+        "adapted_counts": adapted_counts,
         "impostors": "zero-effort: other evaluation subjects' test windows; '-same-device' rows: same phone model only",
         "multitouch": "strokes with a second pointer are dropped",
         "quick": ctx.quick,

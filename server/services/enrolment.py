@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 from sqlalchemy import delete, func, select, update
@@ -23,9 +24,12 @@ from server.services.evidence import (
 )
 from server.services.scoring import ActiveScorer, ScorerProvider, template_from_json, template_to_json
 
-#: enrolment windows kept per modality: past it adapted windows are dropped first (oldest
-#: first), the plain enrolment's only after them, so adaptation never evicts the enrolment
+#: enrolment windows kept per modality (`evicted` says which go past it)
 MAX_ENROL_WINDOWS = 200
+#: most adapted windows kept per modality: half the cap, so adaptation always has room (it
+#: evicts the plain enrolment's oldest windows only up to this share) and the enrolment the
+#: template began with keeps at least the other half
+MAX_ADAPTED_WINDOWS = MAX_ENROL_WINDOWS // 2
 #: most windows of one modality that one confirmed transaction adapts, over all its calls: an
 #: impostor approved once (a false match, or a step-up he passed holding the phone) cannot
 #: re-send a whole session of his behaviour into the owner's template
@@ -44,7 +48,10 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
     (`User.enrolment_open`). Windows re-sent with `confirmed_transaction_id` must instead be
     exactly ones that approved transaction carried, not used for enrolment before
     (`claim_confirmed`), of a modality whose own evidence matched in that decision
-    (`modality_codes`), at most `ADAPT_MAX_WINDOWS` per modality and transaction.
+    (`modality_codes`), at most `ADAPT_MAX_WINDOWS` per modality and transaction. The stored
+    windows are then cut to `MAX_ENROL_WINDOWS` (`evicted`); windows of this call that the cut
+    drops (only plain enrolment past the cap: adapted windows always have room) are counted in
+    `skipped` as `evicted`, never silently.
 
     The user's row is locked first (PostgreSQL; the order authorize, sessions and erasure take
     it in), so concurrent enrolments of one user run one after another: a window claimed by
@@ -88,12 +95,15 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
         if tpl is not None and same is None:
             session.execute(delete(EnrolmentWindow).where(EnrolmentWindow.user_id == user_id,
                                                           EnrolmentWindow.modality == modality))
-        for _, w in good:
-            session.add(EnrolmentWindow(user_id=user_id, modality=modality, feature_version=w.feature_version,
-                                        quality=w.quality, values=list(w.values),
-                                        transaction_id=None if tx is None else tx.id))
+        added = [EnrolmentWindow(user_id=user_id, modality=modality, feature_version=w.feature_version,
+                                 quality=w.quality, values=list(w.values), transaction_id=None if tx is None else tx.id)
+                 for _, w in good]
+        session.add_all(added)
         session.flush()
         rows = _keep_latest(session, user_id, modality)
+        kept = {r.id for r in rows}
+        if lost := sum(r.id not in kept for r in added):  # never silently: only plain enrolment past the cap
+            skipped["evicted"] = lost
         if len(rows) < min_windows:
             raise ApiError(422, "too_few_windows",
                            f"windows: {modality} needs at least {min_windows} windows of quality >= {min_quality}"
@@ -157,20 +167,38 @@ def _check_adapted_total(session: Session, tx: Transaction, user_id: str, modali
                        f"({max(ADAPT_MAX_WINDOWS - done, 0)} more here)")
 
 
-def _keep_latest(session: Session, user_id: str, modality: str) -> list[EnrolmentWindow]:
-    """The modality's enrolment windows (oldest first), cut to `MAX_ENROL_WINDOWS`: adapted ones dropped first.
+def evicted(adapted: Sequence[bool], *, cap: int | None = None, adapted_cap: int | None = None) -> list[int]:
+    """Positions of the windows (oldest first; True = adapted) that the cap drops, oldest first.
 
-    The plain enrolment (`transaction_id` None) goes only once no adapted window is left, so
-    adaptation never evicts it. A transaction whose adapted windows are dropped adapts nothing
-    more: its unclaimed evidence of the modality is released, so `ADAPT_MAX_WINDOWS` holds
-    over the transaction's whole life, not only while its windows are kept.
+    Adapted windows keep at most `adapted_cap` (`MAX_ADAPTED_WINDOWS`) places, however few
+    windows there are in all: past it their oldest go. The plain enrolment (windows sent without `confirmed_transaction_id`) gets the
+    rest of `cap` (`MAX_ENROL_WINDOWS`), its oldest evicted only to make room for adapted
+    windows up to that share, so an adaptation always adapts and the plain enrolment keeps at
+    least `cap - adapted_cap` windows (all of itself if fewer). Plain enrolment past the cap
+    on its own keeps its newest windows. `cadence bench touch` applies the same function.
+    """
+    cap = MAX_ENROL_WINDOWS if cap is None else cap
+    adapted_cap = min(MAX_ADAPTED_WINDOWS if adapted_cap is None else adapted_cap, cap)
+    ad = [i for i, a in enumerate(adapted) if a]
+    plain = [i for i, a in enumerate(adapted) if not a]
+    keep_ad = ad[max(len(ad) - adapted_cap, 0):]
+    keep = set(keep_ad) | set(plain[max(len(plain) - (cap - len(keep_ad)), 0):])
+    return [i for i in range(len(adapted)) if i not in keep]
+
+
+def _keep_latest(session: Session, user_id: str, modality: str) -> list[EnrolmentWindow]:
+    """The modality's enrolment windows (oldest first), cut as `evicted` says (adapted ones to their share even below the cap).
+
+    A transaction whose adapted windows are dropped adapts nothing more: its unclaimed
+    evidence of the modality is released, so `ADAPT_MAX_WINDOWS` holds over the transaction's
+    whole life, not only while its windows are kept.
     """
     rows = list(session.scalars(select(EnrolmentWindow).where(EnrolmentWindow.user_id == user_id,
                                                               EnrolmentWindow.modality == modality)
                                 .order_by(EnrolmentWindow.id)).all())
-    if len(rows) <= MAX_ENROL_WINDOWS:
+    drop = [rows[i] for i in evicted([r.transaction_id is not None for r in rows])]
+    if not drop:
         return rows
-    drop = sorted(rows, key=lambda r: (r.transaction_id is None, r.id))[:len(rows) - MAX_ENROL_WINDOWS]
     for r in drop:
         session.delete(r)
     released = {r.transaction_id for r in drop if r.transaction_id is not None}

@@ -313,6 +313,10 @@ def test_touch_bench_lists_only_scored_people_and_notes_the_skipped(tmp_path: Pa
                                           progress=False), print_table=False)
     assert doc["eval_subjects"] == [11, 12, 13] and doc["protocol"]["skipped_subjects"] == [14]
     assert any("skipped" in w and "[14]" in w for w in doc["protocol"]["warnings"])
+    # 4 training people are too few to calibrate touch on an inner split: no adapted rows, and a note says so
+    assert not any(r["window"] == "5 swipes, adapted" for r in doc["results"])
+    assert any("calibrating touch needs at least 5 training subjects" in w and "adapted rows are left out" in w
+               for w in doc["protocol"]["warnings"]), doc["protocol"]["warnings"]
 
 
 def test_touch_bench_with_one_training_subject_names_the_folder(tmp_path: Path) -> None:

@@ -31,4 +31,8 @@ def test_bench_touch_quick(data_dir, tmp_path) -> None:
     adapted = {(m, w) for m, w in rows if w == "5 swipes, adapted"}
     assert adapted == {("touch-fused", "5 swipes, adapted"), ("touch-fused-same-device", "5 swipes, adapted")}
     assert rows[("touch-fused", "5 swipes, adapted")]["n_genuine"] == rows[("touch-fused", "5 swipes")]["n_genuine"]
+    # as on the server, only owner windows whose touch evidence matched adapt (not every one)
+    counts = doc["protocol"]["adapted_counts"]
+    assert counts["owner_windows"] == rows[("touch-fused", "5 swipes")]["n_genuine"]
+    assert 0 < counts["adapted_windows"] < counts["owner_windows"], counts
     assert (tmp_path / "touch-scores.csv").exists() and (tmp_path / "touch-det.png").exists()

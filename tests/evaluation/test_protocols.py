@@ -41,7 +41,8 @@ def test_resolve_folds_on_data(data_dir: Path, tmp_path: Path) -> None:
     assert len(quick[0].train_subjects) + len(quick[0].eval_subjects) == 10
     # explicit train/eval folders: all of A trains, all of B evaluates
     a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
+    a.mkdir()
+    b.mkdir()
     src = sorted((data_dir / "bbmas_phone_gait").glob("*_PocketPhone_*"))
     for f in src[:3]:
         (a / f.name).symlink_to(f)
@@ -118,14 +119,35 @@ def test_adaptive_trials_templates_learn_only_from_their_owner() -> None:
         adaptive_trials(enroll=recent_mean, window_scores=score, enrolment=enrolment, tests=tests, k=0)
 
 
-def test_adaptive_trials_keep_the_latest_items_as_the_server_does() -> None:
-    from evaluation.benches.touch import ADAPTED_KEEP_LAST
-    from server.services.enrolment import MAX_ENROL_WINDOWS
+def test_adaptive_trials_follow_the_servers_adaptation_rules() -> None:
+    """Only windows `adapts` accepts adapt, with their first `max_adapt` items; the enrolment is cut by `evict`."""
+    from functools import partial
 
-    assert ADAPTED_KEEP_LAST == MAX_ENROL_WINDOWS
-    out = adaptive_trials(enroll=lambda E: float(len(E)), window_scores=_windows(2), enrolment={1: np.zeros((4, 1))},
-                          tests={1: np.zeros((8, 1))}, k=2, keep_last=7)
-    np.testing.assert_array_equal(out[(1, 1)], [4, 6, 7, 7])
+    from server.services.enrolment import evicted
+
+    def enroll(E: np.ndarray) -> float:  # plain items are 0, adapted ones 1: the template says how many of each
+        return float(100 * np.sum(E[:, 0] == 0) + np.sum(E[:, 0] == 1))
+
+    verdicts = iter([True, False, True, True, True])
+    seen: list[float] = []
+
+    def adapts(score: float) -> bool:
+        seen.append(score)
+        return next(verdicts)
+
+    out = adaptive_trials(enroll=enroll, window_scores=_windows(3), enrolment={1: np.zeros((6, 1)), 2: np.zeros((9, 1))},
+                          tests={1: np.ones((15, 1)), 2: np.ones((2, 1))}, k=3, adapts=adapts, max_adapt=2,
+                          evict=partial(evicted, cap=7, adapted_cap=3))
+    # 6 plain; +2 adapted (the plain enrolment's oldest makes room); not adapted; +2, the adapted
+    # share (3) reached: the oldest adapted and one more plain go; +2: the oldest adapted go
+    np.testing.assert_array_equal(out[(1, 1)], [600, 502, 502, 403, 403])
+    assert seen == [600, 502, 502, 403, 403]  # each owner window's own score decides
+    np.testing.assert_array_equal(out[(2, 2)], [])  # a plain enrolment past the cap keeps its newest 7 ...
+    np.testing.assert_array_equal(out[(2, 1)], [700] * 5)  # ... and meets impostors so
+    assert (1, 2) not in out  # subject 2 has no whole test window
+    with pytest.raises(ValueError):
+        adaptive_trials(enroll=enroll, window_scores=_windows(3), enrolment={1: np.zeros((6, 1))},
+                        tests={1: np.ones((3, 1))}, k=3, max_adapt=0)
 
 
 def test_score_table_roundtrip_and_trials(tmp_path: Path) -> None:

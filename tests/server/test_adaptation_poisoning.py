@@ -5,7 +5,8 @@ bank's one-time code, re-sent his 64 swipes as confirmed evidence, and after thr
 step-ups the owner's touch template was mostly his (approved at every tier). And past the
 window cap the original enrolment went first. Now only a modality that matched in the
 decision adapts, with at most `ADAPT_MAX_WINDOWS` windows per transaction, and adapted windows
-are evicted before the plain enrolment. Concurrent calls (PostgreSQL) neither adapt with the
+hold at most `MAX_ADAPTED_WINDOWS` (half the cap), so the plain enrolment keeps the other half
+and an adaptation always has room. Concurrent calls (PostgreSQL) neither adapt with the
 same windows twice nor answer a 500.
 """
 
@@ -108,21 +109,88 @@ def test_a_transaction_adapts_at_most_the_limit_per_modality(client: TestClient,
     assert done.status_code == 200 and done.json()["modalities"][0]["n_windows"] == 5 + 8, done.text
 
 
-def test_eviction_drops_adapted_windows_before_the_enrolment(client: TestClient, enrolled, windows,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
-    """Past the cap the oldest adapted windows go; the plain enrolment stays (it went first)."""
-    monkeypatch.setattr(enrolment, "MAX_ENROL_WINDOWS", 7)
+def _vals(ws: list[FeatureWindow]) -> list[list[float]]:
+    return [[float(v) for v in w.values] for w in ws]
+
+
+def test_the_eviction_policy() -> None:
+    """Adapted windows hold at most their share of the cap; the plain enrolment the rest, newest kept."""
+    A, P = True, False
+    assert enrolment.MAX_ADAPTED_WINDOWS == enrolment.MAX_ENROL_WINDOWS // 2 == 100
+    assert enrolment.evicted([P] * 200 + [A] * 8) == list(range(8))  # the plain enrolment's oldest make room
+    assert enrolment.evicted([P] * 250) == list(range(50))  # plain alone past the cap: its newest kept
+    assert enrolment.evicted([P] * 150 + [A] * 101) == [*range(50), 150]  # each side its share, oldest out
+    assert enrolment.evicted([P] * 50 + [A] * 160) == list(range(50, 110))  # a small enrolment is all kept
+    assert enrolment.evicted([P] * 10 + [A] * 120) == list(range(10, 30))  # the share holds below the cap too
+    assert enrolment.evicted([A, P, A, P, A, A, P], cap=5, adapted_cap=2) == [0, 2]  # order kept, oldest first
+    assert enrolment.evicted([P, P, P, A, A, A], cap=3, adapted_cap=1) == [0, 3, 4]
+    assert enrolment.evicted([P] * 3 + [A] * 2, cap=7, adapted_cap=3) == []
+    assert enrolment.evicted([P] * 6 + [A] * 4, cap=4, adapted_cap=9) == list(range(6))  # the share is at most the cap
+
+
+def test_adaptation_has_room_when_the_plain_enrolment_fills_the_cap(client: TestClient, enrolled, windows,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The plain enrolment alone at the cap: the adapted windows are kept, the enrolment's oldest make room.
+
+    Before, the adaptation was answered 200 with skipped 0, its windows claimed, and nothing
+    adapted (the windows it had just stored were the ones dropped).
+    """
+    monkeypatch.setattr(enrolment, "MAX_ENROL_WINDOWS", 5)  # the 5 enrolled windows stand for 200
+    monkeypatch.setattr(enrolment, "MAX_ADAPTED_WINDOWS", 2)
     own = windows["owner"]
-    plain = [[float(v) for v in w.values] for w in own["touch"][:5]]
-    swipes = own["touch"][20:30]
+    plain = _vals(own["touch"][:5])
+    assert _touch(client) == plain
+    swipes = own["touch"][20:28]
     tx = _approved(client, enrolled, swipes + [own["keystroke"][20], own["gait"][20]])
-    r = _adapt(enrolled, swipes[:8], tx["transaction_id"])
+    assert {r["modality"]: r["code"] for r in tx["reasons"]}["touch"] in ("match", "strong_match"), tx["reasons"]
+    r = _adapt(enrolled, swipes[:2], tx["transaction_id"])
+    assert r.status_code == 200, r.text
+    (touch,) = r.json()["modalities"]
+    assert (touch["n_windows"], touch["skipped"], touch["skipped_reasons"]) == (5, 0, {}), touch
+    assert _touch(client) == plain[2:] + _vals(swipes[:2])
+
+
+def test_eviction_keeps_adapted_windows_to_their_share(client: TestClient, enrolled, windows,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Past their share the oldest adapted windows go, below the cap too; the plain enrolment stays."""
+    monkeypatch.setattr(enrolment, "MAX_ENROL_WINDOWS", 10)
+    monkeypatch.setattr(enrolment, "MAX_ADAPTED_WINDOWS", 3)
+    own = windows["owner"]
+    plain = _vals(own["touch"][:5])
+    first, second = own["touch"][20:28], own["touch"][28:36]
+    tx1 = _approved(client, enrolled, first + [own["keystroke"][20], own["gait"][20]])
+    r = _adapt(enrolled, first[:2], tx1["transaction_id"])
     assert r.status_code == 200 and r.json()["modalities"][0]["n_windows"] == 7, r.text
-    kept = _touch(client)
-    assert kept[:5] == plain and kept[5:] == [[float(v) for v in w.values] for w in swipes[6:8]]
-    # its adapted windows were dropped: the transaction's unclaimed evidence adapts nothing more
-    late = _adapt(enrolled, swipes[8:10], tx["transaction_id"])
+    assert _touch(client) == plain + _vals(first[:2])  # within both limits: nothing goes
+    tx2 = _approved(client, enrolled, second + [own["keystroke"][21], own["gait"][21]])
+    assert {r["modality"]: r["code"] for r in tx2["reasons"]}["touch"] in ("match", "strong_match"), tx2["reasons"]
+    r = _adapt(enrolled, second[:3], tx2["transaction_id"])
+    assert r.status_code == 200, r.text
+    (touch,) = r.json()["modalities"]
+    assert (touch["n_windows"], touch["skipped"]) == (8, 0), touch
+    # 5 adapted windows, 3 kept (the newest), though the 10 windows in all were within the cap
+    assert _touch(client) == plain + _vals(second[:3])
+    # the first transaction's adapted windows were dropped: its unclaimed evidence adapts nothing more
+    late = _adapt(enrolled, first[2:4], tx1["transaction_id"])
     assert late.status_code == 409 and late.json()["code"] == "not_confirmed_evidence", late.text
+
+
+def test_plain_enrolment_past_the_cap_says_what_it_dropped(client: TestClient, enrolled, windows,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Plain enrolment alone past the cap keeps its newest windows; this call's dropped ones are `evicted`."""
+    monkeypatch.setattr(enrolment, "MAX_ENROL_WINDOWS", 7)
+    monkeypatch.setattr(enrolment, "MAX_ADAPTED_WINDOWS", 3)
+    own = windows["owner"]["touch"]
+    r = enrolled.signed("POST", "/v1/users/alice/enrolment", {"windows": [w.to_dict() for w in own[5:9]]})
+    assert r.status_code == 200, r.text
+    (touch,) = r.json()["modalities"]
+    assert (touch["n_windows"], touch["skipped"], touch["skipped_reasons"]) == (7, 0, {}), touch  # earlier ones went
+    assert _touch(client) == _vals(own[2:9])
+    r = enrolled.signed("POST", "/v1/users/alice/enrolment", {"windows": [w.to_dict() for w in own[9:17]]})
+    assert r.status_code == 200, r.text
+    (touch,) = r.json()["modalities"]
+    assert (touch["n_windows"], touch["skipped"], touch["skipped_reasons"]) == (7, 1, {"evicted": 1}), touch
+    assert _touch(client) == _vals(own[10:17])
 
 
 def test_skipped_windows_are_reported(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
