@@ -10,9 +10,7 @@
   so scoring is numpy only (phone, server, federated clients).
 
 Both refuse feature windows of another `FEATURE_VERSION` or dimension with a clear error.
-Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, saves or
-is loaded, as in scikit-learn, and at enrolment or comparison unless they are the values that
-last passed (`Scorer._check_params`: an identity test per parameter on the scoring path).
+Hyper-parameters follow scikit-learn's contract, checked as `modalities.base.ParamsMixin` says.
 """
 
 from __future__ import annotations

@@ -15,9 +15,7 @@ All three work in a log-time space (`log_timing`), standardised with population 
 and z-normalise each template's scores against a cohort of training windows (so one global
 threshold fits every person: pooled error rates need it, per-person ones are unchanged).
 Templates are plain arrays; population state saves to `.npz` through `Scorer.save`.
-Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, saves or
-is loaded, as in scikit-learn, and at enrolment or comparison unless they are the values that
-last passed (`Scorer._check_params`: an identity test per parameter on the scoring path).
+Hyper-parameters follow scikit-learn's contract, checked as `modalities.base.ParamsMixin` says.
 """
 
 from __future__ import annotations

@@ -16,9 +16,7 @@ Population-trained ("learn from other people"):
 Every scorer's `compare` returns one score per stroke (higher is more genuine); a decision on
 k strokes uses the mean score (a mean of log-likelihood ratios for the LLR scorers).
 Scoring is pure numpy; scikit-learn is imported only inside `fit`/`enroll` that need it.
-Hyper-parameters are stored as given and checked (`_param_checks`) when a scorer fits, saves or
-is loaded, as in scikit-learn, and at enrolment or comparison unless they are the values that
-last passed (`Scorer._check_params`: an identity test per parameter on the scoring path).
+Hyper-parameters follow scikit-learn's contract, checked as `modalities.base.ParamsMixin` says.
 """
 
 from __future__ import annotations

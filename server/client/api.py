@@ -6,11 +6,9 @@ signed bytes are exactly the bytes sent.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +16,7 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modalities.events import FeatureWindow
+from modalities.reading import read_by_models
 from server.signing import b64e, public_key_b64, registration_message, sign_request
 
 
@@ -51,17 +50,6 @@ ENROL_MIN_QUALITY = 0.05
 MAX_WINDOWS = 64
 
 
-@functools.lru_cache(maxsize=8)
-def _reader(modality: str) -> tuple[str, Callable[[Any], bool]] | None:
-    """(feature version, `scored`) of a modality package that defines `scored`, else None."""
-    try:
-        pkg = importlib.import_module(f"modalities.{modality}")
-    except ModuleNotFoundError:
-        return None
-    read = getattr(pkg, "scored", None)
-    return (pkg.FEATURE_VERSION, read) if callable(read) else None
-
-
 def enrollable(w: FeatureWindow, min_quality: float = ENROL_MIN_QUALITY) -> bool:
     """Whether the server enrols `w`: quality at least `min_quality`, and a window its models read.
 
@@ -71,8 +59,7 @@ def enrollable(w: FeatureWindow, min_quality: float = ENROL_MIN_QUALITY) -> bool
     """
     if w.quality < min_quality:
         return False
-    read = _reader(w.modality)
-    return read is None or w.feature_version != read[0] or bool(read[1](w.values))
+    return read_by_models(w.modality, w.feature_version, w.values)
 
 
 def enrolment_parts(windows: Sequence[FeatureWindow], chunk: int = 16, *, min_windows: int = ENROL_MIN_WINDOWS,

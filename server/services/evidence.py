@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
 import struct
 from collections import defaultdict
@@ -17,6 +16,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from cadence import prepared
+from modalities.reading import read_by_models
 from server.errors import ApiError
 from server.models import EvidenceSeen, SecurityFlag, User, utcnow
 from server.schemas import FeatureWindowIn
@@ -172,19 +172,7 @@ def scored(w: FeatureWindowIn) -> bool:
     protection, but is neither enrolled nor scored. Windows of another feature version than
     the package's are left to the version checks.
     """
-    read = _reader(w.modality)
-    return read is None or w.feature_version != read[0] or read[1](w.values)
-
-
-@functools.lru_cache(maxsize=8)
-def _reader(modality: str) -> tuple[str, Callable[[list[float]], bool]] | None:
-    """(feature version, `scored`) of a modality package that defines `scored`, else None."""
-    try:
-        pkg = importlib.import_module(f"modalities.{modality}")
-    except ModuleNotFoundError:
-        return None
-    read = getattr(pkg, "scored", None)
-    return (pkg.FEATURE_VERSION, read) if callable(read) else None
+    return read_by_models(w.modality, w.feature_version, w.values)
 
 
 def implausible(w: FeatureWindowIn) -> str | None:
