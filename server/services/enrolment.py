@@ -83,9 +83,15 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
         for i, w in items:
             if why := implausible(w):
                 raise ApiError(422, "implausible_input", f"windows[{i}]: {why}; bot-like input is not enrolled")
-        skipped = Counter("not_scored" if not scored(w) else "low_quality" for _, w in items
-                          if not (w.quality >= min_quality and scored(w)))  # taps are not enrolled
-        good = [(i, w) for i, w in items if w.quality >= min_quality and scored(w)]
+        good: list[tuple[int, FeatureWindowIn]] = []
+        skipped: Counter[str] = Counter()
+        for i, w in items:  # taps (windows the models do not read) and low quality are not enrolled
+            if not scored(w):
+                skipped["not_scored"] += 1
+            elif not w.quality >= min_quality:
+                skipped["low_quality"] += 1
+            else:
+                good.append((i, w))
         if tx is None:
             digests[modality] = claim_hashes(session, user_id, items)
         else:
@@ -100,7 +106,7 @@ def enrol(session: Session, provider: ScorerProvider, *, user_id: str, windows: 
                  for _, w in good]
         session.add_all(added)
         session.flush()
-        rows = _keep_latest(session, user_id, modality)
+        rows = _apply_cap(session, user_id, modality)
         kept = {r.id for r in rows}
         if lost := sum(r.id not in kept for r in added):  # never silently: only plain enrolment past the cap
             skipped["evicted"] = lost
@@ -186,7 +192,7 @@ def evicted(adapted: Sequence[bool], *, cap: int | None = None, adapted_cap: int
     return [i for i in range(len(adapted)) if i not in keep]
 
 
-def _keep_latest(session: Session, user_id: str, modality: str) -> list[EnrolmentWindow]:
+def _apply_cap(session: Session, user_id: str, modality: str) -> list[EnrolmentWindow]:
     """The modality's enrolment windows (oldest first), cut as `evicted` says (adapted ones to their share even below the cap).
 
     A transaction whose adapted windows are dropped adapts nothing more: its unclaimed
