@@ -166,12 +166,7 @@ def insert_hashes(session: Session, user_id: str, items: list[tuple[int, Feature
 
 
 def scored(w: FeatureWindowIn) -> bool:
-    """Whether the modality's models read this window (its package's `scored`, where it has one).
-
-    A window they do not read (a touch tap: `modalities.touch.scored`) still counts for replay
-    protection, but is neither enrolled nor scored. Windows of another feature version than
-    the package's are left to the version checks.
-    """
+    """Whether the modality's models read this window (`modalities.reading`: a touch tap is not read)."""
     return read_by_models(w.modality, w.feature_version, w.values)
 
 
