@@ -92,12 +92,11 @@ SPLITS: dict[str, Callable[[Path, Sequence[int]], Split]] = {
 
 
 def as_decided(modality: str, scorer: Any) -> Any:
-    """`scorer` scoring the unit a decision sends: touch probes are groups of 5 swipes."""
-    if modality == "touch":
-        from modalities.touch import WINDOWS
+    """`scorer` scoring the unit a decision reads (`decision_windows`): touch probes are groups of 5 swipes."""
+    from modalities.reading import decision_windows
 
-        return _Grouped(scorer, WINDOWS["5 swipes"][1])
-    return scorer
+    k = decision_windows(modality)
+    return _Grouped(scorer, k) if k > 1 else scorer
 
 
 def scores_of(scorer: Any, split: Split) -> PairScores:

@@ -171,3 +171,49 @@ def quality_report(modality: str, windows: Sequence[FeatureWindow]) -> QualityRe
 def usable(windows: Sequence[FeatureWindow]) -> list[FeatureWindow]:
     """Windows carrying enough evidence to send."""
     return [w for w in windows if w.quality >= MIN_WINDOW_QUALITY[w.modality]]
+
+
+def decision_swipes() -> int:
+    """Swipes one payment's touch evidence needs: the server leaves out fewer (`too_few_for_decision`)."""
+    return int(getattr(modality_module("touch"), "DECISION_WINDOWS", 1))
+
+
+def last_swipes(windows: Sequence[FeatureWindow], n: int | None = None) -> list[FeatureWindow]:
+    """The last `n` (default `decision_swipes`) usable swipes of `windows`; none when there are fewer.
+
+    Taps are not sent: the server's touch models read swipes only. Fewer swipes than a decision
+    reads are kept on the phone for a later payment rather than spent on one that cannot count them.
+    """
+    n = decision_swipes() if n is None else n
+    swipes = [w for w in windows if _sendable_swipe(w)]
+    return swipes[-n:] if len(swipes) >= n else []
+
+
+def _sendable_swipe(w: FeatureWindow) -> bool:
+    """A touch window of sendable quality that the server's models read (a swipe, not a tap)."""
+    return w.modality == "touch" and w.quality >= MIN_WINDOW_QUALITY["touch"] and bool(
+        modality_module("touch").scored(w.values))
+
+
+def recent_swipes(events: Sequence[TouchEvent], n: int | None = None, min_points: int = 3) -> list[FeatureWindow]:
+    """`last_swipes` of `touch_windows(events)`, computing features from the newest stroke back.
+
+    A payment looks at 5 minutes of touches (hundreds of strokes) to send the last 5 swipes:
+    features of the older strokes would be computed only to be dropped.
+    """
+    n = decision_swipes() if n is None else n
+    wf = modality_module("touch").window_features
+    out: list[FeatureWindow] = []
+    for stroke in reversed(split_strokes(events)):
+        if len(out) >= n:
+            break
+        if len(stroke) < min_points:
+            continue
+        try:
+            w = wf(TouchStream.from_events(stroke, device="cadence-app"))
+        except EventValidationError as exc:
+            log.debug("stroke skipped: %s", exc)
+            continue
+        if _sendable_swipe(w):
+            out.append(w)
+    return out[::-1] if len(out) >= n else []

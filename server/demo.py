@@ -19,8 +19,9 @@ import numpy as np
 
 from cadence.settings import get_settings
 from modalities.events import MODALITIES, FeatureWindow
+from modalities.reading import decision_windows, read_windows
 from server.client.api import DeviceClient
-from server.client.features import SWIPES_PER_WINDOW, evidence_unit, features_for
+from server.client.features import evidence_unit, features_for
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,19 @@ def fit_calibration(background: list[Person], registry_root: Path | None) -> Any
         scorer = active.scorer
         gen: list[float] = []
         imp: list[float] = []
+        k = decision_windows(m)  # calibrate the unit a decision reads (touch: the mean of 5 swipes)
+        # what the server enrols and scores: swipes, not taps
+        read = {id(p): (read_windows(p.enrol[m]), read_windows(p.probes[m])) for p in background}
         for a in background:
-            if len(a.enrol[m]) < 2 or not a.probes[m]:
+            enrol = read[id(a)][0]
+            if len(enrol) < 2:
                 continue
-            tpl = scorer.enroll(np.vstack([w.values for w in a.enrol[m]]))
+            tpl = scorer.enroll(np.vstack([w.values for w in enrol]))
             for b in background:
-                if not b.probes[m]:
+                probes = read[id(b)][1]
+                if len(probes) < k:
                     continue
-                s = scorer.compare(tpl, np.vstack([w.values for w in b.probes[m]]))
-                k = SWIPES_PER_WINDOW if m == "touch" else 1  # calibrate the unit a decision sends
+                s = scorer.compare(tpl, np.vstack([w.values for w in probes]))
                 s = s[: s.size // k * k].reshape(-1, k).mean(axis=1)
                 (gen if a is b else imp).extend(s.tolist())
         if len(gen) >= 5 and len(imp) >= 5:

@@ -67,7 +67,7 @@ def bench_sessions(ctx: BenchContext) -> BenchOutput:
     from cadence.settings import Settings
     from evaluation.benches.fusion import _fusion_folds
     from fusion.policy import ModalityEvidence
-    from server.client.features import SWIPES_PER_WINDOW
+    from modalities.reading import decision_windows, read_windows
     from server.demo import bbmas_people, fit_calibration
     from server.services.scoring import ScorerProvider
 
@@ -85,17 +85,19 @@ def bench_sessions(ctx: BenchContext) -> BenchOutput:
         rng = np.random.default_rng([ctx.seed, fi])
         for m in MODALITIES:
             active = provider.get(m)
-            k = SWIPES_PER_WINDOW if m == "touch" else 1
-            usable = [p for p in people if len(p.enrol[m]) >= 2 and len(p.probes[m]) >= k * UPDATES]
+            k = decision_windows(m)  # the server reads no fewer per update (touch: 5 swipes)
+            # the windows the server enrols and scores: swipes, not taps
+            read = {id(p): (read_windows(p.enrol[m]), read_windows(p.probes[m])) for p in people}
+            usable = [p for p in people if len(read[id(p)][0]) >= 2 and len(read[id(p)][1]) >= k * UPDATES]
             if len(usable) < len(people):
                 ctx.note(f"fold {fi + 1}, {m}: {len(people) - len(usable)} of {len(people)} evaluation subjects "
                          f"left out (fewer than 2 enrolment windows or {UPDATES} updates of later windows)")
             for owner in usable:
-                tpl = active.scorer.enroll(np.vstack([w.values for w in owner.enrol[m]]))
+                tpl = active.scorer.enroll(np.vstack([w.values for w in read[id(owner)][0]]))
                 others = [p for p in usable if p is not owner]
                 picks = rng.choice(len(others), size=min(IMPOSTORS, len(others)), replace=False)
                 for who, person in [("owner", owner)] + [("impostor", others[j]) for j in picks]:
-                    s = active.scorer.compare(tpl, np.vstack([w.values for w in person.probes[m][: k * UPDATES]]))
+                    s = active.scorer.compare(tpl, np.vstack([w.values for w in read[id(person)][1][: k * UPDATES]]))
                     updates = [[engine.calibrate(ModalityEvidence(m, float(score), n_windows=k,
                                                                    model_version=active.model_id))]
                                for score in np.asarray(s, dtype=float).reshape(UPDATES, k).mean(axis=1)]
@@ -112,8 +114,8 @@ def bench_sessions(ctx: BenchContext) -> BenchOutput:
         "folds": len(folds),
         "calibration": "fitted on the fold's training subjects only (cadence demo's fit_calibration)",
         "models": "the packages' default scorers (a server with no trained registry)",
-        "enrolment": "each evaluation subject's earliest half of windows (at most 40 per modality)",
-        "session": f"{UPDATES} consecutive updates of one modality from the later half (touch: {SWIPES_PER_WINDOW} "
+        "enrolment": "each evaluation subject's earliest half of windows (at most 40 per modality; touch taps left out, as the server does)",
+        "session": f"{UPDATES} consecutive updates of one modality from the later half (touch: {decision_windows('touch')} "
                    f"swipes per update); owner: own windows; impostor: {IMPOSTORS} other evaluation subjects "
                    "on the owner's template",
         "engine": f"continuous.session.SessionRiskTracker, window {settings.session_window}, step-up risk "

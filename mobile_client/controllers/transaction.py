@@ -21,7 +21,8 @@ ADAPT_MAX_WINDOWS = 8
 
 #: evidence a transaction sends: recent keys, swipes and walking, never any already sent
 EVIDENCE_KEYS = 100
-EVIDENCE_SWIPES = 5
+#: swipes per payment: what one decision reads (`modalities.touch.DECISION_WINDOWS`); fewer are not sent
+EVIDENCE_SWIPES = features.decision_swipes()
 EVIDENCE_WALK_S = 15.0
 #: keys and swipes older than this (seconds before now) are not recent behaviour
 EVIDENCE_MAX_AGE_S = 300.0
@@ -45,6 +46,7 @@ REASON_TEXT = {
     "no_evidence": "No recent {m} evidence",
     "missing": "No recent {m} evidence",
     "low_quality": "Too little {m} evidence to be sure",
+    "too_few_for_decision": "Too little recent {m} to check this time",
     "not_enrolled": "{m} is not set up yet",
     "reenrolment_required": "{m} needs setting up again before it can be used",
     "replay": "{m} evidence was seen before",
@@ -160,7 +162,7 @@ class TransactionController:
         sources: dict[str, Callable[[], list[FeatureWindow]]] = {
             "keystroke": lambda: features.keystroke_windows(ev.keys(EVIDENCE_KEYS, EVIDENCE_MAX_AGE_S),
                                                     n_keys=features.KEYS_PER_WINDOW, hop=features.KEYS_PER_WINDOW),
-            "touch": lambda: features.touch_windows(ev.touches(EVIDENCE_SWIPES, EVIDENCE_MAX_AGE_S)),
+            "touch": lambda: features.recent_swipes(ev.touches(None, EVIDENCE_MAX_AGE_S), EVIDENCE_SWIPES),
             "gait": lambda: features.gait_windows(ev.accel(EVIDENCE_WALK_S)),
         }
         out: list[FeatureWindow] = []

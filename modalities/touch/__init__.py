@@ -33,12 +33,17 @@ from modalities.touch.strokes import Segmentation, Stroke, segment
 from modalities.touch.windows import WINDOWS, strokes_of_kind, windows_for_subject
 
 __all__ = [
-    "FEATURE_DIM", "FEATURE_NAMES", "FEATURE_VERSION", "WINDOWS", "BackgroundLR", "FusedTouch", "PLDATouch",
+    "DECISION_WINDOWS", "FEATURE_DIM", "FEATURE_NAMES", "FEATURE_VERSION", "WINDOWS", "BackgroundLR", "FusedTouch", "PLDATouch",
     "QuadBackgroundLR",
     "Segmentation", "Stroke", "TouchKNN", "TouchManhattan", "TouchOneClassSVM", "accumulate",
     "default_scorer", "direction_class", "scored", "segment", "stream_features", "stroke_windows",
     "strokes_of_kind", "train_scorer", "window_features", "windows_for_subject",
 ]
+
+#: swipes one decision reads (their mean score): the unit the fusion calibration is fitted on
+#: (`evaluation.pair_scores.as_decided`). Fewer would be read on that calibration as if they
+#: were five: the mean of one or two swipes spreads wider, so its LLR would be overconfident.
+DECISION_WINDOWS = WINDOWS["5 swipes"][1]
 
 
 def scored(values: Sequence[float]) -> bool:

@@ -15,11 +15,12 @@ import logging
 from types import ModuleType
 
 from modalities.events import AccelSeries, EventValidationError, FeatureWindow, KeySequence, TouchStream
+from modalities.reading import decision_windows, read_windows
 
 log = logging.getLogger(__name__)
 
-#: strokes whose per-stroke windows make one touch decision ("5 swipes")
-SWIPES_PER_WINDOW = 5
+#: swipes whose per-stroke windows make one touch decision ("5 swipes"; the server reads no fewer)
+SWIPES_PER_WINDOW = decision_windows("touch")
 #: seconds of walking per gait window: the trained models' and their calibration's window
 #: (5 s windows read on a 10 s model's calibration put 1.4 % of impostor windows above LLR 4.6)
 GAIT_SECONDS = 10.0
@@ -92,8 +93,14 @@ def _cut(modality: str, events: KeySequence | TouchStream | AccelSeries) -> list
 
 
 def evidence_unit(modality: str, windows: list[FeatureWindow], i: int) -> list[FeatureWindow]:
-    """The windows of the i-th decision's evidence: 5 consecutive strokes for touch, else one window."""
-    if not windows:
+    """The windows of the i-th decision's evidence: `decision_windows` consecutive windows the models read.
+
+    Touch: 5 consecutive swipes (taps are skipped: the server reads swipes only, and leaves out
+    touch evidence of fewer than 5); the others: one window. Fewer read windows than the unit
+    give none.
+    """
+    read = read_windows(windows)
+    k = decision_windows(modality)
+    if len(read) < k:
         return []
-    k = SWIPES_PER_WINDOW if modality == "touch" else 1
-    return [windows[(i * k + j) % len(windows)] for j in range(min(k, len(windows)))]
+    return [read[(i * k + j) % len(read)] for j in range(k)]

@@ -125,10 +125,11 @@ def _unreadable(session_id: str, exc: Exception) -> ApiError:
 
 
 #: keys of the session row's state beside the engine's own: feature windows received and those
-#: whose evidence counted, the last accepted post's window hashes (its retry is answered), when
+#: whose evidence counted, the posts whose evidence counted (the engine's updates, counted over
+#: the whole session), the last accepted post's window hashes (its retry is answered), when
 #: that post arrived, and when the bank last reported a passed step-up for the session
-RECEIVED, SCORED, LAST, LAST_AT, PASSED_AT = ("windows_received", "scored_windows", "last_windows",
-                                              "last_window_at", "step_up_passed_at")
+RECEIVED, SCORED, UPDATES, LAST, LAST_AT, PASSED_AT = ("windows_received", "scored_windows", "scored_updates",
+                                                       "last_windows", "last_window_at", "step_up_passed_at")
 
 
 @dataclass(frozen=True)
@@ -140,9 +141,10 @@ class Books:
     last: list[str] | None = None
     last_at: datetime | None = None
     passed_at: datetime | None = None
+    updates: int = 0
 
     def to_state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {RECEIVED: self.received, SCORED: self.scored}
+        out: dict[str, Any] = {RECEIVED: self.received, SCORED: self.scored, UPDATES: self.updates}
         if self.last is not None:
             out[LAST] = self.last
         for key, t in ((LAST_AT, self.last_at), (PASSED_AT, self.passed_at)):
@@ -165,8 +167,9 @@ def _bookkeeping(session_id: str, state: Any) -> Books:
     if not isinstance(state, dict):
         raise _unreadable(session_id, ValueError(f"state: must be a mapping, got {type(state).__name__}"))
     counts = []
-    for key in (RECEIVED, SCORED):
-        v = state.get(key, 0)
+    # a state from before `scored_updates` counted windows only: its window count stands in
+    for key, default in ((RECEIVED, 0), (SCORED, 0), (UPDATES, state.get(SCORED, 0))):
+        v = state.get(key, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise _unreadable(session_id, ValueError(f"{key}: must be a count, got {v!r}"))
         counts.append(v)
@@ -179,7 +182,7 @@ def _bookkeeping(session_id: str, state: Any) -> Books:
             times.append(_time(state.get(key)))
         except ValueError as exc:
             raise _unreadable(session_id, ValueError(f"{key}: {exc}")) from None
-    return Books(counts[0], counts[1], last, times[0], times[1])
+    return Books(counts[0], counts[1], last, times[0], times[1], counts[2])
 
 
 def _expiry(s: AuthSession, books: Books, settings: Settings) -> tuple[datetime, str]:
@@ -419,17 +422,19 @@ def _update_engine(session_id: str, state: dict[str, Any], tracker: Any, evidenc
     return new, float(new["state"]["risk"]), str(new["state"]["status"])
 
 
-def _ends_on_session_window(engine_state: dict[str, Any], risk: float, scored: int, settings: Settings) -> bool:
+def _ends_on_session_window(engine_state: dict[str, Any], risk: float, updates: int, settings: Settings) -> bool:
     """Whether a risk past the terminate threshold ends the session: once it has scored a full window.
 
-    The engines count a full window since their last start, and a passed step-up restarts
-    them; counted that way, whoever holds the phone and passes each step-up (an impostor can:
-    the bank's code goes to the phone) could post fewer windows than that between step-ups
-    and never be ended. So the session's own count of scored windows decides.
+    The engines count a full window of updates (posts whose evidence counted) since their
+    last start, and a passed step-up restarts them; counted that way, whoever holds the phone
+    and passes each step-up (an impostor can: the bank's code goes to the phone) could post
+    fewer updates than that between step-ups and never be ended. So the session's own count of
+    scored updates decides. Updates, not windows: a touch update is 5 swipes, and a post of
+    several windows weighs as one, so counting windows would end a fresh session on its first post.
     """
     window = engine_state.get("window", settings.session_window)
     terminate_risk = engine_state.get("terminate_risk", settings.session_terminate_risk)
-    return risk >= terminate_risk and scored >= window
+    return risk >= terminate_risk and updates >= window
 
 
 def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str, user_id: str,
@@ -469,10 +474,11 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
     assessment = assess_evidence(session, provider, user_id, windows, field="windows")
     record_evidence(session, assessment)
     evidence = [calibrate(e) for e in assessment.evidence]
-    books = replace(books, received=books.received + len(windows), scored=books.scored + _scored_windows(evidence),
-                    last=digests, last_at=now)
+    scored = _scored_windows(evidence)
+    books = replace(books, received=books.received + len(windows), scored=books.scored + scored,
+                    updates=books.updates + (scored > 0), last=digests, last_at=now)
     engine_state, risk, engine_status = _update_engine(session_id, s.state, tracker, evidence, settings)
-    if engine_status == "step_up" and _ends_on_session_window(engine_state, risk, books.scored, settings):
+    if engine_status == "step_up" and _ends_on_session_window(engine_state, risk, books.updates, settings):
         engine_status = "terminate"
     previous = s.status
     s.state, s.risk, s.updated_at = {**engine_state, **books.to_state()}, risk, now

@@ -20,6 +20,7 @@ from cadence import prepared
 from compliance.audit import AuditDraft
 from fusion.policy import Decision, ModalityEvidence, decide
 from modalities.base import Template as TemplateArrays
+from modalities.reading import decision_windows
 from server.errors import ApiError
 from server.models import SecurityFlag, Template, Transaction, User
 from server.schemas import AuthorizeRequest, FeatureWindowIn
@@ -114,7 +115,10 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
     """Check and score evidence windows per modality (reads only unless templates are rebuilt).
 
     Refuses (4xx) missing consent, mismatched feature versions or dimensions and replayed
-    windows; flags physically implausible windows and leaves them out of the scores.
+    windows; flags physically implausible windows and leaves them out of the scores. A
+    modality with fewer read windows than its calibration's unit (`decision_windows`: touch
+    5 swipes) is left out with reason `too_few_for_decision`: one swipe's score read on a 5-swipe
+    calibration would count as far stronger evidence than it is.
     """
     out = Assessment(user_id)
     groups = group_windows(windows)
@@ -149,6 +153,9 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
             out.extra.append({"modality": modality, "code": "reenrolment_required", "contribution": 0.0})
             continue
         if not usable:
+            continue
+        if len(usable) < decision_windows(modality):  # the calibration's unit: fewer would read overconfident
+            out.extra.append({"modality": modality, "code": "too_few_for_decision", "contribution": 0.0})
             continue
         X = np.stack([w.array() for w in usable])
         scores = active.scorer.compare(arrays, X)

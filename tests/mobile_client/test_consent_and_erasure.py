@@ -230,3 +230,54 @@ def test_privacy_inventory_has_no_codes_or_file_modes(tmp_path: Path, person: Sy
     for raw in ("0600", "keystroke", "gait", "file ("):
         assert raw not in text
     assert "typing rhythm" in text and "walking pattern" in text
+
+
+# -- 8: touch evidence is a decision's worth of swipes, or none -------------------------------------
+def test_payments_send_the_last_five_swipes_and_never_fewer(tmp_path: Path, person: SyntheticPerson) -> None:
+    """The server reads touch only as the mean of 5 swipes (its calibration's unit) and leaves out fewer."""
+    bank, clock = FakeBank(), VirtualClock(1000.0)
+    s = _enrolled(tmp_path, bank, person, clock)
+    tc = TransactionController(s)
+    _play(s, clock, person.touch(3, 7))
+    assert not [w for w in tc.gather_evidence() if w.modality == "touch"]  # kept for a later payment
+    _play(s, clock, person.touch(4, 8))
+    fresh = features.touch_windows(s.evidence.touches(None, None))
+    sent = [w for w in tc.gather_evidence() if w.modality == "touch"]
+    assert len(fresh) == 7 and [(w.start, w.end) for w in sent] == [(w.start, w.end) for w in fresh[-5:]]
+
+
+def test_taps_are_not_sent_as_swipes() -> None:
+    import dataclasses
+
+    from mobile_client.collectors.replay import ReplaySource
+    from modalities.touch.features import IDX
+
+    events: list[Any] = []
+    ReplaySource(SyntheticPerson(3).touch(6, 1)).play_all(events.append)
+    swipes = features.touch_windows(events)
+    values = swipes[-1].values.copy()
+    values[IDX["is_tap"]] = 1.0
+    tap = dataclasses.replace(swipes[-1], values=values)
+    assert [id(w) for w in features.last_swipes(swipes[:5] + [tap])] == [id(w) for w in swipes[:5]]
+    assert features.last_swipes(swipes[:4] + [tap]) == []
+
+
+def test_recent_swipes_are_the_last_five_swipes_computed_from_the_newest_back() -> None:
+    """The app's payment path: the same windows as featurising every recent stroke, taps skipped."""
+    import dataclasses
+
+    from mobile_client.collectors.replay import ReplaySource
+    from modalities.events import TouchAction
+
+    events: list[Any] = []
+    ReplaySource(SyntheticPerson(3).touch(9, 2)).play_all(events.append)
+    last_up = max(e.time for e in events)
+    down = next(e for e in events if e.action == TouchAction.DOWN)
+    tap = [dataclasses.replace(down, time=last_up + 0.5 + 0.02 * k, action=a)  # a stroke that stays put
+           for k, a in enumerate((TouchAction.DOWN, TouchAction.MOVE, TouchAction.MOVE, TouchAction.UP))]
+    stream = events + tap
+    every = features.touch_windows(stream)
+    assert len(every) == 10 and not features.last_swipes(every[-1:], 1)  # the tap is featurised, never sent
+    want = [(w.start, w.end) for w in features.last_swipes(every)]
+    assert [(w.start, w.end) for w in features.recent_swipes(stream)] == want and len(want) == 5
+    assert features.recent_swipes(features.split_strokes(stream)[-5:][0] + tap) == []  # 1 swipe and a tap

@@ -16,7 +16,7 @@ from evaluation.synthetic import SyntheticPerson
 from modalities.events import MODALITIES, FeatureWindow
 from server.app import create_app
 from server.client.api import DeviceClient
-from server.client.features import features_for
+from server.client.features import evidence_unit, features_for
 
 
 def make_settings(tmp_path: Path, **kw: object) -> Settings:
@@ -89,4 +89,10 @@ def enrolled(client: TestClient, windows: dict) -> DeviceClient:
 
 
 def evidence(windows: dict, who: str = "owner", i: int = 5) -> list[FeatureWindow]:
+    """One window of each modality: touch's single swipe is too few to count (`too_few_for_decision`)."""
     return [windows[who][m][i] for m in MODALITIES]
+
+
+def decision_evidence(windows: dict, who: str = "owner", i: int = 5) -> list[FeatureWindow]:
+    """What a client sends for the i-th decision: one keystroke and one gait window, 5 swipes (`evidence_unit`)."""
+    return [w for m in MODALITIES for w in evidence_unit(m, windows[who][m], i)]

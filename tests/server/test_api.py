@@ -13,15 +13,16 @@ from cadence.db import Base
 from modalities.events import MODALITIES
 from server.client.api import ApiCallError
 from server.signing import sign_request, verify_token
-from tests.server.conftest import evidence, new_device
+from tests.server.conftest import decision_evidence, evidence, new_device
 
 BANK = {"X-API-Key": "dev-bank-key"}
 ADMIN = {"X-API-Key": "dev-admin-key"}
 
 
-def _authorize_payload(dev, windows, key="k1", amount="25.00", payee="ACME", i=5, who="owner"):  # type: ignore[no-untyped-def]
+def _authorize_payload(dev, windows, key="k1", amount="25.00", payee="ACME", i=5, who="owner",  # type: ignore[no-untyped-def]
+                       unit=evidence):
     return {"user_id": dev.user_id, "amount": amount, "currency": "EUR", "payee": payee, "channel": "app",
-            "idempotency_key": key, "evidence": [w.to_dict() for w in evidence(windows, who, i)]}
+            "idempotency_key": key, "evidence": [w.to_dict() for w in unit(windows, who, i)]}
 
 
 def test_owner_approved_impostor_not(enrolled, windows) -> None:  # type: ignore[no-untyped-def]
@@ -237,7 +238,7 @@ def test_step_up_completion(client: TestClient, enrolled, windows) -> None:  # t
 
 def test_confirmed_evidence_adapts_the_template_once(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
     """Controlled adaptation: only an approved transaction's own windows re-enrol, once each."""
-    own = evidence(windows, "owner", 7)  # all three modalities match (6: touch strong_mismatch, refused)
+    own = decision_evidence(windows, "owner", 7)  # all three modalities match (touch: swipes 35-39)
     tx = enrolled.authorize(amount="25.00", payee="ACME", evidence=own)
     if tx["decision"] == "step_up":  # confirmed by the second factor instead
         r = client.post(f"/v1/transactions/{tx['transaction_id']}/step-up", json={"success": True}, headers=BANK)
@@ -249,7 +250,7 @@ def test_confirmed_evidence_adapts_the_template_once(client: TestClient, enrolle
     assert exc.value.status == 409 and exc.value.body["code"] == "not_confirmed_evidence"
     assert "windows[0]" in exc.value.body["detail"]
     (done,) = enrolled.enrol(own, confirmed_transaction_id=tx_id)
-    assert {m["modality"]: m["n_windows"] for m in done["modalities"]} == {m: 6 for m in MODALITIES}
+    assert {m["modality"]: m["n_windows"] for m in done["modalities"]} == {"keystroke": 6, "touch": 10, "gait": 6}
     with pytest.raises(ApiCallError) as exc:  # once only
         enrolled.enrol(own, confirmed_transaction_id=tx_id)
     assert exc.value.status == 409 and exc.value.body["code"] == "not_confirmed_evidence"
@@ -415,7 +416,8 @@ def test_without_a_calibration_every_decision_steps_up_and_no_owner_is_locked_ou
             dev.enrol(windows["owner"][m][:5])
         for i in range(6):
             r = dev.signed("POST", "/v1/transactions/authorize",
-                           _authorize_payload(dev, windows, key=f"fresh{i}", i=6 + i, amount="5000.00"))
+                           _authorize_payload(dev, windows, key=f"fresh{i}", i=6 + i, amount="5000.00",
+                                              unit=decision_evidence))
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["decision"] == "step_up", body

@@ -87,3 +87,16 @@ def test_the_client_knows_the_server_gate() -> None:
     assert api.ENROL_MIN_WINDOWS == fields["enrol_min_windows"].default
     assert api.ENROL_MIN_QUALITY == fields["enrol_min_quality"].default
     assert api.MAX_WINDOWS == schemas.MAX_WINDOWS
+
+
+def test_a_decisions_touch_evidence_is_five_swipes_taps_skipped(windows: dict) -> None:
+    """What the demo and the load generator send: the unit the server reads, never fewer swipes."""
+    from server.client.features import evidence_unit
+
+    swipes = windows["owner"]["touch"][:12]
+    mixed = [_tap(w) if i % 3 == 0 else w for i, w in enumerate(swipes)]  # taps at 0, 3, 6, 9
+    read = [w for i, w in enumerate(swipes) if i % 3]
+    assert [id(w) for w in evidence_unit("touch", mixed, 0)] == [id(w) for w in read[:5]]
+    assert [id(w) for w in evidence_unit("touch", mixed, 1)] == [id(w) for w in read[5:8] + read[:2]]
+    assert evidence_unit("touch", mixed[:6], 0) == []  # 4 swipes: none
+    assert len(evidence_unit("keystroke", windows["owner"]["keystroke"], 3)) == 1

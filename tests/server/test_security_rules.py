@@ -425,6 +425,26 @@ def test_touch_taps_are_neither_enrolled_nor_scored(client: TestClient, windows)
     assert not any(m == "touch" and c.endswith("match") for m, c in reasons)
 
 
+def test_touch_evidence_of_fewer_swipes_than_a_decision_reads_is_left_out(client: TestClient, windows) -> None:
+    """Touch is calibrated on the mean of 5 swipes: one or two read on that scale would overstate the evidence."""
+    dev = new_device(client, "few")
+    dev.grant_consent("touch")
+    dev.enrol(windows["owner"]["touch"][:20])
+    own = windows["owner"]["touch"]
+    four_and_a_tap = [w.to_dict() for w in own[30:34]] + [_as_tap(own[34])]
+    tx = dev.signed("POST", "/v1/transactions/authorize",
+                    dict(_payload(dev, windows, "f1", ev=False), evidence=four_and_a_tap))
+    assert tx.status_code == 200, tx.text
+    codes = {x["code"] for x in tx.json()["reasons"] if x["modality"] == "touch"}
+    assert codes == {"too_few_for_decision"} and tx.json()["decision"] == "step_up"
+    stored = client.get(f"/v1/transactions/{tx.json()['transaction_id']}", headers=BANK).json()
+    assert {(x["modality"], x["code"], x["contribution"]) for x in stored["reasons"]} >= {("touch", "too_few_for_decision", 0.0)}
+    five = [w.to_dict() for w in own[40:45]]
+    tx = dev.signed("POST", "/v1/transactions/authorize", dict(_payload(dev, windows, "f2", ev=False), evidence=five))
+    codes = {x["code"] for x in tx.json()["reasons"] if x["modality"] == "touch"}
+    assert tx.status_code == 200 and codes and codes <= {"match", "strong_match", "mismatch", "strong_mismatch"}
+
+
 def test_a_decision_token_approves_only_its_own_users_transaction(client: TestClient, windows) -> None:
     """Alice's approval, presented in Bob's session for the same amount and payee, is refused."""
     alice = _enrol(client, windows)

@@ -67,14 +67,49 @@ def test_an_infinite_score_is_a_bounded_mismatch_not_a_500(client: TestClient, e
 
     monkeypatch.setattr(svc, "assess_evidence", overflowing)
     sid = _new_session(enrolled)
-    r = _post(enrolled, sid, [windows["owner"]["touch"][6].to_dict()])
+    r = _post(enrolled, sid, [w.to_dict() for w in windows["owner"]["touch"][6:11]])  # a touch update: 5 swipes
     assert r.status_code == 200, r.text
     assert r.json()["status"] in ("step_up", "terminate") and _bank_view(client, sid)["risk"] > 0.6
 
 
+def _impostor_llr(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = svc.assess_evidence
+
+    def forced(*a: Any, **k: Any):  # type: ignore[no-untyped-def]
+        out = real(*a, **k)
+        out.evidence = [dataclasses.replace(e, llr=-6.0) for e in out.evidence]
+        return out
+
+    monkeypatch.setattr(svc, "assess_evidence", forced)
+
+
+def test_a_touch_update_of_five_swipes_counts_once_toward_the_full_window(  # type: ignore[no-untyped-def]
+        client: TestClient, enrolled, windows, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh session ends on a full window of updates, not on its first post of 5 swipes (5 windows)."""
+    _impostor_llr(monkeypatch)
+    sid = _new_session(enrolled)
+    touch = windows["owner"]["touch"]
+    seen = [_post(enrolled, sid, [w.to_dict() for w in touch[10 + 5 * k:15 + 5 * k]]).json() for k in range(5)]
+    assert [r["status"] for r in seen] == ["step_up"] * 4 + ["terminate"], seen
+    assert seen[0]["scored_windows"] == 5 and seen[-1]["scored_windows"] == 25
+
+
+def test_a_stored_state_without_an_update_count_reads_its_window_count(  # type: ignore[no-untyped-def]
+        client: TestClient, enrolled, windows, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions stored before `scored_updates` counted windows: that count stands in for it."""
+    _impostor_llr(monkeypatch)
+    sid = _new_session(enrolled)
+    assert _post(enrolled, sid, [windows["owner"]["gait"][10].to_dict()]).json()["status"] == "step_up"
+    with client.app.state.cadence.sessions() as db:  # type: ignore[attr-defined]
+        state = dict(db.get(AuthSession, sid).state)
+    assert state.pop("scored_updates") == 1
+    _store(client, sid, {**state, "scored_windows": 4}, "step_up", 0.99)
+    assert _post(enrolled, sid, [windows["owner"]["gait"][11].to_dict()]).json()["status"] == "terminate"
+
+
 @pytest.mark.parametrize("damage", [{"version": 2}, {"llrs": [float("nan")]}, {"state": None},
                                     {"llrs": "x", "version": None}, "garbage", ["a", "list"], "a string",
-                                    {"scored_windows": "many"}, {"windows_received": -1}, {"last_windows": "x"},
+                                    {"scored_windows": "many"}, {"scored_updates": -2}, {"windows_received": -1}, {"last_windows": "x"},
                                     None, 0, False])
 def test_an_unreadable_stored_state_is_a_409(client: TestClient, enrolled, windows, damage) -> None:  # type: ignore[no-untyped-def]
     sid = _new_session(enrolled)
@@ -91,7 +126,7 @@ def test_an_unreadable_stored_state_is_a_409(client: TestClient, enrolled, windo
     r = _post(enrolled, sid, [windows["owner"]["gait"][6].to_dict()])
     assert r.status_code == 409 and r.json()["code"] == "session_state_unreadable", r.text
     # reading it answers what it can: the risk and status columns, unless the counts cannot be read
-    books = not isinstance(state, dict) or bool({"scored_windows", "windows_received", "last_windows"} & set(damage))
+    books = not isinstance(state, dict) or bool({"scored_windows", "scored_updates", "windows_received", "last_windows"} & set(damage))
     assert enrolled.signed("GET", f"/v1/sessions/{sid}").status_code == (409 if books else 200)
     # the refused window was not consumed: a new session takes it
     r = _post(enrolled, _new_session(enrolled), [windows["owner"]["gait"][6].to_dict()])
@@ -193,9 +228,12 @@ def test_windows_without_usable_evidence_are_counted_but_not_scored(client: Test
     got = enrolled.signed("GET", f"/v1/sessions/{sid}").json()
     assert (got["windows"], got["scored_windows"]) == (3, 0)
     # counts are of windows, not posts: one post of three usable windows
-    both = _post(enrolled, sid, [windows["owner"]["keystroke"][25].to_dict(), windows["owner"]["touch"][25].to_dict(),
-                                 windows["owner"]["touch"][26].to_dict()]).json()
+    both = _post(enrolled, sid, [windows["owner"]["keystroke"][25].to_dict(), windows["owner"]["gait"][25].to_dict(),
+                                 windows["owner"]["gait"][26].to_dict()]).json()
     assert (both["status"], both["windows"], both["scored_windows"]) == ("ok", 6, 3), both
+    # touch counts in units of 5 swipes: fewer are received, not scored (`too_few_for_decision`)
+    few = _post(enrolled, sid, [w.to_dict() for w in windows["owner"]["touch"][30:34]]).json()
+    assert (few["windows"], few["scored_windows"]) == (10, 3), few
 
 
 def test_only_the_device_that_opened_a_session_uses_it(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]

@@ -10,6 +10,7 @@ the lockout), a terminated session makes the next one start in `step_up`, sessio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import threading
@@ -18,13 +19,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 import server.services.sessions as svc
 from compliance.models import AuditEntry
+from evaluation.synthetic import SyntheticPerson
+from modalities.events import FeatureWindow
 from server.app import create_app
+from server.client.features import features_for
 from server.models import AuthSession, SecurityFlag, User
 from tests.pg import BACKENDS, backend_url
 from tests.server.conftest import make_settings, new_device
@@ -63,15 +68,21 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
     return advance
 
 
+@functools.lru_cache(maxsize=1)
+def _walk() -> list[FeatureWindow]:
+    """Gait windows of a long SYNTHETIC walk: one window per update (a touch update is 5 swipes)."""
+    return features_for("gait", SyntheticPerson(11).walk(1500.0, rng=np.random.default_rng(11)))
+
+
 class Sessions:
-    """A device of one user (enrolled in touch) and the bank, talking to one app."""
+    """A device of one user (enrolled in gait) and the bank, talking to one app."""
 
     def __init__(self, client: TestClient, windows: dict, user: str = "alice") -> None:
         self.client = client
         self.dev = new_device(client, user)
-        self.dev.grant_consent("touch")
-        self.dev.enrol(windows["owner"]["touch"][:5])
-        self._fresh = (w.to_dict() for w in itertools.islice(windows["owner"]["touch"], 10, None))
+        self.dev.grant_consent("gait")
+        self.dev.enrol(_walk()[:5])
+        self._fresh = (w.to_dict() for w in itertools.islice(_walk(), 10, None))
         self._lock = threading.Lock()
 
     def open(self, expect: int = 201) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from modalities.events import MODALITIES
 from server.app import create_app
 from server.migrate import downgrade, import_tables, upgrade
 from tests.pg import BACKENDS, backend_url, pg_schema_url
-from tests.server.conftest import evidence, make_settings, new_device
+from tests.server.conftest import decision_evidence, evidence, make_settings, new_device
 
 
 @pytest.fixture(params=BACKENDS)
@@ -84,7 +84,7 @@ def test_api_round_trip_on_backend(db_url: str, tmp_path: Path, calibration_file
                 dev.grant_consent(m)
                 dev.enrol(windows["owner"][m][:5])
             payload = {"user_id": "carol", "amount": "25.00", "currency": "EUR", "payee": "ACME", "channel": "app",
-                       "idempotency_key": "pg-1", "evidence": [w.to_dict() for w in evidence(windows, "owner", 7)]}
+                       "idempotency_key": "pg-1", "evidence": [w.to_dict() for w in decision_evidence(windows, "owner", 7)]}
             first = dev.signed("POST", "/v1/transactions/authorize", payload)
             again = dev.signed("POST", "/v1/transactions/authorize", payload)
             assert first.status_code == again.status_code == 200 and first.json() == again.json()
@@ -100,7 +100,8 @@ def test_api_round_trip_on_backend(db_url: str, tmp_path: Path, calibration_file
                                    headers={"X-API-Key": "dev-bank-key"}).status_code == 200
             adapt = {"windows": payload["evidence"], "confirmed_transaction_id": tx["transaction_id"]}
             ok = dev.signed("POST", "/v1/users/carol/enrolment", adapt)
-            assert ok.status_code == 200 and {m["n_windows"] for m in ok.json()["modalities"]} == {6}, ok.text
+            assert ok.status_code == 200 and {m["modality"]: m["n_windows"] for m in ok.json()["modalities"]} == {"keystroke": 6, "touch": 10,
+                                                                                        "gait": 6}, ok.text
             assert dev.signed("POST", "/v1/users/carol/enrolment", adapt).status_code == 409  # once only
             erased = client.delete("/v1/admin/users/carol", headers={"X-API-Key": "dev-admin-key"})
             assert erased.status_code == 200
