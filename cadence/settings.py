@@ -110,6 +110,14 @@ class Settings(BaseSettings):
     #: compliance: modules imported so they register their data holders (export/erase/purge)
     holder_modules: list[str] = Field(default_factory=lambda: ["server.holders"])
 
+    @field_validator("model_registry", mode="before")
+    @classmethod
+    def _registry_named(cls, v: object) -> object:
+        """An empty CADENCE_MODEL_REGISTRY would be the current folder: models published into whatever folder runs it."""
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("empty path (use '.' for the current folder)")
+        return v
+
     @field_validator("forwarded_allow_ips")
     @classmethod
     def _proxy_addresses(cls, v: str) -> str:

@@ -34,8 +34,10 @@ from modalities.events import ANDROID_ACTION_MASK, AccelSeries, KeySequence, Tou
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: "2": parse results carry the file's data warnings (rows dropped or repaired), see `loader_warnings`
-LOADER_VERSION = "2"
+#: "2": parse results carry the file's data warnings (rows dropped or repaired), see `loader_warnings`;
+#: "3": absurd key intervals, touch coordinates and pointer ids refused, numeric touch times read
+#: (a file parsed by an older version is parsed again, so what it let through is refused now)
+LOADER_VERSION = "3"
 #: logger of data caveats (rows dropped or repaired, duplicates): a bench run copies its records into
 #: the bench's notes (``protocol.warnings`` of the JSON), see `evaluation.bench.run_bench`
 DATA_LOGGER = "evaluation.datasets.data"
@@ -44,6 +46,14 @@ data_log = logging.getLogger(DATA_LOGGER)
 WARNINGS = "warnings"
 #: touch times may step back this much (rounding of interpolated times in the source); more is refused
 TOUCH_BACKSTEP_S = 1e-3
+#: longest key hold or down-down latency (s) a keystroke file may hold: beyond it a value is a broken
+#: cell, not a pause (BB-MAS peaks at 311 s), and adding it up would wreck every later press time
+MAX_KEY_INTERVAL_S = 3600.0
+#: largest |touch coordinate| (px) accepted: no screen is a million pixels wide; beyond it the
+#: value is a broken cell whose squares overflow in the touch features
+MAX_TOUCH_COORD_PX = 1e6
+#: range of a touch pointer id (stored as int16)
+POINTER_ID_RANGE = (int(np.iinfo(np.int16).min), int(np.iinfo(np.int16).max))
 G = 9.80665
 
 #: file-name patterns per dataset kind; group 1 is the subject id, group 2 the device (if any)
@@ -447,6 +457,12 @@ def _parse_keystroke(path: Path) -> dict[str, np.ndarray]:
     if not ok.all():
         notes.append(_rows(int((~ok).sum()), "with an empty key, press_to_press or hold_time dropped"))
     rows = np.flatnonzero(ok)  # data row of each kept key, 0-based
+    for c, what in (("press_to_press", "hold time"), ("hold_time", "down-down latency")):
+        big = ok & (np.abs(np.nan_to_num(cols[c])) > MAX_KEY_INTERVAL_S)
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise DatasetError(f"column {c}, data row {i + 1}: {cols[c][i]:g} s is not a plausible {what} "
+                               f"(more than {MAX_KEY_INTERVAL_S:g} s)")
     hold = cols["press_to_press"][ok]
     dd = cols["hold_time"][ok]
     press = cols["time_since_beginning"][ok]
@@ -460,6 +476,12 @@ def _parse_keystroke(path: Path) -> dict[str, np.ndarray]:
             i = int(rows[1:][dd[1:] < 0][0])
             raise DatasetError(f"time_since_beginning cannot be used and hold_time (the down-down latency) cannot "
                                f"replace it: column hold_time, data row {i + 1}: {cols['hold_time'][i]} is negative")
+    else:
+        jump = np.diff(press) > MAX_KEY_INTERVAL_S
+        if jump.any():
+            i = int(rows[1:][jump][0])
+            raise DatasetError(f"column time_since_beginning, data row {i + 1}: {press[1:][jump][0]:g} is more than "
+                               f"{MAX_KEY_INTERVAL_S:g} s after the previous key's press time: not a plausible pause")
     if np.any(hold < 0):
         notes.append(f"press_to_press (the hold time) negative in {int(np.sum(hold < 0)):,} rows: read as 0")
     hold = np.clip(hold, 0.0, None)
@@ -490,16 +512,33 @@ def load_bbmas_keystrokes(
 # --------------------------------------------------------------------------- BB-MAS touch
 
 
+#: the touch time layouts `_parse_touch_times` reads (for its error messages)
+TOUCH_TIME_LAYOUTS = "'YYYY-M-D H:M:S:mmm' as in BB-MAS, ISO 8601, or epoch seconds or milliseconds"
+
+
 def _parse_touch_times(raw: pd.Series) -> tuple[np.ndarray, int]:
-    """Seconds since the epoch (NaN where empty or ``null``) and the count of other values not readable as a time."""
+    """Seconds since the epoch (NaN where empty or ``null``) and the count of other values not readable as a time.
+
+    Numbers are epoch times whose unit (s, ms, us, ns) is inferred as for gait (`_time_scale`).
+    """
     s = raw.astype("string").str.strip()
     s = s.mask(s.str.lower().isin(["null", "nan", ""]))
-    ts = pd.to_datetime(s, format="%Y-%m-%d %H:%M:%S:%f", errors="coerce")
-    if ts.notna().sum() < s.notna().sum():  # other layouts: ISO strings or epoch numbers
-        alt = pd.to_datetime(s, format="mixed", errors="coerce")
-        ts = ts.fillna(alt)
-    secs = (ts - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy(float)
-    return secs, int((s.notna() & ts.isna()).sum())
+    num = pd.to_numeric(s, errors="coerce").to_numpy(float)
+    is_num = np.isfinite(num)
+    secs = np.full(len(s), np.nan)
+    if is_num.any():
+        scale = _time_scale(num[is_num])
+        if scale is not None:
+            secs[is_num] = num[is_num] / scale
+    text = s.mask(pd.Series(is_num, index=s.index))
+    if text.notna().any():
+        ts = pd.to_datetime(text, format="%Y-%m-%d %H:%M:%S:%f", errors="coerce")
+        if ts.notna().sum() < text.notna().sum():  # other layouts: ISO strings
+            alt = pd.to_datetime(text, format="mixed", errors="coerce")
+            ts = ts.fillna(alt)
+        from_text = (ts - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy(float)
+        secs = np.where(is_num, secs, from_text)
+    return secs, int((s.notna().to_numpy(bool) & ~np.isfinite(secs)).sum())
 
 
 def _interpolate_missing(t: np.ndarray) -> np.ndarray:
@@ -522,7 +561,24 @@ def _parse_touch(path: Path) -> dict[str, np.ndarray]:
     cols = {c: _numbers(df, c) for c in ("Xvalue", "Yvalue", "pressure", "touchMajor", "touchMinor")}
     action = _numbers(df, "actionType")
     pointer = _numbers(df, "pointerID")
+    for c in ("Xvalue", "Yvalue"):
+        v = cols[c]
+        bad = np.isinf(v) | (np.abs(np.nan_to_num(v)) > MAX_TOUCH_COORD_PX)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DatasetError(f"column {c}, data row {i + 1}: {v[i]:g} is not a screen coordinate "
+                               f"(|value| at most {MAX_TOUCH_COORD_PX:g} px)")
+    lo, hi = POINTER_ID_RANGE
+    bad = np.isfinite(pointer) & ((pointer != np.round(pointer)) | (pointer < lo) | (pointer > hi))
+    bad |= np.isinf(pointer)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DatasetError(f"column pointerID, data row {i + 1}: {pointer[i]:g} is not a pointer id "
+                           f"(an integer in [{lo}, {hi}])")
     t, unreadable = _parse_touch_times(df["time"])
+    if unreadable and not np.isfinite(t).any():
+        raise DatasetError(f"column time: {unreadable:,} of {len(df):,} times unreadable (expected "
+                           f"{TOUCH_TIME_LAYOUTS}): no timed rows")
     if unreadable:
         notes.append(_rows(unreadable, "with a time that is not readable: their times interpolated"))
     # Batched "historical" samples have no action and no time: they are moves whose times were
@@ -594,17 +650,26 @@ def load_bbmas_touch(
 # --------------------------------------------------------------------------- BB-MAS gait
 
 
+def _time_scale(v: np.ndarray) -> float | None:
+    """Divisor that brings numeric clock values `v` (s, ms, us or ns) to seconds; None if no unit fits.
+
+    Epoch or since-boot clocks: picks the unit that makes the median sampling interval plausible
+    (0.5 ms .. 0.5 s, i.e. 2 Hz .. 2 kHz). The values are sorted first, so rows out of time
+    order (which the loaders sort or refuse later) do not change the unit.
+    """
+    d = np.diff(np.sort(v[np.isfinite(v)]))
+    step = float(np.median(d[d > 0])) if np.any(d > 0) else 1.0
+    for scale in (1.0, 1e3, 1e6, 1e9):
+        if 5e-4 <= step / scale <= 0.5:
+            return scale
+    return None
+
+
 def _parse_gait_times(raw: pd.Series) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(raw):
-        # Epoch or since-boot clocks in s, ms, us or ns: pick the unit that makes the median
-        # sampling interval plausible (1 ms .. 0.5 s, i.e. 2 Hz .. 1 kHz).
         v = raw.to_numpy(float)
-        d = np.diff(v[np.isfinite(v)])
-        step = float(np.median(d[d > 0])) if np.any(d > 0) else 1.0
-        for scale in (1.0, 1e3, 1e6, 1e9):
-            if 5e-4 <= step / scale <= 0.5:
-                return v / scale
-        return v
+        scale = _time_scale(v)
+        return v / scale if scale else v
     ts = pd.to_datetime(raw.astype("string").str.strip(), format="mixed", errors="coerce")
     return (ts - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy(float)
 
@@ -652,7 +717,7 @@ _PARSERS: dict[str, Callable[[Path], dict[str, np.ndarray]]] = {
 
 def to_ms2(xyz: np.ndarray) -> tuple[np.ndarray, str]:
     """Bring acceleration to m/s^2: recordings in g (median |a| near 1) are scaled by g."""
-    mag = float(np.median(np.linalg.norm(xyz, axis=1))) if len(xyz) else G
+    mag = float(np.median(np.hypot(np.hypot(xyz[:, 0], xyz[:, 1]), xyz[:, 2]))) if len(xyz) else G  # no overflow
     if 0.3 < mag < 3.0:
         return xyz * G, "g"
     return xyz, "m/s^2"
@@ -694,6 +759,8 @@ def load_bbmas_gait(
     first sample is kept), and each file split into segments at gaps longer than `max_gap`
     seconds (BB-MAS files hold two walks ~35 min apart). Values in g are converted to m/s^2.
     """
+    from modalities.gait import signal
+
     files = find_subject_files(data_dir, "gait")
     out: dict[int, GaitRecording] = {}
     for sid, path in track(_select(files, subjects), "gait", progress):
@@ -702,8 +769,11 @@ def load_bbmas_gait(
         device = device_of(path, "gait")
         with _usable(path):
             segs = [AccelSeries(a["t"][s], xyz[s], device) for s in split_segments(a["t"], max_gap)]
+            for seg in segs:  # what the gait features refuse (units, median |a|, peaks): refused here, naming the file
+                signal.to_ms2(seg.xyz)
         if not segs:
-            log.warning("subject %s: no gait segment of 5 s or more in %s", sid, path.name)
+            data_log.warning("%s: no gait segment of 5 s or more (gaps over %g s split the recording): "
+                             "subject %s skipped", path, max_gap, sid)
             continue
         out[sid] = GaitRecording(sid, device, units, segs)
     return out

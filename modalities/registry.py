@@ -335,7 +335,8 @@ class ModelRegistry:
         """Every published version (of one modality or all), oldest first.
 
         A version folder that cannot be read is left out (logged, and its reason appended to
-        `damaged` when given), so one damaged folder does not hide the others.
+        `damaged` when given), so one damaged folder does not hide the others. So is a damaged
+        `ACTIVE` file's reason (no version is then marked active, and the server refuses to load one).
         """
         mods = [_check_modality(modality)] if modality else list(MODALITIES)
         out: list[ModelVersion] = []
@@ -343,6 +344,12 @@ class ModelRegistry:
             d = self.root / m
             if not d.is_dir():
                 continue
+            try:
+                self._active_name(m)
+            except RegistryError as exc:
+                log.warning("%s", exc)
+                if damaged is not None:
+                    damaged.append(str(exc))
             for p in sorted(d.iterdir()):
                 if _VERSION_RE.match(p.name) and (p / "model.npz").is_file():
                     try:

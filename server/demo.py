@@ -89,13 +89,22 @@ def bbmas_subjects(data_dir: Path) -> list[int]:
 
 
 def bbmas_people(data_dir: Path, subjects: list[int]) -> list[Person]:
-    """Real BB-MAS subjects as `Person`s (chronological enrolment / probe halves)."""
+    """Real BB-MAS subjects as `Person`s (chronological enrolment / probe halves).
+
+    A subject a loader left out (its file had nothing usable, e.g. no 5 s of walking: the
+    loader says so) is left out here too, in the order given.
+    """
     from evaluation.datasets import load_bbmas_gait, load_bbmas_keystrokes, load_bbmas_touch
     keys = load_bbmas_keystrokes(data_dir, subjects)
     touch = load_bbmas_touch(data_dir, subjects)
     gait = load_bbmas_gait(data_dir, subjects)
     people = []
     for sid in subjects:
+        if sid not in keys or sid not in touch or sid not in gait:
+            log.warning("BB-MAS subject %s left out: no usable %s data in %s", sid,
+                        " or ".join(m for m, d in (("keystroke", keys), ("touch", touch), ("gait", gait)) if sid not in d),
+                        data_dir)
+            continue
         wins = {"keystroke": features_for("keystroke", keys[sid]),
                 "touch": features_for("touch", touch[sid]),
                 "gait": [w for seg in gait[sid].segments for w in features_for("gait", seg)]}
@@ -217,7 +226,14 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
 
             raise DatasetError(f"data_dir: need {2 + N_BACKGROUND} subjects with all three BB-MAS modalities in "
                                f"{data_dir}, found {len(subjects)} (unset CADENCE_DATA_DIR for the synthetic demo)")
-        genuine, impostor, *background = bbmas_people(data_dir, subjects[:2 + N_BACKGROUND])
+        # a few spares: a subject whose files hold nothing usable is left out by the loaders
+        people = bbmas_people(data_dir, subjects[:2 * (2 + N_BACKGROUND)])[:2 + N_BACKGROUND]
+        if len(people) < 2 + N_BACKGROUND:
+            from evaluation.datasets import DatasetError
+
+            raise DatasetError(f"data_dir: need {2 + N_BACKGROUND} subjects with usable data in all three BB-MAS "
+                               f"modalities in {data_dir}, found {len(people)} (the warnings above say why)")
+        genuine, impostor, *background = people
         label = f"REAL BB-MAS data from {data_dir}: {genuine.label} is the owner, {impostor.label} the impostor"
     else:
         genuine, impostor, *background = synthetic_people(seed, 2 + N_BACKGROUND)

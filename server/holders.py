@@ -2,7 +2,10 @@
 
 Importing this module registers `ServerHolder` (settings.holder_modules lists it). Erasure
 deletes every server row that references the user id: users, devices, nonces, enrolment
-windows, templates, evidence hashes, flags, transactions and continuous sessions.
+windows, templates, evidence hashes, flags, transactions and continuous sessions. The
+devices' nonces stay as digests naming no one (`RetiredNonce`) until the clock-skew window
+has passed, so a request captured before the erasure is not accepted again by the same
+device id registered anew.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from compliance.models import iso_utc
@@ -23,6 +27,7 @@ from server.models import (
     EnrolmentWindow,
     EvidenceSeen,
     RequestNonce,
+    RetiredNonce,
     SecurityFlag,
     Template,
     Transaction,
@@ -102,6 +107,7 @@ class ServerHolder:
         # the rows are locked already: `compliance.subjects.erase_user` calls `lock` before anything else
         devices = list(session.scalars(select(Device.id).where(Device.user_id == user_id)).all())
         if devices:
+            _retire_nonces(session, devices)
             counts["server_nonce"] = session.execute(delete(RequestNonce).where(RequestNonce.device_id.in_(devices))).rowcount  # type: ignore[attr-defined]
         for table in (AuthSession, Transaction, SecurityFlag, EvidenceSeen, Template, EnrolmentWindow, Device):
             counts[table.__tablename__] = session.execute(delete(table).where(table.user_id == user_id)).rowcount  # type: ignore[attr-defined]
@@ -154,15 +160,16 @@ class ServerHolder:
         """Templates (and their enrolment windows) of people inactive for ``template_inactive_days``.
 
         Active means a transaction, a continuous-authentication session scored (its
-        `updated_at`), or a template updated after the cutoff: a template in use is never
-        removed however old its enrolment or the last payment is.
+        `last_scored_at`: a session opened or posted to without evidence that counted is no
+        use), or a template updated after the cutoff: a template in use is never removed
+        however old its enrolment or the last payment is.
         """
         days = _policy_value(policy, "template_inactive_days")
         if days is None:
             return {}
         cutoff = now - timedelta(days=float(days))
         recent = (select(Transaction.user_id).where(Transaction.created_at >= cutoff)
-                  .union(select(AuthSession.user_id).where(AuthSession.updated_at >= cutoff)))
+                  .union(select(AuthSession.user_id).where(AuthSession.last_scored_at >= cutoff)))
         stale = session.execute(
             select(Template.id, Template.user_id, Template.modality)
             .where(Template.updated_at < cutoff, Template.user_id.not_in(recent))
@@ -177,6 +184,31 @@ class ServerHolder:
         if not dry_run and stale:
             session.execute(delete(Template).where(Template.id.in_([r[0] for r in stale])))
         return {Template.__tablename__: len(stale), EnrolmentWindow.__tablename__: n_windows}
+
+
+def _retire_nonces(session: Session, devices: list[str]) -> None:
+    """Keep the devices' nonces as digests (`RetiredNonce`), in the erasure's transaction.
+
+    Without them, a request captured in the last `signature_max_skew_s` is accepted again
+    once the app registers the same device id and key anew. A digest already retired (the
+    device id erased before, inside the window) is left as it is.
+    """
+    nonces = session.execute(select(RequestNonce.device_id, RequestNonce.nonce, RequestNonce.seen_at)
+                             .where(RequestNonce.device_id.in_(devices))).all()
+    if not nonces:
+        return
+    rows = {RetiredNonce.of(d, n): seen for d, n, seen in nonces}
+    values = [{"digest": h, "seen_at": seen} for h, seen in rows.items()]
+    table = cast(Table, RetiredNonce.__table__)
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(postgresql.insert(table).on_conflict_do_nothing(index_elements=["digest"]), values)
+    elif dialect == "sqlite":
+        session.execute(sqlite.insert(table).on_conflict_do_nothing(index_elements=["digest"]), values)
+    else:  # no portable upsert: insert the digests not on record yet
+        known = set(session.scalars(select(RetiredNonce.digest).where(RetiredNonce.digest.in_(list(rows)))).all())
+        if len(known) < len(values):
+            session.execute(table.insert(), [v for v in values if v["digest"] not in known])
 
 
 #: what `ServerHolder.purge` reads from a retention policy

@@ -7,6 +7,7 @@ active model changes); probe evidence is kept as hashes only.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +56,27 @@ class RequestNonce(Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("server_device.id", ondelete="CASCADE"), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(128), primary_key=True)
     seen_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RetiredNonce(Base):
+    """Nonces of erased devices, as digests, for the clock-skew window (replay protection).
+
+    Erasure deletes a device's `RequestNonce` rows; a request captured before it could then be
+    replayed once the app registers again with the same device id and key. Its digest stays
+    here until the request is stale (``2 x signature_max_skew_s``). `digest` is the hex
+    SHA-256 of the device id, a NUL and the nonce (`of`): no device or user id is stored, and
+    without the nonce, which only the captured request carries, it names nobody.
+    """
+
+    __tablename__ = "server_retired_nonce"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[float] = mapped_column(Float, index=True)
+
+    @staticmethod
+    def of(device_id: str, nonce: str) -> str:
+        """The digest a device's nonce is retired under."""
+        return hashlib.sha256(f"{device_id}\0{nonce}".encode()).hexdigest()
 
 
 class EnrolmentWindow(Base):
@@ -160,6 +182,9 @@ class AuthSession(Base):
     state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    #: when a post's evidence last counted (None: never): what keeps the user's templates from
+    #: the inactivity purge (opening a session, or posting nothing usable, is no use of them)
+    last_scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 USER_TABLES: tuple[type[Base], ...] = (AuthSession, Transaction, SecurityFlag, EvidenceSeen, Template,

@@ -23,7 +23,11 @@ _err = Console(stderr=True)
 
 
 def sqlite_file_missing(url: str) -> Path | None:
-    """The file of a SQLite URL when it does not exist (None for other databases and in-memory ones)."""
+    """The file of a SQLite URL when it does not exist or is empty (None for other databases and in-memory ones).
+
+    An empty file is no database either: opening it would turn it into one (SQLite writes its
+    header and the write-ahead log), which a command that only reads must not do.
+    """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -34,7 +38,7 @@ def sqlite_file_missing(url: str) -> Path | None:
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
         return None
     path = Path(u.database)
-    return None if path.exists() else path
+    return None if path.exists() and (not path.is_file() or path.stat().st_size > 0) else path
 
 
 @contextmanager
@@ -53,6 +57,9 @@ def compliance_engine(database_url: str | None = None, *, server_tables: bool = 
     from compliance.models import TABLES
     from server.migrate import schema_problem
 
+    if database_url is not None and not database_url.strip():  # '' would silently mean CADENCE_DATABASE_URL
+        raise typer.BadParameter("empty database URL (leave the option out for CADENCE_DATABASE_URL)",
+                                 param_hint="--database-url")
     url = database_url or get_settings().database_url
     missing_file = sqlite_file_missing(url)
     if missing_file is not None:

@@ -122,7 +122,7 @@ def run(
     modality: Annotated[str, typer.Option(help="keystroke, touch or gait.")] = "keystroke",
     rounds: Annotated[int, typer.Option(help="Number of federated rounds.")] = 5,
     workdir: Workdir = Path("federated-work"),
-    registry: Annotated[Path | None, typer.Option(help="Model registry root (default: CADENCE_MODEL_REGISTRY).")] = None,
+    registry: Annotated[str | None, typer.Option(help="Model registry root (default: CADENCE_MODEL_REGISTRY).")] = None,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedmedian, trimmed-mean or krum.")] = "fedavg",
     min_nodes: Annotated[int, typer.Option(help="Wait for this many SuperNodes.")] = 2,
     dp: Annotated[bool, typer.Option("--dp", help="Client-side DP with fixed clipping.")] = False,
@@ -139,14 +139,14 @@ def run(
     Ctrl-C, SIGTERM or --timeout stop the Flower run too (`flwr stop`), so no model is
     published that nobody was told about.
     """
-    from cadence.commands.paths import ensure_writable_dir
+    from cadence.commands.paths import ensure_writable_dir, path_option
     from cadence.settings import get_settings
     from federated import deployment as d
     from federated.config import RunSettings, SettingsError
 
     if not (math.isfinite(timeout) and timeout > 0):
         raise typer.BadParameter(f"must be > 0 seconds, got {timeout}", param_hint="--timeout")
-    reg = (registry or get_settings().model_registry).resolve()
+    reg = (path_option(registry, "--registry") or get_settings().model_registry).resolve()
     wd = Path(workdir).resolve()
     # everything is checked before any file is touched: a refused run leaves the last run's status alone
     try:
@@ -195,7 +195,7 @@ def run(
     if activate and version:
         from cadence.commands.models import activate as activate_model
 
-        activate_model(modality, version, registry=reg)  # `cadence models activate`: errors, audit entry
+        activate_model(modality, version, registry=str(reg))  # `cadence models activate`: errors, audit entry
 
 
 def _check_workdir(workdir: Path) -> None:

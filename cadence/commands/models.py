@@ -19,14 +19,15 @@ models_app = typer.Typer(help="Model registry: train, list, activate and calibra
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
-Registry = Annotated[Path | None, typer.Option("--registry", help="Registry folder (default: settings.model_registry).")]
+Registry = Annotated[str | None, typer.Option("--registry", help="Registry folder (default: settings.model_registry).")]
 
 
-def _registry(path: Path | None):  # type: ignore[no-untyped-def]
+def _registry(path: str | None):  # type: ignore[no-untyped-def]
+    from cadence.commands.paths import path_option
     from cadence.settings import get_settings
     from modalities.registry import ModelRegistry
 
-    root = path or get_settings().model_registry
+    root = path_option(path, "--registry") or get_settings().model_registry
     if root.exists() and not root.is_dir():  # else "no published models" or "not in the registry": misleading
         fail(f"model registry {root} is not a folder")
     return ModelRegistry(root)
@@ -247,6 +248,7 @@ def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
     url = get_settings().database_url
     created = sqlite_file_missing(url)
     if created is not None:
+        existed = created.exists()  # an empty file: migrated into, but never removed
         try:
             with database_errors(url):
                 engine = make_engine(url)
@@ -255,7 +257,7 @@ def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
                 finally:
                     engine.dispose()
         except typer.Exit:  # nothing was migrated: leave no empty file that reads as a broken database later
-            for leftover in (created, Path(f"{created}-wal"), Path(f"{created}-shm")):
+            for leftover in ([] if existed else [created]) + [Path(f"{created}-wal"), Path(f"{created}-shm")]:
                 Path(leftover).unlink(missing_ok=True)
             raise
         out_console().print(f"audit log: created the database {created} (set CADENCE_DATABASE_URL to use another)",

@@ -49,17 +49,55 @@ def _one_class(min_scale: float | None = None) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- CMU
 
+#: subjects keystroke-cmu needs: each subject's impostors are the others, and the 2-fold split
+#: for population methods needs 2 subjects in each half (`subject_folds`)
+CMU_MIN_SUBJECTS = 4
+
+
+def cmu_subject_ids(names: list[Any], where: Any = "CMU file") -> dict[Any, int]:
+    """Integer id of each CMU subject name: its digits (``s002`` -> 2), else its index in `names`.
+
+    Two names given one id (``s002`` and ``t002``, or a name without digits whose index is
+    another's number) are a `DatasetError` naming both (and `where`, the file): one would silently
+    replace the other.
+    """
+    from evaluation.datasets import DatasetError
+
+    ids: dict[Any, int] = {}
+    owner: dict[int, Any] = {}
+    for i, s in enumerate(names):
+        digits = "".join(ch for ch in str(s) if ch.isdigit())
+        sid = int(digits) if digits else i
+        if sid in owner:
+            raise DatasetError(f"{where}: subjects {owner[sid]!r} and {s!r} both map to subject id {sid} "
+                               "(ids are the digits of the name): rename one")
+        ids[s], owner[sid] = sid, s
+    return ids
+
+
+def cmu_file(data_dir: Any) -> Any:
+    """The CMU file of `data_dir` (for messages)."""
+    from evaluation.datasets import PATTERNS, modality_dir
+
+    folder = modality_dir(data_dir, "cmu")
+    return next((f for f in sorted(folder.iterdir()) if PATTERNS["cmu"].match(f.name)), folder)
+
 
 @register("keystroke-cmu", "CMU password typing, Killourhy & Maxion protocol: mean per-subject EER of each detector")
 def bench_cmu(ctx: BenchContext) -> BenchOutput:
-    from evaluation.datasets import cmu_feature_columns, load_cmu
+    from evaluation.datasets import DatasetError, cmu_feature_columns, load_cmu
     from evaluation.protocols import ScoreTable, subject_folds
 
     _set_threads()
     df = load_cmu(ctx.require_data_dir())
+    path = cmu_file(ctx.require_data_dir())
     cols = cmu_feature_columns(df)
-    names = sorted(df["subject"].unique())
-    ids = {s: int("".join(ch for ch in str(s) if ch.isdigit()) or i) for i, s in enumerate(names)}
+    names = sorted(df["subject"].unique(), key=str)
+    ids = cmu_subject_ids(names, path)
+    if len(names) < CMU_MIN_SUBJECTS:
+        raise DatasetError(f"{path}: {len(names)} subject{'s' if len(names) != 1 else ''} "
+                           f"({', '.join(map(str, names[:5]))}); keystroke-cmu needs at least {CMU_MIN_SUBJECTS} "
+                           "(impostors are other subjects, and population methods a 2-fold split with 2 per half)")
     data: dict[int, np.ndarray] = {}
     for s in names:
         rows = df[df["subject"] == s].sort_values(["sessionIndex", "rep"])
@@ -71,7 +109,7 @@ def bench_cmu(ctx: BenchContext) -> BenchOutput:
     n_train, n_imp = 200, 5
     bad = [s for s in subjects if data[s].shape[0] < 2 * n_train]
     if bad:
-        raise ValueError(f"subjects {bad[:5]} have fewer than {2 * n_train} repetitions")
+        raise DatasetError(f"{path}: subjects {bad[:5]} have fewer than {2 * n_train} repetitions")
 
     table = ScoreTable()
 

@@ -482,6 +482,8 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
         engine_status = "terminate"
     previous = s.status
     s.state, s.risk, s.updated_at = {**engine_state, **books.to_state()}, risk, now
+    if scored:
+        s.last_scored_at = now  # use of the templates (the retention purge reads it)
     s.status = _next_status(previous, engine_status, books.scored)
     if s.status == "step_up" and previous != "step_up":
         _stepped_up(session, s, actor=actor, reason="risk")

@@ -312,13 +312,17 @@ def commit_authorize(session: Session, plan: Plan, signing_key: Ed25519PrivateKe
 
     What may have changed since the read phase is guarded by the database: a concurrent twin
     with the same idempotency key or the same evidence window fails on a unique key
-    (IntegrityError, answered by the route), and the lockout state is read again here.
+    (IntegrityError, answered by the route), and the lockout state and the consents of the
+    scored modalities are read again here (a withdrawal that landed in between is a 403, as it
+    would have been a moment later: withdrawal takes effect at once, docs/compliance.md).
     """
     if plan.stored is not None:
         return plan.stored
     assert plan.assessment is not None and plan.decision is not None
     user = _check_user(prepared.execute(session, _USER_STATE_LOCKED, {"u": body.user_id}).first(), body,
                        lockout_failures)
+    if plan.assessment.models:  # a consent withdrawn since the read phase: no decision rests on that modality
+        hooks.require_consents(session, user_id=body.user_id, modalities=list(plan.assessment.models))
     plan.tx_id = plan.tx_id or str(uuid.uuid4())
     record_evidence(session, plan.assessment, checked=True, transaction_id=plan.tx_id)
     decision = plan.decision

@@ -56,3 +56,15 @@ def test_demo_bbmas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: P
 def test_demo_on_a_folder_without_people_says_so(tmp_path: Path) -> None:
     r = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["demo", "--data-dir", str(tmp_path)])
     assert r.exit_code == 2 and "need 8 subjects with all three BB-MAS modalities" in r.output and "found 0" in r.output
+
+
+def test_demo_leaves_out_a_subject_a_loader_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     data_dir: Path) -> None:
+    """Subject 1 with no 5 s of walking (the gait loader skips it): the next subject is the owner, no KeyError."""
+    import evaluation.datasets as ds
+
+    real = ds.load_bbmas_gait
+    monkeypatch.setattr(ds, "load_bbmas_gait", lambda d, s=None: {k: v for k, v in real(d, s).items() if k != 1})
+    output, doc = _run(tmp_path, monkeypatch, data_dir)
+    assert "BB-MAS subject 2 is the owner" in output and "BB-MAS subject 1 " not in output
+    assert {r["genuine"] for r in doc["rows"]} == {True, False}

@@ -223,3 +223,23 @@ def test_every_command_takes_dash_h_for_help() -> None:
                     ["federated", "superlink"], ["app"], ["demo"], ["bench"]):
         out = CliRunner().invoke(app, [*command, "-h"])
         assert out.exit_code == 0 and "Usage" in out.output, (command, out.output)
+
+
+@pytest.mark.parametrize("args", [("models", "list", "--registry", ""), ("models", "list", "--registry", " "),
+                                  ("models", "activate", "keystroke", "v0001", "--registry", "")])
+def test_an_empty_registry_is_not_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     args: tuple[str, ...]) -> None:
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(_cli(*args), "--registry", "empty path")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_registry_setting_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cadence.cli.main` prints a SettingsError as one `error:` line (exit 2)."""
+    from cadence.settings import SettingsError, get_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CADENCE_MODEL_REGISTRY", "")
+    with pytest.raises(SettingsError, match="CADENCE_MODEL_REGISTRY.*empty path"):
+        get_settings()
+    assert list(tmp_path.iterdir()) == []

@@ -212,7 +212,8 @@ def test_a_template_scored_in_a_session_is_not_inactive(server_db: tuple[str, se
             s.add(Template(user_id=uid, modality="gait", feature_version="v", feature_dim=2, model_id="m", data={},
                            n_windows=1, updated_at=old))
             s.add(_tx(uid, NOW - timedelta(days=300)))
-            s.add(AuthSession(id=f"s-{uid}", user_id=uid, created_at=NOW - session_age, updated_at=NOW - session_age))
+            s.add(AuthSession(id=f"s-{uid}", user_id=uid, created_at=NOW - session_age, updated_at=NOW - session_age,
+                              last_scored_at=NOW - session_age))
     with factory() as s, s.begin():
         done = ServerHolder().purge(s, {"template_inactive_days": 180}, now=NOW)
         assert done["server_template"] == 1

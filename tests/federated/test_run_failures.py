@@ -149,7 +149,7 @@ def test_cli_activate_goes_through_the_audited_path(tmp_path: Path, monkeypatch)
     calls: list[tuple] = []
     monkeypatch.setattr(models, "activate", lambda *a, **k: calls.append((*a, k)))
     code, out = _cli_run(tmp_path, monkeypatch, {"state": "done", "round": 2, "version": "v0001"}, "--activate")
-    assert code == 0 and calls == [("keystroke", "v0001", {"registry": (tmp_path / "reg").resolve()})]
+    assert code == 0 and calls == [("keystroke", "v0001", {"registry": str((tmp_path / "reg").resolve())})]
 
 
 def test_cli_activate_of_a_version_not_in_the_registry_is_an_error(tmp_path: Path, monkeypatch) -> None:

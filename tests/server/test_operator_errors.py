@@ -207,3 +207,19 @@ def test_serve_with_workers_checks_the_settings_before_starting_them(tmp_path: P
     finally:
         get_settings.cache_clear()
     assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_audit_verify_leaves_an_empty_file_as_it_was(tmp_path: Path) -> None:
+    """A 0-byte file is no database: reading it must not turn it into one (SQLite writes a header and a WAL)."""
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    r = runner.invoke(cli, ["audit", "verify", "--database-url", f"sqlite:///{empty}"])
+    assert r.exit_code == 2 and "no database at" in r.output and "Traceback" not in r.output, r.output
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]
+
+
+def test_an_empty_database_url_option_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'' must not quietly mean CADENCE_DATABASE_URL (another database than the one named)."""
+    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'other.sqlite'}")
+    r = runner.invoke(cli, ["audit", "verify", "--database-url", ""])
+    assert r.exit_code == 2 and "--database-url" in r.output and "empty database URL" in r.output, r.output

@@ -25,10 +25,13 @@ def test_a_damaged_active_file_is_named_and_activate_rewrites_it(tmp_path: Path,
     (tmp_path / "touch" / "ACTIVE").write_bytes(content)
     with pytest.raises(RegistryError, match="ACTIVE.*models activate touch"):
         reg.active("touch")
-    assert [m.version for m in reg.list("touch")] == [v]  # the versions are still listed
+    damaged: list[str] = []
+    assert [m.version for m in reg.list("touch", damaged=damaged)] == [v]  # the versions are still listed
+    assert len(damaged) == 1 and "ACTIVE" in damaged[0] and "models activate touch" in damaged[0]  # and why none is active
     assert ScorerProvider(tmp_path).get("touch").model_id.startswith("default:")  # served, by the default
     listed = _cli("models", "list", "--registry", str(tmp_path))
     assert "Traceback" not in listed.output and v in listed.output, listed.output  # type: ignore[attr-defined]
+    assert "warning" in listed.output and "ACTIVE" in listed.output, listed.output  # type: ignore[attr-defined]
     fixed = _cli("models", "activate", "touch", v, "--registry", str(tmp_path))
     assert fixed.exit_code == 0, fixed.output  # type: ignore[attr-defined]
     assert reg.active("touch").version == v  # type: ignore[union-attr]

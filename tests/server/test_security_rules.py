@@ -494,3 +494,28 @@ def test_an_authorize_body_that_is_not_json_says_so(client: TestClient, windows)
     headers = sign_request(dev.key, dev.device_id, "POST", "/v1/transactions/authorize", body)
     r = client.post("/v1/transactions/authorize", content=body, headers={**headers, "content-type": "application/json"})
     assert r.status_code == 422 and r.json()["detail"].startswith("body: not valid JSON"), r.text
+
+
+def test_a_consent_withdrawn_between_scoring_and_commit_refuses_the_decision(client: TestClient, enrolled, windows,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Withdrawal takes effect at once: a decision resting on the withdrawn modality is not committed."""
+    from cadence.db import transaction
+    from server.services import compliance_hooks as hooks
+    from server.services import transactions as tx_service
+    from tests.server.conftest import decision_evidence
+
+    real = tx_service.plan_authorize
+
+    def plan_then_revoke(*a: Any, **kw: Any) -> Any:
+        plan = real(*a, **kw)
+        with transaction(client.app.state.cadence.sessions) as s:  # type: ignore[attr-defined]
+            hooks.revoke_consent(s, user_id=enrolled.user_id, modality="keystroke", purpose="authentication")
+        return plan
+
+    monkeypatch.setattr(tx_service, "plan_authorize", plan_then_revoke)
+    payload = dict(_payload(enrolled, windows, "w1", ev=False),
+                   evidence=[w.to_dict() for w in decision_evidence(windows, "owner", 7)])
+    r = enrolled.signed("POST", "/v1/transactions/authorize", payload)
+    assert r.status_code == 403 and r.json()["code"] == "consent_required" and "keystroke" in r.json()["detail"], r.text
+    with client.app.state.cadence.sessions() as s:  # type: ignore[attr-defined]
+        assert s.execute(text("SELECT count(*) FROM server_transaction")).scalar() == 0

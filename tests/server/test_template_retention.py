@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from cadence.db import Base, make_engine, make_sessionmaker, transaction
 from server.holders import ServerHolder
 from server.models import EnrolmentWindow, Template, Transaction, User
+from tests.server.test_storage import db_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
 
@@ -50,3 +51,69 @@ def test_inactive_templates_are_purged_and_active_ones_kept(tmp_path: Path) -> N
         again = ServerHolder().purge(s, policy, now=NOW)
     assert again["server_template"] == 0  # idempotent
     engine.dispose()
+
+
+def test_a_session_counts_as_use_only_when_its_evidence_counted(tmp_path: Path) -> None:
+    """A session opened (or posted to with nothing usable) recently is no use of the templates; a scored one is."""
+    from server.models import AuthSession
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    Base.metadata.create_all(engine)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as s:
+        for uid, scored_days in (("opened-only", None), ("scored-long-ago", 300), ("scored-lately", 3)):
+            _user(s, uid, template_age_days=400, tx_age_days=None)
+            s.add(AuthSession(id=f"s-{uid}", user_id=uid, status="pending" if scored_days is None else "ok",
+                              updated_at=NOW - timedelta(days=1),
+                              last_scored_at=None if scored_days is None else NOW - timedelta(days=scored_days)))
+    with transaction(factory) as s:
+        done = ServerHolder().purge(s, {"template_inactive_days": 180}, now=NOW)
+    assert done["server_template"] == 2
+    with transaction(factory) as s:
+        assert s.scalars(select(Template.user_id)).all() == ["scored-lately"]
+    engine.dispose()
+
+
+def test_posting_scored_evidence_records_when(client, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """The server sets `last_scored_at` when a post's evidence counts, not when a session is opened."""
+    from server.models import AuthSession
+
+    sid = enrolled.signed("POST", "/v1/sessions", {"user_id": enrolled.user_id}).json()["session_id"]
+    db = client.app.state.cadence.sessions
+    with db() as s:
+        assert s.get(AuthSession, sid).last_scored_at is None
+    unusable = windows["owner"]["gait"][12].to_dict()
+    unusable["quality"] = 0.0
+    assert enrolled.signed("POST", f"/v1/sessions/{sid}/evidence", {"windows": [unusable]}).status_code == 200
+    with db() as s:
+        assert s.get(AuthSession, sid).last_scored_at is None
+    assert enrolled.signed("POST", f"/v1/sessions/{sid}/evidence",
+                           {"windows": [windows["owner"]["gait"][13].to_dict()]}).json()["scored_windows"] == 1
+    with db() as s:
+        assert s.get(AuthSession, sid).last_scored_at is not None
+
+
+def test_migration_0008_dates_the_sessions_that_scored(db_url: str) -> None:  # noqa: F811
+    """Existing sessions that scored (any status but `pending`) take their `updated_at`; pending ones stay NULL."""
+    from sqlalchemy import text
+
+    from server.migrate import downgrade, upgrade
+
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine, "0007")
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO server_user (id, locked, consecutive_failures, enrolment_open, created_at) "
+                           "VALUES ('u', false, 0, true, :t)"), {"t": NOW})
+            for sid, status in (("a", "ok"), ("b", "pending")):
+                c.execute(text("INSERT INTO server_auth_session (id, user_id, status, risk, state, created_at, updated_at) "
+                               "VALUES (:i, 'u', :s, 0.5, '{}', :t, :t)"), {"i": sid, "s": status, "t": NOW})
+        upgrade(engine)
+        with engine.begin() as c:
+            got = dict(c.execute(text("SELECT id, last_scored_at FROM server_auth_session")).all())
+        assert got["a"] is not None and got["b"] is None
+        downgrade(engine, "0007")
+        upgrade(engine)
+    finally:
+        downgrade(engine)
+        engine.dispose()
