@@ -519,3 +519,33 @@ def test_a_consent_withdrawn_between_scoring_and_commit_refuses_the_decision(cli
     assert r.status_code == 403 and r.json()["code"] == "consent_required" and "keystroke" in r.json()["detail"], r.text
     with client.app.state.cadence.sessions() as s:  # type: ignore[attr-defined]
         assert s.execute(text("SELECT count(*) FROM server_transaction")).scalar() == 0
+
+
+def test_a_retry_that_raced_its_committed_twin_gets_the_twins_answer_after_a_withdrawal(
+        client: TestClient, enrolled, windows, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same key and body decided before the withdrawal: the retry's answer is that decision, not a 403."""
+    from cadence.db import transaction
+    from server.services import compliance_hooks as hooks
+    from server.services import transactions as tx_service
+    from tests.server.conftest import decision_evidence
+
+    payload = dict(_payload(enrolled, windows, "race-1", ev=False),
+                   evidence=[w.to_dict() for w in decision_evidence(windows, "owner", 8)])
+    real = tx_service.plan_authorize
+    twin: dict[str, Any] = {}
+
+    def twin_commits_then_revoke(session: Any, provider: Any, body: Any, **kw: Any) -> Any:
+        plan = real(session, provider, body, **kw)  # this call's read phase is done: its twin runs to the end
+        factory = client.app.state.cadence.sessions  # type: ignore[attr-defined]
+        with transaction(factory) as s:  # the twin: the same signed body, read and written before this call's write
+            twin_plan = real(s, provider, body, **kw)
+            twin.update(tx_service.commit_authorize(s, twin_plan, kw["signing_key"], body, device_id=enrolled.device_id,
+                                                    lockout_failures=5, actor="device"))
+        with transaction(factory) as s:
+            hooks.revoke_consent(s, user_id=enrolled.user_id, modality="keystroke", purpose="authentication")
+        return plan
+
+    monkeypatch.setattr(tx_service, "plan_authorize", twin_commits_then_revoke)
+    r = enrolled.signed("POST", "/v1/transactions/authorize", payload)
+    assert r.status_code == 200, r.text
+    assert r.json()["transaction_id"] == twin["transaction_id"] and r.json()["decision"] == twin["decision"]

@@ -80,6 +80,12 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> t
             return stored, False
         record_replay(req.transaction, exc, req.actor)
         raise
+    except ApiError as exc:
+        # consents are read again in the write phase: a twin that committed before a withdrawal
+        # decided this very call (same key, same body), and its answer stands
+        if exc.code == "consent_required" and (stored := _twin_answer(req, body)) is not None:
+            return stored, False
+        raise
     except IntegrityError:
         # a concurrent request with the same idempotency key won the race: answer with its decision
         with req.transaction() as session:
