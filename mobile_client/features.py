@@ -9,8 +9,9 @@ judges whether an enrolment sample is good enough.
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -93,16 +94,19 @@ def split_strokes(events: Sequence[TouchEvent]) -> list[list[TouchEvent]]:
 
 def touch_windows(events: Sequence[TouchEvent], min_points: int = 3) -> list[FeatureWindow]:
     """One window per stroke (taps with fewer than `min_points` samples are skipped)."""
+    return list(_stroke_windows(split_strokes(events), min_points))
+
+
+def _stroke_windows(strokes: Iterable[list[TouchEvent]], min_points: int) -> Iterator[FeatureWindow]:
+    """Each stroke's window, in the order given (lazily: a caller may stop early)."""
     wf = modality_module("touch").window_features
-    out: list[FeatureWindow] = []
-    for stroke in split_strokes(events):
+    for stroke in strokes:
         if len(stroke) < min_points:
             continue
         try:
-            out.append(wf(TouchStream.from_events(stroke, device="cadence-app")))
+            yield wf(TouchStream.from_events(stroke, device="cadence-app"))
         except EventValidationError as exc:
             log.debug("stroke skipped: %s", exc)
-    return out
 
 
 def gait_windows(samples: Sequence[AccelSample], window_s: float = GAIT_WINDOW_S, hop_s: float = GAIT_HOP_S) -> list[FeatureWindow]:
@@ -202,18 +206,6 @@ def recent_swipes(events: Sequence[TouchEvent], n: int | None = None, min_points
     features of the older strokes would be computed only to be dropped.
     """
     n = decision_swipes() if n is None else n
-    wf = modality_module("touch").window_features
-    out: list[FeatureWindow] = []
-    for stroke in reversed(split_strokes(events)):
-        if len(out) >= n:
-            break
-        if len(stroke) < min_points:
-            continue
-        try:
-            w = wf(TouchStream.from_events(stroke, device="cadence-app"))
-        except EventValidationError as exc:
-            log.debug("stroke skipped: %s", exc)
-            continue
-        if _sendable_swipe(w):
-            out.append(w)
+    newest_first = (w for w in _stroke_windows(reversed(split_strokes(events)), min_points) if _sendable_swipe(w))
+    out = list(itertools.islice(newest_first, n))
     return out[::-1] if len(out) >= n else []

@@ -19,8 +19,6 @@ from modalities.reading import decision_windows, read_windows
 
 log = logging.getLogger(__name__)
 
-#: swipes whose per-stroke windows make one touch decision ("5 swipes"; the server reads no fewer)
-SWIPES_PER_WINDOW = decision_windows("touch")
 #: seconds of walking per gait window: the trained models' and their calibration's window
 #: (5 s windows read on a 10 s model's calibration put 1.4 % of impostor windows above LLR 4.6)
 GAIT_SECONDS = 10.0
