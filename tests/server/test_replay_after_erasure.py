@@ -28,21 +28,15 @@ from server.app import create_app
 from server.client.api import DeviceClient
 from server.migrate import downgrade, upgrade
 from server.signing import sign_request
-from tests.pg import BACKENDS, backend_url
 from tests.server.conftest import decision_evidence, make_settings, new_device
+from tests.server.test_storage import db_url  # noqa: F401  (the SQLite / PostgreSQL fixture)
 
 ADMIN = {"X-API-Key": "dev-admin-key"}
 RETIRED = "server_retired_nonce"
 
 
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    with backend_url(request.param, tmp_path, "cadence_replay") as url:
-        yield url
-
-
 @pytest.fixture()
-def backend_client(db_url: str, tmp_path: Path, calibration_file: Path) -> Iterator[TestClient]:
+def backend_client(db_url: str, tmp_path: Path, calibration_file: Path) -> Iterator[TestClient]:  # noqa: F811
     """The API on SQLite or PostgreSQL (the app migrates its database at start-up)."""
     app = create_app(make_settings(tmp_path, database_url=db_url, fusion_calibration=calibration_file))
     try:
@@ -233,7 +227,7 @@ def test_devices_older_than_the_window_skip_the_lookup(client: TestClient, monke
     assert len(asked) == 1  # registered more than twice the window ago: no lookup
 
 
-def test_migration_0007_adds_and_removes_the_retired_nonces(db_url: str) -> None:
+def test_migration_0007_adds_and_removes_the_retired_nonces(db_url: str) -> None:  # noqa: F811
     engine = make_engine(db_url)
     try:
         upgrade(engine, "0006")
