@@ -21,7 +21,7 @@ from fusion.policy import decide as policy_decide
 from server.errors import ApiError
 from server.metrics import Metrics
 from server.services import compliance_hooks as hooks
-from server.services.devices import RateLimiter, consume_nonce, verify_device_request
+from server.services.devices import RateLimiter, consume_nonce, retired_nonce, verify_device_request
 from server.services.scoring import ScorerProvider
 from server.signing import HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, body_digest
 
@@ -183,22 +183,27 @@ class DeviceRequest:
     def actor(self) -> str:
         return device_actor(self.device_id)
 
-    def _verify(self, session: Session, *, signature: bool) -> CallingDevice:
+    def _verify(self, session: Session, *, signature: bool, check_retired: bool = True) -> CallingDevice:
         settings = self.state.settings
         dev = verify_device_request(session, device_id=self.device_id, timestamp=self.timestamp,
                                     nonce=self.nonce, signature=self.signature, method=self.method,
                                     path=self.path, body=self.body, max_skew_s=settings.signature_max_skew_s,
                                     require_signature=signature and settings.require_signed_requests,
-                                    body_sha256=self.body_sha256)
+                                    body_sha256=self.body_sha256, check_retired=check_retired)
         charge_device(self.state, dev.id)
         self._device = CallingDevice(dev.id, dev.user_id)
         return self._device
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only phase: the signature is verified, nothing is written (no write lock)."""
+        """A read-only phase: the signature is verified, nothing is written (no write lock).
+
+        Retired nonces are looked up in `transaction()` instead: an erasure and a new
+        registration of this device id may commit between the two phases, and only the write
+        transaction, where the nonce is consumed, sees them in order.
+        """
         with self.state.read() as session:
-            self._verify(session, signature=True)
+            self._verify(session, signature=True, check_retired=False)
             yield session
 
     @contextmanager
@@ -207,9 +212,13 @@ class DeviceRequest:
         settings = self.state.settings
         with self.state.write() as session:
             # verified in a read phase already: the nonce's foreign key still needs the device
+            two_phase = self._device is not None
             dev = self._device or self._verify(session, signature=True)
             if settings.require_signed_requests and self.nonce is not None:
                 try:
+                    if two_phase and retired_nonce(session, dev.device_id, self.nonce):
+                        raise ApiError(401, "replayed_request",
+                                       "X-Cadence-Nonce: this request was already received (replay refused)")
                     consume_nonce(session, dev.device_id, self.nonce, float(self.timestamp or 0),
                                   max_skew_s=settings.signature_max_skew_s)
                 except ApiError:  # a replay of a captured request: it must not use up the device's rate

@@ -86,8 +86,12 @@ _RETIRED = select(_RN.digest).where(_RN.digest == bindparam("h"))
 def verify_device_request(session: Session, *, device_id: str | None, timestamp: str | None, nonce: str | None,
                           signature: str | None, method: str, path: str, body: bytes, max_skew_s: int,
                           require_signature: bool = True, now: float | None = None,
-                          body_sha256: str | None = None) -> DeviceKey:
-    """Return the calling device, or refuse: unknown device, stale, replayed or bad signature (401)."""
+                          body_sha256: str | None = None, check_retired: bool = True) -> DeviceKey:
+    """Return the calling device, or refuse: unknown device, stale, replayed or bad signature (401).
+
+    `check_retired=False` leaves the retired-nonce lookup to the caller's write transaction
+    (a read phase: an erasure and a new registration may land before that transaction).
+    """
     if not device_id:
         raise ApiError(401, "device_required", "X-Cadence-Device: header missing")
     row = prepared.execute(session, _DEVICE_KEY, {"d": device_id}).first()
@@ -116,7 +120,7 @@ def verify_device_request(session: Session, *, device_id: str | None, timestamp:
         raise ApiError(401, "bad_signature", str(exc)) from exc
     # only a device registered within 2 x the skew window can be the same id registered again
     # after an erasure while a captured request is still inside its window: others skip the lookup
-    if dev.fresh(now, max_skew_s) and retired_nonce(session, device_id, nonce):
+    if check_retired and dev.fresh(now, max_skew_s) and retired_nonce(session, device_id, nonce):
         raise ApiError(401, "replayed_request", "X-Cadence-Nonce: this request was already received (replay refused)")
     return dev
 

@@ -241,3 +241,46 @@ def test_migration_0007_adds_and_removes_the_retired_nonces(db_url: str) -> None
     finally:
         downgrade(engine)
         engine.dispose()
+
+
+def test_replay_racing_an_erasure_and_a_new_registration_between_its_phases(
+        backend_client: TestClient, db_url: str, tmp_path: Path, calibration_file: Path, windows: dict,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[type-arg]
+    """The erasure and the new registration land between a replayed `authorize`'s read and write phases.
+
+    Its read phase verified against the old registration, before the nonce was retired; the
+    write phase, where the nonce is consumed under the write lock, must still find it retired.
+    """
+    import server.services.transactions as svc
+
+    client = backend_client
+    dev = new_device(client, "hana")
+    _enrol(dev, windows)
+    path = "/v1/transactions/authorize"
+    pay = _captured(dev, "POST", path, _authorize_payload("hana", "race-1", windows))
+    assert _send(client, "POST", path, pay).status_code == 200
+    # a second API process on the same database: it erases and registers while the first is mid-call
+    other_app = create_app(make_settings(tmp_path / "other", database_url=db_url, fusion_calibration=calibration_file))
+    real, armed = svc.plan_authorize, [True]
+
+    def between_phases(*args: Any, **kw: Any) -> Any:
+        plan = real(*args, **kw)
+        if armed:
+            armed.clear()
+            again = DeviceClient("http://testserver", user_id="hana", device_id=dev.device_id, key=dev.key, http=other)
+            assert other.delete("/v1/admin/users/hana", headers=ADMIN).status_code == 200
+            again.register()
+            for m in MODALITIES:
+                again.grant_consent(m)
+        return plan
+
+    monkeypatch.setattr(svc, "plan_authorize", between_phases)
+    try:
+        with TestClient(other_app) as other:
+            _refused_as_replay(_send(client, "POST", path, pay))
+            assert not armed  # the erasure and registration did land between the phases
+    finally:
+        other_app.state.engine.dispose()
+    assert _rows(client, "SELECT id FROM server_transaction") == []  # nothing was decided for the replay
+    replayed = pay[1]["X-Cadence-Nonce"]
+    assert _rows(client, "SELECT nonce FROM server_nonce WHERE nonce = :n", n=replayed) == []  # refused: not consumed
