@@ -180,3 +180,40 @@ def test_a_registry_created_after_the_server_started_is_served(tmp_path: Path) -
             assert [m["version"] for m in client.get("/v1/models").json()] == [v]
     finally:
         app.state.engine.dispose()
+
+
+def test_the_active_version_is_read_again_only_when_its_files_change(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `authorize` asks for three scorers: the registry's metadata is not re-read and re-parsed every time.
+
+    A new ACTIVE, and a damaged active version, are still seen on the very next call.
+    """
+    from server.services.scoring import ScorerProvider
+
+    reg = ModelRegistry(tmp_path / "registry")
+    v1 = reg.publish("gait", ScaledManhattan(min_scale=0.01), metrics={}, card="# c", source="unit")
+    v2 = reg.publish("gait", ScaledManhattan(min_scale=0.02), metrics={}, card="# c", source="unit")
+    reg.activate("gait", v1)
+    reads: list[str] = []
+    real_get = ModelRegistry.get
+
+    def counting_get(self: ModelRegistry, modality: str, version: str) -> object:
+        reads.append(version)
+        return real_get(self, modality, version)
+
+    monkeypatch.setattr(ModelRegistry, "get", counting_get)
+    provider = ScorerProvider(tmp_path / "registry")
+    assert provider.get("gait").model_id == f"registry:{v1}"
+    first = len(reads)
+    for _ in range(20):
+        assert provider.get("gait").model_id == f"registry:{v1}"
+    assert len(reads) == first  # unchanged files: nothing read again
+    reg.activate("gait", v2)
+    assert provider.get("gait").model_id == f"registry:{v2}"  # the next call serves the new ACTIVE
+    reg.activate("gait", v1)
+    assert provider.get("gait").model_id == f"registry:{v1}"
+    (reg.root / "gait" / v1 / "model.npz").unlink()  # the active version damaged: the package default serves
+    assert provider.get("gait").model_id.startswith("default:")
+    (reg.root / "gait" / "ACTIVE").unlink()
+    assert provider.get("gait").model_id.startswith("default:")
+    assert provider.get("touch").model_id.startswith("default:")  # a modality with no folder at all
