@@ -174,21 +174,24 @@ def _refuse_training_people(modality: str, version: str, source: str, data_dir: 
     if not source.startswith("central:"):
         return
     trained_on = Path(source.split(":", 1)[1])
-    if not trained_on.is_dir():
-        return
-    try:
+    present = trained_on.is_dir()
+    if not present and trained_subjects is None:
+        return  # neither the folder nor a record of its people: nothing to compare
+    try:  # the recorded ids are compared even when the training folder has moved or gone since
         same_ids = set(subjects) & set(trained_subjects if trained_subjects is not None
                                        else available_subjects(trained_on, modality))
-    except Exception:  # noqa: BLE001 - the training folder moved or changed layout: nothing to compare
+    except Exception:  # noqa: BLE001 - the training folder changed layout: nothing to compare
         return
-    try:  # the same data under other ids: a linked, copied or (de)compressed file
-        copies = {e for _, e in shared_content(modality, trained_on, data_dir, train_subjects=trained_subjects,
-                                               eval_subjects=subjects)}
-    except Exception:  # noqa: BLE001 - as above
-        copies = set()
+    copies: set[Any] = set()
+    if present:
+        try:  # the same data under other ids: a linked, copied or (de)compressed file
+            copies = {e for _, e in shared_content(modality, trained_on, data_dir, train_subjects=trained_subjects,
+                                                   eval_subjects=subjects)}
+        except Exception:  # noqa: BLE001 - as above
+            copies = set()
     shared = sorted(same_ids | copies)
     if shared:
-        raise ValueError(f"{modality} {version} was trained on {trained_on}, which holds {len(shared)} of the people in "
+        raise ValueError(f"{modality} {version} was trained on {trained_on}, which {'holds' if present else 'held'} {len(shared)} of the people in "
                          f"{data_dir} (e.g. subjects {', '.join(map(str, shared[:5]))}): calibrate it on people it was "
                          "not trained on, or its LLRs read impostors as stronger matches than they are")
 

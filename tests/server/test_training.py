@@ -298,3 +298,29 @@ def test_models_train_migrates_an_empty_postgresql_schema(fake_training: dict[st
             assert events == 1  # model.activated
         finally:
             engine.dispose()
+
+
+def test_calibration_on_the_training_people_is_refused_after_the_training_folder_moved(tmp_path: Path,
+                                                                                         data_dir: Path) -> None:
+    """The ids recorded at training (`training-subjects.json`) still name them once the folder is gone."""
+    import shutil
+
+    from server.training import calibrate_published, train_and_publish
+
+    src = data_dir / "bbmas_desktop_keystroke_processed"
+
+    def linked(dst: Path) -> Path:
+        dst.mkdir(parents=True)
+        for i in (1, 2, 3, 4, 6, 7, 8):
+            (dst / f"{i}_processed.csv.gz").symlink_to(src / f"{i}_processed.csv.gz")
+        return dst
+
+    train = linked(tmp_path / "train")
+    registry = tmp_path / "registry"
+    train_and_publish(train, registry, modalities=["keystroke"])
+    same_people = linked(tmp_path / "calibration")  # the same people in another folder
+    with pytest.raises(ValueError, match="was trained on"):
+        calibrate_published(same_people, registry, "keystroke")
+    shutil.move(str(train), str(tmp_path / "archived"))  # the training folder cleaned up or moved
+    with pytest.raises(ValueError, match="was trained on"):
+        calibrate_published(same_people, registry, "keystroke")
