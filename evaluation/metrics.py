@@ -75,11 +75,16 @@ def rates_at(*, genuine: ArrayLike, impostor: ArrayLike, threshold: float) -> tu
 
 
 def threshold_at_fmr(*, impostor: ArrayLike, fmr: float) -> float:
-    """Smallest threshold whose FMR does not exceed `fmr` (computed from impostor scores only)."""
+    """Smallest threshold whose FMR does not exceed `fmr` (computed from impostor scores only).
+
+    `fmr` is a rate in [0, 1]; at 1 every score is accepted (the threshold is -inf).
+    """
+    if not (isinstance(fmr, int | float | np.floating | np.integer) and 0.0 <= float(fmr) <= 1.0):
+        raise ValueError(f"fmr: a rate between 0 and 1, not {fmr!r}")
     i = np.sort(_clean("impostor", impostor))[::-1]
     k = int(np.floor(fmr * i.size))  # number of impostors we may accept
     if k >= i.size:
-        return float(i[-1])
+        return float("-inf")
     # accept strictly above the (k+1)-th highest impostor score
     return float(np.nextafter(i[k], np.inf))
 

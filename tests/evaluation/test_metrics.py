@@ -84,3 +84,17 @@ def test_an_unmeasurable_operating_point_is_reported_as_none() -> None:
     assert s.fnmr_at_fmr_1pct is None and s.fnmr_at_fmr_0_1pct is None and s.fnmr_at_fmr_0_01pct is None
     s = summarize(genuine=rng.normal(1, 1, 500), impostor=rng.normal(-1, 1, 100))
     assert s.fnmr_at_fmr_1pct is not None and s.fnmr_at_fmr_0_1pct is None
+
+
+@pytest.mark.parametrize("fmr", [-0.01, 1.5, float("nan"), float("inf")])
+def test_a_target_fmr_outside_zero_to_one_is_refused(fmr: float) -> None:
+    """A negative rate indexed from the far end (a threshold accepting 99 % of impostors)."""
+    with pytest.raises(ValueError, match="fmr: a rate between 0 and 1"):
+        threshold_at_fmr(impostor=np.arange(100.0), fmr=fmr)
+    with pytest.raises(ValueError, match="fmr"):
+        fnmr_at_fmr(genuine=[1.0], impostor=np.arange(100.0), fmr=fmr)
+
+
+def test_at_an_fmr_of_one_every_score_is_accepted() -> None:
+    assert fnmr_at_fmr(genuine=[0.0, 5.0, 6.0], impostor=[1.0, 2.0, 3.0], fmr=1.0) == 0.0
+    assert rates_at(genuine=[0.0], impostor=[1.0, 2.0], threshold=threshold_at_fmr(impostor=[1.0, 2.0], fmr=1.0)) == (1.0, 0.0)
