@@ -151,7 +151,23 @@ class LogisticCalibrator:
             raise ValueError(f"scores: carry no information: Cllr {c:.4f} bits on {g.size} genuine and {i.size} impostor "
                              "scores is no better than scores without information reach by chance (1 = none), and "
                              "their LLRs would count as evidence; calibrate on more people, or check the model")
+        self._check_one_direction("the fitted")
         return self
+
+    def _check_one_direction(self, which: str) -> None:
+        """ValueError when the LLR's slope in the score changes sign at some quality in [0, 1].
+
+        The slope is linear in the quality: where it changes sign, a window of that quality
+        would read a better match as stronger evidence *against* the person.
+        """
+        if not self.use_quality:
+            return
+        ends = float(self._slope(0.0)), float(self._slope(1.0))
+        if not ends[0] * ends[1] > 0:
+            at = ends[0] / (ends[0] - ends[1]) if ends[0] != ends[1] else 0.0
+            raise ValueError(f"coef: {which} score x quality term reverses the evidence at quality {at:.2f} (the "
+                             "LLR's slope in the score changes sign inside [0, 1]); calibrate without quality, or on "
+                             "windows covering the whole quality range")
 
     def _slope(self, q: np.ndarray | float) -> np.ndarray | float:
         """The slope of the LLR in the score at quality `q`: its sign says where an infinite score goes."""
@@ -233,6 +249,7 @@ class LogisticCalibrator:
             # the same LLR for every score: evidence that says nothing about the person
             raise ValueError(f"coef: the score's coefficient is 0 ({coef.tolist()}): the LLR would not depend on the "
                              "score, so the calibrator carries no information")
+        c._check_one_direction("its")
         return c
 
 
