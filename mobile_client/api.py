@@ -58,6 +58,19 @@ ROUTES = {
     "health": "/v1/health",
 }
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: refusals of `authorize` that settle a payment held without an answer: the server gives them only
+#: after it looked the idempotency key up and found no record of it (`plan_authorize` and its write
+#: phase: no transaction was ever recorded for the key), or for what the very bytes re-sent are
+#: (`validation_error`, `payload_too_large`: an earlier try of the same bytes was refused the same
+#: way), or because the key holds another body (`idempotency_conflict`: never this one). Anything
+#: else (429 `rate_limited`, a 401 such as `stale_request`, `wrong_user`, a 4xx without a code, a
+#: 5xx) is answered before that look-up, or by something that is not the bank, and says nothing
+#: about an earlier try: the payment stays held with its key.
+SETTLING_CODES = frozenset({
+    "idempotency_conflict", "unsupported_currency", "unknown_user", "user_locked", "consent_required",
+    "evidence_replay", "feature_version_mismatch", "feature_dim_mismatch", "validation_error",
+    "payload_too_large",
+})
 #: a payment is interactive: at most (1 + retries) x timeout plus backoff, about 16 s in all
 AUTHORIZE_TIMEOUT_S = 7.5
 AUTHORIZE_RETRIES = 1
@@ -66,10 +79,14 @@ AUTHORIZE_RETRIES = 1
 class ApiError(RuntimeError):
     """The server refused a request (4xx) or could not be reached after retries."""
 
-    def __init__(self, message: str, status: int | None = None, detail: Any = None) -> None:
+    def __init__(self, message: str, status: int | None = None, detail: Any = None, *,
+                 in_doubt: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.detail = detail
+        #: an earlier try of this request got no answer (network, 5xx), so the server may have
+        #: recorded it although this answer is a refusal (a 429 after a lost answer, say)
+        self.in_doubt = in_doubt
 
     @property
     def offline(self) -> bool:
@@ -82,8 +99,18 @@ class ApiError(RuntimeError):
 
     @property
     def answer_unknown(self) -> bool:
-        """The request may have reached the server but no answer came back (network, 5xx, unreadable)."""
-        return self.status is None or self.status >= 500 or self.code == "unreadable_answer"
+        """The request may have been recorded by the server without the phone knowing its answer.
+
+        No answer came back (network, 5xx), the answer could not be read, or an earlier try of it
+        got no answer and this one was refused without saying whether that try was recorded
+        (`in_doubt`: a 429 or a 401 after a lost answer; a payment then stays held).
+        """
+        return self.in_doubt or self.status is None or self.status >= 500 or self.code == "unreadable_answer"
+
+    @property
+    def settles_payment(self) -> bool:
+        """Whether this refusal of `authorize` proves the bank recorded no transaction for the key it carried."""
+        return self.status is not None and 400 <= self.status < 500 and self.code in SETTLING_CODES
 
     @property
     def code(self) -> str | None:
@@ -93,6 +120,11 @@ class ApiError(RuntimeError):
     @property
     def user_message(self) -> str:
         """What to show a person: plain words, never a status line or a raw JSON body."""
+        if self.in_doubt and self.status is not None and self.status < 500 and self.code != "unreadable_answer":
+            return f"{self._refusal_text()} An earlier try got no answer from your bank, so it may have gone through."
+        return self._refusal_text()
+
+    def _refusal_text(self) -> str:
         if self.code in CODE_TEXT:  # also the phone's own codes (an erasure waiting), which have no status
             return CODE_TEXT[self.code]
         if self.offline:
@@ -515,6 +547,7 @@ class ApiClient:
         timeout: Any = httpx.USE_CLIENT_DEFAULT if timeout_s is None else timeout_s
         raw = content if content is not None else b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         last: Exception | None = None
+        in_doubt = False  # a try got no answer (network, 5xx): the server may have recorded it
         for attempt in range(retries + 1):
             headers = {"content-type": "application/json", **(extra_headers or {})}
             if signed:
@@ -523,6 +556,7 @@ class ApiClient:
                 r = self._http.request(method, path, content=raw or None, headers=headers, timeout=timeout)
             except httpx.TransportError as exc:
                 last = exc
+                in_doubt = True
             except RuntimeError as exc:
                 if not self._http.is_closed:
                     raise
@@ -538,12 +572,13 @@ class ApiClient:
                     except ValueError:
                         detail = r.text
                     msg = detail.get("detail") if isinstance(detail, dict) else detail
-                    raise ApiError(f"{method} {path}: {r.status_code} {msg}", r.status_code, detail)
+                    raise ApiError(f"{method} {path}: {r.status_code} {msg}", r.status_code, detail, in_doubt=in_doubt)
                 last = ApiError(f"{method} {path}: {r.status_code}", r.status_code)
+                in_doubt = in_doubt or r.status_code >= 500
             if attempt < retries:
                 self._sleep(self.backoff_s * (2 ** attempt))
         status = last.status if isinstance(last, ApiError) else None
-        raise ApiError(f"{method} {path}: server unreachable ({last})", status)
+        raise ApiError(f"{method} {path}: server unreachable ({last})", status, in_doubt=in_doubt)
 
     def send_or_queue(self, method: str, path: str, body: dict[str, Any]) -> Any:
         """Send now; or, when the server cannot take it yet, keep it in the offline queue.
@@ -644,10 +679,15 @@ class ApiClient:
         timeout, 5xx, an answer that could not be read) is a retry of it: it re-sends that first
         try's body byte for byte, key and evidence included (the `evidence` passed now is not
         sent), so the server answers with the decision it stored, if it stored one. The held
-        payment is written to disk before it is sent and let go only on a definite answer: a 2xx
-        that was read, or a refusal (4xx). Any other payment gets a new key.
+        payment is written to disk before it is sent and let go only on an answer that settles it:
+        a 2xx that was read, or a refusal that proves the bank recorded nothing for its key
+        (`ApiError.settles_payment`). Any other refusal (429, a 401 such as `stale_request`, ...)
+        lets a payment go only when no try of it can have been recorded (this call's own tries,
+        all answered); a payment held from an earlier call stays held, and the error says so
+        (`in_doubt`, hence `answer_unknown`). Any other payment gets a new key.
         """
         pending = self.held_payment(amount, currency, payee) if idempotency_key is None else None
+        fresh = pending is None  # no earlier call sent it: only this call's tries can have reached the bank
         if pending is not None:
             log.info("payment retried with its first try's idempotency key and evidence")
         else:
@@ -661,8 +701,12 @@ class ApiClient:
             d = self.request("POST", ROUTES["authorize"], retries=AUTHORIZE_RETRIES, timeout_s=AUTHORIZE_TIMEOUT_S,
                              content=pending.raw)
         except ApiError as exc:
-            if not exc.answer_unknown:  # the server answered (a refusal): nothing to retry as-is
+            if exc.settles_payment or (fresh and not exc.answer_unknown):
+                # nothing recorded for this key: the next try is a new payment with new evidence
                 self.held.release(pending)
+            else:  # an earlier try may be recorded: the next one re-sends it, same key and bytes
+                exc.in_doubt = True
+                log.info("payment refused (%s) after a try without an answer: it stays held", exc.status)
             raise
         except ValueError as exc:  # a 2xx whose body is no JSON: the bank may have recorded it
             d = exc

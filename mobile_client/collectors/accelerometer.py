@@ -3,7 +3,8 @@
 plyer's accelerometer is polled and delivers ~5 Hz on Android, far too slow for gait (the
 gait features need >= 20 Hz). On Android we therefore register our own
 `SensorEventListener` with `SensorManager.SENSOR_DELAY_GAME` (~50 Hz) through pyjnius and
-take the hardware timestamps. plyer stays as a fallback where the listener cannot be made.
+take the hardware timestamps, mapped onto the app's clock (see `AndroidAccelerometer`). plyer stays
+as a fallback where the listener cannot be made.
 On Linux plyer raises a plain `Exception`; desktops use `replay.ReplaySource` instead.
 None of the Android code can run on this machine: it is guarded by `is_android()`.
 """
@@ -24,6 +25,12 @@ log = logging.getLogger(__name__)
 
 SENSOR_DELAY_GAME = 1  # android.hardware.SensorManager.SENSOR_DELAY_GAME
 TYPE_ACCELEROMETER = 1  # android.hardware.Sensor.TYPE_ACCELEROMETER
+#: a gap longer than this between two sensor timestamps starts a new burst, re-anchored on the app
+#: clock (the listener was registered again, or the phone slept while the sensor's clock counted on)
+BURST_GAP_S = 1.0
+#: a sample that would be stamped more than this after the moment it arrived re-anchors its burst
+#: (the burst's first sample was delivered late, or the two clocks drifted apart)
+MAX_LEAD_S = 0.25
 
 
 class SensorUnavailable(RuntimeError):
@@ -31,17 +38,33 @@ class SensorUnavailable(RuntimeError):
 
 
 class AndroidAccelerometer:
-    """pyjnius `SensorEventListener` registered at game rate; pushes samples from the sensor thread."""
+    """pyjnius `SensorEventListener` registered at game rate; pushes samples from the sensor thread.
+
+    Samples are stamped on the app's clock (`clock`, what the evidence buffer measures "the last
+    15 s" on), not with `SensorEvent.timestamp`: that counts on CLOCK_BOOTTIME, which goes on
+    through deep sleep while `time.monotonic` (CLOCK_MONOTONIC) does not, so after the phone slept
+    an old walk would look recent. Each burst of samples (no gap over `BURST_GAP_S` between sensor
+    timestamps) is anchored on the app clock at the arrival of its first sample, and keeps the
+    sensor's spacing within it (what the gait features read the sampling rate from); a sample
+    that would land more than `MAX_LEAD_S` after its own arrival re-anchors the burst.
+    """
 
     modality = "gait"
+    #: class defaults, so that `_push` also works on an instance made without `__init__` (tests)
+    _clock: Clock = staticmethod(monotonic)
+    _offset: float | None = None  # app clock - sensor clock, for the current burst
+    _last_sensor_t: float | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = monotonic) -> None:
         if not is_android():
             raise SensorUnavailable("the SensorManager listener needs Android")
         self._sink: Sink | None = None
         self._listener: Any = None
         self._manager: Any = None
         self._lock = threading.Lock()
+        self._clock = clock
+        self._offset = None
+        self._last_sensor_t = None
 
     @property
     def running(self) -> bool:
@@ -66,7 +89,7 @@ class AndroidAccelerometer:
 
             @java_method("(Landroid/hardware/SensorEvent;)V")
             def onSensorChanged(self, event: Any) -> None:
-                # event.timestamp is nanoseconds on the sensor's monotonic clock
+                # event.timestamp is nanoseconds on CLOCK_BOOTTIME (counts deep sleep): `_push` maps it
                 outer._push(event.timestamp * 1e-9, event.values[0], event.values[1], event.values[2])
 
             @java_method("(Landroid/hardware/Sensor;I)V")
@@ -78,12 +101,24 @@ class AndroidAccelerometer:
         self._manager = manager
         manager.registerListener(self._listener, sensor, SENSOR_DELAY_GAME)
 
+    def _app_time(self, t_sensor: float) -> float:
+        """`t_sensor` (seconds on the sensor's clock) on the app's clock; called as the sample arrives."""
+        now = self._clock()
+        offset = now - t_sensor  # the clocks' offset plus this sample's delivery delay
+        last = self._last_sensor_t
+        if (self._offset is None or last is None or not t_sensor >= last or t_sensor - last > BURST_GAP_S
+                or offset < self._offset - MAX_LEAD_S):
+            self._offset = offset  # a new burst: anchored at this sample's arrival
+        self._last_sensor_t = t_sensor
+        return t_sensor + self._offset
+
     def _push(self, t: float, x: float, y: float, z: float) -> None:
+        """One sample as the listener read it: `t` in seconds on the sensor's clock (`SensorEvent.timestamp`)."""
         with self._lock:
             if self._sink is None:
                 return
             try:
-                self._sink(AccelSample(t, x, y, z))
+                self._sink(AccelSample(self._app_time(t), x, y, z))
             except EventValidationError:  # a NaN from a flaky driver: drop the sample, keep going
                 log.debug("dropped invalid accelerometer sample")
 
@@ -94,6 +129,8 @@ class AndroidAccelerometer:
             self._sink = None
             self._listener = None
             self._manager = None
+            self._offset = None
+            self._last_sensor_t = None
 
 
 class PlyerAccelerometer:
@@ -149,12 +186,12 @@ class PlyerAccelerometer:
         self._sink = None
 
 
-def platform_accelerometer() -> AndroidAccelerometer | PlyerAccelerometer:
-    """The best live accelerometer here; `SensorUnavailable` where there is none (desktop)."""
+def platform_accelerometer(clock: Clock = monotonic) -> AndroidAccelerometer | PlyerAccelerometer:
+    """The best live accelerometer here, stamping on `clock`; `SensorUnavailable` where there is none (desktop)."""
     if is_android():
         try:
-            return AndroidAccelerometer()
+            return AndroidAccelerometer(clock)
         except Exception as exc:  # noqa: BLE001 - pyjnius errors are not typed
             log.warning("game-rate listener unavailable (%s); falling back to plyer (~5 Hz)", exc)
-            return PlyerAccelerometer()
+            return PlyerAccelerometer(clock=clock)
     raise SensorUnavailable("no live accelerometer on this desktop: use a replay source")

@@ -29,15 +29,34 @@ class KeyPairer:
 
     def __init__(self) -> None:
         self._down: dict[str, float] = {}
+        #: keys whose down expired (`_expire`): their auto-repeat and their up are ignored until that up
+        self._lost: set[str] = set()
         self._last_text_t: float | None = None
 
     def down(self, key: str, t: float) -> None:
         """A key went down; auto-repeat (down again before up) keeps the first time."""
-        self._down.setdefault(canonical_key(key), t)
+        self._expire(t)
+        k = canonical_key(key)
+        if k not in self._lost:
+            self._down.setdefault(k, t)
+
+    def _expire(self, t: float) -> None:
+        """Let go of key-downs older than `MAX_HOLD_S` at `t` (a stuck key, or its key-up was lost).
+
+        Such a press could never be paired (`up` drops it), and left waiting it would block every
+        soft-keyboard commit for the rest of the run. The key is remembered as lost until its next
+        up, so that an auto-repeat of a key still held is not taken for a new, shorter press.
+        """
+        for k in [k for k, press in self._down.items() if t - press > MAX_HOLD_S]:
+            del self._down[k]
+            self._lost.add(k)
 
     def up(self, key: str, t: float) -> KeyEvent | None:
         """A key went up: the completed press, or None for an up without a down."""
         k = canonical_key(key)
+        if k in self._lost:
+            self._lost.discard(k)
+            return None
         press = self._down.pop(k, None)
         if press is None or t < press or t - press > MAX_HOLD_S:
             return None
@@ -47,8 +66,10 @@ class KeyPairer:
         """Text from a soft keyboard that sent no key events (Android IMEs do this).
 
         Each character becomes a press with zero hold at the commit time: flight times stay
-        usable, hold times do not, and the features' quality says so.
+        usable, hold times do not, and the features' quality says so. A key-down older than
+        `MAX_HOLD_S` no longer counts as down (its key-up was lost).
         """
+        self._expire(t)
         if self._down:
             return []  # a hardware key is down: its down/up pair is the real event
         out = [KeyEvent(canonical_key(ch), t, t) for ch in text if ch.strip() or ch == " "]

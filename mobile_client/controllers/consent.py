@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from mobile_client.api import ROUTES, ApiError, Queued
+from mobile_client.controllers.transaction import forget_modality
 from mobile_client.profile import PURPOSES
 from mobile_client.services import AppServices
 from modalities.events import MODALITIES
@@ -114,7 +115,9 @@ class ConsentController:
         message = self._message(modality, purpose, granted, state)
         dropped = []
         if purpose == "authentication" and not granted:
-            # a held payment re-sends its samples: none of a modality the person has withdrawn
+            # a held payment re-sends its samples, and a step-up's code adapts with them: none of a
+            # modality the person has withdrawn
+            forget_modality(self.s, modality)
             dropped = self.s.api.drop_held_payments(modality)
             if dropped:
                 log.info("%d held payment(s) with %s samples let go: consent revoked", len(dropped), modality)
@@ -149,6 +152,7 @@ class ConsentController:
         for m, q, g in changes:
             self._send(m, q, g, queue=True, offline=True)
         if purpose == "authentication" and not granted:
+            forget_modality(self.s, modality)
             self.s.api.drop_held_payments(modality)
         self._save()
 

@@ -6,6 +6,7 @@ import logging
 import re
 import secrets
 import unicodedata
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -134,6 +135,18 @@ class StepUp:
     attempts_left: int = 3
 
 
+#: the live controllers, so a consent withdrawal reaches the windows they hold (`forget_modality`)
+_CONTROLLERS: weakref.WeakSet[TransactionController] = weakref.WeakSet()
+
+
+def forget_modality(services: AppServices, modality: str) -> int:
+    """A consent to `modality` was withdrawn: the payment controllers of `services` drop its held windows.
+
+    Returns how many windows were dropped (those a step-up waiting for its code would adapt with).
+    """
+    return sum(tc.forget_modality(modality) for tc in list(_CONTROLLERS) if tc.s is services)
+
+
 class TransactionController:
     def __init__(self, services: AppServices) -> None:
         self.s = services
@@ -143,6 +156,7 @@ class TransactionController:
         #: the last authorize call's evidence, kept until it is confirmed (or the next call)
         self._sent: list[FeatureWindow] = []
         services.reset_hook(self.forget)
+        _CONTROLLERS.add(self)
 
     def forget(self) -> None:
         """The app was reset ("Delete my data"): nothing of an earlier payment is kept."""
@@ -150,6 +164,12 @@ class TransactionController:
         self.step_up = None
         self.evidence_summary = {}
         self._sent = []
+
+    def forget_modality(self, modality: str) -> int:
+        """Drop the held windows of `modality` (its consent was withdrawn): they are never sent again."""
+        kept = [w for w in self._sent if w.modality != modality]
+        dropped, self._sent = len(self._sent) - len(kept), kept
+        return dropped
 
     def gather_evidence(self) -> list[FeatureWindow]:
         """Feature windows of recent behaviour of each consented, enrolled modality.
@@ -217,13 +237,14 @@ class TransactionController:
 
         Controlled adaptation: the server accepts exactly the windows that approved call
         carried, once. A refusal (e.g. the bank has not yet confirmed a step-up) costs
-        nothing but the adaptation, so it is logged, not raised.
+        nothing but the adaptation, so it is logged, not raised. Only windows of modalities still
+        consented as it sends go: a consent withdrawn while a step-up waited for its code drops its own.
         """
         windows, self._sent = self._sent, []
         # only a modality whose own evidence matched in the decision adapts, at most 8 windows of
         # it per transaction (the server refuses the rest: 409 not_matched_evidence, adaptation_limit)
         matched = {r.get("modality") for r in (self.last.reasons if self.last else [])
-                   if r.get("code") in ("match", "strong_match")}
+                   if r.get("code") in ("match", "strong_match") and self.s.profile.consented(str(r.get("modality")))}
         per: dict[str, list[FeatureWindow]] = {}
         for w in windows:
             if w.modality in matched:
