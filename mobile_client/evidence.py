@@ -10,6 +10,13 @@ window it has already received (replay protection), so evidence must be new beha
 windows cut again from events an earlier enrolment or payment already sent. "Recent" is
 measured on the collectors' clock (`now`), not from the newest stored event, so an old walk
 does not count as recent just because nothing came after it.
+
+Erasure and flushing: `flush` writes its batch to the store outside the buffer's lock (encrypting
+takes a while, and the sensor thread must not wait for it), but under a flush lock of its own.
+`clear` (what an erasure calls before deleting the store) voids what was not flushed yet and then
+waits for a flush already writing, so that batch is on disk before the store is deleted and
+never written after it, with the new key. An event that was being added while `clear` ran is
+dropped (`_epoch`), so nothing recorded before an erasure is flushed after it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ class EvidenceBuffer:
         self._buf: dict[str, deque[Event]] = {m: deque(maxlen=n) for m, n in CAPACITY.items()}
         self._pending: list[Event] = []
         self._lock = threading.Lock()
+        #: held while a batch is written to the store (`clear` waits for it)
+        self._flush_lock = threading.Lock()
+        #: bumped by `clear`: an `add` that began before is dropped
+        self._epoch = 0
         self.store = store
         self.allowed = allowed
         #: nothing is collected while set (an erasure waits for the bank)
@@ -51,9 +62,12 @@ class EvidenceBuffer:
 
     def add(self, ev: Event) -> None:
         m = modality_of(ev)
+        epoch = self._epoch
         if self.paused or not self.allowed(m):
             return
         with self._lock:
+            if epoch != self._epoch:  # cleared (an erasure) while this one was let in: it goes too
+                return
             self._buf[m].append(ev)
             self._total[m] += 1
             self._pending.append(ev)
@@ -66,11 +80,13 @@ class EvidenceBuffer:
             self.add(ev)
 
     def flush(self) -> int:
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if self.store is not None and batch:
-            return self.store.append(batch)
-        return 0
+        """Write what is pending to the store; returns how many events were written."""
+        with self._flush_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if self.store is not None and batch:
+                return self.store.append(batch)
+            return 0
 
     def count(self, modality: str) -> int:
         """Events of `modality` seen since start (not only those still in memory)."""
@@ -131,10 +147,17 @@ class EvidenceBuffer:
         return self._fresh("gait", last_seconds)  # type: ignore[return-value]
 
     def clear(self) -> None:
+        """Forget every event in memory and wait for a batch being written (see the module's docstring).
+
+        Call it before deleting the store: what it waits for is one batch's encryption and write.
+        """
         with self._lock:
+            self._epoch += 1
             for d in self._buf.values():
                 d.clear()
             self._pending.clear()
+        with self._flush_lock:  # a flush that took its batch before: it is written now, and deleted next
+            pass
 
 
 def _time(ev: Event) -> float:

@@ -12,13 +12,31 @@ events are only this phone's cache (the server keeps its own templates), so the 
 most what set-up would record again, and no unreadable behaviour is left outside retention and
 "delete my data". A file under the store that is not a batch this store wrote is ignored with a
 log line (and removed by `delete_all`).
+
+Batches are written atomically (a temporary file, synced, then renamed), so a crash leaves a
+batch whole or absent. A batch that still cannot be read (torn by an older version that wrote
+in place, or damaged) is skipped with a log line and counted in `StoreSummary.unreadable`; the
+rest of the modality stays readable. A key that opens none of the batches is a different
+thing, a `RawStoreError`: a small `key-check` token beside the batches tells the two apart.
+
+Event times are the collectors' clock (`time.monotonic` on the phone), which starts again at
+every boot, so events of different recordings must never be put in one time line. Each batch
+records the recording it belongs to (one per store instance, that is one app run; a new one
+when the stamps go back in time), and `read_recordings` returns the events recording by
+recording. Batch format: Fernet-encrypted JSON `{"v": 2, "recording": "<hex>", "events":
+[...]}`. Batches written before (a bare JSON list of events, still on phones for up to the
+retention period) are read as they are, each one as a recording of its own: which of them
+came from the same boot cannot be told, so none is joined to another.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import secrets as secrets_mod
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,11 +54,18 @@ SECRET_NAME = "raw-store-key"
 #: a batch's file name: `<created>-<seq>-<count>.bin`
 BATCH_NAME = re.compile(r"^(\d+(?:\.\d+)?)-(\d+)-(\d+)$")
 DEFAULT_RETENTION_DAYS = 30
+#: beside the batches: a token of a constant made with the store's key, to tell a wrong key from a bad batch
+KEY_CHECK = "key-check"
+_KEY_CHECK_TEXT = b"cadence raw store key check"
+#: how far back in time a batch's first event may lie behind the last one stored in the same recording
+#: (keys are stored when released, so a held key is stored after later presses) before it counts as
+#: another clock, that is another recording
+REORDER_S = 10.0
 _TYPES = {"keystroke": KeyEvent, "touch": TouchEvent, "gait": AccelSample}
 
 
 class RawStoreError(RuntimeError):
-    """A batch could not be decrypted (wrong key, tampered file)."""
+    """The store's key opens none of its batches (a wrong key, not one damaged batch)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +76,28 @@ class StoreSummary:
     n_bytes: int
     oldest: float | None
     retention_days: int
+    #: batches found unreadable (torn or damaged) and skipped by `read`: kept until retention deletes them
+    unreadable: int = 0
+
+
+def _time(row: dict[str, object]) -> float:
+    """When an encoded event happened (a key press counts from its press)."""
+    t = row["press"] if "press" in row else row["time"]
+    return float(t)  # type: ignore[arg-type]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write `path` through an owner-only temporary file in its folder: synced, then renamed."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _encode(ev: Event) -> dict[str, object]:
@@ -74,44 +121,76 @@ class RawEventStore:
         self._secrets = secrets
         self._seq = 0
         self._strays: set[Path] = set()
+        #: batches `read` could not decrypt or parse (logged once each)
+        self._bad: set[Path] = set()
+        #: the recording this app run writes (see the module's docstring)
+        self._recording = secrets_mod.token_hex(8)
+        #: per modality, the latest event time stored in this recording
+        self._last: dict[str, float] = {}
         try:
             key = secrets.get(SECRET_NAME)  # Android: a damaged blob raises pyjnius' JavaException
+            new = key is None
             if key is None:
                 key = Fernet.generate_key()
                 secrets.put(SECRET_NAME, key)
             self._fernet = Fernet(key)
+            if new or (not (self.folder / KEY_CHECK).exists() and not self._all_files()):
+                self._write_key_check()  # (a store with batches but no key-check gets one at its first read)
         except unwrap_errors() as exc:
             n = len(self._all_files())
             log.warning("the raw-store key in %s is not a usable key (%s): deleting the %d encrypted batch(es) it "
                         "locked (unreadable without it) and starting with a new key", secrets.kind, exc, n)
             for f in self._all_files():  # the old batches go first: none is left beside a new key
                 f.unlink(missing_ok=True)
-            self._fernet = self._new_key()
+            self._new_key()
 
     def append(self, events: Sequence[Event]) -> int:
         """Store a batch (split by modality); returns how many events were written."""
         by_mod: dict[str, list[dict[str, object]]] = {}
         for ev in events:
             by_mod.setdefault(modality_of(ev), []).append(_encode(ev))
+        if any(min(map(_time, rows)) < self._last.get(mod, -float("inf")) - REORDER_S
+               for mod, rows in by_mod.items()):
+            # the stamps went back: another clock (the collectors' clock started again), another recording
+            self._recording = secrets_mod.token_hex(8)
+            self._last = {}
         for mod, rows in by_mod.items():
             d = self.folder / mod
             d.mkdir(exist_ok=True)
             self._seq += 1
             name = f"{self._now():.3f}-{self._seq:06d}-{len(rows)}.bin"
-            blob = self._fernet.encrypt(json.dumps(rows, separators=(",", ":")).encode())
-            (d / name).write_bytes(blob)
+            payload = {"v": 2, "recording": self._recording, "events": rows}
+            blob = self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode())
+            _atomic_write(d / name, blob)
+            self._last[mod] = max(self._last.get(mod, -float("inf")), max(map(_time, rows)))
         return sum(len(r) for r in by_mod.values())
 
     def _new_key(self) -> Fernet:
         self._secrets.delete(SECRET_NAME)
         key = Fernet.generate_key()
         self._secrets.put(SECRET_NAME, key)
-        return Fernet(key)
+        self._fernet = Fernet(key)
+        self._write_key_check()
+        return self._fernet
+
+    def _write_key_check(self) -> None:
+        _atomic_write(self.folder / KEY_CHECK, self._fernet.encrypt(_KEY_CHECK_TEXT))
+
+    def _key_checks(self) -> bool:
+        """The key-check token opens with the current key (False: none, or made with another key)."""
+        try:
+            return self._fernet.decrypt((self.folder / KEY_CHECK).read_bytes()) == _KEY_CHECK_TEXT
+        except (OSError, InvalidToken):
+            return False
 
     def _all_files(self, modality: str | None = None) -> list[Path]:
         """Every `.bin` under the modality folders, batches or not."""
         mods = [modality] if modality else list(_TYPES)
         return sorted(p for m in mods if (self.folder / m).is_dir() for p in (self.folder / m).glob("*.bin"))
+
+    def _leftovers(self) -> list[Path]:
+        """Temporary files of batch writes a crash interrupted (see `_atomic_write`)."""
+        return sorted(p for m in _TYPES if (self.folder / m).is_dir() for p in (self.folder / m).glob(".*.tmp"))
 
     def _files(self, modality: str | None = None) -> list[Path]:
         """The batches this store wrote; anything else is logged (once) and left alone."""
@@ -125,18 +204,56 @@ class RawEventStore:
         return out
 
     def read(self, modality: str) -> list[Event]:
-        """Every stored event of one modality, oldest batch first."""
+        """Every stored event of one modality, oldest batch first (recordings one after another).
+
+        Times of different recordings are on different clocks: to cut windows, use
+        `read_recordings` and cut each recording on its own.
+        """
+        return [ev for rec in self.read_recordings(modality) for ev in rec]
+
+    def read_recordings(self, modality: str) -> list[list[Event]]:
+        """The stored events of one modality, one list per recording (app run), oldest first.
+
+        A batch that cannot be decrypted or parsed is skipped (logged once, counted in
+        `summary().unreadable`). `RawStoreError` when the key opens no batch at all and the
+        key-check says it is not this store's key (a wrong key: nothing could be read).
+        """
         if modality not in _TYPES:
             raise ValueError(f"modality: unknown {modality!r}")
         cls = _TYPES[modality]
-        out: list[Event] = []
+        recordings: dict[str, list[Event]] = {}
+        bad: list[tuple[Path, Exception]] = []
+        good = 0
         for p in self._files(modality):
             try:
-                rows = json.loads(self._fernet.decrypt(p.read_bytes()))
-            except InvalidToken as exc:
-                raise RawStoreError(f"{p.name}: cannot be decrypted (wrong key or tampered)") from exc
-            out.extend(cls(**r) for r in rows)
-        return out
+                blob = self._fernet.decrypt(p.read_bytes())
+            except (InvalidToken, OSError) as exc:
+                bad.append((p, exc))
+                continue
+            try:
+                data = json.loads(blob)
+                if isinstance(data, list):  # written before recordings were kept: a recording of its own
+                    rec, rows = f"batch:{p.name}", data
+                else:
+                    rec, rows = f"rec:{data['recording']}", data["events"]
+                events = [cls(**r) for r in rows]
+            except (ValueError, TypeError, KeyError) as err:
+                good += 1  # the key opened it: the key is right, the batch is not
+                bad.append((p, err))
+                continue
+            good += 1
+            recordings.setdefault(rec, []).extend(events)
+        if good and not (self.folder / KEY_CHECK).exists():
+            self._write_key_check()  # a store made before key-checks: this key opens its batches
+        if bad and not good and not self._key_checks():
+            raise RawStoreError(f"{bad[0][0].name}: cannot be decrypted: the raw store's key opens none of its "
+                                f"{len(bad)} {modality} batch(es) (wrong key)") from bad[0][1]
+        for p, why in bad:
+            if p not in self._bad:
+                self._bad.add(p)
+                log.warning("raw store: skipping %s, which cannot be read (torn or damaged: %s); retention deletes it",
+                            p, type(why).__name__)
+        return list(recordings.values())
 
     def summary(self) -> StoreSummary:
         counts = {m: 0 for m in _TYPES}
@@ -147,7 +264,8 @@ class RawEventStore:
             counts[p.parent.name] += int(n)
             n_bytes += p.stat().st_size
             oldest = float(created) if oldest is None else min(oldest, float(created))
-        return StoreSummary(counts, n_bytes, oldest, self.retention_days)
+        unreadable = sum(1 for p in self._bad if p.exists())
+        return StoreSummary(counts, n_bytes, oldest, self.retention_days, unreadable)
 
     def apply_retention(self) -> int:
         """Delete batches older than the retention period; returns files deleted."""
@@ -157,14 +275,22 @@ class RawEventStore:
             if float(p.stem.split("-")[0]) < cutoff:
                 p.unlink()
                 gone += 1
+        for p in self._leftovers():  # a write a crash interrupted (an hour old: no write is still going on)
+            try:
+                if p.stat().st_mtime < time.time() - 3600:
+                    p.unlink()
+            except OSError:
+                pass
         return gone
 
     def delete_all(self) -> int:
         """Delete every batch (strays beside them too) and forget the key, so copies are unreadable."""
         files = self._all_files()
-        for p in files:
+        for p in files + self._leftovers():
             p.unlink(missing_ok=True)
-        self._fernet = self._new_key()
+        self._bad.clear()
+        self._recording, self._last = secrets_mod.token_hex(8), {}
+        self._new_key()
         return len(files)
 
     def is_empty(self) -> bool:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +44,19 @@ class PrivacyController:
         self.erase_state = ""
         #: what the last settled erasure came to, in words (after a waiting erasure went or was refused)
         self.erase_message = ""
+        #: called when federated training must stop now (an erasure, federated consent withdrawn), before
+        #: its exported windows are deleted: the app stops its SuperNode. A reset (`_reset_device`) calls
+        #: `AppServices.reset_hooks` instead, where the app registers the same.
+        self.training_stops: list[Callable[[], None]] = []
+
+    def _stop_training(self) -> None:
+        """Stop federated training (the app's hooks) and delete what was exported for it."""
+        for stop in list(self.training_stops):
+            try:
+                stop()
+            except Exception:  # noqa: BLE001 - the files go even so
+                log.exception("could not stop federated training")
+        delete_federated_files(self.s)
 
     def erase_waiting(self) -> bool:
         return erase_pending(self.s)
@@ -63,6 +78,16 @@ class PrivacyController:
                            f"{summ.retention_days} days") for m, n in summ.counts.items()]
         place = KEY_PLACES.get(self.s.secrets.kind, self.s.secrets.kind)
         rows.append(StoredItem(f"Encrypted size: {summ.n_bytes / 1024:,.1f} KB", f"Key kept in {place}"))
+        if summ.unreadable:
+            rows.append(StoredItem(f"On this phone: {summ.unreadable} damaged recording(s) that cannot be read",
+                                   f"Encrypted; deleted after {summ.retention_days} days"))
+        from mobile_client.federation import FOLDER
+
+        exported = sorted((self.s.data_dir / FOLDER).glob("device-*.npz"))
+        if exported:
+            what = ", ".join(MODALITY_NAMES.get(f.stem.removeprefix("device-"), "behaviour") for f in exported)
+            rows.append(StoredItem(f"For training on this device: summaries of your {what}",
+                                   "Not encrypted, readable by this app only; deleted when training stops"))
         enrolled = ", ".join(MODALITY_NAMES.get(m, m) for m in self.s.profile.enrolled) or "nothing yet"
         rows.append(StoredItem("On the bank's server: feature summaries only", f"Your pattern for: {enrolled}"))
         rows.append(StoredItem(f"Device key {self.s.key.fingerprint}", "Signs every request from this phone"))
@@ -83,6 +108,8 @@ class PrivacyController:
         results = [cc.set(m, "federated_training", bool(on)) for m in cc.active_modalities()]
         self.s.profile.federated = self.federated_on()
         self.s.save_profile()
+        if not self.federated_on():  # withdrawn (or waiting for the bank): training stops now, its files go
+            self._stop_training()
         return results
 
     def erase_later(self) -> int:
@@ -97,7 +124,8 @@ class PrivacyController:
         self.s.evidence.paused = True
         (self.s.data_dir / ERASE_PENDING).write_text(str(time.time()))
         self.s.api.queue.push("DELETE", ROUTES["erase"].format(user_id=self.s.profile.user_id), {})
-        self.s.evidence.clear()
+        self._stop_training()  # federated training on the data being erased stops, its exported windows go
+        self.s.evidence.clear()  # waits for a batch being written: deleted next, never written after
         n_files = self.s.store.delete_all()
         self.s.api.forget_pending_payment()  # their bodies hold the behaviour being erased
         self.erase_state = "pending"
@@ -145,6 +173,26 @@ class PrivacyController:
         self.erase_state = "done"
         return (f"Deleted {n_files} encrypted files on this phone at {when}, and your bank erased your "
                 "pattern. You can set Cadence up again.")
+
+
+def delete_federated_files(s: AppServices) -> bool:
+    """Delete `data_dir/federated/` (stop the SuperNode first); True when there was something.
+
+    It holds the feature windows exported for federated training, unencrypted, and the
+    SuperNode's working folder.
+    """
+    from mobile_client.federation import FOLDER
+
+    folder = s.data_dir / FOLDER
+    if not folder.exists():
+        return False
+
+    def failed(_fn: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+        log.warning("could not delete %s (federated training data): %s", path, exc_info[1])
+
+    shutil.rmtree(folder, onerror=failed)
+    log.info("federated training data deleted: %s", folder)
+    return True
 
 
 def _holds_nothing(status: int | None, code: str | None) -> bool:
@@ -209,13 +257,14 @@ def _reset_device(s: AppServices) -> int:
     """Back to a fresh install (same person): no recordings, consents or set-up; a new device key and id."""
     p = s.profile  # changed in place: the evidence buffer's consent check reads this object
     p.consents = default_consents()  # collection stops first
-    s.evidence.clear()
+    s.evidence.clear()  # waits for a batch being written: it is deleted next, never written after
     n_files = s.store.delete_all()
     s.api.queue.clear()
     s.api.outcomes.clear()  # an old erasure's "sent" must not settle a later one
     s.api.forget_pending_payment()
-    for hook in list(s.reset_hooks):
+    for hook in list(s.reset_hooks):  # the app stops federated training here
         hook()
+    delete_federated_files(s)  # the exported feature windows (after the SuperNode stopped)
     s.key.destroy()
     s.key = DeviceKey(s.secrets)
     p.device_id = new_device_id()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from kivy.app import App
 from kivy.core.window import Window
@@ -21,15 +22,13 @@ from mobile_client.collectors.accelerometer import SensorUnavailable, platform_a
 from mobile_client.collectors.keyboard import KeyboardCollector
 from mobile_client.collectors.replay import ReplaySource, recorded_walk
 from mobile_client.collectors.touch import TouchCollector
+from mobile_client.controllers.consent import TEXT as MODALITY_TEXT
 from mobile_client.controllers.consent import ConsentController
 from mobile_client.controllers.enrolment import WALK_SECONDS, EnrolmentController
-from mobile_client.controllers.privacy import PrivacyController
+from mobile_client.controllers.privacy import PrivacyController, delete_federated_files
 from mobile_client.controllers.transaction import TransactionController
 from mobile_client.services import AppServices
 from mobile_client.ui import screens, theme
-
-if TYPE_CHECKING:
-    from modalities.events import KeyEvent
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +82,15 @@ class CadenceApp(App):
         self.collectors: list[Any] = []
         self.walk_source: ReplaySource | None = None
         self.supernode: Any = None
+        #: guards `supernode`: background jobs stop it when training is withdrawn or the data erased
+        self._federation_lock = threading.Lock()
         #: why federated training could not start, in words for the Privacy screen (None: no problem)
         self.federation_error: str | None = None
+        #: training was stopped during this run (a consent withdrawn, an erasure): it starts again next start
+        self.federation_stopped = False
+        # an erasure stops training before it deletes the exported windows (`privacy.delete_federated_files`)
+        services.reset_hook(self._stop_training)
+        self.privacy.training_stops.append(self._stop_training)
         self.sm: ScreenManager | None = None
         #: network work runs here, one job at a time and in order, never on Kivy's main thread
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cadence-network")
@@ -111,7 +117,10 @@ class CadenceApp(App):
 
         def job() -> T:
             self._settle_erase()
-            return work()
+            try:
+                return work()
+            finally:  # a consent withdrawn by this job (or the erasure settled) stops training before `done`
+                self.sync_federation()
 
         def finished(fut: Future[T]) -> None:
             if fut.cancelled():
@@ -241,6 +250,7 @@ class CadenceApp(App):
                     j.intent(bool(still))
                 except Exception:  # noqa: BLE001 - closing goes on; what failed is in the log
                     log.exception("could not save a change that was waiting to be sent")
+        self.sync_federation()  # a withdrawal saved above: its exported windows go now
         self.services.close()
 
     def live_accelerometer(self) -> bool:
@@ -259,46 +269,90 @@ class CadenceApp(App):
         return f"Desktop: {label}"
 
     # ------------------------------------------------------------------ federated
-    def federation_status(self) -> str:
-        from mobile_client.federation import status_text
+    def federation_allowed(self) -> bool:
+        """The consents let this app train (on the one modality it trains, `TRAINED_MODALITY`), and no erasure waits."""
+        from mobile_client.federation import TRAINED_MODALITY
 
-        if self.services.profile.federated and self.federation_error:
+        p = self.services.profile
+        return bool(p.federated and p.consented(TRAINED_MODALITY, "federated_training")
+                    and p.consented(TRAINED_MODALITY, "authentication") and not self.privacy.erase_waiting())
+
+    def federation_status(self) -> str:
+        from mobile_client.federation import TRAINED_MODALITY, status_text
+
+        p = self.services.profile
+        if p.federated and self.federation_error:
             return self.federation_error
-        return status_text(self.services.profile.federated, self.supernode)
+        stopped = None
+        if p.federated and self.privacy.erase_waiting():
+            stopped = "Paused: your data is being erased; nothing is trained until your bank has confirmed it"
+        elif p.federated and not self.federation_allowed():
+            stopped = (f"On, but this computer trains only on your "
+                       f"{MODALITY_TEXT[TRAINED_MODALITY].title.lower()}, which is off for training: "
+                       "not taking part now")
+        elif self.federation_stopped:
+            stopped = "On: training stopped when you changed your choices; it starts again the next time you open Cadence"
+        return status_text(p.federated, self.supernode, stopped)
 
     def start_federation(self) -> None:
         """Join the bank's federated rounds as a SuperNode for this device's own data, if allowed.
 
         Needs the person's federated-training consent and an operator SuperLink address in
         ``CADENCE_SUPERLINK`` (desktop builds; Android has no Flower, see docs/mobile.md).
+        Windows are cut one recording at a time (`recording_windows`): stored event times of
+        different boots are on different clocks.
         """
         import os
 
-        from mobile_client import features
-        from mobile_client.federation import start_supernode
+        from mobile_client.federation import FOLDER, TRAINED_MODALITY, recording_windows, start_supernode
         from mobile_client.platform_info import can_run_flower
 
         superlink = os.environ.get("CADENCE_SUPERLINK")
-        p = self.services.profile
-        if not (superlink and p.federated and can_run_flower() and p.consented("keystroke", "federated_training")):
+        if not (superlink and self.federation_allowed() and can_run_flower()):
             return
         from federated.deployment import DeploymentError  # desktop only: Android builds leave `federated` out
 
         self.federation_error = None
         try:
-            windows = features.keystroke_windows(cast("list[KeyEvent]", self.services.store.read("keystroke")))
-            self.supernode = start_supernode(superlink, self.services.data_dir / "federated", windows, "keystroke",
-                                             int(os.environ.get("CADENCE_SUPERNODE_PORT", "9401")))
+            windows = recording_windows(self.services.store, TRAINED_MODALITY)
+            node = start_supernode(superlink, self.services.data_dir / FOLDER, windows, TRAINED_MODALITY,
+                                   int(os.environ.get("CADENCE_SUPERNODE_PORT", "9401")))
+            with self._federation_lock:
+                self.supernode = node
         except ValueError as exc:  # e.g. no typing recorded yet, or a bad port number: try next start
             log.warning("federated training not started: %s", exc)
         except (DeploymentError, FileNotFoundError) as exc:  # `find_bin`: no `cadence` where the app looks
             log.warning("federated training not started: %s", exc)
             self.federation_error = "On: training could not start on this computer (its training program is missing)"
-        except (RuntimeError, OSError) as exc:
+        except (RuntimeError, OSError) as exc:  # RawStoreError too: the store's key opens none of its typing
             log.warning("federated training not started: %s", exc)
             self.federation_error = "On: training could not start on this computer; it is tried again next start"
 
-    def stop_federation(self) -> None:
-        if self.supernode is not None:
-            self.supernode.stop()
-            self.supernode = None
+    def stop_federation(self) -> bool:
+        """Stop the SuperNode (and wait for it); True when one was running. Safe from any thread."""
+        with self._federation_lock:
+            node, self.supernode = self.supernode, None
+        if node is None:
+            return False
+        node.stop()
+        return True
+
+    def _stop_training(self) -> None:
+        """An erasure or a withdrawal: stop training now (the caller deletes the exported windows)."""
+        if self.stop_federation():
+            log.info("federated training stopped: consent withdrawn or data erased")
+            self.federation_stopped = True
+
+    def sync_federation(self) -> None:
+        """Training as the consents now say: withdrawn, the SuperNode stops and its exported windows go.
+
+        Called after every background job (consent changes, "Delete my data", a settled erasure)
+        and on close, whichever controller changed the consents. Never raises.
+        """
+        if self.federation_allowed():
+            return
+        try:
+            self._stop_training()
+            delete_federated_files(self.services)
+        except Exception:  # noqa: BLE001 - the job asked for must still deliver its result
+            log.exception("could not stop federated training")

@@ -509,9 +509,21 @@ class PrivacyScreen(Screen):
             row = _consent_switch_row(m, app.services.profile.consented(m))
             sw.add_widget(row)
 
+    def show_federation(self) -> None:
+        """The training switch and line as they now hold (a consent change may have stopped training)."""
+        if self.federated_pending.in_flight:  # its own answer updates them
+            return
+        self.federated = _app().privacy.federated_on()
+        self.federated_status = _app().federation_status()
+
     def set_consent(self, modality: str, on: bool) -> None:
         consent = _app().consent
-        _app().run_in_background(lambda: consent.set(modality, "authentication", on), _logged("consent change"),
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            _logged("consent change")(result, exc)
+            self.show_federation()
+
+        _app().run_in_background(lambda: consent.set(modality, "authentication", on), done,
                                  intent=lambda doubt: consent.intend(modality, "authentication", on, in_doubt=doubt))
 
     def set_federated(self, on: bool) -> None:
@@ -591,6 +603,9 @@ def _on_consent(modality: str, value: bool, row: Any, switch: Any = None) -> Non
 
     def done(result: Any, exc: BaseException | None) -> None:
         _logged("consent change")(None, exc)
+        sm = _app().sm
+        if sm is not None and sm.has_screen("privacy"):  # revoking also revokes training: show what holds
+            sm.get_screen("privacy").show_federation()
         p = _app().services.profile
         if pending.finish() and switch is not None:
             # what the phone holds once every change asked for was applied (or refused); putting the

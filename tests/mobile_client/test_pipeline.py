@@ -7,6 +7,7 @@ import json
 import httpx
 import numpy as np
 import pytest
+from cryptography.fernet import Fernet
 
 from evaluation.synthetic import SyntheticPerson
 from mobile_client import features
@@ -76,12 +77,18 @@ def test_raw_store_encrypts_retains_and_deletes(tmp_path) -> None:
 
 
 def test_raw_store_refuses_tampered_batch(tmp_path) -> None:
-    store = RawEventStore(tmp_path / "raw", FileSecretStore(tmp_path / "s"))
+    secrets = FileSecretStore(tmp_path / "s")
+    store = RawEventStore(tmp_path / "raw", secrets)
     store.append(SyntheticPerson(2).keystrokes(5, 0).to_events())
     f = next((tmp_path / "raw" / "keystroke").glob("*.bin"))
     f.write_bytes(f.read_bytes()[:-5] + b"AAAAA")
+    # a tampered batch is never read: it is skipped and counted, not the whole modality refused
+    assert store.read("keystroke") == [] and store.summary().unreadable == 1
+    # a key that opens none of the store's batches (not its own) is refused
+    store.append(SyntheticPerson(2).keystrokes(5, 1).to_events())
+    secrets.put("raw-store-key", Fernet.generate_key())
     with pytest.raises(RawStoreError, match="cannot be decrypted"):
-        store.read("keystroke")
+        RawEventStore(tmp_path / "raw", secrets).read("keystroke")
 
 
 def test_signature_matches_server_scheme(tmp_path) -> None:
