@@ -68,6 +68,14 @@ def flower_env(workdir: str | os.PathLike[str]) -> dict[str, str]:
     return env
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets (``[::1]:9300``, what a URL and gRPC need)."""
+    h = host.strip()
+    if ":" in h and not h.startswith("["):
+        h = f"[{h}]"
+    return f"{h}:{port}"
+
+
 def write_connection(workdir: str | os.PathLike[str], address: str) -> Path:
     """`$FLWR_HOME/config.toml` naming our SuperLink as the default federation."""
     home = Path(workdir).resolve() / "flwr-home"
@@ -103,6 +111,36 @@ def superlink_cmd(host: str, port: int, database: str | os.PathLike[str] | None 
     if database is not None:
         cmd += ["--database", str(Path(database).resolve())]
     return cmd
+
+
+def check_superlink_db(database: str | os.PathLike[str]) -> None:
+    """Raise `DeploymentError` naming `database` when it exists but is not a readable SQLite file.
+
+    flower-superlink would otherwise stop with a traceback (``file is not a database``).
+    A missing or empty file is fine: the SuperLink creates it.
+    """
+    import sqlite3
+
+    p = Path(database)
+    if not p.exists():
+        return
+    if not p.is_file():
+        raise DeploymentError(f"SuperLink state {p} is not a file; move it away (the SuperLink makes a new one)")
+    try:
+        if p.stat().st_size == 0:
+            return
+        con = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            con.execute("PRAGMA schema_version").fetchone()
+            row = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except (sqlite3.Error, OSError) as exc:
+        raise DeploymentError(f"SuperLink state {p} is damaged ({exc}); move it away (the SuperLink then starts "
+                              f"afresh: SuperNodes must reconnect, past runs are forgotten)") from exc
+    if row is None or str(row[0]).lower() != "ok":
+        raise DeploymentError(f"SuperLink state {p} is damaged (quick_check: {row[0] if row else 'no answer'}); "
+                              f"move it away (the SuperLink then starts afresh)")
 
 
 def check_port_free(host: str, port: int, what: str, option: str = "--port") -> None:
@@ -428,9 +466,14 @@ def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         return {"state": "unknown", "detail": f"no status file at {p} yet"}
     try:
-        return dict(json.loads(p.read_text()))
+        doc = json.loads(p.read_text())
     except ValueError:
         return {"state": "unknown", "detail": "status file being written"}
+    except OSError as exc:
+        return {"state": "unknown", "detail": f"status file {p} unreadable: {exc.strerror or exc}"}
+    if not isinstance(doc, dict):  # `null`, a number: not a status (damaged or not ours)
+        return {"state": "unknown", "detail": f"status file {p} holds no status object ({type(doc).__name__})"}
+    return doc
 
 
 class RunTimeout(DeploymentError):
@@ -481,8 +524,13 @@ def wait_for_run(status_file: str | os.PathLike[str], timeout: float, on_progres
             except DeploymentError as exc:
                 unreachable += 1
                 if unreachable >= 3:
+                    last_st = read_status(status_file)
+                    # the run cannot be followed any more: say so in its status file (not 'running' for ever)
+                    if run_id is None or str(last_st.get("run_id", run_id)) == str(run_id):
+                        record_end(status_file, f"the SuperLink stopped answering ({exc}); the run's outcome "
+                                                f"is unknown (see the SuperLink log)")
                     raise DeploymentError(f"run: the SuperLink stopped answering ({exc}); "
-                                          f"last status {read_status(status_file)}") from exc
+                                          f"last status {last_st}") from exc
                 continue
             if state.startswith("finished"):
                 st = current()  # the ServerApp writes its last word before it finishes

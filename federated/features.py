@@ -11,6 +11,7 @@ Only the modality feature functions are imported here (pure numpy/scipy); torch 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from modalities.events import MODALITIES
+
+log = logging.getLogger(__name__)
 
 #: decision window of the bench rows, per modality (labels as in the modality benches)
 WINDOWS: dict[str, str] = {"keystroke": "50 keys", "touch": "5 swipes", "gait": "10 s"}
@@ -196,18 +199,48 @@ def write_device_files(folder: str | os.PathLike[str], windows: dict[int, np.nda
 
 
 def read_device_file(path: str | os.PathLike[str], modality: str | None = None) -> np.ndarray:
-    """Windows of one device; refuses another modality or a file without usable windows."""
+    """Windows of one device; refuses another modality or feature version, or a file without usable windows.
+
+    The `DeviceDataError` names no local path: on a SuperNode its message becomes the
+    ClientApp's error reply to the server, and the device's path never leaves the device.
+    The path is written to this device's own log instead (`device_file_error` adds it for a
+    local command's error line).
+    """
     p = Path(path)
+    try:
+        return _read_device_file(p, modality)
+    except DeviceDataError as exc:
+        log.error("device file %s: %s", p, exc)
+        raise
+
+
+def _read_device_file(p: Path, modality: str | None) -> np.ndarray:
+    import zipfile
+
     if not p.is_file():
-        raise DeviceDataError(f"data: device file not found: {p}")
+        raise DeviceDataError("data: the device file was not found (its path is in the device's log)")
     try:
         with np.load(p, allow_pickle=False) as z:
             X = np.asarray(z["X"], np.float32)
             mod = str(z["modality"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise DeviceDataError(f"data: {p} is not a device feature file ({exc})") from exc
+            version = str(z["feature_version"]) if "feature_version" in z.files else ""
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        # EOFError (empty file), BadZipFile (truncated copy): unreadable, not a crash
+        raise DeviceDataError(f"data: the device file is not a readable device feature file "
+                              f"({type(exc).__name__}; empty, cut short or of another kind?)") from None
+    except Exception as exc:  # anything else np.load raises on a damaged archive (zlib.error, ...)
+        raise DeviceDataError(f"data: the device file is damaged ({type(exc).__name__})") from None
     if modality is not None and mod != modality:
-        raise DeviceDataError(f"data: {p} holds {mod} windows, this run trains {modality}")
+        raise DeviceDataError(f"data: the device file holds {mod} windows, this run trains {modality}")
+    want = feature_spec(modality if modality is not None else mod).feature_version
+    if version != want:
+        raise DeviceDataError(f"data: the device file holds {mod} features of version {version or '(none)'!r}, "
+                              f"the current {mod} features are version {want!r}; recompute the device's windows")
     if X.ndim != 2 or X.shape[0] == 0 or not np.all(np.isfinite(X)):
-        raise DeviceDataError(f"data: {p} must hold a non-empty finite (n, d) array X, got shape {X.shape}")
+        raise DeviceDataError(f"data: the device file must hold a non-empty finite (n, d) array X, got shape {X.shape}")
     return X
+
+
+def device_file_error(path: str | os.PathLike[str], exc: DeviceDataError) -> str:
+    """`exc` for a local error line (the operator's own terminal): with the file's path."""
+    return f"{exc} [{path}]"

@@ -28,6 +28,7 @@ from federated.features import feature_spec
 from federated.records import RecordError, array_record, get_array, get_float, metric_record
 from federated.scorer import EmbeddingScorer
 from federated.strategies import build_strategy, epsilon_spent
+from federated.strategies.dp import sampled_per_round
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class RunOutcome:
     wall_seconds: float
     train_loss: list[float] = field(default_factory=list)
     server_momentum: float = 0.0
+    #: under DP: adjacency, sensitivity, the fixed denominator and what is released outside the guarantee
+    dp_accounting: dict[str, Any] | None = None
     scorer: EmbeddingScorer | None = None
     version: str | None = None
 
@@ -204,7 +207,8 @@ def _train(grid: Grid, s: RunSettings, status: StatusFile) -> RunOutcome:
         m = result.train_metrics_clientapp.get(rnd)
         if m is None:
             raise FederatedRunError(f"round {rnd}: no usable replies from the devices (see the SuperLink log)")
-        losses.append(get_float(m, "train-loss"))
+        if not s.dp:  # under DP the devices' losses are not aggregated: no accounting covers them
+            losses.append(get_float(m, "train-loss"))
     weights = task.to_numpy(result.arrays)
     scorer = EmbeddingScorer.from_weights(weights, norm.mean, norm.std, modality=s.modality,
                                           feature_version=spec.feature_version)
@@ -214,21 +218,50 @@ def _train(grid: Grid, s: RunSettings, status: StatusFile) -> RunOutcome:
                          delta=s.dp_delta if s.dp else None, noise_multiplier=s.noise_multiplier if s.dp else None,
                          clipping_norm=s.clipping_norm if s.dp else None, bytes_per_client_per_round=nbytes,
                          download_bytes_per_client_per_round=nbytes, wall_seconds=round(time.perf_counter() - t0, 2),
-                         train_loss=losses, server_momentum=s.server_momentum, scorer=scorer)
+                         train_loss=losses, server_momentum=s.server_momentum,
+                         dp_accounting=dp_accounting(s, len(nodes)) if s.dp else None, scorer=scorer)
     if s.registry:
         outcome.version = publish(outcome, s)
     status.update(state="done", round=s.num_server_rounds, version=outcome.version, summary=outcome.summary())
     return outcome
 
 
+#: what a DP run releases without noise, outside its (epsilon, delta) guarantee
+OUTSIDE_DP = ("the population feature mean and standard deviation (exact, from the scaling round; stored with the "
+              "model), which reveal each device's feature sums to the SuperLink",
+              "the number of devices (the fixed denominator m0 and num_devices)")
+
+
+def dp_accounting(s: RunSettings, num_nodes: int) -> dict[str, Any]:
+    """What the epsilon of a DP run covers, and what it does not (model card, metrics.json)."""
+    return {"adjacency": "add/remove one device (all of one person's data)",
+            "estimator": "fixed denominator: global + sum of clipped updates / m0",
+            "fixed_devices_per_round": sampled_per_round(s, num_nodes),
+            "sensitivity": "clipping_norm / m0 per round",
+            "noise_std": "noise_multiplier * clipping_norm / m0",
+            "covers": "the model updates of every round",
+            "not_released": "per-round device training loss",
+            "outside_dp_guarantee": list(OUTSIDE_DP)}
+
+
 def model_card(o: RunOutcome) -> str:
-    dp = (f"client-level DP: clipping norm {o.clipping_norm}, noise multiplier {o.noise_multiplier}, "
-          f"epsilon {o.epsilon:.2f} at delta {o.delta}" if o.dp and o.epsilon is not None else "no differential privacy")
+    if o.dp and o.epsilon is not None:
+        m0 = (o.dp_accounting or {}).get("fixed_devices_per_round", o.num_devices)
+        dp = (f"client-level DP (add/remove one device) on the model updates: each device's update clipped to "
+              f"{o.clipping_norm}, aggregate = sum of the clipped updates / {m0} devices (fixed denominator, "
+              f"sensitivity {o.clipping_norm}/{m0}), Gaussian noise multiplier {o.noise_multiplier}; "
+              f"epsilon {o.epsilon:.2f} at delta {o.delta}. Released OUTSIDE this guarantee: "
+              f"{'; '.join(OUTSIDE_DP)}. The devices' training losses were not released")
+    elif o.dp:
+        dp = "DP noise was added, but too little for a finite epsilon: no differential privacy"
+    else:
+        dp = "no differential privacy"
+    scaling = "" if o.dp else " The one-off scaling round reveals per-device feature sums to the SuperLink."
     return (f"# Federated {o.modality} embedding model\n\n"
             f"- Trained with Flower ({o.strategy}, server momentum {o.server_momentum}) over {o.num_devices} devices, {o.rounds} rounds; each device held "
             f"only its owner's {o.modality} feature windows; raw signals never left the devices.\n"
             f"- Model: 2-layer MLP embedding, fixed-prototype cosine-softmax loss (docs/federated.md).\n"
-            f"- Privacy: {dp}. The one-off scaling round reveals per-device feature sums to the SuperLink.\n"
+            f"- Privacy: {dp}.{scaling}\n"
             f"- Scoring: enrol = mean embedding, compare = cosine similarity (higher is more genuine).\n"
             f"- Limits: accuracy depends on how many devices took part; check the federated bench before activating.\n")
 

@@ -2,10 +2,14 @@
 
 Client-level DP with fixed clipping (McMahan et al. 2018, "Learning differentially private
 recurrent language models"): each device clips its model update to L2 norm `C`
-(``fixedclipping_mod``), the server averages the updates of the `m` devices of a round with
-a fixed denominator and adds Gaussian noise of standard deviation ``z * C / m``
-(`DifferentialPrivacyClientSideFixedClipping`). Adding or removing one device changes the
-average by at most ``C / m``: one round is a Gaussian mechanism with noise multiplier `z`.
+(``fixedclipping_mod``); the server adds the sum of the clipped updates divided by a FIXED
+number of devices ``m0`` (the per-round sample size settled before training, not the number
+of replies: `federated.strategies.dp.FixedDenominator`) to the global model and adds Gaussian
+noise of standard deviation ``z * C / m0`` (`DifferentialPrivacyClientSideFixedClipping`).
+Adjacency is add/remove one device (all of one person's data): that changes the aggregate by
+at most ``C / m0``, so one round is a Gaussian mechanism with noise multiplier `z`. (A mean
+over the replies received would have sensitivity ``2 C / m``, i.e. multiplier ``z / 2``.)
+Only the model updates are covered; see docs/federated.md for what is released outside.
 
 RDP of one round at integer order a (Mironov, Talwar & Zhang 2019, Poisson sampling rate q)::
 
@@ -36,6 +40,8 @@ def rdp_sampled_gaussian(q: float, noise_multiplier: float, orders: tuple[int, .
     if noise_multiplier <= 0:
         raise ValueError(f"noise_multiplier: must be > 0, got {noise_multiplier}")
     z2 = noise_multiplier**2
+    if not z2 > 0 or not math.isfinite(1.0 / z2):  # noise so small its square underflows: no privacy
+        return np.full(len(orders), math.inf)
     out = np.empty(len(orders))
     for i, a in enumerate(orders):
         if q == 1.0:
@@ -64,8 +70,10 @@ def epsilon(*, rounds: int, q: float, noise_multiplier: float, delta: float,
     if noise_multiplier <= 0:
         return math.inf
     a = np.asarray(orders, float)
-    rdp = rounds * rdp_sampled_gaussian(q, noise_multiplier, orders)
-    eps = rdp + np.log((a - 1) / a) - (math.log(delta) + np.log(a)) / (a - 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rdp = rounds * rdp_sampled_gaussian(q, noise_multiplier, orders)
+        eps = rdp + np.log((a - 1) / a) - (math.log(delta) + np.log(a)) / (a - 1)
+    eps = np.where(np.isnan(eps), math.inf, eps)
     return float(max(np.min(eps), 0.0))
 
 

@@ -263,7 +263,8 @@ def device_file(node_config: dict, feature_dir: str = "") -> str:
         files = sorted(Path(feature_dir).glob("device-*.npz"))
         pid = int(node_config["partition-id"])
         if not 0 <= pid < len(files):
-            raise DeviceDataError(f"partition-id: {pid} but {len(files)} device files in {feature_dir}")
+            # no local path in the message: it becomes the ClientApp's error reply to the server
+            raise DeviceDataError(f"partition-id: {pid} but {len(files)} device files in the feature folder")
         return str(files[pid])
     raise DeviceDataError("data: this SuperNode has no device data (start it with --node-config 'data=\"FILE.npz\"')")
 

@@ -172,25 +172,59 @@ class ModelRegistry:
             raise RegistryError("card: a model card is required (what data, which subjects, limits)")
         json.dumps(metrics)  # refuse non-JSON metrics before anything is written
         check_belongs(modality, scorer)
-        base = self.root / modality
-        base.mkdir(parents=True, exist_ok=True)
-        for _ in range(100):  # concurrent publishers: mkdir is the lock
-            version = f"v{self._next_number(modality):04d}"
-            target = base / version
-            try:
-                target.mkdir()
-            except FileExistsError:
-                continue
-            break
-        else:  # pragma: no cover
-            raise RegistryError(f"could not allocate a version under {base}")
-        scorer.save(target / "model.npz")
-        (target / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-        (target / "MODEL_CARD.md").write_text(card)
-        meta = {"scorer": scorer.name, "scorer_version": scorer.version, "feature_version": scorer.feature_version,
-                "source": source, "created": datetime.now(UTC).isoformat(timespec="seconds")}
-        (target / "meta.json").write_text(json.dumps(meta, indent=2))
+        base = self.check_publishable(modality)
+        try:
+            for _ in range(100):  # concurrent publishers: mkdir is the lock
+                version = f"v{self._next_number(modality):04d}"
+                target = base / version
+                try:
+                    target.mkdir()
+                except FileExistsError:
+                    continue
+                break
+            else:  # pragma: no cover
+                raise RegistryError(f"could not allocate a version under {base}")
+        except OSError as exc:
+            raise RegistryError(f"cannot publish to {base}: {exc.strerror or exc}",
+                                public=f"cannot publish a {modality} model") from exc
+        try:
+            scorer.save(target / "model.npz")
+            (target / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            (target / "MODEL_CARD.md").write_text(card)
+            meta = {"scorer": scorer.name, "scorer_version": scorer.version, "feature_version": scorer.feature_version,
+                    "source": source, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+            (target / "meta.json").write_text(json.dumps(meta, indent=2))
+        except OSError as exc:  # e.g. disk full: no half-written version is left to be activated
+            import shutil
+
+            shutil.rmtree(target, ignore_errors=True)
+            raise RegistryError(f"cannot publish to {target}: {exc.strerror or exc}",
+                                public=f"cannot publish a {modality} model") from exc
         return version
+
+    def check_publishable(self, modality: str) -> Path:
+        """``ROOT/<modality>`` as a folder a version can be published in (made if needed); else RegistryError.
+
+        For callers that produce a model first (a federated run): check before the work.
+        """
+        _check_modality(modality)
+        base = self.root / modality
+        try:
+            if base.exists() and not base.is_dir():
+                raise RegistryError(f"{base} is not a folder (a damaged registry: move it away)",
+                                    public=f"the {modality} registry folder is damaged")
+            base.mkdir(parents=True, exist_ok=True)
+            probe = base / f".cadence-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise RegistryError(f"cannot publish to {base}: {exc.strerror or exc}",
+                                public=f"cannot publish a {modality} model") from exc
+        pointer = base / "ACTIVE"
+        if pointer.exists() and not pointer.is_file():
+            raise RegistryError(f"{pointer} is not a file (a damaged registry: move it away)",
+                                public=f"{modality} ACTIVE is damaged")
+        return base
 
     def activate(self, modality: str, version: str) -> ModelVersion:
         """Point `modality`'s ACTIVE file at `version` (atomic replace); returns that version.
@@ -215,9 +249,16 @@ class ModelRegistry:
         self.check(modality, version)  # loads the scorer: before the lock, which it does not need
         with self.lock():
             pointer = self.root / modality / "ACTIVE"
+            if pointer.exists() and not pointer.is_file():  # e.g. a folder: os.replace cannot replace it
+                raise RegistryError(f"{pointer} is not a file (a damaged registry: move it away, then activate "
+                                    f"again)", public=f"{modality} ACTIVE is damaged")
             previous = pointer.read_bytes() if pointer.is_file() else None
             mv = self.get(modality, version)
-            self._point(pointer, (version + "\n").encode())
+            try:
+                self._point(pointer, (version + "\n").encode())
+            except OSError as exc:
+                raise RegistryError(f"cannot write {pointer}: {exc.strerror or exc}",
+                                    public=f"cannot activate a {modality} model") from exc
             try:
                 yield replace(mv, active=True)
             except BaseException:

@@ -84,13 +84,15 @@ def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1"
     _check_workdir(workdir)
     database = Path(workdir).resolve() / d.SUPERLINK_DB
     try:
+        d.check_superlink_db(database)
         d.check_port_free(host, port, "SuperLink")
         cmd = d.superlink_cmd(host, port, database)
-        d.write_connection(workdir, f"{host}:{port}")
+        d.write_connection(workdir, d.host_port(host, port))  # [::1]:PORT for an IPv6 host
     except d.DeploymentError as exc:
         fail(str(exc))
     # state in a file: SuperNodes stay registered across a SuperLink restart (in memory they got 401s and died)
-    console.print(f"SuperLink on {host}:{port}; FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}; state {database}")
+    console.print(f"SuperLink on {d.host_port(host, port)}; FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}; state {database}",
+                  markup=False)  # "[::1]:9300" is an address, not markup
     # stopping this command (Ctrl-C, kill PID) stops flower-superlink and its flower-superexec too
     raise typer.Exit(d.run_foreground(cmd, workdir))
 
@@ -104,13 +106,16 @@ def supernode(
 ) -> None:
     """Start a SuperNode serving one device's data, in the foreground."""
     from federated import deployment as d
-    from federated.features import DeviceDataError, read_device_file
+    from federated.features import DeviceDataError, device_file_error, read_device_file
 
     try:
         read_device_file(data)
+    except DeviceDataError as exc:  # this operator's own terminal: the path may be named here
+        fail(device_file_error(data, exc))
+    try:
         d.check_port_free("127.0.0.1", port, "SuperNode")
         cmd = d.supernode_cmd(superlink, data, port)
-    except (DeviceDataError, d.DeploymentError) as exc:
+    except d.DeploymentError as exc:
         fail(str(exc))
     _check_workdir(workdir)
     # stopping this command stops flower-supernode and any ClientApp it started: no training after stop
@@ -158,6 +163,17 @@ def run(
     except (SettingsError, ValueError) as exc:
         fail(str(exc))
     ensure_writable_dir(reg, "--registry")  # before training, not after every round trained
+    from modalities.registry import ModelRegistry, RegistryError
+
+    try:  # ROOT/<modality> (and its ACTIVE) usable too: a damaged one was found only after training
+        ModelRegistry(reg).check_publishable(s.modality)
+    except RegistryError as exc:
+        fail(str(exc))
+    if activate:  # the audit log the activation is recorded in, also before training (exit 2 if unusable)
+        from cadence.commands.models import _audit_log
+
+        with _audit_log():
+            pass
     _check_workdir(wd)
     address = d.read_connection(wd)
     if address:

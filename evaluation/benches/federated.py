@@ -23,6 +23,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from evaluation.bench import BenchContext, BenchError, BenchOutput, register
@@ -60,7 +61,44 @@ CLIPPING_NORM = 1.0
 def _fed_row(modality: str, info: dict[str, Any]) -> dict[str, Any]:
     keys = ("rounds", "num_devices", "bytes_per_client_per_round", "download_bytes_per_client_per_round",
             "wall_seconds", "epsilon", "delta", "noise_multiplier", "clipping_norm", "strategy", "server_momentum")
-    return {"modality": modality, **{k: info.get(k) for k in keys}, "final_train_loss": info["train_loss"][-1]}
+    # under DP the devices' losses are not released (no accounting covers them): None
+    return {"modality": modality, **{k: info.get(k) for k in keys},
+            "final_train_loss": info["train_loss"][-1] if info.get("train_loss") else None}
+
+
+def _person_folds(ctx: BenchContext, plan: Plan) -> dict[str, Any] | None:
+    """One subject split of the people of all planned modalities (None: --train-dir/--eval-dir are two folders).
+
+    The union of the modalities' subject ids is split as `evaluation.protocols.resolve_folds`
+    splits one modality's (`--quick`: the same seeded subset, then `subject_folds`, fold 0);
+    each modality then takes its available subjects on each side. With one modality (--quick)
+    this is exactly `ctx.folds(modality)[0]`.
+    """
+    import numpy as np
+
+    from evaluation.datasets import available_subjects
+    from evaluation.protocols import Fold, subject_folds
+
+    if ctx.train_dir is not None and ctx.eval_dir is not None \
+            and Path(ctx.train_dir).resolve() != Path(ctx.eval_dir).resolve():
+        return None
+    folder = ctx.train_dir or ctx.data_dir
+    if folder is None or not Path(folder).is_dir():
+        return None
+    folder = Path(folder)
+    avail = {m: set(available_subjects(folder, m)) for m in plan.modalities}
+    people = sorted(set().union(*avail.values()))
+    if not people:
+        return None
+    if ctx.quick and plan.max_subjects is not None and len(people) > plan.max_subjects:
+        rng = np.random.default_rng(ctx.seed)  # as `resolve_folds`' pick (salt 0)
+        people = sorted(int(s) for s in rng.choice(people, size=plan.max_subjects, replace=False))
+    try:
+        tr, ev = subject_folds(people, 2, ctx.seed)[0]
+    except ValueError as exc:
+        raise BenchError(f"{exc} (people in {folder})") from None
+    return {m: Fold(0, folder, tuple(s for s in tr if s in avail[m]), folder, tuple(s for s in ev if s in avail[m]))
+            for m in plan.modalities if avail[m]}
 
 
 @register("federated", "Federated (Flower simulation) vs central training of the same embedding model, per modality")
@@ -85,13 +123,19 @@ def bench_federated(ctx: BenchContext) -> BenchOutput:
     given = ctx.train_dir or ctx.data_dir
     if given is not None and not given.is_dir():  # e.g. a stale CADENCE_DATA_DIR (the CLI leaves it to the bench)
         raise BenchError(f"data folder not found: {given}")
+    # one folder split by the bench: one person-level split for every modality (a BB-MAS id is the
+    # same person in every modality), so nobody trains in one modality and is evaluated in another
+    person_folds = _person_folds(ctx, plan)
     for modality in plan.modalities:
         folder = ctx.train_dir or ctx.data_dir
         if folder is None or not available_subjects(folder, modality):
             log.warning("federated bench: no %s data, skipped", modality)
             continue
         t_mod = time.perf_counter()
-        fold = ctx.folds(modality, max_subjects=plan.max_subjects)[0]
+        if person_folds is not None and modality in person_folds:
+            fold = person_folds[modality]
+        else:
+            fold = ctx.folds(modality, max_subjects=plan.max_subjects)[0]
         spec = feature_spec(modality)
         tr = subject_windows(modality, fold.train_dir, fold.train_subjects)
         ev = eval_splits(modality, fold.eval_dir, fold.eval_subjects)
@@ -158,7 +202,11 @@ def bench_federated(ctx: BenchContext) -> BenchOutput:
         "impostors": "zero-effort: other evaluation subjects' probe decisions",
         "dp": {"target_epsilon": TARGET_EPSILON, "delta": DP_DELTA, "clipping_norm": CLIPPING_NORM,
                "adjacency": "add/remove one device",
-               "accountant": "RDP, Gaussian mechanism per round, q = 1 (no sampling amplification claimed)"},
+               "estimator": "fixed denominator: sum of clipped updates / m0 (m0 = devices of the run, fixed before "
+                            "training); sensitivity clipping_norm / m0, noise std noise_multiplier * clipping_norm / m0",
+               "accountant": "RDP, Gaussian mechanism per round, q = 1 (no sampling amplification claimed)",
+               "outside_dp_guarantee": "exact population feature mean/std (scaling round) and the number of devices; "
+                                       "device training losses are not released under DP"},
     }
     return BenchOutput(protocol=protocol, train_subjects=sorted(set(train_all)), eval_subjects=sorted(set(eval_all)),
                        scores=table, row_extra=row_extra, extra={"federated_runs": runs})

@@ -132,6 +132,8 @@ def _cli_run(tmp_path: Path, monkeypatch, status_doc: dict, *extra: str) -> tupl
 
     monkeypatch.setattr(d, "submit_run", submitted)
     monkeypatch.setattr(d, "flwr_run_status", lambda *_a, **_k: ("running", ""))
+    # `--activate` checks (and audits into) the database up front: the test's own, not ./cadence.sqlite
+    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.sqlite'}")
     r = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["federated", "run", "--workdir", str(tmp_path / "fw"),
                                                        "--registry", str(tmp_path / "reg"), "--timeout", "20", *extra])
     return r.exit_code, r.output
