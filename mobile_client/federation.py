@@ -57,16 +57,21 @@ def export_windows(folder: Path, windows: Sequence[FeatureWindow], modality: str
 
     from federated.features import feature_spec, write_device_file
 
-    rows = [w.values for w in windows if w.modality == modality]
+    spec = feature_spec(modality)
+    ours = [w for w in windows if w.modality == modality]
+    # windows of an older feature version (kept from before an app update) are other numbers:
+    # the file is labelled with the current version, so they stay out
+    rows = [w.values for w in ours if w.feature_version == spec.feature_version]
     if not rows:
-        raise ValueError(f"windows: no {modality} windows on this device yet")
+        raise ValueError(f"windows: no {modality} windows of feature version {spec.feature_version} on this device yet"
+                         + (f" ({len(ours)} of another version)" if ours else ""))
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     path = folder / f"device-{modality}.npz"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".device-{modality}.", suffix=".npz")  # mode 0600
     os.close(fd)
     try:
-        write_device_file(tmp, np.vstack(rows), feature_spec(modality))  # truncates the file: its mode stays
+        write_device_file(tmp, np.vstack(rows), spec)  # truncates the file: its mode stays
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:

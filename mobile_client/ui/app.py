@@ -195,7 +195,7 @@ class CadenceApp(App):
         sink = self.services.evidence.add
         self.collectors = [KeyboardCollector(Window, self.clock), TouchCollector(Window, self.clock)]
         try:
-            self.collectors.append(platform_accelerometer())
+            self.collectors.append(platform_accelerometer(self.clock))
         except SensorUnavailable as exc:
             log.info("no live accelerometer: %s", exc)
         for c in self.collectors:

@@ -394,3 +394,27 @@ def test_a_batch_write_that_fails_leaves_no_partial_batch(tmp_path: Path, monkey
     names = sorted(p.name for p in (tmp_path / "raw" / "keystroke").iterdir())
     assert len(names) == 1 and names[0].endswith(".bin"), names  # no half-written batch, no temp file
     assert store.read("keystroke") == first
+
+
+def test_windows_of_an_older_feature_version_are_not_exported_as_current(tmp_path: Path) -> None:
+    """The device file is labelled with the current feature version: older windows are other numbers."""
+    import numpy as np
+
+    from federated.features import feature_spec
+    from mobile_client.federation import export_windows
+    from modalities.events import FeatureWindow
+
+    spec = feature_spec("keystroke")
+    rng = np.random.default_rng(0)
+
+    def window(i: int, version: str) -> FeatureWindow:
+        return FeatureWindow("keystroke", version, float(i), float(i) + 1, 100, 1.0, rng.normal(size=spec.dim))
+
+    old = [window(i, "keystroke-free-0-old") for i in range(8)]
+    with pytest.raises(ValueError, match="8 of another version"):
+        export_windows(tmp_path / "a", old, "keystroke")
+    current = [window(i, spec.feature_version) for i in range(3)]
+    path = export_windows(tmp_path / "b", old + current, "keystroke")
+    with np.load(path) as z:
+        assert z["X"].shape[0] == 3  # only the current windows
+        assert str(z["feature_version"]) == spec.feature_version
