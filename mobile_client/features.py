@@ -1,8 +1,12 @@
 """On-device feature extraction: raw events -> `FeatureWindow`s, with the modalities' own code.
 
-One code path with the server and benches: every vector comes from
-`modalities.<m>.window_features`. This module only decides how the phone cuts its evidence
-into windows (the contract's labels: keystroke "50 keys", touch "1 swipe", gait "10 s") and
+One code path with the server and benches: every vector comes from the modality packages, and
+the same events give the same numbers as the batch paths the server's models and calibrations are
+built on: keystroke `modalities.keystroke.window_features` per window; touch the strokes of
+`modalities.touch.stroke_windows` over the whole stream held (stream-level normalisation and
+inter-stroke times, see `touch_windows`); gait `modalities.gait.windows_for_subject`'s windows of
+whole resampled segments (see `gait_windows`). This module only decides which events the phone
+cuts into windows (the contract's labels: keystroke "100 keys", touch "1 swipe", gait "10 s") and
 judges whether an enrolment sample is good enough.
 """
 
@@ -11,9 +15,10 @@ from __future__ import annotations
 import importlib
 import itertools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +33,9 @@ from modalities.events import (
     TouchEvent,
     TouchStream,
 )
+
+if TYPE_CHECKING:
+    from modalities.touch.strokes import Stroke
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +81,25 @@ def keystroke_windows(events: Sequence[KeyEvent], n_keys: int = KEYS_PER_WINDOW,
     return [wf(seq[s:s + n_keys]) for s in starts]
 
 
+#: the device name the app labels its touch streams and accelerometer series with. Not in
+#: `modalities.touch.strokes.DEVICE_PROFILES`, so size and pressure are normalised by the
+#: stream's own medians (`modalities.touch.strokes.device_profile`)
+APP_DEVICE = "cadence-app"
+#: the batch loader's segmentation of a walk (`evaluation.datasets.load_bbmas_gait` with
+#: `split_segments`; not imported: the Android build ships no `evaluation`): a recording is cut at
+#: clock gaps longer than GAIT_MAX_GAP_S seconds and parts shorter than GAIT_MIN_SEGMENT_S are dropped
+GAIT_MAX_GAP_S = 1.0
+GAIT_MIN_SEGMENT_S = 5.0
+
+
 def split_strokes(events: Sequence[TouchEvent]) -> list[list[TouchEvent]]:
-    """Single-finger strokes DOWN ... UP (a second finger voids the stroke, on purpose)."""
+    """Single-finger strokes DOWN ... UP (a second finger voids the stroke, on purpose).
+
+    Counts strokes for the enrolment's progress and the tour. Features do not come from these
+    lists but from `modalities.touch.segment` over the whole stream (`touch_windows`), which
+    voids the same strokes (POINTER_DOWN/POINTER_UP/CANCEL rows between a DOWN and its UP) and
+    also one during which another pointer id reports.
+    """
     strokes: list[list[TouchEvent]] = []
     cur: list[TouchEvent] | None = None
     for ev in events:
@@ -93,40 +118,118 @@ def split_strokes(events: Sequence[TouchEvent]) -> list[list[TouchEvent]]:
 
 
 def touch_windows(events: Sequence[TouchEvent], min_points: int = 3) -> list[FeatureWindow]:
-    """One window per stroke (taps with fewer than `min_points` samples are skipped)."""
-    return list(_stroke_windows(split_strokes(events), min_points))
+    """One window per stroke (strokes with fewer than `min_points` samples are skipped).
+
+    The numbers are exactly `modalities.touch.stroke_windows(TouchStream.from_events(events,
+    device=APP_DEVICE))`: what the server's calibration, `cadence models train/calibrate`, the
+    benches and the demo compute. Strokes are cut from the WHOLE stream of `events`, so the
+    stream-level normalisation (contact size and pressure divided by the stream's medians) and
+    each stroke's time since the previous stroke's UP (`log_inter_stroke`) are the batch's; a
+    stroke voided by a second finger still counts as the previous stroke, as in the batch.
+    """
+    return [w for w in (_stroke_window(s) for s in _strokes(events) if len(s) >= min_points) if w is not None]
 
 
-def _stroke_windows(strokes: Iterable[list[TouchEvent]], min_points: int) -> Iterator[FeatureWindow]:
-    """Each stroke's window, in the order given (lazily: a caller may stop early)."""
-    wf = modality_module("touch").window_features
-    for stroke in strokes:
-        if len(stroke) < min_points:
-            continue
+def _strokes(events: Sequence[TouchEvent]) -> list[Stroke]:
+    """`modalities.touch.segment(...).strokes` of `events` as one stream (see `touch_windows`).
+
+    Events whose clock steps back (a stream the batch would refuse) are cut there into runs,
+    each segmented as its own stream, rather than losing every stroke.
+    """
+    from modalities.touch.strokes import segment
+
+    out: list[Stroke] = []
+    for run in _time_ordered_runs(events):
         try:
-            yield wf(TouchStream.from_events(stroke, device="cadence-app"))
+            out += segment(TouchStream.from_events(run, device=APP_DEVICE)).strokes
         except EventValidationError as exc:
-            log.debug("stroke skipped: %s", exc)
+            log.debug("touch events skipped: %s", exc)
+    return out
+
+
+def _time_ordered_runs(events: Sequence[TouchEvent]) -> list[Sequence[TouchEvent]]:
+    """`events` cut wherever the time decreases (one run, the whole list, in the usual case)."""
+    if not events:
+        return []
+    t = np.array([float(e.time) for e in events])
+    cuts = np.flatnonzero(np.diff(t) < 0) + 1
+    if cuts.size == 0:
+        return [events]
+    bounds = [0, *cuts.tolist(), len(events)]
+    return [events[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _stroke_window(stroke: Stroke) -> FeatureWindow | None:
+    """`modalities.touch.features.stroke_window` (what `stroke_windows` maps), None if refused."""
+    from modalities.touch.features import stroke_window
+
+    try:
+        return stroke_window(stroke)
+    except EventValidationError as exc:
+        log.debug("stroke skipped: %s", exc)
+        return None
 
 
 def gait_windows(samples: Sequence[AccelSample], window_s: float = GAIT_WINDOW_S, hop_s: float = GAIT_HOP_S) -> list[FeatureWindow]:
-    """Windows of `window_s` seconds every `hop_s` over a walk."""
+    """Windows of `window_s` seconds every `hop_s` over the walking in `samples`.
+
+    The numbers are exactly those of the batch path that the gait models are trained and
+    calibrated on and the benches report (`modalities.gait.train_scorer`, `cadence models
+    train/calibrate` via `evaluation.pair_scores.gait_split` -> `modalities.gait.data.load_windows`):
+    the loader's segmentation (cut at clock gaps over `GAIT_MAX_GAP_S`, parts under
+    `GAIT_MIN_SEGMENT_S` dropped), then `modalities.gait.windows_for_subject(segments, window_s,
+    hop_s=hop_s)` with its default ``detect_walking=True``: each segment is resampled and
+    low-passed as a WHOLE, walking stretches of at least `window_s` are found on it, and windows
+    are cut from those, never resampled on their own. So the phone sends windows of walking only,
+    as the population models and their calibration saw; a recording without `window_s` of
+    continuous walking gives none.
+
+    Per window: `start` is the window's first sample on the internal grid (`SubjectWindows.start`),
+    `end` the last sample held before ``start + window_s``, `n_events` the samples held in between,
+    `quality` the fraction judged walking on the window's own grid (`walking_mask`, as
+    `window_features` reports it). A segment the batch would refuse (sampling rate, units, absurd
+    readings) is skipped, the others still give windows; a lone sample far from the rest (a clock
+    jump) is a segment too short to use, so it costs nothing.
+    """
+    from modalities.gait.features import uniform_features, walking_parts
+    from modalities.gait.signal import walking_mask
+
+    if not (window_s > 0 and hop_s > 0):
+        raise ValueError(f"window_s and hop_s must be positive, got {window_s} and {hop_s}")
     if len(samples) < 2:
         return []
-    series = AccelSeries.from_samples(sorted(samples, key=lambda s: s.time), device="cadence-app")
-    wf = modality_module("gait").window_features
-    t = series.t
+    t = np.array([float(s.time) for s in samples])
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    xyz = np.array([[s.x, s.y, s.z] for s in samples], dtype=float)[order]
     out: list[FeatureWindow] = []
-    start = float(t[0])
-    while start + window_s <= float(t[-1]) + 1e-9:
-        sel = (t >= start) & (t < start + window_s)
-        if sel.sum() >= 2:
-            try:
-                out.append(wf(AccelSeries(t[sel], series.xyz[sel], series.device)))
-            except EventValidationError as exc:
-                log.debug("gait window skipped: %s", exc)
-        start += hop_s
+    for seg in _gait_segments(t):
+        try:
+            parts = walking_parts(AccelSeries(t[seg], xyz[seg], APP_DEVICE), min_s=window_s)
+        except EventValidationError as exc:
+            log.debug("gait samples %.3f-%.3f skipped: %s", t[seg.start], t[seg.stop - 1], exc)
+            continue
+        for part in parts:  # as `windows_for_subject`
+            w, h = int(round(window_s * part.rate)), int(round(hop_s * part.rate))
+            for a in range(0, part.xyz.shape[0] - w + 1, h):
+                x = part.xyz[a:a + w]
+                start = part.t0 + a / part.rate
+                lo, hi = np.searchsorted(t, [start, start + window_s], side="left")
+                try:
+                    values = uniform_features(x, part.rate)
+                    out.append(FeatureWindow("gait", feature_version("gait"), start, max(float(t[hi - 1]), start),
+                                             max(int(hi - lo), 1), float(walking_mask(x, part.rate).mean()), values))
+                except EventValidationError as exc:
+                    log.debug("gait window skipped: %s", exc)
     return out
+
+
+def _gait_segments(t: np.ndarray) -> list[slice]:
+    """`evaluation.datasets.split_segments(t, GAIT_MAX_GAP_S, GAIT_MIN_SEGMENT_S)` of sorted times `t`."""
+    cuts = np.flatnonzero(np.diff(t) > GAIT_MAX_GAP_S) + 1
+    bounds = np.concatenate([[0], cuts, [t.size]]).astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])
+            if t[b - 1] - t[a] >= GAIT_MIN_SEGMENT_S]
 
 
 def windows_for(modality: str, events: Sequence[object]) -> list[FeatureWindow]:
@@ -164,7 +267,7 @@ def quality_report(modality: str, windows: Sequence[FeatureWindow]) -> QualityRe
     ok = len(good) >= need
     if ok:
         msg = "Good sample"
-    elif not windows:
+    elif not windows and modality != "gait":  # gait: no window also when no 10 s stretch was walking
         msg = "Nothing recorded yet"
     else:
         msg = {"keystroke": "Please type a little more", "touch": "Please swipe a few more times",
@@ -203,9 +306,12 @@ def recent_swipes(events: Sequence[TouchEvent], n: int | None = None, min_points
     """`last_swipes` of `touch_windows(events)`, computing features from the newest stroke back.
 
     A payment looks at 5 minutes of touches (hundreds of strokes) to send the last 5 swipes:
-    features of the older strokes would be computed only to be dropped.
+    features of the older strokes would be computed only to be dropped. The strokes (and the
+    stream-level normalisation and inter-stroke times) are those of the whole of `events`, so
+    each window is the one `touch_windows(events)` gives for that stroke.
     """
     n = decision_swipes() if n is None else n
-    newest_first = (w for w in _stroke_windows(reversed(split_strokes(events)), min_points) if _sendable_swipe(w))
+    strokes = [s for s in _strokes(events) if len(s) >= min_points]
+    newest_first = (w for w in map(_stroke_window, reversed(strokes)) if w is not None and _sendable_swipe(w))
     out = list(itertools.islice(newest_first, n))
     return out[::-1] if len(out) >= n else []
