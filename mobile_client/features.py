@@ -191,8 +191,7 @@ def gait_windows(samples: Sequence[AccelSample], window_s: float = GAIT_WINDOW_S
     readings) is skipped, the others still give windows; a lone sample far from the rest (a clock
     jump) is a segment too short to use, so it costs nothing.
     """
-    from modalities.gait.features import uniform_features, walking_parts
-    from modalities.gait.signal import walking_mask
+    from modalities.gait.features import walking_windows
 
     if not (window_s > 0 and hop_s > 0):
         raise ValueError(f"window_s and hop_s must be positive, got {window_s} and {hop_s}")
@@ -205,22 +204,9 @@ def gait_windows(samples: Sequence[AccelSample], window_s: float = GAIT_WINDOW_S
     out: list[FeatureWindow] = []
     for seg in _gait_segments(t):
         try:
-            parts = walking_parts(AccelSeries(t[seg], xyz[seg], APP_DEVICE), min_s=window_s)
+            out.extend(walking_windows(AccelSeries(t[seg], xyz[seg], APP_DEVICE), window_s, hop_s=hop_s))
         except EventValidationError as exc:
             log.debug("gait samples %.3f-%.3f skipped: %s", t[seg.start], t[seg.stop - 1], exc)
-            continue
-        for part in parts:  # as `windows_for_subject`
-            w, h = int(round(window_s * part.rate)), int(round(hop_s * part.rate))
-            for a in range(0, part.xyz.shape[0] - w + 1, h):
-                x = part.xyz[a:a + w]
-                start = part.t0 + a / part.rate
-                lo, hi = np.searchsorted(t, [start, start + window_s], side="left")
-                try:
-                    values = uniform_features(x, part.rate)
-                    out.append(FeatureWindow("gait", feature_version("gait"), start, max(float(t[hi - 1]), start),
-                                             max(int(hi - lo), 1), float(walking_mask(x, part.rate).mean()), values))
-                except EventValidationError as exc:
-                    log.debug("gait window skipped: %s", exc)
     return out
 
 

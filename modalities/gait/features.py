@@ -192,6 +192,35 @@ def walking_parts(series: AccelSeries, *, min_s: float = 5.0) -> list[Uniform]:
     return out
 
 
+def walking_windows(series: AccelSeries, window_s: float, *, hop_s: float | None = None) -> list[FeatureWindow]:
+    """`windows_for_subject`'s windows of one recorded segment, as `FeatureWindow`s a client sends.
+
+    The same numbers (the segment resampled and low-passed as a whole, windows cut from its
+    walking stretches); per window `start` is its first sample on the resampled grid, `end` the
+    last recorded sample before ``start + window_s``, `n_events` the recorded samples in between,
+    `quality` the share judged walking (`walking_mask`, as `window_features` reports it). The
+    phone and the Python client cut gait with this, so they send what the models saw.
+    """
+    if not (window_s > 0 and (hop_s is None or hop_s > 0)):
+        raise ValueError(f"window_s and hop_s must be positive, got {window_s} and {hop_s}")
+    hop_s = hop_s or window_s / 2
+    t = series.t
+    out: list[FeatureWindow] = []
+    for part in walking_parts(series, min_s=window_s):
+        w, h = int(round(window_s * part.rate)), int(round(hop_s * part.rate))
+        for a in range(0, part.xyz.shape[0] - w + 1, h):
+            x = part.xyz[a:a + w]
+            start = part.t0 + a / part.rate
+            lo, hi = np.searchsorted(t, [start, start + window_s], side="left")
+            try:
+                values = uniform_features(x, part.rate)
+            except EventValidationError:  # a window the features refuse: the others still count
+                continue
+            out.append(FeatureWindow("gait", FEATURE_VERSION, start, max(float(t[hi - 1]), start),
+                                     max(int(hi - lo), 1), float(walking_mask(x, part.rate).mean()), values))
+    return out
+
+
 @dataclass(frozen=True)
 class SubjectWindows:
     """Feature windows of one subject in time order, with where each sits in walking time."""

@@ -4,8 +4,9 @@ Every feature vector comes from the modality package (`modalities.<m>`), the sam
 phone and the benches run. This module only cuts a recording the way the benches label it:
 keystroke windows of the package's `DEFAULT_WINDOW_KEYS` keys, one window per touch stroke
 (a "5 swipes" decision sends five of them, see `evidence_unit`), and the gait package's
-window of walking (`TRAIN_WINDOW_S`, 10 s: what its models are trained and calibrated on; the
-app sends the same).
+window of walking (`TRAIN_WINDOW_S`, 10 s, cut from the walking stretches of the recording
+resampled as a whole: `modalities.gait.features.walking_windows`, what its models are trained
+and calibrated on and what the app sends; here one every 10 s, no overlap).
 """
 
 from __future__ import annotations
@@ -62,6 +63,15 @@ def features_for(modality: str, events: KeySequence | TouchStream | AccelSeries)
     if modality == "touch":
         assert isinstance(events, TouchStream)
         return list(_package("touch").stroke_windows(events))
+    if modality == "gait":  # as the models are trained and the app cuts it: walking stretches only
+        from modalities.gait.features import walking_windows
+
+        assert isinstance(events, AccelSeries)
+        try:
+            return walking_windows(events, GAIT_SECONDS, hop_s=GAIT_SECONDS)
+        except EventValidationError as exc:
+            log.debug("skipping a gait recording: %s", exc)
+            return []
     out = []
     for w in _cut(modality, events):
         try:
@@ -71,22 +81,11 @@ def features_for(modality: str, events: KeySequence | TouchStream | AccelSeries)
     return out
 
 
-def _cut(modality: str, events: KeySequence | TouchStream | AccelSeries) -> list[KeySequence | AccelSeries]:
+def _cut(modality: str, events: KeySequence | TouchStream | AccelSeries) -> list[KeySequence]:
     if modality == "keystroke":
         assert isinstance(events, KeySequence)
         n, size = len(events), keys_per_window()
         return [events[a:a + size] for a in range(0, n - size + 1, size)]
-    if modality == "gait":
-        assert isinstance(events, AccelSeries)
-        out: list[KeySequence | AccelSeries] = []
-        t = events.t
-        start = t[0]
-        while start + GAIT_SECONDS <= t[-1]:
-            sel = (t >= start) & (t < start + GAIT_SECONDS)
-            if sel.sum() > 10:
-                out.append(AccelSeries(t[sel], events.xyz[sel], events.device))
-            start += GAIT_SECONDS
-        return out
     raise EventValidationError("modality", f"unknown modality {modality!r}")
 
 
