@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 import uuid
@@ -44,6 +42,7 @@ from typing import Any
 import httpx
 
 from mobile_client.device_key import DeviceKey
+from mobile_client.files import atomic_write
 from modalities.events import FeatureWindow
 
 log = logging.getLogger(__name__)
@@ -313,24 +312,6 @@ class HeldPayments:
             self.path.unlink(missing_ok=True)
             return
         atomic_write(self.path, json.dumps([h.to_json() for h in held]).encode("utf-8"))
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` through a temporary file of this writer's own in the same folder.
-
-    Synced, then renamed: a crash leaves the old or the new file, and two writers never share a temp file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -702,8 +683,10 @@ class ApiClient:
                              content=pending.raw)
         except ApiError as exc:
             if exc.settles_payment or (fresh and not exc.answer_unknown):
-                # nothing recorded for this key: the next try is a new payment with new evidence
+                # nothing recorded for this key: the next try is a new payment with new evidence,
+                # and the person is told the bank's reason, not "it may have gone through"
                 self.held.release(pending)
+                exc.in_doubt = False
             else:  # an earlier try may be recorded: the next one re-sends it, same key and bytes
                 exc.in_doubt = True
                 log.info("payment refused (%s) after a try without an answer: it stays held", exc.status)

@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets as secrets_mod
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +43,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from mobile_client.collectors import Event, modality_of
+from mobile_client.files import atomic_write
 from mobile_client.secrets_store import SecretStore, unwrap_errors
 from modalities.events import AccelSample, KeyEvent, TouchEvent
 
@@ -86,20 +85,6 @@ def _time(row: dict[str, object]) -> float:
     return float(t)  # type: ignore[arg-type]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `path` through an owner-only temporary file in its folder: synced, then renamed."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _encode(ev: Event) -> dict[str, object]:
     d = asdict(ev)
     if isinstance(ev, TouchEvent):
@@ -134,8 +119,10 @@ class RawEventStore:
                 key = Fernet.generate_key()
                 secrets.put(SECRET_NAME, key)
             self._fernet = Fernet(key)
-            if new or (not (self.folder / KEY_CHECK).exists() and not self._all_files()):
-                self._write_key_check()  # (a store with batches but no key-check gets one at its first read)
+            if not self._all_files() and (new or not (self.folder / KEY_CHECK).exists()):
+                # (a store with batches but no key-check gets one at its first read; a new key beside
+                # batches gets none: they were locked by a key that is lost, which `read` then says)
+                self._write_key_check()
         except unwrap_errors() as exc:
             n = len(self._all_files())
             log.warning("the raw-store key in %s is not a usable key (%s): deleting the %d encrypted batch(es) it "
@@ -161,7 +148,7 @@ class RawEventStore:
             name = f"{self._now():.3f}-{self._seq:06d}-{len(rows)}.bin"
             payload = {"v": 2, "recording": self._recording, "events": rows}
             blob = self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode())
-            _atomic_write(d / name, blob)
+            atomic_write(d / name, blob)
             self._last[mod] = max(self._last.get(mod, -float("inf")), max(map(_time, rows)))
         return sum(len(r) for r in by_mod.values())
 
@@ -174,7 +161,7 @@ class RawEventStore:
         return self._fernet
 
     def _write_key_check(self) -> None:
-        _atomic_write(self.folder / KEY_CHECK, self._fernet.encrypt(_KEY_CHECK_TEXT))
+        atomic_write(self.folder / KEY_CHECK, self._fernet.encrypt(_KEY_CHECK_TEXT))
 
     def _key_checks(self) -> bool:
         """The key-check token opens with the current key (False: none, or made with another key)."""
@@ -189,7 +176,7 @@ class RawEventStore:
         return sorted(p for m in mods if (self.folder / m).is_dir() for p in (self.folder / m).glob("*.bin"))
 
     def _leftovers(self) -> list[Path]:
-        """Temporary files of batch writes a crash interrupted (see `_atomic_write`)."""
+        """Temporary files of batch writes a crash interrupted (see `atomic_write`)."""
         return sorted(p for m in _TYPES if (self.folder / m).is_dir() for p in (self.folder / m).glob(".*.tmp"))
 
     def _files(self, modality: str | None = None) -> list[Path]:

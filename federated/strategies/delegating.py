@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -43,3 +44,19 @@ class Delegating(Strategy):
         if name == "strategy":
             raise AttributeError(name)
         return getattr(self.strategy, name)
+
+
+class KeepsGlobal(Delegating):
+    """Delegating, remembering the global model each training round starts from (`current`).
+
+    Updates are read against it: server momentum's step, DP-FedAvg's fixed-denominator sum.
+    """
+
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__(strategy)
+        self.current: dict[str, np.ndarray] | None = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.current = {k: np.asarray(v.numpy(), np.float32) for k, v in arrays.items()}
+        return self.strategy.configure_train(server_round, arrays, config, grid)

@@ -25,14 +25,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from federated.config import RunSettings
 from federated.privacy import epsilon
 from federated.records import RecordError, array_record
-from federated.strategies.delegating import Delegating
+from federated.strategies.delegating import KeepsGlobal
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +57,7 @@ def wrap_dp(strategy: Any, s: RunSettings, num_nodes: int, *, robust: bool) -> A
     return _seeded(DifferentialPrivacyClientSideFixedClipping)(inner, rng_seed=s.dp_noise_seed, **kwargs)
 
 
-class FixedDenominator(Delegating):
+class FixedDenominator(KeepsGlobal):
     """DP-FedAvg's fixed-denominator estimator: ``g + sum_i (w_i - g) / m0`` over the replies.
 
     `g` is the global model sent this round, ``w_i - g`` a device's (client-side clipped)
@@ -74,12 +73,6 @@ class FixedDenominator(Delegating):
             raise ValueError(f"m0: the fixed number of devices per round must be >= 1, got {m0}")
         super().__init__(strategy)
         self.m0 = m0
-        self.current: dict[str, np.ndarray] | None = None
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self.current = {k: np.asarray(v.numpy(), np.float32) for k, v in arrays.items()}
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

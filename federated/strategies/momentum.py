@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-from federated.strategies.delegating import Delegating
+from federated.strategies.delegating import KeepsGlobal
 
 
-class ServerMomentum(Delegating):
+class ServerMomentum(KeepsGlobal):
     """Delegating strategy: heavy-ball update of the global model from the inner aggregate."""
 
     def __init__(self, strategy: Strategy, momentum: float, lr: float = 1.0) -> None:
@@ -30,13 +29,7 @@ class ServerMomentum(Delegating):
             raise ValueError(f"server-lr: must be > 0, got {lr}")
         super().__init__(strategy)
         self.momentum, self.lr = momentum, lr
-        self.current: dict[str, np.ndarray] | None = None
         self.velocity: dict[str, np.ndarray] = {}
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self.current = {k: np.asarray(v.numpy(), np.float32) for k, v in arrays.items()}
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -28,9 +28,6 @@ TYPE_ACCELEROMETER = 1  # android.hardware.Sensor.TYPE_ACCELEROMETER
 #: a gap longer than this between two sensor timestamps starts a new burst, re-anchored on the app
 #: clock (the listener was registered again, or the phone slept while the sensor's clock counted on)
 BURST_GAP_S = 1.0
-#: a sample that would be stamped more than this after the moment it arrived re-anchors its burst
-#: (the burst's first sample was delivered late, or the two clocks drifted apart)
-MAX_LEAD_S = 0.25
 
 
 class SensorUnavailable(RuntimeError):
@@ -45,8 +42,10 @@ class AndroidAccelerometer:
     through deep sleep while `time.monotonic` (CLOCK_MONOTONIC) does not, so after the phone slept
     an old walk would look recent. Each burst of samples (no gap over `BURST_GAP_S` between sensor
     timestamps) is anchored on the app clock at the arrival of its first sample, and keeps the
-    sensor's spacing within it (what the gait features read the sampling rate from); a sample
-    that would land more than `MAX_LEAD_S` after its own arrival re-anchors the burst.
+    sensor's spacing within it (what the gait features read the sampling rate from). Stamps never
+    go back: a burst is anchored no earlier than just after the last stamp given, and the anchor
+    is not moved within a burst (a first sample delivered late leaves the burst that much later,
+    at most the delivery delay, rather than out of order).
     """
 
     modality = "gait"
@@ -54,6 +53,7 @@ class AndroidAccelerometer:
     _clock: Clock = staticmethod(monotonic)
     _offset: float | None = None  # app clock - sensor clock, for the current burst
     _last_sensor_t: float | None = None
+    _last_stamp: float | None = None
 
     def __init__(self, clock: Clock = monotonic) -> None:
         if not is_android():
@@ -106,11 +106,14 @@ class AndroidAccelerometer:
         now = self._clock()
         offset = now - t_sensor  # the clocks' offset plus this sample's delivery delay
         last = self._last_sensor_t
-        if (self._offset is None or last is None or not t_sensor >= last or t_sensor - last > BURST_GAP_S
-                or offset < self._offset - MAX_LEAD_S):
-            self._offset = offset  # a new burst: anchored at this sample's arrival
+        if self._offset is None or last is None or not t_sensor >= last or t_sensor - last > BURST_GAP_S:
+            # a new burst: anchored at this sample's arrival, but never before the last stamp given
+            if self._last_stamp is not None:
+                offset = max(offset, self._last_stamp + 1e-3 - t_sensor)
+            self._offset = offset
         self._last_sensor_t = t_sensor
-        return t_sensor + self._offset
+        self._last_stamp = t_sensor + self._offset
+        return self._last_stamp
 
     def _push(self, t: float, x: float, y: float, z: float) -> None:
         """One sample as the listener read it: `t` in seconds on the sensor's clock (`SensorEvent.timestamp`)."""
@@ -131,6 +134,7 @@ class AndroidAccelerometer:
             self._manager = None
             self._offset = None
             self._last_sensor_t = None
+            self._last_stamp = None
 
 
 class PlyerAccelerometer:

@@ -92,13 +92,14 @@ class ScorerProvider:
             return self._resolve_key(modality)
         memo = self._resolved.get(modality)
         if memo is not None and memo[0] == named and stamp(memo[1]) == memo[2]:
-            return memo[3]
+            # no ACTIVE: the package's answer, asked again (a package may land while the server runs)
+            return memo[3] if named else self._package_key(modality)
         version = (named or b"").decode("ascii", "replace").strip()
         root = self.registry.root / modality
         files = tuple(str(root / version / f) for f in VERSION_FILES) if version and "/" not in version else ()
         before = stamp(files)  # taken first: a version folder changed while resolving is seen next call
         key = self._resolve_key(modality)
-        if before is not None and (key == f"registry:{version}" or not named):
+        if before is not None and (key == f"registry:{version}" or (not named and not key.startswith("registry:"))):
             self._resolved[modality] = (named, files, before, key)
         return key
 
