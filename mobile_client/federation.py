@@ -42,10 +42,16 @@ FOLDER = "federated"
 
 
 def recording_windows(store: RawEventStore, modality: str) -> list[FeatureWindow]:
-    """Feature windows of every stored `modality` recording, each cut on its own (never across two)."""
+    """Feature windows of every stored `modality` recording, each cut on its own (never across two).
+
+    Only windows the app would send (`features.MIN_WINDOW_QUALITY`): a short recording's thin
+    window is not a sample of how this person types.
+    """
     from mobile_client import features
 
-    return [w for events in store.read_recordings(modality) for w in features.windows_for(modality, events)]
+    floor = features.MIN_WINDOW_QUALITY.get(modality, 0.0)
+    return [w for events in store.read_recordings(modality) for w in features.windows_for(modality, events)
+            if w.quality >= floor]
 
 
 def export_windows(folder: Path, windows: Sequence[FeatureWindow], modality: str) -> Path:

@@ -20,13 +20,16 @@ rest of the modality stays readable. A key that opens none of the batches is a d
 thing, a `RawStoreError`: a small `key-check` token beside the batches tells the two apart.
 
 Event times are the collectors' clock (`time.monotonic` on the phone), which starts again at
-every boot, so events of different recordings must never be put in one time line. Each batch
-records the recording it belongs to (one per store instance, that is one app run; a new one
-when the stamps go back in time), and `read_recordings` returns the events recording by
-recording. Batch format: Fernet-encrypted JSON `{"v": 2, "recording": "<hex>", "events":
-[...]}`. Batches written before (a bare JSON list of events, still on phones for up to the
-retention period) are read as they are, each one as a recording of its own: which of them
-came from the same boot cannot be told, so none is joined to another.
+every boot, so events of different boots must never be put in one time line. Each batch
+records the boot it was written in, as the wall clock minus the monotonic clock at writing
+(`boot`: the same all through one boot, whatever the app runs), and `read_recordings` joins
+batches, in the order written, into one recording while their boots agree (within
+`BOOT_TOLERANCE_S`) and their times do not go back (beyond `REORDER_S`): the short app runs of
+one boot make one recording (a payment's few keys are not a window of their own), two boots
+never do. Batch format: Fernet-encrypted JSON `{"v": 3, "boot": <s>, "events": [...]}`. Batches
+written before are read as they are: `{"v": 2, "recording": "<hex>", ...}` by that recording,
+and a bare JSON list of events (the first format) each as a recording of its own, since which
+of them came from the same boot cannot be told.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets as secrets_mod
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -60,6 +62,9 @@ _KEY_CHECK_TEXT = b"cadence raw store key check"
 #: (keys are stored when released, so a held key is stored after later presses) before it counts as
 #: another clock, that is another recording
 REORDER_S = 10.0
+#: two batches whose boot estimates (wall clock - monotonic clock) differ by more are of two boots
+#: (or of a wall clock set in between: then not joined either, which only costs windows)
+BOOT_TOLERANCE_S = 5.0
 _TYPES = {"keystroke": KeyEvent, "touch": TouchEvent, "gait": AccelSample}
 
 
@@ -96,22 +101,19 @@ class RawEventStore:
     """Append-only encrypted batches per modality under `folder`."""
 
     def __init__(self, folder: Path, secrets: SecretStore, retention_days: int = DEFAULT_RETENTION_DAYS,
-                 now: Callable[[], float] | None = None) -> None:
+                 now: Callable[[], float] | None = None, uptime: Callable[[], float] = time.monotonic) -> None:
         if retention_days <= 0:
             raise ValueError("retention_days: must be > 0")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.retention_days = retention_days
         self._now = now or time.time
+        self._uptime = uptime  # with the wall clock: which boot a batch is written in
         self._secrets = secrets
         self._seq = 0
         self._strays: set[Path] = set()
         #: batches `read` could not decrypt or parse (logged once each)
         self._bad: set[Path] = set()
-        #: the recording this app run writes (see the module's docstring)
-        self._recording = secrets_mod.token_hex(8)
-        #: per modality, the latest event time stored in this recording
-        self._last: dict[str, float] = {}
         try:
             key = secrets.get(SECRET_NAME)  # Android: a damaged blob raises pyjnius' JavaException
             new = key is None
@@ -136,20 +138,14 @@ class RawEventStore:
         by_mod: dict[str, list[dict[str, object]]] = {}
         for ev in events:
             by_mod.setdefault(modality_of(ev), []).append(_encode(ev))
-        if any(min(map(_time, rows)) < self._last.get(mod, -float("inf")) - REORDER_S
-               for mod, rows in by_mod.items()):
-            # the stamps went back: another clock (the collectors' clock started again), another recording
-            self._recording = secrets_mod.token_hex(8)
-            self._last = {}
         for mod, rows in by_mod.items():
             d = self.folder / mod
             d.mkdir(exist_ok=True)
             self._seq += 1
             name = f"{self._now():.3f}-{self._seq:06d}-{len(rows)}.bin"
-            payload = {"v": 2, "recording": self._recording, "events": rows}
+            payload = {"v": 3, "boot": round(time.time() - self._uptime(), 3), "events": rows}
             blob = self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode())
             atomic_write(d / name, blob)
-            self._last[mod] = max(self._last.get(mod, -float("inf")), max(map(_time, rows)))
         return sum(len(r) for r in by_mod.values())
 
     def _new_key(self) -> Fernet:
@@ -199,7 +195,7 @@ class RawEventStore:
         return [ev for rec in self.read_recordings(modality) for ev in rec]
 
     def read_recordings(self, modality: str) -> list[list[Event]]:
-        """The stored events of one modality, one list per recording (app run), oldest first.
+        """The stored events of one modality, one list per recording (one boot's, see above), oldest first.
 
         A batch that cannot be decrypted or parsed is skipped (logged once, counted in
         `summary().unreadable`). `RawStoreError` when the key opens no batch at all and the
@@ -211,6 +207,7 @@ class RawEventStore:
         recordings: dict[str, list[Event]] = {}
         bad: list[tuple[Path, Exception]] = []
         good = 0
+        boot: tuple[str, float, float] | None = None  # the open boot recording: key, boot estimate, latest time
         for p in self._files(modality):
             try:
                 blob = self._fernet.decrypt(p.read_bytes())
@@ -221,6 +218,9 @@ class RawEventStore:
                 data = json.loads(blob)
                 if isinstance(data, list):  # written before recordings were kept: a recording of its own
                     rec, rows = f"batch:{p.name}", data
+                elif "boot" in data:
+                    rec, rows = "", data["events"]
+                    booted = float(data["boot"])
                 else:
                     rec, rows = f"rec:{data['recording']}", data["events"]
                 events = [cls(**r) for r in rows]
@@ -229,6 +229,13 @@ class RawEventStore:
                 bad.append((p, err))
                 continue
             good += 1
+            if not rec:  # v3: joins the open recording while in the same boot and not back in time
+                first, latest = min(map(_time, rows), default=0.0), max(map(_time, rows), default=0.0)
+                if boot is None or abs(booted - boot[1]) > BOOT_TOLERANCE_S or first < boot[2] - REORDER_S:
+                    boot = (f"boot:{p.name}", booted, latest)
+                else:
+                    boot = (boot[0], boot[1], max(boot[2], latest))
+                rec = boot[0]
             recordings.setdefault(rec, []).extend(events)
         if good and not (self.folder / KEY_CHECK).exists():
             self._write_key_check()  # a store made before key-checks: this key opens its batches
@@ -276,7 +283,6 @@ class RawEventStore:
         for p in files + self._leftovers():
             p.unlink(missing_ok=True)
         self._bad.clear()
-        self._recording, self._last = secrets_mod.token_hex(8), {}
         self._new_key()
         return len(files)
 
