@@ -14,6 +14,12 @@ from modalities.registry import ModelRegistry, RegistryError
 from server.services.scoring import ScorerProvider
 
 
+@pytest.fixture(autouse=True)
+def _own_audit_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`models activate` audits into the configured database: the test's own, not ./cadence.sqlite."""
+    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.sqlite'}")
+
+
 def _cli(*args: str) -> object:
     return CliRunner().invoke(cli, list(args))
 
