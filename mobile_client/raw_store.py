@@ -21,8 +21,9 @@ thing, a `RawStoreError`: a small `key-check` token beside the batches tells the
 
 Event times are the collectors' clock (`time.monotonic` on the phone), which starts again at
 every boot, so events of different boots must never be put in one time line. Each batch
-records the boot it was written in, as the wall clock minus the monotonic clock at writing
-(`boot`: the same all through one boot, whatever the app runs), and `read_recordings` joins
+records the boot it was written in, as the wall clock minus the time since boot at writing
+(`boot`, CLOCK_BOOTTIME, which counts deep sleep as the wall clock does: the same all through
+one boot, whatever the app runs and however long the phone slept between them), and `read_recordings` joins
 batches, in the order written, into one recording while their boots agree (within
 `BOOT_TOLERANCE_S`) and their times do not go back (beyond `REORDER_S`): the short app runs of
 one boot make one recording (a payment's few keys are not a window of their own), two boots
@@ -62,7 +63,7 @@ _KEY_CHECK_TEXT = b"cadence raw store key check"
 #: (keys are stored when released, so a held key is stored after later presses) before it counts as
 #: another clock, that is another recording
 REORDER_S = 10.0
-#: two batches whose boot estimates (wall clock - monotonic clock) differ by more are of two boots
+#: two batches whose boot estimates (wall clock - time since boot) differ by more are of two boots
 #: (or of a wall clock set in between: then not joined either, which only costs windows)
 BOOT_TOLERANCE_S = 5.0
 _TYPES = {"keystroke": KeyEvent, "touch": TouchEvent, "gait": AccelSample}
@@ -90,6 +91,12 @@ def _time(row: dict[str, object]) -> float:
     return float(t)  # type: ignore[arg-type]
 
 
+def _boottime() -> float:
+    """Seconds since boot, deep sleep included (CLOCK_BOOTTIME; `time.monotonic` where there is none)."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(clock) if clock is not None else time.monotonic()
+
+
 def _encode(ev: Event) -> dict[str, object]:
     d = asdict(ev)
     if isinstance(ev, TouchEvent):
@@ -101,14 +108,17 @@ class RawEventStore:
     """Append-only encrypted batches per modality under `folder`."""
 
     def __init__(self, folder: Path, secrets: SecretStore, retention_days: int = DEFAULT_RETENTION_DAYS,
-                 now: Callable[[], float] | None = None, uptime: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] | None = None, uptime: Callable[[], float] | None = None) -> None:
         if retention_days <= 0:
             raise ValueError("retention_days: must be > 0")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.retention_days = retention_days
         self._now = now or time.time
-        self._uptime = uptime  # with the wall clock: which boot a batch is written in
+        #: with the wall clock: which boot a batch is written in. The time since boot *including*
+        #: deep sleep (CLOCK_BOOTTIME), as the wall clock counts it: `time.monotonic` stops while
+        #: the phone sleeps, so every sleep would look like another boot
+        self._uptime = uptime or _boottime
         self._secrets = secrets
         self._seq = 0
         self._strays: set[Path] = set()
@@ -143,7 +153,7 @@ class RawEventStore:
             d.mkdir(exist_ok=True)
             self._seq += 1
             name = f"{self._now():.3f}-{self._seq:06d}-{len(rows)}.bin"
-            payload = {"v": 3, "boot": round(time.time() - self._uptime(), 3), "events": rows}
+            payload = {"v": 3, "boot": round(self._now() - self._uptime(), 3), "events": rows}
             blob = self._fernet.encrypt(json.dumps(payload, separators=(",", ":")).encode())
             atomic_write(d / name, blob)
         return sum(len(r) for r in by_mod.values())
