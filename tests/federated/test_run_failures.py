@@ -134,8 +134,15 @@ def _cli_run(tmp_path: Path, monkeypatch, status_doc: dict, *extra: str) -> tupl
     monkeypatch.setattr(d, "flwr_run_status", lambda *_a, **_k: ("running", ""))
     # `--activate` checks (and audits into) the database up front: the test's own, not ./cadence.sqlite
     monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.sqlite'}")
-    r = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["federated", "run", "--workdir", str(tmp_path / "fw"),
-                                                       "--registry", str(tmp_path / "reg"), "--timeout", "20", *extra])
+    from cadence.settings import get_settings
+
+    get_settings.cache_clear()  # read once per process: an earlier test's settings would stay
+    try:
+        r = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["federated", "run", "--workdir", str(tmp_path / "fw"),
+                                                           "--registry", str(tmp_path / "reg"), "--timeout", "20",
+                                                           *extra])
+    finally:
+        get_settings.cache_clear()  # not left pointing at this test's database
     return r.exit_code, r.output
 
 

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cadence.cli import app as cli
+from cadence.settings import get_settings
 from modalities.base import ScaledManhattan
 from modalities.registry import ModelRegistry, RegistryError
 from server.services.scoring import ScorerProvider
 
 
 @pytest.fixture(autouse=True)
-def _own_audit_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _own_audit_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """`models activate` audits into the configured database: the test's own, not ./cadence.sqlite."""
     monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    get_settings.cache_clear()  # settings are read once per process: an earlier test's would stay
+    yield
+    get_settings.cache_clear()
 
 
 def _cli(*args: str) -> object:
