@@ -144,7 +144,8 @@ def test_a_payment_held_across_a_restart_stays_held_after_a_429(tmp_path: Path) 
 
 
 # -- 2: a consent withdrawn while a step-up waits for its code ------------------------------------
-def test_a_modality_withdrawn_before_the_code_is_not_adapted_with(tmp_path: Path) -> None:
+def _step_up_waiting(tmp_path: Path) -> tuple[Any, TransactionController, FakeBank, Any]:
+    """An enrolled person's payment of 250 in step-up, waiting for its one-time code (typing and walking evidence)."""
     person = SyntheticPerson(11)
     bank, clock = FakeBank(), VirtualClock(1000.0)
     s = _enrolled(tmp_path, bank, person, clock)
@@ -153,7 +154,11 @@ def test_a_modality_withdrawn_before_the_code_is_not_adapted_with(tmp_path: Path
     _play(s, clock, person.keystrokes(120, 2))
     _play(s, clock, person.walk(16, 100, 2))
     bank.decision = "step_up"
-    d = tc.authorize("250.00", "Jordan Lee")
+    return s, tc, bank, tc.authorize("250.00", "Jordan Lee")
+
+
+def test_a_modality_withdrawn_before_the_code_is_not_adapted_with(tmp_path: Path) -> None:
+    s, tc, bank, d = _step_up_waiting(tmp_path)
     assert d.outcome == "step_up" and {w.modality for w in d.evidence} >= {"gait", "keystroke"}
     r = ConsentController(s).set("gait", "authentication", False)
     assert r.state == "saved" and not s.profile.consented("gait")
@@ -167,15 +172,7 @@ def test_a_modality_withdrawn_before_the_code_is_not_adapted_with(tmp_path: Path
 
 def test_adaptation_checks_consent_when_it_sends(tmp_path: Path) -> None:
     """Also where the withdrawal did not come through ConsentController (the profile changed under it)."""
-    person = SyntheticPerson(11)
-    bank, clock = FakeBank(), VirtualClock(1000.0)
-    s = _enrolled(tmp_path, bank, person, clock)
-    tc = TransactionController(s)
-    clock.advance(60.0)
-    _play(s, clock, person.keystrokes(120, 2))
-    _play(s, clock, person.walk(16, 100, 2))
-    bank.decision = "step_up"
-    tc.authorize("250.00", "Jordan Lee")
+    s, tc, bank, _ = _step_up_waiting(tmp_path)
     s.profile.consents["gait"]["authentication"] = False
     n_before = len(bank.log)
     assert tc.step_up is not None and tc.verify_code(tc.step_up.code) is True

@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from mobile_client.api import ApiClient, ApiError, OfflineQueue
 from mobile_client.device_key import DeviceKey
 from mobile_client.secrets_store import FileSecretStore
-from modalities.events import FeatureWindow
-
-
-def _window(seed: int) -> FeatureWindow:
-    return FeatureWindow("keystroke", "v1", float(seed), float(seed) + 10.0, 50, 0.9,
-                         np.random.default_rng(seed).normal(size=8))
-
-
-class Bank:
-    def __init__(self, script: list[Any]) -> None:
-        self.script = script
-        self.keys: list[str] = []
-
-    def handle(self, req: httpx.Request) -> httpx.Response:
-        key = json.loads(req.content)["idempotency_key"]
-        self.keys.append(key)
-        what = self.script.pop(0) if self.script else "ok"
-        if what == "lost":
-            raise httpx.ReadTimeout("answer lost", request=req)
-        if isinstance(what, tuple):
-            status, code = what
-            return httpx.Response(status, json={"detail": f"refused: {code}", "code": code})
-        return httpx.Response(200, json={"transaction_id": "tx-" + key[:6], "decision": "approve", "risk": 0.1,
-                                         "tier": "low"})
+from tests.mobile_client.test_app_review import Bank, _window
 
 
 @pytest.mark.parametrize("refusal", [(403, "consent_required"), (423, "user_locked"), (422, "unsupported_currency")])
