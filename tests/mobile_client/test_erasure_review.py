@@ -38,7 +38,6 @@ from mobile_client.raw_store import SECRET_NAME, RawEventStore, RawStoreError
 from mobile_client.secrets_store import FileSecretStore
 from mobile_client.services import build_services
 from modalities.keystroke.features import FEATURE_NAMES
-from tests.mobile_client.test_ui import PROBE, _env
 
 DRIVER = r"""
 import json, os, stat, sys, time
@@ -161,16 +160,6 @@ CadenceApp(s, animate=False, on_ready=ready).run()
 res["left_after_close"] = sorted(str(p.relative_to(data)) for p in (data / "federated").rglob("*") if p.is_file())
 print("RESULT " + json.dumps(res), flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def gl_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """test_ui's headless environment; skips with the reason where no offscreen GL window opens."""
-    env = _env(tmp_path_factory.mktemp("kivy"))
-    p = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
-    if "WINDOW-OK" not in p.stdout:
-        pytest.skip(f"cannot open a headless Kivy window here ({(p.stderr.strip().splitlines() or ['?'])[-1]})")
-    return env
 
 
 def _drive(env: dict[str, str], tmp_path: Path, scenario: str) -> dict[str, Any]:

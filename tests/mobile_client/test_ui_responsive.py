@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.mobile_client.test_ui import PROBE, _env
-
 pytestmark = [pytest.mark.ui]
 
 SLOW_S = 2.5
@@ -433,16 +431,6 @@ if "stop_at" in res:
     res["stopped_in"] = time.monotonic() - res.pop("stop_at")
 print("RESULT " + json.dumps(res), flush=True)
 """
-
-
-@pytest.fixture(scope="module")
-def gl_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """test_ui's headless environment; skips with the reason where no offscreen GL window opens."""
-    env = _env(tmp_path_factory.mktemp("kivy"))
-    p = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
-    if "WINDOW-OK" not in p.stdout:
-        pytest.skip(f"cannot open a headless Kivy window here ({(p.stderr.strip().splitlines() or ['?'])[-1]})")
-    return env
 
 
 def _drive(env: dict[str, str], tmp_path: Path, scenario: str, slow: float = SLOW_S) -> dict:
