@@ -30,6 +30,7 @@ import pandas as pd
 
 from evaluation.progress import track
 from modalities.events import ANDROID_ACTION_MASK, AccelSeries, KeySequence, TouchStream
+from modalities.gait.features import split_segments
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -721,15 +722,6 @@ def to_ms2(xyz: np.ndarray) -> tuple[np.ndarray, str]:
     if 0.3 < mag < 3.0:
         return xyz * G, "g"
     return xyz, "m/s^2"
-
-
-def split_segments(t: np.ndarray, max_gap: float = 1.0, min_duration: float = 5.0) -> list[slice]:
-    """Split a recording at gaps longer than `max_gap` seconds; drop parts shorter than `min_duration`."""
-    if t.size == 0:
-        return []
-    cuts = np.flatnonzero(np.diff(t) > max_gap) + 1
-    bounds = np.concatenate([[0], cuts, [t.size]])
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if t[b - 1] - t[a] >= min_duration]
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def keystroke_windows(events: Sequence[KeyEvent], n_keys: int = KEYS_PER_WINDOW,
 #: stream's own medians (`modalities.touch.strokes.device_profile`)
 APP_DEVICE = "cadence-app"
 #: the batch loader's segmentation of a walk (`evaluation.datasets.load_bbmas_gait` with
-#: `split_segments`; not imported: the Android build ships no `evaluation`): a recording is cut at
+#: `modalities.gait.features.split_segments`): a recording is cut at
 #: clock gaps longer than GAIT_MAX_GAP_S seconds and parts shorter than GAIT_MIN_SEGMENT_S are dropped
 GAIT_MAX_GAP_S = 1.0
 GAIT_MIN_SEGMENT_S = 5.0
@@ -191,7 +191,7 @@ def gait_windows(samples: Sequence[AccelSample], window_s: float = GAIT_WINDOW_S
     readings) is skipped, the others still give windows; a lone sample far from the rest (a clock
     jump) is a segment too short to use, so it costs nothing.
     """
-    from modalities.gait.features import walking_windows
+    from modalities.gait.features import split_segments, walking_windows
 
     if not (window_s > 0 and hop_s > 0):
         raise ValueError(f"window_s and hop_s must be positive, got {window_s} and {hop_s}")
@@ -202,20 +202,12 @@ def gait_windows(samples: Sequence[AccelSample], window_s: float = GAIT_WINDOW_S
     t = t[order]
     xyz = np.array([[s.x, s.y, s.z] for s in samples], dtype=float)[order]
     out: list[FeatureWindow] = []
-    for seg in _gait_segments(t):
+    for seg in split_segments(t, GAIT_MAX_GAP_S, GAIT_MIN_SEGMENT_S):
         try:
             out.extend(walking_windows(AccelSeries(t[seg], xyz[seg], APP_DEVICE), window_s, hop_s=hop_s))
         except EventValidationError as exc:
             log.debug("gait samples %.3f-%.3f skipped: %s", t[seg.start], t[seg.stop - 1], exc)
     return out
-
-
-def _gait_segments(t: np.ndarray) -> list[slice]:
-    """`evaluation.datasets.split_segments(t, GAIT_MAX_GAP_S, GAIT_MIN_SEGMENT_S)` of sorted times `t`."""
-    cuts = np.flatnonzero(np.diff(t) > GAIT_MAX_GAP_S) + 1
-    bounds = np.concatenate([[0], cuts, [t.size]]).astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])
-            if t[b - 1] - t[a] >= GAIT_MIN_SEGMENT_S]
 
 
 def windows_for(modality: str, events: Sequence[object]) -> list[FeatureWindow]:

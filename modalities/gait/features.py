@@ -192,6 +192,18 @@ def walking_parts(series: AccelSeries, *, min_s: float = 5.0) -> list[Uniform]:
     return out
 
 
+def split_segments(t: np.ndarray, max_gap: float = 1.0, min_duration: float = 5.0) -> list[slice]:
+    """Split a recording at gaps longer than `max_gap` seconds; drop parts shorter than `min_duration`.
+
+    The loaders' segmentation of a walk, and the app's (the same windows come out of the same samples).
+    """
+    if t.size == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(t) > max_gap) + 1
+    bounds = np.concatenate([[0], cuts, [t.size]])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if t[b - 1] - t[a] >= min_duration]
+
+
 def walking_windows(series: AccelSeries, window_s: float, *, hop_s: float | None = None) -> list[FeatureWindow]:
     """`windows_for_subject`'s windows of one recorded segment, as `FeatureWindow`s a client sends.
 
