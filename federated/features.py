@@ -198,19 +198,22 @@ def write_device_files(folder: str | os.PathLike[str], windows: dict[int, np.nda
             for sid in device_order(windows)]
 
 
-def read_device_file(path: str | os.PathLike[str], modality: str | None = None) -> np.ndarray:
+def read_device_file(path: str | os.PathLike[str], modality: str | None = None, *,
+                     log_path: bool = True) -> np.ndarray:
     """Windows of one device; refuses another modality or feature version, or a file without usable windows.
 
     The `DeviceDataError` names no local path: on a SuperNode its message becomes the
     ClientApp's error reply to the server, and the device's path never leaves the device.
-    The path is written to this device's own log instead (`device_file_error` adds it for a
-    local command's error line).
+    The path is written to this device's own log instead (`log_path`); a local command that
+    prints its own error line with the path (`device_file_error`) passes False, so the
+    operator reads the failure once.
     """
     p = Path(path)
     try:
         return _read_device_file(p, modality)
     except DeviceDataError as exc:
-        log.error("device file %s: %s", p, exc)
+        if log_path:
+            log.error("device file %s: %s", p, exc)
         raise
 
 

@@ -109,7 +109,7 @@ def supernode(
     from federated.features import DeviceDataError, device_file_error, read_device_file
 
     try:
-        read_device_file(data)
+        read_device_file(data, log_path=False)  # the error line below names the path
     except DeviceDataError as exc:  # this operator's own terminal: the path may be named here
         fail(device_file_error(data, exc))
     try:
