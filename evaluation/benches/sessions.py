@@ -13,7 +13,7 @@ window and thresholds) and its status rules (`step_up` held until the bank's ste
 * impostor: the later windows of `IMPOSTORS` other evaluation subjects on the owner's
   template (a person who picked up the owner's unlocked phone).
 
-One update is one window (touch: a group of 5 swipes, as the app posts). Rows per modality
+One update is one window (touch: a group of 5 swipes, the fewest the server scores). Rows per modality
 and pooled: the share of sessions held (`step_up`) or ended at any point, the share ended, and
 the mean update at which impostors were held and ended. No threshold is tuned here.
 """
