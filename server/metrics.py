@@ -1,14 +1,24 @@
-"""Prometheus metrics of one app instance (own registry, so tests can build many apps)."""
+"""Prometheus metrics of one app instance (own registry, so tests can build many apps).
+
+A server of several worker processes (`cadence serve --workers N`) counts in prometheus_client's
+multi-process mode: each worker writes its counters into a shared folder
+(`PROMETHEUS_MULTIPROC_DIR`, set by `shared_metrics_dir` before the workers start) and a scrape,
+whichever worker answers it, sums every worker's (`exposition`).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections import Counter as Tally
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from sqlalchemy import event
 from sqlalchemy.orm import Session, object_session
 
@@ -16,6 +26,56 @@ from server.models import SecurityFlag
 
 #: `Session.info` key of the tally `Metrics.counting_flags` keeps of the flags a unit of work stores
 _FLAG_TALLY = "cadence.flag_tally"
+#: prometheus_client's switch to multi-process mode: read when it is first imported, so it must be
+#: set before a worker process imports it
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics folder when this process counts in multi-process mode, else None."""
+    return os.environ.get(MULTIPROC_ENV) or os.environ.get(MULTIPROC_ENV.lower()) or None
+
+
+class MetricsDirError(ValueError):
+    """The operator's `PROMETHEUS_MULTIPROC_DIR` cannot hold the workers' counters."""
+
+
+@contextmanager
+def shared_metrics_dir(workers: int) -> Iterator[Path | None]:
+    """Where `workers` server processes keep their counters, for the duration of the block.
+
+    One worker needs none (None). Several get a fresh private folder, removed afterwards, so a
+    restart starts from zero as a single worker does; an operator who set `PROMETHEUS_MULTIPROC_DIR`
+    keeps theirs (it must be a writable folder; emptying it between runs is theirs to do, as
+    prometheus_client documents).
+    """
+    if workers <= 1:
+        yield None
+        return
+    given = multiprocess_dir()
+    if given:
+        folder = Path(given)
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise MetricsDirError(f"{MULTIPROC_ENV}={given} is not a writable folder "
+                                  "(the workers keep their metrics there)")
+        yield folder
+        return
+    folder = Path(tempfile.mkdtemp(prefix="cadence-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text a scrape reads: every worker's counters summed in multi-process mode, else `registry`'s."""
+    if multiprocess_dir():
+        shared = CollectorRegistry()
+        multiprocess.MultiProcessCollector(shared)
+        return generate_latest(shared)
+    return generate_latest(registry)
 
 
 @event.listens_for(SecurityFlag, "after_insert")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from contextlib import ExitStack
+from typing import Annotated, Any
 
 import typer
 
@@ -23,12 +24,11 @@ def serve(
     keep_alive: Annotated[int, typer.Option(min=1, help="Seconds an idle keep-alive connection stays open.")] = 5,
 ) -> None:
     """Serve the /v1 API (docs at /docs, OpenAPI at /openapi.json, metrics at /metrics)."""
-    import uvicorn
-
     from cadence.commands.database import database_errors
     from cadence.db import make_engine
     from cadence.settings import get_settings
     from server.app import check_settings, create_app
+    from server.metrics import MetricsDirError, shared_metrics_dir
     from server.migrate import SchemaError, upgrade
     from server.signing import SignatureError
 
@@ -59,6 +59,20 @@ def serve(
     access_log = log_level.lower() in ("trace", "debug", "info")
     # forwarded headers only from the proxies named in the settings (uvicorn would trust loopback's)
     trusted = settings.forwarded_allow_ips or None
+    with ExitStack() as stack:
+        try:  # several workers: one set of counters, summed at each scrape
+            stack.enter_context(shared_metrics_dir(workers))
+        except MetricsDirError as exc:
+            fail(exc)
+        _run(create_app, settings, host=host, port=port, workers=workers, log_level=log_level, keep_alive=keep_alive,
+             access_log=access_log, trusted=trusted)
+
+
+def _run(create_app: Any, settings: Any, *, host: str, port: int, workers: int, log_level: str, keep_alive: int,
+         access_log: bool, trusted: str | None) -> None:
+    """Run uvicorn: one app, or `workers` processes each building their own from the same CADENCE_* settings."""
+    import uvicorn
+
     try:
         if workers == 1:
             uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, timeout_keep_alive=keep_alive,

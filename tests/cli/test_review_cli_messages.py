@@ -69,7 +69,7 @@ def test_federated_superlink_unwritable_workdir(tmp_path: Path) -> None:
 def test_federated_supernode_workdir_that_is_a_file(a_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import federated.features
 
-    monkeypatch.setattr(federated.features, "read_device_file", lambda path: None)  # a valid device file
+    monkeypatch.setattr(federated.features, "read_device_file", lambda path, **kw: None)  # a valid device file
     monkeypatch.setattr("federated.deployment.run_foreground", lambda cmd, workdir: 0)  # never start Flower here
     _one_line_error(_cli("federated", "supernode", "--data", str(a_file), "--workdir", str(a_file), "--port", "9498"),
                     "is not a folder", "--workdir")

@@ -155,3 +155,61 @@ def test_health_and_ready_answer_head(app_client: TestClient) -> None:
     assert "X-Cadence-Instance" in app_client.head("/v1/health").headers
     spec = app_client.app.openapi()  # type: ignore[attr-defined]
     assert {"get", "head"} <= set(spec["paths"]["/v1/health"])
+
+
+# --- 4. a server of several workers reports every worker's requests at each scrape ----------------
+
+
+def _health_count(text: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith('cadence_http_requests_total{') and 'route="/v1/health"' in line and 'method="GET"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to start a multi-worker server")
+def test_metrics_of_a_two_worker_server_sum_both_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each scrape counts every worker's requests (it read only the answering worker's before)."""
+    import tempfile
+
+    import httpx
+
+    from server.loadgen import start_server
+    from server.signing import HEADER_INSTANCE
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # where `cadence serve` makes the workers' shared metrics folder
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    srv = start_server(tmp_path, env={"CADENCE_API_WORKERS": "2"})
+    try:
+        answered: set[str] = set()
+        for _ in range(40):  # a new connection each: the two workers' accepts share them
+            r = httpx.get(srv.url + "/v1/health", timeout=5.0)
+            assert r.status_code == 200
+            answered.add(r.headers[HEADER_INSTANCE])
+        scrapes = [httpx.get(srv.url + "/metrics", timeout=5.0) for _ in range(6)]
+        counts = {_health_count(s.text) for s in scrapes}
+        by = {s.headers[HEADER_INSTANCE] for s in scrapes}
+        assert len(answered) == 2, "only one worker answered: nothing to sum"
+        # start_server's own readiness probes are health calls too: at least the 40, the same in every scrape
+        assert len(counts) == 1 and min(counts) >= 40, (counts, by)
+        assert len(list(temp.glob("cadence-metrics-*"))) == 1
+    finally:
+        srv.stop()
+    assert not list(temp.glob("cadence-metrics-*")), "the shared metrics folder outlived the server"
+
+
+def test_serve_refuses_a_metrics_folder_it_cannot_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    monkeypatch.setenv("CADENCE_MODEL_REGISTRY", str(tmp_path / "registry"))
+    served: list[int] = []
+    monkeypatch.setattr("cadence.commands.serve._run", lambda *a, **kw: served.append(kw["workers"]))
+    r = CliRunner(env={"COLUMNS": "400"}).invoke(cli, ["serve", "--workers", "2", "--port", "9"])
+    assert not served, "served with workers that cannot share their metrics"
+    assert r.exit_code == 2, (r.output, r.exception)
+    assert r.output.startswith("error: ") and "PROMETHEUS_MULTIPROC_DIR" in r.output
+    assert len(r.output.strip().splitlines()) == 1

@@ -10,12 +10,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, text
 
 from server.api.deps import State
 from server.api.routing import CadenceRoute
 from server.errors import DatabaseUnavailable
+from server.metrics import exposition
 from server.signing import HEADER_INSTANCE
 from server.sqlite_writers import sqlite_file
 
@@ -110,6 +111,6 @@ def ready(request: Request, state: State) -> dict[str, str]:
 
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
-    """Metrics of the worker that answers; `X-Cadence-Instance` names it (counters are per worker process)."""
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST,
+    """The server's metrics: all its workers' counters, whichever worker answers (`X-Cadence-Instance` names it)."""
+    return Response(exposition(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST,
                     headers={HEADER_INSTANCE: INSTANCE_ID})
