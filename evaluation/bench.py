@@ -226,8 +226,9 @@ def run_bench(name: str, ctx: BenchContext, *, print_table: bool = True) -> dict
         data_log.removeHandler(handler)
     seconds = time.perf_counter() - t0
     results = rows_from_scores(output) + list(output.rows)
-    if output.scores is not None and not results:
-        raise BenchError(f"bench {name}: no result (no template had both genuine and impostor trials); "
+    if not results:  # an empty table would read as a run that measured something
+        what = "no template had both genuine and impostor trials" if output.scores is not None else "no row"
+        raise BenchError(f"bench {name}: no result ({what}); "
                          f"evaluation subjects {output.eval_subjects or 'none'}: need at least 2 with enough data")
     protocol = dict(output.protocol)
     if ctx.notes:

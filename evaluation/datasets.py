@@ -62,8 +62,11 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     "cmu": re.compile(r"^DSL-StrongPasswordData\.csv(?:\.gz)?$"),
     "keystroke": re.compile(r"^(\d+)_processed\.csv(?:\.gz)?$"),
     "touch": re.compile(r"^(\d+)_HandPhone_TouchEvent_?\(?([^)]*)\)?\.csv(?:\.gz)?$"),
-    "gait": re.compile(r"^(\d+)_\w*?Phone_Accelerometer_?\(?([^)]*)\)?\.csv(?:\.gz)?$"),
+    "gait": re.compile(r"^(\d+)_PocketPhone_Accelerometer_?\(?([^)]*)\)?\.csv(?:\.gz)?$"),
 }
+
+#: kinds stored as one file per subject (group 1 of the pattern); the others hold every subject in one file
+PER_SUBJECT = ("keystroke", "touch", "gait")
 
 #: screen size in pixels (width, height) of phones seen in BB-MAS; others are estimated
 SCREENS: dict[str, tuple[float, float]] = {
@@ -118,12 +121,23 @@ def modality_dir(data_dir: str | os.PathLike[str], kind: str) -> Path:
     raise DatasetError(f"no {kind} files (pattern {pat.pattern}) in {root} or its subfolders")
 
 
+def _per_subject(kind: str) -> None:
+    """A `DatasetError` unless `kind` is stored as one file per subject (`PER_SUBJECT`)."""
+    if kind == "cmu":  # its subjects are rows of one file: there are no subject files to list or split
+        raise DatasetError("cmu data is one file holding every subject, not a file per subject: it has no "
+                           "subject files to list or split into folds (read it with load_cmu; "
+                           "bench keystroke-cmu splits its subjects itself)")
+    if kind not in PER_SUBJECT:
+        raise DatasetError(f"unknown data kind {kind!r}; known: {', '.join(PER_SUBJECT)}")
+
+
 def find_subject_files(data_dir: str | os.PathLike[str], kind: str) -> dict[int, Path]:
     """Map subject id -> file for `kind`; a `.csv` wins over a `.csv.gz` of the same name.
 
     Two different files for one subject id (say two phone names) are a `DatasetError` naming
     both: which one is meant cannot be guessed.
     """
+    _per_subject(kind)
     folder = modality_dir(data_dir, kind)
     found: dict[int, Path] = {}
     for f in sorted(folder.iterdir(), key=lambda p: (p.name.endswith(".gz"), p.name)):
@@ -147,6 +161,7 @@ def device_of(path: Path, kind: str) -> str:
 
 def available_subjects(data_dir: str | os.PathLike[str], kind: str) -> list[int]:
     """Subject ids with a `kind` file in `data_dir` (empty list if the folder has none)."""
+    _per_subject(kind)
     try:
         modality_dir(data_dir, kind)
     except DatasetError:
@@ -215,8 +230,8 @@ def _open_content(path: Path) -> io.BufferedIOBase:
     return fh
 
 
-def content_fingerprint(path: Path) -> tuple[int | None, str]:
-    """(length, SHA-256) of the first `FINGERPRINT_BYTES` of the file's decompressed content.
+def content_fingerprint(path: Path, nbytes: int = FINGERPRINT_BYTES) -> tuple[int | None, str]:
+    """(length, SHA-256) of the first `nbytes` (default `FINGERPRINT_BYTES`) of the file's decompressed content.
 
     The length is the content's whole length when it is shorter than that (then the hash
     covers all of it), else None. Equal content always gives equal fingerprints, whatever the
@@ -225,11 +240,11 @@ def content_fingerprint(path: Path) -> tuple[int | None, str]:
     """
     try:
         with _open_content(path) as fh:
-            head = fh.read(FINGERPRINT_BYTES + 1)
+            head = fh.read(nbytes + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: cannot read: {_reason(exc)}") from None
-    size = len(head) if len(head) <= FINGERPRINT_BYTES else None
-    return size, hashlib.sha256(head[:FINGERPRINT_BYTES]).hexdigest()
+    size = len(head) if len(head) <= nbytes else None
+    return size, hashlib.sha256(head[:nbytes]).hexdigest()
 
 
 def _content_digest(path: Path) -> str:
@@ -298,6 +313,27 @@ def shared_content(
     pairs = same_content([(tr[t], ev[e]) for t, e in candidates])
     shared = {(t, e) for t, e in candidates if (tr[t], ev[e]) in pairs}
     return sorted(shared, key=lambda te: (te[1], te[0]))
+
+
+#: decompressed bytes first compared by `duplicate_content` (a check of every k-fold bench run: kept small)
+PREFIX_BYTES = 1 << 16
+
+
+def duplicate_content(kind: str, data_dir: str | os.PathLike[str]) -> list[tuple[int, int]]:
+    """(subject, other subject) pairs of one folder whose `kind` files hold the same data.
+
+    A copy of one person's file under another id would put the same person on both sides of a
+    split by subject. Compared as `shared_content` compares two folders, but each file's first
+    64 KiB (`PREFIX_BYTES`) is hashed first: only files whose starts match are compared further,
+    so the 90 BB-MAS gait files take a few hundredths of a second. Sorted by the second subject.
+    """
+    files = find_subject_files(data_dir, kind)
+    by_prefix: dict[tuple[int | None, str], list[int]] = {}
+    for s, p in files.items():
+        by_prefix.setdefault(content_fingerprint(p, PREFIX_BYTES), []).append(s)
+    candidates = [(a, b) for subs in by_prefix.values() for i, a in enumerate(subs) for b in subs[i + 1:]]
+    pairs = same_content([(files[a], files[b]) for a, b in candidates])
+    return sorted(((a, b) for a, b in candidates if (files[a], files[b]) in pairs), key=lambda ab: (ab[1], ab[0]))
 
 
 def _file_key(path: Path, kind: str) -> str:
@@ -410,7 +446,10 @@ def load_cmu(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
     missing = {"subject", "sessionIndex", "rep"} - set(df.columns)
     if missing:
         raise DatasetError(f"{path}: missing columns {sorted(missing)}")
-    feats = cmu_feature_columns(df)
+    try:
+        feats = cmu_feature_columns(df)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
     if df.empty or not feats:
         raise DatasetError(f"{path}: no rows" if df.empty else f"{path}: no timing columns (H.*, DD.*, UD.*)")
     text = [c for c in feats if not pd.api.types.is_numeric_dtype(df[c])]
@@ -432,8 +471,47 @@ def load_cmu(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
     return df
 
 
+#: the CMU timing layout, for messages
+CMU_LAYOUT = "H.k1, DD.k1.k2, UD.k1.k2, H.k2, ..., H.kn"
+
+
 def cmu_feature_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if c.split(".")[0] in ("H", "DD", "UD")]
+    """The CMU timing columns in the CMU order `CMU_LAYOUT`, whatever their order in the file.
+
+    The learned keystroke scorers read H and DD by position in that order
+    (`modalities.keystroke.learned.log_timing`), so the key order is rebuilt from the names:
+    the H columns name the keys, each DD column links a key to the next. Columns that do not
+    make one such chain (a DD or UD without its pair, a key linked twice, a missing H) are a
+    `DatasetError` naming a column. No timing column at all gives an empty list.
+    """
+    from modalities.keystroke.features import fixed_text_names
+
+    feats = [str(c) for c in df.columns if str(c).split(".")[0] in ("H", "DD", "UD")]
+    keys = [c[2:] for c in feats if c.startswith("H.")]
+    nxt: dict[str, str] = {}
+    for c in (c for c in feats if c.startswith("DD.")):
+        rest = c[3:]  # "a.b", where key names may hold dots themselves ("Shift.r")
+        links = [(rest[:i], rest[i + 1:]) for i, ch in enumerate(rest)
+                 if ch == "." and rest[:i] in keys and rest[i + 1:] in keys]
+        if len(links) > 1:
+            raise DatasetError(f"column {c}: which two keys it links is ambiguous ({CMU_LAYOUT} expected)")
+        if links:
+            nxt.setdefault(*links[0])  # a key linked twice: the second link is left over, named below
+    first = [k for k in keys if k not in nxt.values()]
+    order = first[:1] or keys[:1]
+    while order and order[-1] in nxt and nxt[order[-1]] not in order:
+        order.append(nxt[order[-1]])
+    want = fixed_text_names(order) if order else []
+    odd = next((c for c in feats if c not in want), None)
+    if odd is not None or len(feats) != len(set(feats)):
+        what = f"column {odd} does not fit" if odd else "repeated columns do not fit"
+        raise DatasetError(f"{what} the CMU timing layout {CMU_LAYOUT} "
+                           f"(keys in typing order: {', '.join(order) or 'none'})")
+    missing = next((c for c in want if c not in feats), None)
+    if missing is not None:
+        raise DatasetError(f"no column {missing}: the CMU timing layout {CMU_LAYOUT} needs it "
+                           f"(keys in typing order: {', '.join(order) or 'none'})")
+    return want
 
 
 # --------------------------------------------------------------------------- BB-MAS desktop keys
@@ -761,7 +839,8 @@ def load_bbmas_gait(
         device = device_of(path, "gait")
         with _usable(path):
             segs = [AccelSeries(a["t"][s], xyz[s], device) for s in split_segments(a["t"], max_gap)]
-            for seg in segs:  # what the gait features refuse (units, median |a|, peaks): refused here, naming the file
+            for seg in segs:  # what the gait features refuse (rate, units, |a|, peaks): refused here, naming the file
+                signal.check_rate(seg.t)
                 signal.to_ms2(seg.xyz)
         if not segs:
             data_log.warning("%s: no gait segment of 5 s or more (gaps over %g s split the recording): "

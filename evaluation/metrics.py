@@ -82,7 +82,8 @@ def threshold_at_fmr(*, impostor: ArrayLike, fmr: float) -> float:
     if not (isinstance(fmr, int | float | np.floating | np.integer) and 0.0 <= float(fmr) <= 1.0):
         raise ValueError(f"fmr: a rate between 0 and 1, not {fmr!r}")
     i = np.sort(_clean("impostor", impostor))[::-1]
-    k = int(np.floor(fmr * i.size))  # number of impostors we may accept
+    # number of impostors we may accept; the tolerance keeps a product like 0.29 * 100 = 28.999... at 29
+    k = int(np.floor(fmr * i.size + 1e-9))
     if k >= i.size:
         return float("-inf")
     # accept strictly above the (k+1)-th highest impostor score

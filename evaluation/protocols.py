@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.datasets import DatasetError, available_subjects, data_folder, shared_content
+from evaluation.datasets import DatasetError, available_subjects, data_folder, duplicate_content, shared_content
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def resolve_folds(
     subs = pick(folder, available_subjects(folder, kind), 0)
     if not subs:
         raise DatasetError(f"no {kind} subjects in {folder}")
+    check_distinct(kind, folder, "--data-dir" if train_dir is None else "--train-dir (= --eval-dir)")
     try:
         splits = subject_folds(subs, k, seed)
     except ValueError as exc:
@@ -137,6 +138,21 @@ def check_disjoint(kind: str, tr_dir: Path, tr: Sequence[int], ev_dir: Path, ev:
            f"{kind} files: if they are the same people, the evaluation is not on unseen subjects")
     log.warning(msg)
     return (msg,)
+
+
+def check_distinct(kind: str, folder: Path, label: str = "--data-dir") -> None:
+    """Refuse a folder split by subject where two subjects' `kind` files hold the same data.
+
+    A file copied, linked or (de)compressed under another id is one person under two ids: a
+    k-fold split could train on one and evaluate the other (a leak that reads as a better EER),
+    or score that person as their own impostor. Every file of the folder is compared
+    (`datasets.duplicate_content`), not only the subjects a run picks. `label` names the option.
+    """
+    same = duplicate_content(kind, folder)
+    if same:
+        labels = [f"{b} (same as {a})" for a, b in same]
+        raise DatasetError(f"{label} {folder} holds the same {kind} file for subjects {_ids(labels)}: a split by "
+                           "subject could evaluate the model on people it was trained on; keep one of each")
 
 
 def _ids(ids: Sequence[int | str], limit: int = 10) -> str:

@@ -95,7 +95,7 @@ def test_empty_path_is_refused_not_read_as_the_current_folder(tmp_path: Path, op
 def test_bench_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "k").mkdir()
     (tmp_path / "k" / "1_processed.csv.gz").write_bytes(b"key,time\n")  # not gzip
-    (tmp_path / "k" / "2_processed.csv.gz").write_bytes(gzip.compress(b"key,time\n"))
+    (tmp_path / "k" / "2_processed.csv.gz").write_bytes(gzip.compress(b"key,time\na,1\n"))
     r = CliRunner(env={"COLUMNS": "40"}).invoke(app, ["bench", "keystroke", "--data-dir", str(tmp_path / "k"),
                                                       "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output

@@ -77,7 +77,7 @@ def _person_folds(ctx: BenchContext, plan: Plan) -> dict[str, Any] | None:
     import numpy as np
 
     from evaluation.datasets import available_subjects
-    from evaluation.protocols import Fold, subject_folds
+    from evaluation.protocols import Fold, check_distinct, subject_folds
 
     if ctx.train_dir is not None and ctx.eval_dir is not None \
             and Path(ctx.train_dir).resolve() != Path(ctx.eval_dir).resolve():
@@ -90,6 +90,9 @@ def _person_folds(ctx: BenchContext, plan: Plan) -> dict[str, Any] | None:
     people = sorted(set().union(*avail.values()))
     if not people:
         return None
+    for m in plan.modalities:  # one person under two ids could train on one side and be evaluated on the other
+        if avail[m]:
+            check_distinct(m, folder, "--train-dir (= --eval-dir)" if ctx.train_dir is not None else "--data-dir")
     if ctx.quick and plan.max_subjects is not None and len(people) > plan.max_subjects:
         rng = np.random.default_rng(ctx.seed)  # as `resolve_folds`' pick (salt 0)
         people = sorted(int(s) for s in rng.choice(people, size=plan.max_subjects, replace=False))

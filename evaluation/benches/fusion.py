@@ -61,12 +61,13 @@ def _fusion_folds(ctx: BenchContext, *, min_train: int = 1) -> list[tuple[Any, A
     --train-dir and --eval-dir go together (one alone is refused, as every bench refuses it);
     without them, --data-dir is split in 2 subject-disjoint folds. Each fold needs at least
     `min_train` training subjects and 2 evaluation subjects (impostor trials are another
-    evaluation subject's). With --train-dir and --eval-dir, each modality's files are checked
-    as `ctx.folds` checks them (`protocols.check_disjoint`): an evaluation file holding a
-    training file's data is refused.
+    evaluation subject's). Each modality's files are checked as `ctx.folds` checks them: with
+    --train-dir and --eval-dir an evaluation file holding a training file's data is refused
+    (`protocols.check_disjoint`), in one folder two subjects' files holding the same data
+    (`protocols.check_distinct`).
     """
     from evaluation.datasets import DatasetError, available_subjects, data_folder
-    from evaluation.protocols import check_disjoint, subject_folds
+    from evaluation.protocols import check_disjoint, check_distinct, subject_folds
 
     def common(folder: Any) -> list[int]:
         sets = [set(available_subjects(folder, m)) for m in MODALITIES]
@@ -102,6 +103,8 @@ def _fusion_folds(ctx: BenchContext, *, min_train: int = 1) -> list[tuple[Any, A
     if len(subs) < need:
         raise ValueError(f"need at least {need} subjects with all three modalities in {folder}, found {len(subs)}: "
                          f"each of 2 folds trains on half of them{_TRAIN_WHY.get(min_train, '')}")
+    for m in MODALITIES:  # one person under two ids could train in one fold and be evaluated in the other
+        check_distinct(m, folder, "--data-dir" if ctx.data_dir is not None else "--train-dir (= --eval-dir)")
     folds = subject_folds(subs, 2, ctx.seed)
     if ctx.quick:
         folds = folds[:1]
@@ -120,6 +123,16 @@ SPLIT_NEEDS = {
     "touch": "fewer than 10 swipes",
     "gait": "fewer than 2 enrolment windows or no test window of 10 s walking",
 }
+
+
+def _calibrator(modality: str, genuine: np.ndarray, impostor: np.ndarray) -> Any:
+    """A `LogisticCalibrator` fitted on one modality's scores; a refusal names the modality, as `FusionEngine`'s."""
+    from fusion.calibration import LogisticCalibrator
+
+    try:
+        return LogisticCalibrator().fit(genuine=genuine, impostor=impostor)
+    except ValueError as exc:
+        raise ValueError(f"{modality} calibration: {exc}") from exc
 
 
 def _ids(ids: Any) -> str:
@@ -164,7 +177,7 @@ def bench_fusion(ctx: BenchContext) -> BenchOutput:
     from evaluation.bench import check_writable
     from evaluation.datasets import DatasetError, loader_warnings
     from evaluation.protocols import ScoreTable
-    from fusion.calibration import LogisticCalibrator, cllr
+    from fusion.calibration import cllr
     from fusion.engine import FusionEngine
     from fusion.policy import DEFAULT_POLICY
     from fusion.rules import (
@@ -234,7 +247,7 @@ def bench_fusion(ctx: BenchContext) -> BenchOutput:
             all_eval |= scored
             unbudgeted.setdefault(budget, set()).update(ev_ok - scored)
             cg, ci = cal.genuine(), cal.impostor()
-            cals = [LogisticCalibrator().fit(genuine=cg[:, j], impostor=ci[:, j]) for j in range(len(MODALITIES))]
+            cals = [_calibrator(m, cg[:, j], ci[:, j]) for j, m in enumerate(MODALITIES)]
             if budget == "standard" and fi == 0:
                 for j, m in enumerate(MODALITIES):
                     engine.fit_modality(m, genuine=cg[:, j], impostor=ci[:, j])

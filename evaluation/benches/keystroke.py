@@ -49,9 +49,13 @@ def _one_class(min_scale: float | None = None) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- CMU
 
-#: subjects keystroke-cmu needs: each subject's impostors are the others, and the 2-fold split
-#: for population methods needs 2 subjects in each half (`subject_folds`)
-CMU_MIN_SUBJECTS = 4
+#: training subjects the population methods learn from (`modalities.keystroke.learned`: 3 or more)
+MIN_TRAIN_SUBJECTS = 3
+#: subjects a 2-fold split by subject needs so that each fold trains on `MIN_TRAIN_SUBJECTS` (the
+#: smaller half trains one fold); each evaluation half then has the 2+ subjects impostors need
+KFOLD_MIN_SUBJECTS = 2 * MIN_TRAIN_SUBJECTS
+#: subjects keystroke-cmu needs: its population methods use that 2-fold split
+CMU_MIN_SUBJECTS = KFOLD_MIN_SUBJECTS
 
 
 def cmu_subject_ids(names: list[Any], where: Any = "CMU file") -> dict[Any, int]:
@@ -95,9 +99,10 @@ def bench_cmu(ctx: BenchContext) -> BenchOutput:
     names = sorted(df["subject"].unique(), key=str)
     ids = cmu_subject_ids(names, path)
     if len(names) < CMU_MIN_SUBJECTS:
-        raise DatasetError(f"{path}: {len(names)} subject{'s' if len(names) != 1 else ''} "
+        raise DatasetError(f"--data-dir: {path}: {len(names)} subject{'s' if len(names) != 1 else ''} "
                            f"({', '.join(map(str, names[:5]))}); keystroke-cmu needs at least {CMU_MIN_SUBJECTS} "
-                           "(impostors are other subjects, and population methods a 2-fold split with 2 per half)")
+                           f"(its population methods train on one half of a 2-fold split by subject, at least "
+                           f"{MIN_TRAIN_SUBJECTS} subjects)")
     data: dict[int, np.ndarray] = {}
     for s in names:
         rows = df[df["subject"] == s].sort_values(["sessionIndex", "rep"])
@@ -166,6 +171,23 @@ def _subject_windows(seq: Any, n_keys: int, enrol_fraction: float = 0.5) -> tupl
     return window_matrix(seq[a], n_keys), window_matrix(seq[b], n_keys)
 
 
+def _check_training_subjects(folds: list[Any]) -> None:
+    """Refuse, before loading anything, folds with fewer training subjects than the population methods need."""
+    for fold in folds:
+        n = len(fold.train_subjects)
+        if n >= MIN_TRAIN_SUBJECTS:
+            continue
+        if fold.train_dir.resolve() == fold.eval_dir.resolve():  # a k-fold split of one folder
+            everyone = sorted(fold.train_subjects + fold.eval_subjects)
+            raise BenchError(f"--data-dir {fold.train_dir} has {len(everyone)} keystroke subjects "
+                             f"({', '.join(map(str, everyone))}); bench keystroke needs at least {KFOLD_MIN_SUBJECTS}: "
+                             f"each of its 2 folds trains the population methods on one half, at least "
+                             f"{MIN_TRAIN_SUBJECTS} subjects")
+        subs = ", ".join(map(str, fold.train_subjects))
+        raise BenchError(f"--train-dir {fold.train_dir} has {n} keystroke subject{'s' * (n != 1)} ({subs}); bench "
+                         f"keystroke's population methods need at least {MIN_TRAIN_SUBJECTS} training subjects")
+
+
 @register("keystroke", "BB-MAS desktop typing, 50/100-key windows: pooled EER of each detector on unseen subjects")
 def bench_bbmas(ctx: BenchContext) -> BenchOutput:
     from evaluation.datasets import load_bbmas_keystrokes
@@ -174,6 +196,7 @@ def bench_bbmas(ctx: BenchContext) -> BenchOutput:
 
     _set_threads()
     folds = ctx.folds("keystroke", max_subjects=16)
+    _check_training_subjects(folds)
     table = ScoreTable()
     train_all: set[int] = set()
     eval_all: set[int] = set()
@@ -186,8 +209,10 @@ def bench_bbmas(ctx: BenchContext) -> BenchOutput:
         for label, n_keys in WINDOWS.items():
             Xs = {s: window_matrix(q, n_keys) for s, q in train.items()}
             Xs = {s: x for s, x in Xs.items() if x.shape[0] >= 2}
-            if not Xs:
-                raise BenchError(f"no training subject in {fold.train_dir} has two {label} windows")
+            if len(Xs) < MIN_TRAIN_SUBJECTS:
+                raise BenchError(f"fold {fold.index}: the keystroke population models need two {label} windows "
+                                 f"of at least {MIN_TRAIN_SUBJECTS} training subjects; {len(Xs)} in {fold.train_dir} "
+                                 "have them")
             X = np.vstack(list(Xs.values()))
             y = np.repeat(list(Xs), [x.shape[0] for x in Xs.values()])
             enrol: dict[int, np.ndarray] = {}

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.bench import BenchContext, BenchOutput, register
+from evaluation.bench import BenchContext, BenchError, BenchOutput, register
 
 MODALITIES = ("keystroke", "touch", "gait")
 #: updates per session (10: ~1,000 keys of typing, 50 swipes or 100 s of walking)
@@ -80,8 +80,15 @@ def bench_sessions(ctx: BenchContext) -> BenchOutput:
     for fi, (train_dir, eval_dir, train, evals) in enumerate(folds):
         all_train |= set(train)
         all_eval |= set(evals)
-        engine = fit_calibration(bbmas_people(train_dir, train), None)
-        people = bbmas_people(eval_dir, evals)
+        # the loaders leave out people without usable data in a modality (their warnings say why)
+        background, people = bbmas_people(train_dir, train), bbmas_people(eval_dir, evals)
+        for role, folder, given, kept in (("training", train_dir, train, background),
+                                          ("evaluation", eval_dir, evals, people)):
+            if len(kept) < 2:  # calibration and impostor sessions pair one person with another
+                raise BenchError(f"fold {fi + 1}: {len(kept)} of the {len(given)} {role} subjects in {folder} have "
+                                 "usable data in all three modalities (the loaders' warnings say why); the sessions "
+                                 "bench needs at least 2")
+        engine = fit_calibration(background, None)
         rng = np.random.default_rng([ctx.seed, fi])
         for m in MODALITIES:
             active = provider.get(m)
@@ -102,6 +109,9 @@ def bench_sessions(ctx: BenchContext) -> BenchOutput:
                                                                    model_version=active.model_id))]
                                for score in np.asarray(s, dtype=float).reshape(UPDATES, k).mean(axis=1)]
                     out.setdefault((who, m), []).append(session_outcome(updates, settings))
+    if not out:
+        raise BenchError(f"no session could be run: no evaluation subject has 2 enrolment windows and {UPDATES} "
+                         "updates of later windows in any modality")
     rows = []
     for who in ("owner", "impostor"):
         for m in (*MODALITIES, "all"):

@@ -45,7 +45,7 @@ def load_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | Non
     `augment` = k > 0 gives instead the windows of the k-th rate-augmented copy of each
     recording (`modalities.gait.augment.random_phone`, seeded by the file's bytes and k).
     """
-    from evaluation.datasets import cache_dir, find_subject_files, load_bbmas_gait
+    from evaluation.datasets import DatasetError, cache_dir, find_subject_files, load_bbmas_gait
 
     hop_s = hop_s or window_s / 2
     files = find_subject_files(data_dir, "gait")
@@ -74,7 +74,10 @@ def load_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | Non
             segs = recs[s].segments
             if augment:
                 segs = random_phone(segs, seed=int(keys[s][:8], 16))
-            sw = windows_for_subject(segs, window_s, hop_s=hop_s)
+            try:
+                sw = windows_for_subject(segs, window_s, hop_s=hop_s)
+            except ValueError as exc:  # EventValidationError: what the features refuse, for this file
+                raise DatasetError(f"{files[s]}: no usable data: {exc}") from None
             tmp = folder / f"{keys[s]}.{os.getpid()}.tmp.npz"
             np.savez(tmp, X=sw.X, start=sw.start, walk_pos=sw.walk_pos, walk_total=np.array(sw.walk_total))
             os.replace(tmp, folder / f"{keys[s]}.npz")

@@ -152,7 +152,7 @@ class GaitLDA(Scorer):
             raise EventValidationError("subjects", "GaitLDA.fit needs one subject label per window")
         y = np.asarray(subjects)
         if y.shape != (X.shape[0],):
-            raise EventValidationError("subjects", f"{y.shape[0] if y.ndim else 0} labels for {X.shape[0]} windows")
+            raise EventValidationError("subjects", f"need one label per window ({X.shape[0]}), got shape {y.shape}")
         n_classes = distinct_subjects(y)
         if n_classes < 3:
             raise EventValidationError("subjects", f"need windows of at least 3 subjects, got {n_classes}")

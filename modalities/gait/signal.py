@@ -124,6 +124,20 @@ def input_rate(t: np.ndarray) -> float:
     return float(1.0 / np.median(d))
 
 
+def check_rate(t: np.ndarray, min_rate: float = MIN_INPUT_RATE, max_rate: float = MAX_INPUT_RATE) -> float:
+    """`input_rate(t)`; an `EventValidationError` outside [`min_rate`, `max_rate`].
+
+    What `resample` accepts, so a data loader can refuse a file (naming it) before features are cut.
+    """
+    fs_in = input_rate(t)
+    if fs_in < 0.95 * min_rate:  # 5% slack: phone clocks drift around their nominal rate
+        raise EventValidationError("time", f"sampling rate {fs_in:.1f} Hz is below the {min_rate:.0f} Hz minimum")
+    if fs_in > max_rate:
+        raise EventValidationError("time", f"sampling rate {fs_in:.0f} Hz is above the {max_rate:.0f} Hz maximum "
+                                           "(timestamps too close together)")
+    return fs_in
+
+
 def _lowpass(x: np.ndarray, rate: float, cutoff: float, order: int = 4) -> np.ndarray:
     """Zero-phase Butterworth low-pass along axis 0 (no-op where the cut-off is above Nyquist)."""
     if cutoff >= 0.45 * rate or x.shape[0] < 3 * (2 * order + 1):
@@ -149,12 +163,7 @@ def resample(series: AccelSeries, *, rate: float = RATE, cutoff: float = CUTOFF_
         t, xyz = merge_duplicate_times(np.asarray(series.t, float), readings, NEAR_DUPLICATE_S)
     if t.size < 2:
         raise EventValidationError("time", f"need at least two samples more than {NEAR_DUPLICATE_S * 1e3:g} ms apart")
-    fs_in = input_rate(t)
-    if fs_in < 0.95 * min_rate:  # 5% slack: phone clocks drift around their nominal rate
-        raise EventValidationError("time", f"sampling rate {fs_in:.1f} Hz is below the {min_rate:.0f} Hz minimum")
-    if fs_in > max_rate:
-        raise EventValidationError("time", f"sampling rate {fs_in:.0f} Hz is above the {max_rate:.0f} Hz maximum "
-                                           "(timestamps too close together)")
+    fs_in = check_rate(t, min_rate, max_rate)
     to_ms2(readings)  # m/s^2 with gravity, checked on the readings as sent: refuses, converts nothing
     cuts = np.flatnonzero(np.diff(t) > max_gap) + 1
     bounds = np.concatenate([[0], cuts, [t.size]])

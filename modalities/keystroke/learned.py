@@ -53,6 +53,9 @@ def log_timing(X: np.ndarray) -> np.ndarray:
     Latencies are roughly log-normal, so positive latencies become log(max(x, tick / 4)).
     Free-text windows keep their timing part minus per-digraph UD (UD = DD - previous hold);
     fixed-text CMU-layout vectors (3n - 2 columns) keep H and DD, dropping the redundant UD.
+    H and DD are taken by position, so those columns must be in the CMU order
+    ``H.k1, DD.k1.k2, UD.k1.k2, H.k2, ..., H.kn`` (`evaluation.datasets.cmu_feature_columns`
+    puts a file's columns in it by name; `features.fixed_text_vector` builds it).
     """
     X = np.asarray(X, dtype=float)
     d = X.shape[1]

@@ -178,8 +178,8 @@ def _check_population(X: np.ndarray, subjects: np.ndarray | None, min_subjects: 
     if subjects is None:
         raise EventValidationError("subjects", "population training needs the subject of every window")
     subjects = np.asarray(subjects)
-    if subjects.shape[0] != X.shape[0]:
-        raise EventValidationError("subjects", f"got {subjects.shape[0]} labels for {X.shape[0]} windows")
+    if subjects.shape != (X.shape[0],):  # a column or a scalar would broadcast against the windows
+        raise EventValidationError("subjects", f"need one label per window ({X.shape[0]}), got shape {subjects.shape}")
     n = distinct_subjects(subjects)
     if n < min_subjects:
         raise EventValidationError("subjects", f"need at least {min_subjects} subjects, got {n}")

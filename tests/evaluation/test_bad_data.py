@@ -132,18 +132,18 @@ def test_plain_csv_still_wins_over_its_gz(tmp_path: Path) -> None:
     assert find_subject_files(tmp_path, "keystroke") == {4: tmp_path / "4_processed.csv"}
 
 
-CMU_HEADER = "subject,sessionIndex,rep,H.a,DD.a.b,UD.a.b\n"
+CMU_HEADER = "subject,sessionIndex,rep,H.a,DD.a.b,UD.a.b,H.b\n"  # the CMU layout of a 2-key text
 
 
 def test_cmu_exact_duplicate_rows_dropped_and_conflicts_refused(tmp_path: Path) -> None:
-    rows = [f"s00{s},1,{r},0.1,0.2,0.1\n" for s in (2, 3) for r in (1, 2)]
+    rows = [f"s00{s},1,{r},0.1,0.2,0.1,0.1\n" for s in (2, 3) for r in (1, 2)]
     path = _write_gz(tmp_path / "dup" / "DSL-StrongPasswordData.csv.gz", CMU_HEADER + "".join(rows + rows[:2]))
     assert len(load_cmu(path.parent)) == 4
-    clash = CMU_HEADER + "".join(rows) + "s002,1,1,0.5,0.2,0.1\n"
+    clash = CMU_HEADER + "".join(rows) + "s002,1,1,0.5,0.2,0.1,0.1\n"
     path = _write_gz(tmp_path / "clash" / "DSL-StrongPasswordData.csv.gz", clash)
     with pytest.raises(DatasetError, match="share \\(subject, sessionIndex, rep\\)"):
         load_cmu(path.parent)
-    path = _write_gz(tmp_path / "nan" / "DSL-StrongPasswordData.csv.gz", CMU_HEADER + "s002,1,1,,0.2,0.1\n")
+    path = _write_gz(tmp_path / "nan" / "DSL-StrongPasswordData.csv.gz", CMU_HEADER + "s002,1,1,,0.2,0.1,0.1\n")
     with pytest.raises(DatasetError, match=r"non-finite values in columns \['H.a'\]"):
         load_cmu(path.parent)
 

@@ -71,7 +71,7 @@ def test_gait_subject_without_a_long_segment_is_a_data_warning(tmp_path: Path, c
 def _cmu_file(folder: Path, names: list[str], reps: int = 400) -> Path:
     rng = np.random.default_rng(0)
     rows = [f"{s},{1 + r // 50},{1 + r % 50},{rng.uniform(0.05, 0.15):.4f},{rng.uniform(0.1, 0.4):.4f},"
-            f"{rng.uniform(0.0, 0.3):.4f}\n" for s in names for r in range(reps)]
+            f"{rng.uniform(0.0, 0.3):.4f},{rng.uniform(0.05, 0.15):.4f}\n" for s in names for r in range(reps)]
     return _write_gz(folder / "DSL-StrongPasswordData.csv.gz", CMU_HEADER + "".join(rows))
 
 
@@ -89,7 +89,7 @@ def test_cmu_file_with_one_subject_is_refused(tmp_path: Path) -> None:
     import evaluation.benches.keystroke  # noqa: F401  (registers the bench)
 
     path = _cmu_file(tmp_path / "cmu", ["s002"])
-    with pytest.raises(DatasetError, match=r"1 subject \(s002\); keystroke-cmu needs at least 4") as err:
+    with pytest.raises(DatasetError, match=r"1 subject \(s002\); keystroke-cmu needs at least 6") as err:
         run_bench("keystroke-cmu", BenchContext(data_dir=path.parent, out=tmp_path / "o", progress=False),
                   print_table=False)
     _one_line_naming(err, path)
