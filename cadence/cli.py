@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
 import typer
+from typer.core import TyperGroup
 
 from cadence.commands import bench
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """A click error (a bad option or argument, a missing one, an unknown command) as one `error:` line.
+
+    Why: typer prints them as a usage line, a hint and a boxed message (4 to 6 lines), where
+    scripts and logs want the one line that names the option. The exit code stays click's (2 for
+    usage errors). `--help`, Ctrl-C (130) and `typer.Exit` are no click errors: they pass
+    untouched, and so does a bare `cadence` or `cadence models`, which prints the help.
+    """
+    from cadence.commands.errors import error_line
+
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.ClickException as exc:
+        error_line(exc.format_message())
+        raise click.exceptions.Exit(exc.exit_code) from exc
+
+
+class CadenceGroup(TyperGroup):
+    """The `cadence` group; here, not in `main`, so tests invoking `app` with CliRunner get the same errors."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        with _one_line_errors():  # the top level's own options and arguments
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _one_line_errors():  # every command's, and the errors the commands raise
+            return super().invoke(ctx)
+
 
 app = typer.Typer(
     name="cadence",
     help="Cadence: open multi-modal behavioural biometrics for transaction approval.",
+    cls=CadenceGroup,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
@@ -43,3 +84,7 @@ def main() -> None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # `python -m cadence.cli`
+    main()

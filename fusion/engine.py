@@ -75,7 +75,13 @@ class FusionEngine:
         return str(v) if v else None
 
     def applies(self, modality: str, model_version: str) -> bool:
-        """Whether the calibrator of `modality` was fitted for the serving model `model_version`."""
+        """Whether `modality` has a calibrator, fitted for the serving model `model_version`.
+
+        False without one: a file that lacks a modality does not calibrate it (a caller asking
+        whether the file covers every served model must not read a missing calibrator as "any").
+        """
+        if modality not in self.calibrators:
+            return False
         fitted = self.fitted_for(modality)
         return fitted is None or not model_version or model_version in (fitted, f"registry:{fitted}")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cadence.settings import get_settings
+from cadence.settings import Settings, get_settings
 from modalities.events import MODALITIES, FeatureWindow
 from modalities.reading import decision_windows, read_windows
 from server.client.api import DeviceClient
@@ -213,11 +213,36 @@ def run_scenario(base_url: str, genuine: Person, impostor: Person, *, user_id: s
     return rows
 
 
+class DemoSettings(Settings):
+    """Settings of the demo's private server: only what is passed in, never CADENCE_* or `.env`.
+
+    The demo plays both the bank and the device against a throwaway loopback server, so the
+    operator's policy and security settings (environment, API keys, currencies, lockout, rate
+    limits, database) are not its business: a production environment or a strict rate limit
+    would only turn the demo into refused calls. Every field not passed keeps its development default.
+    """
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[Any], init_settings: Any, env_settings: Any,
+                                   dotenv_settings: Any, file_secret_settings: Any) -> tuple[Any, ...]:
+        return (init_settings,)
+
+
 def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = None) -> tuple[str, list[DemoRow]]:
-    """Start a server on a free loopback port, run the scenario, stop it; (data label, rows)."""
+    """Start a server on a free loopback port, run the scenario, stop it; (data label, rows).
+
+    Of the CADENCE_* settings the demo reads only CADENCE_MODEL_REGISTRY (the models its server
+    scores with, and their calibration when it applies to all of them); its server runs on
+    `DemoSettings`, with a database in a temporary folder.
+    """
+    from compliance.keys import hmac_key
     from server.runner import running_server
 
     base = get_settings()
+    # the server's audit log pseudonymises with the process's settings (compliance.keys), not the
+    # ones it was started with: outside development without CADENCE_AUDIT_HMAC_KEY every audited
+    # call would fail (HTTP 500), so the KeyConfigError that names the setting is raised here, first
+    hmac_key(base)
     registry_root = base.model_registry if base.model_registry and base.model_registry.exists() else None
     if data_dir is not None:
         subjects = bbmas_subjects(data_dir)
@@ -241,7 +266,8 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
     served, trained_calibration = served_models(registry_root)
     with tempfile.TemporaryDirectory(prefix="cadence-demo-") as tmp:
         root = Path(workdir or tmp)
-        update: dict[str, Any] = {"database_url": f"sqlite:///{root / 'demo.sqlite'}", "host": "127.0.0.1"}
+        update: dict[str, Any] = {"database_url": f"sqlite:///{root / 'demo.sqlite'}", "host": "127.0.0.1",
+                                  "model_registry": base.model_registry}
         if trained_calibration is None:  # the packages' defaults: calibrate them on the background people
             fit_calibration(background, registry_root).save(root / "fusion-calibration.json")
             update["fusion_calibration"] = root / "fusion-calibration.json"
@@ -249,7 +275,7 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
         else:
             update["fusion_calibration"] = trained_calibration
             label += f"; models: {served}, with their own calibration ({trained_calibration})"
-        with running_server(base.model_copy(update=update)) as url:
+        with running_server(DemoSettings(**update)) as url:
             rows = run_scenario(url, genuine, impostor)
     return label, rows
 
@@ -257,8 +283,9 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
 def served_models(registry_root: Path | None) -> tuple[str, Path | None]:
     """What the demo's server will score with (in words), and the calibration file to use.
 
-    The file is the registry's when it applies to every modality's active model (`cadence
-    models train` wrote it); else None, and the demo calibrates on its background people.
+    The file is the registry's when it holds a calibrator for every modality's active model
+    (`cadence models train` wrote it); else None, and the demo calibrates on its background
+    people: a modality the file leaves out would be left out of every decision (`uncalibrated`).
     """
     from server.fusion_source import FusionSource
     from server.services.scoring import ScorerProvider

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cadence.console import out_console
@@ -25,8 +26,9 @@ def demo(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the decisions as JSON here.")] = None,
 ) -> None:
     """Start the API on a free loopback port, enrol a user, run owner and impostor transactions, stop."""
-    from cadence.commands.errors import error_line
+    from cadence.commands.errors import error_line, fail
     from cadence.commands.paths import ensure_writable_file, folder_option
+    from compliance.keys import KeyConfigError
     from evaluation.datasets import DatasetError
     from server.demo import run_demo
 
@@ -38,17 +40,21 @@ def demo(
     t0 = time.perf_counter()
     try:
         label, rows = run_demo(folder, seed=seed)
-    except DatasetError as exc:
-        error_line(exc)
-        raise typer.Exit(2) from exc
-    console.print(f"[bold]Data:[/bold] {label}")
+    except (DatasetError, ValueError, KeyConfigError) as exc:  # the data folder; a broken model registry or
+        # calibration file; an audit key the server needs (`run_demo`)
+        fail(exc)
+    except RuntimeError as exc:  # ApiCallError: a call its own server refused; or the server did not start
+        error_line(f"the demo's server: {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"[bold]Data:[/bold] {escape(label)}")  # the label holds the folder: no markup read from it
     table = Table(title=f"cadence demo: decisions ({time.perf_counter() - t0:.1f} s)")
     for col in ("user", "probe person", "amount", "decision", "risk", "reasons"):
         table.add_column(col, justify="right" if col in ("amount", "risk") else "left",
                          overflow="fold", no_wrap=col in ("amount", "decision", "risk"))
     colour = {"approve": "green", "step_up": "yellow", "deny": "red"}
     for r in rows:
-        table.add_row(r.user, r.probe, r.amount, f"[{colour[r.decision]}]{r.decision}[/]", f"{r.risk:.3f}", r.reasons)
+        table.add_row(escape(r.user), escape(r.probe), r.amount, f"[{colour[r.decision]}]{r.decision}[/]",
+                      f"{r.risk:.3f}", r.reasons)
     console.print(table)
     for who in (True, False):
         sel = [r for r in rows if r.genuine is who]

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cadence.commands.errors import fail
@@ -46,17 +47,17 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
     except RegistryError as exc:
         raise typer.BadParameter(str(exc), param_hint="MODALITY") from exc
     calibrated = _calibrated_versions(reg.root)
-    table = Table(title=f"models in {reg.root}")
+    table = Table(title=f"models in {escape(str(reg.root))}")  # values from files and folders: no markup read
     for c in ("modality", "version", "active", "calibrated", "scorer", "feature version", "source", "created", "metrics"):
         table.add_column(c)
     for mv in versions:
         metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(mv.metrics.items())[:4])
-        table.add_row(mv.modality, mv.version, "*" if mv.active else "",
-                      "yes" if calibrated.get(mv.modality) == mv.version else "", mv.scorer, mv.feature_version,
-                      mv.source, mv.created, metrics)
+        table.add_row(*(escape(str(v)) for v in (mv.modality, mv.version, "*" if mv.active else "",
+                                                 "yes" if calibrated.get(mv.modality) == mv.version else "",
+                                                 mv.scorer, mv.feature_version, mv.source, mv.created, metrics)))
     out_console().print(table)
     for problem in damaged:
-        Console(stderr=True).print(f"[yellow]warning:[/yellow] left out: {problem}", soft_wrap=True)
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] left out: {escape(problem)}", soft_wrap=True)
     if not versions and not damaged:
         out_console().print("no published models: the server uses each modality package's default scorer")
 
@@ -91,7 +92,7 @@ def activate(modality: Annotated[str, typer.Argument(help="keystroke, touch or g
                 record("model.activated", {"modality": modality, "version": version, "scorer": mv.scorer})
         except (RegistryError, ModelVersionError) as exc:
             fail(exc)
-    out_console().print(f"{modality}: {version} ({mv.scorer}) is now active")
+    out_console().print(f"{modality}: {version} ({mv.scorer}) is now active", markup=False)
     _calibration_hint(reg.root, modality, version)
 
 
@@ -150,14 +151,14 @@ def train(
                                                                               "calibrated": True}))
         except (ValueError, DatasetError) as exc:  # DatasetError: a missing or unreadable data file
             fail(exc)
-    table = Table(title=f"published to {reg.root}")
+    table = Table(title=f"published to {escape(str(reg.root))}")
     for c in ("modality", "version", "subjects", "calibration Cllr", "active"):
         table.add_column(c)
     for m, v in report.versions.items():
         table.add_row(m, v, str(report.subjects[m]), f"{report.calibration[m]['cllr']:.3f}", "yes" if activate else "no")
     console.print(table)
     if report.calibration_file is not None:
-        console.print(f"fusion calibration: {report.calibration_file}")
+        console.print(f"fusion calibration: {report.calibration_file}", markup=False, soft_wrap=True)
     else:
         console.print("not activated, and the live fusion calibration is unchanged. To serve one: "
                       "`cadence models activate MODALITY VERSION`, then `cadence models calibrate MODALITY --data-dir PEOPLE` "
@@ -199,7 +200,7 @@ def calibrate(
         record("model.calibrated", {"modality": modality, "version": rep.version, "scorer": rep.scorer,
                                     "subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(folder)})
     out_console().print(f"{modality} {rep.version} ({rep.scorer}): calibrated on {rep.subjects} subjects, "
-                    f"EER {rep.eer:.4f}, Cllr {rep.cllr:.3f} -> {rep.calibration_file}")
+                    f"EER {rep.eer:.4f}, Cllr {rep.cllr:.3f} -> {rep.calibration_file}", markup=False)
 
 
 def _migrate_if_empty(url: str) -> None:
@@ -223,7 +224,7 @@ def _migrate_if_empty(url: str) -> None:
         finally:
             engine.dispose()
     out_console().print(f"audit log: migrated the empty database {shown(url)} (as `cadence serve` does at start-up)",
-                        soft_wrap=True)
+                        soft_wrap=True, markup=False)
 
 
 @contextmanager
@@ -261,7 +262,7 @@ def _audit_log() -> Iterator[Callable[[str, dict[str, Any]], None]]:
                 Path(leftover).unlink(missing_ok=True)
             raise
         out_console().print(f"audit log: created the database {created} (set CADENCE_DATABASE_URL to use another)",
-                        soft_wrap=True)
+                            soft_wrap=True, markup=False)
     else:
         _migrate_if_empty(url)
     with compliance_engine(url) as engine:

@@ -293,8 +293,6 @@ def test_activate_with_an_active_pointer_folder_gives_an_error_line(tmp_path):
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 2, res.stderr[-800:]
     assert "error:" in res.stderr and "Traceback" not in res.stderr
-    # one line for the operator: the device log's copy of the failure is not printed besides it
-    assert res.stderr.strip().count("\n") == 0 and str(f) in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("content", ["null", "3", "[1, 2]"])
