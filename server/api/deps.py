@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import hmac
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypeVar
@@ -153,8 +153,9 @@ class DeviceRequest:
     """A request from a device; `transaction()` authenticates it inside the unit of work.
 
     Signature, clock skew and nonce are checked in the same database transaction as the
-    request's own writes: one transaction per request, a committed request can never be
-    replayed, and a refused one writes nothing.
+    request's own writes: one transaction per request, and a committed request can never be
+    replayed. A request refused after its signature verified has its nonce recorded on its own
+    (`refused`), so its bytes are accepted once whatever the answer.
     """
 
     state: AppState
@@ -167,6 +168,9 @@ class DeviceRequest:
     signature: str | None
     client: str | None = None
     _device: CallingDevice | None = None
+    #: whether the nonce needs no more recording: stored by a committed transaction, or found
+    #: stored already (a replay) or unstorable (the device erased meanwhile)
+    _nonce_settled: bool = False
 
     @functools.cached_property
     def body_sha256(self) -> str:
@@ -222,10 +226,38 @@ class DeviceRequest:
                     consume_nonce(session, dev.device_id, self.nonce, float(self.timestamp or 0),
                                   max_skew_s=settings.signature_max_skew_s)
                 except ApiError:  # a replay of a captured request: it must not use up the device's rate
+                    self._nonce_settled = True
                     if self.state.limiter is not None:
                         self.state.limiter.refund(dev.device_id)
                     raise
             yield session
+        self._nonce_settled = True  # committed (a body that raised rolled the nonce back with the rest)
+
+    async def refused(self, exc: ApiError) -> ApiError:
+        """What to answer a request refused with `exc`; its nonce is recorded first if its signature verified.
+
+        The refusal rolled its transaction back, nonce included: the captured bytes could be sent
+        again inside the skew window, each send using up the device's rate, and be accepted once
+        the refusal no longer held (enrolment reopened, say). Recorded, a resend is a replay: 401
+        `replayed_request`, refunded, also where the refusal comes before the nonce is looked at
+        (`authorize`'s read phase), which recording it finds. Refusals before the signature
+        verified (401, 429) record nothing, nor does a 5xx (the database may be what failed); the
+        successful path never comes here.
+        """
+        if exc.status < 500 and self._device is not None and not self._nonce_settled:
+            return await self.state.run(self._spend_nonce) or exc
+        return exc
+
+    def _spend_nonce(self) -> ApiError | None:
+        """Record the nonce alone, in a short transaction of its own (`refused`); the replay refusal if it was seen."""
+        if self.nonce is None or not self.state.settings.require_signed_requests:
+            return None
+        try:
+            with self.transaction():
+                pass
+        except ApiError as exc:  # recorded already (a replay), or the device erased meanwhile
+            return exc if exc.code == "replayed_request" else None
+        return None
 
 
 def check_rate(state: AppState, device_id: str | None, client: str | None = None) -> None:
@@ -299,10 +331,20 @@ async def device_request(
     x_cadence_timestamp: Annotated[str | None, Header()] = None,
     x_cadence_nonce: Annotated[str | None, Header()] = None,
     x_cadence_signature: Annotated[str | None, Header()] = None,
-) -> DeviceRequest:
-    """Collect what authenticates a device request (the header parameters document the contract)."""
+) -> AsyncIterator[DeviceRequest]:
+    """Collect what authenticates a device request (the header parameters document the contract).
+
+    A refusal the route raises once the signature verified spends the nonce (`DeviceRequest.refused`).
+    """
     check_rate(state, x_cadence_device, client_address(request))
-    return signed_request(state, request, await request.body())
+    req = signed_request(state, request, await request.body())
+    try:
+        yield req
+    except ApiError as exc:
+        answer = await req.refused(exc)
+        if answer is not exc:
+            raise answer from exc
+        raise
 
 
 Signed = Annotated[DeviceRequest, Depends(device_request)]

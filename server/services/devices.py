@@ -6,11 +6,14 @@ import functools
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,19 +34,33 @@ def register_device(session: Session, body: DeviceRegister, *, actor: str) -> De
         raise ApiError(422, "bad_device_key", f"proof: {exc}" if "proof" not in str(exc) else str(exc)) from exc
     existing = session.get(Device, body.device_id)
     if existing is not None:
-        if existing.public_key == body.public_key and existing.user_id == body.user_id:
-            return existing
-        raise ApiError(409, "device_exists", f"device_id: {body.device_id!r} is already registered with another key or user")
-    if session.get(User, body.user_id) is None:
-        session.add(User(id=body.user_id))
-        session.flush()
-    dev = Device(id=body.device_id, user_id=body.user_id, public_key=body.public_key, platform=body.platform,
-                 attestation=dict(body.attestation))
-    session.add(dev)
-    session.flush()
+        return _registered_before(existing, body)
+    # INSERT ... ON CONFLICT DO NOTHING, not get-then-add: concurrent registrations of one new
+    # user (or a retry of one device) both found no row, and the second insert was a 500
+    insert = _insert(session)
+    session.execute(insert(User).values(id=body.user_id).on_conflict_do_nothing())
+    added = session.execute(insert(Device).values(  # RETURNING: psycopg's rowcount of it is -1 either way
+        id=body.device_id, user_id=body.user_id, public_key=body.public_key, platform=body.platform,
+        attestation=dict(body.attestation)).on_conflict_do_nothing().returning(Device.id)).first() is not None
+    dev = session.get(Device, body.device_id, populate_existing=True)
+    assert dev is not None  # inserted, or by the concurrent registration that committed first
+    if not added:
+        return _registered_before(dev, body)
     hooks.audit(session, event="device.registered", actor=actor, subject=body.user_id,
                 payload=hooks.device_registered_payload(body.device_id, body.public_key, body.platform))
     return dev
+
+
+def _registered_before(existing: Device, body: DeviceRegister) -> Device:
+    """A device id registered already: the same key and user is a repeat (answered as registered), else 409."""
+    if existing.public_key == body.public_key and existing.user_id == body.user_id:
+        return existing
+    raise ApiError(409, "device_exists", f"device_id: {body.device_id!r} is already registered with another key or user")
+
+
+def _insert(session: Session) -> Callable[[type[Any]], Any]:
+    """The dialect's INSERT, which has `on_conflict_do_nothing` (SQLite and PostgreSQL both)."""
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
 @dataclass(frozen=True)

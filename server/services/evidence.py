@@ -52,23 +52,28 @@ _TIMES = struct.Struct("<3d")
 #: feature values are compared to about 6 significant digits (20 of the 52 mantissa bits kept,
 #: rounded to nearest): a replayed window nudged by float noise is still the same window
 _ROUND, _KEEP = np.uint64(1 << 31), np.uint64(0xFFFFFFFF00000000)
+#: values nearer zero than this count as 0.0: significant digits are relative, so an exact 0.0
+#: (keystroke windows have dozens) nudged to 1e-12 kept all its digits and hashed anew. Real
+#: features are far above it; below it lies float noise (a touch feature computes to ~1e-13)
+ZERO_FLOOR = 1e-9
 
 
 def window_hash(w: FeatureWindowIn) -> str:
     """SHA-256 identifying a window for replay protection.
 
     A window the models read (a typing, swipe or walking window) is identified by its feature
-    values alone, each rounded to about 6 significant digits: behaviour never repeats to that
-    precision, so the same values with another start time, event count or quality, or nudged
-    by 1e-12, are the same evidence replayed (almost always: a value within the nudge of a
-    rounding boundary can fall to the other side). A window the models do not read (a touch tap,
+    values alone, each rounded to about 6 significant digits, and those within `ZERO_FLOOR` of
+    zero read as 0.0: behaviour never repeats to that precision, so the same values with another
+    start time, event count or quality, or nudged by 1e-12, are the same evidence replayed
+    (almost always: a value within the nudge of a rounding boundary can fall to the other side). A window the models do not read (a touch tap,
     whose few features can repeat honestly) is identified by all its fields, exact.
     Values changed beyond that precision are not caught here: they are scored as what they
     are, new behaviour (docs/api.md, "Replay protection").
     """
     if scored(w):
         h = hashlib.sha256(_features_prefix(w.modality, w.feature_version))
-        bits = (w.array() + 0.0).view("<u8")  # + 0.0: -0.0 and 0.0 are one value
+        a = w.array()
+        bits = np.where(np.abs(a) < ZERO_FLOOR, 0.0, a).view("<u8")  # -0.0 and 0.0 are one value too
         h.update(((bits + _ROUND) & _KEEP).tobytes())
         return h.hexdigest()
     h = hashlib.sha256(f"{_hash_prefix(w.modality, w.feature_version)}{w.n_events}]".encode())
@@ -113,6 +118,19 @@ def check_unseen(session: Session, user_id: str, items: list[tuple[int, FeatureW
             raise EvidenceReplay(user_id, w.modality, i, d)
         batch.add(d)
     return digests
+
+
+def find_replay(session: Session, user_id: str, windows: list[FeatureWindowIn]) -> EvidenceReplay | None:
+    """The refusal a replay of `windows` gets, or None: for a request that lost a race on a window's digest.
+
+    Asked once the concurrent request that stored the digest first committed, so the loser is
+    answered, and flagged, as the replay it is when it comes after that request.
+    """
+    try:
+        check_unseen(session, user_id, list(enumerate(windows)))
+    except EvidenceReplay as exc:
+        return exc
+    return None
 
 
 def claim_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]],

@@ -105,6 +105,22 @@ def _fresh_engine_state(settings: Settings) -> dict[str, Any]:
     return dict(tracker(settings.session_window, settings.session_step_up_risk, settings.session_terminate_risk).to_dict())
 
 
+def _restarted_engine_state(session_id: str, state: Any, settings: Settings) -> dict[str, Any]:
+    """The risk state after a passed step-up: the prior again, with the window and thresholds it had.
+
+    A tracker keeps those the session opened with, as it does at every update; a state in the
+    fallback format reads the settings anyway, so it restarts as a new session does.
+    """
+    if _engine(state) != TRACKER:
+        return _fresh_engine_state(settings)
+    tracker = _tracker_cls()
+    try:
+        old = tracker.from_dict(state)
+    except ValueError as exc:
+        raise _unreadable(session_id, exc) from exc
+    return dict(tracker(old.window, old.step_up_risk, old.terminate_risk).to_dict())
+
+
 def _engine(state: Any) -> Engine:
     """The engine that updates this stored state: the tracker reads only the states it wrote (versioned).
 
@@ -528,7 +544,7 @@ def complete_step_up(session: Session, *, session_id: str, success: bool, settin
                                                "consecutive failed authentications; an administrator must unlock it first")
         _check_live(s, books, settings, now)
         books = replace(books, passed_at=now)
-        s.state, s.status, s.risk = {**_fresh_engine_state(settings), **books.to_state()}, "ok", 0.5
+        s.state, s.status, s.risk = {**_restarted_engine_state(session_id, s.state, settings), **books.to_state()}, "ok", 0.5
     else:
         s.status = "terminate"
     count_step_up(user, success, settings.lockout_failures)

@@ -417,7 +417,8 @@ def redeem_token(session: Session, public_key: Any, body: Any, *, actor: str) ->
     currency and payee the bank is executing. With `body.redeem` (the default) the
     transaction's token is then spent in the same statement that checks it is unspent, so
     one approval executes one payment however often, and by whom, it is presented; the
-    redemption is audited. `body.redeem=False` only checks.
+    redemption is audited. `body.redeem=False` only checks, the stored transaction too: a token
+    already spent, or whose transaction was erased, is not valid either way.
     """
     from server.signing import SignatureError, verify_token
 
@@ -434,7 +435,10 @@ def redeem_token(session: Session, public_key: Any, body: Any, *, actor: str) ->
             return {"valid": False, "reason": f"{field_name}: token was issued for {claims.get(claim)!r}", "claims": claims}
     if claims.get("decision") != "approve":
         return {"valid": False, "reason": f"decision: {claims.get('decision')}", "claims": claims}
-    if not body.redeem:
+    if not body.redeem:  # only a check, but of the token as it stands: a spent or erased one is no longer valid
+        why = _unspendable(session.get(Transaction, body.transaction_id), body.user_id)
+        if why is not None:
+            return {"valid": False, "reason": why, "claims": claims}
         return {"valid": True, "claims": claims, "redeemed": False}
     spent = session.execute(update(Transaction)
                             .where(Transaction.id == body.transaction_id, Transaction.user_id == body.user_id,
@@ -442,13 +446,20 @@ def redeem_token(session: Session, public_key: Any, body: Any, *, actor: str) ->
                             .values(token_redeemed_at=datetime.now(UTC))).rowcount  # type: ignore[attr-defined]
     if not spent:
         tx = session.get(Transaction, body.transaction_id)
-        why = ("transaction_id: no such transaction of this user" if tx is None or tx.user_id != body.user_id
-               else f"token: already redeemed at {tx.token_redeemed_at}")
-        return {"valid": False, "reason": why, "claims": claims}
+        return {"valid": False, "reason": _unspendable(tx, body.user_id) or "token: already redeemed", "claims": claims}
     hooks.audit(session, event="token.redeemed", actor=actor, subject=body.user_id,
                 payload={"transaction_id": body.transaction_id, "amount": wanted["amount"], "currency": body.currency,
                          "payee": hooks.payee_alias(body.payee)})  # keyed: a plain hash of a name is guessable
     return {"valid": True, "claims": claims, "redeemed": True}
+
+
+def _unspendable(tx: Transaction | None, user_id: str) -> str | None:
+    """Why a verified token's transaction cannot be paid with it (gone, another user's, spent), or None."""
+    if tx is None or tx.user_id != user_id:
+        return "transaction_id: no such transaction of this user"
+    if tx.token_redeemed_at is not None:
+        return f"token: already redeemed at {tx.token_redeemed_at}"
+    return None
 
 
 def response_json(response: dict[str, Any]) -> str:

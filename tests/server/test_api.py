@@ -144,20 +144,54 @@ def test_duplicated_evidence_window_refused_and_flagged(client: TestClient, enro
 
 @pytest.mark.parametrize("nudge", [
     lambda w: w.update(values=[v + 1e-12 for v in w["values"]]),
-    lambda w: w.update(values=[v * (1 + 1e-9) for v in w["values"]]),
+    lambda w: w.update(values=[v * (1 + 1e-12) for v in w["values"]]),
     lambda w: w.update(start=w["start"] + 5.0, end=w["end"] + 5.0),
     lambda w: w.update(n_events=w["n_events"] + 1, quality=max(0.0, w["quality"] - 1e-9)),
-], ids=["values+1e-12", "values*(1+1e-9)", "later", "events+quality"])
-def test_evidence_nudged_below_its_precision_is_still_a_replay(client: TestClient, enrolled, windows, nudge) -> None:  # type: ignore[no-untyped-def]
-    """A captured evidence set with float noise or other times/counts is the same evidence: refused."""
+], ids=["values+1e-12", "values*(1+1e-12)", "later", "events+quality"])
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_evidence_nudged_below_its_precision_is_still_a_replay(client: TestClient, enrolled, windows, nudge,  # type: ignore[no-untyped-def]
+                                                               modality) -> None:
+    """A captured window with float noise or other times/counts is the same evidence: refused.
+
+    One modality's window at a time: sent all together, gait alone refused the request, while
+    keystroke and touch windows with an exact 0.0 feature nudged to 1e-12 hashed anew. The
+    relative nudge was 1e-9: it refused only because the three went together, for about half of
+    the gait windows cross a rounding boundary at that size (docs/api.md, "Replay protection").
+    """
     payload = _authorize_payload(enrolled, windows, key="orig")
     assert enrolled.signed("POST", "/v1/transactions/authorize", payload).status_code == 200
     again = json.loads(json.dumps(payload))
     again["idempotency_key"] = "nudged"
+    again["evidence"] = [w for w in again["evidence"] if w["modality"] == modality]
+    assert len(again["evidence"]) == 1
     for w in again["evidence"]:
         nudge(w)
     r = enrolled.signed("POST", "/v1/transactions/authorize", again)
     assert r.status_code == 409 and r.json()["code"] == "evidence_replay", r.text
+
+
+def test_digests_of_windows_without_near_zero_values_are_unchanged(windows) -> None:  # type: ignore[no-untyped-def]
+    """The zero floor changes no digest of a window without values within it of zero: stored ones stay valid.
+
+    Pinned against the digests of the rule before the floor (20 mantissa bits, -0.0 as 0.0).
+    """
+    import hashlib
+
+    import numpy as np
+
+    from server.schemas import FeatureWindowIn
+    from server.services.evidence import ZERO_FLOOR, _features_prefix, window_hash
+
+    for m in MODALITIES:
+        for fw in windows["owner"][m][:10]:
+            w = FeatureWindowIn(**fw.to_dict())
+            a = w.array()
+            if (np.abs(a[a != 0]) < ZERO_FLOOR).any():
+                continue
+            bits = (a + 0.0).view("<u8")
+            before = hashlib.sha256(_features_prefix(w.modality, w.feature_version))
+            before.update(((bits + np.uint64(1 << 31)) & np.uint64(0xFFFFFFFF00000000)).tobytes())
+            assert window_hash(w) == before.hexdigest(), m
 
 
 @pytest.mark.parametrize("mutate, field", [
@@ -225,6 +259,25 @@ def test_token_bound_to_amount_and_payee(client: TestClient, enrolled, windows) 
     assert ok["valid"] is True and ok["redeemed"] is True
     again = client.post("/v1/transactions/verify-token", headers=BANK, json=payment).json()
     assert again["valid"] is False and "already redeemed" in again["reason"]  # one approval, one payment
+
+
+def test_a_check_only_verification_reads_the_transaction_too(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]
+    """`"redeem": false` said a spent token, or one whose transaction was erased, was valid."""
+    resp = enrolled.authorize(amount="25.00", payee="ACME", evidence=evidence(windows, "owner", 10))
+    assert resp["decision"] == "approve", resp
+    payment = {"token": resp["token"], "user_id": enrolled.user_id, "transaction_id": resp["transaction_id"],
+               "amount": "25.00", "currency": "EUR", "payee": "ACME"}
+
+    def check() -> dict:  # type: ignore[type-arg]
+        return client.post("/v1/transactions/verify-token", headers=BANK, json={**payment, "redeem": False}).json()
+
+    assert check()["valid"] is True
+    assert client.post("/v1/transactions/verify-token", headers=BANK, json=payment).json()["redeemed"] is True
+    spent = check()
+    assert spent["valid"] is False and "already redeemed" in spent["reason"], spent
+    assert client.delete(f"/v1/admin/users/{enrolled.user_id}", headers=ADMIN).status_code == 200
+    erased = check()
+    assert erased["valid"] is False and erased["reason"] == "transaction_id: no such transaction of this user", erased
 
 
 def test_step_up_completion(client: TestClient, enrolled, windows) -> None:  # type: ignore[no-untyped-def]

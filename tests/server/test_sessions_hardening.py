@@ -480,6 +480,22 @@ def test_the_settings_thresholds_drive_both_engines(make_sessions: Callable[...,
     assert s.bank(plain).json()["engine"] == "fallback-window"
 
 
+def test_a_passed_step_up_keeps_the_window_and_thresholds_the_session_opened_with(s: Sessions,
+                                                                                 llr: dict[str, float]) -> None:
+    """The restarted tracker took the current settings: a session changed engines' rules mid-way."""
+    sid = s.stepped_up(llr)
+    state = s.client.app.state.cadence  # type: ignore[attr-defined]
+    state.settings = state.settings.model_copy(update={"session_window": 3, "session_step_up_risk": 0.7,
+                                                       "session_terminate_risk": 0.95})
+    assert s.step_up(sid, True).json()["status"] == "ok"
+    with s.db() as db:
+        kept = db.get(AuthSession, sid).state
+    assert (kept["window"], kept["step_up_risk"], kept["terminate_risk"], kept["llrs"]) == (5, 0.6, 0.9, [])
+    fresh = s.open()["session_id"]  # a new session takes the settings of its day
+    with s.db() as db:
+        assert db.get(AuthSession, fresh).state["window"] == 3
+
+
 def test_thresholds_are_checked_in_the_settings() -> None:
     from cadence.settings import Settings
 

@@ -26,7 +26,7 @@ from server.errors import ApiError
 from server.models import Transaction
 from server.schemas import AuthorizeRequest, AuthorizeResponse, StepUpComplete, TokenVerify
 from server.services import transactions as svc
-from server.services.evidence import EvidenceReplay, record_replay
+from server.services.evidence import EvidenceReplay, find_replay, record_replay
 from server.services.transactions import find_idempotent
 from server.signing import HEADER_DEVICE, b64e
 
@@ -40,7 +40,13 @@ async def _authorize_lean(request: Request) -> Response:
     check_rate(state, request.headers.get(HEADER_DEVICE), client_address(request))  # 429 before parsing, as `Signed`
     body, raw = await json_body(request, AuthorizeRequest)
     req = signed_request(state, request, raw)
-    out, fresh = await state.run(_authorize, body, req, state)
+    try:
+        out, fresh = await state.run(_authorize, body, req, state)
+    except ApiError as exc:
+        answer = await req.refused(exc)  # its nonce is spent, as the `Signed` routes' are
+        if answer is not exc:
+            raise answer from exc
+        raise
     if fresh:  # an idempotent retry answers the stored decision: not a new one
         state.metrics.decisions.labels(out["decision"], out["tier"]).inc()
         flagged = sum(r["code"] == "implausible_input" for r in out["reasons"])
@@ -88,25 +94,34 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> t
         raise
     except IntegrityError:
         # a concurrent request with the same idempotency key won the race: answer with its decision
-        with req.transaction() as session:
-            stored = find_idempotent(session, body, req.body_sha256)
-        if stored is None:  # not the key: the same evidence window raced in another request
+        # (409 idempotency_conflict if it carried another body, as a call after it gets)
+        stored = _twin_answer(req, body, other_body_is_conflict=True)
+        if stored is not None:
+            return stored, False
+        # not the key: the same evidence window raced in another request, which committed first.
+        # Flagged and audited as the replay it is when it comes after that request
+        with state.read() as session:
+            replay = find_replay(session, body.user_id, body.evidence)
+        if replay is None:
             raise ApiError(409, "evidence_replay",
                            "evidence: a concurrent request carried the same window; replayed evidence is refused") from None
-        return stored, False
+        record_replay(req.transaction, replay, req.actor)
+        raise replay from None
 
 
 class _NoTwin(Exception):
     """No stored decision for this key and body: the twin's write transaction is rolled back."""
 
 
-def _twin_answer(req: DeviceRequest, body: AuthorizeRequest) -> dict[str, Any] | None:
+def _twin_answer(req: DeviceRequest, body: AuthorizeRequest, *,
+                 other_body_is_conflict: bool = False) -> dict[str, Any] | None:
     """The stored decision of an earlier call with this idempotency key and body, if there is one.
 
     Looked up in the request's write transaction, so its nonce is consumed as any answered
     request's is: the winner's own signed bytes sent again in the race (a captured request
     replayed) are refused as `replayed_request`, not answered with the winner's token. A key
-    reused for another body is no twin: its replayed windows stay refused and flagged.
+    reused for another body is no twin: its replayed windows stay refused and flagged (or,
+    with `other_body_is_conflict`, it is refused as `idempotency_conflict`).
     """
     try:
         with req.transaction() as session:
@@ -117,7 +132,7 @@ def _twin_answer(req: DeviceRequest, body: AuthorizeRequest) -> dict[str, Any] |
     except _NoTwin:
         return None
     except ApiError as exc:
-        if exc.code != "idempotency_conflict":
+        if exc.code != "idempotency_conflict" or other_body_is_conflict:
             raise
         return None
 

@@ -7,14 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Path
 from sqlalchemy.exc import IntegrityError
 
-from server.api.deps import AppState, Signed, State, same_user
+from server.api.deps import Signed, State, same_user
 from server.api.routing import CadenceRoute
 from server.errors import ApiError
 from server.models import User
 from server.schemas import ConsentIn, EnrolRequest, EnrolResponse
 from server.services import compliance_hooks as hooks
 from server.services.enrolment import enrol
-from server.services.evidence import EvidenceReplay, check_unseen, record_replay
+from server.services.evidence import EvidenceReplay, find_replay, record_replay
 
 router = APIRouter(prefix="/v1/users", tags=["users"], route_class=CadenceRoute)
 UserId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
@@ -62,22 +62,13 @@ def enrol_user(body: EnrolRequest, req: Signed, state: State, user_id: str = Use
     except IntegrityError:
         # a concurrent request stored one of these windows first (its digest's primary key):
         # answered, and flagged, as the replay it is when it comes after that request
-        replay = _replay_of(state, user_id, body)
+        with state.read() as session:
+            replay = find_replay(session, user_id, body.windows)
         if replay is None:
             raise ApiError(409, "evidence_replay", "windows: a concurrent request carried the same window; "
                                                    "replayed evidence is refused") from None
         record_replay(req.transaction, replay, req.actor)
         raise replay from None
-
-
-def _replay_of(state: AppState, user_id: str, body: EnrolRequest) -> EvidenceReplay | None:
-    """The refusal a sequential replay of `body`'s windows gets, now the concurrent request committed."""
-    with state.read() as session:
-        try:
-            check_unseen(session, user_id, list(enumerate(body.windows)))
-        except EvidenceReplay as exc:
-            return exc
-    return None
 
 
 @router.delete("/{user_id}")
