@@ -227,8 +227,8 @@ def check_settings(settings: Settings) -> None:
 
     try:
         url = make_url(settings.database_url)
-    except ArgumentError:
-        url = None  # reported, naming the URL, where the engine is made
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        url = None  # reported, naming the URL and the setting, where the engine is made
     if url is not None and url.get_backend_name() == "sqlite":
         # every worker and connection needs the one database file: an in-memory database is one per
         # connection (requests failed "no such table"); the URI form (file:...?uri=true) has no path
@@ -269,7 +269,7 @@ def check_settings(settings: Settings) -> None:
         try:
             load_policy(settings.retention_policy)
         except PolicyError as exc:
-            raise ValueError(f"retention_policy: {exc}") from exc
+            raise ValueError(f"retention_policy: {exc} (CADENCE_RETENTION_POLICY)") from exc
     from fusion.policy import default_policy
 
     default_policy()  # a broken fusion/policy.yaml: one ValueError naming file and field, before any worker

@@ -2,47 +2,75 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import typer
-from rich.console import Console
+from cadence.commands.errors import fail
+
+#: the password of a URL that does not parse: ``scheme://user:PASSWORD@``, up to the last ``@`` (a
+#: password may hold ``/``, ``#``, ``?`` and ``@`` themselves, as base64 secrets do)
+_PASSWORD = re.compile(r"(://[^:/@?#]*:).*@")
 
 
 def shown(url: str) -> str:
-    """`url` without its password (as given when it does not parse)."""
+    """`url` without its password (one that does not parse has what stands between ``user:`` and ``@`` masked).
+
+    A SQLite URL holds no password and is shown as given: rendering it again would
+    percent-encode its path (``[prod]`` as ``%5Bprod%5D``).
+    """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        return _PASSWORD.sub(r"\1***@", url)
+    return url if parsed.get_backend_name() == "sqlite" else parsed.render_as_string(hide_password=True)
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` is not a database URL, or None when it parses."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url)
     except ArgumentError:
-        return url
+        return "not a database URL (dialect+driver://user:password@host:port/database)"
+    except ValueError as exc:  # make_url's own: int() of a port that is no number
+        return f"not a database URL ({exc}{': a port is a number' if 'int()' in str(exc) else ''})"
+    return None
 
 
 @contextmanager
-def database_errors(url: str) -> Iterator[None]:
-    """Exit 2 with the reason when `url` cannot be parsed, its driver is missing, it is unreachable or not a database."""
+def database_errors(url: str, *, source: str = "--database-url or CADENCE_DATABASE_URL", opening: bool = True) -> Iterator[None]:
+    """Exit 2 with the reason when `url` cannot be parsed, its driver is missing, it is unreachable or not a database.
+
+    `source` names where the URL came from. With `opening` false the block works on a database
+    already open (a command's transaction): a lost connection or a read-only file is named as
+    such, not as a database that cannot be opened. Messages are one plain line (`fail`): a
+    URL or path may hold brackets, which rich would read as markup.
+    """
     from sqlalchemy import exc
 
     from server.migrate import SchemaError
 
     try:
         yield
-    except exc.ArgumentError as e:
-        Console(stderr=True).print(f"[red]error:[/red] database URL {url!r} (--database-url or CADENCE_DATABASE_URL): {e}", soft_wrap=True)
-        raise typer.Exit(2) from e
     except (exc.NoSuchModuleError, ImportError) as e:  # unknown dialect, or its DBAPI driver not installed
-        Console(stderr=True).print(f"[red]error:[/red] database {shown(url)}: no driver for it here: {e}", soft_wrap=True)
-        raise typer.Exit(2) from e
+        fail(f"database {shown(url)}: no driver for it here: {e}")
+    except (exc.ArgumentError, ValueError) as e:
+        problem = url_problem(url)
+        if problem is not None:  # the URL itself (a ValueError from anything else is not ours to report)
+            fail(f"database URL {shown(url)!r} ({source}): {problem}")
+        if isinstance(e, ValueError):
+            raise
+        fail(f"database {shown(url)}: {e}")
     except (exc.OperationalError, exc.InterfaceError) as e:
-        reason = " ".join(str(e.orig or e).split())
-        Console(stderr=True).print(f"[red]error:[/red] cannot open database {shown(url)}: {reason}", soft_wrap=True)
-        raise typer.Exit(2) from e
+        reason = str(e.orig or e)
+        fail(f"cannot open database {shown(url)}: {reason}" if opening else f"database {shown(url)}: {reason}")
     except SchemaError as e:  # a migration that failed (rolled back), or a database of a newer release or another application
-        Console(stderr=True).print(f"[red]error:[/red] database {shown(url)}: {e}", soft_wrap=True)
-        raise typer.Exit(2) from e
+        fail(f"database {shown(url)}: {e}")
     except exc.DatabaseError as e:  # e.g. SQLite's "file is not a database": a file of something else
-        reason = " ".join(str(e.orig or e).split())
-        Console(stderr=True).print(f"[red]error:[/red] database {shown(url)} is not usable: {reason}", soft_wrap=True)
-        raise typer.Exit(2) from e
+        fail(f"database {shown(url)} is not usable: {e.orig or e}")

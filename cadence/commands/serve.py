@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cadence.commands.errors import fail
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 app = typer.Typer()
 #: the levels uvicorn knows
@@ -24,7 +27,7 @@ def serve(
     keep_alive: Annotated[int, typer.Option(min=1, help="Seconds an idle keep-alive connection stays open.")] = 5,
 ) -> None:
     """Serve the /v1 API (docs at /docs, OpenAPI at /openapi.json, metrics at /metrics)."""
-    from cadence.commands.database import database_errors
+    from cadence.commands.database import database_errors, shown
     from cadence.db import make_engine
     from cadence.settings import get_settings
     from server.app import check_settings, create_app
@@ -46,26 +49,61 @@ def serve(
     workers = workers if workers is not None else settings.api_workers
     if workers < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--workers")
-    with database_errors(settings.database_url):
-        engine = make_engine(settings.database_url)
-        try:
-            upgrade(engine)  # once, before any worker starts
-        except SchemaError as exc:
-            fail(exc)
-        finally:
-            engine.dispose()
-    host, port = host or settings.host, port or settings.port
-    # access lines are logged at INFO: above that, skip building them (a visible share of a request)
-    access_log = log_level.lower() in ("trace", "debug", "info")
-    # forwarded headers only from the proxies named in the settings (uvicorn would trust loopback's)
-    trusted = settings.forwarded_allow_ips or None
     with ExitStack() as stack:
-        try:  # several workers: one set of counters, summed at each scrape
+        try:  # several workers: one set of counters, summed at each scrape (checked before the database is touched)
             stack.enter_context(shared_metrics_dir(workers))
         except MetricsDirError as exc:
             fail(exc)
+        with database_errors(settings.database_url, source="CADENCE_DATABASE_URL"):
+            engine = make_engine(settings.database_url)
+            try:
+                upgrade(engine)  # once, before any worker starts
+                read_only = _read_only(engine)
+            except SchemaError as exc:
+                fail(exc)
+            finally:
+                engine.dispose()
+        if read_only is not None:
+            fail(f"database {shown(settings.database_url)} cannot be written ({read_only}): the server records every "
+                 "request there; give it a writable database (for SQLite, the file and its folder) in CADENCE_DATABASE_URL")
+        host, port = host or settings.host, port or settings.port
+        # access lines are logged at INFO: above that, skip building them (a visible share of a request)
+        access_log = log_level.lower() in ("trace", "debug", "info")
+        # forwarded headers only from the proxies named in the settings (uvicorn would trust loopback's)
+        trusted = settings.forwarded_allow_ips or None
         _run(create_app, settings, host=host, port=port, workers=workers, log_level=log_level, keep_alive=keep_alive,
              access_log=access_log, trusted=trusted)
+
+
+def _read_only(engine: Engine) -> str | None:
+    """Why the server could not write to its database, or None when it can.
+
+    At the schema's head start-up writes nothing, so a database open read-only (a read-only
+    SQLite file or mount, a PostgreSQL standby) passed it, and every request then answered 503
+    "retry later". A write that changes nothing, rolled back, finds it before any worker starts.
+    """
+    from sqlalchemy import exc, text
+
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":  # another process writing now is no reason to wait 30 s, nor to refuse
+            conn.exec_driver_sql("PRAGMA busy_timeout=250")
+        if conn.dialect.name == "postgresql":
+            on = conn.execute(text("SHOW transaction_read_only")).scalar() == "on"
+            return "its sessions are read-only: transaction_read_only is on (a standby?)" if on else None
+        if conn.dialect.name != "sqlite":
+            return None
+        try:
+            conn.execute(text("DELETE FROM alembic_version WHERE 0 = 1"))  # SQLite's write lock and nothing else
+        except exc.OperationalError as e:
+            reason = str(e.orig)
+            if "locked" in reason or "busy" in reason:  # another writer holds the lock: the file is writable
+                return None
+            if "readonly" not in reason:
+                raise
+            return reason
+        finally:
+            conn.rollback()
+    return None
 
 
 def _run(create_app: Any, settings: Any, *, host: str, port: int, workers: int, log_level: str, keep_alive: int,
