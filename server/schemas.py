@@ -47,6 +47,78 @@ FeatureValue = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-1e9,
 _HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 #: format characters that written languages need (Persian, Indic scripts, emoji sequences)
 _JOINERS = frozenset({"\u200c", "\u200d"})
+_NO_JOINERS = dict.fromkeys(map(ord, _JOINERS))
+#: variation selectors (standard, ideographic, Mongolian free): default-ignorable, but after an
+#: emoji, a CJK ideograph or a Mongolian letter they pick its glyph and are part of the text
+#: ("\u2764\ufe0f" as iOS types it, "\u845b\U000e0100"); see `_stray_selector`
+_SELECTORS = "\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef"
+_SELECTOR = re.compile(f"[{_SELECTORS}]")
+#: characters that print as nothing whatever their category: the rest of Unicode's
+#: Default_Ignorable_Code_Point set (DerivedCoreProperties.txt: the combining grapheme joiner,
+#: Hangul fillers, tags, ...; most of its format characters are refused by category as well), the
+#: joiners above left out, and the braille blank U+2800, which prints as a space but is none to
+#: `str.strip`. "AC\u034fME" and "ACME\u3164" print as "ACME", "\u3164" as nothing
+_IGNORABLES = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u206f"
+               "\u2800\u3164\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+               "\U000e0000-\U000e00ff\U000e01f0-\U000e0fff")
+_INVISIBLE = re.compile(f"[{_IGNORABLES}]")
+#: what a blank check sets aside besides spaces: all of the above, selectors included
+_PRINTS_NOTHING = re.compile(f"[{_IGNORABLES}{_SELECTORS}]")
+#: characters before which U+FE0F and a combining keycap U+20E3 make a keycap emoji ("1\ufe0f\u20e3")
+_KEYCAP_BASES = frozenset("0123456789#*")
+_EMOJI_SELECTORS = frozenset("\ufe0e\ufe0f")
+_MONGOLIAN_SELECTORS = frozenset("\u180b\u180c\u180d\u180f")
+_CJK_IDEOGRAPH = ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH")
+
+
+@functools.cache
+def _compatibility_variants() -> dict[str, int]:
+    """How many CJK compatibility ideographs decompose to each unified one (1 to 3).
+
+    The standardized variation sequences U+FE00, U+FE01, U+FE02 after a unified ideograph name
+    its first, second and third compatibility form (which NFC would erase); after any other
+    ideograph they print as nothing. Built on first use from the CJK Compatibility Ideographs blocks.
+    """
+    counts: dict[str, int] = {}
+    for cp in (*range(0xF900, 0xFB00), *range(0x2F800, 0x2FA20)):
+        decomposition = unicodedata.decomposition(chr(cp))
+        if unicodedata.name(chr(cp), "").startswith(_CJK_IDEOGRAPH[1]) and decomposition:
+            base = chr(int(decomposition, 16))
+            counts[base] = counts.get(base, 0) + 1
+    return counts
+
+
+def _takes_selector(v: str, i: int) -> bool:
+    """Whether the variation selector `v[i]` follows a character it picks a glyph of (an allowlist).
+
+    The character right before it is its base (Unicode never makes a combining mark one):
+    U+FE0E/U+FE0F after a symbol (category So: emoji and pictographs such as \u2764 \u2615) or
+    between a keycap base and U+20E3; U+FE00, FE01, FE02 after a CJK ideograph with at least one,
+    two, three compatibility forms (`_compatibility_variants`); U+E0100-E01EF after a CJK ideograph
+    that NFC keeps; Mongolian ones after a Mongolian letter. Nothing else: U+FE03-FE0D, or after a letter, digit, currency sign, fullwidth
+    form, space, joiner, another selector.
+    """
+    if i == 0:
+        return False
+    s, base = v[i], v[i - 1]
+    if s in _EMOJI_SELECTORS:
+        return unicodedata.category(base) == "So" or (
+            s == "\ufe0f" and base in _KEYCAP_BASES and v.startswith("\u20e3", i + 1))
+    if s in _MONGOLIAN_SELECTORS:
+        return unicodedata.name(base, "").startswith("MONGOLIAN LETTER")
+    if s >= "\U000e0100":
+        return unicodedata.name(base, "").startswith(_CJK_IDEOGRAPH) and not unicodedata.decomposition(base)
+    return ord(s) - 0xFE00 < _compatibility_variants().get(base, 0)  # U+FE03-FE0D: never
+
+
+def _stray_selector(v: str) -> bool:
+    """Whether a variation selector in `v` is look-alike noise: it follows nothing that takes it.
+
+    Anywhere but where `_takes_selector` allows it, a selector prints as nothing: "ACME\ufe0f"
+    reads as "ACME", "\uc2dd\ub2f9\ufe0f" as "\uc2dd\ub2f9". Only a text holding a selector costs
+    more than one regex scan.
+    """
+    return any(not _takes_selector(v, m.start()) for m in _SELECTOR.finditer(v))
 
 
 def _printable(v: str) -> str:
@@ -54,13 +126,19 @@ def _printable(v: str) -> str:
     if v.isascii():  # the usual case, checked without a lookup per character
         if any(ord(c) < 32 or ord(c) == 127 for c in v):
             raise ValueError("control characters (NUL, newline, ...) are not allowed")
-    elif any(unicodedata.category(c) in _HIDDEN and c not in _JOINERS for c in v):
-        raise ValueError("control or invisible formatting characters (bidi overrides, zero-width, ...) are not allowed")
+    elif _INVISIBLE.search(v) or any(unicodedata.category(c) in _HIDDEN and c not in _JOINERS for c in v):
+        raise ValueError("control or invisible characters (bidi overrides, zero-width characters, fillers, "
+                         "...) are not allowed")
+    elif _stray_selector(v):
+        raise ValueError("an invisible variation selector is allowed only after a character that takes one "
+                         "(U+FE0E/U+FE0F after an emoji or other symbol, or in a keycap; ideographic ones "
+                         "after a CJK ideograph; Mongolian ones after a Mongolian letter)")
     return v
 
 
 def _not_blank(v: str) -> str:
-    if not v.strip():
+    """Refuse text that prints as nothing: spaces and invisible characters (the joiners too) alone."""
+    if not (v.strip() if v.isascii() else _PRINTS_NOTHING.sub("", v).translate(_NO_JOINERS).strip()):
         raise ValueError("must not be blank")
     return v
 
