@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -26,7 +26,7 @@ from typing import Any, cast
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import String, Table, bindparam, delete, func, select, type_coerce
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.util import identity_key
 
 from cadence import prepared
@@ -78,13 +78,26 @@ def _stored_time(value: Any) -> datetime | None:
     Verification reads times raw: a value the database type cannot parse must be reported as
     tampering, not stop the check (SQLite keeps any text in a DATETIME column).
     """
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
+        parsed = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset taking year 1 below the first year
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _shown(value: Any) -> str:
+    """A stored value as a report quotes it: its repr, cut short (whoever edited the row chose its length)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def _text(value: Any) -> Any:
+    """A stored value as JSON can carry it: text as is, bytes decoded with escapes, other values as text."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
 
 
 def entry_hash(*, seq: int, ts: datetime, event: str, actor: str, subject: str | None, payload: str, prev_hash: str) -> str:
@@ -312,55 +325,161 @@ def _signature_ok(cp: AuditCheckpoint, verify_keys: Mapping[str, Ed25519PublicKe
 
 
 def _stored_checkpoints(session: Session) -> tuple[list[AuditCheckpoint], list[Problem]]:
-    """The checkpoints in the database (by id, detached copies) and those whose time is unreadable."""
+    """The checkpoints in the database (by id, detached copies) and those with an unreadable field.
+
+    Read raw: SQLite keeps any value in any column, so a field edited into something else (a
+    time that is no time, a position that is no number, bytes) is reported as tampering.
+    """
     cols = AuditCheckpoint.__table__.c
     rows = session.execute(select(*(type_coerce(c, String) if c.name == "created_at" else c for c in cols))
                            .order_by(cols.id)).all()
     good: list[AuditCheckpoint] = []
     bad: list[Problem] = []
     for r in rows:
-        created = _stored_time(r.created_at)
-        if created is None:
-            bad.append(Problem(r.seq, f"checkpoint {r.id} ({r.kind} of seq {r.seq}): created_at {r.created_at!r} is unreadable "
-                                      "(checkpoint edited)"))
+        created = _stored_time(r.created_at) if isinstance(r.created_at, str | datetime) else None
+        seq_ok = isinstance(r.seq, int) and not isinstance(r.seq, bool)
+        wrong = [c for c in ("kind", "head_hash", "key_id", "signature") if not isinstance(getattr(r, c), str)]
+        wrong += ([] if seq_ok else ["seq"]) + ([] if created is not None else ["created_at"])
+        if wrong:  # one with no readable position is listed first (seq 0)
+            bad.append(Problem(r.seq if seq_ok else 0,
+                               f"checkpoint {r.id} ({_text(r.kind)} of seq {_text(r.seq)}): {wrong[0]} "
+                               f"{_shown(getattr(r, wrong[0]))} is unreadable (checkpoint edited)"))
             continue
         good.append(AuditCheckpoint(id=r.id, kind=r.kind, seq=r.seq, head_hash=r.head_hash, created_at=created,
                                     key_id=r.key_id, signature=r.signature))
     return good, bad
 
 
-def seal(session: Session, key: Ed25519PrivateKey | None = None, *, now: datetime | None = None) -> AuditCheckpoint:
-    """Sign the current chain head; refuses when the entries since the last seal are broken.
+def _checking_keys(key: Ed25519PrivateKey | None) -> dict[str, Ed25519PublicKey]:
+    """Keys a checkpoint may be signed by: `key`'s own and the configured ones.
 
-    Sealing over tampering would vouch for it, so the segment after the newest valid
-    checkpoint is re-verified first (cheap: only what was appended since).
+    A missing or bad key setting is left out when the signer's own key is known (it signed the
+    checkpoints this deployment wrote); without one it is raised (`KeyConfigError`).
     """
-    key = key or _keys.signing_key()
-    pubs = {_keys.key_id(key.public_key()): key.public_key()}
+    pubs = {_keys.key_id(key.public_key()): key.public_key()} if key is not None else {}
     try:
         pubs.update(_keys.verify_keys())
     except _keys.KeyConfigError:
-        pass
-    start_seq, start_hash = 0, GENESIS
-    cps = sorted(_stored_checkpoints(session)[0], key=lambda cp: (cp.seq, cp.id), reverse=True)
-    for cp in cps:
-        if _signature_ok(cp, pubs) is None:
-            anchor = session.get(AuditEntry, cp.seq)
-            if cp.seq == 0 or cp.kind == "prune" or (anchor is not None and anchor.hash == cp.head_hash):
-                start_seq, start_hash = cp.seq, cp.head_hash
-                break
-    problems, last_seq, last_hash = _walk(session, start_seq, start_hash, limit=1)
-    # what the walk cannot see: the tail cut off (the head row or a signed seal still know) or
-    # the head row gone; `verify_chain` reports these, so sealing over them would vouch for it
-    head = session.get(AuditHead, 1)  # the whole log is counted only when the head row is gone
-    count = 1 if head is not None else session.scalar(select(func.count()).select_from(AuditEntry)) or 0
-    found = [_head_problem(head, int(count), last_seq, last_hash)]
-    found += [_beyond_tail(cp, last_seq) for cp in cps if cp.seq > last_seq and _signature_ok(cp, pubs) is None]
-    problems += [f for f in found if f is not None]
-    if problems:
-        p = min(problems, key=lambda q: q.seq)
+        if not pubs:
+            raise
+    return pubs
+
+
+def _readable_head(head: AuditHead) -> bool:
+    """Whether the head row holds a position and a hash (SQLite keeps any value in any column)."""
+    return isinstance(head.seq, int) and not isinstance(head.seq, bool) and isinstance(head.hash, str)
+
+
+@dataclass(frozen=True)
+class SealPlan:
+    """The head that `plan_seal` verified: what `seal` signs."""
+
+    seq: int
+    #: entry `seq`'s stored hash (GENESIS, or a prune checkpoint's, when no entry is kept)
+    hash: str
+
+
+def plan_seal(session: Session, key: Ed25519PrivateKey | None = None) -> SealPlan:
+    """Verify the whole chain up to the head row, as `cadence audit verify` does; a break raises `AuditChainError`.
+
+    The head row is read before that and the check stops at it: entries appended meanwhile by
+    the running server are the next seal's, not a tail that disagrees with the head. It only
+    reads: run it in a snapshot of its own (`read_snapshot`), as `seal_in_snapshots` does.
+    """
+    head = session.get(AuditHead, 1, populate_existing=True)
+    upto = head.seq if head is not None and _readable_head(head) else None
+    result = verify_chain(session, verify_keys=_checking_keys(key), limit=1, upto=upto)
+    p = result.first_broken
+    if p is None and upto is not None:
+        # entries past the head row: appended meanwhile (the head row moved with them, in their
+        # transaction) or put there by hand (it did not); read in that order, so no race reads as the latter
+        last = session.scalar(select(func.max(AuditEntry.seq)).where(AuditEntry.seq > upto))
+        cols = AuditHead.__table__.c
+        if last is not None and session.scalar(select(cols.seq).where(cols.id == 1)) == upto:
+            p = Problem(last, f"the head records seq {upto} but the chain ends at seq {last} (head row or tail edited)")
+    if p is not None:
         raise AuditChainError(f"refusing to seal a broken chain: entry seq={p.seq}: {p.reason}")
-    return _sign(session, "seal", last_seq, last_hash, key, now)
+    return SealPlan(result.head_seq, result.head_hash)
+
+
+def seal(session: Session, key: Ed25519PrivateKey | None = None, *, now: datetime | None = None,
+         plan: SealPlan | None = None) -> AuditCheckpoint:
+    """Sign the chain head; refuses (`AuditChainError`) a chain `verify_chain` reports broken.
+
+    Sealing over tampering would vouch for it, so the whole chain is verified first
+    (`plan_seal`: one pass over the log, so a seal costs what a verification does). Given the
+    `plan` a snapshot verified, this transaction only checks that its entry still holds the
+    hash signed (which covers every entry before it, through their links). A break found here is refused only if it is still there when looked at again
+    with the chain held still (`lock_chain`): read outside a snapshot, a prune that another
+    purge commits during the walk looks like deleted entries.
+    """
+    key = key or _keys.signing_key()
+    if plan is None or session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == plan.seq)) != plan.hash:
+        try:
+            plan = plan_seal(session, key)
+        except AuditChainError:
+            lock_chain(session)
+            plan = plan_seal(session, key)
+    return _sign(session, "seal", plan.seq, plan.hash, key, now)
+
+
+def seal_in_snapshots(factory: sessionmaker[Session], key: Ed25519PrivateKey | None = None, *,
+                      now: datetime | None = None) -> AuditCheckpoint:
+    """`seal` as `cadence audit seal` runs it: verified in a read-only snapshot, then signed in a short transaction.
+
+    Why a snapshot: the walk reads the chain in pages, and a prune that the server's scheduled
+    purge (or a cron run) commits between two of them read as deleted entries, a false
+    "refusing to seal a broken chain". Nor does the write transaction hold a lock over the walk.
+    A break is refused only if a fresh snapshot shows it too.
+    """
+    key = key or _keys.signing_key()
+
+    def verified() -> SealPlan:
+        with factory() as session:
+            read_snapshot(session)
+            return plan_seal(session, key)
+
+    try:
+        plan = verified()
+    except AuditChainError:
+        plan = verified()
+    with factory() as session, session.begin():
+        return seal(session, key, now=now, plan=plan)
+
+
+def read_snapshot(session: Session) -> None:
+    """Begin `session`'s transaction read-only, seeing one snapshot of the database until it ends.
+
+    Why: verifying reads the checkpoints, the chain's first position and then the entries in
+    pages. Outside a snapshot, a prune that another purge commits in between is half seen,
+    and the chain reads as if entries had been deleted. PostgreSQL: REPEATABLE READ, READ ONLY.
+    SQLite: an explicit (deferred) BEGIN, as pysqlite runs SELECTs outside any transaction;
+    in WAL mode a read transaction sees the database as of its first read and blocks no writer.
+    Call it before the session's first statement.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
+        return
+    # the server's engine begins BEGIN, not BEGIN IMMEDIATE, on this option (`server.sqlite_writers`)
+    conn = session.connection(execution_options={"cadence_read_only": True})
+    dbapi = conn.connection.driver_connection
+    if conn.dialect.name == "sqlite" and dbapi is not None and not dbapi.in_transaction:
+        dbapi.execute("BEGIN")
+
+
+def lock_chain(session: Session) -> None:
+    """Hold the chain still until this transaction ends: no other transaction appends to it or prunes it meanwhile.
+
+    PostgreSQL: the head row is locked, on which every appender queues (`append_draft`); a
+    purge appends its entry before it commits, so no prune commits either. SQLite lets one
+    writer in at a time: a write that changes nothing takes that lock. Taken before a break
+    is reported, to look at it again: one read while another purge committed is not there then.
+    """
+    cols = AuditHead.__table__.c
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(cast(Table, AuditHead.__table__).update().where(cols.id == 1).values(seq=cols.seq))
+    else:
+        session.execute(_HEAD_FOR_UPDATE)
 
 
 # --------------------------------------------------------------------------- verification
@@ -397,8 +516,8 @@ class VerifyResult:
         return d
 
 
-def _iter_entries(session: Session, after_seq: int) -> Iterator[Any]:
-    """Entry rows (plain rows, not ORM objects) after `after_seq` in chain order, in pages.
+def _iter_entries(session: Session, after_seq: int, upto: int | None = None) -> Iterator[Any]:
+    """Entry rows (plain rows, not ORM objects) after `after_seq` (up to `upto`) in chain order, in pages.
 
     Plain rows keep memory constant on long chains and leave the caller's session untouched.
     """
@@ -406,41 +525,57 @@ def _iter_entries(session: Session, after_seq: int) -> Iterator[Any]:
     cols = AuditEntry.__table__.c
     raw = [type_coerce(c, String).label("ts") if c.name == "ts" else c for c in cols]  # parsed by `_walk`
     while True:
-        page = session.execute(select(*raw).where(cols.seq > last).order_by(cols.seq).limit(1000)).all()
+        q = select(*raw).where(cols.seq > last)
+        page = session.execute((q if upto is None else q.where(cols.seq <= upto)).order_by(cols.seq).limit(1000)).all()
         if not page:
             return
         yield from page
         last = page[-1].seq
 
 
+def _not_text(e: Any) -> str | None:
+    """The first column of entry row `e` that holds no text where text belongs (SQLite keeps anything anywhere)."""
+    if e.subject is not None and not isinstance(e.subject, str):
+        return "subject"
+    return next((c for c in ("event", "actor", "payload", "prev_hash", "hash") if not isinstance(getattr(e, c), str)), None)
+
+
 def _walk(
-    session: Session, after_seq: int, prev_hash: str, *, limit: int = 100, want: set[int] | None = None, seen: dict[int, str] | None = None
+    session: Session, after_seq: int, prev_hash: str, *, limit: int = 100, want: set[int] | None = None,
+    seen: dict[int, str] | None = None, upto: int | None = None, on_row: Callable[[Any], None] | None = None,
 ) -> tuple[list[Problem], int, str]:
-    """Check the links after position `after_seq` (whose hash is `prev_hash`).
+    """Check the links after position `after_seq` (whose hash is `prev_hash`), up to `upto` if given.
 
     Returns the problems (at most `limit`), the last seq and that entry's stored hash.
     After a break it goes on from the stored hash, so later independent edits are listed too.
+    `on_row` is called with every row checked, as read.
     """
     problems: list[Problem] = []
     expect_seq, expect_prev = after_seq + 1, prev_hash
     last_seq, last_hash = after_seq, prev_hash
-    for e in _iter_entries(session, after_seq):
+    for e in _iter_entries(session, after_seq, upto):
         if len(problems) >= limit:
             break
-        ts = _stored_time(e.ts)
+        ts = _stored_time(e.ts) if isinstance(e.ts, str | datetime) else None
+        column = _not_text(e)
         if e.seq != expect_seq:
             problems.append(Problem(expect_seq, f"missing: the chain jumps from seq {expect_seq - 1} to {e.seq} (entries deleted)"))
+        elif column is not None:
+            problems.append(Problem(e.seq, f"stored {column} {_shown(getattr(e, column))} is not text (entry edited)"))
         elif ts is None:
-            problems.append(Problem(e.seq, f"stored time {e.ts!r} is unreadable (entry edited)"))
+            problems.append(Problem(e.seq, f"stored time {_shown(e.ts)} is unreadable (entry edited)"))
         elif entry_hash(seq=e.seq, ts=ts, event=e.event, actor=e.actor, subject=e.subject, payload=e.payload,
                         prev_hash=e.prev_hash) != e.hash:
             problems.append(Problem(e.seq, "content does not match its hash (entry edited or moved)"))
         elif e.prev_hash != expect_prev:
             problems.append(Problem(e.seq, f"prev_hash does not match entry seq {e.seq - 1} (an entry before it edited, deleted or reordered)"))
+        if on_row is not None:
+            on_row(e)
+        stored = e.hash if isinstance(e.hash, str) else _shown(e.hash)  # never equal to a hash: the next link breaks
         if want is not None and seen is not None and e.seq in want:
-            seen[e.seq] = e.hash
-        expect_seq, expect_prev = e.seq + 1, e.hash
-        last_seq, last_hash = e.seq, e.hash
+            seen[e.seq] = stored
+        expect_seq, expect_prev = e.seq + 1, stored
+        last_seq, last_hash = e.seq, stored
     return problems, last_seq, last_hash
 
 
@@ -464,9 +599,11 @@ def _beyond_tail(cp: AuditCheckpoint, last_seq: int) -> Problem | None:
 
 
 def _head_problem(head: AuditHead | None, count: int, last_seq: int, last_hash: str) -> Problem | None:
-    """The head row against the chain's last entry (shared by `verify_chain` and `seal`)."""
+    """The head row against the chain's last entry (`verify_chain`'s last check)."""
     if head is None:
         return Problem(last_seq, "the head row is missing") if count else None
+    if not _readable_head(head):
+        return Problem(last_seq, f"the head row is unreadable (seq {_shown(head.seq)}, hash {_shown(head.hash)}; head row edited)")
     if (head.seq, head.hash) == (last_seq, last_hash):
         return None
     if head.seq > last_seq:
@@ -484,11 +621,16 @@ def verify_chain(
     verify_keys: Mapping[str, Ed25519PublicKey] | None = None,
     external: list[AuditCheckpoint] | None = None,
     limit: int = 100,
+    upto: int | None = None,
+    on_row: Callable[[Any], None] | None = None,
 ) -> VerifyResult:
     """Recompute the whole chain, check every signed checkpoint, and name the first break.
 
     `external` checkpoints (kept outside the database, see `checkpoint_dict`) are checked like
     stored ones; they catch an attacker who cut the tail and deleted the seals that covered it.
+    With `upto` only the entries up to that seq are recomputed (what `seal` signs, what
+    `prune_before` deletes); a checkpoint past it is still compared with the entry it signs.
+    `on_row` is called with each entry row the walk reads (`plan_prune` keeps what it verified).
     """
     pubs = dict(verify_keys) if verify_keys is not None else _load_keys()
     stored, unreadable = _stored_checkpoints(session)
@@ -503,8 +645,9 @@ def verify_chain(
             valid.append(cp)
 
     first_seq = session.scalar(select(func.min(AuditEntry.seq)))
-    count = session.scalar(select(func.count()).select_from(AuditEntry)) or 0
-    head = session.get(AuditHead, 1)
+    counted = select(func.count()).select_from(AuditEntry)
+    count = session.scalar(counted if upto is None else counted.where(AuditEntry.seq <= upto)) or 0
+    head = session.get(AuditHead, 1, populate_existing=True)  # read anew: a second look sees a moved head
     # where the kept chain starts: genesis, or a signed prune checkpoint vouching for its start
     start_seq, start_prev = 0, GENESIS
     prunes = [cp for cp in valid if cp.kind == "prune"]
@@ -521,7 +664,8 @@ def verify_chain(
 
     want = {cp.seq for cp in valid if cp.seq > start_seq}
     seen: dict[int, str] = {}
-    chain_problems, last_seq, last_hash = _walk(session, start_seq, start_prev, limit=limit, want=want, seen=seen)
+    chain_problems, last_seq, last_hash = _walk(session, start_seq, start_prev, limit=limit, want=want, seen=seen,
+                                                upto=upto, on_row=on_row)
     if start_prev == "?":  # unanchored start: the first link cannot be checked, and is reported above
         chain_problems = [p for p in chain_problems if not (p.seq == first_seq and p.reason.startswith("prev_hash"))]
     problems.extend(chain_problems)
@@ -531,12 +675,19 @@ def verify_chain(
             if cp.seq == start_seq and cp.head_hash != start_prev and start_prev != "?":
                 problems.append(Problem(cp.seq, f"{cp.kind} checkpoint {cp.id} disagrees with the prune anchor"))
             continue
+        if upto is not None and cp.seq > upto:  # outside the walk: one look at the entry it signs
+            signed = session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == cp.seq))
+            if signed is not None and signed != cp.head_hash:
+                problems.append(Problem(cp.seq, f"differs from the signed {cp.kind} checkpoint of seq {cp.seq} (chain rewritten)"))
+            continue
         beyond = _beyond_tail(cp, last_seq)
         if beyond is not None:
             problems.append(beyond)
         elif seen.get(cp.seq) != cp.head_hash:
             problems.append(Problem(cp.seq, f"differs from the signed {cp.kind} checkpoint of seq {cp.seq} (chain rewritten)"))
-    head_problem = _head_problem(head, int(count), last_seq, last_hash)
+    # with `upto` below a readable head row, the walk must just reach `upto` (the head lies beyond)
+    past_upto = upto is not None and head is not None and _readable_head(head) and head.seq > upto and last_seq == upto
+    head_problem = None if past_upto else _head_problem(head, int(count), last_seq, last_hash)
     if head_problem is not None:
         problems.append(head_problem)
     # one problem per entry, lowest first
@@ -554,33 +705,167 @@ def verify_chain(
     )
 
 
-def prune_before(session: Session, cutoff: datetime, *, dry_run: bool = False, key: Ed25519PrivateKey | None = None, now: datetime | None = None) -> int:
-    """Drop the oldest entries older than `cutoff` (a prefix of the chain), signing an anchor.
+@dataclass(frozen=True)
+class PrunePlan:
+    """A prefix of the chain that `plan_prune` found due and verified, and how it was stored then.
+
+    Why: verifying re-hashes every entry (~20 µs each), and on SQLite a write transaction holds
+    the database's write lock, which every `authorize` waits for. So the purge verifies in a
+    read-only transaction first, and `prune_before` then only checks, cheaply and inside the
+    write transaction, that what was verified is still stored as it was (`_still_stored`).
+    """
+
+    cutoff: datetime
+    #: the first and last entries to drop and how many they are (verified: no gap between)
+    first_seq: int
+    top_seq: int
+    count: int
+    #: entry `top_seq`'s stored hash: what the prune checkpoint signs
+    top_hash: str
+    #: SHA-256 of the positions and stored hashes of entries first_seq..top_seq, as verified (`_fold`)
+    stored: str
+    #: (hash, prev_hash) of the first entry kept, as verified; None: there was none
+    kept: tuple[str, str] | None
+
+
+def _fold(digest: Any, seq: int, stored: Any) -> None:
+    """Add one entry's position and stored hash to `digest` (the same for the plan and the check)."""
+    digest.update(f"{seq}:{stored}\n".encode("utf-8", "backslashreplace"))
+
+
+class _Prefix:
+    """What the verifying walk read of the entries up to `top_seq` and of the one after (`plan_prune`)."""
+
+    def __init__(self, top_seq: int) -> None:
+        self.top_seq, self.digest = top_seq, hashlib.sha256()
+        self.first: int | None = None
+        self.count = 0
+        self.top_hash: str | None = None
+        self.kept: tuple[str, str] | None = None
+
+    def __call__(self, e: Any) -> None:
+        if e.seq > self.top_seq:  # the walk stops at top_seq + 1
+            self.kept = (e.hash, e.prev_hash)
+            return
+        self.first = e.seq if self.first is None else self.first
+        self.count += 1
+        _fold(self.digest, e.seq, e.hash)
+        if e.seq == self.top_seq:
+            self.top_hash = e.hash
+
+
+def plan_prune(session: Session, cutoff: datetime, *, dry_run: bool = False, key: Ed25519PrivateKey | None = None) -> PrunePlan | None:
+    """Find the entries `prune_before` drops for `cutoff` and verify them; None when none are due.
 
     Only a prefix can go: an old entry after a newer one (clock skew) stays until everything
-    before it is old enough. The signed "prune" checkpoint keeps the rest verifiable.
+    before it is old enough. The prefix, the link to the first kept entry and every checkpoint
+    are verified (a dry run too): entries back-dated to look old must not be deleted under a
+    signature, so a broken chain is refused with `AuditChainError` and verify's reason. Unless
+    `dry_run`, the signing key is loaded first (`KeyConfigError` before any work). It only
+    reads: run it in a snapshot of its own (`read_snapshot`), before the purge's write transaction.
     """
     first_new = session.scalar(select(func.min(AuditEntry.seq)).where(AuditEntry.ts >= cutoff))
-    q = select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)
-    if first_new is not None:
-        q = q.where(AuditEntry.seq < first_new)
-    row = session.execute(q).first()
-    if row is None:
+    q = select(func.max(AuditEntry.seq))
+    top_seq = session.scalar(q if first_new is None else q.where(AuditEntry.seq < first_new))
+    if top_seq is None:
+        return None
+    if not dry_run:
+        key = key or _keys.signing_key()
+    prefix = _Prefix(top_seq)
+    p = verify_chain(session, verify_keys=_checking_keys(key), limit=1, upto=top_seq + 1, on_row=prefix).first_broken
+    if p is not None:
+        raise AuditChainError(f"refusing to prune a broken chain: entry seq={p.seq}: {p.reason}")
+    if prefix.first is None or prefix.top_hash is None:  # only rows the chain does not hold (seq <= 0)
+        return None
+    return PrunePlan(cutoff=cutoff, first_seq=prefix.first, top_seq=top_seq, count=prefix.count,
+                     top_hash=prefix.top_hash, stored=prefix.digest.hexdigest(), kept=prefix.kept)
+
+
+def _still_stored(session: Session, plan: PrunePlan) -> bool:
+    """Whether the entries `plan` verified are stored as they were then (read, not re-hashed).
+
+    Run in the write transaction, so nothing changes between this check and the delete: SQLite
+    lets one writer in at a time, and on PostgreSQL the prefix's rows are read FOR UPDATE.
+    Compared: the prefix's stored hashes in order (none edited, deleted, added or moved: then
+    entry top_seq still holds the hash the checkpoint signs) and the first kept entry's link
+    to it (an entry appended since, when none was kept, must link to it too). Contents are not
+    re-hashed: an entry whose content alone was edited meanwhile is deleted anyway, and what is
+    signed is the hash verified; the first kept entry stays, for `verify_chain` to check.
+    """
+    cols = AuditEntry.__table__.c
+    after = session.execute(select(cols.hash, cols.prev_hash).where(cols.seq == plan.top_seq + 1)).first()
+    if plan.kept is not None and (after is None or tuple(after) != plan.kept):
+        return False
+    if plan.kept is None and after is not None and after.prev_hash != plan.top_hash:
+        return False
+    digest, last = hashlib.sha256(), plan.first_seq - 1
+    while True:
+        page = session.execute(select(cols.seq, cols.hash).where(cols.seq > last, cols.seq <= plan.top_seq)
+                               .order_by(cols.seq).limit(1000).with_for_update()).all()
+        if not page:
+            return digest.hexdigest() == plan.stored
+        for seq, stored in page:
+            _fold(digest, seq, stored)
+        last = page[-1].seq
+
+
+def prune_before(session: Session, cutoff: datetime, *, dry_run: bool = False, key: Ed25519PrivateKey | None = None,
+                 now: datetime | None = None, plan: PrunePlan | None = None) -> int:
+    """Drop the oldest entries older than `cutoff` (a prefix of the chain), signing an anchor.
+
+    The signed "prune" checkpoint keeps the rest verifiable. The prefix is verified first
+    (`plan_prune`: a broken chain is refused with `AuditChainError`). Given the `plan` that an
+    earlier read-only transaction made for this cutoff, this transaction only checks that the
+    verified entries are still stored as they were (`_still_stored`) and re-hashes nothing; if
+    anything changed meanwhile (another purge pruned them, or they were edited) the prefix is
+    verified again here. Returns how many entries go (would go, in a dry run).
+    """
+    if not dry_run:
+        key = key or _keys.signing_key()
+    if plan is None or plan.cutoff != cutoff or not (dry_run or _still_stored(session, plan)):
+        plan = plan_prune(session, cutoff, dry_run=dry_run, key=key)
+    if plan is None:
         return 0
-    top_seq, top_hash = row
-    n = session.scalar(select(func.count()).select_from(AuditEntry).where(AuditEntry.seq <= top_seq)) or 0
-    if dry_run or not n:
-        return int(n)
-    _sign(session, "prune", top_seq, top_hash, key or _keys.signing_key(), now)
-    session.execute(delete(AuditEntry).where(AuditEntry.seq <= top_seq).execution_options(synchronize_session=False))
+    if dry_run:
+        return plan.count
+    assert key is not None
+    _sign(session, "prune", plan.top_seq, plan.top_hash, key, now)
+    session.execute(delete(AuditEntry).where(AuditEntry.seq.between(plan.first_seq, plan.top_seq))
+                    .execution_options(synchronize_session=False))
     session.flush()
-    return int(n)
+    return plan.count
 
 
 def entries_for(session: Session, user_id: str) -> list[dict[str, Any]]:
-    """Audit entries about a person (by pseudonym), for their access/export request."""
+    """Audit entries about a person (by pseudonym), for their access/export request.
+
+    Read raw, as verification reads them: an entry edited by hand (a time that is no time, a
+    payload that is no JSON) is exported with its stored text and ``"damaged": true``, so one
+    tampered row does not deny the person their export.
+    """
     alias = _keys.pseudonym(user_id)
-    rows = session.scalars(select(AuditEntry).where(AuditEntry.subject == alias).order_by(AuditEntry.seq)).all()
-    # times as the rest of the export writes them (ISO-8601, +00:00), not the hash's `_ts` form
-    return [{"seq": e.seq, "ts": iso_utc(e.ts), "event": e.event, "actor": e.actor,
-             "payload": json.loads(e.payload)} for e in rows]
+    cols = AuditEntry.__table__.c
+    rows = session.execute(select(cols.seq, type_coerce(cols.ts, String).label("ts"), cols.event, cols.actor, cols.payload)
+                           .where(cols.subject == alias).order_by(cols.seq)).all()
+    return [_exported(r) for r in rows]
+
+
+def _no_constant(name: str) -> Any:
+    """`json.loads` hook: refuse NaN and Infinity."""
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: no JSON response could carry them
+
+
+def _exported(r: Any) -> dict[str, Any]:
+    """One entry of `entries_for`: times as the rest of the export writes them (ISO-8601, +00:00)."""
+    ts = _stored_time(r.ts) if isinstance(r.ts, str | datetime) else None
+    payload, parsed = _text(r.payload), False
+    if isinstance(r.payload, str):
+        try:
+            payload, parsed = json.loads(r.payload, parse_constant=_no_constant), True
+        except (ValueError, RecursionError):
+            pass
+    out = {"seq": r.seq, "ts": iso_utc(ts) if ts is not None else _text(r.ts), "event": _text(r.event),
+           "actor": _text(r.actor), "payload": payload}
+    if ts is None or not parsed or not isinstance(r.event, str) or not isinstance(r.actor, str):
+        out["damaged"] = True
+    return out

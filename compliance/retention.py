@@ -2,13 +2,16 @@
 
 The policy is data, not code, so operators and auditors read one short file. `purge` is
 idempotent (a second run removes nothing), reports counts per table, has a dry run, and runs
-in the caller's transaction; `scheduled_purge` is the one-call form the server's scheduler
-runs (`server/retention_schedule.py`; operators may also schedule `cadence compliance purge`).
+in the caller's transaction; `run_purge` is the one-call form (verified in a snapshot, then
+purged) that `cadence compliance purge` and, as `scheduled_purge`, the server's scheduler run
+(`server/retention_schedule.py`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -21,6 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from compliance import audit
 from compliance.models import ConsentRecord, utcnow
+
+log = logging.getLogger(__name__)
+#: the longest refusal reason kept in the ``retention.purge`` entry (it quotes stored values)
+MAX_REASON_CHARS = 500
 
 
 class PolicyError(ValueError):
@@ -138,6 +145,8 @@ def load_policy(path: str | Path | None = None) -> RetentionPolicy:
         raw = yaml.safe_load(text)
     except OSError as exc:
         raise PolicyError(f"policy: cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"policy: {path} is not UTF-8 text (byte {exc.start} cannot be decoded)") from exc
     except yaml.YAMLError as exc:
         raise PolicyError(f"policy: {path} is not valid YAML: {exc}") from exc
     return parse_policy(raw)
@@ -151,36 +160,119 @@ def _purge_consents(session: Session, policy: RetentionPolicy, now: datetime, dr
     return int(n)
 
 
-def purge(session: Session, policy: RetentionPolicy, *, now: datetime | None = None, dry_run: bool = False, actor: str = "retention") -> dict[str, int]:
+class PurgeCounts(dict[str, int]):
+    """Rows removed per table; `audit_refused` says why the audit log was not pruned (None: it was, or had nothing due)."""
+
+    audit_refused: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """The audit log's part of a purge, verified before the purge's write transaction (`check_audit`)."""
+
+    cutoff: datetime
+    #: the entries due, verified (None: nothing due, or refused)
+    plan: audit.PrunePlan | None
+    #: why the log is not pruned (its chain is broken); None: it is
+    refused: str | None = None
+
+
+def check_audit(session: Session, policy: RetentionPolicy, *, now: datetime, dry_run: bool = False) -> AuditCheck:
+    """Find and verify the audit entries `policy` lets go at `now` (`audit.plan_prune`); only reads.
+
+    Verifying re-hashes every entry due, so it belongs before the write transaction, which on
+    SQLite every writer waits for, in a snapshot (`audit.read_snapshot`): `purge` then only
+    checks that nothing verified changed. A missing signing key (unless `dry_run`) raises
+    `KeyConfigError` here, before anything is purged.
+    """
+    cutoff = policy.audit_cutoff(now)
+    try:
+        return AuditCheck(cutoff, audit.plan_prune(session, cutoff, dry_run=dry_run))
+    except audit.AuditChainError as exc:
+        return AuditCheck(cutoff, None, str(exc)[:MAX_REASON_CHARS])
+
+
+def purge(session: Session, policy: RetentionPolicy, *, now: datetime | None = None, dry_run: bool = False,
+          actor: str = "retention", audit_check: AuditCheck | None = None) -> PurgeCounts:
     """Apply the policy: every holder's purge, old revoked consents, audit beyond its window.
 
     Returns counts per table (what a dry run *would* remove). Unless dry, appends one
     ``retention.purge`` audit entry with those counts, after pruning, so it is never pruned itself.
+    A broken audit chain is not pruned (that would delete the tampered entries under a signed
+    checkpoint) but the rest is still purged: the refusal is in `PurgeCounts.audit_refused` and
+    in the entry (``audit_not_pruned``), and the callers report it.
+
+    The audit log is verified first (`check_audit`): given `audit_check`, made in a snapshot
+    before this transaction (`run_purge`), this one only checks that nothing verified changed.
+    A break is recorded only if it is still there when looked at again with the chain held
+    still (`audit.lock_chain`): read outside a snapshot (without `audit_check`, or verified
+    again here after a change), a prune that another purge commits during the walk looks like
+    deleted entries, and a false tamper report would stay in the log for good.
     """
     from compliance.subjects import registered_holders
 
     now = (now or utcnow()).astimezone(UTC)
-    removed: dict[str, int] = {}
+    checked = audit_check or check_audit(session, policy, now=now, dry_run=dry_run)
+    removed = PurgeCounts()
     for h in registered_holders():
         for table, count in h.purge(session, policy, now=now, dry_run=dry_run).items():
             removed[f"{h.name}.{table}"] = int(count)
     removed["compliance.consents"] = _purge_consents(session, policy, now, dry_run)
-    removed["compliance.audit"] = audit.prune_before(session, policy.audit_cutoff(now), dry_run=dry_run, now=now)
+    removed["compliance.audit"], removed.audit_refused = 0, checked.refused
+    if checked.plan is not None:
+        try:
+            removed["compliance.audit"] = audit.prune_before(session, checked.cutoff, dry_run=dry_run, now=now,
+                                                             plan=checked.plan)
+        except audit.AuditChainError as exc:  # changed since it was verified, and broken now
+            removed.audit_refused = str(exc)[:MAX_REASON_CHARS]
+    if removed.audit_refused is not None and not dry_run:  # a second look before it is recorded
+        audit.lock_chain(session)
+        try:
+            removed["compliance.audit"] = audit.prune_before(session, checked.cutoff, now=now)
+            removed.audit_refused = None
+        except audit.AuditChainError as exc:
+            removed.audit_refused = str(exc)[:MAX_REASON_CHARS]
     if not dry_run:
-        audit.append_audit(
-            session,
-            event="retention.purge",
-            actor=actor,
-            subject=None,
-            payload={"policy_version": policy.version, "removed": removed},
-            now=now,
-        )
+        payload: dict[str, Any] = {"policy_version": policy.version, "removed": dict(removed)}
+        if removed.audit_refused is not None:
+            payload["audit_not_pruned"] = removed.audit_refused
+        audit.append_audit(session, event="retention.purge", actor=actor, subject=None, payload=payload, now=now)
     session.flush()
     return removed
 
 
-def scheduled_purge(factory: sessionmaker[Session], policy: RetentionPolicy | None = None) -> dict[str, int]:
-    """One purge in its own transaction: what the server's scheduler runs (`server.retention_schedule`)."""
-    pol = policy or load_policy()
-    with factory() as session, session.begin():
-        return purge(session, pol)
+def run_purge(factory: sessionmaker[Session], policy: RetentionPolicy, *, now: datetime | None = None,
+              dry_run: bool = False, actor: str = "retention",
+              write_lock: AbstractContextManager[Any] | None = None) -> PurgeCounts:
+    """`purge` in two transactions of its own: the audit entries due verified in a read-only snapshot, then the purge.
+
+    Why: verifying re-hashes every entry due, and on SQLite a write transaction holds the
+    database's write lock, which every writer waits for; so the entries are verified first,
+    before `write_lock` (the server's, held around each write transaction) and the write
+    transaction are taken. The snapshot (`audit.read_snapshot`) keeps a prune that another
+    purge commits meanwhile from being half seen as deleted entries. A dry run rolls back.
+    """
+    now = (now or utcnow()).astimezone(UTC)
+    with factory() as session:
+        audit.read_snapshot(session)
+        checked = check_audit(session, policy, now=now, dry_run=dry_run)
+    with write_lock or nullcontext(), factory() as session:
+        removed = purge(session, policy, now=now, dry_run=dry_run, actor=actor, audit_check=checked)
+        if dry_run:
+            session.rollback()
+        else:
+            session.commit()
+    return removed
+
+
+def scheduled_purge(factory: sessionmaker[Session], policy: RetentionPolicy | None = None, *,
+                    write_lock: AbstractContextManager[Any] | None = None) -> PurgeCounts:
+    """One purge (`run_purge`): what the server's scheduler runs (`server.retention_schedule`).
+
+    An audit log left unpruned because its chain is broken is logged as an error here (the
+    rest was purged, so the run itself succeeded); it is refused again at every run until repaired.
+    """
+    removed = run_purge(factory, policy or load_policy(), write_lock=write_lock)
+    if removed.audit_refused is not None:
+        log.error("retention purge: audit log not pruned: %s; run `cadence audit verify`", removed.audit_refused)
+    return removed

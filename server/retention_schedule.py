@@ -4,6 +4,9 @@ One worker process per database does it (the one that takes the database's lock,
 `RetentionScheduler`); the others leave the job to it. Each run is
 `compliance.retention.scheduled_purge`: one transaction, audited as ``retention.purge``,
 idempotent, so a run that overlaps `cadence compliance purge` from cron removes nothing twice.
+The audit entries due are verified before the app's write lock is taken (re-hashing them
+under it stalled every request that writes), in a read-only snapshot of their own
+(`compliance.retention.run_purge`).
 A failing run (a missing audit signing key when the audit log needs pruning, an unreachable
 database) is logged and retried at the next interval; it never stops the API.
 """
@@ -126,9 +129,8 @@ class RetentionScheduler:
     def run_once(self) -> dict[str, int] | None:
         from compliance.retention import scheduled_purge
 
-        try:
-            with self.write_lock:
-                removed = scheduled_purge(self.factory)
+        try:  # the lock is taken inside, after the audit entries due are verified (read-only, outside it)
+            removed = scheduled_purge(self.factory, write_lock=self.write_lock)
         except Exception:  # noqa: BLE001 - logged and retried; retention must not stop the API
             log.exception("scheduled retention purge failed (retried in %.0f s)", self.interval_s)
             return None

@@ -9,17 +9,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from sqlalchemy import Engine, inspect
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from cadence.commands.errors import error_line, fail
 from cadence.console import out_console
 
 app = typer.Typer()
 audit_app = typer.Typer(help="Tamper-evident audit log: verify the chain, seal its head.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
-
-_err = Console(stderr=True)
 
 
 def sqlite_file_missing(url: str) -> Path | None:
@@ -33,8 +31,8 @@ def sqlite_file_missing(url: str) -> Path | None:
 
     try:
         u = make_url(url)
-    except ArgumentError:
-        return None  # reported when the engine is made
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
+        return None  # reported, naming the setting, when the engine is made
     if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.database.startswith("file:"):
         return None
     path = Path(u.database)
@@ -51,7 +49,7 @@ def compliance_engine(database_url: str | None = None, *, server_tables: bool = 
     at a schema revision other than this code's: commands never migrate, the server does.
     The audit tables alone are the same at every revision, so auditing an older copy works.
     """
-    from cadence.commands.database import database_errors
+    from cadence.commands.database import database_errors, shown
     from cadence.db import make_engine
     from cadence.settings import get_settings
     from compliance.models import TABLES
@@ -63,9 +61,8 @@ def compliance_engine(database_url: str | None = None, *, server_tables: bool = 
     url = database_url or get_settings().database_url
     missing_file = sqlite_file_missing(url)
     if missing_file is not None:
-        _err.print(f"[red]error:[/red] no database at {missing_file}: point --database-url (or CADENCE_DATABASE_URL) at "
-                   "the server's database, or start the server once (`cadence serve` creates and migrates it)")
-        raise typer.Exit(2)
+        fail(f"no database at {missing_file}: point --database-url (or CADENCE_DATABASE_URL) at the server's "
+             "database, or start the server once (`cadence serve` creates and migrates it)")
     with database_errors(url):
         engine = make_engine(url)
     try:
@@ -74,27 +71,36 @@ def compliance_engine(database_url: str | None = None, *, server_tables: bool = 
             problem = schema_problem(engine) if server_tables else None
         missing = [t.name for t in TABLES if t.name not in names]
         if missing:
-            _err.print(
-                f"[red]error:[/red] database {engine.url.render_as_string(hide_password=True)} has no {', '.join(missing)} "
-                "table(s): start the server once on it (`cadence serve` migrates the database at start-up)"
-            )
-            raise typer.Exit(2)
+            fail(f"database {shown(url)} has no {', '.join(missing)} table(s): "
+                 "start the server once on it (`cadence serve` migrates the database at start-up)")
         if problem:
-            _err.print(f"[red]error:[/red] {engine.url.render_as_string(hide_password=True)}: {problem}", soft_wrap=True)
-            raise typer.Exit(2)
+            fail(f"{shown(url)}: {problem}")
         yield engine
     finally:
         engine.dispose()
 
 
 @contextmanager
+def compliance_factory(database_url: str | None = None, *, server_tables: bool = False) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the configured database, for a command of more than one transaction; exits 2 if unusable.
+
+    The command's work and its commits run inside `database_errors` too: a read-only SQLite
+    file or a connection lost half-way is one error line (exit 2), not a traceback.
+    """
+    from cadence.commands.database import database_errors
+    from cadence.db import make_sessionmaker
+    from cadence.settings import get_settings
+
+    with compliance_engine(database_url, server_tables=server_tables) as engine, \
+            database_errors(database_url or get_settings().database_url, opening=False):
+        yield make_sessionmaker(engine)
+
+
+@contextmanager
 def compliance_session(database_url: str | None = None, *, commit: bool = True,
                        server_tables: bool = False) -> Iterator[Session]:
-    """A transaction on the configured database (rolled back when not `commit`); exits 2 if unusable."""
-    from cadence.db import make_sessionmaker
-
-    with compliance_engine(database_url, server_tables=server_tables) as engine:
-        factory = make_sessionmaker(engine)
+    """A transaction on the configured database (rolled back when not `commit`); exits 2 if unusable (`compliance_factory`)."""
+    with compliance_factory(database_url, server_tables=server_tables) as factory:
         if commit:
             with factory() as session, session.begin():
                 yield session
@@ -118,7 +124,7 @@ def verify(
     database_url: DbUrl = None,
 ) -> None:
     """Recompute the whole chain and every seal; exit 1 naming the first broken entry."""
-    from compliance.audit import AuditError, checkpoint_from_dict, verify_chain
+    from compliance.audit import AuditError, checkpoint_from_dict, read_snapshot, verify_chain
     from compliance.keys import KeyConfigError
 
     external = []
@@ -127,12 +133,13 @@ def verify(
             external.append(checkpoint_from_dict(json.loads(p.read_text("utf-8"))))
         except (OSError, ValueError, AuditError) as exc:
             raise typer.BadParameter(f"{p}: {exc}", param_hint="--checkpoint") from exc
-    with compliance_session(database_url) as session:
+    # one snapshot: a prune that a purge commits while the walk is half-way would read as deleted entries
+    with compliance_session(database_url, commit=False) as session:
+        read_snapshot(session)
         try:
             result = verify_chain(session, external=external)
         except KeyConfigError as exc:
-            _err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+            fail(exc)
     out = out_console()
     if as_json:
         out.print_json(json.dumps(result.to_dict()))
@@ -142,12 +149,12 @@ def verify(
             f"{result.checkpoints} signed checkpoint(s), head {result.head_hash[:16]}",
             soft_wrap=True,
         )
-    else:
+    else:  # the reasons quote stored values, which may hold brackets: no markup read from them
         fb = result.first_broken
         assert fb is not None
-        out.print(f"audit chain BROKEN: first broken entry seq={fb.seq}: {fb.reason}", soft_wrap=True)
+        out.print(f"audit chain BROKEN: first broken entry seq={fb.seq}: {fb.reason}", soft_wrap=True, markup=False)
         for other in result.problems[1:10]:
-            out.print(f"  also entry seq={other.seq}: {other.reason}", soft_wrap=True)
+            out.print(f"  also entry seq={other.seq}: {other.reason}", soft_wrap=True, markup=False)
     if not result.ok:
         raise typer.Exit(1)
 
@@ -158,22 +165,21 @@ def seal_cmd(
     database_url: DbUrl = None,
 ) -> None:
     """Sign the chain head with the audit key and print the checkpoint JSON (store it elsewhere too)."""
-    from compliance.audit import AuditChainError, checkpoint_dict, seal
+    from compliance.audit import AuditChainError, checkpoint_dict, seal_in_snapshots
     from compliance.keys import KeyConfigError
 
     if out is not None:  # checked before sealing: a seal that cannot be kept elsewhere is half done
         from cadence.commands.paths import ensure_writable_file
 
         ensure_writable_file(out, "--out")  # a missing folder is refused, as `compliance export --out` does
-    with compliance_session(database_url) as session:
-        try:
-            cp = seal(session)
+    with compliance_factory(database_url) as factory:
+        try:  # verified in a snapshot of its own, then signed in a short transaction
+            cp = seal_in_snapshots(factory)
         except AuditChainError as exc:  # a broken chain: the same exit code as `verify` finding it
-            _err.print(f"[red]error:[/red] {exc}")
+            error_line(exc)
             raise typer.Exit(1) from exc
         except KeyConfigError as exc:  # configuration, like `verify`'s
-            _err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+            fail(exc)
         text = json.dumps(checkpoint_dict(cp), indent=2)
     if out is not None:
         out.write_text(text + "\n", "utf-8")

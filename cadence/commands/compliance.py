@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cadence.commands.audit import DbUrl, compliance_session
+from cadence.commands.audit import DbUrl, compliance_factory, compliance_session
+from cadence.commands.errors import error_line, fail
 from cadence.console import out_console
 
 app = typer.Typer()
@@ -28,11 +29,11 @@ def _holders() -> None:
     wanted = get_settings().holder_modules
     missing = sorted(set(wanted) - set(load_holder_modules(wanted)))
     if missing:  # an erasure or export that skipped a holder would be silently incomplete
-        _err.print(f"[red]error:[/red] data holder module(s) {', '.join(missing)} (CADENCE_HOLDER_MODULES) cannot be "
-                   "imported: their data would be left out; fix the setting", soft_wrap=True)
-        raise typer.Exit(2)
+        fail(f"data holder module(s) {', '.join(missing)} (CADENCE_HOLDER_MODULES) cannot be imported: their data "
+             "would be left out; fix the setting")
     if not registered_holders():
-        _err.print("[yellow]note:[/yellow] no data holders registered (settings.holder_modules): only consent and audit tables are covered")
+        _err.print("[yellow]note:[/yellow] no data holders registered (settings.holder_modules): only consent and audit tables are covered",
+                   soft_wrap=True)
 
 
 @compliance_app.command("purge")
@@ -44,28 +45,34 @@ def purge_cmd(
 ) -> None:
     """Apply the retention policy: remove what outlived it and report counts per table."""
     from compliance.keys import KeyConfigError
-    from compliance.retention import PolicyError, load_policy, purge
+    from compliance.retention import PolicyError, load_policy, run_purge
 
     try:
         pol = load_policy(policy)
     except PolicyError as exc:
         raise typer.BadParameter(str(exc), param_hint="--policy") from exc
     _holders()
-    with compliance_session(database_url, commit=not dry_run, server_tables=True) as session:
-        try:
-            removed = purge(session, pol, dry_run=dry_run, actor="cli")
+    with compliance_factory(database_url, server_tables=True) as factory:
+        try:  # the audit entries due are verified in a snapshot of their own, then the purge's transaction
+            removed = run_purge(factory, pol, dry_run=dry_run, actor="cli")
         except (KeyConfigError, PolicyError) as exc:  # a key, or a holder finding the policy lacks its kind
-            _err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+            fail(exc)
     if as_json:
-        typer.echo(json.dumps({"dry_run": dry_run, "policy_version": pol.version, "removed": removed}))
-        return
-    table = Table(title=f"retention purge (policy {pol.version}){' - DRY RUN, nothing removed' if dry_run else ''}")
-    table.add_column("table")
-    table.add_column("would remove" if dry_run else "removed", justify="right")
-    for name, n in removed.items():
-        table.add_row(name, str(n))
-    out_console().print(table)
+        report: dict[str, object] = {"dry_run": dry_run, "policy_version": pol.version, "removed": removed}
+        if removed.audit_refused is not None:
+            report["audit_not_pruned"] = removed.audit_refused
+        typer.echo(json.dumps(report))
+    else:
+        title = f"retention purge (policy {escape(pol.version)}){' - DRY RUN, nothing removed' if dry_run else ''}"
+        table = Table(title=title)
+        table.add_column("table")
+        table.add_column("would remove" if dry_run else "removed", justify="right")
+        for name, n in removed.items():
+            table.add_row(escape(name), str(n))
+        out_console().print(table)
+    if removed.audit_refused is not None:  # the rest was purged (and committed); the log needs a person
+        error_line(f"audit log not pruned: {removed.audit_refused}; run `cadence audit verify`")
+        raise typer.Exit(1)
 
 
 def _user_id(user: str) -> None:
@@ -79,7 +86,7 @@ def _nothing_held(user: str) -> NoReturn:
 
     An already-erased person holds nothing either, so a repeated erasure ends here too.
     """
-    _err.print(f"[red]error:[/red] no data held for {escape(user)}", soft_wrap=True)
+    error_line(f"no data held for {user}")
     raise typer.Exit(1)
 
 
@@ -103,14 +110,13 @@ def export_cmd(
         try:
             data = export_user(session, user)
         except KeyConfigError as exc:  # the audit entries about USER are found by keyed pseudonym
-            _err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+            fail(exc)
     if not holds_data(data):
         _nothing_held(user)
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
     if out is not None:
         out.write_text(text + "\n", "utf-8")
-        _err.print(f"wrote {out}")
+        typer.echo(f"wrote {out}", err=True)
     else:
         typer.echo(text)
 
@@ -133,13 +139,12 @@ def erase_cmd(
         try:
             removed = erase_user(session, user, actor="cli")
         except KeyConfigError as exc:
-            _err.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from exc
+            fail(exc)
         if not any(removed.values()):  # raised inside the transaction: its audit entry is rolled back
             _nothing_held(user)
-    table = Table(title=f"erased {user}")
+    table = Table(title=f"erased {escape(user)}")
     table.add_column("table")
     table.add_column("removed", justify="right")
     for name, n in removed.items():
-        table.add_row(name, str(n))
+        table.add_row(escape(name), str(n))
     out_console().print(table)

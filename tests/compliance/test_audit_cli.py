@@ -228,8 +228,9 @@ def test_an_unreadable_stored_time_is_tampering_not_a_crash(
         conn.execute(text(f"UPDATE {table} SET {col} = 'not a time' WHERE {where}"))
     code, out = _verify(db_url, monkeypatch)
     assert code == 1 and named in out and "Traceback" not in out, out
-    res = runner.invoke(app, ["audit", "seal"])  # re-checks only after the newest readable seal: no crash
-    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    res = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["audit", "seal"])  # refuses what verify reports, no crash
+    assert res.exit_code == 1 and "refusing to seal" in res.output and named.split("first broken ", 1)[1] in res.output, res.output
+    assert "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("command", [["audit", "seal"], ["compliance", "export", "user-1"],
