@@ -472,14 +472,28 @@ def lock_chain(session: Session) -> None:
 
     PostgreSQL: the head row is locked, on which every appender queues (`append_draft`); a
     purge appends its entry before it commits, so no prune commits either. SQLite lets one
-    writer in at a time: a write that changes nothing takes that lock. Taken before a break
-    is reported, to look at it again: one read while another purge committed is not there then.
+    writer in at a time: a write that changes nothing takes that lock. `seal` takes it before
+    refusing a break read outside a snapshot, to look at it again: one read while another purge
+    committed is not there then. (The purge compares `prune_marks` instead: appends do not wait.)
     """
     cols = AuditHead.__table__.c
     if session.get_bind().dialect.name == "sqlite":
         session.execute(cast(Table, AuditHead.__table__).update().where(cols.id == 1).values(seq=cols.seq))
     else:
         session.execute(_HEAD_FOR_UPDATE)
+
+
+def prune_marks(session: Session) -> tuple[Any, ...]:
+    """What every committed prune changes: the chain's first position and the prune checkpoints (count, newest id).
+
+    Why: a walk outside a snapshot reads the chain in several statements, and a prune that
+    another purge commits between them reads as deleted entries. The same marks read before
+    and after a walk mean that no prune committed during it, so a break it found is real;
+    comparing them costs two small reads where looking again would re-hash the chain.
+    """
+    cp = AuditCheckpoint.__table__.c
+    prunes = session.execute(select(func.count(), func.max(cp.id)).where(cp.kind == "prune")).one()
+    return (session.scalar(select(func.min(AuditEntry.seq))), *prunes)
 
 
 # --------------------------------------------------------------------------- verification
@@ -629,7 +643,8 @@ def verify_chain(
     `external` checkpoints (kept outside the database, see `checkpoint_dict`) are checked like
     stored ones; they catch an attacker who cut the tail and deleted the seals that covered it.
     With `upto` only the entries up to that seq are recomputed (what `seal` signs, what
-    `prune_before` deletes); a checkpoint past it is still compared with the entry it signs.
+    `prune_before` deletes); a checkpoint past it is still compared with the entry it signs, and
+    one past the head row whose entry is gone reports the tail cut off, as without `upto`.
     `on_row` is called with each entry row the walk reads (`plan_prune` keeps what it verified).
     """
     pubs = dict(verify_keys) if verify_keys is not None else _load_keys()
@@ -679,6 +694,13 @@ def verify_chain(
             signed = session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == cp.seq))
             if signed is not None and signed != cp.head_hash:
                 problems.append(Problem(cp.seq, f"differs from the signed {cp.kind} checkpoint of seq {cp.seq} (chain rewritten)"))
+            elif signed is None and (head is None or not _readable_head(head) or cp.seq > head.seq):
+                # signed past the head row, whose position only grows (the checkpoints are read before
+                # it): no purge committed meanwhile explains that, the tail was cut and the head rewound
+                end = session.scalar(select(func.max(AuditEntry.seq)))
+                beyond = _beyond_tail(cp, max(last_seq, end or 0))
+                if beyond is not None:
+                    problems.append(beyond)
             continue
         beyond = _beyond_tail(cp, last_seq)
         if beyond is not None:

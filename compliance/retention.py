@@ -203,16 +203,24 @@ def purge(session: Session, policy: RetentionPolicy, *, now: datetime | None = N
     in the entry (``audit_not_pruned``), and the callers report it.
 
     The audit log is verified first (`check_audit`): given `audit_check`, made in a snapshot
-    before this transaction (`run_purge`), this one only checks that nothing verified changed.
-    A break is recorded only if it is still there when looked at again with the chain held
-    still (`audit.lock_chain`): read outside a snapshot (without `audit_check`, or verified
-    again here after a change), a prune that another purge commits during the walk looks like
-    deleted entries, and a false tamper report would stay in the log for good.
+    (`audit.read_snapshot`) before this transaction (`run_purge`), this one only checks that
+    nothing verified changed, and records the snapshot's refusal as it is (a snapshot cannot
+    half see another purge). A break read outside a snapshot (without `audit_check`, or verified
+    again here after a change) is recorded only if no prune committed during that walk
+    (`audit.prune_marks`): such a prune looks like deleted entries, and a false tamper report
+    would stay in the log for good. Then the log is left unpruned this once (the other purge
+    pruned it) and nothing is reported; the chain is never walked again in here.
     """
     from compliance.subjects import registered_holders
 
     now = (now or utcnow()).astimezone(UTC)
-    checked = audit_check or check_audit(session, policy, now=now, dry_run=dry_run)
+    if audit_check is None:
+        marks = audit.prune_marks(session)
+        checked = check_audit(session, policy, now=now, dry_run=dry_run)
+        if checked.refused is not None and audit.prune_marks(session) != marks:
+            checked = AuditCheck(checked.cutoff, None)
+    else:
+        checked = audit_check
     removed = PurgeCounts()
     for h in registered_holders():
         for table, count in h.purge(session, policy, now=now, dry_run=dry_run).items():
@@ -220,18 +228,13 @@ def purge(session: Session, policy: RetentionPolicy, *, now: datetime | None = N
     removed["compliance.consents"] = _purge_consents(session, policy, now, dry_run)
     removed["compliance.audit"], removed.audit_refused = 0, checked.refused
     if checked.plan is not None:
+        marks = audit.prune_marks(session)
         try:
             removed["compliance.audit"] = audit.prune_before(session, checked.cutoff, dry_run=dry_run, now=now,
                                                              plan=checked.plan)
-        except audit.AuditChainError as exc:  # changed since it was verified, and broken now
-            removed.audit_refused = str(exc)[:MAX_REASON_CHARS]
-    if removed.audit_refused is not None and not dry_run:  # a second look before it is recorded
-        audit.lock_chain(session)
-        try:
-            removed["compliance.audit"] = audit.prune_before(session, checked.cutoff, now=now)
-            removed.audit_refused = None
-        except audit.AuditChainError as exc:
-            removed.audit_refused = str(exc)[:MAX_REASON_CHARS]
+        except audit.AuditChainError as exc:  # changed since it was verified, and broken when verified again
+            if audit.prune_marks(session) == marks:
+                removed.audit_refused = str(exc)[:MAX_REASON_CHARS]
     if not dry_run:
         payload: dict[str, Any] = {"policy_version": policy.version, "removed": dict(removed)}
         if removed.audit_refused is not None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from cadence.cli import app
-from compliance.audit import append_audit, digest, entry_hash, seal
+from compliance.audit import AuditChainError, append_audit, digest, entry_hash, prune_before, seal
 from compliance.models import AuditCheckpoint, AuditEntry, AuditHead
 
 N = 5
@@ -126,8 +126,8 @@ def test_consistent_rewrite_is_caught_by_the_seal(factory: sessionmaker[Session]
     assert code == 1 and f"first broken entry seq={N}: differs from the signed seal" in out, out
 
 
-def test_truncation_after_seal_is_named(factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Cut the last two entries and fix the head row: only the signed seal still knows."""
+def _truncate_after_seal(factory: sessionmaker[Session], engine: Engine) -> None:
+    """Seal, then cut the last two entries and fix the head row: only the signed seal still knows."""
     _chain(factory)
     with factory() as s, s.begin():
         seal(s)
@@ -135,8 +135,44 @@ def test_truncation_after_seal_is_named(factory: sessionmaker[Session], engine: 
         conn.execute(delete(AuditEntry).where(AuditEntry.seq > N - 2))
         h = conn.execute(select(AuditEntry.hash).where(AuditEntry.seq == N - 2)).scalar_one()
         conn.execute(update(AuditHead).values(seq=N - 2, hash=h))
+
+
+def _checkpoints(factory: sessionmaker[Session]) -> list[tuple[str, int]]:
+    with factory() as s:
+        return [(r.kind, r.seq) for r in s.execute(select(AuditCheckpoint.kind, AuditCheckpoint.seq).order_by(AuditCheckpoint.id))]
+
+
+def test_truncation_after_seal_is_named(factory: sessionmaker[Session], engine: Engine, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _truncate_after_seal(factory, engine)
     code, out = _verify(db_url, monkeypatch)
     assert code == 1 and f"first broken entry seq={N - 1}: missing" in out and "truncated" in out, out
+
+
+def test_truncation_after_seal_is_not_sealed_over(factory: sessionmaker[Session], engine: Engine, db_url: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`audit seal` stopped its check at the (rewound) head row and signed seq N-2 over what `verify` reports."""
+    _truncate_after_seal(factory, engine)
+    monkeypatch.setenv("CADENCE_DATABASE_URL", db_url)
+    from cadence.settings import get_settings
+
+    get_settings.cache_clear()
+    res = runner.invoke(app, ["audit", "seal"])
+    assert res.exit_code == 1, res.output
+    assert (f"error: refusing to seal a broken chain: entry seq={N - 1}: missing: a signed seal covers seq {N} "
+            f"but the chain ends at seq {N - 2} (tail truncated)") in res.output, res.output
+    assert _checkpoints(factory) == [("seal", N)]  # no new checkpoint
+
+
+@pytest.mark.parametrize("due", [N - 2, 1], ids=["every entry due", "a prefix due"])
+def test_truncation_after_seal_is_not_pruned_over(due: int, factory: sessionmaker[Session], engine: Engine) -> None:
+    """The purge's check stops after the entries due, as the seal's does at the head row: the same hole."""
+    _truncate_after_seal(factory, engine)
+    cutoff = T0 + timedelta(minutes=due - 1, seconds=30)  # entries 1..due are older
+    with factory() as s, pytest.raises(AuditChainError, match=(
+            f"refusing to prune a broken chain: entry seq={N - 1}: missing: a signed seal covers seq {N} but the "
+            rf"chain ends at seq {N - 2} \(tail truncated\)")):
+        prune_before(s, cutoff)
+    assert _checkpoints(factory) == [("seal", N)]
 
 
 def test_external_checkpoint_catches_deleted_seals(

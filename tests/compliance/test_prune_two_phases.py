@@ -9,6 +9,7 @@ refused when it is tampering. Tampering is plain SQL, as an attacker with databa
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
@@ -24,8 +26,8 @@ from cadence.cli import app
 from cadence.db import Base, make_engine, make_sessionmaker
 from cadence.settings import get_settings
 from compliance import audit
-from compliance.models import TABLES, AuditCheckpoint, AuditEntry
-from compliance.retention import AuditCheck, check_audit, load_policy, purge, scheduled_purge
+from compliance.models import TABLES, AuditCheckpoint, AuditEntry, AuditHead
+from compliance.retention import AuditCheck, PurgeCounts, check_audit, load_policy, purge, scheduled_purge
 from server.retention_schedule import RetentionScheduler
 from server.sqlite_writers import serialize_sqlite_writers, write_lock
 
@@ -134,6 +136,134 @@ def test_the_cli_purge_verifies_before_its_first_delete(sqlite_factory: sessionm
     assert res.exit_code == 0, res.output
     assert '"compliance.audit": 3' in res.output and '"fake.evidence": 1' in res.output
     assert probe.calls == [(False, True)]  # another writer got in while it verified
+
+
+def _tamper(factory: sessionmaker[Session]) -> None:
+    """An entry due edited by hand: the purge must refuse to prune, at every run."""
+    with factory() as s, s.begin():
+        s.execute(update(AuditEntry).where(AuditEntry.seq == 2).values(payload='{"i":99}'))
+
+
+def _last_purge(factory: sessionmaker[Session]) -> dict[str, Any]:
+    with factory() as s:
+        payload = s.scalars(select(AuditEntry.payload).where(AuditEntry.event == "retention.purge")
+                            .order_by(AuditEntry.seq.desc())).first()
+    assert payload is not None
+    return dict(json.loads(payload))
+
+
+def test_a_tampered_chain_is_refused_outside_the_write_lock(server_engine: Engine, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal was verified again under the app's write lock at every run: every writer waited for the walk."""
+    factory = make_sessionmaker(server_engine)
+    _chain(factory, now=datetime.now(UTC))
+    _tamper(factory)
+    lock = _RecordingLock(write_lock(server_engine))
+    probe = _Probe(tmp_path / "server.sqlite", lock)
+    monkeypatch.setattr(audit, "verify_chain", probe)
+    removed = RetentionScheduler(factory, server_engine, 3600, lock).run_once()
+    assert isinstance(removed, PurgeCounts) and removed["compliance.audit"] == 0
+    assert "refusing to prune a broken chain: entry seq=2" in (removed.audit_refused or "")
+    assert probe.calls == [(False, True)]  # once, in the snapshot before the lock; recorded as found there
+    assert "entry seq=2" in _last_purge(factory)["audit_not_pruned"]
+
+
+class _AppendProbe:
+    """Wraps `audit.verify_chain`: records, at each call, whether another transaction could append to the chain now."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.calls: list[bool] = []
+        self._verify = audit.verify_chain
+
+    def __call__(self, *args: Any, **kw: Any) -> audit.VerifyResult:
+        self.calls.append(self._appendable())
+        return self._verify(*args, **kw)
+
+    def _appendable(self) -> bool:
+        if self.engine.dialect.name == "sqlite":  # SQLite's write lock
+            other = sqlite3.connect(str(self.engine.url.database), timeout=0, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")
+                other.execute("ROLLBACK")
+                return True
+            except sqlite3.OperationalError:
+                return False
+            finally:
+                other.close()
+        with self.engine.connect() as conn:  # the head row, on which every PostgreSQL appender queues
+            try:
+                conn.execute(select(AuditHead.seq).where(AuditHead.id == 1).with_for_update(nowait=True))
+                return True
+            except OperationalError:
+                return False
+            finally:
+                conn.rollback()
+
+
+def test_appends_are_not_held_while_a_tampered_chain_is_refused(factory: sessionmaker[Session], engine: Engine,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scheduled_purge` on each database: the refusal found in the snapshot is recorded without walking again."""
+    _chain(factory, now=datetime.now(UTC))
+    _tamper(factory)
+    probe = _AppendProbe(engine)
+    monkeypatch.setattr(audit, "verify_chain", probe)
+    for _ in range(2):  # refused again at the next run, the same way
+        removed = scheduled_purge(factory)
+        assert removed["compliance.audit"] == 0 and "entry seq=2" in (removed.audit_refused or "")
+        assert "entry seq=2" in _last_purge(factory)["audit_not_pruned"]
+    assert probe.calls == [True, True]  # one walk a run, while appends went on
+
+
+def test_a_prune_committed_during_the_write_phase_walk_is_no_refusal(sqlite_factory: sessionmaker[Session],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plan stale (a prune meanwhile), verified again in the write transaction while a third purge commits: not recorded.
+
+    That walk reads outside a snapshot (pysqlite's SELECTs before the transaction's first
+    write), so the third purge's prune is half seen as deleted entries; the prune marks, not
+    a second walk, tell it from tampering. SQLite only: on PostgreSQL the write phase holds
+    the rows due (FOR UPDATE), so the third purge would wait for it.
+    """
+    now = datetime.now(UTC)
+    _chain(sqlite_factory, now=now)
+    with sqlite_factory() as s:
+        checked = check_audit(s, load_policy(), now=now)
+        third_ts = s.scalar(select(AuditEntry.ts).where(AuditEntry.seq == 3))
+    assert checked.plan is not None and checked.plan.count == OLD and third_ts is not None
+    with sqlite_factory() as s, s.begin():  # another purge prunes seq 1..2: the plan is stale
+        assert audit.prune_before(s, third_ts) == 2
+    verifies = _Counting(audit.verify_chain)
+    monkeypatch.setattr(audit, "verify_chain", verifies)
+    walk = audit._iter_entries
+    third: list[PurgeCounts] = []
+
+    def iter_entries(session: Session, after_seq: int, upto: int | None = None) -> Iterator[Any]:
+        if not third:  # the first walk of the write phase: the third purge prunes seq 3 and commits
+            third.append(PurgeCounts())
+            third[0] = scheduled_purge(sqlite_factory)
+        yield from walk(session, after_seq, upto)
+
+    monkeypatch.setattr(audit, "_iter_entries", iter_entries)
+    with sqlite_factory() as s, s.begin():
+        removed = purge(s, load_policy(), now=now, audit_check=checked)
+    assert third[0]["compliance.audit"] == 1 and third[0].audit_refused is None
+    assert removed["compliance.audit"] == 0 and removed.audit_refused is None
+    assert verifies.calls == 2  # the write phase's walk (which half saw the prune) and the third purge's; no other
+    assert "audit_not_pruned" not in _last_purge(sqlite_factory)
+    monkeypatch.undo()
+    with sqlite_factory() as s:
+        assert audit.verify_chain(s).ok
+
+
+class _Counting:
+    """Wraps a function, counting the calls."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        self.calls += 1
+        return self.fn(*args, **kw)
 
 
 @pytest.mark.parametrize("change", ["an entry due re-hashed", "an entry due deleted", "the first kept entry relinked"])
