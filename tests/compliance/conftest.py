@@ -141,3 +141,27 @@ def _isolated_compliance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def fake_holder() -> FakeHolder:
     return subjects.register_holder(FakeHolder())  # type: ignore[return-value]
+
+
+@pytest.fixture
+def server_api(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """(app, TestClient) of a development server on its own SQLite file, the server holder registered.
+
+    This folder's autouse fixture empties the holder registry that importing `server.holders`
+    filled, so erasure and export need the server's holder put back.
+    """
+    from fastapi.testclient import TestClient
+
+    from cadence.settings import Settings
+    from server.app import create_app
+    from server.holders import ServerHolder
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'api.sqlite'}", model_registry=tmp_path / "registry",  # type: ignore[call-arg]
+                        environment="development", _env_file=None)
+    api = create_app(settings)
+    subjects.register_holder(ServerHolder())
+    try:
+        with TestClient(api) as client:
+            yield api, client
+    finally:
+        api.state.engine.dispose()

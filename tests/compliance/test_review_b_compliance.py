@@ -12,6 +12,7 @@ import logging
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select, text, update
@@ -367,28 +368,15 @@ def test_bad_database_urls_are_one_line_without_the_password(url: str, says: str
         assert res.exit_code == 2 and says in _error_line(res.output) and "s3cret" not in res.output, res.output
 
 
-def test_admin_export_of_a_person_with_a_damaged_audit_row_is_200(tmp_path: Path) -> None:
+def test_admin_export_of_a_person_with_a_damaged_audit_row_is_200(server_api: tuple[Any, Any]) -> None:
     """`GET /v1/admin/users/{id}/export` answered 500 on a payload that is no JSON."""
-    from fastapi.testclient import TestClient
-
-    from cadence.settings import Settings
-    from compliance import subjects
-    from server.app import create_app
     from server.client.api import DeviceClient
-    from server.holders import ServerHolder
 
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'api.sqlite'}", model_registry=tmp_path / "registry",  # type: ignore[call-arg]
-                        environment="development", _env_file=None)
-    api = create_app(settings)
-    subjects.register_holder(ServerHolder())  # this folder's fixture emptied the registry server.holders filled
-    try:
-        with TestClient(api) as client:
-            DeviceClient("http://testserver", user_id="alice", http=client).register()
-            with api.state.engine.begin() as conn:
-                conn.execute(text("UPDATE compliance_audit SET payload = 'not json', ts = 'garbage'"))
-            r = client.get("/v1/admin/users/alice/export", headers={"X-API-Key": "dev-admin-key"})
-    finally:
-        api.state.engine.dispose()
+    api, client = server_api
+    DeviceClient("http://testserver", user_id="alice", http=client).register()
+    with api.state.engine.begin() as conn:
+        conn.execute(text("UPDATE compliance_audit SET payload = 'not json', ts = 'garbage'"))
+    r = client.get("/v1/admin/users/alice/export", headers={"X-API-Key": "dev-admin-key"})
     assert r.status_code == 200, r.text
     entries = r.json()["data"]["audit"]["entries"]
     assert entries and all(e["damaged"] and e["payload"] == "not json" and e["ts"] == "garbage" for e in entries)

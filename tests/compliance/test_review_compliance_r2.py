@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
@@ -282,24 +281,16 @@ def test_audit_through_the_hooks_keeps_only_the_platform_family(sqlite_factory: 
     assert json.loads(stored)["platform"] == "android" and json.loads(draft.payload) == {"platform": "ios"}
 
 
-def test_device_registration_audits_the_platform_family_only(tmp_path: Path) -> None:
+def test_device_registration_audits_the_platform_family_only(server_api: tuple[Any, Any]) -> None:
     """The client's free-text `platform` stayed in the audit log after erasure."""
-    from server.app import create_app
     from server.client.api import DeviceClient
 
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'api.sqlite'}", model_registry=tmp_path / "registry",  # type: ignore[call-arg]
-                        environment="development", _env_file=None)
-    api = create_app(settings)
-    subjects.register_holder(ServerHolder())  # this folder's fixture emptied the registry server.holders filled
-    try:
-        with TestClient(api) as client:
-            dev = DeviceClient("http://testserver", user_id="zoe", http=client)
-            dev.register(platform="Android 14 - Zoe Miller's Pixel")
-            assert client.delete("/v1/admin/users/zoe", headers={"X-API-Key": "dev-admin-key"}).status_code == 200
-        with api.state.engine.connect() as conn:
-            payloads = conn.execute(select(AuditEntry.payload).where(AuditEntry.event == "device.registered")).scalars().all()
-    finally:
-        api.state.engine.dispose()
+    api, client = server_api
+    dev = DeviceClient("http://testserver", user_id="zoe", http=client)
+    dev.register(platform="Android 14 - Zoe Miller's Pixel")
+    assert client.delete("/v1/admin/users/zoe", headers={"X-API-Key": "dev-admin-key"}).status_code == 200
+    with api.state.engine.connect() as conn:
+        payloads = conn.execute(select(AuditEntry.payload).where(AuditEntry.event == "device.registered")).scalars().all()
     assert [json.loads(p)["platform"] for p in payloads] == ["android"]
     assert "Zoe" not in payloads[0] and "Pixel" not in payloads[0]
     assert hooks.device_registered_payload("d1", "pk", "iPad of Zoe") == {
@@ -387,29 +378,21 @@ def test_cli_erase_and_export_of_an_unknown_user_fail(server_db: tuple[str, sess
         assert s.scalar(select(func.count()).where(AuditEntry.event == "subject.erase")) == 1
 
 
-def test_admin_erase_and_export_of_an_unknown_user_are_404(tmp_path: Path) -> None:
-    from server.app import create_app
+def test_admin_erase_and_export_of_an_unknown_user_are_404(server_api: tuple[Any, Any]) -> None:
     from server.client.api import DeviceClient
 
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'api.sqlite'}", model_registry=tmp_path / "registry",  # type: ignore[call-arg]
-                        environment="development", _env_file=None)
-    api = create_app(settings)
-    subjects.register_holder(ServerHolder())  # this folder's fixture emptied the registry server.holders filled
+    api, client = server_api
     admin = {"X-API-Key": "dev-admin-key"}
-    try:
-        with TestClient(api) as client:
-            DeviceClient("http://testserver", user_id="kim", http=client).register()
-            for r in (client.delete("/v1/admin/users/typo", headers=admin),
-                      client.get("/v1/admin/users/typo/export", headers=admin)):
-                assert r.status_code == 404 and r.json()["code"] == "unknown_user", r.text
-                assert "user_id" in r.json()["detail"]
-            assert client.get("/v1/admin/users/kim/export", headers=admin).status_code == 200
-            assert client.delete("/v1/admin/users/kim", headers=admin).status_code == 200
-            assert client.delete("/v1/admin/users/kim", headers=admin).status_code == 404
-        with api.state.engine.connect() as conn:
-            erasures = conn.execute(select(func.count()).where(AuditEntry.event == "subject.erase")).scalar()
-    finally:
-        api.state.engine.dispose()
+    DeviceClient("http://testserver", user_id="kim", http=client).register()
+    for r in (client.delete("/v1/admin/users/typo", headers=admin),
+              client.get("/v1/admin/users/typo/export", headers=admin)):
+        assert r.status_code == 404 and r.json()["code"] == "unknown_user", r.text
+        assert "user_id" in r.json()["detail"]
+    assert client.get("/v1/admin/users/kim/export", headers=admin).status_code == 200
+    assert client.delete("/v1/admin/users/kim", headers=admin).status_code == 200
+    assert client.delete("/v1/admin/users/kim", headers=admin).status_code == 404
+    with api.state.engine.connect() as conn:
+        erasures = conn.execute(select(func.count()).where(AuditEntry.event == "subject.erase")).scalar()
     assert erasures == 1
 
 
