@@ -409,16 +409,18 @@ def seal(session: Session, key: Ed25519PrivateKey | None = None, *, now: datetim
     Sealing over tampering would vouch for it, so the whole chain is verified first
     (`plan_seal`: one pass over the log, so a seal costs what a verification does). Given the
     `plan` a snapshot verified, this transaction only checks that its entry still holds the
-    hash signed (which covers every entry before it, through their links). A break found here is refused only if it is still there when looked at again
-    with the chain held still (`lock_chain`): read outside a snapshot, a prune that another
-    purge commits during the walk looks like deleted entries.
+    hash signed (which covers every entry before it, through their links). A break read
+    outside a snapshot is refused only if no prune committed during that walk (`prune_marks`,
+    as the purge decides): such a prune reads as deleted entries; then the chain is read again.
     """
     key = key or _keys.signing_key()
     if plan is None or session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == plan.seq)) != plan.hash:
+        marks = prune_marks(session)
         try:
             plan = plan_seal(session, key)
         except AuditChainError:
-            lock_chain(session)
+            if prune_marks(session) == marks:
+                raise
             plan = plan_seal(session, key)
     return _sign(session, "seal", plan.seq, plan.hash, key, now)
 
@@ -467,29 +469,13 @@ def read_snapshot(session: Session) -> None:
         dbapi.execute("BEGIN")
 
 
-def lock_chain(session: Session) -> None:
-    """Hold the chain still until this transaction ends: no other transaction appends to it or prunes it meanwhile.
-
-    PostgreSQL: the head row is locked, on which every appender queues (`append_draft`); a
-    purge appends its entry before it commits, so no prune commits either. SQLite lets one
-    writer in at a time: a write that changes nothing takes that lock. `seal` takes it before
-    refusing a break read outside a snapshot, to look at it again: one read while another purge
-    committed is not there then. (The purge compares `prune_marks` instead: appends do not wait.)
-    """
-    cols = AuditHead.__table__.c
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(cast(Table, AuditHead.__table__).update().where(cols.id == 1).values(seq=cols.seq))
-    else:
-        session.execute(_HEAD_FOR_UPDATE)
-
-
 def prune_marks(session: Session) -> tuple[Any, ...]:
     """What every committed prune changes: the chain's first position and the prune checkpoints (count, newest id).
 
     Why: a walk outside a snapshot reads the chain in several statements, and a prune that
     another purge commits between them reads as deleted entries. The same marks read before
     and after a walk mean that no prune committed during it, so a break it found is real;
-    comparing them costs two small reads where looking again would re-hash the chain.
+    comparing them costs two small reads and holds no lock (`seal` and the purge both use it).
     """
     cp = AuditCheckpoint.__table__.c
     prunes = session.execute(select(func.count(), func.max(cp.id)).where(cp.kind == "prune")).one()
