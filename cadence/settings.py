@@ -1,14 +1,19 @@
 """All settings in one place, read from ``CADENCE_*`` environment variables or a ``.env`` file.
 
-Nothing is read at import time: call `get_settings()` (cached) where a setting is needed, and
-override it in tests with `get_settings.cache_clear()` plus environment variables or by
-passing a `Settings` object explicitly.
+Nothing is read at import time: call `get_settings()` where a setting is needed, and override
+it in tests with `get_settings.cache_clear()` plus environment variables or by passing a
+`Settings` object explicitly. A server app binds the `Settings` it was built with around all it
+runs (`bind_settings`), so code deep in a request (audit pseudonyms, the retention policy, the
+holders) reads that app's settings, not the process's.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 
@@ -159,7 +164,7 @@ class SettingsError(ValueError):
 
 
 @lru_cache
-def get_settings() -> Settings:
+def process_settings() -> Settings:
     """The settings from CADENCE_* variables and `.env`; a bad value raises `SettingsError` naming it."""
     import re
 
@@ -178,3 +183,37 @@ def get_settings() -> Settings:
         name = f"CADENCE_{m.group(1).upper()}" if m else "a CADENCE_* variable"
         reason = f" ({exc.__cause__})" if exc.__cause__ else ""
         raise SettingsError(f"invalid setting {name} (environment or .env): not valid JSON{reason}") from None
+
+
+#: the settings of the app running this code (None: the process's)
+_BOUND: ContextVar[Settings | None] = ContextVar("cadence_settings", default=None)
+
+
+@contextmanager
+def bind_settings(settings: Settings) -> Iterator[None]:
+    """Make `settings` the ones in force in this context (and in threads started from a copy of it).
+
+    Why a context variable: two apps with different settings may run in one process (tests, the
+    demo beside an operator's server), each request and background job under its own app's.
+    """
+    token = _BOUND.set(settings)
+    try:
+        yield
+    finally:
+        _BOUND.reset(token)
+
+
+class _SettingsInForce:
+    """`get_settings()`: the settings an app bound here (`bind_settings`), else the process's (cached)."""
+
+    def __call__(self) -> Settings:
+        bound = _BOUND.get()
+        return process_settings() if bound is None else bound
+
+    @staticmethod
+    def cache_clear() -> None:
+        """Forget the process's settings: the next call re-reads CADENCE_* and `.env` (tests)."""
+        process_settings.cache_clear()
+
+
+get_settings = _SettingsInForce()

@@ -3,6 +3,11 @@
 Both come from settings (`CADENCE_AUDIT_HMAC_KEY`, `CADENCE_AUDIT_SIGNING_KEY`). Without them
 a fixed development key is used, and refused outside ``environment="development"``: a
 development key is public, so pseudonyms made with it could be reversed and seals forged.
+
+Both follow the settings in force (`cadence.settings.get_settings`): a server app binds its own
+around everything it runs, so an app built with explicit settings (tests, `cadence demo`, an
+embedding) writes and looks up the entries its own export will find; the CLI, binding nothing,
+uses the process's.
 """
 
 from __future__ import annotations
@@ -108,7 +113,7 @@ def _hmac_from(value: str) -> bytes:
 
 
 def pseudonym(user_id: str, key: bytes | None = None) -> str:
-    """Stable keyed pseudonym of a user id (128 bits of HMAC-SHA256, hex)."""
+    """Stable keyed pseudonym of a user id (128 bits of HMAC-SHA256, hex), under the settings in force' key."""
     k = key if key is not None else hmac_key()
     return hmac.new(k, user_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 

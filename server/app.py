@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cadence.db import HeldConnections, make_engine, make_sessionmaker
-from cadence.settings import Settings, get_settings
+from cadence.settings import Settings, bind_settings, get_settings
 from modalities.events import MODALITIES
 from server.affinity import is_worker_process, pin_worker
 from server.api.deps import AppState, charge_failure, client_address
@@ -118,6 +118,22 @@ class MetricsMiddleware:
             name = getattr(route, "path", None) or "unmatched"
             self.metrics.requests.labels(name, scope["method"], str(status["code"])).inc()
             self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
+
+
+class SettingsMiddleware:
+    """Run everything the app does (requests, and its lifespan with the jobs it starts) under its own settings.
+
+    Why: code deep in a request reads `get_settings()` (audit pseudonyms' key, the retention
+    policy, the holders); it must get the settings this app was built with, not the process's
+    (`cadence.settings.bind_settings`). One context-variable set per request.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with bind_settings(self.settings):
+            await self.app(scope, receive, send)
 
 
 def signing_key(settings: Settings) -> Ed25519PrivateKey:
@@ -373,4 +389,5 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(SettingsMiddleware, settings=settings)  # outermost: the lifespan passes it too
     return app

@@ -233,16 +233,12 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
 
     Of the CADENCE_* settings the demo reads only CADENCE_MODEL_REGISTRY (the models its server
     scores with, and their calibration when it applies to all of them); its server runs on
-    `DemoSettings`, with a database in a temporary folder.
+    `DemoSettings`, with a database in a temporary folder (audited under their development key:
+    the app binds its own settings' key, whatever CADENCE_AUDIT_HMAC_KEY says).
     """
-    from compliance.keys import hmac_key
     from server.runner import running_server
 
     base = get_settings()
-    # the server's audit log pseudonymises with the process's settings (compliance.keys), not the
-    # ones it was started with: outside development without CADENCE_AUDIT_HMAC_KEY every audited
-    # call would fail (HTTP 500), so the KeyConfigError that names the setting is raised here, first
-    hmac_key(base)
     registry_root = base.model_registry if base.model_registry and base.model_registry.exists() else None
     if data_dir is not None:
         subjects = bbmas_subjects(data_dir)

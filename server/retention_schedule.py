@@ -13,6 +13,7 @@ database) is logged and retried at the next interval; it never stops the API.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -122,7 +123,9 @@ class RetentionScheduler:
         if self.interval_s <= 0:
             return False
         self.claim()
-        self._thread = threading.Thread(target=self._loop, name="cadence-retention", daemon=True)
+        # in a copy of the starter's context: the app's settings (`cadence.settings.bind_settings`) hold there too
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._loop,),
+                                        name="cadence-retention", daemon=True)
         self._thread.start()
         return self._owned
 

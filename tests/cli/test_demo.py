@@ -31,6 +31,10 @@ def _approvals(doc: dict, genuine: bool) -> int:
 
 
 def test_demo_synthetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a production environment without an audit key is not the demo's: its own server audits under
+    # DemoSettings' development key (the app binds its settings' key), so it runs all the same
+    monkeypatch.setenv("CADENCE_ENVIRONMENT", "production")
+    monkeypatch.delenv("CADENCE_AUDIT_HMAC_KEY", raising=False)
     output, doc = _run(tmp_path, monkeypatch, None)
     assert "SYNTHETIC" in output
     assert "decision" in output and "approve" in output

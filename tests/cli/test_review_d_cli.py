@@ -94,11 +94,6 @@ def test_demo_settings_read_nothing_but_what_they_are_given(tmp_path: Path, monk
     assert s.model_registry == tmp_path / "reg"
 
 
-def test_demo_in_production_without_an_audit_key_is_one_line() -> None:
-    line = _one_error_line(_cli("demo", env={"CADENCE_ENVIRONMENT": "production"}), "CADENCE_AUDIT_HMAC_KEY")
-    assert "audit_hmac_key" in line
-
-
 @pytest.mark.parametrize(("exc", "code", "says"), [
     ("api", 1, "the demo's server: HTTP 401"),
     ("value", 2, "fusion-calibration.json: unsupported"),
