@@ -63,6 +63,35 @@ def _raw(dbapi: Any, dialect: Any, sql: str) -> None:
         raise sa_exc.DBAPIError.instance(sql, None, e, dialect.loaded_dbapi.Error, dialect=dialect) from e
 
 
+def begin_sqlite(conn: Connection) -> None:
+    """Begin the SQLite transaction on `conn`'s DBAPI connection, unless one is open.
+
+    BEGIN IMMEDIATE: the write lock is taken up front, waiting out the busy timeout. A deferred
+    transaction that reads and then writes fails at once ("database is locked", no busy wait)
+    when another connection committed in between. With the `cadence_read_only` execution
+    option, a plain BEGIN: a snapshot that blocks no writer. The server's engine begins every
+    transaction so (`server.sqlite_writers.serialize_sqlite_writers`); `begin_write` the others.
+    """
+    dbapi: Any = conn.connection.driver_connection
+    if dbapi is None or dbapi.in_transaction:
+        return
+    _raw(dbapi, conn.dialect, "BEGIN" if conn.get_execution_options().get("cadence_read_only") else "BEGIN IMMEDIATE")
+
+
+def begin_write(session: Session) -> None:
+    """Begin `session`'s transaction as a writer's: on SQLite it holds the write lock from its first statement.
+
+    Why: on an engine without the server's BEGIN IMMEDIATE (the CLI's), pysqlite runs SELECTs
+    outside any transaction until the first INSERT, UPDATE or DELETE, so a unit of work that
+    checks, then writes (the purge's audit check, the erasure's counts) acted on what another
+    process may have changed meanwhile. PostgreSQL: nothing to do (its writers lock rows).
+    Call it before the session's first statement.
+    """
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        begin_sqlite(conn)
+
+
 class HeldConnections:
     """The event loop thread's own long-lived connections to an embedded database (read and write).
 

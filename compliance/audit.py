@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.util import identity_key
 
 from cadence import prepared
+from cadence.db import begin_sqlite
 from compliance import keys as _keys
 from compliance.models import AuditCheckpoint, AuditEntry, AuditHead, iso_utc, utcnow
 
@@ -462,11 +463,10 @@ def read_snapshot(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
         return
-    # the server's engine begins BEGIN, not BEGIN IMMEDIATE, on this option (`server.sqlite_writers`)
+    # a plain BEGIN on this option (`cadence.db.begin_sqlite`), here and in the server's engine
     conn = session.connection(execution_options={"cadence_read_only": True})
-    dbapi = conn.connection.driver_connection
-    if conn.dialect.name == "sqlite" and dbapi is not None and not dbapi.in_transaction:
-        dbapi.execute("BEGIN")
+    if conn.dialect.name == "sqlite":
+        begin_sqlite(conn)
 
 
 def prune_marks(session: Session) -> tuple[Any, ...]:

@@ -22,6 +22,7 @@ import yaml
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cadence.db import begin_write
 from compliance import audit
 from compliance.models import ConsentRecord, utcnow
 
@@ -253,13 +254,18 @@ def run_purge(factory: sessionmaker[Session], policy: RetentionPolicy, *, now: d
     database's write lock, which every writer waits for; so the entries are verified first,
     before `write_lock` (the server's, held around each write transaction) and the write
     transaction are taken. The snapshot (`audit.read_snapshot`) keeps a prune that another
-    purge commits meanwhile from being half seen as deleted entries. A dry run rolls back.
+    purge commits meanwhile from being half seen as deleted entries. The write transaction
+    holds SQLite's write lock from its first statement (`begin_write`), on the CLI's engine
+    too: its checks that nothing verified changed, and what it then deletes, are one unit.
+    A dry run rolls back.
     """
     now = (now or utcnow()).astimezone(UTC)
     with factory() as session:
         audit.read_snapshot(session)
         checked = check_audit(session, policy, now=now, dry_run=dry_run)
     with write_lock or nullcontext(), factory() as session:
+        if not dry_run:  # the write lock from the first check on (SQLite); a dry run only reads
+            begin_write(session)
         removed = purge(session, policy, now=now, dry_run=dry_run, actor=actor, audit_check=checked)
         if dry_run:
             session.rollback()

@@ -52,6 +52,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL
 
+from cadence.db import begin_sqlite
 from server.affinity import unpin_this_thread
 
 try:
@@ -136,15 +137,10 @@ def serialize_sqlite_writers(engine: Engine) -> None:
     def _no_pysqlite_transactions(dbapi_conn, _rec):  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None
 
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(conn):  # type: ignore[no-untyped-def]
-        # straight on the DBAPI connection: this runs on every request, and SQLAlchemy's
-        # execution path (context, events, result) costs several times the statement itself
-        dbapi = conn.connection.driver_connection
-        if dbapi.in_transaction:  # begun by a held connection's unit of work (cadence.db), which the ORM joins
-            return
-        read_only = conn.get_execution_options().get("cadence_read_only")
-        dbapi.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    # straight on the DBAPI connection (`begin_sqlite`): this runs on every request, and SQLAlchemy's
+    # execution path (context, events, result) costs several times the statement itself. A
+    # transaction already open was begun by a held connection's unit of work, which the ORM joins
+    event.listen(engine, "begin", begin_sqlite)
 
 
 class SQLiteWriteLock:

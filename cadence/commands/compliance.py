@@ -128,6 +128,7 @@ def erase_cmd(
     database_url: DbUrl = None,
 ) -> None:
     """Erase USER (GDPR Art. 17): devices, templates, enrolment windows, evidence, transactions, sessions, nonces and consents; the audit log keeps only pseudonyms."""
+    from cadence.db import begin_write
     from compliance.keys import KeyConfigError
     from compliance.subjects import erase_user
 
@@ -136,6 +137,7 @@ def erase_cmd(
         typer.confirm(f"Erase every record of {user!r}? This cannot be undone", abort=True)
     _holders()
     with compliance_session(database_url, server_tables=True) as session:
+        begin_write(session)  # SQLite: what it counts is what it deletes (no server write in between)
         try:
             removed = erase_user(session, user, actor="cli")
         except KeyConfigError as exc:
