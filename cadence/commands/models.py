@@ -51,7 +51,7 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
     for c in ("modality", "version", "active", "calibrated", "scorer", "feature version", "source", "created", "metrics"):
         table.add_column(c)
     for mv in versions:
-        metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(mv.metrics.items())[:4])
+        metrics = headline_metrics(mv.metrics)
         table.add_row(*(escape(str(v)) for v in (mv.modality, mv.version, "*" if mv.active else "",
                                                  "yes" if calibrated.get(mv.modality) == mv.version else "",
                                                  mv.scorer, mv.feature_version, mv.source, mv.created, metrics)))
@@ -60,6 +60,36 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
         Console(stderr=True).print(f"[yellow]warning:[/yellow] left out: {escape(problem)}", soft_wrap=True)
     if not versions and not damaged:
         out_console().print("no published models: the server uses each modality package's default scorer")
+
+
+#: what a model card needs at a glance, in this order: error rates (benches, `models train`), then how a
+#: federated model was trained and with what privacy (metrics.json holds the rest: sizes, timings, losses)
+HEADLINE_METRICS = ("eer", "calibration_eer", "calibration_cllr", "n_subjects", "rounds", "num_devices", "dp",
+                    "epsilon", "delta")
+
+
+def headline_metrics(metrics: dict[str, Any], fallback: int = 4) -> str:
+    """`HEADLINE_METRICS` present, in that order; without any, the first `fallback` plain values by name.
+
+    Under DP an epsilon of None means noise too small for a finite one (`RunOutcome`): shown as inf.
+    """
+    shown = {k: v for k in HEADLINE_METRICS if (v := _headline_value(metrics, k)) is not None}
+    if not shown:
+        plain = sorted((k, v) for k, v in metrics.items() if isinstance(v, (int, float, str)))
+        shown = dict(plain[:fallback])
+    return ", ".join(f"{k}={_metric_value(v)}" for k, v in shown.items())
+
+
+def _headline_value(metrics: dict[str, Any], key: str) -> Any:
+    if key == "epsilon" and metrics.get("dp") is True and metrics.get(key) is None:
+        return "inf"
+    return metrics.get(key)
+
+
+def _metric_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _calibrated_versions(root: Path) -> dict[str, str]:
