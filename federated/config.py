@@ -21,6 +21,11 @@ STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "trimmed-mean", "krum")
 WEIGHTINGS = ("unit", "num-examples")
 #: robust rules have no bounded sensitivity to calibrate DP noise to (`strategies/dp.py` refuses them too)
 DP_REFUSED_STRATEGIES = ("fedmedian", "trimmed-mean", "krum")
+#: the most epsilon (at `dp-delta`, over all rounds) a run may spend and still be published as DP:
+#: beyond it the guarantee bounds nothing (e^50 ~ 5e21) while the model card would still say "DP"
+MAX_EPSILON = 50.0
+#: SecAgg+ settings: applied by `federated/secagg.py` (simulation) only, refused elsewhere
+SECAGG_KEYS = ("num-shares", "reconstruction-threshold")
 
 
 class SettingsError(ValueError):
@@ -67,8 +72,12 @@ class RunSettings:
     round_timeout: float = 600.0
 
     @classmethod
-    def from_config(cls, *configs: Mapping[str, Any]) -> RunSettings:
-        """Merge configs (later ones win) and validate; keys use dashes, not underscores."""
+    def from_config(cls, *configs: Mapping[str, Any], applies_secagg: bool = True) -> RunSettings:
+        """Merge configs (later ones win) and validate; keys use dashes, not underscores.
+
+        `applies_secagg` False (the Message-API ServerApp): SecAgg+ keys set away from their
+        defaults are refused first, since nothing would apply them.
+        """
         merged: dict[str, Any] = {}
         for c in configs:
             merged.update({str(k): v for k, v in c.items()})
@@ -80,8 +89,26 @@ class RunSettings:
                 continue  # other apps' keys are not ours to refuse
             values[f.name] = _coerce(key, raw, type(getattr(cls(), f.name)))
         s = cls(**values)
+        if not applies_secagg:
+            s.refuse_secagg()
         s.validate()
         return s
+
+    def refuse_secagg(self) -> None:
+        """Refuse SecAgg+ keys set where SecAgg+ is not applied: the updates would travel in the clear."""
+        default = RunSettings()
+        changed = [k for k in SECAGG_KEYS if getattr(self, k.replace("-", "_")) != getattr(default, k.replace("-", "_"))]
+        if changed:
+            raise SettingsError(f"{', '.join(changed)}: SecAgg+ is not applied by this app (the Message-API ServerApp "
+                                f"of `flwr run federated/app`; SecAgg+ runs in simulation only, federated/secagg.py): "
+                                f"leave {' and '.join(changed)} out")
+
+    def check_epsilon(self, eps: float) -> None:
+        """Refuse a DP run spending more than `MAX_EPSILON`: it would be published as DP yet protect nobody."""
+        if not eps <= MAX_EPSILON:  # inf and NaN too
+            raise SettingsError(f"noise-multiplier: {self.noise_multiplier:g} spends epsilon {eps:.3g} over "
+                                f"{self.num_server_rounds} round(s) at dp-delta {self.dp_delta:g}; a DP run may spend "
+                                f"at most {MAX_EPSILON:g} (raise noise-multiplier or lower num-server-rounds)")
 
     def validate(self) -> None:
         check_modality(self.modality)
@@ -116,6 +143,9 @@ class RunSettings:
             raise SettingsError(f"trim-beta: must be in [0, 0.5), got {self.trim_beta}")
         if self.proximal_mu < 0:
             raise SettingsError(f"proximal-mu: must be >= 0, got {self.proximal_mu}")
+        if self.krum_byzantine < 0:
+            raise SettingsError(f"krum-byzantine: must be >= 0, got {self.krum_byzantine}")
+        self._check_secagg_values()
         if self.dp:
             # without noise there is no privacy, yet the model would be labelled DP
             if self.noise_multiplier <= 0:
@@ -124,6 +154,29 @@ class RunSettings:
             if self.strategy in DP_REFUSED_STRATEGIES:
                 raise SettingsError(f"strategy: DP noise is calibrated to a mean; use fedavg or fedprox with dp, "
                                     f"not {self.strategy}")
+            if self.fraction_train == 1:  # every device every round (q = 1): the epsilon is known now
+                from federated.privacy import epsilon
+
+                self.check_epsilon(epsilon(rounds=self.num_server_rounds, q=1.0,
+                                           noise_multiplier=self.noise_multiplier, delta=self.dp_delta))
+        self._check_robust_quorum()
+
+    def _check_robust_quorum(self) -> None:
+        """Refuse a robust rule that a round of `min-nodes` devices would turn into a plain mean."""
+        from federated.strategies import RECIPES  # the recipes know their own minimum
+
+        need, why = RECIPES[self.strategy].min_devices(self)
+        if self.min_nodes < need:
+            raise SettingsError(f"min-nodes: {why}; a round may go on with min-nodes {self.min_nodes} devices: "
+                                f"set min-nodes {need} or more")
+
+    def _check_secagg_values(self) -> None:
+        """Flower's SecAgg+ rules, by our key names: more than 2 shares, 2 <= threshold < shares."""
+        if self.num_shares < 3:
+            raise SettingsError(f"num-shares: must be >= 3, got {self.num_shares}")
+        if not 2 <= self.reconstruction_threshold < self.num_shares:
+            raise SettingsError(f"reconstruction-threshold: {self.reconstruction_threshold} must be >= 2 and below "
+                                f"num-shares {self.num_shares}")
 
     def as_config(self) -> dict[str, Any]:
         """Back to a kebab-case run config (what `flwr run --run-config` takes)."""

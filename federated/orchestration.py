@@ -2,7 +2,8 @@
 
 `run_training` is what the ServerApp's ``main`` calls with Flower's `Grid`. It waits for
 `min-nodes` devices, asks each for its feature sums once (population standardisation; the
-server keeps only the total), runs the strategy stack for `num-server-rounds` rounds while
+server keeps only the total; the devices connected then are the run's devices, the only ones
+sampled in its rounds), runs the strategy stack for `num-server-rounds` rounds while
 writing progress to `status-file`, and returns a `RunOutcome` with the global scorer, the
 per-round training loss, bytes per device per round, wall time and the epsilon spent.
 """
@@ -176,12 +177,14 @@ def _train(grid: Grid, s: RunSettings, status: StatusFile) -> RunOutcome:
     t0 = time.perf_counter()
     status.update(state="waiting", modality=s.modality, strategy=s.strategy, num_rounds=s.num_server_rounds, round=0)
     nodes = wait_for_nodes(grid, s.min_nodes, s.round_timeout)
+    # the run's devices are those of the scaling round (m0, num_devices, the scaling): later ones wait for the next run.
+    # Built before that round: a DP run refused for its epsilon must not first collect every device's feature sums
+    strategy = build_strategy(s, len(nodes), devices=nodes)
     keys: dict[int, str] = {}
     norm = population_scaling(grid, nodes, s, keys)
     spec = feature_spec(s.modality)
     if norm.mean.shape[0] != spec.dim:
         raise FederatedRunError(f"data: devices hold {norm.mean.shape[0]}-d windows, {s.modality} features are {spec.dim}-d")
-    strategy = build_strategy(s, len(nodes))
     strategy.assign(keys)  # slots in device-key order: the same device, the same prototype, every run
     init = task.initial_weights(spec.dim, s.hidden, s.seed)
     nbytes = task.weights_nbytes(init)

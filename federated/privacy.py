@@ -39,7 +39,10 @@ def rdp_sampled_gaussian(q: float, noise_multiplier: float, orders: tuple[int, .
         raise ValueError(f"q: sampling rate must be in (0, 1], got {q}")
     if noise_multiplier <= 0:
         raise ValueError(f"noise_multiplier: must be > 0, got {noise_multiplier}")
-    z2 = noise_multiplier**2
+    try:
+        z2 = noise_multiplier**2
+    except OverflowError:  # noise so large (z > ~1e154) that one round spends nothing
+        return np.zeros(len(orders))
     if not z2 > 0 or not math.isfinite(1.0 / z2):  # noise so small its square underflows: no privacy
         return np.full(len(orders), math.inf)
     out = np.empty(len(orders))

@@ -30,7 +30,8 @@ def make_app(defaults: Mapping[str, Any] | None = None,
         run_id = context.run_id
         for run in runs:
             try:
-                settings = RunSettings.from_config(defaults or {}, run, dict(context.run_config))
+                # SecAgg+ is not applied here (federated/secagg.py is): its keys are refused, not ignored
+                settings = RunSettings.from_config(defaults or {}, run, dict(context.run_config), applies_secagg=False)
             except Exception as exc:  # a bad value: say so where `cadence federated run` is waiting
                 template = str({**(defaults or {}), **run, **dict(context.run_config)}.get("status-file", ""))
                 StatusFile(str(status_path(template, run_id)) if template else "", run_id).fail(exc)

@@ -18,11 +18,17 @@ embedding, compare = cosine similarity, as in the Scorer contract.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
+import secrets
+import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -253,8 +259,6 @@ def device_file(node_config: dict, feature_dir: str = "") -> str:
 
     Node config ``data`` (a SuperNode started with ``--node-config 'data="..."'``), else the simulation's partition in `feature_dir`.
     """
-    from pathlib import Path
-
     from federated.features import DeviceDataError
 
     if "data" in node_config and str(node_config["data"]):
@@ -273,19 +277,53 @@ def device_key(node_config: dict) -> str:
     """A stable, opaque key of this device, by which the server orders devices to hand out slots.
 
     Node config ``device-key`` if the operator set one; else the simulation's partition id
-    (zero-padded, so devices sort as their files do); else a SHA-256 digest of the data path
-    (the path itself never leaves the device). The same device gets the same key every run,
-    so slot assignment, and with it the whole run, does not depend on the random node ids.
+    (zero-padded, so devices sort as their files do); else a keyed hash (HMAC-SHA-256) under a
+    random secret the device keeps next to its data file (`device_secret_path`). Data paths are
+    guessable (``device-7.npz``, the app's folder), so a hash of the path alone reversed to its
+    person; without the device's secret this key says nothing about the path, nor does it
+    link two devices. The same device gets the same key every run while its secret stays, so
+    slot assignment, and with it the whole run, does not depend on the random node ids.
+    "" (slots by node id) when there is no data file or the secret cannot be kept.
     """
-    import hashlib
-
     if str(node_config.get("device-key", "")):
         return "key-" + hashlib.sha256(str(node_config["device-key"]).encode()).hexdigest()[:32]
     if "partition-id" in node_config:
         return f"partition-{int(node_config['partition-id']):09d}"
-    if str(node_config.get("data", "")):
-        return "data-" + hashlib.sha256(str(node_config["data"]).encode()).hexdigest()[:32]
-    return ""
+    data = Path(str(node_config.get("data", "")))
+    if not str(node_config.get("data", "")) or not data.is_file():
+        return ""
+    secret = _device_secret(data)
+    return "" if secret is None else "data-" + hmac.new(secret, b"cadence-device-key", hashlib.sha256).hexdigest()[:32]
+
+
+def device_secret_path(data: str | os.PathLike[str]) -> Path:
+    """Where a device keeps the random secret of its key: next to its data file (``<file>.secret``)."""
+    p = Path(data)
+    return p.with_name(p.name + ".secret")
+
+
+def _device_secret(data: Path) -> bytes | None:
+    """The device's secret, made on first use (32 random bytes, owner-only); None if it cannot be kept."""
+    path = device_secret_path(data)
+    try:
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".secret-new")  # mode 0600
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+                os.link(tmp, path)  # all or nothing, and never over a secret another process just made
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+        secret = bytes.fromhex(path.read_text().strip())
+        if len(secret) < 16:
+            raise ValueError(f"{len(secret)} bytes, damaged")
+    except (OSError, ValueError) as exc:  # the device's own log: its path may be named here
+        log.warning("device key: cannot keep a secret at %s (%s); slots follow node ids (set node config "
+                    "device-key)", path, exc)
+        return None
+    return secret
 
 
 def load_device_windows(node_config: dict, modality: str, feature_dir: str = "") -> np.ndarray:

@@ -33,6 +33,14 @@ class StrategyRecipe(ABC):
             "weighted_by_key": "unit-weight" if s.dp or s.weighting == "unit" else "num-examples",
         }
 
+    def min_devices(self, s: RunSettings) -> tuple[int, str]:
+        """Fewest updates per round for which this rule is what its name says, and why (1: any number).
+
+        A robust rule given fewer degenerates (a trimmed mean that trims nothing is a mean) while
+        the model card still names it: `Quorum` refuses such a round, `RunSettings` such a min-nodes.
+        """
+        return 1, ""
+
     @abstractmethod
     def build(self, s: RunSettings) -> Any:
         """Return a `flwr.serverapp.strategy.Strategy`."""

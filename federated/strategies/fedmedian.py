@@ -12,6 +12,9 @@ class FedMedianRecipe(StrategyRecipe):
     name = "fedmedian"
     robust = True
 
+    def min_devices(self, s: RunSettings) -> tuple[int, str]:
+        return 3, "fedmedian: the median of 2 updates is their mean (one device moves it anywhere)"
+
     def build(self, s: RunSettings) -> Any:
         from flwr.serverapp.strategy import FedMedian
 

@@ -12,6 +12,11 @@ class KrumRecipe(StrategyRecipe):
     name = "krum"
     robust = True
 
+    def min_devices(self, s: RunSettings) -> tuple[int, str]:
+        f = s.krum_byzantine
+        return 2 * f + 3, (f"krum: krum-byzantine {f} needs n >= 2f + 3 = {2 * f + 3} updates per round "
+                           f"(Blanchard et al. 2017); with fewer, {f} attacker(s) can choose the model")
+
     def build(self, s: RunSettings) -> Any:
         from flwr.serverapp.strategy import Krum
 

@@ -5,14 +5,19 @@ mid-run stalled the run silently ("Waiting for nodes to connect"). This wrapper 
 `timeout` seconds for `required` connected devices before each round, hands the inner strategy
 a snapshot of them (so Flower's own wait cannot block), and refuses to aggregate fewer than
 `required` good replies. `required` is `min-nodes`; under DP it is the sample size the noise
-is calibrated to (a smaller average would need more noise than was added).
+is calibrated to (a smaller average would need more noise than was added); for a robust rule,
+at least the number it needs not to degenerate into a mean. `reason` says which, in the error.
+
+`devices`, when given, are the run's devices, fixed at its scaling round (the feature scaling,
+the device count and DP's denominator were settled on them): only they are sampled. A device
+that connects later is logged once and takes part from the next run on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -44,21 +49,37 @@ class _Snapshot:
 class Quorum(Delegating):
     """Delegating strategy: at least `required` devices per round, waiting at most `timeout` s for them."""
 
-    def __init__(self, strategy: Strategy, required: int, timeout: float, *,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, strategy: Strategy, required: int, timeout: float, *, reason: str = "min-nodes",
+                 devices: Collection[int] | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__(strategy)
-        self.required, self.timeout = required, timeout
+        self.required, self.timeout, self.reason = required, timeout, reason
+        self.devices = None if devices is None else frozenset(devices)
+        self._late: set[int] = set()  # late joiners already logged
         self._clock, self._sleep = clock, sleep
 
+    def members(self, server_round: int, grid: Grid) -> list[int]:
+        """The run's devices that are connected now; late joiners are logged (once each) and left out."""
+        nodes = sorted(grid.get_node_ids())
+        if self.devices is None:
+            return nodes
+        late = [n for n in nodes if n not in self.devices and n not in self._late]
+        if late:
+            log.warning("round %s: %d device(s) connected after the scaling round; they take part from the next "
+                        "run on (this run's devices, feature scaling and DP denominator were fixed then)",
+                        server_round, len(late))
+            self._late.update(late)
+        return [n for n in nodes if n in self.devices]
+
     def connected(self, server_round: int, grid: Grid) -> list[int]:
-        """The connected nodes once there are `required` of them; `QuorumError` after `timeout` s."""
+        """The run's connected devices once there are `required` of them; `QuorumError` after `timeout` s."""
         t0 = self._clock()
         warned = False
-        while len(nodes := sorted(grid.get_node_ids())) < self.required:
+        while len(nodes := self.members(server_round, grid)) < self.required:
             waited = self._clock() - t0
             if waited >= self.timeout:
                 raise QuorumError(f"round {server_round}: {len(nodes)} device(s) connected, {self.required} needed "
-                                  f"(min-nodes); waited {waited:.0f} s (round-timeout). Did a SuperNode stop?")
+                                  f"({self.reason}); waited {waited:.0f} s (round-timeout). Did a SuperNode stop?")
             if not warned:
                 log.warning("round %s: %d of %d devices connected; waiting up to %.0f s", server_round, len(nodes),
                             self.required, self.timeout)
@@ -72,7 +93,7 @@ class Quorum(Delegating):
         if good < self.required:
             errors = [str(r.error.reason) for r in replies if r.has_error()][:3]
             raise QuorumError(f"round {server_round}: {good} device(s) replied within round-timeout "
-                              f"({self.timeout:.0f} s), {self.required} needed (min-nodes)"
+                              f"({self.timeout:.0f} s), {self.required} needed ({self.reason})"
                               f"{'; errors: ' + '; '.join(errors) if errors else ''}")
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -4,8 +4,8 @@ Wraps any strategy: the inner strategy builds the round's messages (one shared c
 this wrapper gives each destination node a private copy of the config with ``slot`` added.
 Slots are handed out in the order of the devices' opaque keys (`assign`, from the scaling
 round; `federated.task.device_key`), so the same devices get the same prototypes in every
-run whatever node ids Flower draws; devices without a key, or that join later, get the next
-free slot in node-id order. A device keeps its prototype across rounds. The slot is an
+run whatever node ids Flower draws; devices without a key get the next free slot when first
+sampled (in node-id order among that round's sampled devices). A device keeps its prototype across rounds. The slot is an
 index, not data about the person.
 """
 
@@ -58,9 +58,12 @@ class SlotAssigner(Delegating):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        for node in sorted(grid.get_node_ids()):
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        # devices without a slot yet take the next ones in node-id order, whatever order they were sampled in;
+        # only the sampled ones (never a device that connected after the scaling round: `Quorum`)
+        for node in sorted(m.metadata.dst_node_id for m in messages):
             self.slot_of(node)
-        return self._personalise(self.strategy.configure_train(server_round, arrays, config, grid))
+        return self._personalise(messages)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -28,12 +28,15 @@ def test_slots_follow_device_keys_not_node_ids() -> None:
     assert [again.slot_of(n) for n in (2, 3, 1)] == [0, 1, 2]
 
 
-def test_device_key_is_stable_and_opaque() -> None:
+def test_device_key_is_stable_and_opaque(tmp_path) -> None:
     assert task.device_key({"partition-id": 3}) < task.device_key({"partition-id": 12})  # numeric order
-    k = task.device_key({"data": "/home/alice/devices/device-7.npz"})
-    assert k == task.device_key({"data": "/home/alice/devices/device-7.npz"})
+    data = tmp_path / "alice" / "device-7.npz"
+    data.parent.mkdir()
+    data.write_bytes(b"windows")
+    k = task.device_key({"data": str(data)})
+    assert k.startswith("data-") and k == task.device_key({"data": str(data)})
     assert "alice" not in k and "device-7" not in k
-    assert task.device_key({"device-key": "x", "data": "a.npz"}) != task.device_key({"data": "a.npz"})
+    assert task.device_key({"device-key": "x", "data": str(data)}) != k
     assert task.device_key({}) == ""
 
 

@@ -41,7 +41,8 @@ def test_median_and_trimmed_mean_survive_one_poisoned_device(data_dir, task_iden
         # fresh replies each time: Flower's robust strategies consume the arrays they aggregate
         replies = [_reply(i + 1, u, len(train[s])) for i, (s, u) in enumerate(zip(sorted(train), updates))]
         replies[0] = _reply(1, poisoned, len(train[subs[0]]))
-        st = build_strategy(RunSettings.from_config({"strategy": strategy, "min-nodes": 2}), len(replies))
+        # min-nodes 5: trim-beta 0.2 trims nothing below 5 devices (refused up front)
+        st = build_strategy(RunSettings.from_config({"strategy": strategy, "min-nodes": 5}), len(replies))
         arrays, _ = st.aggregate_train(1, replies)
         return task.to_numpy(arrays)
 
