@@ -5,12 +5,19 @@ process is started in its own session (process group) so that `stop` ends it and
 child it spawned (ServerApp / ClientApp subprocesses); `FLWR_HOME` lives in the workspace,
 the update check is off, runtime dependency installation is disabled, and everything binds
 127.0.0.1 unless told otherwise.
+
+Connections use TLS unless a caller asks for ``insecure`` by name: the SuperLink serves with a
+certificate from the workspace's own CA (`ensure_tls`, ``WORKDIR/tls/``), SuperNodes and `flwr`
+verify it against that CA (``--root-certificates`` / ``root-certificates`` in config.toml).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,12 +25,14 @@ import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cadence.files import atomic_write  # owner-only (0600) from the first byte
 from federated.config import RUN_ID_PLACEHOLDER, run_config_string, status_path, write_json_atomic
 
 APP_DIR = Path(__file__).resolve().parent / "app"
@@ -76,27 +85,49 @@ def host_port(host: str, port: int) -> str:
     return f"{h}:{port}"
 
 
-def write_connection(workdir: str | os.PathLike[str], address: str) -> Path:
-    """`$FLWR_HOME/config.toml` naming our SuperLink as the default federation."""
-    home = Path(workdir).resolve() / "flwr-home"
-    path = home / "config.toml"
+def write_connection(workdir: str | os.PathLike[str], address: str, *, insecure: bool = False) -> Path:
+    """`$FLWR_HOME/config.toml` naming our SuperLink as the default federation.
+
+    TLS unless `insecure`: `flwr` verifies the SuperLink against the workspace's CA (`ca_path`).
+    """
+    path = connection_path(workdir)
+    home = path.parent
+    tls = "insecure = true\n" if insecure else (f"root-certificates = {json.dumps(str(ca_path(workdir)))}\n"
+                                               f"insecure = false\n")
     try:
         home.mkdir(parents=True, exist_ok=True)
         path.write_text(f'[superlink]\ndefault = "{FEDERATION}"\n\n[superlink.{FEDERATION}]\n'
-                        f'address = "{address}"\ninsecure = true\n')
+                        f"address = {json.dumps(address)}\n{tls}")  # a JSON string is a TOML basic string
     except OSError as exc:  # the workspace is a file, or not writable: named, not a traceback
         raise DeploymentError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
 
-def read_connection(workdir: str | os.PathLike[str]) -> str | None:
-    """The SuperLink address `write_connection` named for this workspace, None without one."""
-    path = Path(workdir).resolve() / "flwr-home" / "config.toml"
+def connection_path(workdir: str | os.PathLike[str]) -> Path:
+    return Path(workdir).resolve() / "flwr-home" / "config.toml"
+
+
+def _connection(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The workspace's ``[superlink.cadence]`` table of config.toml, None without a readable one."""
     try:
-        doc = tomllib.loads(path.read_text())
-        return str(doc["superlink"][FEDERATION]["address"])
+        return dict(tomllib.loads(connection_path(workdir).read_text())["superlink"][FEDERATION])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def read_connection(workdir: str | os.PathLike[str]) -> str | None:
+    """The SuperLink address `write_connection` named for this workspace, None without one."""
+    conn = _connection(workdir)
+    return None if conn is None or "address" not in conn else str(conn["address"])
+
+
+def insecure_connection(workdir: str | os.PathLike[str]) -> Path | None:
+    """The workspace's config.toml when it says ``insecure = true`` (``--insecure``, or written before TLS), else None.
+
+    `flwr` then talks to the SuperLink unencrypted: the commands using it say so.
+    """
+    conn = _connection(workdir)
+    return connection_path(workdir) if conn is not None and conn.get("insecure") is True else None
 
 
 #: the SuperLink's state (registered SuperNodes, runs) in the workspace: with it in memory
@@ -105,8 +136,12 @@ def read_connection(workdir: str | os.PathLike[str]) -> str | None:
 SUPERLINK_DB = "superlink.db"
 
 
-def superlink_cmd(host: str, port: int, database: str | os.PathLike[str] | None = None) -> list[str]:
-    cmd = [find_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+def superlink_cmd(host: str, port: int, database: str | os.PathLike[str] | None = None, *,
+                  tls: ServerTLS | None) -> list[str]:
+    """flower-superlink serving its Fleet, Control and Runtime APIs with `tls` (None: ``--insecure``, by name)."""
+    security = ["--insecure"] if tls is None else ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert),
+                                                   "--ssl-keyfile", str(tls.key)]
+    cmd = [find_bin("flower-superlink"), *security, "--disable-runtime-dependency-installation",
            "--host", host, "--port", str(port)]
     if database is not None:
         cmd += ["--database", str(Path(database).resolve())]
@@ -160,10 +195,261 @@ def check_port_free(host: str, port: int, what: str, option: str = "--port") -> 
                                   f"is another SuperLink/SuperNode running there? Choose another {option}") from exc
 
 
-def supernode_cmd(superlink: str, data: str | os.PathLike[str], port: int, host: str = "127.0.0.1") -> list[str]:
+def supernode_cmd(superlink: str, data: str | os.PathLike[str], port: int, host: str = "127.0.0.1", *,
+                  root_certificates: str | os.PathLike[str] | None) -> list[str]:
+    """flower-supernode verifying the SuperLink against the CA `root_certificates` (None: ``--insecure``, by name)."""
     data_path = Path(data).resolve()
-    return [find_bin("flower-supernode"), "--insecure", "--superlink", superlink, "--host", host, "--port", str(port),
+    security = ["--insecure"] if root_certificates is None else ["--root-certificates",
+                                                                 str(Path(root_certificates).resolve())]
+    return [find_bin("flower-supernode"), *security, "--superlink", superlink, "--host", host, "--port", str(port),
             "--node-config", f'data="{data_path}"']
+
+
+# ---------------------------------------------------------------- TLS: the workspace's own CA
+
+TLS_DIR = "tls"
+#: a server certificate this close to its end is issued again when the SuperLink starts
+RENEW_BEFORE = dt.timedelta(days=30)
+SERVER_DAYS = 365
+CA_DAYS = 3650
+#: names every SuperLink certificate covers: what local SuperNodes, `flwr` and SuperExec dial
+LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
+#: one label of a host name (RFC 1123): letters, digits, inner hyphens, up to 63 characters
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """The SuperLink's certificate, its key and the CA that signed it (what SuperNodes trust)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def tls_dir(workdir: str | os.PathLike[str]) -> Path:
+    return Path(workdir).resolve() / TLS_DIR
+
+
+def ca_path(workdir: str | os.PathLike[str]) -> Path:
+    """The CA certificate SuperNodes and `flwr` verify the workspace's SuperLink with (copy it to each device)."""
+    return tls_dir(workdir) / "ca.crt"
+
+
+def is_wildcard(host: str) -> bool:
+    """`host` is 0.0.0.0 or ``::`` (every interface): an address to bind, never one anybody dials."""
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def check_tls_name(name: str) -> str:
+    """`name` (an IP address or a host name SuperNodes dial) as a certificate can name it; else `DeploymentError`.
+
+    Refused by name: a wildcard address, ``host:port``, a URL, a wildcard or malformed host
+    name; such a name in the certificate would match no address a SuperNode dials.
+    """
+    n = name.strip()
+    if "%" in n:  # a certificate holds no zone: "fe80::1%eth0" would never match the one read back
+        raise DeploymentError(f"--tls-name {name}: a scoped address (with a %zone) cannot be named in a certificate; "
+                              f"give a global address or a host name")
+    try:
+        if ipaddress.ip_address(n.strip("[]")).is_unspecified:
+            raise DeploymentError(f"--tls-name {name}: a wildcard address is nobody's address; give the "
+                                  f"address or host name SuperNodes dial")
+        return n.strip("[]")
+    except ValueError:
+        pass
+    labels = n.split(".")
+    if not n or len(n) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise DeploymentError(f"--tls-name {name!r}: not an IP address nor a host name (letters, digits, hyphens "
+                              f"and dots; no port, scheme or wildcard), e.g. --tls-name 192.168.1.10 or "
+                              f"--tls-name fl.bank.example")
+    return n.lower()
+
+
+def ensure_tls(workdir: str | os.PathLike[str], host: str, names: Sequence[str] = ()) -> ServerTLS:
+    """The workspace's CA (made once, then reused) and a server certificate for `host`, `names` and loopback.
+
+    `names`: the addresses and host names remote SuperNodes dial (``--tls-name``); a wildcard
+    `host` is named by none. The CA is never replaced silently (every SuperNode trusts it): one
+    that ended, or ends within a server certificate's life, is an error. The server
+    certificate is issued again when it names other names, was not signed by this CA, lacks
+    key identifiers or ends soon. Files are owner-only (0600; keys made so again if found
+    wider) in an owner-only folder.
+    """
+    sans = _san_names(host, names)  # a bad name is refused before anything is written
+    folder = tls_dir(workdir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        ca_key, ca_cert = _ca(folder)
+        _check_ca_lifetime(ca_cert, folder)
+        tls = ServerTLS(folder / "ca.crt", folder / "server.crt", folder / "server.key")
+        _owner_only(folder / "ca.key", tls.key)
+        if not _server_cert_fits(tls, ca_cert, sans):
+            _issue_server_cert(tls, ca_key, ca_cert, sans)
+    except OSError as exc:
+        raise DeploymentError(f"cannot write the SuperLink's TLS files in {folder}: {exc.strerror or exc}") from exc
+    return tls
+
+
+def _owner_only(*keys: Path) -> None:
+    """Private keys found readable by others (copied, restored from a backup) are made 0600 again."""
+    for key in keys:
+        if key.exists() and key.stat().st_mode & 0o077:
+            os.chmod(key, 0o600)
+
+
+def _check_ca_lifetime(ca_cert: Any, folder: Path) -> None:
+    """Refuse a CA that ended or ends within a server certificate's life: a new one must be handed to every SuperNode."""
+    ends = ca_cert.not_valid_after_utc
+    now = dt.datetime.now(dt.UTC)
+    if ends - now < dt.timedelta(days=SERVER_DAYS):
+        verb = "ended" if ends <= now else "ends"
+        raise DeploymentError(f"the SuperLink's CA in {folder} {verb} on {ends:%Y-%m-%d} (within the "
+                              f"{SERVER_DAYS} days a server certificate lasts); move {folder} away to make a new "
+                              f"CA, then give every SuperNode the new ca.crt (it is never replaced silently)")
+
+
+def _ca(folder: Path) -> tuple[Any, Any]:
+    """(key, certificate) of the workspace's CA: read when both files exist, else made."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key_file, cert_file = folder / "ca.key", folder / "ca.crt"
+    if key_file.exists() or cert_file.exists():
+        try:
+            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+            cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise DeploymentError(f"the SuperLink's CA in {folder} is unusable ({exc}); move {folder} away to make a "
+                                  f"new one (every SuperNode then needs the new ca.crt)") from exc
+        return key, cert
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Cadence federated CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    atomic_write(key_file, _key_pem(key))
+    atomic_write(cert_file, cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
+def _san_names(host: str, extra: Sequence[str]) -> list[Any]:
+    """The subject alternative names for loopback, `host` (unless a wildcard) and the checked `extra` names.
+
+    An IP address as an IP, else a DNS name.
+    """
+    from cryptography import x509
+
+    names: list[Any] = []
+    bound = [] if is_wildcard(host) else [host.strip().strip("[]").split("%")[0]]  # a certificate holds no zone
+    for h in (*LOOPBACK_NAMES, *bound, *(check_tls_name(n) for n in extra)):
+        try:
+            n: Any = x509.IPAddress(ipaddress.ip_address(h))
+        except ValueError:
+            n = x509.DNSName(h)
+        if n not in names:
+            names.append(n)
+    return names
+
+
+def _server_cert_fits(tls: ServerTLS, ca_cert: Any, names: list[Any]) -> bool:
+    """The certificate on disk (with its key) is this CA's, names exactly `names`, has key identifiers, is not ending soon."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    if not (tls.cert.is_file() and tls.key.is_file()):
+        return False
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(tls.cert.read_bytes())
+        cert.verify_directly_issued_by(ca_cert)
+        key = serialization.load_pem_private_key(tls.key.read_bytes(), password=None)
+        if key.public_key() != cert.public_key():  # a key restored apart from its certificate: Flower would not start
+            return False
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except (ValueError, TypeError, x509.ExtensionNotFound, InvalidSignature):
+        return False
+    return (set(sans) == set(names) and aki == x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key())
+            and cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > RENEW_BEFORE)
+
+
+def _issue_server_cert(tls: ServerTLS, ca_key: Any, ca_cert: Any, names: list[Any]) -> None:
+    """A server certificate for `names` from the CA, never outliving it, with the key identifiers strict verifiers need.
+
+    Subject and Authority Key Identifiers: without them ``openssl verify -x509_strict`` (and
+    Python 3.13's default TLS context) refuse the chain.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Cadence SuperLink")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(min(now + dt.timedelta(days=SERVER_DAYS), ca_cert.not_valid_after_utc))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    atomic_write(tls.key, _key_pem(key))
+    atomic_write(tls.cert, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def ca_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` cannot be the CA a SuperNode verifies its SuperLink by; None if it can.
+
+    Checked before flower-supernode starts: on a file that is no PEM CA certificate (or an
+    expired one) it dies with a gRPC error where nobody looks (the desktop app discards its output).
+    The words follow the path: "is not a PEM certificate", "expired on 2030-01-01", ...
+    """
+    from cryptography import x509
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    except ValueError:
+        return "is not a PEM certificate (the SuperLink's WORKDIR/tls/ca.crt is one)"
+    now = dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc <= now:
+        return f"expired on {cert.not_valid_after_utc:%Y-%m-%d} (ask for the SuperLink's new ca.crt)"
+    if cert.not_valid_before_utc > now:
+        return f"is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this computer's clock right?)"
+    if constraints is None or not constraints.ca:
+        return "is not a CA certificate (the SuperLink's WORKDIR/tls/ca.crt, not its server.crt)"
+    return None
+
+
+def _key_pem(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
 
 
 def spawn(cmd: list[str], workdir: str | os.PathLike[str], log_name: str) -> subprocess.Popen[bytes]:
@@ -369,11 +655,22 @@ def _hint(reason: str, workdir: str | os.PathLike[str]) -> str:
     if "run configuration" in low or "run config" in low:
         return (f" Check the --run-config keys and values against {APP_DIR / 'pyproject.toml'} "
                 f"[tool.flwr.app.config].")
-    if any(w in low for w in ("configuration not found", "not found in the flower configuration", "unavailable",
-                              "connection", "connect", "deadline")):
-        return (f" Is a SuperLink running for this workdir? Start one with "
-                f"`cadence federated superlink --workdir {workdir}`.")
+    start = f" Is a SuperLink running for this workdir? Start one with `cadence federated superlink --workdir {workdir}`."
+    if any(w in low for w in ("configuration not found", "not found in the flower configuration")):
+        return start
+    if any(w in low for w in ("unavailable", "connection", "connect", "deadline")):
+        return start + _tls_mismatch_hint(workdir)
     return ""
+
+
+def _tls_mismatch_hint(workdir: str | os.PathLike[str]) -> str:
+    """A running SuperLink and this workspace disagreeing on TLS is also only "unavailable" to `flwr`."""
+    if insecure_connection(workdir) is not None:
+        return (f" If one is running with TLS, it cannot answer this workdir's config.toml (insecure = true): "
+                f"restart it with `cadence federated superlink --workdir {workdir}` (TLS unless --insecure), "
+                f"which rewrites config.toml.")
+    return (" If one is running, it may have been started with --insecure (or before TLS) while this workdir "
+            "connects with TLS: stop it and start it again without --insecure.")
 
 
 def flwr_run_status(workdir: str | os.PathLike[str], run_id: str | int, timeout: float = 60.0) -> tuple[str, str]:

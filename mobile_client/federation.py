@@ -14,6 +14,12 @@ is written owner-only (0600, in a 0700 folder) and lives only while the SuperNod
 training is withdrawn and on "Delete my data" (`controllers/privacy.py`). Windows are cut one
 recording (app run) at a time (`recording_windows`): event times of different boots are on
 different clocks and must not be put in one time line.
+
+The SuperNode connects with TLS, verifying the SuperLink against the operator's CA certificate
+named in ``CADENCE_SUPERLINK_CA`` (the SuperLink's ``WORKDIR/tls/ca.crt``, docs/federated.md).
+Without it, or with a file that is no usable CA certificate (not PEM, not a CA, expired), the
+app does not take part (`tls_problem`, shown on the Privacy screen), unless
+``CADENCE_SUPERLINK_INSECURE=1`` asks for an unencrypted connection (development only).
 """
 
 from __future__ import annotations
@@ -39,6 +45,57 @@ log = logging.getLogger(__name__)
 TRAINED_MODALITY = "keystroke"
 #: the app's folder for federated training, under its data folder
 FOLDER = "federated"
+#: the operator's CA certificate the SuperNode verifies the SuperLink by (next to CADENCE_SUPERLINK)
+CA_ENV = "CADENCE_SUPERLINK_CA"
+#: "1": connect without TLS (a development SuperLink started with `--insecure`); never for real people
+INSECURE_ENV = "CADENCE_SUPERLINK_INSECURE"
+
+
+class FederationTLSError(ValueError):
+    """No CA to verify the SuperLink by, and no development opt-out: the app does not take part."""
+
+
+def tls_problem() -> str | None:
+    """Why the app cannot connect to the SuperLink securely (for the log and the Privacy screen); None if it can."""
+    if os.environ.get(INSECURE_ENV) == "1":
+        return None
+    ca = os.environ.get(CA_ENV, "").strip()
+    if not ca:
+        return f"{CA_ENV} is not set: no certificate to check the training server by"
+    if not Path(ca).is_file():
+        return f"{CA_ENV}={ca} is not a file: no certificate to check the training server by"
+    unusable = _ca_file_problem()
+    if unusable is not None:
+        return f"{CA_ENV}={ca} {unusable}: no usable certificate to check the training server by"
+    return None
+
+
+def _ca_file_problem() -> str | None:
+    """Why the file `CA_ENV` names is no usable CA certificate (`federated.deployment.ca_problem`); None if it is or none is named.
+
+    Only `is_file()` was checked: the SuperNode then died on a file that is no certificate (its
+    output goes nowhere) and the Privacy screen promised a start that never came.
+    """
+    ca = os.environ.get(CA_ENV, "").strip()
+    if not ca or not Path(ca).is_file():
+        return None
+    from federated.deployment import ca_problem
+
+    return ca_problem(ca)
+
+
+def superlink_ca() -> Path | None:
+    """The CA to verify the SuperLink by; None only with the development opt-out.
+
+    Raises `FederationTLSError` (a `ValueError`: the app logs it and tries at the next start).
+    """
+    problem = tls_problem()
+    if problem is not None:
+        raise FederationTLSError(f"not connecting without TLS: {problem} (or {INSECURE_ENV}=1 for development)")
+    if os.environ.get(INSECURE_ENV) == "1":
+        log.warning("%s=1: the SuperNode connects WITHOUT TLS (development only)", INSECURE_ENV)
+        return None
+    return Path(os.environ[CA_ENV].strip())
 
 
 def recording_windows(store: RawEventStore, modality: str) -> list[FeatureWindow]:
@@ -86,17 +143,21 @@ def export_windows(folder: Path, windows: Sequence[FeatureWindow], modality: str
     return path
 
 
-def supernode_command(superlink: str, data_file: Path, workdir: Path, port: int) -> list[str]:
+def supernode_command(superlink: str, data_file: Path, workdir: Path, port: int, *, ca: Path | None = None,
+                      insecure: bool = False) -> list[str]:
     """The documented operator command (docs/federated.md) for this device's SuperNode.
 
+    TLS verified against `ca` (without one the command's own default: `workdir`'s CA, else it
+    refuses to start); `insecure` (the development opt-out) is `--insecure`, by name only.
     `cadence` is looked up as the operator commands look up Flower's (next to this Python,
     then PATH); a `RuntimeError` saying so when it is nowhere.
     """
     from federated.deployment import find_bin
 
     exe = find_bin("cadence")
+    security = ["--insecure"] if insecure else ["--root-certificates", str(ca)] if ca is not None else []
     return [exe, "federated", "supernode", "--workdir", str(workdir), "--superlink", superlink,
-            "--data", str(data_file), "--port", str(port)]
+            "--data", str(data_file), "--port", str(port), *security]
 
 
 @dataclass
@@ -132,10 +193,14 @@ def start_supernode(superlink: str, data_dir: Path, windows: Sequence[FeatureWin
     """Export this device's windows and start a SuperNode for them (desktop only)."""
     if not can_run_flower():
         raise RuntimeError("federated training needs Flower (grpcio): not available on this build")
+    from federated.deployment import find_bin
+
+    find_bin("cadence")  # the app's own install first: a missing program is said before a missing setting
+    ca = superlink_ca()  # before anything is exported: without TLS nothing leaves this device
     data_file = export_windows(data_dir, windows, modality)
     try:
         env = dict(os.environ, FLWR_DISABLE_UPDATE_CHECK="1")
-        cmd = supernode_command(superlink, data_file, data_dir / "flower", port)
+        cmd = supernode_command(superlink, data_file, data_dir / "flower", port, ca=ca, insecure=ca is None)
         log.info("starting %s", " ".join(cmd))
         # own process group, so `SuperNode.stop` can end it and everything it started
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -156,9 +221,16 @@ def status_text(allowed: bool, node: SuperNode | None, stopped: str | None = Non
     if not can_run_flower():
         return "On: training is not available on this phone yet (needs Flower, desktop builds only)"
     if node is not None and node.running:
-        return "On: taking part in training now (only model updates leave this device)"
+        return "On: taking part in training now (model updates and a summary of your measurements leave this device, never recordings)"
     if node is not None:
         return "On: training stopped on this computer; it starts again the next time you open Cadence"
     if stopped:
         return stopped
+    if os.environ.get("CADENCE_SUPERLINK") and tls_problem() is not None:
+        unusable = _ca_file_problem()
+        if unusable is not None:
+            return (f"On, but not taking part: the certificate this computer has to check your bank's training "
+                    f"server by {unusable}, so it will not connect (it never trains over an unencrypted connection)")
+        return ("On, but not taking part: this computer has no certificate to check your bank's training server "
+                "by, so it will not connect (it never trains over an unencrypted connection)")
     return "On: will take part when your bank runs a training round"

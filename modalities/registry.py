@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -271,14 +270,9 @@ class ModelRegistry:
     @staticmethod
     def _point(pointer: Path, content: bytes) -> None:
         """Replace `pointer` atomically. The temporary file is unique per call (threads of one server)."""
-        fd, tmp = tempfile.mkstemp(prefix=".ACTIVE.", suffix=".tmp", dir=pointer.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(content)
-            os.replace(tmp, pointer)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from cadence.files import atomic_write
+
+        atomic_write(pointer, content)
 
     @contextmanager
     def lock(self) -> Iterator[None]:

@@ -1,8 +1,9 @@
 """`cadence federated ...`: operate federated training on Flower's deployment engine.
 
 cadence federated prepare   --modality keystroke --data-dir D --out devices/   (device files)
-cadence federated superlink --workdir W --port 9300                            (foreground)
-cadence federated supernode --superlink 127.0.0.1:9300 --data devices/device-1.npz --port 9401
+cadence federated superlink --workdir W --port 9300 [--host 0.0.0.0 --tls-name 192.168.1.10]  (foreground, TLS)
+cadence federated supernode --superlink 127.0.0.1:9300 --data devices/device-1.npz --port 9401 \
+                            --root-certificates W/tls/ca.crt                    (TLS: the SuperLink's CA)
 cadence federated run       --workdir W --modality keystroke --rounds 5 --registry R [--activate]
 cadence federated status    --workdir W [--run-id N]                       (last run's progress)
 """
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from cadence.commands.errors import fail
+from cadence.commands.paths import refuse_non_folder
 from cadence.console import out_console
 
 app = typer.Typer()
@@ -75,23 +77,81 @@ def _remove_if_empty(folder: Path, created: bool) -> None:
             pass
 
 
+#: `--insecure`: what it costs, said wherever it is used
+INSECURE_HELP = ("Development only: no TLS, so whatever SuperNodes and flwr send crosses the network readable "
+                 "by anyone on it.")
+
+
+def _warning(text: str) -> None:
+    """One `warning:` line on stderr (no markup read from `text`, no wrapping)."""
+    from rich.console import Console
+    from rich.text import Text
+
+    Console(stderr=True).print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
+
+
+def _warn_insecure(what: str) -> None:
+    """`--insecure` is never silent."""
+    _warning(f"--insecure: {what} without TLS; model updates and device summaries cross the network readable "
+             "(development only)")
+
+
+def _warn_unencrypted(workdir: Path) -> None:
+    """A workdir whose config.toml says ``insecure = true`` (``--insecure``, or from before TLS) is never silent either."""
+    from federated.deployment import insecure_connection
+
+    config = insecure_connection(workdir)
+    if config is not None:
+        _warning(f"{config} says insecure = true: the connection to the SuperLink is not encrypted; to move to "
+                 f"TLS restart `cadence federated superlink --workdir {workdir}` without --insecure and give each "
+                 f"SuperNode its tls/ca.crt (docs/federated.md)")
+
+
 @fed.command("superlink")
-def superlink(workdir: Workdir = Path("federated-work"), host: str = "127.0.0.1",
-              port: Annotated[int, typer.Option(min=1, max=65535, help="SuperLink port.")] = 9300) -> None:
-    """Start a SuperLink (insecure, loopback by default, no runtime installs) in the foreground."""
+def superlink(workdir: Workdir = Path("federated-work"),
+              host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 or :: for every interface: "
+                                                     "then give --tls-name).")] = "127.0.0.1",
+              port: Annotated[int, typer.Option(min=1, max=65535, help="SuperLink port.")] = 9300,
+              tls_name: Annotated[list[str] | None, typer.Option(
+                  help="An address or host name remote SuperNodes dial, for the SuperLink's certificate "
+                       "(repeat for each: --tls-name 192.168.1.10 --tls-name fl.bank.example).")] = None,
+              insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False) -> None:
+    """Start a SuperLink (TLS with WORKDIR/tls/, loopback by default, no runtime installs) in the foreground.
+
+    The first start makes a CA and a certificate for HOST, each --tls-name and loopback in
+    WORKDIR/tls/ (owner-only); later starts reuse them (a new certificate from the same CA
+    when the names change). SuperNodes need WORKDIR/tls/ca.crt
+    (`cadence federated supernode --root-certificates`).
+    """
     from federated import deployment as d
 
+    names = tls_name or []
+    if insecure and names:
+        fail("--insecure and --tls-name: choose one (--insecure turns TLS off, --tls-name is for its certificate)")
+    try:
+        for n in names:  # before the workdir is made
+            d.check_tls_name(n)
+    except d.DeploymentError as exc:
+        fail(str(exc))
     _check_workdir(workdir)
     database = Path(workdir).resolve() / d.SUPERLINK_DB
     try:
         d.check_superlink_db(database)
         d.check_port_free(host, port, "SuperLink")
-        cmd = d.superlink_cmd(host, port, database)
-        d.write_connection(workdir, d.host_port(host, port))  # [::1]:PORT for an IPv6 host
+        tls = None if insecure else d.ensure_tls(workdir, host, names)
+        cmd = d.superlink_cmd(host, port, database, tls=tls)
+        d.write_connection(workdir, d.host_port(host, port), insecure=insecure)  # [::1]:PORT for an IPv6 host
     except d.DeploymentError as exc:
         fail(str(exc))
+    if tls is None:
+        _warn_insecure("the SuperLink serves")
+    elif d.is_wildcard(host) and not names:
+        _warning(f"--host {host}: the SuperLink's certificate names only {', '.join(d.LOOPBACK_NAMES)}, so no "
+                 f"SuperNode on another machine can verify it; give --tls-name with each address or host name "
+                 f"they dial (e.g. --tls-name 192.168.1.10)")
     # state in a file: SuperNodes stay registered across a SuperLink restart (in memory they got 401s and died)
-    console.print(f"SuperLink on {d.host_port(host, port)}; FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}; state {database}",
+    console.print(f"SuperLink on {d.host_port(host, port)} ({'no TLS' if tls is None else f'TLS, CA {tls.ca}'}); "
+                  f"FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}; state {database}",
                   markup=False)  # "[::1]:9300" is an address, not markup
     # stopping this command (Ctrl-C, kill PID) stops flower-superlink and its flower-superexec too
     raise typer.Exit(d.run_foreground(cmd, workdir))
@@ -103,8 +163,12 @@ def supernode(
     superlink: Annotated[str, typer.Option(help="SuperLink address host:port.")] = "127.0.0.1:9300",
     port: Annotated[int, typer.Option(min=1, max=65535, help="This SuperNode's own API port (one per SuperNode).")] = 9401,
     workdir: Workdir = Path("federated-work"),
+    root_certificates: Annotated[Path | None, typer.Option(
+        help="The SuperLink's CA certificate (its WORKDIR/tls/ca.crt), to verify it by (default: "
+             "WORKDIR/tls/ca.crt when there is one).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
 ) -> None:
-    """Start a SuperNode serving one device's data, in the foreground."""
+    """Start a SuperNode serving one device's data, in the foreground, over TLS."""
     from federated import deployment as d
     from federated.features import DeviceDataError, device_file_error, read_device_file
 
@@ -114,12 +178,41 @@ def supernode(
         fail(device_file_error(data, exc))
     try:
         d.check_port_free("127.0.0.1", port, "SuperNode")
-        cmd = d.supernode_cmd(superlink, data, port)
+        refuse_non_folder(Path(workdir), "--workdir")  # named as such, before looking for the CA it would hold
+        ca = _supernode_ca(workdir, root_certificates, insecure)
+        _check_workdir(workdir)  # only now: a refused SuperNode leaves no workdir behind
+        cmd = d.supernode_cmd(superlink, data, port, root_certificates=ca)
     except d.DeploymentError as exc:
         fail(str(exc))
-    _check_workdir(workdir)
+    if ca is None:
+        _warn_insecure("this SuperNode connects")
     # stopping this command stops flower-supernode and any ClientApp it started: no training after stop
     raise typer.Exit(d.run_foreground(cmd, workdir))
+
+
+def _supernode_ca(workdir: Path, root_certificates: Path | None, insecure: bool) -> Path | None:
+    """The CA the SuperNode verifies its SuperLink by; None only for an explicit `--insecure`.
+
+    Refused (one `error:` line) before anything starts: both, a CA file that is not there or
+    is no usable CA certificate (flower-supernode would die on it), or neither
+    (flower-supernode would fall back to the system CAs and fail on every retry).
+    """
+    from federated.deployment import ca_path, ca_problem
+
+    if insecure:
+        if root_certificates is not None:
+            fail("--insecure and --root-certificates: choose one (--insecure turns TLS off)")
+        return None
+    if root_certificates is not None and not root_certificates.is_file():
+        fail(f"--root-certificates: {root_certificates} is not a file (copy the SuperLink's WORKDIR/tls/ca.crt here)")
+    ca = root_certificates if root_certificates is not None else ca_path(workdir)
+    if ca.is_file():
+        problem = ca_problem(ca)
+        if problem is not None:
+            fail(f"{'--root-certificates' if root_certificates is not None else 'the workdir CA'}: {ca} {problem}")
+        return ca
+    fail(f"no CA to verify the SuperLink by: give --root-certificates (the SuperLink's WORKDIR/tls/ca.crt; "
+         f"none at {ca}), or --insecure for a development SuperLink without TLS")
 
 
 @fed.command("run")
@@ -129,9 +222,12 @@ def run(
     workdir: Workdir = Path("federated-work"),
     registry: Annotated[str | None, typer.Option(help="Model registry root (default: CADENCE_MODEL_REGISTRY).")] = None,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedmedian, trimmed-mean or krum.")] = "fedavg",
-    min_nodes: Annotated[int, typer.Option(help="Wait for this many SuperNodes.")] = 2,
+    min_nodes: Annotated[int, typer.Option(help="Wait for this many SuperNodes (robust strategies need more: the "
+                                                "error says how many). SuperNodes joining after the scaling round "
+                                                "wait for the next run.")] = 2,
     dp: Annotated[bool, typer.Option("--dp", help="Client-side DP with fixed clipping.")] = False,
-    noise_multiplier: float = 1.0,
+    noise_multiplier: Annotated[float, typer.Option(help="DP noise multiplier; one whose epsilon over the rounds "
+                                                        "exceeds MAX_EPSILON (docs/federated.md) is refused.")] = 1.0,
     clipping_norm: float = 1.0,
     server_momentum: Annotated[float, typer.Option(help="FedAvgM server momentum (0 = plain).")] = 0.0,
     activate: Annotated[bool, typer.Option("--activate", help="Activate the new version in the registry.")] = False,
@@ -175,6 +271,7 @@ def run(
         with _audit_log():
             pass
     _check_workdir(wd)
+    _warn_unencrypted(wd)
     address = d.read_connection(wd)
     if address:
         console.print(f"waiting for the SuperLink at {address} (up to {d.SUPERLINK_WAIT_S:g} s)", markup=False)
@@ -244,6 +341,7 @@ def status(workdir: Workdir = Path("federated-work"),
     """Progress of the last run submitted from WORKDIR, or of --run-id (JSON)."""
     from federated.deployment import latest_status_file, read_status
 
+    _warn_unencrypted(workdir)
     console.print_json(json.dumps(read_status(latest_status_file(workdir, run_id)), default=str))
 
 

@@ -9,10 +9,15 @@ import typer
 from cadence.files import write_problem
 
 
-def ensure_writable_dir(path: Path, param_hint: str) -> None:
-    """Create `path` if needed and prove a file can be written there; else a usage error naming the option."""
+def refuse_non_folder(path: Path, param_hint: str) -> None:
+    """A usage error naming the option when `path` exists and is no folder (checked before anything is made)."""
     if path.exists() and not path.is_dir():
         raise typer.BadParameter(f"{path} is not a folder", param_hint=param_hint)
+
+
+def ensure_writable_dir(path: Path, param_hint: str) -> None:
+    """Create `path` if needed and prove a file can be written there; else a usage error naming the option."""
+    refuse_non_folder(path, param_hint)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".cadence-write-test"

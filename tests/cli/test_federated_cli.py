@@ -1,12 +1,16 @@
-"""`cadence federated prepare` refuses bad input with the option's name, and never writes nothing silently."""
+"""`cadence federated prepare` refuses bad input by name; `superlink` / `supernode` use TLS unless told otherwise."""
 
 from __future__ import annotations
 
+import stat
+import tomllib
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from cadence.cli import app
+from tests.federated.conftest import flower_commands
 
 
 def _prepare(*args: str) -> tuple[int, str]:
@@ -29,3 +33,174 @@ def test_prepare_names_subjects_without_data(data_dir: Path, tmp_path: Path) -> 
     assert code == 2 and "no touch subject among 999" in out and not list((tmp_path / "o").glob("*.npz"))
     code, out = _prepare("--data-dir", str(data_dir), "--out", str(tmp_path / "o"), "--subjects", "1,999")
     assert code == 0 and "wrote 1 device files" in out and "left out" in out and "999" in out
+
+
+# ---------------------------------------------------------------- TLS by default (docs/federated.md)
+
+
+def _started(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The Flower commands `superlink` / `supernode` would run (nothing is started)."""
+    return flower_commands(monkeypatch)
+
+
+def _fed(*args: str) -> tuple[int, str, str]:
+    r = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["federated", *args])
+    return r.exit_code, r.stdout, r.stderr
+
+
+def _superlink(fw: Path, *extra: str) -> tuple[int, str, str]:
+    from federated.deployment import free_port
+
+    return _fed("superlink", "--workdir", str(fw), "--port", str(free_port()), *extra)
+
+
+def test_the_superlink_serves_tls_with_owner_only_certificates_made_once(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    cmds = _started(monkeypatch)
+    fw = tmp_path / "fw"
+    code, out, err = _superlink(fw, "--host", "127.0.0.1")
+    assert code == 0, out + err
+    tls = (fw / "tls").resolve()
+    files = {p.name: p.read_bytes() for p in tls.iterdir()}
+    assert sorted(files) == ["ca.crt", "ca.key", "server.crt", "server.key"]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in tls.iterdir()} == {"0o600"}
+    assert oct(stat.S_IMODE(tls.stat().st_mode)) == "0o700"
+    cmd = cmds[0]
+    assert "--insecure" not in cmd
+    assert [cmd[cmd.index(o) + 1] for o in ("--ssl-ca-certfile", "--ssl-certfile", "--ssl-keyfile")] == \
+        [str(tls / "ca.crt"), str(tls / "server.crt"), str(tls / "server.key")]
+    conn = tomllib.loads((fw / "flwr-home" / "config.toml").read_text())["superlink"]["cadence"]
+    assert conn["insecure"] is False and conn["root-certificates"] == str(tls / "ca.crt")
+    # a restart reuses them: SuperNodes keep trusting the same CA
+    assert _superlink(fw)[0] == 0
+    assert {p.name: p.read_bytes() for p in tls.iterdir()} == files
+
+
+def test_the_server_certificate_names_the_host_and_loopback_and_is_signed_by_the_ca(tmp_path: Path) -> None:
+    import ipaddress
+
+    from cryptography import x509
+
+    from federated.deployment import ensure_tls
+
+    ca_before = ensure_tls(tmp_path, "127.0.0.1").ca.read_bytes()
+    tls = ensure_tls(tmp_path, "10.0.0.7")  # another host: a new server certificate from the same CA
+    assert tls.ca.read_bytes() == ca_before
+    ca = x509.load_pem_x509_certificate(tls.ca.read_bytes())
+    cert = x509.load_pem_x509_certificate(tls.cert.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address(a) for a in
+                                                               ("127.0.0.1", "::1", "10.0.0.7")}
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+
+
+def test_a_damaged_ca_is_a_clear_error_not_a_silent_new_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _started(monkeypatch)
+    fw = tmp_path / "fw"
+    assert _superlink(fw)[0] == 0
+    (fw / "tls" / "ca.key").write_text("not a key")
+    code, out, err = _superlink(fw)
+    assert code == 2 and err.startswith("error:") and "move" in err and "Traceback" not in out + err
+    assert (fw / "tls" / "ca.key").read_text() == "not a key"
+
+
+def test_insecure_superlink_only_by_name_and_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cmds = _started(monkeypatch)
+    fw = tmp_path / "fw"
+    code, out, err = _superlink(fw, "--insecure")
+    assert code == 0 and "--insecure" in cmds[0] and "--ssl-certfile" not in cmds[0]
+    assert "warning: --insecure" in err and "without TLS" in err
+    assert tomllib.loads((fw / "flwr-home" / "config.toml").read_text())["superlink"]["cadence"]["insecure"] is True
+    assert not (fw / "tls").exists()
+
+
+def test_a_supernode_without_the_ca_is_refused_up_front(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cmds = _started(monkeypatch)
+    fw, data = tmp_path / "fw", tmp_path / "device.npz"
+    base = ("supernode", "--workdir", str(fw), "--data", str(data), "--port")
+    from federated.deployment import free_port
+
+    code, out, err = _fed(*base, str(free_port()))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: no CA")
+    assert "--root-certificates" in err and "--insecure" in err
+    code, out, err = _fed(*base, str(free_port()), "--root-certificates", str(tmp_path / "missing.crt"))
+    assert code == 2 and "missing.crt is not a file" in err
+    code, out, err = _fed(*base, str(free_port()), "--root-certificates", str(data), "--insecure")
+    assert code == 2 and "choose one" in err
+    assert cmds == []
+    # the workspace's CA (made by its SuperLink) is the default; --insecure only by name, with a warning
+    assert _superlink(fw)[0] == 0
+    code, out, err = _fed(*base, str(free_port()))
+    assert code == 0, err
+    assert cmds[-1][cmds[-1].index("--root-certificates") + 1] == str((fw / "tls" / "ca.crt").resolve())
+    code, out, err = _fed(*base, str(free_port()), "--insecure")
+    assert code == 0 and "--insecure" in cmds[-1] and "warning: --insecure" in err
+
+
+def test_a_wildcard_superlink_names_what_supernodes_dial_or_warns(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    from cryptography import x509
+
+    _started(monkeypatch)
+    fw = tmp_path / "fw"
+    code, out, err = _superlink(fw, "--host", "0.0.0.0")
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0] and "--tls-name" in warnings[0]
+    code, out, err = _superlink(fw, "--host", "0.0.0.0", "--tls-name", "192.168.1.10", "--tls-name", "fl.bank.example")
+    assert code == 0 and "warning:" not in err, err
+    sans = x509.load_pem_x509_certificate((fw / "tls" / "server.crt").read_bytes()).extensions \
+        .get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("192.168.1.10") in sans.get_values_for_type(x509.IPAddress)
+    assert "fl.bank.example" in sans.get_values_for_type(x509.DNSName)
+    code, out, err = _superlink(fw, "--tls-name", "fl.bank.example:9300")
+    assert code == 2 and err.startswith("error: --tls-name") and len(err.strip().splitlines()) == 1
+    code, out, err = _superlink(fw, "--insecure", "--tls-name", "fl.bank.example")
+    assert code == 2 and "choose one" in err
+
+
+def test_run_and_status_say_an_old_insecure_connection_is_not_encrypted(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from federated import deployment as d
+
+    fw = tmp_path / "fw"
+    config = d.write_connection(fw, "127.0.0.1:9300", insecure=True)  # as before TLS
+    monkeypatch.setattr(d, "submit_run", lambda *a, **k: (_ for _ in ()).throw(d.DeploymentError("no SuperLink")))
+    code, out, err = _fed("run", "--workdir", str(fw), "--registry", str(tmp_path / "reg"))
+    assert code == 2 and "error: no SuperLink" in err
+    for res in ((code, out, err), _fed("status", "--workdir", str(fw))):
+        warnings = [line for line in res[2].splitlines() if line.startswith("warning:")]
+        assert len(warnings) == 1 and str(config) in warnings[0] and "not encrypted" in warnings[0], res
+    # a TLS workspace: not a word
+    d.write_connection(fw, "127.0.0.1:9300")
+    assert "warning:" not in _fed("status", "--workdir", str(fw))[2]
+
+
+def test_a_refused_supernode_touches_no_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _started(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    from federated.deployment import free_port
+
+    code, out, err = _fed("supernode", "--data", "device.npz", "--port", str(free_port()))
+    assert code == 2 and err.startswith("error: no CA")
+    code, out, err = _fed("supernode", "--data", "device.npz", "--port", str(free_port()), "--workdir", "fw",
+                          "--root-certificates", "missing.crt")
+    assert code == 2 and "missing.crt" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_supernode_refuses_a_file_that_is_no_ca_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cmds = _started(monkeypatch)
+    from federated.deployment import ensure_tls, free_port
+
+    tls = ensure_tls(tmp_path / "fw", "127.0.0.1")
+    bogus = tmp_path / "ca.crt"
+    bogus.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    for ca, why in ((bogus, "not a PEM certificate"), (tls.cert, "not a CA certificate")):
+        code, out, err = _fed("supernode", "--data", str(tmp_path / "d.npz"), "--port", str(free_port()),
+                              "--workdir", str(tmp_path / "w"), "--root-certificates", str(ca))
+        assert code == 2 and err.startswith("error: --root-certificates") and why in err, err
+    assert cmds == []

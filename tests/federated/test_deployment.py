@@ -1,4 +1,4 @@
-"""End to end on Flower's deployment engine: a real SuperLink, two SuperNodes, two rounds."""
+"""End to end on Flower's deployment engine: a real SuperLink, two SuperNodes, two rounds, over TLS."""
 
 import os
 import signal
@@ -19,7 +19,11 @@ from tests.processes import alive, cmdline, still_alive
 
 @pytest.mark.slow
 def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path) -> None:
+    """The operator flow over TLS: the workspace's CA, its SuperLink certificate, `flwr` verifying both.
 
+    A third SuperNode trusting another CA cannot connect (the SuperLink's certificate fails
+    verification): the connections are encrypted and authenticated, not just encrypted.
+    """
     from modalities.registry import ModelRegistry
 
     windows = subject_windows("keystroke", data_dir, [1, 2], max_windows=12)  # tiny: the test is the plumbing
@@ -28,12 +32,18 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     procs = []
     spawned: list[int] = []
     try:
-        link = d.spawn(d.superlink_cmd("127.0.0.1", port, tmp_path / d.SUPERLINK_DB), tmp_path, "superlink")
+        tls = d.ensure_tls(tmp_path, "127.0.0.1")
+        link = d.spawn(d.superlink_cmd("127.0.0.1", port, tmp_path / d.SUPERLINK_DB, tls=tls), tmp_path, "superlink")
         procs.append(link)
         d.wait_for_port("127.0.0.1", port, 90, link)
         for i, f in enumerate(files):
-            procs.append(d.spawn(d.supernode_cmd(f"127.0.0.1:{port}", f, d.free_port()), tmp_path, f"supernode-{i}"))
-        d.write_connection(tmp_path, f"127.0.0.1:{port}")
+            procs.append(d.spawn(d.supernode_cmd(f"127.0.0.1:{port}", f, d.free_port(), root_certificates=tls.ca),
+                                 tmp_path, f"supernode-{i}"))
+        stranger_ca = d.ensure_tls(tmp_path / "elsewhere", "127.0.0.1").ca  # another workspace's CA
+        stranger = d.spawn(d.supernode_cmd(f"127.0.0.1:{port}", files[0], d.free_port(),
+                                           root_certificates=stranger_ca), tmp_path, "supernode-stranger")
+        procs.append(stranger)
+        d.write_connection(tmp_path, f"127.0.0.1:{port}")  # TLS: root-certificates = the workspace's CA
         # every setting, as `cadence federated run` sends them: an undeclared key is refused by the SuperLink;
         # the ServerApp fills its run id into status-{run-id}.json: the id `flwr run` answered
         settings = RunSettings.from_config({"modality": "keystroke", "num-server-rounds": 2,
@@ -52,6 +62,8 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
         for p in procs:
             d.stop(p)
     assert final["state"] == "done" and final["round"] == 2 and final["num_devices"] == 2
+    assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "logs" / "supernode-stranger.log").read_text()
+    assert "--insecure" not in " ".join(link.args)  # type: ignore[arg-type]
     assert len(final["summary"]["train_loss"]) == 2
     reg = ModelRegistry(tmp_path / "registry")
     version = final["version"]
@@ -88,6 +100,17 @@ def test_flwr_reason_is_passed_through_with_the_right_hint() -> None:
         d._submitted(invalid, "work")
     assert "Invalid run configuration" in str(err.value) and "[tool.flwr.app.config]" in str(err.value)
     assert "Is a SuperLink running" not in str(err.value)
+
+
+def test_an_unavailable_superlink_hint_names_a_tls_mismatch(tmp_path: Path) -> None:
+    """A TLS `flwr` and a SuperLink still running with --insecure (or the other way round) only say "unavailable"."""
+    unavailable = '{"success": false, "error-message": "Connection to the SuperLink is unavailable. [code: 14]"}'
+    for insecure, this_side in ((False, "connects with TLS"), (True, "insecure = true")):
+        d.write_connection(tmp_path, "127.0.0.1:9300", insecure=insecure)
+        with pytest.raises(d.DeploymentError) as err:
+            d._submitted(unavailable, tmp_path)
+        msg = str(err.value)
+        assert "Is a SuperLink running for this workdir?" in msg and "--insecure" in msg and this_side in msg, msg
 
 
 def test_a_refused_submission_raises_instead_of_waiting() -> None:

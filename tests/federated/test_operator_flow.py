@@ -27,6 +27,7 @@ from federated import deployment as d
 from federated.config import RunSettings, SettingsError
 from federated.orchestration import FederatedRunError, RunOutcome, population_scaling, publish
 from federated.scorer import EmbeddingScorer
+from tests.federated.conftest import flower_commands
 
 RUNNER = CliRunner(env={"COLUMNS": "400"})
 
@@ -173,7 +174,10 @@ def test_dp_without_noise_or_with_a_robust_strategy_is_refused_up_front() -> Non
 
 @pytest.mark.parametrize("extra", [("--dp", "--noise-multiplier", "nan"), ("--dp", "--noise-multiplier", "0"),
                                    ("--dp", "--noise-multiplier", "inf"), ("--dp", "--strategy", "krum"),
-                                   ("--clipping-norm", "nan"), ("--round-timeout", "nan")])
+                                   ("--clipping-norm", "nan"), ("--round-timeout", "nan"),
+                                   ("--dp", "--noise-multiplier", "0.000001"),  # epsilon ~1e12, labelled DP
+                                   ("--strategy", "krum", "--min-nodes", "3"),  # needs 2f + 3 = 5
+                                   ("--strategy", "trimmed-mean", "--min-nodes", "3")])  # trims int(0.2 x 3) = 0
 def test_cli_refuses_them_before_submitting(tmp_path: Path, fake_flower: dict[str, Any], extra: tuple[str, ...]) -> None:
     code, out = _cli(*_run_args(tmp_path, "--timeout", "5", *extra))
     assert code == 2 and "error" in out and "Traceback" not in out
@@ -279,14 +283,7 @@ def test_an_unusable_registry_is_refused_before_the_run(tmp_path: Path, fake_flo
 
 
 def test_the_superlink_keeps_its_state_in_the_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cmds: list[list[str]] = []
-    monkeypatch.setattr(d, "find_bin", lambda name: name)
-
-    def foreground(cmd: list[str], workdir: Any) -> int:
-        cmds.append(cmd)
-        return 0
-
-    monkeypatch.setattr(d, "run_foreground", foreground)
+    cmds = flower_commands(monkeypatch)
     code, out = _cli("federated", "superlink", "--workdir", str(tmp_path / "fw"), "--port", str(d.free_port()))
     assert code == 0, out
     assert cmds[0][cmds[0].index("--database") + 1] == str((tmp_path / "fw").resolve() / "superlink.db")
@@ -309,15 +306,7 @@ def test_prepare_without_dataset_files_is_a_clear_error_and_leaves_no_folder(tmp
 
 
 def test_a_port_in_use_is_a_clear_error_before_flower_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    started: list[list[str]] = []
-    monkeypatch.setattr(d, "find_bin", lambda name: name)
-
-    def foreground(cmd: list[str], workdir: Any) -> int:
-        started.append(cmd)
-        return 0
-
-    monkeypatch.setattr(d, "run_foreground", foreground)
-    monkeypatch.setattr("federated.features.read_device_file", lambda *a, **k: np.zeros((4, 2), np.float32))
+    started = flower_commands(monkeypatch)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -21,6 +21,7 @@ def test_stop_leaves_no_flower_process_training(tmp_path: Path, monkeypatch) -> 
     from mobile_client.federation import start_supernode
 
     monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
+    monkeypatch.setenv("CADENCE_SUPERLINK_CA", str(d.ensure_tls(tmp_path / "operator", "127.0.0.1").ca))
     windows = features.keystroke_windows(SyntheticPerson(1).keystrokes(200, 0).to_events())
     # no SuperLink at that address: flower-supernode keeps retrying, as it would between rounds
     node = start_supernode(f"127.0.0.1:{d.free_port()}", tmp_path, windows, "keystroke", d.free_port())
@@ -49,4 +50,4 @@ def test_a_missing_cadence_binary_is_a_clear_runtime_error(tmp_path: Path, monke
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RuntimeError, match="cadence: not found"):
-        supernode_command("127.0.0.1:9300", tmp_path / "d.npz", tmp_path / "fw", 9401)
+        supernode_command("127.0.0.1:9300", tmp_path / "d.npz", tmp_path / "fw", 9401, ca=tmp_path / "ca.crt")
