@@ -1,4 +1,4 @@
-"""The app's small persistent settings: who this device is, consents, federated opt-in."""
+"""The app's small persistent settings: who this device is, consents (and the texts agreed to), federated opt-in."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from modalities.events import MODALITIES
 log = logging.getLogger(__name__)
 
 PURPOSES = ("authentication", "federated_training")
+#: the policy version a grant in a profile written before grants recorded theirs was given under: the
+#: texts that app showed. The federated-training text has been corrected since (it promised secure
+#: aggregation and noise the deployed system does not add), so those grants are not to the current text.
+UNVERSIONED_POLICY: dict[str, str] = {"authentication": "2026-11-01", "federated_training": "2026-11-01"}
 
 
 class ProfileUnreadable(RuntimeError):
@@ -52,7 +56,16 @@ def _check(data: object) -> dict[str, object]:
     if not (isinstance(consents, dict) and all(
             isinstance(per, dict) and all(isinstance(v, bool) for v in per.values()) for per in consents.values())):
         raise ProfileError("consents: expected {modality: {purpose: true/false}}")
+    versions = data.get("consent_versions", {})
+    if not (isinstance(versions, dict) and all(
+            isinstance(per, dict) and all(isinstance(v, str) for v in per.values()) for per in versions.values())):
+        raise ProfileError("consent_versions: expected {modality: {purpose: version}}")
     return data
+
+
+def _unversioned(consents: dict[str, dict[str, bool]]) -> dict[str, dict[str, str]]:
+    """The versions of a profile's grants written before they were recorded (`UNVERSIONED_POLICY`)."""
+    return {m: {q: UNVERSIONED_POLICY.get(q, "") for q, on in per.items() if on} for m, per in consents.items()}
 
 
 def _ids(raw: bytes) -> dict[str, str]:
@@ -93,6 +106,8 @@ class Profile:
     registered: bool = False
     enrolled: list[str] = field(default_factory=list)
     consents: dict[str, dict[str, bool]] = field(default_factory=default_consents)
+    #: {modality: {purpose: policy version}} of each grant: the text the person agreed to
+    consent_versions: dict[str, dict[str, str]] = field(default_factory=dict)
     federated: bool = False
     last_sync: float | None = None
     onboarded: bool = False
@@ -120,6 +135,8 @@ class Profile:
                 data = _check(json.loads(raw.decode("utf-8")))
                 p = cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})  # type: ignore[arg-type]
                 p.consents = {m: dict(per) for m, per in p.consents.items()}
+                p.consent_versions = ({m: dict(per) for m, per in p.consent_versions.items()}
+                                      if "consent_versions" in data else _unversioned(p.consents))
             except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, ProfileError
                 ids = _ids(raw)
                 p = cls(user_id=ids.get("user_id", ""), device_id=ids.get("device_id", ""))
@@ -157,3 +174,24 @@ class Profile:
 
     def consented(self, modality: str, purpose: str = "authentication") -> bool:
         return bool(self.consents.get(modality, {}).get(purpose, False))
+
+    def record_consent(self, modality: str, purpose: str, granted: bool, version: str) -> None:
+        """Hold a grant with the policy version it was given under, or a withdrawal (no version)."""
+        self.consents.setdefault(modality, {})[purpose] = granted
+        per = self.consent_versions.setdefault(modality, {})
+        if granted:
+            per[purpose] = version
+        else:
+            per.pop(purpose, None)
+
+    def agreed_version(self, modality: str, purpose: str) -> str | None:
+        """The policy version a granted consent was given under (None: not granted, or not recorded)."""
+        if not self.consented(modality, purpose):
+            return None
+        return self.consent_versions.get(modality, {}).get(purpose)
+
+    def agreed_to_current(self, modality: str, purpose: str = "authentication") -> bool:
+        """Granted, under that purpose's current text: a grant of an earlier text does not cover it."""
+        from mobile_client.policy import policy
+
+        return self.agreed_version(modality, purpose) == policy(purpose).version

@@ -33,8 +33,10 @@ PURPOSE_TEXT: dict[str, tuple[str, str]] = {
     "authentication": ("Confirm it's me when I pay",
                        "Summaries leave this phone when you set up, when you pay, and to keep your "
                        "pattern up to date after an approved payment."),
-    "federated_training": ("Help improve the model privately",
-                           "Your phone trains on your own data; only model updates are shared, never your behaviour."),
+    # what the consent text says (compliance/policies/federated_training.yaml): no privacy promise beyond it
+    "federated_training": ("Help improve the model",
+                           "Your device trains on your own data and sends the bank its updated model and a summary "
+                           "of your measurements; never your recordings."),
 }
 
 
@@ -126,6 +128,30 @@ class ConsentController:
         return ConsentResult(modality, purpose, granted, state, message, dict(self.s.profile.consents[modality]),
                              bool(dropped))
 
+    def outdated(self, purpose: str) -> list[str]:
+        """The modalities whose `purpose` consent was given under an earlier text than the current one.
+
+        Such a grant does not cover what the current text describes: the app asks to agree again.
+        """
+        p = self.s.profile
+        return [m for m in MODALITIES if p.consented(m, purpose) and not p.agreed_to_current(m, purpose)]
+
+    def reagree(self, purpose: str, modalities: list[str] | None = None) -> list[ConsentResult]:
+        """Grant again, under the current text, the `purpose` consents given under an earlier one.
+
+        Sent to the bank like any grant. `modalities`: those the person was shown (default: all);
+        one withdrawn since is not granted again.
+        """
+        return [self.set(m, purpose, True) for m in self._to_reagree(purpose, modalities)]
+
+    def intend_reagree(self, purpose: str, modalities: list[str] | None = None, *, in_doubt: bool = False) -> None:
+        """`reagree` for a job the app closed before it ran (see `intend`)."""
+        for m in self._to_reagree(purpose, modalities):
+            self.intend(m, purpose, True, in_doubt=in_doubt)
+
+    def _to_reagree(self, purpose: str, modalities: list[str] | None) -> list[str]:
+        return [m for m in self.outdated(purpose) if modalities is None or m in modalities]
+
     def _message(self, modality: str, purpose: str, granted: bool, state: str) -> str:
         if state == "queued":
             return ("Changed on this phone. Your bank has not received this change yet: it is sent "
@@ -143,7 +169,8 @@ class ConsentController:
         hold may still change) the change is queued even where the phone already holds it: the
         person's last choice is then the last one the bank receives.
         """
-        if not in_doubt and self.s.profile.consented(modality, purpose) == bool(granted):
+        if not in_doubt and self.s.profile.consented(modality, purpose) == bool(granted) and (
+                not granted or self.s.profile.agreed_to_current(modality, purpose)):  # agreeing again is a change
             return
         changes = [(modality, purpose, bool(granted))]
         if purpose == "authentication" and not granted and (
@@ -163,12 +190,12 @@ class ConsentController:
         the offline queue and counts here at once; without it, it raises like a refusal. With
         `offline`, it goes to the queue without trying (the app is closing).
         """
-        if self.s.profile.registered:
-            from mobile_client.policy import policy
+        from mobile_client.policy import policy
 
+        version = policy(purpose).version
+        if self.s.profile.registered:
             path = ROUTES["consent"].format(user_id=self.s.profile.user_id)
-            body = {"modality": modality, "purpose": purpose, "granted": granted,
-                    "policy_version": policy(purpose).version}
+            body = {"modality": modality, "purpose": purpose, "granted": granted, "policy_version": version}
             if offline:
                 self.s.api.queue.push("POST", path, body)
                 state = "queued"
@@ -179,7 +206,7 @@ class ConsentController:
                 state = "saved"
         else:
             state = "saved"
-        self.s.profile.consents[modality][purpose] = granted
+        self.s.profile.record_consent(modality, purpose, granted, version)
         if purpose == "authentication" and not granted and modality in self.s.profile.enrolled:
             self.s.profile.enrolled = [m for m in self.s.profile.enrolled if m != modality]
         self.s.profile.federated = self.s.profile.federated_consented()

@@ -257,6 +257,7 @@ def _reset_device(s: AppServices) -> int:
     """Back to a fresh install (same person): no recordings, consents or set-up; a new device key and id."""
     p = s.profile  # changed in place: the evidence buffer's consent check reads this object
     p.consents = default_consents()  # collection stops first
+    p.consent_versions = {}
     s.evidence.clear()  # waits for a batch being written: it is deleted next, never written after
     n_files = s.store.delete_all()
     s.api.queue.clear()

@@ -24,7 +24,7 @@ from mobile_client.collectors.replay import ReplaySource, recorded_walk
 from mobile_client.collectors.touch import TouchCollector
 from mobile_client.controllers.consent import TEXT as MODALITY_TEXT
 from mobile_client.controllers.consent import ConsentController
-from mobile_client.controllers.enrolment import WALK_SECONDS, EnrolmentController
+from mobile_client.controllers.enrolment import REPLAY_WALK_S, WALK_SECONDS, EnrolmentController
 from mobile_client.controllers.privacy import PrivacyController, delete_federated_files
 from mobile_client.controllers.transaction import TransactionController
 from mobile_client.services import AppServices
@@ -38,6 +38,9 @@ Done = Callable[[Any, BaseException | None], None]
 
 #: on close, how long the job then running may still take before the app goes on closing (seconds)
 STOP_GRACE_S = 2.0
+#: the Privacy screen's training line while a training grant is to an earlier text (`ConsentController.outdated`)
+TEXT_CHANGED = ("Paused: the training text changed since you agreed to it. Nothing is trained until you "
+                "have read the new text and agreed to it again")
 
 
 @dataclass
@@ -81,6 +84,8 @@ class CadenceApp(App):
         self.privacy = PrivacyController(services)
         self.collectors: list[Any] = []
         self.walk_source: ReplaySource | None = None
+        #: replayed walks started in this run: each replays another stretch (`recorded_walk`'s attempt)
+        self.walks_replayed = 0
         self.supernode: Any = None
         #: guards `supernode`: background jobs stop it when training is withdrawn or the data erased
         self._federation_lock = threading.Lock()
@@ -88,6 +93,8 @@ class CadenceApp(App):
         self.federation_error: str | None = None
         #: training was stopped during this run (a consent withdrawn, an erasure): it starts again next start
         self.federation_stopped = False
+        #: whether the consents let this app train at the last look (`sync_federation`): becoming so starts it
+        self._federation_was_allowed = False
         # an erasure stops training before it deletes the exported windows (`privacy.delete_federated_files`)
         services.reset_hook(self._stop_training)
         self.privacy.training_stops.append(self._stop_training)
@@ -203,6 +210,7 @@ class CadenceApp(App):
                 c.start(sink)
             except SensorUnavailable as exc:
                 log.warning("collector %s unavailable: %s", type(c).__name__, exc)
+        self._federation_was_allowed = self.federation_allowed()
         self.start_federation()
         # consent changes and erase requests made offline: send them now the app is back
         from kivy.clock import Clock
@@ -263,18 +271,24 @@ class CadenceApp(App):
 
             Clock.schedule_once(lambda *_: on_done(), WALK_SECONDS)
             return "Motion sensor (game rate)"
-        series, label = recorded_walk(self.replay_data_dir, WALK_SECONDS + 2.0)
+        # walking again after a failed check replays another stretch: the same one would fail again
+        series, label = recorded_walk(self.replay_data_dir, REPLAY_WALK_S, attempt=self.walks_replayed)
+        self.walks_replayed += 1
         self.walk_source = ReplaySource(series, clock=self.clock, speed=self.walk_speed, on_done=on_done)
         self.walk_source.start(self.services.evidence.add)
         return f"Desktop: {label}"
 
     # ------------------------------------------------------------------ federated
     def federation_allowed(self) -> bool:
-        """The consents let this app train (on the one modality it trains, `TRAINED_MODALITY`), and no erasure waits."""
+        """The consents let this app train (on the one modality it trains, `TRAINED_MODALITY`), and no erasure waits.
+
+        The training consent must be to the current text: a grant of an earlier one (what it said
+        about the updates was corrected) does not cover training until the person agrees again.
+        """
         from mobile_client.federation import TRAINED_MODALITY
 
         p = self.services.profile
-        return bool(p.federated and p.consented(TRAINED_MODALITY, "federated_training")
+        return bool(p.federated and p.agreed_to_current(TRAINED_MODALITY, "federated_training")
                     and p.consented(TRAINED_MODALITY, "authentication") and not self.privacy.erase_waiting())
 
     def federation_status(self) -> str:
@@ -286,6 +300,8 @@ class CadenceApp(App):
         stopped = None
         if p.federated and self.privacy.erase_waiting():
             stopped = "Paused: your data is being erased; nothing is trained until your bank has confirmed it"
+        elif p.federated and self.consent.outdated("federated_training"):
+            stopped = TEXT_CHANGED
         elif p.federated and not self.federation_allowed():
             stopped = (f"On, but this computer trains only on your "
                        f"{MODALITY_TEXT[TRAINED_MODALITY].title.lower()}, which is off for training: "
@@ -318,7 +334,12 @@ class CadenceApp(App):
             node = start_supernode(superlink, self.services.data_dir / FOLDER, windows, TRAINED_MODALITY,
                                    int(os.environ.get("CADENCE_SUPERNODE_PORT", "9401")))
             with self._federation_lock:
-                self.supernode = node
+                closing = self._stopped
+                if not closing:
+                    self.supernode = node
+            if closing:  # started by a job while the app closed: it must not outlive the app
+                node.stop()
+            self.federation_stopped = False
         except ValueError as exc:  # e.g. no typing recorded yet, or a bad port number: try next start
             log.warning("federated training not started: %s", exc)
         except (DeploymentError, FileNotFoundError) as exc:  # `find_bin`: no `cadence` where the app looks
@@ -346,10 +367,19 @@ class CadenceApp(App):
     def sync_federation(self) -> None:
         """Training as the consents now say: withdrawn, the SuperNode stops and its exported windows go.
 
+        Newly allowed (a grant of the current text went through: the Privacy switch, agreeing again
+        to a changed text, onboarding), it starts now as `on_start` does, not at the next start.
         Called after every background job (consent changes, "Delete my data", a settled erasure)
         and on close, whichever controller changed the consents. Never raises.
         """
-        if self.federation_allowed():
+        allowed = self.federation_allowed()
+        became_allowed, self._federation_was_allowed = allowed and not self._federation_was_allowed, allowed
+        if allowed:
+            if became_allowed and self.supernode is None and not self._stopped:
+                try:
+                    self.start_federation()
+                except Exception:  # noqa: BLE001 - the job asked for must still deliver its result
+                    log.exception("could not start federated training")
             return
         try:
             self._stop_training()

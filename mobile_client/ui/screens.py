@@ -22,14 +22,16 @@ from kivy.properties import (
     ObjectProperty,
     StringProperty,
 )
+from kivy.uix.boxlayout import BoxLayout
 from kivy.uix.screenmanager import Screen
 
 from mobile_client.api import ApiError
 from mobile_client.controllers import consent as consent_text
 from mobile_client.controllers import enrolment as enrol_mod
 from mobile_client.controllers.transaction import InputError, evidence_text
+from mobile_client.profile import PURPOSES
 from mobile_client.ui import theme
-from mobile_client.ui.widgets import ConsentCard, ReasonRow, StatusRow
+from mobile_client.ui.widgets import Card, ConsentCard, ReasonRow, StatusRow
 from modalities.events import MODALITIES
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,16 @@ class ConsentScreen(Screen):
             if not c.auth:
                 c.fed = False
         self.can_continue = any(c.auth for c in cards)
+        self._show_texts([q for q in PURPOSES if any(c.auth and (q == "authentication" or c.fed) for c in cards)])
+
+    def _show_texts(self, purposes: list[str]) -> None:
+        """The full text of each purpose chosen: "Agree and continue" records the grants under these texts."""
+        box = self.ids.texts
+        if [t.purpose for t in reversed(box.children)] == purposes:
+            return
+        box.clear_widgets()
+        for q in purposes:
+            box.add_widget(policy_card(q, PolicyText))
 
     def agree(self) -> None:
         if self.busy:
@@ -471,6 +483,86 @@ class PendingSwitch:
         return self.target if self.in_flight else held
 
 
+#: what the Privacy screen says above a consent text that changed since the person agreed to it
+CHANGED_NOTICE: dict[str, str] = {
+    "federated_training": ("The text about helping improve the model has changed since you agreed to it: the "
+                           "earlier one promised protections that Cadence does not give. This device takes no part "
+                           "in training until you have read the new text below and agreed to it. If you do not "
+                           "agree, switch federated training off below."),
+}
+
+
+def changed_notice(purpose: str) -> str:
+    """The plain words above a changed consent text (`CHANGED_NOTICE`, else a general line)."""
+    what = consent_text.PURPOSE_TEXT.get(purpose, (purpose.replace("_", " "), ""))[0]
+    return CHANGED_NOTICE.get(purpose, f'The text about "{what}" has changed since you agreed to it: please '
+                                       "read the new text below and agree to it again.")
+
+
+def reflow(text: str) -> str:
+    """A policy text as the label should wrap it: its files break lines at a fixed width (YAML `|`).
+
+    Paragraphs (blank lines) and list items ("- ") keep their own lines; other breaks become spaces.
+    """
+    paragraphs = []
+    for para in text.strip().split("\n\n"):
+        lines: list[str] = []
+        for line in para.splitlines():
+            if lines and not line.lstrip().startswith("- "):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+#: what the Privacy screen says above the training text when the switch turns training on
+TRAINING_NOTICE = ("Read what you agree to before this device takes part in training. Nothing changes until you "
+                   "agree; Cancel leaves federated training off.")
+#: the training line while that text waits for an answer
+TRAINING_ASKED = "Off until you agree to the text below"
+
+
+class PolicyText(BoxLayout):
+    """A consent text in full, as the person agrees to it: its title and text (theme.kv)."""
+
+    purpose = StringProperty("")
+    title = StringProperty("")
+    body = StringProperty("")
+
+
+class PolicyChange(Card):
+    """A consent text to agree to before a grant is recorded under it (privacy.kv, with a `PolicyText`).
+
+    Two uses, one card: a text that changed since the person agreed to it (agree again), and the
+    text of a purpose being switched on (agree or cancel, `can_cancel`). Its buttons fire
+    `on_agree` / `on_cancel`.
+    """
+
+    __events__ = ("on_agree", "on_cancel")
+    purpose = StringProperty("")
+    heading = StringProperty("A text you agreed to has changed")
+    notice = StringProperty("")
+    title = StringProperty("")
+    body = StringProperty("")
+    modalities = ListProperty([])
+    can_cancel = BooleanProperty(False)
+
+    def on_agree(self) -> None:
+        pass
+
+    def on_cancel(self) -> None:
+        pass
+
+
+def policy_card(purpose: str, widget: type[Any] = PolicyChange, **kw: Any) -> Any:
+    """A `widget` (`PolicyChange`, `PolicyText`) holding the current text of `purpose` (`mobile_client.policy`)."""
+    from mobile_client.policy import policy
+
+    text = policy(purpose)
+    return widget(purpose=purpose, title=text.title, body=reflow(text.text), **kw)
+
+
 class PrivacyScreen(Screen):
     items = ListProperty([])
     federated = BooleanProperty(False)
@@ -486,6 +578,9 @@ class PrivacyScreen(Screen):
     def on_pre_enter(self, *_: Any) -> None:
         self.refresh()
 
+    def on_leave(self, *_: Any) -> None:
+        self.cancel_training_text()  # leaving without agreeing grants nothing
+
     def refresh(self, settle: bool = True) -> None:
         """Show what is stored (read on this phone only); an erasure that waits is settled by a worker job."""
         app = _app()
@@ -496,9 +591,10 @@ class PrivacyScreen(Screen):
         self.items = [(i.label, i.detail) for i in app.privacy.stored()]
         # while a change is on its way the switch stays where the person put it (else moving it back
         # here would send a change of its own)
-        self.federated = self.federated_pending.shown(app.privacy.federated_on())
-        if not self.federated_pending.in_flight:
+        self.federated = self.training_switch()
+        if not (self.federated_pending.in_flight or self.asking_training()):
             self.federated_status = app.federation_status()
+        self.show_changed_texts()
         box = self.ids.stored
         box.clear_widgets()
         for label, detail in self.items:
@@ -511,10 +607,51 @@ class PrivacyScreen(Screen):
 
     def show_federation(self) -> None:
         """The training switch and line as they now hold (a consent change may have stopped training)."""
-        if self.federated_pending.in_flight:  # its own answer updates them
+        self.show_changed_texts()
+        if self.federated_pending.in_flight or self.asking_training():  # their own answer updates them
             return
         self.federated = _app().privacy.federated_on()
         self.federated_status = _app().federation_status()
+
+    def training_switch(self) -> bool:
+        """Where the training switch stands: on while its text waits for an answer, else `PendingSwitch.shown`."""
+        return self.asking_training() or self.federated_pending.shown(_app().privacy.federated_on())
+
+    def asking_training(self) -> bool:
+        """The training text is shown, waiting for agree or cancel (`ask_training_text`)."""
+        return bool(self.ids.ask.children)
+
+    def show_changed_texts(self) -> None:
+        """A card for each consent text that changed since the person agreed to it: the new text, and agree.
+
+        A grant of an earlier text does not cover what the current one says (federated training
+        pauses, `CadenceApp.federation_allowed`); agreeing again grants under the current text.
+        """
+        box = self.ids.changed
+        box.clear_widgets()
+        for purpose in PURPOSES:
+            modalities = _app().consent.outdated(purpose)
+            if modalities:
+                card = policy_card(purpose, notice=changed_notice(purpose), modalities=modalities)
+                card.bind(on_agree=self.reagree)
+                box.add_widget(card)
+
+    def reagree(self, card: Any) -> None:
+        """The person read a changed text and agreed: grant again under it, sent to the bank like any grant."""
+        purpose, modalities = card.purpose, list(card.modalities)
+        _busy_button(card.ids.agree, True, "Saving...")
+        consent = _app().consent
+
+        def done(results: Any, exc: BaseException | None) -> None:
+            _logged("agreeing to a changed text")(results, exc)
+            self.show_federation()
+            refused = [r for r in results or [] if not r.applied]
+            if exc is not None or refused:  # the card stays, with why it did not go through
+                self.federated_status = (refused[0].message if refused else
+                                         "Not changed: something went wrong on this phone. Please try again.")
+
+        _app().run_in_background(lambda: consent.reagree(purpose, modalities), done,
+                                 intent=lambda doubt: consent.intend_reagree(purpose, modalities, in_doubt=doubt))
 
     def set_consent(self, modality: str, on: bool) -> None:
         consent = _app().consent
@@ -527,9 +664,47 @@ class PrivacyScreen(Screen):
                                  intent=lambda doubt: consent.intend(modality, "authentication", on, in_doubt=doubt))
 
     def set_federated(self, on: bool) -> None:
-        """The federated-training switch moved: send the change (after any still on its way: `PendingSwitch`)."""
+        """The federated-training switch moved: off is sent at once; on shows the training text first.
+
+        A grant is recorded as agreement to the current text, so it is sent only once the person
+        read that text and agreed (`ask_training_text`). Changes go after any still on their way
+        (`PendingSwitch`).
+        """
+        if not on:
+            self.cancel_training_text()
         if not self.federated_pending.changed(on, _app().privacy.federated_on()):
             return
+        if on:
+            self.ask_training_text()
+        else:
+            self._send_federated(False)
+
+    def ask_training_text(self) -> None:
+        """Show the federated-training text with agree / cancel; the switch stays on until the answer."""
+        self.federated = True
+        self.federated_status = TRAINING_ASKED
+        if self.asking_training():
+            return
+        card = policy_card("federated_training", heading="Before you switch training on", notice=TRAINING_NOTICE,
+                           can_cancel=True)
+        card.bind(on_agree=lambda _card: self._agreed_to_training(), on_cancel=lambda _card: self.cancel_training_text())
+        self.ids.ask.add_widget(card)
+
+    def cancel_training_text(self) -> None:
+        """Close the training text without agreeing: nothing is sent and the switch shows what holds."""
+        if not self.asking_training():
+            return
+        self.ids.ask.clear_widgets()
+        self.federated = self.training_switch()
+        if not self.federated_pending.in_flight:
+            self.federated_status = _app().federation_status()
+
+    def _agreed_to_training(self) -> None:
+        self.ids.ask.clear_widgets()
+        self._send_federated(True)
+
+    def _send_federated(self, on: bool) -> None:
+        """Send a federated-training change to the bank (a grant only after its text was agreed to)."""
         self.federated_pending.start(on)
         self.federated = on
         self.federated_status = "Saving..."
@@ -540,6 +715,9 @@ class PrivacyScreen(Screen):
 
     def _federated_set(self, results: Any, exc: BaseException | None) -> None:
         if not self.federated_pending.finish():  # a later change is on its way: the switch stays as left
+            return
+        self.show_changed_texts()
+        if self.asking_training():  # switched on again meanwhile: its text waits for an answer
             return
         self.federated = _app().privacy.federated_on()
         self.federated_status = _app().federation_status()

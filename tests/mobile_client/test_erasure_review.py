@@ -51,6 +51,7 @@ platform_info.can_run_flower = federation.can_run_flower = lambda: True
 from mobile_client.clock import VirtualClock
 from mobile_client.collectors.replay import ReplaySource
 from mobile_client.raw_store import RawEventStore
+from mobile_client.profile import PURPOSES
 from mobile_client.services import build_services
 from mobile_client.ui.app import CadenceApp
 from modalities.keystroke.features import FEATURE_NAMES
@@ -60,16 +61,7 @@ res = {}
 ROLLOVER = FEATURE_NAMES.index("rate.rollover")
 
 
-class FakeNode:
-    # stands in for `cadence federated supernode` (no Flower process): running until stopped
-    def __init__(self, data_dir):
-        self.data_dir = data_dir
-        self.stopped = False
-    @property
-    def running(self):
-        return not self.stopped
-    def stop(self):
-        self.stopped = True
+from tests.mobile_client.scenes import FakeNode, settle  # stands in for `cadence federated supernode`
 
 
 NODES = []
@@ -85,6 +77,8 @@ federation.start_supernode = fake_start
 s = build_services(data, "http://127.0.0.1:9", retries=0)
 s.profile.consents["keystroke"] = {"authentication": True, "federated_training": True}
 s.profile.consents["touch"] = {"authentication": True, "federated_training": True}
+from mobile_client.policy import policy  # granted under the current texts (test_consent_versions.py)
+s.profile.consent_versions = {m: {q: policy(q).version for q in PURPOSES} for m in ("keystroke", "touch")}
 s.profile.federated = True
 s.profile.onboarded = True
 s.profile.enrolled = ["keystroke", "touch"]
@@ -101,12 +95,6 @@ res["own_rollover"] = max(float(w.values[ROLLOVER]) for d in days for w in featu
 os.environ["CADENCE_SUPERLINK"] = "127.0.0.1:9"
 
 
-def settle(app):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 20 and app.jobs_in_flight:
-        yield
-    for _ in range(5):
-        yield
 
 
 def after(app, pr):
@@ -125,9 +113,13 @@ def scene(app):
         pr.set_federated(False)
         yield from settle(app)
         after(app, pr)
-        pr.set_federated(True)
+        pr.set_federated(True)  # the training text is shown first: only agreeing grants
+        yield from settle(app)
+        res["asked"] = bool(pr.ids.ask.children) and app.federation_status().startswith("Off")
+        pr.ids.ask.children[0].dispatch("on_agree")
         yield from settle(app)
         res["status_on_again"] = app.federation_status()
+        res["running_again"] = len(NODES) == 2 and NODES[-1].running
     elif scenario == "auth":
         pr.set_consent("keystroke", False)
         yield from settle(app)
@@ -141,19 +133,8 @@ def scene(app):
 
 
 def ready(app):
-    gen = scene(app)
-    def step(_dt):
-        try:
-            next(gen)
-            return None
-        except StopIteration:
-            pass
-        except Exception:
-            import traceback
-            res["exception"] = traceback.format_exc()
-        app.stop()
-        return False
-    Clock.schedule_interval(step, 0)
+    from tests.mobile_client.scenes import drive
+    drive(app, scene(app), res)
 
 
 CadenceApp(s, animate=False, on_ready=ready).run()
@@ -181,8 +162,9 @@ def test_turning_federated_training_off_stops_the_supernode_and_deletes_its_wind
     assert not res["node_running"], f"federated consent withdrawn, the SuperNode still runs: {res['status']!r}"
     assert res["left_files"] == [], res["left_files"]
     assert res["status"].startswith("Off") and res["screen_status"] == res["status"], res
-    # switched on again: nothing restarts training before the next start, and the screen says so
-    assert "next time you open Cadence" in res["status_on_again"], res["status_on_again"]
+    # switched on again: the text is shown first; agreed to, training starts again at once
+    assert res["asked"] and res["running_again"], res
+    assert "taking part in training now" in res["status_on_again"], res["status_on_again"]
 
 
 @pytest.mark.ui

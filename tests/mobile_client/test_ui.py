@@ -66,6 +66,8 @@ from mobile_client.ui.app import CadenceApp
 s = build_services(Path(sys.argv[1]), "http://127.0.0.1:9")
 s.profile.federated = True
 s.profile.consents["keystroke"] = {"authentication": True, "federated_training": True}
+from mobile_client.policy import policy  # granted under the current texts (test_consent_versions.py)
+s.profile.consent_versions = {"keystroke": {q: policy(q).version for q in ("authentication", "federated_training")}}
 s.store.append(SyntheticPerson(1).keystrokes(200, 0).to_events())
 os.environ["CADENCE_SUPERLINK"] = "127.0.0.1:9"
 # the real `find_bin` finds no `cadence`: nothing next to this "Python", nothing on PATH

@@ -214,7 +214,8 @@ def consent_switch(app):
     app.privacy.set_federated = lambda on: [ConsentResult("gait", "federated_training", on, "refused",
                                                           "Not changed. Your bank refused this: nope",
                                                           dict(p.consents["gait"]))]
-    pr.set_federated(True)
+    pr.set_federated(True)  # the training text is shown first: agreeing sends the grant
+    agree_to_training(pr)
     yield from settle(app)
     note("federated", [pr.federated, pr.federated_status])
     # the switch follows the consents, not a stale profile flag
@@ -381,12 +382,18 @@ def close_on_then_off(app):
     yield 2
 
 
+def agree_to_training(pr):
+    # switched on, the Privacy screen shows the training text: the person agrees (the grant is sent then)
+    for card in pr.ids.ask.children:
+        card.dispatch("on_agree")
+
+
 def toggle_back_in_flight(app):
     # each switch is moved and moved back while the first change is still at the bank
     p, seen = slow_consent_bank(True)
     pr = app.go("privacy"); yield 3
     for purpose, flip in (("authentication", lambda v: setattr(_consent_row(app, "gait")[1], "active", v)),
-                          ("federated_training", lambda v: setattr(pr, "federated", v))):
+                          ("federated_training", lambda v: (setattr(pr, "federated", v), v and agree_to_training(pr)))):
         before = p.consented("gait", purpose)
         flip(not before)
         n = len(seen)
