@@ -6,11 +6,28 @@ import logging
 from pathlib import Path
 
 
+def configure_logging() -> None:
+    """The app's log (logcat on Android): INFO and up, and no request URLs, which carry the user id.
+
+    httpx logs every request's full URL at INFO; the client logs routes without identifiers
+    (`api.route_shape`) instead.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 def main(server: str = "http://127.0.0.1:8000", data: Path | None = None, replay_data: str | None = None,
          bank_key: str | None = None) -> int:
     from mobile_client.platform_info import is_android
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
+    from mobile_client.api import server_url
+
+    try:  # an address nothing can be sent to: said now, not "could not reach your bank" at each request
+        server = server_url(server)
+    except ValueError as exc:
+        logging.getLogger("mobile_client").error("%s", exc)
+        return 1
     if not is_android():
         from mobile_client.headless import window_size
         from mobile_client.ui.theme import WINDOW_SIZE

@@ -56,7 +56,12 @@ ROUTES = {
     "erase": "/v1/users/{user_id}",
     "health": "/v1/health",
 }
+#: the literal segments of `ROUTES`; any other segment of a request path is an identifier (`route_shape`)
+ROUTE_WORDS = frozenset(seg for route in ROUTES.values() for seg in route.split("/") if seg and "{" not in seg)
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+#: the phone's own code for a server address httpx cannot send to: nothing was sent, so nothing
+#: waits in the queue and no payment may have gone through
+UNUSABLE_URL = "unusable_server_url"
 #: refusals of `authorize` that settle a payment held without an answer: the server gives them only
 #: after it looked the idempotency key up and found no record of it (`plan_authorize` and its write
 #: phase: no transaction was ever recorded for the key), or for what the very bytes re-sent are
@@ -75,6 +80,32 @@ AUTHORIZE_TIMEOUT_S = 7.5
 AUTHORIZE_RETRIES = 1
 
 
+def route_shape(path: str) -> str:
+    """`path` with its identifiers (user, transaction) replaced by ``{id}``: what logs and error messages show.
+
+    On a phone the log goes to logcat, which other apps and bug reports can read: no user id there.
+    """
+    return "/".join(seg if not seg or seg in ROUTE_WORDS else "{id}" for seg in path.split("/"))
+
+
+def server_url(url: str) -> str:
+    """`url` without its trailing "/", or ValueError: only an http(s) address with a host can be sent to."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"server address {url!r} is not a URL ({exc})") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"server address {url!r} cannot be used: give an http:// or https:// URL with a host, "
+                         "e.g. http://127.0.0.1:8000")
+    try:  # what httpx does at the first request: a typo like "bank..example" fails there, after consent or a payment
+        parsed.host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"server address {url!r} cannot be used: {parsed.host!r} is not a valid host name") from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"server address {url!r} cannot be used: port {parsed.port} is not between 1 and 65535")
+    return url.rstrip("/")
+
+
 class ApiError(RuntimeError):
     """The server refused a request (4xx) or could not be reached after retries."""
 
@@ -88,8 +119,13 @@ class ApiError(RuntimeError):
         self.in_doubt = in_doubt
 
     @property
+    def sent_nothing(self) -> bool:
+        """The request never left the phone: its server address cannot be used (`UNUSABLE_URL`)."""
+        return self.code == UNUSABLE_URL
+
+    @property
     def offline(self) -> bool:
-        return self.status is None
+        return self.status is None and not self.sent_nothing
 
     @property
     def can_wait(self) -> bool:
@@ -104,7 +140,9 @@ class ApiError(RuntimeError):
         got no answer and this one was refused without saying whether that try was recorded
         (`in_doubt`: a 429 or a 401 after a lost answer; a payment then stays held).
         """
-        return self.in_doubt or self.status is None or self.status >= 500 or self.code == "unreadable_answer"
+        if self.in_doubt:
+            return True
+        return not self.sent_nothing and (self.status is None or self.status >= 500 or self.code == "unreadable_answer")
 
     @property
     def settles_payment(self) -> bool:
@@ -151,6 +189,8 @@ CODE_TEXT = {
     "erase_pending": "Your data is still being erased. This phone is paused until your bank confirms it: "
                      "see Privacy.",
     "unreadable_answer": "Your bank's answer could not be read, so this payment may have gone through.",
+    UNUSABLE_URL: "Nothing was sent: this app's server address cannot be used. It needs to be set up with "
+                  "your bank's http:// or https:// address.",
 }
 
 
@@ -478,7 +518,7 @@ class ApiClient:
                  *, retries: int = 3, backoff_s: float = 0.3, timeout_s: float = 10.0,
                  transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep,
                  bank_api_key: str | None = None, held: HeldPayments | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = server_url(base_url)  # ValueError now, not "offline" at the first request
         self.key = key
         self.device_id = device_id
         self.user_id = user_id
@@ -529,12 +569,16 @@ class ApiClient:
         raw = content if content is not None else b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         last: Exception | None = None
         in_doubt = False  # a try got no answer (network, 5xx): the server may have recorded it
+        route = route_shape(path)  # error messages are logged: no user id in them
         for attempt in range(retries + 1):
             headers = {"content-type": "application/json", **(extra_headers or {})}
             if signed:
                 headers.update(self.key.sign_headers(self.device_id, method, path, raw))
             try:
                 r = self._http.request(method, path, content=raw or None, headers=headers, timeout=timeout)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL, UnicodeError) as exc:  # refused before sending: no retry helps
+                raise ApiError(f"{method} {route}: the server address cannot be used ({exc})", None,
+                               {"detail": str(exc), "code": UNUSABLE_URL}, in_doubt=in_doubt) from exc
             except httpx.TransportError as exc:
                 last = exc
                 in_doubt = True
@@ -553,13 +597,13 @@ class ApiClient:
                     except ValueError:
                         detail = r.text
                     msg = detail.get("detail") if isinstance(detail, dict) else detail
-                    raise ApiError(f"{method} {path}: {r.status_code} {msg}", r.status_code, detail, in_doubt=in_doubt)
-                last = ApiError(f"{method} {path}: {r.status_code}", r.status_code)
+                    raise ApiError(f"{method} {route}: {r.status_code} {msg}", r.status_code, detail, in_doubt=in_doubt)
+                last = ApiError(f"{method} {route}: {r.status_code}", r.status_code)
                 in_doubt = in_doubt or r.status_code >= 500
             if attempt < retries:
                 self._sleep(self.backoff_s * (2 ** attempt))
         status = last.status if isinstance(last, ApiError) else None
-        raise ApiError(f"{method} {path}: server unreachable ({last})", status, in_doubt=in_doubt)
+        raise ApiError(f"{method} {route}: server unreachable ({last})", status, in_doubt=in_doubt)
 
     def send_or_queue(self, method: str, path: str, body: dict[str, Any]) -> Any:
         """Send now; or, when the server cannot take it yet, keep it in the offline queue.
@@ -572,7 +616,7 @@ class ApiClient:
         except ApiError as exc:
             if not exc.can_wait:
                 raise
-            log.info("queued %s %s until the server can take it: %s", method, path, exc)
+            log.info("queued %s %s until the server can take it: %s", method, route_shape(path), exc)
             self.queue.push(method, path, body)
             return Queued(exc)
 
@@ -602,7 +646,7 @@ class ApiClient:
                         if exc.can_wait:
                             report.extend(Outcome(it, "waiting", exc.status) for it in items[i:])
                             break
-                        log.warning("queued %s %s refused: %s", item["method"], item["path"], exc)
+                        log.warning("queued %s %s refused: %s", item["method"], route_shape(item["path"]), exc)
                         outcome = Outcome(item, "refused", exc.status, exc.code)
                     report.append(outcome)
                     done.add(_ident(item))

@@ -237,6 +237,16 @@ class QualityReport:
 MIN_ENROL_WINDOWS = {"keystroke": 3, "touch": 5, "gait": 3}
 
 
+def gait_walk_seconds(n_windows: int) -> float:
+    """Seconds of continuous walking that `gait_windows` cuts into `n_windows` windows (`GAIT_HOP_S` apart).
+
+    What a walk must hold for the gait quality gate (`MIN_ENROL_WINDOWS`): turns and pauses give none.
+    """
+    if n_windows < 1:
+        raise ValueError(f"n_windows: must be >= 1, got {n_windows}")
+    return GAIT_WINDOW_S + (n_windows - 1) * GAIT_HOP_S
+
+
 def quality_report(modality: str, windows: Sequence[FeatureWindow]) -> QualityReport:
     """Pass/fail of an enrolment sample with a plain-language reason."""
     good = usable(windows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -19,7 +20,17 @@ def prepare(width: int = 420, height: int = 880) -> None:
         home = tempfile.mkdtemp(prefix="cadence-kivy-")
         os.environ["KIVY_HOME"] = home
         atexit.register(shutil.rmtree, home, ignore_errors=True)  # our own: nothing left in /tmp
+    logging.getLogger("kivy").addFilter(no_cutbuffer)
     window_size(width, height)
+
+
+def no_cutbuffer(record: logging.LogRecord) -> bool:
+    """Drop Kivy's CRITICAL that no X selection tool (xclip, xsel) is installed, and its two tracebacks.
+
+    Why: an offscreen window has no X selection to copy from, so the message says nothing, yet
+    it printed a CRITICAL line and two tracebacks on every successful headless run.
+    """
+    return not str(record.msg).startswith("Cutbuffer: Unable to find any valuable Cutbuffer provider")
 
 
 def window_size(width: int, height: int) -> None:

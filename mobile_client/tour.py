@@ -178,11 +178,12 @@ class Tour:
     def walk(self, index: int, seconds: float = PAYMENT_WALK_S) -> None:
         """`seconds` of this person's walking not replayed before (the phone in a pocket on the way)."""
         from mobile_client.collectors.replay import ReplaySource, recorded_walk
-        from mobile_client.controllers.enrolment import WALK_SECONDS
+        from mobile_client.controllers.enrolment import REPLAY_WALK_S
         from modalities.events import AccelSeries
 
-        skip = WALK_SECONDS + 2.0 + index * seconds  # the enrolment walk, then one new stretch per payment
-        series, _ = recorded_walk(self.app.replay_data_dir, skip + seconds)
+        skip = REPLAY_WALK_S + index * seconds  # the enrolment walk, then one new stretch per payment
+        # the stretch the last set-up walk replayed, continued (the same attempt starts at the same place)
+        series, _ = recorded_walk(self.app.replay_data_dir, skip + seconds, attempt=max(self.app.walks_replayed - 1, 0))
         sel = series.t >= series.t[0] + skip
         if sel.sum() < 2:
             return  # a short recording: this payment goes without walking evidence
@@ -338,10 +339,20 @@ class Tour:
         r["screenshots"] = list(self.shots)
 
 
+def _server_arg(url: str) -> str:
+    """--server checked before anything starts (`api.server_url`)."""
+    from mobile_client.api import server_url
+
+    try:
+        return server_url(url)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mobile_client.tour", description=__doc__.splitlines()[0])
     ap.add_argument("--screenshots", type=Path, default=None, help="folder for one PNG per screen")
-    ap.add_argument("--server", default=None, help="server URL (default: scripted demo bank in-process)")
+    ap.add_argument("--server", default=None, type=_server_arg, help="server URL (default: scripted demo bank in-process)")
     ap.add_argument("--app-data", type=Path, default=None, help="app data folder (default: a new temp folder)")
     ap.add_argument("--replay-data", default=None, help="datasets folder for the replayed walk (else synthetic)")
     ap.add_argument("--report", type=Path, default=None, help="write what the screens showed as JSON")
@@ -352,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     headless.prepare()
+    logging.getLogger("kivy").setLevel(logging.WARNING)  # Kivy's start-up INFO lines are not the tour's output
     if args.screenshots:
         args.screenshots.mkdir(parents=True, exist_ok=True)
     # a folder of our own (device key, encrypted raw events) is removed at the end; --app-data stays
@@ -361,6 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.app_data is None:
             shutil.rmtree(data, ignore_errors=True)
+
+
+def _failed(report: dict[str, Any], state: dict[str, Any], exc: BaseException) -> None:
+    """Note a failure in the report (its traceback too, for debugging) and the exit status."""
+    report["error"] = f"{type(exc).__name__}: {exc}"
+    report["traceback"] = "".join(traceback.format_exception(exc))
+    state["rc"] = 1
 
 
 def _run(args: argparse.Namespace, data: Path) -> int:
@@ -406,9 +425,7 @@ def _run(args: argparse.Namespace, data: Path) -> int:
             except StopIteration:
                 pass
             except Exception as exc:  # noqa: BLE001 - report any failure, then stop the app
-                report["error"] = f"{type(exc).__name__}: {exc}"
-                report["traceback"] = traceback.format_exc()
-                state["rc"] = 1
+                _failed(report, state, exc)
             app.stop()
             return False
 
@@ -416,13 +433,18 @@ def _run(args: argparse.Namespace, data: Path) -> int:
 
     app = CadenceApp(services, clock=clock, animate=False, walk_speed=8.0,
                      data_dir_for_replay=args.replay_data, on_ready=ready)
-    app.run()
+    try:
+        app.run()
+    except Exception as exc:  # noqa: BLE001 - a screen's own callback failed: reported as a failed step is
+        _failed(report, state, exc)
     if bank is not None:
         report["demo_bank"] = {"decisions": [d["decision"] for d in bank.decisions], "enrolled": bank.enrolled}
     if args.report:
         args.report.write_text(json.dumps(report, indent=1, default=str))
-    if state["rc"]:
-        print(report.get("traceback", report.get("error")), file=sys.stderr)
+    if state["rc"]:  # one line; the traceback is for debugging, in the report (and the debug log)
+        where = f" (details in {args.report})" if args.report else ""
+        print(f"error: the tour stopped: {report.get('error')}{where}", file=sys.stderr)
+        log.debug("the tour stopped:\n%s", report.get("traceback"))
     else:
         print(json.dumps({"screenshots": report.get("screenshots", []),
                           "decisions": [t["outcome"] for t in report.get("transactions", [])]}))

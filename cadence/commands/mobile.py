@@ -25,6 +25,13 @@ def run_app(
     data = path_option(data_opt, "--app-data")
     if data is not None:  # a file or an unwritable folder: named now, not a traceback from the app
         ensure_writable_dir(data, "--app-data")
+    if server is not None:  # an address nothing can be sent to: named now, not "could not reach your bank" later
+        from mobile_client.api import server_url
+
+        try:
+            server = server_url(server)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--server") from exc
     from mobile_client import tour
 
     if screenshots is not None:

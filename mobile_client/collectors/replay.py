@@ -8,14 +8,16 @@ scheduler (`start`, the desktop app's walk step).
 
 `recorded_walk` always gives the length asked for: a recording shorter than that is looped
 (logged), so the walk step never stops part-way for want of data; a data folder that cannot be
-used is named in a warning, with the reason, before the synthetic walk stands in.
+used is named in a warning, with the reason, before the synthetic walk stands in. A real walk
+starts where the person walks on long enough for set-up's gait windows, and a walk started again
+replays another such stretch, so a retry after a failed check can pass.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +136,15 @@ class ReplaySource:
         self._sink = None
 
 
-def recorded_walk(data_dir: str | Path | None, seconds: float, seed: int = 1) -> tuple[AccelSeries, str]:
+def recorded_walk(data_dir: str | Path | None, seconds: float, seed: int = 1,
+                  attempt: int = 0) -> tuple[AccelSeries, str]:
     """A walk to replay: a real BB-MAS pocket recording if a data folder is given, else synthetic.
 
-    Returns the series and a label saying where it came from (shown in the app).
+    `attempt` counts the walks replayed before in this run: each replays another stretch (a walk
+    started again after a failed quality check must be able to pass, not replay the one that
+    failed). A real walk starts where subject `seed` walks on without a stop for as long as set-up's
+    gait windows need (`walk_starts`); the same attempt always replays the same stretch, so a
+    longer one continues it. Returns the series and a label saying where it came from (shown in the app).
     """
     if data_dir:
         try:
@@ -152,18 +159,49 @@ def recorded_walk(data_dir: str | Path | None, seconds: float, seed: int = 1) ->
                 recs = load_bbmas_gait(data_dir, [sid])
                 if sid not in recs:
                     raise ValueError(f"subject {sid} has no usable walking segment")
-                seg = max(recs[sid].segments, key=lambda s: s.duration)
-                n = int((seg.t < seg.t[0] + seconds).sum())
-                if n < 2:
-                    raise ValueError(f"subject {sid}'s longest walk has fewer than 2 samples")
-                series = AccelSeries(seg.t[:n], seg.xyz[:n], seg.device)
-                return looped(series, seconds), f"BB-MAS subject {sid} (replayed)"
+                starts = walk_starts(recs[sid].segments)
+                seg, start = starts[attempt % len(starts)]
+                series = stretch(seg, start, seconds)
+                if len(series) < 2:
+                    raise ValueError(f"subject {sid}'s walk has fewer than 2 samples")
+                return looped(series, seconds), f"BB-MAS subject {sid}, from {start - seg.t[0]:.0f} s (replayed)"
         except (ImportError, OSError, RuntimeError, ValueError, KeyError, IndexError) as exc:  # DatasetError: Runtime
             log.warning("walk replay: cannot use the recordings in %s (%s: %s): replaying a synthetic walk instead",
                         data_dir, type(exc).__name__, exc)
     from evaluation.synthetic import SyntheticPerson
 
-    return SyntheticPerson(seed).walk(seconds, 100.0, rng=seed + 1000), "synthetic walk (replayed)"
+    return SyntheticPerson(seed).walk(seconds, 100.0, rng=seed + 1000 + attempt), "synthetic walk (replayed)"
+
+
+def walk_starts(segments: Sequence[AccelSeries]) -> list[tuple[AccelSeries, float]]:
+    """(segment, start time) of each stretch of continuous walking long enough for set-up's gait windows.
+
+    Longest segment first, in time order within one (the batch's walking detection,
+    `modalities.gait.features.walking_parts`). A recording without such a stretch gives its
+    longest segment from its first sample: replayed, it fails set-up's check as it would on a phone.
+    """
+    from mobile_client.features import MIN_ENROL_WINDOWS, gait_walk_seconds
+    from modalities.gait.features import walking_parts
+
+    need = gait_walk_seconds(MIN_ENROL_WINDOWS["gait"])
+    ordered = sorted(segments, key=lambda s: s.duration, reverse=True)
+    starts = [(seg, float(part.t0)) for seg in ordered for part in walking_parts(seg, min_s=need)]
+    return starts or [(ordered[0], float(ordered[0].t[0]))]
+
+
+def stretch(series: AccelSeries, start: float, seconds: float) -> AccelSeries:
+    """`seconds` of `series` from `start`: up to the first sample at or past ``start + seconds``.
+
+    So the span is never short of `seconds` where the recording goes on that long.
+    """
+    a = int(np.searchsorted(series.t, start, side="left"))
+    b = _through(series.t, series.t[a] + seconds) if a < len(series) else a
+    return AccelSeries(series.t[a:b], series.xyz[a:b], series.device)
+
+
+def _through(t: np.ndarray, end: float) -> int:
+    """How many of the sorted times `t` to keep to reach `end`: through the first at or past it."""
+    return min(int(np.searchsorted(t, end, side="left")) + 1, len(t))
 
 
 def looped(series: AccelSeries, seconds: float) -> AccelSeries:
@@ -176,6 +214,6 @@ def looped(series: AccelSeries, seconds: float) -> AccelSeries:
     reps = math.ceil(seconds / period) + 1
     t = np.concatenate([series.t + k * period for k in range(reps)])
     xyz = np.concatenate([series.xyz] * reps)
-    n = int((t <= t[0] + seconds).sum())
+    n = _through(t, t[0] + seconds)
     log.warning("walk replay: the recording lasts only %.1f s: looped to fill %.0f s", span, seconds)
     return AccelSeries(t[:n], xyz[:n], series.device)

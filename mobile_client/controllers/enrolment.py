@@ -15,7 +15,14 @@ PASSPHRASE_REPEATS = 4
 FREE_TEXT_PROMPT = "In a sentence or two, what would you do with a free afternoon?"
 FREE_TEXT_MIN_CHARS = 80
 SWIPES_NEEDED = 12
-WALK_SECONDS = 30.0
+#: seconds of continuous walking set-up's gait windows need (`features.MIN_ENROL_WINDOWS`)
+WALK_NEEDED_S = features.gait_walk_seconds(features.MIN_ENROL_WINDOWS["gait"])
+#: the walk asked for (progress bar, a live sensor's timer): what set-up needs and two windows more,
+#: so a turn or a pause on the way (which gives no window) still leaves enough
+WALK_SECONDS = features.gait_walk_seconds(features.MIN_ENROL_WINDOWS["gait"] + 2)
+#: seconds of recording the desktop replays for the walk: the walk asked for, and slack for a
+#: recording's uneven sample spacing, which the progress (gaps times their median) counts short
+REPLAY_WALK_S = WALK_SECONDS + 2.0
 
 TASKS = ("keystroke", "touch", "gait")
 TASK_TITLES = {"keystroke": "Type", "touch": "Swipe", "gait": "Walk"}
