@@ -368,11 +368,10 @@ def _server_cert_fits(tls: ServerTLS, ca_cert: Any, names: list[Any]) -> bool:
     """The certificate on disk (with its key) is this CA's, names exactly `names`, has key identifiers, is not ending soon."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
 
     if not (tls.cert.is_file() and tls.key.is_file()):
         return False
-    from cryptography.hazmat.primitives import serialization
-
     try:
         cert = x509.load_pem_x509_certificate(tls.cert.read_bytes())
         cert.verify_directly_issued_by(ca_cert)

@@ -1,4 +1,4 @@
-"""One-line CLI errors: `error: <reason>` on stderr, exit 2 (bad input or state, not a crash)."""
+"""One-line CLI errors (`error: <reason>` on stderr, exit 2: bad input or state, not a crash) and warnings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from rich.text import Text
 
 def error_line(message: object) -> None:
     """Print `message` as one `error:` line on stderr (no markup read from it, no wrapping)."""
-    Console(stderr=True).print(Text.assemble(("error:", "red"), " ", " ".join(str(message).split())), soft_wrap=True)
+    _line("error:", "red", message)
+
+
+def warning_line(message: object) -> None:
+    """Print `message` as one `warning:` line on stderr (no markup read from it, no wrapping)."""
+    _line("warning:", "yellow", message)
+
+
+def _line(label: str, style: str, message: object) -> None:
+    Console(stderr=True).print(Text.assemble((label, style), " ", " ".join(str(message).split())), soft_wrap=True)
 
 
 def fail(message: object) -> NoReturn:

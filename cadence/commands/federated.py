@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cadence.commands.errors import fail
+from cadence.commands.errors import fail, warning_line
 from cadence.commands.paths import refuse_non_folder
 from cadence.console import out_console
 
@@ -82,17 +82,9 @@ INSECURE_HELP = ("Development only: no TLS, so whatever SuperNodes and flwr send
                  "by anyone on it.")
 
 
-def _warning(text: str) -> None:
-    """One `warning:` line on stderr (no markup read from `text`, no wrapping)."""
-    from rich.console import Console
-    from rich.text import Text
-
-    Console(stderr=True).print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
-
-
 def _warn_insecure(what: str) -> None:
     """`--insecure` is never silent."""
-    _warning(f"--insecure: {what} without TLS; model updates and device summaries cross the network readable "
+    warning_line(f"--insecure: {what} without TLS; model updates and device summaries cross the network readable "
              "(development only)")
 
 
@@ -102,7 +94,7 @@ def _warn_unencrypted(workdir: Path) -> None:
 
     config = insecure_connection(workdir)
     if config is not None:
-        _warning(f"{config} says insecure = true: the connection to the SuperLink is not encrypted; to move to "
+        warning_line(f"{config} says insecure = true: the connection to the SuperLink is not encrypted; to move to "
                  f"TLS restart `cadence federated superlink --workdir {workdir}` without --insecure and give each "
                  f"SuperNode its tls/ca.crt (docs/federated.md)")
 
@@ -146,7 +138,7 @@ def superlink(workdir: Workdir = Path("federated-work"),
     if tls is None:
         _warn_insecure("the SuperLink serves")
     elif d.is_wildcard(host) and not names:
-        _warning(f"--host {host}: the SuperLink's certificate names only {', '.join(d.LOOPBACK_NAMES)}, so no "
+        warning_line(f"--host {host}: the SuperLink's certificate names only {', '.join(d.LOOPBACK_NAMES)}, so no "
                  f"SuperNode on another machine can verify it; give --tls-name with each address or host name "
                  f"they dial (e.g. --tls-name 192.168.1.10)")
     # state in a file: SuperNodes stay registered across a SuperLink restart (in memory they got 401s and died)

@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cadence.commands.errors import fail
+from cadence.commands.errors import fail, warning_line
 from cadence.console import out_console
 
 app = typer.Typer()
@@ -57,7 +56,7 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
                                                  mv.scorer, mv.feature_version, mv.source, mv.created, metrics)))
     out_console().print(table)
     for problem in damaged:
-        Console(stderr=True).print(f"[yellow]warning:[/yellow] left out: {escape(problem)}", soft_wrap=True)
+        warning_line(f"left out: {problem}")
     if not versions and not damaged:
         out_console().print("no published models: the server uses each modality package's default scorer")
 
