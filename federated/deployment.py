@@ -302,6 +302,24 @@ def _owner_only(*keys: Path) -> None:
             os.chmod(key, 0o600)
 
 
+#: this long before the CA would be refused (`_check_ca_lifetime`), starting the SuperLink says so: a
+#: year to hand every SuperNode a new CA before the restart that needs it
+CA_WARN_BEFORE = dt.timedelta(days=SERVER_DAYS)
+
+
+def ca_rotation_due(tls: ServerTLS) -> str | None:
+    """A warning when the workspace's CA will be refused within `CA_WARN_BEFORE`; else None."""
+    from cryptography import x509
+
+    ends = x509.load_pem_x509_certificate(tls.ca.read_bytes()).not_valid_after_utc
+    refused_from = ends - dt.timedelta(days=SERVER_DAYS)
+    if refused_from - dt.datetime.now(dt.UTC) >= CA_WARN_BEFORE:
+        return None
+    return (f"the SuperLink's CA {tls.ca} ends on {ends:%Y-%m-%d}, and from {refused_from:%Y-%m-%d} the SuperLink "
+            f"will refuse to start with it: make a new CA before then (move {tls.ca.parent} away and restart) and "
+            f"give every SuperNode the new ca.crt (docs/federated.md)")
+
+
 def _check_ca_lifetime(ca_cert: Any, folder: Path) -> None:
     """Refuse a CA that ended or ends within a server certificate's life: a new one must be handed to every SuperNode."""
     ends = ca_cert.not_valid_after_utc

@@ -137,10 +137,13 @@ def superlink(workdir: Workdir = Path("federated-work"),
         fail(str(exc))
     if tls is None:
         _warn_insecure("the SuperLink serves")
-    elif d.is_wildcard(host) and not names:
-        warning_line(f"--host {host}: the SuperLink's certificate names only {', '.join(d.LOOPBACK_NAMES)}, so no "
-                 f"SuperNode on another machine can verify it; give --tls-name with each address or host name "
-                 f"they dial (e.g. --tls-name 192.168.1.10)")
+    else:
+        if (due := d.ca_rotation_due(tls)) is not None:
+            warning_line(due)
+        if d.is_wildcard(host) and not names:
+            warning_line(f"--host {host}: the SuperLink's certificate names only {', '.join(d.LOOPBACK_NAMES)}, so no "
+                         f"SuperNode on another machine can verify it; give --tls-name with each address or host "
+                         f"name they dial (e.g. --tls-name 192.168.1.10)")
     # state in a file: SuperNodes stay registered across a SuperLink restart (in memory they got 401s and died)
     console.print(f"SuperLink on {d.host_port(host, port)} ({'no TLS' if tls is None else f'TLS, CA {tls.ca}'}); "
                   f"FLWR_HOME={Path(workdir).resolve() / 'flwr-home'}; state {database}",

@@ -120,6 +120,17 @@ def test_an_ended_or_ending_ca_is_refused_never_replaced(tmp_path: Path, days: i
     assert (tmp_path / "tls" / "ca.crt").read_bytes() == ca and not (tmp_path / "tls" / "server.crt").exists()
 
 
+@pytest.mark.parametrize(("days", "due"), [(3000, False), (2 * d.SERVER_DAYS + 30, False), (2 * d.SERVER_DAYS - 30, True),
+                                           (d.SERVER_DAYS + 30, True)])
+def test_a_ca_near_its_refusal_is_announced_a_year_ahead(tmp_path: Path, days: int, due: bool) -> None:
+    """Refused a server certificate's life before it ends; said at every start in the year before that."""
+    _write_ca(tmp_path, days)
+    warning = d.ca_rotation_due(d.ensure_tls(tmp_path, "127.0.0.1"))
+    assert (warning is not None) is due
+    if due:
+        assert "will refuse to start" in warning and "ca.crt" in warning
+
+
 def test_a_server_certificate_never_outlives_its_ca(tmp_path: Path) -> None:
     _write_ca(tmp_path, 40)
     key, ca = d._ca(d.tls_dir(tmp_path))
