@@ -120,16 +120,17 @@ def superlink(workdir: Workdir = Path("federated-work"),
     names = tls_name or []
     if insecure and names:
         fail("--insecure and --tls-name: choose one (--insecure turns TLS off, --tls-name is for its certificate)")
-    try:
-        for n in names:  # before the workdir is made
+    refuse_non_folder(Path(workdir), "--workdir")
+    database = Path(workdir).resolve() / d.SUPERLINK_DB
+    try:  # everything that can refuse the start, before the workdir is made
+        for n in names:
             d.check_tls_name(n)
+        d.check_port_free(host, port, "SuperLink")
+        d.check_superlink_db(database)
     except d.DeploymentError as exc:
         fail(str(exc))
     _check_workdir(workdir)
-    database = Path(workdir).resolve() / d.SUPERLINK_DB
     try:
-        d.check_superlink_db(database)
-        d.check_port_free(host, port, "SuperLink")
         tls = None if insecure else d.ensure_tls(workdir, host, names)
         cmd = d.superlink_cmd(host, port, database, tls=tls)
         d.write_connection(workdir, d.host_port(host, port), insecure=insecure)  # [::1]:PORT for an IPv6 host

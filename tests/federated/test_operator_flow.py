@@ -313,6 +313,7 @@ def test_a_port_in_use_is_a_clear_error_before_flower_starts(tmp_path: Path, mon
         port = str(busy.getsockname()[1])
         code, out = _cli("federated", "superlink", "--workdir", str(tmp_path / "fw"), "--port", port)
         assert code == 2 and f"port {port}" in out and "--port" in out and "Traceback" not in out
+        assert not (tmp_path / "fw").exists()  # refused before its workdir (and CA) was made
         code, out = _cli("federated", "supernode", "--workdir", str(tmp_path / "fw"), "--data", str(tmp_path / "x.npz"),
                          "--port", port)
         assert code == 2 and f"port {port}" in out and "Traceback" not in out
