@@ -24,7 +24,8 @@ DP_REFUSED_STRATEGIES = ("fedmedian", "trimmed-mean", "krum")
 #: the most epsilon (at `dp-delta`, over all rounds) a run may spend and still be published as DP:
 #: beyond it the guarantee bounds nothing (e^50 ~ 5e21) while the model card would still say "DP"
 MAX_EPSILON = 50.0
-#: SecAgg+ settings: applied by `federated/secagg.py` (simulation) only, refused elsewhere
+#: SecAgg+ settings: applied by `federated/secagg.py` (the app of `cadence federated run --secagg`,
+#: ``federated/app-secagg``, and the simulation's SecAgg+ option), refused by the plain app
 SECAGG_KEYS = ("num-shares", "reconstruction-threshold")
 
 
@@ -100,8 +101,35 @@ class RunSettings:
         changed = [k for k in SECAGG_KEYS if getattr(self, k.replace("-", "_")) != getattr(default, k.replace("-", "_"))]
         if changed:
             raise SettingsError(f"{', '.join(changed)}: SecAgg+ is not applied by this app (the Message-API ServerApp "
-                                f"of `flwr run federated/app`; SecAgg+ runs in simulation only, federated/secagg.py): "
-                                f"leave {' and '.join(changed)} out")
+                                f"of `flwr run federated/app`): run with `cadence federated run --secagg` (the app "
+                                f"federated/app-secagg), or leave {' and '.join(changed)} out")
+
+    def check_secagg_run(self) -> None:
+        """Refuse what the SecAgg+ app cannot do, by key, before any device is asked for anything.
+
+        The server sees only the sum of the devices' masked updates, so rules that look at each
+        update (the robust strategies), server-side DP noise calibrated per update, and weights
+        the devices would have to reveal are not available; neither is a server optimiser the
+        legacy workflow does not run (momentum, a server learning rate) or client sampling.
+        """
+        default = RunSettings()
+        if self.strategy != "fedavg":
+            raise SettingsError(f"strategy: SecAgg+ runs fedavg only (the server sees the sum of the updates, never one "
+                                f"update: {self.strategy} needs each), got {self.strategy!r}")
+        if self.dp:
+            raise SettingsError("dp: not available with SecAgg+ yet (the server-side noise is calibrated to updates it "
+                                "would no longer see); choose one of --dp and --secagg")
+        for key in ("weighting", "server-momentum", "server-lr", "fraction-train"):
+            name = key.replace("-", "_")
+            if getattr(self, name) != getattr(default, name):
+                raise SettingsError(f"{key}: not available with SecAgg+ (it runs plain fedavg over every device of "
+                                    f"the run with equal weights), got {getattr(self, name)!r}; leave {key} out")
+        if self.min_nodes < 2:
+            raise SettingsError(f"min-nodes: SecAgg+ needs at least 2 devices per round, got {self.min_nodes}")
+        if self.reconstruction_threshold > self.min_nodes:
+            raise SettingsError(f"reconstruction-threshold: {self.reconstruction_threshold} devices must take part to "
+                                f"unmask a sum, but a round may go on with min-nodes {self.min_nodes}; set min-nodes "
+                                f"{self.reconstruction_threshold} or more")
 
     def check_epsilon(self, eps: float) -> None:
         """Refuse a DP run spending more than `MAX_EPSILON`: it would be published as DP yet protect nobody."""

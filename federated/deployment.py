@@ -36,6 +36,8 @@ from cadence.files import atomic_write  # owner-only (0600) from the first byte
 from federated.config import RUN_ID_PLACEHOLDER, run_config_string, status_path, write_json_atomic
 
 APP_DIR = Path(__file__).resolve().parent / "app"
+#: the same training under SecAgg+ (`cadence federated run --secagg`; federated/secagg.py)
+SECAGG_APP_DIR = Path(__file__).resolve().parent / "app-secagg"
 FEDERATION = "cadence"
 
 

@@ -58,6 +58,8 @@ class RunOutcome:
     server_momentum: float = 0.0
     #: under DP: adjacency, sensitivity, the fixed denominator and what is released outside the guarantee
     dp_accounting: dict[str, Any] | None = None
+    #: under SecAgg+ (`federated/secagg.py`): the protocol, its parameters and what the server saw
+    secure_aggregation: dict[str, Any] | None = None
     scorer: EmbeddingScorer | None = None
     version: str | None = None
 
@@ -223,6 +225,11 @@ def _train(grid: Grid, s: RunSettings, status: StatusFile) -> RunOutcome:
                          download_bytes_per_client_per_round=nbytes, wall_seconds=round(time.perf_counter() - t0, 2),
                          train_loss=losses, server_momentum=s.server_momentum,
                          dp_accounting=dp_accounting(s, len(nodes)) if s.dp else None, scorer=scorer)
+    return finish_run(outcome, s, status)
+
+
+def finish_run(outcome: RunOutcome, s: RunSettings, status: StatusFile) -> RunOutcome:
+    """Publish the outcome to the registry (when the run has one) and record the run as done."""
     if s.registry:
         outcome.version = publish(outcome, s)
     status.update(state="done", round=s.num_server_rounds, version=outcome.version, summary=outcome.summary())
@@ -259,6 +266,11 @@ def model_card(o: RunOutcome) -> str:
         dp = "DP noise was added, but too little for a finite epsilon: no differential privacy"
     else:
         dp = "no differential privacy"
+    if o.secure_aggregation:
+        sa = o.secure_aggregation
+        dp += (f"; updates combined by secure aggregation (SecAgg+, {sa['num_shares']} shares, reconstruction "
+               f"threshold {sa['reconstruction_threshold']}): the server saw only each round's sum of masked updates, "
+               f"never one device's update or training loss")
     scaling = "" if o.dp else " The one-off scaling round reveals per-device feature sums to the SuperLink."
     return (f"# Federated {o.modality} embedding model\n\n"
             f"- Trained with Flower ({o.strategy}, server momentum {o.server_momentum}) over {o.num_devices} devices, {o.rounds} rounds; each device held "
@@ -283,5 +295,5 @@ def publish(o: RunOutcome, s: RunSettings) -> str:
                                 f"{o.rounds} round(s); nothing was published (training diverged: lower lr, "
                                 f"server-lr or server-momentum, check noise-multiplier and clipping-norm)")
     metrics = {k: v for k, v in o.summary().items() if k != "version"}
-    return ModelRegistry(s.registry).publish(o.modality, o.scorer, metrics=metrics, card=model_card(o),
-                                             source=f"federated:{o.strategy}{'+dp' if o.dp else ''}")
+    source = f"federated:{o.strategy}{'+dp' if o.dp else ''}{'+secagg' if o.secure_aggregation else ''}"
+    return ModelRegistry(s.registry).publish(o.modality, o.scorer, metrics=metrics, card=model_card(o), source=source)

@@ -1,14 +1,23 @@
-"""SecAgg+ option: the same training, with Flower's legacy API (the only one with SecAgg+).
+"""SecAgg+: the same training, with Flower's legacy API (the only one with SecAgg+).
 
-The server sees only the sum of the masked, quantised updates (Bell et al. 2020, SecAgg+;
-`SecAggPlusWorkflow` + `secaggplus_mod`), never one device's model. The legacy API takes
-scalar configs only, so the population scaling travels as float32 bytes, and each device's
-slot comes from its node config (``slot`` or the simulation's ``partition-id``).
+The server sees only the sum of the devices' masked, quantised updates (Bell et al. 2020,
+SecAgg+; `SecAggPlusWorkflow` + `secaggplus_mod`), never one device's model. This is the app
+of `cadence federated run --secagg` (``federated/app-secagg``: `server_app`, `client_app`) and
+of the simulation's SecAgg+ option (`simulation.simulate_secagg`).
+
+As in the plain app (`orchestration.run_training`): the devices of the scaling round are the
+run's devices, slots follow their opaque keys and reach each device in its own fit config,
+and every device counts once (it reports one example, so the workflow's weighted sum is the
+plain sum). Devices send no training loss: the server gets nothing of one device but its
+masked vector. The legacy API takes scalar configs only, so the population scaling travels
+as float32 bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +25,7 @@ from flwr.app import Context, MessageType
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.common import FitIns
 from flwr.compat.common.parameter import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
@@ -23,26 +33,38 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
 
 from federated import task
-from federated.config import RunSettings
+from federated.config import RunSettings, status_path
 from federated.features import feature_spec
-from federated.orchestration import population_scaling, wait_for_nodes
+from federated.orchestration import (
+    FederatedRunError,
+    RunOutcome,
+    StatusFile,
+    finish_run,
+    population_scaling,
+    wait_for_nodes,
+)
 from federated.scorer import EmbeddingScorer
+from federated.strategies.slots import slot_order
 
-
-def _slot(node_config: Mapping[str, Any]) -> int:
-    for key in ("slot", "partition-id"):
-        if key in node_config:
-            return int(node_config[key])
-    raise ValueError("slot: SecAgg+ devices need node config 'slot' (or a simulation partition-id)")
+#: Flower's SecAgg+ quantisation (its defaults, recorded with the model): every weight is
+#: clipped to +-CLIPPING_RANGE and mapped to QUANTIZATION_RANGE levels before masking
+CLIPPING_RANGE = 8.0
+QUANTIZATION_RANGE = 2**22
+#: every device reports weight 1; Flower scales each update by weight / max_weight before
+#: quantising, so its default of 1000 would cost three decimal digits of every weight
+MAX_WEIGHT = 1.0
 
 
 class DeviceClient(NumPyClient):
-    """One device: local training from the global weights, update returned for masking."""
+    """One device: local training from the global weights, the update returned for masking."""
 
-    def __init__(self, X: np.ndarray, slot: int, names: list[str]) -> None:
-        self.X, self.slot, self.names = X, slot, names
+    def __init__(self, X: np.ndarray, names: list[str]) -> None:
+        self.X, self.names = X, names
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        if "slot" not in config:  # every fit config of `SecAggFedAvg` has one
+            raise ValueError("slot: the server sent no slot for this device")
+        slot = int(config["slot"])
         ms = np.frombuffer(config["norm"], dtype=np.float32)
         d = ms.size // 2
         X = task.Normaliser(ms[:d], ms[d:])(self.X)
@@ -51,9 +73,10 @@ class DeviceClient(NumPyClient):
         task.set_weights(net, weights)
         tc = task.TrainConfig(epochs=int(config["local-epochs"]), lr=float(config["lr"]),
                               batch_size=int(config["batch-size"]),
-                              seed=int(config["seed"]) * 100003 + int(config["server-round"]) * 1009 + self.slot)
-        loss = task.train(net, X, np.full(len(X), self.slot), task.prototypes(int(config["num-slots"])), tc)
-        return list(task.get_weights(net).values()), len(X), {"train-loss": float(loss)}
+                              seed=int(config["seed"]) * 100003 + int(config["server-round"]) * 1009 + slot)
+        task.train(net, X, np.full(len(X), slot), task.prototypes(int(config["num-slots"])), tc)
+        # one example: equal weights, and no window count revealed; no loss: nothing of this device in the clear
+        return list(task.get_weights(net).values()), 1, {}
 
 
 def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
@@ -64,7 +87,7 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
         s = RunSettings.from_config(run)
         X = task.load_device_windows(dict(context.node_config), s.modality, str(run.get("feature-dir", "")))
         names = list(task.initial_weights(X.shape[1], s.hidden, s.seed))
-        return DeviceClient(X, _slot(context.node_config), names).to_client()
+        return DeviceClient(X, names).to_client()
 
     def scaling_mod(msg: Any, context: Context, call_next: Any) -> Any:
         """The scaling round (a query) is answered by the Message-API client app."""
@@ -77,50 +100,129 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     return ClientApp(client_fn=client_fn, mods=[scaling_mod, secaggplus_mod])
 
 
-class _KeepFinal(LegacyFedAvg):
-    """Legacy FedAvg that remembers the last aggregate (the global model)."""
+class SecAggFedAvg(LegacyFedAvg):
+    """Legacy FedAvg over the run's devices only, each fit config carrying that device's slot.
 
-    final: list[np.ndarray] | None = None
+    Keeps the last aggregate (the global model) and the rounds that completed: a round whose
+    SecAgg+ protocol halted (too few devices to unmask) never reaches `aggregate_fit`.
+    """
+
+    def __init__(self, *, devices: Sequence[int], slots: Mapping[int, int],
+                 on_round: Callable[[int], None] | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.devices, self.slots, self.on_round = set(devices), dict(slots), on_round
+        self.final: list[np.ndarray] | None = None
+        self.rounds_done: list[int] = []
+
+    def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[Any, FitIns]]:
+        config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn is not None else {}
+        # SuperNodes that joined after the scaling round wait for the next run (the plain app's `Quorum` too)
+        clients = sorted((c for c in client_manager.all().values() if c.node_id in self.devices),
+                         key=lambda c: self.slots[c.node_id])
+        if len(clients) < self.min_fit_clients:
+            return []  # the workflow cancels the round; `run_secagg_training` names it
+        return [(c, FitIns(parameters, {**config, "slot": self.slots[c.node_id]})) for c in clients]
 
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
         params, metrics = super().aggregate_fit(server_round, results, failures)
         if params is not None:
             self.final = parameters_to_ndarrays(params)
+            self.rounds_done.append(server_round)
+            if self.on_round is not None:
+                self.on_round(server_round)
         return params, metrics
 
 
+def secure_aggregation_record(s: RunSettings) -> dict[str, Any]:
+    """What the server saw and what protected the rest (metrics.json, model card)."""
+    return {"protocol": "SecAgg+ (Bell et al. 2020), Flower SecAggPlusWorkflow + secaggplus_mod",
+            "num_shares": s.num_shares, "reconstruction_threshold": s.reconstruction_threshold,
+            "clipping_range": CLIPPING_RANGE, "quantization_range": QUANTIZATION_RANGE,
+            "server_sees": "the sum of the devices' masked updates each round, never one device's update",
+            "released_in_clear": ["each device's feature sums (the scaling round)", "which devices took part"]}
+
+
+def run_secagg_training(grid: Grid, context: Context, s: RunSettings) -> RunOutcome:
+    """Scaling round, then `num-server-rounds` SecAgg+ rounds; any error is written to the status file."""
+    status = StatusFile(s.status_file, context.run_id)
+    try:
+        return _train(grid, context, s, status)
+    except BaseException as exc:
+        status.fail(exc)
+        raise
+
+
+def _train(grid: Grid, context: Context, s: RunSettings, status: StatusFile) -> RunOutcome:
+    t0 = time.perf_counter()
+    status.update(state="waiting", modality=s.modality, strategy=s.strategy, secagg=True,
+                  num_rounds=s.num_server_rounds, round=0)
+    nodes = wait_for_nodes(grid, s.min_nodes, s.round_timeout)
+    keys: dict[int, str] = {}
+    norm = population_scaling(grid, nodes, s, keys)
+    spec = feature_spec(s.modality)
+    if norm.mean.shape[0] != spec.dim:
+        raise FederatedRunError(f"data: devices hold {norm.mean.shape[0]}-d windows, {s.modality} features are {spec.dim}-d")
+    slots = slot_order(keys, s.num_slots)
+    init = task.initial_weights(spec.dim, s.hidden, s.seed)
+    norm_bytes = np.concatenate([norm.mean, norm.std]).astype(np.float32).tobytes()
+    status.update(state="running", num_devices=len(nodes))
+
+    def fit_config(rnd: int) -> dict[str, Any]:
+        return {"norm": norm_bytes, "hidden": s.hidden, "local-epochs": s.local_epochs, "lr": s.lr,
+                "batch-size": s.batch_size, "seed": s.seed, "num-slots": s.num_slots, "server-round": rnd}
+
+    strategy = SecAggFedAvg(devices=nodes, slots=slots, fraction_fit=1.0, fraction_evaluate=0.0,
+                            min_fit_clients=s.min_nodes, min_evaluate_clients=0, min_available_clients=s.min_nodes,
+                            initial_parameters=ndarrays_to_parameters(list(init.values())),
+                            on_fit_config_fn=fit_config,
+                            on_round=lambda rnd: status.update(round=rnd, elapsed_s=round(time.perf_counter() - t0, 1)))
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=s.num_server_rounds,
+                                                                      round_timeout=s.round_timeout),
+                           strategy=strategy)
+    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=s.num_shares,
+                                                                reconstruction_threshold=s.reconstruction_threshold,
+                                                                clipping_range=CLIPPING_RANGE,
+                                                                quantization_range=QUANTIZATION_RANGE,
+                                                                max_weight=MAX_WEIGHT,
+                                                                timeout=s.round_timeout))
+    workflow(grid, legacy)
+    missing = [r for r in range(1, s.num_server_rounds + 1) if r not in strategy.rounds_done]
+    if missing or strategy.final is None:
+        raise FederatedRunError(f"round {missing[0] if missing else 1}: SecAgg+ produced no aggregate (fewer than "
+                                f"reconstruction-threshold {s.reconstruction_threshold} or min-nodes {s.min_nodes} "
+                                f"of the run's {len(nodes)} devices answered; see the SuperLink log)")
+    weights = dict(zip(init, strategy.final, strict=True))
+    scorer = EmbeddingScorer.from_weights(weights, norm.mean, norm.std, modality=s.modality,
+                                          feature_version=spec.feature_version)
+    nbytes = task.weights_nbytes(init)
+    outcome = RunOutcome(modality=s.modality, strategy=s.strategy, rounds=s.num_server_rounds, num_devices=len(nodes),
+                         dp=False, epsilon=None, delta=None, noise_multiplier=None, clipping_norm=None,
+                         bytes_per_client_per_round=nbytes, download_bytes_per_client_per_round=nbytes,
+                         wall_seconds=round(time.perf_counter() - t0, 2), scorer=scorer,
+                         secure_aggregation=secure_aggregation_record(s))
+    return finish_run(outcome, s, status)
+
+
 def make_server_app(defaults: Mapping[str, Any] | None = None,
-                    on_result: Callable[[EmbeddingScorer], None] | None = None) -> ServerApp:
+                    on_result: Callable[[RunOutcome], None] | None = None) -> ServerApp:
+    """A SecAgg+ ServerApp whose settings are `defaults` overridden by the run config."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        s = RunSettings.from_config(defaults or {}, dict(context.run_config))
-        nodes = wait_for_nodes(grid, s.min_nodes, s.round_timeout)
-        norm = population_scaling(grid, nodes, s)
-        spec = feature_spec(s.modality)
-        init = task.initial_weights(spec.dim, s.hidden, s.seed)
-        norm_bytes = np.concatenate([norm.mean, norm.std]).astype(np.float32).tobytes()
-
-        def fit_config(rnd: int) -> dict[str, Any]:
-            return {"norm": norm_bytes, "hidden": s.hidden, "local-epochs": s.local_epochs, "lr": s.lr,
-                    "batch-size": s.batch_size, "seed": s.seed, "num-slots": s.num_slots, "server-round": rnd}
-
-        strategy = _KeepFinal(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=s.min_nodes,
-                              min_evaluate_clients=0, min_available_clients=s.min_nodes,
-                              initial_parameters=ndarrays_to_parameters(list(init.values())),
-                              on_fit_config_fn=fit_config)
-        legacy = LegacyContext(context, config=ServerConfig(num_rounds=s.num_server_rounds), strategy=strategy)
-        workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=s.num_shares,
-                                                                    reconstruction_threshold=s.reconstruction_threshold))
-        workflow(grid, legacy)
-        if strategy.final is None:
-            raise RuntimeError("SecAgg+ produced no global model (too many devices dropped?)")
-        weights = dict(zip(init, strategy.final, strict=True))
-        scorer = EmbeddingScorer.from_weights(weights, norm.mean, norm.std, modality=s.modality,
-                                              feature_version=spec.feature_version)
+        merged = {**(defaults or {}), **dict(context.run_config)}
+        try:
+            settings = RunSettings.from_config(merged)
+            settings.check_secagg_run()
+        except Exception as exc:  # a bad value: say so where `cadence federated run` is waiting
+            template = str(merged.get("status-file", ""))
+            StatusFile(str(status_path(template, context.run_id)) if template else "", context.run_id).fail(exc)
+            raise
+        if settings.status_file:
+            settings = replace(settings, status_file=str(status_path(settings.status_file, context.run_id)))
+        outcome = run_secagg_training(grid, context, settings)
         if on_result is not None:
-            on_result(scorer)
+            on_result(outcome)
 
     return app
 

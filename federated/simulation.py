@@ -129,7 +129,7 @@ def shutdown_ray() -> None:
 
 
 def simulate_secagg(settings: RunSettings, feature_dir: str | os.PathLike[str], *, num_cpus: int = 2):  # type: ignore[no-untyped-def]
-    """The SecAgg+ variant (legacy API) on the simulation engine; returns the global scorer."""
+    """The SecAgg+ app (`federated/secagg.py`) on the simulation engine; returns the global scorer."""
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     from flwr.simulation import run_simulation
 
@@ -147,7 +147,7 @@ def simulate_secagg(settings: RunSettings, feature_dir: str | os.PathLike[str], 
         shutdown_ray()
     if not results:
         raise FederatedRunError("SecAgg+ simulation ended without a result")
-    return results[0]
+    return results[0].scorer
 
 
 def _backend(num_cpus: int) -> dict[str, dict[str, Any]]:

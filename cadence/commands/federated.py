@@ -222,6 +222,12 @@ def run(
                                                 "error says how many). SuperNodes joining after the scaling round "
                                                 "wait for the next run.")] = 2,
     dp: Annotated[bool, typer.Option("--dp", help="Client-side DP with fixed clipping.")] = False,
+    secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+): the server sees only the sum "
+                                                          "of the devices' masked updates, never one device's "
+                                                          "(fedavg only; not with --dp yet).")] = False,
+    num_shares: Annotated[int, typer.Option(help="SecAgg+: shares each device's secrets are split into (>= 3).")] = 3,
+    reconstruction_threshold: Annotated[int, typer.Option(help="SecAgg+: shares needed to unmask a sum (>= 2, below "
+                                                               "--num-shares, at most --min-nodes).")] = 2,
     noise_multiplier: Annotated[float, typer.Option(help="DP noise multiplier; one whose epsilon over the rounds "
                                                         "exceeds MAX_EPSILON (docs/federated.md) is refused.")] = 1.0,
     clipping_norm: float = 1.0,
@@ -251,7 +257,12 @@ def run(
                                      "min-nodes": min_nodes, "dp": dp, "noise-multiplier": noise_multiplier,
                                      "clipping-norm": clipping_norm, "server-momentum": server_momentum,
                                      "registry": str(reg), "status-file": str(d.status_template(wd)),
-                                     "round-timeout": round_timeout})
+                                     "round-timeout": round_timeout, "num-shares": num_shares,
+                                     "reconstruction-threshold": reconstruction_threshold})
+        if secagg:
+            s.check_secagg_run()
+        else:  # shares asked for without --secagg: the updates would travel in the clear
+            s.refuse_secagg()
     except (SettingsError, ValueError) as exc:
         fail(str(exc))
     ensure_writable_dir(reg, "--registry")  # before training, not after every round trained
@@ -273,7 +284,7 @@ def run(
         console.print(f"waiting for the SuperLink at {address} (up to {d.SUPERLINK_WAIT_S:g} s)", markup=False)
     with d.signals_deferred() as signals:
         try:
-            info = d.submit_run(wd, s.as_config())
+            info = d.submit_run(wd, s.as_config(), app_dir=d.SECAGG_APP_DIR if secagg else d.APP_DIR)
         except d.DeploymentError as exc:
             fail(str(exc))
         run_id = str(info["run-id"])
@@ -300,7 +311,7 @@ def run(
         except d.DeploymentError as exc:
             fail(str(exc))
     version = final.get("version")
-    console.print(f"published {modality} {version} to {reg}")
+    console.print(f"published {modality} {version} to {reg}{' (trained with SecAgg+)' if secagg else ''}")
     if activate and version:
         from cadence.commands.models import activate as activate_model
 

@@ -64,7 +64,7 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
 #: what a model card needs at a glance, in this order: error rates (benches, `models train`), then how a
 #: federated model was trained and with what privacy (metrics.json holds the rest: sizes, timings, losses)
 HEADLINE_METRICS = ("eer", "calibration_eer", "calibration_cllr", "n_subjects", "rounds", "num_devices", "dp",
-                    "epsilon", "delta")
+                    "epsilon", "delta", "secagg")
 
 
 def headline_metrics(metrics: dict[str, Any], fallback: int = 4) -> str:
@@ -82,6 +82,8 @@ def headline_metrics(metrics: dict[str, Any], fallback: int = 4) -> str:
 def _headline_value(metrics: dict[str, Any], key: str) -> Any:
     if key == "epsilon" and metrics.get("dp") is True and metrics.get(key) is None:
         return "inf"
+    if key == "secagg":  # a federated run's record of its secure aggregation (`RunOutcome.secure_aggregation`)
+        return (metrics["secure_aggregation"] is not None) if "secure_aggregation" in metrics else None
     return metrics.get(key)
 
 

@@ -24,6 +24,16 @@ class SlotsFullError(RuntimeError):
     """More devices joined than the model has prototypes (raise num-slots)."""
 
 
+def slot_order(keys: dict[int, str], num_slots: int) -> dict[int, int]:
+    """Node id -> slot, in order of (key, node id); keyless nodes come last.
+
+    Raises `SlotsFullError` when there are more nodes than slots.
+    """
+    if len(keys) > num_slots:
+        raise SlotsFullError(f"num-slots: {num_slots} prototypes are all taken; raise num-slots")
+    return {node: i for i, node in enumerate(sorted(keys, key=lambda n: (keys[n] == "", keys[n], n)))}
+
+
 class SlotAssigner(Delegating):
     """Delegating strategy that adds a per-device ``slot`` to every train/evaluate config."""
 
@@ -34,7 +44,7 @@ class SlotAssigner(Delegating):
 
     def assign(self, keys: dict[int, str]) -> None:
         """Give slots to `keys`' nodes in order of (key, node id); keyless nodes come last."""
-        for node in sorted(keys, key=lambda n: (keys[n] == "", keys[n], n)):
+        for node in slot_order(keys, self.num_slots):  # in slot order
             self.slot_of(node)
 
     def slot_of(self, node_id: int) -> int:

@@ -65,7 +65,7 @@ def securely_aggregates(client_app: ClientApp) -> bool:
 def test_the_secagg_check_tells_the_secagg_app_from_the_deployed_one() -> None:
     from federated.secagg import make_client_app
 
-    assert securely_aggregates(make_client_app())  # the simulation-only SecAgg+ variant
+    assert securely_aggregates(make_client_app())  # the SecAgg+ app (`cadence federated run --secagg`)
     assert not securely_aggregates(deployed("clientapp"))
 
 

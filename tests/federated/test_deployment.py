@@ -1,4 +1,4 @@
-"""End to end on Flower's deployment engine: a real SuperLink, two SuperNodes, two rounds, over TLS."""
+"""End to end on Flower's deployment engine: a real SuperLink, two SuperNodes, two rounds, over TLS; then SecAgg+."""
 
 import os
 import signal
@@ -55,6 +55,11 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
         final = d.wait_for_run(status, 400, flwr_status=lambda: d.flwr_run_status(tmp_path, info["run-id"]),
                                run_id=info["run-id"])
         assert final["run_id"] == str(info["run-id"])
+        # the same devices, now under SecAgg+ (`cadence federated run --secagg`: the app federated/app-secagg);
+        # one round: each of its four protocol stages starts a ClientApp process on every SuperNode
+        sa_info = d.submit_run(tmp_path, {**settings.as_config(), "num-server-rounds": 1}, app_dir=d.SECAGG_APP_DIR)
+        sa_final = d.wait_for_run(d.run_status_file(tmp_path, sa_info["run-id"]), 400, run_id=sa_info["run-id"],
+                                  flwr_status=lambda: d.flwr_run_status(tmp_path, sa_info["run-id"]))
         # a run that cannot start: tests/federated/test_run_failures.py
         for p in procs:
             spawned += [p.pid, *d.descendants(p.pid)]
@@ -80,6 +85,13 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
 
     engine = FusionEngine.load(rep.calibration_file)
     assert engine.applies("keystroke", f"registry:{version}") and engine.fitted_for("keystroke") == version
+    # SecAgg+: the round unmasked and aggregated, the model published with the protocol recorded
+    assert sa_final["state"] == "done" and sa_final["round"] == 1 and sa_final["num_devices"] == 2, sa_final
+    sa = reg.get("keystroke", sa_final["version"])
+    assert sa.metrics["secure_aggregation"]["num_shares"] == 3 and sa.source == "federated:fedavg+secagg"
+    assert sa.metrics["train_loss"] == []  # the devices sent nothing in the clear but their feature sums
+    assert "SecAgg+" in (sa.path / "MODEL_CARD.md").read_text()
+    assert reg.get("keystroke", version).metrics["secure_aggregation"] is None
     assert all(p.poll() is not None for p in procs)
     assert not alive(spawned)
 

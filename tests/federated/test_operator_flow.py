@@ -21,65 +21,12 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
-from typer.testing import CliRunner
 
 from federated import deployment as d
 from federated.config import RunSettings, SettingsError
 from federated.orchestration import FederatedRunError, RunOutcome, population_scaling, publish
 from federated.scorer import EmbeddingScorer
-from tests.federated.conftest import flower_commands
-
-RUNNER = CliRunner(env={"COLUMNS": "400"})
-
-
-def _cli(*args: str) -> tuple[int, str]:
-    from cadence.cli import app
-
-    r = RUNNER.invoke(app, list(args))
-    return r.exit_code, r.output
-
-
-def _as_server_app(config: dict[str, Any], run_id: str) -> Path:
-    """Where the ServerApp of run `run_id` writes its status (as `flwr run` would start it)."""
-    from federated import config as cfg
-
-    template = str(config["status-file"])
-    placeholder = getattr(cfg, "RUN_ID_PLACEHOLDER", None)
-    return Path(template.replace(placeholder, run_id)) if placeholder else Path(template)
-
-
-@pytest.fixture
-def fake_flower(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """`submit_run` / `flwr ls` / `flwr stop` faked; the test says what each run's ServerApp writes."""
-    state: dict[str, Any] = {"next_id": ["7"], "write": None, "submitted": [], "stopped": [],
-                             "stop_error": None, "flwr": ("running", "")}
-
-    def submitted(workdir: Any, config: dict[str, Any]) -> dict[str, Any]:
-        run_id = state["next_id"].pop(0)
-        state["submitted"].append(dict(config))
-        if state["write"] is not None:
-            state["write"](run_id, _as_server_app(config, run_id), config)
-        return {"success": True, "run-id": run_id}
-
-    def stop(workdir: Any, run_id: Any, timeout: float = 60.0) -> None:
-        state["stopped"].append(str(run_id))
-        if state["stop_error"]:
-            raise d.DeploymentError(state["stop_error"])
-
-    monkeypatch.setattr(d, "submit_run", submitted)
-    monkeypatch.setattr(d, "flwr_run_status", lambda *_a, **_k: state["flwr"])
-    monkeypatch.setattr(d, "stop_run", stop, raising=False)
-    return state
-
-
-def _write(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc))
-
-
-def _run_args(tmp_path: Path, *extra: str) -> list[str]:
-    return ["federated", "run", "--workdir", str(tmp_path / "fw"), "--registry", str(tmp_path / "reg"), *extra]
-
+from tests.federated.conftest import _as_server_app, _cli, _run_args, _write, flower_commands
 
 # ---------------------------------------------------------------- 1. two runs, one workdir
 

@@ -123,7 +123,7 @@ def test_wait_for_run_notices_a_run_flower_finished_without_a_word(tmp_path: Pat
 def _cli_run(tmp_path: Path, monkeypatch, status_doc: dict, *extra: str) -> tuple[int, str]:
     from cadence.cli import app
 
-    def submitted(workdir, config):  # type: ignore[no-untyped-def]
+    def submitted(workdir, config, app_dir=d.APP_DIR):  # type: ignore[no-untyped-def]
         assert RunSettings.from_config(config).as_config() == dict(config)  # every setting is sent
         path = status_path(config["status-file"], "7")  # where the ServerApp of run 7 writes
         path.parent.mkdir(parents=True, exist_ok=True)

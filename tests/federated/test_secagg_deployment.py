@@ -1,0 +1,161 @@
+"""SecAgg+ on the deployment engine (`cadence federated run --secagg`): fast tests, no Flower process started.
+
+The end-to-end run (a real SuperLink and two SuperNodes) is in test_deployment.py; the
+protocol's arithmetic (the aggregate equals the clear mean) in test_simulation.py.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Context, RecordDict
+from flwr.common import Parameters
+
+from federated import deployment as d
+from federated import secagg
+from federated.config import RunSettings, SettingsError
+from federated.orchestration import FederatedRunError, RunOutcome, model_card
+from tests.federated.conftest import _cli, _run_args, _write
+
+
+def _app(app_dir: Path) -> dict[str, Any]:
+    return tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+
+
+def test_the_secagg_app_declares_the_plain_apps_settings_and_starts_the_secagg_components() -> None:
+    """`run` sends the same run config to either app; an undeclared key would be refused by the SuperLink."""
+    assert d.app_config(d.SECAGG_APP_DIR) == d.app_config(d.APP_DIR)
+    components = _app(d.SECAGG_APP_DIR)["components"]
+    assert components == {"serverapp": "federated.secagg:server_app", "clientapp": "federated.secagg:client_app"}
+    from flwr.client.mod import secaggplus_mod
+
+    assert secaggplus_mod in secagg.client_app._mods  # every device masks its update
+
+
+def test_cli_secagg_submits_the_secagg_app_with_its_shares(tmp_path: Path, fake_flower: dict[str, Any]) -> None:
+    def write(run_id: str, path: Path, config: dict[str, Any]) -> None:
+        _write(path, {"run_id": run_id, "state": "done", "round": 3, "num_rounds": 3, "version": "v0001"})
+
+    fake_flower.update(next_id=["1", "2"], write=write)
+    code, out = _cli(*_run_args(tmp_path, "--timeout", "20", "--secagg", "--min-nodes", "3", "--num-shares", "5",
+                                "--reconstruction-threshold", "3"))
+    assert code == 0, out
+    assert "published keystroke v0001" in out and "SecAgg+" in out
+    assert fake_flower["apps"] == [d.SECAGG_APP_DIR]
+    sent = fake_flower["submitted"][0]
+    assert (sent["num-shares"], sent["reconstruction-threshold"], sent["min-nodes"]) == (5, 3, 3)
+    code, out = _cli(*_run_args(tmp_path, "--timeout", "20"))  # without --secagg: the plain app
+    assert code == 0, out
+    assert fake_flower["apps"] == [d.SECAGG_APP_DIR, d.APP_DIR] and "SecAgg+" not in out
+
+
+@pytest.mark.parametrize("extra, named", [
+    (("--secagg", "--dp"), "dp"),
+    (("--secagg", "--strategy", "krum", "--min-nodes", "5"), "strategy"),
+    (("--secagg", "--strategy", "fedprox"), "strategy"),
+    (("--secagg", "--server-momentum", "0.8"), "server-momentum"),
+    (("--secagg", "--min-nodes", "1"), "min-nodes"),
+    (("--secagg", "--num-shares", "5", "--reconstruction-threshold", "3"), "reconstruction-threshold"),  # > min-nodes 2
+    (("--secagg", "--num-shares", "2"), "num-shares"),
+    (("--num-shares", "5"), "--secagg"),  # shares asked for, updates in the clear: refused, not ignored
+])
+def test_cli_refuses_what_secagg_cannot_do_before_submitting(tmp_path: Path, fake_flower: dict[str, Any],
+                                                            extra: tuple[str, ...], named: str) -> None:
+    code, out = _cli(*_run_args(tmp_path, "--timeout", "5", *extra))
+    assert code == 2 and "Traceback" not in out, out
+    assert named in out
+    assert fake_flower["submitted"] == []
+
+
+def test_the_secagg_server_app_reports_a_refused_setting_in_the_runs_status(tmp_path: Path) -> None:
+    template = str(d.status_template(tmp_path))
+    ctx = Context(run_id=77, node_id=0, node_config={}, state=RecordDict(),
+                  run_config={"status-file": template, "dp": True})
+    with pytest.raises(SettingsError, match="dp"):
+        secagg.make_server_app()(None, ctx)  # type: ignore[arg-type]
+    doc = json.loads((tmp_path / "status-77.json").read_text())
+    assert doc["state"] == "failed" and "SecAgg+" in doc["error"] and doc["run_id"] == "77"
+
+
+class _Proxy:
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+
+
+class _Clients:
+    def __init__(self, ids: list[int]) -> None:
+        self.proxies = {str(i): _Proxy(i) for i in ids}
+
+    def all(self) -> dict[str, _Proxy]:
+        return self.proxies
+
+
+def test_rounds_go_to_the_runs_devices_only_each_with_its_own_slot() -> None:
+    """A SuperNode that connected after the scaling round is not sampled; slots follow the device keys."""
+    slots = secagg.slot_order({30: "key-b", 10: "key-c", 20: "key-a"}, 128)
+    assert slots == {20: 0, 30: 1, 10: 2}
+    strategy = secagg.SecAggFedAvg(devices=[10, 20, 30], slots=slots, min_fit_clients=2,
+                                   on_fit_config_fn=lambda rnd: {"server-round": rnd})
+    fit = strategy.configure_fit(4, Parameters(tensors=[], tensor_type=""), _Clients([10, 20, 30, 99]))
+    assert [(c.node_id, ins.config) for c, ins in fit] == [
+        (20, {"server-round": 4, "slot": 0}), (30, {"server-round": 4, "slot": 1}), (10, {"server-round": 4, "slot": 2})]
+    # fewer of the run's devices than min-nodes: no round (the workflow cancels it; the run then fails by name)
+    assert strategy.configure_fit(5, Parameters(tensors=[], tensor_type=""), _Clients([10, 99])) == []
+
+
+def test_a_round_secagg_could_not_unmask_fails_the_run_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The legacy workflow only logs a halted round and goes on: the run must not publish the last good model."""
+    from federated import task
+
+    dim = secagg.feature_spec("keystroke").dim
+    monkeypatch.setattr(secagg, "wait_for_nodes", lambda grid, n, t: [1, 2])
+    monkeypatch.setattr(secagg, "population_scaling", lambda grid, nodes, s, keys: (
+        keys.update({1: "a", 2: "b"}), task.Normaliser(np.zeros(dim, np.float32), np.ones(dim, np.float32)))[1])
+
+    class HaltsInRoundTwo:
+        def __init__(self, fit_workflow: Any) -> None:
+            pass
+
+        def __call__(self, grid: Any, legacy: Any) -> None:
+            params = legacy.strategy.initial_parameters
+            legacy.strategy.aggregate_fit(1, [(_Proxy(1), _fitres(params)), (_Proxy(2), _fitres(params))], [])
+
+    monkeypatch.setattr(secagg, "DefaultWorkflow", HaltsInRoundTwo)
+    s = RunSettings.from_config({"num-server-rounds": 2, "status-file": str(tmp_path / "status.json"),
+                                 "registry": str(tmp_path / "reg")})
+    ctx = Context(run_id=5, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(FederatedRunError, match="round 2: SecAgg\\+ produced no aggregate"):
+        secagg.run_secagg_training(None, ctx, s)  # type: ignore[arg-type]
+    doc = json.loads((tmp_path / "status.json").read_text())
+    assert doc["state"] == "failed" and doc["round"] == 1 and "round 2" in doc["error"]
+    assert not (tmp_path / "reg").exists()  # nothing published
+
+
+def _fitres(params: Parameters) -> Any:
+    from flwr.common import Code, FitRes, Status
+
+    return FitRes(status=Status(Code.OK, ""), parameters=params, num_examples=1, metrics={})
+
+
+def test_a_device_refuses_a_round_without_its_slot() -> None:
+    client = secagg.DeviceClient(np.zeros((4, 3), np.float32), ["w"])
+    with pytest.raises(ValueError, match="slot"):
+        client.fit([np.zeros(1, np.float32)], {"server-round": 1})
+
+
+def test_the_model_card_says_the_server_saw_only_sums() -> None:
+    o = RunOutcome(modality="keystroke", strategy="fedavg", rounds=1, num_devices=3, dp=False, epsilon=None,
+                   delta=None, noise_multiplier=None, clipping_norm=None, bytes_per_client_per_round=1,
+                   download_bytes_per_client_per_round=1, wall_seconds=1.0,
+                   secure_aggregation=secagg.secure_aggregation_record(RunSettings(num_shares=5,
+                                                                                   reconstruction_threshold=3)))
+    card = model_card(o)
+    assert "SecAgg+, 5 shares, reconstruction threshold 3" in card and "never one device's update" in card
+    assert o.summary()["secure_aggregation"]["server_sees"].startswith("the sum")
+    plain = RunOutcome(**{**o.__dict__, "secure_aggregation": None})
+    assert "SecAgg+" not in model_card(plain)
