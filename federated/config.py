@@ -108,17 +108,14 @@ class RunSettings:
         """Refuse what the SecAgg+ app cannot do, by key, before any device is asked for anything.
 
         The server sees only the sum of the devices' masked updates, so rules that look at each
-        update (the robust strategies), server-side DP noise calibrated per update, and weights
-        the devices would have to reveal are not available; neither is a server optimiser the
-        legacy workflow does not run (momentum, a server learning rate) or client sampling.
+        update (the robust strategies) and weights the devices would have to reveal are not
+        available; neither is a server optimiser the legacy workflow does not run (momentum, a
+        server learning rate) or client sampling. DP is (`secagg.DPRelease`).
         """
         default = RunSettings()
         if self.strategy != "fedavg":
             raise SettingsError(f"strategy: SecAgg+ runs fedavg only (the server sees the sum of the updates, never one "
                                 f"update: {self.strategy} needs each), got {self.strategy!r}")
-        if self.dp:
-            raise SettingsError("dp: not available with SecAgg+ yet (the server-side noise is calibrated to updates it "
-                                "would no longer see); choose one of --dp and --secagg")
         for key in ("weighting", "server-momentum", "server-lr", "fraction-train"):
             name = key.replace("-", "_")
             if getattr(self, name) != getattr(default, name):

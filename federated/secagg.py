@@ -11,10 +11,16 @@ and every device counts once (it reports one example, so the workflow's weighted
 plain sum). Devices send no training loss: the server gets nothing of one device but its
 masked vector. The legacy API takes scalar configs only, so the population scaling travels
 as float32 bytes.
+
+With DP (`dp`), each device clips its update to `clipping-norm` before masking, and the
+server turns the unmasked mean into DP-FedAvg's fixed-denominator estimate with Gaussian
+noise (`DPRelease`, the same estimator and noise as `strategies/dp.py`): the server never sees
+one update, and the published model carries the epsilon of the plain app's DP runs.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -31,6 +37,7 @@ from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import ServerApp
+from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
 
 from federated import task
 from federated.config import RunSettings, status_path
@@ -39,11 +46,13 @@ from federated.orchestration import (
     FederatedRunError,
     RunOutcome,
     StatusFile,
+    dp_accounting,
     finish_run,
     population_scaling,
     wait_for_nodes,
 )
 from federated.scorer import EmbeddingScorer
+from federated.strategies.dp import epsilon_spent, sampled_per_round
 from federated.strategies.slots import slot_order
 
 #: Flower's SecAgg+ quantisation (its defaults, recorded with the model): every weight is
@@ -75,8 +84,11 @@ class DeviceClient(NumPyClient):
                               batch_size=int(config["batch-size"]),
                               seed=int(config["seed"]) * 100003 + int(config["server-round"]) * 1009 + slot)
         task.train(net, X, np.full(len(X), slot), task.prototypes(int(config["num-slots"])), tc)
+        trained = list(task.get_weights(net).values())
+        if "clipping-norm" in config:  # DP: the update (trained - global) leaves clipped, then masked
+            compute_clip_model_update(trained, parameters, float(config["clipping-norm"]))
         # one example: equal weights, and no window count revealed; no loss: nothing of this device in the clear
-        return list(task.get_weights(net).values()), 1, {}
+        return trained, 1, {}
 
 
 def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
@@ -100,6 +112,32 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     return ClientApp(client_fn=client_fn, mods=[scaling_mod, secaggplus_mod])
 
 
+class DPRelease:
+    """DP-FedAvg's fixed-denominator estimate from a SecAgg+ mean, plus Gaussian noise.
+
+    SecAgg+ gives the mean of the `k` clipped models that took part; ``g + k (mean - g) / m0``
+    is ``g`` plus the sum of the clipped updates over the `m0` devices fixed before training
+    (sensitivity ``C / m0`` whoever drops out), and the noise has std ``z C / m0``: the
+    mechanism `strategies/dp.py` runs on the plain app, so the same accountant applies.
+    """
+
+    def __init__(self, s: RunSettings, m0: int) -> None:
+        if m0 < 1:
+            raise ValueError(f"m0: the fixed number of devices per round must be >= 1, got {m0}")
+        self.m0 = m0
+        self.std = compute_stdv(s.noise_multiplier, s.clipping_norm, m0)
+        # a seed only for benchmarks (anyone knowing it can take the noise off); else OS entropy
+        self.rng = np.random.default_rng(s.dp_noise_seed if s.dp_noise_seed >= 0 else None)
+
+    def release(self, g: list[np.ndarray], mean: list[np.ndarray], k: int) -> list[np.ndarray]:
+        out = []
+        for w0, m in zip(g, mean, strict=True):
+            w0 = np.asarray(w0, np.float64)
+            est = w0 + (np.asarray(m, np.float64) - w0) * (k / self.m0)
+            out.append((est + self.rng.normal(0.0, self.std, w0.shape)).astype(np.float32))
+        return out
+
+
 class SecAggFedAvg(LegacyFedAvg):
     """Legacy FedAvg over the run's devices only, each fit config carrying that device's slot.
 
@@ -108,10 +146,12 @@ class SecAggFedAvg(LegacyFedAvg):
     """
 
     def __init__(self, *, devices: Sequence[int], slots: Mapping[int, int],
-                 on_round: Callable[[int], None] | None = None, **kw: Any) -> None:
+                 on_round: Callable[[int], None] | None = None, dp: DPRelease | None = None, **kw: Any) -> None:
         super().__init__(**kw)
-        self.devices, self.slots, self.on_round = set(devices), dict(slots), on_round
+        self.devices, self.slots, self.on_round, self.dp = set(devices), dict(slots), on_round, dp
         self.final: list[np.ndarray] | None = None
+        #: the global model of the round under way (what the devices' updates are relative to)
+        self.current = parameters_to_ndarrays(self.initial_parameters) if self.initial_parameters else None
         self.rounds_done: list[int] = []
 
     def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[Any, FitIns]]:
@@ -125,11 +165,18 @@ class SecAggFedAvg(LegacyFedAvg):
 
     def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
         params, metrics = super().aggregate_fit(server_round, results, failures)
-        if params is not None:
-            self.final = parameters_to_ndarrays(params)
-            self.rounds_done.append(server_round)
-            if self.on_round is not None:
-                self.on_round(server_round)
+        if params is None:
+            return params, metrics
+        model = parameters_to_ndarrays(params)  # the mean of the models that took part (SecAgg+ unmasked only it)
+        if self.dp is not None:
+            if self.current is None:
+                raise FederatedRunError("dp: no global model to measure the updates from")
+            model = self.dp.release(self.current, model, len(results))
+            params = ndarrays_to_parameters(model)
+        self.final = self.current = model
+        self.rounds_done.append(server_round)
+        if self.on_round is not None:
+            self.on_round(server_round)
         return params, metrics
 
 
@@ -168,14 +215,19 @@ def _train(grid: Grid, context: Context, s: RunSettings, status: StatusFile) -> 
     status.update(state="running", num_devices=len(nodes))
 
     def fit_config(rnd: int) -> dict[str, Any]:
+        clip = {"clipping-norm": s.clipping_norm} if s.dp else {}
         return {"norm": norm_bytes, "hidden": s.hidden, "local-epochs": s.local_epochs, "lr": s.lr,
-                "batch-size": s.batch_size, "seed": s.seed, "num-slots": s.num_slots, "server-round": rnd}
+                "batch-size": s.batch_size, "seed": s.seed, "num-slots": s.num_slots, "server-round": rnd, **clip}
+
+    def progress(rnd: int) -> None:
+        eps = epsilon_spent(s, len(nodes), rnd) if s.dp else None
+        status.update(round=rnd, elapsed_s=round(time.perf_counter() - t0, 1), epsilon=eps)
 
     strategy = SecAggFedAvg(devices=nodes, slots=slots, fraction_fit=1.0, fraction_evaluate=0.0,
                             min_fit_clients=s.min_nodes, min_evaluate_clients=0, min_available_clients=s.min_nodes,
                             initial_parameters=ndarrays_to_parameters(list(init.values())),
-                            on_fit_config_fn=fit_config,
-                            on_round=lambda rnd: status.update(round=rnd, elapsed_s=round(time.perf_counter() - t0, 1)))
+                            on_fit_config_fn=fit_config, on_round=progress,
+                            dp=DPRelease(s, sampled_per_round(s, len(nodes))) if s.dp else None)
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=s.num_server_rounds,
                                                                       round_timeout=s.round_timeout),
                            strategy=strategy)
@@ -195,10 +247,14 @@ def _train(grid: Grid, context: Context, s: RunSettings, status: StatusFile) -> 
     scorer = EmbeddingScorer.from_weights(weights, norm.mean, norm.std, modality=s.modality,
                                           feature_version=spec.feature_version)
     nbytes = task.weights_nbytes(init)
+    eps = epsilon_spent(s, len(nodes), s.num_server_rounds) if s.dp else None
     outcome = RunOutcome(modality=s.modality, strategy=s.strategy, rounds=s.num_server_rounds, num_devices=len(nodes),
-                         dp=False, epsilon=None, delta=None, noise_multiplier=None, clipping_norm=None,
+                         dp=s.dp, epsilon=eps if eps is None or math.isfinite(eps) else None,
+                         delta=s.dp_delta if s.dp else None, noise_multiplier=s.noise_multiplier if s.dp else None,
+                         clipping_norm=s.clipping_norm if s.dp else None,
                          bytes_per_client_per_round=nbytes, download_bytes_per_client_per_round=nbytes,
                          wall_seconds=round(time.perf_counter() - t0, 2), scorer=scorer,
+                         dp_accounting=dp_accounting(s, len(nodes)) if s.dp else None,
                          secure_aggregation=secure_aggregation_record(s))
     return finish_run(outcome, s, status)
 

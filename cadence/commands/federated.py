@@ -224,7 +224,8 @@ def run(
     dp: Annotated[bool, typer.Option("--dp", help="Client-side DP with fixed clipping.")] = False,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+): the server sees only the sum "
                                                           "of the devices' masked updates, never one device's "
-                                                          "(fedavg only; not with --dp yet).")] = False,
+                                                          "(fedavg only; with --dp the devices clip before "
+                                                          "masking and the server adds the noise to the sum).")] = False,
     num_shares: Annotated[int, typer.Option(help="SecAgg+: shares each device's secrets are split into (>= 3).")] = 3,
     reconstruction_threshold: Annotated[int, typer.Option(help="SecAgg+: shares needed to unmask a sum (>= 2, below "
                                                                "--num-shares, at most --min-nodes).")] = 2,

@@ -57,7 +57,9 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
         assert final["run_id"] == str(info["run-id"])
         # the same devices, now under SecAgg+ (`cadence federated run --secagg`: the app federated/app-secagg);
         # one round: each of its four protocol stages starts a ClientApp process on every SuperNode
-        sa_info = d.submit_run(tmp_path, {**settings.as_config(), "num-server-rounds": 1}, app_dir=d.SECAGG_APP_DIR)
+        # with DP: the devices clip before masking, the server adds the noise to the unmasked sum
+        sa_info = d.submit_run(tmp_path, {**settings.as_config(), "num-server-rounds": 1, "dp": True},
+                               app_dir=d.SECAGG_APP_DIR)
         sa_final = d.wait_for_run(d.run_status_file(tmp_path, sa_info["run-id"]), 400, run_id=sa_info["run-id"],
                                   flwr_status=lambda: d.flwr_run_status(tmp_path, sa_info["run-id"]))
         # a run that cannot start: tests/federated/test_run_failures.py
@@ -88,7 +90,8 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     # SecAgg+: the round unmasked and aggregated, the model published with the protocol recorded
     assert sa_final["state"] == "done" and sa_final["round"] == 1 and sa_final["num_devices"] == 2, sa_final
     sa = reg.get("keystroke", sa_final["version"])
-    assert sa.metrics["secure_aggregation"]["num_shares"] == 3 and sa.source == "federated:fedavg+secagg"
+    assert sa.metrics["secure_aggregation"]["num_shares"] == 3 and sa.source == "federated:fedavg+dp+secagg"
+    assert sa.metrics["dp"] is True and 0 < sa.metrics["epsilon"] < 50
     assert sa.metrics["train_loss"] == []  # the devices sent nothing in the clear but their feature sums
     assert "SecAgg+" in (sa.path / "MODEL_CARD.md").read_text()
     assert reg.get("keystroke", version).metrics["secure_aggregation"] is None

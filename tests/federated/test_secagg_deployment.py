@@ -54,8 +54,18 @@ def test_cli_secagg_submits_the_secagg_app_with_its_shares(tmp_path: Path, fake_
     assert fake_flower["apps"] == [d.SECAGG_APP_DIR, d.APP_DIR] and "SecAgg+" not in out
 
 
+def test_cli_secagg_with_dp_is_submitted_with_its_noise(tmp_path: Path, fake_flower: dict[str, Any]) -> None:
+    def write(run_id: str, path: Path, config: dict[str, Any]) -> None:
+        _write(path, {"run_id": run_id, "state": "done", "round": 3, "num_rounds": 3, "version": "v0001"})
+
+    fake_flower.update(next_id=["1"], write=write)
+    code, out = _cli(*_run_args(tmp_path, "--timeout", "20", "--secagg", "--dp", "--noise-multiplier", "1.5"))
+    assert code == 0, out
+    sent = fake_flower["submitted"][0]
+    assert fake_flower["apps"] == [d.SECAGG_APP_DIR] and sent["dp"] is True and sent["noise-multiplier"] == 1.5
+
+
 @pytest.mark.parametrize("extra, named", [
-    (("--secagg", "--dp"), "dp"),
     (("--secagg", "--strategy", "krum", "--min-nodes", "5"), "strategy"),
     (("--secagg", "--strategy", "fedprox"), "strategy"),
     (("--secagg", "--server-momentum", "0.8"), "server-momentum"),
@@ -75,8 +85,8 @@ def test_cli_refuses_what_secagg_cannot_do_before_submitting(tmp_path: Path, fak
 def test_the_secagg_server_app_reports_a_refused_setting_in_the_runs_status(tmp_path: Path) -> None:
     template = str(d.status_template(tmp_path))
     ctx = Context(run_id=77, node_id=0, node_config={}, state=RecordDict(),
-                  run_config={"status-file": template, "dp": True})
-    with pytest.raises(SettingsError, match="dp"):
+                  run_config={"status-file": template, "strategy": "fedprox"})
+    with pytest.raises(SettingsError, match="strategy"):
         secagg.make_server_app()(None, ctx)  # type: ignore[arg-type]
     doc = json.loads((tmp_path / "status-77.json").read_text())
     assert doc["state"] == "failed" and "SecAgg+" in doc["error"] and doc["run_id"] == "77"
@@ -140,6 +150,43 @@ def _fitres(params: Parameters) -> Any:
     from flwr.common import Code, FitRes, Status
 
     return FitRes(status=Status(Code.OK, ""), parameters=params, num_examples=1, metrics={})
+
+
+def test_dp_release_is_the_fixed_denominator_estimate_with_noise_of_std_z_c_over_m0() -> None:
+    """The mechanism of the plain app's DP runs (strategies/dp.py), from SecAgg+'s mean of k clipped models."""
+    s = RunSettings(dp=True, noise_multiplier=2.0, clipping_norm=0.5, dp_noise_seed=3, min_nodes=3)
+    release = secagg.DPRelease(s, m0=4)
+    g = [np.zeros((400, 500), np.float32), np.ones(7, np.float32)]
+    mean = [np.full((400, 500), 0.2, np.float32), np.full(7, 1.4, np.float32)]
+    out = release.release(g, mean, k=3)  # 3 of the 4 devices of the run answered
+    noise = out[0] - 0.2 * 3 / 4
+    assert abs(noise.mean()) < 1e-3 and noise.std() == pytest.approx(2.0 * 0.5 / 4, rel=0.01)
+    assert np.allclose(out[1], 1 + 0.4 * 3 / 4, atol=1.0)  # same estimator on every array
+    again = secagg.DPRelease(s, m0=4).release(g, mean, k=3)
+    assert all(np.array_equal(a, b) for a, b in zip(out, again))  # seeded (benchmarks only)
+    fresh = secagg.DPRelease(RunSettings(dp=True, min_nodes=3), m0=4)
+    assert not np.array_equal(fresh.release(g, mean, 3)[0], secagg.DPRelease(RunSettings(dp=True, min_nodes=3), m0=4)
+                              .release(g, mean, 3)[0])  # unseeded: fresh noise every run
+
+
+def test_under_dp_a_device_sends_its_update_clipped() -> None:
+    from federated import task
+
+    spec = secagg.feature_spec("keystroke")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(24, spec.dim)).astype(np.float32)
+    init = task.initial_weights(spec.dim, 16, 0)
+    client = secagg.DeviceClient(X, list(init))
+    config = {"slot": 1, "norm": np.concatenate([np.zeros(spec.dim), np.ones(spec.dim)]).astype(np.float32).tobytes(),
+              "hidden": 16, "local-epochs": 2, "lr": 0.5, "batch-size": 8, "seed": 0, "num-slots": 8, "server-round": 1}
+    free, n, metrics = client.fit(list(init.values()), config)
+    clipped, _, _ = client.fit(list(init.values()), {**config, "clipping-norm": 0.01})
+
+    def norm(ws: list[np.ndarray]) -> float:
+        return float(np.sqrt(sum(((w - w0) ** 2).sum() for w, w0 in zip(ws, init.values()))))
+
+    assert norm(free) > 0.05 and norm(clipped) == pytest.approx(0.01, rel=1e-3)
+    assert (n, metrics) == (1, {})  # one example, no loss: nothing of this device in the clear
 
 
 def test_a_device_refuses_a_round_without_its_slot() -> None:
