@@ -5,6 +5,11 @@ device key (`task.device_key`, by which the server orders slots),
 ``train`` runs local training from the global model (`federated.task.train`), ``evaluate``
 reports on-device loss/accuracy. Client-side DP clipping is a mod that acts only when the
 server asks for it. Start with ``flwr-clientapp`` via a SuperNode, or in simulation.
+
+A device whose SuperNode has node config ``secagg-only`` (`cadence federated supernode
+--secagg-only`, what the desktop app starts) answers nothing in a plain run: its update would
+reach the server readable. It takes part in SecAgg+ runs only (`federated/secagg.py`, whose
+scaling round this app answers with `in_secagg`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,18 @@ from federated import task
 from federated.records import array_record, config_record, get_float, get_floats, get_int, get_str
 
 KEY_CLIPPING_NORM = "clipping_norm"
+#: node config of a device that takes part in SecAgg+ runs only
+SECAGG_ONLY = "secagg-only"
+
+
+class PlainRunRefused(RuntimeError):
+    """A secagg-only device was asked to take part in a run without secure aggregation."""
+
+
+def secagg_only(node_config: Mapping[str, Any]) -> bool:
+    """Whether this device refuses runs without SecAgg+ (node config ``secagg-only``, true or "true")."""
+    value = node_config.get(SECAGG_ONLY, False)
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
 
 
 def optional_clipping_mod(msg: Message, ctxt: Context, call_next: Any) -> Message:
@@ -36,10 +53,22 @@ def _arrays(weights: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v, np.float32)) for k, v in weights.items()})
 
 
-def make_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
-    """A ClientApp; `defaults` (e.g. the simulation's ``feature-dir``) sit under the run config."""
+def make_app(defaults: Mapping[str, Any] | None = None, *, in_secagg: bool = False) -> ClientApp:
+    """A ClientApp; `defaults` (e.g. the simulation's ``feature-dir``) sit under the run config.
+
+    `in_secagg`: answering the scaling round of a SecAgg+ run (`federated/secagg.py`), which a
+    secagg-only device takes part in; otherwise such a device refuses every message.
+    """
     base = dict(defaults or {})
-    app = ClientApp(mods=[optional_clipping_mod])
+
+    def refuse_plain_runs(msg: Message, context: Context, call_next: Any) -> Message:
+        if not in_secagg and secagg_only(context.node_config):
+            # the reason reaches the operator (the scaling round's error names it); nothing of the data is read
+            raise PlainRunRefused("this device takes part in SecAgg+ runs only (its SuperNode was started with "
+                                  "--secagg-only): start the run with `cadence federated run --secagg`")
+        return call_next(msg, context)
+
+    app = ClientApp(mods=[refuse_plain_runs, optional_clipping_mod])
 
     def windows(context: Context, cfg: ConfigRecord) -> np.ndarray:
         run = {**base, **dict(context.run_config)}

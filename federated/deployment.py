@@ -198,13 +198,18 @@ def check_port_free(host: str, port: int, what: str, option: str = "--port") -> 
 
 
 def supernode_cmd(superlink: str, data: str | os.PathLike[str], port: int, host: str = "127.0.0.1", *,
-                  root_certificates: str | os.PathLike[str] | None) -> list[str]:
-    """flower-supernode verifying the SuperLink against the CA `root_certificates` (None: ``--insecure``, by name)."""
+                  root_certificates: str | os.PathLike[str] | None, secagg_only: bool = False) -> list[str]:
+    """flower-supernode verifying the SuperLink against the CA `root_certificates` (None: ``--insecure``, by name).
+
+    `secagg_only`: node config ``secagg-only=true``: the device answers SecAgg+ runs only
+    (`federated.client_app.secagg_only`).
+    """
     data_path = Path(data).resolve()
     security = ["--insecure"] if root_certificates is None else ["--root-certificates",
                                                                  str(Path(root_certificates).resolve())]
+    node_config = f'data="{data_path}"' + (" secagg-only=true" if secagg_only else "")
     return [find_bin("flower-supernode"), *security, "--superlink", superlink, "--host", host, "--port", str(port),
-            "--node-config", f'data="{data_path}"']
+            "--node-config", node_config]
 
 
 # ---------------------------------------------------------------- TLS: the workspace's own CA

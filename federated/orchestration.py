@@ -26,7 +26,7 @@ from flwr.serverapp import Grid
 from federated import task
 from federated.config import RunSettings, write_json_atomic
 from federated.features import feature_spec
-from federated.records import RecordError, array_record, get_array, get_float, metric_record
+from federated.records import RecordError, array_record, device_errors, get_array, get_float, metric_record
 from federated.scorer import EmbeddingScorer
 from federated.strategies import build_strategy, epsilon_spent
 from federated.strategies.dp import sampled_per_round
@@ -117,9 +117,11 @@ def population_scaling(grid: Grid, nodes: list[int], s: RunSettings,
     msgs = [Message(RecordDict({"config": ConfigRecord({"modality": s.modality})}), dst_node_id=nid,
                     message_type=MessageType.QUERY) for nid in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=s.round_timeout))
-    errors = [r.error.reason for r in replies if r.has_error()]
-    if errors or len(replies) < len(nodes):
-        raise FederatedRunError(f"scaling round: {len(replies) - len(errors)}/{len(nodes)} devices answered; errors: {errors[:3]}")
+    failed = sum(r.has_error() for r in replies)
+    if failed or len(replies) < len(nodes):
+        errors = device_errors(replies)
+        raise FederatedRunError(f"scaling round: {len(replies) - failed}/{len(nodes)} devices answered"
+                                f"{'; errors: ' + errors if errors else ''}")
     try:
         n = sum(get_float(metric_record(r.content), "num-examples") for r in replies)
         sums = [(get_array(array_record(r.content, "sums"), "sum"), get_array(array_record(r.content, "sums"), "sumsq"))

@@ -7,10 +7,12 @@ every read names the type it expects. A device or server that sends something el
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 
 class RecordError(ValueError):
@@ -82,3 +84,24 @@ def get_array(rec: ArrayRecord, key: str) -> np.ndarray:
     if not isinstance(arr, Array):
         raise RecordError(f"{key}: expected an Array, got {type(arr).__name__}")
     return arr.numpy()
+
+
+_FLOWER_REASON = re.compile(r"^<class '(?:[\w.]*\.)?(\w+)'>:<'(.*)'>$", re.S)
+
+
+def device_errors(replies: Iterable[Message], limit: int = 3) -> str:
+    """The devices' error replies as one line: each distinct reason once, with how many sent it.
+
+    Flower wraps a ClientApp's exception as ``<class 'pkg.Name'>:<'message'>``; shown as
+    ``Name: message``. "" when no reply is an error.
+    """
+    counts: dict[str, int] = {}
+    for r in replies:
+        if r.has_error():
+            reason = " ".join(str(r.error.reason).split())
+            m = _FLOWER_REASON.match(reason)
+            reason = f"{m.group(1)}: {m.group(2)}" if m else reason
+            counts[reason] = counts.get(reason, 0) + 1
+    shown = [f"{n} device(s): {reason}" for reason, n in list(counts.items())[:limit]]
+    more = len(counts) - limit
+    return "; ".join(shown) + (f"; and {more} other reason(s)" if more > 0 else "")

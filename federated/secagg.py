@@ -106,7 +106,7 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
         if msg.metadata.message_type == MessageType.QUERY:
             from federated.client_app import make_app
 
-            return make_app(base)(msg, context)
+            return make_app(base, in_secagg=True)(msg, context)
         return call_next(msg, context)
 
     return ClientApp(client_fn=client_fn, mods=[scaling_mod, secaggplus_mod])

@@ -15,6 +15,10 @@ training is withdrawn and on "Delete my data" (`controllers/privacy.py`). Window
 recording (app run) at a time (`recording_windows`): event times of different boots are on
 different clocks and must not be put in one time line.
 
+The SuperNode takes part in SecAgg+ runs only (``--secagg-only``; `cadence federated run
+--secagg`): the training server gets the sum of many devices' masked updates, never this
+device's own (what the consent text says); in a plain run it answers nothing.
+
 The SuperNode connects with TLS, verifying the SuperLink against the operator's CA certificate
 named in ``CADENCE_SUPERLINK_CA`` (the SuperLink's ``WORKDIR/tls/ca.crt``, docs/federated.md).
 Without it, or with a file that is no usable CA certificate (not PEM, not a CA, expired), the
@@ -156,8 +160,9 @@ def supernode_command(superlink: str, data_file: Path, workdir: Path, port: int,
 
     exe = find_bin("cadence")
     security = ["--insecure"] if insecure else ["--root-certificates", str(ca)] if ca is not None else []
+    # SecAgg+ runs only: the consent text promises that the server never reads this device's update alone
     return [exe, "federated", "supernode", "--workdir", str(workdir), "--superlink", superlink,
-            "--data", str(data_file), "--port", str(port), *security]
+            "--data", str(data_file), "--port", str(port), "--secagg-only", *security]
 
 
 @dataclass
@@ -221,7 +226,7 @@ def status_text(allowed: bool, node: SuperNode | None, stopped: str | None = Non
     if not can_run_flower():
         return "On: training is not available on this phone yet (needs Flower, desktop builds only)"
     if node is not None and node.running:
-        return "On: taking part in training now (model updates and a summary of your measurements leave this device, never recordings)"
+        return "On: taking part in training now (masked model updates and a summary of your measurements leave this device, never recordings)"
     if node is not None:
         return "On: training stopped on this computer; it starts again the next time you open Cadence"
     if stopped:

@@ -163,6 +163,10 @@ def supernode(
         help="The SuperLink's CA certificate (its WORKDIR/tls/ca.crt), to verify it by (default: "
              "WORKDIR/tls/ca.crt when there is one).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
+    secagg_only: Annotated[bool, typer.Option("--secagg-only", help="Take part in SecAgg+ runs only (`run "
+                                                                    "--secagg`): in any other run this device "
+                                                                    "answers nothing, so its update never reaches "
+                                                                    "the server readable.")] = False,
 ) -> None:
     """Start a SuperNode serving one device's data, in the foreground, over TLS."""
     from federated import deployment as d
@@ -177,7 +181,7 @@ def supernode(
         refuse_non_folder(Path(workdir), "--workdir")  # named as such, before looking for the CA it would hold
         ca = _supernode_ca(workdir, root_certificates, insecure)
         _check_workdir(workdir)  # only now: a refused SuperNode leaves no workdir behind
-        cmd = d.supernode_cmd(superlink, data, port, root_certificates=ca)
+        cmd = d.supernode_cmd(superlink, data, port, root_certificates=ca, secagg_only=secagg_only)
     except d.DeploymentError as exc:
         fail(str(exc))
     if ca is None:

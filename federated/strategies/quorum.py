@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from federated.records import device_errors
 from federated.strategies.delegating import Delegating
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,10 @@ class Quorum(Delegating):
         """Raise unless at least `required` replies carry content (timeouts and errors do not)."""
         good = sum(not r.has_error() for r in replies)
         if good < self.required:
-            errors = [str(r.error.reason) for r in replies if r.has_error()][:3]
+            errors = device_errors(replies)
             raise QuorumError(f"round {server_round}: {good} device(s) replied within round-timeout "
                               f"({self.timeout:.0f} s), {self.required} needed ({self.reason})"
-                              f"{'; errors: ' + '; '.join(errors) if errors else ''}")
+                              f"{'; errors: ' + errors if errors else ''}")
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

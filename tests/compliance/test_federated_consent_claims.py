@@ -1,9 +1,11 @@
 """The federated-training consent text promises only what the deployed Flower app does.
 
 "Deployed" is what `flwr run federated/app` (and `cadence federated run`) ships: the
-components named in ``federated/app/pyproject.toml`` with its run-config defaults. The
-facts are read from that app, not restated here, so the text must change when the app does
-(SecAgg+ added to the deployed ClientApp, DP made the default) and vice versa.
+components named in ``federated/app/pyproject.toml`` with its run-config defaults; the
+person's device is what the desktop app starts (`mobile_client.federation.supernode_command`,
+SecAgg+ runs only). The facts are read from the code, not restated here, so the text must
+change when the code does (the app's device joining plain runs, DP made the default) and
+vice versa.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ TEXT = policy_text("federated_training").text
 #: the version of the text that promised SecAgg+ and DP; grants recorded under it stay valid
 OLD_VERSION = "2026-11-01"
 #: a sentence promising that updates are combined (or hidden) before the server gets them
-SECAGG_PROMISE = re.compile(r"secure(ly)? aggregat|added together .*before|before anyone sees|cannot be traced", re.I)
+SECAGG_PROMISE = re.compile(r"secure(ly)? aggregat|added together|before anyone sees|cannot be traced|masked", re.I)
 #: a sentence telling the person that the server gets their device's update alone
 SERVER_SEES_UPDATE = re.compile(r"server\b.*\b(on its own|before it is combined)", re.I)
 NOISE = re.compile(r"\bnoise\b|differential privacy", re.I)
@@ -69,12 +71,68 @@ def test_the_secagg_check_tells_the_secagg_app_from_the_deployed_one() -> None:
     assert not securely_aggregates(deployed("clientapp"))
 
 
-def test_consent_promises_secure_aggregation_only_if_the_deployed_app_applies_it() -> None:
-    if securely_aggregates(deployed("clientapp")):
-        pytest.skip("the deployed ClientApp masks updates: the text may say so")
+def app_device_sends_masked_updates_only(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Whether the desktop app's device reaches the server only through SecAgg+ (what the text promises).
+
+    Followed from the app to Flower: the command the app starts (`supernode_command`), the
+    flower-supernode command that `cadence federated supernode` then runs (captured, nothing
+    starts), its node config, and what the deployed plain ClientApp does with that node config
+    (it must answer nothing: neither the scaling round nor a training round), while the SecAgg+
+    app of `run --secagg` masks every update.
+    """
+    from typer.testing import CliRunner
+
+    from cadence.cli import app
+    from federated.client_app import PlainRunRefused
+    from federated.deployment import SECAGG_APP_DIR, free_port
+    from mobile_client.federation import supernode_command
+    from tests.federated.conftest import flower_commands
+
+    ca = workdir / "ca.crt"
+    cmd = supernode_command("127.0.0.1:9092", workdir / "d.npz", workdir / "flower", free_port(), ca=ca)
+    cmds = flower_commands(monkeypatch)
+    monkeypatch.setattr("cadence.commands.federated._supernode_ca", lambda *a: ca)
+    result = CliRunner().invoke(app, cmd[1:])  # `cadence federated supernode ...` as the app runs it
+    assert result.exit_code == 0, result.output  # the command itself must work, or this check says nothing
+    node = next((c for c in cmds if c[0] == "flower-supernode"), None)
+    if node is None:
+        return False
+    config = tomllib.loads(node[node.index("--node-config") + 1].replace(" ", "\n"))
+    ctx = Context(run_id=1, node_id=1, node_config=config, state=RecordDict(), run_config={})
+    plain = deployed("clientapp")
+    for msg_type in (MessageType.QUERY, MessageType.TRAIN):
+        msg = Message(RecordDict({"config": ConfigRecord({"modality": "keystroke"})}), dst_node_id=1,
+                      message_type=msg_type)
+        try:
+            plain(msg, ctx)
+        except PlainRunRefused:
+            continue
+        return False
+    components = tomllib.loads((SECAGG_APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["components"]
+    module, _, attr = components["clientapp"].partition(":")
+    return securely_aggregates(getattr(importlib.import_module(module), attr))
+
+
+def test_consent_promises_secure_aggregation_only_if_the_apps_device_applies_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task_identity: None) -> None:  # noqa: F811
     promises = [s for s in sentences(TEXT) if SECAGG_PROMISE.search(s) and not NEGATION.search(s)]
-    assert promises == [], "the deployed app has no SecAgg+: the server receives each device's update"
-    assert any(SERVER_SEES_UPDATE.search(s) for s in sentences(TEXT)), "say that the server sees each update"
+    masked = app_device_sends_masked_updates_only(tmp_path, monkeypatch)
+    assert bool(promises) == masked, promises
+    if masked:
+        assert not any(SERVER_SEES_UPDATE.search(s) for s in sentences(TEXT)), "the server never reads one update"
+    else:
+        assert any(SERVER_SEES_UPDATE.search(s) for s in sentences(TEXT)), "say that the server sees each update"
+
+
+def test_the_masked_updates_check_can_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           task_identity: None) -> None:  # noqa: F811
+    """With the app starting its SuperNode without --secagg-only again, the check above says so."""
+    from mobile_client import federation
+
+    real = federation.supernode_command
+    monkeypatch.setattr(federation, "supernode_command",
+                        lambda *a, **k: [c for c in real(*a, **k) if c != "--secagg-only"])
+    assert not app_device_sends_masked_updates_only(tmp_path, monkeypatch)
 
 
 def test_consent_promises_noise_only_as_the_deployed_default_gives_it() -> None:
@@ -130,17 +188,19 @@ def test_the_tls_check_tells_an_insecure_deployment_apart(tmp_path: Path, monkey
     assert not deployed_connections_use_tls(tmp_path / "fw", monkeypatch)
 
 
-def test_the_deployed_device_sends_its_own_sums_and_trained_model_readable(
+def test_the_apps_device_sends_its_sums_readable_and_its_model_only_masked(
         data_dir: Path, tmp_path: Path, task_identity: None) -> None:  # noqa: F811
-    """What the consent text says the server sees: one person's feature sums and trained model, in the clear."""
+    """What the text says the server sees: one person's feature sums in the clear, the trained model never alone."""
+    from federated.client_app import PlainRunRefused
+    from federated.secagg import client_app as secagg_client_app
+
     spec = feature_spec("keystroke")
     X = subject_windows("keystroke", data_dir, [1])[1]
-    ctx = Context(run_id=1, node_id=1, node_config={"data": str(write_device_file(tmp_path / "d.npz", X, spec, 1))},
-                  state=RecordDict(), run_config={})
-    app = deployed("clientapp")
+    ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config={},
+                  node_config={"data": str(write_device_file(tmp_path / "d.npz", X, spec, 1)), "secagg-only": True})
     query = Message(RecordDict({"config": ConfigRecord({"modality": "keystroke"})}), dst_node_id=1,
                     message_type=MessageType.QUERY)
-    sums = array_record(app(query, ctx).content, "sums")
+    sums = array_record(secagg_client_app(query, ctx).content, "sums")  # the SecAgg+ run's scaling round
     np.testing.assert_allclose(get_array(sums, "sum"), X.astype(np.float64).sum(0), rtol=1e-4)
 
     norm = task.Normaliser.fit(X)
@@ -150,7 +210,12 @@ def test_the_deployed_device_sends_its_own_sums_and_trained_model_readable(
                         "lr": 0.05, "batch-size": 16, "seed": 0, "server-round": 1, "num-slots": 128})
     train = Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in init.items()}), "config": cfg}),
                     dst_node_id=1, message_type=MessageType.TRAIN)
-    sent = task.to_numpy(array_record(app(train, ctx).content, "arrays"))
+    with pytest.raises(PlainRunRefused, match="SecAgg\\+ runs only"):
+        deployed("clientapp")(train, ctx)  # a plain run's training round: no readable model leaves
+    # without secagg-only (an operator's own SuperNode) the plain app sends a usable model of this person
+    plain_ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config={},
+                        node_config={"data": ctx.node_config["data"]})
+    sent = task.to_numpy(array_record(deployed("clientapp")(train, plain_ctx).content, "arrays"))
     protos = task.prototypes(128)
 
     def loss(weights: dict[str, np.ndarray]) -> float:
@@ -158,7 +223,7 @@ def test_the_deployed_device_sends_its_own_sums_and_trained_model_readable(
         task.set_weights(net, weights)
         return task.test(net, norm(X), 5, protos)["loss"]
 
-    assert loss(sent) < 0.9 * loss(init)  # a usable model fitted to this person, not a masked vector
+    assert loss(sent) < 0.9 * loss(init)
 
 
 def test_grants_of_the_old_text_still_count_and_a_new_grant_supersedes_them(

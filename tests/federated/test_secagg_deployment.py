@@ -206,3 +206,54 @@ def test_the_model_card_says_the_server_saw_only_sums() -> None:
     assert o.summary()["secure_aggregation"]["server_sees"].startswith("the sum")
     plain = RunOutcome(**{**o.__dict__, "secure_aggregation": None})
     assert "SecAgg+" not in model_card(plain)
+
+
+def test_a_secagg_only_supernode_says_so_in_its_node_config() -> None:
+    plain = d.supernode_cmd("127.0.0.1:9092", "d.npz", 9401, root_certificates="ca.crt")
+    only = d.supernode_cmd("127.0.0.1:9092", "d.npz", 9401, root_certificates="ca.crt", secagg_only=True)
+    node_config = only[only.index("--node-config") + 1]
+    assert node_config.endswith(" secagg-only=true") and "secagg-only" not in " ".join(plain)
+
+
+@pytest.mark.parametrize("value, refuses", [(True, True), ("true", True), ("True", True), (False, False),
+                                            ("false", False), (None, False)])
+def test_a_secagg_only_device_answers_no_plain_run_but_the_secagg_scaling_round(
+        tmp_path: Path, task_identity: None, value: Any, refuses: bool) -> None:
+    from flwr.app import ConfigRecord, Message, MessageType
+
+    from federated.client_app import PlainRunRefused, make_app
+    from federated.features import write_device_file
+
+    spec = secagg.feature_spec("keystroke")
+    data = write_device_file(tmp_path / "d.npz", np.ones((6, spec.dim), np.float32), spec, 1)
+    node_config = {"data": str(data)} if value is None else {"data": str(data), "secagg-only": value}
+    ctx = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+    query = Message(RecordDict({"config": ConfigRecord({"modality": "keystroke"})}), dst_node_id=1,
+                    message_type=MessageType.QUERY)
+    if refuses:
+        with pytest.raises(PlainRunRefused, match="--secagg"):
+            make_app()(query, ctx)
+    else:
+        assert make_app()(query, ctx).content["sums"] is not None
+    assert make_app(in_secagg=True)(query, ctx).content["sums"] is not None
+
+
+def test_device_errors_are_one_line_each_reason_once() -> None:
+    from federated.records import device_errors
+
+    class Reply:
+        def __init__(self, reason: str | None) -> None:
+            self.reason = reason
+
+        def has_error(self) -> bool:
+            return self.reason is not None
+
+        @property
+        def error(self) -> Any:
+            return type("E", (), {"reason": self.reason})()
+
+    wrapped = "<class 'federated.client_app.PlainRunRefused'>:<'runs only\n (SecAgg+)'>"
+    replies = [Reply(wrapped), Reply(wrapped), Reply(None), Reply("timeout"), Reply("a"), Reply("b")]
+    assert device_errors(replies) == ("2 device(s): PlainRunRefused: runs only (SecAgg+); 1 device(s): timeout; "
+                                      "1 device(s): a; and 1 other reason(s)")
+    assert device_errors([Reply(None)]) == ""
