@@ -27,6 +27,10 @@ MAX_EPSILON = 50.0
 #: SecAgg+ settings: applied by `federated/secagg.py` (the app of `cadence federated run --secagg`,
 #: ``federated/app-secagg``, and the simulation's SecAgg+ option), refused by the plain app
 SECAGG_KEYS = ("num-shares", "reconstruction-threshold")
+#: fewest devices in a SecAgg+ round: with two, each learns the other's update from the new global model
+SECAGG_MIN_DEVICES = 3
+#: most devices whose masked updates (2^22 levels each) add up within Flower's 2^32 modulus
+SECAGG_MAX_DEVICES = 2**32 // 2**22
 
 
 class SettingsError(ValueError):
@@ -121,8 +125,13 @@ class RunSettings:
             if getattr(self, name) != getattr(default, name):
                 raise SettingsError(f"{key}: not available with SecAgg+ (it runs plain fedavg over every device of "
                                     f"the run with equal weights), got {getattr(self, name)!r}; leave {key} out")
-        if self.min_nodes < 2:
-            raise SettingsError(f"min-nodes: SecAgg+ needs at least 2 devices per round, got {self.min_nodes}")
+        if self.min_nodes < SECAGG_MIN_DEVICES:
+            raise SettingsError(f"min-nodes: SecAgg+ needs at least {SECAGG_MIN_DEVICES} devices per round (with 2, "
+                                f"each could work out the other's update from the published model), got {self.min_nodes}")
+        if self.num_slots > SECAGG_MAX_DEVICES or self.num_shares > SECAGG_MAX_DEVICES:
+            raise SettingsError(f"num-slots, num-shares: at most {SECAGG_MAX_DEVICES} under SecAgg+ (the masked sum of "
+                                f"more devices overflows Flower's 2^32 range at 2^22 levels), got {self.num_slots}, "
+                                f"{self.num_shares}")
         if self.reconstruction_threshold > self.min_nodes:
             raise SettingsError(f"reconstruction-threshold: {self.reconstruction_threshold} devices must take part to "
                                 f"unmask a sum, but a round may go on with min-nodes {self.min_nodes}; set min-nodes "

@@ -273,7 +273,8 @@ def model_card(o: RunOutcome) -> str:
         dp += (f"; updates combined by secure aggregation (SecAgg+, {sa['num_shares']} shares, reconstruction "
                f"threshold {sa['reconstruction_threshold']}): the server saw only each round's sum of masked updates, "
                f"never one device's update or training loss")
-    scaling = "" if o.dp else " The one-off scaling round reveals per-device feature sums to the SuperLink."
+    scaling = ("" if o.dp else " The one-off scaling round reveals per-device window counts, feature sums and "
+               "sums of squares to the SuperLink.")
     return (f"# Federated {o.modality} embedding model\n\n"
             f"- Trained with Flower ({o.strategy}, server momentum {o.server_momentum}) over {o.num_devices} devices, {o.rounds} rounds; each device held "
             f"only its owner's {o.modality} feature windows; raw signals never left the devices.\n"

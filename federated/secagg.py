@@ -36,6 +36,9 @@ from flwr.compat.common.parameter import ndarrays_to_parameters, parameters_to_n
 from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
+from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import ServerApp
 from flwr.supercore.differential_privacy import compute_clip_model_update, compute_stdv
 
@@ -87,11 +90,12 @@ class DeviceClient(NumPyClient):
         trained = list(task.get_weights(net).values())
         if "clipping-norm" in config:  # DP: the update (trained - global) leaves clipped, then masked
             compute_clip_model_update(trained, parameters, float(config["clipping-norm"]))
-        # one example: equal weights, and no window count revealed; no loss: nothing of this device in the clear
+        # one example: equal weights, no window count in the rounds; no loss: nothing of the training in the clear
         return trained, 1, {}
 
 
-def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
+def make_client_app(defaults: Mapping[str, Any] | None = None, *, outer_mods: Sequence[Any] = ()) -> ClientApp:
+    """The SecAgg+ ClientApp; `outer_mods` run first on every message (tests inject dropouts with them)."""
     base = dict(defaults or {})
 
     def client_fn(context: Context) -> Any:
@@ -109,7 +113,7 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
             return make_app(base, in_secagg=True)(msg, context)
         return call_next(msg, context)
 
-    return ClientApp(client_fn=client_fn, mods=[scaling_mod, secaggplus_mod])
+    return ClientApp(client_fn=client_fn, mods=[*outer_mods, scaling_mod, secaggplus_mod])
 
 
 class DPRelease:
@@ -138,6 +142,49 @@ class DPRelease:
         return out
 
 
+class SecAggWorkflow(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, with two changes for devices that drop out, and a record of halts.
+
+    - A device that shared no keys (it dropped out at set-up or while keys were shared)
+      exchanged no masks with anyone (a device masks only with those whose key shares it
+      received), so it is left out of the round instead of being unmasked as "dead": Flower
+      1.41 asked for its shares, found none, and halted the round whatever the threshold.
+    - The sum is unmasked only when at least `min_devices` devices sent their masked update:
+      the sum of fewer is (nearly) one device's update.
+    - Where a round halts, and how many devices had answered, is kept in `halts` (Flower only
+      logs it) for the run's error.
+    """
+
+    def __init__(self, *, min_devices: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.min_devices = min_devices
+        self.halts: dict[int, str] = {}
+
+    def __call__(self, grid: Grid, context: Context) -> None:
+        if not isinstance(context, LegacyContext):
+            raise TypeError(f"Expect a LegacyContext, but get {type(context).__name__}.")
+        state = WorkflowState()
+        rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])  # type: ignore[arg-type]
+        for name, step in (("set-up", self.setup_stage), ("key-sharing", self.share_keys_stage),
+                           ("masked-update", self.collect_masked_vectors_stage), ("unmasking", self.unmask_stage)):
+            if not step(grid, context, state):
+                sampled = len(state.nid_to_fitins)
+                self.halts[rnd] = (f"halted at its {name} stage with {len(state.active_node_ids)} of the round's "
+                                   f"{sampled} devices still answering" if sampled else
+                                   "did not start: fewer of the run's devices than min-nodes were connected")
+                return
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        ok = super().share_keys_stage(grid, context, state)
+        state.sampled_node_ids = set(state.active_node_ids)  # only they can be in the sum, or be unmasked
+        return ok
+
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        if len(state.active_node_ids) < self.min_devices:
+            return False  # never unmask a sum of too few devices
+        return super().unmask_stage(grid, context, state)
+
+
 class SecAggFedAvg(LegacyFedAvg):
     """Legacy FedAvg over the run's devices only, each fit config carrying that device's slot.
 
@@ -146,15 +193,21 @@ class SecAggFedAvg(LegacyFedAvg):
     """
 
     def __init__(self, *, devices: Sequence[int], slots: Mapping[int, int],
-                 on_round: Callable[[int], None] | None = None, dp: DPRelease | None = None, **kw: Any) -> None:
+                 on_round: Callable[[int], None] | None = None, dp: DPRelease | None = None,
+                 halted: Callable[[int], str] = lambda rnd: f"round {rnd}: SecAgg+ produced no aggregate",
+                 **kw: Any) -> None:
         super().__init__(**kw)
         self.devices, self.slots, self.on_round, self.dp = set(devices), dict(slots), on_round, dp
+        self.halted = halted
         self.final: list[np.ndarray] | None = None
         #: the global model of the round under way (what the devices' updates are relative to)
         self.current = parameters_to_ndarrays(self.initial_parameters) if self.initial_parameters else None
         self.rounds_done: list[int] = []
 
     def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[Any, FitIns]]:
+        if server_round > 1 and server_round - 1 not in self.rounds_done:
+            # the workflow only logs a halted round and goes on: stop here, no device trains for nothing
+            raise FederatedRunError(self.halted(server_round - 1))
         config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn is not None else {}
         # SuperNodes that joined after the scaling round wait for the next run (the plain app's `Quorum` too)
         clients = sorted((c for c in client_manager.all().values() if c.node_id in self.devices),
@@ -180,13 +233,35 @@ class SecAggFedAvg(LegacyFedAvg):
         return params, metrics
 
 
-def secure_aggregation_record(s: RunSettings) -> dict[str, Any]:
+def shares_per_device(num_shares: int, num_devices: int) -> int:
+    """The devices each device's secrets are shared with (itself included), as Flower builds them.
+
+    Flower makes an even share count odd (when it is not the device count) and takes the
+    neighbours at offsets -k..k of a ring of the round's devices.
+    """
+    return min(2 * (num_shares // 2) + 1, num_devices)
+
+
+def masked_update_nbytes(weights: Mapping[str, np.ndarray]) -> int:
+    """Bytes of one device's masked update as Flower serialises it (int64 arrays and the weight factor)."""
+    from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_combine
+
+    quantized = [np.zeros(w.shape, np.int64) for w in weights.values()]
+    return sum(len(t) for t in ndarrays_to_parameters(factor_combine(1, quantized)).tensors)
+
+
+def secure_aggregation_record(s: RunSettings, num_devices: int) -> dict[str, Any]:
     """What the server saw and what protected the rest (metrics.json, model card)."""
     return {"protocol": "SecAgg+ (Bell et al. 2020), Flower SecAggPlusWorkflow + secaggplus_mod",
-            "num_shares": s.num_shares, "reconstruction_threshold": s.reconstruction_threshold,
+            "num_shares": s.num_shares, "shares_per_device": shares_per_device(s.num_shares, num_devices),
+            "reconstruction_threshold": s.reconstruction_threshold,
             "clipping_range": CLIPPING_RANGE, "quantization_range": QUANTIZATION_RANGE,
-            "server_sees": "the sum of the devices' masked updates each round, never one device's update",
-            "released_in_clear": ["each device's feature sums (the scaling round)", "which devices took part"]}
+            "server_sees": "the sum of the devices' masked updates each round, never one device's update, "
+                           "against a server that follows the protocol; the server together with other devices "
+                           "of a round can learn more (with all but one of them: the last one's update)",
+            "released_in_clear": ["each device's window count, feature sum and sum of squares (the scaling round)",
+                                  "each device's opaque device key", "which devices took part in each round"],
+            "quantization": "stochastic rounding: a run is reproducible to about 1e-5, not bit for bit"}
 
 
 def run_secagg_training(grid: Grid, context: Context, s: RunSettings) -> RunOutcome:
@@ -229,20 +304,23 @@ def _train(grid: Grid, context: Context, s: RunSettings, status: StatusFile) -> 
                             on_fit_config_fn=fit_config, on_round=progress,
                             dp=DPRelease(s, sampled_per_round(s, len(nodes))) if s.dp else None)
     legacy = LegacyContext(context, config=ServerConfig(num_rounds=s.num_server_rounds,
-                                                                      round_timeout=s.round_timeout),
+                                                       round_timeout=s.round_timeout),
                            strategy=strategy)
-    workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=s.num_shares,
-                                                                reconstruction_threshold=s.reconstruction_threshold,
-                                                                clipping_range=CLIPPING_RANGE,
-                                                                quantization_range=QUANTIZATION_RANGE,
-                                                                max_weight=MAX_WEIGHT,
-                                                                timeout=s.round_timeout))
-    workflow(grid, legacy)
+    secure = SecAggWorkflow(min_devices=s.min_nodes, num_shares=s.num_shares,
+                            reconstruction_threshold=s.reconstruction_threshold, clipping_range=CLIPPING_RANGE,
+                            quantization_range=QUANTIZATION_RANGE, max_weight=MAX_WEIGHT, timeout=s.round_timeout)
+
+    def halted(rnd: int) -> str:
+        why = secure.halts.get(rnd, "produced no aggregate")
+        return (f"round {rnd}: SecAgg+ {why} (the run has {len(nodes)} devices; min-nodes {s.min_nodes}, "
+                f"reconstruction-threshold {s.reconstruction_threshold}, round-timeout {s.round_timeout:g} s); "
+                f"nothing was published (details: `flwr log RUN_ID --show` with FLWR_HOME=WORKDIR/flwr-home)")
+
+    strategy.halted = halted
+    DefaultWorkflow(fit_workflow=secure)(grid, legacy)
     missing = [r for r in range(1, s.num_server_rounds + 1) if r not in strategy.rounds_done]
     if missing or strategy.final is None:
-        raise FederatedRunError(f"round {missing[0] if missing else 1}: SecAgg+ produced no aggregate (fewer than "
-                                f"reconstruction-threshold {s.reconstruction_threshold} or min-nodes {s.min_nodes} "
-                                f"of the run's {len(nodes)} devices answered; see the SuperLink log)")
+        raise FederatedRunError(halted(missing[0] if missing else 1))
     weights = dict(zip(init, strategy.final, strict=True))
     scorer = EmbeddingScorer.from_weights(weights, norm.mean, norm.std, modality=s.modality,
                                           feature_version=spec.feature_version)
@@ -252,10 +330,11 @@ def _train(grid: Grid, context: Context, s: RunSettings, status: StatusFile) -> 
                          dp=s.dp, epsilon=eps if eps is None or math.isfinite(eps) else None,
                          delta=s.dp_delta if s.dp else None, noise_multiplier=s.noise_multiplier if s.dp else None,
                          clipping_norm=s.clipping_norm if s.dp else None,
-                         bytes_per_client_per_round=nbytes, download_bytes_per_client_per_round=nbytes,
+                         bytes_per_client_per_round=masked_update_nbytes(init),  # up: int64, masked
+                         download_bytes_per_client_per_round=nbytes,  # down: the float32 global model
                          wall_seconds=round(time.perf_counter() - t0, 2), scorer=scorer,
                          dp_accounting=dp_accounting(s, len(nodes)) if s.dp else None,
-                         secure_aggregation=secure_aggregation_record(s))
+                         secure_aggregation=secure_aggregation_record(s, len(nodes)))
     return finish_run(outcome, s, status)
 
 

@@ -222,9 +222,9 @@ def run(
     workdir: Workdir = Path("federated-work"),
     registry: Annotated[str | None, typer.Option(help="Model registry root (default: CADENCE_MODEL_REGISTRY).")] = None,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedmedian, trimmed-mean or krum.")] = "fedavg",
-    min_nodes: Annotated[int, typer.Option(help="Wait for this many SuperNodes (robust strategies need more: the "
+    min_nodes: Annotated[int | None, typer.Option(help="Wait for this many SuperNodes (robust strategies need more: the "
                                                 "error says how many). SuperNodes joining after the scaling round "
-                                                "wait for the next run.")] = 2,
+                                                "wait for the next run. Default 2; 3 with --secagg.")] = None,
     dp: Annotated[bool, typer.Option("--dp", help="Client-side DP with fixed clipping.")] = False,
     secagg: Annotated[bool, typer.Option("--secagg", help="Secure aggregation (SecAgg+): the server sees only the sum "
                                                           "of the devices' masked updates, never one device's "
@@ -259,11 +259,14 @@ def run(
     # everything is checked before any file is touched: a refused run leaves the last run's status alone
     try:
         s = RunSettings.from_config({"modality": modality, "num-server-rounds": rounds, "strategy": strategy,
-                                     "min-nodes": min_nodes, "dp": dp, "noise-multiplier": noise_multiplier,
+                                     "min-nodes": min_nodes if min_nodes is not None else 3 if secagg else 2, "dp": dp, "noise-multiplier": noise_multiplier,
                                      "clipping-norm": clipping_norm, "server-momentum": server_momentum,
                                      "registry": str(reg), "status-file": str(d.status_template(wd)),
                                      "round-timeout": round_timeout, "num-shares": num_shares,
                                      "reconstruction-threshold": reconstruction_threshold})
+        if not dp and (noise_multiplier, clipping_norm) != (1.0, 1.0):  # they would be ignored, silently
+            raise SettingsError("--noise-multiplier, --clipping-norm: they apply with --dp only (add --dp, or leave "
+                                "them out)")
         if secagg:
             s.check_secagg_run()
         else:  # shares asked for without --secagg: the updates would travel in the clear

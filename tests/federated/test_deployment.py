@@ -26,8 +26,9 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     """
     from modalities.registry import ModelRegistry
 
-    windows = subject_windows("keystroke", data_dir, [1, 2], max_windows=12)  # tiny: the test is the plumbing
+    windows = subject_windows("keystroke", data_dir, [1, 2, 3], max_windows=12)  # tiny: the test is the plumbing
     files = write_device_files(tmp_path / "devices", windows, feature_spec("keystroke"))
+    files, third = files[:2], files[2]  # the third device joins for the SecAgg+ run (3 devices at least)
     port = d.free_port()
     procs = []
     spawned: list[int] = []
@@ -55,10 +56,13 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
         final = d.wait_for_run(status, 400, flwr_status=lambda: d.flwr_run_status(tmp_path, info["run-id"]),
                                run_id=info["run-id"])
         assert final["run_id"] == str(info["run-id"])
-        # the same devices, now under SecAgg+ (`cadence federated run --secagg`: the app federated/app-secagg);
-        # one round: each of its four protocol stages starts a ClientApp process on every SuperNode
+        # the same devices and a third, now under SecAgg+ (`cadence federated run --secagg`: the app
+        # federated/app-secagg), all three taking part in SecAgg+ runs only, as the desktop app's;
+        # one round: each of its four protocol stages starts a ClientApp process on every SuperNode;
         # with DP: the devices clip before masking, the server adds the noise to the unmasked sum
-        sa_info = d.submit_run(tmp_path, {**settings.as_config(), "num-server-rounds": 1, "dp": True},
+        procs.append(d.spawn(d.supernode_cmd(f"127.0.0.1:{port}", third, d.free_port(), root_certificates=tls.ca,
+                                             secagg_only=True), tmp_path, "supernode-2"))
+        sa_info = d.submit_run(tmp_path, {**settings.as_config(), "num-server-rounds": 1, "dp": True, "min-nodes": 3},
                                app_dir=d.SECAGG_APP_DIR)
         sa_final = d.wait_for_run(d.run_status_file(tmp_path, sa_info["run-id"]), 400, run_id=sa_info["run-id"],
                                   flwr_status=lambda: d.flwr_run_status(tmp_path, sa_info["run-id"]))
@@ -88,7 +92,7 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     engine = FusionEngine.load(rep.calibration_file)
     assert engine.applies("keystroke", f"registry:{version}") and engine.fitted_for("keystroke") == version
     # SecAgg+: the round unmasked and aggregated, the model published with the protocol recorded
-    assert sa_final["state"] == "done" and sa_final["round"] == 1 and sa_final["num_devices"] == 2, sa_final
+    assert sa_final["state"] == "done" and sa_final["round"] == 1 and sa_final["num_devices"] == 3, sa_final
     sa = reg.get("keystroke", sa_final["version"])
     assert sa.metrics["secure_aggregation"]["num_shares"] == 3 and sa.source == "federated:fedavg+dp+secagg"
     assert sa.metrics["dp"] is True and 0 < sa.metrics["epsilon"] < 50

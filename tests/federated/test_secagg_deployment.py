@@ -54,6 +54,17 @@ def test_cli_secagg_submits_the_secagg_app_with_its_shares(tmp_path: Path, fake_
     assert fake_flower["apps"] == [d.SECAGG_APP_DIR, d.APP_DIR] and "SecAgg+" not in out
 
 
+def test_cli_secagg_waits_for_three_devices_unless_told(tmp_path: Path, fake_flower: dict[str, Any]) -> None:
+    def write(run_id: str, path: Path, config: dict[str, Any]) -> None:
+        _write(path, {"run_id": run_id, "state": "done", "round": 3, "num_rounds": 3, "version": "v0001"})
+
+    fake_flower.update(next_id=["1", "2", "3"], write=write)
+    for extra, expected in ((("--secagg",), 3), ((), 2), (("--secagg", "--min-nodes", "4"), 4)):
+        code, out = _cli(*_run_args(tmp_path, "--timeout", "20", *extra))
+        assert code == 0, out
+        assert fake_flower["submitted"][-1]["min-nodes"] == expected
+
+
 def test_cli_secagg_with_dp_is_submitted_with_its_noise(tmp_path: Path, fake_flower: dict[str, Any]) -> None:
     def write(run_id: str, path: Path, config: dict[str, Any]) -> None:
         _write(path, {"run_id": run_id, "state": "done", "round": 3, "num_rounds": 3, "version": "v0001"})
@@ -69,8 +80,11 @@ def test_cli_secagg_with_dp_is_submitted_with_its_noise(tmp_path: Path, fake_flo
     (("--secagg", "--strategy", "krum", "--min-nodes", "5"), "strategy"),
     (("--secagg", "--strategy", "fedprox"), "strategy"),
     (("--secagg", "--server-momentum", "0.8"), "server-momentum"),
-    (("--secagg", "--min-nodes", "1"), "min-nodes"),
-    (("--secagg", "--num-shares", "5", "--reconstruction-threshold", "3"), "reconstruction-threshold"),  # > min-nodes 2
+    (("--secagg", "--min-nodes", "2"), "min-nodes"),  # each of two would learn the other's update
+    (("--secagg", "--num-shares", "5", "--reconstruction-threshold", "4"), "reconstruction-threshold"),  # > min-nodes 3
+    (("--secagg", "--num-shares", "1025", "--reconstruction-threshold", "3"), "num-shares"),  # overflows the sum
+    (("--noise-multiplier", "5"), "--dp"),  # DP options without --dp would be ignored
+    (("--secagg", "--clipping-norm", "0.1"), "--dp"),
     (("--secagg", "--num-shares", "2"), "num-shares"),
     (("--num-shares", "5"), "--secagg"),  # shares asked for, updates in the clear: refused, not ignored
 ])
@@ -111,10 +125,12 @@ def test_rounds_go_to_the_runs_devices_only_each_with_its_own_slot() -> None:
     assert slots == {20: 0, 30: 1, 10: 2}
     strategy = secagg.SecAggFedAvg(devices=[10, 20, 30], slots=slots, min_fit_clients=2,
                                    on_fit_config_fn=lambda rnd: {"server-round": rnd})
+    strategy.rounds_done += [1, 2, 3]
     fit = strategy.configure_fit(4, Parameters(tensors=[], tensor_type=""), _Clients([10, 20, 30, 99]))
     assert [(c.node_id, ins.config) for c, ins in fit] == [
         (20, {"server-round": 4, "slot": 0}), (30, {"server-round": 4, "slot": 1}), (10, {"server-round": 4, "slot": 2})]
     # fewer of the run's devices than min-nodes: no round (the workflow cancels it; the run then fails by name)
+    strategy.rounds_done.append(4)
     assert strategy.configure_fit(5, Parameters(tensors=[], tensor_type=""), _Clients([10, 99])) == []
 
 
@@ -189,6 +205,28 @@ def test_under_dp_a_device_sends_its_update_clipped() -> None:
     assert (n, metrics) == (1, {})  # one example, no loss: nothing of this device in the clear
 
 
+def test_a_halted_round_stops_the_run_before_the_next_one_trains() -> None:
+    strategy = secagg.SecAggFedAvg(devices=[1, 2, 3], slots={1: 0, 2: 1, 3: 2}, min_fit_clients=3,
+                                   halted=lambda rnd: f"round {rnd}: SecAgg+ halted at its unmasking stage")
+    with pytest.raises(FederatedRunError, match="round 1: SecAgg\\+ halted at its unmasking stage"):
+        strategy.configure_fit(2, Parameters(tensors=[], tensor_type=""), _Clients([1, 2, 3]))
+    strategy.rounds_done.append(1)
+    assert len(strategy.configure_fit(2, Parameters(tensors=[], tensor_type=""), _Clients([1, 2, 3]))) == 3
+
+
+def test_the_record_names_everything_the_server_sees_in_the_clear() -> None:
+    from federated import task
+
+    rec = secagg.secure_aggregation_record(RunSettings(num_shares=4, reconstruction_threshold=3, min_nodes=3), 3)
+    clear = " ".join(rec["released_in_clear"])
+    assert all(w in clear for w in ("window count", "feature sum", "sum of squares", "device key"))
+    assert rec["shares_per_device"] == 3  # 4 made odd (5), but only 3 devices
+    assert secagg.shares_per_device(4, 10) == 5 and secagg.shares_per_device(3, 10) == 3
+    init = task.initial_weights(secagg.feature_spec("keystroke").dim, 64, 0)
+    n = sum(w.size for w in init.values())
+    assert 8 * n < secagg.masked_update_nbytes(init) < 8 * n + 1024  # int64 per weight, not float32
+
+
 def test_a_device_refuses_a_round_without_its_slot() -> None:
     client = secagg.DeviceClient(np.zeros((4, 3), np.float32), ["w"])
     with pytest.raises(ValueError, match="slot"):
@@ -200,9 +238,10 @@ def test_the_model_card_says_the_server_saw_only_sums() -> None:
                    delta=None, noise_multiplier=None, clipping_norm=None, bytes_per_client_per_round=1,
                    download_bytes_per_client_per_round=1, wall_seconds=1.0,
                    secure_aggregation=secagg.secure_aggregation_record(RunSettings(num_shares=5,
-                                                                                   reconstruction_threshold=3)))
+                                                                                   reconstruction_threshold=3), 3))
     card = model_card(o)
     assert "SecAgg+, 5 shares, reconstruction threshold 3" in card and "never one device's update" in card
+    assert "window counts" in card
     assert o.summary()["secure_aggregation"]["server_sees"].startswith("the sum")
     plain = RunOutcome(**{**o.__dict__, "secure_aggregation": None})
     assert "SecAgg+" not in model_card(plain)
