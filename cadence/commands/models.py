@@ -218,7 +218,10 @@ def calibrate(
         if version is not None:
             reg.get(modality, version)
         elif reg.active(modality) is None:
-            raise RegistryError(f"version: no active {modality} model in {reg.root}")
+            published = [mv.version for mv in reg.list(modality)]
+            hint = (f"; activate one first: cadence models activate {modality} {published[-1]} --registry {reg.root}"
+                    if published else f"; publish one first (cadence models train --modality {modality}, or a federated run)")
+            raise RegistryError(f"version: no active {modality} model in {reg.root}{hint}")
     except (RegistryError, ValueError) as exc:
         fail(exc)
     with _audit_log() as record:  # checked before the calibration file changes

@@ -70,3 +70,15 @@ def test_centrally_trained_and_other_models_show_their_error_rates_first(tmp_pat
     assert "calibration_eer=0.08123, calibration_cllr=0.41, n_subjects=80" in _row(out, central)
     assert _row(out, bench).endswith("eer=0.2")
     assert _row(out, other).endswith("a=1, b=2")  # no headline key: the plain values, by name
+
+
+def test_calibrate_without_an_active_version_says_what_to_do(tmp_path: Path) -> None:
+    reg = tmp_path / "registry"
+    runner = CliRunner(env={"COLUMNS": "1000"})
+    args = ["models", "calibrate", "keystroke", "--registry", str(reg), "--data-dir", str(tmp_path)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "no active keystroke model" in r.output and "publish one first" in r.output
+    version = _federated(reg, dp=False)  # published by a federated run, not activated
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and f"activate one first: cadence models activate keystroke {version}" in r.output
+    assert "Traceback" not in r.output
