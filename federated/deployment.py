@@ -607,6 +607,35 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
+def speaks_tls(address: str, timeout: float = 2.0) -> bool | None:
+    """Whether the SuperLink at ``host:port`` answers a TLS handshake; None when nothing answers there.
+
+    A SuperNode whose TLS setting differs from its SuperLink's only retries, and Flower logs no
+    cause: `cadence federated supernode` asks first and says so. The certificate is not
+    checked here (flower-supernode does that): only whether TLS is spoken at all.
+    """
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except (OSError, ValueError):
+        return None
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    try:
+        with ctx.wrap_socket(sock, server_hostname=host or None):
+            return True
+    except (ssl.SSLError, ConnectionResetError):
+        return False
+    except OSError:  # timed out or closed mid-handshake: cannot tell
+        return None
+    finally:
+        sock.close()
+
+
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:

@@ -186,8 +186,24 @@ def supernode(
         fail(str(exc))
     if ca is None:
         _warn_insecure("this SuperNode connects")
+    _warn_tls_mismatch(superlink, tls=ca is not None)
     # stopping this command stops flower-supernode and any ClientApp it started: no training after stop
     raise typer.Exit(d.run_foreground(cmd, workdir))
+
+
+def _warn_tls_mismatch(superlink: str, *, tls: bool) -> None:
+    """Flower retries a TLS/insecure mismatch without naming it: say it once, before it starts."""
+    from federated.deployment import speaks_tls
+
+    theirs = speaks_tls(superlink)
+    if theirs is None or theirs == tls:  # not up yet (it may be starting), or both agree
+        return
+    if theirs:
+        warning_line(f"the SuperLink at {superlink} speaks TLS and this SuperNode was started with --insecure: it "
+                     f"cannot connect; give --root-certificates (the SuperLink's WORKDIR/tls/ca.crt) instead")
+    else:
+        warning_line(f"the SuperLink at {superlink} does not speak TLS (started with --insecure?): this SuperNode "
+                     f"cannot connect to it over TLS; start that SuperLink without --insecure")
 
 
 def _supernode_ca(workdir: Path, root_certificates: Path | None, insecure: bool) -> Path | None:

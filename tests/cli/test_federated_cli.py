@@ -204,3 +204,74 @@ def test_a_supernode_refuses_a_file_that_is_no_ca_certificate(tmp_path: Path, mo
                               "--workdir", str(tmp_path / "w"), "--root-certificates", str(ca))
         assert code == 2 and err.startswith("error: --root-certificates") and why in err, err
     assert cmds == []
+
+
+# ---------------------------------------------------------------- a TLS / insecure mismatch is named
+
+
+@pytest.fixture
+def listener(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Start a loopback server speaking TLS (the workspace's certificate) or plain bytes; stopped after the test."""
+    import socket
+    import ssl
+    import threading
+
+    from federated.deployment import ensure_tls
+
+    started: list[tuple[socket.socket, threading.Thread]] = []
+
+    def start(tls: bool) -> str:
+        srv = socket.create_server(("127.0.0.1", 0))
+        srv.settimeout(5)
+        files = ensure_tls(tmp_path / "link", "127.0.0.1")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(files.cert, files.key)
+
+        def serve() -> None:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    if tls:
+                        with ctx.wrap_socket(conn, server_side=True) as t:
+                            t.recv(1)
+                    else:  # what an insecure gRPC server answers a TLS hello with: an HTTP/2 frame
+                        conn.recv(1024)
+                        conn.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64")
+                except OSError:
+                    pass
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        started.append((srv, t))
+        return f"127.0.0.1:{srv.getsockname()[1]}"
+
+    yield start
+    for srv, t in started:
+        srv.close()
+        t.join(5)
+
+
+def test_speaks_tls_tells_a_tls_superlink_from_an_insecure_one_and_from_none(listener) -> None:  # type: ignore[no-untyped-def]
+    from federated.deployment import free_port, speaks_tls
+
+    assert speaks_tls(listener(True)) is True
+    assert speaks_tls(listener(False)) is False
+    assert speaks_tls(f"127.0.0.1:{free_port()}") is None  # nothing there yet: no warning
+    assert speaks_tls("not an address") is None
+
+
+def test_an_insecure_supernode_is_told_the_superlink_speaks_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 listener) -> None:  # type: ignore[no-untyped-def]
+    from federated.deployment import free_port
+
+    _started(monkeypatch)
+    base = ["supernode", "--workdir", str(tmp_path / "fw"), "--data", str(tmp_path / "d.npz"),
+            "--port", str(free_port())]
+    code, out, err = _fed(*base, "--superlink", listener(True), "--insecure")
+    assert code == 0 and "speaks TLS and this SuperNode was started with --insecure" in err, (out, err)
+    ca = tmp_path / "link" / "tls" / "ca.crt"
+    code, out, err = _fed(*base, "--superlink", listener(False), "--root-certificates", str(ca))
+    assert code == 0 and "does not speak TLS" in err, (out, err)
