@@ -7,9 +7,10 @@ reports on-device loss/accuracy. Client-side DP clipping is a mod that acts only
 server asks for it. Start with ``flwr-clientapp`` via a SuperNode, or in simulation.
 
 A device whose SuperNode has node config ``secagg-only`` (`cadence federated supernode
---secagg-only`, what the desktop app starts) answers nothing in a plain run: its update would
-reach the server readable. It takes part in SecAgg+ runs only (`federated/secagg.py`, whose
-scaling round this app answers with `in_secagg`).
+--secagg-only`, what the desktop app starts) gets an error reply from this app for every
+message, before its data is read: its update would reach the server readable. It takes part
+in SecAgg+ runs only (`federated/secagg.py`, whose scaling round this app answers with
+`in_secagg`). A run that ships other code is not bound by this (docs/federated.md).
 """
 
 from __future__ import annotations

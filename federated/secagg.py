@@ -32,6 +32,7 @@ from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.common import FitIns
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.compat.common.parameter import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Grid, LegacyContext, ServerConfig
 from flwr.server.strategy import FedAvg as LegacyFedAvg
@@ -113,7 +114,28 @@ def make_client_app(defaults: Mapping[str, Any] | None = None, *, outer_mods: Se
             return make_app(base, in_secagg=True)(msg, context)
         return call_next(msg, context)
 
-    return ClientApp(client_fn=client_fn, mods=[*outer_mods, scaling_mod, secaggplus_mod])
+    return ClientApp(client_fn=client_fn, mods=[*outer_mods, scaling_mod, unmask_guard, secaggplus_mod])
+
+
+class UnmaskRefused(RuntimeError):
+    """The server asked this device for key shares that would unmask one device's update."""
+
+
+def unmask_guard(msg: Any, context: Context, call_next: Any) -> Any:
+    """Refuse an unmasking request naming a device both as still active and as dropped out.
+
+    For an active device the server may learn its self-mask seed, for a dropped one its
+    secret key; both for one device take its whole mask off, and Flower's `secaggplus_mod`
+    hands over whatever is asked. A server that follows the protocol never asks this. Only
+    a partial defence: a server may still tell different devices different lists.
+    """
+    cfg = msg.content.config_records.get(RECORD_KEY_CONFIGS) if msg.metadata.message_type == MessageType.TRAIN else None
+    if cfg is not None and cfg.get(Key.STAGE) == Stage.UNMASK:
+        both = set(cfg.get(Key.ACTIVE_NODE_ID_LIST, [])) & set(cfg.get(Key.DEAD_NODE_ID_LIST, []))
+        if both:
+            raise UnmaskRefused(f"unmasking: {len(both)} device(s) listed as both active and dropped out; that "
+                                f"would reveal their own update, so this device sends no key shares")
+    return call_next(msg, context)
 
 
 class DPRelease:

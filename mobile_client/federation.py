@@ -16,8 +16,10 @@ recording (app run) at a time (`recording_windows`): event times of different bo
 different clocks and must not be put in one time line.
 
 The SuperNode takes part in SecAgg+ runs only (``--secagg-only``; `cadence federated run
---secagg`): the training server gets the sum of many devices' masked updates, never this
-device's own (what the consent text says); in a plain run it answers nothing.
+--secagg`): a training server running Cadence's published software gets the sum of the
+round's masked updates, never this device's own, and Cadence's plain app refuses this device
+(what the consent text says, including that this relies on the bank running that software:
+a run ships its own app code, docs/federated.md).
 
 The SuperNode connects with TLS, verifying the SuperLink against the operator's CA certificate
 named in ``CADENCE_SUPERLINK_CA`` (the SuperLink's ``WORKDIR/tls/ca.crt``, docs/federated.md).

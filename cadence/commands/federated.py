@@ -164,9 +164,10 @@ def supernode(
              "WORKDIR/tls/ca.crt when there is one).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
     secagg_only: Annotated[bool, typer.Option("--secagg-only", help="Take part in SecAgg+ runs only (`run "
-                                                                    "--secagg`): in any other run this device "
-                                                                    "answers nothing, so its update never reaches "
-                                                                    "the server readable.")] = False,
+                                                                    "--secagg`): Cadence's apps refuse any other "
+                                                                    "run for this device (a run shipping changed "
+                                                                    "code is not bound by this; docs/federated.md)."
+                                                               )] = False,
 ) -> None:
     """Start a SuperNode serving one device's data, in the foreground, over TLS."""
     from federated import deployment as d

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from kivy.app import App
@@ -483,20 +484,37 @@ class PendingSwitch:
         return self.target if self.in_flight else held
 
 
-#: what the Privacy screen says above a consent text that changed since the person agreed to it
-CHANGED_NOTICE: dict[str, str] = {
-    "federated_training": ("The text about helping improve the model has changed since you agreed to it: the "
-                           "earlier one promised protections that Cadence does not give. This device takes no part "
-                           "in training until you have read the new text below and agreed to it. If you do not "
-                           "agree, switch federated training off below."),
+_TRAINING_PAUSED = ("This device takes no part in training until you have read the new text below and agreed to "
+                    "it. If you do not agree, switch federated training off below.")
+#: what the Privacy screen says above a consent text that changed since the person agreed to it, by the
+#: version agreed to: (the first version the words no longer fit, the words); the newest fitting entry wins
+CHANGED_NOTICE: dict[str, list[tuple[str, str]]] = {
+    "federated_training": [
+        # 2026-11-01 promised secure aggregation and noise that the system did not give then
+        ("2026-12-06", "The text about helping improve the model has changed since you agreed to it: the earlier "
+                       "one promised protections that Cadence did not give. " + _TRAINING_PAUSED),
+        # 2026-12-06 and 2026-12-06b said the server reads each update; since 2026-12-06c it gets masked ones only
+        ("2026-12-06c", "The text about helping improve the model has changed since you agreed to it: this device "
+                        "now takes part only in training that combines updates with secure aggregation, and the "
+                        "text says what that protects and what it relies on. " + _TRAINING_PAUSED),
+    ],
 }
 
 
-def changed_notice(purpose: str) -> str:
-    """The plain words above a changed consent text (`CHANGED_NOTICE`, else a general line)."""
+def changed_notice(purpose: str, agreed: Iterable[str | None] = ()) -> str:
+    """The plain words above a changed consent text, for the versions the person `agreed` to.
+
+    The words must be true of what the person agreed to (an earlier text that promised less is
+    not one "that promised protections Cadence does not give"): the oldest version agreed to picks
+    them (`CHANGED_NOTICE`); a purpose without entries gets a general line.
+    """
     what = consent_text.PURPOSE_TEXT.get(purpose, (purpose.replace("_", " "), ""))[0]
-    return CHANGED_NOTICE.get(purpose, f'The text about "{what}" has changed since you agreed to it: please '
-                                       "read the new text below and agree to it again.")
+    oldest = min((v or "" for v in agreed), default="")
+    for before, words in CHANGED_NOTICE.get(purpose, []):
+        if oldest < before:
+            return words
+    return (f'The text about "{what}" has changed since you agreed to it: please read the new text below and '
+            "agree to it again.")
 
 
 def reflow(text: str) -> str:
@@ -632,7 +650,9 @@ class PrivacyScreen(Screen):
         for purpose in PURPOSES:
             modalities = _app().consent.outdated(purpose)
             if modalities:
-                card = policy_card(purpose, notice=changed_notice(purpose), modalities=modalities)
+                profile = _app().services.profile
+                agreed = [profile.agreed_version(m, purpose) for m in modalities]
+                card = policy_card(purpose, notice=changed_notice(purpose, agreed), modalities=modalities)
                 card.bind(on_agree=self.reagree)
                 box.add_widget(card)
 

@@ -46,6 +46,10 @@ SERVER_SEES_UPDATE = re.compile(r"server\b.*\b(on its own|before it is combined)
 NOISE = re.compile(r"\bnoise\b|differential privacy", re.I)
 CONDITIONAL = re.compile(r"\b(may|can choose|when|if|only in|in such runs|not always)\b", re.I)
 NEGATION = re.compile(r"\b(not|no|without)\b", re.I)
+#: what SecAgg+ protects against is a server that runs the published software: the text must say so,
+#: and that a changed server (which picks the code the device runs) could read or take more
+RELIES_ON_PUBLISHED = re.compile(r"(follows the published rules|running the software as published)", re.I)
+CHANGED_SOFTWARE = re.compile(r"changed that software.*(read your device's update|send more)", re.I | re.S)
 
 
 def sentences(text: str) -> list[str]:
@@ -100,7 +104,7 @@ def app_device_sends_masked_updates_only(workdir: Path, monkeypatch: pytest.Monk
     config = tomllib.loads(node[node.index("--node-config") + 1].replace(" ", "\n"))
     ctx = Context(run_id=1, node_id=1, node_config=config, state=RecordDict(), run_config={})
     plain = deployed("clientapp")
-    for msg_type in (MessageType.QUERY, MessageType.TRAIN):
+    for msg_type in (MessageType.QUERY, MessageType.TRAIN, MessageType.EVALUATE):
         msg = Message(RecordDict({"config": ConfigRecord({"modality": "keystroke"})}), dst_node_id=1,
                       message_type=msg_type)
         try:
@@ -120,6 +124,10 @@ def test_consent_promises_secure_aggregation_only_if_the_apps_device_applies_it(
     assert bool(promises) == masked, promises
     if masked:
         assert not any(SERVER_SEES_UPDATE.search(s) for s in sentences(TEXT)), "the server never reads one update"
+        # SecAgg+ holds against a server running the published software (Flower's has no checks against one that
+        # deviates, and the run's app is the server's to choose): a promise without that condition is false
+        assert RELIES_ON_PUBLISHED.search(" ".join(TEXT.split())), "say what the protection relies on"
+        assert CHANGED_SOFTWARE.search(" ".join(TEXT.split())), "say what a changed server could do"
     else:
         assert any(SERVER_SEES_UPDATE.search(s) for s in sentences(TEXT)), "say that the server sees each update"
 

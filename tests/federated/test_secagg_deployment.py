@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 from flwr.common import Parameters
+from flwr.compat.common.parameter import ndarrays_to_parameters
 
 from federated import deployment as d
 from federated import secagg
@@ -296,3 +297,125 @@ def test_device_errors_are_one_line_each_reason_once() -> None:
     assert device_errors(replies) == ("2 device(s): PlainRunRefused: runs only (SecAgg+); 1 device(s): timeout; "
                                       "1 device(s): a; and 1 other reason(s)")
     assert device_errors([Reply(None)]) == ""
+
+
+class _Protocol:
+    """Three real SecAgg+ devices (`secagg.client_app`, secagg-only) driven through the protocol in-process.
+
+    What the server of a SecAgg+ run sends, stage by stage; the test plays that server.
+    """
+
+    MOD = 1 << 32
+
+    def __init__(self, tmp_path: Path) -> None:
+        from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
+
+        from federated.features import write_device_file
+
+        self.Key, self.Stage = Key, Stage
+        spec = secagg.feature_spec("keystroke")
+        rng = np.random.default_rng(7)
+        self.nids = [11, 22, 33]
+        self.X = {n: rng.normal(size=(20, spec.dim)).astype(np.float32) for n in self.nids}
+        self.ctxs = {n: Context(run_id=1, node_id=n, state=RecordDict(), run_config={"modality": "keystroke"},
+                                node_config={"data": str(write_device_file(tmp_path / f"d{n}.npz", self.X[n], spec, n)),
+                                             "secagg-only": True}) for n in self.nids}
+        self.init = secagg.task.initial_weights(spec.dim, 64, 0)
+        self.cfg = {"norm": np.concatenate([np.zeros(spec.dim), np.ones(spec.dim)]).astype(np.float32).tobytes(),
+                    "hidden": 64, "local-epochs": 1, "lr": 0.05, "batch-size": 8, "seed": 0, "num-slots": 8,
+                    "server-round": 1}
+
+    def send(self, nid: int, cfg: dict[str, Any], content: Any = None) -> Any:
+        from flwr.app import ConfigRecord, Message, MessageType
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+        content = content if content is not None else RecordDict()
+        content.config_records[RECORD_KEY_CONFIGS] = ConfigRecord(cfg)
+        msg = Message(content=content, dst_node_id=nid, message_type=MessageType.TRAIN, group_id="1")
+        return secagg.client_app(msg, self.ctxs[nid]).content
+
+    def until_unmasking(self) -> dict[int, Any]:
+        """Set-up, key sharing and the masked updates; returns each device's collect-stage reply."""
+        import flwr.compat.common.recorddict_compat as compat
+        from flwr.common import FitIns
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+        K, S = self.Key, self.Stage
+        setup = {K.STAGE: S.SETUP, K.SAMPLE_NUMBER: 3, K.SHARE_NUMBER: 3, K.THRESHOLD: 2,
+                 K.CLIPPING_RANGE: secagg.CLIPPING_RANGE, K.TARGET_RANGE: secagg.QUANTIZATION_RANGE,
+                 K.MOD_RANGE: self.MOD, K.MAX_WEIGHT: secagg.MAX_WEIGHT}
+        self.pk = {}
+        for n in self.nids:
+            r = self.send(n, dict(setup)).config_records[RECORD_KEY_CONFIGS]
+            self.pk[n] = [r[K.PUBLIC_KEY_1], r[K.PUBLIC_KEY_2]]
+        fwd: dict[int, tuple[list[bytes], list[int]]] = {n: ([], []) for n in self.nids}
+        for n in self.nids:
+            r = self.send(n, {K.STAGE: S.SHARE_KEYS, **{str(m): self.pk[m] for m in self.nids}}).config_records[
+                RECORD_KEY_CONFIGS]
+            for dst, ct in zip(r[K.DESTINATION_LIST], r[K.CIPHERTEXT_LIST]):
+                fwd[dst][0].append(ct)
+                fwd[dst][1].append(n)
+        replies = {}
+        for slot, n in enumerate(self.nids):
+            fit = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters(list(self.init.values())),
+                                                     {**self.cfg, "slot": slot}), True)
+            replies[n] = self.send(n, {K.STAGE: S.COLLECT_MASKED_VECTORS, K.CIPHERTEXT_LIST: fwd[n][0],
+                                       K.SOURCE_LIST: fwd[n][1]}, fit)
+        return replies
+
+
+def test_a_secagg_device_sends_only_its_masked_update_and_the_honest_sum_is_the_mean(
+        tmp_path: Path, task_identity: None) -> None:
+    """The protocol run for real on three devices: no model, count or loss in the clear; the sum unmasks."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import bytes_to_ndarray
+    from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+    from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+        factor_extract,
+        get_parameters_shape,
+        parameters_addition,
+        parameters_mod,
+        parameters_subtraction,
+    )
+    from flwr.common.secure_aggregation.quantization import dequantize
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+
+    p = _Protocol(tmp_path)
+    K, S = p.Key, p.Stage
+    replies = p.until_unmasking()
+    models = [secagg.DeviceClient(p.X[n], list(p.init)).fit(list(p.init.values()), {**p.cfg, "slot": i})[0]
+              for i, n in enumerate(p.nids)]
+    total = None
+    for reply in replies.values():
+        fitres = compat.recorddict_to_fitres(reply, keep_input=True)
+        assert fitres.num_examples == 1 and fitres.metrics == {} and fitres.parameters.tensors == []
+        masked = [bytes_to_ndarray(b) for b in reply.config_records[RECORD_KEY_CONFIGS][K.MASKED_PARAMETERS]]
+        total = masked if total is None else parameters_addition(total, masked)
+    # every device active: the pairwise masks cancel; take the self masks off with the shares of the others
+    seeds: dict[int, list[bytes]] = {n: [] for n in p.nids}
+    for n in p.nids:
+        r = p.send(n, {K.STAGE: S.UNMASK, K.ACTIVE_NODE_ID_LIST: p.nids, K.DEAD_NODE_ID_LIST: []}).config_records[
+            RECORD_KEY_CONFIGS]
+        for owner, share in zip(r[K.NODE_ID_LIST], r[K.SHARE_LIST]):
+            seeds[owner].append(share)
+    for n in p.nids:
+        total = parameters_subtraction(total, pseudo_rand_gen(combine_shares(seeds[n]), p.MOD,
+                                                              get_parameters_shape(total)))
+    ratio, q = factor_extract(parameters_mod(total, p.MOD))
+    mean = [(v - 2 * secagg.CLIPPING_RANGE) * secagg.QUANTIZATION_RANGE / ratio
+            for v in dequantize(q, secagg.CLIPPING_RANGE, secagg.QUANTIZATION_RANGE)]
+    for k, got in enumerate(mean):
+        np.testing.assert_allclose(got, sum(m[k] for m in models) / 3, atol=1e-5)
+    one = dequantize(factor_extract(parameters_mod([bytes_to_ndarray(b) for b in replies[11].config_records[
+        RECORD_KEY_CONFIGS][K.MASKED_PARAMETERS]], p.MOD))[1], secagg.CLIPPING_RANGE, secagg.QUANTIZATION_RANGE)
+    assert not np.allclose(one[0], models[0][0], atol=0.1)  # one device's masked vector is not its model
+
+
+def test_a_secagg_device_refuses_to_unmask_one_device(tmp_path: Path, task_identity: None) -> None:
+    """Naming a device as both active and dropped would hand over its self-mask seed and its key: refused."""
+    p = _Protocol(tmp_path)
+    K, S = p.Key, p.Stage
+    p.until_unmasking()
+    with pytest.raises(secagg.UnmaskRefused, match="both active and dropped out"):
+        p.send(22, {K.STAGE: S.UNMASK, K.ACTIVE_NODE_ID_LIST: p.nids, K.DEAD_NODE_ID_LIST: [11]})

@@ -52,6 +52,20 @@ def _consent_posts(bank: FakeBank) -> list[dict[str, Any]]:
     return bank.sent("/consents")
 
 
+def test_the_notice_above_a_changed_text_fits_the_version_agreed_to() -> None:
+    """Only the 2026-11-01 text promised what Cadence did not give; 2026-12-06(b) promised less than the new one."""
+    from mobile_client.ui.screens import changed_notice
+
+    assert "promised protections that Cadence did not give" in changed_notice("federated_training", ["2026-11-01"])
+    for version in ("2026-12-06", "2026-12-06b"):
+        words = changed_notice("federated_training", [version])
+        assert "secure aggregation" in words and "did not give" not in words
+    assert "did not give" in changed_notice("federated_training", ["2026-12-06b", "2026-11-01"])  # the oldest
+    later = changed_notice("federated_training", [_current()])  # a text corrected again after this one
+    assert "please read the new text" in later and "secure aggregation" not in later
+    assert "please read the new text" in changed_notice("authentication", ["2026-11-01"])
+
+
 # -- 1: an old profile's training grant is to the older text -------------------------------------------
 def test_the_old_training_text_is_not_the_current_one() -> None:
     """The premise of this file: grants given before versions were recorded are to another text."""
@@ -259,6 +273,7 @@ def test_an_old_profile_does_not_train_until_the_person_agrees_to_the_new_text(g
     res = _drive(gl_env, tmp_path, "old")
     assert not res["started"], "a SuperNode started under a grant of the corrected text"
     _asks_to_agree_again(res["before"], res["policy"])
+    assert any("promised protections that Cadence did not give" in t for t in res["before"]["texts"])
     assert res["buttons"] == 1
     _agreed_again(res)
 
