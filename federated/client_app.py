@@ -10,7 +10,7 @@ A device whose SuperNode has node config ``secagg-only`` (`cadence federated sup
 --secagg-only`, what the desktop app starts) gets an error reply from this app for every
 message, before its data is read: its update would reach the server readable. It takes part
 in SecAgg+ runs only (`federated/secagg.py`, whose scaling round this app answers with
-`in_secagg`). A run that ships other code is not bound by this (docs/federated.md).
+`in_secagg`); its SuperNode also refuses any app but that one (`federated.pinned_app`).
 """
 
 from __future__ import annotations

@@ -198,18 +198,25 @@ def check_port_free(host: str, port: int, what: str, option: str = "--port") -> 
 
 
 def supernode_cmd(superlink: str, data: str | os.PathLike[str], port: int, host: str = "127.0.0.1", *,
-                  root_certificates: str | os.PathLike[str] | None, secagg_only: bool = False) -> list[str]:
+                  root_certificates: str | os.PathLike[str] | None, secagg_only: bool = False,
+                  pinned_bin: str | os.PathLike[str] | None = None) -> list[str]:
     """flower-supernode verifying the SuperLink against the CA `root_certificates` (None: ``--insecure``, by name).
 
-    `secagg_only`: node config ``secagg-only=true``: the device answers SecAgg+ runs only
-    (`federated.client_app.secagg_only`).
+    `secagg_only`: node config ``secagg-only=true`` (Cadence's plain app refuses the device,
+    `federated.client_app.secagg_only`), and the SuperNode runs Cadence's SecAgg+ app only: it
+    starts through `federated.pinned_app`, whose `flwr-clientapp` (in `pinned_bin`, default
+    ``pinned-bin`` next to the data file) checks each run's app before Flower runs any of it.
     """
     data_path = Path(data).resolve()
     security = ["--insecure"] if root_certificates is None else ["--root-certificates",
                                                                  str(Path(root_certificates).resolve())]
     node_config = f'data="{data_path}"' + (" secagg-only=true" if secagg_only else "")
-    return [find_bin("flower-supernode"), *security, "--superlink", superlink, "--host", host, "--port", str(port),
-            "--node-config", node_config]
+    cmd = [find_bin("flower-supernode"), *security, "--superlink", superlink, "--host", host, "--port", str(port),
+           "--node-config", node_config]
+    if not secagg_only:
+        return cmd
+    bin_dir = Path(pinned_bin) if pinned_bin is not None else data_path.parent / "pinned-bin"
+    return [sys.executable, "-m", "federated.pinned_app", str(bin_dir.resolve()), *cmd]
 
 
 # ---------------------------------------------------------------- TLS: the workspace's own CA

@@ -18,8 +18,8 @@ different clocks and must not be put in one time line.
 The SuperNode takes part in SecAgg+ runs only (``--secagg-only``; `cadence federated run
 --secagg`): a training server running Cadence's published software gets the sum of the
 round's masked updates, never this device's own, and Cadence's plain app refuses this device
-(what the consent text says, including that this relies on the bank running that software:
-a run ships its own app code, docs/federated.md).
+and any other app a run ships (`federated.pinned_app`): what the consent text says, which
+also says it relies on the server following the SecAgg+ protocol (docs/federated.md).
 
 The SuperNode connects with TLS, verifying the SuperLink against the operator's CA certificate
 named in ``CADENCE_SUPERLINK_CA`` (the SuperLink's ``WORKDIR/tls/ca.crt``, docs/federated.md).

@@ -164,9 +164,9 @@ def supernode(
              "WORKDIR/tls/ca.crt when there is one).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
     secagg_only: Annotated[bool, typer.Option("--secagg-only", help="Take part in SecAgg+ runs only (`run "
-                                                                    "--secagg`): Cadence's apps refuse any other "
-                                                                    "run for this device (a run shipping changed "
-                                                                    "code is not bound by this; docs/federated.md)."
+                                                                    "--secagg`): this device runs Cadence's SecAgg+ "
+                                                                    "app only and refuses any other run or app "
+                                                                    "(WORKDIR/pinned-apps.log; docs/federated.md)."
                                                                )] = False,
 ) -> None:
     """Start a SuperNode serving one device's data, in the foreground, over TLS."""
@@ -182,7 +182,8 @@ def supernode(
         refuse_non_folder(Path(workdir), "--workdir")  # named as such, before looking for the CA it would hold
         ca = _supernode_ca(workdir, root_certificates, insecure)
         _check_workdir(workdir)  # only now: a refused SuperNode leaves no workdir behind
-        cmd = d.supernode_cmd(superlink, data, port, root_certificates=ca, secagg_only=secagg_only)
+        cmd = d.supernode_cmd(superlink, data, port, root_certificates=ca, secagg_only=secagg_only,
+                              pinned_bin=Path(workdir) / "pinned-bin")
     except d.DeploymentError as exc:
         fail(str(exc))
     if ca is None:

@@ -48,8 +48,8 @@ CONDITIONAL = re.compile(r"\b(may|can choose|when|if|only in|in such runs|not al
 NEGATION = re.compile(r"\b(not|no|without)\b", re.I)
 #: what SecAgg+ protects against is a server that runs the published software: the text must say so,
 #: and that a changed server (which picks the code the device runs) could read or take more
-RELIES_ON_PUBLISHED = re.compile(r"(follows the published rules|running the software as published)", re.I)
-CHANGED_SOFTWARE = re.compile(r"changed that software.*(read your device's update|send more)", re.I | re.S)
+RELIES_ON_PUBLISHED = re.compile(r"follow(s|ing) the published rules", re.I)
+CHANGED_SOFTWARE = re.compile(r"changed its training server.*read your device's update", re.I | re.S)
 
 
 def sentences(text: str) -> list[str]:
@@ -98,9 +98,9 @@ def app_device_sends_masked_updates_only(workdir: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr("cadence.commands.federated._supernode_ca", lambda *a: ca)
     result = CliRunner().invoke(app, cmd[1:])  # `cadence federated supernode ...` as the app runs it
     assert result.exit_code == 0, result.output  # the command itself must work, or this check says nothing
-    node = next((c for c in cmds if c[0] == "flower-supernode"), None)
-    if node is None:
-        return False
+    node = next((c for c in cmds if "flower-supernode" in c), None)
+    if node is None or "federated.pinned_app" not in node[:node.index("flower-supernode")]:
+        return False  # a SuperNode that runs whatever app a run ships: no check of ours binds it
     config = tomllib.loads(node[node.index("--node-config") + 1].replace(" ", "\n"))
     ctx = Context(run_id=1, node_id=1, node_config=config, state=RecordDict(), run_config={})
     plain = deployed("clientapp")
@@ -134,7 +134,7 @@ def test_consent_promises_secure_aggregation_only_if_the_apps_device_applies_it(
 
 def test_the_masked_updates_check_can_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            task_identity: None) -> None:  # noqa: F811
-    """With the app starting its SuperNode without --secagg-only again, the check above says so."""
+    """With the app starting its SuperNode without --secagg-only again, or without the pinned app, the check says so."""
     from mobile_client import federation
 
     real = federation.supernode_command

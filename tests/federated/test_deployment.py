@@ -98,6 +98,9 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     assert sa.metrics["dp"] is True and 0 < sa.metrics["epsilon"] < 50
     assert sa.metrics["train_loss"] == []  # the devices sent nothing in the clear but their feature sums
     assert "SecAgg+" in (sa.path / "MODEL_CARD.md").read_text()
+    # the secagg-only SuperNode ran it through its pinned flwr-clientapp, which accepted the SecAgg+ app
+    pinned = (third.parent / "pinned-apps.log").read_text()
+    assert f"accepted run {sa_info['run-id']}" in pinned and "refused" not in pinned, pinned
     assert reg.get("keystroke", version).metrics["secure_aggregation"] is None
     assert all(p.poll() is not None for p in procs)
     assert not alive(spawned)

@@ -419,3 +419,47 @@ def test_a_secagg_device_refuses_to_unmask_one_device(tmp_path: Path, task_ident
     p.until_unmasking()
     with pytest.raises(secagg.UnmaskRefused, match="both active and dropped out"):
         p.send(22, {K.STAGE: S.UNMASK, K.ACTIVE_NODE_ID_LIST: p.nids, K.DEAD_NODE_ID_LIST: [11]})
+
+
+# ---------------------------------------------------------------- a secagg-only SuperNode runs Cadence's SecAgg+ app only
+
+
+def _fab(app_dir: Path, extra: dict[str, bytes] | None = None) -> bytes:
+    """The FAB `flwr run APP_DIR` ships (Flower's own builder), with `extra` files added as a changed app would."""
+    from flwr.cli.build import build_fab_from_files
+
+    files: dict[str, bytes | Path] = {"pyproject.toml": (app_dir / "pyproject.toml").read_bytes(), **(extra or {})}
+    return build_fab_from_files(files)[0]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Flower's FAB builder uses a deprecated pathspec API
+def test_the_pinned_clientapp_accepts_the_secagg_app_and_refuses_any_other() -> None:
+    from federated.pinned_app import AppRefused, check_fab
+
+    check_fab(_fab(d.SECAGG_APP_DIR))  # what `cadence federated run --secagg` ships
+    with pytest.raises(AppRefused, match="names 'federated.client_app:app'"):
+        check_fab(_fab(d.APP_DIR))  # the plain app
+    with pytest.raises(AppRefused, match="carries files of its own \\(evil.py\\)"):
+        check_fab(_fab(d.SECAGG_APP_DIR, {"evil.py": b"import os\n"}))  # its own code, whatever it names
+    renamed = (d.SECAGG_APP_DIR / "pyproject.toml").read_text().replace(
+        'clientapp = "federated.secagg:client_app"', 'clientapp = "evil:app"')
+    with pytest.raises(AppRefused, match="names 'evil:app'"):
+        check_fab(_fab(d.SECAGG_APP_DIR, {"pyproject.toml": renamed.encode()}))
+    with pytest.raises(AppRefused, match="unreadable"):
+        check_fab(b"not a zip")
+
+
+def test_a_secagg_only_supernode_starts_with_the_pinned_clientapp_first_on_its_path(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cmd = d.supernode_cmd("127.0.0.1:9092", tmp_path / "d.npz", 9401, root_certificates="ca.crt", secagg_only=True,
+                          pinned_bin=tmp_path / "pinned-bin")
+    assert cmd[:4] == [sys.executable, "-m", "federated.pinned_app", str((tmp_path / "pinned-bin").resolve())]
+    assert "flower-supernode" in Path(cmd[4]).name
+    # the launcher execs its command with the pinned flwr-clientapp first on PATH (a shell stands in for Flower)
+    out = subprocess.run([*cmd[:4], "/bin/sh", "-c", "command -v flwr-clientapp"], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()
+    launcher = tmp_path / "pinned-bin" / "flwr-clientapp"
+    assert out == str(launcher.resolve()) and launcher.stat().st_mode & 0o777 == 0o700
+    assert "from federated.pinned_app import clientapp" in launcher.read_text()
