@@ -180,6 +180,9 @@ class RunSettings:
         if self.krum_byzantine < 0:
             raise SettingsError(f"krum-byzantine: must be >= 0, got {self.krum_byzantine}")
         self._check_secagg_values()
+        if self.min_nodes > self.num_slots:  # it would wait for them all, then find no prototype for the last
+            raise SettingsError(f"min-nodes: {self.min_nodes} devices need at least as many slots, got num-slots "
+                                f"{self.num_slots}")
         if self.dp:
             # without noise there is no privacy, yet the model would be labelled DP
             if self.noise_multiplier <= 0:

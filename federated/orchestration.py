@@ -112,16 +112,23 @@ def population_scaling(grid: Grid, nodes: list[int], s: RunSettings,
     """One query round: each device returns (n, sum, sum of squares); the server keeps the total.
 
     Devices also return their opaque key (`task.device_key`); with `keys` given, node id ->
-    key is written there (slot order, `SlotAssigner.assign`).
+    key is written there for every device that answered (slot order, `SlotAssigner.assign`):
+    those are the run's devices. A device that does not answer (the SuperLink lists a
+    SuperNode for a while after it died) is left out while at least `min-nodes` answer.
     """
     msgs = [Message(RecordDict({"config": ConfigRecord({"modality": s.modality})}), dst_node_id=nid,
                     message_type=MessageType.QUERY) for nid in nodes]
-    replies = list(grid.send_and_receive(msgs, timeout=s.round_timeout))
-    failed = sum(r.has_error() for r in replies)
-    if failed or len(replies) < len(nodes):
-        errors = device_errors(replies)
-        raise FederatedRunError(f"scaling round: {len(replies) - failed}/{len(nodes)} devices answered"
+    answers = list(grid.send_and_receive(msgs, timeout=s.round_timeout))
+    replies = [r for r in answers if not r.has_error()]
+    if len(replies) < s.min_nodes:
+        errors = device_errors(answers)
+        raise FederatedRunError(f"scaling round: {len(replies)}/{len(nodes)} devices answered within round-timeout "
+                                f"{s.round_timeout:g} s, min-nodes {s.min_nodes} needed"
                                 f"{'; errors: ' + errors if errors else ''}")
+    if len(replies) < len(nodes):
+        errors = device_errors(answers)
+        log.warning("scaling round: %d of %d devices answered; the run goes on with them%s", len(replies),
+                    len(nodes), f" (errors: {errors})" if errors else "")
     try:
         n = sum(get_float(metric_record(r.content), "num-examples") for r in replies)
         sums = [(get_array(array_record(r.content, "sums"), "sum"), get_array(array_record(r.content, "sums"), "sumsq"))
@@ -186,6 +193,9 @@ def _train(grid: Grid, s: RunSettings, status: StatusFile) -> RunOutcome:
     strategy = build_strategy(s, len(nodes), devices=nodes)
     keys: dict[int, str] = {}
     norm = population_scaling(grid, nodes, s, keys)
+    if len(keys) < len(nodes):  # some did not answer: the run's devices are those that did
+        nodes = sorted(keys)
+        strategy = build_strategy(s, len(nodes), devices=nodes)
     spec = feature_spec(s.modality)
     if norm.mean.shape[0] != spec.dim:
         raise FederatedRunError(f"data: devices hold {norm.mean.shape[0]}-d windows, {s.modality} features are {spec.dim}-d")
@@ -270,8 +280,11 @@ def model_card(o: RunOutcome) -> str:
         dp = "no differential privacy"
     if o.secure_aggregation:
         sa = o.secure_aggregation
+        per_round = sa.get("devices_per_round") or []
+        summed = (f" (each round's sum held {min(per_round)}-{max(per_round)} of them)" if per_round and
+                  (min(per_round) < o.num_devices) else "")
         dp += (f"; updates combined by secure aggregation (SecAgg+, {sa['num_shares']} shares, reconstruction "
-               f"threshold {sa['reconstruction_threshold']}): the server saw only each round's sum of masked updates, "
+               f"threshold {sa['reconstruction_threshold']}): the server saw only each round's sum of masked updates{summed}, "
                f"never one device's update or training loss")
     scaling = ("" if o.dp else " The one-off scaling round reveals per-device window counts, feature sums and "
                "sums of squares to the SuperLink.")

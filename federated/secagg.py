@@ -187,10 +187,13 @@ class SecAggWorkflow(SecAggPlusWorkflow):
             raise TypeError(f"Expect a LegacyContext, but get {type(context).__name__}.")
         state = WorkflowState()
         rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])  # type: ignore[arg-type]
+        sampled = 0  # counted after set-up: Flower deletes `nid_to_fitins` in the masked-update stage
         for name, step in (("set-up", self.setup_stage), ("key-sharing", self.share_keys_stage),
                            ("masked-update", self.collect_masked_vectors_stage), ("unmasking", self.unmask_stage)):
-            if not step(grid, context, state):
-                sampled = len(state.nid_to_fitins)
+            ok = step(grid, context, state)
+            if name == "set-up":
+                sampled = len(getattr(state, "nid_to_fitins", {}))
+            if not ok:
                 self.halts[rnd] = (f"halted at its {name} stage with {len(state.active_node_ids)} of the round's "
                                    f"{sampled} devices still answering" if sampled else
                                    "did not start: fewer of the run's devices than min-nodes were connected")
@@ -222,6 +225,8 @@ class SecAggFedAvg(LegacyFedAvg):
         self.devices, self.slots, self.on_round, self.dp = set(devices), dict(slots), on_round, dp
         self.halted = halted
         self.final: list[np.ndarray] | None = None
+        #: how many devices' updates each round's sum held (devices may drop out of a round)
+        self.summed: list[int] = []
         #: the global model of the round under way (what the devices' updates are relative to)
         self.current = parameters_to_ndarrays(self.initial_parameters) if self.initial_parameters else None
         self.rounds_done: list[int] = []
@@ -250,6 +255,7 @@ class SecAggFedAvg(LegacyFedAvg):
             params = ndarrays_to_parameters(model)
         self.final = self.current = model
         self.rounds_done.append(server_round)
+        self.summed.append(len(results))
         if self.on_round is not None:
             self.on_round(server_round)
         return params, metrics
@@ -303,6 +309,7 @@ def _train(grid: Grid, context: Context, s: RunSettings, status: StatusFile) -> 
     nodes = wait_for_nodes(grid, s.min_nodes, s.round_timeout)
     keys: dict[int, str] = {}
     norm = population_scaling(grid, nodes, s, keys)
+    nodes = sorted(keys)  # the run's devices: those that answered the scaling round
     spec = feature_spec(s.modality)
     if norm.mean.shape[0] != spec.dim:
         raise FederatedRunError(f"data: devices hold {norm.mean.shape[0]}-d windows, {s.modality} features are {spec.dim}-d")
@@ -356,7 +363,8 @@ def _train(grid: Grid, context: Context, s: RunSettings, status: StatusFile) -> 
                          download_bytes_per_client_per_round=nbytes,  # down: the float32 global model
                          wall_seconds=round(time.perf_counter() - t0, 2), scorer=scorer,
                          dp_accounting=dp_accounting(s, len(nodes)) if s.dp else None,
-                         secure_aggregation=secure_aggregation_record(s, len(nodes)))
+                         secure_aggregation={**secure_aggregation_record(s, len(nodes)),
+                                             "devices_per_round": list(strategy.summed)})
     return finish_run(outcome, s, status)
 
 

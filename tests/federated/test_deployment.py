@@ -96,6 +96,7 @@ def test_superlink_two_supernodes_two_rounds_publish_a_model(data_dir, tmp_path)
     sa = reg.get("keystroke", sa_final["version"])
     assert sa.metrics["secure_aggregation"]["num_shares"] == 3 and sa.source == "federated:fedavg+dp+secagg"
     assert sa.metrics["dp"] is True and 0 < sa.metrics["epsilon"] < 50
+    assert sa.metrics["secure_aggregation"]["devices_per_round"] == [3]
     assert sa.metrics["train_loss"] == []  # the devices sent nothing in the clear but their feature sums
     assert "SecAgg+" in (sa.path / "MODEL_CARD.md").read_text()
     # the secagg-only SuperNode ran it through its pinned flwr-clientapp, which accepted the SecAgg+ app

@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, 
 from federated import task
 from federated.config import MAX_EPSILON, RunSettings, SettingsError
 from federated.features import feature_spec
-from federated.orchestration import run_training
+from federated.orchestration import FederatedRunError, run_training
 from federated.privacy import epsilon
 from federated.records import array_record, config_record, get_int
 from federated.strategies import QuorumError, build_strategy
@@ -30,8 +30,10 @@ W = {"a": np.zeros(3, np.float32)}
 class _Devices:
     """Fake SuperNodes: they answer the scaling query and train (global + 0.01); `late` connects after scaling."""
 
-    def __init__(self, nodes: list[int], late: list[int]) -> None:
+    def __init__(self, nodes: list[int], late: list[int], gone: tuple[int, ...] = ()) -> None:
         self.nodes, self.late = list(nodes), late
+        #: listed by the SuperLink but dead (as for ~45 s after a SuperNode is killed): they answer nothing
+        self.gone = set(gone)
         self.trained: dict[int, list[int]] = {}
         self.rng = np.random.default_rng(0)
 
@@ -46,6 +48,8 @@ class _Devices:
 
     def _answer(self, m: Message) -> Message:
         node = m.metadata.dst_node_id
+        if node in self.gone:
+            return Message(Error(code=0, reason="timed out"), reply_to=m)
         if m.metadata.message_type == MessageType.QUERY:
             X = self.rng.normal(size=(12, DIM))  # one person's 12 keystroke windows
             content = RecordDict({"sums": ArrayRecord({"sum": Array(X.sum(0)), "sumsq": Array((X**2).sum(0))}),
@@ -93,6 +97,24 @@ def test_a_device_connecting_after_the_scaling_round_waits_for_the_next_run(tmp_
     assert outcome.num_devices == 2
     doc = json.loads((tmp_path / "status.json").read_text())
     assert doc["state"] == "done" and doc["num_devices"] == 2
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_a_listed_device_that_does_not_answer_the_scaling_round_is_left_out(tmp_path: Path, dp: bool,
+                                                                             task_identity) -> None:
+    """4 listed, 1 dead (the SuperLink lists a killed SuperNode for a while): the run goes on with 3 (min-nodes 3)."""
+    grid = _Devices([11, 12, 13, 14], late=[], gone=(13,))
+    s = RunSettings.from_config({"min-nodes": 3, "num-server-rounds": 2, "dp": dp, "dp-noise-seed": 0,
+                                 "round-timeout": 5, "status-file": str(tmp_path / "status.json")})
+    outcome = run_training(grid, s)  # type: ignore[arg-type]
+    assert {rnd: sorted(nodes) for rnd, nodes in grid.trained.items()} == {1: [11, 12, 14], 2: [11, 12, 14]}
+    assert outcome.num_devices == 3
+    if dp:  # the fixed denominator is the devices that are the run's: 3, not the 4 listed
+        assert outcome.dp_accounting is not None and outcome.dp_accounting["fixed_devices_per_round"] == 3
+    # fewer than min-nodes answer: the run fails, naming how many and what it needed
+    with pytest.raises(FederatedRunError, match=r"scaling round: 2/3 devices answered within round-timeout 5 s, "
+                                                r"min-nodes 3 needed; errors: 1 device\(s\): timed out"):
+        run_training(_Devices([11, 12, 13], late=[], gone=(13,)), s)  # type: ignore[arg-type]
 
 
 def test_late_joiners_are_logged_once_and_never_sampled(task_identity, caplog) -> None:

@@ -82,6 +82,7 @@ def test_cli_secagg_with_dp_is_submitted_with_its_noise(tmp_path: Path, fake_flo
     (("--secagg", "--strategy", "fedprox"), "strategy"),
     (("--secagg", "--server-momentum", "0.8"), "server-momentum"),
     (("--secagg", "--min-nodes", "2"), "min-nodes"),  # each of two would learn the other's update
+    (("--secagg", "--min-nodes", "200"), "min-nodes"),  # more than num-slots (128): it would wait, then fail
     (("--secagg", "--num-shares", "5", "--reconstruction-threshold", "4"), "reconstruction-threshold"),  # > min-nodes 3
     (("--secagg", "--num-shares", "1025", "--reconstruction-threshold", "3"), "num-shares"),  # overflows the sum
     (("--noise-multiplier", "5"), "--dp"),  # DP options without --dp would be ignored
@@ -246,6 +247,9 @@ def test_the_model_card_says_the_server_saw_only_sums() -> None:
     assert o.summary()["secure_aggregation"]["server_sees"].startswith("the sum")
     plain = RunOutcome(**{**o.__dict__, "secure_aggregation": None})
     assert "SecAgg+" not in model_card(plain)
+    assert "sum held" not in card  # no round record: nothing said about it
+    dropped = RunOutcome(**{**o.__dict__, "secure_aggregation": {**o.secure_aggregation, "devices_per_round": [3, 2]}})
+    assert "each round's sum held 2-3 of them" in model_card(dropped)
 
 
 def test_a_secagg_only_supernode_says_so_in_its_node_config() -> None:

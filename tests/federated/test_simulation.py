@@ -101,3 +101,40 @@ def test_secagg_plus_leaves_out_a_device_that_dropped_at_set_up(data_dir, tmp_pa
         updates.append(task.get_weights(net))
     for k in init:
         assert np.allclose(outcome.scorer.get_state()[k], sum(u[k] for u in updates) / 3, atol=1e-5), k
+
+
+@pytest.mark.slow
+def test_secagg_plus_never_unmasks_a_sum_of_fewer_than_min_nodes_and_says_where_it_stopped(data_dir, tmp_path) -> None:
+    """3 devices, min-nodes 3, one drops after its keys are shared: the round halts before unmasking, by name."""
+    from flwr.simulation import run_simulation
+
+    from federated import secagg
+    from federated.simulation import _backend, shutdown_ray
+
+    windows = subject_windows("keystroke", data_dir, [1, 2, 3], max_windows=12)
+    write_device_files(tmp_path, windows, feature_spec("keystroke"))
+    status = tmp_path / "status.json"
+    cfg = {**RunSettings.from_config({"num-server-rounds": 1, "min-nodes": 3}).as_config(),
+           "feature-dir": str(tmp_path.resolve()), "status-file": str(status)}
+
+    def drop_before_masking(msg, context, call_next):  # type: ignore[no-untyped-def]
+        stage = msg.content.config_records.get("secaggplus_configs", {}).get("stage")
+        if int(context.node_config["partition-id"]) == 2 and stage == "collect_masked_vectors":
+            raise ConnectionError("gone")
+        return call_next(msg, context)
+
+    from federated.orchestration import FederatedRunError
+
+    results: list = []
+    try:
+        with pytest.raises(FederatedRunError, match="halted at its unmasking stage"):
+            run_simulation(server_app=secagg.make_server_app(cfg, on_result=results.append),
+                           client_app=secagg.make_client_app(cfg, outer_mods=[drop_before_masking]),
+                           num_supernodes=3, backend_config=_backend(1))
+    finally:
+        shutdown_ray()
+    assert results == []  # nothing published
+    doc = json.loads(status.read_text())
+    assert doc["state"] == "failed", doc
+    assert doc["error"].startswith("round 1: SecAgg+ halted at its unmasking stage with 2 of the round's 3 devices "
+                                   "still answering (the run has 3 devices; min-nodes 3"), doc["error"]
