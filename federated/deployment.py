@@ -204,8 +204,8 @@ def supernode_cmd(superlink: str, data: str | os.PathLike[str], port: int, host:
 
     `secagg_only`: node config ``secagg-only=true`` (Cadence's plain app refuses the device,
     `federated.client_app.secagg_only`), and the SuperNode runs Cadence's SecAgg+ app only: it
-    starts through `federated.pinned_app`, whose `flwr-clientapp` (in `pinned_bin`, default
-    ``pinned-bin`` next to the data file) checks each run's app before Flower runs any of it.
+    starts through `federated.pinned_app`, whose launchers (in `pinned_bin`, default
+    ``pinned-bin`` next to the data file) check each run's app before Flower runs any of it.
     """
     data_path = Path(data).resolve()
     security = ["--insecure"] if root_certificates is None else ["--root-certificates",
@@ -216,7 +216,7 @@ def supernode_cmd(superlink: str, data: str | os.PathLike[str], port: int, host:
     if not secagg_only:
         return cmd
     bin_dir = Path(pinned_bin) if pinned_bin is not None else data_path.parent / "pinned-bin"
-    return [sys.executable, "-m", "federated.pinned_app", str(bin_dir.resolve()), *cmd]
+    return [sys.executable, "-m", "federated.pinned_app", "supernode", str(bin_dir.resolve()), *cmd]
 
 
 # ---------------------------------------------------------------- TLS: the workspace's own CA

@@ -7,6 +7,7 @@ protocol's arithmetic (the aggregate equals the clear mean) in test_simulation.p
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -453,17 +454,81 @@ def test_the_pinned_clientapp_accepts_the_secagg_app_and_refuses_any_other() -> 
         check_fab(b"not a zip")
 
 
-def test_a_secagg_only_supernode_starts_with_the_pinned_clientapp_first_on_its_path(tmp_path: Path) -> None:
+def test_a_secagg_only_supernode_starts_with_the_pinned_launchers_first_on_its_path(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+
+    from federated import pinned_app
+
+    # every program Flower's SuperExec may start by name has a launcher (a new task type must get one)
+    assert set(pinned_app.TASK_COMMANDS) == set(TASK_TYPE_TO_COMMAND.values())
+    bin_dir = tmp_path / "my bin"  # a space: no #! line could name such a Python
     cmd = d.supernode_cmd("127.0.0.1:9092", tmp_path / "d.npz", 9401, root_certificates="ca.crt", secagg_only=True,
-                          pinned_bin=tmp_path / "pinned-bin")
-    assert cmd[:4] == [sys.executable, "-m", "federated.pinned_app", str((tmp_path / "pinned-bin").resolve())]
-    assert "flower-supernode" in Path(cmd[4]).name
-    # the launcher execs its command with the pinned flwr-clientapp first on PATH (a shell stands in for Flower)
-    out = subprocess.run([*cmd[:4], "/bin/sh", "-c", "command -v flwr-clientapp"], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.strip()
-    launcher = tmp_path / "pinned-bin" / "flwr-clientapp"
-    assert out == str(launcher.resolve()) and launcher.stat().st_mode & 0o777 == 0o700
-    assert "from federated.pinned_app import clientapp" in launcher.read_text()
+                          pinned_bin=bin_dir)
+    assert cmd[:5] == [sys.executable, "-m", "federated.pinned_app", "supernode", str(bin_dir.resolve())]
+    assert "flower-supernode" in Path(cmd[5]).name
+    # the SuperNode is exec'd with the launchers first on PATH (a shell stands in for Flower)
+    out = subprocess.run([*cmd[:5], "/bin/sh", "-c", "command -v flwr-clientapp; flwr-agentapp --x; echo $?"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0] == str(bin_dir.resolve() / "flwr-clientapp") and lines[-1] == "1"
+    assert "runs Cadence's SecAgg+ ClientApp only" in out.stderr  # an agent task is refused
+    assert "refused a flwr-agentapp task" in (tmp_path / "pinned-apps.log").read_text()
+    assert all((bin_dir / c).stat().st_mode & 0o777 == 0o700 for c in pinned_app.TASK_COMMANDS)
+
+
+def test_a_launcher_that_cannot_run_stops_the_supernode_before_it_starts(tmp_path: Path) -> None:
+    """A launcher skipped by the PATH search (no exec bit, a noexec mount) would let Flower's own program run."""
+    from federated import pinned_app
+
+    bin_dir = pinned_app.install_launchers(tmp_path / "bin")
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    pinned_app.self_test(bin_dir, path)  # all six run
+    (bin_dir / "flwr-agentapp").write_text("#!/bin/sh\nexit 0\n")  # runs, but is not ours
+    with pytest.raises(SystemExit, match="flwr-agentapp does not run as it should"):
+        pinned_app.self_test(bin_dir, path)
+    os.chmod(bin_dir / "flwr-agentapp", 0o600)
+    with pytest.raises(SystemExit, match="flwr-agentapp resolves to"):
+        pinned_app.self_test(bin_dir, path)  # not executable: the search skips it
+    pinned_app.install_launchers(bin_dir)  # rewritten and executable again
+    pinned_app.self_test(bin_dir, path)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Flower's FAB builder uses a deprecated pathspec API
+def test_the_pinned_app_is_cadences_by_name_and_version_and_the_run_names_it(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower builds the install folder from the run's app id and version: a path in them, or another app, is refused."""
+    from types import SimpleNamespace
+
+    from flwr.common.config import get_project_dir
+
+    from federated.pinned_app import AppRefused, check_fab, check_run
+
+    text = (d.SECAGG_APP_DIR / "pyproject.toml").read_text()
+    assert check_fab(_fab(d.SECAGG_APP_DIR)) == ("cadence/cadence-federated-secagg", "1.0.0")
+    for old, new in (('version = "1.0.0"', 'version = "1.0.0/../../../../tmp/escaped"'),
+                     ('name = "cadence-federated-secagg"', 'name = "other"'),
+                     ('publisher = "cadence"', 'publisher = "someone"')):
+        with pytest.raises(AppRefused):
+            check_fab(_fab(d.SECAGG_APP_DIR, {"pyproject.toml": text.replace(old, new).encode()}))
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    content = _fab(d.SECAGG_APP_DIR)
+    import hashlib
+
+    fab = SimpleNamespace(content=content, hash_str=hashlib.sha256(content).hexdigest())
+    run = SimpleNamespace(fab_id="cadence/cadence-federated-secagg", fab_version="1.0.0")
+    check_run(fab, run)
+    with pytest.raises(AppRefused, match="this run names app"):
+        check_run(fab, SimpleNamespace(fab_id="cadence/other", fab_version="1.0.0"))  # loads another folder
+    folder = get_project_dir(run.fab_id, run.fab_version, fab.hash_str)
+    folder.mkdir(parents=True)
+    import io
+    import zipfile
+
+    (folder / "pyproject.toml").write_bytes(zipfile.ZipFile(io.BytesIO(content)).read("pyproject.toml"))
+    check_run(fab, run)  # installed by an earlier run: the same app
+    (folder / "evil.py").write_text("import os\n")
+    with pytest.raises(AppRefused, match="holds other files"):
+        check_run(fab, run)
