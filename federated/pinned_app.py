@@ -140,6 +140,16 @@ def refuse_task(bin_dir: Path, command: str) -> None:
 def install_launchers(bin_dir: Path) -> Path:
     """Write one launcher per `TASK_COMMANDS` into BIN (owner-only, executable every time); returns BIN."""
     bin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if bin_dir.stat().st_uid != os.getuid():  # first on the SuperNode's PATH: nobody else may put programs there
+        raise SystemExit(f"error: --secagg-only: {bin_dir} belongs to another user; remove it or choose another "
+                         f"--workdir")
+    os.chmod(bin_dir, stat.S_IRWXU)  # every start: a folder made earlier with looser modes is tightened
+    for entry in bin_dir.iterdir():  # only the launchers: e.g. a planted flower-superexec would run first
+        if entry.name not in TASK_COMMANDS:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     python = shlex.quote(sys.executable)  # a path with spaces cannot be a #! line: /bin/sh runs it instead
     for command in TASK_COMMANDS:
         path = bin_dir / command

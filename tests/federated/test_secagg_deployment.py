@@ -532,3 +532,21 @@ def test_the_pinned_app_is_cadences_by_name_and_version_and_the_run_names_it(tmp
     (folder / "evil.py").write_text("import os\n")
     with pytest.raises(AppRefused, match="holds other files"):
         check_run(fab, run)
+
+
+def test_the_pinned_folder_holds_the_launchers_only_and_is_the_owners_alone(tmp_path: Path) -> None:
+    from federated import pinned_app
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(mode=0o777)
+    os.chmod(bin_dir, 0o777)
+    (bin_dir / "flower-superexec").write_text("#!/bin/sh\necho planted\n")  # would run before Flower's own
+    pinned_app.install_launchers(bin_dir)
+    assert bin_dir.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in bin_dir.iterdir()) == sorted(pinned_app.TASK_COMMANDS)
+
+
+def test_a_secagg_only_supernode_never_installs_a_runs_dependencies() -> None:
+    """The pin checks the FAB's files, not its `dependencies`: Flower would pip-install them after the check."""
+    cmd = d.supernode_cmd("127.0.0.1:9092", "d.npz", 9401, root_certificates="ca.crt", secagg_only=True)
+    assert not any("dependency-installation" in c for c in cmd)
