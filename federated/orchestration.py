@@ -229,15 +229,22 @@ def _train(grid: Grid, s: RunSettings, status: StatusFile) -> RunOutcome:
     weights = task.to_numpy(result.arrays)
     scorer = EmbeddingScorer.from_weights(weights, norm.mean, norm.std, modality=s.modality,
                                           feature_version=spec.feature_version)
-    eps = epsilon_spent(s, len(nodes), s.num_server_rounds) if s.dp else None
     outcome = RunOutcome(modality=s.modality, strategy=s.strategy, rounds=s.num_server_rounds, num_devices=len(nodes),
-                         dp=s.dp, epsilon=eps if eps is None or math.isfinite(eps) else None,
-                         delta=s.dp_delta if s.dp else None, noise_multiplier=s.noise_multiplier if s.dp else None,
-                         clipping_norm=s.clipping_norm if s.dp else None, bytes_per_client_per_round=nbytes,
-                         download_bytes_per_client_per_round=nbytes, wall_seconds=round(time.perf_counter() - t0, 2),
-                         train_loss=losses, server_momentum=s.server_momentum,
-                         dp_accounting=dp_accounting(s, len(nodes)) if s.dp else None, scorer=scorer)
+                         bytes_per_client_per_round=nbytes, download_bytes_per_client_per_round=nbytes,
+                         wall_seconds=round(time.perf_counter() - t0, 2), train_loss=losses,
+                         server_momentum=s.server_momentum, scorer=scorer, **privacy_fields(s, len(nodes)))
     return finish_run(outcome, s, status)
+
+
+def privacy_fields(s: RunSettings, num_nodes: int) -> dict[str, Any]:
+    """A finished run's DP fields of `RunOutcome` (all None without DP; an infinite epsilon as None)."""
+    if not s.dp:
+        return {"dp": False, "epsilon": None, "delta": None, "noise_multiplier": None, "clipping_norm": None,
+                "dp_accounting": None}
+    eps = epsilon_spent(s, num_nodes, s.num_server_rounds)
+    return {"dp": True, "epsilon": eps if math.isfinite(eps) else None, "delta": s.dp_delta,
+            "noise_multiplier": s.noise_multiplier, "clipping_norm": s.clipping_norm,
+            "dp_accounting": dp_accounting(s, num_nodes)}
 
 
 def finish_run(outcome: RunOutcome, s: RunSettings, status: StatusFile) -> RunOutcome:

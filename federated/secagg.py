@@ -20,7 +20,6 @@ one update, and the published model carries the epsilon of the plain app's DP ru
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -50,9 +49,9 @@ from federated.orchestration import (
     FederatedRunError,
     RunOutcome,
     StatusFile,
-    dp_accounting,
     finish_run,
     population_scaling,
+    privacy_fields,
     wait_for_nodes,
 )
 from federated.scorer import EmbeddingScorer
@@ -354,15 +353,11 @@ def _train(grid: Grid, context: Context, s: RunSettings, status: StatusFile) -> 
     scorer = EmbeddingScorer.from_weights(weights, norm.mean, norm.std, modality=s.modality,
                                           feature_version=spec.feature_version)
     nbytes = task.weights_nbytes(init)
-    eps = epsilon_spent(s, len(nodes), s.num_server_rounds) if s.dp else None
     outcome = RunOutcome(modality=s.modality, strategy=s.strategy, rounds=s.num_server_rounds, num_devices=len(nodes),
-                         dp=s.dp, epsilon=eps if eps is None or math.isfinite(eps) else None,
-                         delta=s.dp_delta if s.dp else None, noise_multiplier=s.noise_multiplier if s.dp else None,
-                         clipping_norm=s.clipping_norm if s.dp else None,
                          bytes_per_client_per_round=masked_update_nbytes(init),  # up: int64, masked
                          download_bytes_per_client_per_round=nbytes,  # down: the float32 global model
                          wall_seconds=round(time.perf_counter() - t0, 2), scorer=scorer,
-                         dp_accounting=dp_accounting(s, len(nodes)) if s.dp else None,
+                         **privacy_fields(s, len(nodes)),
                          secure_aggregation={**secure_aggregation_record(s, len(nodes)),
                                              "devices_per_round": list(strategy.summed)})
     return finish_run(outcome, s, status)
