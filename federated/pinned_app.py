@@ -47,6 +47,7 @@ ALLOWED_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
 TASK_COMMANDS = ("flwr-clientapp", "flwr-agentapp", "flwr-serverapp", "flwr-simulation", "flwr-model",
                  "flwr-connector")
 LOG_NAME = "pinned-apps.log"
+LOCK_NAME = ".lock"
 SELF_TEST = "--cadence-pinned-self-test"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -109,23 +110,37 @@ def _log(bin_dir: Path, line: str) -> None:
 
 
 def clientapp(bin_dir: Path, args: list[str]) -> None:
-    """`flwr-clientapp`, with each run's FAB checked (`check_run`) before Flower installs or loads it."""
+    """`flwr-clientapp`, with each run's FAB checked (`check_run`) before Flower installs or loads it.
+
+    Flower's runner pulls the task (message, run, FAB), then installs the FAB, then loads and
+    calls the ClientApp. The check runs in place of the install (the task is pulled by then),
+    so a refusal becomes Flower's error reply to the server, naming why, at once.
+    """
     import flwr.supernode.runtime.run_clientapp as runner
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
-    pull = runner.pull_task_input
+    pull, install = runner.pull_task_input, runner.install_from_fab
+    pulled: dict[str, Any] = {}
 
-    def pinned_pull(client: Any) -> Any:
+    def pulling(client: Any) -> Any:
         message, context, run, fab = pull(client)
+        pulled.update(run=run, fab=fab)
+        return message, context, run, fab
+
+    def checked_install(content: bytes, *a: Any, **k: Any) -> Any:
+        run, fab = pulled.get("run"), pulled.get("fab")
+        if run is None or fab is None or fab.content is not content:  # only the FAB just pulled, and checked
+            raise AppRefused("this device installs only the app of the task it pulled")
         try:
             check_run(fab, run)
         except AppRefused as exc:
             _log(bin_dir, f"refused run {run.run_id} app {fab.hash_str[:16]}: {exc}")
             raise
         _log(bin_dir, f"accepted run {run.run_id} app {fab.hash_str[:16]} ({PINNED_CLIENTAPP})")
-        return message, context, run, fab
+        return install(content, *a, **k)
 
-    runner.pull_task_input = pinned_pull  # run_clientapp looks it up when it runs: the check comes first
+    # run_clientapp looks both up when it runs: the check comes before anything of the FAB is installed or loaded
+    runner.pull_task_input, runner.install_from_fab = pulling, checked_install  # type: ignore[assignment]
     sys.argv = [str(bin_dir / "flwr-clientapp"), *args]  # Flower reads its own name and options from argv
     flwr_clientapp()
 
@@ -138,28 +153,37 @@ def refuse_task(bin_dir: Path, command: str) -> None:
 
 
 def install_launchers(bin_dir: Path) -> Path:
-    """Write one launcher per `TASK_COMMANDS` into BIN (owner-only, executable every time); returns BIN."""
+    """Write one launcher per `TASK_COMMANDS` into BIN (owner-only, executable every time); returns BIN.
+
+    Several SuperNodes of one workdir share BIN and may start at once: the work is done under
+    an exclusive lock on ``BIN/.lock`` (another's half-written launcher is never taken for a
+    stranger's file and removed).
+    """
+    import fcntl
+
     bin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if bin_dir.stat().st_uid != os.getuid():  # first on the SuperNode's PATH: nobody else may put programs there
         raise SystemExit(f"error: --secagg-only: {bin_dir} belongs to another user; remove it or choose another "
                          f"--workdir")
     os.chmod(bin_dir, stat.S_IRWXU)  # every start: a folder made earlier with looser modes is tightened
-    for entry in bin_dir.iterdir():  # only the launchers: e.g. a planted flower-superexec would run first
-        if entry.name not in TASK_COMMANDS:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-    python = shlex.quote(sys.executable)  # a path with spaces cannot be a #! line: /bin/sh runs it instead
-    for command in TASK_COMMANDS:
-        path = bin_dir / command
-        script = (f"#!/bin/sh\nexec {python} -m federated.pinned_app {command} {shlex.quote(str(bin_dir))} "
-                  f'"$@"\n')
-        if not path.is_file() or path.read_text() != script:
-            tmp = path.with_suffix(".new")
-            tmp.write_text(script)
-            os.replace(tmp, path)
-        os.chmod(path, stat.S_IRWXU)  # every time: a launcher that cannot run is skipped by the PATH search
+    with open(bin_dir / LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for entry in bin_dir.iterdir():  # only the launchers: e.g. a planted flower-superexec would run first
+            if entry.name not in (*TASK_COMMANDS, LOCK_NAME):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        python = shlex.quote(sys.executable)  # a path with spaces cannot be a #! line: /bin/sh runs it instead
+        for command in TASK_COMMANDS:
+            path = bin_dir / command
+            script = (f"#!/bin/sh\nexec {python} -m federated.pinned_app {command} {shlex.quote(str(bin_dir))} "
+                      f'"$@"\n')
+            if not path.is_file() or path.read_text() != script:
+                tmp = path.with_suffix(".new")
+                tmp.write_text(script)
+                os.replace(tmp, path)
+            os.chmod(path, stat.S_IRWXU)  # every time: a launcher that cannot run is skipped by the PATH search
     return bin_dir
 
 
@@ -199,7 +223,10 @@ def main(argv: list[str]) -> None:
     if what == "supernode":
         if not rest:
             raise SystemExit("usage: python -m federated.pinned_app supernode BIN flower-supernode [ARGS...]")
-        supernode(bin_dir, rest)
+        try:
+            supernode(bin_dir, rest)
+        except OSError as exc:  # one line, not a traceback: the SuperNode does not start
+            raise SystemExit(f"error: --secagg-only: cannot set up {bin_dir} ({exc.strerror or exc})") from exc
     elif what in TASK_COMMANDS:
         if rest == [SELF_TEST]:
             print(f"pinned {what}")

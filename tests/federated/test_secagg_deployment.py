@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -543,10 +544,62 @@ def test_the_pinned_folder_holds_the_launchers_only_and_is_the_owners_alone(tmp_
     (bin_dir / "flower-superexec").write_text("#!/bin/sh\necho planted\n")  # would run before Flower's own
     pinned_app.install_launchers(bin_dir)
     assert bin_dir.stat().st_mode & 0o777 == 0o700
-    assert sorted(p.name for p in bin_dir.iterdir()) == sorted(pinned_app.TASK_COMMANDS)
+    assert sorted(p.name for p in bin_dir.iterdir()) == sorted([*pinned_app.TASK_COMMANDS, pinned_app.LOCK_NAME])
+
+
+def test_supernodes_of_one_workdir_starting_at_once_all_get_their_launchers(tmp_path: Path) -> None:
+    """The operator flow starts several SuperNodes of one workdir at once: one cleaned another's half-written file away."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from federated.pinned_app import install_launchers\n"
+            "for i in range(40):\n    install_launchers(Path(sys.argv[1]) / str(i))\n")  # 40 fresh folders
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stderr=subprocess.PIPE, text=True)
+             for _ in range(6)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, errors
 
 
 def test_a_secagg_only_supernode_never_installs_a_runs_dependencies() -> None:
     """The pin checks the FAB's files, not its `dependencies`: Flower would pip-install them after the check."""
     cmd = d.supernode_cmd("127.0.0.1:9092", "d.npz", 9401, root_certificates="ca.crt", secagg_only=True)
     assert not any("dependency-installation" in c for c in cmd)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Flower's FAB builder uses a deprecated pathspec API
+@pytest.mark.parametrize("app_dir, refused", [(d.SECAGG_APP_DIR, False), (d.APP_DIR, True)])
+def test_the_pinned_clientapp_checks_in_place_of_flowers_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  app_dir: Path, refused: bool) -> None:
+    """Flower pulls the task, then installs the FAB: the check stands in the install, so a refusal is an error reply."""
+    import hashlib
+    import importlib
+    from types import SimpleNamespace
+
+    import flwr.supernode.runtime.run_clientapp as runner
+
+    cli = importlib.import_module("flwr.supernode.cli.flwr_clientapp")  # the package re-exports a function of that name
+
+    from federated import pinned_app
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    content = _fab(app_dir)
+    name = "cadence-federated-secagg" if app_dir == d.SECAGG_APP_DIR else "cadence-federated"
+    fab = SimpleNamespace(content=content, hash_str=hashlib.sha256(content).hexdigest())
+    run = SimpleNamespace(run_id=7, fab_id=f"cadence/{name}", fab_version="1.0.0")
+    installed: list[bytes] = []
+    monkeypatch.setattr(runner, "pull_task_input", lambda client: ("message", "context", run, fab))
+    monkeypatch.setattr(runner, "install_from_fab", lambda c, **k: installed.append(c))
+
+    def flower(*_a: Any) -> None:  # what run_clientapp does, in order
+        _message, _context, run_, fab_ = runner.pull_task_input(None)
+        runner.install_from_fab(fab_.content, skip_prompt=True)
+
+    monkeypatch.setattr(cli, "flwr_clientapp", flower)
+    monkeypatch.setattr(sys, "argv", sys.argv[:])
+    if refused:
+        with pytest.raises(pinned_app.AppRefused, match="names 'federated.client_app:app'"):
+            pinned_app.clientapp(tmp_path / "bin", [])
+        assert installed == [] and "refused run 7" in (tmp_path / "pinned-apps.log").read_text()
+    else:
+        pinned_app.clientapp(tmp_path / "bin", [])
+        assert installed == [content] and "accepted run 7" in (tmp_path / "pinned-apps.log").read_text()
