@@ -95,7 +95,7 @@ def make_app(defaults: Mapping[str, Any] | None = None, *, in_secagg: bool = Fal
         slot = get_int(cfg, "slot")
         tc = task.TrainConfig(epochs=get_int(cfg, "local-epochs"), lr=get_float(cfg, "lr"),
                               batch_size=get_int(cfg, "batch-size"), proximal_mu=get_float(cfg, "proximal-mu", 0.0),
-                              seed=get_int(cfg, "seed") * 100003 + get_int(cfg, "server-round") * 1009 + slot)
+                              seed=task.round_seed(get_int(cfg, "seed"), get_int(cfg, "server-round"), slot))
         loss = task.train(net, X, np.full(len(X), slot), task.prototypes(get_int(cfg, "num-slots")), tc, global_w)
         weights = task.get_weights(net)
         metrics = MetricRecord({"num-examples": int(len(X)), "unit-weight": 1, "train-loss": float(loss),

@@ -85,7 +85,7 @@ class DeviceClient(NumPyClient):
         task.set_weights(net, weights)
         tc = task.TrainConfig(epochs=int(config["local-epochs"]), lr=float(config["lr"]),
                               batch_size=int(config["batch-size"]),
-                              seed=int(config["seed"]) * 100003 + int(config["server-round"]) * 1009 + slot)
+                              seed=task.round_seed(int(config["seed"]), int(config["server-round"]), slot))
         task.train(net, X, np.full(len(X), slot), task.prototypes(int(config["num-slots"])), tc)
         trained = list(task.get_weights(net).values())
         if "clipping-norm" in config:  # DP: the update (trained - global) leaves clipped, then masked

@@ -40,6 +40,13 @@ NUM_SLOTS = 128
 SCALE = 16.0
 
 
+def round_seed(seed: int, server_round: int, slot: int) -> int:
+    """The seed of one device's local training in one round: the run's seed, the round and the device's slot.
+
+    Both apps (Message API and SecAgg+) give a device the same batches for the same run, round and slot.
+    """
+    return seed * 100003 + server_round * 1009 + slot
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Local training hyper-parameters (the same for central and federated training)."""
