@@ -123,8 +123,8 @@ def _stray_selector(v: str) -> bool:
 
 def _printable(v: str) -> str:
     """Refuse control and invisible characters: PostgreSQL cannot store NUL, and none belongs in these fields."""
-    if v.isascii():  # the usual case, checked without a lookup per character
-        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+    if v.isascii():  # the usual case: ASCII's printable characters are exactly U+0020-U+007E
+        if not v.isprintable():
             raise ValueError("control characters (NUL, newline, ...) are not allowed")
     elif _INVISIBLE.search(v) or any(unicodedata.category(c) in _HIDDEN and c not in _JOINERS for c in v):
         raise ValueError("control or invisible characters (bidi overrides, zero-width characters, fillers, "

@@ -7,7 +7,7 @@ import hashlib
 import json
 import struct
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import cast
 
@@ -70,16 +70,37 @@ def window_hash(w: FeatureWindowIn) -> str:
     Values changed beyond that precision are not caught here: they are scored as what they
     are, new behaviour (docs/api.md, "Replay protection").
     """
-    if scored(w):
-        h = hashlib.sha256(_features_prefix(w.modality, w.feature_version))
-        a = w.array()
-        bits = np.where(np.abs(a) < ZERO_FLOOR, 0.0, a).view("<u8")  # -0.0 and 0.0 are one value too
-        h.update(((bits + _ROUND) & _KEEP).tobytes())
-        return h.hexdigest()
-    h = hashlib.sha256(f"{_hash_prefix(w.modality, w.feature_version)}{w.n_events}]".encode())
-    h.update(_TIMES.pack(w.start, w.end, w.quality))  # the bytes of np.asarray([...], "<f8"), without the array
-    h.update(w.array().tobytes())
-    return h.hexdigest()
+    return window_hashes([w])[0]
+
+
+def _rounded(a: np.ndarray) -> bytes:
+    """`a`'s values as `window_hash` compares them: zero below `ZERO_FLOOR`, about 6 significant digits kept."""
+    bits = np.where(np.abs(a) < ZERO_FLOOR, 0.0, a).view("<u8")  # -0.0 and 0.0 are one value too
+    return ((bits + _ROUND) & _KEEP).tobytes()
+
+
+def window_hashes(windows: Sequence[FeatureWindowIn]) -> list[str]:
+    """`window_hash` of each window, the read ones' values rounded in one pass.
+
+    An authorize call carries about seven windows: rounding them one by one cost a handful of
+    numpy calls each, a tenth of the call's replay check (BENCHMARKS.md, API, "Twenty-fourth round").
+    """
+    read = [scored(w) for w in windows]
+    arrays = [w.array() for w, r in zip(windows, read) if r]
+    rounded = _rounded(np.concatenate(arrays)) if len(arrays) > 1 else _rounded(arrays[0]) if arrays else b""
+    out, at = [], 0
+    for w, r in zip(windows, read):
+        if r:
+            end = at + 8 * len(w.values)
+            h = hashlib.sha256(_features_prefix(w.modality, w.feature_version))
+            h.update(rounded[at:end])
+            at = end
+        else:
+            h = hashlib.sha256(f"{_hash_prefix(w.modality, w.feature_version)}{w.n_events}]".encode())
+            h.update(_TIMES.pack(w.start, w.end, w.quality))  # the bytes of np.asarray([...], "<f8"), without the array
+            h.update(w.array().tobytes())
+        out.append(h.hexdigest())
+    return out
 
 
 def group_windows(windows: list[FeatureWindowIn]) -> dict[str, list[tuple[int, FeatureWindowIn]]]:
@@ -110,7 +131,7 @@ _SEEN = select(_E.window_hash).where(_E.user_id == bindparam("u"), _E.window_has
 def check_unseen(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]],
                  digests: list[str] | None = None) -> list[str]:
     """Hashes of the windows; raise `EvidenceReplay` if this user sent one before (or twice here)."""
-    digests = digests if digests is not None else [window_hash(w) for _, w in items]
+    digests = digests if digests is not None else window_hashes([w for _, w in items])
     seen = set(prepared.execute(session, _SEEN, {"u": user_id, "h": digests}).scalars().all()) if digests else set()
     batch: set[str] = set()
     for (i, w), d in zip(items, digests):
@@ -150,7 +171,7 @@ def claim_confirmed(session: Session, user_id: str, tx_id: str, items: list[tupl
     transaction: a concurrent call that claimed one meanwhile makes this one's count fall
     short, and it is refused (409) rather than adapt with the same window again.
     """
-    digests = [window_hash(w) for _, w in items]
+    digests = window_hashes([w for _, w in items])
     carried = set(session.scalars(select(_E.window_hash).where(
         _E.user_id == user_id, _E.transaction_id == tx_id, _E.window_hash.in_(digests)).with_for_update()))
     batch: set[str] = set()
@@ -195,8 +216,8 @@ def implausible(w: FeatureWindowIn) -> str | None:
         return f"{w.n_events} events in zero time"
     if dur > 0 and w.n_events / dur > MAX_EVENT_RATE[w.modality]:
         return f"{w.n_events / dur:.1f} events/s exceeds the human limit {MAX_EVENT_RATE[w.modality]}"
-    a = w.array()
-    if len(a) > 1 and a.min() == a.max():
+    values = w.values  # list.count compares in C: two numpy reductions per window cost more on these sizes
+    if len(values) > 1 and values.count(values[0]) == len(values):
         return "all features identical"
     return None
 

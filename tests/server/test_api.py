@@ -194,6 +194,51 @@ def test_digests_of_windows_without_near_zero_values_are_unchanged(windows) -> N
             assert window_hash(w) == before.hexdigest(), m
 
 
+def test_digests_of_a_request_are_those_of_its_windows_one_by_one(windows) -> None:  # type: ignore[no-untyped-def]
+    """`window_hashes` (all of a request's windows rounded in one pass) gives each window's own digest.
+
+    Mixed on purpose: every modality, touch taps (hashed by all their fields, exact), and values
+    at and near zero (-0.0, under the zero floor), in any order and batch size.
+    """
+    import hashlib
+
+    import numpy as np
+
+    from modalities.touch import IDX
+    from server.schemas import FeatureWindowIn
+    from server.services.evidence import _KEEP, _ROUND, ZERO_FLOOR, _features_prefix, scored, window_hashes
+
+    def one_by_one(w: FeatureWindowIn) -> str:  # the rule written out, one window at a time
+        if not scored(w):
+            return window_hashes([w])[0]
+        a = np.asarray(w.values, dtype="<f8")
+        bits = np.where(np.abs(a) < ZERO_FLOOR, 0.0, a).view("<u8")
+        h = hashlib.sha256(_features_prefix(w.modality, w.feature_version))
+        h.update(((bits + _ROUND) & _KEEP).tobytes())
+        return h.hexdigest()
+
+    ws = []
+    for m in MODALITIES:
+        for fw in windows["owner"][m][:3]:
+            d = fw.to_dict()
+            ws.append(FeatureWindowIn(**d))
+            values = list(d["values"])
+            values[:3] = [-0.0, ZERO_FLOOR / 2, 0.0]
+            ws.append(FeatureWindowIn(**{**d, "values": values}))
+            if m == "touch":
+                values = list(d["values"])
+                values[IDX["is_tap"]] = 1.0
+                ws.append(FeatureWindowIn(**{**d, "values": values}))
+    assert any(not scored(w) for w in ws) and sum(map(scored, ws)) > len(MODALITIES)
+    expect = [one_by_one(w) for w in ws]
+    rng = np.random.default_rng(0)
+    assert window_hashes(ws) == expect
+    for _ in range(30):
+        pick = rng.choice(len(ws), size=int(rng.integers(1, len(ws) + 1)), replace=False)
+        assert window_hashes([ws[i] for i in pick]) == [expect[i] for i in pick]
+    assert window_hashes([]) == []
+
+
 @pytest.mark.parametrize("mutate, field", [
     (lambda w: w.update(values=[float("nan")] + w["values"][1:]), "values"),
     (lambda w: w.update(values=w["values"][:-1]), "values"),

@@ -549,3 +549,28 @@ def test_a_retry_that_raced_its_committed_twin_gets_the_twins_answer_after_a_wit
     r = enrolled.signed("POST", "/v1/transactions/authorize", payload)
     assert r.status_code == 200, r.text
     assert r.json()["transaction_id"] == twin["transaction_id"] and r.json()["decision"] == twin["decision"]
+
+
+@pytest.mark.parametrize("values, flagged", [
+    ([0.25] * 40, True), ([0.0, -0.0, 0.0], True), ([1, 1.0], True),  # -0.0 == 0.0, a JSON integer == its float
+    ([0.25] * 39 + [0.2500001], False), ([3.0], False),  # one differing value; a single value proves nothing
+])
+def test_a_window_of_identical_features_is_flagged_as_implausible(values: list[float], flagged: bool) -> None:
+    from server.schemas import FeatureWindowIn
+    from server.services.evidence import implausible
+
+    w = FeatureWindowIn(modality="gait", feature_version="v", start=0.0, end=10.0, n_events=50, quality=1.0,
+                        values=values)
+    assert (implausible(w) == "all features identical") is flagged
+
+
+def test_ascii_control_characters_and_only_those_are_refused_in_text() -> None:
+    from server.schemas import _printable
+
+    for code in range(128):
+        text = f"pay{chr(code)}ee"
+        if code < 32 or code == 127:
+            with pytest.raises(ValueError, match="control characters"):
+                _printable(text)
+        else:
+            assert _printable(text) == text
