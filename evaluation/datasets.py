@@ -131,6 +131,27 @@ def _per_subject(kind: str) -> None:
         raise DatasetError(f"unknown data kind {kind!r}; known: {', '.join(PER_SUBJECT)}")
 
 
+#: what a file of each kind's name holds besides its subject id (a file with it that does not match is named)
+_KIND_MARK = {"keystroke": "_processed.csv", "touch": "_HandPhone_TouchEvent", "gait": "_PocketPhone_Accelerometer"}
+_warned_unread: set[Path] = set()
+
+
+def _looks_like(kind: str, name: str) -> bool:
+    return _KIND_MARK.get(kind, "\0") in name and (name.endswith(".csv") or name.endswith(".csv.gz"))
+
+
+def no_subjects_hint(kind: str) -> str:
+    """How a `kind` file must be named: for messages about a folder where none was found."""
+    return f"files named like {PATTERNS[kind].pattern} (the subject id, digits, first)"
+
+
+def _warn_unread(path: Path, kind: str) -> None:
+    """Name, once per process, a file that looks like `kind` data but is not read (say "s11_processed.csv")."""
+    if path not in _warned_unread:
+        _warned_unread.add(path)
+        data_log.warning("%s: not read: %s", path, no_subjects_hint(kind))
+
+
 def find_subject_files(data_dir: str | os.PathLike[str], kind: str) -> dict[int, Path]:
     """Map subject id -> file for `kind`; a `.csv` wins over a `.csv.gz` of the same name.
 
@@ -143,6 +164,8 @@ def find_subject_files(data_dir: str | os.PathLike[str], kind: str) -> dict[int,
     for f in sorted(folder.iterdir(), key=lambda p: (p.name.endswith(".gz"), p.name)):
         m = PATTERNS[kind].match(f.name)
         if not (m and f.is_file()):
+            if m is None and _looks_like(kind, f.name) and f.is_file():
+                _warn_unread(f, kind)
             continue
         sid = int(m.group(1))
         if sid in found:

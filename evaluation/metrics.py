@@ -68,7 +68,9 @@ def eer(*, genuine: ArrayLike, impostor: ArrayLike) -> float:
 
 
 def rates_at(*, genuine: ArrayLike, impostor: ArrayLike, threshold: float) -> tuple[float, float]:
-    """(FMR, FNMR) when accepting scores ``>= threshold``."""
+    """(FMR, FNMR) when accepting scores ``>= threshold``; a NaN threshold is refused (it would read 0 and 0)."""
+    if not isinstance(threshold, int | float | np.floating | np.integer) or np.isnan(threshold):
+        raise ValueError(f"threshold: a number (+-inf allowed), not {threshold!r}")
     g = _clean("genuine", genuine)
     i = _clean("impostor", impostor)
     return float(np.mean(i >= threshold)), float(np.mean(g < threshold))
@@ -101,9 +103,9 @@ def fnmr_at_fmr(*, genuine: ArrayLike, impostor: ArrayLike, fmr: float) -> float
     return rates_at(genuine=genuine, impostor=impostor, threshold=t)[1]
 
 
-def measurable_fnmr(*, genuine: np.ndarray, impostor: np.ndarray, fmr: float) -> float | None:
+def measurable_fnmr(*, genuine: ArrayLike, impostor: ArrayLike, fmr: float) -> float | None:
     """`fnmr_at_fmr`, or None when there are fewer than 1/fmr impostor trials to measure it with."""
-    if impostor.size * fmr < 1.0 - 1e-9:
+    if np.size(impostor) * fmr < 1.0 - 1e-9:
         return None
     return fnmr_at_fmr(genuine=genuine, impostor=impostor, fmr=fmr)
 
@@ -140,6 +142,9 @@ def per_subject_eer(
     """EER of each template subject with at least one genuine and one impostor score."""
     g, i = np.asarray(genuine, float), np.asarray(impostor, float)
     gs, is_ = np.asarray(genuine_subject), np.asarray(impostor_subject)
+    for name, scores, subjects in (("genuine", g, gs), ("impostor", i, is_)):
+        if subjects.shape != scores.shape:
+            raise ValueError(f"{name}_subject: one subject per {name} score ({scores.size}), got shape {subjects.shape}")
     out: dict[object, float] = {}
     for s in np.unique(gs):
         gm, im = g[gs == s], i[is_ == s]

@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.datasets import DatasetError, available_subjects, data_folder, duplicate_content, shared_content
+from evaluation.datasets import (
+    DatasetError,
+    available_subjects,
+    data_folder,
+    duplicate_content,
+    no_subjects_hint,
+    shared_content,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +100,9 @@ def resolve_folds(
             tr = pick(tr_dir, available_subjects(tr_dir, kind), 1)
             ev = pick(ev_dir, available_subjects(ev_dir, kind), 2)
             if not tr:
-                raise DatasetError(f"no {kind} subjects in --train-dir {tr_dir}")
+                raise DatasetError(f"no {kind} subjects in --train-dir {tr_dir}: {no_subjects_hint(kind)}")
             if not ev:
-                raise DatasetError(f"no {kind} subjects in --eval-dir {ev_dir}")
+                raise DatasetError(f"no {kind} subjects in --eval-dir {ev_dir}: {no_subjects_hint(kind)}")
             if len(ev) < 2:
                 raise DatasetError(f"--eval-dir {ev_dir} has one {kind} subject ({ev[0]}): impostor trials need "
                                    "at least 2 evaluation subjects")
@@ -107,7 +114,7 @@ def resolve_folds(
     folder = data_folder(data_dir)
     subs = pick(folder, available_subjects(folder, kind), 0)
     if not subs:
-        raise DatasetError(f"no {kind} subjects in {folder}")
+        raise DatasetError(f"no {kind} subjects in {folder}: {no_subjects_hint(kind)}")
     check_distinct(kind, folder, "--data-dir" if train_dir is None else "--train-dir (= --eval-dir)")
     try:
         splits = subject_folds(subs, k, seed)

@@ -116,6 +116,8 @@ def bench_federated(ctx: BenchContext) -> BenchOutput:
     from federated.scorer import EmbeddingScorer
     from federated.simulation import simulate_many
 
+    if (ctx.train_dir is None) != (ctx.eval_dir is None):  # one alone was split in two, silently
+        raise BenchError("--train-dir and --eval-dir go together")
     plan = QUICK if ctx.quick else FULL
     table = ScoreTable()
     row_extra: dict[tuple[str, str], dict[str, Any]] = {}

@@ -200,15 +200,14 @@ def bench_bbmas(ctx: BenchContext) -> BenchOutput:
     table = ScoreTable()
     train_all: set[int] = set()
     eval_all: set[int] = set()
-    skipped: list[int] = []
+    skipped: dict[str, set[int]] = {label: set() for label in WINDOWS}
     for fold in folds:
         train = load_bbmas_keystrokes(fold.train_dir, fold.train_subjects)
         evals = load_bbmas_keystrokes(fold.eval_dir, fold.eval_subjects)
-        train_all |= set(train)
-        eval_all |= set(evals)
         for label, n_keys in WINDOWS.items():
             Xs = {s: window_matrix(q, n_keys) for s, q in train.items()}
             Xs = {s: x for s, x in Xs.items() if x.shape[0] >= 2}
+            train_all |= set(Xs)  # the people the population models learned from, not all that were read
             if len(Xs) < MIN_TRAIN_SUBJECTS:
                 raise BenchError(f"fold {fold.index}: the keystroke population models need two {label} windows "
                                  f"of at least {MIN_TRAIN_SUBJECTS} training subjects; {len(Xs)} in {fold.train_dir} "
@@ -219,21 +218,27 @@ def bench_bbmas(ctx: BenchContext) -> BenchOutput:
             probes: dict[int, np.ndarray] = {}
             for s, q in evals.items():
                 if len(q) < 2 * n_keys:  # too short to enrol (and an empty half would not even cut)
-                    skipped.append(s)
+                    skipped[label].add(s)
                     continue
                 e, t = _subject_windows(q, n_keys)
                 if e.shape[0] < 3 or t.shape[0] < 1:
-                    skipped.append(s)
+                    skipped[label].add(s)
                     continue
                 enrol[s], probes[s] = e, t
+            eval_all |= set(enrol)  # the people scored: a skipped one is not evaluated
             scorers = {**_one_class(), **_learned_scorers()}
             for method, scorer in scorers.items():
                 scorer.fit(X, y)
                 templates = {s: scorer.enroll(e) for s, e in enrol.items()}
                 zero_effort_trials(table, method=method, window=label, modality="keystroke", templates=templates,
                                    probes=probes, score=scorer.compare, seed=ctx.seed)
-    if skipped:
-        ctx.notes.append(f"evaluation subjects skipped (too few keys to enrol and test): {sorted(set(skipped))}")
+    never = sorted(set().union(*skipped.values()) - eval_all)
+    if never:
+        ctx.notes.append(f"evaluation subjects skipped (too few keys to enrol and test): {never}")
+    for label, ids in skipped.items():
+        if ids - set(never):
+            ctx.notes.append(f"evaluation subjects left out of the {label!r} window only (too few keys for it): "
+                             f"{sorted(ids - set(never))}")
     return BenchOutput(
         protocol={
             "dataset": "BB-MAS desktop keystrokes (processed prefix per subject)",
@@ -244,7 +249,8 @@ def bench_bbmas(ctx: BenchContext) -> BenchOutput:
             "population": "trained only on the fold's training subjects (2-fold by subject, or --train-dir/--eval-dir)",
             "eer": "pooled over all trials",
             "feature_version": FEATURE_VERSION,
-            "skipped_subjects": sorted(set(skipped)),
+            "skipped_subjects": never,
+            "skipped_by_window": {label: sorted(ids) for label, ids in skipped.items()},
         },
         train_subjects=sorted(train_all),
         eval_subjects=sorted(eval_all),

@@ -223,3 +223,22 @@ def test_keystroke_bench_skips_a_one_row_subject_with_a_note(tmp_path: Path) -> 
     doc = run_bench("keystroke", ctx, print_table=False)
     assert doc["protocol"]["skipped_subjects"] == [6] and doc["results"]
     assert any("skipped" in w and "[6]" in w for w in doc["protocol"]["warnings"])
+    # listed as what it is: read, never scored (the JSON listed it among the evaluated people too)
+    assert doc["eval_subjects"] == [4, 5] and doc["train_subjects"] == [1, 2, 3]
+    assert set(doc["protocol"]["skipped_by_window"]) == {r["window"] for r in doc["results"]}
+
+
+def test_a_data_file_whose_name_has_no_numeric_id_is_named_not_silently_ignored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = _keys_folder(tmp_path / "k", [1, 2])
+    _write_gz(folder / "s11_processed.csv.gz", _keys_csv(40, seed=11))
+    (folder / "notes.csv").write_text("not data\n")  # nothing like a keystroke file: not named
+    with caplog.at_level("WARNING", logger="evaluation.datasets.data"):
+        assert list(find_subject_files(folder, "keystroke")) == [1, 2]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "s11_processed.csv.gz: not read" in said[0] and r"(\d+)_processed" in said[0]
+    only = tmp_path / "only"
+    only.mkdir()
+    _write_gz(only / "s11_processed.csv.gz", _keys_csv(40, seed=11))
+    with pytest.raises(DatasetError, match=r"no keystroke subjects in .*only: files named like .*\(the subject id"):
+        resolve_folds("keystroke", data_dir=only)

@@ -153,7 +153,7 @@ def test_served_model_id_is_the_servers_for_its_default_scorers() -> None:
 # --------------------------------------------------------------------------- 3. --train-dir alone
 
 
-@pytest.mark.parametrize("bench", ["fusion", "sessions"])
+@pytest.mark.parametrize("bench", ["fusion", "sessions", "federated"])
 @pytest.mark.parametrize("given", ["--train-dir", "--eval-dir"])
 def test_one_folder_alone_is_refused_as_every_bench_refuses_it(bench: str, given: str, data_dir: Path,
                                                                 tmp_path: Path) -> None:

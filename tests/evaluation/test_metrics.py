@@ -98,3 +98,19 @@ def test_a_target_fmr_outside_zero_to_one_is_refused(fmr: float) -> None:
 def test_at_an_fmr_of_one_every_score_is_accepted() -> None:
     assert fnmr_at_fmr(genuine=[0.0, 5.0, 6.0], impostor=[1.0, 2.0, 3.0], fmr=1.0) == 0.0
     assert rates_at(genuine=[0.0], impostor=[1.0, 2.0], threshold=threshold_at_fmr(impostor=[1.0, 2.0], fmr=1.0)) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), np.float64("nan"), "0.5", None])
+def test_a_threshold_that_is_no_number_is_refused_not_read_as_perfect(threshold: object) -> None:
+    # a NaN threshold compared false everywhere: FMR 0 and FNMR 0, a flawless-looking system
+    with pytest.raises(ValueError, match="threshold"):
+        rates_at(genuine=[0.9, 0.8], impostor=[0.1, 0.95], threshold=threshold)  # type: ignore[arg-type]
+    assert rates_at(genuine=[0.9, 0.8], impostor=[0.1, 0.95], threshold=float("inf")) == (0.0, 1.0)
+
+
+def test_plain_lists_and_mismatched_subject_lists() -> None:
+    from evaluation.metrics import measurable_fnmr
+
+    assert measurable_fnmr(genuine=[0.9, 0.2], impostor=[0.1] * 100, fmr=0.01) == 0.0
+    with pytest.raises(ValueError, match="impostor_subject: one subject per impostor score"):
+        summarize(genuine=[0.9, 0.8], impostor=[0.1, 0.2, 0.3], genuine_subject=[1, 1], impostor_subject=[1, 1])
