@@ -5,15 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from mobile_client.applog import after_kivy_import, configure_logging
 
-def configure_logging() -> None:
-    """The app's log (logcat on Android): INFO and up, and no request URLs, which carry the user id.
-
-    httpx logs every request's full URL at INFO; the client logs routes without identifiers
-    (`api.route_shape`) instead.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+__all__ = ["configure_logging", "main"]
 
 
 def main(server: str = "http://127.0.0.1:8000", data: Path | None = None, replay_data: str | None = None,
@@ -42,6 +36,8 @@ def main(server: str = "http://127.0.0.1:8000", data: Path | None = None, replay
     from mobile_client.secrets_store import KeystoreUnavailable
     from mobile_client.services import DeviceKeyUnreadable, build_services
     from mobile_client.ui.app import CadenceApp
+
+    after_kivy_import()  # importing Kivy set the root logger to NOTSET: the app logs INFO and up
 
     try:
         services = build_services(data, server, bank_api_key=bank_key)

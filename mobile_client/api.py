@@ -53,6 +53,7 @@ ROUTES = {
     "enrol": "/v1/users/{user_id}/enrolment",
     "authorize": "/v1/transactions/authorize",
     "step_up": "/v1/transactions/{transaction_id}/step-up",
+    "transaction": "/v1/transactions/{transaction_id}",
     "erase": "/v1/users/{user_id}",
     "health": "/v1/health",
 }
@@ -168,10 +169,28 @@ class ApiError(RuntimeError):
             return "Could not reach your bank. Check your connection and try again."
         if self.status is not None and (self.status >= 500 or self.status == 429):
             return "Your bank's service is busy or having a problem. Please try again in a moment."
-        text = self.detail.get("detail") if isinstance(self.detail, dict) else self.detail
-        if isinstance(text, str) and text.strip():
-            return f"Your bank refused this: {text.strip()}"
+        text = server_detail(self.detail)
+        if text:
+            return f"Your bank refused this: {text}"
         return f"Your bank refused this (error {self.status})."
+
+
+def server_detail(body: Any) -> str:
+    """The server's `detail` text: only from a JSON object whose `detail` is a string, else "".
+
+    Anything else (a gateway's HTML page, a list of validation errors, a bare string) is never
+    shown to the person nor logged: it may carry markup, request ids or other people's words.
+    """
+    text = body.get("detail") if isinstance(body, dict) else None
+    return text.strip() if isinstance(text, str) else ""
+
+
+class UnreadableAnswer(ApiError):
+    """A 2xx answer whose body is not JSON: the server did what was asked, the phone cannot read what it said.
+
+    Raised only where the caller needs the answer's content (a payment's decision, a step-up's
+    status); a request that needs none counts as done (`ApiClient.request(needs_body=False)`).
+    """
 
 
 #: plain-language text for the server's machine codes a person can meet in the app
@@ -189,6 +208,9 @@ CODE_TEXT = {
     "erase_pending": "Your data is still being erased. This phone is paused until your bank confirms it: "
                      "see Privacy.",
     "unreadable_answer": "Your bank's answer could not be read, so this payment may have gone through.",
+    "maybe_approved": "Your bank's answer to your code did not arrive, and the payment no longer waits for a code, "
+                      "so your bank may already have approved it. Check your payments with your bank before "
+                      "paying again.",
     UNUSABLE_URL: "Nothing was sent: this app's server address cannot be used. It needs to be set up with "
                   "your bank's http:// or https:// address.",
 }
@@ -553,10 +575,16 @@ class ApiClient:
     # ------------------------------------------------------------------ transport
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, *, signed: bool = True,
                 extra_headers: dict[str, str] | None = None, retries: int | None = None,
-                timeout_s: float | None = None, content: bytes | None = None) -> Any:
+                timeout_s: float | None = None, content: bytes | None = None, needs_body: bool = True) -> Any:
         """Send one request with retries; returns the decoded JSON (or None).
 
         `content`: the exact body bytes to send (instead of serialising `body`): a held payment.
+
+        A 2xx answer whose body is not JSON (a proxy mangled it) means the server did it: with
+        `needs_body=False` (consent, enrolment, erasure: the caller reads nothing in the answer)
+        it counts as done and None is returned; otherwise `UnreadableAnswer` is raised (code
+        `unreadable_answer`, `answer_unknown`). A refusal's body is read only as a JSON object
+        with a string `detail` (`server_detail`); any other body is neither shown nor logged.
 
         What waited in the offline queue goes first, so the server sees changes in the order
         the person made them (a consent revoked offline, then a payment). `timeout_s` (default:
@@ -590,13 +618,27 @@ class ApiClient:
             else:
                 if r.status_code < 400:
                     self.last_sync = time.time()
-                    return r.json() if r.content else None
+                    if not r.content:
+                        return None
+                    try:
+                        return r.json()
+                    except ValueError:  # the server answered 2xx: it did it, whatever the body became
+                        if not needs_body:
+                            log.warning("%s %s: the %d answer could not be read; nothing in it was needed, so "
+                                        "it counts as done", method, route, r.status_code)
+                            return None
+                        log.error("%s %s: the %d answer could not be read", method, route, r.status_code)
+                        raise UnreadableAnswer(f"{method} {route}: {r.status_code} answer could not be read",
+                                               r.status_code, {"detail": "unreadable answer",
+                                                               "code": "unreadable_answer"}) from None
                 if r.status_code not in RETRY_STATUS:
                     try:
-                        detail = r.json()
+                        detail: Any = r.json()
                     except ValueError:
-                        detail = r.text
-                    msg = detail.get("detail") if isinstance(detail, dict) else detail
+                        detail = None  # not the server's JSON (a gateway's page): neither shown nor logged
+                    if not isinstance(detail, dict):
+                        detail = None
+                    msg = server_detail(detail) or "(no readable detail)"
                     raise ApiError(f"{method} {route}: {r.status_code} {msg}", r.status_code, detail, in_doubt=in_doubt)
                 last = ApiError(f"{method} {route}: {r.status_code}", r.status_code)
                 in_doubt = in_doubt or r.status_code >= 500
@@ -612,7 +654,7 @@ class ApiClient:
         the request then waits and `Queued` is returned. A refusal (other 4xx) raises `ApiError`.
         """
         try:
-            return self.request(method, path, body)
+            return self.request(method, path, body, needs_body=False)
         except ApiError as exc:
             if not exc.can_wait:
                 raise
@@ -640,7 +682,7 @@ class ApiClient:
                 for i, item in enumerate(items):
                     try:
                         self.request(item["method"], item["path"], item["body"] or None, retries=0,
-                                     timeout_s=timeout_s)
+                                     timeout_s=timeout_s, needs_body=False)
                         outcome = Outcome(item, "sent", 200)
                     except ApiError as exc:
                         if exc.can_wait:
@@ -663,7 +705,7 @@ class ApiClient:
     # ------------------------------------------------------------------ resources
     def health(self) -> bool:
         try:
-            self.request("GET", ROUTES["health"], signed=False)
+            self.request("GET", ROUTES["health"], signed=False, needs_body=False)
             return True
         except ApiError:
             return False
@@ -680,7 +722,7 @@ class ApiClient:
         body = {"device_id": self.device_id, "user_id": self.user_id, "public_key": self.key.public_key_b64,
                 "platform": platform, "attestation": {"app": "cadence-mobile"}, "proof": proof}
         headers = {"X-API-Key": self.bank_api_key} if self.bank_api_key else None
-        return self.request("POST", ROUTES["register"], body, signed=False, extra_headers=headers)
+        return self.request("POST", ROUTES["register"], body, signed=False, extra_headers=headers, needs_body=False)
 
     def set_consent(self, modality: str, purpose: str, granted: bool) -> Any:
         from mobile_client.policy import policy
@@ -693,7 +735,7 @@ class ApiClient:
         body: dict[str, Any] = {"windows": windows_payload(windows)}
         if confirmed_transaction_id is not None:
             body["confirmed_transaction_id"] = confirmed_transaction_id
-        return self.request("POST", ROUTES["enrol"].format(user_id=self.user_id), body)
+        return self.request("POST", ROUTES["enrol"].format(user_id=self.user_id), body, needs_body=False)
 
     def authorize(self, amount: str, currency: str, payee: str, evidence: list[FeatureWindow],
                   idempotency_key: str | None = None) -> Decision:
@@ -725,6 +767,9 @@ class ApiClient:
         try:
             d = self.request("POST", ROUTES["authorize"], retries=AUTHORIZE_RETRIES, timeout_s=AUTHORIZE_TIMEOUT_S,
                              content=pending.raw)
+        except UnreadableAnswer:  # a 2xx the phone cannot read: the bank may have recorded it
+            log.error("payment answer could not be read: the payment stays held")
+            raise
         except ApiError as exc:
             if exc.settles_payment or (fresh and not exc.answer_unknown):
                 # nothing recorded for this key: the next try is a new payment with new evidence,
@@ -735,11 +780,7 @@ class ApiClient:
                 exc.in_doubt = True
                 log.info("payment refused (%s) after a try without an answer: it stays held", exc.status)
             raise
-        except ValueError as exc:  # a 2xx whose body is no JSON: the bank may have recorded it
-            d = exc
         try:
-            if isinstance(d, Exception):
-                raise d
             decision = Decision(transaction_id=str(d["transaction_id"]), outcome=str(d["decision"]),
                                 risk=float(d["risk"]), tier=d.get("tier", ""), reasons=list(d.get("reasons", [])),
                                 amount=str(d.get("amount", pending.amount)),
@@ -777,5 +818,17 @@ class ApiClient:
         return self.request("POST", ROUTES["step_up"].format(transaction_id=transaction_id), {"success": success},
                             signed=False, extra_headers={"X-API-Key": self.bank_api_key})
 
+    def transaction(self, transaction_id: str) -> Any:
+        """The bank's record of one transaction (its `status`, `decision`; needs `bank_api_key`, as step-up does).
+
+        What the app asks when a step-up report's answer was lost and a retry hears that the
+        payment no longer waits for a code (`TransactionController.verify_code`).
+        """
+        if not self.bank_api_key:
+            raise ApiError("looking a transaction up is the bank's call: no bank API key on this build", 401,
+                           {"detail": "no bank API key on this build", "code": "bank_confirms"})
+        return self.request("GET", ROUTES["transaction"].format(transaction_id=transaction_id), signed=False,
+                            extra_headers={"X-API-Key": self.bank_api_key})
+
     def erase(self) -> Any:
-        return self.request("DELETE", ROUTES["erase"].format(user_id=self.user_id))
+        return self.request("DELETE", ROUTES["erase"].format(user_id=self.user_id), needs_body=False)

@@ -49,6 +49,8 @@ class EvidenceBuffer:
         self._flush_lock = threading.Lock()
         #: bumped by `clear`: an `add` that began before is dropped
         self._epoch = 0
+        #: bumped by `forget` for one modality: an `add` of it that began before is dropped
+        self._forgotten: dict[str, int] = {m: 0 for m in CAPACITY}
         self.store = store
         self.allowed = allowed
         #: nothing is collected while set (an erasure waits for the bank)
@@ -62,11 +64,11 @@ class EvidenceBuffer:
 
     def add(self, ev: Event) -> None:
         m = modality_of(ev)
-        epoch = self._epoch
+        epoch, forgotten = self._epoch, self._forgotten[m]
         if self.paused or not self.allowed(m):
             return
         with self._lock:
-            if epoch != self._epoch:  # cleared (an erasure) while this one was let in: it goes too
+            if epoch != self._epoch or forgotten != self._forgotten[m]:  # cleared or forgotten meanwhile: it goes too
                 return
             self._buf[m].append(ev)
             self._total[m] += 1
@@ -145,6 +147,23 @@ class EvidenceBuffer:
     def accel(self, last_seconds: float | None = None) -> list[AccelSample]:
         """Unsent accelerometer samples of the last `last_seconds` seconds before now."""
         return self._fresh("gait", last_seconds)  # type: ignore[return-value]
+
+    def forget(self, modality: str) -> int:
+        """Drop every event of `modality` in memory, those waiting to be flushed included; returns how many.
+
+        What a withdrawn consent calls before deleting the modality's stored batches
+        (`RawEventStore.delete_modality`): it waits for a batch being written, so that batch is on
+        disk to be deleted, and nothing of the modality is flushed afterwards (`AppServices.close`
+        flushes). What already left the phone stays noted (`note_sent`): only fingerprints.
+        """
+        with self._lock:
+            self._forgotten[modality] += 1
+            n = len(self._buf[modality])
+            self._buf[modality].clear()
+            self._pending = [e for e in self._pending if modality_of(e) != modality]
+        with self._flush_lock:  # a flush that took its batch before: it is written now, and deleted next
+            pass
+        return n
 
     def clear(self) -> None:
         """Forget every event in memory and wait for a batch being written (see the module's docstring).

@@ -296,6 +296,23 @@ class RawEventStore:
         self._new_key()
         return len(files)
 
+    def delete_modality(self, modality: str) -> int:
+        """Delete every stored batch of one modality (its consent was withdrawn); returns files deleted.
+
+        Strays and interrupted writes in its folder go too. The key stays: the other modalities'
+        batches are locked with it (withdrawing one consent is not "delete my data").
+        """
+        if modality not in _TYPES:
+            raise ValueError(f"modality: unknown {modality!r}")
+        folder = self.folder / modality
+        files = self._all_files(modality)
+        leftovers = sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
+        for p in files + leftovers:
+            p.unlink(missing_ok=True)
+        self._bad = {p for p in self._bad if p.parent != folder}
+        self._strays = {p for p in self._strays if p.parent != folder}
+        return len(files)
+
     def is_empty(self) -> bool:
         return not self._files()
 

@@ -93,7 +93,9 @@ class ConsentController:
         without that consent there is nothing to train on: the app revokes both, and sends both
         changes (federated training first), so the bank's record says what the phone does.
         Revoking authentication removes the modality from `profile.enrolled` (the server deletes
-        its templates): switching it on again needs that modality's set-up task.
+        its templates): switching it on again needs that modality's set-up task. It also stops its
+        collection and deletes its raw events on this phone, in memory and stored
+        (`forget_recordings`), once the change is recorded or queued (a refusal deletes nothing).
         """
         if modality not in MODALITIES:
             raise ValueError(f"modality: unknown {modality!r}")
@@ -117,6 +119,7 @@ class ConsentController:
         message = self._message(modality, purpose, granted, state)
         dropped = []
         if purpose == "authentication" and not granted:
+            message += " Its recordings on this phone were deleted."
             # a held payment re-sends its samples, and a step-up's code adapts with them: none of a
             # modality the person has withdrawn
             forget_modality(self.s, modality)
@@ -202,11 +205,13 @@ class ConsentController:
             elif queue:
                 state = "queued" if isinstance(self.s.api.send_or_queue("POST", path, body), Queued) else "saved"
             else:
-                self.s.api.request("POST", path, body)
+                self.s.api.request("POST", path, body, needs_body=False)
                 state = "saved"
         else:
             state = "saved"
         self.s.profile.record_consent(modality, purpose, granted, version)
+        if purpose == "authentication" and not granted:  # collection of it stopped with the line above
+            forget_recordings(self.s, modality)
         if purpose == "authentication" and not granted and modality in self.s.profile.enrolled:
             self.s.profile.enrolled = [m for m in self.s.profile.enrolled if m != modality]
         self.s.profile.federated = self.s.profile.federated_consented()
@@ -262,6 +267,20 @@ class ConsentController:
 
     def active_modalities(self) -> list[str]:
         return [m for m in MODALITIES if self.s.profile.consented(m)]
+
+
+def forget_recordings(s: AppServices, modality: str) -> int:
+    """"Confirm it's me" was withdrawn for `modality`: delete its raw events on this phone; returns events dropped.
+
+    Those in memory (waiting to be written included, so closing the app writes none of them) and
+    every stored batch of it. Collection already stopped (the buffer reads the consents).
+    """
+    n = s.evidence.forget(modality)
+    files = s.store.delete_modality(modality)
+    if n or files:
+        log.info("%s consent withdrawn: its recordings on this phone deleted (%d in memory, %d file(s))",
+                 modality, n, files)
+    return n
 
 
 def _android() -> bool:

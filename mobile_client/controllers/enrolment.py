@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from mobile_client import features
+from mobile_client.api import ApiError
+from mobile_client.evidence import window_digest
 from mobile_client.services import AppServices
 from modalities.events import FeatureWindow
+
+log = logging.getLogger(__name__)
 
 PASSPHRASE = "cadence keeps my money safe"
 PASSPHRASE_REPEATS = 4
@@ -36,6 +41,9 @@ class TaskState:
     report: features.QualityReport | None = None
     #: windows the server accepted for this task (0: not sent yet); a redone task starts at 0
     sent: int = 0
+    #: fingerprints (`window_digest`) of the windows last sent without an answer (the connection
+    #: dropped after the bank answered, a 5xx, an unreadable answer): the bank may have stored them
+    unanswered: frozenset[str] = frozenset()
 
 
 class EnrolmentController:
@@ -131,7 +139,7 @@ class EnrolmentController:
                 continue
             if not st.sent:
                 windows = st.windows[: 64]
-                self.s.api.enrol(windows)
+                self._send(st, windows)
                 st.sent = len(windows)
                 self.s.evidence.note_sent(windows)
             sent[m] = st.sent
@@ -139,3 +147,25 @@ class EnrolmentController:
         self.s.evidence.flush()
         self.s.save_profile()
         return sent
+
+    def _send(self, st: TaskState, windows: list[FeatureWindow]) -> None:
+        """Upload one task's windows; a replay refusal of the very windows sent before without an answer is success.
+
+        The bank refuses a window it already holds (409 `evidence_replay`). When the last upload of
+        exactly these windows got no answer (or this call's own earlier try got none: `in_doubt`),
+        that refusal says the lost upload was stored, so the task counts as sent. Any other replay
+        refusal (other windows, or none sent before without an answer) stays a refusal.
+        """
+        digests = frozenset(window_digest(w) for w in windows)
+        try:
+            self.s.api.enrol(windows)
+        except ApiError as exc:
+            if exc.status == 409 and exc.code == "evidence_replay" and (exc.in_doubt or digests == st.unanswered):
+                log.info("%s set-up upload refused as already received after an upload without an answer: "
+                         "the bank stored it", st.modality)
+                st.unanswered = frozenset()
+                return
+            if exc.answer_unknown:
+                st.unanswered = digests
+            raise
+        st.unanswered = frozenset()

@@ -232,7 +232,7 @@ def settle_pending_erase(s: AppServices) -> tuple[str, str]:
                 state, status, code = known[-1].state, known[-1].status, known[-1].code
             else:
                 try:
-                    s.api.request("DELETE", path, retries=0)
+                    s.api.request("DELETE", path, retries=0, needs_body=False)
                     state, status, code = "sent", 200, None
                 except ApiError as exc:
                     if exc.can_wait:

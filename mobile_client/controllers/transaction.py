@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from mobile_client import features
 from mobile_client.api import ApiError, Decision
@@ -133,6 +134,8 @@ class StepUp:
     transaction_id: str
     code: str
     attempts_left: int = 3
+    #: a report of the right code got no answer (lost, 5xx, unreadable): the bank may have approved it
+    unanswered: bool = False
 
 
 #: the live controllers, so a consent withdrawal reaches the windows they hold (`forget_modality`)
@@ -265,7 +268,10 @@ class TransactionController:
         A right code counts as approved only once the server says so: when the report fails
         (unreachable, refused, no bank key on this build) this raises `ApiError` and the step-up
         stays pending, so the person can try again and is never told a refused payment went
-        through.
+        through. A retry refused as `not_pending` after a report that got no answer (the bank
+        may have approved with that one) looks the transaction up (`ApiClient.transaction`): an
+        approved record counts as approved; when it cannot be looked up, `ApiError` with the code
+        `maybe_approved` says the payment may already be approved, never that it was not.
         """
         if self.step_up is None:
             raise InputError("code", "no extra check is pending")
@@ -283,13 +289,40 @@ class TransactionController:
             except ApiError as exc:  # blocked here either way; the bank's record stays pending
                 log.warning("could not report the failed step-up of %s: %s", tx_id, exc)
             return None
-        reply = self.s.api.complete_step_up(tx_id, True)
+        try:
+            reply = self.s.api.complete_step_up(tx_id, True)
+        except ApiError as exc:
+            if exc.code == "not_pending" and (exc.in_doubt or self.step_up.unanswered):
+                reply = self._look_up(tx_id)  # a report without an answer may have been the one that settled it
+            else:
+                if exc.answer_unknown:
+                    self.step_up.unanswered = True
+                raise
         if not (isinstance(reply, dict) and str(reply.get("status", "")).startswith("approved")):
             raise ApiError(f"step-up of {tx_id}: the server did not approve ({reply!r})", 409,
                            {"detail": "the bank did not confirm this payment", "code": "not_confirmed"})
         self.step_up = None
         self.adapt(tx_id)
         return True
+
+    def _look_up(self, tx_id: str) -> Any:
+        """The bank's record of a step-up whose report got no answer and which no longer waits for a code.
+
+        Raises `ApiError` with the code `maybe_approved` when it cannot be looked up: the payment
+        may have been approved, and the person is told to check, never that it was not approved.
+        """
+        try:
+            record = self.s.api.transaction(tx_id)
+        except ApiError as exc:
+            log.warning("step-up of %s: its report got no answer and the transaction could not be looked up: %s",
+                        tx_id, exc)
+            raise ApiError(f"step-up of {tx_id}: no longer pending after a report without an answer", 409,
+                           {"detail": "the payment may already be approved", "code": "maybe_approved"}) from exc
+        if not isinstance(record, dict):
+            raise ApiError(f"step-up of {tx_id}: unreadable transaction record", 409,
+                           {"detail": "the payment may already be approved", "code": "maybe_approved"})
+        log.info("step-up of %s: its report got no answer; the bank's record says %s", tx_id, record.get("status"))
+        return record
 
     def reasons_text(self) -> list[str]:
         sent = any(self.evidence_summary.values())

@@ -16,6 +16,7 @@ from kivy.core.window import Window
 from kivy.lang import Builder
 from kivy.uix.screenmanager import FadeTransition, NoTransition, ScreenManager
 
+from mobile_client.applog import after_kivy_import
 from mobile_client.clock import Clock as ClockFn
 from mobile_client.clock import monotonic
 from mobile_client.collectors.accelerometer import SensorUnavailable, platform_accelerometer
@@ -31,6 +32,7 @@ from mobile_client.services import AppServices
 from mobile_client.ui import screens, theme
 
 log = logging.getLogger(__name__)
+after_kivy_import()  # Kivy, just imported, set the root logger to NOTSET: the app's own level holds
 
 T = TypeVar("T")
 #: what a background job hands back on the main thread: its result, or the exception it raised

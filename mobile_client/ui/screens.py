@@ -418,7 +418,12 @@ class PayScreen(Screen):
             return
         if isinstance(exc, ApiError):
             log.warning("step-up not confirmed: %s", exc)
-            self.error = f"Not approved yet. {exc.user_message}"
+            if exc.code == "maybe_approved":  # the bank may have approved it: never "not approved"
+                self.error = exc.user_message
+            elif exc.answer_unknown:
+                self.error = f"Not confirmed yet. {exc.user_message}"
+            else:
+                self.error = f"Not approved yet. {exc.user_message}"
             return
         if exc is not None:
             log.error("step-up failed on this phone", exc_info=exc)
