@@ -193,6 +193,10 @@ class UnreadableAnswer(ApiError):
     """
 
 
+#: the outcomes an authorize answer can carry (server.schemas.AuthorizeResponse): anything else is unreadable
+DECISIONS = ("approve", "step_up", "deny")
+
+
 #: plain-language text for the server's machine codes a person can meet in the app
 CODE_TEXT = {
     "enrolment_closed": "Set-up can no longer be changed from the app once you have paid with it. "
@@ -781,6 +785,10 @@ class ApiClient:
                 log.info("payment refused (%s) after a try without an answer: it stays held", exc.status)
             raise
         try:
+            if d["decision"] not in DECISIONS:  # what the phone would act on: only the API's three outcomes
+                raise ValueError(f"decision {str(d['decision'])[:40]!r} is none of {', '.join(DECISIONS)}")
+            if not 0.0 <= float(d["risk"]) <= 1.0:  # NaN fails too
+                raise ValueError(f"risk {d['risk']!r} is not between 0 and 1")
             decision = Decision(transaction_id=str(d["transaction_id"]), outcome=str(d["decision"]),
                                 risk=float(d["risk"]), tier=d.get("tier", ""), reasons=list(d.get("reasons", [])),
                                 amount=str(d.get("amount", pending.amount)),

@@ -234,6 +234,24 @@ def test_an_unreadable_answer_keeps_the_payment_held(tmp_path: Path) -> None:
     assert bodies[-1] == bodies[0]
 
 
+@pytest.mark.parametrize("change", [{"decision": "launch_missiles"}, {"decision": None}, {"risk": float("nan")},
+                                    {"risk": 7.0}, {"risk": "high"}])
+def test_an_answer_with_no_known_decision_or_risk_is_unreadable_and_stays_held(tmp_path: Path,
+                                                                              change: dict[str, Any]) -> None:
+    bodies: list[bytes] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        bodies.append(req.content)
+        body = {**_decision(json.loads(req.content)), **change}
+        return httpx.Response(200, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+
+    c = _client(tmp_path, handler)
+    with pytest.raises(ApiError) as err:
+        c.authorize("12.00", "GBP", "Sam", [_window(1)])
+    assert err.value.code == "unreadable_answer" and err.value.answer_unknown
+    assert c.held_payment("12.00", "GBP", "Sam") is not None  # the bank may have recorded it: same key next time
+
+
 def test_a_held_payment_is_let_go_after_a_day(tmp_path: Path, monkeypatch) -> None:
     bodies: list[bytes] = []
     c = _client(tmp_path, _losing(bodies, {"lose": True}))
