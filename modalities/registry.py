@@ -11,10 +11,13 @@ Layout (one folder per model version, never rewritten once published)::
 
 Versions are ``v0001``, ``v0002``, ... so they sort in publication order. Publishing never
 activates: a person (or `cadence models activate`) decides, and the audit log records it.
+A version's files are written in a hidden ``ROOT/<modality>/.publishing-*`` folder, renamed
+into place once complete: an interrupted publish leaves no folder that reads as a version.
 """
 
 from __future__ import annotations
 
+import builtins
 import errno
 import importlib
 import json
@@ -63,6 +66,10 @@ def load_scorer(path: Path) -> Scorer:
 
 #: a version's folder name, ASCII digits only (`\d` also matches other scripts' digits, e.g. Arabic-Indic)
 _VERSION_RE = re.compile(r"^v([0-9]{4,})$")
+#: what `publish` writes last: a version without them was not published completely, and is never activated
+_COMPLETE_FILES = ("meta.json", "MODEL_CARD.md")
+#: the prefix of the hidden folder a version is written in before it is renamed into place
+_PUBLISHING = ".publishing-"
 
 
 class RegistryError(ValueError):
@@ -172,33 +179,35 @@ class ModelRegistry:
         json.dumps(metrics)  # refuse non-JSON metrics before anything is written
         check_belongs(modality, scorer)
         base = self.check_publishable(modality)
+        import shutil
+        import uuid
+
+        staging = base / f"{_PUBLISHING}{uuid.uuid4().hex}"  # hidden: never listed, served or activated
         try:
-            for _ in range(100):  # concurrent publishers: mkdir is the lock
-                version = f"v{self._next_number(modality):04d}"
-                target = base / version
-                try:
-                    target.mkdir()
-                except FileExistsError:
-                    continue
-                break
-            else:  # pragma: no cover
-                raise RegistryError(f"could not allocate a version under {base}")
-        except OSError as exc:
-            raise RegistryError(f"cannot publish to {base}: {exc.strerror or exc}",
-                                public=f"cannot publish a {modality} model") from exc
-        try:
-            scorer.save(target / "model.npz")
-            (target / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-            (target / "MODEL_CARD.md").write_text(card)
+            staging.mkdir()  # the default mode, as a version folder made in place would have
+            scorer.save(staging / "model.npz")
+            (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+            (staging / "MODEL_CARD.md").write_text(card)
             meta = {"scorer": scorer.name, "scorer_version": scorer.version, "feature_version": scorer.feature_version,
                     "source": source, "created": datetime.now(UTC).isoformat(timespec="seconds")}
-            (target / "meta.json").write_text(json.dumps(meta, indent=2))
-        except OSError as exc:  # e.g. disk full: no half-written version is left to be activated
-            import shutil
-
-            shutil.rmtree(target, ignore_errors=True)
-            raise RegistryError(f"cannot publish to {target}: {exc.strerror or exc}",
+            (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+            with self.lock():  # publishers take turns for the number: a rename never lands on another's folder
+                for _ in range(100):
+                    version = f"v{self._next_number(modality):04d}"
+                    target = base / version
+                    if target.exists() or target.is_symlink():  # e.g. made by hand: rename would replace an empty one
+                        continue
+                    os.rename(staging, target)
+                    break
+                else:  # pragma: no cover
+                    raise RegistryError(f"could not allocate a version under {base}")
+        except OSError as exc:  # e.g. disk full: nothing that reads as a version is left to be activated
+            shutil.rmtree(staging, ignore_errors=True)
+            raise RegistryError(f"cannot publish to {base}: {exc.strerror or exc}",
                                 public=f"cannot publish a {modality} model") from exc
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return version
 
     def check_publishable(self, modality: str) -> Path:
@@ -213,7 +222,7 @@ class ModelRegistry:
                 raise RegistryError(f"{base} is not a folder (a damaged registry: move it away)",
                                     public=f"the {modality} registry folder is damaged")
             base.mkdir(parents=True, exist_ok=True)
-            probe = base / f".cadence-write-test-{os.getpid()}"
+            probe = base / f".cadence-write-test-{os.getpid()}-{threading.get_ident()}"  # per thread: publishers in one process
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
@@ -304,10 +313,22 @@ class ModelRegistry:
 
     # ---------------------------------------------------------------------- reading
     def check(self, modality: str, version: str) -> ModelVersion:
-        """`version` of `modality` if it could serve: published, loadable, made for this modality."""
+        """`version` of `modality` if it could serve: published completely, loadable, made for this modality."""
         mv = self.get(modality, version)
+        missing = self._missing_files(mv.path)
+        if missing:
+            raise RegistryError(f"version: {modality} {version} is incomplete (no {', '.join(missing)} in {mv.path}: an "
+                                "interrupted publish?); it is not activated: publish the model again, and remove "
+                                "this folder",
+                                public=f"version: {modality} {version} is incomplete (no {', '.join(missing)}); "
+                                       "publish the model again")
         check_belongs(modality, load_scorer(mv.path / "model.npz"), mv.feature_version)
         return mv
+
+    @staticmethod
+    def _missing_files(path: Path) -> list[str]:
+        """The files `publish` writes that a version folder lacks (an interrupted publish of an older release)."""
+        return [f for f in _COMPLETE_FILES if not (path / f).is_file()]
 
     def _next_number(self, modality: str) -> int:
         nums = [int(m.group(1)) for p in (self.root / modality).iterdir() if (m := _VERSION_RE.match(p.name))]
@@ -318,12 +339,25 @@ class ModelRegistry:
         pointer = self.root / modality / "ACTIVE"
         if not pointer.is_file():
             return None
+        try:
+            raw = pointer.read_bytes()
+        except OSError as exc:
+            raise self._bad_pointer(modality, exc) from exc
+        return self._parse_active(modality, raw)
+
+    def _bad_pointer(self, modality: str, exc: Exception) -> RegistryError:
+        fix = f"`cadence models activate {modality} VERSION` rewrites it"
+        return RegistryError(f"{self.root / modality / 'ACTIVE'}: not a version name ({exc}); {fix}",
+                             public=f"{modality} ACTIVE is not a version name; {fix}")
+
+    def _parse_active(self, modality: str, raw: bytes) -> str | None:
+        """The version an ACTIVE file holding `raw` names (None: empty); RegistryError when it names none readably."""
+        pointer = self.root / modality / "ACTIVE"
         fix = f"`cadence models activate {modality} VERSION` rewrites it"
         try:
-            name = pointer.read_bytes().decode("ascii").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RegistryError(f"{pointer}: not a version name ({exc}); {fix}",
-                                public=f"{modality} ACTIVE is not a version name; {fix}") from exc
+            name = raw.decode("ascii").strip()
+        except UnicodeDecodeError as exc:
+            raise self._bad_pointer(modality, exc) from exc
         if name and not _VERSION_RE.match(name):
             raise RegistryError(f"{pointer}: {name[:40]!r} is not a version name; {fix}",
                                 public=f"{modality} ACTIVE is not a version name; {fix}")
@@ -386,18 +420,71 @@ class ModelRegistry:
                 if damaged is not None:
                     damaged.append(str(exc))
             for p in sorted(d.iterdir()):
-                if _VERSION_RE.match(p.name) and (p / "model.npz").is_file():
-                    try:
-                        out.append(self.get(m, p.name))
-                    except RegistryError as exc:
-                        log.warning("%s", exc)
-                        if damaged is not None:
-                            damaged.append(str(exc))
+                if not _VERSION_RE.match(p.name):
+                    continue
+                if not (p / "model.npz").is_file():  # a version's name, but nothing the server could load
+                    why = f"{m} {p.name}: no model.npz in {p} (a damaged or interrupted publish): publish the model " \
+                          "again, and remove this folder"
+                    log.warning("%s", why)
+                    if damaged is not None:
+                        damaged.append(why)
+                    continue
+                try:
+                    out.append(self.get(m, p.name))
+                except RegistryError as exc:
+                    log.warning("%s", exc)
+                    if damaged is not None:
+                        damaged.append(str(exc))
+        return out
+
+    def problems(self, modality: str | None = None) -> builtins.list[str]:
+        """What keeps a modality's ACTIVE from being served, or a listed version from being activated.
+
+        An ACTIVE naming a version that is not there (moved away, no model.npz) or an empty one:
+        the server serves the package default instead. A version without the files `publish`
+        writes last (an interrupted publish): `activate` refuses it. (A malformed ACTIVE and
+        unreadable versions are `list`'s `damaged`.)
+        """
+        mods = [_check_modality(modality)] if modality else list(MODALITIES)
+        out: list[str] = []
+        for m in mods:
+            d = self.root / m
+            if not d.is_dir():
+                continue
+            pointer = d / "ACTIVE"
+            fix = f"`cadence models activate {m} VERSION` rewrites it"
+            try:
+                name = self._active_name(m)
+            except RegistryError:
+                name = None  # named by `list`
+            else:
+                if name is None and pointer.is_file():
+                    out.append(f"{pointer} is empty: no {m} model is active, the server serves the package default; "
+                               f"{fix}")
+            if name is not None and not (d / name / "model.npz").is_file():
+                out.append(f"{pointer} names {name}, which is not in the registry (no {name}/model.npz): the server "
+                           f"serves the package default; {fix}")
+            for p in sorted(d.iterdir()):
+                if _VERSION_RE.match(p.name) and (p / "model.npz").is_file() and (missing := self._missing_files(p)):
+                    served = " (ACTIVE names it, so it is served until another version is activated)" \
+                        if p.name == name else ""
+                    out.append(f"{m} {p.name} is incomplete (no {', '.join(missing)}: an interrupted publish?): "
+                               f"`activate` refuses it{served}; publish the model again, and remove this folder")
         return out
 
     def active(self, modality: str) -> ModelVersion | None:
         _check_modality(modality)
         name = self._active_name(modality)
+        return self.get(modality, name) if name else None
+
+    def active_named(self, modality: str, raw: bytes | None) -> ModelVersion | None:
+        """`active`, for an ACTIVE file the caller read already (`raw`; None: no ACTIVE file).
+
+        The answer is about those bytes, whatever the file holds by now (a caller memoising it
+        keys the memo on them).
+        """
+        _check_modality(modality)
+        name = self._parse_active(modality, raw) if raw is not None else None
         return self.get(modality, name) if name else None
 
     def load(self, modality: str, version: str | None = None) -> Scorer:

@@ -34,6 +34,7 @@ from server.services.evidence import EvidenceReplay
 from server.services.scoring import ScorerProvider
 from server.signing import HEADER_DEVICE, b64d
 from server.sqlite_writers import WalCheckpointer, serialize_sqlite_writers, write_lock
+from server.training import fusion_path  # shared with the CLI's `models` commands: one answer
 
 log = logging.getLogger(__name__)
 DEV_API_KEYS = {"dev-bank-key", "dev-admin-key"}
@@ -146,12 +147,6 @@ def signing_key(settings: Settings) -> Ed25519PrivateKey:
         raise ValueError("server_signing_key: required outside development (CADENCE_SERVER_SIGNING_KEY)")
     log.warning("no CADENCE_SERVER_SIGNING_KEY: decision tokens are signed with a key made at start-up")
     return Ed25519PrivateKey.generate()
-
-
-def fusion_path(settings: Settings, registry_root: Path | None) -> Path | None:
-    """Where the fusion calibration lives: the setting, else beside the registry's models."""
-    path = settings.fusion_calibration or (registry_root / "fusion-calibration.json" if registry_root else None)
-    return Path(path) if path is not None else None
 
 
 def load_fusion(settings: Settings, registry_root: Path | None) -> Any:

@@ -7,9 +7,10 @@ This is how a deployment replaces the one-class defaults with the benchmarked be
    so the calibration never sees scores of people the model was trained on;
 2. the final model of each modality is trained on every subject of the folder and published
    to the registry;
-3. only when every modality is published, each is activated and its calibrator saved in
-   ``<registry>/fusion-calibration.json`` (which the server's `FusionEngine` loads, with the
-   model versions they were fitted for), then reported to `activated` (the audit log).
+3. only when every modality is published, each is activated and its calibrator saved in the
+   fusion calibration file the server reads (`fusion_path`: ``CADENCE_FUSION_CALIBRATION``, else
+   ``<registry>/fusion-calibration.json``), with the model versions they were fitted for, then
+   reported to `activated` (the audit log).
 
 Every modality and its subjects are checked before anything is trained, and a failure
 part-way leaves only inactive, published versions: never an active model without its
@@ -24,13 +25,29 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cadence.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("keystroke", "touch", "gait")
+
+#: the fusion calibration's file name in a model registry (when no setting names another file)
+CALIBRATION_FILE = "fusion-calibration.json"
+
+
+def fusion_path(settings: Settings, registry_root: Path | None) -> Path | None:
+    """Where the fusion calibration lives: the setting, else beside the registry's models.
+
+    The one answer for the server (which reads it) and the CLI (`models train|calibrate`
+    write it, `models list|activate` report what it holds).
+    """
+    path = settings.fusion_calibration or (Path(registry_root) / CALIBRATION_FILE if registry_root else None)
+    return Path(path) if path is not None else None
 
 
 @dataclass
@@ -88,11 +105,13 @@ def train_and_publish(
     max_subjects: int | None = None,
     step: Callable[[str], None] = lambda msg: None,
     activated: Callable[[str, str, str], None] = lambda modality, version, scorer: None,
+    calibration_file: Path | None = None,
 ) -> TrainReport:
     """Train, calibrate and publish each modality's population model from `data_dir`.
 
     `activated(modality, version, scorer name)` is called after each activation, once that
-    version's calibrator is saved: the caller records it in the audit log.
+    version's calibrator is saved: the caller records it in the audit log. `calibration_file`:
+    the fusion calibration the server reads (`fusion_path`; default: the registry's).
     """
     import importlib
 
@@ -130,7 +149,7 @@ def train_and_publish(
         report.subjects[m] = len(subs)
     if not activate:
         return report  # the live calibrators stay with the versions being served
-    cal_path = Path(registry_root) / "fusion-calibration.json"
+    cal_path = Path(calibration_file) if calibration_file is not None else Path(registry_root) / CALIBRATION_FILE
     live = FusionEngine.load(cal_path) if cal_path.exists() else FusionEngine()
     for m, version in report.versions.items():
         with reg.activation(m, version):  # recorded under the registry's lock (see `ModelRegistry.activation`)
@@ -215,6 +234,7 @@ def calibrate_published(
     version: str | None = None,
     max_subjects: int | None = None,
     seed: int = 0,
+    calibration_file: Path | None = None,
 ) -> CalibrationReport:
     """Fit the fusion calibrator of the active model of `modality` (`version`, when given, must be it).
 
@@ -228,6 +248,8 @@ def calibrate_published(
     The file holds one calibrator per modality, the one decisions use now: a calibrator
     fitted for a version that is not served would replace it, and the served version's
     evidence would be left out of decisions. So a candidate is activated first.
+
+    `calibration_file`: the fusion calibration the server reads (`fusion_path`; default: the registry's).
     """
     from evaluation.datasets import available_subjects
     from evaluation.metrics import eer
@@ -260,7 +282,7 @@ def calibrate_published(
         raise ValueError(f"{modality}: need at least 3 subjects with enough data in {data_dir}, found {len(split)}")
     ps = scores_of(as_decided(modality, scorer), split)
     gen, imp = genuine_impostor(ps)
-    cal_path = Path(registry_root) / "fusion-calibration.json"
+    cal_path = Path(calibration_file) if calibration_file is not None else Path(registry_root) / CALIBRATION_FILE
     engine = FusionEngine.load(cal_path) if cal_path.exists() else FusionEngine()
     engine.fit_modality(modality, genuine=gen, impostor=imp)
     engine.report[modality]["model_version"] = version

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,11 +42,15 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
 
     reg = _registry(registry)
     damaged: list[str] = []
+    registry_log = logging.getLogger("modalities.registry")
+    was_disabled, registry_log.disabled = registry_log.disabled, True  # each reason is one warning line below
     try:
         versions = reg.list(modality, damaged=damaged)
     except RegistryError as exc:
         raise typer.BadParameter(str(exc), param_hint="MODALITY") from exc
-    calibrated = _calibrated_versions(reg.root)
+    finally:
+        registry_log.disabled = was_disabled
+    calibrated = _calibrated_versions(_calibration_file(reg.root))
     table = Table(title=f"models in {escape(str(reg.root))}")  # values from files and folders: no markup read
     for c in ("modality", "version", "active", "calibrated", "scorer", "feature version", "source", "created", "metrics"):
         table.add_column(c)
@@ -57,6 +62,8 @@ def list_models(modality: Annotated[str | None, typer.Argument(help="keystroke, 
     out_console().print(table)
     for problem in damaged:
         warning_line(f"left out: {problem}")
+    for problem in reg.problems(modality):  # what the table cannot show: an ACTIVE naming no servable version
+        warning_line(problem)
     if not versions and not damaged:
         out_console().print("no published models: the server uses each modality package's default scorer")
 
@@ -93,11 +100,38 @@ def _metric_value(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _calibrated_versions(root: Path) -> dict[str, str]:
-    """Modality -> the version its fusion calibrator was fitted for (what decisions will use)."""
+def _calibration_file(root: Path) -> Path:
+    """The fusion calibration a server of this registry reads (CADENCE_FUSION_CALIBRATION, else the registry's)."""
+    from cadence.settings import get_settings
+    from server.training import fusion_path
+
+    path = fusion_path(get_settings(), root)
+    assert path is not None  # a registry is given
+    return path
+
+
+def _check_calibration_writable(path: Path) -> None:
+    """Exit 2 naming the file (and the setting that chose it) when the fusion calibration cannot be saved there.
+
+    Checked before the work: a calibration fitted, or models trained and published, for nothing.
+    """
+    import os
+
+    from cadence.files import write_problem
+    from cadence.settings import get_settings
+
+    problem = write_problem(path)
+    if problem is None and not os.access(path.parent, os.W_OK | os.X_OK):  # saved by replacing it in its folder
+        problem = f"cannot write {path}: its folder {path.parent} is not writable"
+    if problem is not None:
+        chosen = " (CADENCE_FUSION_CALIBRATION)" if get_settings().fusion_calibration is not None else ""
+        fail(f"fusion calibration{chosen}: {problem}")
+
+
+def _calibrated_versions(path: Path) -> dict[str, str]:
+    """Modality -> the version its fusion calibrator in `path` was fitted for (what decisions will use)."""
     from server.fusion_source import FusionSource
 
-    path = root / "fusion-calibration.json"
     engine = FusionSource(path).current() if path.is_file() else None  # no file: nothing to say
     if engine is None:
         return {}
@@ -129,7 +163,7 @@ def activate(modality: Annotated[str, typer.Argument(help="keystroke, touch or g
 
 def _calibration_hint(root: Path, modality: str, version: str) -> None:
     """Say so when decisions will leave the newly active version out until it is calibrated."""
-    if _calibrated_versions(root).get(modality) != version:
+    if _calibrated_versions(_calibration_file(root)).get(modality) != version:
         out_console().print(f"{modality} {version} has no fusion calibrator yet: decisions leave its evidence out "
                         f"('uncalibrated') until `cadence models calibrate {modality} --data-dir PEOPLE` "
                         "(people it was not trained on)", soft_wrap=True)
@@ -155,7 +189,7 @@ def train(
     modality: Annotated[list[str] | None, typer.Option("--modality", "-m", help="Only this modality (repeatable).")] = None,
     registry: Registry = None,
     activate: Annotated[bool, typer.Option(help="Activate the new versions.")] = True,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seeds the subject sampling and calibration split.")] = 0,
     max_subjects: Annotated[int | None, typer.Option(min=6, help="Use at most this many subjects (seeded; training "
                                                                  "needs at least 6).")] = None,
 ) -> None:
@@ -171,6 +205,8 @@ def train(
         fail(exc)
     reg = _registry(registry)
     ensure_writable_dir(reg.root, "--registry")
+    if activate:  # without activation the live calibration is not touched
+        _check_calibration_writable(_calibration_file(reg.root))
     console = out_console()
     with _audit_log() as record:  # checked before training: every activation below is recorded
         try:
@@ -178,6 +214,7 @@ def train(
                 report = train_and_publish(
                     folder, reg.root, modalities=modality or MODALITIES, activate=activate, seed=seed,
                     max_subjects=max_subjects, step=lambda msg: status.update(msg),
+                    calibration_file=_calibration_file(reg.root),
                     activated=lambda m, v, scorer: record("model.activated", {"modality": m, "version": v, "scorer": scorer,
                                                                               "calibrated": True}))
         except (ValueError, DatasetError) as exc:  # DatasetError: a missing or unreadable data file
@@ -224,11 +261,12 @@ def calibrate(
             raise RegistryError(f"version: no active {modality} model in {reg.root}{hint}")
     except (RegistryError, ValueError) as exc:
         fail(exc)
+    _check_calibration_writable(_calibration_file(reg.root))
     with _audit_log() as record:  # checked before the calibration file changes
         try:
             with out_console().status(f"{modality}: scoring the calibration people"):
                 rep = calibrate_published(folder, reg.root, modality, version=version, max_subjects=max_subjects,
-                                          seed=seed)
+                                          seed=seed, calibration_file=_calibration_file(reg.root))
         except (RegistryError, ModelVersionError, ValueError, DatasetError) as exc:
             fail(exc)
         record("model.calibrated", {"modality": modality, "version": rep.version, "scorer": rep.scorer,

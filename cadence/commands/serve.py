@@ -49,6 +49,9 @@ def serve(
     workers = workers if workers is not None else settings.api_workers
     if workers < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--workers")
+    host_option, port_option = "--host" if host is not None else "CADENCE_HOST", "--port" if port is not None else "CADENCE_PORT"
+    host, port = host or settings.host, port or settings.port
+    _check_bindable(host, port, host_option=host_option, port_option=port_option)  # before the database is touched
     with ExitStack() as stack:
         try:  # several workers: one set of counters, summed at each scrape (checked before the database is touched)
             stack.enter_context(shared_metrics_dir(workers))
@@ -66,13 +69,35 @@ def serve(
         if read_only is not None:
             fail(f"database {shown(settings.database_url)} cannot be written ({read_only}): the server records every "
                  "request there; give it a writable database (for SQLite, the file and its folder) in CADENCE_DATABASE_URL")
-        host, port = host or settings.host, port or settings.port
         # access lines are logged at INFO: above that, skip building them (a visible share of a request)
         access_log = log_level.lower() in ("trace", "debug", "info")
         # forwarded headers only from the proxies named in the settings (uvicorn would trust loopback's)
         trusted = settings.forwarded_allow_ips or None
         _run(create_app, settings, host=host, port=port, workers=workers, log_level=log_level, keep_alive=keep_alive,
              access_log=access_log, trusted=trusted)
+
+
+def _check_bindable(host: str, port: int, *, host_option: str, port_option: str) -> None:
+    """Exit 2 with one line naming the option when the server could not listen on `host`:`port`.
+
+    Checked before the database and the workers: uvicorn would otherwise end with its own
+    "[Errno -2] Name or service not known" or "address already in use", naming neither.
+    """
+    import errno
+    import socket
+
+    from federated.deployment import DeploymentError, check_port_free
+
+    try:
+        check_port_free(host, port, "cadence serve")
+    except DeploymentError as exc:
+        cause = exc.__cause__
+        reason = (getattr(cause, "strerror", None) or str(cause)) if cause is not None else str(exc)
+        if isinstance(cause, socket.gaierror) or getattr(cause, "errno", None) == errno.EADDRNOTAVAIL:
+            fail(f"{host_option}: cannot listen on {host!r} ({reason}): give an address of this machine, "
+                 "e.g. 127.0.0.1, or 0.0.0.0 for every interface")
+        fail(f"{port_option}: cannot listen on port {port} of {host} ({reason}): is another server running there? "
+             f"Choose another {port_option}")
 
 
 def _read_only(engine: Engine) -> str | None:

@@ -7,7 +7,9 @@ Resolution is re-checked on every call, so a server started before a modality pa
 registry activation picks it up without a restart. With a registry the check reads the
 modality's ACTIVE pointer and `stat`s the active version's files; the version's metadata is
 read and parsed again only when one of them changed (doing so on every call, three times per
-`authorize`, cost about ten times what the check does now).
+`authorize`, cost about ten times what the check does now). An ACTIVE that cannot be served
+(it names a version that is not there, or is empty or damaged) is memoised the same way, and
+why is logged once, when it is first seen.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -76,6 +79,8 @@ class ScorerProvider:
         #: modality -> (ACTIVE's bytes, the active version's files, their stamps, the answer)
         self._resolved: dict[str, tuple[bytes | None, tuple[str, ...], Stamp, str]] = {}
         self._pointers: dict[str, str] = {}
+        #: modality -> why its ACTIVE is not served, as last logged (None: served, or no ACTIVE)
+        self._unserved: dict[str, str | None] = {}
 
     def _key(self, modality: str) -> str:
         if self.registry is None:
@@ -90,26 +95,44 @@ class ScorerProvider:
             named = None
         except OSError:  # e.g. the registry path is a file: no memo, the registry says what is wrong
             return self._resolve_key(modality)
+        if named is not None and len(named) >= 256:  # more than was read: no version name, read it whole
+            return self._resolve_key(modality)
         memo = self._resolved.get(modality)
         if memo is not None and memo[0] == named and stamp(memo[1]) == memo[2]:
-            # no ACTIVE: the package's answer, asked again (a package may land while the server runs)
-            return memo[3] if named else self._package_key(modality)
+            # no registry model: the package's answer, asked again (a package may land while the server runs)
+            return memo[3] if memo[3].startswith("registry:") else self._package_key(modality)
         version = (named or b"").decode("ascii", "replace").strip()
         root = self.registry.root / modality
         files = tuple(str(root / version / f) for f in VERSION_FILES) if version and "/" not in version else ()
         before = stamp(files)  # taken first: a version folder changed while resolving is seen next call
-        key = self._resolve_key(modality)
-        if before is not None and (key == f"registry:{version}" or (not named and not key.startswith("registry:"))):
+        key = self._resolve_key(modality, named)
+        # the answer for exactly these ACTIVE bytes: kept until they, or the files of the version they name, change
+        if before is not None and (key == f"registry:{version}" or not key.startswith("registry:")):
             self._resolved[modality] = (named, files, before, key)
         return key
 
-    def _resolve_key(self, modality: str) -> str:
+    def _resolve_key(self, modality: str, named: bytes | None | EllipsisType = ...) -> str:
+        """The key for ACTIVE's content `named` (None: no ACTIVE file; default: read it now)."""
         assert self.registry is not None
+        why: str | None = None
         try:
-            mv = self.registry.active(modality)
-        except (RegistryError, OSError):
-            mv = None
+            mv = self.registry.active(modality) if named is ... else self.registry.active_named(modality, named)
+        except (RegistryError, OSError) as exc:
+            mv, why = None, str(exc)
+        else:
+            if mv is None and named is not None and named is not ... and not named.strip():
+                why = f"{self.registry.root / modality / 'ACTIVE'} is empty"
+        self._note_unserved(modality, why)
         return f"registry:{mv.version}" if mv is not None else self._package_key(modality)
+
+    def _note_unserved(self, modality: str, why: str | None) -> None:
+        """Log why `modality`'s ACTIVE is not served, once per distinct reason (not on every request)."""
+        if self._unserved.get(modality) == why:
+            return
+        self._unserved[modality] = why
+        if why is not None:
+            log.warning("%s: the registry's active model is not served (%s); the modality package's scorer serves "
+                        "instead until `cadence models activate %s VERSION`", modality, why, modality)
 
     @staticmethod
     def _package_key(modality: str) -> str:
