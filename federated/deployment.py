@@ -773,15 +773,20 @@ def write_latest(workdir: str | os.PathLike[str], run_id: str | int) -> Path:
     return path
 
 
+def latest_run_id(workdir: str | os.PathLike[str]) -> str | None:
+    """The run last submitted from `workdir` (`write_latest`); None when none was (or its pointer is unreadable)."""
+    try:
+        return str(json.loads((Path(workdir).resolve() / LATEST).read_text())["run_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def latest_status_file(workdir: str | os.PathLike[str], run_id: str | int | None = None) -> Path:
     """Status file of run `run_id`, else of the last run submitted here (else the pre-run-id ``status.json``)."""
     wd = Path(workdir).resolve()
-    if run_id is not None:
-        return run_status_file(wd, run_id)
-    try:
-        return run_status_file(wd, str(json.loads((wd / LATEST).read_text())["run_id"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return wd / "status.json"
+    if run_id is None:
+        run_id = latest_run_id(wd)
+    return wd / "status.json" if run_id is None else run_status_file(wd, run_id)
 
 
 def record_end(path: str | os.PathLike[str], error: str) -> None:
@@ -824,12 +829,45 @@ def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
         return {"state": "unknown", "detail": f"no status file at {p} yet"}
     try:
         doc = json.loads(p.read_text())
-    except ValueError:
-        return {"state": "unknown", "detail": "status file being written"}
+    except ValueError as exc:  # its writers replace it whole (`write_json_atomic`): damaged rather than half-written
+        return {"state": "unknown", "detail": f"status file {p} is not readable JSON ({exc}): being written, or damaged"}
     except OSError as exc:
         return {"state": "unknown", "detail": f"status file {p} unreadable: {exc.strerror or exc}"}
     if not isinstance(doc, dict):  # `null`, a number: not a status (damaged or not ours)
         return {"state": "unknown", "detail": f"status file {p} holds no status object ({type(doc).__name__})"}
+    return doc
+
+
+class StatusFileError(DeploymentError):
+    """No status to show: the file is not there (`missing`), or it is unreadable or damaged."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def load_status(path: str | os.PathLike[str], *, settle_s: float = 1.0, poll: float = 0.1) -> dict[str, Any]:
+    """The status object in `path`, for one look at it (`cadence federated status`); else `StatusFileError`.
+
+    A file that does not decode is read again for up to `settle_s` (a writer caught mid-write);
+    one that still does not is damaged, and the error names how.
+    """
+    p = Path(path)
+    deadline = time.monotonic() + settle_s
+    while True:
+        if not p.exists():
+            raise StatusFileError(f"no status file at {p}", missing=True)
+        try:
+            doc = json.loads(p.read_text())
+            break
+        except ValueError as exc:
+            if time.monotonic() >= deadline:
+                raise StatusFileError(f"status file {p} is damaged: not readable JSON ({exc})") from None
+            time.sleep(poll)
+        except OSError as exc:  # a folder, no permission
+            raise StatusFileError(f"status file {p} is unreadable: {exc.strerror or exc}") from None
+    if not isinstance(doc, dict):  # `null`, a number: not a status (damaged or not ours)
+        raise StatusFileError(f"status file {p} is damaged: it holds no status object ({type(doc).__name__})")
     return doc
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -386,6 +387,7 @@ def _run(args: argparse.Namespace, data: Path) -> int:
     """The tour with app data in `data` (`main` owns the folder)."""
     from kivy.clock import Clock as KivyClock
 
+    from federated.deployment import signals_deferred
     from mobile_client.clock import VirtualClock
     from mobile_client.services import build_services
     from mobile_client.ui.app import CadenceApp
@@ -414,6 +416,10 @@ def _run(args: argparse.Namespace, data: Path) -> int:
         started = time.monotonic()
 
         def step(_dt: float) -> bool | None:
+            if guard.received:  # SIGTERM, Ctrl-C, SIGHUP: the tour did not finish
+                _stopped(report, state, guard.received[0], tour.shots)
+                app.stop()
+                return False
             if waiting["n"] > 0:
                 waiting["n"] -= 1
                 return None
@@ -433,22 +439,37 @@ def _run(args: argparse.Namespace, data: Path) -> int:
 
     app = CadenceApp(services, clock=clock, animate=False, walk_speed=8.0,
                      data_dir_for_replay=args.replay_data, on_ready=ready)
-    try:
-        app.run()
-    except Exception as exc:  # noqa: BLE001 - a screen's own callback failed: reported as a failed step is
-        _failed(report, state, exc)
+    # a signal is noted and stops the tour at its next frame, as one that did not finish: SDL's own
+    # SIGTERM handler quit the app as if the tour were done (exit 0, its summary, a report of a whole tour)
+    with signals_deferred() as guard:
+        try:
+            app.run()
+        except Exception as exc:  # noqa: BLE001 - a screen's own callback failed: reported as a failed step is
+            _failed(report, state, exc)
     if bank is not None:
         report["demo_bank"] = {"decisions": [d["decision"] for d in bank.decisions], "enrolled": bank.enrolled}
     if args.report:
         args.report.write_text(json.dumps(report, indent=1, default=str))
-    if state["rc"]:  # one line; the traceback is for debugging, in the report (and the debug log)
-        where = f" (details in {args.report})" if args.report else ""
+    where = f" (details in {args.report})" if args.report else ""
+    if "stopped_by" in report:  # not a failure of the app's: no traceback to point to
+        taken = len(report["screenshots_taken"])
+        print(f"error: the tour was stopped ({report['stopped_by']}) before it finished"
+              f"{f'; {taken} screenshot(s) taken' if args.screenshots else ''}{where}", file=sys.stderr)
+    elif state["rc"]:  # one line; the traceback is for debugging, in the report (and the debug log)
         print(f"error: the tour stopped: {report.get('error')}{where}", file=sys.stderr)
         log.debug("the tour stopped:\n%s", report.get("traceback"))
     else:
         print(json.dumps({"screenshots": report.get("screenshots", []),
                           "decisions": [t["outcome"] for t in report.get("transactions", [])]}))
     return int(state["rc"])
+
+
+def _stopped(report: dict[str, Any], state: dict[str, Any], signum: int, shots: list[str]) -> None:
+    """Note in the report that a signal stopped the tour before its end, and the exit status (128 + signal)."""
+    name = signal.Signals(signum).name
+    report.update(error=f"stopped by {name} before the tour finished", stopped_by=name,
+                  screenshots_taken=list(shots))
+    state["rc"] = 128 + signum
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import json
 import logging
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,24 +21,30 @@ app = typer.Typer()
 def demo(
     data_dir: Annotated[str | None, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR",
                                                     help="Replay real BB-MAS subjects from this folder (else SYNTHETIC).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic people.")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the decisions as JSON here.")] = None,
+    # numpy seeds are unsigned 32-bit: a negative one failed seconds later without naming the option
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the synthetic people.")] = 0,
+    json_opt: Annotated[str | None, typer.Option("--json", help="Also write the decisions as JSON here.")] = None,
 ) -> None:
     """Start the API on a free loopback port, enrol a user, run owner and impostor transactions, stop."""
     from cadence.commands.errors import error_line, fail
-    from cadence.commands.paths import ensure_writable_file, folder_option
+    from cadence.commands.paths import ensure_writable_file, folder_option, path_option
     from compliance.keys import KeyConfigError
     from evaluation.datasets import DatasetError
     from server.demo import run_demo
+    from server.loadgen import sigterm_unwinds
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folder = folder_option(data_dir, "--data-dir")
+    json_out = path_option(json_opt, "--json")  # '' would mean the current folder
     if json_out is not None:
         ensure_writable_file(json_out, "--json")  # before the demo, not after it
     console = out_console()
     t0 = time.perf_counter()
     try:
-        label, rows = run_demo(folder, seed=seed)
+        # SIGTERM (`timeout`, systemd, docker stop) unwinds like Ctrl-C: the server stops and the
+        # temporary folder (its database of enrolled templates, the calibration) is removed; exit 143
+        with sigterm_unwinds():
+            label, rows = run_demo(folder, seed=seed)
     except (DatasetError, ValueError, KeyConfigError) as exc:  # the data folder; a broken model registry or
         # calibration file; an audit key the server needs (`run_demo`)
         fail(exc)

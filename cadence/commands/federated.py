@@ -19,30 +19,33 @@ from typing import Annotated, Any
 import typer
 
 from cadence.commands.errors import fail, warning_line
-from cadence.commands.paths import refuse_non_folder
+from cadence.commands.paths import folder_option, path_option, refuse_non_folder
 from cadence.console import out_console
 
 app = typer.Typer()
 fed = typer.Typer(help="Federated training (Flower): SuperLink, SuperNodes, rounds, progress.", no_args_is_help=True)
 app.add_typer(fed, name="federated")
 
-Workdir = Annotated[Path, typer.Option(help="Operator workspace: FLWR_HOME, logs and run status live here.")]
+# str, not Path: typer reads '' as Path('.'), the current folder (`_workdir` refuses it by name)
+Workdir = Annotated[str, typer.Option("--workdir", help="Operator workspace: FLWR_HOME, logs and run status live here.")]
 console = out_console()
 
 
 @fed.command("prepare")
 def prepare(
     modality: Annotated[str, typer.Option(help="keystroke, touch or gait.")],
-    data_dir: Annotated[Path, typer.Option(envvar="CADENCE_DATA_DIR", help="Dataset folder.")],
-    out: Annotated[Path, typer.Option(help="Folder for one device-<subject>.npz per subject.")],
+    data_opt: Annotated[str, typer.Option("--data-dir", envvar="CADENCE_DATA_DIR", help="Dataset folder.")],
+    out_opt: Annotated[str, typer.Option("--out", help="Folder for one device-<subject>.npz per subject.")],
     subjects: Annotated[str | None, typer.Option(help="Comma-separated subject ids (default: all).")] = None,
 ) -> None:
     """Compute each subject's feature windows into its own device file (what a phone holds)."""
     from cadence.commands.paths import ensure_writable_dir
     from federated.features import DeviceDataError, feature_spec, subject_windows, write_device_files
 
-    if not data_dir.is_dir():
-        raise typer.BadParameter(f"{data_dir} is not a folder", param_hint="--data-dir")
+    # '' is refused by name: as a Path it was the current folder (scanned, or filled with device files)
+    data_dir = folder_option(data_opt, "--data-dir")
+    out = path_option(out_opt, "--out")
+    assert data_dir is not None and out is not None  # required options
     try:
         subs = [int(s) for s in subjects.split(",")] if subjects else None
     except ValueError:
@@ -100,7 +103,7 @@ def _warn_unencrypted(workdir: Path) -> None:
 
 
 @fed.command("superlink")
-def superlink(workdir: Workdir = Path("federated-work"),
+def superlink(workdir_opt: Workdir = "federated-work",
               host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 or :: for every interface: "
                                                      "then give --tls-name).")] = "127.0.0.1",
               port: Annotated[int, typer.Option(min=1, max=65535, help="SuperLink port.")] = 9300,
@@ -120,7 +123,7 @@ def superlink(workdir: Workdir = Path("federated-work"),
     names = tls_name or []
     if insecure and names:
         fail("--insecure and --tls-name: choose one (--insecure turns TLS off, --tls-name is for its certificate)")
-    refuse_non_folder(Path(workdir), "--workdir")
+    workdir = _workdir(workdir_opt)
     database = Path(workdir).resolve() / d.SUPERLINK_DB
     try:  # everything that can refuse the start, before the workdir is made
         for n in names:
@@ -155,11 +158,12 @@ def superlink(workdir: Workdir = Path("federated-work"),
 
 @fed.command("supernode")
 def supernode(
-    data: Annotated[Path, typer.Option(help="This device's feature file (from `prepare` or the app).")],
+    data_opt: Annotated[str, typer.Option("--data", help="This device's feature file (from `prepare` or the app).")],
     superlink: Annotated[str, typer.Option(help="SuperLink address host:port.")] = "127.0.0.1:9300",
     port: Annotated[int, typer.Option(min=1, max=65535, help="This SuperNode's own API port (one per SuperNode).")] = 9401,
-    workdir: Workdir = Path("federated-work"),
-    root_certificates: Annotated[Path | None, typer.Option(
+    workdir_opt: Workdir = "federated-work",
+    root_certificates_opt: Annotated[str | None, typer.Option(
+        "--root-certificates",
         help="The SuperLink's CA certificate (its WORKDIR/tls/ca.crt), to verify it by (default: "
              "WORKDIR/tls/ca.crt when there is one).")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
@@ -173,13 +177,15 @@ def supernode(
     from federated import deployment as d
     from federated.features import DeviceDataError, device_file_error, read_device_file
 
+    data = _device_file(data_opt)
+    workdir = _workdir(workdir_opt)
+    root_certificates = path_option(root_certificates_opt, "--root-certificates")
     try:
         read_device_file(data, log_path=False)  # the error line below names the path
     except DeviceDataError as exc:  # this operator's own terminal: the path may be named here
         fail(device_file_error(data, exc))
     try:
         d.check_port_free("127.0.0.1", port, "SuperNode")
-        refuse_non_folder(Path(workdir), "--workdir")  # named as such, before looking for the CA it would hold
         ca = _supernode_ca(workdir, root_certificates, insecure)
         _check_workdir(workdir)  # only now: a refused SuperNode leaves no workdir behind
         cmd = d.supernode_cmd(superlink, data, port, root_certificates=ca, secagg_only=secagg_only,
@@ -191,6 +197,27 @@ def supernode(
     _warn_tls_mismatch(superlink, tls=ca is not None)
     # stopping this command stops flower-supernode and any ClientApp it started: no training after stop
     raise typer.Exit(d.run_foreground(cmd, workdir))
+
+
+def _workdir(value: str) -> Path:
+    """--workdir as a path; '' (which would be the current folder) or an existing file refused by name."""
+    path = path_option(value, "--workdir")
+    assert path is not None  # it has a default
+    refuse_non_folder(path, "--workdir")
+    return path
+
+
+def _device_file(value: str) -> Path:
+    """--data as a path that is no folder, named now, before anything starts.
+
+    (Left to the device file's reader, a folder read as "the device file was not found".)
+    """
+    path = path_option(value, "--data")
+    assert path is not None  # a required option
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a folder, not a device file (give one device-<subject>.npz that "
+                                 f"`cadence federated prepare` wrote)", param_hint="--data")
+    return path
 
 
 def _warn_tls_mismatch(superlink: str, *, tls: bool) -> None:
@@ -237,7 +264,7 @@ def _supernode_ca(workdir: Path, root_certificates: Path | None, insecure: bool)
 def run(
     modality: Annotated[str, typer.Option(help="keystroke, touch or gait.")] = "keystroke",
     rounds: Annotated[int, typer.Option(help="Number of federated rounds.")] = 5,
-    workdir: Workdir = Path("federated-work"),
+    workdir_opt: Workdir = "federated-work",
     registry: Annotated[str | None, typer.Option(help="Model registry root (default: CADENCE_MODEL_REGISTRY).")] = None,
     strategy: Annotated[str, typer.Option(help="fedavg, fedprox, fedmedian, trimmed-mean or krum.")] = "fedavg",
     min_nodes: Annotated[int | None, typer.Option(help="Wait for this many SuperNodes (robust strategies need more: the "
@@ -265,7 +292,7 @@ def run(
     Ctrl-C, SIGTERM or --timeout stop the Flower run too (`flwr stop`), so no model is
     published that nobody was told about.
     """
-    from cadence.commands.paths import ensure_writable_dir, path_option
+    from cadence.commands.paths import ensure_writable_dir
     from cadence.settings import get_settings
     from federated import deployment as d
     from federated.config import RunSettings, SettingsError
@@ -273,7 +300,7 @@ def run(
     if not (math.isfinite(timeout) and timeout > 0):
         raise typer.BadParameter(f"must be > 0 seconds, got {timeout}", param_hint="--timeout")
     reg = (path_option(registry, "--registry") or get_settings().model_registry).resolve()
-    wd = Path(workdir).resolve()
+    wd = _workdir(workdir_opt).resolve()
     # everything is checked before any file is touched: a refused run leaves the last run's status alone
     try:
         s = RunSettings.from_config({"modality": modality, "num-server-rounds": rounds, "strategy": strategy,
@@ -368,14 +395,42 @@ def _stop_flower_run(d: Any, workdir: Path, run_id: str, status_file: Path, why:
 
 
 @fed.command("status")
-def status(workdir: Workdir = Path("federated-work"),
+def status(workdir_opt: Workdir = "federated-work",
            run_id: Annotated[str | None, typer.Option(help="This run (default: the last one submitted "
                                                            "from WORKDIR).")] = None) -> None:
-    """Progress of the last run submitted from WORKDIR, or of --run-id (JSON)."""
-    from federated.deployment import latest_status_file, read_status
+    """Progress of the last run submitted from WORKDIR, or of --run-id (JSON).
 
+    Exit 1 when that run has no status file (none submitted from WORKDIR, another --run-id, or
+    its ServerApp has not written one yet); 2 when WORKDIR is not a folder or the file is damaged.
+    """
+    from cadence.commands.errors import error_line
+    from federated.deployment import StatusFileError, latest_run_id, latest_status_file, load_status
+
+    workdir = folder_option(workdir_opt, "--workdir")  # a typo is not a run with an "unknown" state
+    assert workdir is not None  # it has a default
+    if run_id is not None and not run_id.strip().isdigit():  # Flower's run ids are numbers; also no path in it
+        raise typer.BadParameter(f"{run_id!r}: expected a Flower run id (a number)", param_hint="--run-id")
     _warn_unencrypted(workdir)
-    console.print_json(json.dumps(read_status(latest_status_file(workdir, run_id)), default=str))
+    if run_id is not None:
+        run_id = run_id.strip()
+    latest = latest_run_id(workdir) if run_id is None else None
+    path = latest_status_file(workdir, run_id)
+    try:
+        doc = load_status(path)
+    except StatusFileError as exc:
+        if not exc.missing:
+            fail(exc)
+        if run_id is not None:
+            error_line(f"no status of run {run_id} in {workdir} ({path.name} is not there): not a run "
+                       f"submitted from this workdir, or its ServerApp has not started yet")
+        elif latest is not None:
+            error_line(f"run {latest}, the last submitted from {workdir}, has written no status yet ({path} is not "
+                       f"there; its ServerApp writes it once it starts)")
+        else:
+            error_line(f"no run submitted from {workdir} (no {path.name} there; `cadence federated run --workdir "
+                       f"{workdir}` submits one)")
+        raise typer.Exit(1) from None
+    console.print_json(json.dumps(doc, default=str))
 
 
 __all__ = ["app"]

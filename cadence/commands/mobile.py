@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 
@@ -15,13 +14,15 @@ def run_app(
     screenshots_opt: str | None = typer.Option(None, "--screenshots", help="Headless tour: save one PNG per screen here and exit."),
     server: str | None = typer.Option(None, "--server", help="Server URL (default: http://127.0.0.1:8000; the tour uses a scripted demo bank)."),
     data_opt: str | None = typer.Option(None, "--app-data", help="App data folder (default: ~/.cadence-app; the --screenshots tour: a temp folder it removes)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", envvar="CADENCE_DATA_DIR", help="Datasets folder: the desktop walk replays a real BB-MAS recording."),
+    data_dir_opt: str | None = typer.Option(None, "--data-dir", envvar="CADENCE_DATA_DIR", help="Datasets folder: the desktop walk replays a real BB-MAS recording."),
     bank_key: str | None = typer.Option(None, "--bank-key", help="Bank API key for device registration and step-up (demo builds only)."),
 ) -> None:
     """Run the Cadence companion app (Kivy), or with --screenshots a headless tour of every screen."""
-    from cadence.commands.paths import ensure_writable_dir, path_option
+    from cadence.commands.paths import ensure_writable_dir, folder_option, path_option
 
     screenshots = path_option(screenshots_opt, "--screenshots")  # '' would mean the current folder
+    # a folder that is not there: refused as every other command does, not a synthetic walk after a warning
+    data_dir = folder_option(data_dir_opt, "--data-dir")
     data = path_option(data_opt, "--app-data")
     if data is not None:  # a file or an unwritable folder: named now, not a traceback from the app
         ensure_writable_dir(data, "--app-data")
