@@ -232,7 +232,8 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
     """Start a server on a free loopback port, run the scenario, stop it; (data label, rows).
 
     Of the CADENCE_* settings the demo reads only CADENCE_MODEL_REGISTRY (the models its server
-    scores with, and their calibration when it applies to all of them); its server runs on
+    scores with) and CADENCE_FUSION_CALIBRATION (their calibration, by default beside the registry,
+    as the server reads it: used when it applies to all of them); its server runs on
     `DemoSettings`, with a database in a temporary folder (audited under their development key:
     the app binds its own settings' key, whatever CADENCE_AUDIT_HMAC_KEY says).
     """
@@ -259,7 +260,9 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
     else:
         genuine, impostor, *background = synthetic_people(seed, 2 + N_BACKGROUND)
         label = "SYNTHETIC behaviour (evaluation/synthetic.py): not real people, says nothing about accuracy"
-    served, trained_calibration = served_models(registry_root)
+    from server.training import fusion_path
+
+    served, trained_calibration = served_models(registry_root, fusion_path(base, registry_root))
     with tempfile.TemporaryDirectory(prefix="cadence-demo-") as tmp:
         root = Path(workdir or tmp)
         update: dict[str, Any] = {"database_url": f"sqlite:///{root / 'demo.sqlite'}", "host": "127.0.0.1",
@@ -276,12 +279,13 @@ def run_demo(data_dir: Path | None, *, seed: int = 0, workdir: Path | None = Non
     return label, rows
 
 
-def served_models(registry_root: Path | None) -> tuple[str, Path | None]:
+def served_models(registry_root: Path | None, calibration: Path | None = None) -> tuple[str, Path | None]:
     """What the demo's server will score with (in words), and the calibration file to use.
 
-    The file is the registry's when it holds a calibrator for every modality's active model
-    (`cadence models train` wrote it); else None, and the demo calibrates on its background
-    people: a modality the file leaves out would be left out of every decision (`uncalibrated`).
+    The file is `calibration` (by default the registry's: `server.training.fusion_path`) when it
+    holds a calibrator for every modality's active model (`cadence models train` wrote it); else
+    None, and the demo calibrates on its background people: a modality the file leaves out would
+    be left out of every decision (`uncalibrated`).
     """
     from server.fusion_source import FusionSource
     from server.services.scoring import ScorerProvider
@@ -289,7 +293,7 @@ def served_models(registry_root: Path | None) -> tuple[str, Path | None]:
     provider = ScorerProvider(registry_root)
     active = {m: provider.get(m) for m in MODALITIES}
     words = ", ".join(f"{m} {a.model_id}" for m, a in active.items())
-    path = registry_root / "fusion-calibration.json" if registry_root is not None else None
+    path = calibration or (registry_root / "fusion-calibration.json" if registry_root is not None else None)
     engine = FusionSource(path).current() if path is not None and path.is_file() else None
     if engine is not None and all(engine.applies(m, a.model_id) for m, a in active.items()):
         return words, path

@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,31 @@ def test_serve_names_a_port_that_is_taken(serve_settings: Path) -> None:
     lines = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "--port" in lines[0] and str(port) in lines[0], r.output
     assert not serve_settings.exists()
+
+
+def test_the_demo_uses_the_calibration_file_the_setting_names(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cadence demo` takes CADENCE_FUSION_CALIBRATION, as the server and `models train` do (it read only the registry's)."""
+    from server import demo
+
+    elsewhere = tmp_path / "elsewhere.json"
+    demo.fit_calibration(demo.synthetic_people(0, 6, first=200), None).save(elsewhere)
+    assert demo.served_models(None, elsewhere)[1] == elsewhere  # fitted for the packages' models: it applies
+    assert demo.served_models(None)[1] is None
+    monkeypatch.setenv("CADENCE_FUSION_CALIBRATION", str(elsewhere))
+    monkeypatch.setenv("CADENCE_MODEL_REGISTRY", str(tmp_path / "registry"))
+    get_settings.cache_clear()
+    seen: dict[str, object] = {}
+
+    @contextmanager
+    def fake_server(settings: object) -> Iterator[str]:
+        seen["calibration"] = getattr(settings, "fusion_calibration", None)
+        yield "http://127.0.0.1:9"
+
+    monkeypatch.setattr("server.runner.running_server", fake_server)
+    monkeypatch.setattr(demo, "run_scenario", lambda url, genuine, impostor: [])
+    try:
+        label, _ = demo.run_demo(None)
+    finally:
+        get_settings.cache_clear()
+    assert seen["calibration"] == elsewhere and str(elsewhere) in label
