@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cadence.cli import app
+from tests.processes import sigterm_when
 
 CADENCE = Path(sys.executable).with_name("cadence")
 
@@ -43,23 +41,11 @@ def test_sigterm_during_the_demo_removes_its_temporary_folder(tmp_path: Path) ->
     env = dict(os.environ, TMPDIR=str(tmp), CADENCE_MODEL_REGISTRY=str(tmp_path / "registry"),
                CADENCE_DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}")
     env.pop("CADENCE_DATA_DIR", None)  # the synthetic demo
-    p = subprocess.Popen([str(CADENCE), "demo"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        # its server is up (it made its database): the demo is half-way
-        while not list(tmp.glob("cadence-demo-*/demo.sqlite")) and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert p.poll() is None, "the demo ended before it could be stopped: " + p.communicate()[1].decode()[-2000:]
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    assert p.returncode == 143, err.decode()[-2000:]  # 128 + SIGTERM, as any program stopped by it
+    rc, _, err = sigterm_when([str(CADENCE), "demo"], lambda: bool(list(tmp.glob("cadence-demo-*/demo.sqlite"))),
+                              env=env, what="the demo")  # its server is up (it made its database): half-way
+    assert rc == 143, err[-2000:]  # 128 + SIGTERM, as any program stopped by it
     assert not list(tmp.glob("cadence-demo-*")), "SIGTERM left the demo's folder (enrolled templates) behind"
-    assert b"Traceback" not in err, err.decode()[-2000:]
+    assert "Traceback" not in err, err[-2000:]
 
 
 # ----------------------------------------------------------------------------- 3. demo --seed

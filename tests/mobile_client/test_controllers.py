@@ -100,9 +100,8 @@ def _play(s: AppServices, clock: VirtualClock, rec: Any) -> None:
     clock.advance(ReplaySource(rec).duration + 0.5)
 
 
-def _enrolled(tmp_path: Path, bank: FakeBank, person: SyntheticPerson, clock: VirtualClock,
-              bank_key: str | None = "k") -> AppServices:
-    s = _services(tmp_path, bank, clock, bank_key)
+def _set_up_tasks(s: AppServices, clock: VirtualClock, person: SyntheticPerson) -> EnrolmentController:
+    """Consent to authentication and do the three set-up tasks (nothing sent yet: `finish` sends)."""
     ConsentController(s).apply({m: {"authentication": True, "federated_training": False} for m in MODS})
     ec = EnrolmentController(s)
     for m, rec in (("keystroke", person.keystrokes(300, 1)), ("touch", person.touch(14, 1)),
@@ -110,7 +109,13 @@ def _enrolled(tmp_path: Path, bank: FakeBank, person: SyntheticPerson, clock: Vi
         ec.begin(m)
         _play(s, clock, rec)
         assert ec.check(m).ok
-    ec.finish()
+    return ec
+
+
+def _enrolled(tmp_path: Path, bank: FakeBank, person: SyntheticPerson, clock: VirtualClock,
+              bank_key: str | None = "k") -> AppServices:
+    s = _services(tmp_path, bank, clock, bank_key)
+    _set_up_tasks(s, clock, person).finish()
     return s
 
 

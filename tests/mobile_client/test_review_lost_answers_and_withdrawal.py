@@ -20,11 +20,10 @@ from evaluation.synthetic import SyntheticPerson
 from mobile_client.api import ApiError
 from mobile_client.clock import VirtualClock
 from mobile_client.controllers.consent import ConsentController
-from mobile_client.controllers.enrolment import EnrolmentController
 from mobile_client.controllers.privacy import PrivacyController
 from mobile_client.raw_store import RawEventStore
 from mobile_client.services import AppServices
-from tests.mobile_client.test_controllers import MODS, FakeBank, _enrolled, _play, _services, _step_up
+from tests.mobile_client.test_controllers import MODS, FakeBank, _enrolled, _play, _services, _set_up_tasks, _step_up
 
 GARBLED = b'{"transaction_id": '  # a 2xx body cut short on the way (what the reviewer's proxy sent)
 
@@ -35,17 +34,6 @@ def _route(s: AppServices, bank: FakeBank, fault: Callable[[httpx.Request, Calla
         return fault(req, lambda: bank.handle(req))
 
     s.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handler))
-
-
-def _set_up_tasks(s: AppServices, clock: VirtualClock, person: SyntheticPerson) -> EnrolmentController:
-    ConsentController(s).apply({m: {"authentication": True, "federated_training": False} for m in MODS})
-    ec = EnrolmentController(s)
-    for m, rec in (("keystroke", person.keystrokes(300, 1)), ("touch", person.touch(14, 1)),
-                   ("gait", person.walk(32, 100, 1))):
-        ec.begin(m)
-        _play(s, clock, rec)
-        assert ec.check(m).ok
-    return ec
 
 
 # ---------------------------------------------------------------------------- 1. set-up after a lost answer

@@ -96,3 +96,19 @@ def evidence(windows: dict, who: str = "owner", i: int = 5) -> list[FeatureWindo
 def decision_evidence(windows: dict, who: str = "owner", i: int = 5) -> list[FeatureWindow]:
     """What a client sends for the i-th decision: one keystroke and one gait window, 5 swipes (`evidence_unit`)."""
     return [w for m in MODALITIES for w in evidence_unit(m, windows[who][m], i)]
+
+
+@pytest.fixture
+def registry_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The versions `ModelRegistry.get` reads from here on, in order (what a memo should spare)."""
+    from modalities.registry import ModelRegistry
+
+    reads: list[str] = []
+    real_get = ModelRegistry.get
+
+    def counting_get(self: ModelRegistry, modality: str, version: str) -> object:
+        reads.append(version)
+        return real_get(self, modality, version)
+
+    monkeypatch.setattr(ModelRegistry, "get", counting_get)
+    return reads

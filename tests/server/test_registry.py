@@ -182,8 +182,8 @@ def test_a_registry_created_after_the_server_started_is_served(tmp_path: Path) -
         app.state.engine.dispose()
 
 
-def test_the_active_version_is_read_again_only_when_its_files_change(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_active_version_is_read_again_only_when_its_files_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      registry_reads: list[str]) -> None:
     """Each `authorize` asks for three scorers: the registry's metadata is not re-read and re-parsed every time.
 
     A new ACTIVE, and a damaged active version, are still seen on the very next call.
@@ -194,14 +194,8 @@ def test_the_active_version_is_read_again_only_when_its_files_change(tmp_path: P
     v1 = reg.publish("gait", ScaledManhattan(min_scale=0.01), metrics={}, card="# c", source="unit")
     v2 = reg.publish("gait", ScaledManhattan(min_scale=0.02), metrics={}, card="# c", source="unit")
     reg.activate("gait", v1)
-    reads: list[str] = []
-    real_get = ModelRegistry.get
-
-    def counting_get(self: ModelRegistry, modality: str, version: str) -> object:
-        reads.append(version)
-        return real_get(self, modality, version)
-
-    monkeypatch.setattr(ModelRegistry, "get", counting_get)
+    reads = registry_reads
+    reads.clear()  # counted from here: the set-up above read the registry too
     provider = ScorerProvider(tmp_path / "registry")
     assert provider.get("gait").model_id == f"registry:{v1}"
     first = len(reads)

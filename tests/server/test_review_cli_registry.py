@@ -131,18 +131,13 @@ def test_models_list_names_an_active_naming_no_version_an_empty_active_and_a_ver
 
 
 def test_the_server_logs_why_the_active_model_is_not_served_once_not_per_request(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        registry_reads: list[str]) -> None:
     reg = _published(tmp_path / "registry")
     pointer = reg.root / "keystroke" / "ACTIVE"
     pointer.write_text("v0009\n")
-    reads: list[str] = []
-    real_get = ModelRegistry.get
-
-    def counting_get(self: ModelRegistry, modality: str, version: str) -> object:
-        reads.append(version)
-        return real_get(self, modality, version)
-
-    monkeypatch.setattr(ModelRegistry, "get", counting_get)
+    reads = registry_reads
+    reads.clear()  # counted from here: the set-up above read the registry too
     provider = ScorerProvider(reg.root)
 
     def unserved() -> list[str]:
