@@ -824,18 +824,14 @@ def stop_run(workdir: str | os.PathLike[str], run_id: str | int, timeout: float 
 
 
 def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        return {"state": "unknown", "detail": f"no status file at {p} yet"}
+    """`load_status` for pollers: no second look, and a status that cannot be read is state "unknown" with why.
+
+    Its writers replace the file whole (`write_json_atomic`): one that does not decode is damaged.
+    """
     try:
-        doc = json.loads(p.read_text())
-    except ValueError as exc:  # its writers replace it whole (`write_json_atomic`): damaged rather than half-written
-        return {"state": "unknown", "detail": f"status file {p} is not readable JSON ({exc}): being written, or damaged"}
-    except OSError as exc:
-        return {"state": "unknown", "detail": f"status file {p} unreadable: {exc.strerror or exc}"}
-    if not isinstance(doc, dict):  # `null`, a number: not a status (damaged or not ours)
-        return {"state": "unknown", "detail": f"status file {p} holds no status object ({type(doc).__name__})"}
-    return doc
+        return load_status(path, settle_s=0.0)
+    except StatusFileError as exc:
+        return {"state": "unknown", "detail": f"{exc} yet" if exc.missing else str(exc)}
 
 
 class StatusFileError(DeploymentError):

@@ -409,6 +409,12 @@ class ModelRegistry:
         """
         mods = [_check_modality(modality)] if modality else list(MODALITIES)
         out: list[ModelVersion] = []
+
+        def left_out(why: object) -> None:
+            log.warning("%s", why)
+            if damaged is not None:
+                damaged.append(str(why))
+
         for m in mods:
             d = self.root / m
             if not d.is_dir():
@@ -416,25 +422,18 @@ class ModelRegistry:
             try:
                 self._active_name(m)
             except RegistryError as exc:
-                log.warning("%s", exc)
-                if damaged is not None:
-                    damaged.append(str(exc))
+                left_out(exc)
             for p in sorted(d.iterdir()):
                 if not _VERSION_RE.match(p.name):
                     continue
                 if not (p / "model.npz").is_file():  # a version's name, but nothing the server could load
-                    why = f"{m} {p.name}: no model.npz in {p} (a damaged or interrupted publish): publish the model " \
-                          "again, and remove this folder"
-                    log.warning("%s", why)
-                    if damaged is not None:
-                        damaged.append(why)
+                    left_out(f"{m} {p.name}: no model.npz in {p} (a damaged or interrupted publish): publish the "
+                             "model again, and remove this folder")
                     continue
                 try:
                     out.append(self.get(m, p.name))
                 except RegistryError as exc:
-                    log.warning("%s", exc)
-                    if damaged is not None:
-                        damaged.append(str(exc))
+                    left_out(exc)
         return out
 
     def problems(self, modality: str | None = None) -> builtins.list[str]:
