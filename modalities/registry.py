@@ -13,6 +13,8 @@ Versions are ``v0001``, ``v0002``, ... so they sort in publication order. Publis
 activates: a person (or `cadence models activate`) decides, and the audit log records it.
 A version's files are written in a hidden ``ROOT/<modality>/.publishing-*`` folder, renamed
 into place once complete: an interrupted publish leaves no folder that reads as a version.
+What a publish that died left there is named by `problems` and removed by the next publish
+once an hour old (`STALE_STAGING_S`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ _VERSION_RE = re.compile(r"^v([0-9]{4,})$")
 _COMPLETE_FILES = ("meta.json", "MODEL_CARD.md")
 #: the prefix of the hidden folder a version is written in before it is renamed into place
 _PUBLISHING = ".publishing-"
+#: a staging folder untouched this long was left by a publish that died (one takes seconds):
+#: `problems` names it and the next `publish` of its modality removes it
+STALE_STAGING_S = 3600.0
 
 
 class RegistryError(ValueError):
@@ -192,6 +197,7 @@ class ModelRegistry:
                     "source": source, "created": datetime.now(UTC).isoformat(timespec="seconds")}
             (staging / "meta.json").write_text(json.dumps(meta, indent=2))
             with self.lock():  # publishers take turns for the number: a rename never lands on another's folder
+                self._remove_stale_staging(base, keep=staging)
                 for _ in range(100):
                     version = f"v{self._next_number(modality):04d}"
                     target = base / version
@@ -209,6 +215,30 @@ class ModelRegistry:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return version
+
+    @staticmethod
+    def _stale_staging(base: Path) -> builtins.list[tuple[Path, float]]:
+        """(folder, age in seconds) of each staging folder in `base` untouched for `STALE_STAGING_S`."""
+        import time
+
+        now, out = time.time(), []
+        for p in sorted(base.glob(f"{_PUBLISHING}*")):
+            try:
+                age = now - p.stat().st_mtime
+            except OSError:  # removed meanwhile
+                continue
+            if age >= STALE_STAGING_S and p.is_dir():
+                out.append((p, age))
+        return out
+
+    def _remove_stale_staging(self, base: Path, *, keep: Path) -> None:
+        """Delete what publishes that died left in `base` (a live publish's folder is younger)."""
+        import shutil
+
+        for p, age in self._stale_staging(base):
+            if p != keep:
+                log.warning("removing %s: left by a publish that stopped %.0f min ago", p, age / 60)
+                shutil.rmtree(p, ignore_errors=True)
 
     def check_publishable(self, modality: str) -> Path:
         """``ROOT/<modality>`` as a folder a version can be published in (made if needed); else RegistryError.
@@ -441,8 +471,9 @@ class ModelRegistry:
 
         An ACTIVE naming a version that is not there (moved away, no model.npz) or an empty one:
         the server serves the package default instead. A version without the files `publish`
-        writes last (an interrupted publish): `activate` refuses it. (A malformed ACTIVE and
-        unreadable versions are `list`'s `damaged`.)
+        writes last (an interrupted publish): `activate` refuses it. A staging folder that a publish
+        which died left behind (`STALE_STAGING_S`). (A malformed ACTIVE and unreadable versions are
+        `list`'s `damaged`.)
         """
         mods = [_check_modality(modality)] if modality else list(MODALITIES)
         out: list[str] = []
@@ -463,6 +494,9 @@ class ModelRegistry:
             if name is not None and not (d / name / "model.npz").is_file():
                 out.append(f"{pointer} names {name}, which is not in the registry (no {name}/model.npz): the server "
                            f"serves the package default; {fix}")
+            for p, age in self._stale_staging(d):
+                out.append(f"{p} was left by a publish that stopped {age / 3600:.1f} h ago (never listed or "
+                           f"served): the next publish of {m} removes it, or remove it")
             for p in sorted(d.iterdir()):
                 if _VERSION_RE.match(p.name) and (p / "model.npz").is_file() and (missing := self._missing_files(p)):
                     served = " (ACTIVE names it, so it is served until another version is activated)" \

@@ -20,7 +20,7 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path | None)
     args = ["demo", "--json", str(out)] + (["--data-dir", str(data_dir)] if data_dir else [])
     if data_dir is None:
         monkeypatch.delenv("CADENCE_DATA_DIR", raising=False)
-    result = CliRunner().invoke(app, args)
+    result = CliRunner(env={"COLUMNS": "400"}).invoke(app, args)  # one line per message, whatever the terminal
     get_settings.cache_clear()
     assert result.exit_code == 0, result.output
     return result.output, json.loads(out.read_text())

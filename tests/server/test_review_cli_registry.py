@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -202,6 +204,27 @@ def test_an_interrupted_publish_leaves_no_folder_that_reads_as_a_version(tmp_pat
     with pytest.raises(RegistryError):
         reg.activate("keystroke", "v0001")
     assert reg.publish("keystroke", ScaledManhattan(min_scale=0.05), metrics={}, card="# c", source="t") == "v0001"
+
+
+def test_what_a_dead_publish_left_is_reported_and_removed_by_the_next_publish_once_stale(tmp_path: Path) -> None:
+    """A killed publish's hidden folder was left forever; a live one's (younger) must survive another publish."""
+    reg = ModelRegistry(tmp_path / "registry")
+    base = reg.check_publishable("keystroke")
+    dead, live = base / ".publishing-dead", base / ".publishing-live"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "model.npz").write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(dead, (hours_ago, hours_ago))
+    assert reg.list() == []  # never listed, stale or not
+    problems = reg.problems()
+    assert len(problems) == 1 and str(dead) in problems[0] and "2.0 h ago" in problems[0], problems
+    listed = _cli("models", "list", "--registry", str(reg.root))
+    assert any(line.startswith("warning:") and ".publishing-dead" in line for line in listed.output.splitlines()), \
+        listed.output
+    assert reg.publish("keystroke", ScaledManhattan(min_scale=0.05), metrics={}, card="# c", source="t") == "v0001"
+    assert not dead.exists() and (live / "model.npz").read_bytes() == b"partial"
+    assert reg.problems() == []
 
 
 def test_concurrent_publishers_get_distinct_complete_versions(tmp_path: Path) -> None:
