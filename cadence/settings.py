@@ -84,7 +84,9 @@ class Settings(BaseSettings):
     #: stepped up from `session_step_up_risk` and ended from `session_terminate_risk` (the one
     #: place these are set: both session engines read them; a tracker-engine session keeps those it opened with)
     session_window: int = Field(default=5, ge=1, le=1000)
-    session_step_up_risk: float = Field(default=0.6, gt=0.0, lt=1.0)
+    #: above 0.5, the risk of a session before any evidence: at or below it every session would be
+    #: held in step-up before its first window (and the stored fresh state could not be read back)
+    session_step_up_risk: float = Field(default=0.6, gt=0.5, lt=1.0)
     session_terminate_risk: float = Field(default=0.9, gt=0.0, lt=1.0)
     #: server: sessions a user may open per hour (429 `too_many_sessions` beyond): each one is a
     #: status oracle for whoever holds the device key

@@ -645,7 +645,13 @@ def verify_chain(
         else:
             valid.append(cp)
 
-    first_seq = session.scalar(select(func.min(AuditEntry.seq)))
+    # the chain numbers entries from 1: a row below that was put in the table by hand, and no
+    # walk from genesis or from a prune anchor would ever read it
+    n_stray, lowest = session.execute(select(func.count(), func.min(AuditEntry.seq)).where(AuditEntry.seq < 1)).one()
+    if n_stray:
+        problems.append(Problem(int(lowest), f"{n_stray} row(s) numbered {lowest} to 0 are outside the chain, which "
+                                             "starts at seq 1 (inserted by hand)"))
+    first_seq = session.scalar(select(func.min(AuditEntry.seq)).where(AuditEntry.seq >= 1))
     counted = select(func.count()).select_from(AuditEntry)
     count = session.scalar(counted if upto is None else counted.where(AuditEntry.seq <= upto)) or 0
     head = session.get(AuditHead, 1, populate_existing=True)  # read anew: a second look sees a moved head
@@ -772,8 +778,9 @@ def plan_prune(session: Session, cutoff: datetime, *, dry_run: bool = False, key
     `dry_run`, the signing key is loaded first (`KeyConfigError` before any work). It only
     reads: run it in a snapshot of its own (`read_snapshot`), before the purge's write transaction.
     """
-    first_new = session.scalar(select(func.min(AuditEntry.seq)).where(AuditEntry.ts >= cutoff))
-    q = select(func.max(AuditEntry.seq))
+    # rows numbered below 1 are outside the chain (verify reports them): they must not move the prefix
+    first_new = session.scalar(select(func.min(AuditEntry.seq)).where(AuditEntry.ts >= cutoff, AuditEntry.seq >= 1))
+    q = select(func.max(AuditEntry.seq)).where(AuditEntry.seq >= 1)
     top_seq = session.scalar(q if first_new is None else q.where(AuditEntry.seq < first_new))
     if top_seq is None:
         return None
@@ -874,6 +881,6 @@ def _exported(r: Any) -> dict[str, Any]:
             pass
     out = {"seq": r.seq, "ts": iso_utc(ts) if ts is not None else _text(r.ts), "event": _text(r.event),
            "actor": _text(r.actor), "payload": payload}
-    if ts is None or not parsed or not isinstance(r.event, str) or not isinstance(r.actor, str):
-        out["damaged"] = True
+    if ts is None or not parsed or not isinstance(r.event, str) or not isinstance(r.actor, str) or r.seq < 1:
+        out["damaged"] = True  # seq < 1: a row outside the chain (verify names it), not the person's history
     return out

@@ -27,6 +27,8 @@ from compliance import audit
 from compliance.models import ConsentRecord, utcnow
 
 log = logging.getLogger(__name__)
+#: the longest policy `version` (each ``retention.purge`` audit entry names it)
+MAX_VERSION_CHARS = 200
 #: the longest refusal reason kept in the ``retention.purge`` entry (it quotes stored values)
 MAX_REASON_CHARS = 500
 
@@ -120,10 +122,15 @@ def parse_policy(raw: Any) -> RetentionPolicy:
     if unknown:
         raise PolicyError(f"{', '.join(unknown)}: unknown section(s) of the retention policy "
                           f"(known: {', '.join(SECTIONS)})")
+    version = str(raw["version"])
+    if not version.strip() or len(version) > MAX_VERSION_CHARS or not version.isprintable():
+        # every purge's audit entry names it: one too long for an entry failed every run, removing nothing
+        raise PolicyError(f"version: must be 1 to {MAX_VERSION_CHARS} printable characters "
+                          f"(got {len(version)} characters)")
     days = {section: _days(raw, section, key, minimum=0 if section in _MAY_BE_ZERO else 1)
             for section, key in SECTIONS.items()}
     return RetentionPolicy(
-        version=str(raw["version"]),
+        version=version,
         evidence_days=days["evidence"],
         template_inactive_days=days["templates"],
         revoked_consent_days=days["consents"],

@@ -84,6 +84,10 @@ def _number(name: str, v: Any) -> float:
     return float(v)
 
 
+#: a session's risk before any evidence (mean LLR 0): the step-up threshold must lie above it
+NO_EVIDENCE_RISK = 0.5
+
+
 class SessionRiskTracker:
     """Sliding-window session risk with step-up and terminate thresholds.
 
@@ -102,11 +106,14 @@ class SessionRiskTracker:
                 raise ValueError(f"{name}: must be in (0, 1), got {v!r}")
         if step_up_risk > terminate_risk:
             raise ValueError(f"step_up_risk: must be <= terminate_risk ({step_up_risk} > {terminate_risk})")
+        if step_up_risk <= NO_EVIDENCE_RISK:  # every fresh session would be stepped up on no evidence at all
+            raise ValueError(f"step_up_risk: must be above {NO_EVIDENCE_RISK}, the risk of a session without "
+                             f"evidence (got {step_up_risk!r})")
         self.window = window
         self.step_up_risk = float(step_up_risk)
         self.terminate_risk = float(terminate_risk)
         self._llrs: deque[float] = deque(maxlen=window)
-        self._state = SessionState(risk=0.5, status="ok", n_windows=0)
+        self._state = SessionState(risk=NO_EVIDENCE_RISK, status="ok", n_windows=0)
 
     @property
     def state(self) -> SessionState:

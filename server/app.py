@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import importlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from server.metrics import Metrics
 from server.retention_schedule import RetentionScheduler
 from server.services.devices import RateLimiter
 from server.services.evidence import EvidenceReplay
-from server.services.scoring import ScorerProvider
+from server.services.scoring import ScorerProvider, TemplateCache
 from server.signing import HEADER_DEVICE, b64d
 from server.sqlite_writers import WalCheckpointer, serialize_sqlite_writers, write_lock
 from server.training import fusion_path  # shared with the CLI's `models` commands: one answer
@@ -197,11 +198,15 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
         retention = RetentionScheduler(state.sessions, app.state.engine, settings.purge_interval_s, state.write_lock)
         retention.start()
         app.state.retention = retention
+        sweeper = asyncio.create_task(_sweep_templates(state.provider.templates))
         gc.collect()
         gc.freeze()
         try:
             yield
         finally:
+            sweeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await sweeper
             retention.stop()
             if checkpointer is not None:
                 checkpointer.stop()
@@ -209,6 +214,17 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
                 state.held.close()
 
     return lifespan
+
+
+#: how often a worker drops the decoded templates nobody used for `TemplateCache.idle_s`
+TEMPLATE_SWEEP_S = 60.0
+
+
+async def _sweep_templates(cache: TemplateCache) -> None:
+    """Drop idle decoded templates now and then, requests or none (an erased person's arrays go too)."""
+    while True:
+        await asyncio.sleep(TEMPLATE_SWEEP_S)
+        cache.sweep()
 
 
 def _field_message(err: dict[str, Any]) -> str:

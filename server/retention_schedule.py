@@ -9,6 +9,11 @@ under it stalled every request that writes), in a read-only snapshot of their ow
 (`compliance.retention.run_purge`).
 A failing run (a missing audit signing key when the audit log needs pruning, an unreachable
 database) is logged and retried at the next interval; it never stops the API.
+
+The first run is due one interval after the last purge on record (the newest ``retention.purge``
+audit entry, the server's or `cadence compliance purge`'s), and never sooner than
+`FIRST_RUN_DELAY_S` after start: counting the interval from each start, a server redeployed
+more often than daily never purged at all.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ import threading
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.sqlite_writers import fcntl, sqlite_file, try_flock
 
 log = logging.getLogger(__name__)
 
+
+#: the least wait after start before a purge that is already due (start-up stays light)
+FIRST_RUN_DELAY_S = 60.0
 
 #: PostgreSQL advisory-lock class of the purge job (a fixed 32-bit number, "cade" in ASCII); the
 #: second key is the schema's hash, so deployments in different schemas of one database (staging
@@ -141,10 +149,36 @@ class RetentionScheduler:
             log.info("retention purge removed %s", {k: v for k, v in removed.items() if v})
         return removed
 
+    def first_wait(self) -> float:
+        """Seconds from start to the first run: one interval after the last purge on record.
+
+        At least `FIRST_RUN_DELAY_S` (and at most the interval); that delay alone when no purge
+        is on record or the record cannot be read.
+        """
+        from datetime import timedelta
+
+        from compliance.models import AuditEntry, utcnow
+
+        soon = min(self.interval_s, FIRST_RUN_DELAY_S)
+        try:
+            with self.factory() as session:
+                last = session.scalar(select(AuditEntry.ts).where(AuditEntry.event == "retention.purge")
+                                      .order_by(AuditEntry.seq.desc()).limit(1))
+        except Exception:  # noqa: BLE001 - no record to go by: purge soon (it is idempotent)
+            log.warning("retention purge: cannot read when the last purge ran; the first runs in %.0f s", soon,
+                        exc_info=True)
+            return soon
+        if last is None:
+            return soon
+        due = (last + timedelta(seconds=self.interval_s) - utcnow()).total_seconds()
+        return min(self.interval_s, max(soon, due))
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        wait = self.first_wait()
+        while not self._stop.wait(wait):
             if self.claim():
                 self.run_once()
+            wait = self.interval_s
 
     def stop(self) -> None:
         self._stop.set()

@@ -237,6 +237,10 @@ def test_compliance_export_and_erase_refuse_an_empty_user(tmp_path: Path) -> Non
     for args in (["compliance", "export", ""], ["compliance", "erase", " ", "-y"]):
         r = CliRunner().invoke(app, [*args, "--database-url", f"sqlite:///{tmp_path / 'none.sqlite'}"], env=WIDE)
         assert r.exit_code == 2 and "non-empty user id" in r.output and "Traceback" not in r.output, r.output
+    # a Latin-1 byte on a UTF-8 command line arrives as a lone surrogate: it raised UnicodeEncodeError
+    for args in (["compliance", "export", "al\udcffice"], ["compliance", "erase", "al\udcffice", "-y"]):
+        r = CliRunner().invoke(app, [*args, "--database-url", f"sqlite:///{tmp_path / 'none.sqlite'}"], env=WIDE)
+        assert r.exit_code == 2 and "not UTF-8 text" in r.output and "Traceback" not in r.output, r.output
 
 
 def test_compliance_export_checks_out_before_the_export(tmp_path: Path) -> None:

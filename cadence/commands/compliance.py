@@ -79,6 +79,10 @@ def _user_id(user: str) -> None:
     """A user id must name someone: an empty or blank one is a usage error, not a lookup."""
     if not user.strip():
         raise typer.BadParameter("must be a non-empty user id", param_hint="USER")
+    try:
+        user.encode("utf-8")
+    except UnicodeEncodeError:  # bytes of another encoding on the command line: no id the server stores
+        raise typer.BadParameter("is not UTF-8 text (bytes of another encoding?)", param_hint="USER") from None
 
 
 def _nothing_held(user: str) -> NoReturn:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,26 +182,57 @@ class TemplateCache:
     """Decoded template arrays keyed by (template id, last update, model id), LRU-bounded.
 
     The key changes whenever the stored template does, so a hit is always current; each
-    worker process keeps its own.
+    worker process keeps its own. An entry unused for `idle_s` is dropped (at the next
+    `get`/`put`, or by `sweep`, which the app runs every minute): a template erased, withdrawn
+    or purged, here or in another worker or by the CLI, is never used again, so its biometric
+    arrays leave every worker's memory within that time instead of staying until a restart.
     """
 
-    def __init__(self, maxsize: int = 20_000) -> None:
-        self.maxsize = maxsize
-        self._d: OrderedDict[tuple[Any, ...], Template] = OrderedDict()
+    def __init__(self, maxsize: int = 20_000, idle_s: float = 600.0) -> None:
+        self.maxsize, self.idle_s = maxsize, idle_s
+        #: key -> (arrays, when last used: time.monotonic()); least recently used first
+        self._d: OrderedDict[tuple[Any, ...], tuple[Template, float]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def _expire(self, now: float) -> int:
+        """Drop the entries unused since `now - idle_s` (the oldest come first); the lock is held."""
+        n, limit = 0, now - self.idle_s
+        while self._d:
+            key, (_, used) = next(iter(self._d.items()))
+            if used > limit:
+                break
+            del self._d[key]
+            n += 1
+        return n
+
     def get(self, key: tuple[Any, ...]) -> Template | None:
+        now = time.monotonic()
         with self._lock:
+            self._expire(now)
             hit = self._d.get(key)
-            if hit is not None:
-                self._d.move_to_end(key)
-            return hit
+            if hit is None:
+                return None
+            self._d[key] = (hit[0], now)
+            self._d.move_to_end(key)
+            return hit[0]
 
     def put(self, key: tuple[Any, ...], value: Template) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._d[key] = value
+            self._expire(now)
+            self._d[key] = (value, now)
+            self._d.move_to_end(key)
             while len(self._d) > self.maxsize:
                 self._d.popitem(last=False)
+
+    def sweep(self) -> int:
+        """Drop what has not been used for `idle_s`; returns how many entries went."""
+        now = time.monotonic()
+        with self._lock:
+            return self._expire(now)
+
+    def __len__(self) -> int:
+        return len(self._d)
 
 
 def template_to_json(t: Template) -> dict[str, list]:

@@ -94,3 +94,36 @@ def test_concurrent_appenders_never_fork(factory: sessionmaker[Session], db_url:
         res = verify_chain(s)
         assert res.ok and res.entries == 30, res.problems
         assert s.scalars(select(AuditEntry.seq).order_by(AuditEntry.seq)).all() == list(range(1, 31))
+
+
+def test_rows_numbered_below_the_chain_are_reported_not_sealed_exported_or_a_stop_to_pruning(
+        factory: sessionmaker[Session]) -> None:
+    """A row inserted by hand at seq 0 or below was never walked by verify, which said OK.
+
+    Seal signed over it, the person's export showed it as history, and a recent one stopped the
+    audit log's pruning for good.
+    """
+    from datetime import timedelta
+
+    from compliance.audit import entries_for, plan_prune
+
+    with factory() as s, s.begin():
+        for i in range(3):
+            append_audit(s, event="decision.made", actor="server", subject="alice", payload={"i": i},
+                         now=datetime(2015, 1, 1, tzinfo=UTC) if i == 0 else None)
+    with factory() as s, s.begin():
+        assert verify_chain(s).ok
+    with factory() as s, s.begin():
+        s.add(AuditEntry(seq=-8, ts=datetime.now(UTC), event="consent.grant", actor="server",
+                         subject=pseudonym("alice"), payload="{}", prev_hash="x", hash="y"))
+    with factory() as s, s.begin():
+        res = verify_chain(s)
+        assert not res.ok and res.first_broken is not None and res.first_broken.seq == -8
+        assert "outside the chain" in res.first_broken.reason
+        with pytest.raises(AuditChainError, match="seq=-8"):
+            seal(s)
+        exported = entries_for(s, "alice")
+        assert [(e["seq"], e.get("damaged", False)) for e in exported] == [(-8, True), (1, False), (2, False), (3, False)]
+        # the forged recent row no longer hides the 2015 entry from the purge: the broken chain is refused, loudly
+        with pytest.raises(AuditChainError, match="seq=-8"):
+            plan_prune(s, datetime.now(UTC) - timedelta(days=365), dry_run=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -341,3 +342,31 @@ def test_scheduled_purge_prunes_what_it_verified(factory: sessionmaker[Session])
     with factory() as s:
         res = audit.verify_chain(s)
     assert res.ok and res.first_seq == OLD + 1, res.problems
+
+
+def test_the_first_scheduled_purge_counts_from_the_last_purge_on_record_not_from_start(
+        server_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first run waited a whole interval after each start: a server redeployed daily never purged."""
+    import server.retention_schedule as schedule
+
+    factory = make_sessionmaker(server_engine)
+    scheduler = RetentionScheduler(factory, server_engine, 86_400)
+    assert scheduler.first_wait() == schedule.FIRST_RUN_DELAY_S  # none on record: soon after start
+    with factory() as s, s.begin():
+        audit.append_audit(s, event="retention.purge", actor="cli", subject=None, payload={},
+                           now=datetime.now(UTC) - timedelta(hours=1))
+    assert 22.9 * 3600 < scheduler.first_wait() <= 23 * 3600  # a day after the last one
+    with factory() as s, s.begin():  # the newest counts; an overdue purge runs soon, not at once
+        audit.append_audit(s, event="retention.purge", actor="server", subject=None, payload={},
+                           now=datetime.now(UTC) - timedelta(hours=23, minutes=59, seconds=30))
+    assert scheduler.first_wait() == schedule.FIRST_RUN_DELAY_S
+    # the loop takes its first wait from there: an hourly purge last run a day ago runs within the delay
+    monkeypatch.setattr(schedule, "FIRST_RUN_DELAY_S", 0.05)
+    scheduler = RetentionScheduler(factory, server_engine, 3600)
+    ran = threading.Event()
+    monkeypatch.setattr(scheduler, "run_once", lambda: ran.set())
+    assert scheduler.start()
+    try:
+        assert ran.wait(20)
+    finally:
+        scheduler.stop()

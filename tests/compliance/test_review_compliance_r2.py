@@ -121,6 +121,10 @@ def _policy(**override: Any) -> dict[str, Any]:
     (_policy(security_flags=None), "security_flags.days: missing"),
     (_policy(sessions=30), "sessions: must be a mapping"),
     (_policy(transactions={"days": 400, "dayz": 1}), "transactions.dayz: unknown key"),
+    # each purge's audit entry names the version: one past an entry's size failed every purge
+    (_policy(version="v" * 70_000), "version: must be 1 to 200 printable characters"),
+    (_policy(version=" "), "version: must be 1 to 200"),
+    (_policy(version="2026\n11"), "version: must be 1 to 200"),
 ])
 def test_every_shipped_section_is_required_and_no_other(raw: dict[str, Any], named: str) -> None:
     """A typo (`transaction:`) kept transactions forever; a scalar or unknown section was accepted."""

@@ -93,3 +93,12 @@ def test_docstring_example_holds() -> None:
     import continuous.session
 
     assert doctest.testmod(continuous.session).failed == 0
+
+
+def test_a_step_up_threshold_at_or_below_a_fresh_sessions_risk_is_refused() -> None:
+    """At 0.5 a fresh tracker stored 'ok' at risk 0.5 that it then refused to read back (`from_dict`)."""
+    for risk in (0.5, 0.3):
+        with pytest.raises(ValueError, match="step_up_risk: must be above 0.5"):
+            SessionRiskTracker(window=3, step_up_risk=risk, terminate_risk=0.9)
+    t = SessionRiskTracker(window=3, step_up_risk=0.51, terminate_risk=0.9)
+    assert SessionRiskTracker.from_dict(t.to_dict()).state == t.state

@@ -501,6 +501,11 @@ def test_thresholds_are_checked_in_the_settings() -> None:
 
     with pytest.raises(ValueError, match="session_terminate_risk"):
         Settings(session_step_up_risk=0.8, session_terminate_risk=0.7)
+    # at or below a fresh session's risk (0.5) every session opened, then refused its first window
+    # with 409 session_state_unreadable: continuous authentication silently off
+    for risk in (0.5, 0.4):
+        with pytest.raises(ValueError, match="session_step_up_risk"):
+            Settings(session_step_up_risk=risk)
     # "unlimited" written as 1e12 used to start, then fail every session call with a 500 (OverflowError)
     for name in ("session_idle_timeout_s", "session_max_lifetime_s", "session_hold_s"):
         with pytest.raises(ValueError, match=name):

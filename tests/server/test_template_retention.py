@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from cadence.db import Base, make_engine, make_sessionmaker, transaction
@@ -117,3 +119,35 @@ def test_migration_0008_dates_the_sessions_that_scored(db_url: str) -> None:  # 
     finally:
         downgrade(engine)
         engine.dispose()
+
+
+def test_decoded_templates_leave_a_workers_memory_once_unused(client, enrolled, windows,  # type: ignore[no-untyped-def]
+                                                              monkeypatch) -> None:
+    """A withdrawn or erased person's decoded arrays stayed in every worker's cache until it restarted."""
+    import time
+
+    import server.app as server_app
+    from server.services.scoring import TemplateCache
+    from tests.server.conftest import decision_evidence
+
+    cache: TemplateCache = client.app.state.cadence.provider.templates
+    assert enrolled.authorize(amount="12.00", payee="shop", evidence=decision_evidence(windows))["decision"]
+    assert len(cache) == 3  # keystroke, touch and gait arrays of alice, decoded for that decision
+    enrolled._check(enrolled.signed("POST", "/v1/users/alice/consents",  # no request uses them again
+                                    {"modality": "keystroke", "purpose": "authentication", "granted": False}))
+    assert len(cache) == 3
+    clock = [time.monotonic() + cache.idle_s + 1]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    assert cache.sweep() == 3 and len(cache) == 0
+    # the app sweeps on its own, with or without requests
+    monkeypatch.undo()
+    monkeypatch.setattr(server_app, "TEMPLATE_SWEEP_S", 0.02)
+    with TestClient(server_app.create_app(client.app.state.cadence.settings)) as other:
+        other_cache: TemplateCache = other.app.state.cadence.provider.templates
+        other_cache.put(("t", "u", "m"), {"mean": np.zeros(2)})
+        other_cache.idle_s = 0.0
+        deadline = time.monotonic() + 10
+        while len(other_cache) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(other_cache) == 0
+        other.app.state.engine.dispose()
