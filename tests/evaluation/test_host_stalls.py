@@ -22,7 +22,8 @@ def test_probe_process_runs_only_inside_the_block_and_sees_a_stopped_host(tmp_pa
     """Stopping the probe's own process (SIGSTOP) for 60 ms is a stall it must report."""
     import signal
 
-    with HostStallProbe(tmp_path / "s.txt", threshold_s=0.02) as probe:
+    # no timed work (work_every=0): a stop landing in it would be counted as slow work, not as a stall
+    with HostStallProbe(tmp_path / "s.txt", threshold_s=0.02, work_every=0) as probe:
         proc = probe._proc
         assert proc is not None and proc.poll() is None
         start = time.monotonic()
