@@ -203,6 +203,8 @@ CODE_TEXT = {
                         "Ask your bank to reopen it if you need to set up again.",
     "evidence_replay": "Your bank had already received this behaviour sample. Please try again.",
     "user_locked": "Your account is locked after several failed checks. Please contact your bank.",
+    "failed_authentications": "After a failed check your data cannot be deleted from the app. Ask your bank to "
+                              "delete it, or delete it here after your next successful payment.",
     "not_pending": "This payment is no longer waiting for a code.",
     "consent_required": "Your bank has no consent on record for this. Check your choices in Privacy.",
     "unknown_device": "Your bank does not recognise this phone. Please set the app up again.",

@@ -8,6 +8,13 @@ inter-stroke times, see `touch_windows`); gait `modalities.gait.windows_for_subj
 whole resampled segments (see `gait_windows`). This module only decides which events the phone
 cuts into windows (the contract's labels: keystroke "100 keys", touch "1 swipe", gait "10 s") and
 judges whether an enrolment sample is good enough.
+
+Two kinds of input give no windows at all, because the server's models (built on BB-MAS, where
+both are real) would read them as matching anyone: keystroke windows in which most keys have no
+real hold (text a soft keyboard committed without key events, `KeyPairer.text_commit`), and
+strokes without a contact size (Kivy/SDL2 touches carry no contact shape). Both are said once in
+the log (`_say_once`), and set-up reports the modality as unavailable on this phone
+(`unmeasurable`, `QualityReport.unavailable`).
 """
 
 from __future__ import annotations
@@ -56,6 +63,30 @@ MIN_WINDOW_QUALITY = {"keystroke": SERVER_MIN_QUALITY, "touch": max(0.3, SERVER_
                       "gait": max(0.3, SERVER_MIN_QUALITY)}
 
 
+#: a key held less than this has no real key down/up timing: text a soft keyboard committed without
+#: key events (`KeyPairer.text_commit` gives it zero hold). Real presses last tens of ms (BB-MAS
+#: phone and desktop typing: none under 5 ms)
+MIN_REAL_HOLD_S = 1e-3
+#: a keystroke window in which more than this share of the keys has no real hold is not sent
+MAX_COMMITTED_SHARE = 0.5
+
+#: what a set-up task says when this phone's input of the modality cannot be used at all
+UNAVAILABLE_TEXT = {
+    "keystroke": "This keyboard does not report key presses, so typing rhythm cannot be checked with it",
+    "touch": "This phone does not report the size of a touch, so swiping cannot be checked on it yet",
+}
+
+#: log lines already written this run (`_say_once`)
+_said: set[str] = set()
+
+
+def _say_once(key: str, message: str) -> None:
+    """`message` as a warning, the first time `key` is given in this run."""
+    if key not in _said:
+        _said.add(key)
+        log.warning(message)
+
+
 def modality_module(modality: str) -> ModuleType:
     """`modalities.<m>` when it exports `window_features`, else its `features` module."""
     mod = importlib.import_module(f"modalities.{modality}")
@@ -69,16 +100,33 @@ def feature_version(modality: str) -> str:
 
 
 def keystroke_windows(events: Sequence[KeyEvent], n_keys: int = KEYS_PER_WINDOW, hop: int = KEY_HOP) -> list[FeatureWindow]:
-    """Overlapping windows of `n_keys` presses (press order); fewer keys -> one shorter window."""
+    """Overlapping windows of `n_keys` presses (press order); fewer keys -> one shorter window.
+
+    A window of mostly committed text (more than `MAX_COMMITTED_SHARE` of its keys held less than
+    `MIN_REAL_HOLD_S`) is left out: its hold and latency features are zeros, not typing rhythm
+    (`KeyPairer.text_commit`). Windows of hardware key events are the batch's, unchanged.
+    """
     if len(events) < 2:
         return []
     seq = KeySequence.from_events(sorted(events, key=lambda e: e.press))
     wf = modality_module("keystroke").window_features
     n = len(seq)
-    if n <= n_keys:
-        return [wf(seq)]
-    starts = list(range(0, n - n_keys + 1, hop))
-    return [wf(seq[s:s + n_keys]) for s in starts]
+    spans = [(0, n)] if n <= n_keys else [(s, s + n_keys) for s in range(0, n - n_keys + 1, hop)]
+    no_hold = np.asarray(seq.release - seq.press, dtype=float) < MIN_REAL_HOLD_S
+    kept = [(a, b) for a, b in spans if not no_hold[a:b].mean() > MAX_COMMITTED_SHARE]
+    if len(kept) < len(spans):
+        _say_once("keystroke", "typing without key presses and releases (text a soft keyboard committed, or "
+                               "pasted) is not sent: typing rhythm needs real key down/up times, so this "
+                               "keyboard gives no typing evidence")
+    return [wf(seq[a:b]) for a, b in kept]
+
+
+def committed_text(events: Sequence[KeyEvent]) -> bool:
+    """Most of `events` have no real hold: text committed by a soft keyboard, not key presses."""
+    if not events:
+        return False
+    holds = np.array([float(e.release) - float(e.press) for e in events])
+    return bool((holds < MIN_REAL_HOLD_S).mean() > MAX_COMMITTED_SHARE)
 
 
 #: the device name the app labels its touch streams and accelerometer series with. Not in
@@ -126,15 +174,35 @@ def touch_windows(events: Sequence[TouchEvent], min_points: int = 3) -> list[Fea
     stream-level normalisation (contact size and pressure divided by the stream's medians) and
     each stroke's time since the previous stroke's UP (`log_inter_stroke`) are the batch's; a
     stroke voided by a second finger still counts as the previous stroke, as in the batch.
+
+    A stroke without a contact size (`has_contact_size`) gives no window: the rest of the stream's
+    strokes keep the batch's numbers.
     """
     return [w for w in (_stroke_window(s) for s in _strokes(events) if len(s) >= min_points) if w is not None]
+
+
+def has_contact_size(stroke: Stroke) -> bool:
+    """Every sample of `stroke` reports a contact size (touch major axis above 0).
+
+    Kivy/SDL2 touches carry no contact shape (`collectors.touch.UNKNOWN_SIZE`): their size
+    features would be zeros, which the server's touch models (standardised on BB-MAS, where
+    sizes are real) score as the strongest match for anyone.
+    """
+    return bool(np.all(stroke.size > 0))
+
+
+def touch_without_size(events: Sequence[TouchEvent]) -> bool:
+    """`events` hold touches and none of them reports a contact size."""
+    return bool(events) and not any(float(e.touch_major) > 0 for e in events)
 
 
 def _strokes(events: Sequence[TouchEvent]) -> list[Stroke]:
     """`modalities.touch.segment(...).strokes` of `events` as one stream (see `touch_windows`).
 
     Events whose clock steps back (a stream the batch would refuse) are cut there into runs,
-    each segmented as its own stream, rather than losing every stroke.
+    each segmented as its own stream, rather than losing every stroke. Strokes without a contact
+    size are left out (`has_contact_size`, said once in the log), after the segmentation, so the
+    others are those of the whole stream.
     """
     from modalities.touch.strokes import segment
 
@@ -144,7 +212,11 @@ def _strokes(events: Sequence[TouchEvent]) -> list[Stroke]:
             out += segment(TouchStream.from_events(run, device=APP_DEVICE)).strokes
         except EventValidationError as exc:
             log.debug("touch events skipped: %s", exc)
-    return out
+    sized = [s for s in out if has_contact_size(s)]
+    if len(sized) < len(out):
+        _say_once("touch", "touches without a contact size (this platform reports none) are not sent: the touch "
+                           "models need it, so these touches give no touch evidence")
+    return sized
 
 
 def _time_ordered_runs(events: Sequence[TouchEvent]) -> list[Sequence[TouchEvent]]:
@@ -221,6 +293,19 @@ def windows_for(modality: str, events: Sequence[object]) -> list[FeatureWindow]:
     raise EventValidationError("modality", f"unknown modality {modality!r}")
 
 
+def unmeasurable(modality: str, events: Sequence[object]) -> bool:
+    """Whether this phone's input of `modality` in `events` can give no windows at all (not: too little of it).
+
+    Keystroke: most keys are committed text (`committed_text`); touch: no touch has a contact
+    size (`touch_without_size`). Gait: never (a walk too short or not walking is "too little").
+    """
+    if modality == "keystroke":
+        return committed_text(events)  # type: ignore[arg-type]
+    if modality == "touch":
+        return touch_without_size(events)  # type: ignore[arg-type]
+    return False
+
+
 @dataclass(frozen=True)
 class QualityReport:
     """How good one modality's enrolment sample is, in words a person understands."""
@@ -231,6 +316,8 @@ class QualityReport:
     mean_quality: float
     ok: bool
     message: str
+    #: this phone's input of the modality cannot be used (`unmeasurable`): more of it will not help
+    unavailable: bool = False
 
 
 #: usable windows each modality needs for a template
@@ -247,20 +334,27 @@ def gait_walk_seconds(n_windows: int) -> float:
     return GAIT_WINDOW_S + (n_windows - 1) * GAIT_HOP_S
 
 
-def quality_report(modality: str, windows: Sequence[FeatureWindow]) -> QualityReport:
-    """Pass/fail of an enrolment sample with a plain-language reason."""
+def quality_report(modality: str, windows: Sequence[FeatureWindow], unavailable: bool = False) -> QualityReport:
+    """Pass/fail of an enrolment sample with a plain-language reason.
+
+    `unavailable`: the sample's input cannot be used on this phone (`unmeasurable`); a sample that
+    did not pass then says so (`UNAVAILABLE_TEXT`) rather than asking for more.
+    """
     good = usable(windows)
     need = MIN_ENROL_WINDOWS[modality]
     q = float(np.mean([w.quality for w in windows])) if windows else 0.0
     ok = len(good) >= need
+    unavailable = unavailable and not ok and modality in UNAVAILABLE_TEXT
     if ok:
         msg = "Good sample"
+    elif unavailable:
+        msg = UNAVAILABLE_TEXT[modality]
     elif not windows and modality != "gait":  # gait: no window also when no 10 s stretch was walking
         msg = "Nothing recorded yet"
     else:
         msg = {"keystroke": "Please type a little more", "touch": "Please swipe a few more times",
                "gait": "Please walk a little longer, at your normal pace"}[modality]
-    return QualityReport(modality, len(windows), len(good), q, ok, msg)
+    return QualityReport(modality, len(windows), len(good), q, ok, msg, unavailable)
 
 
 def usable(windows: Sequence[FeatureWindow]) -> list[FeatureWindow]:

@@ -19,9 +19,9 @@ in place, or damaged) is skipped with a log line and counted in `StoreSummary.un
 rest of the modality stays readable. A key that opens none of the batches is a different
 thing, a `RawStoreError`: a small `key-check` token beside the batches tells the two apart.
 
-Event times are the collectors' clock (`time.monotonic` on the phone), which starts again at
-every boot, so events of different boots must never be put in one time line. Each batch
-records the boot it was written in, as the wall clock minus the time since boot at writing
+Event times are the collectors' clock (`mobile_client.clock.monotonic`: CLOCK_BOOTTIME on the
+phone), which starts again at every boot, so events of different boots must never be put in one
+time line. Each batch records the boot it was written in, as the wall clock minus the time since boot at writing
 (`boot`, CLOCK_BOOTTIME, which counts deep sleep as the wall clock does: the same all through
 one boot, whatever the app runs and however long the phone slept between them), and `read_recordings` joins
 batches, in the order written, into one recording while their boots agree (within

@@ -351,10 +351,16 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     for r in (health, devices, users, transactions, sessions, models, admin):
         app.include_router(r.router)
 
-    def refused(request: Request, status: int) -> None:
-        """A device request refused before or at its signature check counts against its address."""
-        if status in (401, 422) and HEADER_DEVICE in request.headers:
-            charge_failure(app.state.cadence, client_address(request), request.headers[HEADER_DEVICE])
+    def refused(request: Request, status: int, code: str | None = None) -> None:
+        """A device request refused before or at its signature check counts against its address.
+
+        One that names no device (401 `device_required`, its body read and parsed first) is
+        charged to the address alone: left out, it was a free way to make the server parse bodies.
+        """
+        if status in (401, 422):
+            device = request.headers.get(HEADER_DEVICE)
+            if device is not None or code == "device_required":
+                charge_failure(app.state.cadence, client_address(request), device)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -362,7 +368,7 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
         # before raising it; other refusals store none (a bot-like enrolment is refused, not flagged)
         if isinstance(exc, EvidenceReplay):
             metrics.flags.labels("evidence_replay").inc()
-        refused(request, exc.status)
+        refused(request, exc.status, exc.code)
         return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status,
                             headers=getattr(exc, "headers", None))
 

@@ -38,9 +38,12 @@ class AndroidAccelerometer:
     """pyjnius `SensorEventListener` registered at game rate; pushes samples from the sensor thread.
 
     Samples are stamped on the app's clock (`clock`, what the evidence buffer measures "the last
-    15 s" on), not with `SensorEvent.timestamp`: that counts on CLOCK_BOOTTIME, which goes on
-    through deep sleep while `time.monotonic` (CLOCK_MONOTONIC) does not, so after the phone slept
-    an old walk would look recent. Each burst of samples (no gap over `BURST_GAP_S` between sensor
+    15 s" on and what the keyboard and touch collectors stamp with), not with
+    `SensorEvent.timestamp` as it is. On Android that clock is `mobile_client.clock.monotonic`,
+    CLOCK_BOOTTIME, the sensor's own clock, so the mapping below only adds the delivery delay; it
+    is kept so that any clock the app is given (a `VirtualClock`, CLOCK_MONOTONIC where there is no
+    CLOCK_BOOTTIME, which stops during suspend while the sensor's clock does not) gets the samples
+    in its own seconds, never in another clock's. Each burst of samples (no gap over `BURST_GAP_S` between sensor
     timestamps) is anchored on the app clock at the arrival of its first sample, and keeps the
     sensor's spacing within it (what the gait features read the sampling rate from). Stamps never
     go back: a burst is anchored no earlier than just after the last stamp given, and the anchor

@@ -65,9 +65,16 @@ class KeyPairer:
     def text_commit(self, text: str, t: float) -> list[KeyEvent]:
         """Text from a soft keyboard that sent no key events (Android IMEs do this).
 
-        Each character becomes a press with zero hold at the commit time: flight times stay
-        usable, hold times do not, and the features' quality says so. A key-down older than
-        `MAX_HOLD_S` no longer counts as down (its key-up was lost).
+        Each character becomes a press with zero hold, all of them at the commit time `t`. So
+        such keys carry no typing rhythm: every hold is zero, and the down-down times within one
+        commit are zero too (a keyboard that commits a word at a time gives word-by-word times
+        only; a paste is a burst of keys at one instant). The features' quality does NOT show
+        this, and the server's keystroke models would read such windows as matching anyone, so
+        `features.keystroke_windows` drops every window in which most keys have no real hold:
+        text typed on such a keyboard is kept on the phone but never sent, for set-up or as a
+        payment's evidence (logged once). Nothing is committed while a hardware key is down (its
+        own down/up pair is the real event); a key-down older than `MAX_HOLD_S` no longer counts
+        as down (its key-up was lost).
         """
         self._expire(t)
         if self._down:

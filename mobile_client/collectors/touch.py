@@ -1,4 +1,12 @@
-"""Touch collector: every down/move/up the window sees, with pressure and size if reported."""
+"""Touch collector: every down/move/up the window sees, with pressure and size if reported.
+
+Kivy's SDL2 window (the desktop, and Android builds) gives touches no contact shape, so their size
+is `UNKNOWN_SIZE`. They are recorded as they are, but `features` cuts no window from a stroke
+without a contact size (the server's touch models would read its zero sizes as matching anyone):
+such a phone gives no touch evidence until a platform listener supplies sizes. Event times are
+the collector's `clock` at dispatch (the app's one clock, `mobile_client.clock`), never a
+timestamp Kivy gives in another clock's seconds.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,8 @@ from mobile_client.clock import Clock, monotonic
 from mobile_client.collectors import WindowCollector
 from modalities.events import TouchAction, TouchEvent
 
-#: contact size reported when the platform gives none (pixels); marks the field as unknown
+#: contact size recorded when the platform gives none (pixels); marks the field as unknown, and a
+#: stroke carrying it gives no touch window (`features.has_contact_size`)
 UNKNOWN_SIZE = 0.0
 
 

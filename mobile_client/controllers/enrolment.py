@@ -114,15 +114,24 @@ class EnrolmentController:
 
     # -- quality and upload -------------------------------------------------------------------
     def check(self, modality: str) -> features.QualityReport:
-        """Features of the task's events and a pass/fail a person can act on."""
-        windows = features.windows_for(modality, self.s.evidence.since_mark(modality))
+        """Features of the task's events and a pass/fail a person can act on.
+
+        Input this phone cannot measure (touches without a contact size, text a soft keyboard
+        committed without key presses: `features.unmeasurable`) gives no windows, and the report
+        says the modality is unavailable here (`QualityReport.unavailable`) rather than asking
+        for more: set-up goes on without it, `finish` sends nothing of it and it stays not set up.
+        """
+        events = self.s.evidence.since_mark(modality)
+        windows = features.windows_for(modality, events)
         st = self.tasks[modality]
         st.windows = features.usable(windows)
-        st.report = features.quality_report(modality, windows)
+        st.report = features.quality_report(modality, windows, unavailable=features.unmeasurable(modality, events))
         return st.report
 
     def ready(self) -> bool:
-        return all(self.tasks[m].report is not None and self.tasks[m].report.ok for m in self.todo())  # type: ignore[union-attr]
+        """Every task passed, or was found unavailable on this phone (it is then not sent)."""
+        return all(self.tasks[m].report is not None and (self.tasks[m].report.ok or self.tasks[m].report.unavailable)  # type: ignore[union-attr]
+                   for m in self.todo())
 
     def finish(self) -> dict[str, int]:
         """Send every passed task's windows to the server; returns windows sent per modality.

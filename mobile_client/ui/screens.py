@@ -266,7 +266,7 @@ class EnrolScreen(Screen):
         self.walk_left = enrol_mod.WALK_SECONDS
 
     def check(self) -> None:
-        """Quality check of the current task; move on when it passed."""
+        """Quality check of the current task; move on when it passed or cannot be done on this phone."""
         self._poll_swipes(0) if self.step == "touch" else None
         rep = _app().enrolment.check(self.step)
         q = dict(self.quality)
@@ -276,7 +276,7 @@ class EnrolScreen(Screen):
         self.message = rep.message + ("" if rep.ok else ".")
         if not rep.ok and self.step == "gait":  # walking again is the only way on: offer it
             self._reset_walk()
-        if rep.ok:
+        if rep.ok or rep.unavailable:  # unavailable on this phone: set-up goes on without it
             nxt = self.steps.index(self.step) + 1
             self.start_step(self.steps[nxt] if nxt < len(self.steps) else "review")
 

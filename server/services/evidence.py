@@ -21,7 +21,7 @@ from server.errors import ApiError
 from server.models import EvidenceSeen, SecurityFlag, User, utcnow
 from server.schemas import FeatureWindowIn
 from server.services import compliance_hooks as hooks
-from server.services.scoring import ActiveScorer
+from server.services.scoring import ActiveScorer, ScorerProvider
 
 #: most events per second a human produces in a window (faster = scripted input)
 MAX_EVENT_RATE = {"keystroke": 25.0, "touch": 500.0, "gait": 1000.0}
@@ -30,9 +30,11 @@ MAX_EVENT_RATE = {"keystroke": 25.0, "touch": 500.0, "gait": 1000.0}
 class EvidenceReplay(ApiError):
     """A window identical to one already received: refused (409) and flagged."""
 
-    def __init__(self, user_id: str, modality: str, index: int, digest: str) -> None:
+    def __init__(self, user_id: str, modality: str, index: int, digest: str, *, field: str = "windows") -> None:
+        # `field`: the request's body field that carried the window (enrolment `windows`,
+        # authorize `evidence`, sessions `windows`); the stored flag repeats this text
         super().__init__(409, "evidence_replay",
-                         f"windows[{index}]: this {modality} feature window was already received; replayed evidence is refused")
+                         f"{field}[{index}]: this {modality} feature window was already received; replayed evidence is refused")
         self.user_id, self.modality, self.digest = user_id, modality, digest
 
 
@@ -126,40 +128,53 @@ def check_versions(modality: str, items: list[tuple[int, FeatureWindowIn]], acti
                            f"{field}[{i}].values: {modality} expects {dim} features, got {len(w.values)}")
 
 
+def check_served_versions(provider: ScorerProvider, windows: list[FeatureWindowIn], *, field: str) -> None:
+    """`check_versions` of each modality's windows against its serving model, before anything reads their values.
+
+    For a caller that hashes the windows (`window_hashes`) before it scores them (a session's
+    retry check): the hash asks the modality package whether its models read a window, which
+    indexes into the values of a window of the package's feature version, so a short one was
+    an IndexError (500) instead of the 422 naming the field that authorize and enrolment answer.
+    """
+    for modality, items in group_windows(windows).items():
+        check_versions(modality, items, provider.get(modality), field=field)
+
+
 _E = EvidenceSeen.__table__.c
 _SEEN = select(_E.window_hash).where(_E.user_id == bindparam("u"), _E.window_hash.in_(bindparam("h", expanding=True)))
 
 
 def check_unseen(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]],
-                 digests: list[str] | None = None) -> list[str]:
-    """Hashes of the windows; raise `EvidenceReplay` if this user sent one before (or twice here)."""
+                 digests: list[str] | None = None, *, field: str = "windows") -> list[str]:
+    """Hashes of the windows; raise `EvidenceReplay` (naming `field[i]`) if this user sent one before (or twice here)."""
     digests = digests if digests is not None else window_hashes([w for _, w in items])
     seen = set(prepared.execute(session, _SEEN, {"u": user_id, "h": digests}).scalars().all()) if digests else set()
     batch: set[str] = set()
     for (i, w), d in zip(items, digests):
         if d in seen or d in batch:
-            raise EvidenceReplay(user_id, w.modality, i, d)
+            raise EvidenceReplay(user_id, w.modality, i, d, field=field)
         batch.add(d)
     return digests
 
 
-def find_replay(session: Session, user_id: str, windows: list[FeatureWindowIn]) -> EvidenceReplay | None:
+def find_replay(session: Session, user_id: str, windows: list[FeatureWindowIn], *,
+                field: str = "windows") -> EvidenceReplay | None:
     """The refusal a replay of `windows` gets, or None: for a request that lost a race on a window's digest.
 
     Asked once the concurrent request that stored the digest first committed, so the loser is
     answered, and flagged, as the replay it is when it comes after that request.
     """
     try:
-        check_unseen(session, user_id, list(enumerate(windows)))
+        check_unseen(session, user_id, list(enumerate(windows)), field=field)
     except EvidenceReplay as exc:
         return exc
     return None
 
 
 def claim_hashes(session: Session, user_id: str, items: list[tuple[int, FeatureWindowIn]],
-                 digests: list[str] | None = None) -> list[str]:
+                 digests: list[str] | None = None, *, field: str = "windows") -> list[str]:
     """Record each window's hash; raise `EvidenceReplay` if one was seen before (or twice here)."""
-    digests = check_unseen(session, user_id, items, digests)
+    digests = check_unseen(session, user_id, items, digests, field=field)
     insert_hashes(session, user_id, items, digests)
     return digests
 

@@ -31,7 +31,7 @@ from server.errors import ApiError
 from server.models import AuthSession, SecurityFlag, User
 from server.schemas import FeatureWindowIn
 from server.services import compliance_hooks as hooks
-from server.services.evidence import window_hashes
+from server.services.evidence import check_served_versions, window_hashes
 from server.services.scoring import ScorerProvider
 from server.services.transactions import assess_evidence, count_step_up, record_evidence
 from server.session_schemas import SessionStatus, SessionView
@@ -471,6 +471,8 @@ def post_evidence(session: Session, provider: ScorerProvider, *, session_id: str
     books = _bookkeeping(session_id, s.state)
     now = _now()
     _check_live(s, books, settings, now)
+    # versions and dimensions first, as authorize and enrolment check them: hashing reads the values
+    check_served_versions(provider, windows, field="windows")
     digests = window_hashes(windows)
     if digests == books.last:
         # the same windows as the last accepted post: a client retry after a lost answer (a timeout).

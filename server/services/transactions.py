@@ -102,6 +102,8 @@ class Assessment:
     items: list[tuple[int, FeatureWindowIn]] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    #: the request's field that carried the windows (authorize `evidence`, sessions `windows`)
+    body_field: str = "evidence"
 
     def digests(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -120,7 +122,7 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
     5 swipes) is left out with reason `too_few_for_decision`: one swipe's score read on a 5-swipe
     calibration would count as far stronger evidence than it is.
     """
-    out = Assessment(user_id)
+    out = Assessment(user_id, body_field=field)
     groups = group_windows(windows)
     infos = {r.modality: r for r in prepared.execute(session, _TEMPLATE_INFO, {"u": user_id})} if groups else {}
     ready = []
@@ -136,7 +138,7 @@ def assess_evidence(session: Session, provider: ScorerProvider, user_id: str, wi
                        expect_dim=readable.feature_dim if readable else None)
         ready.append((modality, items, active, tpl, arrays))
         out.items.extend(items)
-    out.hashes = check_unseen(session, user_id, out.items)
+    out.hashes = check_unseen(session, user_id, out.items, field=field)
     for modality, items, active, tpl, arrays in ready:
         out.models[modality] = active.model_id
         bad = [(i, why) for i, w in items if (why := implausible(w))]
@@ -179,7 +181,7 @@ def record_evidence(session: Session, a: Assessment, *, checked: bool = False,
     if checked:
         insert_hashes(session, a.user_id, a.items, a.hashes, transaction_id)
     else:
-        claim_hashes(session, a.user_id, a.items, a.hashes)
+        claim_hashes(session, a.user_id, a.items, a.hashes, field=a.body_field)
     for detail in a.flags:
         session.add(SecurityFlag(user_id=a.user_id, kind="implausible_input", detail=detail))
     return a.digests()

@@ -202,7 +202,7 @@ def _walk(acc: AndroidAccelerometer, clock: VirtualClock, boot_minus_app: float,
 
 
 def test_android_samples_are_stamped_on_the_app_clock_after_the_phone_slept() -> None:
-    app_clock = VirtualClock(10_000.0)  # time.monotonic(): uptime without deep sleep
+    app_clock = VirtualClock(10_000.0)  # an app clock other than the sensor's (CLOCK_MONOTONIC where no CLOCK_BOOTTIME)
     buf = EvidenceBuffer(None, clock=app_clock)
     acc = _bare_accelerometer(buf.add, app_clock)
     sensor_t = _walk(acc, app_clock, 3_600.0, 20.0, 1)  # the phone slept an hour since boot

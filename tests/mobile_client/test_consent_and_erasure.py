@@ -181,6 +181,24 @@ def test_an_erasure_the_bank_refuses_deletes_nothing(tmp_path: Path, person: Syn
     assert len(s.api.queue) == 0
 
 
+def test_an_erasure_refused_after_failed_checks_says_how_to_get_it_done(tmp_path: Path, person: SyntheticPerson) -> None:
+    """The server's 423 `failed_authentications` (a device may not erase away its failures) in plain words."""
+    class FailuresOnRecord(FakeBank):
+        def handle(self, req: httpx.Request) -> httpx.Response:
+            if req.method == "DELETE" and req.url.path.startswith("/v1/users/"):
+                return httpx.Response(423, json={"detail": "user_id: 2 consecutive failed authentication(s) on "
+                                                           "record", "code": "failed_authentications"})
+            return super().handle(req)
+
+    bank, clock = FailuresOnRecord(), VirtualClock(1000.0)
+    s = _enrolled(tmp_path, bank, person, clock)
+    pc = PrivacyController(s)
+    text = pc.delete_my_data()
+    assert pc.erase_state == "failed" and text.startswith("Nothing was deleted.")
+    assert "Ask your bank to delete it" in text and "consecutive" not in text
+    assert s.profile.registered and not s.store.is_empty()
+
+
 # -- 6: evidence meets the server's quality floor ------------------------------------------------
 def test_the_apps_quality_floor_is_the_servers() -> None:
     assert features.SERVER_MIN_QUALITY == DEFAULT_POLICY.min_quality

@@ -234,10 +234,13 @@ def test_payment_goes_on_when_a_modality_cannot_be_featurised(tmp_path: Path, pe
     assert {w["modality"] for w in bank.sent("/authorize")[0]["evidence"]} == {"gait"}
 
 
-def test_soft_keyboard_words_become_finite_evidence() -> None:
+def test_soft_keyboard_words_are_not_sent_and_their_features_stay_finite() -> None:
     from mobile_client.collectors.keys import KeyPairer
+    from modalities.events import KeySequence
 
-    (w,) = features.keystroke_windows(KeyPairer().text_commit("Jordan Lee", 100.0))  # one instant, 10 keys
+    keys = KeyPairer().text_commit("Jordan Lee", 100.0)  # one instant, 10 keys of zero hold
+    assert features.keystroke_windows(keys) == []  # no typing rhythm in them: never sent
+    w = features.modality_module("keystroke").window_features(KeySequence.from_events(keys))
     assert w.n_events == 10 and np.isfinite(w.values).all()
 
 

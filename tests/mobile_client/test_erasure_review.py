@@ -83,7 +83,7 @@ s.profile.federated = True
 s.profile.onboarded = True
 s.profile.enrolled = ["keystroke", "touch"]
 s.profile.registered = scenario == "delete_waiting"
-# typing of two app runs on two boots: the collectors' clock (time.monotonic) started again at each
+# typing of two app runs on two boots: the collectors' clock (CLOCK_BOOTTIME) started again at each
 person = SyntheticPerson(4)
 days = [[], []]
 for i, day in enumerate(days):
@@ -230,7 +230,7 @@ def _two_boots(tmp_path: Path) -> tuple[RawEventStore, list[Any], list[Any]]:
     person = SyntheticPerson(4)
     day1: list[Any] = []
     day2: list[Any] = []
-    # each run's collectors stamp events on time.monotonic(), which starts again after a reboot
+    # each run's collectors stamp events on mobile_client.clock.monotonic(), which starts again after a reboot
     ReplaySource(person.keystrokes(300, 1), clock=VirtualClock(50.0)).play_all(day1.append)
     ReplaySource(person.keystrokes(300, 2), clock=VirtualClock(50.0)).play_all(day2.append)
     RawEventStore(tmp_path / "raw", secrets).append(day1)

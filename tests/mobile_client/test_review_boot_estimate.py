@@ -26,7 +26,7 @@ def _runs(tmp_path: Path, clocks: dict[str, float], sleep_s: float, runs: int = 
         RawEventStore(tmp_path / "raw", secrets, **kw).append(evs)
         clocks["wall"] += 600.0 + sleep_s  # the wall clock and CLOCK_BOOTTIME count deep sleep ...
         clocks["boottime"] += 600.0 + sleep_s
-        clocks["mono"] += 600.0  # ... CLOCK_MONOTONIC (time.monotonic, the collectors' clock) does not
+        clocks["mono"] += 600.0  # ... CLOCK_MONOTONIC (time.monotonic) does not
     return RawEventStore(tmp_path / "raw", secrets, **kw)
 
 

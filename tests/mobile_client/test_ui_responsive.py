@@ -146,7 +146,7 @@ def walk_reset(app):
     e.progress = dict(e.progress, gait=1.0); yield 3
     note("start_before", (e.ids.start_walk.opacity, e.ids.start_walk.height))
     app.enrolment.check = lambda m: types.SimpleNamespace(ok=False, message="Please walk a little longer",
-                                                          usable=0, mean_quality=0.0)
+                                                          usable=0, mean_quality=0.0, unavailable=False)
     e.check(); yield 5
     note("progress_after_check", e.progress["gait"])
     note("start_after", (e.ids.start_walk.opacity, e.ids.start_walk.height, e.ids.start_walk.disabled))

@@ -101,7 +101,7 @@ def _authorize(body: AuthorizeRequest, req: DeviceRequest, state: AppState) -> t
         # not the key: the same evidence window raced in another request, which committed first.
         # Flagged and audited as the replay it is when it comes after that request
         with state.read() as session:
-            replay = find_replay(session, body.user_id, body.evidence)
+            replay = find_replay(session, body.user_id, body.evidence, field="evidence")
         if replay is None:
             raise ApiError(409, "evidence_replay",
                            "evidence: a concurrent request carried the same window; replayed evidence is refused") from None

@@ -10,11 +10,11 @@ from sqlalchemy.exc import IntegrityError
 from server.api.deps import Signed, State, same_user
 from server.api.routing import CadenceRoute
 from server.errors import ApiError
-from server.models import User
 from server.schemas import ConsentIn, EnrolRequest, EnrolResponse
 from server.services import compliance_hooks as hooks
 from server.services.enrolment import enrol
 from server.services.evidence import EvidenceReplay, find_replay, record_replay
+from server.services.users import erase_own
 
 router = APIRouter(prefix="/v1/users", tags=["users"], route_class=CadenceRoute)
 UserId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
@@ -76,15 +76,11 @@ def erase_self(req: Signed, user_id: str = UserId) -> dict[str, Any]:
     """The person's own erasure request (GDPR Art. 17) from the app: everything the server holds about them.
 
     Signed by their device like every device call; audited with the device as actor. The
-    device's key goes with it, so the app must register again to be used. A locked user's own
-    erasure is refused (423): erasing, then being registered again, gave a clean, unlocked user,
-    past the lockout an administrator must lift. Their erasure goes through the bank (the admin
-    route), which then also decides whether they may register again.
+    device's key goes with it, so the app must register again to be used. Refused (423) while
+    the user is locked or has failed authentications on record (`server.services.users.erase_own`):
+    erasing, then being registered again, gave a clean user with no failures and enrolment open.
+    Their erasure then goes through the bank (the admin route).
     """
     with req.transaction() as session:
         same_user(req.device, user_id)
-        user = session.get(User, user_id, with_for_update=True)
-        if user is not None and user.locked:
-            raise ApiError(423, "user_locked", "user_id: locked after repeated failed authentications; "
-                                               "ask your bank to erase your data (it lifts the lock too)")
-        return {"user_id": user_id, "erased": hooks.erase_user(session, user_id, actor=req.actor)}
+        return {"user_id": user_id, "erased": erase_own(session, user_id, actor=req.actor)}
