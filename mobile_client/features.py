@@ -200,7 +200,8 @@ def _strokes(events: Sequence[TouchEvent]) -> list[Stroke]:
     """`modalities.touch.segment(...).strokes` of `events` as one stream (see `touch_windows`).
 
     Events whose clock steps back (a stream the batch would refuse) are cut there into runs,
-    each segmented as its own stream, rather than losing every stroke. Strokes without a contact
+    each segmented as its own stream, rather than losing every stroke; so are events of another
+    screen size (a rotation), whose positions are read against their own screen. Strokes without a contact
     size are left out (`has_contact_size`, said once in the log), after the segmentation, so the
     others are those of the whole stream.
     """
@@ -220,11 +221,16 @@ def _strokes(events: Sequence[TouchEvent]) -> list[Stroke]:
 
 
 def _time_ordered_runs(events: Sequence[TouchEvent]) -> list[Sequence[TouchEvent]]:
-    """`events` cut wherever the time decreases (one run, the whole list, in the usual case)."""
+    """`events` cut wherever the time decreases or the screen's size changes (usually one run: all).
+
+    A stream's positions are read against its first event's screen (`TouchStream.from_events`):
+    after a rotation or a window resize, every stroke would be scaled by the old size.
+    """
     if not events:
         return []
     t = np.array([float(e.time) for e in events])
-    cuts = np.flatnonzero(np.diff(t) < 0) + 1
+    screen = np.array([(float(e.screen_width), float(e.screen_height)) for e in events])
+    cuts = np.flatnonzero((np.diff(t) < 0) | np.any(np.diff(screen, axis=0) != 0, axis=1)) + 1
     if cuts.size == 0:
         return [events]
     bounds = [0, *cuts.tolist(), len(events)]

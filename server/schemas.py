@@ -193,14 +193,22 @@ def _joiner_needed(v: str, i: int) -> bool:
 
 
 def _unambiguous(v: str) -> str:
-    """Refuse a payee that can print like another: not NFC, a stray joiner, mixed or look-alike scripts.
+    """Refuse a payee that can print like another one.
 
+    Extra spaces, compatibility characters, not NFC, a stray joiner, mixed or look-alike scripts.
     The token binds the payee's exact text while a person approves what it looks like, so two
     different texts that print alike ("ACME" in Latin and in Cyrillic letters, "é" composed or
     not, "AC\u200dME") would let an approval for one pay the other.
     """
-    if v.isascii():  # the usual case: nothing here can apply
+    if v != v.strip() or "  " in v:  # "ACME " and "ACME  Ltd" print like "ACME" and "ACME Ltd"
+        raise ValueError("leading, trailing or repeated spaces: a look-alike of the same name with single spaces")
+    if v.isascii():  # the usual case: nothing below can apply
         return v
+    if not unicodedata.is_normalized("NFKC", v) and unicodedata.is_normalized("NFC", v):
+        # compatibility characters: fullwidth "ＡＣＭＥ", no-break and thin spaces, ligatures
+        odd = sorted({c for c in v if unicodedata.normalize("NFKC", c) != c})
+        raise ValueError(f"holds characters that print like plainer ones ({', '.join(f'U+{ord(c):04X}' for c in odd)}:"
+                         " fullwidth letters, special spaces, ligatures): send the plain characters")
     if not unicodedata.is_normalized("NFC", v):
         raise ValueError("not NFC-normalised Unicode (send accented letters composed, e.g. \"é\" as U+00E9)")
     for i, c in enumerate(v):

@@ -33,7 +33,7 @@ from mobile_client.controllers.consent import ConsentController
 from mobile_client.controllers.enrolment import EnrolmentController
 from mobile_client.controllers.transaction import EVIDENCE_MAX_AGE_S, EVIDENCE_WALK_S, TransactionController
 from mobile_client.evidence import EvidenceBuffer
-from modalities.events import KeyEvent, TouchAction, TouchStream
+from modalities.events import KeyEvent, TouchAction, TouchEvent, TouchStream
 from modalities.keystroke.features import windows_for_subject
 from modalities.touch import stroke_windows
 from tests.mobile_client.test_controllers import FakeBank, _enrolled, _services
@@ -253,3 +253,18 @@ def test_collectors_clock_falls_back_to_monotonic_without_boottime(monkeypatch: 
     assert clock_mod.monotonic() == 10.0  # and the run stays on that one clock
     monkeypatch.setattr(clock_mod, "_no_boottime", False, raising=False)
     assert clock_mod.monotonic() == 99.0
+
+
+def test_a_swipe_after_a_rotation_is_read_against_its_own_screen() -> None:
+    """The stream took its screen size from its first event: a landscape swipe after a portrait one was scaled wrong."""
+    from modalities.touch.features import IDX
+
+    def swipe(t0: float, x0: float, y0: float, dx: float, w: float, h: float) -> list[TouchEvent]:
+        actions = [TouchAction.DOWN, *[TouchAction.MOVE] * 4, TouchAction.UP]
+        return [TouchEvent(t0 + 0.01 * i, x0 + dx * i / 5, y0, 0.5, 10, 8, a, 0, w, h) for i, a in enumerate(actions)]
+
+    landscape = swipe(10.0, 400, 500, 600, 1920, 1080)
+    alone = features.touch_windows(landscape)[-1].values
+    after_portrait = features.touch_windows(swipe(0.0, 200, 900, 500, 1080, 1920) + landscape)[-1].values
+    for name in ("start_x", "end_x", "log_e2e_length", "log_speed_p50"):
+        assert after_portrait[IDX[name]] == pytest.approx(alone[IDX[name]]), name

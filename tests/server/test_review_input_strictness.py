@@ -206,6 +206,10 @@ CONFUSABLE_PAYEES = [
     "ACME\u200c",  # a zero-width non-joiner after a Latin letter
     "Cafe\u0301 Zoe",  # "é" decomposed (not NFC)
     "p\u0430ypal",  # a Cyrillic small a in a Latin word
+    "ACME ", " ACME", "ACME  Ltd",  # spaces that print as nothing, or as one
+    "ACME\u00a0Ltd", "ACME\u2009Ltd", "ACME\u202fLtd",  # no-break, thin and narrow no-break spaces
+    "ACM\uff25", "\uff21\uff23\uff2d\uff25",  # fullwidth letters ("ACMＥ", "ＡＣＭＥ")
+    "\ufb01nance Ltd",  # the "fi" ligature
 ]
 
 
@@ -228,6 +232,8 @@ def test_payees_that_print_like_another_are_refused(client: TestClient, windows)
     "\u03a3\u03c0\u03cd\u03c1\u03bf\u03c2 Taverna",  # "Σπύρος": Greek that reads as Greek
     "\u06a9\u062a\u0627\u0628\u200c\u0641\u0631\u0648\u0634\u06cc",  # Persian needs the zero-width non-joiner
     "\u0915\u094d\u200d\u0937",  # Devanagari: a joiner after a virama
+    "\u6771\u4eac\u30c7\u30d1\u30fc\u30c8",  # "東京デパート": CJK and (fullwidth-form) katakana as typed
+    "M\u00fcller & S\u00f6hne GmbH",  # single spaces, accents composed
 ])
 def test_payees_in_one_script_each_still_pass(client: TestClient, windows, payee: str) -> None:  # type: ignore[no-untyped-def]
     dev = _enrol(client, windows)
