@@ -208,12 +208,20 @@ class RunSettings:
                                 f"set min-nodes {need} or more")
 
     def _check_secagg_values(self) -> None:
-        """Flower's SecAgg+ rules, by our key names: more than 2 shares, 2 <= threshold < shares."""
+        """Flower's SecAgg+ rules, by our key names: more than 2 shares, 2 <= threshold < shares < 2 x threshold."""
         if self.num_shares < 3:
             raise SettingsError(f"num-shares: must be >= 3, got {self.num_shares}")
         if not 2 <= self.reconstruction_threshold < self.num_shares:
             raise SettingsError(f"reconstruction-threshold: {self.reconstruction_threshold} must be >= 2 and below "
                                 f"num-shares {self.num_shares}")
+        held = 2 * (self.num_shares // 2) + 1  # Flower makes the count odd (`secagg.shares_per_device`)
+        if held >= 2 * self.reconstruction_threshold:
+            # the holders of a device's secrets could then give the server a threshold of shares of each:
+            # its self-mask seed and its key, i.e. its update unmasked, to a server telling them different lists
+            raise SettingsError(f"num-shares: {self.num_shares} ({held} shares per device) with "
+                                f"reconstruction-threshold {self.reconstruction_threshold} let a server that lies about "
+                                f"who dropped out rebuild both of a device's secrets ({held} >= 2 x "
+                                f"{self.reconstruction_threshold}); use fewer shares or a threshold above {held // 2}")
 
     def as_config(self) -> dict[str, Any]:
         """Back to a kebab-case run config (what `flwr run --run-config` takes)."""

@@ -250,6 +250,23 @@ def ca_path(workdir: str | os.PathLike[str]) -> Path:
     return tls_dir(workdir) / "ca.crt"
 
 
+def is_loopback(host: str) -> bool:
+    """`host` is this machine only (127.0.0.0/8, ::1, localhost): nothing else can reach it."""
+    h = host.strip().strip("[]")
+    if h.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+#: why a SuperLink is kept on loopback unless the operator says otherwise (`cadence federated superlink`)
+CONTROL_API_EXPOSED = (
+    "Flower 1.41 serves its Control API (which starts runs: code of the caller's choosing, run on this machine) "
+    "and its Runtime API on the same port as the SuperNodes' Fleet API, without authentication")
+
+
 def is_wildcard(host: str) -> bool:
     """`host` is 0.0.0.0 or ``::`` (every interface): an address to bind, never one anybody dials."""
     try:

@@ -270,7 +270,9 @@ def dp_accounting(s: RunSettings, num_nodes: int) -> dict[str, Any]:
             "noise_std": "noise_multiplier * clipping_norm / m0",
             "covers": "the model updates of every round",
             "not_released": "per-round device training loss",
-            "outside_dp_guarantee": list(OUTSIDE_DP)}
+            "outside_dp_guarantee": list(OUTSIDE_DP),
+            # a fixed seed (benchmarks) makes the noise known to whoever knows the seed: no privacy then
+            "noise_seed": s.dp_noise_seed if s.dp_noise_seed >= 0 else None}
 
 
 def model_card(o: RunOutcome) -> str:
@@ -281,6 +283,10 @@ def model_card(o: RunOutcome) -> str:
               f"sensitivity {o.clipping_norm}/{m0}), Gaussian noise multiplier {o.noise_multiplier}; "
               f"epsilon {o.epsilon:.2f} at delta {o.delta}. Released OUTSIDE this guarantee: "
               f"{'; '.join(OUTSIDE_DP)}. The devices' training losses were not released")
+        seed = (o.dp_accounting or {}).get("noise_seed")
+        if seed is not None:
+            dp = (f"NOT PRIVATE: the DP noise was drawn from the fixed seed {seed} (a benchmark setting), so anyone "
+                  f"who knows the seed can take it off and the guarantee below does not hold. {dp}")
     elif o.dp:
         dp = "DP noise was added, but too little for a finite epsilon: no differential privacy"
     else:

@@ -121,7 +121,7 @@ class UnmaskRefused(RuntimeError):
 
 
 def unmask_guard(msg: Any, context: Context, call_next: Any) -> Any:
-    """Refuse an unmasking request naming a device both as still active and as dropped out.
+    """Refuse an unmasking request naming a device both as still active and as dropped out, or this device as dropped.
 
     For an active device the server may learn its self-mask seed, for a dropped one its
     secret key; both for one device take its whole mask off, and Flower's `secaggplus_mod`
@@ -130,10 +130,14 @@ def unmask_guard(msg: Any, context: Context, call_next: Any) -> Any:
     """
     cfg = msg.content.config_records.get(RECORD_KEY_CONFIGS) if msg.metadata.message_type == MessageType.TRAIN else None
     if cfg is not None and cfg.get(Key.STAGE) == Stage.UNMASK:
-        both = set(cfg.get(Key.ACTIVE_NODE_ID_LIST, [])) & set(cfg.get(Key.DEAD_NODE_ID_LIST, []))
+        dead = set(cfg.get(Key.DEAD_NODE_ID_LIST, []))
+        both = set(cfg.get(Key.ACTIVE_NODE_ID_LIST, [])) & dead
         if both:
             raise UnmaskRefused(f"unmasking: {len(both)} device(s) listed as both active and dropped out; that "
                                 f"would reveal their own update, so this device sends no key shares")
+        if context.node_id in dead:  # it is answering: alive, whatever the server says of it to others
+            raise UnmaskRefused("unmasking: this device is listed as dropped out while it is asked for shares; the "
+                                "server may be telling the others it is active, so it sends no key shares")
     return call_next(msg, context)
 
 

@@ -110,7 +110,13 @@ def superlink(workdir_opt: Workdir = "federated-work",
               tls_name: Annotated[list[str] | None, typer.Option(
                   help="An address or host name remote SuperNodes dial, for the SuperLink's certificate "
                        "(repeat for each: --tls-name 192.168.1.10 --tls-name fl.bank.example).")] = None,
-              insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False) -> None:
+              insecure: Annotated[bool, typer.Option("--insecure", help=INSECURE_HELP)] = False,
+              expose_control_api: Annotated[bool, typer.Option(
+                  "--expose-control-api",
+                  help="Allow a --host other than loopback although Flower's Control API (starting runs) is then "
+                       "reachable there without authentication: only on a network where every host is trusted. "
+                       "Otherwise keep loopback and let SuperNodes in through a gateway that forwards only "
+                       "/v1/fleet/ (docs/federated.md).")] = False) -> None:
     """Start a SuperLink (TLS with WORKDIR/tls/, loopback by default, no runtime installs) in the foreground.
 
     The first start makes a CA and a certificate for HOST, each --tls-name and loopback in
@@ -121,6 +127,11 @@ def superlink(workdir_opt: Workdir = "federated-work",
     from federated import deployment as d
 
     names = tls_name or []
+    if not d.is_loopback(host) and not expose_control_api:
+        fail(f"--host {host}: {d.CONTROL_API_EXPOSED}, so anyone who reaches it could run code here. Keep the "
+             "SuperLink on loopback and let SuperNodes in through a gateway that forwards only /v1/fleet/ "
+             "(docs/federated.md, \"SuperNode elsewhere\"), or pass --expose-control-api on a network where every "
+             "host is trusted")
     if insecure and names:
         fail("--insecure and --tls-name: choose one (--insecure turns TLS off, --tls-name is for its certificate)")
     workdir = _workdir(workdir_opt)
@@ -139,6 +150,8 @@ def superlink(workdir_opt: Workdir = "federated-work",
         d.write_connection(workdir, d.host_port(host, port), insecure=insecure)  # [::1]:PORT for an IPv6 host
     except d.DeploymentError as exc:
         fail(str(exc))
+    if not d.is_loopback(host):
+        warning_line(f"--host {host} with --expose-control-api: {d.CONTROL_API_EXPOSED}")
     if tls is None:
         _warn_insecure("the SuperLink serves")
     else:

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cadence.cli import app
+from federated.deployment import CONTROL_API_EXPOSED
 from tests.federated.conftest import flower_commands
 
 
@@ -146,12 +147,14 @@ def test_a_wildcard_superlink_names_what_supernodes_dial_or_warns(tmp_path: Path
 
     _started(monkeypatch)
     fw = tmp_path / "fw"
-    code, out, err = _superlink(fw, "--host", "0.0.0.0")
+    code, out, err = _superlink(fw, "--host", "0.0.0.0", "--expose-control-api")
     assert code == 0, err
-    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in err.splitlines() if line.startswith("warning:") and "Control API" not in line]
     assert len(warnings) == 1 and "0.0.0.0" in warnings[0] and "--tls-name" in warnings[0]
-    code, out, err = _superlink(fw, "--host", "0.0.0.0", "--tls-name", "192.168.1.10", "--tls-name", "fl.bank.example")
-    assert code == 0 and "warning:" not in err, err
+    code, out, err = _superlink(fw, "--host", "0.0.0.0", "--expose-control-api",
+                                "--tls-name", "192.168.1.10", "--tls-name", "fl.bank.example")
+    assert code == 0 and [line for line in err.splitlines() if line.startswith("warning:")] == [
+        "warning: --host 0.0.0.0 with --expose-control-api: " + CONTROL_API_EXPOSED], err
     sans = x509.load_pem_x509_certificate((fw / "tls" / "server.crt").read_bytes()).extensions \
         .get_extension_for_class(x509.SubjectAlternativeName).value
     assert ipaddress.ip_address("192.168.1.10") in sans.get_values_for_type(x509.IPAddress)
@@ -160,6 +163,24 @@ def test_a_wildcard_superlink_names_what_supernodes_dial_or_warns(tmp_path: Path
     assert code == 2 and err.startswith("error: --tls-name") and len(err.strip().splitlines()) == 1
     code, out, err = _superlink(fw, "--insecure", "--tls-name", "fl.bank.example")
     assert code == 2 and "choose one" in err
+
+
+def test_a_superlink_off_loopback_is_refused_unless_its_control_api_may_be_reached(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower 1.41 serves the Control API (start a run: any code) on the SuperNodes' port, unauthenticated.
+
+    `--host 0.0.0.0`, as the docs told operators, let any device run code on the SuperLink machine.
+    """
+    cmds = _started(monkeypatch)
+    fw = tmp_path / "fw"
+    for host in ("0.0.0.0", "192.168.1.10", "::", "fl.bank.example"):
+        code, out, err = _superlink(fw, "--host", host, "--tls-name", "fl.bank.example")
+        assert code == 2 and err.startswith(f"error: --host {host}: Flower 1.41 serves its Control API"), err
+        assert "/v1/fleet/" in err and "--expose-control-api" in err and len(err.strip().splitlines()) == 1
+    assert cmds == [] and not fw.exists()  # refused before anything was made
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):  # a gateway in front forwards the Fleet API only
+        code, out, err = _superlink(fw, "--host", host, "--tls-name", "fl.bank.example")
+        assert code == 0 and "warning:" not in err, (host, err)
 
 
 def test_run_and_status_say_an_old_insecure_connection_is_not_encrypted(tmp_path: Path,

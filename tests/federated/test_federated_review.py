@@ -129,6 +129,13 @@ def test_dp_model_card_and_metrics_state_adjacency_sensitivity_and_what_is_outsi
     assert summary["dp_accounting"]["fixed_devices_per_round"] == 5
     assert any("feature mean" in x for x in summary["dp_accounting"]["outside_dp_guarantee"])
     json.dumps(summary)  # goes into metrics.json
+    assert summary["dp_accounting"]["noise_seed"] is None and "NOT PRIVATE" not in card
+    # a seeded run (benchmarks; `--run-config dp-noise-seed=0` is accepted) was published as plain "DP, epsilon ..."
+    seeded = RunSettings.from_config({"dp": True, "noise-multiplier": 2.0, "clipping-norm": 1.0, "min-nodes": 5,
+                                      "dp-noise-seed": 0})
+    o.dp_accounting = dp_accounting(seeded, 5)
+    assert o.summary()["dp_accounting"]["noise_seed"] == 0
+    assert "NOT PRIVATE: the DP noise was drawn from the fixed seed 0" in model_card(o)
 
 
 # ----------------------------------------------------------------------------- 3-5. device files

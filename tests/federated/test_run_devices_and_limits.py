@@ -247,3 +247,6 @@ def test_secagg_threshold_must_fit_the_shares() -> None:
     with pytest.raises(SettingsError, match="num-shares"):
         RunSettings.from_config({"num-shares": 2, "reconstruction-threshold": 2})
     assert RunSettings.from_config({"num-shares": 5, "reconstruction-threshold": 3}).num_shares == 5
+    for shares, threshold in ((4, 2), (5, 2), (7, 3)):  # twice the threshold held: one device unmaskable
+        with pytest.raises(SettingsError, match="rebuild both of a device's secrets"):
+            RunSettings.from_config({"num-shares": shares, "reconstruction-threshold": threshold})

@@ -90,7 +90,9 @@ def test_cli_secagg_with_dp_is_submitted_with_its_noise(tmp_path: Path, fake_flo
     (("--noise-multiplier", "5"), "--dp"),  # DP options without --dp would be ignored
     (("--secagg", "--clipping-norm", "0.1"), "--dp"),
     (("--secagg", "--num-shares", "2"), "num-shares"),
-    (("--num-shares", "5"), "--secagg"),  # shares asked for, updates in the clear: refused, not ignored
+    (("--num-shares", "5", "--reconstruction-threshold", "3"), "--secagg"),  # shares asked for, updates in the clear
+    # 4 shares (Flower makes 5) at threshold 2: the holders of one device's secrets can rebuild both of them
+    (("--secagg", "--min-nodes", "4", "--num-shares", "4"), "num-shares: 4 (5 shares per device)"),
 ])
 def test_cli_refuses_what_secagg_cannot_do_before_submitting(tmp_path: Path, fake_flower: dict[str, Any],
                                                             extra: tuple[str, ...], named: str) -> None:
@@ -425,6 +427,11 @@ def test_a_secagg_device_refuses_to_unmask_one_device(tmp_path: Path, task_ident
     p.until_unmasking()
     with pytest.raises(secagg.UnmaskRefused, match="both active and dropped out"):
         p.send(22, {K.STAGE: S.UNMASK, K.ACTIVE_NODE_ID_LIST: p.nids, K.DEAD_NODE_ID_LIST: [11]})
+    # the device asked is plainly alive: listed as dropped, it would hand over shares of its own key while the
+    # server tells the others it is active (their seeds' shares): its update unmasked
+    others = [n for n in p.nids if n != 22]
+    with pytest.raises(secagg.UnmaskRefused, match="this device is listed as dropped out"):
+        p.send(22, {K.STAGE: S.UNMASK, K.ACTIVE_NODE_ID_LIST: others, K.DEAD_NODE_ID_LIST: [22]})
 
 
 # ---------------------------------------------------------------- a secagg-only SuperNode runs Cadence's SecAgg+ app only
