@@ -31,6 +31,15 @@ KEY_CLIPPING_NORM = "clipping_norm"
 SECAGG_ONLY = "secagg-only"
 
 
+#: fewest windows a device sends the scaling round's sums of: from one window's sums the server reads
+#: that window, from two every feature's two values; from this many, moments of a sample
+MIN_SUMMARY_WINDOWS = 5
+
+
+class TooFewWindows(RuntimeError):
+    """Too few windows on this device for its feature sums to stay a summary."""
+
+
 class PlainRunRefused(RuntimeError):
     """A secagg-only device was asked to take part in a run without secure aggregation."""
 
@@ -78,7 +87,11 @@ def make_app(defaults: Mapping[str, Any] | None = None, *, in_secagg: bool = Fal
     @app.query()
     def stats(msg: Message, context: Context) -> Message:
         cfg = config_record(msg.content)
-        n, s, ss = task.feature_sums(windows(context, cfg))
+        X = windows(context, cfg)
+        if len(X) < MIN_SUMMARY_WINDOWS:  # the reason reaches the operator; the sums stay here
+            raise TooFewWindows(f"this device holds {len(X)} feature window(s): its feature sums (the scaling round, "
+                                f"not masked) would give them back, so it takes part from {MIN_SUMMARY_WINDOWS} on")
+        n, s, ss = task.feature_sums(X)
         content = RecordDict({"sums": ArrayRecord({"sum": Array(s), "sumsq": Array(ss)}),
                               "metrics": MetricRecord({"num-examples": n}),
                               "device": ConfigRecord({"key": task.device_key(dict(context.node_config))})})

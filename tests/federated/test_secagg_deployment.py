@@ -286,6 +286,24 @@ def test_a_secagg_only_device_answers_no_plain_run_but_the_secagg_scaling_round(
     assert make_app(in_secagg=True)(query, ctx).content["sums"] is not None
 
 
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_a_device_with_too_few_windows_sends_no_feature_sums(tmp_path: Path, task_identity: None, n: int) -> None:
+    """The scaling round's sums are not masked: of one window they are the window, of two each feature's values."""
+    from flwr.app import ConfigRecord, Message, MessageType
+
+    from federated.client_app import MIN_SUMMARY_WINDOWS, TooFewWindows, make_app
+    from federated.features import write_device_file
+
+    spec = secagg.feature_spec("keystroke")
+    data = write_device_file(tmp_path / "d.npz", np.random.default_rng(n).normal(size=(n, spec.dim)), spec, 1)
+    ctx = Context(run_id=1, node_id=1, node_config={"data": str(data)}, state=RecordDict(), run_config={})
+    query = Message(RecordDict({"config": ConfigRecord({"modality": "keystroke"})}), dst_node_id=1,
+                    message_type=MessageType.QUERY)
+    for app in (make_app(), make_app(in_secagg=True)):
+        with pytest.raises(TooFewWindows, match=f"holds {n} feature window.*from {MIN_SUMMARY_WINDOWS} on"):
+            app(query, ctx)
+
+
 def test_device_errors_are_one_line_each_reason_once() -> None:
     from federated.records import device_errors
 
