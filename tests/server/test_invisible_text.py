@@ -68,7 +68,7 @@ def test_an_ascii_payee_is_checked_for_blankness_without_the_invisible_character
             raise AssertionError("ASCII payee scanned for invisible characters")
 
     monkeypatch.setattr(schemas, "_PRINTS_NOTHING", NoScan())
-    assert AuthorizeRequest.model_validate({**PAYMENT, "payee": " ACME "}).payee == " ACME "
+    assert AuthorizeRequest.model_validate({**PAYMENT, "payee": "ACME Ltd."}).payee == "ACME Ltd."
     loc, msg = _refusal(AuthorizeRequest, {**PAYMENT, "payee": "   "})
     assert loc == ("payee",) and "blank" in msg, msg
 
