@@ -11,7 +11,7 @@ A failing run (a missing audit signing key when the audit log needs pruning, an 
 database) is logged and retried at the next interval; it never stops the API.
 
 The first run is due one interval after the last purge on record (the newest ``retention.purge``
-audit entry, the server's or `cadence compliance purge`'s), and never sooner than
+audit entry, the server's or `cadence compliance purge`'s; with none, the log's first entry), and never sooner than
 `FIRST_RUN_DELAY_S` after start: counting the interval from each start, a server redeployed
 more often than daily never purged at all.
 """
@@ -152,8 +152,9 @@ class RetentionScheduler:
     def first_wait(self) -> float:
         """Seconds from start to the first run: one interval after the last purge on record.
 
-        At least `FIRST_RUN_DELAY_S` (and at most the interval); that delay alone when no purge
-        is on record or the record cannot be read.
+        With none on record, one interval after the audit log's first entry (a fresh database is
+        not purged a minute after start, an old one never purged is). At least `FIRST_RUN_DELAY_S`
+        and at most the interval; that delay alone when the record cannot be read.
         """
         from datetime import timedelta
 
@@ -164,12 +165,15 @@ class RetentionScheduler:
             with self.factory() as session:
                 last = session.scalar(select(AuditEntry.ts).where(AuditEntry.event == "retention.purge")
                                       .order_by(AuditEntry.seq.desc()).limit(1))
+                if last is None:  # never purged: count from the log's first entry (when the data began)
+                    last = session.scalar(select(AuditEntry.ts).where(AuditEntry.seq >= 1)
+                                          .order_by(AuditEntry.seq).limit(1))
         except Exception:  # noqa: BLE001 - no record to go by: purge soon (it is idempotent)
             log.warning("retention purge: cannot read when the last purge ran; the first runs in %.0f s", soon,
                         exc_info=True)
             return soon
-        if last is None:
-            return soon
+        if last is None:  # an empty log: nothing was written yet, nothing can be due
+            return self.interval_s
         due = (last + timedelta(seconds=self.interval_s) - utcnow()).total_seconds()
         return min(self.interval_s, max(soon, due))
 

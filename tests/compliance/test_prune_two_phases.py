@@ -351,7 +351,14 @@ def test_the_first_scheduled_purge_counts_from_the_last_purge_on_record_not_from
 
     factory = make_sessionmaker(server_engine)
     scheduler = RetentionScheduler(factory, server_engine, 86_400)
-    assert scheduler.first_wait() == schedule.FIRST_RUN_DELAY_S  # none on record: soon after start
+    assert scheduler.first_wait() == 86_400  # an empty log: nothing can be due
+    with factory() as s, s.begin():  # data, never purged: a day after the log began (a fresh database: not now)
+        audit.append_audit(s, event="decision.made", actor="server", subject=None, payload={},
+                           now=datetime.now(UTC) - timedelta(hours=2))
+    assert 21.9 * 3600 < scheduler.first_wait() <= 22 * 3600
+    with factory() as s, s.begin():
+        s.execute(update(AuditEntry).values(ts=datetime.now(UTC) - timedelta(days=3)))  # an old one, never purged
+    assert scheduler.first_wait() == schedule.FIRST_RUN_DELAY_S
     with factory() as s, s.begin():
         audit.append_audit(s, event="retention.purge", actor="cli", subject=None, payload={},
                            now=datetime.now(UTC) - timedelta(hours=1))
