@@ -24,16 +24,12 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
 from federated import task
+from federated.features import MIN_SUMMARY_WINDOWS
 from federated.records import array_record, config_record, get_float, get_floats, get_int, get_str
 
 KEY_CLIPPING_NORM = "clipping_norm"
 #: node config of a device that takes part in SecAgg+ runs only
 SECAGG_ONLY = "secagg-only"
-
-
-#: fewest windows a device sends the scaling round's sums of: from one window's sums the server reads
-#: that window, from two every feature's two values; from this many, moments of a sample
-MIN_SUMMARY_WINDOWS = 5
 
 
 class TooFewWindows(RuntimeError):

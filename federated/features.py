@@ -23,6 +23,11 @@ from modalities.events import MODALITIES
 
 log = logging.getLogger(__name__)
 
+#: fewest windows a device takes part with: the scaling round's feature sums are not masked, and
+#: from one window's sums the server reads that window, from two every feature's two values
+#: (`client_app` refuses the round below it; the desktop app exports nothing below it)
+MIN_SUMMARY_WINDOWS = 5
+
 #: decision window of the bench rows, per modality (labels as in the modality benches)
 WINDOWS: dict[str, str] = {"keystroke": "50 keys", "touch": "5 swipes", "gait": "10 s"}
 #: keys per keystroke window, swipes per touch decision, seconds per gait window

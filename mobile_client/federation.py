@@ -124,7 +124,7 @@ def export_windows(folder: Path, windows: Sequence[FeatureWindow], modality: str
     """
     import numpy as np
 
-    from federated.features import feature_spec, write_device_file
+    from federated.features import MIN_SUMMARY_WINDOWS, feature_spec, write_device_file
 
     spec = feature_spec(modality)
     ours = [w for w in windows if w.modality == modality]
@@ -134,6 +134,9 @@ def export_windows(folder: Path, windows: Sequence[FeatureWindow], modality: str
     if not rows:
         raise ValueError(f"windows: no {modality} windows of feature version {spec.feature_version} on this device yet"
                          + (f" ({len(ours)} of another version)" if ours else ""))
+    if len(rows) < MIN_SUMMARY_WINDOWS:  # its SuperNode would refuse the scaling round anyway
+        raise ValueError(f"windows: {len(rows)} {modality} window(s) on this device, fewer than the "
+                         f"{MIN_SUMMARY_WINDOWS} it takes part with (their unmasked feature sums would give them back)")
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     path = folder / f"device-{modality}.npz"

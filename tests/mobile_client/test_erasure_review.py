@@ -384,8 +384,10 @@ def test_windows_of_an_older_feature_version_are_not_exported_as_current(tmp_pat
     old = [window(i, "keystroke-free-0-old") for i in range(8)]
     with pytest.raises(ValueError, match="8 of another version"):
         export_windows(tmp_path / "a", old, "keystroke")
-    current = [window(i, spec.feature_version) for i in range(3)]
+    current = [window(i, spec.feature_version) for i in range(6)]
+    with pytest.raises(ValueError, match="4 keystroke window.*fewer than the 5"):  # its sums would give them back
+        export_windows(tmp_path / "b", old + current[:4], "keystroke")
     path = export_windows(tmp_path / "b", old + current, "keystroke")
     with np.load(path) as z:
-        assert z["X"].shape[0] == 3  # only the current windows
+        assert z["X"].shape[0] == 6  # only the current windows
         assert str(z["feature_version"]) == spec.feature_version
