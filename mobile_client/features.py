@@ -112,8 +112,8 @@ def keystroke_windows(events: Sequence[KeyEvent], n_keys: int = KEYS_PER_WINDOW,
     wf = modality_module("keystroke").window_features
     n = len(seq)
     spans = [(0, n)] if n <= n_keys else [(s, s + n_keys) for s in range(0, n - n_keys + 1, hop)]
-    no_hold = np.asarray(seq.release - seq.press, dtype=float) < MIN_REAL_HOLD_S
-    kept = [(a, b) for a, b in spans if not no_hold[a:b].mean() > MAX_COMMITTED_SHARE]
+    holds = np.asarray(seq.release - seq.press, dtype=float)
+    kept = [(a, b) for a, b in spans if not _mostly_committed(holds[a:b])]
     if len(kept) < len(spans):
         _say_once("keystroke", "typing without key presses and releases (text a soft keyboard committed, or "
                                "pasted) is not sent: typing rhythm needs real key down/up times, so this "
@@ -125,7 +125,11 @@ def committed_text(events: Sequence[KeyEvent]) -> bool:
     """Most of `events` have no real hold: text committed by a soft keyboard, not key presses."""
     if not events:
         return False
-    holds = np.array([float(e.release) - float(e.press) for e in events])
+    return _mostly_committed(np.array([float(e.release) - float(e.press) for e in events]))
+
+
+def _mostly_committed(holds: np.ndarray) -> bool:
+    """More than `MAX_COMMITTED_SHARE` of these key holds are shorter than `MIN_REAL_HOLD_S` (committed text)."""
     return bool((holds < MIN_REAL_HOLD_S).mean() > MAX_COMMITTED_SHARE)
 
 
