@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,10 @@ class Settings(BaseSettings):
     #: server: requests per second a device may make (token bucket of twice that; 429 beyond);
     #: 0 = no limit (server/services/devices.py RateLimiter)
     device_rate_per_s: float = Field(default=50.0, ge=0, allow_inf_nan=False)
+    #: server: Redis holding the rate budgets above, shared by every worker and instance
+    #: (redis://, rediss:// or unix://; server/services/shared_limits.py). Empty: each process
+    #: keeps its own budgets (so N workers allow N times the rate)
+    rate_limit_redis_url: str = ""
     #: server: apply the retention policy every this many seconds, in one worker per database
     #: (server/retention_schedule.py); 0 = off, when `cadence compliance purge` runs from cron instead
     purge_interval_s: float = Field(default=86_400.0, ge=0, allow_inf_nan=False)
@@ -136,6 +141,22 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address or network (comma-separated, or *)") from None
+        return v
+
+    @field_validator("rate_limit_redis_url")
+    @classmethod
+    def _redis_url(cls, v: str) -> str:
+        """A Redis URL or nothing: a typo would otherwise surface only as warnings, one per request burst."""
+        v = v.strip()
+        if not v:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"not a URL ({exc})") from None
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            raise ValueError("expected redis://host:port/db, rediss://... or unix:///path/to/socket")
         return v
 
     @field_validator("tier_currency_rates")

@@ -30,9 +30,9 @@ from server.errors import ApiError, DatabaseUnavailable, database_unavailable, d
 from server.fusion_source import FusionSource
 from server.metrics import Metrics
 from server.retention_schedule import RetentionScheduler
-from server.services.devices import RateLimiter
 from server.services.evidence import EvidenceReplay
 from server.services.scoring import ScorerProvider, TemplateCache
+from server.services.shared_limits import RedisRateLimiter, make_limiters
 from server.signing import HEADER_DEVICE, b64d
 from server.sqlite_writers import WalCheckpointer, serialize_sqlite_writers, write_lock
 from server.training import fusion_path  # shared with the CLI's `models` commands: one answer
@@ -212,6 +212,9 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
                 checkpointer.stop()
             if state.held is not None:
                 state.held.close()
+            for budget in (state.limiter, state.failures):
+                if isinstance(budget, RedisRateLimiter):
+                    budget.close()
 
     return lifespan
 
@@ -332,12 +335,15 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     app = FastAPI(title="Cadence transaction-approval API", version="1", lifespan=_lifespan(settings, fusion),
                   description="Behavioural evidence (features only) + device possession -> approve / step-up / deny.")
     metrics = Metrics()
+    limiter, failures = make_limiters(settings.rate_limit_redis_url, settings.device_rate_per_s)
+    for budget in (limiter, failures):
+        if isinstance(budget, RedisRateLimiter):
+            budget.on_fallback = metrics.rate_limit_fallbacks.labels(budget.name).inc
     app.state.cadence = AppState(settings=settings, sessions=make_sessionmaker(engine),
                                  provider=ScorerProvider(registry_root), signing_key=signing_key(settings),
                                  metrics=metrics,
                                  read_sessions=make_sessionmaker(engine.execution_options(cadence_read_only=True)),
-                                 limiter=RateLimiter(settings.device_rate_per_s),
-                                 failures=RateLimiter(settings.device_rate_per_s),
+                                 limiter=limiter, failures=failures,
                                  write_lock=write_lock(engine),
                                  held=HeldConnections(engine) if sqlite and ":memory:" not in settings.database_url else None,
                                  decide=fusion.decide,

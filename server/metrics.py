@@ -103,6 +103,10 @@ class Metrics:
         #: `counting_flags` (sessions), after authorize's commit (its `implausible_input` reasons)
         #: and for each `EvidenceReplay` answered (flagged by `record_replay` before it is raised)
         self.flags = Counter("cadence_security_flags_total", "Security flags stored", ["kind"], registry=self.registry)
+        #: rate-limit calls answered by the process's own budget because Redis could not be used
+        self.rate_limit_fallbacks = Counter("cadence_rate_limit_fallbacks_total",
+                                            "Rate-limit checks made locally while the shared Redis was unusable",
+                                            ["budget"], registry=self.registry)
 
     @contextmanager
     def counting_flags(self, scope: AbstractContextManager[Session]) -> Iterator[Session]:

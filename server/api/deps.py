@@ -23,6 +23,7 @@ from server.metrics import Metrics
 from server.services import compliance_hooks as hooks
 from server.services.devices import RateLimiter, consume_nonce, retired_nonce, verify_device_request
 from server.services.scoring import ScorerProvider
+from server.services.shared_limits import RedisRateLimiter
 from server.signing import HEADER_DEVICE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, body_digest
 
 T = TypeVar("T")
@@ -40,10 +41,10 @@ class AppState:
     #: sessions for read-only phases (plain BEGIN on SQLite: no write lock taken)
     read_sessions: sessionmaker[Session] | None = None
     #: per-device request rate limit (429), charged once a request's signature verified
-    limiter: RateLimiter | None = None
+    limiter: RateLimiter | RedisRateLimiter | None = None
     #: per-client-address budget of refused device requests (401, 422): a sender of unsigned or
     #: malformed requests is throttled by its own address, never by the device id it claims
-    failures: RateLimiter | None = None
+    failures: RateLimiter | RedisRateLimiter | None = None
     #: held around each write transaction on SQLite: one writer per process waits on this
     #: lock instead of in SQLite's sleeping busy handler (which backs off up to 100 ms)
     write_lock: AbstractContextManager[Any] = field(default_factory=nullcontext)
@@ -280,7 +281,7 @@ def check_rate(state: AppState, device_id: str | None, client: str | None = None
 
 
 def charge_device(state: AppState, device_id: str) -> None:
-    """Count a verified request against its device's rate (per worker process); 429 past it."""
+    """Count a verified request against its device's rate (per process, or shared through Redis); 429 past it."""
     if state.limiter is not None and not state.limiter.allow(device_id):
         raise ApiError(429, "rate_limited", f"X-Cadence-Device: more than {state.limiter.rate:g} requests/s from this device")
 

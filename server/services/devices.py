@@ -151,8 +151,10 @@ class RateLimiter:
     """Token bucket per key (a device id, or a client address), in memory per worker process.
 
     Refuses a key's request (429) when it has used its `burst` and refills at `rate` per
-    second. Per process on purpose: it bounds abuse cheaply; the durable limit on guessing
-    is the lockout after failed authentications.
+    second. Per process: it bounds abuse cheaply with no service to run; the durable limit on
+    guessing is the lockout after failed authentications. With `rate_limit_redis_url` set the
+    server uses `shared_limits.RedisRateLimiter` instead (one budget for all processes), and
+    this class while Redis cannot be reached.
     """
 
     def __init__(self, rate: float, burst: float | None = None, max_keys: int = 100_000) -> None:
