@@ -261,6 +261,10 @@ class DeviceRequest:
         return None
 
 
+#: request scope key: the device's and address's rate were checked already for this request
+RATE_CHECKED = "cadence.rate_checked"
+
+
 def check_rate(state: AppState, device_id: str | None, client: str | None = None) -> None:
     """429 before any parsing when the device, or the sending address, has used up its budget.
 
@@ -337,7 +341,8 @@ async def device_request(
 
     A refusal the route raises once the signature verified spends the nonce (`DeviceRequest.refused`).
     """
-    check_rate(state, x_cadence_device, client_address(request))
+    if not request.scope.get(RATE_CHECKED):  # `CadenceRoute` checks before reading the body
+        check_rate(state, x_cadence_device, client_address(request))
     req = signed_request(state, request, await request.body())
     try:
         yield req

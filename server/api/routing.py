@@ -287,14 +287,44 @@ class CadenceRoute(APIRoute):
             return lean_route
         handler = super().get_route_handler()
         has_body = self.body_field is not None
+        rate_first = _device_route(self.dependant)
 
         async def route_handler(request: Request) -> Response:
+            if rate_first:  # 429 before the body is read, as on authorize
+                _check_rate_early(request)
             fast = FastJSONRequest(request.scope, request.receive)
             if has_body:
                 await _parse_ahead(fast)
             return await handler(fast)
 
         return route_handler
+
+
+def _device_route(dependant: Any) -> bool:
+    """Whether a route authenticates a device (depends on `deps.device_request`, at any depth)."""
+    from server.api.deps import device_request
+
+    stack = [dependant]
+    while stack:
+        d = stack.pop()
+        if d.call is device_request:
+            return True
+        stack.extend(d.dependencies)
+    return False
+
+
+def _check_rate_early(request: Request) -> None:
+    """The device's and the address's rate, from the headers alone (`deps.check_rate`).
+
+    FastAPI reads and parses a body before it solves dependencies, so the `Signed` dependency's
+    own check came after a flooder's body was parsed. The scope remembers this check, so the
+    dependency does not charge a second look to a shared (Redis) budget.
+    """
+    from server.api.deps import RATE_CHECKED, check_rate, client_address
+    from server.signing import HEADER_DEVICE
+
+    check_rate(request.app.state.cadence, request.headers.get(HEADER_DEVICE), client_address(request))
+    request.scope[RATE_CHECKED] = True
 
 
 async def _parse_ahead(request: FastJSONRequest) -> None:

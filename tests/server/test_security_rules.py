@@ -574,3 +574,16 @@ def test_ascii_control_characters_and_only_those_are_refused_in_text() -> None:
                 _printable(text)
         else:
             assert _printable(text) == text
+
+
+def test_an_address_past_its_budget_gets_429_before_its_body_is_parsed(tmp_path: Path) -> None:
+    """It was parsed first on every route but authorize: a flood of bodies cost JSON parsing, answered 422."""
+    with built_app(make_settings(tmp_path, device_rate_per_s=2.0)) as app:
+        with TestClient(app, client=("203.0.113.5", 4000)) as stranger:
+            flood = [stranger.get("/v1/users/x/consents", headers={"X-Cadence-Device": "nobody"}).status_code
+                     for _ in range(8)]
+            assert flood[-1] == 429, flood
+            for path in ("/v1/users/x/enrolment", "/v1/users/x/consents", "/v1/sessions"):
+                r = stranger.post(path, content=b'{"not json', headers={"X-Cadence-Device": "nobody",
+                                                                        "content-type": "application/json"})
+                assert r.status_code == 429 and r.json()["code"] == "rate_limited", (path, r.text)
