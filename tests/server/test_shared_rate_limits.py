@@ -140,6 +140,33 @@ def test_a_closed_port_is_a_fallback_not_an_error() -> None:
     assert time.perf_counter() - t0 < 2.0
 
 
+def test_a_hung_redis_costs_one_short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis that accepts but never answers: one socket timeout (no retries), then the local budget.
+
+    The timeout is raised to 0.5 s here so that one timeout and two (the client's default retry) differ
+    by more than a loaded machine's scheduling noise.
+    """
+    import socket
+    import threading
+
+    monkeypatch.setattr(shared_limits, "SOCKET_TIMEOUT_S", 0.5)
+
+    held: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(5)
+        port = srv.getsockname()[1]
+        acceptor = threading.Thread(target=lambda: held.append(srv.accept()[0]), daemon=True)
+        acceptor.start()
+        lim = RedisRateLimiter(f"redis://127.0.0.1:{port}/0", "device", 2.0)
+        t0 = time.perf_counter()
+        assert lim.allow("d") and lim.fallbacks == 1
+        waited = time.perf_counter() - t0
+        acceptor.join()
+        for conn in held:
+            conn.close()
+    assert 0.5 <= waited < 0.95, waited
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "127.0.0.1:6379", "redis://127.0.0.1:port/0", "redis://"])
 def test_a_url_that_is_not_redis_is_refused_at_start(tmp_path: Path, url: str) -> None:
     with pytest.raises(ValidationError, match="rate_limit_redis_url"):
