@@ -149,6 +149,9 @@ def fit_calibration(background: list[Person], registry_root: Path | None) -> Any
         if len(gen) >= 5 and len(imp) >= 5:
             engine.fit_modality(m, genuine=np.asarray(gen), impostor=np.asarray(imp))
             engine.report[m]["model_version"] = active.model_id  # applies to this model only
+        else:  # its evidence will be left out of decisions ('uncalibrated'): say so, it is not silent
+            log.warning("%s: not calibrated: %d genuine and %d impostor scores from %d background people "
+                        "(at least 5 of each needed)", m, len(gen), len(imp), len(background))
     return engine
 
 

@@ -92,6 +92,12 @@ def bench_sessions(ctx: BenchContext) -> BenchOutput:
         rng = np.random.default_rng([ctx.seed, fi])
         for m in MODALITIES:
             active = provider.get(m)
+            if not engine.applies(m, active.model_id):
+                # uncalibrated evidence is left out of the risk ('uncalibrated'): its sessions would
+                # read as "no impostor contained" when the modality was never scored at all
+                ctx.note(f"fold {fi + 1}, {m}: not calibrated on the fold's training subjects (too few scores); "
+                         "its sessions are left out")
+                continue
             k = decision_windows(m)  # the server reads no fewer per update (touch: 5 swipes)
             # the windows the server enrols and scores: swipes, not taps
             read = {id(p): (read_windows(p.enrol[m]), read_windows(p.probes[m])) for p in people}

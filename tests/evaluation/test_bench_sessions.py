@@ -46,3 +46,36 @@ def test_bench_sessions_quick(data_dir: Path, tmp_path: Path) -> None:
     assert rows[("impostor", "all")]["sessions"] <= IMPOSTORS * rows[("owner", "all")]["sessions"]
     # impostors on real data are held far more often than owners
     assert rows[("impostor", "all")]["held_or_ended"] > rows[("owner", "all")]["held_or_ended"]
+
+
+def _folder(data_dir: Path, root: Path, ids: list[int], keystroke_rows: int | None = None) -> Path:
+    """A BB-MAS folder of `ids` (links to the real files; keystroke files cut to `keystroke_rows` rows)."""
+    import gzip
+
+    for sub in ("bbmas_desktop_keystroke_processed", "bbmas_phone_gait", "bbmas_phone_touch"):
+        (root / sub).mkdir(parents=True)
+        for f in (data_dir / sub).iterdir():
+            if f.name.split("_", 1)[0] not in {str(i) for i in ids}:
+                continue
+            if sub.startswith("bbmas_desktop") and keystroke_rows is not None:
+                with gzip.open(f, "rt") as src:
+                    head = [line for _, line in zip(range(keystroke_rows + 1), src, strict=False)]
+                with gzip.open(root / sub / f.name, "wt") as dst:
+                    dst.writelines(head)
+            else:
+                (root / sub / f.name).symlink_to(f)
+    return root
+
+
+@pytest.mark.slow
+def test_an_uncalibrated_modality_is_left_out_and_said(data_dir: Path, tmp_path: Path) -> None:
+    """Its sessions read 0 % of impostors contained (its evidence never counted), with no warning."""
+    train = _folder(data_dir, tmp_path / "train", [101, 102, 103], keystroke_rows=300)
+    evals = _folder(data_dir, tmp_path / "eval", [13, 22, 36, 39, 51, 76])
+    r = CliRunner().invoke(app, ["bench", "sessions", "--train-dir", str(train), "--eval-dir", str(evals),
+                                 "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "out" / "sessions.json").read_text())
+    windows = {x["window"] for x in doc["results"]}
+    assert "keystroke" not in windows and {"touch", "gait"} <= windows, doc["results"]
+    assert any("keystroke" in w and "not calibrated" in w for w in doc["protocol"]["warnings"]), doc["protocol"]
