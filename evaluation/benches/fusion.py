@@ -67,7 +67,7 @@ def _fusion_folds(ctx: BenchContext, *, min_train: int = 1) -> list[tuple[Any, A
     (`protocols.check_distinct`).
     """
     from evaluation.datasets import DatasetError, available_subjects, data_folder
-    from evaluation.protocols import check_disjoint, check_distinct, subject_folds
+    from evaluation.protocols import check_disjoint, check_distinct, subject_folds, training_apart
 
     def common(folder: Any) -> list[int]:
         sets = [set(available_subjects(folder, m)) for m in MODALITIES]
@@ -83,6 +83,8 @@ def _fusion_folds(ctx: BenchContext, *, min_train: int = 1) -> list[tuple[Any, A
         tr, ev = common(ctx.train_dir), common(ctx.eval_dir)
         for m in MODALITIES:
             ctx.note(*check_disjoint(m, ctx.train_dir, tr, ctx.eval_dir, ev))
+        if tr and ev:  # an id on both sides is one person: evaluated, not trained on
+            tr = training_apart("all-modality", ctx.train_dir, tr, ev)
         if cap:
             tr = sorted(rng.choice(tr, size=min(cap, len(tr)), replace=False).tolist())
             ev = sorted(rng.choice(ev, size=min(cap // 2, len(ev)), replace=False).tolist())

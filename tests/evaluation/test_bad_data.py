@@ -173,9 +173,17 @@ def test_same_ids_with_other_files_are_a_reported_warning(tmp_path: Path) -> Non
     b = _keys_folder(tmp_path / "b", [2, 3, 4], seed=100)
     (fold,) = resolve_folds("keystroke", train_dir=a, eval_dir=b)
     assert fold.eval_subjects == (2, 3, 4) and "subject ids 2, 3 are in both" in fold.warnings[0]
+    assert fold.train_subjects == (1,) and "left out of training" in fold.warnings[0]  # an id is a person
     ctx = BenchContext(train_dir=a, eval_dir=b, out=tmp_path / "out")
     ctx.folds("keystroke")
     assert ctx.notes == list(fold.warnings)
+
+
+def test_training_that_is_all_evaluation_subjects_is_refused(tmp_path: Path) -> None:
+    a = _keys_folder(tmp_path / "a", [2, 3])
+    b = _keys_folder(tmp_path / "b", [2, 3, 4], seed=100)
+    with pytest.raises(DatasetError, match="no training subject is left"):
+        resolve_folds("keystroke", train_dir=a, eval_dir=b)
 
 
 def test_one_eval_subject_is_refused(tmp_path: Path) -> None:
