@@ -26,7 +26,9 @@ uninformative system, above 1 is miscalibrated.
 A calibrator is refused (ValueError) when its scores carry no information: all one value, or a
 fitted Cllr no better than scores without information reach by chance (`informative`). Its
 LLRs would sit at or near 0 for every probe, and a modality that says nothing must not count
-as evidence, least of all as the second modality the policy's corroboration asks for.
+as evidence, least of all as the second modality the policy's corroboration asks for. So is one
+whose LLR falls as the score rises (a higher score is more genuine by contract): swapped genuine
+and impostor scores would deny the best matches and approve the worst.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ LLR_CLIP = 12.0
 #: 95 % quantiles of chi-square with 1 and 3 degrees of freedom (the calibrator's parameters
 #: besides the intercept): the Cllr gain below which a fit is what noise scores reach by chance
 _CHI2_95 = {1: 3.841, 3: 7.815}
+#: the least standard deviation of the training qualities a quality-aware fit accepts: on a
+#: narrower band the quality effect is an extrapolation across [0, 1], not a measurement
+MIN_QUALITY_SPREAD = 0.01
 
 
 def cllr(*, genuine_llr: np.ndarray, impostor_llr: np.ndarray) -> float:
@@ -120,7 +125,9 @@ class LogisticCalibrator:
         """Fit on training genuine and impostor scores.
 
         ValueError (naming the field) for scores that cannot calibrate: fewer than 2 of a class,
-        non-finite ones, or ones that carry no information (`informative`).
+        non-finite ones, ones that carry no information (`informative`), ones whose fitted LLR
+        falls as the score rises (`_check_one_direction`), or, quality-aware, qualities without
+        spread (`MIN_QUALITY_SPREAD`).
         """
         from sklearn.linear_model import LogisticRegression
 
@@ -129,14 +136,20 @@ class LogisticCalibrator:
             raise ValueError(f"scores: all {g.size + i.size} genuine and impostor scores are {g[0]:g}; scores that are "
                              "all one value carry no information, so no calibrator is fitted (check the model)")
         X = np.vstack([_design(g, genuine_quality, self.use_quality), _design(i, impostor_quality, self.use_quality)])
+        if self.use_quality and not np.std(X[:, 1]) >= MIN_QUALITY_SPREAD:
+            raise ValueError(f"quality: the {X.shape[0]} training qualities have no spread (standard deviation "
+                             f"{np.std(X[:, 1]):.3g} < {MIN_QUALITY_SPREAD:g}; missing ones count as 0), so the "
+                             "quality effect would be arbitrary; calibrate without quality, or on windows covering "
+                             "the whole quality range")
         y = np.r_[np.ones(g.size), np.zeros(i.size)]
         with np.errstate(over="ignore", invalid="ignore"):
             self.mu_, self.sd_ = X.mean(axis=0), np.maximum(X.std(axis=0), 1e-9)
             Z = (X - self.mu_) / self.sd_
         if not (np.isfinite(self.mu_).all() and np.isfinite(self.sd_).all() and np.isfinite(Z).all()):
             # scores near 1e300 overflow the variance to inf (a zero slope: LLR 0 for every score):
-            # each column is scaled by its largest magnitude first
+            # each column is scaled by its largest magnitude first (an all-zero column by 1: 0 / 0 is NaN)
             scale = np.max(np.abs(X), axis=0)
+            scale[scale == 0] = 1.0
             Xs = X / scale
             self.mu_, self.sd_ = Xs.mean(axis=0) * scale, np.maximum(Xs.std(axis=0) * scale, 1e-9)
             Z = (Xs - self.mu_ / scale) / (self.sd_ / scale)
@@ -155,19 +168,28 @@ class LogisticCalibrator:
         return self
 
     def _check_one_direction(self, which: str) -> None:
-        """ValueError when the LLR's slope in the score changes sign at some quality in [0, 1].
+        """ValueError unless the LLR rises with the score at every quality in [0, 1].
 
-        The slope is linear in the quality: where it changes sign, a window of that quality
-        would read a better match as stronger evidence *against* the person.
+        A higher score is more genuine by contract (`fusion.policy.ModalityEvidence.score`): a
+        falling map (genuine and impostor scores swapped, a broken model) would deny the best
+        matches and approve the worst. The slope is linear in the quality, so its two ends
+        decide; their signs are compared, not their product, which underflows to 0 for huge
+        scores (slopes near 1e-170).
         """
-        if not self.use_quality:
+        ends: tuple[float, ...] = ((float(self._slope(0.0)), float(self._slope(1.0))) if self.use_quality
+                                   else (float(self._slope(1.0)),))
+        if all(e > 0 for e in ends):
             return
-        ends = float(self._slope(0.0)), float(self._slope(1.0))
-        if not ends[0] * ends[1] > 0:
-            at = ends[0] / (ends[0] - ends[1]) if ends[0] != ends[1] else 0.0
-            raise ValueError(f"coef: {which} score x quality term reverses the evidence at quality {at:.2f} (the "
-                             "LLR's slope in the score changes sign inside [0, 1]); calibrate without quality, or on "
-                             "windows covering the whole quality range")
+        if all(not e > 0 for e in ends):
+            where = "at every quality" if self.use_quality else "everywhere"
+            raise ValueError(f"coef: {which} LLR falls as the score rises ({where}: slope "
+                             f"{', '.join(f'{e:.3g}' for e in ends)}), but a higher score means more genuine: it "
+                             "would deny the best matches and approve the worst; check that genuine and impostor "
+                             "scores are not swapped, or the model")
+        at = ends[0] / (ends[0] - ends[1])
+        raise ValueError(f"coef: {which} score x quality term reverses the evidence at quality {at:.2f} (the "
+                         "LLR's slope in the score changes sign inside [0, 1]); calibrate without quality, or on "
+                         "windows covering the whole quality range")
 
     def _slope(self, q: np.ndarray | float) -> np.ndarray | float:
         """The slope of the LLR in the score at quality `q`: its sign says where an infinite score goes."""
@@ -278,8 +300,18 @@ class IsotonicCalibrator:
         return self
 
     def llr(self, score: np.ndarray, quality: np.ndarray | None = None) -> np.ndarray:
-        p = np.clip(self.iso_.predict(np.atleast_1d(np.asarray(score, float))), 1e-6, 1 - 1e-6)
-        return np.clip(np.log(p) - np.log1p(-p), -self.clip, self.clip)
+        """LLRs of `score`; a NaN score (a missing modality) stays NaN, as `LogisticCalibrator.llr`'s.
+
+        sklearn refuses NaN; an infinite score goes to its end's LLR (clipped, as out of bounds).
+        """
+        s = np.atleast_1d(np.asarray(score, float)).ravel()
+        out = np.full(s.shape, np.nan)
+        known = ~np.isnan(s)
+        if known.any():
+            x = np.clip(s[known], self.iso_.X_min_, self.iso_.X_max_)
+            p = np.clip(self.iso_.predict(x), 1e-6, 1 - 1e-6)
+            out[known] = np.clip(np.log(p) - np.log1p(-p), -self.clip, self.clip)
+        return out
 
 
 Calibrator = LogisticCalibrator | IsotonicCalibrator

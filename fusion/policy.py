@@ -91,6 +91,16 @@ class PolicyError(ValueError):
     """The policy file cannot be used; the message names the file and the field (one line)."""
 
 
+def _not_bool(v: Any) -> Any:
+    """Refuse a YAML boolean where a number belongs: pydantic reads `min_quality: yes` as 1.0.
+
+    YAML ints (`max_amount: 100`) stay numbers; StrictFloat would refuse them.
+    """
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number, not the boolean {v!r} (YAML reads yes/no/on/off/true/false as booleans)")
+    return v
+
+
 class _TierDoc(BaseModel):
     """One tier as written in policy.yaml; unknown keys are refused (a typo must not disable a rule)."""
 
@@ -102,6 +112,8 @@ class _TierDoc(BaseModel):
     #: > 0: approving on evidence that points away from the person is never intended
     approve_llr: Annotated[float, Field(allow_inf_nan=False, gt=0.0)] | None = None
     corroborate: StrictBool = False
+
+    _numbers = field_validator("max_amount", "target_fmr", "approve_llr", mode="before")(_not_bool)
 
     @field_validator("max_amount")
     @classmethod
@@ -118,6 +130,17 @@ class _PolicyDoc(BaseModel):
     #: < 0: deny only on evidence against the person
     deny_llr: Annotated[float, Field(allow_inf_nan=False, lt=0.0)] = -4.6
     min_quality: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+
+    _numbers = field_validator("deny_llr", "min_quality", mode="before")(_not_bool)
+
+    @field_validator("deny_llr")
+    @classmethod
+    def _reachable(cls, v: float) -> float:
+        """As approve_llr above MAX_FUSED_LLR never approves, a deny_llr below its negative never denies."""
+        if v < -MAX_FUSED_LLR:
+            raise ValueError(f"{v:.4g} can never be reached: the fused LLR is at least {-MAX_FUSED_LLR:g} "
+                             f"({N_MODALITIES} modalities at +-{MAX_ABS_LLR:g}), so the policy would never deny")
+        return v
 
     @model_validator(mode="after")
     def _ordered(self) -> _PolicyDoc:
@@ -266,7 +289,12 @@ def tier_for(amount: float, tiers: tuple[Tier, ...] | None = None) -> Tier:
     without one refuse an amount above their top instead of applying the last tier's rule.
     """
     tiers = tiers or default_policy().tiers
-    if not math.isfinite(amount) or amount < 0:
+    try:
+        finite = math.isfinite(amount)
+    except OverflowError:  # an int beyond float range (10**400): its documented ValueError, not this
+        raise ValueError(f"amount must be a finite non-negative number, got {'a negative' if amount < 0 else 'an'} "
+                         "integer beyond float range") from None
+    if not finite or amount < 0:
         raise ValueError(f"amount must be a finite non-negative number, got {amount}")
     for t in tiers:
         if amount <= t.max_amount:
