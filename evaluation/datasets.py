@@ -79,6 +79,10 @@ class DatasetError(RuntimeError):
     """A data folder is missing, empty or holds files that cannot be parsed."""
 
 
+class _NoKindFiles(DatasetError):
+    """A data folder that is missing or holds no files of the kind asked for: `available_subjects` reads it as none."""
+
+
 # --------------------------------------------------------------------------- locating files
 
 
@@ -89,9 +93,37 @@ def data_folder(data_dir: str | os.PathLike[str], label: str = "") -> Path:
     two apart check the folder with this first.
     """
     root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"{label + ': ' if label else ''}data folder not found: {root}")
+    try:
+        found = root.is_dir()
+    except OSError as exc:  # a parent folder that cannot be searched
+        raise DatasetError(f"{label + ': ' if label else ''}{root}: cannot read: {_reason(exc)}") from None
+    if not found:
+        raise _NoKindFiles(f"{label + ': ' if label else ''}data folder not found: {root}")
     return root
+
+
+def _listing(folder: Path) -> list[Path]:
+    """The entries of `folder`, sorted by name; a `DatasetError` naming it if it cannot be listed."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DatasetError(f"{folder}: cannot list: {_reason(exc)}") from None
+
+
+def _is_file(path: Path) -> bool:
+    """`path.is_file()`; a `DatasetError` naming it if that cannot be told (a link through an unreadable folder)."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {_reason(exc)}") from None
+
+
+def _is_dir(path: Path) -> bool:
+    """`path.is_dir()`; a `DatasetError` naming it if that cannot be told."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read: {_reason(exc)}") from None
 
 
 def modality_dir(data_dir: str | os.PathLike[str], kind: str) -> Path:
@@ -103,22 +135,30 @@ def modality_dir(data_dir: str | os.PathLike[str], kind: str) -> Path:
     root = data_folder(data_dir)
     pat = PATTERNS[kind]
 
-    def holds(folder: Path) -> bool:
-        try:
-            return any(pat.match(f.name) for f in folder.iterdir() if f.is_file())
-        except PermissionError:  # pragma: no cover - unreadable subfolder
-            return False
+    def holds(entries: list[Path]) -> bool:
+        return any(pat.match(f.name) and _is_file(f) for f in entries)
 
-    if holds(root):
+    entries = _listing(root)  # an unreadable data folder is an error, not "no files"
+    if holds(entries):
         return root
-    found = [p for p in sorted(root.iterdir()) if p.is_dir() and holds(p)]
+    found: list[Path] = []
+    unreadable: list[str] = []
+    for p in entries:
+        try:
+            if _is_dir(p) and holds(_listing(p)):
+                found.append(p)
+        except DatasetError:  # an unreadable subfolder: named below if no other one holds the files
+            unreadable.append(p.name)
     if len(found) > 1:
         raise DatasetError(f"{root} has {len(found)} subfolders with {kind} files: "
                            f"{', '.join(p.name for p in found[:10])}{' ...' if len(found) > 10 else ''}; "
                            "give the one to use")
     if found:
         return found[0]
-    raise DatasetError(f"no {kind} files (pattern {pat.pattern}) in {root} or its subfolders")
+    if unreadable:  # the files may be there: an error, not "no subjects" to `available_subjects`
+        raise DatasetError(f"no {kind} files (pattern {pat.pattern}) in {root} or its readable subfolders; "
+                           f"cannot list: {', '.join(unreadable[:10])}{' ...' if len(unreadable) > 10 else ''}")
+    raise _NoKindFiles(f"no {kind} files (pattern {pat.pattern}) in {root} or its subfolders")
 
 
 def _per_subject(kind: str) -> None:
@@ -137,7 +177,9 @@ _warned_unread: set[Path] = set()
 
 
 def _looks_like(kind: str, name: str) -> bool:
-    return _KIND_MARK.get(kind, "\0") in name and (name.endswith(".csv") or name.endswith(".csv.gz"))
+    """Whether `name` looks like a `kind` file, whatever its case (say "s11_processed.csv", "12_processed.CSV.gz")."""
+    name = name.lower()
+    return _KIND_MARK.get(kind, "\0").lower() in name and (name.endswith(".csv") or name.endswith(".csv.gz"))
 
 
 def no_subjects_hint(kind: str) -> str:
@@ -145,11 +187,24 @@ def no_subjects_hint(kind: str) -> str:
     return f"files named like {PATTERNS[kind].pattern} (the subject id, digits, first)"
 
 
-def _warn_unread(path: Path, kind: str) -> None:
-    """Name, once per process, a file that looks like `kind` data but is not read (say "s11_processed.csv")."""
+def _warn_unread(path: Path, kind: str, why: str = "") -> None:
+    """Name, once per process, a file that looks like `kind` data but is not read (say "s11_processed.csv").
+
+    `why` says why it is not read; by default how a `kind` file must be named.
+    """
     if path not in _warned_unread:
         _warned_unread.add(path)
-        data_log.warning("%s: not read: %s", path, no_subjects_hint(kind))
+        data_log.warning("%s: not read: %s", path, why or no_subjects_hint(kind))
+
+
+def _broken_link(path: Path) -> str:
+    """Why `path`, a name of a data file that is no file, is not read: "" unless it is a link to nothing."""
+    try:
+        if path.is_symlink() and not path.exists():
+            return f"a link to {os.readlink(path)}, which does not exist"
+    except OSError:
+        pass
+    return ""
 
 
 def find_subject_files(data_dir: str | os.PathLike[str], kind: str) -> dict[int, Path]:
@@ -161,11 +216,16 @@ def find_subject_files(data_dir: str | os.PathLike[str], kind: str) -> dict[int,
     _per_subject(kind)
     folder = modality_dir(data_dir, kind)
     found: dict[int, Path] = {}
-    for f in sorted(folder.iterdir(), key=lambda p: (p.name.endswith(".gz"), p.name)):
+    for f in sorted(_listing(folder), key=lambda p: (p.name.endswith(".gz"), p.name)):
         m = PATTERNS[kind].match(f.name)
-        if not (m and f.is_file()):
-            if m is None and _looks_like(kind, f.name) and f.is_file():
+        if m is None:  # named if it looks like data (any case; a dangling link too), not a folder
+            if _looks_like(kind, f.name) and not _is_dir(f):
                 _warn_unread(f, kind)
+            continue
+        if not _is_file(f):
+            why = _broken_link(f)  # a folder or a special file with a data name: not data, not named
+            if why:
+                _warn_unread(f, kind, why)
             continue
         sid = int(m.group(1))
         if sid in found:
@@ -183,11 +243,15 @@ def device_of(path: Path, kind: str) -> str:
 
 
 def available_subjects(data_dir: str | os.PathLike[str], kind: str) -> list[int]:
-    """Subject ids with a `kind` file in `data_dir` (empty list if the folder has none)."""
+    """Subject ids with a `kind` file in `data_dir` (empty list if the folder is missing or has none).
+
+    A folder that cannot be listed, or with several subfolders holding `kind` files, is a
+    `DatasetError` (not "no subjects": the data may be there).
+    """
     _per_subject(kind)
     try:
         modality_dir(data_dir, kind)
-    except DatasetError:
+    except _NoKindFiles:
         return []
     return list(find_subject_files(data_dir, kind))  # a folder with bad files is still an error
 
@@ -464,7 +528,7 @@ def _select(files: dict[int, Path], subjects: Iterable[int] | None) -> list[tupl
 def load_cmu(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """CMU keystroke benchmark as a DataFrame: subject, sessionIndex, rep and 31 timing columns."""
     folder = modality_dir(data_dir, "cmu")
-    path = next(f for f in sorted(folder.iterdir()) if PATTERNS["cmu"].match(f.name))
+    path = next(f for f in _listing(folder) if PATTERNS["cmu"].match(f.name) and _is_file(f))
     df: pd.DataFrame = _parse_named(path, lambda p: pd.read_csv(p, low_memory=False))
     missing = {"subject", "sessionIndex", "rep"} - set(df.columns)
     if missing:

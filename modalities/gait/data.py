@@ -9,7 +9,6 @@ window/hop lengths: an edited file or a new feature version is recomputed, nothi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -31,11 +30,37 @@ AUGMENT_MIN_HOP_S = 10.0
 
 
 def _key(path: Path, window_s: float, hop_s: float, tag: str = "") -> str:
-    h = hashlib.sha1(f"gait-windows:{FEATURE_VERSION}:{window_s}:{hop_s}:{tag}".encode())
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Cache key of `path`'s windows; a `DatasetError` naming the file if it cannot be read."""
+    from evaluation.datasets import file_digest  # here: the loaders import pandas, this module numpy only
+
+    return file_digest(path, f"gait-windows:{FEATURE_VERSION}:{window_s}:{hop_s}:{tag}")
+
+
+def _present(f: Path) -> bool:
+    """Whether cache entry `f` exists (a cache folder that cannot be searched has none, and fails when written)."""
+    try:
+        return f.exists()
+    except OSError:
+        return False
+
+
+def _store(folder: Path, key: str, sw: SubjectWindows) -> None:
+    """Write `sw` to the cache as ``folder/KEY.npz`` (atomically); a `DatasetError` naming it if it cannot be."""
+    from evaluation.datasets import DatasetError
+
+    target = folder / f"{key}.npz"
+    tmp = folder / f"{key}.{os.getpid()}.tmp.npz"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, X=sw.X, start=sw.start, walk_pos=sw.walk_pos, walk_total=np.array(sw.walk_total))
+        os.replace(tmp, target)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise DatasetError(f"cannot write the gait window cache {target} (CADENCE_CACHE_DIR): "
+                           f"{exc.strerror or exc}") from None
 
 
 def load_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | None, window_s: float,
@@ -57,7 +82,7 @@ def load_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | Non
     keys = {s: _key(files[s], window_s, hop_s, tag) for s in wanted}
     for s in wanted:
         f = folder / f"{keys[s]}.npz"
-        if f.exists():
+        if _present(f):
             try:
                 with np.load(f, allow_pickle=False) as z:
                     out[s] = SubjectWindows(z["X"], z["start"], z["walk_pos"], float(z["walk_total"]), window_s)
@@ -67,7 +92,6 @@ def load_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | Non
         todo.append(s)
     if todo:
         recs = load_bbmas_gait(data_dir, todo, progress=progress)
-        folder.mkdir(parents=True, exist_ok=True)
         for s in todo:
             if s not in recs:
                 continue
@@ -78,9 +102,7 @@ def load_windows(data_dir: str | os.PathLike[str], subjects: Iterable[int] | Non
                 sw = windows_for_subject(segs, window_s, hop_s=hop_s)
             except ValueError as exc:  # EventValidationError: what the features refuse, for this file
                 raise DatasetError(f"{files[s]}: no usable data: {exc}") from None
-            tmp = folder / f"{keys[s]}.{os.getpid()}.tmp.npz"
-            np.savez(tmp, X=sw.X, start=sw.start, walk_pos=sw.walk_pos, walk_total=np.array(sw.walk_total))
-            os.replace(tmp, folder / f"{keys[s]}.npz")
+            _store(folder, keys[s], sw)
             out[s] = sw
     return dict(sorted(out.items()))
 
