@@ -102,7 +102,7 @@ def data_folder(data_dir: str | os.PathLike[str], label: str = "") -> Path:
     return root
 
 
-def _listing(folder: Path) -> list[Path]:
+def listing(folder: Path) -> list[Path]:
     """The entries of `folder`, sorted by name; a `DatasetError` naming it if it cannot be listed."""
     try:
         return sorted(folder.iterdir())
@@ -138,14 +138,14 @@ def modality_dir(data_dir: str | os.PathLike[str], kind: str) -> Path:
     def holds(entries: list[Path]) -> bool:
         return any(pat.match(f.name) and _is_file(f) for f in entries)
 
-    entries = _listing(root)  # an unreadable data folder is an error, not "no files"
+    entries = listing(root)  # an unreadable data folder is an error, not "no files"
     if holds(entries):
         return root
     found: list[Path] = []
     unreadable: list[str] = []
     for p in entries:
         try:
-            if _is_dir(p) and holds(_listing(p)):
+            if _is_dir(p) and holds(listing(p)):
                 found.append(p)
         except DatasetError:  # an unreadable subfolder: named below if no other one holds the files
             unreadable.append(p.name)
@@ -216,7 +216,7 @@ def find_subject_files(data_dir: str | os.PathLike[str], kind: str) -> dict[int,
     _per_subject(kind)
     folder = modality_dir(data_dir, kind)
     found: dict[int, Path] = {}
-    for f in sorted(_listing(folder), key=lambda p: (p.name.endswith(".gz"), p.name)):
+    for f in sorted(listing(folder), key=lambda p: (p.name.endswith(".gz"), p.name)):
         m = PATTERNS[kind].match(f.name)
         if m is None:  # named if it looks like data (any case; a dangling link too), not a folder
             if _looks_like(kind, f.name) and not _is_dir(f):
@@ -528,7 +528,7 @@ def _select(files: dict[int, Path], subjects: Iterable[int] | None) -> list[tupl
 def load_cmu(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """CMU keystroke benchmark as a DataFrame: subject, sessionIndex, rep and 31 timing columns."""
     folder = modality_dir(data_dir, "cmu")
-    path = next(f for f in _listing(folder) if PATTERNS["cmu"].match(f.name) and _is_file(f))
+    path = next(f for f in listing(folder) if PATTERNS["cmu"].match(f.name) and _is_file(f))
     df: pd.DataFrame = _parse_named(path, lambda p: pd.read_csv(p, low_memory=False))
     missing = {"subject", "sessionIndex", "rep"} - set(df.columns)
     if missing:

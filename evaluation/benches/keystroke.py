@@ -81,10 +81,10 @@ def cmu_subject_ids(names: list[Any], where: Any = "CMU file") -> dict[Any, int]
 
 def cmu_file(data_dir: Any) -> Any:
     """The CMU file of `data_dir` (for messages)."""
-    from evaluation.datasets import PATTERNS, modality_dir
+    from evaluation.datasets import PATTERNS, listing, modality_dir
 
     folder = modality_dir(data_dir, "cmu")
-    return next((f for f in sorted(folder.iterdir()) if PATTERNS["cmu"].match(f.name)), folder)
+    return next((f for f in listing(folder) if PATTERNS["cmu"].match(f.name)), folder)
 
 
 @register("keystroke-cmu", "CMU password typing, Killourhy & Maxion protocol: mean per-subject EER of each detector")
