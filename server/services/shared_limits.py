@@ -5,8 +5,11 @@ Why: the in-memory `RateLimiter` gives each process its own budget, so `cadence 
 make N times its `device_rate_per_s`. With `rate_limit_redis_url` set, every process charges
 the same token bucket in Redis instead.
 
-How: one Lua script per call reads, refills and charges a bucket atomically, on the Redis
-server's clock (`TIME`), so hosts with skewed clocks still agree. A bucket is a hash
+How: one Lua script per charge reads, refills and charges a bucket atomically, on the Redis
+server's clock (`TIME`), so hosts with skewed clocks still agree. The early "is this key
+exhausted?" check made before a body is parsed asks no round trip: it reads what Redis said
+at this process's last charge of the key (other processes only take tokens, so it errs
+towards letting a request on to its charge, which decides). A bucket is a hash
 (`tokens`, `last`) under ``cadence:rl:<name>:<key>`` and expires once it would be full again
 (or after `remember_s`, for the device budget, whose "seen before" answer `known` reads).
 
@@ -35,12 +38,12 @@ SOCKET_TIMEOUT_S = 0.05
 #: how long a device's bucket is kept (so `known` remembers it), seconds
 DEVICE_MEMORY_S = 86_400.0
 
-# KEYS[1]: the bucket. ARGV: rate, burst, mode ("peek" | "take" | "refund" | "known"), ttl_ms.
-# Returns 1 / 0: peek -> exhausted?, take -> allowed?, refund -> refunded?, known -> exists?
+# KEYS[1]: the bucket. ARGV: rate, burst, mode ("take" | "refund" | "known"), ttl_ms.
+# take / refund: {1 if taken (refunded) else 0, tokens left x 1000}; known: {1 if the bucket exists, 0}
 _SCRIPT = """
 local mode = ARGV[3]
 if mode == 'known' then
-  return redis.call('EXISTS', KEYS[1])
+  return {redis.call('EXISTS', KEYS[1]), 0}
 end
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -51,16 +54,12 @@ local tokens = tonumber(v[1])
 local last = tonumber(v[2])
 if tokens == nil or last == nil then
   if mode == 'refund' then
-    return 0
+    return {0, 0}
   end
   tokens = burst
   last = now
 end
 tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
-if mode == 'peek' then
-  if tokens < 1 then return 1 end
-  return 0
-end
 local ok = 1
 if mode == 'take' then
   if tokens >= 1 then tokens = tokens - 1 else ok = 0 end
@@ -69,7 +68,7 @@ else
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'last', string.format('%.17g', now))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
-return ok
+return {ok, math.floor(tokens * 1000)}
 """
 
 
@@ -97,13 +96,19 @@ class RedisRateLimiter:
         self._script: Any = None
         self._down_until = 0.0
         self._lock = threading.Lock()
+        #: key -> (tokens Redis left it at this process's last charge or refund, when, monotonic)
+        self._seen: dict[str, tuple[float, float]] = {}
+        self.max_keys = 100_000
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:{self.name}:{key}"
 
     def _call(self, key: str, mode: str) -> int | None:
-        """The script's answer for `key`, or None when Redis cannot be used now (fall back)."""
-        if time.monotonic() < self._down_until:
+        """The script's answer for `key`, or None when Redis cannot be used now (fall back).
+
+        A take or refund also notes the tokens it left (`_seen`), which `exhausted` reads.
+        """
+        if self._redis_down():
             return None
         try:
             if self._script is None:
@@ -111,7 +116,10 @@ class RedisRateLimiter:
                     if self._script is None:
                         self._client = self._factory(self._url)
                         self._script = self._client.register_script(_SCRIPT)
-            return int(self._script(keys=[self._key(key)], args=[repr(self.rate), repr(self.burst), mode, self._ttl_ms]))
+            ok, milli = self._script(keys=[self._key(key)], args=[repr(self.rate), repr(self.burst), mode, self._ttl_ms])
+            if mode != "known":
+                self._note(key, int(milli) / 1000.0)
+            return int(ok)
         except Exception as exc:  # noqa: BLE001 - any Redis failure: limit locally, never fail the request
             self._down_until = time.monotonic() + RETRY_S
             self.fallbacks += 1
@@ -121,12 +129,35 @@ class RedisRateLimiter:
                         _shown(self._url), type(exc).__name__, str(exc)[:200], RETRY_S)
             return None
 
+    def _redis_down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _note(self, key: str, tokens: float) -> None:
+        """Remember what Redis left `key` (bounded, like `RateLimiter`: the stalest half goes)."""
+        with self._lock:
+            self._seen[key] = (tokens, time.monotonic())
+            if len(self._seen) > self.max_keys:
+                for k, _ in sorted(self._seen.items(), key=lambda kv: kv[1][1])[: self.max_keys // 2]:
+                    del self._seen[k]
+
     def exhausted(self, key: str, now: float | None = None) -> bool:
-        """Whether `key`'s next request would be refused (nothing is charged)."""
+        """Whether `key`'s next request would be refused (nothing is charged), without asking Redis.
+
+        Answered from what Redis said at this process's last charge of `key`, refilled since:
+        other processes only take tokens, so "exhausted" here is exhausted there too, and a
+        request let through on a stale "not exhausted" is refused by its charge (`allow`).
+        This check runs before every body is parsed; a round trip each time cost ~0.2 ms.
+        """
         if self.rate <= 0:
             return False
-        answer = self._call(key, "peek")
-        return self.local.exhausted(key, now) if answer is None else answer == 1
+        if self._redis_down():
+            return self.local.exhausted(key, now)
+        with self._lock:
+            seen = self._seen.get(key)
+        if seen is None:
+            return False
+        tokens, at = seen
+        return min(self.burst, tokens + (time.monotonic() - at) * self.rate) < 1.0
 
     def allow(self, key: str, now: float | None = None) -> bool:
         """Charge one request to `key`; False (refuse) when its budget is used up."""

@@ -71,6 +71,18 @@ def test_two_processes_draw_on_one_budget(prefix: str) -> None:
     assert sum(local[i % 2].allow("dev-1") for i in range(10)) == 8
 
 
+def test_the_early_check_needs_no_round_trip_and_the_charge_decides(prefix: str) -> None:
+    a, b = _shared(prefix), _shared(prefix)  # a burst of 4
+    assert all(a.allow("k") for _ in range(4))
+    trips: list[int] = []
+    script = a._script
+    a._script = lambda **kw: trips.append(1) or script(**kw)
+    assert a.exhausted("k") and trips == []  # from what Redis said at a's own charges
+    assert not b.exhausted("k")  # b never charged k: it lets the request on to its charge...
+    assert not b.allow("k")  # ...which Redis refuses
+    assert b.exhausted("k")  # and now b knows too
+
+
 def test_the_budget_refills_and_a_refund_gives_a_token_back(prefix: str) -> None:
     lim = _shared(prefix, rate=4.0)  # burst 8
     while lim.allow("d"):
