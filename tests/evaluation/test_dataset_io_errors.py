@@ -6,11 +6,9 @@ making `Path.iterdir` raise PermissionError for them, as the OS does for a folde
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import Result
 from typer.testing import CliRunner
@@ -24,21 +22,7 @@ from evaluation.datasets import (
     load_cmu,
     modality_dir,
 )
-
-KEYS_HEADER = "key,time_since_beginning,press_to_press,hold_time,release_to_press\n"
-
-
-def _keys_csv(n: int = 40, seed: int = 0) -> str:
-    rng = np.random.default_rng(seed)
-    t = np.cumsum(rng.uniform(0.1, 0.3, n))
-    return KEYS_HEADER + "".join(f"{'abcde'[i % 5]},{ti:.3f},{rng.uniform(0.05, 0.15):.3f},0.2,0.1\n"
-                                 for i, ti in enumerate(t))
-
-
-def _write_gz(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(text.encode()))
-    return path
+from tests.evaluation.test_bad_data import _keys_csv, _write_gz
 
 
 def _keys_folder(root: Path, ids: list[int]) -> Path:
