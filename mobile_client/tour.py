@@ -33,6 +33,8 @@ log = logging.getLogger("mobile_client.tour")
 #: Kivy key codes of the key names the synthetic generator and the passphrase use
 #: seconds of walking replayed before each payment (evidence must be new behaviour every time)
 PAYMENT_WALK_S = 16.0
+#: how long the tour waits for one thing to happen on screen (a server's answer included)
+WAIT_S = 90.0
 KEYCODES = {"space": (32, " "), "shift": (304, None), "backspace": (8, None), "period": (46, "."),
             "comma": (44, ","), "enter": (13, None)}
 
@@ -192,12 +194,17 @@ class Tour:
             self.app.services.evidence.add)
         self.catch_up_with_walk()
 
-    def wait_for(self, cond: Callable[[], bool], what: str, frames: int = 2000) -> Iterator[int]:
-        for _ in range(frames):
-            if cond():
-                return
+    def wait_for(self, cond: Callable[[], bool], what: str, seconds: float = WAIT_S) -> Iterator[int]:
+        """Frames until `cond` holds; TimeoutError after `seconds` of wall time.
+
+        Wall time, not frames: an offscreen window draws hundreds of frames a second, and a
+        decision from a server on a loaded machine took longer than the 2,000 frames once allowed.
+        """
+        deadline = time.monotonic() + seconds
+        while not cond():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited too long for: {what} ({seconds:g} s)")
             yield 1
-        raise TimeoutError(f"waited too long for: {what}")
 
     # ------------------------------------------------------------------ the tour
     def run(self) -> Iterator[int]:
@@ -329,7 +336,7 @@ class Tour:
                 if pay.phase == "form":
                     break
             yield from self.wait_for(partial(lambda p: p.phase == "form", pay), "an empty payment form after Done",
-                                     frames=1)
+                                     seconds=0)
             yield 3
 
         privacy = app.go("privacy")
