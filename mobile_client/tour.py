@@ -303,14 +303,19 @@ class Tour:
             self.walk(i)  # paying on the move: recent walking evidence, new for every payment
             if i == 0:
                 yield from self.shot("08-transaction")
-            for _ in range(3):  # a tap that missed the button (layout still settling) is tapped again
+            # a tap that missed the button (layout still settling on a loaded machine) is tapped
+            # again until the payment is under way; each pay tap is counted in the report
+            taps, deadline = 0, time.monotonic() + WAIT_S
+            while pay.phase == "form" and not pay.error and time.monotonic() < deadline:
                 yield from self.tap(pay.ids.pay)
+                taps += 1
                 for _ in range(30):
                     if pay.phase != "form" or pay.error:
                         break
                     yield 1
-                if pay.phase != "form" or pay.error:
-                    break
+            r.setdefault("pay_taps", []).append(taps)
+            if pay.phase == "form" and not pay.error:
+                raise TimeoutError(f"the Pay button did not start the payment in {taps} taps ({WAIT_S:g} s)")
             yield from self.wait_for(partial(_decided, pay), "decision")
             if pay.phase != "result":
                 raise RuntimeError(f"payment failed: {pay.error}")
