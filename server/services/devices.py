@@ -193,11 +193,20 @@ class RateLimiter:
         with self._lock:
             tokens = self._tokens(key, now)
             ok = tokens >= 1.0
-            self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
-            if len(self._buckets) > self.max_keys:  # forget the stalest half
-                for k, _ in sorted(self._buckets.items(), key=lambda kv: kv[1][1])[: self.max_keys // 2]:
-                    del self._buckets[k]
+            self._store(key, tokens - 1.0 if ok else tokens, now)
             return ok
+
+    def set(self, key: str, tokens: float, now: float | None = None) -> None:
+        """Make `key` hold `tokens` as of `now` (what a shared budget said: `shared_limits`)."""
+        with self._lock:
+            self._store(key, tokens, time.monotonic() if now is None else now)
+
+    def _store(self, key: str, tokens: float, now: float) -> None:
+        """Keep `key`'s bucket; past `max_keys`, forget the stalest half (caller holds the lock)."""
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > self.max_keys:
+            for k, _ in sorted(self._buckets.items(), key=lambda kv: kv[1][1])[: self.max_keys // 2]:
+                del self._buckets[k]
 
 
 PRUNE_EVERY = 1000

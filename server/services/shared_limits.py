@@ -96,9 +96,8 @@ class RedisRateLimiter:
         self._script: Any = None
         self._down_until = 0.0
         self._lock = threading.Lock()
-        #: key -> (tokens Redis left it at this process's last charge or refund, when, monotonic)
-        self._seen: dict[str, tuple[float, float]] = {}
-        self.max_keys = 100_000
+        #: what Redis left each key at this process's last charge or refund, refilled since
+        self._seen = RateLimiter(rate, self.burst)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}:{self.name}:{key}"
@@ -118,7 +117,7 @@ class RedisRateLimiter:
                         self._script = self._client.register_script(_SCRIPT)
             ok, milli = self._script(keys=[self._key(key)], args=[repr(self.rate), repr(self.burst), mode, self._ttl_ms])
             if mode != "known":
-                self._note(key, int(milli) / 1000.0)
+                self._seen.set(key, int(milli) / 1000.0)
             return int(ok)
         except Exception as exc:  # noqa: BLE001 - any Redis failure: limit locally, never fail the request
             self._down_until = time.monotonic() + RETRY_S
@@ -132,14 +131,6 @@ class RedisRateLimiter:
     def _redis_down(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def _note(self, key: str, tokens: float) -> None:
-        """Remember what Redis left `key` (bounded, like `RateLimiter`: the stalest half goes)."""
-        with self._lock:
-            self._seen[key] = (tokens, time.monotonic())
-            if len(self._seen) > self.max_keys:
-                for k, _ in sorted(self._seen.items(), key=lambda kv: kv[1][1])[: self.max_keys // 2]:
-                    del self._seen[k]
-
     def exhausted(self, key: str, now: float | None = None) -> bool:
         """Whether `key`'s next request would be refused (nothing is charged), without asking Redis.
 
@@ -150,14 +141,7 @@ class RedisRateLimiter:
         """
         if self.rate <= 0:
             return False
-        if self._redis_down():
-            return self.local.exhausted(key, now)
-        with self._lock:
-            seen = self._seen.get(key)
-        if seen is None:
-            return False
-        tokens, at = seen
-        return min(self.burst, tokens + (time.monotonic() - at) * self.rate) < 1.0
+        return (self.local if self._redis_down() else self._seen).exhausted(key, now)
 
     def allow(self, key: str, now: float | None = None) -> bool:
         """Charge one request to `key`; False (refuse) when its budget is used up."""
