@@ -19,6 +19,10 @@ thread per database (whichever worker process holds `<db>.checkpointer`) does th
   always begins before it finishes), so without this the file grows by ~100 KB per request.
   Writers wait for it on the lock, where they wake at once; it polls for readers still on the
   old log every 0.5 ms rather than sleeping in SQLite's busy handler (1, 2, 5, 10 ms steps).
+  What it has left to do under the lock is kept small: each PASSIVE round syncs the database
+  file it copied into (SQLite does so only after a checkpoint that reached the log's end,
+  which never happens under steady writes), and before the lock a short catch-up round and a
+  sync of both files leave it the last few frames to copy and sync (`tick`).
 Between checkpoints the thread also asks the kernel, every `writeback_s`, to start writing the
 log's dirty pages to disk (`sync_file_range`, Linux; it waits for nothing). The checkpoint's
 own fsync then finds little left to write: measured under the API bench's load, PASSIVE
@@ -232,12 +236,16 @@ class WalCheckpointer:
             conn.close()
 
     def passive(self) -> tuple[int, int, int] | None:
-        """A PASSIVE checkpoint from a short-lived thread at idle priority (`idle_priority`)."""
+        """A PASSIVE checkpoint, and the database file synced, from a short-lived thread at idle priority.
+
+        See `idle_priority`, and `sync_database` for why the sync.
+        """
         out: list[tuple[int, int, int] | None] = []
 
         def run() -> None:
             idle_priority()
             out.append(self.checkpoint("PASSIVE"))
+            self.sync_database()
 
         thread = threading.Thread(target=run, name="cadence-wal-passive", daemon=True)
         thread.start()
@@ -255,11 +263,34 @@ class WalCheckpointer:
         self.passive()  # the bulk of the copying and syncing, blocking no one
         if not restart:
             return True
-        # Writers wait on the lock meanwhile: the copy of what the PASSIVE round left, its
-        # fsyncs, and readers still on the old log finishing (a read phase lasts a few ms).
-        self.sync_log()  # what is in the log now is on disk before writers must wait
+        # Writers wait on the lock meanwhile: the copy of what the rounds before left, its
+        # fsyncs, and readers still on the old log finishing (a read phase lasts a few ms). So
+        # first, blocking no one: copy what came in during the idle-priority round (at normal
+        # priority: a few ms), and put the database file and the log on disk.
+        self._catch_up()
+        self.sync_database()
+        self.sync_log()
         with self.write_lock:
             return self._restart()
+
+    def _catch_up(self) -> None:
+        """A PASSIVE checkpoint on the RESTART's connection (`_restart_connection`), here and now."""
+        try:
+            self._restart_connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # busy: the RESTART copies the rest
+            log.debug("wal checkpoint PASSIVE (catch-up) skipped: %s", exc)
+
+    def sync_database(self) -> bool:
+        """Flush the database file to disk now; False if it cannot be opened (or there is no fdatasync).
+
+        SQLite syncs the database file only after a checkpoint that reached the end of the log.
+        Under a steady stream of writes a PASSIVE round never does, so every page it copied stayed
+        dirty until the RESTART, whose sync then flushed them all with every writer waiting:
+        14-17 ms of its 14-19 ms hold in a standalone repro of the API bench's write load
+        (BENCHMARKS.md, API, "Twenty-seventh round"). Synced here, outside the lock, that sync
+        has only the last few pages left.
+        """
+        return self._fdatasync(self.database)
 
     def sync_log(self) -> bool:
         """Flush the log to disk now, outside the write lock; False if there is no log (or no fdatasync).
@@ -267,6 +298,9 @@ class WalCheckpointer:
         The RESTART syncs the log under the lock before copying from it; synced here first, that
         sync only has the frames written in between to flush.
         """
+        return self._fdatasync(f"{self.database}-wal")
+
+    def _fdatasync(self, path: str) -> bool:
         if not hasattr(os, "fdatasync"):
             return False
 
@@ -274,12 +308,17 @@ class WalCheckpointer:
             os.fdatasync(fd)
             return True
 
-        return self._on_log(flush)
+        return self._on_file(path, flush)
 
     def _on_log(self, fn: Callable[[int], bool]) -> bool:
         """`fn` on a read-only descriptor of the log; False if there is no log or the call fails."""
+        return self._on_file(f"{self.database}-wal", fn)
+
+    @staticmethod
+    def _on_file(path: str, fn: Callable[[int], bool]) -> bool:
+        """`fn` on a read-only descriptor of `path`; False if there is no such file or the call fails."""
         try:
-            fd = os.open(f"{self.database}-wal", os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except OSError:  # no log yet (or just removed)
             return False
         try:

@@ -125,17 +125,18 @@ def test_passive_rounds_run_at_idle_priority_and_the_restart_under_the_lock_does
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db, engine = _table_db(tmp_path / "p.sqlite")
     ck = WalCheckpointer(engine, write_lock(engine), interval_s=3600)
-    seen: dict[str, tuple[str, int]] = {}
-    checkpoint, restart = ck.checkpoint, ck._restart
+    seen: dict[str, list[tuple[str, int]]] = {"passive": [], "catch-up": [], "restart": []}
+    checkpoint, restart, catch_up = ck.checkpoint, ck._restart, ck._catch_up
 
     def spy(kind: str, fn):  # type: ignore[no-untyped-def]
         def wrapped(*a, **k):  # type: ignore[no-untyped-def]
-            seen[kind] = (threading.current_thread().name, os.sched_getscheduler(0))
+            seen[kind].append((threading.current_thread().name, os.sched_getscheduler(0)))
             return fn(*a, **k)
         return wrapped
 
     monkeypatch.setattr(ck, "checkpoint", spy("passive", checkpoint))
     monkeypatch.setattr(ck, "_restart", spy("restart", restart))
+    monkeypatch.setattr(ck, "_catch_up", spy("catch-up", catch_up))
     try:
         _write_rows(engine, 300)
         assert ck.tick(restart=True) is True
@@ -144,8 +145,11 @@ def test_passive_rounds_run_at_idle_priority_and_the_restart_under_the_lock_does
     finally:
         ck.stop()
         engine.dispose()
-    assert seen["passive"] == ("cadence-wal-passive", os.SCHED_IDLE)  # a thread of its own, idle class
-    assert seen["restart"] == (threading.current_thread().name, os.SCHED_OTHER)  # holds the lock: normal class
+    me = (threading.current_thread().name, os.SCHED_OTHER)
+    # the bulk round: a thread of its own, idle class; the short catch-up round before the lock
+    # and the RESTART under it (every writer waits for those): the normal class
+    assert seen["passive"] == [("cadence-wal-passive", os.SCHED_IDLE)]
+    assert seen["catch-up"] == seen["restart"] == [me]
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the caller's own class is untouched
 
 
@@ -187,6 +191,56 @@ def test_restart_flushes_the_log_before_the_write_lock_and_keeps_one_connection(
     assert len(made) == 1  # the RESTART's connection is made once (PASSIVE rounds run in their own thread)
     with pytest.raises(sqlite3.ProgrammingError):
         made[0].execute("SELECT 1")  # and closed by stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fdatasync"), reason="fdatasync is POSIX-only")
+def test_database_file_is_synced_after_each_passive_round_and_before_the_restart_takes_the_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite syncs the database file only after a checkpoint that reached the end of the log:
+    # under steady writes the PASSIVE rounds never do, and the RESTART's sync flushed all they had
+    # copied with every writer waiting on the lock
+    db, engine = _table_db(tmp_path / "d.sqlite")
+    events: list[str] = []
+    lock = write_lock(engine)
+
+    class Recorded:
+        def __enter__(self) -> None:
+            events.append("lock")
+            lock.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            lock.__exit__(*exc)
+
+    ck = WalCheckpointer(engine, Recorded(), interval_s=3600)
+    fdatasync, checkpoint, catch_up = os.fdatasync, ck.checkpoint, ck._catch_up
+
+    def recorded_sync(fd: int) -> None:
+        ino = os.fstat(fd).st_ino
+        events.append({db.stat().st_ino: "sync:db", Path(f"{db}-wal").stat().st_ino: "sync:wal"}.get(ino, "sync:?"))
+        fdatasync(fd)
+
+    def recorded_checkpoint(mode: str = "PASSIVE", **kw):  # type: ignore[no-untyped-def]
+        events.append(mode)
+        return checkpoint(mode, **kw)
+
+    monkeypatch.setattr(os, "fdatasync", recorded_sync)
+    monkeypatch.setattr(ck, "checkpoint", recorded_checkpoint)
+    monkeypatch.setattr(ck, "_catch_up", lambda: events.append("catch-up") or catch_up())
+    try:
+        _write_rows(engine, 100)
+        assert ck.tick(restart=False) is True
+        assert events == ["PASSIVE", "sync:db"]  # the idle-priority round syncs what it copied
+        events.clear()
+        _write_rows(engine, 100)
+        assert ck.tick(restart=True) is True
+        # then a catch-up round, and both files on disk, before writers must wait
+        assert events == ["PASSIVE", "sync:db", "catch-up", "sync:db", "sync:wal", "lock"]
+        _write_rows(engine, 1)
+        assert _wal_frames(db) <= 4  # still a real RESTART: the next writer started the log over
+    finally:
+        ck.stop()
+        engine.dispose()
+    assert not WalCheckpointer(make_engine(f"sqlite:///{tmp_path / 'none.sqlite'}")).sync_database()  # no file
 
 
 def test_only_one_process_checkpoints_a_database(tmp_path: Path) -> None:
