@@ -358,7 +358,7 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
             return
         lat.append((clock() - start) * 1000.0)
         if status >= 400:
-            fail(str(status))
+            fail(_refusal(status, body))
         elif requests is not None:
             if live:  # the caller watches answers arrive (the crash test)
                 responses[requests[i].key] = json.loads(body)
@@ -385,6 +385,15 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
     for key, body in bodies:  # parsed after the clock stopped
         responses[key] = json.loads(body)
     return PhaseResult(lat, errors, seconds, responses, kinds, connections, lateness)
+
+
+def _refusal(status: int, body: bytes) -> str:
+    """An error's kind for the report: the status, and the API's reason code when the body has one."""
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    return f"{status} {code}" if isinstance(code, str) and code.isprintable() and len(code) <= 64 else str(status)
 
 
 def run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int,

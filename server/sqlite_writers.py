@@ -82,6 +82,15 @@ def try_flock(path: str) -> int | None:
 log = logging.getLogger(__name__)
 
 
+def _same_file(fd: int, st: os.stat_result) -> bool:
+    """Whether descriptor `fd` is open on the file `st` describes."""
+    try:
+        fst = os.fstat(fd)
+    except OSError:
+        return False
+    return (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino)
+
+
 def sqlite_file(url: URL) -> str | None:
     """The database file of a SQLite URL in the plain path form, beside which the lock files go.
 
@@ -205,6 +214,7 @@ class WalCheckpointer:
         self._thread: threading.Thread | None = None
         self._owner_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
+        self._db_fd: int | None = None  # SQLite's own descriptor of the database file (`_database_fd`)
         if self.enabled:
             event.listen(engine, "connect", self._on_connect)
 
@@ -281,7 +291,7 @@ class WalCheckpointer:
             log.debug("wal checkpoint PASSIVE (catch-up) skipped: %s", exc)
 
     def sync_database(self) -> bool:
-        """Flush the database file to disk now; False if it cannot be opened (or there is no fdatasync).
+        """Flush the database file to disk now; False if it cannot be (no file, no descriptor, no fdatasync).
 
         SQLite syncs the database file only after a checkpoint that reached the end of the log.
         Under a steady stream of writes a PASSIVE round never does, so every page it copied stayed
@@ -290,7 +300,43 @@ class WalCheckpointer:
         (BENCHMARKS.md, API, "Twenty-seventh round"). Synced here, outside the lock, that sync
         has only the last few pages left.
         """
-        return self._fdatasync(self.database)
+        fd = self._database_fd()
+        if fd is None:
+            return False
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            return False
+        return True
+
+    def _database_fd(self) -> int | None:
+        """A descriptor of the database file that SQLite opened (the RESTART's connection): synced, never closed here.
+
+        Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+        own included. With this process's locks gone, another process's last connection takes the
+        database as unused, checkpoints it and deletes the log under this one's connections: two
+        server workers then each see a database of their own. So the file is never opened here;
+        the descriptor is found by inode in /proc/self/fd (Linux; None elsewhere: no sync).
+        """
+        if not hasattr(os, "fdatasync") or not os.path.isfile(self.database):
+            return None
+        self._restart_connection()  # holds the file open from now until `stop`
+        try:
+            want = os.stat(self.database)
+        except OSError:
+            return None
+        if self._db_fd is not None and _same_file(self._db_fd, want):
+            return self._db_fd
+        self._db_fd = None
+        try:
+            names = os.listdir("/proc/self/fd")
+        except OSError:
+            return None
+        for name in names:
+            if name.isdigit() and _same_file(int(name), want):
+                self._db_fd = int(name)
+                break
+        return self._db_fd
 
     def sync_log(self) -> bool:
         """Flush the log to disk now, outside the write lock; False if there is no log (or no fdatasync).
@@ -298,9 +344,6 @@ class WalCheckpointer:
         The RESTART syncs the log under the lock before copying from it; synced here first, that
         sync only has the frames written in between to flush.
         """
-        return self._fdatasync(f"{self.database}-wal")
-
-    def _fdatasync(self, path: str) -> bool:
         if not hasattr(os, "fdatasync"):
             return False
 
@@ -308,17 +351,15 @@ class WalCheckpointer:
             os.fdatasync(fd)
             return True
 
-        return self._on_file(path, flush)
+        return self._on_log(flush)
 
     def _on_log(self, fn: Callable[[int], bool]) -> bool:
-        """`fn` on a read-only descriptor of the log; False if there is no log or the call fails."""
-        return self._on_file(f"{self.database}-wal", fn)
+        """`fn` on a read-only descriptor of the log; False if there is no log or the call fails.
 
-    @staticmethod
-    def _on_file(path: str, fn: Callable[[int], bool]) -> bool:
-        """`fn` on a read-only descriptor of `path`; False if there is no such file or the call fails."""
+        Opening and closing the log is safe: SQLite locks the database and -shm files, never the log.
+        """
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(f"{self.database}-wal", os.O_RDONLY)
         except OSError:  # no log yet (or just removed)
             return False
         try:
@@ -397,6 +438,7 @@ class WalCheckpointer:
             self._thread.join(timeout=10)
             self._thread = None
             self.checkpoint("PASSIVE")
+        self._db_fd = None  # SQLite's: closed with its connection
         if self._conn is not None:
             self._conn.close()
             self._conn = None

@@ -89,3 +89,14 @@ def test_bench_api_database_setting_refuses_what_it_cannot_use(tmp_path: Path, m
     with pytest.raises(BenchError, match="CADENCE_BENCH_API_DATABASE_URL") as err:
         run_bench("api", BenchContext(data_dir=None, out=tmp_path, quick=True, progress=False), print_table=False)
     assert says in str(err.value) and "secret" not in str(err.value)
+
+
+def test_the_bench_names_the_reason_of_each_refusal() -> None:
+    # the CI run that broke the must-show reported only {'401': 596, '429': 369}: which 401 was it?
+    from server.loadgen import _refusal
+
+    assert _refusal(401, b'{"detail": "X-Cadence-Nonce: ...", "code": "replayed_request"}') == "401 replayed_request"
+    assert _refusal(429, b'{"detail": "slow down", "code": "rate_limited"}') == "429 rate_limited"
+    assert _refusal(502, b"<html>bad gateway</html>") == "502"  # not the API's answer: the status alone
+    assert _refusal(400, b'{"code": "\\u001b[31mred"}') == "400"  # nothing unprintable reaches the report
+    assert _refusal(400, b'[1, 2]') == "400"

@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -175,7 +176,7 @@ def test_restart_flushes_the_log_before_the_write_lock_and_keeps_one_connection(
 
     def counting(*a, **k):  # type: ignore[no-untyped-def]
         c = connect(*a, **k)
-        if threading.current_thread() is threading.main_thread():
+        if k.get("timeout") == 0:  # the RESTART's (a PASSIVE round's own connection waits 50 ms)
             made.append(c)
         return c
 
@@ -188,7 +189,7 @@ def test_restart_flushes_the_log_before_the_write_lock_and_keeps_one_connection(
         ck.stop()
         engine.dispose()
     assert events == ["sync:True", "lock"] * 2  # the log is flushed before writers are made to wait
-    assert len(made) == 1  # the RESTART's connection is made once (PASSIVE rounds run in their own thread)
+    assert len(made) == 1  # the RESTART's connection is made once, and kept
     with pytest.raises(sqlite3.ProgrammingError):
         made[0].execute("SELECT 1")  # and closed by stop()
 
@@ -240,7 +241,51 @@ def test_database_file_is_synced_after_each_passive_round_and_before_the_restart
     finally:
         ck.stop()
         engine.dispose()
-    assert not WalCheckpointer(make_engine(f"sqlite:///{tmp_path / 'none.sqlite'}")).sync_database()  # no file
+    none = tmp_path / "none.sqlite"
+    assert not WalCheckpointer(make_engine(f"sqlite:///{none}")).sync_database() and not none.exists()  # nor made
+
+
+#: a child process asks for SQLite's EXCLUSIVE lock on a database file (the unix VFS's shared
+#: range: 510 bytes from PENDING_BYTE + 2), as a closing connection does before it deletes the log
+_TAKE_EXCLUSIVE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 510, 0x40000002, 0)
+except OSError:
+    print("held")
+else:
+    print("taken")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX record locks as Linux keeps them")
+def test_checkpointing_keeps_this_process_sqlite_locks_on_the_database(tmp_path: Path) -> None:
+    # closing any descriptor of a file drops every POSIX lock the process holds on it: a sync of
+    # the database through a descriptor of its own dropped SQLite's, and another process's last
+    # connection could then take the database as unused and delete the log under this one's
+    db, engine = _table_db(tmp_path / "k.sqlite")
+    ck = WalCheckpointer(engine, write_lock(engine), interval_s=3600)
+    reader = sqlite3.connect(db, isolation_level=None)
+
+    def other_process() -> str:
+        out = subprocess.run([sys.executable, "-c", _TAKE_EXCLUSIVE, str(db)], capture_output=True, text=True,
+                             timeout=60)
+        return out.stdout.strip()
+
+    try:
+        reader.execute("SELECT count(*) FROM t").fetchone()  # in WAL mode it keeps a SHARED lock from here
+        assert other_process() == "held"
+        _write_rows(engine, 100)
+        assert ck.tick(restart=False) and ck.sync_database()
+        assert other_process() == "held"
+        _write_rows(engine, 100)
+        assert ck.tick(restart=True) is True
+        assert other_process() == "held"
+    finally:
+        reader.close()
+        ck.stop()
+        engine.dispose()
 
 
 def test_only_one_process_checkpoints_a_database(tmp_path: Path) -> None:
