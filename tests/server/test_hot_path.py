@@ -52,6 +52,20 @@ def _write_rows(engine, n: int) -> None:  # type: ignore[no-untyped-def]
             conn.execute(text("INSERT INTO t (x) VALUES (:x)"), {"x": "y" * 200 + str(i)})
 
 
+class _RecordedLock:
+    """The server's write lock, noting "lock" in `events` each time it is taken."""
+
+    def __init__(self, lock, events: list[str]) -> None:  # type: ignore[no-untyped-def]
+        self.lock, self.events = lock, events
+
+    def __enter__(self) -> None:
+        self.events.append("lock")
+        self.lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.__exit__(*exc)
+
+
 def test_checkpointer_turns_off_auto_checkpoint_and_restarts_the_log(tmp_path: Path) -> None:
     db, engine = _table_db(tmp_path / "w.sqlite")
     ck = WalCheckpointer(engine, write_lock(engine), interval_s=3600)
@@ -158,17 +172,7 @@ def test_restart_flushes_the_log_before_the_write_lock_and_keeps_one_connection(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db, engine = _table_db(tmp_path / "s.sqlite")
     events: list[str] = []
-    lock = write_lock(engine)
-
-    class Recorded:
-        def __enter__(self) -> None:
-            events.append("lock")
-            lock.__enter__()
-
-        def __exit__(self, *exc: object) -> None:
-            lock.__exit__(*exc)
-
-    ck = WalCheckpointer(engine, Recorded(), interval_s=3600)
+    ck = WalCheckpointer(engine, _RecordedLock(write_lock(engine), events), interval_s=3600)
     sync_log = ck.sync_log
     monkeypatch.setattr(ck, "sync_log", lambda: events.append(f"sync:{sync_log()}") or True)
     made: list[sqlite3.Connection] = []
@@ -202,17 +206,7 @@ def test_database_file_is_synced_after_each_passive_round_and_before_the_restart
     # copied with every writer waiting on the lock
     db, engine = _table_db(tmp_path / "d.sqlite")
     events: list[str] = []
-    lock = write_lock(engine)
-
-    class Recorded:
-        def __enter__(self) -> None:
-            events.append("lock")
-            lock.__enter__()
-
-        def __exit__(self, *exc: object) -> None:
-            lock.__exit__(*exc)
-
-    ck = WalCheckpointer(engine, Recorded(), interval_s=3600)
+    ck = WalCheckpointer(engine, _RecordedLock(write_lock(engine), events), interval_s=3600)
     fdatasync, checkpoint, catch_up = os.fdatasync, ck.checkpoint, ck._catch_up
 
     def recorded_sync(fd: int) -> None:
