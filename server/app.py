@@ -192,9 +192,12 @@ def _lifespan(settings: Settings, fusion: Any = None) -> Any:
         if settings.api_pin_workers and is_worker_process():
             pin_worker()
         # the checkpointer switches itself off for anything but a SQLite file
-        checkpointer = WalCheckpointer(app.state.engine, state.write_lock) if settings.sqlite_background_checkpoint else None
+        checkpointer = WalCheckpointer(app.state.engine, state.write_lock,
+                                       on_restart_hold=app.state.metrics.wal_restart_hold.observe) \
+            if settings.sqlite_background_checkpoint else None
         if checkpointer is not None:
             checkpointer.start(app.state.engine)
+        app.state.checkpointer = checkpointer
         retention = RetentionScheduler(state.sessions, app.state.engine, settings.purge_interval_s, state.write_lock)
         retention.start()
         app.state.retention = retention

@@ -107,6 +107,13 @@ class Metrics:
         self.rate_limit_fallbacks = Counter("cadence_rate_limit_fallbacks_total",
                                             "Rate-limit checks made locally while the shared Redis was unusable",
                                             ["budget"], registry=self.registry)
+        #: how long the WAL checkpointer's RESTART held the SQLite write lock, every writer waiting
+        #: (`server.sqlite_writers.WalCheckpointer`; none outside SQLite): under load 4-9 ms is normal
+        #: (BENCHMARKS.md, API, "Twenty-seventh round"); tens of ms point at a slow disk
+        self.wal_restart_hold = Histogram("cadence_sqlite_wal_restart_hold_seconds",
+                                          "Time the WAL checkpoint's RESTART held the SQLite write lock",
+                                          registry=self.registry,
+                                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 
     @contextmanager
     def counting_flags(self, scope: AbstractContextManager[Session]) -> Iterator[Session]:

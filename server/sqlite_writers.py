@@ -202,11 +202,14 @@ def write_lock(engine: Engine) -> Any:
 class WalCheckpointer:
     def __init__(self, engine: Engine, write_lock: AbstractContextManager[Any] | None = None, *,
                  interval_s: float = 1.0, restart_s: float = 5.0, writeback_s: float | None = 0.05,
-                 restart_busy_s: float = 0.02, restart_poll_s: float = 0.0005) -> None:
+                 restart_busy_s: float = 0.02, restart_poll_s: float = 0.0005,
+                 on_restart_hold: Callable[[float], None] | None = None) -> None:
         self.database = sqlite_file(engine.url) or ""
         self.write_lock = write_lock or nullcontext()
         self.interval_s, self.restart_s, self.restart_busy_s = interval_s, restart_s, restart_busy_s
         self.restart_poll_s = restart_poll_s
+        #: told how long each RESTART held the write lock, in seconds (the server's metrics)
+        self.on_restart_hold = on_restart_hold
         self._writeback = _sync_file_range() if writeback_s else None
         self.writeback_s = writeback_s if self._writeback is not None else None
         self.enabled = fcntl is not None and engine.dialect.name == "sqlite" and self.database != ""
@@ -281,7 +284,12 @@ class WalCheckpointer:
         self.sync_database()
         self.sync_log()
         with self.write_lock:
-            return self._restart()
+            t0 = time.perf_counter()
+            try:
+                return self._restart()
+            finally:
+                if self.on_restart_hold is not None:
+                    self.on_restart_hold(time.perf_counter() - t0)
 
     def _catch_up(self) -> None:
         """A PASSIVE checkpoint on the RESTART's connection (`_restart_connection`), here and now."""
