@@ -91,6 +91,17 @@ def _same_file(fd: int, st: os.stat_result) -> bool:
     return (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino)
 
 
+def _checkpoint_on(conn: sqlite3.Connection, mode: str) -> tuple[int, int, int] | None:
+    """`PRAGMA wal_checkpoint(mode)` on `conn`: (busy, log frames, checkpointed frames), None if refused."""
+    try:
+        row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    except sqlite3.Error as exc:  # busy or locked: the next round catches up
+        log.debug("wal checkpoint %s skipped: %s", mode, exc)
+        return None
+    log.debug("wal checkpoint %s -> %s", mode, row)
+    return tuple(row) if row else None
+
+
 def sqlite_file(url: URL) -> str | None:
     """The database file of a SQLite URL in the plain path form, beside which the lock files go.
 
@@ -239,12 +250,7 @@ class WalCheckpointer:
         """One checkpoint on a connection of its own: (busy, log frames, checkpointed frames)."""
         conn = sqlite3.connect(self.database, timeout=timeout, isolation_level=None)
         try:
-            row = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-            log.debug("wal checkpoint %s -> %s", mode, row)
-            return tuple(row) if row else None
-        except sqlite3.Error as exc:  # busy or locked: the next round catches up
-            log.debug("wal checkpoint %s skipped: %s", mode, exc)
-            return None
+            return _checkpoint_on(conn, mode)
         finally:
             conn.close()
 
@@ -292,11 +298,11 @@ class WalCheckpointer:
                     self.on_restart_hold(time.perf_counter() - t0)
 
     def _catch_up(self) -> None:
-        """A PASSIVE checkpoint on the RESTART's connection (`_restart_connection`), here and now."""
-        try:
-            self._restart_connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as exc:  # busy: the RESTART copies the rest
-            log.debug("wal checkpoint PASSIVE (catch-up) skipped: %s", exc)
+        """A PASSIVE checkpoint on the RESTART's connection (`_restart_connection`), here and now.
+
+        Skipped when busy: the RESTART copies the rest.
+        """
+        _checkpoint_on(self._restart_connection(), "PASSIVE")
 
     def sync_database(self) -> bool:
         """Flush the database file to disk now; False if it cannot be (no file, no descriptor, no fdatasync).
