@@ -423,14 +423,22 @@ class WalCheckpointer:
         return self._on_log(lambda fd: int(writeback(fd, 0, 0, SYNC_FILE_RANGE_WRITE)) == 0)
 
     def _run(self) -> None:
-        unpin_this_thread()  # a pinned worker's CPU is its request handler's
+        # Standing by while another worker checkpoints, the thread only asks once a round
+        # whether that one has gone (it asked every `writeback_s`, 20 times a second) and stays
+        # on its worker's CPU: each wake-up takes the interpreter lock from the request handler.
+        unpinned = False
         last_restart = last_tick = time.monotonic()
         step = min(self.interval_s, self.writeback_s or self.interval_s)
-        while not self._stop.wait(step):
+        self._own()  # the first to start claims the database at once
+        while not self._stop.wait(step if self._owner_fd is not None else self.interval_s):
+            if not self._own():
+                continue
+            if not unpinned:  # a pinned worker's CPU is its request handler's
+                unpinned = True
+                unpin_this_thread()
             now = time.monotonic()
             if now - last_tick < self.interval_s:
-                if self._own():
-                    self.start_writeback()
+                self.start_writeback()
                 continue
             last_tick = now
             restart = now - last_restart >= self.restart_s

@@ -22,6 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+import server.sqlite_writers as sw
 from cadence.db import make_engine
 from server.api.routes.health import INSTANCE_ID
 from server.app import create_app
@@ -289,6 +290,36 @@ def test_only_one_process_checkpoints_a_database(tmp_path: Path) -> None:
         assert a._own() and not b._own()
     finally:
         a.stop(), b.stop()
+        engine.dispose()
+
+
+def test_a_standing_by_checkpointer_asks_once_a_round_and_takes_over_when_the_owner_goes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    asks: list[float] = []
+    real = sw.try_flock
+
+    def counted(path: str) -> int | None:
+        asks.append(time.monotonic())
+        return real(path)
+
+    owner = WalCheckpointer(engine)
+    standby = WalCheckpointer(engine, interval_s=0.2, writeback_s=0.01)
+    try:
+        assert owner._own()
+        monkeypatch.setattr(sw, "try_flock", counted)
+        standby.start(engine)
+        time.sleep(1.0)
+        # every `writeback_s` (10 ms here) before: ~100 wake-ups a second of the standby worker's thread
+        assert 2 <= len(asks) <= 7, asks
+        owner.stop()  # gone: closing its descriptor releases the flock
+        deadline = time.monotonic() + 3
+        while standby._owner_fd is None:
+            assert time.monotonic() < deadline, "the standby did not take over"
+            time.sleep(0.05)
+    finally:
+        owner.stop()
+        standby.stop()
         engine.dispose()
 
 
