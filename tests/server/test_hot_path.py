@@ -406,6 +406,39 @@ def test_raw_http_pool_talks_to_a_real_server_and_reports_a_dead_one(tmp_path: P
         runner.run(dead())
 
 
+def test_a_request_the_generators_timer_sent_early_is_timed_from_its_send(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvloop's timers have 1 ms resolution and fired up to 0.9 ms early; timed from the schedule,
+    # a third of the no-op's latencies read below zero on 2026-12-07 (BENCHMARKS.md, API, round 28)
+    import uvicorn
+
+    app = create_app(make_settings(tmp_path))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    real_sleep = asyncio.sleep
+
+    async def early(delay: float, *a: object) -> None:  # a timer that always fires 3 ms early
+        await real_sleep(max(0.0, delay - 0.003))
+
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        monkeypatch.setattr(asyncio, "sleep", early)
+        phase = run_phase(f"http://127.0.0.1:{port}", None, rate=100.0, n=40)
+        monkeypatch.undo()
+        assert phase.n == 40 and phase.errors == 0
+        assert min(phase.send_lateness_ms) < -2.0  # it did send early
+        assert min(phase.latencies_ms) > 0.0  # and no answer came before its request left
+    finally:
+        monkeypatch.undo()
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
 def test_pool_sends_each_request_to_the_least_busy_server_process() -> None:
     from server.rawhttp import _Connection
 
