@@ -91,6 +91,15 @@ def _same_file(fd: int, st: os.stat_result) -> bool:
     return (fst.st_dev, fst.st_ino) == (st.st_dev, st.st_ino)
 
 
+def _fdatasync(fd: int) -> bool:
+    """Flush `fd`'s data to disk; False if the call fails."""
+    try:
+        os.fdatasync(fd)
+    except OSError:
+        return False
+    return True
+
+
 def _checkpoint_on(conn: sqlite3.Connection, mode: str) -> tuple[int, int, int] | None:
     """`PRAGMA wal_checkpoint(mode)` on `conn`: (busy, log frames, checkpointed frames), None if refused."""
     try:
@@ -315,13 +324,7 @@ class WalCheckpointer:
         has only the last few pages left.
         """
         fd = self._database_fd()
-        if fd is None:
-            return False
-        try:
-            os.fdatasync(fd)
-        except OSError:
-            return False
-        return True
+        return fd is not None and _fdatasync(fd)
 
     def _database_fd(self) -> int | None:
         """A descriptor of the database file that SQLite opened (the RESTART's connection): synced, never closed here.
@@ -358,14 +361,7 @@ class WalCheckpointer:
         The RESTART syncs the log under the lock before copying from it; synced here first, that
         sync only has the frames written in between to flush.
         """
-        if not hasattr(os, "fdatasync"):
-            return False
-
-        def flush(fd: int) -> bool:
-            os.fdatasync(fd)
-            return True
-
-        return self._on_log(flush)
+        return hasattr(os, "fdatasync") and self._on_log(_fdatasync)
 
     def _on_log(self, fn: Callable[[int], bool]) -> bool:
         """`fn` on a read-only descriptor of the log; False if there is no log or the call fails.
