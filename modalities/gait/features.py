@@ -167,6 +167,24 @@ def uniform_features(x: np.ndarray, rate: float = RATE) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def check_window(window_s: float, hop_s: float, rate: float = RATE) -> None:
+    """Refuse a window length or hop that can give no feature window, naming it (a ValueError).
+
+    Every window shorter than `MIN_WINDOW_S` is refused by `uniform_features` (so `walking_windows`
+    returned none, silently), a negative length gave no window either, and a hop under half a sample
+    of the internal grid rounds to a step of 0 (``range()`` failed with no name of the parameter).
+    """
+    for name, value in (("window_s", window_s), ("hop_s", hop_s)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(value):
+            raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
+    if int(round(window_s * rate)) < MIN_WINDOW_S * rate:  # `uniform_features`' own test, in samples
+        raise ValueError(f"window_s must be at least {MIN_WINDOW_S:g} s (the shortest window the features "
+                         f"describe), got {window_s:g}")
+    if int(round(hop_s * rate)) < 1:
+        raise ValueError(f"hop_s must be at least one sample of the {rate:g} Hz grid ({1 / rate:g} s), got {hop_s:g}")
+
+
 def window_features(series: AccelSeries) -> FeatureWindow:
     """Features of ONE window of raw accelerometer samples (any rate >= 20 Hz; m/s^2 with gravity).
 
@@ -216,6 +234,7 @@ def walking_windows(series: AccelSeries, window_s: float, *, hop_s: float | None
     if not (window_s > 0 and (hop_s is None or hop_s > 0)):
         raise ValueError(f"window_s and hop_s must be positive, got {window_s} and {hop_s}")
     hop_s = hop_s or window_s / 2
+    check_window(window_s, hop_s)
     t = series.t
     out: list[FeatureWindow] = []
     for part in walking_parts(series, min_s=window_s):
@@ -265,6 +284,7 @@ def windows_for_subject(segments: Sequence[AccelSeries], window_s: float, *, hop
     earliest windows can enrol and the later ones test (`SubjectWindows.chronological`).
     """
     hop_s = hop_s or window_s / 2
+    check_window(window_s, hop_s)
     feats, starts, pos = [], [], []
     walked = 0.0
     for seg in segments:
