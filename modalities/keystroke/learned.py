@@ -78,6 +78,12 @@ class _PopulationScorer(Scorer):
     #: expected shapes of the state (see `check_state`): p = log-timing width, m = cohort size
     _state_shapes: dict[str, tuple[int | str | None, ...]] = {
         "mu_": ("p",), "sd_": ("p",), "cohort_": ("m", "p"), "cohort_subjects_": ("m",)}
+    # fitted state, set all at once by `_set_fitted` when a fit succeeds (absent before)
+    dim_: np.ndarray
+    mu_: np.ndarray
+    sd_: np.ndarray
+    cohort_: np.ndarray
+    cohort_subjects_: np.ndarray
 
     _param_checks = {"cohort_per_subject": integer(ge=1), "znorm": boolean, "seed": seed_check}
 
@@ -99,21 +105,28 @@ class _PopulationScorer(Scorer):
             raise EventValidationError("subjects", "need windows of at least 3 subjects")
         return X, y
 
-    def _fit_standardiser(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _fit_standardiser(self, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Standardised log-timing rows and the shared state learned from them, set by the caller.
+
+        Returned rather than set, so that a fit that fails later leaves the previous model whole
+        (not a new standardiser beside the old covariances).
+        """
         L = log_timing(X)
-        self.dim_ = np.array(X.shape[1])
-        self.mu_ = L.mean(axis=0)
-        self.sd_ = np.maximum(L.std(axis=0), 1e-3)
-        Z = (L - self.mu_) / self.sd_
+        mu = L.mean(axis=0)
+        sd = np.maximum(L.std(axis=0), 1e-3)
+        Z = (L - mu) / sd
         rng = np.random.default_rng(self.seed)
         picks = []
         for s in np.unique(y):
             idx = np.flatnonzero(y == s)
             k = min(self.cohort_per_subject, idx.size)
             picks.append(np.sort(rng.choice(idx, size=k, replace=False)))
-        self.cohort_ = Z[np.concatenate(picks)]
-        self.cohort_subjects_ = y[np.concatenate(picks)]
-        return Z
+        pick = np.concatenate(picks)
+        return Z, {"dim_": np.array(X.shape[1]), "mu_": mu, "sd_": sd, "cohort_": Z[pick], "cohort_subjects_": y[pick]}
+
+    def _set_fitted(self, state: dict[str, np.ndarray]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
 
     def _z(self, X: np.ndarray) -> np.ndarray:
         self._check_params()
@@ -169,6 +182,9 @@ class LikelihoodRatioScorer(_PopulationScorer):
 
     name = "keystroke-llr"
     _state_keys = ("w_inv_", "t_inv_", "m_")
+    w_inv_: np.ndarray
+    t_inv_: np.ndarray
+    m_: np.ndarray
     _state_shapes = {"w_inv_": ("p", "p"), "t_inv_": ("p", "p"), "m_": ("p",)}
 
     _param_checks = {**_PopulationScorer._param_checks, "shrinkage": real(ge=0, le=1)}
@@ -179,7 +195,7 @@ class LikelihoodRatioScorer(_PopulationScorer):
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> LikelihoodRatioScorer:
         X, y = self._check_population(X, subjects)
-        Z = self._fit_standardiser(X, y)
+        Z, state = self._fit_standardiser(X, y)
         subs = np.unique(y)
         means = np.vstack([Z[y == s].mean(axis=0) for s in subs])
         R = Z - means[np.searchsorted(subs, y)]
@@ -187,9 +203,17 @@ class LikelihoodRatioScorer(_PopulationScorer):
         d = W.shape[0]
         W = (1 - self.shrinkage) * W + self.shrinkage * np.eye(d) * np.trace(W) / d
         B = np.cov(means.T) if subs.size > 1 else np.zeros_like(W)
-        self.m_ = means.mean(axis=0)
-        self.w_inv_ = np.linalg.inv(W)
-        self.t_inv_ = np.linalg.inv(W + B)
+        # Z has unit variance per column: a within-person spread of ~0 means each subject's windows are one
+        # point (one window each, or copies), which inverted to nonsense or a bare "Singular matrix"
+        if not np.trace(W) > 1e-9 * d:
+            raise EventValidationError("values", f"{self.name} cannot learn how a person's typing varies: no subject "
+                                                 "has two different windows (one window each, or identical windows)")
+        try:
+            w_inv, t_inv = np.linalg.inv(W), np.linalg.inv(W + B)
+        except np.linalg.LinAlgError:  # shrinkage 0 with fewer windows than features
+            raise EventValidationError("values", f"{self.name}: the within-person covariance of these windows is "
+                                                 "singular: use shrinkage > 0 or more windows") from None
+        self._set_fitted({**state, "m_": means.mean(axis=0), "w_inv_": w_inv, "t_inv_": t_inv})
         return self
 
     def _raw_template(self, Z: np.ndarray) -> Template:
@@ -211,6 +235,7 @@ class BackgroundSVMScorer(_PopulationScorer):
 
     name = "keystroke-background-svm"
     _state_keys = ("background_",)
+    background_: np.ndarray
     _state_shapes = {"background_": (None, "p")}
 
     _param_checks = {**_PopulationScorer._param_checks, "background_per_subject": integer(ge=1),
@@ -225,14 +250,14 @@ class BackgroundSVMScorer(_PopulationScorer):
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> BackgroundSVMScorer:
         X, y = self._check_population(X, subjects)
-        Z = self._fit_standardiser(X, y)
+        Z, state = self._fit_standardiser(X, y)
         rng = np.random.default_rng(self.seed + 1)
         picks = []
         for s in np.unique(y):
             idx = np.flatnonzero(y == s)
             k = min(self.background_per_subject, idx.size)
             picks.append(idx[:k] if self.background == "early" else np.sort(rng.choice(idx, size=k, replace=False)))
-        self.background_ = Z[np.concatenate(picks)]
+        self._set_fitted({**state, "background_": Z[np.concatenate(picks)]})
         return self
 
     def _raw_template(self, Z: np.ndarray) -> Template:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from modalities.events import AccelSeries
+from modalities.events import AccelSeries, EventValidationError
 from modalities.gait.features import walking_windows, windows_for_subject
+from modalities.keystroke.learned import FusedScorer, LikelihoodRatioScorer
 from tests.modalities.gait_synth import person, walk
+from tests.modalities.test_keystroke_scorers import cmu_like
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +52,29 @@ def test_valid_gait_windows_are_unchanged(long_walk: AccelSeries) -> None:
     ws = walking_windows(long_walk, 5.0)
     assert len(sw) > 0 and len(ws) == len(sw)
     np.testing.assert_allclose(np.vstack([w.values for w in ws]), sw.X)
+
+
+def test_llr_fit_without_within_person_spread_is_refused_and_keeps_the_fitted_model() -> None:
+    """One window per subject made W = 0: a bare ``LinAlgError: Singular matrix``.
+
+    It was raised after the standardiser and cohort of the new data were already set beside the
+    previous fit's covariances; copies of one window each fitted silently, inverting rounding noise.
+    """
+    X, y = cmu_like(n_subjects=6, n_reps=20)
+    s = LikelihoodRatioScorer().fit(X, y)
+    before = {k: v.copy() for k, v in s.get_state().items()}
+    tmpl = s.enroll(X[y == 0][:10])
+    scores = s.compare(tmpl, X[:5])
+    one_each = np.flatnonzero(np.r_[True, y[1:] != y[:-1]])  # the first window of each subject
+    Xo = X[one_each] * 1.5  # another population, so a half-updated model would score differently
+    for scorer in (s, FusedScorer()):
+        with pytest.raises(EventValidationError, match="no subject has two different windows") as e:
+            scorer.fit(Xo, y[one_each])
+        assert e.value.field == "values"
+    with pytest.raises(EventValidationError, match="no subject has two different windows"):
+        LikelihoodRatioScorer().fit(np.repeat(Xo, 3, axis=0), np.repeat(y[one_each], 3))  # identical windows
+    after = s.get_state()
+    assert sorted(after) == sorted(before)
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v, err_msg=k)
+    np.testing.assert_array_equal(s.compare(tmpl, X[:5]), scores)
