@@ -94,8 +94,11 @@ def _channel_features(c: np.ndarray, rate: float) -> np.ndarray:
     sd = c.std() + 1e-9
     q = np.percentile(c, [5, 25, 50, 75, 95])
     z = c / sd
+    k4 = float(np.mean(z ** 4))
+    # a flat channel (a still phone's exact 0 axis, an emulator's constant reading) has no kurtosis:
+    # 0, the value `uniform_features` gave log(0) = -inf, without numpy's divide-by-zero warning
     stats = np.concatenate([[np.log(sd), np.mean(np.abs(c)) / sd], q / sd,
-                            [np.mean(z ** 3), np.log(np.mean(z ** 4))]])
+                            [np.mean(z ** 3), np.log(k4) if k4 > 0 else 0.0]])
     ac = autocorr(c, int(AC_LAGS[-1]))[AC_LAGS] if c.size > AC_LAGS[-1] + 2 else np.zeros(AC_LAGS.size)
     f, p = sps.periodogram(c, fs=rate, window="hann")
     total = p[(f >= BANDS[0]) & (f <= BANDS[-1])].sum() + 1e-12

@@ -5,11 +5,13 @@ Found in review (branch review/modalities); each test failed before its fix.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from modalities.events import AccelSeries, EventValidationError
-from modalities.gait.features import walking_windows, windows_for_subject
+from modalities.gait.features import BLOCKS, N_STATS, walking_windows, window_features, windows_for_subject
 from modalities.keystroke.learned import FusedScorer, LikelihoodRatioScorer
 from tests.modalities.gait_synth import person, walk
 from tests.modalities.test_keystroke_scorers import cmu_like
@@ -78,3 +80,20 @@ def test_llr_fit_without_within_person_spread_is_refused_and_keeps_the_fitted_mo
     for k, v in before.items():
         np.testing.assert_array_equal(after[k], v, err_msg=k)
     np.testing.assert_array_equal(s.compare(tmpl, X[:5]), scores)
+
+
+def test_a_constant_accelerometer_gives_finite_features_without_numpy_warnings() -> None:
+    """An emulator or a still phone reading exactly (0, 9.776, 0.813) spewed numpy warnings.
+
+    log(0) of the flat x axis's kurtosis: ``RuntimeWarning: divide by zero encountered in log`` per window.
+    """
+    t = np.arange(500) / 50.0
+    still = AccelSeries(t, np.tile([0.0, 9.776, 0.813], (t.size, 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = window_features(still)
+        sw = windows_for_subject([still], 5.0, detect_walking=False)
+    assert np.isfinite(w.values).all() and w.quality == 0.0
+    assert len(sw) > 0 and np.isfinite(sw.X).all()
+    raw_x = BLOCKS["raw"].start  # the x axis's channel features: log sd, ..., skew, log kurtosis
+    assert w.values[raw_x + N_STATS - 1] == 0.0  # what nan_to_num made of -inf before: numbers unchanged
