@@ -92,6 +92,26 @@ def _split(seq: KeySequence, fraction: float) -> tuple[KeySequence, KeySequence]
     return seq[:cut], seq[cut:]
 
 
+def _check_subjects(seqs: Mapping[int, KeySequence], owner: int, groups: Mapping[str, Sequence[int]],
+                    n_obs: int) -> None:
+    """ValueError naming the parameter when a subject is missing or a corrupting group cannot give a window.
+
+    Without it an empty group divided by zero, a short recording failed deep in numpy
+    ("high <= 0") and an unknown id was a bare KeyError.
+    """
+    if owner not in seqs:
+        raise ValueError(f"owner: subject {owner} is not in seqs")
+    for name, ids in groups.items():
+        if not ids:
+            raise ValueError(f"{name}: needs at least one corrupting user")
+        missing = [s for s in ids if s not in seqs]
+        if missing:
+            raise ValueError(f"{name}: subjects {missing} are not in seqs")
+        short = [s for s in ids if len(seqs[s]) < n_obs]
+        if short:
+            raise ValueError(f"{name}: subjects {short} have fewer than {n_obs} keys (one window)")
+
+
 # --------------------------------------------------------------------------- keystroke scorer
 
 
@@ -188,6 +208,7 @@ def paper_protocol(owner: int, seqs: Mapping[int, KeySequence], pool: Sequence[i
     from continuous.env import subjects_excluding
 
     k = cfg.env.n_corrupting_users
+    _check_subjects(seqs, owner, {"pool": [s for s in pool if s != owner]}, cfg.env.n_obs)
     train_ids = subjects_excluding(pool, owner, k, rng)
     test_ids = subjects_excluding(pool, owner, k, rng)
     seq = seqs[owner]
@@ -214,7 +235,11 @@ def held_out_protocol(owner: int, seqs: Mapping[int, KeySequence], users_a: Sequ
         raise ValueError(f"owner {owner}: corrupting users A and B must be disjoint and exclude the owner")
     rng = np.random.default_rng([seed, owner, 2])
     e = cfg.env
+    _check_subjects(seqs, owner, {"users_a": users_a, "users_b": users_b}, e.n_obs)
     train_seq, test_seq = _split(seqs[owner], cfg.train.train_split)
+    if len(test_seq) < e.n_obs:  # no genuine test window: FRR and EER would be silently NaN
+        raise ValueError(f"owner: subject {owner}'s last {1 - cfg.train.train_split:.0%} of keys ({len(test_seq)}) "
+                         f"holds no test window of {e.n_obs} keys; it has {len(seqs[owner])} keys in all")
     corrupt_a = {s: seqs[s] for s in users_a}
     corrupt_b = {s: seqs[s] for s in users_b}
     env = KeystrokeAuthEnv(train_seq, corrupt_a, e, owner_id=owner)

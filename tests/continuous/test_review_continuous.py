@@ -1,0 +1,48 @@
+"""Review of `continuous/`: bad input is a ValueError naming the parameter, never NaN rows or a crash."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from continuous.evaluate import held_out_protocol, paper_protocol
+from continuous.hyperparams import load_config
+from modalities.events import KeySequence
+from tests.continuous.conftest import make_sequence
+
+CFG = load_config(overrides={"train": {"n_episodes": 1}, "env": {"n_corrupting_users": 2}})
+
+
+@pytest.fixture(scope="module")
+def seqs() -> dict[int, KeySequence]:
+    out = {1: make_sequence(800, dd=0.15, hold=0.08, seed=1), 2: make_sequence(300, seed=2),
+           3: make_sequence(60, seed=3)}
+    out.update({10 + i: make_sequence(400, dd=0.3 + 0.1 * i, seed=20 + i) for i in range(4)})
+    return out
+
+
+@pytest.mark.parametrize(("owner", "users_a", "users_b", "field"), [
+    (1, [10, 11], [], "users_b"),  # was ZeroDivisionError
+    (1, [10, 11], [3], "users_b"),  # 60 keys < one window: was numpy's "high <= 0"
+    (1, [10, 99], [12], "users_a"),  # unknown subject: was a bare KeyError
+    (99, [10, 11], [12], "owner"),
+    (2, [10, 11], [12], "owner"),  # 300 keys: the last 30% (90) holds no test window; FRR/EER were NaN
+])
+def test_held_out_protocol_refuses_what_it_cannot_measure(seqs, owner: int, users_a: list[int],
+                                                         users_b: list[int], field: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{field}: "):
+        held_out_protocol(owner, seqs, users_a, users_b, CFG)
+
+
+def test_paper_protocol_names_a_missing_owner_or_short_pool_subject(seqs) -> None:
+    with pytest.raises(ValueError, match=r"^owner: subject 99"):
+        paper_protocol(99, seqs, [10, 11], CFG)
+    with pytest.raises(ValueError, match=r"^pool: subjects \[3\]"):
+        paper_protocol(1, seqs, [1, 3, 10, 11], CFG)
+
+
+def test_held_out_protocol_still_measures_a_long_enough_owner(seqs) -> None:
+    res = held_out_protocol(1, seqs, [10, 11], [12, 13], CFG)
+    for sw in res.scored:
+        r = sw.rates()
+        assert r.n_genuine > 0 and r.n_impostor > 0 and np.isfinite(r.eer)
