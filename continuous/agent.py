@@ -120,7 +120,9 @@ class DDQNAgent:
         """`obs` as a float32 (n, d) array; a wrong shape is a ValueError, not a torch error.
 
         With `single`, only one observation (d,) is taken: a batch there would silently be
-        read as its first row.
+        read as its first row. NaN or inf is refused too: it gave a NaN margin (read as
+        REJECT), NaN evidence, and one such transition in the replay memory made every
+        weight NaN for good.
         """
         x = np.asarray(obs, dtype=np.float32)
         d = self.n_features
@@ -128,6 +130,8 @@ class DDQNAgent:
         if not ok:
             want = f"({d},)" if single else f"({d},) or (n, {d})"
             raise ValueError(f"observation: expected shape {want}, got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("observation: has non-finite values (NaN or inf)")
         return np.atleast_2d(x)
 
     def q_values(self, obs: np.ndarray) -> np.ndarray:
@@ -173,6 +177,12 @@ class DDQNAgent:
         return (ACCEPT if m >= 0 else REJECT), m
 
     def remember(self, s: np.ndarray, a: int, r: float, s2: np.ndarray, done: bool) -> None:
+        """Store one transition; a malformed one is a ValueError before it can reach a batch."""
+        s, s2 = self._observations(s, single=True)[0], self._observations(s2, single=True)[0]
+        if a not in (ACCEPT, REJECT) or isinstance(a, (bool, np.bool_)):
+            raise ValueError(f"action: must be {ACCEPT} or {REJECT}, got {a!r}")
+        if isinstance(r, (bool, np.bool_)) or not isinstance(r, (int, float, np.number)) or not math.isfinite(r):
+            raise ValueError(f"reward: must be a finite number, got {r!r}")
         self.memory.push(s, a, r, s2, done)
 
     def optimize(self) -> float | None:

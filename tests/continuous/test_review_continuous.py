@@ -46,3 +46,30 @@ def test_held_out_protocol_still_measures_a_long_enough_owner(seqs) -> None:
     for sw in res.scored:
         r = sw.rates()
         assert r.n_genuine > 0 and r.n_impostor > 0 and np.isfinite(r.eer)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_the_agent_refuses_non_finite_observations(bad: float) -> None:
+    """A NaN observation read as REJECT with a NaN score, and one in the replay memory made every weight NaN."""
+    from continuous.agent import DDQNAgent
+    from continuous.hyperparams import AgentConfig
+
+    agent = DDQNAgent(4, AgentConfig(batch_size=2, replay_capacity=4), seed=0)
+    obs = np.array([0.1, bad, 0.3, 0.4], np.float32)
+    ok = np.zeros(4, np.float32)
+    for call in (agent.margin, agent.q_values, agent.evidence, lambda o: agent.act(o, explore=False)):
+        with pytest.raises(ValueError, match="observation: has non-finite"):
+            call(obs)
+    with pytest.raises(ValueError, match="observation: has non-finite"):
+        agent.margin(np.vstack([ok, obs]))  # one bad row in a batch
+    for s, s2 in ((obs, ok), (ok, obs)):
+        with pytest.raises(ValueError, match="observation"):
+            agent.remember(s, 0, 1.0, s2, False)
+    with pytest.raises(ValueError, match="reward"):
+        agent.remember(ok, 0, bad, ok, False)
+    with pytest.raises(ValueError, match="action"):
+        agent.remember(ok, 2, 1.0, ok, False)
+    agent.remember(ok, 0, 1.0, ok, False)
+    agent.remember(ok + 1, 1, 0.0, ok, True)
+    assert agent.optimize() is not None
+    assert np.isfinite(agent.margin(ok)).all()  # the memory held only finite transitions
