@@ -73,6 +73,12 @@ class KeystrokeAuthEnv(gym.Env[np.ndarray, int]):
         if featurizer is None:
             featurizer = WindowFeaturizer(cfg.running_features, cfg.summary_features, cfg.n_obs, cfg.n_components)
             featurizer.fit(owner, cfg.pca_stride)
+        elif featurizer.encoder_ is None:
+            raise EventValidationError("featurizer", "is not fitted: fit it on the owner's training keys first")
+        elif featurizer.n_obs != cfg.n_obs:
+            # corrupting windows have n_obs keys: the first one drawn failed mid-episode, at random
+            raise EventValidationError("featurizer", f"reads windows of {featurizer.n_obs} keys, the config "
+                                                     f"n_obs = {cfg.n_obs}")
         self.featurizer = featurizer
         self.starts = window_starts(len(owner), cfg.n_obs, cfg.n_hop)
         self._owner_obs = featurizer.observations(owner, self.starts)

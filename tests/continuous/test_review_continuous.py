@@ -73,3 +73,25 @@ def test_the_agent_refuses_non_finite_observations(bad: float) -> None:
     agent.remember(ok + 1, 1, 0.0, ok, True)
     assert agent.optimize() is not None
     assert np.isfinite(agent.margin(ok)).all()  # the memory held only finite transitions
+
+
+def test_the_env_refuses_a_featurizer_it_cannot_use() -> None:
+    """An unfitted featurizer was a RuntimeError; one of another window length failed mid-episode, at random."""
+    from continuous.env import ACCEPT, KeystrokeAuthEnv
+    from continuous.features import WindowFeaturizer
+    from continuous.hyperparams import EnvConfig
+    from modalities.events import EventValidationError
+
+    owner = make_sequence(400, seed=1)
+    others = {100: make_sequence(300, seed=2)}
+    cfg = EnvConfig(n_obs=40, n_hop=20, n_components=3, corrupt_probability=1.0)
+    short = WindowFeaturizer(cfg.running_features, cfg.summary_features, 20, 3).fit(owner)
+    with pytest.raises(EventValidationError, match=r"^featurizer: reads windows of 20 keys.*n_obs = 40"):
+        KeystrokeAuthEnv(owner, others, cfg, featurizer=short, owner_id=1)
+    unfitted = WindowFeaturizer(cfg.running_features, cfg.summary_features, 40, 3)
+    with pytest.raises(EventValidationError, match=r"^featurizer: is not fitted"):
+        KeystrokeAuthEnv(owner, others, cfg, featurizer=unfitted, owner_id=1)
+    fitted = unfitted.fit(owner)
+    env = KeystrokeAuthEnv(owner, others, cfg, featurizer=fitted, owner_id=1)
+    env.reset(seed=0)
+    assert env.step(ACCEPT)[4]["impostor"]
