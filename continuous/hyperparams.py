@@ -203,6 +203,10 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Mapping[s
         doc = yaml.safe_load(p.read_text()) or {}
     except FileNotFoundError as exc:
         raise ConfigError("path", f"config file not found: {p}") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not text: not a traceback
+        raise ConfigError("path", f"cannot read config file {p}: {getattr(exc, 'strerror', None) or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError("path", f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(doc, Mapping):
         raise ConfigError("path", f"{p} must hold a mapping with sections env, agent, train")
     return _from_mapping(_merge(dict(doc), overrides or {}))

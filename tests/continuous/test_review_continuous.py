@@ -95,3 +95,17 @@ def test_the_env_refuses_a_featurizer_it_cannot_use() -> None:
     env = KeystrokeAuthEnv(owner, others, cfg, featurizer=fitted, owner_id=1)
     env.reset(seed=0)
     assert env.step(ACCEPT)[4]["impostor"]
+
+
+def test_an_unreadable_config_file_is_a_config_error(tmp_path) -> None:
+    """Malformed YAML, a folder or a binary file were yaml/OS/Unicode tracebacks, not `ConfigError`."""
+    from continuous.hyperparams import ConfigError
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("env: [unclosed\n")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00env")
+    for path, why in ((broken, "not valid YAML"), (tmp_path, "cannot read"), (binary, "cannot read")):
+        with pytest.raises(ConfigError, match=why) as err:
+            load_config(path)
+        assert err.value.field == "path"
