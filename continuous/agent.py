@@ -98,8 +98,10 @@ class DDQNAgent:
     """Per-user DDQN agent; `act` for the environment loop, `margin` for scoring windows."""
 
     def __init__(self, n_features: int, config: AgentConfig | None = None, *, seed: int = 0) -> None:
+        if isinstance(n_features, bool) or not isinstance(n_features, (int, np.integer)) or n_features < 1:
+            raise ValueError(f"n_features: must be an integer >= 1, got {n_features!r}")
         self.config = cfg = config or AgentConfig()
-        self.n_features = n_features
+        self.n_features = n_features = int(n_features)
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.policy = QNetwork(n_features, cfg.hidden)

@@ -91,6 +91,11 @@ class EnvConfig:
         _check(self.reward in REWARDS, "env.reward", f"must be one of {REWARDS}")
         _check(self.cost_false_accept >= 0 and self.cost_false_reject >= 0, "env.cost_false_accept",
                "costs must be >= 0")
+        # a right answer must pay more than either wrong one, or training learns to be wrong (or nothing)
+        wrong = 0.0 if self.reward == "paper" else -min(self.cost_false_accept, self.cost_false_reject)
+        _check(self.reward_correct > wrong, "env.reward_correct",
+               f"must be above what a wrong answer earns under the {self.reward!r} reward ({wrong:g}), "
+               f"got {self.reward_correct:g}")
 
 
 @dataclass(frozen=True)

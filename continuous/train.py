@@ -45,6 +45,9 @@ def window_rates(*, impostor: np.ndarray, accepted: np.ndarray, score: np.ndarra
     imp = np.asarray(impostor, bool)
     acc = np.asarray(accepted, bool)
     s = np.asarray(score, float)
+    if not imp.ndim == acc.ndim == s.ndim == 1 or not imp.size == acc.size == s.size:
+        raise ValueError(f"impostor, accepted and score must be 1-D arrays of one length, got shapes "
+                         f"{imp.shape}, {acc.shape} and {s.shape}")
     ni, ng = int(imp.sum()), int((~imp).sum())
     far = float(np.mean(acc[imp])) if ni else float("nan")
     frr = float(np.mean(~acc[~imp])) if ng else float("nan")

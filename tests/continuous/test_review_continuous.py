@@ -109,3 +109,39 @@ def test_an_unreadable_config_file_is_a_config_error(tmp_path) -> None:
         with pytest.raises(ConfigError, match=why) as err:
             load_config(path)
         assert err.value.field == "path"
+
+
+@pytest.mark.parametrize(("reward", "correct"), [("paper", 0.0), ("paper", -1.0), ("cost_sensitive", -1.0),
+                                                 ("cost_sensitive", -2.0)])
+def test_a_reward_that_pays_a_wrong_answer_as_much_as_a_right_one_is_refused(reward: str, correct: float) -> None:
+    """Under 'paper' a wrong answer earns 0; -1 for a right one trained the agent to be wrong, 0 taught nothing."""
+    from continuous.agent import ACCEPT, REJECT
+    from continuous.env import reward_for
+    from continuous.hyperparams import ConfigError, EnvConfig
+
+    with pytest.raises(ConfigError, match="reward_correct") as err:
+        EnvConfig(reward=reward, reward_correct=correct, cost_false_accept=5.0, cost_false_reject=1.0)
+    assert err.value.field == "env.reward_correct"
+    ok = EnvConfig(reward=reward, reward_correct=0.5)  # still above what either wrong answer earns
+    assert reward_for(ok, impostor=True, action=REJECT) > reward_for(ok, impostor=True, action=ACCEPT)
+    assert reward_for(ok, impostor=False, action=ACCEPT) > reward_for(ok, impostor=False, action=REJECT)
+
+
+def test_window_rates_of_arrays_of_different_lengths_is_a_value_error() -> None:
+    """It was an IndexError from the boolean mask, naming none of the three arrays."""
+    from continuous.train import window_rates
+
+    with pytest.raises(ValueError, match=r"impostor, accepted and score .* \(3,\), \(2,\) and \(2,\)"):
+        window_rates(impostor=np.array([1, 0, 1], bool), accepted=np.array([1, 0], bool), score=np.array([1.0, 2.0]))
+    r = window_rates(impostor=np.array([1, 0], bool), accepted=np.array([0, 1], bool), score=np.array([0.0, 1.0]))
+    assert (r.far, r.frr) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True])
+def test_an_agent_without_a_positive_whole_number_of_features_is_refused(n: object) -> None:
+    """`DDQNAgent(0)` built a network with no inputs, `DDQNAgent(-1)` failed inside torch."""
+    from continuous.agent import DDQNAgent
+
+    with pytest.raises(ValueError, match=r"^n_features: must be an integer >= 1"):
+        DDQNAgent(n)  # type: ignore[arg-type]
+    assert DDQNAgent(np.int64(3)).n_features == 3  # type: ignore[arg-type]
