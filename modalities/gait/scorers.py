@@ -156,10 +156,15 @@ class GaitLDA(Scorer):
         n_classes = distinct_subjects(y)
         if n_classes < 3:
             raise EventValidationError("subjects", f"need windows of at least 3 subjects, got {n_classes}")
+        if X.shape[0] <= n_classes:  # scikit-learn's LDA needs more samples than classes
+            raise EventValidationError("subjects", f"need more windows ({X.shape[0]}) than subjects ({n_classes}): "
+                                                   "the embedding learns from how each person's windows vary")
         classes = np.unique(y)
         cols = block_columns(self.blocks)
         Xc = X[:, cols]
         mu, sd = Xc.mean(axis=0), Xc.std(axis=0)
+        if not (sd > 1e-9).any():  # was an IndexError from inside scikit-learn
+            raise EventValidationError("values", "every window has the same features: no variation to learn from")
         sd = np.where(sd > 1e-9, sd, 1.0)
         Z = (Xc - mu) / sd
         n_pca = int(min(self.n_pca, Z.shape[1], Z.shape[0] - 1))

@@ -292,14 +292,20 @@ class PLDATouch(_Population):
         self._validate_params()
         X = self._x(X)
         subjects = _check_population(X, subjects, min_subjects=3)
-        self.mean_, self.std_ = _DirectionStandardiser.fit(X)
-        Z = _DirectionStandardiser.apply(X, self.mean_, self.std_)
+        mean, std = _DirectionStandardiser.fit(X)
+        Z = _DirectionStandardiser.apply(X, mean, std)
         nc = int(min(self.n_components, np.unique(subjects).size - 1, Z.shape[1]))
-        lda = LinearDiscriminantAnalysis(n_components=nc, solver="eigen", shrinkage="auto").fit(Z, subjects)
-        self.proj_ = lda.scalings_[:, :nc]
-        E = Z @ self.proj_
+        try:
+            lda = LinearDiscriminantAnalysis(n_components=nc, solver="eigen", shrinkage="auto").fit(Z, subjects)
+        except np.linalg.LinAlgError:  # strokes that do not vary (e.g. all identical): a bare "leading minor" error
+            raise EventValidationError("values", f"{self.name} cannot learn from these strokes: their features do "
+                                                 "not vary between or within people") from None
+        proj = lda.scalings_[:, :nc]
+        E = Z @ proj
         subs = np.unique(subjects)
         mus = np.vstack([E[subjects == s].mean(axis=0) for s in subs])
+        # set together once the fit succeeded: a failed refit keeps the fitted model whole
+        self.mean_, self.std_, self.proj_ = mean, std, proj
         self.center_ = E.mean(axis=0)
         self.between_ = mus.var(axis=0) + 1e-6
         self.within_ = np.mean([E[subjects == s].var(axis=0) for s in subs], axis=0) + 1e-6
@@ -347,9 +353,8 @@ class FusedTouch(_Population):
 
     def fit(self, X: np.ndarray, subjects: np.ndarray | None = None) -> Self:
         self._validate_params()
-        self.plda, self.lr = PLDATouch(), QuadBackgroundLR(seed=self.seed)  # `seed` as set now
-        self.plda.fit(X, subjects)
-        self.lr.fit(X, subjects)
+        plda, lr = PLDATouch().fit(X, subjects), QuadBackgroundLR(seed=self.seed).fit(X, subjects)  # `seed` as set now
+        self.plda, self.lr = plda, lr  # only once both fitted: a failed refit keeps the fitted members
         return self
 
     def get_state(self) -> dict[str, np.ndarray]:

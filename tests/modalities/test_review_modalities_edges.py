@@ -97,3 +97,36 @@ def test_a_constant_accelerometer_gives_finite_features_without_numpy_warnings()
     assert len(sw) > 0 and np.isfinite(sw.X).all()
     raw_x = BLOCKS["raw"].start  # the x axis's channel features: log sd, ..., skew, log kurtosis
     assert w.values[raw_x + N_STATS - 1] == 0.0  # what nan_to_num made of -inf before: numbers unchanged
+
+
+def test_gait_lda_on_windows_that_do_not_vary_or_one_per_subject_is_a_clear_error() -> None:
+    """All-constant features were an IndexError from inside scikit-learn; one window per subject its LDA's error."""
+    from modalities.gait import FEATURE_DIM, GaitLDA
+
+    with pytest.raises(EventValidationError, match="^values: every window has the same features"):
+        GaitLDA().fit(np.zeros((60, FEATURE_DIM)), np.repeat(np.arange(6), 10))
+    one_each = np.random.default_rng(0).normal(size=(6, FEATURE_DIM))
+    with pytest.raises(EventValidationError, match=r"^subjects: need more windows \(6\) than subjects \(6\)"):
+        GaitLDA().fit(one_each, np.arange(6))
+
+
+@pytest.mark.parametrize("kind", ["PLDATouch", "FusedTouch"])
+def test_touch_population_scorers_refuse_strokes_that_do_not_vary_and_keep_their_fit(kind: str) -> None:
+    """Identical strokes were a bare LinAlgError, and a failed refit left a half-replaced model.
+
+    The standardiser (PLDATouch) or the members (FusedTouch) were replaced before the error
+    ("leading minor ... not positive definite"): a model mixing two fits, or an unfitted one.
+    """
+    import modalities.touch as touch
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(120, touch.FEATURE_DIM))
+    X[:, 0] = rng.uniform(-np.pi, np.pi, 120)  # stroke directions spread over the classes
+    y = np.repeat(np.arange(6), 20)
+    scorer = getattr(touch, kind)().fit(X, y)
+    before = {k: v.copy() for k, v in scorer.get_state().items()}
+    with pytest.raises(EventValidationError, match="^values: touch-plda cannot learn from these strokes"):
+        scorer.fit(np.ones((120, touch.FEATURE_DIM)), y)
+    after = scorer.get_state()
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
