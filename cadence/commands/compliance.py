@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from cadence.commands.audit import DbUrl, compliance_factory, compliance_session
 from cadence.commands.errors import error_line, fail
@@ -36,6 +37,16 @@ def _holders() -> None:
                    soft_wrap=True)
 
 
+def _refuse_unheld_server_data(session: Session) -> None:
+    """Exit 2 when the server's tables hold rows its data holder would not reach (`unheld_server_tables`)."""
+    from server.services.compliance_hooks import unheld_server_tables
+
+    tables = unheld_server_tables(session)
+    if tables:
+        fail(f"the database holds the server's data ({', '.join(tables)}) but its data holder is not loaded "
+             "(CADENCE_HOLDER_MODULES lacks server.holders): that data would be left out; fix the setting")
+
+
 @compliance_app.command("purge")
 def purge_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be removed; change nothing.")] = False,
@@ -53,6 +64,8 @@ def purge_cmd(
         raise typer.BadParameter(str(exc), param_hint="--policy") from exc
     _holders()
     with compliance_factory(database_url, server_tables=True) as factory:
+        with factory() as session:
+            _refuse_unheld_server_data(session)
         try:  # the audit entries due are verified in a snapshot of their own, then the purge's transaction
             removed = run_purge(factory, pol, dry_run=dry_run, actor="cli")
         except (KeyConfigError, PolicyError) as exc:  # a key, or a holder finding the policy lacks its kind
@@ -111,6 +124,7 @@ def export_cmd(
         ensure_writable_file(out, "--out")
     _holders()
     with compliance_session(database_url, server_tables=True) as session:
+        _refuse_unheld_server_data(session)
         try:
             data = export_user(session, user)
         except KeyConfigError as exc:  # the audit entries about USER are found by keyed pseudonym
@@ -142,6 +156,7 @@ def erase_cmd(
     _holders()
     with compliance_session(database_url, server_tables=True) as session:
         begin_write(session)  # SQLite: what it counts is what it deletes (no server write in between)
+        _refuse_unheld_server_data(session)
         try:
             removed = erase_user(session, user, actor="cli")
         except KeyConfigError as exc:

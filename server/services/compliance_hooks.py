@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, inspect, literal, select
 from sqlalchemy.orm import Session
 
 from cadence import prepared
@@ -164,6 +164,28 @@ def holds_data(export: Mapping[str, Any]) -> bool:
 
 def erase_user(session: Session, user_id: str, *, actor: str = "admin") -> dict[str, Any]:
     return _subjects.erase_user(session, user_id, actor=actor)
+
+
+#: the server's data holder's name (`server.holders.ServerHolder.name`)
+SERVER_HOLDER = "server"
+
+
+def unheld_server_tables(session: Session) -> list[str]:
+    """The server's tables that hold rows while no data holder named `SERVER_HOLDER` is registered.
+
+    Why: without `server.holders` among CADENCE_HOLDER_MODULES, an erasure removed the consents
+    only and reported success, leaving the person's templates, evidence and sessions; an export
+    and a purge left those tables out as silently. [] when the holder is registered.
+    """
+    if any(h.name == SERVER_HOLDER for h in _subjects.registered_holders()):
+        return []
+    from server import models as m
+
+    present = set(inspect(session.connection()).get_table_names())
+    tables = (m.User, m.Device, m.RequestNonce, m.Template, m.EnrolmentWindow, m.EvidenceSeen, m.Transaction,
+              m.AuthSession, m.SecurityFlag)
+    return [t.__tablename__ for t in tables if t.__tablename__ in present
+            and session.execute(select(literal(1)).select_from(t).limit(1)).first() is not None]
 
 
 def register_server_holder() -> None:
