@@ -226,6 +226,22 @@ def _training_subjects(version_dir: Path) -> list[int] | None:
     return ids
 
 
+def check_calibration_data(data_dir: Path, modality: str) -> None:
+    """What `calibrate_published` refuses of `data_dir` without scoring: fewer than 3 subjects of `modality`.
+
+    Why: checked before the audit database is opened (created, on a fresh machine): a typo'd
+    `--data-dir` left a new database behind (./cadence.sqlite by default) for a refused calibration.
+    """
+    from evaluation.datasets import available_subjects
+
+    if modality not in MODALITIES:
+        raise ValueError(f"modality: unknown {modality!r}; expected one of {MODALITIES}")
+    found = len(available_subjects(data_dir, modality))  # DatasetError for a folder that cannot be read
+    if found < 3:
+        raise ValueError(f"{modality}: calibration needs at least 3 subjects with {modality} data, found {found} "
+                         f"in {data_dir}")
+
+
 def calibrate_published(
     data_dir: Path,
     registry_root: Path,

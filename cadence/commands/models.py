@@ -247,7 +247,7 @@ def calibrate(
     from evaluation.datasets import DatasetError
     from modalities.base import ModelVersionError
     from modalities.registry import RegistryError
-    from server.training import calibrate_published
+    from server.training import calibrate_published, check_calibration_data
 
     folder = _data_folder(data_dir)
     reg = _registry(registry)
@@ -260,6 +260,10 @@ def calibrate(
                     if published else f"; publish one first (cadence models train --modality {modality}, or a federated run)")
             raise RegistryError(f"version: no active {modality} model in {reg.root}{hint}")
     except (RegistryError, ValueError) as exc:
+        fail(exc)
+    try:  # the people too: a wrong folder is refused before the audit database is made
+        check_calibration_data(folder, modality)
+    except (ValueError, DatasetError) as exc:
         fail(exc)
     _check_calibration_writable(_calibration_file(reg.root))
     with _audit_log() as record:  # checked before the calibration file changes

@@ -101,3 +101,36 @@ def test_a_compliance_only_database_still_needs_no_server_holder(tmp_path: Path,
     r = runner.invoke(app, ["compliance", "erase", "pat", "--yes"])
     assert r.exit_code == 0, r.output
     assert _count(url, ConsentRecord) == 0
+
+
+# --- 2. `models calibrate` on a folder without the modality's people ----------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["empty", "other modality"])
+def test_calibrate_refuses_a_wrong_data_folder_before_making_the_audit_database(
+        layout: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo'd --data-dir was refused only after the audit database was created and migrated.
+
+    On a fresh machine that left ./cadence.sqlite (the default URL) behind in whatever folder
+    the operator ran it from; `models train` checks its data first, so does calibrate now.
+    """
+    from modalities.base import ScaledManhattan
+    from modalities.registry import ModelRegistry
+
+    reg = ModelRegistry(tmp_path / "registry")
+    reg.activate("touch", reg.publish("touch", ScaledManhattan(min_scale=0.05), metrics={}, card="# c", source="t"))
+    data = tmp_path / "people"
+    data.mkdir()
+    if layout == "other modality":
+        (data / "101_processed.csv").write_text("key,time\n")  # keystroke-looking files, no touch ones
+    db = tmp_path / "audit.sqlite"
+    monkeypatch.setenv("CADENCE_DATABASE_URL", f"sqlite:///{db}")
+    get_settings.cache_clear()
+    try:
+        r = runner.invoke(app, ["models", "calibrate", "touch", "--data-dir", str(data),
+                                "--registry", str(reg.root)])
+    finally:
+        get_settings.cache_clear()
+    _one_line_error(r, "touch: calibration needs at least 3 subjects with touch data, found 0", str(data))
+    assert not db.exists(), "the audit database was made for a refused calibration"
+    assert not (reg.root / "fusion-calibration.json").exists()
