@@ -488,7 +488,10 @@ class ModelRegistry:
             except RegistryError:
                 name = None  # named by `list`
             else:
-                if name is None and pointer.is_file():
+                if pointer.exists() and not pointer.is_file():  # e.g. a folder: read as no ACTIVE, so say it
+                    out.append(f"{pointer} is not a file (a damaged registry): no {m} model is active, the server "
+                               f"serves the package default; move it away, then {fix}")
+                elif name is None and pointer.is_file():
                     out.append(f"{pointer} is empty: no {m} model is active, the server serves the package default; "
                                f"{fix}")
             if name is not None and not (d / name / "model.npz").is_file():

@@ -134,3 +134,19 @@ def test_calibrate_refuses_a_wrong_data_folder_before_making_the_audit_database(
     _one_line_error(r, "touch: calibration needs at least 3 subjects with touch data, found 0", str(data))
     assert not db.exists(), "the audit database was made for a refused calibration"
     assert not (reg.root / "fusion-calibration.json").exists()
+
+
+# --- 3. `models list` with an ACTIVE that is no file --------------------------------------------------------
+
+
+def test_models_list_names_an_active_that_is_a_folder(tmp_path: Path) -> None:
+    """ACTIVE made a folder: the server serves the package default, and `models list` said nothing at all."""
+    from modalities.base import ScaledManhattan
+    from modalities.registry import ModelRegistry
+
+    reg = ModelRegistry(tmp_path / "registry")
+    reg.publish("touch", ScaledManhattan(min_scale=0.05), metrics={}, card="# c", source="t")
+    (reg.root / "touch" / "ACTIVE").mkdir()
+    r = runner.invoke(app, ["models", "list", "--registry", str(reg.root)])
+    assert r.exit_code == 0, r.output
+    assert "warning:" in r.output and "ACTIVE is not a file" in " ".join(r.output.split()), r.output
