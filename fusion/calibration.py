@@ -33,6 +33,7 @@ and impostor scores would deny the best matches and approve the worst.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,10 +277,20 @@ class LogisticCalibrator:
 
 
 def _finite_vector(name: str, value: Any, n: int) -> np.ndarray:
-    """`value` as `n` finite floats (bools and strings refused), else ValueError naming `name`."""
-    if not isinstance(value, list | tuple) or len(value) != n or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in value):
-        raise ValueError(f"{name}: must be a list of {n} finite numbers, got {value!r}")
+    """`value` as `n` finite floats (bools and strings refused), else ValueError naming `name`.
+
+    `math.isfinite`, not `np.isfinite`: JSON reads 1e400 written as digits as an int beyond
+    float range, on which numpy raises TypeError (a traceback from `cadence models calibrate`).
+    """
+    def finite(v: Any) -> bool:
+        try:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        except OverflowError:  # an int beyond float range
+            return False
+
+    if not isinstance(value, list | tuple) or len(value) != n or not all(finite(v) for v in value):
+        shown = repr(value) if len(repr(value)) <= 200 else f"{repr(value)[:200]}..."
+        raise ValueError(f"{name}: must be a list of {n} finite numbers, got {shown}")
     return np.asarray(value, float)
 
 
