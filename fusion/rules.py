@@ -4,7 +4,9 @@ Input is an (n_trials, n_modalities) matrix with NaN where a modality is missing
 dropped for low quality). Missing evidence is never read as a zero *score*: LLR rules treat
 it as "no evidence" (LLR 0, the neutral value by definition), min/max and decision rules
 ignore it, and every rule reports how many modalities actually contributed so the policy can
-step up instead of deciding on nothing.
+step up instead of deciding on nothing. Only NaN is missing: an infinite LLR is the strongest
+evidence there is, clipped to +-`LLR_CLIP` as `fusion.policy.decide` clips it. Read as
+missing, a -inf modality said nothing against the person, and fused higher than a -5 one.
 
 Every rule returns a continuous fused score (higher is more genuine) so it can be swept for
 DET curves; the decision-level rules (AND, OR, majority) are the soft forms whose threshold
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from fusion.calibration import LLR_CLIP
 
 Rule = Callable[[np.ndarray], np.ndarray]
 
@@ -34,14 +38,19 @@ def _guard(L: np.ndarray) -> np.ndarray:
     return L
 
 
+def _llrs(L: np.ndarray) -> np.ndarray:
+    """`L` with infinite LLRs clipped to +-LLR_CLIP; NaN (missing) stays NaN."""
+    return np.clip(_guard(L), -LLR_CLIP, LLR_CLIP)
+
+
 def llr_sum(L: np.ndarray) -> np.ndarray:
     """Sum of calibrated LLRs: the Bayes-optimal rule if modalities are independent."""
-    return np.nansum(_guard(L), axis=1)
+    return np.nansum(_llrs(L), axis=1)
 
 
 def llr_mean(L: np.ndarray) -> np.ndarray:
     """Mean LLR over the modalities present (a conservative sum for correlated evidence)."""
-    L = _guard(L)
+    L = _llrs(L)
     n = np.maximum(present(L), 1)
     return np.nansum(L, axis=1) / n
 
@@ -56,12 +65,12 @@ def _nanreduce(L: np.ndarray, fn: Callable[..., np.ndarray], empty: float) -> np
 
 def llr_min(L: np.ndarray) -> np.ndarray:
     """The weakest modality decides (strict)."""
-    return _nanreduce(L, np.nanmin, 0.0)
+    return _nanreduce(_llrs(L), np.nanmin, 0.0)
 
 
 def llr_max(L: np.ndarray) -> np.ndarray:
     """The strongest modality decides (lenient)."""
-    return _nanreduce(L, np.nanmax, 0.0)
+    return _nanreduce(_llrs(L), np.nanmax, 0.0)
 
 
 @dataclass
@@ -94,8 +103,8 @@ class LearnedWeights:
     intercept_: float = 0.0
 
     def _design(self, L: np.ndarray) -> np.ndarray:
-        L = _guard(L)
-        miss = ~np.isfinite(L)
+        L = _llrs(L)
+        miss = np.isnan(L)
         return np.hstack([np.where(miss, 0.0, L), miss.astype(float)])
 
     def fit(self, L_genuine: np.ndarray, L_impostor: np.ndarray) -> LearnedWeights:
@@ -141,7 +150,7 @@ class DecisionRule:
     thresholds: np.ndarray
 
     def __call__(self, L: np.ndarray) -> np.ndarray:
-        M = _guard(L) - self.thresholds
+        M = _llrs(L) - self.thresholds
         rules: dict[str, Callable[..., np.ndarray]] = {"and": np.nanmin, "or": np.nanmax, "majority": _nanmajority}
         if self.kind not in rules:
             raise ValueError(f"kind: expected one of {', '.join(rules)}, got {self.kind!r}")
@@ -150,7 +159,7 @@ class DecisionRule:
 
 def per_modality_thresholds(L_impostor: np.ndarray, fmr: float) -> np.ndarray:
     """Each modality's LLR threshold reaching `fmr` on training impostors."""
-    L = _guard(L_impostor)
+    L = _llrs(L_impostor)
     out = np.zeros(L.shape[1])
     for m in range(L.shape[1]):
         col = L[np.isfinite(L[:, m]), m]
@@ -172,7 +181,7 @@ class Sequential:
     consulted_: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __call__(self, L: np.ndarray) -> np.ndarray:
-        L = _guard(L)
+        L = _llrs(L)
         total = np.zeros(L.shape[0])
         done = np.zeros(L.shape[0], bool)
         used = np.zeros(L.shape[0], int)

@@ -1,18 +1,21 @@
 """Review fixes (fusion, round e): what a calibration file, the fusion rules and the policy must not let through.
 
 A calibration file with an integer beyond float range fails with the field named, not a
-numpy TypeError.
+numpy TypeError. The fusion rules read an infinite LLR as the clip, not as a missing modality.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fusion.calibration import LLR_CLIP
 from fusion.engine import FusionEngine
+from fusion.rules import FIXED_RULES, DecisionRule, LearnedWeights, Sequential
 
 HUGE = int("1" + "0" * 400)  # how json reads 1e400 written as digits: an int no float can hold
 
@@ -35,3 +38,31 @@ def test_a_calibration_file_with_an_int_beyond_float_range_is_named(tmp_path: Pa
     p.write_text(json.dumps(d))
     with pytest.raises(ValueError, match=rf"cal\.json: calibrators\.gait\.{field}: must be a list of \d finite numbers"):
         FusionEngine.load(p)
+
+
+# -- 2. the fusion rules read an infinite LLR as the strongest evidence, never as missing ----------
+
+def _rules() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    lw = LearnedWeights(coef_=np.array([1.0, 1.0, 0.0, 0.0]), intercept_=0.0)
+    out: dict[str, Callable[[np.ndarray], np.ndarray]] = dict(FIXED_RULES)
+    out.update({k: DecisionRule(k, np.zeros(2)) for k in ("and", "or", "majority")})
+    out.update({"learned-weights": lw, "sequential": Sequential(order=[0, 1], stop=100.0)})
+    return out
+
+
+@pytest.mark.parametrize("name", ["llr-sum", "llr-mean", "min", "max", "and", "or", "majority", "learned-weights",
+                                  "sequential"])
+def test_an_infinite_llr_fuses_as_the_clip_not_as_missing(name: str) -> None:
+    """An infinite LLR was read as missing: min/max fused [-inf, NaN] as 0 (above [-5, NaN]).
+
+    Sequential and learned weights dropped it from [-inf, 5] (fused 5, as if the impostor-like
+    modality were absent), and OR never accepted [+inf, NaN].
+    """
+    rule = _rules()[name]
+    for inf in (-np.inf, np.inf):
+        clip = np.sign(inf) * LLR_CLIP
+        rows = np.array([[inf, np.nan], [inf, 5.0], [5.0, inf]])
+        assert rule(rows) == pytest.approx(rule(np.where(np.isinf(rows), clip, rows)))
+    # more impostor-like evidence never fuses higher
+    worse = rule(np.array([[-np.inf, np.nan], [-np.inf, 5.0], [-5.0, np.nan], [-5.0, 5.0]]))
+    assert worse[0] <= worse[2] and worse[1] <= worse[3]
