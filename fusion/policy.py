@@ -85,6 +85,9 @@ MAX_ABS_LLR = 12.0
 N_MODALITIES = len(MODALITIES)
 #: the largest fused LLR there is: every modality at the clip. A tier asking for more never approves.
 MAX_FUSED_LLR = N_MODALITIES * MAX_ABS_LLR
+#: the longest tier name: each decision stores its tier (`server.models.Transaction.tier`, String(16)),
+#: and PostgreSQL refuses a longer one at every commit of that tier's decisions
+MAX_TIER_NAME = 16
 
 
 class PolicyError(ValueError):
@@ -114,6 +117,14 @@ class _TierDoc(BaseModel):
     corroborate: StrictBool = False
 
     _numbers = field_validator("max_amount", "target_fmr", "approve_llr", mode="before")(_not_bool)
+
+    @field_validator("name")
+    @classmethod
+    def _storable(cls, v: str) -> str:
+        if len(v) > MAX_TIER_NAME:
+            raise ValueError(f"at most {MAX_TIER_NAME} characters (each decision stores its tier's name), got "
+                             f"{len(v)}: {v!r}")
+        return v
 
     @field_validator("max_amount")
     @classmethod

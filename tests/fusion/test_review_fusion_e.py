@@ -2,6 +2,7 @@
 
 A calibration file with an integer beyond float range fails with the field named, not a
 numpy TypeError. The fusion rules read an infinite LLR as the clip, not as a missing modality.
+A policy tier name longer than the transactions table stores is refused when the policy loads.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import pytest
 
 from fusion.calibration import LLR_CLIP
 from fusion.engine import FusionEngine
+from fusion.policy import MAX_TIER_NAME, PolicyError, load_policy
 from fusion.rules import FIXED_RULES, DecisionRule, LearnedWeights, Sequential
+from server.models import Transaction
 
 HUGE = int("1" + "0" * 400)  # how json reads 1e400 written as digits: an int no float can hold
 
@@ -66,3 +69,27 @@ def test_an_infinite_llr_fuses_as_the_clip_not_as_missing(name: str) -> None:
     # more impostor-like evidence never fuses higher
     worse = rule(np.array([[-np.inf, np.nan], [-np.inf, 5.0], [-5.0, np.nan], [-5.0, 5.0]]))
     assert worse[0] <= worse[2] and worse[1] <= worse[3]
+
+
+# -- 3. a tier name the transactions table cannot store is refused when the policy loads ----------
+
+_TIERS = """tiers:
+  - name: {name}
+    max_amount: 100
+    target_fmr: 0.01
+  - name: high
+    max_amount: .inf
+    target_fmr: 0.001
+    corroborate: true
+"""
+
+
+def test_a_tier_name_longer_than_the_stored_column_is_refused(tmp_path: Path) -> None:
+    """'medium_value_payments' loaded, and on PostgreSQL every decision of that tier failed at its commit."""
+    assert MAX_TIER_NAME == Transaction.__table__.c.tier.type.length  # type: ignore[attr-defined]
+    p = tmp_path / "policy.yaml"
+    p.write_text(_TIERS.format(name="x" * MAX_TIER_NAME))
+    assert load_policy(p).tiers[0].name == "x" * MAX_TIER_NAME
+    p.write_text(_TIERS.format(name="medium_value_payments"))
+    with pytest.raises(PolicyError, match=r"policy\.yaml: tiers\.medium_value_payments\.name: at most 16 characters"):
+        load_policy(p)
