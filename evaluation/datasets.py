@@ -545,6 +545,23 @@ def load_cmu(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
     missing_values = [c for c in feats if not np.isfinite(df[c].to_numpy(float)).all()]
     if missing_values:
         raise DatasetError(f"{path}: empty or non-finite values in columns {missing_values[:5]}")
+    # the bench orders each subject's rows by (sessionIndex, rep) to enrol on the first 200: a text
+    # cell would sort the column as text (1, 10, 11, ..., 2) and an empty one last, silently
+    empty = df["subject"].isna().to_numpy(bool) | (df["subject"].astype(str).str.strip() == "").to_numpy(bool)
+    if empty.any():
+        raise DatasetError(f"{path}: column subject, data row {int(np.flatnonzero(empty)[0]) + 1}: empty")
+    df = df.copy()
+    for c in ("sessionIndex", "rep"):
+        try:
+            v = _numbers(df, c)
+        except DatasetError as exc:
+            raise DatasetError(f"{path}: {exc}") from None
+        bad = ~np.isfinite(v) | (v != np.round(v))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            what = f"{v[i]:g} is not a whole number" if np.isfinite(v[i]) else "empty"
+            raise DatasetError(f"{path}: column {c}, data row {i + 1}: {what}")
+        df[c] = v.astype(np.int64)
     key = ["subject", "sessionIndex", "rep"]
     dup = df.duplicated()
     if dup.any():  # exact copies of a row would count twice as enrolment or test repetitions
