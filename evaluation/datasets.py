@@ -695,6 +695,9 @@ def load_bbmas_keystrokes(
 # --------------------------------------------------------------------------- BB-MAS touch
 
 
+#: origin of times read from text: a time with a zone (``Z``, ``+02:00``) is brought to UTC, one without
+#: is read as UTC (BB-MAS wall-clock times: only their differences are used)
+EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 #: the touch time layouts `_parse_touch_times` reads (for its error messages)
 TOUCH_TIME_LAYOUTS = "'YYYY-M-D H:M:S:mmm' as in BB-MAS, ISO 8601, or epoch seconds or milliseconds"
 
@@ -715,11 +718,11 @@ def _parse_touch_times(raw: pd.Series) -> tuple[np.ndarray, int]:
             secs[is_num] = num[is_num] / scale
     text = s.mask(pd.Series(is_num, index=s.index))
     if text.notna().any():
-        ts = pd.to_datetime(text, format="%Y-%m-%d %H:%M:%S:%f", errors="coerce")
+        ts = pd.to_datetime(text, format="%Y-%m-%d %H:%M:%S:%f", errors="coerce", utc=True)
+        from_text = (ts - EPOCH).dt.total_seconds().to_numpy(float)
         if ts.notna().sum() < text.notna().sum():  # other layouts: ISO strings
-            alt = pd.to_datetime(text, format="mixed", errors="coerce")
-            ts = ts.fillna(alt)
-        from_text = (ts - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy(float)
+            alt = pd.to_datetime(text, format="mixed", errors="coerce", utc=True)
+            from_text = np.where(ts.notna().to_numpy(bool), from_text, (alt - EPOCH).dt.total_seconds().to_numpy(float))
         secs = np.where(is_num, secs, from_text)
     return secs, int((s.notna().to_numpy(bool) & ~np.isfinite(secs)).sum())
 
@@ -853,8 +856,8 @@ def _parse_gait_times(raw: pd.Series) -> np.ndarray:
         v = raw.to_numpy(float)
         scale = _time_scale(v)
         return v / scale if scale else v
-    ts = pd.to_datetime(raw.astype("string").str.strip(), format="mixed", errors="coerce")
-    return (ts - pd.Timestamp("1970-01-01")).dt.total_seconds().to_numpy(float)
+    ts = pd.to_datetime(raw.astype("string").str.strip(), format="mixed", errors="coerce", utc=True)
+    return (ts - EPOCH).dt.total_seconds().to_numpy(float)
 
 
 def _parse_gait(path: Path) -> dict[str, np.ndarray]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from evaluation.datasets import DatasetError, load_cmu
+from evaluation.datasets import DatasetError, load_bbmas_gait, load_bbmas_touch, load_cmu
 
 CMU_HEADER = "subject,sessionIndex,rep,H.a,DD.a.b,UD.a.b,H.b\n"  # the CMU layout of a 2-key text
 
@@ -61,3 +62,38 @@ def test_cmu_session_and_rep_are_read_as_numbers(tmp_path: Path) -> None:
     df = load_cmu(tmp_path)
     rows = df[df["subject"] == "s002"].sort_values(["sessionIndex", "rep"])
     assert rows["rep"].tolist() == list(range(1, 13))
+
+
+# --------------------------------------------------------------------------- 2. ISO 8601 times with a zone
+
+
+def _iso(start_ms: int, step_ms: int, n: int, zone: str) -> list[str]:
+    """`n` ISO 8601 times `step_ms` apart from 2017-06-06 13:00 UTC, written in `zone` ("Z" or "+02:00")."""
+    hours = 0 if zone == "Z" else int(zone[:3])
+    t0 = np.datetime64("2017-06-06T13:00:00.000") + np.timedelta64(hours, "h") + np.timedelta64(start_ms, "ms")
+    return [f"{(t0 + np.timedelta64(step_ms * k, 'ms')).astype(str)}{zone}" for k in range(n)]
+
+
+@pytest.mark.parametrize("zone", ["Z", "+02:00"])
+def test_gait_iso_times_with_a_zone_are_read(tmp_path: Path, zone: str) -> None:
+    """ISO 8601 times with a zone ("...Z", "...+02:00") were a TypeError traceback (tz-aware minus naive)."""
+    times = _iso(0, 10, 1500, zone)  # 100 Hz, 15 s
+    rows = [f"{k},{0.5 * np.sin(k / 8):.4f},9.81,{0.1 * np.cos(k / 8):.4f},{t}" for k, t in enumerate(times)]
+    _write_gz(tmp_path / "7_PocketPhone_Accelerometer_(Pixel_7).csv.gz", "EID,Xvalue,Yvalue,Zvalue,time\n"
+              + "\n".join(rows) + "\n")
+    rec = load_bbmas_gait(tmp_path)[7]
+    t = rec.segments[0].t
+    assert t[0] == pytest.approx(np.datetime64("2017-06-06T13:00:00", "s").astype(np.int64))  # the same instant
+    assert np.median(np.diff(t)) == pytest.approx(0.01)
+
+
+def test_touch_iso_times_with_zones_are_read_as_instants(tmp_path: Path) -> None:
+    """Rows written in two zones (a phone that changed zone) are one clock: no traceback, no jump."""
+    times = _iso(0, 10, 4, "+02:00") + _iso(40, 10, 4, "Z")
+    actions = [0, 2, 2, 1, 0, 2, 2, 1]
+    rows = [f"{k},{100 + k},{200 + 5 * k},0.5,3,2,0,0,{a},{t}" for k, (a, t) in enumerate(zip(actions, times))]
+    _write_gz(tmp_path / "7_HandPhone_TouchEvent_(Pixel_7).csv.gz",
+              "EID,Xvalue,Yvalue,pressure,touchMajor,touchMinor,pointerID,fingerOrientation,actionType,time\n"
+              + "\n".join(rows) + "\n")
+    s = load_bbmas_touch(tmp_path)[7]
+    np.testing.assert_allclose(np.diff(s.time), 0.01, atol=1e-6)
