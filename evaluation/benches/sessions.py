@@ -64,14 +64,16 @@ def _rates(outcomes: list[tuple[int | None, int | None]]) -> dict[str, Any]:
 
 @register("sessions", "continuous sessions: owners interrupted and impostors contained, through the server's risk engine")
 def bench_sessions(ctx: BenchContext) -> BenchOutput:
-    from cadence.settings import Settings
+    from cadence.settings import get_settings
     from evaluation.benches.fusion import _fusion_folds
     from fusion.policy import ModalityEvidence
     from modalities.reading import decision_windows, read_windows
     from server.demo import bbmas_people, fit_calibration
     from server.services.scoring import ScorerProvider
 
-    settings = Settings()  # the server's defaults: session_window, session_step_up_risk, session_terminate_risk
+    # the server's: session_window, session_step_up_risk, session_terminate_risk (a bad CADENCE_* value is
+    # a SettingsError naming the variable, as the server's start-up names it)
+    settings = get_settings()
     provider = ScorerProvider(None)  # the packages' models, as a server with no trained registry serves
     folds = _fusion_folds(ctx)
     out: dict[tuple[str, str], list[tuple[int | None, int | None]]] = {}

@@ -97,3 +97,28 @@ def test_touch_iso_times_with_zones_are_read_as_instants(tmp_path: Path) -> None
               + "\n".join(rows) + "\n")
     s = load_bbmas_touch(tmp_path)[7]
     np.testing.assert_allclose(np.diff(s.time), 0.01, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- 3. bad CADENCE_* values
+
+
+def test_bench_sessions_names_a_bad_cadence_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad CADENCE_SESSION_WINDOW is the one line naming the variable that every other command gives.
+
+    It was pydantic's "1 validation error for Settings session_window ...": not the variable to fix.
+    """
+    from typer.testing import CliRunner
+
+    from cadence.cli import app
+    from cadence.settings import get_settings
+
+    monkeypatch.setenv("CADENCE_SESSION_WINDOW", "abc")
+    get_settings.cache_clear()
+    try:
+        res = CliRunner().invoke(app, ["bench", "sessions", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    finally:
+        monkeypatch.delenv("CADENCE_SESSION_WINDOW")
+        get_settings.cache_clear()
+    assert res.exit_code == 2, res.output
+    assert "CADENCE_SESSION_WINDOW='abc'" in res.output
+    assert "Traceback" not in res.output
