@@ -13,10 +13,10 @@ from typer.testing import CliRunner, Result
 from cadence.cli import app
 from cadence.db import Base, make_engine
 from cadence.settings import get_settings
-from compliance import subjects
 from compliance.consent import grant_consent, policy_text
 from compliance.models import ConsentRecord
 from server.models import Template, User
+from tests.compliance.conftest import isolated_holders
 
 runner = CliRunner()
 
@@ -24,16 +24,8 @@ runner = CliRunner()
 @pytest.fixture
 def no_holders(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """CADENCE_HOLDER_MODULES=[] and an empty holder registry (restored after)."""
-    monkeypatch.setenv("CADENCE_HOLDER_MODULES", "[]")
-    for var in ("CADENCE_ENVIRONMENT", "CADENCE_AUDIT_HMAC_KEY", "CADENCE_AUDIT_SIGNING_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    saved = dict(subjects._HOLDERS)
-    subjects._HOLDERS.clear()
-    get_settings.cache_clear()
-    yield
-    subjects._HOLDERS.clear()
-    subjects._HOLDERS.update(saved)
-    get_settings.cache_clear()
+    with isolated_holders(monkeypatch):
+        yield
 
 
 def _server_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:

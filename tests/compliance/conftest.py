@@ -7,6 +7,7 @@ PostgreSQL tests run in a throw-away schema (`tests.pg`): the CLI, which only se
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -123,8 +124,8 @@ def sqlite_factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     eng.dispose()
 
 
-@pytest.fixture(autouse=True)
-def _isolated_compliance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+@contextmanager
+def isolated_holders(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Development keys, no holder modules imported, and the holder registry restored after."""
     for var in ("CADENCE_ENVIRONMENT", "CADENCE_AUDIT_HMAC_KEY", "CADENCE_AUDIT_SIGNING_KEY", "CADENCE_AUDIT_PUBLIC_KEYS", "CADENCE_RETENTION_POLICY"):
         monkeypatch.delenv(var, raising=False)
@@ -136,6 +137,12 @@ def _isolated_compliance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     subjects._HOLDERS.clear()
     subjects._HOLDERS.update(saved)
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_compliance(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with isolated_holders(monkeypatch):
+        yield
 
 
 @pytest.fixture
