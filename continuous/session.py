@@ -55,8 +55,8 @@ class SessionState:
 def _llr_of(evidence: list[ModalityEvidence]) -> float | None:
     """The window's fused LLR, or None when no item is usable evidence.
 
-    Non-finite scores are the fusion policy's business: an infinite one (a scorer overflowing
-    on extreme features) counts as a bounded strong mismatch or match, a NaN one is left out.
+    Non-finite scores are the fusion policy's business: -inf (a scorer overflowing on extreme
+    features) counts as a bounded strong mismatch; NaN and +inf are left out (no overflow counts for the person).
     """
     if not isinstance(evidence, (list, tuple)):
         raise TypeError(f"evidence: expected a list of ModalityEvidence, got {type(evidence).__name__}")

@@ -337,7 +337,7 @@ def decide(
     `match` level (reason `uncorroborated`): a modality that says nothing (LLR 0) or speaks
     against the person does not corroborate. Reason codes: `strong_match` (LLR >= 2.3), `match`
     (> 0), `mismatch` (<= 0: no support for the person, LLR 0 included), `strong_mismatch`
-    (<= -2.3). A NaN score or LLR is left out (reason `invalid_score`) and any LLR is
+    (<= -2.3). A NaN score or LLR, or a score of +inf, is left out (reason `invalid_score`) and any LLR is
     clipped to +-MAX_ABS_LLR, so an infinite one neither approves alone nor turns the sum NaN. Summing
     LLRs assumes independent modalities, and one modality's tail can be wrong for a pair of
     lookalike people; two agreeing modalities are what make a small false-accept target hold.
@@ -353,7 +353,10 @@ def decide(
         if not (e.n_windows > 0 and e.quality >= min_q):
             reasons.append(ReasonCode(e.modality, "low_quality", 0.0))
             continue
-        if e.score != e.score or e.llr != e.llr:  # NaN: a broken scorer or calibrator says nothing
+        # NaN: a broken scorer or calibrator says nothing. A raw score of +inf is a model overflowing
+        # (scores rise towards the person): counting it would approve on an overflow, so it says nothing
+        # either; -inf still counts, as the calibration's strongest mismatch
+        if e.score != e.score or e.llr != e.llr or e.score == math.inf:
             reasons.append(ReasonCode(e.modality, "invalid_score", 0.0))
             continue
         if e.llr is None:

@@ -93,3 +93,24 @@ def test_a_tier_name_longer_than_the_stored_column_is_refused(tmp_path: Path) ->
     p.write_text(_TIERS.format(name="medium_value_payments"))
     with pytest.raises(PolicyError, match=r"policy\.yaml: tiers\.medium_value_payments\.name: at most 16 characters"):
         load_policy(p)
+
+
+def test_a_score_overflowing_to_plus_inf_says_nothing_and_minus_inf_counts_against() -> None:
+    """A raw score of +inf (a model's overflow) is left out as `invalid_score`, as docs/api.md says.
+
+    It was mapped to the calibration's upper bound and approved a low-tier payment on its own.
+    """
+    from fusion.policy import Decision, ModalityEvidence
+
+    r = np.random.default_rng(0)
+    engine = FusionEngine().fit_modality("keystroke", genuine=r.normal(2, 1, 300), impostor=r.normal(0, 1, 3000))
+
+    def decide(score: float) -> Decision:
+        return engine.decide([ModalityEvidence("keystroke", score, model_version="registry:v1")], amount=50)
+
+    assert decide(8.0).outcome == "approve"  # a large finite score is still strong evidence
+    up = decide(float("inf"))
+    assert up.outcome == "step_up"
+    assert [c.code for c in up.reasons] == ["invalid_score", "no_evidence"]
+    down = decide(float("-inf"))
+    assert down.reasons[0].code == "strong_mismatch" and down.outcome != "approve"
