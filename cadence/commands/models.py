@@ -265,18 +265,34 @@ def calibrate(
         check_calibration_data(folder, modality)
     except (ValueError, DatasetError) as exc:
         fail(exc)
-    _check_calibration_writable(_calibration_file(reg.root))
+    cal_file = _calibration_file(reg.root)
+    _check_calibration_writable(cal_file)
     with _audit_log() as record:  # checked before the calibration file changes
+        before = cal_file.read_bytes() if cal_file.is_file() else None
         try:
             with out_console().status(f"{modality}: scoring the calibration people"):
                 rep = calibrate_published(folder, reg.root, modality, version=version, max_subjects=max_subjects,
-                                          seed=seed, calibration_file=_calibration_file(reg.root))
+                                          seed=seed, calibration_file=cal_file)
         except (RegistryError, ModelVersionError, ValueError, DatasetError) as exc:
             fail(exc)
-        record("model.calibrated", {"modality": modality, "version": rep.version, "scorer": rep.scorer,
-                                    "subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(folder)})
+        try:
+            record("model.calibrated", {"modality": modality, "version": rep.version, "scorer": rep.scorer,
+                                        "subjects": rep.subjects, "cllr": round(rep.cllr, 4), "data_dir": str(folder)})
+        except BaseException:  # not on record (e.g. the database stayed locked): servers must not decide with it
+            _restore(cal_file, before)
+            raise
     out_console().print(f"{modality} {rep.version} ({rep.scorer}): calibrated on {rep.subjects} subjects, "
                     f"EER {rep.eer:.4f}, Cllr {rep.cllr:.3f} -> {rep.calibration_file}", markup=False)
+
+
+def _restore(path: Path, content: bytes | None) -> None:
+    """Put back `path` as it was (`content`; None: it did not exist), as `activate` undoes an unrecorded switch."""
+    from cadence.files import atomic_write
+
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write(path, content)
 
 
 def _migrate_if_empty(url: str) -> None:

@@ -91,6 +91,44 @@ def test_models_commands_write_and_read_the_calibration_file_the_server_reads(
     assert [e for e, _ in audit_events(url)] == ["model.activated", "model.activated", "model.calibrated"]
 
 
+def test_a_calibration_the_audit_log_could_not_record_is_put_back(
+        fake_training: dict[str, Exception], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A calibration saved but not recorded (a locked database) is put back as it was.
+
+    Servers decided with an unrecorded calibration; `activate` already undid an unrecorded switch.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    import evaluation.pair_scores
+    from server.services import compliance_hooks
+
+    url = audit_db(tmp_path, monkeypatch)
+    reg_root = tmp_path / "registry"
+    cal = reg_root / "fusion-calibration.json"
+    assert _cli("models", "train", "--data-dir", str(tmp_path), "--registry", str(reg_root), "-m", "keystroke").exit_code == 0
+    v2 = ModelRegistry(reg_root).publish("keystroke", ScaledManhattan(min_scale=0.5), metrics={}, card="# other",
+                                         source="test")
+    assert _cli("models", "activate", "keystroke", v2, "--registry", str(reg_root)).exit_code == 0
+    before = cal.read_bytes()
+    monkeypatch.setattr(evaluation.pair_scores, "SPLITS", {"keystroke": lambda folder, subjects: subjects})
+    monkeypatch.setattr(evaluation.pair_scores, "scores_of", lambda scorer, split: split)
+    audit = compliance_hooks.audit
+
+    def locked(session, *, event: str, **kw):  # type: ignore[no-untyped-def]
+        if event == "model.calibrated":
+            raise OperationalError("INSERT INTO compliance_audit", {}, Exception("database is locked"))
+        return audit(session, event=event, **kw)
+
+    monkeypatch.setattr(compliance_hooks, "audit", locked)
+    r = _cli("models", "calibrate", "keystroke", "--data-dir", str(tmp_path), "--registry", str(reg_root))
+    assert r.exit_code == 2 and "database is locked" in r.output, r.output
+    assert cal.read_bytes() == before and FusionEngine.load(cal).fitted_for("keystroke") == "v0001"
+    assert "model.calibrated" not in [e for e, _ in audit_events(url)]
+    monkeypatch.setattr(compliance_hooks, "audit", audit)  # recorded: the calibration stays
+    assert _cli("models", "calibrate", "keystroke", "--data-dir", str(tmp_path), "--registry", str(reg_root)).exit_code == 0
+    assert FusionEngine.load(cal).fitted_for("keystroke") == v2
+
+
 def test_a_calibration_setting_that_cannot_be_written_is_refused_before_training(
         fake_training: dict[str, Exception], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     monkeypatch.setenv("CADENCE_FUSION_CALIBRATION", str(tmp_path / "no-such-folder" / "cal.json"))
