@@ -227,6 +227,12 @@ class FastJSONRequest(Request):
         return self._json
 
 
+def content_type_error() -> RequestValidationError:
+    """The 422 for a body sent without a JSON content type (every body of this API is JSON)."""
+    return RequestValidationError([{"type": "content_type", "loc": ("body",),
+                                    "msg": "content-type must be application/json", "input": None}])
+
+
 def lean(handler: LeanHandler) -> Callable[[F], F]:
     """Serve the decorated endpoint with `handler(request)`; the endpoint's signature documents it."""
 
@@ -255,8 +261,7 @@ async def json_body(request: Request, model: type[M]) -> tuple[M, bytes]:
     if not raw:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
     if not _is_json(request.headers.get("content-type")):
-        raise RequestValidationError([{"type": "content_type", "loc": ("body",),
-                                       "msg": "content-type must be application/json", "input": None}])
+        raise content_type_error()
     token = REQUEST_JSON.set(raw)
     try:
         body = model.model_validate_json(raw)
@@ -332,11 +337,10 @@ async def _parse_ahead(request: FastJSONRequest) -> None:
 
     FastAPI turns any other error of `Request.json` into a 400 "There was an error parsing
     the body". The parsed body is kept on the request, where FastAPI then finds it; invalid
-    JSON is left for FastAPI to report as before.
+    JSON is left for FastAPI to report as before. A body without a JSON content type is the
+    422 `authorize` answers (`content_type_error`): FastAPI validated its bytes as the model and
+    said "Input should be a valid dictionary", of a body that was one.
     """
-    content_type = request.headers.get("content-type")
-    if content_type and not _is_json(content_type):
-        return
     try:
         if not await request.body():
             return
@@ -344,6 +348,8 @@ async def _parse_ahead(request: FastJSONRequest) -> None:
         raise
     except Exception:  # a client gone mid-body: FastAPI reads it again and answers as before
         return
+    if not _is_json(request.headers.get("content-type")):
+        raise content_type_error()
     try:
         await request.json()
     except DuplicateKeyError as exc:
