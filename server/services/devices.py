@@ -26,12 +26,20 @@ from server.signing import SignatureError, canonical_request, load_public_key, r
 
 
 def register_device(session: Session, body: DeviceRegister, *, actor: str) -> Device:
-    """Bind a device key to a user; the device proves it holds the private key."""
+    """Bind a device key to a user; the device proves it holds the private key.
+
+    Each refusal names the field at fault: a malformed key is `public_key`'s, a signature that
+    is malformed or does not verify is `proof`'s (the request has no signature header to name).
+    """
     try:
         key = load_public_key(body.public_key)
+    except SignatureError as exc:
+        raise ApiError(422, "bad_device_key", str(exc)) from exc
+    try:
         verify_signature(key, registration_message(body.device_id, body.user_id), body.proof)
     except SignatureError as exc:
-        raise ApiError(422, "bad_device_key", f"proof: {exc}" if "proof" not in str(exc) else str(exc)) from exc
+        raise ApiError(422, "bad_device_key", "proof: not this public_key's Ed25519 signature (base64url) of "
+                                              "\"register\\n<device_id>\\n<user_id>\"") from exc
     existing = session.get(Device, body.device_id)
     if existing is not None:
         return _registered_before(existing, body)

@@ -1,7 +1,9 @@
 """Server review F: refusals that named the wrong thing.
 
 A JSON body sent without a JSON content type to any route but `authorize` was refused as
-"body: Input should be a valid dictionary" (it was one).
+"body: Input should be a valid dictionary" (it was one); a device registration with a malformed
+key was refused as `proof: public_key: ...`, and a proof that does not verify named the
+`X-Cadence-Signature` header, which that request does not have.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
-from server.signing import sign_request
+from server.signing import b64e, public_key_b64, registration_message, sign_request
 from tests.server.conftest import new_device
 
 BANK = {"X-API-Key": "dev-bank-key"}
@@ -35,3 +38,26 @@ def test_a_json_body_without_a_json_content_type_is_refused_as_such(client: Test
     r = client.post(path, content=body, headers={**sign_request(dev.key, dev.device_id, "POST", path, body),
                                                  "content-type": "application/json; charset=utf-8"})
     assert r.status_code == 201, r.text  # a JSON content type with parameters is one
+
+
+def _registration(key: Ed25519PrivateKey, **change: str) -> dict[str, str]:
+    body = {"device_id": "dev-f1", "user_id": "fiona", "public_key": public_key_b64(key),
+            "proof": b64e(key.sign(registration_message("dev-f1", "fiona")))}
+    return {**body, **change}
+
+
+def test_a_refused_device_registration_names_the_field_at_fault(client: TestClient) -> None:
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    cases = [
+        ("public_key: an Ed25519 public key is 32 bytes, got 33", _registration(key, public_key="A" * 44)),
+        ("public_key: an Ed25519 public key is 32 bytes, got 0", _registration(key, public_key="!" * 43)),
+        ("proof: not this public_key's", _registration(key, proof=b64e(other.sign(registration_message("dev-f1",
+                                                                                                     "fiona"))))),
+        ("proof: not this public_key's", _registration(key, proof="A" * 100)),  # not even a signature's length
+    ]
+    for reason, body in cases:
+        r = client.post("/v1/devices", json=body, headers=BANK)
+        assert r.status_code == 422 and r.json()["code"] == "bad_device_key", r.text
+        assert r.json()["detail"].startswith(reason), r.text
+        assert "X-Cadence" not in r.json()["detail"]  # a registration carries no signature header
+    assert client.post("/v1/devices", json=_registration(key), headers=BANK).status_code == 201
