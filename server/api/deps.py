@@ -317,12 +317,33 @@ def client_address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
+#: the headers that authenticate a device request, as the server hands them over (lower-case bytes)
+_SIGNED_HEADERS = tuple(n.lower().encode() for n in (HEADER_DEVICE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE))
+
+
+def _each_once(request: Request) -> None:
+    """400 when a request repeats one of the headers that authenticate it.
+
+    The server reads the first of two; a proxy or a log that keeps the last would name another
+    device (or nonce) than the one whose signature was verified. Four counts in C over the
+    header names: ~1 us on the hot path.
+    """
+    names = [k for k, _ in request.scope["headers"]]
+    for n in _SIGNED_HEADERS:
+        if names.count(n) > 1:
+            shown = next(h for h in (HEADER_DEVICE, HEADER_TIMESTAMP, HEADER_NONCE, HEADER_SIGNATURE)
+                         if h.lower().encode() == n)
+            raise ApiError(400, "duplicate_header", f"{shown}: sent {names.count(n)} times; a signed request "
+                                                    "carries each of its headers once")
+
+
 def signed_request(state: AppState, request: Request, body: bytes) -> DeviceRequest:
     """What authenticates a device request, read from its headers (checked by `DeviceRequest`).
 
     The caller checks the device's rate (`check_rate`) first, before parsing the body, as the
-    `Signed` dependency does.
+    `Signed` dependency does. A request that repeats one of these headers is refused (`_each_once`).
     """
+    _each_once(request)
     h = request.headers
     return DeviceRequest(state, request.method, signed_path(request), body, h.get(HEADER_DEVICE),
                          h.get(HEADER_TIMESTAMP), h.get(HEADER_NONCE), h.get(HEADER_SIGNATURE),

@@ -61,3 +61,21 @@ def test_a_refused_device_registration_names_the_field_at_fault(client: TestClie
         assert r.json()["detail"].startswith(reason), r.text
         assert "X-Cadence" not in r.json()["detail"]  # a registration carries no signature header
     assert client.post("/v1/devices", json=_registration(key), headers=BANK).status_code == 201
+
+
+def test_a_signed_request_that_repeats_one_of_its_headers_is_refused(client: TestClient) -> None:
+    """A repeated signed header is a 400, not the first of the two read and served.
+
+    A proxy or a log keeping the last `X-Cadence-Device` would name another device than the one
+    whose signature was verified.
+    """
+    dev = new_device(client)
+    path = "/v1/users/alice/consents"
+    for name, extra in (("X-Cadence-Device", "dev-other"), ("X-Cadence-Nonce", "n2"),
+                        ("X-Cadence-Signature", "AAAA"), ("X-Cadence-Timestamp", "1")):
+        signed = sign_request(dev.key, dev.device_id, "GET", path, b"")
+        r = client.get(path, headers=[*signed.items(), (name, extra)])
+        assert r.status_code == 400, r.text
+        assert r.json()["code"] == "duplicate_header" and r.json()["detail"].startswith(f"{name}: sent 2 times")
+    r = client.get(path, headers=sign_request(dev.key, dev.device_id, "GET", path, b""))
+    assert r.status_code == 200, r.text  # each header once: served
