@@ -622,7 +622,10 @@ class ApiClient:
                 last = exc  # the client was closed (the app is closing): as good as offline, so it is queued
                 break
             else:
-                if r.status_code < 400:
+                # a 3xx is no answer from the server (httpx follows no redirect): a captive portal's
+                # login page, a proxy. Counted as done, it dropped queued consents and settled erasures
+                redirect = 300 <= r.status_code < 400
+                if r.status_code < 300:
                     self.last_sync = time.time()
                     if not r.content:
                         return None
@@ -637,7 +640,7 @@ class ApiClient:
                         raise UnreadableAnswer(f"{method} {route}: {r.status_code} answer could not be read",
                                                r.status_code, {"detail": "unreadable answer",
                                                                "code": "unreadable_answer"}) from None
-                if r.status_code not in RETRY_STATUS:
+                if not redirect and r.status_code not in RETRY_STATUS:
                     try:
                         detail: Any = r.json()
                     except ValueError:
@@ -646,7 +649,8 @@ class ApiClient:
                         detail = None
                     msg = server_detail(detail) or "(no readable detail)"
                     raise ApiError(f"{method} {route}: {r.status_code} {msg}", r.status_code, detail, in_doubt=in_doubt)
-                last = ApiError(f"{method} {route}: {r.status_code}", r.status_code)
+                last = (ApiError(f"{method} {route}: {r.status_code} redirect, not the server's answer", None)
+                        if redirect else ApiError(f"{method} {route}: {r.status_code}", r.status_code))
                 in_doubt = in_doubt or r.status_code >= 500
             if attempt < retries:
                 self._sleep(self.backoff_s * (2 ** attempt))
