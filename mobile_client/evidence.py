@@ -22,6 +22,7 @@ dropped (`_epoch`), so nothing recorded before an erasure is flushed after it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 from collections import deque
@@ -32,9 +33,12 @@ from mobile_client.collectors import Event, modality_of
 from mobile_client.raw_store import RawEventStore
 from modalities.events import AccelSample, FeatureWindow, KeyEvent, TouchEvent
 
+log = logging.getLogger(__name__)
 #: how many events of each modality are kept in memory
 CAPACITY = {"keystroke": 2000, "touch": 6000, "gait": 12000}
 FLUSH_EVERY = 500
+#: events kept waiting for the store while it cannot be written (a full disk): the oldest go beyond
+MAX_PENDING = sum(CAPACITY.values())
 
 
 class EvidenceBuffer:
@@ -44,6 +48,8 @@ class EvidenceBuffer:
                  clock: Clock = monotonic) -> None:
         self._buf: dict[str, deque[Event]] = {m: deque(maxlen=n) for m, n in CAPACITY.items()}
         self._pending: list[Event] = []
+        #: `add` flushes once this many events wait (more after a write failed: not one try per event)
+        self._flush_at = FLUSH_EVERY
         self._lock = threading.Lock()
         #: held while a batch is written to the store (`clear` waits for it)
         self._flush_lock = threading.Lock()
@@ -73,7 +79,7 @@ class EvidenceBuffer:
             self._buf[m].append(ev)
             self._total[m] += 1
             self._pending.append(ev)
-            flush = len(self._pending) >= FLUSH_EVERY
+            flush = len(self._pending) >= self._flush_at
         if flush:
             self.flush()
 
@@ -82,13 +88,38 @@ class EvidenceBuffer:
             self.add(ev)
 
     def flush(self) -> int:
-        """Write what is pending to the store; returns how many events were written."""
+        """Write what is pending to the store; returns how many events were written.
+
+        A store that cannot be written (a full disk, an I/O error) is logged, never raised: this
+        runs from the collectors' handlers (a key released, a sensor sample) and after a payment's
+        answer, which must neither crash the app nor be lost. The batch then waits for the next
+        flush (at most `MAX_PENDING` events, the oldest dropped), unless cleared or forgotten meanwhile.
+        """
         with self._flush_lock:
             with self._lock:
                 batch, self._pending = self._pending, []
-            if self.store is not None and batch:
-                return self.store.append(batch)
-            return 0
+                epoch, forgotten = self._epoch, dict(self._forgotten)
+            if self.store is None or not batch:
+                return 0
+            by_mod: dict[str, list[Event]] = {}
+            for ev in batch:
+                by_mod.setdefault(modality_of(ev), []).append(ev)
+            n, failed, error = 0, {}, None
+            for m, events in by_mod.items():  # one store batch each: a modality written is not written twice
+                try:
+                    n += self.store.append(events)
+                except OSError as exc:
+                    failed[m], error = events, exc
+            with self._lock:
+                if epoch == self._epoch:  # not cleared (nor that modality forgotten) meanwhile: it waits
+                    back = [e for m, evs in failed.items() if forgotten[m] == self._forgotten[m] for e in evs]
+                    self._pending = (back + self._pending)[-MAX_PENDING:]
+                self._flush_at = len(self._pending) + FLUSH_EVERY if error is not None else FLUSH_EVERY
+                waiting = len(self._pending)
+            if error is not None:
+                log.warning("recordings could not be stored on this phone (%s): %d event(s) wait in memory for "
+                            "the next try", error, waiting)
+            return n
 
     def count(self, modality: str) -> int:
         """Events of `modality` seen since start (not only those still in memory)."""

@@ -231,8 +231,11 @@ class TransactionController:
         self.step_up = StepUp(d.transaction_id, f"{secrets.randbelow(10**6):06d}") if d.outcome == "step_up" else None
         if d.outcome == "approve":
             self.adapt(d.transaction_id)
-        self.s.evidence.flush()
-        self.s.save_profile()
+        self.s.evidence.flush()  # a full disk keeps the recordings in memory (logged), never raises
+        try:
+            self.s.save_profile()
+        except OSError as exc:  # only its last-sync time: the bank's decision is shown all the same
+            log.warning("the profile could not be saved after payment %s: %s", d.transaction_id, exc)
         return d
 
     def adapt(self, transaction_id: str) -> bool:
