@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -56,6 +57,8 @@ SECRET_NAME = "raw-store-key"
 #: a batch's file name: `<created>-<seq>-<count>.bin`
 BATCH_NAME = re.compile(r"^(\d+(?:\.\d+)?)-(\d+)-(\d+)$")
 DEFAULT_RETENTION_DAYS = 30
+#: how often writes and reads delete what retention no longer allows (`RawEventStore._sweep`)
+SWEEP_S = 3600.0
 #: beside the batches: a token of a constant made with the store's key, to tell a wrong key from a bad batch
 KEY_CHECK = "key-check"
 _KEY_CHECK_TEXT = b"cadence raw store key check"
@@ -121,6 +124,8 @@ class RawEventStore:
         self._uptime = uptime or _boottime
         self._secrets = secrets
         self._seq = 0
+        #: wall-clock time of the last retention sweep (`_sweep`): none yet
+        self._swept_at = -math.inf
         self._strays: set[Path] = set()
         #: batches `read` could not decrypt or parse (logged once each)
         self._bad: set[Path] = set()
@@ -143,8 +148,25 @@ class RawEventStore:
                 f.unlink(missing_ok=True)
             self._new_key()
 
+    def _sweep(self) -> None:
+        """`apply_retention` when the last sweep is `SWEEP_S` or more ago (or the clock went back).
+
+        Why: retention ran only as the app started, so an app left open for weeks kept recordings
+        past the period the Privacy screen promises. Writes and reads sweep now, at most hourly.
+        A failed deletion is logged and tried again at the next sweep.
+        """
+        now = self._now()
+        if 0 <= now - self._swept_at < SWEEP_S:
+            return
+        self._swept_at = now
+        try:
+            self.apply_retention()
+        except OSError as exc:
+            log.warning("raw store: retention could not delete an old batch (%s); tried again later", exc)
+
     def append(self, events: Sequence[Event]) -> int:
         """Store a batch (split by modality); returns how many events were written."""
+        self._sweep()
         by_mod: dict[str, list[dict[str, object]]] = {}
         for ev in events:
             by_mod.setdefault(modality_of(ev), []).append(_encode(ev))
@@ -213,6 +235,7 @@ class RawEventStore:
         """
         if modality not in _TYPES:
             raise ValueError(f"modality: unknown {modality!r}")
+        self._sweep()
         cls = _TYPES[modality]
         recordings: dict[str, list[Event]] = {}
         bad: list[tuple[Path, Exception]] = []
@@ -273,6 +296,7 @@ class RawEventStore:
 
     def apply_retention(self) -> int:
         """Delete batches older than the retention period; returns files deleted."""
+        self._swept_at = self._now()
         cutoff = self._now() - self.retention_days * 86400
         gone = 0
         for p in self._files():

@@ -271,8 +271,9 @@ def test_batches_written_before_recordings_were_kept_are_still_read_each_on_its_
     old = Fernet(secrets.get(SECRET_NAME) or b"").encrypt(json.dumps([asdict(e) for e in evs]).encode())
     d = tmp_path / "raw" / "keystroke"
     d.mkdir(exist_ok=True)
-    (d / "1000.000-000001-40.bin").write_bytes(old)
-    (d / "1001.000-000002-40.bin").write_bytes(old)
+    now = time.time()  # batches of today (reads sweep what retention no longer allows)
+    (d / f"{now - 2:.3f}-000001-40.bin").write_bytes(old)
+    (d / f"{now - 1:.3f}-000002-40.bin").write_bytes(old)
     assert store.read_recordings("keystroke") == [evs, evs]
     assert store.summary().counts["keystroke"] == 80
 

@@ -160,3 +160,23 @@ def test_a_payment_approved_while_the_disk_is_full_shows_the_banks_answer(tmp_pa
     d = tc.authorize("12.00", "Sam")
     assert d.outcome == "approve" and len(bank.sent("/authorize")) == 1
     assert s.api.held_payment("12.00", "GBP", "Sam") is None
+
+
+def test_recordings_past_retention_go_while_the_app_stays_open(tmp_path: Path) -> None:
+    """Recordings older than the retention period go on the next write or read, at most hourly.
+
+    Retention ran only as the app started: an app left open for weeks kept what the Privacy
+    screen says is deleted after 30 days.
+    """
+    t = [1_000_000.0]
+    store = RawEventStore(tmp_path / "raw", FileSecretStore(tmp_path / "s"), now=lambda: t[0])
+    store.append(_keys(10))
+    t[0] += 31 * 86400
+    assert store.read("keystroke") == []  # read after the period: the old batch is gone
+    store.append(_keys(5, t0=100.0))
+    t[0] += 600  # within the hour: no sweep on every write
+    store.append(_keys(5, t0=200.0))
+    assert len(store.read("keystroke")) == 10
+    t[0] += 31 * 86400
+    store.append(_keys(3, t0=300.0))  # a write sweeps too
+    assert len(list((tmp_path / "raw" / "keystroke").glob("*.bin"))) == 1
