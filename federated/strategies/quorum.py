@@ -8,6 +8,11 @@ a snapshot of them (so Flower's own wait cannot block), and refuses to aggregate
 is calibrated to (a smaller average would need more noise than was added); for a robust rule,
 at least the number it needs not to degenerate into a mean. `reason` says which, in the error.
 
+A reply whose update holds NaN or inf, or whose weight (``num-examples``, ``unit-weight``) is
+not a positive finite number, counts as a failed reply (`unusable`): one such device turned
+every mean, the median too, into NaN from that round on, and the run failed only at publishing,
+blaming the learning rate. Leaving it out is removing one device (DP's adjacency).
+
 `devices`, when given, are the run's devices, fixed at its scaling round (the feature scaling,
 the device count and DP's denominator were settled on them): only they are sampled. A device
 that connects later is logged once and takes part from the next run on.
@@ -16,10 +21,12 @@ that connects later is logged once and takes part from the next run on.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -32,6 +39,24 @@ log = logging.getLogger(__name__)
 
 class QuorumError(RuntimeError):
     """Too few devices connected, or too few replied, for a round to count."""
+
+
+#: the weight metrics mean-based rules read (`StrategyRecipe.common_kwargs`)
+WEIGHT_KEYS = ("num-examples", "unit-weight")
+
+
+def unusable(reply: Message) -> str | None:
+    """Why a reply that carries content cannot be aggregated (non-finite update or weight); None if it can."""
+    for rec in reply.content.array_records.values():
+        for key, arr in rec.items():
+            if not np.isfinite(arr.numpy()).all():
+                return f"non-finite values (NaN or inf) in its update ({key})"
+    for metrics in reply.content.metric_records.values():
+        for key in WEIGHT_KEYS:
+            v = metrics.get(key)
+            if v is not None and (isinstance(v, (bool, list)) or not (math.isfinite(v) and v > 0)):
+                return f"{key} {v!r}, not a positive number"
+    return None
 
 
 class _Snapshot:
@@ -88,14 +113,15 @@ class Quorum(Delegating):
             self._sleep(min(1.0, self.timeout))
         return nodes
 
-    def check_replies(self, server_round: int, replies: list[Message]) -> None:
-        """Raise unless at least `required` replies carry content (timeouts and errors do not)."""
+    def check_replies(self, server_round: int, replies: list[Message], left_out: Collection[str] = ()) -> None:
+        """Raise unless at least `required` replies carry content (timeouts, errors and `left_out` ones do not)."""
         good = sum(not r.has_error() for r in replies)
         if good < self.required:
             errors = device_errors(replies)
+            unused = f"; left out: {len(left_out)} device(s) sent {'; '.join(sorted(set(left_out)))}" if left_out else ""
             raise QuorumError(f"round {server_round}: {good} device(s) replied within round-timeout "
                               f"({self.timeout:.0f} s), {self.required} needed ({self.reason})"
-                              f"{'; errors: ' + errors if errors else ''}")
+                              f"{'; errors: ' + errors if errors else ''}{unused}")
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -104,6 +130,14 @@ class Quorum(Delegating):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        self.check_replies(server_round, replies)
-        return self.strategy.aggregate_train(server_round, replies)
+        kept, left_out = [], []
+        for r in replies:
+            why = None if r.has_error() else unusable(r)
+            if why is None:
+                kept.append(r)
+            else:  # the node id only: which device, never anything of its data
+                log.warning("round %s: device %s sent %s; its update is left out", server_round,
+                            r.metadata.src_node_id, why)
+                left_out.append(why)
+        self.check_replies(server_round, kept, left_out)
+        return self.strategy.aggregate_train(server_round, kept)
