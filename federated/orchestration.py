@@ -119,25 +119,32 @@ def population_scaling(grid: Grid, nodes: list[int], s: RunSettings,
     msgs = [Message(RecordDict({"config": ConfigRecord({"modality": s.modality})}), dst_node_id=nid,
                     message_type=MessageType.QUERY) for nid in nodes]
     answers = list(grid.send_and_receive(msgs, timeout=s.round_timeout))
-    replies = [r for r in answers if not r.has_error()]
+    # a device whose sums are not of the run's feature size (or not finite) is left out like one that
+    # failed: before, one such device (a file of other features) failed the run of every device
+    dim = feature_spec(s.modality).dim
+    replies, unusable = [], []
+    for r in answers:
+        if r.has_error():
+            continue
+        why = _unusable_sums(r, dim)
+        if why is None:
+            replies.append(r)
+        else:
+            log.warning("scaling round: device %s %s; it is left out", r.metadata.src_node_id, why)
+            unusable.append(why)
+    left_out = f"; left out: {len(unusable)} device(s) {'; '.join(sorted(set(unusable)))}" if unusable else ""
     if len(replies) < s.min_nodes:
         errors = device_errors(answers)
         raise FederatedRunError(f"scaling round: {len(replies)}/{len(nodes)} devices answered within round-timeout "
                                 f"{s.round_timeout:g} s, min-nodes {s.min_nodes} needed"
-                                f"{'; errors: ' + errors if errors else ''}")
+                                f"{'; errors: ' + errors if errors else ''}{left_out}")
     if len(replies) < len(nodes):
         errors = device_errors(answers)
-        log.warning("scaling round: %d of %d devices answered; the run goes on with them%s", len(replies),
-                    len(nodes), f" (errors: {errors})" if errors else "")
-    try:
-        n = sum(get_float(metric_record(r.content), "num-examples") for r in replies)
-        sums = [(get_array(array_record(r.content, "sums"), "sum"), get_array(array_record(r.content, "sums"), "sumsq"))
-                for r in replies]
-    except RecordError as exc:
-        raise FederatedRunError(f"scaling round: a device sent a malformed reply: {exc}") from exc
-    dims = {a.shape for a, _ in sums}
-    if len(dims) != 1:
-        raise FederatedRunError(f"data: devices hold windows of different sizes {sorted(dims)}")
+        log.warning("scaling round: %d of %d devices answered; the run goes on with them%s%s", len(replies),
+                    len(nodes), f" (errors: {errors})" if errors else "", left_out)
+    n = sum(get_float(metric_record(r.content), "num-examples") for r in replies)
+    sums = [(get_array(array_record(r.content, "sums"), "sum"), get_array(array_record(r.content, "sums"), "sumsq"))
+            for r in replies]
     _refuse_duplicate_data(replies, sums)
     if keys is not None:
         for r in replies:
@@ -151,6 +158,21 @@ def population_scaling(grid: Grid, nodes: list[int], s: RunSettings,
     total = functools.reduce(operator.add, [a.astype(np.float64) for a, _ in sums])
     total_sq = functools.reduce(operator.add, [b.astype(np.float64) for _, b in sums])
     return task.Normaliser.from_sums(n, total, total_sq)
+
+
+def _unusable_sums(reply: Message, dim: int) -> str | None:
+    """Why a scaling reply cannot be summed (malformed, of another feature size, not finite); None if it can."""
+    try:
+        n = get_float(metric_record(reply.content), "num-examples")
+        a = get_array(array_record(reply.content, "sums"), "sum")
+        b = get_array(array_record(reply.content, "sums"), "sumsq")
+    except RecordError as exc:
+        return f"sent a malformed reply ({exc})"
+    if a.shape != (dim,) or b.shape != (dim,):
+        return f"holds {a.shape[0] if a.ndim == 1 else a.shape}-d windows, {dim}-d features needed (another feature set?)"
+    if not (math.isfinite(n) and n > 0 and np.isfinite(a).all() and np.isfinite(b).all()):
+        return "sent non-finite or empty feature sums"
+    return None
 
 
 def _refuse_duplicate_data(replies: list[Message], sums: list[tuple[np.ndarray, np.ndarray]]) -> None:

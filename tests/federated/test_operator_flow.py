@@ -24,6 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 
 from federated import deployment as d
 from federated.config import RunSettings, SettingsError
+from federated.features import feature_spec
 from federated.orchestration import FederatedRunError, RunOutcome, population_scaling, publish
 from federated.scorer import EmbeddingScorer
 from tests.federated.conftest import _as_server_app, _cli, _run_args, _write, flower_commands
@@ -322,7 +323,8 @@ class _Grid:
 
 def test_the_same_data_on_two_supernodes_is_refused(task_identity: None) -> None:
     rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(6, 3)).astype(np.float32)
+    dim = feature_spec("keystroke").dim  # sums of another size are left out before this check
+    a, b = rng.normal(size=(6, dim)).astype(np.float32), rng.normal(size=(6, dim)).astype(np.float32)
     s = RunSettings()
     same = _Grid(lambda: [_scaling_reply(1, a, "data-x"), _scaling_reply(2, a, "data-x")])
     with pytest.raises(FederatedRunError, match="SuperNodes 1 and 2 hold the same data"):

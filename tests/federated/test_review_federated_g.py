@@ -12,6 +12,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from federated.config import RunSettings
+from federated.records import array_record, get_array
 from federated.strategies import QuorumError, build_strategy
 
 W = {"a": np.zeros(3, np.float32), "b": np.ones((2, 2), np.float32)}
@@ -71,3 +72,40 @@ def test_dp_round_with_a_non_finite_update_fails_by_name_instead_of_publishing_n
     s = {"min-nodes": 3, "dp": True, "noise-multiplier": 5.0}
     with pytest.raises(QuorumError, match=r"2 device\(s\) replied.*3 needed.*left out: 1 device\(s\) sent non-finite"):
         _round(s, [_reply(1), _reply(2), _reply(3, math.nan)], nodes=3)
+
+
+# ---------------------------------------------------------------- 2. one device of other features at the scaling round
+
+
+def _devices_one_of_other_features(bad: str):  # type: ignore[no-untyped-def]
+    from tests.federated.test_run_devices_and_limits import _Devices
+
+    class Devices(_Devices):
+        def _answer(self, m: Message) -> Message:
+            r = super()._answer(m)
+            if m.metadata.message_type == MessageType.QUERY and m.metadata.dst_node_id == 3:
+                sums = array_record(r.content, "sums")
+                a, b = get_array(sums, "sum"), get_array(sums, "sumsq")
+                if bad == "dim":  # a device file of another feature set: 5-d windows
+                    a, b = a[:5], b[:5]
+                else:
+                    a = np.full_like(a, np.nan)
+                r.content["sums"] = ArrayRecord({"sum": Array(a), "sumsq": Array(b)})
+            return r
+
+    return Devices([1, 2, 3], [])
+
+
+@pytest.mark.parametrize("bad", ["dim", "nan"])
+def test_one_device_of_other_features_is_left_out_not_the_whole_run(task_identity, bad: str) -> None:
+    """Before: 'data: devices hold windows of different sizes' (or a NaN scaling) failed every device's run."""
+    from federated.orchestration import FederatedRunError, run_training
+
+    s = RunSettings.from_config({"num-server-rounds": 1, "min-nodes": 2, "round-timeout": 0.5})
+    out = run_training(_devices_one_of_other_features(bad), s)
+    assert out.num_devices == 2
+    assert out.scorer is not None and all(np.isfinite(v).all() for v in out.scorer.get_state().values())
+    need_all = RunSettings.from_config({"num-server-rounds": 1, "min-nodes": 3, "round-timeout": 0.5})
+    with pytest.raises(FederatedRunError, match=r"scaling round: 2/3 devices .*min-nodes 3 needed; left out: 1 "
+                                                 r"device\(s\) (holds 5-d windows|sent non-finite)"):
+        run_training(_devices_one_of_other_features(bad), need_all)
