@@ -51,25 +51,25 @@ def person() -> SyntheticPerson:
 
 
 # -- 1: a change the bank did not take is not shown as made ------------------------------------
-def test_a_consent_change_the_bank_refuses_changes_nothing_and_says_so(tmp_path: Path) -> None:
+def revoke_touch_answered(tmp_path: Path, status: int) -> tuple[FaultyBank, Any, Any]:
+    """The bank, the app's services and the result of turning touch authentication off, the bank answering `status`."""
     bank, clock = FaultyBank(), VirtualClock(1000.0)
     s = _services(tmp_path, bank, clock)
     cc = ConsentController(s)
     cc.apply({"touch": {"authentication": True, "federated_training": False}})
-    bank.faults["/consents"] = 403
-    res = cc.set("touch", "authentication", False)
+    bank.faults["/consents"] = status
+    return bank, s, cc.set("touch", "authentication", False)
+
+
+def test_a_consent_change_the_bank_refuses_changes_nothing_and_says_so(tmp_path: Path) -> None:
+    _, s, res = revoke_touch_answered(tmp_path, 403)
     assert not res.applied and res.state == "refused"
     assert s.profile.consented("touch")  # still on: the bank still has it
     assert res.message.startswith("Not changed.") and "injected 403" in res.message
 
 
 def test_a_consent_change_the_bank_cannot_take_yet_waits_in_the_queue(tmp_path: Path) -> None:
-    bank, clock = FaultyBank(), VirtualClock(1000.0)
-    s = _services(tmp_path, bank, clock)
-    cc = ConsentController(s)
-    cc.apply({"touch": {"authentication": True, "federated_training": False}})
-    bank.faults["/consents"] = 500
-    res = cc.set("touch", "authentication", False)
+    bank, s, res = revoke_touch_answered(tmp_path, 500)
     assert res.applied and res.state == "queued" and "not received" in res.message
     assert not s.profile.consented("touch")
     assert [i["body"]["granted"] for i in s.api.queue.items()] == [False]

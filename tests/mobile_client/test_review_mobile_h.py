@@ -17,7 +17,6 @@ import pytest
 from evaluation.synthetic import SyntheticPerson
 from mobile_client.api import ApiClient, Queued
 from mobile_client.clock import VirtualClock
-from mobile_client.controllers.consent import ConsentController
 from mobile_client.controllers.privacy import ERASE_PENDING, PrivacyController
 from mobile_client.controllers.transaction import TransactionController
 from mobile_client.evidence import FLUSH_EVERY, EvidenceBuffer
@@ -25,8 +24,8 @@ from mobile_client.profile import Profile
 from mobile_client.raw_store import RawEventStore
 from mobile_client.secrets_store import FileSecretStore
 from modalities.events import AccelSample, KeyEvent
-from tests.mobile_client.test_consent_and_erasure import FaultyBank
-from tests.mobile_client.test_controllers import FakeBank, _enrolled, _play, _services
+from tests.mobile_client.test_consent_and_erasure import FaultyBank, revoke_touch_answered
+from tests.mobile_client.test_controllers import FakeBank, _enrolled, _play
 from tests.mobile_client.test_review_erasure_payments_threads import _client
 
 PORTAL = {"location": "http://portal.example/login?continue=bank"}
@@ -60,12 +59,7 @@ def test_a_queued_request_flushed_through_a_redirect_stays_queued(tmp_path: Path
 
 
 def test_a_consent_revoked_behind_a_captive_portal_says_the_bank_has_not_received_it(tmp_path: Path) -> None:
-    bank, clock = FaultyBank(), VirtualClock(1000.0)
-    s = _services(tmp_path, bank, clock)
-    cc = ConsentController(s)
-    cc.apply({"touch": {"authentication": True, "federated_training": False}})
-    bank.faults["/consents"] = 302
-    res = cc.set("touch", "authentication", False)
+    _, s, res = revoke_touch_answered(tmp_path, 302)
     assert res.state == "queued", res.message
     assert "has not received" in res.message
     assert len(s.api.queue) == 1
