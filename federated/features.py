@@ -246,6 +246,10 @@ def _read_device_file(p: Path, modality: str | None) -> np.ndarray:
                               f"the current {mod} features are version {want!r}; recompute the device's windows")
     if X.ndim != 2 or X.shape[0] == 0 or not np.all(np.isfinite(X)):
         raise DeviceDataError(f"data: the device file must hold a non-empty finite (n, d) array X, got shape {X.shape}")
+    dim = feature_spec(mod).dim
+    if X.shape[1] != dim:  # refused as the SuperNode starts, not left out of a run's scaling round later
+        raise DeviceDataError(f"data: the device file holds windows of {X.shape[1]} features, {mod} features of "
+                              f"version {want!r} have {dim}; recompute the device's windows")
     return X
 
 

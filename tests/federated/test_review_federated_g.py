@@ -6,6 +6,7 @@ Fast: strategies are driven in-process with hand-made replies (no Flower process
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,17 @@ def test_one_device_of_other_features_is_left_out_not_the_whole_run(task_identit
     with pytest.raises(FederatedRunError, match=r"scaling round: 2/3 devices .*min-nodes 3 needed; left out: 1 "
                                                  r"device\(s\) (holds 5-d windows|sent non-finite)"):
         run_training(_devices_one_of_other_features(bad), need_all)
+
+
+def test_a_device_file_of_another_feature_width_is_refused_as_the_supernode_starts(tmp_path: Path) -> None:
+    """It was read, and the device was only left out at the run's scaling round (or failed it before)."""
+    from federated.features import DeviceDataError, feature_spec, read_device_file, write_device_file
+
+    spec = feature_spec("keystroke")
+    narrow = write_device_file(tmp_path / "device-1.npz", np.ones((10, 5)), spec, 1)
+    with pytest.raises(DeviceDataError, match=rf"windows of 5 features, keystroke features .* have {spec.dim}"):
+        read_device_file(narrow)  # `cadence federated supernode` checks it before starting
+    with pytest.raises(DeviceDataError, match="windows of 5 features"):
+        read_device_file(narrow, "keystroke")
+    good = write_device_file(tmp_path / "device-2.npz", np.ones((10, spec.dim)), spec, 2)
+    assert read_device_file(good, "keystroke").shape == (10, spec.dim)
