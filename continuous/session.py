@@ -4,7 +4,9 @@ Each `update` is one window of behaviour (e.g. the last 100 keys), given as the 
 evidence the scorers produced (`fusion.policy.ModalityEvidence`, with a calibrated `llr`
 where a calibrator exists). The window's log-likelihood ratio is the one the transaction
 policy would fuse (`fusion.policy.decide`), so sessions and transactions read evidence the
-same way; evidence of the RL agent can be added as one more item (`DDQNAgent.evidence`).
+same way, one item per modality (`decide` refuses a second). Evidence of the RL agent
+(`DDQNAgent.evidence`, modality keystroke) can stand in for the keystroke scorer's item, not
+be added beside it: both read the same keystrokes.
 
 The session risk is ``1 / (1 + exp(mean LLR of the last `window` windows))``: the mean, not
 the sum, because consecutive windows overlap (hop 50 of 100 keys) and are far from

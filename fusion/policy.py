@@ -81,7 +81,7 @@ class Policy:
 
 #: |LLR| beyond which no evidence item counts (the calibrators' own clip, `fusion.calibration.LLR_CLIP`)
 MAX_ABS_LLR = 12.0
-#: modalities a decision can fuse (the server sends one evidence item for each)
+#: modalities a decision can fuse (one evidence item each: `decide` refuses a second of a modality)
 N_MODALITIES = len(MODALITIES)
 #: the largest fused LLR there is: every modality at the clip. A tier asking for more never approves.
 MAX_FUSED_LLR = N_MODALITIES * MAX_ABS_LLR
@@ -314,6 +314,23 @@ def tier_for(amount: float, tiers: tuple[Tier, ...] | None = None) -> Tier:
                      f"{tiers[-1].name!r}); the policy has no tier for it")
 
 
+def _one_per_modality(evidence: list[ModalityEvidence]) -> None:
+    """Refuse a second evidence item of a modality (ValueError naming it and its position).
+
+    Summing LLRs is justified across independent modalities only: two windows of one modality
+    share its errors (a lookalike typist scores like the owner in every window), so adding both
+    would count one modality's evidence twice and could approve a payment on repeated windows.
+    A caller combines a modality's windows into one item first (the server: their mean score,
+    `server.services.transactions.assess_evidence`).
+    """
+    seen: dict[str, int] = {}
+    for i, e in enumerate(evidence):
+        if e.modality in seen:
+            raise ValueError(f"evidence[{i}].modality: {e.modality!r} already given at evidence[{seen[e.modality]}]; "
+                             "fusion takes one item per modality (combine its windows into one score first)")
+        seen[e.modality] = i
+
+
 def decide(
     evidence: list[ModalityEvidence],
     *,
@@ -323,6 +340,9 @@ def decide(
 ) -> Decision:
     """Fuse evidence by summing calibrated LLRs and apply the amount tier's thresholds.
 
+    `evidence` holds at most one item per modality: a second item of a modality raises
+    ValueError naming it (`_one_per_modality`), as the sum is only justified across modalities,
+    not across windows of one modality, which share its errors.
     Only evidence with a calibrated `llr` counts; a score without one is left out (reason
     `uncalibrated`). No fixed mapping can stand in for a calibrator: raw scores live on each
     scorer's own scale (the one-class keystroke default scores real and synthetic owners
@@ -342,6 +362,7 @@ def decide(
     LLRs assumes independent modalities, and one modality's tail can be wrong for a pair of
     lookalike people; two agreeing modalities are what make a small false-accept target hold.
     """
+    _one_per_modality(evidence)
     tiers = tiers or default_policy().tiers
     min_q = default_policy().min_quality if min_quality is None else min_quality
     tier = tier_for(amount, tiers)
@@ -364,7 +385,7 @@ def decide(
             continue
         c = min(max(e.llr, -MAX_ABS_LLR), MAX_ABS_LLR)  # +-inf would make the sums below NaN
         total += c
-        per_modality[e.modality] = per_modality.get(e.modality, 0.0) + c
+        per_modality[e.modality] = c
         code = "strong_match" if c >= 2.3 else "match" if c > 0 else "strong_mismatch" if c <= -2.3 else "mismatch"
         reasons.append(ReasonCode(e.modality, code, round(float(c), 3)))
     if not per_modality:
@@ -373,7 +394,7 @@ def decide(
     risk = 1.0 / (1.0 + math.exp(min(max(total, -50.0), 50.0)))
     if total >= tier.approve_llr:
         outcome: Outcome = "approve"
-        # corroboration counts modalities, not items: two windows of one modality share its tail
+        # the sum without the strongest modality: one modality alone must not carry an approval
         rest = total - max(per_modality.values())
         # the others must reach the `match` level (> 0): an LLR of 0 is no evidence for the person
         if tier.corroborate and (len(per_modality) < 2 or not rest > 0.0):

@@ -46,14 +46,37 @@ def test_infinite_llrs_are_clipped_and_never_approve_alone() -> None:
 
 
 def test_corroboration_counts_distinct_modalities() -> None:
-    twice = [E("gait", 0.0, llr=4.0), E("gait", 0.0, llr=4.0)]
-    d = decide(twice, amount=500)
+    alone = [E("gait", 0.0, llr=8.0)]
+    d = decide(alone, amount=500)
     assert d.outcome == "step_up" and "uncorroborated" in {r.code for r in d.reasons}
-    assert decide(twice, amount=50).outcome == "approve"  # the low tier does not ask for it
-    # the strongest *modality* (all its items) must not carry the sum alone
-    d = decide(twice + [E("touch", 0.0, llr=-0.5)], amount=500)
+    assert decide(alone, amount=50).outcome == "approve"  # the low tier does not ask for it
+    # the strongest modality must not carry the sum alone
+    d = decide(alone + [E("touch", 0.0, llr=-0.5)], amount=500)
     assert d.outcome == "step_up" and d.reasons[-1].contribution == -0.5
     assert decide([E("gait", 0.0, llr=4.0), E("touch", 0.0, llr=4.0)], amount=500).outcome == "approve"
+
+
+def test_a_second_item_of_one_modality_is_refused() -> None:
+    """Two windows of one modality share its errors: their LLRs are not independent evidence to sum.
+
+    Two gait items at 2.5 were summed to 5.0 >= ln(100) and approved a low-tier payment that
+    one gait item at 2.5 steps up.
+    """
+    one = E("gait", 0.0, llr=2.5)
+    assert decide([one], amount=50).outcome == "step_up"
+    with pytest.raises(ValueError, match=r"evidence\[1\]\.modality: 'gait' already given at evidence\[0\]"):
+        decide([one, one], amount=50)
+    # refused whatever the second item says and wherever it stands: low quality, uncalibrated
+    for second in (E("gait", 0.0, llr=2.5, quality=0.0), E("gait", 0.0)):
+        with pytest.raises(ValueError, match=r"evidence\[2\]\.modality: 'gait' already given at evidence\[0\]"):
+            decide([one, E("touch", 0.0, llr=1.0), second], amount=50)
+    # the callers that pass evidence through: the server's engine and the session trackers
+    with pytest.raises(ValueError, match="'gait'"):
+        FusionEngine().decide([one, one], amount=50)
+    from continuous.session import SessionRiskTracker
+
+    with pytest.raises(ValueError, match="'gait'"):
+        SessionRiskTracker().update([one, one])
 
 
 @pytest.fixture(scope="module")
