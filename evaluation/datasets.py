@@ -37,8 +37,9 @@ T = TypeVar("T")
 
 #: "2": parse results carry the file's data warnings (rows dropped or repaired), see `loader_warnings`;
 #: "3": absurd key intervals, touch coordinates and pointer ids refused, numeric touch times read
-#: (a file parsed by an older version is parsed again, so what it let through is refused now)
-LOADER_VERSION = "3"
+#: (a file parsed by an older version is parsed again, so what it let through is refused now);
+#: "4": gait rows dropped for a time already read are counted in the warnings
+LOADER_VERSION = "4"
 #: logger of data caveats (rows dropped or repaired, duplicates): a bench run copies its records into
 #: the bench's notes (``protocol.warnings`` of the JSON), see `evaluation.bench.run_bench`
 DATA_LOGGER = "evaluation.datasets.data"
@@ -860,6 +861,27 @@ def _parse_gait_times(raw: pd.Series) -> np.ndarray:
     return (ts - EPOCH).dt.total_seconds().to_numpy(float)
 
 
+def _first_of_each_time(t: np.ndarray, tcol: str) -> tuple[np.ndarray, list[str]]:
+    """Row indices of `t` in time order, one per distinct time (its first row in the file), and notes on the rest.
+
+    Two samples at one instant cannot both lie on a time axis, so the later ones are dropped,
+    and counted (a bench copies the notes): a row repeating the time of the row before it (BB-MAS
+    has them) apart from one whose time goes back to one an earlier row already had (rows out of
+    order, which the sort alone would not say were dropped).
+    """
+    order = np.argsort(t, kind="stable")
+    again = np.concatenate([[False], np.diff(t[order]) == 0])
+    dropped = order[again]  # never row 0: the first row of each time sorts first (stable)
+    repeats = int(np.sum(t[dropped - 1] == t[dropped]))
+    notes = []
+    if repeats:
+        notes.append(_rows(repeats, f"with the same {tcol} as the row before them dropped (the first kept)"))
+    if dropped.size > repeats:
+        notes.append(_rows(int(dropped.size) - repeats, f"going back to the {tcol} of an earlier row dropped "
+                                                        "(the first kept)"))
+    return order[~again], notes
+
+
 def _parse_gait(path: Path) -> dict[str, np.ndarray]:
     df = pd.read_csv(path)
     cols = {c.lower(): c for c in df.columns}
@@ -889,9 +911,8 @@ def _parse_gait(path: Path) -> dict[str, np.ndarray]:
     back = int(np.sum(np.diff(t) < 0))
     if back:
         notes.append(f"{tcol} goes back at {back:,} rows: rows sorted by time")
-    order = np.argsort(t, kind="stable")
-    t, xyz = t[order], xyz[order]
-    keep = np.concatenate([[True], np.diff(t) > 0])  # drop duplicate timestamps (keep the first): BB-MAS has them
+    keep, dropped = _first_of_each_time(t, tcol)
+    notes.extend(dropped)
     return {"t": t[keep], "xyz": xyz[keep], WARNINGS: _warnings(notes)}
 
 
@@ -932,9 +953,10 @@ def load_bbmas_gait(
 ) -> dict[int, GaitRecording]:
     """BB-MAS PocketPhone accelerometer, one `GaitRecording` per subject.
 
-    Times are parsed (wall-clock strings or epoch numbers), duplicate timestamps dropped (the
-    first sample is kept), and each file split into segments at gaps longer than `max_gap`
-    seconds (BB-MAS files hold two walks ~35 min apart). Values in g are converted to m/s^2.
+    Times are parsed (wall-clock strings or epoch numbers), rows sorted by time, rows at a time
+    already read dropped (the first sample is kept; counted in the data warnings), and each file
+    split into segments at gaps longer than `max_gap` seconds (BB-MAS files hold two walks ~35 min
+    apart). Values in g are converted to m/s^2.
     """
     from modalities.gait import signal
 

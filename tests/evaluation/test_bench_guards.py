@@ -256,6 +256,30 @@ def test_gait_rows_dropped_are_reported_per_file_even_from_the_cache(tmp_path: P
     assert datasets.loader_warnings(path.parent, "gait") == _data_warnings(caplog)
 
 
+def test_gait_rows_at_a_time_already_read_are_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Rows repeating a time were dropped silently; repeats and rows going back to an earlier time are told apart."""
+    lines = _gait_csv(400).splitlines(keepends=True)  # lines[i + 1] is data row i, 20 ms apart
+    time_of = {i: lines[i].rsplit(",", 1)[1] for i in (10, 50, 100, 120, 150)}
+    extra = {k: f"9{k},0.5,0.5,0.5,{time_of[k]}" for k in (50, 100, 150)}  # right after the row with that time
+    extra |= {200: f"9200,0.5,0.5,0.5,{time_of[120]}", 300: f"9300,0.5,0.5,0.5,{time_of[10]}"}  # back to an earlier one
+    text = "".join(line + extra.get(k, "") for k, line in enumerate(lines))
+    path = _write_gz(tmp_path / "g" / "6_PocketPhone_Accelerometer_(X).csv.gz", text)
+    for _ in range(2):  # parsed, then from the parse cache
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            rec = load_bbmas_gait(path.parent)[6]
+        assert _data_warnings(caplog) == [f"{path}: time goes back at 2 rows: rows sorted by time",
+                                          f"{path}: 3 rows with the same time as the row before them dropped "
+                                          "(the first kept)",
+                                          f"{path}: 2 rows going back to the time of an earlier row dropped "
+                                          "(the first kept)"]
+    t = np.concatenate([s.t for s in rec.segments])
+    xyz = np.concatenate([s.xyz for s in rec.segments])
+    assert t.size == 400 and np.all(np.diff(t) > 0)
+    assert not np.any(np.all(xyz == 0.5, axis=1))  # the first row of each time is the one kept
+    assert datasets.loader_warnings(path.parent, "gait") == _data_warnings(caplog)
+
+
 def test_touch_rows_dropped_or_interpolated_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     lines = _touch_csv(_touch_rows(20)).splitlines(keepends=True)
     for i in (3, 4, 10):
