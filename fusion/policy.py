@@ -315,7 +315,7 @@ def tier_for(amount: float, tiers: tuple[Tier, ...] | None = None) -> Tier:
 
 
 def _one_per_modality(evidence: list[ModalityEvidence]) -> None:
-    """Refuse a second evidence item of a modality (ValueError naming it and its position).
+    """Refuse a second evidence item of a modality, or an unknown one (ValueError naming it and its position).
 
     Summing LLRs is justified across independent modalities only: two windows of one modality
     share its errors (a lookalike typist scores like the owner in every window), so adding both
@@ -325,6 +325,8 @@ def _one_per_modality(evidence: list[ModalityEvidence]) -> None:
     """
     seen: dict[str, int] = {}
     for i, e in enumerate(evidence):
+        if e.modality not in MODALITIES:  # summed unchecked, it would lift the fused LLR past MAX_FUSED_LLR
+            raise ValueError(f"evidence[{i}].modality: {e.modality!r} is not one of {', '.join(MODALITIES)}")
         if e.modality in seen:
             raise ValueError(f"evidence[{i}].modality: {e.modality!r} already given at evidence[{seen[e.modality]}]; "
                              "fusion takes one item per modality (combine its windows into one score first)")

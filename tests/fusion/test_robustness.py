@@ -12,7 +12,7 @@ import pytest
 
 from fusion.calibration import LLR_CLIP, LogisticCalibrator
 from fusion.engine import FusionEngine
-from fusion.policy import MAX_ABS_LLR, ModalityEvidence, Policy, decide, load_policy
+from fusion.policy import MAX_ABS_LLR, MAX_FUSED_LLR, ModalityEvidence, Policy, decide, load_policy
 from server.fusion_source import FusionSource
 
 E = ModalityEvidence
@@ -77,6 +77,14 @@ def test_a_second_item_of_one_modality_is_refused() -> None:
 
     with pytest.raises(ValueError, match="'gait'"):
         SessionRiskTracker().update([one, one])
+
+
+def test_an_unknown_modality_is_refused_not_summed() -> None:
+    """Three known modalities at the clip make MAX_FUSED_LLR; a fourth name summed beside them exceeded it."""
+    at_clip = [E(m, 0.0, llr=MAX_ABS_LLR) for m in ("keystroke", "touch", "gait")]
+    assert decide(at_clip, amount=50).fused_llr == pytest.approx(MAX_FUSED_LLR)
+    with pytest.raises(ValueError, match=r"evidence\[3\]\.modality: 'mouse' is not one of keystroke, touch, gait"):
+        decide([*at_clip, E("mouse", 0.0, llr=MAX_ABS_LLR)], amount=50)
 
 
 @pytest.fixture(scope="module")
