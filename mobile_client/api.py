@@ -390,6 +390,8 @@ class Outcome:
     state: str  # sent | refused | waiting
     status: int | None = None
     code: str | None = None
+    #: a refusal's reason in words for the person (`ApiError.user_message`); "" otherwise
+    reason: str = ""
 
     @property
     def method(self) -> str:
@@ -503,11 +505,29 @@ class OfflineQueue:
             self.replace(good)
         return good
 
-    def push(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def push(self, method: str, path: str, body: dict[str, Any],
+             local: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Queue one request; `local` is kept beside it on this phone and never sent (see `annotate`)."""
         item = {"method": method, "path": path, "body": body, "queued_at": time.time(), "id": uuid.uuid4().hex}
+        if local is not None:
+            item["local"] = local
         with self.lock:
             self.replace([*self._items(), item])
         return item
+
+    def annotate(self, ident: str, local: dict[str, Any]) -> None:
+        """Replace the `local` note of the queued request with identity `ident` (`_ident`), if still queued.
+
+        Why: a note may say what the bank held before the request (a consent's previous state), which
+        an earlier request's refusal changes.
+        """
+        with self.lock:
+            items = self._items()
+            for item in items:
+                if _ident(item) == ident:
+                    item["local"] = local
+                    self.replace(items)
+                    return
 
     def remove(self, idents: set[str]) -> None:
         """Drop the requests with these identities (`_ident`); any pushed meanwhile stay."""
@@ -566,6 +586,8 @@ class ApiClient:
         self.held = held if held is not None else HeldPayments(queue.path.with_name("held_payments.json"))
         #: the outcome of each request `flush_queue` handled, by its identity (the last 100)
         self.outcomes: dict[str, Outcome] = {}
+        #: called with each `flush_queue` report, under `lock` (`consent.watch_queue` undoes refused changes)
+        self.flush_hooks: list[Callable[[FlushReport], None]] = []
 
     @property
     def pending_payment(self) -> PendingPayment | None:
@@ -657,11 +679,14 @@ class ApiClient:
         status = last.status if isinstance(last, ApiError) else None
         raise ApiError(f"{method} {route}: server unreachable ({last})", status, in_doubt=in_doubt)
 
-    def send_or_queue(self, method: str, path: str, body: dict[str, Any]) -> Any:
+    def send_or_queue(self, method: str, path: str, body: dict[str, Any],
+                      local: Callable[[], dict[str, Any]] | None = None) -> Any:
         """Send now; or, when the server cannot take it yet, keep it in the offline queue.
 
         "Cannot take it yet" is no connection, a 5xx or a 429 after the retries (`ApiError.can_wait`):
         the request then waits and `Queued` is returned. A refusal (other 4xx) raises `ApiError`.
+        `local` makes the note kept beside a queued request (`OfflineQueue.push`); it is called only
+        then, after the flush that went first, whose hooks may have changed what it reads.
         """
         try:
             return self.request(method, path, body, needs_body=False)
@@ -669,7 +694,7 @@ class ApiClient:
             if not exc.can_wait:
                 raise
             log.info("queued %s %s until the server can take it: %s", method, route_shape(path), exc)
-            self.queue.push(method, path, body)
+            self.queue.push(method, path, body, local() if local is not None else None)
             return Queued(exc)
 
     def flush_queue(self, timeout_s: float | None = None) -> FlushReport:
@@ -678,8 +703,10 @@ class ApiClient:
         One attempt per item: when the server is still unreachable (or cannot take it yet) that
         request and the rest stay queued ("waiting"), and the caller's own request is not delayed
         by a second round of retries. A refused request (4xx) is dropped and logged; the caller
-        that cares (a waiting erasure) reads its outcome here or in `outcomes`. Holds `lock`: two
-        threads never send the same request, and one pushed meanwhile stays queued.
+        that cares (a waiting erasure) reads its outcome here or in `outcomes`; each of
+        `flush_hooks` is called with the report (a refused consent change is undone on this phone
+        there, whichever request's flush sent it). Holds `lock`: two threads never send the same
+        request, and one pushed meanwhile stays queued.
         """
         with self.lock:
             items = self.queue.items()
@@ -699,7 +726,7 @@ class ApiClient:
                             report.extend(Outcome(it, "waiting", exc.status) for it in items[i:])
                             break
                         log.warning("queued %s %s refused: %s", item["method"], route_shape(item["path"]), exc)
-                        outcome = Outcome(item, "refused", exc.status, exc.code)
+                        outcome = Outcome(item, "refused", exc.status, exc.code, exc.user_message)
                     report.append(outcome)
                     done.add(_ident(item))
                     self.outcomes[_ident(item)] = outcome
@@ -708,9 +735,18 @@ class ApiClient:
                 self.queue.remove(done)
             while len(self.outcomes) > 100:
                 self.outcomes.pop(next(iter(self.outcomes)))
+            self._run_flush_hooks(report)
         if report.sent:
             log.info("sent %d request(s) that waited offline", report.sent)
         return report
+
+    def _run_flush_hooks(self, report: FlushReport) -> None:
+        """Call each of `flush_hooks` (holding `lock`); one that fails is logged, the flush stands."""
+        for hook in list(self.flush_hooks):
+            try:
+                hook(report)
+            except Exception:  # noqa: BLE001 - what was sent stays sent; the next request must go on
+                log.exception("a hook on the sent queue failed")
 
     # ------------------------------------------------------------------ resources
     def health(self) -> bool:

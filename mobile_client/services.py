@@ -45,6 +45,9 @@ class AppServices:
     reset_hooks: list[Callable[[], None]] = field(default_factory=list)
     #: set by `close`: a job still running then no longer writes the profile (the app saved its intent)
     closed: bool = False
+    #: what the person must be told of work done out of sight (a queued consent change the bank
+    #: refused, `consent.undo_refused`); the app takes them (`take_notices`) and shows them
+    notices: list[str] = field(default_factory=list)
 
     @property
     def profile_path(self) -> Path:
@@ -64,6 +67,11 @@ class AppServices:
         self.save_profile()
         self.closed = True
         self.api.close()
+
+    def take_notices(self) -> list[str]:
+        """The notices not shown yet (emptied): each is shown once."""
+        taken, self.notices = self.notices, []
+        return taken
 
     def reset_hook(self, hook: Callable[[], None]) -> None:
         if hook not in self.reset_hooks:
@@ -87,4 +95,8 @@ def build_services(data_dir: Path, server_url: str = DEFAULT_SERVER, retention_d
     evidence.paused = (data_dir / "erase_pending").exists()  # privacy.ERASE_PENDING: an erasure waits
     api = ApiClient(server_url, key, profile.device_id, profile.user_id, OfflineQueue(data_dir / "outbox.jsonl"),
                     retries=retries, bank_api_key=bank_api_key)
-    return AppServices(data_dir, profile, secrets, key, store, evidence, api)
+    services = AppServices(data_dir, profile, secrets, key, store, evidence, api)
+    from mobile_client.controllers.consent import watch_queue  # imports this module: not at the top
+
+    watch_queue(services)  # a queued consent change the bank refuses is undone here, whoever sent it
+    return services

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from mobile_client.api import ROUTES, ApiError, Queued
+from mobile_client.api import ROUTES, ApiError, FlushReport, Outcome, Queued
 from mobile_client.controllers.transaction import forget_modality
-from mobile_client.profile import PURPOSES
+from mobile_client.profile import PURPOSES, Profile
 from mobile_client.services import AppServices
 from modalities.events import MODALITIES
 
@@ -77,7 +78,8 @@ class ConsentController:
     The phone and the bank must agree on what was consented to: the local switch changes only
     when the server recorded the change, or when it is queued because the server could not be
     reached or could not take it yet (network error, 5xx, 429: sent before any later request).
-    A refusal (4xx) changes nothing and says why.
+    A refusal (4xx) changes nothing and says why; a queued change the bank refuses when it is
+    sent is undone here then (`undo_refused`), and the app says which and why (`AppServices.notices`).
     """
 
     def __init__(self, services: AppServices) -> None:
@@ -199,11 +201,16 @@ class ConsentController:
         if self.s.profile.registered:
             path = ROUTES["consent"].format(user_id=self.s.profile.user_id)
             body = {"modality": modality, "purpose": purpose, "granted": granted, "policy_version": version}
+
+            def before() -> dict[str, Any]:  # what the bank holds before this change, were it refused
+                return {"was": consent_state(self.s.profile, modality, purpose)}
+
             if offline:
-                self.s.api.queue.push("POST", path, body)
+                self.s.api.queue.push("POST", path, body, before())
                 state = "queued"
             elif queue:
-                state = "queued" if isinstance(self.s.api.send_or_queue("POST", path, body), Queued) else "saved"
+                sent = self.s.api.send_or_queue("POST", path, body, before)
+                state = "queued" if isinstance(sent, Queued) else "saved"
             else:
                 self.s.api.request("POST", path, body, needs_body=False)
                 state = "saved"
@@ -267,6 +274,131 @@ class ConsentController:
 
     def active_modalities(self) -> list[str]:
         return [m for m in MODALITIES if self.s.profile.consented(m)]
+
+
+def consent_state(p: Profile, modality: str, purpose: str) -> dict[str, Any]:
+    """One consent as this phone holds it: granted, under which text, and (authentication) set up."""
+    return {"granted": p.consented(modality, purpose), "version": p.agreed_version(modality, purpose),
+            "enrolled": modality in p.enrolled}
+
+
+def watch_queue(s: AppServices) -> None:
+    """Undo on this phone each queued consent change the bank refuses, whichever request's flush sent it."""
+    s.api.flush_hooks.append(lambda report: undo_refused(s, report))
+
+
+Key = tuple[str, str]
+
+
+def undo_refused(s: AppServices, report: FlushReport) -> list[str]:
+    """After a flush: each consent whose queued change the bank refused goes back to what the bank holds.
+
+    A queued change counted here at once; refused (4xx), the bank kept what it had, so the phone
+    (what it shows, what it collects) must too. What the bank holds is followed along the report
+    in queue order: a change sent sets it, a refused one leaves it, starting from what the phone
+    held before the first (the note `_send` queued with it). A consent with a later change still
+    queued keeps that change here (it is the person's latest choice), and that change's note is
+    set to what the bank holds now. Returns, and adds to `s.notices`, one message per refusal.
+    """
+    path = ROUTES["consent"].format(user_id=s.profile.user_id)
+    held: dict[Key, dict[str, Any]] = {}
+    refused: list[tuple[Outcome, Key, bool, dict[str, Any]]] = []
+    for o in report:
+        change = _consent_change(o.item, path)
+        if change is None or o.state == "waiting":
+            continue
+        key, granted, version = change
+        before = held.get(key) or _noted_before(o.item, granted)
+        if o.state == "sent":
+            held[key] = _after_grant(before, key[1], granted, version)
+        else:
+            held[key] = before
+            refused.append((o, key, granted, before))
+    if not refused:
+        return []
+    queued = _rebase_queued(s, path, {key: held[key] for _, key, _, _ in refused})
+    for key in {key for _, key, _, _ in refused} - queued:
+        _restore(s, key, held[key])
+    s.save_profile()
+    messages = [_refusal_text(o, key, granted, before, None if key in queued else held[key])
+                for o, key, granted, before in refused]
+    s.notices.extend(messages)
+    return messages
+
+
+def _consent_change(item: dict[str, Any], path: str) -> tuple[Key, bool, str | None] | None:
+    """A queued consent change of this user as ((modality, purpose), granted, policy version); None if not one."""
+    body = item.get("body")
+    if item.get("method") != "POST" or item.get("path") != path or not isinstance(body, dict):
+        return None
+    m, q, g = body.get("modality"), body.get("purpose"), body.get("granted")
+    if m not in MODALITIES or q not in PURPOSES or not isinstance(g, bool):
+        return None
+    v = body.get("policy_version")
+    return (m, q), g, v if isinstance(v, str) else None
+
+
+def _noted_before(item: dict[str, Any], granted: bool) -> dict[str, Any]:
+    """What the bank held before a queued change: its note, or (an older build queued none) the opposite of it.
+
+    Without a note a refused grant is taken as never granted, a refused withdrawal as granted under
+    no known text and not set up: the app then asks to agree and set up again rather than assume.
+    """
+    was = item.get("local", {}).get("was") if isinstance(item.get("local"), dict) else None
+    if isinstance(was, dict) and isinstance(was.get("granted"), bool):
+        return {"granted": was["granted"], "version": was.get("version"), "enrolled": bool(was.get("enrolled"))}
+    return {"granted": not granted, "version": None, "enrolled": False}
+
+
+def _after_grant(before: dict[str, Any], purpose: str, granted: bool, version: str | None) -> dict[str, Any]:
+    """What the bank holds once it recorded a change: a withdrawal of authentication deletes its templates."""
+    enrolled = bool(before["enrolled"]) and (granted or purpose != "authentication")
+    return {"granted": granted, "version": version if granted else None, "enrolled": enrolled}
+
+
+def _rebase_queued(s: AppServices, path: str, held: dict[Key, dict[str, Any]]) -> set[Key]:
+    """The consents of `held` with a change still queued; the first such change's note becomes what the bank holds."""
+    queued: set[Key] = set()
+    for item in s.api.queue.items():
+        change = _consent_change(item, path)
+        if change is None or change[0] not in held or change[0] in queued:
+            continue
+        queued.add(change[0])
+        if item.get("id"):
+            s.api.queue.annotate(str(item["id"]), {**(item.get("local") or {}), "was": held[change[0]]})
+    return queued
+
+
+def _restore(s: AppServices, key: Key, state: dict[str, Any]) -> None:
+    """Hold one consent here as the bank does (`state`): collection follows at once."""
+    (m, q), p = key, s.profile
+    if (p.consented(m, q), p.agreed_version(m, q)) != (state["granted"], state["version"]):
+        log.warning("%s %s consent back to %s on this phone: the bank refused the change that waited",
+                    m, q, "granted" if state["granted"] else "not granted")
+        p.record_consent(m, q, bool(state["granted"]), str(state["version"] or ""))
+        if state["granted"] and not state["version"]:
+            p.consent_versions.get(m, {}).pop(q, None)  # granted under a text this phone does not know
+    if q == "authentication" and state["granted"]:
+        if state["enrolled"] and m not in p.enrolled:
+            p.enrolled = [*p.enrolled, m]  # the bank kept its templates: the withdrawal never happened
+    elif q == "authentication":  # not granted with the bank: nothing of it is kept or sent
+        forget_recordings(s, m)
+        forget_modality(s, m)
+        s.api.drop_held_payments(m)
+        p.enrolled = [e for e in p.enrolled if e != m]
+    p.federated = p.federated_consented()
+
+
+def _refusal_text(o: Outcome, key: Key, granted: bool, before: dict[str, Any], now: dict[str, Any] | None) -> str:
+    """Which change the bank refused, its reason, and what holds now (`now`; None: a later change still waits)."""
+    m, q = key
+    asked = "switched off" if not granted else "agreed again to its new text" if before["granted"] else "switched on"
+    reason = (o.reason or "Your bank refused it.").rstrip()
+    head = (f'Your bank did not accept a change made on this phone: {TEXT[m].title} for "{PURPOSE_TEXT[q][0]}" '
+            f'{asked}. {reason if reason.endswith((".", "!", "?")) else reason + "."}')
+    if now is None:
+        return f"{head} A later change of it is still waiting to be sent."
+    return f"{head} On this phone it is now {'on' if now['granted'] else 'off'}, as your bank holds it."
 
 
 def forget_recordings(s: AppServices, modality: str) -> int:

@@ -107,6 +107,9 @@ class CadenceApp(App):
         self.jobs_in_flight = 0
         self._jobs: list[_Job] = []
         self._stopped = False
+        #: what the person must read of work done out of sight (a waiting consent change the bank
+        #: refused, `AppServices.notices`): on Home and Privacy until the person changes a consent again
+        self.notice = ""
 
     # ------------------------------------------------------------------ background work
     def run_in_background(self, work: Callable[[], T], done: Done,
@@ -130,6 +133,7 @@ class CadenceApp(App):
                 return work()
             finally:  # a consent withdrawn by this job (or the erasure settled) stops training before `done`
                 self.sync_federation()
+                self._deliver_notices()
 
         def finished(fut: Future[T]) -> None:
             if fut.cancelled():
@@ -147,6 +151,27 @@ class CadenceApp(App):
         fut = self._worker.submit(job)
         self._jobs.append(_Job(fut, intent))
         fut.add_done_callback(finished)
+
+    def _deliver_notices(self) -> None:
+        """On the worker: what a job's flush has to tell the person (a refused consent change) goes to the screens."""
+        notices = self.services.take_notices()
+        if notices:
+            from kivy.clock import Clock
+
+            Clock.schedule_once(lambda _dt: self.show_notice(" ".join(notices)), 0)
+
+    def show_notice(self, text: str) -> None:
+        """On the main thread: `text` on Home and Privacy ("" clears it); the screen shown follows the consents."""
+        self.notice = text
+        for name in ("home", "privacy"):
+            if self.sm is not None and self.sm.has_screen(name):
+                self.sm.get_screen(name).notice = text
+        if not text or self.sm is None:
+            return
+        if self.sm.current == "home":
+            self.sm.get_screen("home").refresh()
+        elif self.sm.current == "privacy":
+            self.sm.get_screen("privacy").show_refused()
 
     def _settle_erase(self) -> None:
         """On the worker: finish an erasure that waits for the bank, and show how it ended."""

@@ -311,6 +311,8 @@ class HomeScreen(Screen):
     greeting = StringProperty("")
     last_sync = StringProperty("")
     collecting = ListProperty([])
+    #: a consent change the bank refused after it waited (`CadenceApp.show_notice`)
+    notice = StringProperty("")
 
     def on_pre_enter(self, *_: Any) -> None:
         self.refresh()
@@ -322,6 +324,7 @@ class HomeScreen(Screen):
         part = "morning" if hour < 12 else "afternoon" if hour < 18 else "evening"
         self.greeting = f"Good {part}, {p.display_name}"
         self.last_sync = ago(p.last_sync or app.services.api.last_sync)
+        self.notice = app.notice
         box = self.ids.status
         box.clear_widgets()
         for m in MODALITIES:
@@ -593,6 +596,9 @@ class PrivacyScreen(Screen):
     deleted = StringProperty("")
     confirm_delete = BooleanProperty(False)
     busy = BooleanProperty(False)
+    #: a consent change the bank refused after it waited (`CadenceApp.show_notice`)
+    notice = StringProperty("")
+
     def __init__(self, **kw: Any) -> None:
         #: federated-training changes on their way to the bank (set first: the kv rules may move the switch)
         self.federated_pending = PendingSwitch()
@@ -611,22 +617,43 @@ class PrivacyScreen(Screen):
             app.run_in_background(lambda: None, _logged("settling the erasure"))
         if app.privacy.erase_state == "failed" and app.privacy.erase_message:
             self.deleted = app.privacy.erase_message
-        self.items = [(i.label, i.detail) for i in app.privacy.stored()]
+        self.notice = app.notice
         # while a change is on its way the switch stays where the person put it (else moving it back
         # here would send a change of its own)
         self.federated = self.training_switch()
         if not (self.federated_pending.in_flight or self.asking_training()):
             self.federated_status = app.federation_status()
         self.show_changed_texts()
-        box = self.ids.stored
-        box.clear_widgets()
-        for label, detail in self.items:
-            box.add_widget(StatusRow(title=label, detail=detail, on=True, dot=list(theme.PRIMARY)))
+        self.show_stored()
         sw = self.ids.consents
         sw.clear_widgets()
         for m in MODALITIES:
             row = _consent_switch_row(m, app.services.profile.consented(m))
             sw.add_widget(row)
+
+    def show_stored(self) -> None:
+        """What is stored (read on this phone only)."""
+        self.items = [(i.label, i.detail) for i in _app().privacy.stored()]
+        box = self.ids.stored
+        box.clear_widgets()
+        for label, detail in self.items:
+            box.add_widget(StatusRow(title=label, detail=detail, on=True, dot=list(theme.PRIMARY)))
+
+    def show_refused(self) -> None:
+        """A waiting consent change was refused and undone: the notice, the switches, what is stored, training.
+
+        Rows are kept, not rebuilt: one whose change is still on its way is moved by its own answer.
+        """
+        self.notice = _app().notice
+        profile = _app().services.profile
+        for row in self.ids.consents.children:
+            pending = row.__dict__.get("pending_switch")
+            if "modality" in row.__dict__ and not (pending is not None and pending.in_flight):
+                on = profile.consented(row.modality)
+                row.hint = "Used to confirm it's you" if on else "Off: not collected"
+                row.switch.active = on  # where the phone already is: sends nothing (`_on_consent`)
+        self.show_stored()
+        self.show_federation()
 
     def show_federation(self) -> None:
         """The training switch and line as they now hold (a consent change may have stopped training)."""
@@ -733,6 +760,7 @@ class PrivacyScreen(Screen):
         self.federated_pending.start(on)
         self.federated = on
         self.federated_status = "Saving..."
+        _app().show_notice("")  # the person chose again: a refusal's notice has been answered
         privacy = _app().privacy
         _app().run_in_background(lambda: privacy.set_federated(on), self._federated_set,
                                  intent=lambda doubt: [_app().consent.intend(m, "federated_training", on, in_doubt=doubt)
@@ -784,6 +812,7 @@ def _consent_switch_row(modality: str, on: bool) -> Any:
     sw = Factory.PillSwitch(active=on, pos_hint={"center_y": 0.5})
     sw.bind(active=lambda w, v, m=modality: _on_consent(m, v, row, w))
     row.add_widget(sw)
+    row.modality, row.switch = modality, sw  # `PrivacyScreen.show_refused` puts it where the phone is
     return row
 
 
@@ -803,6 +832,7 @@ def _on_consent(modality: str, value: bool, row: Any, switch: Any = None) -> Non
     row.hint = "Saving..."
     consent = _app().consent
     pending.start(value)
+    _app().show_notice("")  # the person chose again: a refusal's notice has been answered
 
     def done(result: Any, exc: BaseException | None) -> None:
         _logged("consent change")(None, exc)
