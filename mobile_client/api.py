@@ -263,6 +263,25 @@ class Queued:
 #: the same payee a day later is most likely a new one (the weekly coffee), which re-sending
 #: yesterday's body would answer with yesterday's decision instead of paying.
 HELD_PAYMENT_MAX_AGE_S = 24 * 3600.0
+#: this boot's identity (Linux, Android): a held payment is aged on CLOCK_BOOTTIME within the boot it was held in
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_clock() -> tuple[str, float] | None:
+    """The current boot's id and its CLOCK_BOOTTIME seconds (suspend counted); None where either cannot be read.
+
+    Why: a held payment's age must be the time that really passed. The wall clock is the person's
+    to set: back, it kept a held payment (re-sent for a new payment of the same amount and payee);
+    forward, it let one go that the bank may have recorded (paying again then made a second one).
+    """
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    if clock is None:
+        return None
+    try:
+        boot = BOOT_ID_PATH.read_text(encoding="ascii").strip()
+        return (boot, float(time.clock_gettime(clock))) if boot else None
+    except (OSError, UnicodeError):
+        return None
 
 
 def payment_key(amount: str, currency: str, payee: str) -> tuple[str, str, str]:
@@ -282,6 +301,9 @@ class PendingPayment:
     raw: bytes
     evidence: list[FeatureWindow]
     held_at: float = 0.0
+    #: the boot it was held in and that boot's clock then (`boot_clock`); "" where unknown
+    boot: str = ""
+    held_boot_s: float = 0.0
 
     @property
     def body(self) -> dict[str, Any]:
@@ -297,7 +319,8 @@ class PendingPayment:
 
     def to_json(self) -> dict[str, Any]:
         return {"amount": self.amount, "currency": self.currency, "payee": self.payee,
-                "idempotency_key": self.idempotency_key, "body": self.raw.decode("utf-8"), "held_at": self.held_at}
+                "idempotency_key": self.idempotency_key, "body": self.raw.decode("utf-8"), "held_at": self.held_at,
+                "boot": self.boot, "held_boot_s": self.held_boot_s}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PendingPayment:
@@ -305,39 +328,53 @@ class PendingPayment:
         body = json.loads(raw)
         evidence = [FeatureWindow.from_dict(w) for w in body.get("evidence", [])]
         return cls(str(d["amount"]), str(d["currency"]), str(d["payee"]), str(d["idempotency_key"]), raw, evidence,
-                   float(d["held_at"]))
+                   float(d["held_at"]), str(d.get("boot", "")), float(d.get("held_boot_s", 0.0)))
 
 
 class HeldPayments:
     """Payments sent without a definite answer, kept in a JSON file (replaced whole, atomically).
 
     One per (amount, currency, payee as `payment_key` reads it); several may be held at once.
-    Entries older than `HELD_PAYMENT_MAX_AGE_S` are dropped when read. A file that cannot be read
-    is logged and treated as empty (a payment then gets a new key: the screen told the person to
-    check with their bank).
+    Entries older than `HELD_PAYMENT_MAX_AGE_S` are dropped when read: aged on the clock of the
+    boot they were held in while it lasts (`boot_clock`: setting the wall clock changes nothing),
+    by the wall clock after a restart of the phone. A file that cannot be read is logged and
+    treated as empty (a payment then gets a new key: the screen told the person to check with
+    their bank).
     """
 
-    def __init__(self, path: Path | None, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path | None, now: Callable[[], float] = time.time,
+                 boot: Callable[[], tuple[str, float] | None] = boot_clock) -> None:
         self.path = Path(path) if path is not None else None
         self._now = now
+        self._boot = boot
         self._lock = threading.RLock()
         self._memory: list[PendingPayment] = []
 
     def all(self) -> list[PendingPayment]:
         with self._lock:
             held = self._load()
-            fresh = [h for h in held if self._now() - h.held_at < HELD_PAYMENT_MAX_AGE_S]
+            here = self._boot()
+            fresh = [h for h in held if self._age(h, here) < HELD_PAYMENT_MAX_AGE_S]
             if len(fresh) != len(held):
                 log.info("%d held payment(s) older than %.0f h let go", len(held) - len(fresh),
                          HELD_PAYMENT_MAX_AGE_S / 3600)
                 self._save(fresh)
             return fresh
 
+    def _age(self, held: PendingPayment, here: tuple[str, float] | None) -> float:
+        """Seconds since `held` was held: on this boot's clock if it was held in this boot, else by the wall clock."""
+        if here is not None and held.boot == here[0]:
+            return here[1] - held.held_boot_s
+        return self._now() - held.held_at
+
     def find(self, amount: str, currency: str, payee: str) -> PendingPayment | None:
         key = payment_key(amount, currency, payee)
         return next((h for h in self.all() if h.key == key), None)
 
     def hold(self, payment: PendingPayment) -> None:
+        """Keep `payment` (replacing one of the same `key`), stamped with this boot's clock if not yet."""
+        if not payment.boot and (here := self._boot()) is not None:
+            payment.boot, payment.held_boot_s = here
         with self._lock:
             self._save([*(h for h in self.all() if h.key != payment.key), payment])
 

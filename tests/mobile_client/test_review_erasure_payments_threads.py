@@ -252,15 +252,78 @@ def test_an_answer_with_no_known_decision_or_risk_is_unreadable_and_stays_held(t
     assert c.held_payment("12.00", "GBP", "Sam") is not None  # the bank may have recorded it: same key next time
 
 
-def test_a_held_payment_is_let_go_after_a_day(tmp_path: Path, monkeypatch) -> None:
+class PhoneClocks:
+    """A held payment's clocks: the wall clock (the person may set it) and this boot's (id, CLOCK_BOOTTIME)."""
+
+    def __init__(self) -> None:
+        self.wall, self.boot_id, self.since_boot = time.time(), "boot-1", 5000.0
+
+    def install(self, c: ApiClient) -> None:
+        c.held._now = lambda: self.wall  # type: ignore[method-assign]
+        c.held._boot = lambda: (self.boot_id, self.since_boot)  # type: ignore[method-assign]
+
+    def passes(self, seconds: float) -> None:
+        self.wall += seconds
+        self.since_boot += seconds
+
+
+def _held_with(tmp_path: Path, clocks: PhoneClocks) -> tuple[ApiClient, list[bytes]]:
     bodies: list[bytes] = []
     c = _client(tmp_path, _losing(bodies, {"lose": True}))
+    clocks.install(c)
     with pytest.raises(ApiError):
         c.authorize("12.00", "GBP", "Sam", [_window(1)])
     assert c.held_payment("12.00", "GBP", "Sam") is not None
-    later = time.time() + api_mod.HELD_PAYMENT_MAX_AGE_S + 1
-    monkeypatch.setattr(c.held, "_now", lambda: later)
+    return c, bodies
+
+
+def test_a_held_payment_is_let_go_after_a_day(tmp_path: Path) -> None:
+    clocks = PhoneClocks()
+    c, _ = _held_with(tmp_path, clocks)
+    clocks.passes(api_mod.HELD_PAYMENT_MAX_AGE_S - 60)
+    assert c.held_payment("12.00", "GBP", "Sam") is not None
+    clocks.passes(61)
     assert c.held_payment("12.00", "GBP", "Sam") is None
+
+
+def test_a_wall_clock_set_forward_does_not_let_a_held_payment_go(tmp_path: Path) -> None:
+    """Let go, the payment the bank may have recorded would be paid again under a new key."""
+    clocks = PhoneClocks()
+    c, bodies = _held_with(tmp_path, clocks)
+    clocks.passes(60)
+    clocks.wall += 3 * 24 * 3600  # the person sets the date ahead
+    assert c.held_payment("12.00", "GBP", "Sam") is not None
+    with pytest.raises(ApiError):
+        c.authorize("12.00", "GBP", "Sam", [_window(2)])
+    assert bodies[-1] == bodies[0]  # the same payment, same key and bytes
+
+
+def test_a_wall_clock_set_back_does_not_keep_a_held_payment(tmp_path: Path) -> None:
+    """Kept, a new payment of the same amount and payee days later would re-send the old one."""
+    clocks = PhoneClocks()
+    c, _ = _held_with(tmp_path, clocks)
+    clocks.passes(api_mod.HELD_PAYMENT_MAX_AGE_S + 60)
+    clocks.wall -= 3 * 24 * 3600  # the person sets the date back
+    assert c.held_payment("12.00", "GBP", "Sam") is None
+
+
+def test_after_a_restart_of_the_phone_a_held_payment_is_aged_by_the_wall_clock(tmp_path: Path) -> None:
+    clocks = PhoneClocks()
+    c, _ = _held_with(tmp_path, clocks)
+    clocks.boot_id, clocks.since_boot = "boot-2", 30.0  # its boot clock started again
+    clocks.wall += 3600
+    assert c.held_payment("12.00", "GBP", "Sam") is not None
+    clocks.wall += api_mod.HELD_PAYMENT_MAX_AGE_S
+    assert c.held_payment("12.00", "GBP", "Sam") is None
+
+
+def test_the_boot_clock_is_this_boots_id_and_time_where_the_platform_has_them() -> None:
+    here = api_mod.boot_clock()
+    if not (api_mod.BOOT_ID_PATH.exists() and hasattr(time, "CLOCK_BOOTTIME")):
+        assert here is None
+        return
+    assert here is not None and here[0] == api_mod.BOOT_ID_PATH.read_text().strip()
+    assert abs(here[1] - time.clock_gettime(time.CLOCK_BOOTTIME)) < 5.0
 
 
 def test_the_no_answer_text_says_only_what_is_true() -> None:
