@@ -298,10 +298,14 @@ def undo_refused(s: AppServices, report: FlushReport) -> list[str]:
     in queue order: a change sent sets it, a refused one leaves it, starting from what the phone
     held before the first (the note `_send` queued with it). A consent with a later change still
     queued keeps that change here (it is the person's latest choice), and that change's note is
-    set to what the bank holds now. Returns, and adds to `s.notices`, one message per refusal.
+    set to what the bank holds now. One exception, for privacy: when the person's latest change
+    was a withdrawal, the phone stays off although the bank refused it (it never collects again
+    what the person switched off; the notice says the bank still holds the consent).
+    Returns, and adds to `s.notices`, one message per refusal.
     """
     path = ROUTES["consent"].format(user_id=s.profile.user_id)
     held: dict[Key, dict[str, Any]] = {}
+    last: dict[Key, bool] = {}  # the person's latest choice of each consent in this report
     refused: list[tuple[Outcome, Key, bool, dict[str, Any]]] = []
     for o in report:
         change = _consent_change(o.item, path)
@@ -309,6 +313,7 @@ def undo_refused(s: AppServices, report: FlushReport) -> list[str]:
             continue
         key, granted, version = change
         before = held.get(key) or _noted_before(o.item, granted)
+        last[key] = granted
         if o.state == "sent":
             held[key] = _after_grant(before, key[1], granted, version)
         else:
@@ -317,10 +322,14 @@ def undo_refused(s: AppServices, report: FlushReport) -> list[str]:
     if not refused:
         return []
     queued = _rebase_queued(s, path, {key: held[key] for _, key, _, _ in refused})
-    for key in {key for _, key, _, _ in refused} - queued:
+    # a withdrawal stands on this phone even when the bank refused to record it: collecting again
+    # what the person last switched off would override their choice (the notice says the bank's side)
+    kept_off = {key for key in held if not last[key] and held[key]["granted"]} - queued
+    for key in {key for _, key, _, _ in refused} - queued - kept_off:
         _restore(s, key, held[key])
     s.save_profile()
-    messages = [_refusal_text(o, key, granted, before, None if key in queued else held[key])
+    messages = [_refusal_text(o, key, granted, before,
+                              None if key in queued else "kept_off" if key in kept_off else held[key])
                 for o, key, granted, before in refused]
     s.notices.extend(messages)
     return messages
@@ -389,8 +398,13 @@ def _restore(s: AppServices, key: Key, state: dict[str, Any]) -> None:
     p.federated = p.federated_consented()
 
 
-def _refusal_text(o: Outcome, key: Key, granted: bool, before: dict[str, Any], now: dict[str, Any] | None) -> str:
-    """Which change the bank refused, its reason, and what holds now (`now`; None: a later change still waits)."""
+def _refusal_text(o: Outcome, key: Key, granted: bool, before: dict[str, Any],
+                  now: dict[str, Any] | str | None) -> str:
+    """Which change the bank refused, its reason, and what holds now.
+
+    `now`: the consent as the phone holds it again; None: a later change still waits; "kept_off":
+    the person's withdrawal stands on this phone while the bank still holds the consent.
+    """
     m, q = key
     asked = "switched off" if not granted else "agreed again to its new text" if before["granted"] else "switched on"
     reason = (o.reason or "Your bank refused it.").rstrip()
@@ -398,6 +412,9 @@ def _refusal_text(o: Outcome, key: Key, granted: bool, before: dict[str, Any], n
             f'{asked}. {reason if reason.endswith((".", "!", "?")) else reason + "."}')
     if now is None:
         return f"{head} A later change of it is still waiting to be sent."
+    if isinstance(now, str):  # "kept_off"
+        return (f"{head} This phone still does not collect it, but your bank still holds your consent: "
+                "switch it on and off again to send the withdrawal again, or contact your bank.")
     return f"{head} On this phone it is now {'on' if now['granted'] else 'off'}, as your bank holds it."
 
 

@@ -5,7 +5,9 @@ waits in the outbox. When the outbox is later sent and the bank refuses the chan
 bank keeps what it had: the phone must hold that again (what it shows, what it collects, what
 is set up), whatever request's flush sent it, and say which change was refused and why. With
 several changes of one consent queued, the phone ends on what the bank accepted last; a
-change still waiting stays (it is the person's latest choice). Controllers against
+change still waiting stays (it is the person's latest choice). The exception is a withdrawal:
+refused, it still stands on the phone (nothing is collected again against the person's latest
+choice) and the person is told the bank still holds the consent. Controllers against
 test_controllers' fake bank.
 """
 
@@ -71,19 +73,20 @@ def _offline(s: AppServices, bank: FakeBank, *changes: tuple[str, str, bool]) ->
     bank.up = True
 
 
-def test_a_queued_withdrawal_the_bank_refuses_is_on_again_set_up_and_said(tmp_path: Path) -> None:
+def test_a_queued_withdrawal_the_bank_refuses_still_stands_here_and_is_said(tmp_path: Path) -> None:
+    """Collecting again what the person switched off would override their choice: the phone stays off."""
     bank, s = _set_up(tmp_path, {"touch": True})
     _offline(s, bank, ("touch", "authentication", False))
     assert not s.profile.consented("touch") and not s.evidence.allowed("touch")  # counted at once
     bank.answers = [422]
     s.api.health()  # any request sends what waited first
     assert len(s.api.queue) == 0
-    assert s.profile.consented("touch") and s.evidence.allowed("touch"), "the bank still holds the consent"
-    assert "touch" in s.profile.enrolled  # the bank kept its templates: no set-up asked again
-    assert Profile.load(s.profile_path).consented("touch")  # saved
+    assert not s.profile.consented("touch") and not s.evidence.allowed("touch"), "collects what was switched off"
+    assert not Profile.load(s.profile_path).consented("touch")  # saved
     [notice] = s.take_notices()
     assert "Touch and swipes" in notice and "switched off" in notice and REFUSAL["detail"] in notice
-    assert notice.endswith("now on, as your bank holds it.")
+    assert "still does not collect it, but your bank still holds your consent" in notice
+    assert notice.endswith("or contact your bank.")
     assert s.take_notices() == []  # each shown once
 
 
@@ -114,22 +117,25 @@ def test_a_refused_withdrawal_cascade_keeps_what_the_bank_accepted(tmp_path: Pat
     assert [i["body"]["purpose"] for i in s.api.queue.items()] == ["federated_training", "authentication"]
     bank.answers = [201, 422]
     s.api.flush_queue()
-    assert s.profile.consented("keystroke", "authentication")
+    assert not s.profile.consented("keystroke", "authentication")  # the person's withdrawal stands here
     assert not s.profile.consented("keystroke", "federated_training") and not s.profile.federated
-    assert len(s.take_notices()) == 1
+    [notice] = s.take_notices()
+    assert "your bank still holds your consent" in notice
 
 
-# (off, on, off) queued for one consent first on; True: the bank refuses that change
-@pytest.mark.parametrize("refused", list(itertools.product([False, True], repeat=3)))
+# (off, on, off) or (off, on) queued for one consent first on; True: the bank refuses that change
+@pytest.mark.parametrize(("wanted", "refused"),
+                         [((False, True, False), r) for r in itertools.product([False, True], repeat=3)]
+                         + [((False, True), r) for r in itertools.product([False, True], repeat=2)])
 def test_after_several_queued_changes_the_phone_holds_what_the_bank_accepted_last(
-        tmp_path: Path, refused: tuple[bool, bool, bool]) -> None:
+        tmp_path: Path, wanted: tuple[bool, ...], refused: tuple[bool, ...]) -> None:
     bank, s = _set_up(tmp_path, {"gait": True})
-    wanted = [False, True, False]
     _offline(s, bank, *[("gait", "authentication", g) for g in wanted])
     bank.answers = [422 if r else 201 for r in refused]
     s.api.flush_queue()
     accepted = [g for g, r in zip(wanted, refused, strict=True) if not r]
-    expected = accepted[-1] if accepted else True  # nothing accepted: the bank still holds the grant
+    bank_holds = accepted[-1] if accepted else True  # nothing accepted: the bank still holds the grant
+    expected = bank_holds and wanted[-1]  # a last change that withdraws stands here, refused or not
     assert s.profile.consented("gait") is expected
     assert s.evidence.allowed("gait") is expected
     assert len(s.take_notices()) == sum(refused)
@@ -228,8 +234,10 @@ def handle(req):
 
 s = build_services(data, "http://bank.test", retries=0)
 s.api._http = httpx.Client(base_url="http://bank.test", transport=httpx.MockTransport(handle))
-ConsentController(s).apply({m: {"authentication": True, "federated_training": False} for m in ("touch", "gait")})
-s.profile.enrolled = ["touch", "gait"]
+ConsentController(s).apply({"keystroke": {"authentication": True, "federated_training": False},
+                            "gait": {"authentication": True, "federated_training": False},
+                            "touch": {"authentication": False, "federated_training": False}})
+s.profile.enrolled = ["keystroke", "gait"]
 bank["up"] = False
 ConsentController(s).set("gait", "authentication", False)  # made offline, before this start
 bank.update(up=True, refuse=True)  # sent at start: refused
@@ -247,9 +255,9 @@ def scene(app):
     pr = app.go("privacy")
     yield from settle(app)
     res["privacy_at_start"] = {"notice": pr.notice, "switches": switches(pr)}
-    bank["up"] = False  # on the Privacy screen: touch off, offline
+    bank["up"] = False  # on the Privacy screen: touch on, offline
     row = next(r for r in pr.ids.consents.children if r.label == "Touch and swipes")
-    row.children[0].active = False
+    row.children[0].active = True
     yield from settle(app)
     res["queued"] = {"notice": pr.notice, "switches": switches(pr), "consented": s.profile.consented("touch")}
     bank["up"] = True
@@ -277,15 +285,16 @@ def test_the_app_says_which_waiting_change_was_refused_and_its_switches_follow(g
     assert p.returncode == 0 and lines, p.stderr[-3000:]
     res: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
     assert "exception" not in res, res["exception"]
-    # refused at start: Home says so and shows walking as the bank holds it
+    # refused at start: Home says so; the withdrawal still stands here (walking is not collected)
     home = res["home"]
     assert home["screen"] == "home" and "Walking pattern" in home["notice"], home
-    assert REFUSAL["detail"] in home["notice"] and home["notice"].endswith("now on, as your bank holds it."), home
-    assert ["Walking pattern", "Active: only summaries leave this phone"] in home["rows"], home["rows"]
+    assert REFUSAL["detail"] in home["notice"] and "your bank still holds your consent" in home["notice"], home
+    assert ["Walking pattern", "Off: nothing is collected"] in home["rows"], home["rows"]
     start = res["privacy_at_start"]
-    assert start["notice"] == home["notice"] and start["switches"]["Walking pattern"][0] is True, start
-    # a change made on the Privacy screen answers the notice; refused in turn, the switch goes back
-    assert res["queued"]["notice"] == "" and res["queued"]["consented"] is False, res["queued"]
+    assert start["notice"] == home["notice"] and start["switches"]["Walking pattern"][0] is False, start
+    # a change made on the Privacy screen answers the notice; a grant refused in turn, the switch goes back
+    assert res["queued"]["notice"] == "" and res["queued"]["consented"] is True, res["queued"]
     refused = res["refused"]
-    assert refused["consented"] is True and refused["switches"]["Touch and swipes"] == [True, "Used to confirm it's you"]
+    assert refused["consented"] is False and refused["switches"]["Touch and swipes"] == [False, "Off: not collected"]
     assert "Touch and swipes" in refused["notice"] and "Walking" not in refused["notice"], refused
+    assert refused["notice"].endswith("now off, as your bank holds it."), refused
