@@ -104,12 +104,17 @@ def keystroke_windows(events: Sequence[KeyEvent], n_keys: int = KEYS_PER_WINDOW,
 
     A window of mostly committed text (more than `MAX_COMMITTED_SHARE` of its keys held less than
     `MIN_REAL_HOLD_S`) is left out: its hold and latency features are zeros, not typing rhythm
-    (`KeyPairer.text_commit`). Windows of hardware key events are the batch's, unchanged.
+    (`KeyPairer.text_commit`). Windows of hardware key events are the batch's, unchanged. Events the
+    features refuse (times that are not seconds, `modalities.events.check_key_seconds`) give no
+    window, as refused touch and gait events do: a bad sample, never a crash of set-up or a payment.
     """
     if len(events) < 2:
         return []
-    seq = KeySequence.from_events(sorted(events, key=lambda e: e.press))
-    wf = modality_module("keystroke").window_features
+    try:
+        seq = KeySequence.from_events(sorted(events, key=lambda e: e.press))
+    except EventValidationError as exc:
+        _say_once("keystroke-refused", f"key events give no typing windows: {exc}")
+        return []
     n = len(seq)
     spans = [(0, n)] if n <= n_keys else [(s, s + n_keys) for s in range(0, n - n_keys + 1, hop)]
     holds = np.asarray(seq.release - seq.press, dtype=float)
@@ -118,7 +123,16 @@ def keystroke_windows(events: Sequence[KeyEvent], n_keys: int = KEYS_PER_WINDOW,
         _say_once("keystroke", "typing without key presses and releases (text a soft keyboard committed, or "
                                "pasted) is not sent: typing rhythm needs real key down/up times, so this "
                                "keyboard gives no typing evidence")
-    return [wf(seq[a:b]) for a, b in kept]
+    return [w for w in (_key_window(seq, a, b) for a, b in kept) if w is not None]
+
+
+def _key_window(seq: KeySequence, a: int, b: int) -> FeatureWindow | None:
+    """`modalities.keystroke.window_features` of presses a..b of `seq`, None if refused (logged)."""
+    try:
+        return modality_module("keystroke").window_features(seq[a:b])  # type: ignore[no-any-return]
+    except EventValidationError as exc:
+        log.debug("keystroke window skipped: %s", exc)
+        return None
 
 
 def committed_text(events: Sequence[KeyEvent]) -> bool:

@@ -10,6 +10,12 @@ Two forms of each signal exist on purpose:
 Every constructor validates its input and raises `EventValidationError` naming the field, so
 bad data is refused at the edge rather than silently turned into NaN features downstream.
 This module imports numpy only: it runs on the phone, in federated clients and in benches.
+
+Every time is in SECONDS (any origin: only differences are used). Platforms give other units:
+Android `MotionEvent.getEventTime()` / `KeyEvent` times and JavaScript event times are
+milliseconds, `SensorEvent.timestamp` nanoseconds; the caller divides. Times in milliseconds
+would give feature vectors that look valid and describe nothing, so `KeySequence` refuses
+timing that no person's typing produces in seconds (`check_key_seconds`).
 """
 
 from __future__ import annotations
@@ -113,6 +119,41 @@ def _non_decreasing(field: str, t: np.ndarray) -> None:
             raise EventValidationError(field, f"times must be sorted (index {i} goes back in time)")
 
 
+# --------------------------------------------------------------------------- time units
+
+#: fewest key presses whose timing is judged for its unit: a few presses can time anything (BB-MAS
+#: desktop typing has 2-key stretches with both keys held over 12 s, and 3-key ones whose middle
+#: hold is 41 s), ten cannot (the largest median hold of any 10 presses in it is 0.83 s)
+MIN_KEYS_FOR_UNIT_CHECK = 10
+#: median key hold (s) that no typing reaches: BB-MAS desktop typing's largest over any 10 or more
+#: consecutive presses is 0.83 s, CMU's per password typing 0.19 s; in milliseconds a hold reads
+#: 47 or more (the smallest such median seen is 47 ms)
+MAX_MEDIAN_HOLD_S = 5.0
+#: median down-down time (s) between presses that no typing reaches: BB-MAS's largest over any 10 or
+#: more consecutive presses is 2.8 s, CMU's per typing 1.4 s. It catches what the hold cannot: text
+#: committed without key events (holds of 0) stamped in milliseconds
+MAX_MEDIAN_KEY_INTERVAL_S = 20.0
+
+
+def _refuse_milliseconds(field: str, what: str, value: float, limit: float) -> None:
+    """Refuse timing above `limit` seconds: the times are milliseconds (or another unit) read as seconds."""
+    if value > limit:
+        raise EventValidationError(
+            field, f"{what} is {value:.4g} s: no person's input is that slow (limit {limit:g} s), so the times look "
+                   "like milliseconds (as Android MotionEvent/KeyEvent and JavaScript give them); Cadence takes "
+                   "seconds: divide them by 1000")
+
+
+def check_key_seconds(press: np.ndarray, release: np.ndarray) -> None:
+    """Refuse key times that cannot be seconds (see `MAX_MEDIAN_HOLD_S`); fewer than 10 presses are not judged."""
+    if press.shape[0] < MIN_KEYS_FOR_UNIT_CHECK:
+        return
+    _refuse_milliseconds("release", f"the median key hold over {press.shape[0]} presses",
+                         float(np.median(release - press)), MAX_MEDIAN_HOLD_S)
+    _refuse_milliseconds("press", f"the median time from press to press over {press.shape[0]} presses",
+                         float(np.median(np.diff(press))), MAX_MEDIAN_KEY_INTERVAL_S)
+
+
 # --------------------------------------------------------------------------- keystrokes
 
 
@@ -137,7 +178,10 @@ class KeyEvent:
 
 @dataclass(frozen=True)
 class KeySequence:
-    """A recording of key presses in press order (columnar)."""
+    """A recording of key presses in press order (columnar); times in seconds.
+
+    Timing no typing has in seconds (`check_key_seconds`: milliseconds, most likely) is refused.
+    """
 
     keys: np.ndarray  # object array of str
     press: np.ndarray
@@ -160,6 +204,7 @@ class KeySequence:
             i = int(np.flatnonzero(release < press)[0])
             raise EventValidationError("release", f"negative hold duration at index {i}")
         _non_decreasing("press", press)
+        check_key_seconds(press, release)
         object.__setattr__(self, "keys", keys)
         object.__setattr__(self, "press", press)
         object.__setattr__(self, "release", release)
@@ -215,7 +260,10 @@ def _touch_action(value: object) -> TouchAction:
 
 @dataclass(frozen=True, slots=True)
 class TouchEvent:
-    """One touch sample as the platform reports it (screen pixels, platform units)."""
+    """One touch sample: `time` in seconds, position in screen pixels, pressure and size in platform units.
+
+    Android's `MotionEvent.getEventTime()` is milliseconds: divide it by 1000.
+    """
 
     time: float
     x: float
@@ -243,7 +291,7 @@ class TouchEvent:
 
 @dataclass(frozen=True)
 class TouchStream:
-    """Touch samples of one device in time order (columnar)."""
+    """Touch samples of one device in time order (columnar); `time` in seconds."""
 
     time: np.ndarray
     x: np.ndarray
@@ -315,7 +363,10 @@ class TouchStream:
 
 @dataclass(frozen=True, slots=True)
 class AccelSample:
-    """One accelerometer reading: time in seconds, acceleration in m/s^2 (gravity included)."""
+    """One accelerometer reading: time in seconds, acceleration in m/s^2 (gravity included).
+
+    Android's `SensorEvent.timestamp` is nanoseconds: multiply it by 1e-9.
+    """
 
     time: float
     x: float

@@ -1,0 +1,90 @@
+"""Event times are seconds: real-data-shaped windows pass, the same in milliseconds are refused, saying so.
+
+Milliseconds are what Android MotionEvent/KeyEvent and JavaScript event times are.
+
+The windows are built here with the value ranges of the shared datasets (BB-MAS desktop keystrokes
+on a 15.625 ms clock, CMU's password typings, and their odd corners: a key held 311 s), not copied.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modalities import events
+from modalities.events import (
+    EventValidationError,
+    KeyEvent,
+    KeySequence,
+)
+from modalities.keystroke import window_features as key_window_features
+from modalities.keystroke.features import fixed_text_vector, sequence_from_fixed_vector
+
+TICK = 0.015625  # BB-MAS desktop clock
+KEYS = "the quick brown fox jumps over the lazy dog and then some more text typed at an ordinary pace ok"
+
+
+def typing(n: int = 100, seed: int = 0) -> KeySequence:
+    """`n` presses like a BB-MAS desktop window: holds 60-250 ms, press-to-press 100-500 ms, on its clock.
+
+    With what real windows also hold: two pauses (4 s, 30 s), a press of 0 s and a key held 311 s
+    (the longest hold in BB-MAS).
+    """
+    rng = np.random.default_rng(seed)
+    hold = np.round(rng.uniform(0.06, 0.25, n) / TICK) * TICK
+    dd = np.round(rng.uniform(0.10, 0.50, n - 1) / TICK) * TICK
+    dd[[n // 10, 4 * n // 10]] = (4.0, 30.0)
+    hold[n // 5], hold[3 * n // 5] = 0.0, 311.174
+    press = 1234.5 + np.r_[0.0, np.cumsum(dd)]
+    keys = np.array([("space" if c == " " else c) for c in (KEYS * 2)[:n]], dtype=object)
+    return KeySequence(keys, press, press + hold)
+
+
+def in_ms(seq: KeySequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return seq.keys, seq.press * 1000, seq.release * 1000
+
+
+def test_typing_in_seconds_gives_features_and_in_milliseconds_is_refused() -> None:
+    seq = typing()
+    assert key_window_features(seq).values.shape[0] > 0
+    with pytest.raises(EventValidationError, match=r"median key hold over 100 presses is 1\d\d(\.\d+)? s.*"
+                                                   r"milliseconds.*divide them by 1000") as e:
+        KeySequence(*in_ms(seq))
+    assert e.value.field == "release"
+
+
+def test_key_events_in_milliseconds_are_refused_as_one_sequence() -> None:
+    """The collectors' path: single events cannot be judged, the sequence they make is."""
+    ms = [KeyEvent(str(k), float(p), float(r)) for k, p, r in zip(*in_ms(typing(30, seed=1)))]
+    with pytest.raises(EventValidationError, match="milliseconds"):
+        KeySequence.from_events(ms)
+
+
+def test_committed_text_in_milliseconds_is_refused_by_its_press_to_press_times() -> None:
+    """Text a soft keyboard committed has holds of 0: the press-to-press times still show the unit."""
+    seq = typing(40, seed=2)
+    with pytest.raises(EventValidationError, match="median time from press to press.*milliseconds") as e:
+        KeySequence(seq.keys, seq.press * 1000, seq.press * 1000)
+    assert e.value.field == "press"
+
+
+def test_a_few_keys_are_not_judged() -> None:
+    """BB-MAS holds 2-key stretches with both keys held 12.7 s: fewer than 10 presses can time anything."""
+    KeySequence(np.array(["shift", "a"], dtype=object), np.array([0.0, 0.3]), np.array([12.7, 13.1]))
+    with pytest.raises(EventValidationError, match="milliseconds"):
+        KeySequence(*in_ms(typing(10)))
+    assert events.MIN_KEYS_FOR_UNIT_CHECK == 10 and events.MAX_MEDIAN_HOLD_S < 12.7
+
+
+def test_a_cmu_password_typing_in_milliseconds_is_refused() -> None:
+    """CMU's `.tie5Roanl` layout (H, DD, UD per key): its slowest typing passes, the same in ms does not."""
+    keys = [".", "t", "i", "e", "five", "Shift.r", "o", "a", "n", "l", "Return"]
+    rng = np.random.default_rng(3)
+    vec = np.empty(31)
+    vec[0::3] = rng.uniform(0.03, 0.2, 11)
+    vec[1::3] = rng.uniform(0.1, 1.4, 10)
+    vec[1] = 25.99  # the longest CMU press-to-press time
+    vec[2::3] = vec[1::3] - vec[0:-1:3]
+    np.testing.assert_allclose(fixed_text_vector(sequence_from_fixed_vector(vec, keys)), vec, atol=1e-9)
+    with pytest.raises(EventValidationError, match="milliseconds"):
+        sequence_from_fixed_vector(vec * 1000, keys)
