@@ -14,8 +14,9 @@ This module imports numpy only: it runs on the phone, in federated clients and i
 Every time is in SECONDS (any origin: only differences are used). Platforms give other units:
 Android `MotionEvent.getEventTime()` / `KeyEvent` times and JavaScript event times are
 milliseconds, `SensorEvent.timestamp` nanoseconds; the caller divides. Times in milliseconds
-would give feature vectors that look valid and describe nothing, so `KeySequence` refuses
-timing that no person's typing produces in seconds (`check_key_seconds`).
+would give feature vectors that look valid and describe nothing, so `KeySequence` and
+`TouchStream` refuse timing that no person's typing or touch screen produces in seconds
+(`check_key_seconds`, `check_touch_seconds`).
 """
 
 from __future__ import annotations
@@ -133,6 +134,10 @@ MAX_MEDIAN_HOLD_S = 5.0
 #: more consecutive presses is 2.8 s, CMU's per typing 1.4 s. It catches what the hold cannot: text
 #: committed without key events (holds of 0) stamped in milliseconds
 MAX_MEDIAN_KEY_INTERVAL_S = 20.0
+#: median gap (s) between the samples of a finger on the screen that no touch screen gives: they
+#: report at 60-240 Hz while touched (4-17 ms); over the 18,047 BB-MAS strokes a stroke's median gap
+#: is at most 0.05 s, and in milliseconds it reads 1 or more (4 or more at a real screen's rate)
+MAX_MEDIAN_TOUCH_INTERVAL_S = 0.5
 
 
 def _refuse_milliseconds(field: str, what: str, value: float, limit: float) -> None:
@@ -152,6 +157,21 @@ def check_key_seconds(press: np.ndarray, release: np.ndarray) -> None:
                          float(np.median(release - press)), MAX_MEDIAN_HOLD_S)
     _refuse_milliseconds("press", f"the median time from press to press over {press.shape[0]} presses",
                          float(np.median(np.diff(press))), MAX_MEDIAN_KEY_INTERVAL_S)
+
+
+def touch_contact_gaps(time: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Gaps (> 0) between consecutive samples while a finger is down: after any row but UP or CANCEL."""
+    d = np.diff(time)
+    held = ~np.isin(action[:-1], (TouchAction.UP, TouchAction.CANCEL))
+    return d[held & (d > 0)]
+
+
+def check_touch_seconds(time: np.ndarray, action: np.ndarray) -> None:
+    """Refuse touch times that cannot be seconds (see `MAX_MEDIAN_TOUCH_INTERVAL_S`); no gap, nothing judged."""
+    gaps = touch_contact_gaps(time, action)
+    if gaps.size:
+        _refuse_milliseconds("time", f"the median gap between the samples of a finger on the screen "
+                                     f"({gaps.size} gaps)", float(np.median(gaps)), MAX_MEDIAN_TOUCH_INTERVAL_S)
 
 
 # --------------------------------------------------------------------------- keystrokes
@@ -291,7 +311,10 @@ class TouchEvent:
 
 @dataclass(frozen=True)
 class TouchStream:
-    """Touch samples of one device in time order (columnar); `time` in seconds."""
+    """Touch samples of one device in time order (columnar); `time` in seconds.
+
+    Timing no touch screen has in seconds (`check_touch_seconds`: milliseconds, most likely) is refused.
+    """
 
     time: np.ndarray
     x: np.ndarray
@@ -331,6 +354,7 @@ class TouchStream:
             raise EventValidationError("action", f"codes must be TouchAction values {TOUCH_ACTION_CODES}, got {bad} "
                                                  f"(mask raw Android codes with ANDROID_ACTION_MASK)")
         _non_decreasing("time", self.time)
+        check_touch_seconds(self.time, action)
         object.__setattr__(self, "action", action.astype(np.int8))
         object.__setattr__(self, "pointer_id", pid)
         for name in ("screen_width", "screen_height"):

@@ -1,12 +1,14 @@
-"""Key times in milliseconds are a bad sample on the phone, never garbage sent nor a crash.
+"""Key and touch times in milliseconds are a bad sample on the phone, never garbage sent nor a crash.
 
 The app's own collectors stamp seconds (`mobile_client.clock`); events stamped in milliseconds
-(Android KeyEvent times taken as they are) are refused by the event types
-(`modalities.events.check_key_seconds`). Set-up then has no window to judge and does not pass.
+(Android MotionEvent/KeyEvent times taken as they are) are refused by the event types
+(`modalities.events.check_key_seconds` / `check_touch_seconds`). Set-up then has no window to
+judge and does not pass, and a payment goes on without that modality.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -17,9 +19,10 @@ from mobile_client import features
 from mobile_client.clock import VirtualClock
 from mobile_client.controllers.consent import ConsentController
 from mobile_client.controllers.enrolment import EnrolmentController
+from mobile_client.controllers.transaction import TransactionController
 from mobile_client.services import AppServices
-from modalities.events import KeyEvent
-from tests.mobile_client.test_controllers import MODS, FakeBank, _services
+from modalities.events import KeyEvent, TouchEvent
+from tests.mobile_client.test_controllers import MODS, FakeBank, _enrolled, _play, _services
 
 
 def _key_events_ms(person: SyntheticPerson, n: int, seed: int, t0: float) -> list[KeyEvent]:
@@ -28,12 +31,18 @@ def _key_events_ms(person: SyntheticPerson, n: int, seed: int, t0: float) -> lis
             for e in person.keystrokes(n, seed).to_events()]
 
 
+def _touch_events_ms(person: SyntheticPerson, n: int, seed: int, t0: float) -> list[TouchEvent]:
+    """`n` swipes starting at `t0` seconds, stamped in milliseconds."""
+    return [dataclasses.replace(e, time=(t0 + e.time) * 1000) for e in person.touch(n, seed).to_events()]
+
+
 def test_key_windows_of_times_in_milliseconds_are_none_and_said(caplog: pytest.LogCaptureFixture) -> None:
     person = SyntheticPerson(11)
     assert features.keystroke_windows(person.keystrokes(300, 1).to_events())  # in seconds: windows
     with caplog.at_level(logging.WARNING, logger="mobile_client.features"):
         assert features.keystroke_windows(_key_events_ms(person, 300, 1, 0.0)) == []
     assert "milliseconds" in caplog.text
+    assert features.touch_windows(_touch_events_ms(person, 14, 1, 0.0)) == []
 
 
 def _set_up(tmp_path: Path) -> tuple[AppServices, EnrolmentController]:
@@ -42,9 +51,24 @@ def _set_up(tmp_path: Path) -> tuple[AppServices, EnrolmentController]:
     return s, EnrolmentController(s)
 
 
-def test_set_up_with_times_in_milliseconds_has_no_window_and_does_not_pass(tmp_path: Path) -> None:
+@pytest.mark.parametrize("modality", ["keystroke", "touch"])
+def test_set_up_with_times_in_milliseconds_has_no_window_and_does_not_pass(tmp_path: Path, modality: str) -> None:
     s, ec = _set_up(tmp_path)
-    ec.begin("keystroke")
-    s.evidence.extend(_key_events_ms(SyntheticPerson(11), 300, 1, 1000.0))
-    report = ec.check("keystroke")
+    ec.begin(modality)
+    person = SyntheticPerson(11)
+    make = _key_events_ms if modality == "keystroke" else _touch_events_ms
+    s.evidence.extend(make(person, 300 if modality == "keystroke" else 14, 1, 1000.0))
+    report = ec.check(modality)
     assert (report.ok, report.n_windows, report.unavailable) == (False, 0, False)
+
+
+def test_a_payment_leaves_out_key_and_touch_times_in_milliseconds(tmp_path: Path) -> None:
+    bank, clock, person = FakeBank(), VirtualClock(1000.0), SyntheticPerson(11)
+    s = _enrolled(tmp_path, bank, person, clock)
+    now = clock()
+    s.evidence.extend(_key_events_ms(person, 120, 2, now))
+    s.evidence.extend(_touch_events_ms(person, 8, 2, now))
+    _play(s, clock, person.walk(16, 100, 2))
+    d = TransactionController(s).authorize("10", "Bob")
+    assert d.outcome == "approve"
+    assert {w["modality"] for w in bank.sent("/authorize")[0]["evidence"]} == {"gait"}

@@ -3,7 +3,8 @@
 Milliseconds are what Android MotionEvent/KeyEvent and JavaScript event times are.
 
 The windows are built here with the value ranges of the shared datasets (BB-MAS desktop keystrokes
-on a 15.625 ms clock, CMU's password typings, and their odd corners: a key held 311 s), not copied.
+on a 15.625 ms clock, CMU's password typings, BB-MAS HTC One touch samples on a 1 ms clock with
+interpolated historical points, and their odd corners: a key held 311 s, a 35 s touch), not copied.
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ from modalities.events import (
     EventValidationError,
     KeyEvent,
     KeySequence,
+    TouchAction,
+    TouchStream,
 )
 from modalities.keystroke import window_features as key_window_features
 from modalities.keystroke.features import fixed_text_vector, sequence_from_fixed_vector
+from modalities.touch import stroke_windows
+from modalities.touch import window_features as touch_window_features
 
 TICK = 0.015625  # BB-MAS desktop clock
 KEYS = "the quick brown fox jumps over the lazy dog and then some more text typed at an ordinary pace ok"
@@ -88,3 +93,57 @@ def test_a_cmu_password_typing_in_milliseconds_is_refused() -> None:
     np.testing.assert_allclose(fixed_text_vector(sequence_from_fixed_vector(vec, keys)), vec, atol=1e-9)
     with pytest.raises(EventValidationError, match="milliseconds"):
         sequence_from_fixed_vector(vec * 1000, keys)
+
+
+def touches(seed: int = 0) -> dict[str, np.ndarray]:
+    """Columns of a BB-MAS-like HTC One session: swipes, taps and one 35 s press, times in seconds.
+
+    Swipe samples come 8-17 ms apart with interpolated historical points between (1-ms clock), a
+    tap is a DOWN and an UP 50 ms apart (the sparsest real stroke), the long press reports every 16 ms.
+    """
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[float, float, float, int]] = []
+    t = 100.0
+    for k in range(12):
+        if k % 4 == 3:  # a tap
+            rows += [(t, 500.0, 900.0, TouchAction.DOWN), (t + 0.05, 501.0, 900.0, TouchAction.UP)]
+            t += 0.05
+        else:  # a swipe (or, once, a long press)
+            n = 3000 if k == 5 else int(rng.integers(15, 60))
+            gaps = np.round(rng.uniform(0.004, 0.017, n - 1) * 1000) / 1000 if k != 5 else np.full(n - 1, 0.016)
+            ts = t + np.r_[0.0, np.cumsum(gaps)]
+            ys = np.linspace(1500.0, 400.0 if k != 5 else 1500.0, n)
+            acts = [TouchAction.DOWN] + [TouchAction.MOVE] * (n - 2) + [TouchAction.UP]
+            rows += [(float(a), 540.0, float(b), int(c)) for a, b, c in zip(ts, ys, acts)]
+            t = float(ts[-1])
+        t += float(rng.uniform(0.3, 2.0))
+    time, x, y, act = (np.array(c) for c in zip(*rows))
+    n = time.size
+    return {"time": time, "x": x, "y": y, "pressure": np.full(n, 0.2), "touch_major": np.full(n, 12.0),
+            "touch_minor": np.full(n, 8.0), "action": act.astype(int), "pointer_id": np.zeros(n, int)}
+
+
+def test_touch_in_seconds_gives_strokes_and_in_milliseconds_is_refused() -> None:
+    cols = touches()
+    ws = stroke_windows(TouchStream(**cols, device="HTC_One"))
+    assert len(ws) == 12
+    assert max(w.end - w.start for w in ws) > 35.0  # the long press is a stroke like any other
+    with pytest.raises(EventValidationError, match=r"median gap between the samples of a finger.*milliseconds.*"
+                                                   r"divide them by 1000") as e:
+        TouchStream(**{**cols, "time": cols["time"] * 1000}, device="HTC_One")
+    assert e.value.field == "time"
+
+
+@pytest.mark.parametrize("stroke", ["tap", "swipe"])
+def test_one_stroke_window_in_milliseconds_is_refused(stroke: str) -> None:
+    """The phone's window (the samples since the previous UP, plus that UP) is judged on its own."""
+    cols = touches()
+    ups = np.flatnonzero(cols["action"] == TouchAction.UP)
+    i = 3 if stroke == "tap" else 1
+    sl = slice(int(ups[i - 1]), int(ups[i]) + 1)
+    one = {k: v[sl] for k, v in cols.items()}
+    assert touch_window_features(TouchStream(**one)).n_events >= 2
+    with pytest.raises(EventValidationError, match="milliseconds"):
+        TouchStream(**{**one, "time": one["time"] * 1000})
+    gap = np.median(np.diff(one["time"][1:]))
+    assert gap * 1000 > 2 * events.MAX_MEDIAN_TOUCH_INTERVAL_S  # even a 1 ms gap in ms is twice the limit
