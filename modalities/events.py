@@ -16,7 +16,7 @@ Android `MotionEvent.getEventTime()` / `KeyEvent` times and JavaScript event tim
 milliseconds, `SensorEvent.timestamp` nanoseconds; the caller divides. Times in milliseconds
 would give feature vectors that look valid and describe nothing, so `KeySequence` and
 `TouchStream` refuse timing that no person's typing or touch screen produces in seconds
-(`check_key_seconds`, `check_touch_seconds`).
+(`check_key_seconds`, `check_touch_seconds`); gait's resampling refuses such sampling rates.
 """
 
 from __future__ import annotations

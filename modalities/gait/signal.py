@@ -30,6 +30,9 @@ MIN_INPUT_RATE = 20.0
 #: fastest input we accept (Hz): the input grid is built at the input rate, so a bogus rate of
 #: MHz (near-duplicate timestamps) would allocate gigabytes; real phones deliver <= ~500 Hz
 MAX_INPUT_RATE = 2000.0
+#: fastest rate a phone's accelerometer delivers (Hz): a rate too low to use that would be at most this
+#: if the times were milliseconds is said to be in milliseconds (`check_rate`)
+MAX_PHONE_RATE = 500.0
 #: samples closer than this (s) are one instant: batched sensor deliveries stamp a batch
 #: microseconds apart. Well below the 1 ms clock tick of real recordings (BB-MAS), which
 #: must keep every sample.
@@ -124,6 +127,14 @@ def input_rate(t: np.ndarray) -> float:
     return float(1.0 / np.median(d))
 
 
+def _unit_hint(fs_in: float, min_rate: float, max_rate: float) -> str:
+    """Why a rate too low to use is 1000 times off, when times in milliseconds would make it fit."""
+    if 0.95 * min_rate <= fs_in * 1e3 <= min(max_rate, MAX_PHONE_RATE):
+        return (f": the times look like milliseconds ({fs_in * 1e3:.0f} Hz if they are); Cadence takes "
+                "seconds: divide them by 1000 (Android's SensorEvent.timestamp is nanoseconds: multiply by 1e-9)")
+    return ""
+
+
 def check_rate(t: np.ndarray, min_rate: float = MIN_INPUT_RATE, max_rate: float = MAX_INPUT_RATE) -> float:
     """`input_rate(t)`; an `EventValidationError` outside [`min_rate`, `max_rate`].
 
@@ -131,7 +142,9 @@ def check_rate(t: np.ndarray, min_rate: float = MIN_INPUT_RATE, max_rate: float 
     """
     fs_in = input_rate(t)
     if fs_in < 0.95 * min_rate:  # 5% slack: phone clocks drift around their nominal rate
-        raise EventValidationError("time", f"sampling rate {fs_in:.1f} Hz is below the {min_rate:.0f} Hz minimum")
+        shown = f"{fs_in:.1f}" if fs_in >= 1 else f"{fs_in:.2g}"  # below 1 Hz two digits: 0.05, not 0.1
+        raise EventValidationError("time", f"sampling rate {shown} Hz is below the {min_rate:.0f} Hz minimum"
+                                           f"{_unit_hint(fs_in, min_rate, max_rate)}")
     if fs_in > max_rate:
         raise EventValidationError("time", f"sampling rate {fs_in:.0f} Hz is above the {max_rate:.0f} Hz maximum "
                                            "(timestamps too close together)")

@@ -14,16 +14,20 @@ import pytest
 
 from modalities import events
 from modalities.events import (
+    AccelSeries,
     EventValidationError,
     KeyEvent,
     KeySequence,
     TouchAction,
     TouchStream,
 )
+from modalities.gait import window_features as gait_window_features
+from modalities.gait.signal import check_rate
 from modalities.keystroke import window_features as key_window_features
 from modalities.keystroke.features import fixed_text_vector, sequence_from_fixed_vector
 from modalities.touch import stroke_windows
 from modalities.touch import window_features as touch_window_features
+from tests.modalities.gait_synth import person, walk
 
 TICK = 0.015625  # BB-MAS desktop clock
 KEYS = "the quick brown fox jumps over the lazy dog and then some more text typed at an ordinary pace ok"
@@ -147,3 +151,19 @@ def test_one_stroke_window_in_milliseconds_is_refused(stroke: str) -> None:
         TouchStream(**{**one, "time": one["time"] * 1000})
     gap = np.median(np.diff(one["time"][1:]))
     assert gap * 1000 > 2 * events.MAX_MEDIAN_TOUCH_INTERVAL_S  # even a 1 ms gap in ms is twice the limit
+
+
+def test_gait_in_milliseconds_is_refused_by_its_sampling_rate_and_says_so() -> None:
+    """Gait resamples and checks the rate already; a 1000 times too slow rate is named as milliseconds."""
+    w = walk(person(1), 12.0, 100.0)
+    assert gait_window_features(w).values.shape[0] > 0
+    with pytest.raises(EventValidationError, match=r"sampling rate 0\.1 Hz is below the 20 Hz minimum: the times "
+                                                   r"look like milliseconds \(100 Hz if they are\)"):
+        gait_window_features(AccelSeries(w.t * 1000, w.xyz))
+
+
+def test_a_slow_rate_that_is_not_milliseconds_gets_no_unit_hint() -> None:
+    """A 5 Hz polled accelerometer (plyer) is too slow, not in another unit: 5 kHz is no phone's rate."""
+    with pytest.raises(EventValidationError) as e:
+        check_rate(np.arange(100) / 5.0)
+    assert "milliseconds" not in str(e.value)
