@@ -138,6 +138,14 @@ MAX_MEDIAN_KEY_INTERVAL_S = 20.0
 #: report at 60-240 Hz while touched (4-17 ms); over the 18,047 BB-MAS strokes a stroke's median gap
 #: is at most 0.05 s, and in milliseconds it reads 1 or more (4 or more at a real screen's rate)
 MAX_MEDIAN_TOUCH_INTERVAL_S = 0.5
+#: fewest such gaps judged by `MAX_MEDIAN_TOUCH_INTERVAL_S`: a finger held still may report nothing
+#: between its DOWN and UP (a 3 s long press is then one gap of 3 s), so fewer gaps are judged by
+#: `MAX_SPARSE_TOUCH_INTERVAL_S`
+MIN_TOUCH_GAPS_FOR_MEDIAN = 5
+#: median gap (s) of a stroke with fewer gaps that no finger gives: a still press reported by its DOWN
+#: and UP alone would have to last this long; in milliseconds a 50 ms tap reads 50 and a 60 Hz
+#: screen's samples 16
+MAX_SPARSE_TOUCH_INTERVAL_S = 10.0
 
 
 def _refuse_milliseconds(field: str, what: str, value: float, limit: float) -> None:
@@ -170,8 +178,9 @@ def check_touch_seconds(time: np.ndarray, action: np.ndarray) -> None:
     """Refuse touch times that cannot be seconds (see `MAX_MEDIAN_TOUCH_INTERVAL_S`); no gap, nothing judged."""
     gaps = touch_contact_gaps(time, action)
     if gaps.size:
+        limit = MAX_MEDIAN_TOUCH_INTERVAL_S if gaps.size >= MIN_TOUCH_GAPS_FOR_MEDIAN else MAX_SPARSE_TOUCH_INTERVAL_S
         _refuse_milliseconds("time", f"the median gap between the samples of a finger on the screen "
-                                     f"({gaps.size} gaps)", float(np.median(gaps)), MAX_MEDIAN_TOUCH_INTERVAL_S)
+                                     f"({gaps.size} gaps)", float(np.median(gaps)), limit)
 
 
 # --------------------------------------------------------------------------- keystrokes

@@ -153,6 +153,20 @@ def test_one_stroke_window_in_milliseconds_is_refused(stroke: str) -> None:
     assert gap * 1000 > 2 * events.MAX_MEDIAN_TOUCH_INTERVAL_S  # even a 1 ms gap in ms is twice the limit
 
 
+@pytest.mark.parametrize("gaps", [[3.0], [0.8, 0.9, 0.7], [4.0, 0.016]])
+def test_a_finger_held_still_with_few_samples_is_seconds(gaps: list[float]) -> None:
+    """A still finger may report nothing between DOWN and UP: few long gaps are a long press, not milliseconds."""
+    n = len(gaps) + 1
+    time = 50.0 + np.r_[0.0, np.cumsum(gaps)]
+    act = np.array([TouchAction.DOWN] + [TouchAction.MOVE] * (n - 2) + [TouchAction.UP])
+    cols = {"time": time, "x": np.full(n, 300.0), "y": np.full(n, 700.0), "pressure": np.full(n, 0.3),
+            "touch_major": np.full(n, 10.0), "touch_minor": np.full(n, 8.0), "action": act, "pointer_id": np.zeros(n, int)}
+    assert touch_window_features(TouchStream(**cols)).n_events == n
+    if max(gaps) < 1:  # a 60 Hz screen's few samples in milliseconds (16 ms reads 16 s) are still refused
+        with pytest.raises(EventValidationError, match="milliseconds"):
+            TouchStream(**{**cols, "time": np.r_[0.0, np.cumsum(np.full(n - 1, 0.016))] * 1000})
+
+
 def test_gait_in_milliseconds_is_refused_by_its_sampling_rate_and_says_so() -> None:
     """Gait resamples and checks the rate already; a 1000 times too slow rate is named as milliseconds."""
     w = walk(person(1), 12.0, 100.0)
