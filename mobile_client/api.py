@@ -624,7 +624,7 @@ class ApiClient:
         #: the outcome of each request `flush_queue` handled, by its identity (the last 100)
         self.outcomes: dict[str, Outcome] = {}
         #: called with each `flush_queue` report, under `lock` (`consent.watch_queue` undoes refused changes)
-        self.flush_hooks: list[Callable[[FlushReport], None]] = []
+        self.flush_hooks: list[Callable[[FlushReport], object]] = []
 
     @property
     def pending_payment(self) -> PendingPayment | None:
