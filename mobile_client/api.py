@@ -724,7 +724,19 @@ class ApiClient:
         the request then waits and `Queued` is returned. A refusal (other 4xx) raises `ApiError`.
         `local` makes the note kept beside a queued request (`OfflineQueue.push`); it is called only
         then, after the flush that went first, whose hooks may have changed what it reads.
+        While requests made earlier still wait after that flush, this one waits behind them
+        without being sent: the server must see changes in the order the person made them (a
+        consent switched off, still waiting, then on again and sent at once, would otherwise end
+        off at the bank when the older change went through, and on here).
         """
+        if self.queue.waiting():
+            behind = next((o for o in self.flush_queue() if o.state == "waiting"), None)
+            if behind is not None:
+                exc = ApiError(f"{method} {route_shape(path)}: waits behind earlier requests the server could not "
+                               "take yet", behind.status)
+                log.info("queued %s %s behind %d waiting request(s)", method, route_shape(path), len(self.queue))
+                self.queue.push(method, path, body, local() if local is not None else None)
+                return Queued(exc)
         try:
             return self.request(method, path, body, needs_body=False)
         except ApiError as exc:

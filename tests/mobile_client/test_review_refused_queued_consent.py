@@ -298,3 +298,20 @@ def test_the_app_says_which_waiting_change_was_refused_and_its_switches_follow(g
     assert refused["consented"] is False and refused["switches"]["Touch and swipes"] == [False, "Off: not collected"]
     assert "Touch and swipes" in refused["notice"] and "Walking" not in refused["notice"], refused
     assert refused["notice"].endswith("now off, as your bank holds it."), refused
+
+
+def test_a_change_made_while_an_older_one_still_waits_goes_behind_it(tmp_path: Path) -> None:
+    """Off waits (the bank answered 503), then on: sent at once, the older off went through after it.
+
+    The bank then ended off while the phone showed on. Queued behind, the bank sees off, then on.
+    """
+    bank, s = _set_up(tmp_path, {"touch": True})
+    _offline(s, bank, ("touch", "authentication", False))
+    bank.answers = [503, 201, 201, 201]  # the flush before the new change: the waiting off is not taken yet
+    res = ConsentController(s).set("touch", "authentication", True)
+    assert res.state == "queued"
+    assert [(p["granted"], p["answer"]) for p in bank.consent_posts] == [(False, 503)], "sent ahead of the older change"
+    assert [i["body"]["granted"] for i in s.api.queue.items()] == [False, True]
+    assert s.api.flush_queue().sent == 2
+    assert [(p["granted"], p["answer"]) for p in bank.consent_posts] == [(False, 503), (False, 201), (True, 201)]
+    assert s.profile.consented("touch") and s.take_notices() == []
