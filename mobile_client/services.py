@@ -11,6 +11,7 @@ from mobile_client.api import ApiClient, OfflineQueue
 from mobile_client.clock import Clock, monotonic
 from mobile_client.device_key import DeviceKey
 from mobile_client.evidence import EvidenceBuffer
+from mobile_client.notices import NOTICES_FILE, NoticeBook
 from mobile_client.profile import Profile
 from mobile_client.raw_store import RawEventStore
 from mobile_client.secrets_store import SecretStore, platform_secret_store, unwrap_errors
@@ -46,8 +47,8 @@ class AppServices:
     #: set by `close`: a job still running then no longer writes the profile (the app saved its intent)
     closed: bool = False
     #: what the person must be told of work done out of sight (a queued consent change the bank
-    #: refused, `consent.undo_refused`); the app takes them (`take_notices`) and shows them
-    notices: list[str] = field(default_factory=list)
+    #: refused, `consent.undo_refused`); kept on disk until the app takes them (`take_notices`) to show
+    notices: NoticeBook = field(default_factory=NoticeBook)
 
     @property
     def profile_path(self) -> Path:
@@ -68,10 +69,13 @@ class AppServices:
         self.closed = True
         self.api.close()
 
+    def add_notices(self, messages: list[str]) -> None:
+        """Keep `messages` for the person until shown, across a restart (written even after `close`)."""
+        self.notices.add(messages)
+
     def take_notices(self) -> list[str]:
-        """The notices not shown yet (emptied): each is shown once."""
-        taken, self.notices = self.notices, []
-        return taken
+        """The notices not shown yet (also those heard before a restart), removed: each is shown once."""
+        return self.notices.take()
 
     def reset_hook(self, hook: Callable[[], None]) -> None:
         if hook not in self.reset_hooks:
@@ -95,7 +99,8 @@ def build_services(data_dir: Path, server_url: str = DEFAULT_SERVER, retention_d
     evidence.paused = (data_dir / "erase_pending").exists()  # privacy.ERASE_PENDING: an erasure waits
     api = ApiClient(server_url, key, profile.device_id, profile.user_id, OfflineQueue(data_dir / "outbox.jsonl"),
                     retries=retries, bank_api_key=bank_api_key)
-    services = AppServices(data_dir, profile, secrets, key, store, evidence, api)
+    services = AppServices(data_dir, profile, secrets, key, store, evidence, api,
+                           notices=NoticeBook(data_dir / NOTICES_FILE))  # one unreadable is moved aside
     from mobile_client.controllers.consent import watch_queue  # imports this module: not at the top
 
     watch_queue(services)  # a queued consent change the bank refuses is undone here, whoever sent it

@@ -301,7 +301,7 @@ def undo_refused(s: AppServices, report: FlushReport) -> list[str]:
     set to what the bank holds now. One exception, for privacy: when the person's latest change
     was a withdrawal, the phone stays off although the bank refused it (it never collects again
     what the person switched off; the notice says the bank still holds the consent).
-    Returns, and adds to `s.notices`, one message per refusal.
+    Returns, and keeps for the person (`s.add_notices`: on disk until shown), one message per refusal.
     """
     path = ROUTES["consent"].format(user_id=s.profile.user_id)
     held: dict[Key, dict[str, Any]] = {}
@@ -325,13 +325,13 @@ def undo_refused(s: AppServices, report: FlushReport) -> list[str]:
     # a withdrawal stands on this phone even when the bank refused to record it: collecting again
     # what the person last switched off would override their choice (the notice says the bank's side)
     kept_off = {key for key in held if not last[key] and held[key]["granted"]} - queued
-    for key in {key for _, key, _, _ in refused} - queued - kept_off:
-        _restore(s, key, held[key])
-    s.save_profile()
     messages = [_refusal_text(o, key, granted, before,
                               None if key in queued else "kept_off" if key in kept_off else held[key])
                 for o, key, granted, before in refused]
-    s.notices.extend(messages)
+    for key in {key for _, key, _, _ in refused} - queued - kept_off:
+        _restore(s, key, held[key])
+    s.add_notices(messages)  # before the profile: the refused changes have left the outbox already
+    s.save_profile()
     return messages
 
 

@@ -153,12 +153,20 @@ class CadenceApp(App):
         fut.add_done_callback(finished)
 
     def _deliver_notices(self) -> None:
-        """On the worker: what a job's flush has to tell the person (a refused consent change) goes to the screens."""
-        notices = self.services.take_notices()
-        if notices:
+        """On the worker: what a job's flush (or a run before) has to tell the person goes to the screens.
+
+        Taken (and so removed from disk) on the main thread as it is shown: closed before, it is shown next start.
+        """
+        if len(self.services.notices):
             from kivy.clock import Clock
 
-            Clock.schedule_once(lambda _dt: self.show_notice(" ".join(notices)), 0)
+            Clock.schedule_once(lambda _dt: self._show_notices(), 0)
+
+    def _show_notices(self) -> None:
+        """On the main thread: the notices not shown yet, now shown (none left: a later job's took them)."""
+        notices = self.services.take_notices()
+        if notices:
+            self.show_notice(" ".join(notices))
 
     def show_notice(self, text: str) -> None:
         """On the main thread: `text` on Home and Privacy ("" clears it); the screen shown follows the consents."""
