@@ -58,11 +58,13 @@ def features_for(modality: str, events: KeySequence | TouchStream | AccelSeries)
     """Cut `events` into non-overlapping windows and extract each one's features.
 
     Touch gives one window per complete single-finger stroke (the touch package describes one
-    stroke per window); windows that fail validation are skipped.
+    stroke per window); windows that fail validation are skipped (logged), in every modality:
+    a keystroke window or a touch stroke alone, and for gait a window alone or a whole recording
+    that cannot be resampled. A bad window costs itself, never the others of the recording.
     """
     if modality == "touch":
         assert isinstance(events, TouchStream)
-        return list(_package("touch").stroke_windows(events))
+        return _stroke_windows(events)
     if modality == "gait":  # as the models are trained and the app cuts it: walking stretches only
         from modalities.gait.features import walking_windows
 
@@ -78,6 +80,21 @@ def features_for(modality: str, events: KeySequence | TouchStream | AccelSeries)
             out.append(window_features(modality, w))
         except EventValidationError as exc:
             log.debug("skipping a %s window: %s", modality, exc)
+    return out
+
+
+def _stroke_windows(events: TouchStream) -> list[FeatureWindow]:
+    """The touch package's `stroke_windows` (strokes of the whole stream), a refused stroke skipped and logged."""
+    _package("touch")  # not installed: refused as for the other modalities
+    from modalities.touch.features import stroke_window
+    from modalities.touch.strokes import segment
+
+    out = []
+    for stroke in segment(events).strokes:
+        try:
+            out.append(stroke_window(stroke))
+        except EventValidationError as exc:
+            log.debug("skipping a touch stroke: %s", exc)
     return out
 
 
