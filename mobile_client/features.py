@@ -285,7 +285,8 @@ def gait_windows(samples: Sequence[AccelSample], window_s: float = GAIT_WINDOW_S
     `quality` the fraction judged walking on the window's own grid (`walking_mask`, as
     `window_features` reports it). A segment the batch would refuse (sampling rate, units, absurd
     readings) is skipped, the others still give windows; a lone sample far from the rest (a clock
-    jump) is a segment too short to use, so it costs nothing.
+    jump) is a segment too short to use, so it costs nothing. Samples mostly further apart than
+    `GAIT_MAX_GAP_S` (times in milliseconds) give none, and the log says once why (`_say_if_samples_apart`).
     """
     from modalities.gait.features import split_segments, walking_windows
 
@@ -297,6 +298,7 @@ def gait_windows(samples: Sequence[AccelSample], window_s: float = GAIT_WINDOW_S
     order = np.argsort(t, kind="stable")
     t = t[order]
     xyz = np.array([[s.x, s.y, s.z] for s in samples], dtype=float)[order]
+    _say_if_samples_apart(t)
     out: list[FeatureWindow] = []
     for seg in split_segments(t, GAIT_MAX_GAP_S, GAIT_MIN_SEGMENT_S):
         try:
@@ -304,6 +306,25 @@ def gait_windows(samples: Sequence[AccelSample], window_s: float = GAIT_WINDOW_S
         except EventValidationError as exc:
             log.debug("gait samples %.3f-%.3f skipped: %s", t[seg.start], t[seg.stop - 1], exc)
     return out
+
+
+def _say_if_samples_apart(t: np.ndarray) -> None:
+    """Say once why samples mostly over `GAIT_MAX_GAP_S` apart give no window: the gait package's rate check.
+
+    The segmentation cuts at every such gap, so no part is long enough and no check is reached:
+    times in milliseconds (as Android's event times) would give no window and no word. The rate
+    check says what they look like ("the times look like milliseconds"). Real walks (gaps of
+    10-50 ms, a clock jump now and then) are not judged here, and their windows do not change.
+    """
+    from modalities.gait.signal import check_rate
+
+    gaps = np.diff(t)
+    if not gaps.size or float(np.median(gaps)) <= GAIT_MAX_GAP_S:
+        return
+    try:
+        check_rate(t)
+    except EventValidationError as exc:
+        _say_once("gait-refused", f"motion samples give no walking windows: {exc}")
 
 
 def windows_for(modality: str, events: Sequence[object]) -> list[FeatureWindow]:
