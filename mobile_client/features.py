@@ -14,7 +14,9 @@ both are real) would read them as matching anyone: keystroke windows in which mo
 real hold (text a soft keyboard committed without key events, `KeyPairer.text_commit`), and
 strokes without a contact size (Kivy/SDL2 touches carry no contact shape). Both are said once in
 the log (`_say_once`), and set-up reports the modality as unavailable on this phone
-(`unmeasurable`, `QualityReport.unavailable`).
+(`unmeasurable`, `QualityReport.unavailable`). Events timed in milliseconds (Android's event
+times taken as they are) give no windows either, in every modality; the log says once that the
+times look like milliseconds, for whoever wrote the collector.
 """
 
 from __future__ import annotations
@@ -219,7 +221,8 @@ def _strokes(events: Sequence[TouchEvent]) -> list[Stroke]:
 
     Events whose clock steps back (a stream the batch would refuse) are cut there into runs,
     each segmented as its own stream, rather than losing every stroke; so are events of another
-    screen size (a rotation), whose positions are read against their own screen. Strokes without a contact
+    screen size (a rotation), whose positions are read against their own screen. A run the event
+    type refuses (times in milliseconds) gives none, said once in the log. Strokes without a contact
     size are left out (`has_contact_size`, said once in the log), after the segmentation, so the
     others are those of the whole stream.
     """
@@ -229,8 +232,8 @@ def _strokes(events: Sequence[TouchEvent]) -> list[Stroke]:
     for run in _time_ordered_runs(events):
         try:
             out += segment(TouchStream.from_events(run, device=APP_DEVICE)).strokes
-        except EventValidationError as exc:
-            log.debug("touch events skipped: %s", exc)
+        except EventValidationError as exc:  # e.g. times in milliseconds: said as the keystroke path says it
+            _say_once("touch-refused", f"touch events give no strokes: {exc}")
     sized = [s for s in out if has_contact_size(s)]
     if len(sized) < len(out):
         _say_once("touch", "touches without a contact size (this platform reports none) are not sent: the touch "
