@@ -263,6 +263,7 @@ def _reset_device(s: AppServices) -> int:
     s.api.queue.clear()
     s.api.outcomes.clear()  # an old erasure's "sent" must not settle a later one
     s.api.forget_pending_payment()
+    s.notices.take()  # of consents of the erased set-up (notices.json): not left behind, nor shown to a new one
     for hook in list(s.reset_hooks):  # the app stops federated training here
         hook()
     delete_federated_files(s)  # the exported feature windows (after the SuperNode stopped)

@@ -115,3 +115,16 @@ def test_the_app_shows_at_start_a_notice_heard_in_an_earlier_run(gl_env: dict[st
     assert res["screen"] == "home", res
     assert "Touch and swipes" in res["notice"] and "still holds your consent" in res["notice"], res
     assert res["file_left"] is False, "shown, yet still kept to be shown again"
+
+
+def test_delete_my_data_deletes_the_notices_too(tmp_path: Path) -> None:
+    """They tell of the erased set-up's consents: not left on the phone, nor shown after the reset."""
+    from mobile_client.controllers.privacy import PrivacyController
+
+    bank, s = _refusal_heard(tmp_path)
+    assert (tmp_path / "app" / NOTICES_FILE).exists()
+    PrivacyController(s).delete_my_data()
+    assert not (tmp_path / "app" / NOTICES_FILE).exists()
+    assert s.take_notices() == []
+    s.close()
+    assert _services(tmp_path, bank, VirtualClock(2000.0)).take_notices() == []
