@@ -7,7 +7,14 @@ import sys
 
 import pytest
 
+from mobile_client import features
 from tests.mobile_client.test_ui import PROBE, _env
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees the first of `features`' once-per-run log lines, whatever ran before it."""
+    monkeypatch.setattr(features, "_said", set())
 
 
 @pytest.fixture(scope="module")

@@ -41,12 +41,6 @@ from tests.mobile_client.test_controllers import FakeBank, _enrolled, _services
 TEXT = "the quick brown fox jumps over the lazy dog and then the cat sat on the mat near the door " * 2
 
 
-@pytest.fixture(autouse=True)
-def _fresh_log_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test sees the first of `features`' once-per-run log lines."""
-    monkeypatch.setattr(features, "_said", set(), raising=False)
-
-
 # -- 1: touches without a contact size -------------------------------------------------------
 class _Window:
     size = (1080, 1920)

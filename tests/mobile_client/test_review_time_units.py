@@ -85,10 +85,8 @@ def _said(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "mobile_client.features" and r.levelno >= logging.WARNING]
 
 
-def test_gait_samples_in_milliseconds_give_no_window_and_it_is_said_once(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_gait_samples_in_milliseconds_give_no_window_and_it_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
     """The 1 s gap split cut every sample apart before any check: no window and no word of why."""
-    monkeypatch.setattr(features, "_said", set())
     person = SyntheticPerson(11)
     with caplog.at_level(logging.WARNING, logger="mobile_client.features"):
         assert features.gait_windows(_walk_samples(person, 32, 1, 0.0, scale=1000)) == []
@@ -97,10 +95,8 @@ def test_gait_samples_in_milliseconds_give_no_window_and_it_is_said_once(
     assert "look like milliseconds" in said and "100 Hz if they are" in said
 
 
-def test_real_walks_give_the_same_windows_and_no_word(monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_real_walks_give_the_same_windows_and_no_word(caplog: pytest.LogCaptureFixture) -> None:
     """Two walks a minute apart (a clock gap) and a lone late sample: cut as before, nothing said."""
-    monkeypatch.setattr(features, "_said", set())
     person = SyntheticPerson(11)
     samples = _walk_samples(person, 32, 1, 0.0) + _walk_samples(person, 32, 2, 100.0)
     samples.append(dataclasses.replace(samples[-1], time=500.0))
@@ -110,9 +106,7 @@ def test_real_walks_give_the_same_windows_and_no_word(monkeypatch: pytest.Monkey
     assert _said(caplog) == []
 
 
-def test_touch_events_in_milliseconds_are_said_as_key_events_are(monkeypatch: pytest.MonkeyPatch,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(features, "_said", set())
+def test_touch_events_in_milliseconds_are_said_as_key_events_are(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="mobile_client.features"):
         assert features.touch_windows(_touch_events_ms(SyntheticPerson(11), 14, 1, 0.0)) == []
         assert features.recent_swipes(_touch_events_ms(SyntheticPerson(11), 8, 2, 0.0), n=5) == []
@@ -125,7 +119,6 @@ def test_set_up_with_times_in_milliseconds_says_why_in_the_log(tmp_path: Path, m
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """The person is asked for more (the screen cannot name a collector's bug); whoever wrote it reads why."""
-    monkeypatch.setattr(features, "_said", set())
     s, ec = _set_up(tmp_path)
     ec.begin(modality)
     person = SyntheticPerson(11)
