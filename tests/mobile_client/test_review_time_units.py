@@ -116,7 +116,6 @@ def test_touch_events_in_milliseconds_are_said_as_key_events_are(caplog: pytest.
 
 @pytest.mark.parametrize("modality", ["keystroke", "touch", "gait"])
 def test_set_up_with_times_in_milliseconds_says_why_in_the_log(tmp_path: Path, modality: str,
-                                                              monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     """The person is asked for more (the screen cannot name a collector's bug); whoever wrote it reads why."""
     s, ec = _set_up(tmp_path)
