@@ -246,11 +246,15 @@ def settle_pending_erase(s: AppServices) -> tuple[str, str]:
         _reset_device(s)
         return "done", "Your bank erased your pattern. The data on this phone was deleted: you can set Cadence up again."
     log.warning("the erasure that waited was refused by the bank (%s %s): this phone stays set up", status, code)
+    why = ApiError("erase refused", status, {"code": code} if code else None).user_message
+    message = ("Not erased: your bank refused the request to erase your pattern, so it still holds it and "
+               f"this phone stays set up. {why} Try Delete my data again, or contact your bank.")
+    # kept until shown (a notice, on disk) before the marker goes: the person asked for an erasure and
+    # must not believe it done because the app closed before saying it was refused
+    s.add_notices([message])
     (s.data_dir / ERASE_PENDING).unlink(missing_ok=True)
     s.evidence.paused = False
-    why = ApiError("erase refused", status, {"code": code} if code else None).user_message
-    return "failed", ("Not erased: your bank refused the request to erase your pattern, so it still holds it and "
-                      f"this phone stays set up. {why} Try Delete my data again, or contact your bank.")
+    return "failed", message
 
 
 def _reset_device(s: AppServices) -> int:

@@ -198,7 +198,7 @@ class CadenceApp(App):
     def _erase_settled(self, state: str) -> None:
         """On the main thread: a waiting erasure went through (fresh app) or was refused (say so)."""
         assert self.sm is not None
-        if self.sm.has_screen("privacy"):
+        if state == "done" and self.sm.has_screen("privacy"):  # a refusal is a notice (`settle_pending_erase`)
             self.sm.get_screen("privacy").deleted = self.privacy.erase_message
         if state == "done":
             log.info("the erasure that waited offline went through: the app is as new")

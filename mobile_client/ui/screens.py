@@ -615,9 +615,7 @@ class PrivacyScreen(Screen):
         app = _app()
         if settle and app.privacy.erase_waiting():
             app.run_in_background(lambda: None, _logged("settling the erasure"))
-        if app.privacy.erase_state == "failed" and app.privacy.erase_message:
-            self.deleted = app.privacy.erase_message
-        self.notice = app.notice
+        self.notice = app.notice  # a refused erasure's message among them (`settle_pending_erase`)
         # while a change is on its way the switch stays where the person put it (else moving it back
         # here would send a change of its own)
         self.federated = self.training_switch()

@@ -100,6 +100,9 @@ def test_a_queued_erasure_the_bank_refuses_keeps_the_device_and_says_so(tmp_path
     assert s.profile.registered and s.profile.device_id == device and s.key.public_key_b64 == key
     assert DeviceKey(s.secrets).public_key_b64 == key  # the key on disk was not destroyed
     assert not (s.data_dir / ERASE_PENDING).exists() and len(s.api.queue) == 0
+    # the person asked for an erasure: closed before it was shown, the refusal is still said at the next start
+    [notice] = _services(tmp_path, bank, clock).take_notices()
+    assert notice == pc.erase_message
     assert not s.evidence.paused  # collection resumes: the phone stays set up
 
 
