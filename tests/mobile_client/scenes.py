@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -92,3 +95,17 @@ def drive(app: Any, scene: Iterator[Any], res: dict[str, Any]) -> None:
         return False
 
     Clock.schedule_interval(step, 0)
+
+
+def run_script(script: str, *args: str, env: dict[str, str], timeout: float = 240) -> dict[str, Any]:
+    """Run a UI test's app script in a subprocess; its `RESULT {...}` line, with no exception in it.
+
+    The script prints `RESULT ` and a JSON object last (`drive` records an exception in it).
+    """
+    p = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
+    assert p.returncode == 0 and lines, p.stderr[-3000:]
+    res: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
+    assert "exception" not in res, res["exception"]
+    return res

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from mobile_client.clock import VirtualClock
 from mobile_client.controllers.consent import ConsentController
 from mobile_client.policy import policy
 from mobile_client.profile import UNVERSIONED_POLICY, Profile
+from tests.mobile_client.scenes import run_script
 from tests.mobile_client.test_controllers import FakeBank, _services
 
 
@@ -238,12 +237,7 @@ def _drive(env: dict[str, str], tmp_path: Path, scenario: str) -> dict[str, Any]
     versions = None if scenario == "old" else {
         "keystroke": {"authentication": _current("authentication"), "federated_training": _current()}}
     _old_profile(data / "profile.json", **({} if versions is None else {"consent_versions": versions}))
-    p = subprocess.run([sys.executable, "-c", DRIVER, scenario, str(data)], env=env,
-                       capture_output=True, text=True, timeout=240)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-    assert p.returncode == 0 and lines, p.stderr[-3000:]
-    res: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
-    assert "exception" not in res, res["exception"]
+    res: dict[str, Any] = run_script(DRIVER, scenario, str(data), env=env)
     return res
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict
@@ -38,6 +36,7 @@ from mobile_client.raw_store import SECRET_NAME, RawEventStore, RawStoreError
 from mobile_client.secrets_store import FileSecretStore
 from mobile_client.services import build_services
 from modalities.keystroke.features import FEATURE_NAMES
+from tests.mobile_client.scenes import run_script
 
 DRIVER = r"""
 import json, os, stat, sys, time
@@ -144,12 +143,7 @@ print("RESULT " + json.dumps(res), flush=True)
 
 
 def _drive(env: dict[str, str], tmp_path: Path, scenario: str) -> dict[str, Any]:
-    p = subprocess.run([sys.executable, "-c", DRIVER, scenario, str(tmp_path / "app")], env=env,
-                       capture_output=True, text=True, timeout=240)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-    assert p.returncode == 0 and lines, p.stderr[-3000:]
-    res: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
-    assert "exception" not in res, res["exception"]
+    res: dict[str, Any] = run_script(DRIVER, scenario, str(tmp_path / "app"), env=env)
     assert res["started"], res
     return res
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 from mobile_client.clock import VirtualClock
 from mobile_client.notices import NOTICES_FILE
 from mobile_client.services import AppServices
+from tests.mobile_client.scenes import run_script
 from tests.mobile_client.test_controllers import _services
 from tests.mobile_client.test_review_refused_queued_consent import REFUSAL, RefusingBank, _offline, _set_up
 
@@ -106,12 +105,7 @@ print("RESULT " + json.dumps(res), flush=True)
 def test_the_app_shows_at_start_a_notice_heard_in_an_earlier_run(gl_env: dict[str, str], tmp_path: Path) -> None:
     _bank, s = _refusal_heard(tmp_path)
     s.close()
-    p = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "app")], env=gl_env,
-                       capture_output=True, text=True, timeout=240)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-    assert p.returncode == 0 and lines, p.stderr[-3000:]
-    res: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
-    assert "exception" not in res, res["exception"]
+    res: dict[str, Any] = run_script(DRIVER, str(tmp_path / "app"), env=gl_env)
     assert res["screen"] == "home", res
     assert "Touch and swipes" in res["notice"] and "still holds your consent" in res["notice"], res
     assert res["file_left"] is False, "shown, yet still kept to be shown again"

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from mobile_client.clock import VirtualClock
 from mobile_client.controllers.consent import ConsentController
 from mobile_client.profile import Profile
 from mobile_client.services import AppServices
+from tests.mobile_client.scenes import run_script
 from tests.mobile_client.test_controllers import FakeBank, _play, _services
 
 REFUSAL = {"detail": "this change is no longer allowed", "code": "invalid_consent"}
@@ -279,12 +278,7 @@ print("RESULT " + json.dumps(res), flush=True)
 @pytest.mark.ui
 def test_the_app_says_which_waiting_change_was_refused_and_its_switches_follow(gl_env: dict[str, str],
                                                                              tmp_path: Path) -> None:
-    p = subprocess.run([sys.executable, "-c", DRIVER, str(tmp_path / "app")], env=gl_env,
-                       capture_output=True, text=True, timeout=240)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-    assert p.returncode == 0 and lines, p.stderr[-3000:]
-    res: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
-    assert "exception" not in res, res["exception"]
+    res: dict[str, Any] = run_script(DRIVER, str(tmp_path / "app"), env=gl_env)
     # refused at start: Home says so; the withdrawal still stands here (walking is not collected)
     home = res["home"]
     assert home["screen"] == "home" and "Walking pattern" in home["notice"], home

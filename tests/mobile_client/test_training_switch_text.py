@@ -11,14 +11,12 @@ The app runs in its own process (one Kivy App per process) with a stand-in Super
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.mobile_client.scenes import run_script
 from tests.mobile_client.test_consent_versions import _current, _old_profile
 
 DRIVER = r"""
@@ -79,12 +77,7 @@ def _drive(env: dict[str, str], tmp_path: Path, button: str) -> dict[str, Any]:
                            "touch": {"authentication": False, "federated_training": False},
                            "gait": {"authentication": False, "federated_training": False}},
                  consent_versions={"keystroke": {"authentication": _current("authentication")}})
-    p = subprocess.run([sys.executable, "-c", DRIVER, button, str(data)], env=env,
-                       capture_output=True, text=True, timeout=240)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-    assert p.returncode == 0 and lines, p.stderr[-3000:]
-    res: dict[str, Any] = json.loads(lines[-1][len("RESULT "):])
-    assert "exception" not in res, res["exception"]
+    res: dict[str, Any] = run_script(DRIVER, button, str(data), env=env)
     assert not res["started"]
     return res
 
@@ -164,12 +157,7 @@ print("RESULT " + json.dumps(res), flush=True)
 def test_the_set_up_consent_screen_shows_the_texts_its_choices_agree_to(gl_env: dict[str, str],
                                                                         tmp_path: Path) -> None:
     """Onboarding records its grants under the current texts too: it shows each chosen purpose's text."""
-    p = subprocess.run([sys.executable, "-c", ONBOARDING, str(tmp_path / "app")], env=gl_env,
-                       capture_output=True, text=True, timeout=240)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-    assert p.returncode == 0 and lines, p.stderr[-3000:]
-    res = json.loads(lines[-1][len("RESULT "):])
-    assert "exception" not in res, res["exception"]
+    res = run_script(ONBOARDING, str(tmp_path / "app"), env=gl_env)
     auth, training = res["policy"]["authentication"], res["policy"]["federated_training"]
     assert all(t in res["auth_only"] for t in auth) and training[1] not in res["auth_only"]
     assert all(t in res["with_training"] for t in auth + training)

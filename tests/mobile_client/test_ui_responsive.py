@@ -9,11 +9,11 @@ flight the main loop must keep drawing frames and the button that started it mus
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.mobile_client.scenes import run_script
 
 pytestmark = [pytest.mark.ui]
 
@@ -441,12 +441,7 @@ print("RESULT " + json.dumps(res), flush=True)
 
 
 def _drive(env: dict[str, str], tmp_path: Path, scenario: str, slow: float = SLOW_S) -> dict:
-    p = subprocess.run([sys.executable, "-c", DRIVER, scenario, str(tmp_path / "app"), str(slow)], env=env,
-                       capture_output=True, text=True, timeout=180)
-    lines = [line for line in p.stdout.splitlines() if line.startswith("RESULT ")]
-    assert p.returncode == 0 and lines, p.stderr[-3000:]
-    res = json.loads(lines[-1][len("RESULT "):])
-    assert "exception" not in res, res["exception"]
+    res = run_script(DRIVER, scenario, str(tmp_path / "app"), str(slow), env=env, timeout=180)
     return res
 
 
