@@ -734,17 +734,20 @@ class ApiClient:
             if behind is not None:
                 exc = ApiError(f"{method} {route_shape(path)}: waits behind earlier requests the server could not "
                                "take yet", behind.status)
-                log.info("queued %s %s behind %d waiting request(s)", method, route_shape(path), len(self.queue))
-                self.queue.push(method, path, body, local() if local is not None else None)
-                return Queued(exc)
+                return self._wait(method, path, body, local, exc)
         try:
             return self.request(method, path, body, needs_body=False)
         except ApiError as exc:
             if not exc.can_wait:
                 raise
-            log.info("queued %s %s until the server can take it: %s", method, route_shape(path), exc)
-            self.queue.push(method, path, body, local() if local is not None else None)
-            return Queued(exc)
+            return self._wait(method, path, body, local, exc)
+
+    def _wait(self, method: str, path: str, body: dict[str, Any], local: Callable[[], dict[str, Any]] | None,
+              why: ApiError) -> Queued:
+        """Keep a request in the offline queue (with its `local` note) for the reason `why`."""
+        log.info("queued %s %s: %s", method, route_shape(path), why)
+        self.queue.push(method, path, body, local() if local is not None else None)
+        return Queued(why)
 
     def flush_queue(self, timeout_s: float | None = None) -> FlushReport:
         """Send what waited; one `Outcome` per queued request: sent, refused (status and code) or waiting.

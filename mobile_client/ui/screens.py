@@ -648,7 +648,7 @@ class PrivacyScreen(Screen):
             pending = row.__dict__.get("pending_switch")
             if "modality" in row.__dict__ and not (pending is not None and pending.in_flight):
                 on = profile.consented(row.modality)
-                row.hint = "Used to confirm it's you" if on else "Off: not collected"
+                row.hint = _consent_hint(on)
                 row.switch.active = on  # where the phone already is: sends nothing (`_on_consent`)
         self.show_stored()
         self.show_federation()
@@ -802,11 +802,16 @@ class PrivacyScreen(Screen):
         self.refresh()
 
 
+def _consent_hint(on: bool) -> str:
+    """A Privacy consent switch's line when its change simply went through (or nothing is on its way)."""
+    return "Used to confirm it's you" if on else "Off: not collected"
+
+
 def _consent_switch_row(modality: str, on: bool) -> Any:
     from kivy.factory import Factory
 
     row = Factory.SwitchRow(label=consent_text.TEXT[modality].title,
-                            hint="Used to confirm it's you" if on else "Off: not collected")
+                            hint=_consent_hint(on))
     sw = Factory.PillSwitch(active=on, pos_hint={"center_y": 0.5})
     sw.bind(active=lambda w, v, m=modality: _on_consent(m, v, row, w))
     row.add_widget(sw)
@@ -849,7 +854,7 @@ def _on_consent(modality: str, value: bool, row: Any, switch: Any = None) -> Non
         if result.state != "saved" or result.dropped_payment or (on and modality not in p.enrolled):
             row.hint = result.message
         else:
-            row.hint = "Used to confirm it's you" if on else "Off: not collected"
+            row.hint = _consent_hint(on)
 
     _app().run_in_background(lambda: consent.set(modality, "authentication", value), done,
                              intent=lambda doubt: consent.intend(modality, "authentication", value, in_doubt=doubt))
