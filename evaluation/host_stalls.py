@@ -27,14 +27,15 @@ from pathlib import Path
 _PROBE = """
 import sys, time
 period, threshold, every, n = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
-out = open(sys.argv[3], "w", buffering=1)
 def unit(n):
     s = 0
     for i in range(n):
         s += i * i
     return s
-last = time.monotonic()
 k = 0
+last = time.monotonic()
+# the file appears only now, so a stop that lands once the caller has seen it counts against `last`
+out = open(sys.argv[3], "w", buffering=1)
 while True:
     time.sleep(period)
     now = time.monotonic()
@@ -75,7 +76,7 @@ class HostStallProbe:
                                        str(self.path), str(self.work_every), str(self.work_loops)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10.0
         while not self.path.exists() and self._proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)  # the probe opens its file just before its loop: running from here on
+            time.sleep(0.005)  # the probe opens its file once its clock runs: a stop from here on is seen
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -79,3 +79,16 @@ def test_probe_times_its_work_and_a_stopped_process_makes_it_slow(tmp_path: Path
         stalls = [st.late_s for st in probe.stalls()]
     assert len(times) >= n0 + 3 and min(quiet) > 0.002  # 300,000 Python steps take milliseconds anywhere
     assert max(times) >= min(quiet) + 0.25 or max(stalls, default=0.0) >= 0.25, (times, stalls)
+
+
+def test_probe_starts_its_clock_before_it_shows_it_runs() -> None:
+    """The caller takes the probe's file as the sign that it runs (`__enter__` waits for it).
+
+    A stop landing between the file's creation and the probe's first clock reading would be
+    invisible (seen in CI: 1 start in ~60 on a loaded host missed a 60 ms stop), so the clock
+    is read first.
+    """
+    from evaluation import host_stalls
+
+    source = host_stalls._PROBE
+    assert source.index("last = time.monotonic()") < source.index("open(sys.argv[3]")
