@@ -106,7 +106,9 @@ def test_bench_errors_are_one_line(tmp_path: Path) -> None:
                                             ("CADENCE_BENCH_API_RATE", "abc", "not a number"),
                                             ("CADENCE_BENCH_API_WORKERS", "abc", "not an integer"),
                                             ("CADENCE_BENCH_API_WORKERS", "0", "must be between"),
-                                            ("CADENCE_BENCH_API_PIN", "maybe", "expected 1 or 0")])
+                                            ("CADENCE_BENCH_API_PIN", "maybe", "expected 1 or 0"),
+                                            ("CADENCE_BENCH_API_SECONDS", "0.1", "must be between"),
+                                            ("CADENCE_BENCH_API_SECONDS", "nan", "must be between")])
 def test_api_bench_settings_are_checked_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               var: str, value: str, says: str) -> None:
     monkeypatch.setenv(var, value)

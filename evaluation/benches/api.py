@@ -4,7 +4,8 @@ The server runs as `cadence serve` (2 uvicorn workers by default, ``CADENCE_BENC
 each pinned to a CPU of its own unless ``CADENCE_BENCH_API_PIN=0``) in its own processes on a fresh SQLite (WAL) database; a
 SYNTHETIC population is enrolled; then the same open-loop load (a fixed arrival rate) is
 sent first to `authorize` with three-modality evidence and then to the trivial
-`/v1/health` (250 requests/s by default, ``CADENCE_BENCH_API_RATE``). With
+`/v1/health` (250 requests/s by default, ``CADENCE_BENCH_API_RATE``; 20 s a phase, 6 s with
+``--quick``, ``CADENCE_BENCH_API_SECONDS``). With
 ``CADENCE_BENCH_API_DATABASE_URL`` set to a PostgreSQL database, the server runs there instead,
 in a schema of its own that is dropped afterwards (production's store, same load). p50/p99 and throughput of both, their p99 ratio and the error count go to
 ``OUT/api.json``, with what else shaped the tails: the host's own stalls during each phase
@@ -114,7 +115,8 @@ def bench_api(ctx: BenchContext) -> BenchOutput:
     workers = int(_env_number("CADENCE_BENCH_API_WORKERS", "2", int, 1, 64))
     # one CPU per worker (server/affinity.py), as on a host whose cores serve the API alone
     pin = _env_flag("CADENCE_BENCH_API_PIN", True)
-    seconds = 6.0 if ctx.quick else 20.0
+    # each phase's length: 20 s (6 s with --quick) unless ``CADENCE_BENCH_API_SECONDS`` says otherwise
+    seconds = float(_env_number("CADENCE_BENCH_API_SECONDS", "6" if ctx.quick else "20", float, 0.5, 3600))
     n = int(rate * seconds)
     if n < 1:
         raise BenchError(f"CADENCE_BENCH_API_RATE={rate:g}: under one request in the {seconds:g} s phase")
