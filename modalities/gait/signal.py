@@ -13,6 +13,7 @@ Pure numpy/scipy: this runs on the phone, in federated clients and in benches.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,11 +152,22 @@ def check_rate(t: np.ndarray, min_rate: float = MIN_INPUT_RATE, max_rate: float 
     return fs_in
 
 
+@functools.lru_cache(maxsize=64)
+def butter_sos(order: int, cutoff: float, rate: float) -> np.ndarray:
+    """A Butterworth low-pass's second-order sections, designed once per (order, cut-off, rate).
+
+    Why: every window of every recording uses the same few filters, and designing one costs more
+    than running it (a third of a window's feature time went to `sps.butter`). Shared by every
+    caller: not to be written to (scipy's filters take it writable, so it cannot be frozen).
+    """
+    return sps.butter(order, cutoff, fs=rate, output="sos")
+
+
 def _lowpass(x: np.ndarray, rate: float, cutoff: float, order: int = 4) -> np.ndarray:
     """Zero-phase Butterworth low-pass along axis 0 (no-op where the cut-off is above Nyquist)."""
     if cutoff >= 0.45 * rate or x.shape[0] < 3 * (2 * order + 1):
         return x
-    sos = sps.butter(order, cutoff, fs=rate, output="sos")
+    sos = butter_sos(order, float(cutoff), float(rate))
     padlen = min(x.shape[0] - 1, 3 * (2 * order + 1) * 4)
     return sps.sosfiltfilt(sos, x, axis=0, padlen=padlen)
 
@@ -203,19 +215,21 @@ def gravity_body(x: np.ndarray, rate: float = RATE, cutoff: float = 0.3) -> tupl
     if x.shape[0] < 4 * rate:
         g = np.broadcast_to(x.mean(axis=0), x.shape).copy()
     else:
-        sos = sps.butter(2, cutoff, fs=rate, output="sos")
+        sos = butter_sos(2, float(cutoff), float(rate))
         g = sps.sosfiltfilt(sos, x, axis=0, padlen=min(x.shape[0] - 1, int(3 * rate)))
     return g, x - g
 
 
-def aligned_axes(x: np.ndarray, rate: float = RATE) -> np.ndarray:
+def aligned_axes(x: np.ndarray, rate: float = RATE,
+                 split: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Orientation-invariant frame (n, 3): vertical, first and second horizontal PCA axes of body motion.
 
     Vertical is the body acceleration projected on the unit gravity direction; the horizontal
     plane's axes come from PCA of the horizontal body acceleration, so they do not depend on how
     the phone sits in the pocket (up to sign, which the features built on them ignore).
+    `split`: `gravity_body(x, rate)` where the caller has it already (it is not computed twice).
     """
-    g, body = gravity_body(x, rate)
+    g, body = split if split is not None else gravity_body(x, rate)
     gdir = g.mean(axis=0)
     norm = np.linalg.norm(gdir)
     gdir = gdir / norm if norm > 1e-6 else np.array([0.0, 0.0, 1.0])

@@ -153,3 +153,32 @@ def test_resample_refuses_batched_and_too_fast_input_naming_the_field() -> None:
     with pytest.raises(EventValidationError) as e:
         resample(walk(person(1), 2, 5000.0))
     assert e.value.field == "time" and "above" in e.value.message
+
+
+def test_channels_described_together_equal_each_described_alone() -> None:
+    """`_channel_features` takes a window's channels at once; each channel's figures stay its own.
+
+    A flat channel (a still phone's exact 0 axis) among walking ones keeps its kurtosis term at 0
+    and does not disturb the others.
+    """
+    from modalities.gait.features import PER_CHANNEL, _channel_features
+
+    rng = np.random.default_rng(3)
+    t = np.arange(250) / 25.0
+    chans = np.column_stack([np.sin(2 * np.pi * 1.8 * t) + 0.3 * rng.standard_normal(t.size),
+                             np.zeros(t.size), 2.0 * np.cos(2 * np.pi * 0.9 * t) + rng.standard_normal(t.size)])
+    together = _channel_features(chans, 25.0).reshape(3, PER_CHANNEL)
+    for k in range(3):
+        alone = _channel_features(chans[:, k:k + 1], 25.0)
+        np.testing.assert_allclose(together[k], alone, rtol=0, atol=1e-12)
+    assert np.all(np.isfinite(together)) and together[1, 8] == 0.0  # the flat channel's log kurtosis
+    assert not np.allclose(together[0], together[2])
+
+
+def test_gravity_split_given_or_computed_gives_the_same_frame() -> None:
+    from modalities.gait.signal import butter_sos, gravity_body
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((250, 3)) + np.array([0.0, 9.81, 0.0])
+    np.testing.assert_array_equal(aligned_axes(x), aligned_axes(x, split=gravity_body(x)))
+    assert butter_sos(2, 0.3, 25.0) is butter_sos(2, 0.3, 25.0)  # designed once, shared
