@@ -36,6 +36,36 @@ def keystroke_split(eval_dir: Path, evals: Sequence[int]) -> Split:
     return split
 
 
+#: keystroke probe lengths (keys) a published model's calibrator is fitted on: a phone sends a recording
+#: of n <= 100 keys as ONE window of n keys (`mobile_client.features.keystroke_windows`), so the
+#: calibrator sees such windows, with their quality (n-gram coverage, which grows with n)
+CALIBRATION_KEYS = (30, 50, 70, 100)
+
+
+def keystroke_length_split(eval_dir: Path, evals: Sequence[int],
+                           lengths: Sequence[int] = CALIBRATION_KEYS) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                                          np.ndarray]]:
+    """`keystroke_split`'s enrolment windows, probed with windows of every length in `lengths`.
+
+    Per subject: (enrolment windows, probe feature rows, their qualities, their lengths). The
+    probes are cut from the later half without overlap within a length and featurised alone
+    (`window_features`), as the phone featurises a short recording.
+    """
+    from evaluation.datasets import load_bbmas_keystrokes
+    from evaluation.protocols import chronological_split
+    from modalities.keystroke import DEFAULT_WINDOW_KEYS, window_features, window_matrix
+
+    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    for s, q in load_bbmas_keystrokes(eval_dir, evals).items():
+        a, b = chronological_split(len(q), 0.5)
+        e, later = window_matrix(q[a], DEFAULT_WINDOW_KEYS), q[b]
+        ws = [(n, window_features(later[i:i + n])) for n in lengths for i in range(0, len(later) - n + 1, n)]
+        if e.shape[0] >= 3 and ws:
+            out[s] = (e, np.vstack([w.values for _, w in ws]), np.array([w.quality for _, w in ws]),
+                      np.array([n for n, _ in ws]))
+    return out
+
+
 class _Grouped:
     """A scorer whose probe 'windows' are groups of k strokes: the group score is the mean."""
 

@@ -104,12 +104,12 @@ def informative(cllr_bits: float, n_genuine: int, n_impostor: int, n_params: int
     return 2.0 * n_eff * float(np.log(2.0)) * (1.0 - cllr_bits) > _CHI2_95.get(n_params, _CHI2_95[3])
 
 
-def _design(score: np.ndarray, quality: np.ndarray | None, use_quality: bool) -> np.ndarray:
+def _design(score: np.ndarray, quality: np.ndarray | None, use_quality: bool, floor: float = 0.0) -> np.ndarray:
     s = np.asarray(score, float).reshape(-1, 1)
     if not use_quality:
         return s
-    # an unknown (NaN) quality counts as none: the least evidence, never a NaN LLR
-    q = np.ones_like(s) if quality is None else np.clip(np.nan_to_num(np.asarray(quality, float).reshape(-1, 1)), 0, 1)
+    # an unknown (NaN) quality counts as none: the least evidence, never a NaN LLR; below `floor`, as the floor
+    q = np.ones_like(s) if quality is None else np.clip(np.nan_to_num(np.asarray(quality, float).reshape(-1, 1)), floor, 1)
     return np.hstack([s, q, s * q])
 
 
@@ -120,6 +120,10 @@ class LogisticCalibrator:
     use_quality: bool = False
     #: weak regularisation: calibration has 1-3 parameters and should follow the data
     C: float = 1e3
+    #: quality-aware: a quality below this is read as this. Why: fitted on windows of quality
+    #: >= the floor only (the ones decisions read), the score x quality line says nothing below
+    #: it, and extrapolated there its slope may reverse; so the fit is checked on [floor, 1] only
+    quality_floor: float = 0.0
 
     def fit(self, *, genuine: np.ndarray, impostor: np.ndarray, genuine_quality: np.ndarray | None = None,
             impostor_quality: np.ndarray | None = None) -> LogisticCalibrator:
@@ -136,7 +140,10 @@ class LogisticCalibrator:
         if np.ptp(np.r_[g, i]) == 0:
             raise ValueError(f"scores: all {g.size + i.size} genuine and impostor scores are {g[0]:g}; scores that are "
                              "all one value carry no information, so no calibrator is fitted (check the model)")
-        X = np.vstack([_design(g, genuine_quality, self.use_quality), _design(i, impostor_quality, self.use_quality)])
+        if not 0.0 <= self.quality_floor < 1.0:
+            raise ValueError(f"quality_floor: must be in [0, 1), got {self.quality_floor!r}")
+        X = np.vstack([_design(g, genuine_quality, self.use_quality, self.quality_floor),
+                       _design(i, impostor_quality, self.use_quality, self.quality_floor)])
         if self.use_quality and not np.std(X[:, 1]) >= MIN_QUALITY_SPREAD:
             raise ValueError(f"quality: the {X.shape[0]} training qualities have no spread (standard deviation "
                              f"{np.std(X[:, 1]):.3g} < {MIN_QUALITY_SPREAD:g}; missing ones count as 0), so the "
@@ -169,7 +176,7 @@ class LogisticCalibrator:
         return self
 
     def _check_one_direction(self, which: str) -> None:
-        """ValueError unless the LLR rises with the score at every quality in [0, 1].
+        """ValueError unless the LLR rises with the score at every quality in [`quality_floor`, 1].
 
         A higher score is more genuine by contract (`fusion.policy.ModalityEvidence.score`): a
         falling map (genuine and impostor scores swapped, a broken model) would deny the best
@@ -177,8 +184,8 @@ class LogisticCalibrator:
         decide; their signs are compared, not their product, which underflows to 0 for huge
         scores (slopes near 1e-170).
         """
-        ends: tuple[float, ...] = ((float(self._slope(0.0)), float(self._slope(1.0))) if self.use_quality
-                                   else (float(self._slope(1.0)),))
+        ends: tuple[float, ...] = ((float(self._slope(self.quality_floor)), float(self._slope(1.0)))
+                                   if self.use_quality else (float(self._slope(1.0)),))
         if all(e > 0 for e in ends):
             return
         if all(not e > 0 for e in ends):
@@ -187,9 +194,10 @@ class LogisticCalibrator:
                              f"{', '.join(f'{e:.3g}' for e in ends)}), but a higher score means more genuine: it "
                              "would deny the best matches and approve the worst; check that genuine and impostor "
                              "scores are not swapped, or the model")
-        at = ends[0] / (ends[0] - ends[1])
+        lo = self.quality_floor
+        at = lo + (1.0 - lo) * ends[0] / (ends[0] - ends[1])
         raise ValueError(f"coef: {which} score x quality term reverses the evidence at quality {at:.2f} (the "
-                         "LLR's slope in the score changes sign inside [0, 1]); calibrate without quality, or on "
+                         f"LLR's slope in the score changes sign inside [{lo:g}, 1]); calibrate without quality, or on "
                          "windows covering the whole quality range")
 
     def _slope(self, q: np.ndarray | float) -> np.ndarray | float:
@@ -205,7 +213,7 @@ class LogisticCalibrator:
         """
         s = np.atleast_1d(np.asarray(score, float))
         with np.errstate(invalid="ignore", over="ignore"):
-            X = (_design(s, quality, self.use_quality) - self.mu_) / self.sd_
+            X = (_design(s, quality, self.use_quality, self.quality_floor) - self.mu_) / self.sd_
             z = X @ self.coef_ + self.intercept_
             lost = np.isnan(z) & ~np.isnan(s.ravel())
             if lost.any():
@@ -226,6 +234,7 @@ class LogisticCalibrator:
         q = 1.0
         if self.use_quality:
             q = 1.0 if quality is None else min(max(float(quality), 0.0), 1.0) if quality == quality else 0.0
+            q = max(q, self.quality_floor)
             x: tuple[float, ...] = (s, q, s * q)
         else:
             x = (s,)
@@ -237,8 +246,11 @@ class LogisticCalibrator:
         return min(max(z, self.lo_), self.hi_)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "logistic", "use_quality": self.use_quality, "mu": self.mu_.tolist(), "sd": self.sd_.tolist(),
-                "coef": self.coef_.tolist(), "intercept": self.intercept_, "bounds": [self.lo_, self.hi_]}
+        d = {"kind": "logistic", "use_quality": self.use_quality, "mu": self.mu_.tolist(), "sd": self.sd_.tolist(),
+             "coef": self.coef_.tolist(), "intercept": self.intercept_, "bounds": [self.lo_, self.hi_]}
+        if self.quality_floor:
+            d["quality_floor"] = self.quality_floor
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> LogisticCalibrator:
@@ -256,7 +268,11 @@ class LogisticCalibrator:
             raise ValueError(f"{missing[0]}: is required")
         if not isinstance(d["use_quality"], bool):
             raise ValueError(f"use_quality: must be true or false, got {d['use_quality']!r}")
-        c = cls(use_quality=d["use_quality"])
+        # files written before the floor existed read every quality from 0
+        floor = float(_finite_vector("quality_floor", [d.get("quality_floor", 0.0)], 1)[0])
+        if not 0.0 <= floor < 1.0:
+            raise ValueError(f"quality_floor: must be in [0, 1), got {floor!r}")
+        c = cls(use_quality=d["use_quality"], quality_floor=floor)
         n = 3 if c.use_quality else 1
         mu, sd, coef = (_finite_vector(name, d[name], n) for name in ("mu", "sd", "coef"))
         if not np.all(sd > 0):

@@ -45,7 +45,8 @@ class FusionEngine:
         return sorted(self.calibrators)
 
     def fit_modality(self, modality: str, *, genuine: np.ndarray, impostor: np.ndarray,
-                     genuine_quality: np.ndarray | None = None, impostor_quality: np.ndarray | None = None) -> FusionEngine:
+                     genuine_quality: np.ndarray | None = None, impostor_quality: np.ndarray | None = None,
+                     quality_floor: float = 0.0) -> FusionEngine:
         """Fit `modality`'s calibrator; ValueError naming the modality when its scores cannot calibrate.
 
         Scores that carry no information (all one value, or a Cllr no better than chance) are
@@ -56,7 +57,7 @@ class FusionEngine:
             raise ValueError(f"modality: unknown {modality!r}; expected one of {', '.join(MODALITIES)}")
         use_q = genuine_quality is not None and impostor_quality is not None
         try:
-            cal = LogisticCalibrator(use_quality=use_q).fit(genuine=genuine, impostor=impostor,
+            cal = LogisticCalibrator(use_quality=use_q, quality_floor=quality_floor if use_q else 0.0).fit(genuine=genuine, impostor=impostor,
                                                               genuine_quality=genuine_quality,
                                                               impostor_quality=impostor_quality)
         except ValueError as exc:

@@ -293,15 +293,60 @@ def calibrate_published(
                             _training_subjects(reg.root / modality / version))
     if max_subjects is not None and len(subs) > max_subjects:
         subs = sorted(np.random.default_rng(seed).choice(subs, size=max_subjects, replace=False).tolist())
-    split = SPLITS[modality](Path(data_dir), subs)
-    if len(split) < 3:
-        raise ValueError(f"{modality}: need at least 3 subjects with enough data in {data_dir}, found {len(split)}")
-    ps = scores_of(as_decided(modality, scorer), split)
-    gen, imp = genuine_impostor(ps)
     cal_path = Path(calibration_file) if calibration_file is not None else Path(registry_root) / CALIBRATION_FILE
     engine = FusionEngine.load(cal_path) if cal_path.exists() else FusionEngine()
-    engine.fit_modality(modality, genuine=gen, impostor=imp)
+    if modality == "keystroke":
+        n_subjects, gen, imp = _fit_keystroke_by_quality(engine, scorer, Path(data_dir), subs)
+    else:
+        split = SPLITS[modality](Path(data_dir), subs)
+        if len(split) < 3:
+            raise ValueError(f"{modality}: need at least 3 subjects with enough data in {data_dir}, found {len(split)}")
+        gen, imp = genuine_impostor(scores_of(as_decided(modality, scorer), split))
+        engine.fit_modality(modality, genuine=gen, impostor=imp)
+        n_subjects = len(split)
     engine.report[modality]["model_version"] = version
     engine.save(cal_path)
-    return CalibrationReport(modality, version, scorer.name, len(split), float(eer(genuine=gen, impostor=imp)),
+    return CalibrationReport(modality, version, scorer.name, n_subjects, float(eer(genuine=gen, impostor=imp)),
                              float(engine.report[modality]["cllr"]), cal_path)
+
+
+def _fit_keystroke_by_quality(engine: Any, scorer: Any, data_dir: Path, subs: list[Any]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Fit `engine`'s keystroke calibrator on windows of 30-100 keys with their quality.
+
+    Returns (subjects, genuine and impostor scores of the 100-key windows, for the report's EER).
+    Why: a phone sends a recording of n <= 100 keys as one window of n keys. A calibrator fitted
+    on 100-key windows alone read a federated embedding's scores of 30-key owner windows as
+    strong evidence against the owner (BENCHMARKS.md, Keystroke, "Windows shorter than 100 keys":
+    8 % of them at a keystroke-alone deny level, against the 1 % such an LLR promises). Fitted on
+    every length the phone sends, with the window's quality as a covariate, the LLR's slope
+    shrinks as windows get shorter. Windows below the policy's `min_quality` are left out: decisions
+    never read them. Where the quality-aware fit is refused (qualities without spread, a slope
+    that reverses), the calibrator falls back to the scores alone, as for the other modalities,
+    and the report says so.
+    """
+    from evaluation.pair_scores import keystroke_length_split
+    from modalities.keystroke import DEFAULT_WINDOW_KEYS
+
+    split = keystroke_length_split(data_dir, subs)
+    if len(split) < 3:
+        raise ValueError(f"keystroke: need at least 3 subjects with enough data in {data_dir}, found {len(split)}")
+    floor = engine.policy.min_quality
+    templates = {s: scorer.enroll(e) for s, (e, _, _, _) in split.items()}
+    parts: dict[bool, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {True: [], False: []}
+    for s, tmpl in templates.items():
+        for p, (_, X, q, n) in split.items():
+            parts[s == p].append((np.asarray(scorer.compare(tmpl, X), float), q, n))
+    (gs, gq, gn), (is_, iq, in_) = ([np.concatenate(c) for c in zip(*parts[k], strict=True)] for k in (True, False))
+    read_g, read_i = gq >= floor, iq >= floor
+    try:
+        engine.fit_modality("keystroke", genuine=gs[read_g], impostor=is_[read_i],
+                            genuine_quality=gq[read_g], impostor_quality=iq[read_i], quality_floor=floor)
+        engine.report["keystroke"]["quality_aware"] = {"window_keys": sorted({int(x) for x in gn}),
+                                                       "min_quality": floor}
+    except ValueError as exc:
+        log.warning("keystroke calibration: the quality-aware fit was refused (%s); fitting on the scores of "
+                    "100-key windows alone", exc)
+        full_g, full_i = gn == DEFAULT_WINDOW_KEYS, in_ == DEFAULT_WINDOW_KEYS
+        engine.fit_modality("keystroke", genuine=gs[full_g], impostor=is_[full_i])
+        engine.report["keystroke"]["quality_aware"] = False
+    return len(split), gs[gn == DEFAULT_WINDOW_KEYS], is_[in_ == DEFAULT_WINDOW_KEYS]

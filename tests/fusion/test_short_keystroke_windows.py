@@ -2,9 +2,10 @@
 
 A recording of n <= 100 keys leaves the phone as ONE window of n keys
 (`mobile_client.features.keystroke_windows`), and the server maps its score to an LLR with the
-calibrator `cadence models train|calibrate` fitted on 100-key windows only
+calibrator `cadence models train` fitted on 100-key windows only
 (`server.training`: `FusionEngine.fit_modality` on `evaluation.pair_scores.keystroke_split`'s
-scores; the window quality does not enter it). A shorter window is noisier, and the worry was
+scores; the window quality does not enter it; `cadence models calibrate` fits on 30-100 key
+windows with their quality: tests/server/test_keystroke_calibration_by_length.py). A shorter window is noisier, and the worry was
 that its LLR would then be over-confident: an impostor's 30-key window reaching an LLR the
 100-key calibration reserves for strong evidence.
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import Result
@@ -46,6 +47,23 @@ def _fresh_settings() -> Iterator[None]:
 
 def _cli(*args: str) -> Result:
     return CliRunner(env=WIDE).invoke(app, list(args))
+
+
+def _length_split(folder: Path, subjects: list[int]) -> dict[int, tuple[Any, Any, Any, Any]]:
+    """`keystroke_length_split` without datasets: each person's windows sit around a point of their own.
+
+    Probes of 30-100 keys, the shorter ones noisier and of lower quality.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    out = {}
+    for s in subjects:
+        centre = rng.normal(0.0, 3.0, 4)
+        keys = np.repeat([30, 50, 70, 100], 10)
+        X = centre + rng.normal(0.0, 1.0, (keys.size, 4)) * np.sqrt(100 / keys)[:, None]
+        out[s] = (centre + rng.normal(0.0, 1.0, (6, 4)), X, keys / 220 + rng.normal(0, 0.01, keys.size), keys)
+    return out
 
 
 def _calibrated_column(output: str, modality: str) -> dict[str, str]:
@@ -79,8 +97,7 @@ def test_models_commands_write_and_read_the_calibration_file_the_server_reads(
     v2 = reg.publish("keystroke", ScaledManhattan(min_scale=0.5), metrics={}, card="# other", source="test")
     r = _cli("models", "activate", "keystroke", v2, "--registry", str(reg_root))
     assert r.exit_code == 0 and "has no fusion calibrator yet" in r.output, r.output
-    monkeypatch.setattr(evaluation.pair_scores, "SPLITS", {"keystroke": lambda folder, subjects: subjects})
-    monkeypatch.setattr(evaluation.pair_scores, "scores_of", lambda scorer, split: split)
+    monkeypatch.setattr(evaluation.pair_scores, "keystroke_length_split", _length_split)
     r = _cli("models", "calibrate", "keystroke", "--data-dir", str(tmp_path), "--registry", str(reg_root))
     assert r.exit_code == 0, r.output
     assert str(setting) in r.output, r.output
@@ -110,8 +127,7 @@ def test_a_calibration_the_audit_log_could_not_record_is_put_back(
                                          source="test")
     assert _cli("models", "activate", "keystroke", v2, "--registry", str(reg_root)).exit_code == 0
     before = cal.read_bytes()
-    monkeypatch.setattr(evaluation.pair_scores, "SPLITS", {"keystroke": lambda folder, subjects: subjects})
-    monkeypatch.setattr(evaluation.pair_scores, "scores_of", lambda scorer, split: split)
+    monkeypatch.setattr(evaluation.pair_scores, "keystroke_length_split", _length_split)
     audit = compliance_hooks.audit
 
     def locked(session, *, event: str, **kw):  # type: ignore[no-untyped-def]
