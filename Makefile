@@ -29,17 +29,20 @@ system-deps:
 demo: venv
 	$(BIN)/cadence demo
 
-# the suite runs on every core, up to 4 (pytest-xdist; each test owns its ports, folders and
-# PostgreSQL schema): 5-6 min on CI's 2 cores against 9.5-10.5 serially. TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= auto
+# the suite runs on one worker more than the machine has cores, up to 4 (pytest-xdist; each test
+# owns its ports, folders and PostgreSQL schema): many tests wait on servers and Flower processes
+# they started, and a third worker fills those waits on 2 cores (6:21 against 7:27 with two,
+# 2026-12-07). TEST_WORKERS=0 APP_WORKERS=0 run it all in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$((n + 1)))
 PARALLEL := -n $(TEST_WORKERS) --maxprocesses 4
 
 # The app's tests (tests/mobile_client) drive an offscreen Kivy window on timers; beside other
 # tests on a loaded 2-core host three of them missed their timing (2026-12-07), so they run
 # after the rest, among themselves: on the 2-core host 2 min 9 s against 3 min 41 s in one process.
+APP_WORKERS ?= auto
 test: venv system-deps
 	$(BIN)/python -m pytest -q $(PARALLEL) --ignore=tests/mobile_client
-	$(BIN)/python -m pytest -q $(PARALLEL) tests/mobile_client
+	$(BIN)/python -m pytest -q -n $(APP_WORKERS) --maxprocesses 4 tests/mobile_client
 
 test-quick: venv
 	$(BIN)/python -m pytest -q $(PARALLEL) -m "not slow"
