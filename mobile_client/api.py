@@ -566,6 +566,22 @@ class OfflineQueue:
                     self.replace(items)
                     return
 
+    def mark_refused(self, refused: dict[str, Any]) -> None:
+        """Mark the queued requests with these identities (`_ident` -> their `Outcome`) as refused.
+
+        `flush_queue` reports a marked request as refused again without sending it, until its hooks
+        have run and it is removed.
+        """
+        if not refused:
+            return
+        with self.lock:
+            items = self._items()
+            for item in items:
+                o = refused.get(_ident(item))
+                if o is not None:
+                    item["refused"] = {"status": o.status, "code": o.code, "reason": o.reason}
+            self.replace(items)
+
     def remove(self, idents: set[str]) -> None:
         """Drop the requests with these identities (`_ident`); any pushed meanwhile stay."""
         if not idents:
@@ -769,25 +785,43 @@ class ApiClient:
             self._local.flushing = True
             try:
                 for i, item in enumerate(items):
-                    try:
-                        self.request(item["method"], item["path"], item["body"] or None, retries=0,
-                                     timeout_s=timeout_s, needs_body=False)
-                        outcome = Outcome(item, "sent", 200)
-                    except ApiError as exc:
-                        if exc.can_wait:
-                            report.extend(Outcome(it, "waiting", exc.status) for it in items[i:])
-                            break
-                        log.warning("queued %s %s refused: %s", item["method"], route_shape(item["path"]), exc)
-                        outcome = Outcome(item, "refused", exc.status, exc.code, exc.user_message)
+                    mark = item.get("refused")
+                    if isinstance(mark, dict):  # refused by an earlier flush whose hooks did not finish
+                        if getattr(self._local, "in_hooks", False):
+                            continue  # a hook's own request: that flush's hooks are hearing of it now
+                        outcome = Outcome(item, "refused", mark.get("status"), mark.get("code"),
+                                          str(mark.get("reason") or ""))
+                    else:
+                        try:
+                            self.request(item["method"], item["path"], item["body"] or None, retries=0,
+                                         timeout_s=timeout_s, needs_body=False)
+                            outcome = Outcome(item, "sent", 200)
+                        except ApiError as exc:
+                            if exc.can_wait:
+                                report.extend(Outcome(it, "waiting", exc.status) for it in items[i:])
+                                break
+                            log.warning("queued %s %s refused: %s", item["method"], route_shape(item["path"]), exc)
+                            outcome = Outcome(item, "refused", exc.status, exc.code, exc.user_message)
                     report.append(outcome)
                     done.add(_ident(item))
                     self.outcomes[_ident(item)] = outcome
             finally:
                 self._local.flushing = False
-                self.queue.remove(done)
+                # sent ones leave now; refused ones stay, marked, until the hooks have heard of them: a
+                # phone that dies in between hears of them at its next flush (the undo of a refused
+                # consent change, the person's notice) instead of never
+                refused = {_ident(o.item): o for o in report if o.state == "refused"}
+                self.queue.remove(done - set(refused))
+                self.queue.mark_refused(refused)
             while len(self.outcomes) > 100:
                 self.outcomes.pop(next(iter(self.outcomes)))
-            self._run_flush_hooks(report)
+            if report:  # a hook's own flush may have had nothing but the refusals its caller is handling
+                was, self._local.in_hooks = getattr(self._local, "in_hooks", False), True
+                try:
+                    self._run_flush_hooks(report)
+                finally:
+                    self._local.in_hooks = was
+            self.queue.remove(set(refused))
         if report.sent:
             log.info("sent %d request(s) that waited offline", report.sent)
         return report

@@ -32,9 +32,12 @@ class NoticeBook:
 
     def add(self, messages: list[str]) -> None:
         """Keep `messages`, on disk too; a disk that fails is logged: they are still shown in this run."""
-        if not messages:
-            return
         with self._lock:
+            # a message still waiting is not kept twice: a flush whose hooks were cut short (the app
+            # died) hears of the same refusal again at its next start
+            messages = [m for m in messages if m not in self._notices]
+            if not messages:
+                return
             self._notices = [*self._notices, *messages]
             try:
                 self._save(self._notices)

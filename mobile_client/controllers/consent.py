@@ -330,7 +330,7 @@ def undo_refused(s: AppServices, report: FlushReport) -> list[str]:
                 for o, key, granted, before in refused]
     for key in {key for _, key, _, _ in refused} - queued - kept_off:
         _restore(s, key, held[key])
-    s.add_notices(messages)  # before the profile: the refused changes have left the outbox already
+    s.add_notices(messages)  # before the profile; the refused changes leave the outbox after this hook
     s.save_profile()
     return messages
 
@@ -370,6 +370,8 @@ def _rebase_queued(s: AppServices, path: str, held: dict[Key, dict[str, Any]]) -
     queued: set[Key] = set()
     for item in s.api.queue.items():
         change = _consent_change(item, path)
+        if item.get("refused") is not None:  # refused already, kept only until this hook has heard of it
+            continue
         if change is None or change[0] not in held or change[0] in queued:
             continue
         queued.add(change[0])

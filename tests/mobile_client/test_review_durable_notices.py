@@ -122,3 +122,16 @@ def test_delete_my_data_deletes_the_notices_too(tmp_path: Path) -> None:
     assert s.take_notices() == []
     s.close()
     assert _services(tmp_path, bank, VirtualClock(2000.0)).take_notices() == []
+
+
+def test_a_notice_heard_again_while_it_waits_is_kept_once(tmp_path: Path) -> None:
+    """A flush cut short by the app dying hears of the same refusal again at the next start."""
+    from mobile_client.notices import NoticeBook
+
+    book = NoticeBook(tmp_path / "notices.json")
+    book.add(["the bank refused: touch"])
+    again = NoticeBook(tmp_path / "notices.json")
+    again.add(["the bank refused: touch", "the bank refused: gait"])
+    assert again.take() == ["the bank refused: touch", "the bank refused: gait"]
+    again.add(["the bank refused: touch"])  # shown already: a new hearing is a new notice
+    assert again.take() == ["the bank refused: touch"]

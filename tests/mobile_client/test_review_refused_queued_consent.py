@@ -309,3 +309,59 @@ def test_a_change_made_while_an_older_one_still_waits_goes_behind_it(tmp_path: P
     assert s.api.flush_queue().sent == 2
     assert [(p["granted"], p["answer"]) for p in bank.consent_posts] == [(False, 503), (False, 201), (True, 201)]
     assert s.profile.consented("touch") and s.take_notices() == []
+
+
+class _Died(BaseException):
+    """The app's process dying mid-flush: not an Exception, so nothing in the app catches it."""
+
+
+def test_a_refusal_the_phone_died_before_undoing_is_undone_at_its_next_start(tmp_path: Path) -> None:
+    """A refused change leaves the outbox only once the hooks have undone it and told the person.
+
+    Removed before them, a phone that died in between kept the grant the bank refused, and the
+    person never heard. Marked instead, it is reported refused again at the next start, without
+    being sent again, and undone then.
+    """
+    bank, s = _set_up(tmp_path, {"keystroke": True, "touch": False})
+    _offline(s, bank, ("touch", "authentication", True))
+    assert s.profile.consented("touch")
+
+    def die(report: Any) -> None:
+        raise _Died()
+
+    s.api.flush_hooks.insert(0, die)
+    bank.answers = [422]
+    with pytest.raises(_Died):
+        s.api.flush_queue()
+    assert [p["answer"] for p in bank.consent_posts] == [422]
+    assert s.take_notices() == []  # the hooks never ran
+    [kept] = s.api.queue.items()
+    assert kept["refused"]["status"] == 422 and kept["refused"]["code"] == REFUSAL["code"]
+
+    again = _services(tmp_path, bank, VirtualClock(2000.0))  # the next start, on the same files
+    assert again.profile.consented("touch")  # as the phone last saved it
+    report = again.api.flush_queue()
+    assert [(o.state, o.status) for o in report] == [("refused", 422)]
+    assert [p["answer"] for p in bank.consent_posts] == [422]  # not sent a second time
+    assert not again.profile.consented("touch") and not again.evidence.allowed("touch")
+    assert len(again.api.queue) == 0
+    [notice] = again.take_notices()
+    assert "Touch and swipes" in notice and REFUSAL["detail"] in notice
+
+
+def test_a_request_a_hook_makes_does_not_hear_of_the_refusal_being_handled(tmp_path: Path) -> None:
+    """A hook that itself sends (its request flushes the outbox first) is not handed the same refusal again."""
+    bank, s = _set_up(tmp_path, {"keystroke": True, "touch": False})
+    _offline(s, bank, ("touch", "authentication", True))
+    heard: list[list[str]] = []
+
+    def sends(report: Any) -> None:
+        heard.append([o.state for o in report])
+        s.api.health()  # a request of its own: the outbox is flushed first
+
+    s.api.flush_hooks.insert(0, sends)
+    bank.answers = [422]
+    s.api.flush_queue()
+    assert heard == [["refused"]]
+    assert not s.profile.consented("touch") and len(s.api.queue) == 0
+    assert len(s.take_notices()) == 1
