@@ -29,7 +29,14 @@ import numpy as np
 import pandas as pd
 
 from evaluation.progress import track
-from modalities.events import ANDROID_ACTION_MASK, AccelSeries, KeySequence, TouchStream
+from modalities.events import (
+    ANDROID_ACTION_MASK,
+    MAX_MEDIAN_HOLD_S,
+    MAX_MEDIAN_KEY_INTERVAL_S,
+    AccelSeries,
+    KeySequence,
+    TouchStream,
+)
 from modalities.gait.features import split_segments
 
 log = logging.getLogger(__name__)
@@ -546,6 +553,7 @@ def load_cmu(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
     missing_values = [c for c in feats if not np.isfinite(df[c].to_numpy(float)).all()]
     if missing_values:
         raise DatasetError(f"{path}: empty or non-finite values in columns {missing_values[:5]}")
+    _refuse_cmu_milliseconds(path, df, feats)
     # the bench orders each subject's rows by (sessionIndex, rep) to enrol on the first 200: a text
     # cell would sort the column as text (1, 10, 11, ..., 2) and an empty one last, silently
     empty = df["subject"].isna().to_numpy(bool) | (df["subject"].astype(str).str.strip() == "").to_numpy(bool)
@@ -574,6 +582,24 @@ def load_cmu(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
         raise DatasetError(f"{path}: {len(clash)} rows share (subject, sessionIndex, rep) with different values, "
                            f"e.g. {first['subject']}, {first['sessionIndex']}, {first['rep']}")
     return df
+
+
+def _refuse_cmu_milliseconds(path: Path, df: pd.DataFrame, feats: list[str]) -> None:
+    """Refuse CMU timings that cannot be seconds (the limits `KeySequence` applies to typing).
+
+    The CMU loader reads the timing columns straight into features, never through a
+    `KeySequence`, so a copy converted to milliseconds would otherwise be scored as it is.
+    """
+    for prefix, what, limit in (("H.", "key hold", MAX_MEDIAN_HOLD_S),
+                                ("DD.", "time from press to press", MAX_MEDIAN_KEY_INTERVAL_S)):
+        cols = [c for c in feats if c.startswith(prefix)]
+        if not cols:
+            continue
+        median = float(np.median(df[cols].to_numpy(float)))
+        if median > limit:
+            raise DatasetError(f"{path}: the median {what} ({prefix}* columns) is {median:.4g} s: no person types that "
+                               f"slowly (limit {limit:g} s), so the timings look like milliseconds; the CMU "
+                               "benchmark's are seconds: divide them by 1000")
 
 
 #: the CMU timing layout, for messages

@@ -148,6 +148,22 @@ def test_cmu_exact_duplicate_rows_dropped_and_conflicts_refused(tmp_path: Path) 
         load_cmu(path.parent)
 
 
+def test_cmu_timings_in_milliseconds_are_refused_naming_the_unit(tmp_path: Path) -> None:
+    """CMU's columns are seconds; the loader never builds a `KeySequence`, so it checks them itself."""
+    rows = [f"s00{s},1,{r},{h},{dd},{dd - h},{h}\n" for s in (2, 3) for r in (1, 2) for h, dd in [(0.09, 0.25)]]
+    ok = _write_gz(tmp_path / "s" / "DSL-StrongPasswordData.csv.gz", CMU_HEADER + "".join(rows))
+    assert len(load_cmu(ok.parent)) == 4
+    ms = [f"s00{s},1,{r},{h},{dd},{dd - h},{h}\n" for s in (2, 3) for r in (1, 2) for h, dd in [(90, 250)]]
+    path = _write_gz(tmp_path / "ms" / "DSL-StrongPasswordData.csv.gz", CMU_HEADER + "".join(ms))
+    with pytest.raises(DatasetError, match=r"median key hold \(H\.\* columns\) is 90 s.*milliseconds.*divide them by 1000"):
+        load_cmu(path.parent)
+    # holds of 0 (no key events) in milliseconds: the press-to-press time catches them
+    zero = [f"s00{s},1,{r},0,{dd},{dd},0\n" for s in (2, 3) for r in (1, 2) for dd in [250]]
+    path = _write_gz(tmp_path / "zero" / "DSL-StrongPasswordData.csv.gz", CMU_HEADER + "".join(zero))
+    with pytest.raises(DatasetError, match=r"time from press to press \(DD\.\* columns\) is 250 s"):
+        load_cmu(path.parent)
+
+
 # --------------------------------------------------------------------------- train/eval leaks
 
 
