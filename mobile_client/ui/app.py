@@ -108,7 +108,7 @@ class CadenceApp(App):
         self._jobs: list[_Job] = []
         self._stopped = False
         #: what the person must read of work done out of sight (a waiting consent change the bank
-        #: refused, `AppServices.notices`): on Home and Privacy until the person changes a consent again
+        #: refused, `AppServices.notices`): on Welcome, Home and Privacy until the person changes a consent again
         self.notice = ""
 
     # ------------------------------------------------------------------ background work
@@ -169,9 +169,9 @@ class CadenceApp(App):
             self.show_notice(" ".join(notices))
 
     def show_notice(self, text: str) -> None:
-        """On the main thread: `text` on Home and Privacy ("" clears it); the screen shown follows the consents."""
+        """On the main thread: `text` on Welcome, Home and Privacy ("" clears it); the screen shown follows the consents."""
         self.notice = text
-        for name in ("home", "privacy"):
+        for name in ("welcome", "home", "privacy"):
             if self.sm is not None and self.sm.has_screen(name):
                 self.sm.get_screen(name).notice = text
         if not text or self.sm is None:

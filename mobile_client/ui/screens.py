@@ -76,7 +76,12 @@ def ago(t: float | None, now: float | None = None) -> str:
 
 
 class WelcomeScreen(Screen):
-    pass
+    #: what the person must read of work done out of sight (`CadenceApp.show_notice`): an app not set
+    #: up yet starts here, and a notice taken to be shown must be shown where the person is
+    notice = StringProperty("")
+
+    def on_pre_enter(self, *_: Any) -> None:
+        self.notice = _app().notice
 
 
 class ConsentScreen(Screen):
