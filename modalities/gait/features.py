@@ -30,6 +30,7 @@ from modalities.gait.signal import (
     Uniform,
     aligned_axes,
     autocorr,
+    autocorr_rows,
     cycle_period,
     gravity_body,
     magnitude,
@@ -109,27 +110,13 @@ def _channel_features(chans: np.ndarray, rate: float) -> np.ndarray:
                              np.mean(z ** 3, axis=1), log_k4])
     n = c.shape[1]
     if n > AC_LAGS[-1] + 2:
-        ac = _autocorr_rows(c, int(AC_LAGS[-1]))[:, AC_LAGS]
+        ac = autocorr_rows(c, int(AC_LAGS[-1]))[:, AC_LAGS]
     else:
         ac = np.zeros((c.shape[0], AC_LAGS.size))
     f, p = sps.periodogram(c, fs=rate, window="hann", axis=1)
     total = p[:, (f >= BANDS[0]) & (f <= BANDS[-1])].sum(axis=1) + 1e-12
     bands = np.column_stack([p[:, (f >= lo) & (f < hi)].sum(axis=1) for lo, hi in zip(BANDS[:-1], BANDS[1:])])
     return np.hstack([stats, ac, np.log(bands / total[:, None] + 1e-6)]).ravel()
-
-
-def _autocorr_rows(x: np.ndarray, max_lag: int) -> np.ndarray:
-    """`signal.autocorr` of each row of `x` (k, n), in one FFT."""
-    x = x - x.mean(axis=1, keepdims=True)
-    n = x.shape[1]
-    max_lag = int(min(max(max_lag, 0), n - 1))
-    f = np.fft.rfft(x, 2 * n, axis=1)
-    ac = np.fft.irfft(f * np.conj(f), axis=1)[:, : max_lag + 1]
-    ac = ac / (n - np.arange(max_lag + 1))
-    out = np.zeros_like(ac)
-    live = ac[:, 0] > 0
-    out[live] = ac[live] / ac[live, :1]
-    return out
 
 
 def _cycle_shape(c: np.ndarray, ref: np.ndarray, period: float, rate: float) -> np.ndarray:

@@ -257,13 +257,21 @@ def magnitude(x: np.ndarray) -> np.ndarray:
 
 def autocorr(x: np.ndarray, max_lag: int) -> np.ndarray:
     """Unbiased normalised autocorrelation of a 1-D signal for lags 0..max_lag (FFT based)."""
-    x = x - x.mean()
-    n = x.size
+    return autocorr_rows(np.asarray(x, float)[None, :], max_lag)[0]
+
+
+def autocorr_rows(x: np.ndarray, max_lag: int) -> np.ndarray:
+    """`autocorr` of each row of `x` (k, n), in one FFT (a window's channels at once); a flat row gives 0s."""
+    x = x - x.mean(axis=1, keepdims=True)
+    n = x.shape[1]
     max_lag = int(min(max(max_lag, 0), n - 1))
-    f = np.fft.rfft(x, 2 * n)
-    ac = np.fft.irfft(f * np.conj(f))[: max_lag + 1]
+    f = np.fft.rfft(x, 2 * n, axis=1)
+    ac = np.fft.irfft(f * np.conj(f), axis=1)[:, : max_lag + 1]
     ac = ac / (n - np.arange(max_lag + 1))
-    return ac / ac[0] if ac[0] > 0 else np.zeros(max_lag + 1)
+    out = np.zeros_like(ac)
+    live = ac[:, 0] > 0
+    out[live] = ac[live] / ac[live, :1]
+    return out
 
 
 def cycle_period(mag: np.ndarray, rate: float = RATE, lo: float = 0.7, hi: float = 1.6) -> tuple[float, float]:
