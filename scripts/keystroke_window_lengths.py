@@ -6,8 +6,8 @@ keystroke model and its `fusion-calibration.json`, read as the server reads them
 people neither was fitted on (layout of shared/datasets).
 
 Each person of EVAL_DIR enrols on 100-key windows (hop 50) of the earliest half of their typing
-(`evaluation.pair_scores.keystroke_split`); the later half is cut into disjoint windows of n keys,
-each featurised alone with `window_features`: what the phone sends for a recording of n <= 100
+(`evaluation.pair_scores.keystroke_length_split`, the cut `models calibrate` fits on); the later
+half is cut into disjoint windows of n keys, each featurised alone with `window_features`: what the phone sends for a recording of n <= 100
 keys (`mobile_client.features.keystroke_windows`). Every score goes through
 `FusionEngine.calibrate`, the server's path. Printed per length, for every window and for those
 the policy reads (quality >= its min_quality): the impostor and genuine rates of LLR >= each
@@ -29,12 +29,12 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise SystemExit("usage: python scripts/keystroke_window_lengths.py REGISTRY EVAL_DIR [LENGTH ...]")
     import federated.scorer  # noqa: F401  (a published federated model's class, for `Scorer.load`)
-    from evaluation.datasets import load_bbmas_keystrokes
-    from evaluation.protocols import chronological_split
+    from evaluation.datasets import available_subjects
+    from evaluation.pair_scores import keystroke_length_split
     from fusion.calibration import cllr
     from fusion.engine import FusionEngine
     from fusion.policy import ModalityEvidence, default_policy
-    from modalities.keystroke import DEFAULT_WINDOW_KEYS, window_features, window_matrix
+    from modalities.keystroke import DEFAULT_WINDOW_KEYS
     from modalities.registry import ModelRegistry
     from server.training import CALIBRATION_FILE
 
@@ -51,16 +51,12 @@ def main(argv: list[str]) -> None:
     deny = pol.tiers[0].deny_llr
     t0 = time.process_time()
     templates, probes = {}, {n: {} for n in lengths}
-    for s, q in load_bbmas_keystrokes(eval_dir).items():
-        a, b = chronological_split(len(q), 0.5)
-        enrol = window_matrix(q[a], DEFAULT_WINDOW_KEYS)
-        if enrol.shape[0] < 3:
-            continue
+    # the calibration's own cut (`models calibrate`): 100-key enrolment windows, n-key probes featurised alone
+    for s, (enrol, X, qual, keys) in keystroke_length_split(eval_dir, available_subjects(eval_dir, "keystroke"),
+                                                            lengths).items():
         templates[s] = scorer.enroll(enrol)
-        later = q[b]
         for n in lengths:
-            ws = [window_features(later[i:i + n]) for i in range(0, len(later) - n + 1, n)]
-            probes[n][s] = (np.vstack([w.values for w in ws]), np.array([w.quality for w in ws]))
+            probes[n][s] = (X[keys == n], qual[keys == n])
     people = np.array(sorted(templates))
     print(f"{people.size} people of {eval_dir}; {scorer.name} {model}; "
           f"calibrator {engine.calibrators['keystroke'].to_dict()}")

@@ -324,18 +324,17 @@ def _fit_keystroke_by_quality(engine: Any, scorer: Any, data_dir: Path, subs: li
     that reverses), the calibrator falls back to the scores alone, as for the other modalities,
     and the report says so.
     """
-    from evaluation.pair_scores import keystroke_length_split
+    from evaluation.pair_scores import keystroke_length_split, scores_of
     from modalities.keystroke import DEFAULT_WINDOW_KEYS
 
     split = keystroke_length_split(data_dir, subs)
     if len(split) < 3:
         raise ValueError(f"keystroke: need at least 3 subjects with enough data in {data_dir}, found {len(split)}")
     floor = engine.policy.min_quality
-    templates = {s: scorer.enroll(e) for s, (e, _, _, _) in split.items()}
+    ps = scores_of(scorer, {s: (e, X) for s, (e, X, _, _) in split.items()})
     parts: dict[bool, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {True: [], False: []}
-    for s, tmpl in templates.items():
-        for p, (_, X, q, n) in split.items():
-            parts[s == p].append((np.asarray(scorer.compare(tmpl, X), float), q, n))
+    for (s, p), scores in ps.items():  # each probe's quality and length are its own person's
+        parts[s == p].append((scores, split[p][2], split[p][3]))
     (gs, gq, gn), (is_, iq, in_) = ([np.concatenate(c) for c in zip(*parts[k], strict=True)] for k in (True, False))
     read_g, read_i = gq >= floor, iq >= floor
     try:
