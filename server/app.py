@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cadence.db import HeldConnections, make_engine, make_sessionmaker
@@ -30,6 +31,7 @@ from server.errors import ApiError, DatabaseUnavailable, database_unavailable, d
 from server.fusion_source import FusionSource
 from server.metrics import Metrics
 from server.retention_schedule import RetentionScheduler
+from server.schemas import ERROR_RESPONSES
 from server.services.evidence import EvidenceReplay
 from server.services.scoring import ScorerProvider, TemplateCache
 from server.services.shared_limits import RedisRateLimiter, make_limiters
@@ -80,6 +82,8 @@ class CodedHTTPException(StarletteHTTPException):
 
 #: machine codes of the HTTP errors Starlette raises itself (unknown path, wrong method, ...)
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+#: the methods a 405's `Allow` may name
+HTTP_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def _http_detail(request: Request, exc: StarletteHTTPException) -> str:
@@ -90,6 +94,43 @@ def _http_detail(request: Request, exc: StarletteHTTPException) -> str:
     if exc.status_code == 405:
         return f"method: {request.method} is not allowed on {request.url.path}"
     return f"request: {exc.detail}"
+
+
+def _document_required_signatures(app: FastAPI) -> None:
+    """Mark a device route's `X-Cadence-*` headers required in the OpenAPI spec.
+
+    The dependency reads them as optional so that a missing one is a 401 naming it, not
+    FastAPI's 422; the spec said `required: false` of headers no device request may leave out.
+    A route that also takes the bank's `X-API-Key` (reading a session) keeps them optional.
+    """
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            for item in spec.get("paths", {}).values():
+                for op in item.values():
+                    params = op.get("parameters", []) if isinstance(op, dict) else []
+                    if any(p.get("in") == "header" and p.get("name", "").lower() == "x-api-key" for p in params):
+                        continue
+                    for p in params:
+                        if p.get("in") == "header" and p.get("name", "").lower().startswith("x-cadence-"):
+                            p["required"] = True
+        return build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this request's path (a 405's `Allow`, RFC 9110 15.5.6).
+
+    Starlette names only the methods of the first route that matched the path, and GET and HEAD
+    of one path are routes of their own here, so its `Allow` left HEAD out. Each method is asked
+    of the router as a request would be (included routers nest their routes).
+    """
+    routes = request.app.router.routes
+    return [m for m in HTTP_METHODS
+            if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
 
 
 class MetricsMiddleware:
@@ -140,7 +181,7 @@ class SettingsMiddleware:
 
 def signing_key(settings: Settings) -> Ed25519PrivateKey:
     if settings.server_signing_key:
-        raw = b64d(settings.server_signing_key, field="server_signing_key")
+        raw = b64d(settings.server_signing_key, field="server_signing_key", canonical=False)
         if len(raw) != 32:
             raise ValueError("server_signing_key: an Ed25519 seed is 32 bytes")
         return Ed25519PrivateKey.from_private_bytes(raw)
@@ -335,7 +376,11 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     # server runs, and the provider and fusion source pick it up as they pick up an activation
     registry_root = Path(settings.model_registry) if settings.model_registry else None
     fusion = FusionSource(fusion_path(settings, registry_root))
+    # redirect_slashes off: Starlette answered `/v1/health/` with a 307 to a URL built from the
+    # client's Host header (an open redirect, and a signed device request redirected to a path it
+    # did not sign); a path the API does not serve is a 404 `not_found` like any other
     app = FastAPI(title="Cadence transaction-approval API", version="1", lifespan=_lifespan(settings, fusion),
+                  redirect_slashes=False, responses=ERROR_RESPONSES,
                   description="Behavioural evidence (features only) + device possession -> approve / step-up / deny.")
     metrics = Metrics()
     limiter, failures = make_limiters(settings.rate_limit_redis_url, settings.device_rate_per_s)
@@ -359,6 +404,8 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     app.state.database_health = health.DatabaseHealth()
     for r in (health, devices, users, transactions, sessions, models, admin):
         app.include_router(r.router)
+    if settings.require_signed_requests:
+        _document_required_signatures(app)
 
     def refused(request: Request, status: int, code: str | None = None) -> None:
         """A device request refused before or at its signature check counts against its address.
@@ -402,8 +449,11 @@ def create_app(settings: Settings | None = None, *, init_db: bool = True) -> Fas
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = getattr(exc, "code", None) or HTTP_CODES.get(exc.status_code, "http_error")
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
         return JSONResponse({"detail": _http_detail(request, exc), "code": code}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -315,6 +315,10 @@ RAW_EVENT_FIELDS = frozenset({"events", "keys", "press", "release", "samples", "
                               "x", "y", "z", "t", "time", "raw"})
 MAX_FEATURE_DIM = 1024
 MAX_WINDOWS = 64
+#: longest span of one feature window, seconds: a week. Windows last seconds to minutes; finite
+#: bounds whose difference overflows (or spans years) are a forged window, and the event-rate
+#: plausibility check would read any event count over such a span as human
+MAX_WINDOW_S = 7 * 86_400.0
 
 
 class _Strict(BaseModel):
@@ -346,6 +350,9 @@ class FeatureWindowIn(_Strict):
     def _ordered(self) -> FeatureWindowIn:
         if self.end < self.start:
             raise ValueError(f"end: window ends before it starts ({self.end} < {self.start})")
+        if not self.end - self.start <= MAX_WINDOW_S:  # also an overflow to inf (-1.7e308 .. 1.7e308)
+            raise ValueError(f"end: the window lasts {self.end - self.start:g} s, more than the "
+                             f"{MAX_WINDOW_S:g} s (7 days) any window may span")
         return self
 
     @functools.cached_property
@@ -383,9 +390,22 @@ class ConsentIn(_Strict):
     modality: Modality
     purpose: Literal["authentication", "federated_training"] = "authentication"
     #: the policy text version the person agreed to (default: the current one)
-    policy_version: Text | None = Field(default=None, min_length=1, max_length=32)
+    #: (bounds before the text check: on `Text | None` they ran after it, worded "at most 32 items")
+    policy_version: Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_printable)] | None = None
     #: strictly true or false: "off" revoked (and deleted the template), "yes" or 1 granted
     granted: StrictBool = True
+
+
+class ConsentOut(BaseModel):
+    """A consent change as recorded: a revoke also says what it erased (rows per table)."""
+
+    user_id: str
+    modality: Modality
+    purpose: str
+    granted: bool
+    recorded: bool = True
+    #: rows deleted by a revoke, per table (the modality's template, windows, ...); empty on a grant
+    erased: dict[str, int] = Field(default_factory=dict)
 
 
 class EnrolRequest(_Strict):
@@ -393,7 +413,7 @@ class EnrolRequest(_Strict):
     #: controlled adaptation: these windows are evidence of this approved transaction (approved
     #: at once or after a passed step-up), re-sent so the template follows the user's drift;
     #: only the windows that call carried are accepted, once each
-    confirmed_transaction_id: Text | None = Field(default=None, min_length=1, max_length=36)
+    confirmed_transaction_id: Annotated[str, Field(min_length=1, max_length=36), AfterValidator(_printable)] | None = None
 
 
 class ModalityEnrolment(BaseModel):
@@ -492,5 +512,29 @@ class ActivateIn(_Strict):
 
 
 class Problem(BaseModel):
+    """Every refusal's body: `detail` is "<field>: <reason>", `code` the machine code (docs/api.md)."""
+
     detail: str
     code: str = "error"
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationProblem(Problem):
+    """A 422: besides `detail` (the first failing fields), `errors` lists every failing field."""
+
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+#: what the OpenAPI spec says every operation may answer besides its success (FastAPI's own
+#: `HTTPValidationError`, `{"detail": [...]}`, is not what this API sends)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    422: {"model": ValidationProblem, "description": "Invalid request: `detail` names the field; `errors` lists them"},
+    "4XX": {"model": Problem, "description": "Refused (401 signature or key, 403, 404, 409, 413, 423 locked, "
+                                             "429 with Retry-After): `code` says which"},
+    503: {"model": Problem, "description": "Database unavailable (`database_unavailable`), with Retry-After"},
+}

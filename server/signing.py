@@ -46,11 +46,21 @@ def b64e(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def b64d(text: str, *, field: str = "value") -> bytes:
+def b64d(text: str, *, field: str = "value", canonical: bool = True) -> bytes:
+    """Decode base64url; `canonical` (what devices and tokens send) takes only `b64e`'s own spelling.
+
+    Why canonical: Python's decoder skips characters outside the alphabet and takes padding and
+    the standard `+/` alphabet too, so one signature or key had many spellings: a header the docs
+    say has one spelling passed with `$$$$` inside it, and a key registered padded was "another
+    key" when its owner registered it again unpadded. Operators' own seeds (settings) may be padded.
+    """
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, TypeError) as exc:
         raise SignatureError(f"{field}: not valid base64url") from exc
+    if canonical and b64e(raw) != text:
+        raise SignatureError(f"{field}: not unpadded base64url (A-Z a-z 0-9 - _, no '=', as the device encodes it)")
+    return raw
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:

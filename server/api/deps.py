@@ -116,6 +116,18 @@ def _key_scopes(state: AppState, key: str | None) -> set[str]:
     return set()
 
 
+def bank_key_sent(state: AppState, request: Request) -> bool:
+    """Whether the request carries a known API key: the bank backend, not a device.
+
+    Such a request is not charged to the device and refused-request budgets: on a route that
+    serves both (reading a session), the bank's read was refused with 429 whenever devices
+    sharing its address (a proxy, a NAT) had used up that address's budget. Only a key the
+    server knows counts, so a flooder cannot escape the budget by sending any X-API-Key.
+    """
+    key = request.headers.get("x-api-key")
+    return bool(key) and bool(_key_scopes(state, key))
+
+
 def require_scope(scope: str) -> Callable[..., Awaitable[str]]:
     async def dep(state: State, x_api_key: Annotated[str | None, Header()] = None) -> str:
         scopes = _key_scopes(state, x_api_key)
@@ -361,7 +373,7 @@ async def device_request(
 
     A refusal the route raises once the signature verified spends the nonce (`DeviceRequest.refused`).
     """
-    if not request.scope.get(RATE_CHECKED):  # `CadenceRoute` checks before reading the body
+    if not request.scope.get(RATE_CHECKED) and not bank_key_sent(state, request):  # `CadenceRoute` checks first
         check_rate(state, x_cadence_device, client_address(request))
     req = signed_request(state, request, await request.body())
     try:

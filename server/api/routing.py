@@ -325,10 +325,12 @@ def _check_rate_early(request: Request) -> None:
     own check came after a flooder's body was parsed. The scope remembers this check, so the
     dependency does not charge a second look to a shared (Redis) budget.
     """
-    from server.api.deps import RATE_CHECKED, check_rate, client_address
+    from server.api.deps import RATE_CHECKED, bank_key_sent, check_rate, client_address
     from server.signing import HEADER_DEVICE
 
-    check_rate(request.app.state.cadence, request.headers.get(HEADER_DEVICE), client_address(request))
+    state = request.app.state.cadence
+    if not bank_key_sent(state, request):  # the bank reading a session is no device
+        check_rate(state, request.headers.get(HEADER_DEVICE), client_address(request))
     request.scope[RATE_CHECKED] = True
 
 

@@ -32,7 +32,7 @@ def require_consent(session: Session, *, user_id: str, modality: str, purpose: s
     try:
         _consent.require_consent(session, user_id=user_id, modality=modality, purpose=purpose)
     except _consent.ConsentError as exc:
-        raise ApiError(403, "consent_required", str(exc)) from exc
+        raise ApiError(403, "consent_required", f"modality: {exc}") from exc
 
 
 def current_policy_version(purpose: str) -> str:
@@ -54,7 +54,7 @@ def require_consents(session: Session, *, user_id: str, modalities: list[str], p
     granted = set(prepared.execute(session, _GRANTED, {"u": user_id, "p": purpose, "m": list(modalities)}).scalars())
     for m in modalities:
         if m not in granted:
-            raise ApiError(403, "consent_required", str(_consent.ConsentError(user_id, m, purpose)))
+            raise ApiError(403, "consent_required", f"modality: {_consent.ConsentError(user_id, m, purpose)}")
 
 
 def grant_consent(session: Session, *, user_id: str, modality: str, purpose: str, policy_version: str | None,
@@ -68,7 +68,7 @@ def grant_consent(session: Session, *, user_id: str, modality: str, purpose: str
     return True
 
 
-def revoke_consent(session: Session, *, user_id: str, modality: str, purpose: str, actor: str = "user") -> Any:
+def revoke_consent(session: Session, *, user_id: str, modality: str, purpose: str, actor: str = "user") -> dict[str, int]:
     try:
         return _consent.revoke_consent(session, user_id=user_id, modality=modality, purpose=purpose, actor=actor)
     except ValueError as exc:

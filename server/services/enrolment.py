@@ -226,13 +226,15 @@ def _check_closed(modality: str, *, adapting: bool, has_template: bool) -> None:
     how = "POST /v1/admin/users/{id}/enrolment/reopen"
     if not adapting:
         raise ApiError(409, "enrolment_closed",
-                       f"confirmed_transaction_id: enrolment closed with this user's first transaction; a {modality} "
-                       f"template now adapts only to the evidence of an approved transaction, or after the bank "
-                       f"reopens enrolment ({how})")
+                       f"confirmed_transaction_id: required, plain enrolment is closed for this user (it closes at "
+                       f"the first decision on an enrolled user, or when a continuous session is terminated); a "
+                       f"{modality} template now adapts only to the evidence of an approved transaction, or after "
+                       f"the bank reopens enrolment ({how})")
     if not has_template:
         raise ApiError(409, "enrolment_closed",
-                       f"windows: {modality} has no template to adapt, and enrolment closed with this user's first "
-                       f"transaction; a new template needs the bank to reopen enrolment ({how})")
+                       f"windows: {modality} has no template to adapt, and plain enrolment is closed for this user "
+                       f"(it closes at the first decision on an enrolled user, or when a continuous session is "
+                       f"terminated); a new template needs the bank to reopen enrolment ({how})")
 
 
 def reopen_enrolment(session: Session, user_id: str, *, actor: str) -> None:

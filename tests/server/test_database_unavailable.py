@@ -289,3 +289,26 @@ def test_only_failures_a_probe_cannot_see_hold_readiness_down(sqlstate: str, rea
     if reason is not None:
         h.failed(reason)
     assert (h.recent() is not None) is held
+
+
+def test_ready_answers_while_another_writer_holds_the_sqlite_write_lock(tmp_path: Path) -> None:
+    """A probe must not queue for the write lock: one long writer would fail every worker's probe."""
+    import time
+
+    settings = make_settings(tmp_path)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        assert client.get("/v1/ready").status_code == 200
+        database = app.state.engine.url.database
+        other = sqlite3.connect(database, isolation_level=None, timeout=0.1)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+            t0 = time.monotonic()
+            r = client.get("/v1/ready")
+            waited = time.monotonic() - t0
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        assert r.status_code == 200, r.text
+        assert waited < 5.0  # the old probe waited out the 30 s busy timeout, then said 503
+    app.state.engine.dispose()

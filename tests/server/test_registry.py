@@ -172,6 +172,7 @@ def test_a_registry_created_after_the_server_started_is_served(tmp_path: Path) -
             assert client.get("/v1/models/touch/active").json()["model_id"].startswith("default:")
             r = client.post("/v1/models/touch/activate", json={"version": "v0001"}, headers={"X-API-Key": "dev-admin-key"})
             assert r.status_code == 409 and r.json()["code"] == "no_registry" and str(tmp_path) not in r.text
+            assert r.json()["detail"].startswith("registry: "), r.text
             assert not (tmp_path / "registry").exists()
             reg = ModelRegistry(tmp_path / "registry")
             v = reg.publish("touch", ScaledManhattan(min_scale=0.05), metrics={"eer": 0.3}, card="# card", source="unit")

@@ -157,6 +157,21 @@ def test_health_and_ready_answer_head(app_client: TestClient) -> None:
     assert {"get", "head"} <= set(spec["paths"]["/v1/health"])
 
 
+def test_a_405_names_every_method_of_the_path_head_too(app_client: TestClient) -> None:
+    for path in ("/v1/health", "/v1/ready"):
+        r = app_client.post(path)
+        assert r.status_code == 405 and r.json()["code"] == "method_not_allowed", r.text
+        assert r.headers["allow"] == "GET, HEAD", r.headers  # was "GET": HEAD is a route of its own
+
+
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_clients_host(app_client: TestClient) -> None:
+    """Starlette's slash redirect built its Location from the Host header (an open redirect)."""
+    for method, path in (("GET", "/v1/health/"), ("POST", "/v1/devices/"), ("POST", "/v1/transactions/authorize/")):
+        r = app_client.request(method, path, headers={"host": "evil.example"}, follow_redirects=False)
+        assert r.status_code == 404, (path, r.status_code, r.headers.get("location"))
+        assert r.json()["code"] == "not_found" and "location" not in r.headers
+
+
 # --- 4. a server of several workers reports every worker's requests at each scrape ----------------
 
 

@@ -50,7 +50,7 @@ def test_a_refused_device_registration_names_the_field_at_fault(client: TestClie
     key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     cases = [
         ("public_key: an Ed25519 public key is 32 bytes, got 33", _registration(key, public_key="A" * 44)),
-        ("public_key: an Ed25519 public key is 32 bytes, got 0", _registration(key, public_key="!" * 43)),
+        ("public_key: not unpadded base64url", _registration(key, public_key="!" * 43)),  # was read as 0 bytes
         ("proof: not this public_key's", _registration(key, proof=b64e(other.sign(registration_message("dev-f1",
                                                                                                      "fiona"))))),
         ("proof: not this public_key's", _registration(key, proof="A" * 100)),  # not even a signature's length

@@ -52,3 +52,31 @@ def test_openapi_documents_device_routes(tmp_path: Path, path: str) -> None:
     spec = app.openapi()
     assert path in spec["paths"] and "post" in spec["paths"][path]
     app.state.engine.dispose()
+
+
+def test_openapi_describes_the_error_bodies_the_api_sends(tmp_path: Path) -> None:
+    """Every operation's 422 was FastAPI's `{"detail": [...]}`, which no answer of this API has."""
+    from server.schemas import Problem, ValidationProblem
+
+    app = create_app(make_settings(tmp_path))
+    spec = app.openapi()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            refs = {status: r["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+                    for status, r in op["responses"].items() if status[0] in "45"}
+            assert refs == {"422": "ValidationProblem", "4XX": "Problem", "503": "Problem"}, (method, path, refs)
+    authorize = spec["paths"]["/v1/transactions/authorize"]["post"]["parameters"]
+    assert {p["name"]: p["required"] for p in authorize if p["name"].startswith("x-cadence-")} == {
+        "x-cadence-device": True, "x-cadence-timestamp": True, "x-cadence-nonce": True, "x-cadence-signature": True}
+    read = spec["paths"]["/v1/sessions/{session_id}"]["get"]["parameters"]  # the bank reads it with a key instead
+    assert not any(p["required"] for p in read if p["name"].startswith("x-cadence-"))
+    with TestClient(app) as c:
+        invalid = c.post("/v1/devices", json={}, headers={"X-API-Key": "dev-bank-key"})
+        assert invalid.status_code == 422
+        ValidationProblem.model_validate(invalid.json(), strict=True)
+        assert invalid.json()["errors"]
+        unsigned = c.get("/v1/users/alice/consents")
+        assert unsigned.status_code == 401
+        Problem.model_validate(unsigned.json(), strict=True)
+    app.state.engine.dispose()

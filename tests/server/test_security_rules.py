@@ -128,8 +128,9 @@ def test_replayed_windows_stay_refused_after_consent_is_revoked_and_granted(clie
     dev = _enrol(client, windows)
     dev.grant_consent("gait")
     revoked = dev.signed("POST", "/v1/users/alice/consents", {"modality": "gait", "granted": False}).json()
-    assert revoked["recorded"]["server.templates"] == 1
-    dev.grant_consent("gait")
+    assert revoked["recorded"] is True and revoked["erased"]["server.templates"] == 1
+    granted = dev.grant_consent("gait")
+    assert granted["recorded"] is True and granted["erased"] == {}  # one shape for both answers
     r = dev.signed("POST", "/v1/users/alice/enrolment", {"windows": [w.to_dict() for w in windows["owner"]["gait"][:5]]})
     assert r.status_code == 409 and r.json()["code"] == "evidence_replay"
 
@@ -156,6 +157,19 @@ def test_a_stranger_cannot_use_up_another_device_rate(tmp_path: Path, windows) -
                      for _ in range(12)]
             assert flood[:4] == [401] * 4 and flood[-1] == 429  # the stranger's own address runs out
             assert dev.signed("GET", "/v1/users/vic/consents").status_code == 200
+
+
+def test_the_banks_session_read_is_not_charged_to_its_address_refused_device_budget(tmp_path: Path) -> None:
+    """Behind one proxy address the bank shares the devices' budget of refused requests: it got 429."""
+    with built_app(make_settings(tmp_path, device_rate_per_s=2.0)) as app:
+        with TestClient(app, client=("203.0.113.9", 4000)) as shared:
+            flood = [shared.post("/v1/sessions", json={"user_id": "x"}, headers={"X-Cadence-Device": "nobody"}).status_code
+                     for _ in range(12)]
+            assert flood[-1] == 429  # the address is out of its budget
+            bank = shared.get("/v1/sessions/no-such-session", headers=BANK)
+            assert bank.status_code == 404, bank.text  # the bank's read is answered, not throttled
+            fake = shared.get("/v1/sessions/no-such-session", headers={"X-API-Key": "not-a-key-of-this-server"})
+            assert fake.status_code == 429, fake.text  # an unknown key does not escape the budget
 
 
 def test_chunked_oversize_body_gets_413(client: TestClient) -> None:
@@ -517,6 +531,7 @@ def test_a_consent_withdrawn_between_scoring_and_commit_refuses_the_decision(cli
                    evidence=[w.to_dict() for w in decision_evidence(windows, "owner", 7)])
     r = enrolled.signed("POST", "/v1/transactions/authorize", payload)
     assert r.status_code == 403 and r.json()["code"] == "consent_required" and "keystroke" in r.json()["detail"], r.text
+    assert r.json()["detail"].startswith("modality: no consent for authentication"), r.text  # "<field>: <reason>"
     with client.app.state.cadence.sessions() as s:  # type: ignore[attr-defined]
         assert s.execute(text("SELECT count(*) FROM server_transaction")).scalar() == 0
 
@@ -587,3 +602,52 @@ def test_an_address_past_its_budget_gets_429_before_its_body_is_parsed(tmp_path:
                 r = stranger.post(path, content=b'{"not json', headers={"X-Cadence-Device": "nobody",
                                                                         "content-type": "application/json"})
                 assert r.status_code == 429 and r.json()["code"] == "rate_limited", (path, r.text)
+
+
+@pytest.mark.parametrize("start,end", [(-1.7e308, 1.7e308), (0.0, 8 * 86_400.0)])
+def test_a_window_spanning_more_than_a_week_is_refused_naming_end(start: float, end: float) -> None:
+    """Finite bounds whose span overflows to inf read as 0 events/s: the rate check passed them."""
+    from pydantic import ValidationError
+
+    from server.schemas import MAX_WINDOW_S, FeatureWindowIn
+
+    with pytest.raises(ValidationError, match="end: the window lasts") as info:
+        FeatureWindowIn(modality="keystroke", feature_version="v", start=start, end=end, n_events=50, quality=1.0,
+                        values=[0.1, 0.2])
+    assert "7 days" in str(info.value)
+    week = FeatureWindowIn(modality="keystroke", feature_version="v", start=0.0, end=MAX_WINDOW_S, n_events=50,
+                           quality=1.0, values=[0.1, 0.2])
+    assert week.end - week.start == MAX_WINDOW_S  # a week is still a window
+
+
+
+def test_a_padded_public_key_is_refused_so_a_repeat_registration_stays_a_repeat(client: TestClient) -> None:
+    """A key registered as `...=` made the same key in `b64e`'s spelling "another key" (409)."""
+    from server.signing import b64e, public_key_b64, registration_message
+
+    dev = DeviceClient("http://testserver", user_id="alice", http=client)
+    payload = {"device_id": dev.device_id, "user_id": "alice", "public_key": public_key_b64(dev.key) + "=",
+               "platform": "demo", "proof": b64e(dev.key.sign(registration_message(dev.device_id, "alice")))}
+    r = client.post("/v1/devices", json=payload, headers={"X-API-Key": dev.bank_api_key})
+    assert r.status_code == 422 and "public_key" in r.json()["detail"], r.text
+    assert client.post("/v1/devices", json={**payload, "public_key": public_key_b64(dev.key)},
+                       headers={"X-API-Key": dev.bank_api_key}).status_code == 201
+
+
+def test_an_optional_text_too_long_is_worded_in_characters() -> None:
+    """`Text | None` with bounds said "at most 32 items after validation" of a string."""
+    from pydantic import ValidationError
+
+    from server.schemas import ConsentIn, EnrolRequest
+
+    window = {"modality": "gait", "feature_version": "v", "start": 0.0, "end": 1.0, "n_events": 3, "quality": 1.0,
+              "values": [0.1, 0.2]}
+    for model, field, limit, body in ((ConsentIn, "policy_version", 32, {"modality": "gait"}),
+                                      (EnrolRequest, "confirmed_transaction_id", 36, {"windows": [window]})):
+        with pytest.raises(ValidationError) as info:
+            model.model_validate({**body, field: "x" * (limit + 1)})
+        assert info.value.errors()[0]["msg"] == f"String should have at most {limit} characters"
+        assert getattr(model.model_validate({**body, field: "x" * limit}), field) == "x" * limit
+        assert getattr(model.model_validate(body), field) is None
+        with pytest.raises(ValidationError, match="control characters"):
+            model.model_validate({**body, field: "a\x00b"})

@@ -202,6 +202,8 @@ def test_a_terminated_session_is_flagged_audited_and_closes_enrolment(client: Te
         assert len(events) == 6
     r = enrolled.signed("POST", "/v1/users/alice/enrolment", {"windows": [next(fresh).to_dict()]})
     assert r.status_code == 409 and r.json()["code"] == "enrolment_closed", r.text
+    assert "first transaction" not in r.json()["detail"]  # it said so of a user who never made one
+    assert "continuous session is terminated" in r.json()["detail"]
 
 
 def test_a_session_between_enrolment_parts_leaves_enrolment_open(client: TestClient, windows) -> None:  # type: ignore[no-untyped-def]

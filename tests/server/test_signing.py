@@ -42,3 +42,30 @@ def test_tokens_from_two_keys_do_not_cross_verify() -> None:
     with pytest.raises(SignatureError):
         verify_token(b.public_key(), token)
     assert make_token(b, {"amount": "42.00", "payee": "X"}) != token  # each key's own cached secret
+
+
+def test_a_signature_has_one_spelling() -> None:
+    """Python's decoder skips junk and takes padding and `+/`: each of these verified before."""
+    key = Ed25519PrivateKey.generate()
+    good = b64e(sign(key, b"m"))
+    verify_signature(key.public_key(), b"m", good)
+    std = good.replace("-", "+").replace("_", "/")
+    spellings = [good[:20] + "$$$$" + good[20:], good + "==", good[:20] + " " + good[20:]]
+    spellings += [std] if std != good else []
+    for text in spellings:
+        with pytest.raises(SignatureError, match="base64url"):  # not valid, or not the one spelling
+            verify_signature(key.public_key(), b"m", text)
+
+
+def test_a_public_key_has_one_spelling_and_operator_seeds_may_be_padded() -> None:
+    import base64
+
+    from server.signing import b64d, load_public_key, public_key_b64
+
+    key = Ed25519PrivateKey.generate()
+    text = public_key_b64(key)
+    assert load_public_key(text).public_bytes_raw() == key.public_key().public_bytes_raw()
+    with pytest.raises(SignatureError, match="public_key: not unpadded base64url"):
+        load_public_key(text + "=")
+    seed = base64.urlsafe_b64encode(bytes(range(32))).decode()  # what docs/api.md's one-liner prints
+    assert seed.endswith("=") and b64d(seed, field="server_signing_key", canonical=False) == bytes(range(32))

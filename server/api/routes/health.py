@@ -98,9 +98,11 @@ def ready(request: Request, state: State) -> dict[str, str]:
 
     Not ready: the probe fails (PostgreSQL unreachable, ...), a request found the database
     unusable in the last `RECENT_FAILURE_S` seconds (a write failure the probe cannot see), or
-    the disk holding the SQLite file is full.
+    the disk holding the SQLite file is full. The probe reads (`AppState.read`): a write session
+    would queue behind every writer for SQLite's write lock, so one long writer (a purge, a
+    backup, another instance) held every worker's probe for the busy timeout and then failed it.
     """
-    with state.sessions() as session:  # a failure here is answered by the app's database error handler
+    with state.read() as session:  # a failure here is answered by the app's database error handler
         session.execute(text("SELECT 1"))
     if reason := database_health(request.app).recent():
         raise DatabaseUnavailable(reason)

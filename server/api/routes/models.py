@@ -65,7 +65,7 @@ def active_model(state: State, modality: str = ModalityPath) -> dict[str, Any]:
 def activate(body: ActivateIn, state: State, uow: Uow, actor: AdminKey, modality: str = ModalityPath) -> ModelOut:
     reg = state.provider.registry
     if reg is None or not reg.root.is_dir():  # nothing published yet (or no folder configured)
-        raise ApiError(409, "no_registry", "no model registry: publish a model first (`cadence models train`)")
+        raise ApiError(409, "no_registry", "registry: none yet; publish a model first (`cadence models train`)")
     with ExitStack() as held:
         try:  # the registry's lock is held until the audit entry is committed (other workers, the CLI)
             mv = held.enter_context(reg.activation(modality, body.version))

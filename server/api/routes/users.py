@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from server.api.deps import Signed, State, same_user
 from server.api.routing import CadenceRoute
 from server.errors import ApiError
-from server.schemas import ConsentIn, EnrolRequest, EnrolResponse
+from server.schemas import ConsentIn, ConsentOut, EnrolRequest, EnrolResponse
 from server.services import compliance_hooks as hooks
 from server.services.enrolment import enrol
 from server.services.evidence import EvidenceReplay, find_replay, record_replay
@@ -20,19 +20,24 @@ router = APIRouter(prefix="/v1/users", tags=["users"], route_class=CadenceRoute)
 UserId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:@-]+$")
 
 
-@router.post("/{user_id}/consents", status_code=201)
+@router.post("/{user_id}/consents", status_code=201, response_model=ConsentOut)
 def set_consent(body: ConsentIn, req: Signed, user_id: str = UserId) -> dict[str, Any]:
-    """Grant (or with ``granted=false`` revoke) consent for one modality and purpose."""
+    """Grant (or with ``granted=false`` revoke) consent for one modality and purpose.
+
+    `recorded` is true either way; a revoke's `erased` counts the rows it deleted per table
+    (it was the `recorded` value itself, so that field was a boolean or an object by case).
+    """
+    erased: dict[str, int] = {}
     with req.transaction() as session:
         same_user(req.device, user_id)
         if body.granted:
-            done = hooks.grant_consent(session, user_id=user_id, modality=body.modality, purpose=body.purpose,
-                                       policy_version=body.policy_version, actor=req.actor)
+            hooks.grant_consent(session, user_id=user_id, modality=body.modality, purpose=body.purpose,
+                                policy_version=body.policy_version, actor=req.actor)
         else:
-            done = hooks.revoke_consent(session, user_id=user_id, modality=body.modality, purpose=body.purpose,
-                                        actor=req.actor)
+            erased = hooks.revoke_consent(session, user_id=user_id, modality=body.modality, purpose=body.purpose,
+                                          actor=req.actor)
         return {"user_id": user_id, "modality": body.modality, "purpose": body.purpose, "granted": body.granted,
-                "recorded": done}
+                "recorded": True, "erased": erased}
 
 
 @router.get("/{user_id}/consents")
