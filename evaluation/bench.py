@@ -71,6 +71,21 @@ class BenchContext:
         """Add caveats to `notes`, each once."""
         self.notes.extend(m for m in dict.fromkeys(messages) if m not in self.notes)
 
+    def note_skipped(self, skipped: dict[str, set[int]], scored: set[int], why: str) -> list[int]:
+        """Name the evaluation subjects a window length could not use (`skipped`: window -> ids).
+
+        Those no window used are "skipped" (returned, sorted); the others "left out" of the
+        windows that lacked them. `why` says what they had too few of ("keys", ...).
+        """
+        never = sorted(set().union(*skipped.values()) - scored)
+        if never:
+            self.note(f"evaluation subjects skipped (too few {why} to enrol and test): {never}")
+        for label, ids in skipped.items():
+            if ids - set(never):
+                self.note(f"evaluation subjects left out of the {label!r} window only (too few {why} for it): "
+                          f"{sorted(ids - set(never))}")
+        return never
+
     def require_data_dir(self) -> Path:
         """The one folder of a bench that splits its data itself: --data-dir, or --train-dir and --eval-dir if the same."""
         if self.data_dir is not None:

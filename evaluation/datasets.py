@@ -850,14 +850,59 @@ def load_bbmas_touch(
     and they are labelled MOVE. The device name in the file name sets the screen size.
     """
     files = find_subject_files(data_dir, "touch")
+    parsed = [(sid, path, _cached(path, "touch", _parse_touch), device_of(path, "touch"))
+              for sid, path in track(_select(files, subjects), "touch", progress)]
+    models = {device: model_touch_scales(device, [a for _, _, a, d in parsed if d == device])
+              for device in sorted({d for _, _, _, d in parsed})}
+    for device, scales in models.items():
+        if scales.estimated:
+            data_log.warning("touch: phone model %r is not in Cadence's tables: its %s estimated over its %d "
+                             "file(s) here", device, scales.estimated, scales.files)
     out: dict[int, TouchStream] = {}
-    for sid, path in track(_select(files, subjects), "touch", progress):
-        a = _cached(path, "touch", _parse_touch)
-        device = device_of(path, "touch")
-        w, h = screen_size(device, a["x"], a["y"])
+    for sid, path, a, device in parsed:
+        m = models[device]
         with _usable(path):
-            out[sid] = TouchStream(screen_width=w, screen_height=h, device=device, **a)
+            out[sid] = TouchStream(screen_width=m.screen[0], screen_height=m.screen[1], device=device,
+                                   contact_scale=m.contact, pressure_scale=m.pressure, **a)
     return out
+
+
+@dataclass(frozen=True)
+class TouchModelScales:
+    """A phone model's screen (px) and, when measured here, its typical contact size and pressure."""
+
+    screen: tuple[float, float]
+    contact: float | None = None
+    pressure: float | None = None
+    #: what was estimated from the files (empty: all from Cadence's tables)
+    estimated: str = ""
+    files: int = 0
+
+
+def model_touch_scales(device: str, arrays: list[dict[str, np.ndarray]]) -> TouchModelScales:
+    """The scales of phone model `device`: Cadence's tables, else pooled over every file of it.
+
+    Why pooled: estimated from each file alone, a model missing from `SCREENS` and
+    `modalities.touch.strokes.DEVICE_PROFILES` had each person's positions, contact sizes and
+    pressures divided by that person's own, which erases part of what tells people apart (one
+    folder's renamed copy of the HTC One files read 0.227 EER for 5 swipes instead of 0.203).
+    """
+    from modalities.touch.strokes import DEVICE_PROFILES
+
+    def pooled(key: str) -> np.ndarray:
+        parts = [np.asarray(a[key], float) for a in arrays]
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    screen = SCREENS[device] if device in SCREENS else screen_size(device, pooled("x"), pooled("y"))
+    said = "" if device in SCREENS else f"screen ({screen[0]:.0f} x {screen[1]:.0f} px) was"
+    if device in DEVICE_PROFILES:
+        return TouchModelScales(screen, estimated=said, files=len(arrays))
+    major, pressure = pooled("touch_major"), pooled("pressure")
+    contact = float(np.median(major[major > 0])) if np.any(major > 0) else 1.0
+    varies = pressure.size > 1 and float(np.ptp(pressure)) > 1e-9 and float(np.median(pressure)) > 0
+    scales = f"contact-size ({contact:.3g}) and pressure scales were"
+    return TouchModelScales(screen, contact=max(contact, 1e-6), pressure=float(np.median(pressure)) if varies else None,
+                            estimated=f"{said[:-4]} and {scales}" if said else scales, files=len(arrays))
 
 
 # --------------------------------------------------------------------------- BB-MAS gait

@@ -336,6 +336,11 @@ class TouchStream:
     screen_width: float = 1080.0
     screen_height: float = 1920.0
     device: str = "unknown"
+    #: the phone model's typical contact size and pressure, where the caller measured them over
+    #: many people (a dataset of a model `modalities.touch.strokes.DEVICE_PROFILES` lacks); None:
+    #: the table's, else the stream's own medians
+    contact_scale: float | None = None
+    pressure_scale: float | None = None
 
     def __post_init__(self) -> None:
         n = None
@@ -368,6 +373,9 @@ class TouchStream:
         object.__setattr__(self, "pointer_id", pid)
         for name in ("screen_width", "screen_height"):
             object.__setattr__(self, name, _positive_number(name, getattr(self, name)))
+        for name in ("contact_scale", "pressure_scale"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _positive_number(name, getattr(self, name)))
 
     def __len__(self) -> int:
         return int(self.time.shape[0])
@@ -378,9 +386,10 @@ class TouchStream:
             raise EventValidationError("events", "stream is empty")
         cols = {n: np.array([getattr(e, n) for e in events]) for n in (
             "time", "x", "y", "pressure", "touch_major", "touch_minor", "pointer_id")}
-        return cls(action=np.array([int(e.action) for e in events]),
-                   screen_width=events[0].screen_width, screen_height=events[0].screen_height,
-                   device=device, **cols)
+        return cls(time=cols["time"], x=cols["x"], y=cols["y"], pressure=cols["pressure"],
+                   touch_major=cols["touch_major"], touch_minor=cols["touch_minor"], pointer_id=cols["pointer_id"],
+                   action=np.array([int(e.action) for e in events]),
+                   screen_width=events[0].screen_width, screen_height=events[0].screen_height, device=device)
 
     def to_events(self) -> list[TouchEvent]:
         return [

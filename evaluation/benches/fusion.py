@@ -69,9 +69,15 @@ def _fusion_folds(ctx: BenchContext, *, min_train: int = 1) -> list[tuple[Any, A
     from evaluation.datasets import DatasetError, available_subjects, data_folder
     from evaluation.protocols import check_disjoint, check_distinct, subject_folds, training_apart
 
-    def common(folder: Any) -> list[int]:
-        sets = [set(available_subjects(folder, m)) for m in MODALITIES]
-        return sorted(set.intersection(*sets))
+    def common(folder: Any, label: str) -> list[int]:
+        """Subjects with all three modalities; those with only some are named in the notes."""
+        sets = {m: set(available_subjects(folder, m)) for m in MODALITIES}
+        both = set.intersection(*sets.values())
+        partial = sorted(set.union(*sets.values()) - both)
+        if partial:  # left out without a word before: a new folder's evaluation could shrink unseen
+            missing = [f"{s} (no {', '.join(m for m in MODALITIES if s not in sets[m])})" for s in partial]
+            ctx.note(f"{label}: subjects left out for lacking a modality: {', '.join(missing)}")
+        return sorted(both)
 
     if (ctx.train_dir is None) != (ctx.eval_dir is None):
         raise ValueError("--train-dir and --eval-dir go together")
@@ -80,7 +86,7 @@ def _fusion_folds(ctx: BenchContext, *, min_train: int = 1) -> list[tuple[Any, A
     if ctx.train_dir is not None and ctx.eval_dir is not None and ctx.train_dir.resolve() != ctx.eval_dir.resolve():
         for label, d in (("--train-dir", ctx.train_dir), ("--eval-dir", ctx.eval_dir)):
             data_folder(d, label)
-        tr, ev = common(ctx.train_dir), common(ctx.eval_dir)
+        tr, ev = common(ctx.train_dir, "--train-dir"), common(ctx.eval_dir, "--eval-dir")
         for m in MODALITIES:
             ctx.note(*check_disjoint(m, ctx.train_dir, tr, ctx.eval_dir, ev))
         if tr and ev:  # an id on both sides is one person: evaluated, not trained on
@@ -98,7 +104,7 @@ def _fusion_folds(ctx: BenchContext, *, min_train: int = 1) -> list[tuple[Any, A
                                "impostor trials need at least 2 evaluation subjects")
         return [(ctx.train_dir, ctx.eval_dir, tr, ev)]
     folder = ctx.require_data_dir()
-    subs = common(folder)
+    subs = common(folder, "--data-dir")
     if cap:
         subs = sorted(rng.choice(subs, size=min(cap, len(subs)), replace=False).tolist())
     need = max(8, 2 * min_train)  # the smaller half trains

@@ -67,6 +67,8 @@ def bench_gait(ctx: BenchContext) -> BenchOutput:
     train_all: set[int] = set()
     eval_all: set[int] = set()
     n_windows: dict[str, int] = {}
+    #: evaluation subjects a window length could not use (too little walking before or after the cut)
+    skipped: dict[str, set[int]] = {label: set() for label in WINDOWS}
     for fold in folds:
         # windows come from a feature cache that skips the loader: its data caveats are asked for
         ctx.note(*loader_warnings(fold.train_dir, "gait", fold.train_subjects),
@@ -90,6 +92,7 @@ def bench_gait(ctx: BenchContext) -> BenchOutput:
                 raise BenchError(f"fold {fold.index}: need {label} windows of 3+ training subjects in {fold.train_dir}")
             train_all.update(int(s) for s in np.unique(y))
             eval_all.update(enrol)
+            skipped[label].update(int(s) for s in fold.eval_subjects if s not in enrol)
             n_windows[label] = n_windows.get(label, 0) + X0.shape[0] + sum(len(p) + len(enrol[s]) for s, p in probes.items())
             for name, make in methods.items():
                 t0 = time.perf_counter()
@@ -107,6 +110,7 @@ def bench_gait(ctx: BenchContext) -> BenchOutput:
                             table.add(method=name, window=f"{label} x{ACCUMULATE}", modality="gait",
                                       template_subject=s, probe_subject=p, scores=acc)
                 timing["score_s"] += time.perf_counter() - t0
+    never = ctx.note_skipped(skipped, eval_all, "seconds of walking")  # a short recording left out was silent
     protocol = {
         "windows": {k: {"seconds": v, "hop_seconds": v / 2} for k, v in WINDOWS.items()},
         "accumulated_windows": {f"{k} x{ACCUMULATE}": f"mean score of {ACCUMULATE} consecutive {k} windows "
@@ -124,6 +128,7 @@ def bench_gait(ctx: BenchContext) -> BenchOutput:
         "signal": {"internal_rate_hz": RATE, "lowpass_hz": CUTOFF_HZ, "walking_detection": True},
         "feature_version": FEATURE_VERSION,
         "feature_dim": FEATURE_DIM,
+        "skipped_subjects": never,
         "quick": ctx.quick,
     }
     return BenchOutput(

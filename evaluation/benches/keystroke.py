@@ -232,13 +232,7 @@ def bench_bbmas(ctx: BenchContext) -> BenchOutput:
                 templates = {s: scorer.enroll(e) for s, e in enrol.items()}
                 zero_effort_trials(table, method=method, window=label, modality="keystroke", templates=templates,
                                    probes=probes, score=scorer.compare, seed=ctx.seed)
-    never = sorted(set().union(*skipped.values()) - eval_all)
-    if never:
-        ctx.notes.append(f"evaluation subjects skipped (too few keys to enrol and test): {never}")
-    for label, ids in skipped.items():
-        if ids - set(never):
-            ctx.notes.append(f"evaluation subjects left out of the {label!r} window only (too few keys for it): "
-                             f"{sorted(ids - set(never))}")
+    never = ctx.note_skipped(skipped, eval_all, "keys")
     return BenchOutput(
         protocol={
             "dataset": "BB-MAS desktop keystrokes (processed prefix per subject)",

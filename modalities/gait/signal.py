@@ -46,6 +46,14 @@ G = 9.80665
 #: gravity-removed "linear acceleration" (about 0-3) or mostly free fall (a tossed phone): none
 #: is a walk Cadence can score, and converting by guess scores the wrong thing
 MIN_MEDIAN_ACCEL = 3.0
+#: smallest gravity (m/s^2) accepted: the median length of the mean acceleration over runs of
+#: `GRAVITY_RUN` readings, where a walk's own motion averages out and gravity stays. It is
+#: 9.55-10.5 in every BB-MAS recording, and 0.14-0.38 once gravity is filtered out of them
+#: (Android's TYPE_LINEAR_ACCELERATION), whose median |a| (3-6 when walking hard) can pass
+#: `MIN_MEDIAN_ACCEL`: such a file was scored as if it held gravity
+MIN_GRAVITY = 5.0
+#: readings per run in that estimate (2 s at 100 Hz, 8 s at 25 Hz)
+GRAVITY_RUN = 200
 #: the units `to_ms2` converts from, on the caller's word (name -> factor to m/s^2)
 UNITS: dict[str, float] = {"m/s^2": 1.0, "g": G}
 #: median |a| (m/s^2) no phone carried by a walking person reads (10 g): the input is in another
@@ -100,7 +108,8 @@ def to_ms2(xyz: np.ndarray, units: str = "m/s^2") -> np.ndarray:
     `units` is what the caller knows the readings to be ("g": multiplied by `G`); it is never
     guessed from the values. Refused with an `EventValidationError` on ``xyz``, after conversion:
     a median |a| below `MIN_MEDIAN_ACCEL` (readings in g, gravity removed, or free fall), above
-    `MAX_MEDIAN_ACCEL` (another unit, a broken sensor), and any reading above `MAX_ABS_ACCEL`.
+    `MAX_MEDIAN_ACCEL` (another unit, a broken sensor), any reading above `MAX_ABS_ACCEL`, and
+    readings without gravity in them (`MIN_GRAVITY`).
     """
     if units not in UNITS:
         raise ValueError(f"units must be one of {sorted(UNITS)}, got {units!r}")
@@ -116,7 +125,22 @@ def to_ms2(xyz: np.ndarray, units: str = "m/s^2") -> np.ndarray:
                                           "acceleration: Cadence expects m/s^2 including gravity (Android "
                                           f"TYPE_ACCELEROMETER); convert g with x {G}")
     _refuse_peak(xyz)
+    gravity = gravity_estimate(xyz)
+    if gravity < MIN_GRAVITY:
+        raise EventValidationError("xyz", f"the mean acceleration over runs of {GRAVITY_RUN} readings is {gravity:.2g} "
+                                          f"m/s^2, not gravity's {G:.1f}: the readings look gravity-removed (Android "
+                                          "TYPE_LINEAR_ACCELERATION); Cadence expects m/s^2 including gravity "
+                                          "(TYPE_ACCELEROMETER)")
     return xyz
+
+
+def gravity_estimate(xyz: np.ndarray) -> float:
+    """Median length of the mean acceleration over runs of `GRAVITY_RUN` readings (all of them if fewer)."""
+    runs = xyz.shape[0] // GRAVITY_RUN
+    if runs == 0:
+        return float(np.linalg.norm(xyz.mean(axis=0)))
+    means = xyz[:runs * GRAVITY_RUN].reshape(runs, GRAVITY_RUN, 3).mean(axis=1)
+    return float(np.median(np.linalg.norm(means, axis=1)))
 
 
 def input_rate(t: np.ndarray) -> float:

@@ -105,10 +105,14 @@ class Segmentation:
 def device_profile(stream: TouchStream) -> tuple[float, float | None]:
     """(contact scale, pressure scale or None) for the stream's device.
 
-    Unknown devices fall back to the stream's own medians: still comparable within one
-    person, and the pressure channel is dropped when it never varies.
+    The stream's own measured scales (`TouchStream.contact_scale`, set by a loader that pooled
+    a phone model's files), else the model's entry in `DEVICE_PROFILES`, else the stream's own
+    medians: still comparable within one person, and the pressure channel is dropped when it
+    never varies.
     """
     prof = DEVICE_PROFILES.get(stream.device)
+    if stream.contact_scale is not None:
+        prof = DeviceProfile(stream.contact_scale, stream.pressure_scale)
     varies = bool(np.ptp(stream.pressure) > 1e-9) if len(stream) > 1 else False
     if prof is not None:
         p = prof.pressure_scale if varies else None

@@ -48,6 +48,28 @@ def test_bench_gait_runs_on_another_phone_at_25_hz_in_g(tmp_path: Path) -> None:
     assert (out / "gait-scores.csv").exists() and (out / "gait-det.png").exists()
 
 
+def test_bench_gait_names_the_evaluation_subjects_it_could_not_use(tmp_path: Path) -> None:
+    """A subject with too little walking was dropped from the rows without a word (keystroke and touch say so)."""
+    from cadence.cli import app
+
+    train, ev = tmp_path / "A", tmp_path / "B"
+    _write_phone_folder(train, range(1, 9), rate=100.0, phone="Samsung_S6", units_g=False, epoch_ms=False)
+    _write_phone_folder(ev, range(101, 106), rate=100.0, phone="Samsung_S6", units_g=False, epoch_ms=False)
+    short = walk(person(900), 14, 100.0, t0=1.49e9, seed=900, noise=0.5)  # 7 s before the cut: no 10 s window
+    times = pd.to_datetime(short.t, unit="s").strftime("%Y-%m-%d %H:%M:%S.%f").str[:-3]
+    pd.DataFrame({"EID": np.arange(short.t.size), "Xvalue": short.xyz[:, 0], "Yvalue": short.xyz[:, 1],
+                  "Zvalue": short.xyz[:, 2], "time": times}).to_csv(
+        ev / "106_PocketPhone_Accelerometer_(Samsung_S6).csv", index=False)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["bench", "gait", "--train-dir", str(train), "--eval-dir", str(ev), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "gait.json").read_text())
+    notes = [n for n in doc["protocol"].get("warnings", []) if "106" in n]
+    assert notes and all("left out" in n or "skipped" in n for n in notes), doc["protocol"].get("warnings")
+    assert any("'10 s'" in n or "skipped" in n for n in notes)
+    assert doc["protocol"]["skipped_subjects"] == ([106] if any("skipped" in n for n in notes) else [])
+
+
 def test_bench_gait_refuses_a_folder_without_gait_files(tmp_path: Path) -> None:
     from cadence.cli import app
 

@@ -174,6 +174,21 @@ def test_fusion_folds_refuse_a_train_dir_without_an_eval_dir(data_dir: Path, tmp
         _fusion_folds(BenchContext(train_dir=a, out=tmp_path / "o"))
 
 
+def test_fusion_folds_name_the_subjects_left_out_for_lacking_a_modality(data_dir: Path, tmp_path: Path) -> None:
+    """Subject 9 has no gait file: it was dropped from both sides without a word."""
+    from evaluation.bench import BenchContext
+    from evaluation.benches.fusion import _fusion_folds
+
+    a = _folder(data_dir, tmp_path / "A", TRAIN)
+    b = _folder(data_dir, tmp_path / "B", (1, 3, 9))
+    assert not list((b / "bbmas_phone_gait").glob("9_*")) and list((b / "bbmas_phone_touch").glob("9_*"))
+    ctx = BenchContext(train_dir=a, eval_dir=b, out=tmp_path / "o")
+    ((_, _, tr, ev),) = _fusion_folds(ctx)
+    assert ev == [1, 3] and tr == list(TRAIN)
+    assert "--eval-dir: subjects left out for lacking a modality: 9 (no gait)" in ctx.notes, ctx.notes
+    assert not any(n.startswith("--train-dir: subjects left out") for n in ctx.notes)
+
+
 # --------------------------------------------------------------------------- 4. too few subjects, said up front
 
 

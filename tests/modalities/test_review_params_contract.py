@@ -557,3 +557,21 @@ def test_times_given_as_strings_are_refused() -> None:
     with pytest.raises(EventValidationError) as e:
         KeyEvent("a", "0.0", 0.1)  # type: ignore[arg-type]
     assert e.value.field == "press"
+
+
+def test_a_hard_walk_with_gravity_filtered_out_is_refused_though_its_median_passes() -> None:
+    """Linear acceleration of a vigorous walk has a median |a| of 3-6 m/s^2: it passed as m/s^2 with gravity."""
+    from scipy.signal import butter, sosfiltfilt
+
+    from modalities.gait.signal import MIN_MEDIAN_ACCEL, gravity_estimate
+
+    s = walk(person(1), 20, 100.0)
+    linear = s.xyz - sosfiltfilt(butter(2, 0.3, fs=100.0, output="sos"), s.xyz, axis=0)
+    vigorous = linear * (1.5 * MIN_MEDIAN_ACCEL / np.median(np.linalg.norm(linear, axis=1)))  # median |a| 4.5
+    assert np.median(np.linalg.norm(vigorous, axis=1)) > MIN_MEDIAN_ACCEL  # the old check let it through
+    for call in (lambda: to_ms2(vigorous), lambda: gait_window(AccelSeries(s.t, vigorous))):
+        with pytest.raises(EventValidationError) as e:
+            call()
+        assert e.value.field == "xyz" and "gravity-removed" in e.value.message
+    assert 9.0 < gravity_estimate(s.xyz) < 10.6  # the walk itself, gravity in it, is taken as it is
+    np.testing.assert_array_equal(to_ms2(s.xyz), s.xyz)
