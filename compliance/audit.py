@@ -714,7 +714,7 @@ def verify_chain(
         first_seq=first_seq,
         head_seq=last_seq,
         head_hash=last_hash,
-        checkpoints=len(valid),
+        checkpoints=len({(cp.kind, cp.seq, cp.head_hash) for cp in valid}),  # a stored seal and its copy: one
         problems=list(uniq.values()),
     )
 

@@ -239,6 +239,12 @@ def test_compliance_export_and_erase_refuse_an_empty_user(tmp_path: Path) -> Non
     for args in (["compliance", "export", ""], ["compliance", "erase", " ", "-y"]):
         r = CliRunner().invoke(app, [*args, "--database-url", f"sqlite:///{tmp_path / 'none.sqlite'}"], env=WIDE)
         assert r.exit_code == 2 and "non-empty user id" in r.output and "Traceback" not in r.output, r.output
+    # an id pasted with a space around it read "no data held for dave": an erasure request closed wrongly
+    for args in (["compliance", "export", "dave "], ["compliance", "erase", " dave", "-y"]):
+        r = CliRunner().invoke(app, [*args, "--database-url", f"sqlite:///{tmp_path / 'none.sqlite'}"], env=WIDE)
+        said = " ".join(r.output.split())
+        assert r.exit_code == 2 and "white space" in said and "did you mean 'dave'?" in said, r.output
+        assert "no data held" not in said
     # a Latin-1 byte on a UTF-8 command line arrives as a lone surrogate: it raised UnicodeEncodeError
     for args in (["compliance", "export", "al\udcffice"], ["compliance", "erase", "al\udcffice", "-y"]):
         r = CliRunner().invoke(app, [*args, "--database-url", f"sqlite:///{tmp_path / 'none.sqlite'}"], env=WIDE)

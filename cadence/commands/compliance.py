@@ -92,6 +92,9 @@ def _user_id(user: str) -> None:
     """A user id must name someone: an empty or blank one is a usage error, not a lookup."""
     if not user.strip():
         raise typer.BadParameter("must be a non-empty user id", param_hint="USER")
+    if user != user.strip():  # pasted from a ticket: "no data held for dave" would close a request wrongly
+        raise typer.BadParameter(f"{user!r} starts or ends with white space, which no user id the API takes "
+                                 f"does; did you mean {user.strip()!r}?", param_hint="USER")
     try:
         user.encode("utf-8")
     except UnicodeEncodeError:  # bytes of another encoding on the command line: no id the server stores

@@ -35,6 +35,11 @@ def demo(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     folder = folder_option(data_dir, "--data-dir")
+    from cadence.settings import get_settings
+
+    registry = get_settings().model_registry  # as `serve` refuses it: the demo quietly served the defaults
+    if registry is not None and registry.exists() and not registry.is_dir():
+        fail(f"model registry {registry} is not a folder (CADENCE_MODEL_REGISTRY)")
     json_out = path_option(json_opt, "--json")  # '' would mean the current folder
     if json_out is not None:
         ensure_writable_file(json_out, "--json")  # before the demo, not after it

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,7 +48,7 @@ def prepare(
     out = path_option(out_opt, "--out")
     assert data_dir is not None and out is not None  # required options
     try:
-        subs = [int(s) for s in subjects.split(",")] if subjects else None
+        subs = [int(s) for s in subjects.split(",")] if subjects is not None else None  # "" is no id, not "all"
     except ValueError:
         raise typer.BadParameter(f"{subjects!r}: expected comma-separated subject ids like 1,2,5",
                                  param_hint="--subjects") from None
@@ -144,6 +145,37 @@ def superlink(workdir_opt: Workdir = "federated-work",
     except d.DeploymentError as exc:
         fail(str(exc))
     _check_workdir(workdir)
+    lock = _superlink_lock(Path(workdir), d.host_port(host, port))
+    try:
+        _serve_superlink(d, workdir, host, port, names, insecure, database)
+    finally:
+        os.close(lock)
+
+
+def _superlink_lock(workdir: Path, address: str) -> int:
+    """Hold WORKDIR/superlink.lock while this SuperLink runs; exit 2 naming the one that holds it.
+
+    A second SuperLink on one workdir shared its state file and rewrote its FLWR_HOME's
+    connection to its own port, so `cadence federated run` dialled whichever started last.
+    """
+    import fcntl
+
+    fd = os.open(workdir / "superlink.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held = os.read(fd, 200).decode("utf-8", "replace").strip()
+        os.close(fd)
+        fail(f"--workdir {workdir}: a SuperLink already runs for it ({held or 'another process'}); stop it first, "
+             "or give this one a --workdir of its own")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}, {address}".encode())
+    return fd
+
+
+def _serve_superlink(d: Any, workdir: Path, host: str, port: int, names: list[str], insecure: bool,
+                     database: Path) -> None:
+    """The rest of `superlink`, under its workdir's lock."""
     try:
         tls = None if insecure else d.ensure_tls(workdir, host, names)
         cmd = d.superlink_cmd(host, port, database, tls=tls)
@@ -316,6 +348,8 @@ def run(
     wd = _workdir(workdir_opt).resolve()
     # everything is checked before any file is touched: a refused run leaves the last run's status alone
     try:
+        if not secagg:  # first: checked together with the other keys, shares got SecAgg+'s own advice
+            RunSettings(num_shares=num_shares, reconstruction_threshold=reconstruction_threshold).refuse_secagg()
         s = RunSettings.from_config({"modality": modality, "num-server-rounds": rounds, "strategy": strategy,
                                      "min-nodes": min_nodes if min_nodes is not None else 3 if secagg else 2, "dp": dp, "noise-multiplier": noise_multiplier,
                                      "clipping-norm": clipping_norm, "server-momentum": server_momentum,

@@ -111,18 +111,27 @@ def _calibration_file(root: Path) -> Path:
 
 
 def _check_calibration_writable(path: Path) -> None:
-    """Exit 2 naming the file (and the setting that chose it) when the fusion calibration cannot be saved there.
+    """Exit 2 naming the file (and the setting that chose it) when the fusion calibration cannot be updated there.
 
-    Checked before the work: a calibration fitted, or models trained and published, for nothing.
+    Checked before the work: a calibration fitted, or models trained and published, for nothing
+    (also when the file there cannot be read: it is updated, not replaced).
     """
     import os
 
     from cadence.files import write_problem
     from cadence.settings import get_settings
+    from fusion.engine import FusionEngine
 
     problem = write_problem(path)
     if problem is None and not os.access(path.parent, os.W_OK | os.X_OK):  # saved by replacing it in its folder
         problem = f"cannot write {path}: its folder {path.parent} is not writable"
+    if problem is None and path.is_file():  # updated in place: one it cannot read failed after publishing
+        try:
+            FusionEngine.load(path)
+        except ValueError as exc:
+            problem = (f"{exc}; nothing was trained or changed. Restore the file from a backup, or move it away "
+                       "(every modality then goes uncalibrated, and steps up, until `models train` or "
+                       "`models calibrate` fits it again)")
     if problem is not None:
         chosen = " (CADENCE_FUSION_CALIBRATION)" if get_settings().fusion_calibration is not None else ""
         fail(f"fusion calibration{chosen}: {problem}")

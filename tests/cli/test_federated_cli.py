@@ -22,6 +22,8 @@ def _prepare(*args: str) -> tuple[int, str]:
 def test_prepare_refuses_bad_options(tmp_path: Path) -> None:
     code, out = _prepare("--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--subjects", "a,b")
     assert code == 2 and "--subjects" in out and "comma-separated subject ids" in out
+    code, out = _prepare("--data-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--subjects", "")
+    assert code == 2 and "comma-separated subject ids" in out  # it meant every subject
     code, out = _prepare("--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert code == 2 and "not a folder" in out
     (tmp_path / "f").write_text("")
@@ -53,6 +55,32 @@ def _superlink(fw: Path, *extra: str) -> tuple[int, str, str]:
     from federated.deployment import free_port
 
     return _fed("superlink", "--workdir", str(fw), "--port", str(free_port()), *extra)
+
+
+def test_a_second_superlink_on_one_workdir_is_refused_and_rewrites_nothing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """It started on the same state file and pointed FLWR_HOME's connection at its own port."""
+    import fcntl
+    import os
+
+    cmds = _started(monkeypatch)
+    fw = tmp_path / "fw"
+    code, _, err = _superlink(fw, "--insecure")
+    assert code == 0 and len(cmds) == 1, err  # the first one (its lock goes when it stops)
+    config = (fw / "flwr-home" / "config.toml").read_bytes()
+    held = os.open(fw / "superlink.lock", os.O_RDWR)  # a SuperLink of this workdir is running
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(held, 0)
+        os.write(held, b"pid 4242, 127.0.0.1:19310")
+        code, out, err = _superlink(fw, "--insecure")
+    finally:
+        os.close(held)
+    said = " ".join((out + err).split())
+    assert code == 2 and "a SuperLink already runs for it (pid 4242, 127.0.0.1:19310)" in said, said
+    assert len(cmds) == 1 and (fw / "flwr-home" / "config.toml").read_bytes() == config
+    code, _, err = _superlink(fw, "--insecure")  # once it stopped, the workdir is free again
+    assert code == 0 and len(cmds) == 2, err
 
 
 def test_the_superlink_serves_tls_with_owner_only_certificates_made_once(tmp_path: Path,

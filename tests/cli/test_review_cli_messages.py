@@ -120,6 +120,15 @@ def test_serve_refuses_a_model_registry_that_is_a_file(a_file: Path, monkeypatch
     _one_line_error(_cli("serve", "--port", "8799"), f"model registry {a_file} is not a folder")
 
 
+def test_demo_refuses_a_model_registry_that_is_a_file(a_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `serve` does: the demo ran on the package's default scorers and said nothing."""
+    from cadence.settings import get_settings
+
+    monkeypatch.setenv("CADENCE_MODEL_REGISTRY", str(a_file))
+    get_settings.cache_clear()
+    _one_line_error(_cli("demo"), f"model registry {a_file} is not a folder")
+
+
 def test_fusion_source_under_a_file_is_uncalibrated_not_a_crash(a_file: Path) -> None:
     from server.fusion_source import FusionSource
 

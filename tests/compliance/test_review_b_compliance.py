@@ -412,3 +412,16 @@ def test_an_erased_person_still_exports_their_audit_entries(tmp_path: Path, monk
     data = json.loads(out.read_text())
     assert data["data"] == {"server": {}} and data["consents"] == []
     assert [e["event"] for e in data["audit"]["entries"]] == ["decision.made", "subject.erase"]
+
+
+def test_a_seal_kept_outside_is_counted_once(sqlite_factory: sessionmaker[Session], tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`verify --checkpoint cp.json` of the seal stored in the database said "2 signed checkpoint(s)"."""
+    _chain(sqlite_factory)
+    _use(f"sqlite:///{tmp_path / 'c.sqlite'}", monkeypatch)
+    sealed = wide.invoke(app, ["audit", "seal", "--out", str(tmp_path / "cp1.json")])
+    assert sealed.exit_code == 0, sealed.output
+    alone = wide.invoke(app, ["audit", "verify"])
+    both = wide.invoke(app, ["audit", "verify", "--checkpoint", str(tmp_path / "cp1.json")])
+    assert alone.exit_code == both.exit_code == 0, both.output
+    assert "1 signed checkpoint(s)" in alone.output and "1 signed checkpoint(s)" in both.output, both.output

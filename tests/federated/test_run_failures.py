@@ -165,3 +165,12 @@ def test_cli_activate_of_a_version_not_in_the_registry_is_an_error(tmp_path: Pat
     """The real `cadence models activate` checks: a version the registry does not hold is refused."""
     code, out = _cli_run(tmp_path, monkeypatch, {"state": "done", "round": 2, "version": "v9999"}, "--activate")
     assert code == 2 and "error" in out and "v9999" in out and "Traceback" not in out
+
+
+def test_cli_shares_without_secagg_say_to_add_secagg_whatever_their_values(tmp_path: Path, monkeypatch) -> None:
+    """--num-shares 7 alone got SecAgg+'s own threshold advice, as if SecAgg+ were on."""
+    for extra in (("--num-shares", "7"), ("--num-shares", "5", "--reconstruction-threshold", "3")):
+        code, out = _cli_run(tmp_path, monkeypatch, {"state": "finished"}, *extra)
+        said = " ".join(out.split())
+        assert code == 2 and "SecAgg+ is not applied" in said and "--secagg" in said, out
+        assert "rebuild" not in said

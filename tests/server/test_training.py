@@ -156,6 +156,20 @@ def test_each_activation_is_calibrated_and_audited(fake_training: dict[str, Exce
         ("model.activated", "keystroke", "v0001"), ("model.activated", "touch", "v0001")]
 
 
+def test_an_unreadable_calibration_file_is_refused_before_anything_is_published(
+        fake_training: dict[str, Exception], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is updated in place: read only after publishing, a broken one left a version behind, unsaid."""
+    url = audit_db(tmp_path, monkeypatch)
+    (tmp_path / "registry").mkdir()
+    cal = tmp_path / "registry" / "fusion-calibration.json"
+    cal.write_text("{bad")
+    r = _train(tmp_path, "-m", "keystroke")
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "not a fusion calibration file" in said and "nothing was trained" in said, r.output
+    assert ModelRegistry(tmp_path / "registry").list() == [] and audit_events(url) == []
+    assert cal.read_text() == "{bad"  # left for the operator to restore or move
+
+
 def test_candidates_never_replace_the_live_calibration(fake_training: dict[str, Exception], tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """`train --no-activate` and `calibrate --version` of a non-active version leave the served calibrator."""
