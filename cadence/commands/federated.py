@@ -14,6 +14,7 @@ import json
 import math
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -56,6 +57,8 @@ def prepare(
 
     created = not out.exists()
     ensure_writable_dir(out, "--out")
+    if others := _other_modality_files(out, modality):  # one folder is one run's devices: it was mixed silently
+        fail(f"--out {out} holds device files of another modality ({others}): give {modality} a folder of its own")
     try:
         spec = feature_spec(modality)
         windows = subject_windows(modality, data_dir, subs)
@@ -70,6 +73,22 @@ def prepare(
     left_out = sorted(set(subs or []) - set(windows))
     if left_out:
         console.print(f"[yellow]left out (no {modality} data, or fewer than 4 windows):[/yellow] {', '.join(map(str, left_out))}")
+
+
+def _other_modality_files(folder: Path, modality: str) -> str:
+    """'device-1.npz: keystroke, ...' for the device files in `folder` of a modality other than `modality`."""
+    import numpy as np
+
+    found = []
+    for f in sorted(folder.glob("device-*.npz")):
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                held = str(z["modality"])
+        except (OSError, KeyError, ValueError):  # not one of ours: `run` names it when it reads it
+            continue
+        if held != modality:
+            found.append(f"{f.name}: {held}")
+    return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
 
 
 def _remove_if_empty(folder: Path, created: bool) -> None:
@@ -128,6 +147,11 @@ def superlink(workdir_opt: Workdir = "federated-work",
     from federated import deployment as d
 
     names = tls_name or []
+    try:  # a name that does not resolve got the lecture on exposing the Control API instead
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        fail(f"--host {host}: cannot listen there ({exc.strerror or exc}): give an address of this machine "
+             "(127.0.0.1 by default)")
     if not d.is_loopback(host) and not expose_control_api:
         fail(f"--host {host}: {d.CONTROL_API_EXPOSED}, so anyone who reaches it could run code here. Keep the "
              "SuperLink on loopback and let SuperNodes in through a gateway that forwards only /v1/fleet/ "

@@ -31,6 +31,20 @@ def test_prepare_refuses_bad_options(tmp_path: Path) -> None:
     assert code == 2 and "cannot write to" in out
 
 
+def test_prepare_refuses_a_folder_of_another_modalitys_devices(tmp_path: Path) -> None:
+    """`prepare --modality touch` wrote touch device files among keystroke ones without a word."""
+    import numpy as np
+
+    out = tmp_path / "o"
+    out.mkdir()
+    np.savez(out / "device-1.npz", modality=np.array("keystroke"), windows=np.zeros((4, 3), np.float32))
+    before = (out / "device-1.npz").read_bytes()
+    code, said = _prepare("--data-dir", str(tmp_path), "--out", str(out), "--subjects", "1")
+    said = " ".join(said.split())
+    assert code == 2 and "device-1.npz: keystroke" in said and "a folder of its own" in said, said
+    assert (out / "device-1.npz").read_bytes() == before
+
+
 def test_prepare_names_subjects_without_data(data_dir: Path, tmp_path: Path) -> None:
     code, out = _prepare("--data-dir", str(data_dir), "--out", str(tmp_path / "o"), "--subjects", "999")
     assert code == 2 and "no touch subject among 999" in out and not list((tmp_path / "o").glob("*.npz"))
@@ -55,6 +69,14 @@ def _superlink(fw: Path, *extra: str) -> tuple[int, str, str]:
     from federated.deployment import free_port
 
     return _fed("superlink", "--workdir", str(fw), "--port", str(free_port()), *extra)
+
+
+def test_a_superlink_host_that_does_not_resolve_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cmds = _started(monkeypatch)
+    code, out, err = _superlink(tmp_path / "fw", "--host", "nosuch.invalid")
+    said = " ".join((out + err).split())
+    assert code == 2 and "--host nosuch.invalid: cannot listen there" in said and "Control API" not in said, said
+    assert cmds == [] and not (tmp_path / "fw").exists()
 
 
 def test_a_second_superlink_on_one_workdir_is_refused_and_rewrites_nothing(tmp_path: Path,
@@ -201,7 +223,8 @@ def test_a_superlink_off_loopback_is_refused_unless_its_control_api_may_be_reach
     """
     cmds = _started(monkeypatch)
     fw = tmp_path / "fw"
-    for host in ("0.0.0.0", "192.168.1.10", "::", "fl.bank.example"):
+    # (addresses: a host name is resolved first, and one that does not resolve is refused as such)
+    for host in ("0.0.0.0", "192.168.1.10", "::", "10.0.0.7"):
         code, out, err = _superlink(fw, "--host", host, "--tls-name", "fl.bank.example")
         assert code == 2 and err.startswith(f"error: --host {host}: Flower 1.41 serves its Control API"), err
         assert "/v1/fleet/" in err and "--expose-control-api" in err and len(err.strip().splitlines()) == 1
