@@ -104,6 +104,20 @@ def _person_folds(ctx: BenchContext, plan: Plan) -> dict[str, Any] | None:
             for m in plan.modalities if avail[m]}
 
 
+def data_caveats(modality: str, fold: Any) -> list[str]:
+    """What the loader says of a fold's gait files (dropped or repaired rows), as `cadence bench gait` reports it.
+
+    Gait windows come from a feature cache that skips the loader, so these notes appeared only
+    when the cache was cold; keystroke and touch are read through the loader, which logs them.
+    """
+    from evaluation.datasets import loader_warnings
+
+    if modality != "gait":
+        return []
+    return [*loader_warnings(fold.train_dir, "gait", fold.train_subjects),
+            *loader_warnings(fold.eval_dir, "gait", fold.eval_subjects)]
+
+
 @register("federated", "Federated (Flower simulation) vs central training of the same embedding model, per modality")
 def bench_federated(ctx: BenchContext) -> BenchOutput:
     from evaluation.datasets import available_subjects
@@ -141,6 +155,7 @@ def bench_federated(ctx: BenchContext) -> BenchOutput:
             fold = person_folds[modality]
         else:
             fold = ctx.folds(modality, max_subjects=plan.max_subjects)[0]
+        ctx.note(*data_caveats(modality, fold))
         spec = feature_spec(modality)
         tr = subject_windows(modality, fold.train_dir, fold.train_subjects)
         ev = eval_splits(modality, fold.eval_dir, fold.eval_subjects)

@@ -423,3 +423,20 @@ def test_gait_bench_reports_dropped_rows_also_when_windows_come_from_its_cache(t
         doc = run_bench("gait", BenchContext(train_dir=train, eval_dir=ev, out=tmp_path / run, progress=False),
                         print_table=False)
         assert f"{bad}: 3 rows with an empty or non-finite Xvalue, Yvalue or Zvalue dropped" in doc["protocol"]["warnings"], run
+
+
+def test_the_federated_bench_reports_the_gait_loaders_caveats_from_a_warm_cache(tmp_path: Path) -> None:
+    """Its gait windows come from the cache, which skips the loader: the notes appeared only when it was cold."""
+    from evaluation.benches.federated import data_caveats
+    from evaluation.protocols import Fold
+
+    lines = _gait_csv(400).splitlines(keepends=True)
+    repeat = f"9050,0.5,0.5,0.5,{lines[50].rsplit(',', 1)[1]}"
+    path = _write_gz(tmp_path / "e" / "7_PocketPhone_Accelerometer_(X).csv.gz",
+                     "".join(line + (repeat if k == 50 else "") for k, line in enumerate(lines)))
+    clean = _write_gz(tmp_path / "t" / "8_PocketPhone_Accelerometer_(X).csv.gz", _gait_csv(400, seed=1))
+    fold = Fold(0, clean.parent, (8,), path.parent, (7,))
+    load_bbmas_gait(path.parent)  # the parse cache is warm now
+    want = [f"{path}: 1 row with the same time as the row before them dropped (the first kept)"]
+    assert data_caveats("gait", fold) == want
+    assert data_caveats("keystroke", fold) == []  # read through the loader, which logs its own
