@@ -318,7 +318,7 @@ class PhaseResult:
 
 async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int, method: str = "POST",
                      trivial_path: str = "/v1/health", concurrency_cap: int = 32, timeout: float = 30.0,
-                     responses: dict[str, dict[str, Any]] | None = None) -> PhaseResult:
+                     responses: dict[str, dict[str, Any]] | None = None, spread: int = 1) -> PhaseResult:
     """Open-loop load: request i is sent at t0 + i/rate whatever the answers before it.
 
     Requests are serialised before the clock starts and go out over `concurrency_cap`
@@ -342,7 +342,7 @@ async def _run_phase(url: str, requests: list[Prepared] | None, *, rate: float, 
     responses = {} if responses is None else responses
     bodies: list[tuple[str, bytes]] = []
     pool = ConnectionPool(url, concurrency_cap)
-    await pool.warm(raw_request("GET", url, trivial_path))
+    await pool.warm(raw_request("GET", url, trivial_path), spread=spread)
     connections = dict(pool.instances())
     clock = time.perf_counter
 
@@ -402,8 +402,10 @@ def _refusal(status: int, body: bytes) -> str:
 
 
 def run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int,
-              responses: dict[str, dict[str, Any]] | None = None) -> PhaseResult:
+              responses: dict[str, dict[str, Any]] | None = None, spread: int = 1) -> PhaseResult:
     """Send `n` requests at `rate` per second; `responses` (if given) fills in as answers arrive.
+
+    `spread`: the server's process count, for the connections to be spread over (`ConnectionPool.warm`).
 
     The generator's own garbage collector is paused for the phase: in the bench process (the
     CLI, scikit-learn and the enrolled population on the heap) a full collection took 50-70 ms,
@@ -415,7 +417,7 @@ def run_phase(url: str, requests: list[Prepared] | None, *, rate: float, n: int,
     gc.disable()
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            return runner.run(_run_phase(url, requests, rate=rate, n=n, responses=responses))
+            return runner.run(_run_phase(url, requests, rate=rate, n=n, responses=responses, spread=spread))
     finally:
         if enabled:
             gc.enable()

@@ -131,18 +131,33 @@ class ConnectionPool:
             raise
         return conn
 
-    async def warm(self, probe: bytes | None = None) -> None:
+    async def warm(self, probe: bytes | None = None, *, spread: int = 1, budget_s: float = 5.0) -> None:
         """Open every connection up front (connecting is not part of what a phase measures).
 
         One at a time, each answering `probe` (a cheap request; `/v1/health` also names the
         server process) before the next is opened, as connections from separate clients
         arrive. Opened all at once, they queue on the listening socket and the first server
         worker to wake accepts every one of them.
+
+        `spread`: the server's process count. A connection accepted by a process that already
+        holds its share (size / spread) is closed and opened again, for up to `budget_s`: on a
+        loaded 2-core host one worker, descheduled, once let the other accept all 32 in turn,
+        and the whole load went to one process.
         """
-        for _ in range(self.size - self.open):
+        loop = asyncio.get_running_loop()
+        share = -(-self.size // max(spread, 1))
+        deadline = loop.time() + budget_s
+        while self.open < self.size:
             conn = await self._connect()
-            if probe is not None:
-                await conn.send(probe)
+            if probe is None:
+                self._park(conn)
+                continue
+            await conn.send(probe)
+            if spread > 1 and len(self.idle.get(conn.instance, ())) >= share and loop.time() < deadline:
+                conn.close()  # its process holds its share: another try may reach one that does not
+                self.open -= 1
+                await asyncio.sleep(0.005)
+                continue
             self._park(conn)
 
     def instances(self) -> Counter[str]:

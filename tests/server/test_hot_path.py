@@ -770,3 +770,39 @@ def test_the_restart_s_hold_of_the_write_lock_is_a_metric(tmp_path: Path) -> Non
         assert holds(client) == before + 1
         scraped = client.get("/metrics").text
     assert 'cadence_sqlite_wal_restart_hold_seconds_bucket{le="1.0"} ' + f"{before + 1}" in scraped
+
+
+def test_warm_spreads_connections_over_the_processes_when_one_accepts_them_all_first() -> None:
+    """On a loaded host one worker, descheduled, let the other accept all 32 connections in turn."""
+    from server.rawhttp import ConnectionPool, raw_request
+
+    accepted = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        instance = "a" if accepted <= 6 else "ab"[accepted % 2]  # "a" wakes first for the first six
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-cadence-instance: " + instance.encode()
+                             + b"\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def spread_of(spread: int) -> dict[str, int]:
+        nonlocal accepted
+        accepted = 0
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        pool = ConnectionPool(f"http://127.0.0.1:{port}", 4)
+        try:
+            await pool.warm(raw_request("GET", f"http://127.0.0.1:{port}", "/v1/health"), spread=spread)
+            return dict(pool.instances())
+        finally:
+            pool.close()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(spread_of(1)) == {"a": 4}  # what it did before: every connection on one process
+    assert asyncio.run(spread_of(2)) == {"a": 2, "b": 2}
