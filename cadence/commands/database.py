@@ -43,6 +43,42 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+def _read_only_hint(url: str, reason: str) -> str:
+    """How to read a SQLite file in a folder this process cannot write (a backup on a read-only mount).
+
+    SQLite in WAL mode writes a `-shm` file beside the database even to read it, so it answered
+    only "unable to open database file" of a file that is there.
+    """
+    import os
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from server.sqlite_writers import sqlite_file
+
+    try:
+        database = sqlite_file(make_url(url))
+    except (ArgumentError, ValueError):  # not a URL we can read a path from: no hint
+        return ""
+    if database is None or "unable to open" not in reason or not os.path.isfile(database):
+        return ""
+    folder = os.path.dirname(os.path.abspath(database))
+    if os.access(folder, os.W_OK) and not _read_only_mount(folder):
+        return ""
+    return (f" (its folder {folder} cannot be written, and SQLite writes a -shm file beside the database even to "
+            f"read it; for a read-only copy use --database-url 'sqlite:///file:{os.path.abspath(database)}"
+            "?mode=ro&immutable=1&uri=true')")
+
+
+def _read_only_mount(folder: str) -> bool:
+    import os
+
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 @contextmanager
 def database_errors(url: str, *, source: str = "--database-url or CADENCE_DATABASE_URL", opening: bool = True) -> Iterator[None]:
     """Exit 2 with the reason when `url` cannot be parsed, its driver is missing, it is unreachable or not a database.
@@ -68,7 +104,7 @@ def database_errors(url: str, *, source: str = "--database-url or CADENCE_DATABA
             raise
         fail(f"database {shown(url)}: {e}")
     except (exc.OperationalError, exc.InterfaceError) as e:
-        reason = str(e.orig or e)
+        reason = str(e.orig or e) + _read_only_hint(url, str(e.orig or e))
         fail(f"cannot open database {shown(url)}: {reason}" if opening else f"database {shown(url)}: {reason}")
     except SchemaError as e:  # a migration that failed (rolled back), or a database of a newer release or another application
         fail(f"database {shown(url)}: {e}")

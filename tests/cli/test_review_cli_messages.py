@@ -252,3 +252,23 @@ def test_an_empty_registry_setting_is_refused(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(SettingsError, match="CADENCE_MODEL_REGISTRY.*empty path"):
         get_settings()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sqlite_file_in_a_folder_that_cannot_be_written_is_named_with_the_read_only_form(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup on a read-only mount read "unable to open database file" of a file that is there."""
+    import os
+
+    from cadence.commands import database
+
+    db = tmp_path / "backup.sqlite"
+    db.write_bytes(b"")
+    url = f"sqlite:///{db}"
+    assert database._read_only_hint(url, "unable to open database file") == ""  # a writable folder: no hint
+    monkeypatch.setattr(database, "_read_only_mount", lambda folder: folder == str(tmp_path))
+    hint = database._read_only_hint(url, "unable to open database file")
+    assert f"its folder {tmp_path} cannot be written" in hint
+    assert f"'sqlite:///file:{db}?mode=ro&immutable=1&uri=true'" in hint
+    assert database._read_only_hint(url, "database is locked") == ""  # another failure: no hint
+    assert database._read_only_hint(f"sqlite:///{tmp_path / 'missing.sqlite'}", "unable to open database file") == ""
+    assert os.path.isfile(db)
