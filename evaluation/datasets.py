@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -328,25 +328,44 @@ def _open_content(path: Path) -> io.BufferedIOBase:
 def content_fingerprint(path: Path, nbytes: int = FINGERPRINT_BYTES) -> tuple[int | None, str]:
     """(length, SHA-256) of the first `nbytes` (default `FINGERPRINT_BYTES`) of the file's decompressed content.
 
-    The length is the content's whole length when it is shorter than that (then the hash
-    covers all of it), else None. Equal content always gives equal fingerprints, whatever the
-    compression; equal fingerprints with a None length only say the first MiB is the same
+    CRLF line ends are read as LF (`_lines_as_lf`). The length is the content's whole length
+    when it is shorter than that (then the hash covers all of it), else None. Equal content
+    always gives equal fingerprints, whatever the compression or line ends; equal fingerprints with a None length only say the first MiB is the same
     (`same_content` then compares everything). A `DatasetError` names a file that cannot be read.
     """
+    head = b""
     try:
         with _open_content(path) as fh:
-            head = fh.read(nbytes + 1)
+            for chunk in _lines_as_lf(fh, nbytes + 1):  # one read, as before, unless CRLF shortened it
+                head += chunk
+                if len(head) > nbytes:
+                    break
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: cannot read: {_reason(exc)}") from None
     size = len(head) if len(head) <= nbytes else None
     return size, hashlib.sha256(head[:nbytes]).hexdigest()
 
 
+def _lines_as_lf(fh: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    """The content of `fh` in chunks with CRLF line ends read as LF.
+
+    Why: a training file saved again with Windows line ends (an editor, a spreadsheet) is the
+    same person's data; compared byte for byte it passed the train/eval leak check.
+    """
+    carry = b""
+    for chunk in iter(lambda: fh.read(size), b""):
+        chunk = carry + chunk
+        carry = b"\r" if chunk.endswith(b"\r") else b""  # its LF may start the next chunk
+        yield (chunk[:-1] if carry else chunk).replace(b"\r\n", b"\n")
+    if carry:
+        yield carry
+
+
 def _content_digest(path: Path) -> str:
     h = hashlib.sha256()
     try:
         with _open_content(path) as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
+            for chunk in _lines_as_lf(fh):
                 h.update(chunk)
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{path}: cannot read: {_reason(exc)}") from None

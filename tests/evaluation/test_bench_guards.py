@@ -150,6 +150,28 @@ def test_content_beyond_the_fingerprint_is_compared_whole(tmp_path: Path) -> Non
     assert datasets.shared_content("keystroke", a, b) == [(1, 4)]
 
 
+def test_a_training_file_saved_again_with_windows_line_ends_is_the_same_data(tmp_path: Path) -> None:
+    """Compared byte for byte, a CRLF copy of a training subject's file was evaluated as a new person."""
+    text = _keys_csv(60_000)  # > 1 MiB: both the fingerprint and the whole comparison must read CRLF as LF
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write_gz(a / "1_processed.csv.gz", text)
+    _write_gz(a / "2_processed.csv.gz", _keys_csv(100, seed=5))
+    b.mkdir()
+    (b / "4_processed.csv").write_bytes(text.replace("\n", "\r\n").encode())
+    (b / "5_processed.csv").write_bytes((text[:-3] + "9.9\n").replace("\n", "\r\n").encode())  # one row differs
+    assert datasets.shared_content("keystroke", a, b) == [(1, 4)]
+    with pytest.raises(DatasetError, match=r"same keystroke file for subjects 4 \(training subject 1\)"):
+        resolve_folds("keystroke", train_dir=a, eval_dir=b)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_crlf_split_across_chunks_reads_as_one_lf(size: int) -> None:
+    import io
+
+    raw = b"a,1\r\nb,2\r\n\r\nc\rd\r"
+    assert b"".join(datasets._lines_as_lf(io.BytesIO(raw), size)) == b"a,1\nb,2\n\nc\rd\r"
+
+
 def test_different_files_are_not_shared(tmp_path: Path) -> None:
     a = _keys_folder(tmp_path / "a", [1, 2, 3])
     b = _keys_folder(tmp_path / "b", [1, 2, 3], seed=100)
