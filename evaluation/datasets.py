@@ -330,8 +330,9 @@ def content_fingerprint(path: Path, nbytes: int = FINGERPRINT_BYTES) -> tuple[in
 
     CRLF line ends are read as LF (`_lines_as_lf`). The length is the content's whole length
     when it is shorter than that (then the hash covers all of it), else None. Equal content
-    always gives equal fingerprints, whatever the compression or line ends; equal fingerprints with a None length only say the first MiB is the same
-    (`same_content` then compares everything). A `DatasetError` names a file that cannot be read.
+    always gives equal fingerprints, whatever the compression or line ends; equal fingerprints
+    with a None length only say the first MiB is the same (`same_content` then compares
+    everything). A `DatasetError` names a file that cannot be read.
     """
     head = b""
     try:
@@ -906,7 +907,7 @@ def model_touch_scales(device: str, arrays: list[dict[str, np.ndarray]]) -> Touc
     pressures divided by that person's own, which erases part of what tells people apart (one
     folder's renamed copy of the HTC One files read 0.227 EER for 5 swipes instead of 0.203).
     """
-    from modalities.touch.strokes import DEVICE_PROFILES
+    from modalities.touch.strokes import DEVICE_PROFILES, measured_profile
 
     def pooled(key: str) -> np.ndarray:
         parts = [np.asarray(a[key], float) for a in arrays]
@@ -916,11 +917,9 @@ def model_touch_scales(device: str, arrays: list[dict[str, np.ndarray]]) -> Touc
     said = "" if device in SCREENS else f"screen ({screen[0]:.0f} x {screen[1]:.0f} px) was"
     if device in DEVICE_PROFILES:
         return TouchModelScales(screen, estimated=said, files=len(arrays))
-    major, pressure = pooled("touch_major"), pooled("pressure")
-    contact = float(np.median(major[major > 0])) if np.any(major > 0) else 1.0
-    varies = pressure.size > 1 and float(np.ptp(pressure)) > 1e-9 and float(np.median(pressure)) > 0
-    scales = f"contact-size ({contact:.3g}) and pressure scales were"
-    return TouchModelScales(screen, contact=max(contact, 1e-6), pressure=float(np.median(pressure)) if varies else None,
+    prof = measured_profile(pooled("touch_major"), pooled("pressure"))
+    scales = f"contact-size ({prof.contact_scale:.3g}) and pressure scales were"
+    return TouchModelScales(screen, contact=prof.contact_scale, pressure=prof.pressure_scale,
                             estimated=f"{said[:-4]} and {scales}" if said else scales, files=len(arrays))
 
 

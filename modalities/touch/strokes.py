@@ -113,13 +113,23 @@ def device_profile(stream: TouchStream) -> tuple[float, float | None]:
     prof = DEVICE_PROFILES.get(stream.device)
     if stream.contact_scale is not None:
         prof = DeviceProfile(stream.contact_scale, stream.pressure_scale)
+    if prof is None:
+        prof = measured_profile(stream.touch_major, stream.pressure)
     varies = bool(np.ptp(stream.pressure) > 1e-9) if len(stream) > 1 else False
-    if prof is not None:
-        p = prof.pressure_scale if varies else None
-        return prof.contact_scale, p
-    c = float(np.median(stream.touch_major[stream.touch_major > 0])) if np.any(stream.touch_major > 0) else 1.0
-    p = float(np.median(stream.pressure)) if varies and float(np.median(stream.pressure)) > 0 else None
-    return max(c, 1e-6), p
+    return prof.contact_scale, prof.pressure_scale if varies else None
+
+
+def measured_profile(touch_major: np.ndarray, pressure: np.ndarray) -> DeviceProfile:
+    """A profile measured from samples: median contact size and, where it varies, median pressure.
+
+    One stream's samples (a device not in `DEVICE_PROFILES`), or a loader's pool of a phone
+    model's files (`evaluation.datasets.model_touch_scales`).
+    """
+    major = np.asarray(touch_major, float)
+    press = np.asarray(pressure, float)
+    contact = float(np.median(major[major > 0])) if np.any(major > 0) else 1.0
+    varies = press.size > 1 and float(np.ptp(press)) > 1e-9 and float(np.median(press)) > 0
+    return DeviceProfile(max(contact, 1e-6), float(np.median(press)) if varies else None)
 
 
 def segment(stream: TouchStream, *, min_points: int = 1) -> Segmentation:
